@@ -1,0 +1,77 @@
+"""Running one request through the responder, with content faults applied."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from batchpilot.server.faults import CONTENT_KINDS, Fault
+from batchpilot.server.objects import error_body
+from batchpilot.server.responders.base import Responder, ResponderError
+
+__all__ = ["body_sha256", "execute", "http_error_body"]
+
+log = logging.getLogger(__name__)
+
+_STATUS_TEXT = {
+    429: ("requests", "rate_limit_exceeded", "You've exceeded the rate limit, please slow down and try again. (local server fault)"),
+    500: ("server_error", None, "The server had an error while processing your request. (local server fault)"),
+    502: ("server_error", None, "Bad gateway. (local server fault)"),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later. (local server fault)"),
+}
+
+
+def body_sha256(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def http_error_body(fault: Fault) -> dict[str, Any]:
+    """The error envelope a fault of the given status answers with."""
+    type_, code, message = _STATUS_TEXT.get(
+        fault.status,
+        ("invalid_request_error" if fault.status < 500 else "server_error", None,
+         f"Injected error {fault.status}. (local server fault)"),
+    )
+    return error_body(fault.message or message, type_, fault.code or code)
+
+
+def _apply_content_fault(response: dict[str, Any], fault: Fault) -> None:
+    for choice in response.get("choices", []):
+        message = choice.get("message", {})
+        if fault.kind == "refusal":
+            message["content"] = None
+            message["refusal"] = fault.refusal_text
+            choice["finish_reason"] = "stop"
+        elif fault.kind == "length":
+            content = message.get("content") or ""
+            message["content"] = content[: max(1, len(content) // 2)]
+            choice["finish_reason"] = "length"
+
+
+def execute(
+    responder: Responder,
+    endpoint: str,
+    body: dict[str, Any],
+    content_fault: Fault | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Answer one body: (HTTP status, response body or error envelope)."""
+    try:
+        if endpoint == "/v1/chat/completions":
+            response = responder.chat(body)
+            if content_fault is not None and content_fault.kind in CONTENT_KINDS:
+                _apply_content_fault(response, content_fault)
+            return 200, response
+        if endpoint == "/v1/embeddings":
+            return 200, responder.embed(body)
+    except ResponderError as exc:
+        return exc.status_code, exc.envelope()
+    except Exception:
+        log.exception("responder %s failed", responder.name)
+        return 500, error_body(
+            "The local responder failed while processing the request; see the server log.",
+            "server_error",
+        )
+    return 404, error_body(f"Unknown endpoint {endpoint}.", "invalid_request_error")

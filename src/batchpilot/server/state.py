@@ -1,0 +1,412 @@
+"""The local server's durable state: files, batches, their lines, and the ledger, in SQLite.
+
+Each public method is one transaction. Every thread gets its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ACTIVE_STATUSES", "TERMINAL_STATUSES", "LineRow", "ServerState"]
+
+ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
+
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE files (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE batches (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL,
+        model TEXT,
+        metadata_json TEXT,
+        errors_json TEXT,
+        output_file_id TEXT,
+        error_file_id TEXT,
+        created_at REAL NOT NULL,
+        in_progress_at REAL,
+        expires_at REAL,
+        finalizing_at REAL,
+        completed_at REAL,
+        failed_at REAL,
+        expired_at REAL,
+        cancelling_at REAL,
+        cancelled_at REAL,
+        total INTEGER NOT NULL DEFAULT 0,
+        completed INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        enqueued_tokens INTEGER NOT NULL DEFAULT 0,
+        validated INTEGER NOT NULL DEFAULT 0,
+        admitted INTEGER NOT NULL DEFAULT 0,
+        faults_json TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX batches_status ON batches(status);
+    CREATE TABLE batch_lines (
+        batch_id TEXT NOT NULL,
+        line_no INTEGER NOT NULL,
+        custom_id TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        tokens INTEGER NOT NULL,
+        due_s REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        output TEXT,
+        PRIMARY KEY (batch_id, line_no)
+    ) WITHOUT ROWID;
+    CREATE TABLE ledger (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        custom_id TEXT,
+        batch_id TEXT,
+        endpoint TEXT NOT NULL,
+        model TEXT,
+        body_sha256 TEXT NOT NULL,
+        status_code INTEGER NOT NULL,
+        executed_at REAL NOT NULL
+    );
+    CREATE INDEX ledger_custom_id ON ledger(custom_id);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class LineRow:
+    line_no: int
+    custom_id: str
+    offset: int
+    length: int
+    tokens: int
+    due_s: float
+
+
+class ServerState:
+    """SQLite state of one server, in `state_dir/server.sqlite3`; uploaded files beside it."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.files_dir = state_dir / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "server.sqlite3"
+        self._local = threading.local()
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once so concurrent writers queue instead of failing."""
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def read(self) -> sqlite3.Connection:
+        return self._connect()
+
+    def _migrate(self) -> None:
+        with self.tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # meta -----------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.read().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # files ----------------------------------------------------------------------------------
+
+    def file_path(self, file_id: str) -> Path:
+        return self.files_dir / file_id
+
+    def add_file(
+        self,
+        file_id: str,
+        filename: str,
+        purpose: str,
+        size: int,
+        created_at: int,
+        expires_at: int | None,
+    ) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "INSERT INTO files(id, filename, purpose, bytes, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET bytes = excluded.bytes, "
+                "deleted = 0",
+                (file_id, filename, purpose, size, created_at, expires_at),
+            )
+
+    def get_file(self, file_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = (
+            self.read()
+            .execute("SELECT * FROM files WHERE id = ? AND deleted = 0", (file_id,))
+            .fetchone()
+        )
+        return row
+
+    def list_files(
+        self, purpose: str | None, after: str | None, limit: int, ascending: bool
+    ) -> tuple[list[sqlite3.Row], bool]:
+        clauses, params = ["deleted = 0"], []
+        if purpose:
+            clauses.append("purpose = ?")
+            params.append(purpose)
+        if after:
+            anchor = self.read().execute("SELECT seq FROM files WHERE id = ?", (after,)).fetchone()
+            if anchor is not None:
+                clauses.append("seq > ?" if ascending else "seq < ?")
+                params.append(anchor[0])
+        order = "ASC" if ascending else "DESC"
+        rows = (
+            self.read()
+            .execute(
+                f"SELECT * FROM files WHERE {' AND '.join(clauses)} ORDER BY seq {order} LIMIT ?",
+                (*params, limit + 1),
+            )
+            .fetchall()
+        )
+        return rows[:limit], len(rows) > limit
+
+    def delete_file(self, file_id: str) -> bool:
+        with self.tx() as conn:
+            changed = conn.execute(
+                "UPDATE files SET deleted = 1 WHERE id = ? AND deleted = 0", (file_id,)
+            ).rowcount
+        if changed:
+            self.file_path(file_id).unlink(missing_ok=True)
+        return bool(changed)
+
+    # batches --------------------------------------------------------------------------------
+
+    def insert_batch(self, values: dict[str, Any]) -> int:
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self.tx() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO batches({columns}) VALUES ({marks})", tuple(values.values())
+            )
+            return int(cursor.lastrowid or 0)
+
+    def get_batch(self, batch_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = (
+            self.read().execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        )
+        return row
+
+    def list_batches(self, after: str | None, limit: int) -> tuple[list[sqlite3.Row], bool]:
+        params: list[Any] = []
+        where = ""
+        if after:
+            anchor = (
+                self.read().execute("SELECT seq FROM batches WHERE id = ?", (after,)).fetchone()
+            )
+            if anchor is not None:
+                where = "WHERE seq < ?"
+                params.append(anchor[0])
+        rows = (
+            self.read()
+            .execute(f"SELECT * FROM batches {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
+            .fetchall()
+        )
+        return rows[:limit], len(rows) > limit
+
+    def batches_in(self, statuses: Sequence[str]) -> list[sqlite3.Row]:
+        marks = ", ".join("?" for _ in statuses)
+        return (
+            self.read()
+            .execute(f"SELECT * FROM batches WHERE status IN ({marks}) ORDER BY seq", statuses)
+            .fetchall()
+        )
+
+    def update_batch(
+        self, batch_id: str, values: dict[str, Any], *, expect_status: str | None = None
+    ) -> bool:
+        """Set columns of one batch; with `expect_status`, only if it is still in that status."""
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        sql = f"UPDATE batches SET {assignments} WHERE id = ?"
+        params: list[Any] = [*values.values(), batch_id]
+        if expect_status is not None:
+            sql += " AND status = ?"
+            params.append(expect_status)
+        with self.tx() as conn:
+            return conn.execute(sql, params).rowcount == 1
+
+    def enqueued_tokens(self, model: str, exclude: str) -> int:
+        marks = ", ".join("?" for _ in ACTIVE_STATUSES)
+        row = (
+            self.read()
+            .execute(
+                f"SELECT COALESCE(SUM(enqueued_tokens), 0) FROM batches WHERE model = ? "
+                f"AND admitted = 1 AND id != ? AND status IN ({marks})",
+                (model, exclude, *ACTIVE_STATUSES),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    # lines ----------------------------------------------------------------------------------
+
+    def admit_lines(
+        self, batch_id: str, lines: Sequence[LineRow], batch_values: dict[str, Any]
+    ) -> None:
+        """Record a validated batch's lines and its validation outcome in one step."""
+        assignments = ", ".join(f"{key} = ?" for key in batch_values)
+        with self.tx() as conn:
+            conn.execute("DELETE FROM batch_lines WHERE batch_id = ?", (batch_id,))
+            conn.executemany(
+                "INSERT INTO batch_lines(batch_id, line_no, custom_id, offset, length, tokens, due_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (batch_id, ln.line_no, ln.custom_id, ln.offset, ln.length, ln.tokens, ln.due_s)
+                    for ln in lines
+                ],
+            )
+            conn.execute(
+                f"UPDATE batches SET {assignments} WHERE id = ?", (*batch_values.values(), batch_id)
+            )
+
+    def due_lines(self, batch_id: str, elapsed_s: float, limit: int) -> list[LineRow]:
+        rows = (
+            self.read()
+            .execute(
+                "SELECT line_no, custom_id, offset, length, tokens, due_s FROM batch_lines "
+                "WHERE batch_id = ? AND state = 'pending' AND due_s <= ? ORDER BY line_no LIMIT ?",
+                (batch_id, elapsed_s, limit),
+            )
+            .fetchall()
+        )
+        return [LineRow(*row) for row in rows]
+
+    def pending_count(self, batch_id: str) -> int:
+        row = (
+            self.read()
+            .execute(
+                "SELECT COUNT(*) FROM batch_lines WHERE batch_id = ? AND state = 'pending'",
+                (batch_id,),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def record_results(
+        self,
+        batch_id: str,
+        results: Sequence[tuple[int, str, str]],
+        ledger: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
+        counts: tuple[int, int, int, int],
+    ) -> None:
+        """Store line outcomes (line_no, 'ok'|'failed', output line), ledger rows and counters."""
+        ok, failed, input_tokens, output_tokens = counts
+        with self.tx() as conn:
+            conn.executemany(
+                "UPDATE batch_lines SET state = ?, output = ? WHERE batch_id = ? AND line_no = ?",
+                [(state, output, batch_id, line_no) for line_no, state, output in results],
+            )
+            self._insert_ledger(conn, ledger)
+            conn.execute(
+                "UPDATE batches SET completed = completed + ?, failed = failed + ?, "
+                "input_tokens = input_tokens + ?, output_tokens = output_tokens + ? WHERE id = ?",
+                (ok, failed, input_tokens, output_tokens, batch_id),
+            )
+
+    def finished_lines(self, batch_id: str) -> Iterator[tuple[int, str, str, str | None]]:
+        """(line_no, custom_id, state, output) for every line, in line order."""
+        cursor = self.read().execute(
+            "SELECT line_no, custom_id, state, output FROM batch_lines WHERE batch_id = ? "
+            "ORDER BY line_no",
+            (batch_id,),
+        )
+        for row in cursor:
+            yield int(row[0]), str(row[1]), str(row[2]), row[3]
+
+    # ledger ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_ledger(
+        conn: sqlite3.Connection,
+        rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO ledger(custom_id, batch_id, endpoint, model, body_sha256, status_code, "
+            "executed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def add_ledger(
+        self, rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]]
+    ) -> None:
+        with self.tx() as conn:
+            self._insert_ledger(conn, rows)
+
+    def executions(self, custom_id: str) -> int:
+        row = (
+            self.read()
+            .execute("SELECT COUNT(*) FROM ledger WHERE custom_id = ?", (custom_id,))
+            .fetchone()
+        )
+        return int(row[0])
+
+    def ledger(self, since: int = 0) -> list[dict[str, Any]]:
+        rows = (
+            self.read()
+            .execute("SELECT * FROM ledger WHERE seq > ? ORDER BY seq", (since,))
+            .fetchall()
+        )
+        return [dict(row) for row in rows]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

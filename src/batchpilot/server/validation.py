@@ -1,0 +1,172 @@
+"""Validation of a batch input file, as the Batch API does it before running anything."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchpilot.server.state import LineRow
+
+__all__ = ["ValidationResult", "validate_input_file"]
+
+MAX_ERRORS = 1000
+
+
+@dataclass
+class ValidationResult:
+    lines: list[LineRow] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
+    input_tokens: int = 0
+
+    def error(self, code: str, message: str, line: int | None, param: str | None = None) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append({"code": code, "message": message, "param": param, "line": line})
+
+
+def _required_body_field(endpoint: str) -> tuple[str, str] | None:
+    if endpoint == "/v1/chat/completions":
+        return "messages", "Messages parameter is required."
+    if endpoint == "/v1/embeddings":
+        return "input", "Input parameter is required."
+    return None
+
+
+def validate_input_file(
+    path: Path,
+    endpoint: str,
+    *,
+    accepted_models: frozenset[str] | None,
+    max_bytes: int,
+    max_lines: int,
+    count_tokens: Callable[[dict[str, Any], str], int],
+    tokens_per_s: float,
+    per_request_s: float,
+) -> ValidationResult:
+    """Check every line; on success the result holds one LineRow per request with its due time."""
+    result = ValidationResult()
+    size = path.stat().st_size
+    if size > max_bytes:
+        result.error(
+            "file_too_large",
+            f"The input file is {size} bytes; the Batch API accepts at most {max_bytes} bytes.",
+            None,
+        )
+        return result
+    seen: set[str] = set()
+    models: set[str] = set()
+    due = 0.0
+    offset = 0
+    line_no = 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            line_no += 1
+            if line_no > max_lines:
+                result.error(
+                    "too_many_tasks",
+                    f"The input file has more than {max_lines} requests; split it into several "
+                    "batches. (local server)",
+                    None,
+                )
+                return result
+            try:
+                item = json.loads(raw)
+            except ValueError:
+                result.error(
+                    "invalid_json_line", "This line is not parseable as valid JSON.", line_no
+                )
+                continue
+            if not isinstance(item, dict):
+                result.error(
+                    "invalid_json_line", "This line is not parseable as valid JSON.", line_no
+                )
+                continue
+            missing = [key for key in ("custom_id", "method", "url", "body") if key not in item]
+            for key in missing:
+                result.error(
+                    "missing_required_parameter",
+                    f"Missing required parameter: '{key}'.",
+                    line_no,
+                    key,
+                )
+            if missing:
+                continue
+            custom_id, body = item["custom_id"], item["body"]
+            if not isinstance(custom_id, str) or not isinstance(body, dict):
+                result.error(
+                    "invalid_request",
+                    "custom_id must be a string and body an object. (local server)",
+                    line_no,
+                    "custom_id" if not isinstance(custom_id, str) else "body",
+                )
+                continue
+            if item["method"] != "POST":
+                result.error(
+                    "invalid_request", "Only the POST method is supported.", line_no, "method"
+                )
+            if item["url"] != endpoint:
+                result.error(
+                    "invalid_url",
+                    "The URL provided for this request does not match the batch endpoint.",
+                    line_no,
+                    "url",
+                )
+                continue
+            if body.get("stream") is True:
+                result.error(
+                    "streaming_unsupported",
+                    "Chat Completions: Streaming is not supported in the Batch API.",
+                    line_no,
+                    "body.stream",
+                )
+                continue
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                result.error("invalid_request", "Model parameter is required.", line_no, "body.model")
+                continue
+            if accepted_models is not None and model not in accepted_models:
+                result.error(
+                    "model_not_found",
+                    f"The provided model '{model}' is not supported by the Batch API.",
+                    line_no,
+                    "body.model",
+                )
+                continue
+            required = _required_body_field(endpoint)
+            if required is not None and required[0] not in body:
+                result.error("invalid_request", required[1], line_no, f"body.{required[0]}")
+                continue
+            if custom_id in seen:
+                result.error(
+                    "duplicate_custom_id",
+                    f"The custom_id '{custom_id}' appears more than once; custom_id values must "
+                    "be unique within a batch. (local server)",
+                    line_no,
+                    "custom_id",
+                )
+                continue
+            seen.add(custom_id)
+            models.add(model)
+            if len(models) > 1:
+                result.error(
+                    "mismatched_model",
+                    "All requests in a batch must use the same model; this line uses "
+                    f"'{model}'. (local server)",
+                    line_no,
+                    "body.model",
+                )
+                continue
+            tokens = count_tokens(body, endpoint)
+            result.input_tokens += tokens
+            due += tokens / tokens_per_s + per_request_s
+            result.lines.append(LineRow(line_no, custom_id, start, len(raw), tokens, due))
+    if line_no == 0:
+        result.error("empty_file", "The input file contains no requests. (local server)", None)
+    result.model = next(iter(models)) if len(models) == 1 else None
+    return result
