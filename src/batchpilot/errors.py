@@ -1,7 +1,7 @@
 """The exceptions batchpilot raises, split by who must act.
 
-    BatchpilotError                 root of everything batchpilot raises on purpose
-    ├── UserInputError              the user's job, data or flags are wrong; message says what to fix
+    BatchpilotError                 root of all that batchpilot raises on purpose
+    ├── UserInputError              the job, data or flags are wrong; the message says what to fix
     │   └── ConfigError             a configuration file (job, faults, server settings) is invalid
     ├── ProviderError               the provider (remote or local) refused or failed
     │   ├── ProviderUnavailable     could not be reached, or answered 5xx after retries

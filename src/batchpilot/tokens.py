@@ -57,17 +57,9 @@ class _EncodingSpec(NamedTuple):
 _SPECS: dict[str, _EncodingSpec] = {
     "o200k_base": _EncodingSpec(
         "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-        "|".join(
-            [
-                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-                r"""\p{N}{1,3}""",
-                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-                r"""\s*[\r\n]+""",
-                r"""\s+(?!\S)""",
-                r"""\s+""",
-            ]
-        ),
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"""
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"""
+        r"""\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
         {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
     ),
     "cl100k_base": _EncodingSpec(
@@ -243,15 +235,15 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
         size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     elif data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
         size = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 25:
         chunk = data[12:16]
-        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a" and len(data) >= 30:
             w, h = int.from_bytes(data[26:28], "little"), int.from_bytes(data[28:30], "little")
             size = w & 0x3FFF, h & 0x3FFF
         elif chunk == b"VP8L" and data[20] == 0x2F:
             bits = int.from_bytes(data[21:25], "little")
             size = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-        elif chunk == b"VP8X":
+        elif chunk == b"VP8X" and len(data) >= 30:
             w, h = int.from_bytes(data[24:27], "little"), int.from_bytes(data[27:30], "little")
             size = w + 1, h + 1
     elif data[:2] == b"\xff\xd8":
@@ -391,7 +383,9 @@ def _with_extras(counted: tuple[int, bool], tools: Any, schema: Any, m: _Model) 
 
 def _chat(body: dict[str, Any], m: _Model) -> tuple[int, bool]:
     fmt = body.get("response_format") or {}
-    schema = fmt.get("json_schema", {}).get("schema") if fmt.get("type") == "json_schema" else None
+    schema = (
+        (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
+    )
     tools = body.get("tools") or body.get("functions")
     return _with_extras(_messages(body.get("messages") or [], m), tools, schema, m)
 

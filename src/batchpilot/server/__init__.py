@@ -69,9 +69,7 @@ def make_responder(config: ServerConfig) -> Responder:
         from batchpilot.server.responders.proxy import ProxyResponder
 
         return ProxyResponder(config.upstream, api_key=config.upstream_api_key)
-    raise ConfigError(
-        f"unknown responder {config.responder!r}; choose synthetic, llama or proxy"
-    )
+    raise ConfigError(f"unknown responder {config.responder!r}; choose synthetic, llama or proxy")
 
 
 class ServerAdmin:

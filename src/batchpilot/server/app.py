@@ -163,9 +163,19 @@ class ServerApp:
             return _error(400, f"Could not parse the multipart upload: {exc}")
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, UploadFile):
-            return _error(400, "Missing required parameter: 'file'.", code="missing_required_parameter", param="file")
+            return _error(
+                400,
+                "Missing required parameter: 'file'.",
+                code="missing_required_parameter",
+                param="file",
+            )
         if not isinstance(purpose, str) or not purpose:
-            return _error(400, "Missing required parameter: 'purpose'.", code="missing_required_parameter", param="purpose")
+            return _error(
+                400,
+                "Missing required parameter: 'purpose'.",
+                code="missing_required_parameter",
+                param="purpose",
+            )
         if purpose not in FILE_PURPOSES:
             return _error(
                 400,
@@ -364,7 +374,9 @@ class ServerApp:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _error(
-                400, "Missing required parameter: 'model'.", code="missing_required_parameter",
+                400,
+                "Missing required parameter: 'model'.",
+                code="missing_required_parameter",
                 param="model",
             )
         accepted = self.config.accepted_models()
@@ -376,7 +388,9 @@ class ServerApp:
             )
         if body.get("stream"):
             return _error(
-                400, "Streaming is not supported by the local server.", param="stream",
+                400,
+                "Streaming is not supported by the local server.",
+                param="stream",
                 code="unsupported_value",
             )
         try:
@@ -390,8 +404,9 @@ class ServerApp:
             retry = max(decision.retry_after_s, 0.001)
             headers["retry-after"] = f"{retry:.3f}"
             headers["retry-after-ms"] = str(max(1, int(retry * 1000)))
-            return _error(429, decision.message, decision.kind, "rate_limit_exceeded",
-                          headers=headers)
+            return _error(
+                429, decision.message, decision.kind, "rate_limit_exceeded", headers=headers
+            )
         custom_id = request.headers.get(CUSTOM_ID_HEADER)
         digest = body_sha256(body)
         content_fault = None
@@ -420,8 +435,10 @@ class ServerApp:
         created = int(time.time())
         return JSONResponse(
             _page(
-                [{"id": n, "object": "model", "created": created, "owned_by": "batchpilot"}
-                 for n in names],
+                [
+                    {"id": n, "object": "model", "created": created, "owned_by": "batchpilot"}
+                    for n in names
+                ],
                 False,
             )
         )
@@ -442,6 +459,11 @@ class ServerApp:
                 "engine_error": self.engine.last_error,
             }
         )
+
+    async def echo(self, request: Request) -> Response:
+        """The bare framework: parse a JSON body and send it back (a benchmark reference)."""
+        body = await _json_body(request)
+        return body if isinstance(body, Response) else JSONResponse(body)
 
     async def advance_clock(self, request: Request) -> Response:
         body = await _json_body(request)
@@ -494,19 +516,25 @@ def _check_metadata(metadata: Any) -> Response | None:
         return None
     if not isinstance(metadata, dict):
         return _error(
-            400, "Invalid type for 'metadata': expected an object.", code="invalid_type",
+            400,
+            "Invalid type for 'metadata': expected an object.",
+            code="invalid_type",
             param="metadata",
         )
     if len(metadata) > 16:
         return _error(
-            400, "Invalid 'metadata': at most 16 key-value pairs are allowed.",
-            code="invalid_value", param="metadata",
+            400,
+            "Invalid 'metadata': at most 16 key-value pairs are allowed.",
+            code="invalid_value",
+            param="metadata",
         )
     for key, value in metadata.items():
         if len(key) > 64:
             return _error(
-                400, f"Invalid 'metadata': key '{key[:70]}' is longer than 64 characters.",
-                code="invalid_value", param="metadata",
+                400,
+                f"Invalid 'metadata': key '{key[:70]}' is longer than 64 characters.",
+                code="invalid_value",
+                param="metadata",
             )
         if not isinstance(value, str):
             return _error(
@@ -518,8 +546,10 @@ def _check_metadata(metadata: Any) -> Response | None:
             )
         if len(value) > 512:
             return _error(
-                400, f"Invalid 'metadata.{key}': values are limited to 512 characters.",
-                code="invalid_value", param=f"metadata.{key}",
+                400,
+                f"Invalid 'metadata.{key}': values are limited to 512 characters.",
+                code="invalid_value",
+                param=f"metadata.{key}",
             )
     return None
 
@@ -539,9 +569,7 @@ def _type_name(value: Any) -> str:
 def build_app(server: ServerApp) -> ASGIApp:
     """The ASGI application of one server."""
 
-    def route(
-        path: str, handler: Callable[[Request], Awaitable[Response]], method: str
-    ) -> Route:
+    def route(path: str, handler: Callable[[Request], Awaitable[Response]], method: str) -> Route:
         return Route(path, handler, methods=[method])
 
     routes = [
@@ -560,16 +588,16 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/_batchpilot/ledger", server.ledger, "GET"),
         route("/_batchpilot/health", server.health, "GET"),
         route("/_batchpilot/clock/advance", server.advance_clock, "POST"),
+        route("/_batchpilot/echo", server.echo, "POST"),
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(404, f"Unknown request URL: {request.method} {request.url.path}.",
-                      code="unknown_url")
+        return _error(
+            404, f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"
+        )
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         return _error(405, f"Method {request.method} is not allowed for {request.url.path}.")
 
-    app = Starlette(
-        routes=routes, exception_handlers={404: not_found, 405: method_not_allowed}
-    )
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     return GuardMiddleware(app, server)

@@ -128,7 +128,8 @@ def parse_rate_limit(text: str) -> tuple[str, RateLimit]:
         key = key.strip().lower()
         if not sep or key not in {"rpm", "tpm", "rpd"}:
             raise ConfigError(
-                f"--rate-limit: {item!r} in {text!r} should look like rpm:500, tpm:200000 or rpd:10000"
+                f"--rate-limit: {item!r} in {text!r} should look like rpm:500, tpm:200000 "
+                "or rpd:10000"
             )
         parts[key] = _parse_int(number.strip(), "--rate-limit", text)
     return model, RateLimit(**parts)

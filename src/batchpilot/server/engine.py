@@ -215,9 +215,7 @@ class BatchEngine:
             values["errors_json"] = dumps(errors)
             self.state.update_batch(batch_id, values)
             return
-        values.update(
-            admitted=1, enqueued_tokens=result.input_tokens, total=len(result.lines)
-        )
+        values.update(admitted=1, enqueued_tokens=result.input_tokens, total=len(result.lines))
         self.state.admit_lines(batch_id, result.lines, values)
 
     # running lines --------------------------------------------------------------------------
@@ -225,32 +223,36 @@ class BatchEngine:
     def _progress(self, row: sqlite3.Row, now: float) -> bool:
         batch_id = row["id"]
         expire = self._fault(row, "batch_expire")
+        expire_after = None if expire is None else int(expire.after_fraction * row["total"])
         done = row["completed"] + row["failed"]
-        if now >= row["expires_at"] or (
-            expire is not None and done >= expire.after_fraction * row["total"]
-        ):
-            self._finish(row, "expired", now)
-            return True
-        elapsed = now - row["in_progress_at"]
+        elapsed = min(now, row["expires_at"]) - row["in_progress_at"]
         started = time.monotonic()
         ran = False
         with self.state.file_path(row["input_file_id"]).open("rb") as handle:
             while time.monotonic() - started < CHUNK_SECONDS:
-                limit = CHUNK_LINES
-                if expire is not None:
-                    limit = max(1, min(limit, int(expire.after_fraction * row["total"]) - done))
+                limit = (
+                    CHUNK_LINES if expire_after is None else min(CHUNK_LINES, expire_after - done)
+                )
+                if limit <= 0:
+                    break
                 lines = self.state.due_lines(batch_id, elapsed, limit)
                 if not lines:
                     break
-                if self.state.get_batch(batch_id)["status"] != "in_progress":  # type: ignore[index]
+                current = self.state.get_batch(batch_id)
+                if current is None or current["status"] != "in_progress":
                     return True
                 done += self._run_lines(row, handle, lines)
                 ran = True
-                if expire is not None:
-                    break
+        if now >= row["expires_at"] or (expire_after is not None and done >= expire_after):
+            current = self.state.get_batch(batch_id)
+            if current is not None:
+                self._finish(current, "expired", now)
+            return True
         if not ran and self.state.pending_count(batch_id) == 0:
             self.state.update_batch(
-                batch_id, {"status": "finalizing", "finalizing_at": now}, expect_status="in_progress"
+                batch_id,
+                {"status": "finalizing", "finalizing_at": now},
+                expect_status="in_progress",
             )
             return True
         return ran
@@ -272,9 +274,7 @@ class BatchEngine:
             line_fault = content_fault = None
             if self._has_line_faults:
                 execution = self.state.executions(line.custom_id) + 1
-                line_fault = self.faults.request_fault(
-                    LINE_KINDS, line.custom_id, execution, model
-                )
+                line_fault = self.faults.request_fault(LINE_KINDS, line.custom_id, execution, model)
                 content_fault = self.faults.request_fault(
                     CONTENT_KINDS, line.custom_id, execution, model
                 )
@@ -292,6 +292,7 @@ class BatchEngine:
                 usage = response.get("usage") or {}
                 usage_in = int(usage.get("prompt_tokens", 0))
                 usage_out = int(usage.get("completion_tokens", 0))
+            output: dict[str, Any]
             if status == 0:
                 output = {
                     "id": out_id,
@@ -405,8 +406,6 @@ class BatchEngine:
             else:
                 tmp.unlink(missing_ok=True)
         if unrun:
-            current = self.state.get_batch(batch_id)
-            values["failed"] = (current["failed"] if current else row["failed"]) + unrun
+            values["failed"] = row["failed"] + unrun
         self.state.update_batch(batch_id, values, expect_status=row["status"])
         self.wake()
-

@@ -16,10 +16,22 @@ __all__ = ["body_sha256", "execute", "http_error_body"]
 log = logging.getLogger(__name__)
 
 _STATUS_TEXT = {
-    429: ("requests", "rate_limit_exceeded", "You've exceeded the rate limit, please slow down and try again. (local server fault)"),
-    500: ("server_error", None, "The server had an error while processing your request. (local server fault)"),
+    429: (
+        "requests",
+        "rate_limit_exceeded",
+        "You've exceeded the rate limit, please slow down and try again. (local server fault)",
+    ),
+    500: (
+        "server_error",
+        None,
+        "The server had an error while processing your request. (local server fault)",
+    ),
     502: ("server_error", None, "Bad gateway. (local server fault)"),
-    503: ("server_error", None, "The engine is currently overloaded, please try again later. (local server fault)"),
+    503: (
+        "server_error",
+        None,
+        "The engine is currently overloaded, please try again later. (local server fault)",
+    ),
 }
 
 
@@ -32,8 +44,11 @@ def http_error_body(fault: Fault) -> dict[str, Any]:
     """The error envelope a fault of the given status answers with."""
     type_, code, message = _STATUS_TEXT.get(
         fault.status,
-        ("invalid_request_error" if fault.status < 500 else "server_error", None,
-         f"Injected error {fault.status}. (local server fault)"),
+        (
+            "invalid_request_error" if fault.status < 500 else "server_error",
+            None,
+            f"Injected error {fault.status}. (local server fault)",
+        ),
     )
     return error_body(fault.message or message, type_, fault.code or code)
 

@@ -37,9 +37,9 @@ from batchpilot.errors import ConfigError
 __all__ = [
     "BATCH_KINDS",
     "CONTENT_KINDS",
+    "LINE_KINDS",
     "Fault",
     "FaultPlan",
-    "LINE_KINDS",
     "load_fault_plan",
 ]
 

@@ -93,21 +93,24 @@ class RateLimiter:
                     ("tokens", self._bucket(model, "tpm", limit.tpm, 60, now), float(tokens))
                 )
             if limit.rpd:
-                buckets.append(
-                    ("requests", self._bucket(model, "rpd", limit.rpd, 86_400, now), 1)
-                )
+                buckets.append(("requests", self._bucket(model, "rpd", limit.rpd, 86_400, now), 1))
             waits = [(bucket.wait_for(amount), kind, bucket) for kind, bucket, amount in buckets]
             allowed = all(wait == 0 for wait, _, _ in waits)
             if allowed:
-                for kind, bucket, amount in buckets:
+                for _, bucket, amount in buckets:
                     bucket.level -= amount
             headers = self._headers(model, limit)
             if allowed:
                 return Decision(True, headers)
             wait, kind, bucket = max(waits, key=lambda item: item[0])
-            per = "tokens per min (TPM)" if bucket is self._buckets.get((model, "tpm")) else (
-                "requests per day (RPD)" if bucket is self._buckets.get((model, "rpd"))
-                else "requests per min (RPM)"
+            per = (
+                "tokens per min (TPM)"
+                if bucket is self._buckets.get((model, "tpm"))
+                else (
+                    "requests per day (RPD)"
+                    if bucket is self._buckets.get((model, "rpd"))
+                    else "requests per min (RPM)"
+                )
             )
             used = bucket.capacity - int(bucket.level)
             message = (

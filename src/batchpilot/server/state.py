@@ -258,7 +258,9 @@ class ServerState:
                 params.append(anchor[0])
         rows = (
             self.read()
-            .execute(f"SELECT * FROM batches {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
+            .execute(
+                f"SELECT * FROM batches {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1)
+            )
             .fetchall()
         )
         return rows[:limit], len(rows) > limit
@@ -307,8 +309,8 @@ class ServerState:
         with self.tx() as conn:
             conn.execute("DELETE FROM batch_lines WHERE batch_id = ?", (batch_id,))
             conn.executemany(
-                "INSERT INTO batch_lines(batch_id, line_no, custom_id, offset, length, tokens, due_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO batch_lines(batch_id, line_no, custom_id, offset, length, tokens, "
+                "due_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (batch_id, ln.line_no, ln.custom_id, ln.offset, ln.length, ln.tokens, ln.due_s)
                     for ln in lines

@@ -128,7 +128,9 @@ def validate_input_file(
                 continue
             model = body.get("model")
             if not isinstance(model, str) or not model:
-                result.error("invalid_request", "Model parameter is required.", line_no, "body.model")
+                result.error(
+                    "invalid_request", "Model parameter is required.", line_no, "body.model"
+                )
                 continue
             if accepted_models is not None and model not in accepted_models:
                 result.error(

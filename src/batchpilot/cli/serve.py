@@ -1,0 +1,186 @@
+"""`batchpilot serve`: the local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from batchpilot.errors import ConfigError
+from batchpilot.server import LocalServer, ServerConfig, load_fault_plan
+from batchpilot.server.config import RateLimit, parse_queue_limit, parse_rate_limit
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Keep the loopback default unless you set --api-key.",
+)
+@click.option(
+    "--port",
+    default=8089,
+    show_default=True,
+    type=int,
+    help="Port to listen on (0 picks a free one).",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    default="./.batchpilot/server",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the server's SQLite state and files; restart on the same "
+    "directory to continue where it stopped.",
+)
+@click.option(
+    "--responder",
+    type=click.Choice(["synthetic", "llama", "proxy"]),
+    default="synthetic",
+    show_default=True,
+    help="What answers requests: deterministic synthetic answers, a local GGUF model "
+    "through llama.cpp, or a proxy to a real-time OpenAI-compatible endpoint.",
+)
+@click.option(
+    "--model-path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="GGUF file for --responder llama (default: the bundled SmolLM2-135M).",
+)
+@click.option(
+    "--upstream",
+    metavar="URL",
+    help="Base URL for --responder proxy, e.g. http://127.0.0.1:8000/v1. Its key is "
+    "read from BATCHPILOT_UPSTREAM_API_KEY.",
+)
+@click.option(
+    "--time-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Virtual seconds per real second; 3600 lets a 24 h window pass in 24 s.",
+)
+@click.option(
+    "--queue-limit",
+    "queue_limits",
+    multiple=True,
+    metavar="MODEL=TOKENS",
+    help="Enqueued-token limit per model, e.g. gpt-4o-mini=2000000. Repeatable.",
+)
+@click.option(
+    "--rate-limit",
+    "rate_limits",
+    multiple=True,
+    metavar="MODEL=rpm:N,tpm:N,rpd:N",
+    help="Real-time limits per model, answered with 429 and x-ratelimit-* headers. Repeatable.",
+)
+@click.option(
+    "--faults",
+    "faults_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML/JSON fault plan (see docs/server.md).",
+)
+@click.option(
+    "--api-key",
+    envvar="BATCHPILOT_SERVER_API_KEY",
+    show_envvar=True,
+    help="Require this bearer key on every request.",
+)
+@click.option(
+    "--validation-delay",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Virtual seconds a batch stays in 'validating'.",
+)
+@click.option(
+    "--tokens-per-second",
+    type=float,
+    default=200_000.0,
+    show_default=True,
+    help="Virtual processing rate of a batch, in input tokens per second.",
+)
+@click.option(
+    "--finalizing-delay",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Virtual seconds a batch stays in 'finalizing'.",
+)
+@click.option(
+    "--models",
+    "models",
+    metavar="NAME,NAME",
+    help="Models the server accepts (default: common OpenAI names, 'local' and "
+    "'smollm2'); '*' accepts any.",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Requests answered in parallel inside a batch.",
+)
+def serve(
+    host: str,
+    port: int,
+    state_dir: Path,
+    responder: str,
+    model_path: Path | None,
+    upstream: str | None,
+    time_scale: float,
+    queue_limits: tuple[str, ...],
+    rate_limits: tuple[str, ...],
+    faults_file: Path | None,
+    api_key: str | None,
+    validation_delay: float,
+    tokens_per_second: float,
+    finalizing_delay: float,
+    models: str | None,
+    threads: int,
+) -> None:
+    """Run the local OpenAI-compatible server (Files, Batches, Chat Completions, Embeddings).
+
+    It is a test double with a virtual clock and injectable faults, the engine behind
+    `provider: local`, and a Batch API in front of any real-time endpoint.
+    """
+    if time_scale <= 0:
+        raise ConfigError("--time-scale must be positive")
+    if tokens_per_second <= 0:
+        raise ConfigError("--tokens-per-second must be positive")
+    rate: dict[str, RateLimit] = dict(parse_rate_limit(text) for text in rate_limits)
+    config = ServerConfig(
+        state_dir=state_dir,
+        host=host,
+        port=port,
+        responder=responder,
+        model_path=model_path,
+        upstream=upstream,
+        upstream_api_key=os.environ.get("BATCHPILOT_UPSTREAM_API_KEY"),
+        time_scale=time_scale,
+        validation_delay_s=validation_delay,
+        processing_tokens_per_s=tokens_per_second,
+        finalizing_delay_s=finalizing_delay,
+        queue_limits=dict(parse_queue_limit(text) for text in queue_limits),
+        rate_limits=rate,
+        models=frozenset(m.strip() for m in models.split(",")) if models else None,
+        faults=load_fault_plan(faults_file) if faults_file else None,
+        api_key=api_key,
+        responder_threads=threads,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        click.secho(
+            f"Warning: listening on {host} without --api-key; anyone who can reach it can use it.",
+            fg="yellow",
+            err=True,
+        )
+    server = LocalServer(config)
+    click.echo(
+        f"batchpilot server ({responder}) on http://{host}:{port}/v1 — state in {state_dir}; "
+        "Ctrl-C stops it.",
+        err=True,
+    )
+    server.serve_forever()

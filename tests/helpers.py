@@ -1,0 +1,83 @@
+"""Shared helpers for tests that drive the local server through the official SDK."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import openai
+from openai.types import Batch
+
+from batchpilot.server import LocalServer
+
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def client_for(server: LocalServer, **options: Any) -> openai.OpenAI:
+    options.setdefault("max_retries", 0)
+    return openai.OpenAI(
+        base_url=server.base_url, api_key=options.pop("api_key", "test"), **options
+    )
+
+
+def chat_line(
+    custom_id: str, content: str, model: str = "gpt-4o-mini", **body: Any
+) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": content}], **body},
+    }
+
+
+def jsonl(lines: Iterable[dict[str, Any] | str]) -> bytes:
+    return "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines).encode()
+
+
+def upload(
+    client: openai.OpenAI, lines: Iterable[dict[str, Any] | str], name: str = "input.jsonl"
+) -> str:
+    return client.files.create(file=(name, io.BytesIO(jsonl(lines))), purpose="batch").id
+
+
+def submit(
+    client: openai.OpenAI,
+    lines: Iterable[dict[str, Any] | str],
+    endpoint: str = "/v1/chat/completions",
+    metadata: dict[str, str] | None = None,
+) -> Batch:
+    file_id = upload(client, lines)
+    return client.batches.create(
+        input_file_id=file_id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window="24h",
+        metadata=metadata,
+    )
+
+
+def wait_for(
+    client: openai.OpenAI, batch_id: str, statuses: set[str] = TERMINAL, timeout: float = 30.0
+) -> Batch:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} stuck in {batch.status}")
+        time.sleep(0.02)
+
+
+def read_jsonl(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    text = client.files.content(file_id).text
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def by_custom_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {line["custom_id"]: line for line in lines}

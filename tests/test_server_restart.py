@@ -1,0 +1,92 @@
+"""A server killed with SIGKILL in the middle of a batch continues it after a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import openai
+
+from helpers import by_custom_id, chat_line, read_jsonl, submit, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(state: Path, port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchpilot",
+            "serve",
+            "--port",
+            str(port),
+            "--state",
+            str(state),
+            "--tokens-per-second",
+            "60",
+            "--validation-delay",
+            "0",
+            "--finalizing-delay",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/_batchpilot/health", timeout=1)
+            return process
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError(
+        "server did not start: " + (process.stderr.read() or b"").decode() if process.stderr else ""
+    )
+
+
+def test_sigkill_mid_batch_then_restart_continues(tmp_path: Path) -> None:
+    port = free_port()
+    server = start(tmp_path, port)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        lines = [chat_line(f"r{i:02d}", f"question number {i}") for i in range(24)]
+        batch = submit(client, lines)
+        deadline = time.monotonic() + 20
+        while client.batches.retrieve(batch.id).request_counts.completed < 4:
+            assert time.monotonic() < deadline, "no progress before the kill"
+            time.sleep(0.05)
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+    done_before = client.batches.with_raw_response  # the client object stays usable
+    assert done_before is not None
+
+    server = start(tmp_path, port)
+    try:
+        status = client.batches.retrieve(batch.id)
+        assert status.status == "in_progress"
+        assert 4 <= status.request_counts.completed < 24
+        final = wait_for(client, batch.id, timeout=60)
+        assert final.status == "completed"
+        assert final.request_counts.completed == 24
+        output = by_custom_id(read_jsonl(client, final.output_file_id))
+        assert sorted(output) == [f"r{i:02d}" for i in range(24)]
+        ledger = httpx.get(f"http://127.0.0.1:{port}/_batchpilot/ledger").json()
+        counts = Counter(row["custom_id"] for row in ledger)
+        assert counts == Counter({f"r{i:02d}": 1 for i in range(24)})
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
