@@ -4,6 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from helpers import close_clients
+
 pytest_plugins = ["batchpilot.testing"]
 
 _PROVIDER_ENV = (
@@ -29,3 +31,4 @@ def _isolated_environment(
     monkeypatch.setenv("BATCHPILOT_CACHE_DIR", str(home / "cache"))
     monkeypatch.setenv("NO_PROXY", "*")
     yield
+    close_clients()

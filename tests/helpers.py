@@ -16,11 +16,21 @@ from batchpilot.server import LocalServer
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
-def client_for(server: LocalServer, **options: Any) -> openai.OpenAI:
+OPEN_CLIENTS: list[openai.OpenAI] = []
+
+
+def client_for(server: LocalServer | str, **options: Any) -> openai.OpenAI:
+    """An SDK client for a server (or base URL); closed after the test by conftest."""
     options.setdefault("max_retries", 0)
-    return openai.OpenAI(
-        base_url=server.base_url, api_key=options.pop("api_key", "test"), **options
-    )
+    base_url = server if isinstance(server, str) else server.base_url
+    client = openai.OpenAI(base_url=base_url, api_key=options.pop("api_key", "test"), **options)
+    OPEN_CLIENTS.append(client)
+    return client
+
+
+def close_clients() -> None:
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
 
 
 def chat_line(

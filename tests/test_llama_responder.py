@@ -154,3 +154,12 @@ def test_embeddings_need_embedding_mode() -> None:
     with pytest.raises(ResponderError) as closed:
         responder.chat(_ask("Hi", max_tokens=2))
     assert closed.value.status_code == 503
+
+
+def test_oversized_inputs_are_context_errors(responder: LlamaResponder) -> None:
+    with pytest.raises(ResponderError) as caught:
+        responder.chat(_ask("word " * 3000, max_tokens=1))
+    assert (caught.value.status_code, caught.value.code) == (400, "context_length_exceeded")
+    with pytest.raises(ResponderError) as caught:
+        responder.embed({"model": "local-embed", "input": "word " * 700})
+    assert (caught.value.status_code, caught.value.code) == (400, "context_length_exceeded")

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import json
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
@@ -29,8 +31,9 @@ PATTERNS = [
     r"[^\s]{4}",
     r"^\w{3,8}$",
 ]
-FORMATS = ["date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"]
-FORMATS += ["uri"]
+FORMATS = [
+    "date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri"
+]  # fmt: skip
 NAMES = ["id", "name", "title", "count", "price", "tags", "status", "owner", "notes", "score"]
 
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -39,24 +42,29 @@ _DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z]+$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]*$")
 
-# Formats whose jsonschema checkers need optional packages that are not installed.
+# jsonschema checks these formats only with optional packages, which are not installed.
 EXTRA_FORMATS = FormatChecker()
 
 
-def _checks(name: str, pattern: re.Pattern[str]) -> None:
-    EXTRA_FORMATS.checks(name)(
-        lambda value: not isinstance(value, str) or bool(pattern.match(value))
+def _iso_parses(parse: Callable[[str], object], value: str) -> bool:
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+_EXTRA_CHECKS: dict[str, Callable[[str], bool]] = {
+    "date-time": lambda v: bool(_DATE_TIME.match(v)) and _iso_parses(dt.datetime.fromisoformat, v),
+    "time": lambda v: bool(_TIME.match(v)) and _iso_parses(dt.time.fromisoformat, v),
+    "duration": lambda v: bool(_DURATION.match(v)),
+    "hostname": lambda v: bool(_HOSTNAME.match(v)),
+    "uri": lambda v: bool(_URI.match(v)),
+}
+for _name, _check in _EXTRA_CHECKS.items():
+    EXTRA_FORMATS.checks(_name)(
+        functools.partial(lambda c, v: not isinstance(v, str) or c(v), _check)
     )
-
-
-for _name, _pattern in [
-    ("date-time", _DATE_TIME),
-    ("time", _TIME),
-    ("duration", _DURATION),
-    ("hostname", _HOSTNAME),
-    ("uri", _URI),
-]:
-    _checks(_name, _pattern)
 
 
 def assert_valid(schema: Schema, instance: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from batchpilot.server import LocalServer, RateLimit
 from batchpilot.server.ratelimit import format_duration
+from batchpilot.tokens import count_request
 
 from helpers import client_for
 
@@ -25,7 +26,8 @@ def test_chat_completion(local_server: LocalServer) -> None:
     assert answer.object == "chat.completion"
     assert answer.model == "gpt-4o-mini"
     assert answer.choices[0].finish_reason == "stop"
-    assert answer.usage.prompt_tokens == 10
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens == count_request(ASK, "/v1/chat/completions").tokens == 9
     ledger = local_server.admin.ledger()
     assert len(ledger) == 1 and ledger[0]["batch_id"] is None
 
@@ -103,13 +105,13 @@ def test_requests_per_minute_limit(local_server_factory: Callable[..., LocalServ
 
 
 def test_tokens_per_minute_limit(local_server_factory: Callable[..., LocalServer]) -> None:
-    server = local_server_factory(time_scale=1e-9, rate_limits={"gpt-4o-mini": RateLimit(tpm=25)})
+    server = local_server_factory(time_scale=1e-9, rate_limits={"gpt-4o-mini": RateLimit(tpm=15)})
     url = f"{server.base_url}/chat/completions"
     assert httpx.post(url, json=ASK).status_code == 200
     second = httpx.post(url, json=ASK)
     assert second.status_code == 429
     assert second.json()["error"]["type"] == "tokens"
-    assert second.headers["x-ratelimit-limit-tokens"] == "25"
+    assert second.headers["x-ratelimit-limit-tokens"] == "15"
     too_big = httpx.post(url, json={**ASK, "max_tokens": 100})
     assert too_big.status_code == 429
     assert "Request too large" in too_big.json()["error"]["message"]

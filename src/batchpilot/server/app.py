@@ -13,7 +13,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -55,10 +56,6 @@ def _error(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(error_body(message, type, code, param), status, headers=headers)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class GuardMiddleware:
@@ -111,15 +108,10 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise HTTPException(413, f"Request body too large; the limit is {limit} bytes.")
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await _error(413, f"Request body too large; the limit is {limit} bytes.")(
-                scope, receive, send
-            )
+        await self.app(scope, counted, send)
 
 
 class ServerApp:
@@ -161,6 +153,12 @@ class ServerApp:
             form = await request.form(max_files=1, max_fields=10)
         except Exception as exc:
             return _error(400, f"Could not parse the multipart upload: {exc}")
+        try:
+            return await self._store_upload(form)
+        finally:
+            await form.close()
+
+    async def _store_upload(self, form: FormData) -> Response:
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, UploadFile):
             return _error(

@@ -323,16 +323,15 @@ class _Generator:
         lo, hi = _count(schema, "minProperties") or 0, _count(schema, "maxProperties")
         child = self._child(ctx)
         out: dict[str, Any] = {}
-        for name in [*props, *(r for r in required if r not in props)]:
+        for name in dict.fromkeys([*props, *required, *(f"extra_{i}" for i in range(1, lo + 1))]):
             needed = name in required
-            if not needed and (ctx.limited or (hi is not None and len(out) >= hi)):
+            room = name in props and not ctx.limited and (hi is None or len(out) < hi)
+            if not (needed or room or len(out) < lo):
                 continue
             matched = [s for p, s in patterns.items() if _compile(p)[0].search(name)]
             sub = props.get(name, True if matched else additional)
             for extra in matched:
                 sub = _combine(sub, extra)
-            if sub is False and name not in props:
-                raise ValueError(f"required property {name!r} is not allowed by the schema")
             try:
                 out[name] = self.generate(sub, child)
             except ValueError:
@@ -340,20 +339,8 @@ class _Generator:
                     raise
         if hi is not None and len(out) > hi:
             raise ValueError(f"{len(out)} required properties exceed maxProperties {hi}")
-        for index in range(1, lo * 4 + 1):
-            if len(out) >= lo:
-                break
-            if patterns:
-                pattern, sub = next(iter(patterns.items()))
-                name = self._pattern_string(pattern, 1, None)
-            elif additional is False:
-                raise ValueError(f"minProperties {lo} needs properties the schema does not allow")
-            else:
-                name, sub = f"extra_{index}", additional
-            if name not in out and name not in props:
-                out[name] = self.generate(sub, child)
         if len(out) < lo:
-            raise ValueError(f"cannot produce {lo} distinct properties")
+            raise ValueError(f"cannot produce the {lo} properties minProperties asks for")
         return out
 
     def _child(self, ctx: _Ctx) -> _Ctx:
@@ -487,14 +474,15 @@ def _combine(a: Any, b: Any) -> Any:
         return b
     if b is True or b == {}:
         return a
-    if any(k in s for s in (a, b) for k in ("$ref", "allOf")):
+    if not isinstance(a, dict) or not isinstance(b, dict) or {"$ref", "allOf"} & {*a, *b}:
         return {"allOf": [a, b]}
     return _merge(a, b)
 
 
 _TIGHTER: dict[str, Callable[[Any, Any], Any]] = {
-    **dict.fromkeys(("minimum", "minLength", "minItems", "minProperties", "minContains"), max),
-    **dict.fromkeys(("maximum", "maxLength", "maxItems", "maxProperties", "maxContains"), min),
+    **dict.fromkeys(("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties"), max),
+    **dict.fromkeys(("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties"), min),
+    **{"minContains": max, "maxContains": min},
 }
 
 
@@ -642,45 +630,24 @@ def _time(rng: random.Random) -> str:
     return f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z"
 
 
-def _duration(rng: random.Random) -> str:
-    days, hours, minutes = rng.randint(1, 30), rng.randint(1, 23), rng.randint(1, 59)
-    return rng.choice((f"P{days}D", f"PT{hours}H{minutes}M", f"P{days}DT{hours}H"))
-
-
-def _email(rng: random.Random) -> str:
-    return f"{_words(rng, 2, '.')}@example.com"
-
-
-def _host(rng: random.Random) -> str:
-    return f"{_words(rng, 2, '-')}.example.com"
-
-
-def _url(rng: random.Random) -> str:
-    return f"https://example.com/{_words(rng, 2, '/')}"
-
-
-def _path(rng: random.Random) -> str:
-    return f"/{_words(rng, 2, '/')}"
-
-
+_FORMAT_ALIASES = {"idn-email": "email", "idn-hostname": "hostname", "iri": "uri"}
 _FORMATS: dict[str, Callable[[random.Random], str]] = {
     "date-time": lambda rng: f"{_date(rng)}T{_time(rng)}",
     "date": _date,
     "time": _time,
-    "duration": _duration,
-    "email": _email,
-    "idn-email": _email,
-    "hostname": _host,
-    "idn-hostname": _host,
+    "duration": lambda rng: rng.choice(("P{}D", "PT{}H", "PT{}M", "P{}DT{}H")).format(
+        rng.randint(1, 30), rng.randint(1, 23)
+    ),
+    "email": lambda rng: f"{_words(rng, 2, '.')}@example.com",
+    "hostname": lambda rng: f"{_words(rng, 2, '-')}.example.com",
     "ipv4": lambda rng: f"192.0.2.{rng.randint(1, 254)}",
     "ipv6": lambda rng: f"2001:db8::{rng.randint(1, 0xFFFF):x}",
     "uuid": lambda rng: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-    "uri": _url,
-    "iri": _url,
-    "uri-reference": _path,
-    "iri-reference": _path,
+    "uri": lambda rng: f"https://example.com/{_words(rng, 2, '/')}",
+    "uri-reference": lambda rng: f"/{_words(rng, 2, '/')}",
     "uri-template": lambda rng: f"https://example.com/{_words(rng, 1, '')}/{{id}}",
-    "json-pointer": lambda rng: f"{_path(rng)}/{rng.randint(0, 9)}",
-    "relative-json-pointer": lambda rng: f"{rng.randint(0, 3)}{_path(rng)}",
+    "json-pointer": lambda rng: f"/{_words(rng, 1, '')}/{rng.randint(0, 9)}",
+    "relative-json-pointer": lambda rng: f"{rng.randint(0, 3)}/{_words(rng, 1, '')}",
     "regex": lambda rng: f"^{_words(rng, 1, '')}[0-9]+$",
 }
+_FORMATS |= {alias: _FORMATS[name] for alias, name in _FORMAT_ALIASES.items()}

@@ -37,7 +37,11 @@ class LlamaResponder:
 
     Responses are reshaped to the OpenAI form: `model` echoes the request's model name,
     messages carry `refusal: None` and `annotations: []`, choices carry `logprobs` and
-    llama.cpp's `timings` are dropped.
+    llama.cpp's `timings` are dropped. Errors from llama.cpp keep their status; a prompt
+    beyond the context is a 400 `context_length_exceeded`.
+
+    `n_ctx` is shared by the `n_parallel` slots, which llama.cpp decodes together. Calls are
+    thread-safe; with one slot they are also serialised by a lock.
 
     Embeddings: with `embedding=True` the same model also serves `/v1/embeddings`, using mean
     pooling over its hidden states (576 dimensions, L2-normalised; chat keeps working). SmolLM2
@@ -79,8 +83,13 @@ class LlamaResponder:
         if embedding:
             params.embedding = True
             params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+        params.endpoint_metrics = True
         try:
             self._server: Any = xllamacpp.Server(params)
+            # Server() returns before its task loop starts; destroying it in that window
+            # deadlocks (the stop signal is lost). A metrics request goes through the task
+            # loop, so once it has been answered the server can be released safely.
+            self._server.handle_metrics()
         except RuntimeError as exc:
             raise StateError(
                 f"llama.cpp could not load {self.model_path} (n_ctx={n_ctx}, "
@@ -92,7 +101,7 @@ class LlamaResponder:
         request = {key: value for key, value in body.items() if key not in _STREAM_KEYS}
         _check_chat_request(request)
         raw = self._call("handle_chat_completions", request)
-        return _normalise_chat(raw, body)
+        return _normalise_chat(raw, self._model_name(body))
 
     def embed(self, body: JSON) -> JSON:
         if not self.embedding:
@@ -105,11 +114,15 @@ class LlamaResponder:
         dimensions = body.get("dimensions")
         request = {key: value for key, value in body.items() if key != "dimensions"}
         raw = self._call("handle_embeddings", request)
-        return _normalise_embeddings(raw, body, dimensions)
+        return _normalise_embeddings(raw, self._model_name(body), dimensions)
 
     def close(self) -> None:
         # In-flight calls hold their own reference; the model is freed when the last one ends.
         self._server = None
+
+    def _model_name(self, body: JSON) -> str:
+        model = body.get("model")
+        return model if isinstance(model, str) and model else self.model_path.stem
 
     def _call(self, method: str, request: JSON) -> JSON:
         server = self._server
@@ -192,7 +205,7 @@ def _usage(raw: Any) -> JSON:
     }
 
 
-def _normalise_chat(raw: JSON, body: JSON) -> JSON:
+def _normalise_chat(raw: JSON, model: str) -> JSON:
     choices: list[JSON] = []
     for position, choice in enumerate(raw.get("choices") or []):
         message = choice.get("message") or {}
@@ -213,7 +226,7 @@ def _normalise_chat(raw: JSON, body: JSON) -> JSON:
         "id": raw.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(raw.get("created") or time.time()),
-        "model": body.get("model") or raw.get("model"),
+        "model": model,
         "choices": choices,
         "usage": _usage(raw.get("usage")),
     }
@@ -222,7 +235,7 @@ def _normalise_chat(raw: JSON, body: JSON) -> JSON:
     return response
 
 
-def _normalise_embeddings(raw: JSON, body: JSON, dimensions: Any) -> JSON:
+def _normalise_embeddings(raw: JSON, model: str, dimensions: Any) -> JSON:
     data: list[JSON] = []
     for position, item in enumerate(raw.get("data") or []):
         vector = item.get("embedding")
@@ -240,7 +253,7 @@ def _normalise_embeddings(raw: JSON, body: JSON, dimensions: Any) -> JSON:
     return {
         "object": "list",
         "data": data,
-        "model": body.get("model") or raw.get("model"),
+        "model": model,
         "usage": {"prompt_tokens": usage["prompt_tokens"], "total_tokens": usage["total_tokens"]},
     }
 

@@ -1,0 +1,333 @@
+"""Token prices and per-tier rate limits, read from the versioned data files in `data_files`.
+
+Prices are USD per 1M tokens. A model name is looked up as given, then through the table's
+aliases, then again with a trailing snapshot date (`-2024-07-18` or `-20250514`) removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from batchpilot.errors import ConfigError, UserInputError
+
+__all__ = ["Price", "PriceTable", "TierLimits", "tier_limits"]
+
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+_Schema = TypeVar("_Schema", bound=BaseModel)
+_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "model_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+}
+_PRICE_KEYS = ("input", "cached_input", "output", "batch_input", "batch_output", "batch_discount")
+
+
+def _iso(value: object) -> object:
+    return value.isoformat() if isinstance(value, dt.date) else value
+
+
+def _tier_key(tier: object) -> str:
+    text = str(tier).strip().lower().replace(" ", "").replace("-", "").replace("_", "")
+    return text.removeprefix("tier") or text
+
+
+_Usd = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+_Discount = Annotated[float, Field(gt=0, le=1, strict=True)]
+_Count = Annotated[int, Field(ge=0, strict=True)]
+_Date = Annotated[str, BeforeValidator(_iso), Field(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Override(_Strict):
+    """A job's price row; every key is optional and merged over the table's row."""
+
+    input: _Usd | None = None
+    cached_input: _Usd | None = None
+    output: _Usd | None = None
+    batch_input: _Usd | None = None
+    batch_output: _Usd | None = None
+    batch_discount: _Discount | None = None
+
+    @field_validator("input", "batch_input", "batch_discount")
+    @classmethod
+    def _not_null(cls, value: float | None) -> float:
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+
+class _Row(_Override):
+    provider: Literal["openai", "anthropic", "local"]
+    input: _Usd
+    cached_input: _Usd | None
+    output: _Usd | None
+    batch_discount: _Discount
+    source: str = Field(min_length=1)
+    as_of: _Date
+    confidence: Literal["verified", "secondary"]
+
+
+class _PriceFile(_Strict):
+    version: Literal[1]
+    updated: _Date
+    models: dict[str, _Row]
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+
+class _Tier(_Strict):
+    rpm: _Count | None = None
+    rpd: _Count | None = None
+    tpm: _Count | None = None
+    batch_queue_tokens: _Count | None = None
+
+
+class _LimitRow(_Strict):
+    source: str = Field(min_length=1)
+    confidence: Literal["verified", "secondary"]
+    tiers: dict[str | int, _Tier]
+
+
+class _LimitFile(_Strict):
+    version: Literal[1]
+    updated: _Date
+    models: dict[str, _LimitRow]
+
+
+def _problems(exc: ValidationError, model: str | None = None) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        if model is None and len(loc) >= 2 and loc[0] == "models":
+            where, loc = f"model {loc[1]!r}, ", loc[2:]
+        else:
+            where = "" if model is None else f"model {model!r}, "
+        target = f"field {'.'.join(loc)!r}" if loc else "row"
+        message = _MESSAGES.get(error["type"], error["msg"])
+        lines.append(f"  {where}{target}: {message}")
+    return "\n".join(lines)
+
+
+def _load_yaml(path: Path | None, name: str, schema: type[_Schema]) -> tuple[_Schema, str]:
+    if path is None:
+        resource = resources.files("batchpilot.data_files") / name
+        where, text = str(resource), resource.read_text(encoding="utf-8")
+    else:
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    try:
+        return schema.model_validate(data), where
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: invalid table:\n{_problems(exc)}") from None
+
+
+@functools.cache
+def _packaged(name: str, schema: type[_Schema]) -> tuple[_Schema, str]:
+    return _load_yaml(None, name, schema)
+
+
+def _read(path: Path | None, name: str, schema: type[_Schema]) -> tuple[_Schema, str]:
+    return _packaged(name, schema) if path is None else _load_yaml(path, name, schema)
+
+
+@dataclass(frozen=True)
+class Price:
+    """One model's prices in USD per 1M tokens; `None` output means the model has no output."""
+
+    model: str
+    input: float
+    cached_input: float | None
+    output: float | None
+    batch_input: float
+    batch_output: float | None
+    source: str
+    as_of: str
+    confidence: str
+    batch_discount: float = 0.5
+
+    def rates(self, *, batch: bool) -> tuple[float, float, float | None]:
+        """(input, cached input, output) per 1M tokens for real-time or batch use."""
+        if not batch:
+            cached = self.input if self.cached_input is None else self.cached_input
+            return self.input, cached, self.output
+        # Assumes the batch discount stacks on the cached-input price; OpenAI has not said.
+        if self.cached_input is None:
+            return self.batch_input, self.batch_input, self.batch_output
+        return self.batch_input, self.cached_input * self.batch_discount, self.batch_output
+
+
+def _make_price(
+    model: str, values: Mapping[str, Any], source: str, as_of: str, confidence: str
+) -> Price:
+    rates = {key: values[key] for key in _PRICE_KEYS}
+    if rates["batch_input"] is None:
+        rates["batch_input"] = rates["input"] * rates["batch_discount"]
+    if rates["batch_output"] is None and rates["output"] is not None:
+        rates["batch_output"] = rates["output"] * rates["batch_discount"]
+    return Price(model=model, source=source, as_of=as_of, confidence=confidence, **rates)
+
+
+class PriceTable:
+    """The price of every known model, with a job's overrides applied."""
+
+    def __init__(
+        self, version: int, updated: str, prices: Mapping[str, Price], aliases: Mapping[str, str]
+    ) -> None:
+        self.version = version
+        self.updated = updated
+        self._prices = dict(prices)
+        self._aliases = dict(aliases)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> PriceTable:
+        """Read the table at `path` (default: the packaged one) and apply a job's `prices:`."""
+        table, where = _read(path, "prices.yaml", _PriceFile)
+        for alias, target in table.aliases.items():
+            if target not in table.models:
+                raise ConfigError(f"{where}: alias {alias!r} points to unknown model {target!r}")
+            if alias in table.models:
+                raise ConfigError(f"{where}: alias {alias!r} is also a model name")
+        prices = {
+            name: _make_price(name, row.model_dump(), row.source, row.as_of, row.confidence)
+            for name, row in table.models.items()
+        }
+        result = cls(table.version, table.updated, prices, table.aliases)
+        for model, row in (overrides or {}).items():
+            result._override(model, row)
+        return result
+
+    def _override(self, model: str, row: Mapping[str, Any]) -> None:
+        try:
+            given = _Override.model_validate(row).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            allowed = ", ".join(_PRICE_KEYS)
+            raise ConfigError(
+                f"prices: invalid price override (allowed keys: {allowed}):\n"
+                f"{_problems(exc, model)}"
+            ) from None
+        base_name = self._resolve(model)
+        if base_name is None:
+            missing = [key for key in ("input", "output") if key not in given]
+            if missing:
+                raise ConfigError(
+                    f"prices: model {model!r} is not in the price table, so its override "
+                    f"needs {' and '.join(missing)} (USD per 1M tokens)"
+                )
+            values: dict[str, Any] = dict.fromkeys(_PRICE_KEYS) | {"batch_discount": 0.5}
+        else:
+            base = self._prices[base_name]
+            values = {key: getattr(base, key) for key in _PRICE_KEYS}
+            # A new standard price or discount re-derives the batch price unless that is given too.
+            if given.keys() & {"input", "batch_discount"}:
+                values["batch_input"] = None
+            if given.keys() & {"output", "batch_discount"}:
+                values["batch_output"] = None
+        values |= given
+        today = dt.date.today().isoformat()
+        self._prices[model] = _make_price(
+            model, values, "price override in the job", today, "override"
+        )
+
+    def _resolve(self, model: str) -> str | None:
+        for name in (model, _DATE_SUFFIX.sub("", model)):
+            if name in self._prices:
+                return name
+            if name in self._aliases:
+                return self._aliases[name]
+        return None
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model with a price row, in table order."""
+        return tuple(self._prices)
+
+    def has(self, model: str) -> bool:
+        return self._resolve(model) is not None
+
+    def price(self, model: str) -> Price:
+        name = self._resolve(model)
+        if name is not None:
+            return self._prices[name]
+        known = [*self._prices, *self._aliases]
+        close = difflib.get_close_matches(_DATE_SUFFIX.sub("", model), known, n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UserInputError(
+            f"no price for model {model!r} in the price table "
+            f"(version {self.version}, updated {self.updated}).{hint} "
+            f"To use it, give its price in USD per 1M tokens in the job file:\n"
+            f"  prices: {{{model}: {{input: ..., output: ...}}}}"
+        )
+
+    def cost(
+        self,
+        model: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        batch: bool,
+    ) -> float:
+        """USD for one request (or a sum of requests); `input_tokens` includes `cached_tokens`."""
+        if min(input_tokens, output_tokens, cached_tokens) < 0:
+            raise UserInputError("token counts must not be negative")
+        if cached_tokens > input_tokens:
+            raise UserInputError(
+                f"cached tokens ({cached_tokens}) exceed input tokens ({input_tokens})"
+            )
+        price = self.price(model)
+        rate_in, rate_cached, rate_out = price.rates(batch=batch)
+        if rate_out is None and output_tokens:
+            raise UserInputError(f"model {model!r} has no output price (an embeddings model?)")
+        uncached = input_tokens - cached_tokens
+        output = output_tokens * (rate_out or 0.0)
+        return (uncached * rate_in + cached_tokens * rate_cached + output) / 1e6
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    """A model's limits at one usage tier; None means not known."""
+
+    rpm: int | None
+    rpd: int | None
+    tpm: int | None
+    batch_queue_tokens: int | None
+    source: str
+    confidence: str = "unknown"
+
+
+def tier_limits(model: str, tier: str | int = 1, path: Path | None = None) -> TierLimits:
+    """The limits of `model` at `tier` (`free`, 1..5) from the limits table (default: packaged).
+
+    An unknown model or tier gives all None: the caller must then ask for explicit limits.
+    """
+    table, _ = _read(path, "limits.yaml", _LimitFile)
+    row = table.models.get(model) or table.models.get(_DATE_SUFFIX.sub("", model))
+    tiers = {} if row is None else {_tier_key(key): value for key, value in row.tiers.items()}
+    limits = tiers.get(_tier_key(tier))
+    if row is None or limits is None:
+        return TierLimits(None, None, None, None, f"no known limits for {model!r} at tier {tier}")
+    return TierLimits(**limits.model_dump(), source=row.source, confidence=row.confidence)

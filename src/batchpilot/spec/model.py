@@ -1,0 +1,214 @@
+"""The job model: what to send, to whom, from which data, under which limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "BudgetSpec",
+    "EstimateSpec",
+    "ImageSpec",
+    "InputModel",
+    "JobSpec",
+    "LimitsSpec",
+    "MessageSpec",
+    "OutputSpec",
+    "PartSpec",
+    "PromptSpec",
+    "ProviderSpec",
+    "ResponseSpec",
+]
+
+Endpoint = Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses"]
+Detail = Literal["auto", "low", "high"]
+
+# Parameters the planner sets itself; a job must not set them in `params`.
+RESERVED_PARAMS = frozenset({"model", "messages", "input", "instructions", "stream"})
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderSpec(Strict):
+    """Who answers. Keys are never written here: `api_key_env` names the variable that holds one."""
+
+    kind: Literal["local", "openai", "azure", "compatible"] = Field(
+        "local",
+        description="local: the embedded server and model, no key; openai: api.openai.com; "
+        "azure: Azure OpenAI; compatible: any OpenAI-compatible base_url.",
+    )
+    base_url: str | None = Field(None, description="API base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        None,
+        description="Environment variable holding the key (default OPENAI_API_KEY; azure: "
+        "AZURE_OPENAI_API_KEY).",
+    )
+    organization: str | None = None
+    project: str | None = None
+    api_version: str | None = Field(None, description="Azure OpenAI API version.")
+    tier: Annotated[int, Field(ge=0, le=5)] = Field(
+        1, description="Usage tier, for the built-in queue and rate limits."
+    )
+    model_path: str | None = Field(None, description="local: a GGUF file (default SmolLM2-135M).")
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ProviderSpec:
+        if self.kind in ("compatible", "azure") and not self.base_url:
+            raise ValueError(f"provider kind '{self.kind}' needs base_url")
+        return self
+
+
+class InputModel(Strict):
+    """Where the rows come from."""
+
+    path: str
+    format: Literal["auto", "jsonl", "csv", "parquet", "dir"] = "auto"
+    id_field: str | None = None
+    records: str | None = Field(None, description="Dotted path to a list inside each line.")
+    glob: str = "*"
+    text_field: str = "text"
+    encoding: str = "utf-8"
+
+
+class ImageSpec(Strict):
+    """An image part added to the user message: a URL or a local file from a row field."""
+
+    field: str = Field(description="Row field holding an http(s)/data URL or a local file path.")
+    detail: Detail = "auto"
+
+
+class PartSpec(Strict):
+    type: Literal["text", "image"]
+    text: str | None = None
+    image: str | None = Field(None, description="Template giving a URL or a local file path.")
+    detail: Detail = "auto"
+
+    @model_validator(mode="after")
+    def _has_content(self) -> PartSpec:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs 'text'")
+        if self.type == "image" and self.image is None:
+            raise ValueError("an image part needs 'image'")
+        return self
+
+
+class MessageSpec(Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[PartSpec]
+
+
+class PromptSpec(Strict):
+    """Templates (Jinja, sandboxed) rendered once per row. Give system/user or messages."""
+
+    system: str | None = None
+    user: str | None = None
+    messages: list[MessageSpec] | None = None
+    images: list[ImageSpec] = Field(default_factory=list)
+    input: str | None = Field(None, description="Embeddings: the text to embed.")
+
+    @model_validator(mode="after")
+    def _one_style(self) -> PromptSpec:
+        if self.messages is not None and (self.system is not None or self.user is not None):
+            raise ValueError("give either system/user or messages, not both")
+        return self
+
+
+class ResponseSpec(Strict):
+    """Structured output: a JSON-schema file or a pydantic model named `module:Class`."""
+
+    schema_: str = Field(alias="schema")
+    name: str | None = None
+    strict: bool = True
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class OutputSpec(Strict):
+    path: str
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+
+
+class LimitsSpec(Strict):
+    """Packing and planning limits. Defaults follow the provider's documented limits."""
+
+    requests_per_batch: Annotated[int, Field(ge=1, le=50_000)] = 50_000
+    bytes_per_batch: Annotated[int, Field(ge=1024, le=200_000_000)] = 190_000_000
+    tokens_per_batch: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Input tokens per batch (default: queue_fraction of the queue limit)."
+    )
+    queue_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="The model's enqueued-token limit (default: the tier table)."
+    )
+    queue_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    context_window: Annotated[int, Field(ge=1)] | None = None
+    on_missing_field: Literal["fail", "skip"] = "fail"
+
+
+class BudgetSpec(Strict):
+    max_usd: Annotated[float, Field(ge=0)] | None = None
+
+
+class EstimateSpec(Strict):
+    """How many output tokens to expect per request (the worst case is always max_tokens)."""
+
+    output_tokens: Annotated[int, Field(ge=0)] | None = None
+    output_ratio: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="Expected output tokens as a fraction of input tokens."
+    )
+
+
+class JobSpec(Strict):
+    """One job: a dataset, a prompt, a model, and the limits to run it under."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    provider: ProviderSpec = Field(default_factory=lambda: ProviderSpec())
+    model: str
+    endpoint: Endpoint = "/v1/chat/completions"
+    input: InputModel
+    prompt: PromptSpec = Field(default_factory=lambda: PromptSpec())
+    params: dict[str, Any] = Field(default_factory=dict)
+    response: ResponseSpec | None = None
+    output: OutputSpec | None = None
+    limits: LimitsSpec = Field(default_factory=lambda: LimitsSpec())
+    budget: BudgetSpec = Field(default_factory=lambda: BudgetSpec())
+    prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    estimate: EstimateSpec = Field(default_factory=lambda: EstimateSpec())
+    base_dir: Path = Field(default=Path(), exclude=True)
+
+    @field_validator("params")
+    @classmethod
+    def _no_reserved(cls, params: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(RESERVED_PARAMS & set(params))
+        if clash:
+            raise ValueError(
+                f"params may not set {', '.join(clash)}: the job's model and prompt set them"
+            )
+        return params
+
+    @model_validator(mode="after")
+    def _prompt_fits_endpoint(self) -> JobSpec:
+        prompt = self.prompt
+        if self.endpoint == "/v1/embeddings":
+            if prompt.input is None:
+                raise ValueError("the embeddings endpoint needs prompt.input")
+        elif prompt.messages is None and prompt.user is None:
+            raise ValueError("the prompt needs a user template (prompt.user) or prompt.messages")
+        if self.response is not None and self.endpoint == "/v1/embeddings":
+            raise ValueError("a response schema does not apply to embeddings")
+        return self
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the job file, relative to the job file's directory."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        value = self.params.get("max_completion_tokens", self.params.get("max_tokens"))
+        if value is None:
+            value = self.params.get("max_output_tokens")
+        return int(value) if isinstance(value, int) else None
