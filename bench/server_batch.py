@@ -58,10 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = ServerConfig(
             state_dir=Path(tmp),
-            time_scale=1e6,
-            validation_delay_s=0,
-            finalizing_delay_s=0,
-            processing_tokens_per_s=1e12,
+            time_scale=1000.0,  # the default latency model: 1 s validating, 200k tokens/s, 1 s finalizing
         )
         with LocalServer(config) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="bench", max_retries=0)

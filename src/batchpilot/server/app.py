@@ -413,9 +413,12 @@ class ServerApp:
             with self._lock:
                 run = self._realtime_runs[key] = self._realtime_runs.get(key, 0) + 1
             content_fault = self.faults.request_fault(CONTENT_KINDS, key, run, model)
-        status, response = await run_in_threadpool(
-            execute, self.responder, endpoint, body, content_fault
-        )
+        if getattr(self.responder, "blocking", True):
+            status, response = await run_in_threadpool(
+                execute, self.responder, endpoint, body, content_fault
+            )
+        else:
+            status, response = execute(self.responder, endpoint, body, content_fault)
         self.state.add_ledger(
             [(custom_id, None, endpoint, model, digest, status, self.clock.now())]
         )

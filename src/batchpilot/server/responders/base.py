@@ -47,7 +47,9 @@ class ResponderError(Exception):
 class Responder(Protocol):
     """Answers chat-completion and embeddings request bodies.
 
-    Implementations must be thread-safe: the server calls them from several threads.
+    Implementations must be thread-safe: the server calls them from several threads. A responder
+    may set a class attribute `blocking = False` when it answers in microseconds; the server then
+    calls it on its event loop instead of a worker thread.
     """
 
     name: str

@@ -48,6 +48,8 @@ class SyntheticResponder:
 
     name = "synthetic"
 
+    blocking = False  # answers in microseconds: the server may call it on its event loop
+
     def __init__(self, *, embedding_dim: int = 256) -> None:
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be at least 1, got {embedding_dim}")
@@ -261,12 +263,8 @@ def _body_seed(body: JSON) -> str:
 
 
 def _base62(seed: str, length: int) -> str:
-    number = int(hashlib.sha256(seed.encode("ascii")).hexdigest(), 16)
-    digits = []
-    for _ in range(length):
-        number, digit = divmod(number, len(_ID_ALPHABET))
-        digits.append(_ID_ALPHABET[digit])
-    return "".join(digits)
+    digest = hashlib.sha256(seed.encode("ascii")).digest()
+    return "".join(_ID_ALPHABET[byte % len(_ID_ALPHABET)] for byte in digest[:length])
 
 
 def _content(response_format: JSON | None, messages: list[Any], seed: str, index: int) -> str:
