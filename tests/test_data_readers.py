@@ -82,7 +82,9 @@ def test_jsonl_invalid_json_names_file_line_and_problem(tmp_path: Path) -> None:
 
 def test_jsonl_line_must_be_an_object(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "plots.jsonl", [{"a": 1}, [1, 2]])
-    assert input_error(path) == ("plots.jsonl:2: expected an object with named fields, got a list")
+    assert input_error(path) == (
+        "plots.jsonl:2: expected an object with named fields, got an array"
+    )
 
 
 def test_jsonl_undecodable_line(tmp_path: Path) -> None:

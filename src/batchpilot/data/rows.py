@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batchpilot.errors import UserInputError
+from batchpilot.jsontypes import json_type_name
 
-__all__ = ["Format", "InputSpec", "Row", "build_rows", "describe_type", "record_id"]
+__all__ = ["Format", "InputSpec", "Row", "build_rows", "record_id"]
 
 Format = Literal["auto", "jsonl", "csv", "parquet", "dir"]
 
@@ -51,23 +52,6 @@ class InputSpec:
     """``None`` means ``,`` for ``.csv`` and a tab for ``.tsv``."""
 
 
-def describe_type(value: Any) -> str:
-    """Name a value's type the way a user who wrote JSON would."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return f"a {type(value).__name__}"
-
-
 def build_rows(
     items: Iterable[tuple[str, Any]],
     *,
@@ -84,7 +68,7 @@ def build_rows(
     for number, (source, record) in enumerate(items, start=1):
         if not isinstance(record, Mapping):
             raise UserInputError(
-                f"{source}: expected an object with named fields, got {describe_type(record)}"
+                f"{source}: expected an object with named fields, got {json_type_name(record)}"
             )
         if parts is None:
             yield Row(
@@ -165,7 +149,7 @@ def _find_list(
         current = current[part]
     if not isinstance(current, list | tuple):
         raise UserInputError(
-            f"{source}: `{records}` is {describe_type(current)}, expected a list of records"
+            f"{source}: `{records}` is {json_type_name(current)}, expected a list of records"
         )
     return current
 

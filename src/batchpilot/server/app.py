@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batchpilot.jsontypes import json_type_name
 from batchpilot.server.clock import VirtualClock
 from batchpilot.server.config import ServerConfig
 from batchpilot.server.engine import BatchEngine
@@ -541,7 +542,7 @@ def _check_metadata(metadata: Any) -> Response | None:
             return _error(
                 400,
                 f"Invalid type for 'metadata.{key}': expected a string, but got "
-                f"{_type_name(value)} instead.",
+                f"{json_type_name(value)} instead.",
                 code="invalid_type",
                 param=f"metadata.{key}",
             )
@@ -553,18 +554,6 @@ def _check_metadata(metadata: Any) -> Response | None:
                 param=f"metadata.{key}",
             )
     return None
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return "null" if value is None else "a value"
 
 
 def build_app(server: ServerApp) -> ASGIApp:

@@ -17,6 +17,7 @@ import struct
 import time
 from typing import Any
 
+from batchpilot.jsontypes import json_type_name
 from batchpilot.server.responders.base import ResponderError
 from batchpilot.server.schema_instance import instance_for_schema
 from batchpilot.tokens import count_request, count_text, encoding_name_for_model, get_encoding
@@ -156,21 +157,10 @@ def _missing(param: str) -> ResponderError:
     )
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
 def _invalid_type(param: str, expected: str, value: Any) -> ResponderError:
     return ResponderError(
-        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        f"Invalid type for '{param}': expected {expected}, "
+        f"but got {json_type_name(value)} instead.",
         param=param,
         code="invalid_type",
     )
