@@ -10,6 +10,7 @@ import click
 from batchpilot import __version__
 from batchpilot.cli.ledger import ledger
 from batchpilot.cli.model import model
+from batchpilot.cli.plan import plan
 from batchpilot.cli.serve import serve
 from batchpilot.errors import BatchpilotError
 
@@ -40,6 +41,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+cli.add_command(plan)
 cli.add_command(serve)
 cli.add_command(ledger)
 cli.add_command(model)

@@ -1,0 +1,172 @@
+"""`batchpilot plan`: what a job will send, what it will cost, and what is wrong with it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from batchpilot.data import count_rows
+from batchpilot.errors import UserInputError
+from batchpilot.plan import BatchFileWriter, PlanResult, plan_job, plan_requests_file
+from batchpilot.plan.job import input_spec
+from batchpilot.spec import load_job
+
+__all__ = ["job_overrides", "plan"]
+
+
+def job_overrides(**flags: Any) -> dict[str, Any]:
+    """CLI flags as dotted job keys (the first place in the lookup order)."""
+    names = {
+        "model": "model",
+        "provider": "provider.kind",
+        "base_url": "provider.base_url",
+        "input_path": "input.path",
+        "budget": "budget.max_usd",
+        "output_path": "output.path",
+    }
+    return {names[key]: value for key, value in flags.items() if value is not None}
+
+
+@contextmanager
+def _progress(total: int | None, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    if quiet:
+        yield None
+        return
+    console = Console(stderr=True)
+    columns = [TextColumn("planning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("plan", total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:,.2f}"
+
+
+def render_summary(result: PlanResult, console: Console, title: str) -> None:
+    data = result.as_json()
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("rows", f"{data['rows']:,}")
+    if data["skipped_rows"]:
+        table.add_row("skipped rows", f"{data['skipped_rows']:,}")
+    table.add_row("requests", f"{data['requests']:,}"
+                  + (f" ({data['duplicate_rows']:,} rows share a request)"
+                     if data["duplicate_rows"] else ""))  # fmt: skip
+    exact = "" if data["input_tokens_exact"] else " (estimate)"
+    table.add_row("input tokens", f"{data['input_tokens']:,}{exact}")
+    table.add_row(
+        "output tokens",
+        f"{data['output_tokens']['expected']:,} expected, {data['output_tokens']['worst']:,} worst",
+    )
+    cost = data["cost_usd"]
+    table.add_row("cost, batch", f"{_money(cost['batch'])} expected, "
+                  f"{_money(cost['batch_worst'])} worst")  # fmt: skip
+    table.add_row("cost, real time", f"{_money(cost['realtime'])} expected, "
+                  f"{_money(cost['realtime_worst'])} worst")  # fmt: skip
+    table.add_row("batches", f"{len(data['batches'])}")
+    if data["largest_request"]:
+        largest = data["largest_request"]
+        table.add_row("largest request", f"{largest['input_tokens']:,} tokens, "
+                      f"{largest['bytes']:,} bytes ({largest['source']})")  # fmt: skip
+    console.print(table)
+    if data["batches"]:
+        batches = Table("batch", "model", "requests", "bytes", "input tokens", box=None)
+        shown = data["batches"][:20]
+        for batch in shown:
+            batches.add_row(str(batch["index"] + 1), batch["model"], f"{batch['requests']:,}",
+                            f"{batch['bytes']:,}", f"{batch['input_tokens']:,}")  # fmt: skip
+        console.print(batches)
+        if len(data["batches"]) > len(shown):
+            console.print(f"... and {len(data['batches']) - len(shown)} more batches")
+    for note in data["assumptions"]:
+        console.print(f"[dim]assumed: {note}[/dim]")
+    for finding in result.findings.kept:
+        colour = "red" if finding.level == "error" else "yellow"
+        console.print(f"[{colour}]{finding}[/{colour}]", highlight=False)
+    for code, count in data["findings_omitted"].items():
+        console.print(f"... and {count} more '{code}' findings")
+
+
+@click.command()
+@click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--requests",
+    "requests_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Plan an existing OpenAI batch JSONL file as it is, instead of a job.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--write",
+    "write_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the batch JSONL files (and rows.jsonl, plan.json) into this new directory.",
+)
+@click.option("--model", help="Override the job's model (env BATCHPILOT_MODEL).")
+@click.option(
+    "--provider",
+    type=click.Choice(["local", "openai", "azure", "compatible"]),
+    help="Override the provider kind (env BATCHPILOT_PROVIDER).",
+)
+@click.option("--base-url", help="Override the provider's base URL (env BATCHPILOT_BASE_URL).")
+@click.option("--input", "input_path", help="Override the input path (env BATCHPILOT_INPUT).")
+@click.option("--budget", type=float, help="Override budget.max_usd (env BATCHPILOT_BUDGET_USD).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def plan(
+    job_file: Path | None,
+    requests_file: Path | None,
+    as_json: bool,
+    write_dir: Path | None,
+    model: str | None,
+    provider: str | None,
+    base_url: str | None,
+    input_path: str | None,
+    budget: float | None,
+    quiet: bool,
+) -> None:
+    """Plan JOB_FILE offline: rows, requests, tokens, cost at batch and real-time prices,
+    batches packed under every limit, and every problem found, before anything is sent."""
+    if (job_file is None) == (requests_file is None):
+        raise UserInputError("give a job file, or --requests FILE (one of the two)")
+    writer = BatchFileWriter(write_dir) if write_dir is not None else None
+    quiet = quiet or as_json or not sys.stderr.isatty()
+    try:
+        if requests_file is not None:
+            with _progress(None, quiet) as progress:
+                result = plan_requests_file(requests_file, sink=writer, progress=progress)
+            title = f"plan of {requests_file}"
+        else:
+            assert job_file is not None
+            overrides = job_overrides(model=model, provider=provider, base_url=base_url,
+                                      input_path=input_path, budget=budget)  # fmt: skip
+            job = load_job(job_file, overrides)
+            total = count_rows(input_spec(job))
+            with _progress(total, quiet) as progress:
+                result = plan_job(job, sink=writer, progress=progress)
+            title = f"plan of {job.name} ({job.model}, {job.endpoint})"
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        console = Console()
+        render_summary(result, console, title)
+        if writer is not None and writer.written:
+            console.print(f"wrote {len(result.batches)} batch files to {write_dir}")
+        elif writer is not None:
+            console.print(f"[red]nothing written to {write_dir}: fix the errors first[/red]")
+    if not result.ok:
+        sys.exit(2)

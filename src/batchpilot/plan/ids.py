@@ -1,0 +1,35 @@
+"""Request ids: a content hash of what is sent, so re-planning yields the same ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+__all__ = ["canonical_body", "request_id", "request_line"]
+
+ID_PREFIX = "bp-"
+
+
+def canonical_body(body: dict[str, Any]) -> bytes:
+    """The body as compact JSON with sorted keys: equal bodies give equal bytes."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def request_id(endpoint: str, canonical: bytes) -> str:
+    """`bp-` and 32 hex digits of sha256 over the endpoint and the canonical body."""
+    digest = hashlib.sha256(endpoint.encode() + b"\n" + canonical).hexdigest()
+    return ID_PREFIX + digest[:32]
+
+
+def request_line(custom_id: str, endpoint: str, canonical: bytes) -> bytes:
+    """One line of an OpenAI batch input file, without the newline."""
+    return (
+        b'{"custom_id":'
+        + json.dumps(custom_id).encode()
+        + b',"method":"POST","url":'
+        + json.dumps(endpoint).encode()
+        + b',"body":'
+        + canonical
+        + b"}"
+    )

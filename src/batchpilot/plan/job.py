@@ -1,0 +1,102 @@
+"""Planning a job (or a batch JSONL file) from its specification."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from batchpilot.data import InputSpec, read_rows
+from batchpilot.data.rows import Row
+from batchpilot.plan.packing import BatchLimits
+from batchpilot.plan.planner import Planner, PlanResult, PlanSettings, PlanSink
+from batchpilot.plan.sources import job_items, requests_file_items
+from batchpilot.pricing import PriceTable, tier_limits
+from batchpilot.render import RequestRenderer
+from batchpilot.spec import JobSpec, LimitsSpec
+
+__all__ = ["input_spec", "plan_job", "plan_requests_file", "settings_for"]
+
+
+def input_spec(job: JobSpec) -> InputSpec:
+    source = job.input
+    return InputSpec(
+        path=job.resolve(source.path),
+        format=source.format,
+        id_field=source.id_field,
+        records=source.records,
+        glob=source.glob,
+        text_field=source.text_field,
+        encoding=source.encoding,
+    )
+
+
+def settings_for(
+    limits: LimitsSpec,
+    *,
+    local: bool,
+    tier: int,
+    prices: PriceTable | None,
+    max_output_tokens: int | None = None,
+    expected_output_tokens: int | None = None,
+    expected_output_ratio: float | None = None,
+) -> PlanSettings:
+    """Planner settings from a job's limits: tokens per batch from the queue limit."""
+
+    def tokens_per_batch(model: str) -> int | None:
+        if limits.tokens_per_batch is not None:
+            return limits.tokens_per_batch
+        if local:
+            return None
+        queue = limits.queue_tokens or tier_limits(model, tier).batch_queue_tokens
+        return None if queue is None else int(queue * limits.queue_fraction)
+
+    return PlanSettings(
+        limits=BatchLimits(limits.requests_per_batch, limits.bytes_per_batch),
+        tokens_per_batch=tokens_per_batch,
+        max_output_tokens=max_output_tokens,
+        expected_output_tokens=expected_output_tokens,
+        expected_output_ratio=expected_output_ratio,
+        context_window=limits.context_window,
+        prices=prices,
+        warn_unknown_queue=not local,
+    )
+
+
+def plan_job(
+    job: JobSpec,
+    *,
+    rows: Iterable[Row] | None = None,
+    sink: PlanSink | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PlanResult:
+    """Plan every request of a job. `rows` replaces the job's input (DataFrames, datasets)."""
+    renderer = RequestRenderer(job)
+    prices = PriceTable.load(overrides=job.prices or None)
+    settings = settings_for(
+        job.limits,
+        local=job.provider.kind == "local",
+        tier=job.provider.tier,
+        prices=prices,
+        max_output_tokens=job.max_output_tokens,
+        expected_output_tokens=job.estimate.output_tokens,
+        expected_output_ratio=job.estimate.output_ratio,
+    )
+    source = rows if rows is not None else read_rows(input_spec(job))
+    return Planner(settings).plan(job_items(job, source, renderer), sink, progress)
+
+
+def plan_requests_file(
+    path: Path,
+    *,
+    limits: LimitsSpec | None = None,
+    local: bool = False,
+    tier: int = 1,
+    sink: PlanSink | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PlanResult:
+    """Plan an existing OpenAI batch JSONL file as it is: custom ids and bodies kept."""
+    settings = settings_for(
+        limits or LimitsSpec(), local=local, tier=tier, prices=PriceTable.load()
+    )
+    planner = Planner(settings)
+    return planner.plan(requests_file_items(path), sink, progress)

@@ -1,0 +1,404 @@
+"""The planner: every request a job will send, counted, priced, packed and linted offline.
+
+Items stream through once; memory stays flat whatever the number of rows. Identical requests
+(same content hash) are planned once and shared by the rows that produce them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from batchpilot.plan.findings import Findings
+from batchpilot.plan.ids import canonical_body, request_id, request_line
+from batchpilot.plan.models import context_window, is_embedding_model
+from batchpilot.plan.packing import BatchLimits, PackedBatch, Packer
+from batchpilot.pricing import PriceTable
+from batchpilot.tokens import count_request
+
+__all__ = [
+    "Item",
+    "ModelTotals",
+    "PlanResult",
+    "PlanSettings",
+    "PlanSink",
+    "PlannedRequest",
+    "Planner",
+]
+
+
+@dataclass(slots=True)
+class Item:
+    """One row's request, or the reason the row has none (`skip`)."""
+
+    index: int
+    row_id: str
+    source: str
+    endpoint: str
+    body: dict[str, Any] | None
+    custom_id: str | None = None
+    skip: str | None = None
+
+
+@dataclass(slots=True)
+class PlannedRequest:
+    """What a sink receives for each row: the row, its request and the batch it went into."""
+
+    item: Item
+    request_id: str
+    line: bytes
+    input_tokens: int
+    batch: int | None
+    new: bool
+
+
+class PlanSink(Protocol):
+    def add(self, planned: PlannedRequest) -> None: ...
+
+    def close(self, result: PlanResult) -> None: ...
+
+
+@dataclass
+class ModelTotals:
+    requests: int = 0
+    input_tokens: int = 0
+    expected_output_tokens: int = 0
+    worst_output_tokens: int = 0
+
+
+@dataclass
+class PlanResult:
+    rows: int = 0
+    requests: int = 0
+    duplicate_rows: int = 0
+    skipped_rows: int = 0
+    input_tokens: int = 0
+    tokens_exact: bool = True
+    expected_output_tokens: int = 0
+    worst_output_tokens: int = 0
+    cost: dict[str, float | None] = field(default_factory=dict)
+    batches: list[PackedBatch] = field(default_factory=list)
+    largest: dict[str, Any] | None = None
+    findings: Findings = field(default_factory=Findings)
+    models: dict[str, ModelTotals] = field(default_factory=dict)
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.findings.errors == 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "requests": self.requests,
+            "duplicate_rows": self.duplicate_rows,
+            "skipped_rows": self.skipped_rows,
+            "input_tokens": self.input_tokens,
+            "input_tokens_exact": self.tokens_exact,
+            "output_tokens": {
+                "expected": self.expected_output_tokens,
+                "worst": self.worst_output_tokens,
+            },
+            "cost_usd": self.cost,
+            "batches": [batch.as_dict() for batch in self.batches],
+            "largest_request": self.largest,
+            "errors": self.findings.errors,
+            "warnings": self.findings.warnings,
+            "findings": self.findings.as_list(),
+            "findings_omitted": self.findings.omitted(),
+            "assumptions": self.assumptions,
+        }
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """What the planner needs beyond the items: limits, output expectations and prices."""
+
+    limits: BatchLimits
+    tokens_per_batch: Callable[[str], int | None]
+    max_output_tokens: int | None = None
+    expected_output_tokens: int | None = None
+    expected_output_ratio: float | None = None
+    context_window: int | None = None
+    prices: PriceTable | None = None
+    dedupe: bool = True
+    warn_unknown_queue: bool = True
+
+
+DEFAULT_EXPECTED_OUTPUT = 200
+
+
+class _Seen:
+    """Ids seen so far, in a temporary SQLite file so memory does not grow with the rows."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="batchpilot-plan-")
+        self._db = sqlite3.connect(Path(self._dir.name) / "seen.sqlite3")
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE rows (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("BEGIN")
+
+    def first(self, table: str, key: str) -> bool:
+        cursor = self._db.execute(f"INSERT OR IGNORE INTO {table}(id) VALUES (?)", (key,))
+        return cursor.rowcount == 1
+
+    def close(self) -> None:
+        self._db.close()
+        self._dir.cleanup()
+
+
+class Planner:
+    """Streams items into a PlanResult, and into a sink (batch files, the store) if given."""
+
+    def __init__(self, settings: PlanSettings) -> None:
+        self.settings = settings
+
+    def _expected_output(self, input_tokens: int) -> int:
+        settings = self.settings
+        if settings.expected_output_tokens is not None:
+            return settings.expected_output_tokens
+        if settings.expected_output_ratio is not None:
+            return round(settings.expected_output_ratio * input_tokens)
+        cap = settings.max_output_tokens
+        return min(cap, DEFAULT_EXPECTED_OUTPUT) if cap is not None else DEFAULT_EXPECTED_OUTPUT
+
+    def plan(
+        self,
+        items: Iterable[Item],
+        sink: PlanSink | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> PlanResult:
+        result = PlanResult()
+        seen = _Seen()
+        packer = Packer(self.settings.limits, self.settings.tokens_per_batch)
+        checked_models: set[str] = set()
+        try:
+            for count, item in enumerate(items, start=1):
+                self._one(item, result, seen, packer, checked_models, sink)
+                if progress is not None and count % 256 == 0:
+                    progress(count)
+            if progress is not None:
+                progress(result.rows)
+        finally:
+            seen.close()
+        result.batches = packer.batches
+        self._price(result)
+        self._assume(result)
+        if sink is not None:
+            sink.close(result)
+        return result
+
+    def _one(
+        self,
+        item: Item,
+        result: PlanResult,
+        seen: _Seen,
+        packer: Packer,
+        checked_models: set[str],
+        sink: PlanSink | None,
+    ) -> None:
+        findings = result.findings
+        result.rows += 1
+        if not seen.first("rows", item.row_id):
+            findings.error(
+                "duplicate_row_id",
+                f"the id '{item.row_id}' was already used by an earlier row; results could not "
+                "be joined back to their rows (check input.id_field)",
+                item.row_id,
+                item.source,
+            )
+        if item.body is None:
+            result.skipped_rows += 1
+            findings.warning("skipped_row", item.skip or "skipped", item.row_id, item.source)
+            return
+        body = item.body
+        model = str(body.get("model", ""))
+        if model not in checked_models:
+            checked_models.add(model)
+            self._check_model(model, item, findings)
+        canonical = canonical_body(body)
+        rid = item.custom_id or request_id(item.endpoint, canonical)
+        new = seen.first("requests", rid) or not self.settings.dedupe
+        if not new and item.custom_id is not None:
+            findings.error(
+                "duplicate_custom_id",
+                f"custom_id '{rid}' appears more than once; the Batch API rejects the whole batch",
+                item.row_id,
+                item.source,
+            )
+        line = request_line(rid, item.endpoint, canonical)
+        if not new:
+            result.duplicate_rows += 1
+            if sink is not None:
+                sink.add(PlannedRequest(item, rid, line, 0, None, False))
+            return
+        counted = count_request(body, item.endpoint)
+        tokens = counted.tokens
+        result.tokens_exact &= counted.exact
+        size = len(line) + 1
+        self._check_request(item, body, tokens, size, packer.token_limit(model), findings)
+        batch = packer.add(model, size, tokens, item.index, item.endpoint)
+        totals = result.models.setdefault(model, ModelTotals())
+        expected, worst = self._outputs(item.endpoint, model, tokens)
+        totals.requests += 1
+        totals.input_tokens += tokens
+        totals.expected_output_tokens += expected
+        totals.worst_output_tokens += worst
+        result.requests += 1
+        result.input_tokens += tokens
+        result.expected_output_tokens += expected
+        result.worst_output_tokens += worst
+        if result.largest is None or tokens > result.largest["input_tokens"]:
+            result.largest = {
+                "request_id": rid,
+                "row_id": item.row_id,
+                "source": item.source,
+                "input_tokens": tokens,
+                "bytes": size,
+            }
+        if sink is not None:
+            sink.add(PlannedRequest(item, rid, line, tokens, batch.index, True))
+
+    def _outputs(self, endpoint: str, model: str, tokens: int) -> tuple[int, int]:
+        if endpoint == "/v1/embeddings" or is_embedding_model(model):
+            return 0, 0
+        expected = self._expected_output(tokens)
+        worst = self.settings.max_output_tokens
+        if worst is None:
+            window = self.settings.context_window or context_window(model)
+            worst = max(0, window - tokens) if window else expected
+        return min(expected, worst), worst
+
+    def _check_model(self, model: str, item: Item, findings: Findings) -> None:
+        embedding = is_embedding_model(model)
+        if item.endpoint == "/v1/embeddings" and not embedding:
+            findings.error(
+                "endpoint_model_mismatch",
+                f"model '{model}' is not an embedding model but the endpoint is /v1/embeddings",
+                item.row_id,
+                item.source,
+            )
+        elif item.endpoint != "/v1/embeddings" and embedding:
+            findings.error(
+                "endpoint_model_mismatch",
+                f"'{model}' is an embedding model; use endpoint /v1/embeddings",
+                item.row_id,
+                item.source,
+            )
+        prices = self.settings.prices
+        if prices is not None and not prices.has(model):
+            findings.warning(
+                "unknown_price",
+                f"no price for model '{model}'; costs are not shown. Add one under `prices:` "
+                "in the job file",
+            )
+        settings = self.settings
+        if (
+            settings.warn_unknown_queue
+            and settings.limits.tokens is None
+            and settings.tokens_per_batch(model) is None
+        ):
+            findings.warning(
+                "unknown_queue_limit",
+                f"the enqueued-token limit of '{model}' is unknown, so batches are not packed by "
+                "tokens; set limits.queue_tokens (or limits.tokens_per_batch)",
+            )
+
+    def _check_request(
+        self,
+        item: Item,
+        body: dict[str, Any],
+        tokens: int,
+        size: int,
+        token_limit: int | None,
+        findings: Findings,
+    ) -> None:
+        limits = self.settings.limits
+        if _empty_prompt(item.endpoint, body):
+            findings.warning("empty_prompt", "the rendered prompt is empty", item.row_id,
+                             item.source)  # fmt: skip
+        window = self.settings.context_window or context_window(str(body.get("model", "")))
+        reserve = self.settings.max_output_tokens or 0
+        if window is not None and tokens + reserve > window:
+            findings.error(
+                "context_window",
+                f"{tokens} input tokens + {reserve} output tokens exceed the model's context "
+                f"window of {window}",
+                item.row_id,
+                item.source,
+            )
+        if token_limit is not None and tokens > token_limit:
+            findings.error(
+                "over_queue_limit",
+                f"{tokens} input tokens exceed the {token_limit} tokens a batch may hold "
+                "(limits.tokens_per_batch / the queue limit); no batch can carry this request",
+                item.row_id,
+                item.source,
+            )
+        if size > limits.bytes:
+            findings.error(
+                "over_batch_bytes",
+                f"the request is {size} bytes, more than a batch file may hold ({limits.bytes})",
+                item.row_id,
+                item.source,
+            )
+
+    def _price(self, result: PlanResult) -> None:
+        prices = self.settings.prices
+        cost: dict[str, float | None] = {
+            "batch": 0.0, "realtime": 0.0, "batch_worst": 0.0, "realtime_worst": 0.0,
+        }  # fmt: skip
+        for model, totals in result.models.items():
+            if prices is None or not prices.has(model):
+                cost = dict.fromkeys(cost)
+                break
+            for key, batch, output in (
+                ("batch", True, totals.expected_output_tokens),
+                ("realtime", False, totals.expected_output_tokens),
+                ("batch_worst", True, totals.worst_output_tokens),
+                ("realtime_worst", False, totals.worst_output_tokens),
+            ):
+                previous = cost[key] or 0.0
+                cost[key] = previous + prices.cost(
+                    model, input_tokens=totals.input_tokens, output_tokens=output, batch=batch
+                )
+        result.cost = cost
+
+    def _assume(self, result: PlanResult) -> None:
+        settings = self.settings
+        if settings.expected_output_tokens is None and settings.expected_output_ratio is None:
+            expected = min(settings.max_output_tokens or DEFAULT_EXPECTED_OUTPUT,
+                           DEFAULT_EXPECTED_OUTPUT)  # fmt: skip
+            result.assumptions.append(
+                f"expected output: {expected} tokens per request (set estimate.output_tokens or "
+                "estimate.output_ratio)"
+            )
+        if settings.max_output_tokens is None:
+            result.assumptions.append(
+                "worst case: no max_tokens is set, so each request may use the rest of the "
+                "context window (set params.max_tokens to bound it)"
+            )
+
+
+def _empty_prompt(endpoint: str, body: dict[str, Any]) -> bool:
+    if endpoint == "/v1/embeddings":
+        value = body.get("input")
+        return value in ("", [], None)
+    messages = body.get("messages") if endpoint == "/v1/chat/completions" else body.get("input")
+    if not isinstance(messages, list):
+        return not messages
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("user", None):
+            continue
+        content = message.get("content")
+        if isinstance(content, str) and content.strip():
+            return False
+        if isinstance(content, list) and content:
+            return False
+    return True
