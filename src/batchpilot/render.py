@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
+from jinja2.nodes import Name, Output, TemplateData
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from batchpilot.data.rows import Row
@@ -51,18 +52,38 @@ class MissingField(UserInputError):
         self.field = field
 
 
-class _Text:
-    """One compiled template, or its text when it has no Jinja syntax at all."""
+def _substitutions(environment: jinja2.Environment, source: str) -> list[str | Name] | None:
+    """Literal text and plain `{{ name }}` lookups, from Jinja's own parse, or None when the
+    template uses anything more (filters, attributes, statements)."""
+    body = environment.parse(source).body
+    if len(body) != 1 or not isinstance(body[0], Output):
+        return None
+    pieces: list[str | Name] = []
+    for node in body[0].nodes:
+        if isinstance(node, TemplateData):
+            pieces.append(node.data)
+        elif isinstance(node, Name) and node.ctx == "load":
+            pieces.append(node)
+        else:
+            return None
+    return pieces
 
-    __slots__ = ("constant", "name", "template")
+
+class _Text:
+    """One compiled template; its text when it has no Jinja syntax; and, for templates made
+    only of text and `{{ name }}`, the pieces to join without building a Jinja context."""
+
+    __slots__ = ("constant", "name", "pieces", "template")
 
     def __init__(self, environment: jinja2.Environment, name: str, source: str) -> None:
         self.name = name
         self.template: jinja2.Template | None = None
+        self.pieces: list[str | Name] | None = None
         self.constant = source.strip()
         if "{" in source:
             try:
                 self.template = environment.from_string(source)
+                self.pieces = _substitutions(environment, source)
             except TemplateSyntaxError as exc:
                 line = source.splitlines()[exc.lineno - 1] if exc.lineno else ""
                 raise ConfigError(
@@ -73,6 +94,14 @@ class _Text:
     def render(self, variables: dict[str, Any], row: Row) -> str:
         if self.template is None:
             return self.constant
+        if self.pieces is not None:
+            try:
+                return "".join(
+                    piece if isinstance(piece, str) else str(variables[piece.name])
+                    for piece in self.pieces
+                ).strip()
+            except KeyError as exc:
+                raise MissingField(row.source, row.id, str(exc.args[0])) from None
         try:
             return self.template.render(variables).strip()
         except SecurityError as exc:

@@ -165,6 +165,7 @@ def get_encoding(name: str) -> tiktoken.Encoding:
 class _Model(NamedTuple):
     encoding: tiktoken.Encoding
     encode: Callable[[str], list[int]]
+    length: Callable[[str], int]
     exact: bool
     func_init: int
     image_base: int
@@ -184,8 +185,28 @@ def _model(model: str) -> _Model:
         image_base, image_tile = 85, 170
     func_init = 10 if name == "cl100k_base" else 7
     return _Model(
-        encoding, encoding.encode_ordinary, exact, func_init, image_base, image_tile, tile_exact
+        encoding,
+        encoding.encode_ordinary,
+        _length_of(encoding.encode_ordinary),
+        exact,
+        func_init,
+        image_base,
+        image_tile,
+        tile_exact,
     )
+
+
+def _length_of(encode: Callable[[str], list[int]]) -> Callable[[str], int]:
+    """Token counts, remembered for short texts (roles, system prompts) that recur per row."""
+
+    @functools.lru_cache(maxsize=4096)
+    def short(text: str) -> int:
+        return len(encode(text))
+
+    def length(text: str) -> int:
+        return short(text) if len(text) <= 1024 else len(encode(text))
+
+    return length
 
 
 def count_text(text: str, model: str) -> int:
@@ -300,7 +321,7 @@ def _parts(parts: list[Any], m: _Model) -> tuple[int, bool]:
     for part in parts:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("text", "input_text", "output_text"):
-            total += len(m.encode(part.get("text") or ""))
+            total += m.length(part.get("text") or "")
         elif kind == "refusal":
             total += len(m.encode(part.get("refusal") or ""))
         elif kind in ("image_url", "input_image"):
@@ -326,7 +347,7 @@ def _messages(messages: list[dict[str, Any]], m: _Model) -> tuple[int, bool]:
         for key, value in message.items():
             if isinstance(value, str):
                 if key not in _SKIPPED_KEYS:
-                    total += len(encode(value)) + (key == "name")
+                    total += m.length(value) + (key == "name")
             elif isinstance(value, list) and key == "content":
                 n, ok = _parts(value, m)
                 total, exact = total + n, exact and ok

@@ -6,14 +6,19 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 __all__ = ["canonical_body", "request_id", "request_line"]
 
 ID_PREFIX = "bp-"
 
 
 def canonical_body(body: dict[str, Any]) -> bytes:
-    """The body as compact JSON with sorted keys: equal bodies give equal bytes."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The body as compact UTF-8 JSON with sorted keys: equal bodies give equal bytes."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # keys that are not strings, integers past 64 bits
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def request_id(endpoint: str, canonical: bytes) -> str:

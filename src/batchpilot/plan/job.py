@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def settings_for(
 ) -> PlanSettings:
     """Planner settings from a job's limits: tokens per batch from the queue limit."""
 
+    @functools.cache
     def tokens_per_batch(model: str) -> int | None:
         if limits.tokens_per_batch is not None:
             return limits.tokens_per_batch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 __all__ = ["context_window", "is_embedding_model"]
 
 # Input + output tokens a request may use, by model family (longest prefix wins).
@@ -23,11 +25,13 @@ _CONTEXT: dict[str, int] = {
 }
 
 
+@functools.cache
 def context_window(model: str) -> int | None:
     """The model's context window in tokens, or None when unknown."""
     matches = [prefix for prefix in _CONTEXT if model.startswith(prefix)]
     return _CONTEXT[max(matches, key=len)] if matches else None
 
 
+@functools.cache
 def is_embedding_model(model: str) -> bool:
     return "embedding" in model or model.startswith("text-similarity")

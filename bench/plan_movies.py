@@ -1,0 +1,124 @@
+"""Benchmark: planning a movie-shaped job (~42,000 plot summaries, ~18M tokens).
+
+    python bench/plan_movies.py [--rows 42000] [--memory-rows 4200]
+
+Reports the planner's wall time (read JSONL, render, hash, count, price, pack, lint) beside
+tiktoken alone counting the same prompt texts in the same run (target: at most 1.5x), and the
+planner's peak memory for `--memory-rows` and ten times as many rows, each in a fresh process
+(target: flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SYSTEM = (
+    "You read movie plot summaries and list every character who dies, with the cause of death "
+    "and whether the death happens on screen. Answer in JSON."
+)
+WORDS = tuple(
+    "the a detective sailor queen storm island village night river secret letter train king "
+    "daughter war winter festival betrayal rescue murder escape return journey brother mother "
+    "captain soldier ghost castle forest city ship bridge poison sword promise revenge love "
+    "returns discovers escapes fights loses finds kills saves meets leaves betrays hides falls"
+).split()
+
+
+def make_dataset(path: Path, rows: int, words_per_row: int = 370, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for i in range(rows):
+            plot = " ".join(rng.choice(WORDS) for _ in range(words_per_row))
+            handle.write(
+                json.dumps({"id": f"movie-{i}", "title": f"Film {i}", "plot": plot}) + "\n"
+            )
+
+
+def job_for(directory: Path) -> dict[str, object]:
+    return {
+        "name": "movies",
+        "provider": {"kind": "openai"},
+        "model": "gpt-4o-mini",
+        "input": {"path": "plots.jsonl", "id_field": "id"},
+        "prompt": {"system": SYSTEM, "user": "Title: {{ title }}\n\n{{ plot }}"},
+        "params": {"max_tokens": 300, "temperature": 0},
+    }
+
+
+def plan_once(directory: Path) -> tuple[float, int, int]:
+    from batchpilot.plan import plan_job
+    from batchpilot.spec import job_from_dict
+
+    job = job_from_dict(job_for(directory), base_dir=directory)
+    started = time.perf_counter()
+    result = plan_job(job)
+    return time.perf_counter() - started, result.input_tokens, len(result.batches)
+
+
+def tiktoken_alone(path: Path) -> tuple[float, int]:
+    from batchpilot.tokens import get_encoding
+
+    encoding = get_encoding("o200k_base")
+    texts = [SYSTEM]
+    with path.open() as handle:
+        texts.extend(f"Title: {row['title']}\n\n{row['plot']}" for row in map(json.loads, handle))
+    started = time.perf_counter()
+    total = sum(len(encoding.encode_ordinary(text)) for text in texts[1:])
+    total += len(texts) * len(encoding.encode_ordinary(SYSTEM))
+    return time.perf_counter() - started, total
+
+
+def child(directory: str) -> None:
+    plan_once(Path(directory))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(peak_kb)
+
+
+def peak_memory_mb(rows: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        make_dataset(Path(tmp) / "plots.jsonl", rows)
+        out = subprocess.run([sys.executable, __file__, "--child", tmp], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        return int(out.stdout.strip()) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=42_000)
+    parser.add_argument("--memory-rows", type=int, default=4_200)
+    parser.add_argument("--child")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        make_dataset(directory / "plots.jsonl", args.rows)
+        from batchpilot.tokens import get_encoding
+
+        get_encoding("o200k_base")  # loaded once, outside both timings
+        reference, text_tokens = tiktoken_alone(directory / "plots.jsonl")
+        elapsed, input_tokens, batches = plan_once(directory)
+    small = peak_memory_mb(args.memory_rows)
+    large = peak_memory_mb(args.memory_rows * 10)
+    print(f"rows                          {args.rows:,}")
+    print(f"input tokens (planner)        {input_tokens:,} in {batches} batches")
+    print(f"text tokens (tiktoken alone)  {text_tokens:,}")
+    print(f"planner                       {elapsed:.2f} s")
+    print(f"reference: tiktoken alone     {reference:.2f} s")
+    print(f"ratio planner/tiktoken = {elapsed / reference:.2f}  (target <= 1.5)")
+    print(f"peak RSS {args.memory_rows:,} rows     {small:.0f} MB")
+    print(f"peak RSS {args.memory_rows * 10:,} rows    {large:.0f} MB")
+    print(f"memory ratio 10x rows = {large / small:.2f}  (target: flat, ~1.0)")
+
+
+if __name__ == "__main__":
+    main()
