@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from batchpilot.data import rows_from_dataframe, rows_from_dataset, rows_from_records
 from batchpilot.errors import (
     BatchpilotError,
     BudgetExceeded,
@@ -14,6 +15,9 @@ from batchpilot.errors import (
     StateError,
     UserInputError,
 )
+from batchpilot.plan import PlanResult, plan_job, plan_requests_file
+from batchpilot.pricing import PriceTable
+from batchpilot.spec import JobSpec, job_from_dict, load_job
 
 __version__ = "0.1.0"
 
@@ -22,11 +26,21 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "IllegalTransition",
+    "JobSpec",
     "MissingDependency",
+    "PlanResult",
+    "PriceTable",
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",
     "StateError",
     "UserInputError",
     "__version__",
+    "job_from_dict",
+    "load_job",
+    "plan_job",
+    "plan_requests_file",
+    "rows_from_dataframe",
+    "rows_from_dataset",
+    "rows_from_records",
 ]

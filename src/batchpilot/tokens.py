@@ -210,10 +210,12 @@ def _length_of(encode: Callable[[str], list[int]]) -> Callable[[str], int]:
 
 
 def count_text(text: str, model: str) -> int:
+    """Tokens of a plain text with the model's tokenizer (no message overhead)."""
     return len(_model(model).encode(text))
 
 
 def count_texts(texts: list[str], model: str) -> list[int]:
+    """Tokens of each text, counted in one batched call."""
     if not texts:
         return []
     return [len(tokens) for tokens in _model(model).encoding.encode_ordinary_batch(texts)]

@@ -49,12 +49,17 @@ def _progress(total: int | None, quiet: bool) -> Iterator[Callable[[int], None] 
 
 
 def _money(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:,.2f}"
+    if value is None:
+        return "unknown"
+    if 0 < value < 0.01:
+        return f"${value:.6f}".rstrip("0")
+    return f"${value:,.2f}"
 
 
 def render_summary(result: PlanResult, console: Console, title: str) -> None:
     data = result.as_json()
-    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    console.print(f"[bold]{title}[/bold]")
+    table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("rows", f"{data['rows']:,}")

@@ -82,6 +82,8 @@ class ImageSpec(Strict):
 
 
 class PartSpec(Strict):
+    """One part of a message: a text template, or an image (URL or local file) template."""
+
     type: Literal["text", "image"]
     text: str | None = None
     image: str | None = Field(None, description="Template giving a URL or a local file path.")
@@ -97,6 +99,8 @@ class PartSpec(Strict):
 
 
 class MessageSpec(Strict):
+    """One message template: a role and a text template or a list of parts."""
+
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[PartSpec]
 
@@ -128,6 +132,8 @@ class ResponseSpec(Strict):
 
 
 class OutputSpec(Strict):
+    """Where results are exported, and in which format (by suffix when `auto`)."""
+
     path: str
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
 
@@ -149,6 +155,8 @@ class LimitsSpec(Strict):
 
 
 class BudgetSpec(Strict):
+    """The hard spending limit for the whole job, in USD."""
+
     max_usd: Annotated[float, Field(ge=0)] | None = None
 
 
