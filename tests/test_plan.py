@@ -276,3 +276,19 @@ def test_bad_data_line_names_file_and_line(movie_dir: Path) -> None:
     result = CliRunner().invoke(cli, ["plan", str(write_job(movie_dir))])
     assert result.exit_code == 2
     assert "plots.jsonl:2" in result.output
+
+
+def test_expected_output_from_a_sample_of_earlier_answers(movie_dir: Path) -> None:
+    def answer(custom_id: str, tokens: int, status: int = 200) -> dict[str, Any]:
+        body = {"usage": {"prompt_tokens": 10, "completion_tokens": tokens}}
+        return {"custom_id": custom_id, "response": {"status_code": status, "body": body}}
+
+    write_jsonl(movie_dir / "earlier.jsonl",
+                [answer("a", 40), answer("b", 60), answer("c", 999, status=500)])  # fmt: skip
+    job = job_dict(estimate={"sample": "earlier.jsonl"})
+    result = plan_job(job_from_dict(job, base_dir=movie_dir))
+    assert result.expected_output_tokens == 3 * 50
+    assert not any("expected output" in note for note in result.assumptions)
+    (movie_dir / "empty.jsonl").write_text("")
+    with pytest.raises(UserInputError, match="no successful answers"):
+        plan_job(job_from_dict(job_dict(estimate={"sample": "empty.jsonl"}), base_dir=movie_dir))

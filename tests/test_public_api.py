@@ -9,8 +9,16 @@ import pytest
 
 import batchpilot
 
-MODULES = ["batchpilot", "batchpilot.server", "batchpilot.spec", "batchpilot.plan",
-           "batchpilot.data", "batchpilot.errors", "batchpilot.tokens", "batchpilot.pricing"]  # fmt: skip
+MODULES = [
+    "batchpilot",
+    "batchpilot.server",
+    "batchpilot.spec",
+    "batchpilot.plan",
+    "batchpilot.data",
+    "batchpilot.errors",
+    "batchpilot.tokens",
+    "batchpilot.pricing",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -24,9 +32,11 @@ def test_all_names_exist_and_have_docstrings(name: str) -> None:
 
 
 def test_top_level_api() -> None:
-    expected = {"load_job", "job_from_dict", "plan_job", "plan_requests_file", "JobSpec",
-                "PlanResult", "PriceTable", "rows_from_records", "rows_from_dataframe",
-                "rows_from_dataset", "BatchpilotError", "UserInputError", "__version__"}  # fmt: skip
+    expected = {
+        "load_job", "job_from_dict", "plan_job", "plan_requests_file", "JobSpec", "PlanResult",
+        "PriceTable", "rows_from_records", "rows_from_dataframe", "rows_from_dataset",
+        "BatchpilotError", "UserInputError", "__version__",
+    }  # fmt: skip
     assert expected <= set(batchpilot.__all__)
 
 

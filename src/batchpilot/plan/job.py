@@ -10,6 +10,7 @@ from batchpilot.data import InputSpec, read_rows
 from batchpilot.data.rows import Row
 from batchpilot.plan.packing import BatchLimits
 from batchpilot.plan.planner import Planner, PlanResult, PlanSettings, PlanSink
+from batchpilot.plan.sample import mean_output_tokens
 from batchpilot.plan.sources import job_items, requests_file_items
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.render import RequestRenderer
@@ -74,13 +75,16 @@ def plan_job(
     """Plan every request of a job. `rows` replaces the job's input (DataFrames, datasets)."""
     renderer = RequestRenderer(job)
     prices = PriceTable.load(overrides=job.prices or None)
+    expected = job.estimate.output_tokens
+    if job.estimate.sample is not None:
+        expected = mean_output_tokens(job.resolve(job.estimate.sample))
     settings = settings_for(
         job.limits,
         local=job.provider.kind == "local",
         tier=job.provider.tier,
         prices=prices,
         max_output_tokens=job.max_output_tokens,
-        expected_output_tokens=job.estimate.output_tokens,
+        expected_output_tokens=expected,
         expected_output_ratio=job.estimate.output_ratio,
     )
     source = rows if rows is not None else read_rows(input_spec(job))

@@ -167,6 +167,18 @@ class EstimateSpec(Strict):
     output_ratio: Annotated[float, Field(ge=0)] | None = Field(
         None, description="Expected output tokens as a fraction of input tokens."
     )
+    sample: str | None = Field(
+        None,
+        description="A batch output file of earlier answers (OpenAI batch output JSONL); "
+        "the mean of their completion tokens is the expected output.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EstimateSpec:
+        given = [self.output_tokens, self.output_ratio, self.sample]
+        if sum(value is not None for value in given) > 1:
+            raise ValueError("give one of output_tokens, output_ratio or sample")
+        return self
 
 
 class JobSpec(Strict):
