@@ -42,6 +42,7 @@ class Item:
     body: dict[str, Any] | None
     custom_id: str | None = None
     skip: str | None = None
+    data: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +55,8 @@ class PlannedRequest:
     input_tokens: int
     batch: int | None
     new: bool
+    body: bytes = b""
+    content_hash: str = ""
 
 
 class PlanSink(Protocol):
@@ -216,6 +219,8 @@ class Planner:
         if item.body is None:
             result.skipped_rows += 1
             findings.warning("skipped_row", item.skip or "skipped", item.row_id, item.source)
+            if sink is not None:
+                sink.add(PlannedRequest(item, "", b"", 0, None, False))
             return
         body = item.body
         model = str(body.get("model", ""))
@@ -223,7 +228,8 @@ class Planner:
             checked_models.add(model)
             self._check_model(model, item, findings)
         canonical = canonical_body(body)
-        rid = item.custom_id or request_id(item.endpoint, canonical)
+        content_hash = request_id(item.endpoint, canonical)
+        rid = item.custom_id or content_hash
         new = seen.first("requests", rid) or not self.settings.dedupe
         if not new and item.custom_id is not None:
             findings.error(
@@ -236,7 +242,7 @@ class Planner:
         if not new:
             result.duplicate_rows += 1
             if sink is not None:
-                sink.add(PlannedRequest(item, rid, line, 0, None, False))
+                sink.add(PlannedRequest(item, rid, line, 0, None, False, canonical, content_hash))
             return
         counted = count_request(body, item.endpoint)
         tokens = counted.tokens
@@ -263,7 +269,9 @@ class Planner:
                 "bytes": size,
             }
         if sink is not None:
-            sink.add(PlannedRequest(item, rid, line, tokens, batch.index, True))
+            sink.add(
+                PlannedRequest(item, rid, line, tokens, batch.index, True, canonical, content_hash)
+            )
 
     def _outputs(self, endpoint: str, model: str, tokens: int) -> tuple[int, int]:
         if endpoint == "/v1/embeddings" or is_embedding_model(model):

@@ -25,9 +25,11 @@ def job_items(job: JobSpec, rows: Iterable[Row], renderer: RequestRenderer) -> I
         except MissingField as exc:
             if not skip:
                 raise
-            yield Item(row.index, row.id, row.source, job.endpoint, None, skip=str(exc))
+            yield Item(
+                row.index, row.id, row.source, job.endpoint, None, skip=str(exc), data=row.data
+            )
             continue
-        yield Item(row.index, row.id, row.source, job.endpoint, body)
+        yield Item(row.index, row.id, row.source, job.endpoint, body, data=row.data)
 
 
 def requests_file_items(path: Path) -> Iterator[Item]:

@@ -36,6 +36,8 @@ class BatchFileWriter:
 
     def add(self, planned: PlannedRequest) -> None:
         item = planned.item
+        if item.body is None:
+            return
         self._rows.write(
             json.dumps({"index": item.index, "row_id": item.row_id,
                         "request_id": planned.request_id}) + "\n"

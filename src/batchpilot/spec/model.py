@@ -152,6 +152,9 @@ class LimitsSpec(Strict):
     queue_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     context_window: Annotated[int, Field(ge=1)] | None = None
     on_missing_field: Literal["fail", "skip"] = "fail"
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = Field(
+        3, description="Attempts per request before it fails for good (retryable errors only)."
+    )
 
 
 class BudgetSpec(Strict):

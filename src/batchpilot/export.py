@@ -1,0 +1,545 @@
+"""Write a run's results, joined to their input rows, to JSONL, CSV or Parquet.
+
+Rows stream through, so memory is bounded by one chunk of rows whatever the size of the
+run. The file appears only once complete: it is written beside the target under a hidden
+``.<name>.part`` name and renamed into place.
+
+CSV and Parquet need their columns before the first row is written, so the columns come
+from the first ``SAMPLE_ROWS`` rows, which are held back until then. When there are more
+rows than that, the file gets a last ``extra`` column: the fields of a later row that have
+no column of their own (and, in Parquet, values that do not fit their column's type) are
+written into it as one JSON object.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain, islice
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import orjson
+
+from batchpilot.data.rows import record_id
+from batchpilot.errors import MissingDependency, StateError, UserInputError
+
+__all__ = [
+    "PARQUET_BATCH_ROWS",
+    "SAMPLE_ROWS",
+    "ExportFormat",
+    "ExportRow",
+    "write_back_nested",
+    "write_export",
+]
+
+ExportFormat = Literal["auto", "jsonl", "csv", "parquet"]
+
+SAMPLE_ROWS = 1000
+PARQUET_BATCH_ROWS = 1000
+
+_SUFFIX_FORMATS: dict[str, Literal["jsonl", "csv", "parquet"]] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_UNANSWERED = frozenset({"failed", "skipped", "pending"})
+
+# Columns whose Arrow type is known whatever the data: the name of a pyarrow type factory.
+_META_COLUMNS = {
+    "id": "string",
+    "status": "string",
+    "attempts": "int64",
+    "lane": "string",
+    "input_tokens": "int64",
+    "output_tokens": "int64",
+    "cost_usd": "float64",
+    "error": "string",
+}
+_WRITE_BACK_COLUMNS = {
+    "_batchpilot.status": "string",
+    "_batchpilot.attempts": "int64",
+    "_batchpilot.error": "string",
+}
+
+_Sections = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    """One row of a run: its input, its outcome and what it cost."""
+
+    index: int  # 0-based input position
+    row_id: str
+    request_id: str | None  # None when the row was skipped at planning
+    status: str  # succeeded, failed, skipped, pending or fallback
+    attempts: int
+    data: dict[str, Any] | None  # the input row's fields; None when the run did not keep them
+    content: str | None  # the answer text; None for embeddings
+    parsed: Any | None  # the structured answer when the job had a response schema
+    embedding: list[float] | None
+    response: dict[str, Any] | None  # the full response body
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    error: str | None  # "code: message" for failed rows
+    lane: str | None  # batch, realtime or cache
+
+
+def write_export(
+    rows: Iterable[ExportRow],
+    target: Path,
+    *,
+    format: ExportFormat = "auto",
+    include_input: bool = True,
+    flatten: bool = True,
+    response_key: str | None = None,
+) -> int:
+    """Write ``rows`` to ``target`` in their order and return how many were written.
+
+    JSONL holds one object per row: ``id``, ``status``, ``attempts``, ``input``,
+    ``output`` (the parsed answer, else the text, else the embedding), ``usage``,
+    ``cost_usd``, ``error``, ``lane`` and ``request_id``. CSV and Parquet hold the same
+    as columns, with the input's fields under ``input.`` and a structured answer's under
+    ``output.``; ``flatten`` spreads nested objects into dotted columns, otherwise they
+    are JSON text in CSV and struct columns in Parquet.
+
+    With ``response_key``, each row is instead the input row with the answer added under
+    that key, plus ``_batchpilot`` (status, attempts, error); ``include_input`` is then
+    ignored.
+    """
+    target = Path(target)
+    fmt = _resolve_format(target, format)
+    if fmt == "jsonl":
+        return _atomic(target, lambda part: _write_jsonl(rows, part, include_input, response_key))
+    pyarrow = _pyarrow() if fmt == "parquet" else None
+    in_struct = pyarrow is not None
+    records = (_sections(row, include_input, flatten, in_struct, response_key) for row in rows)
+    seed: tuple[dict[str, str], ...] = (
+        ({}, {}, _WRITE_BACK_COLUMNS) if response_key is not None else (_META_COLUMNS, {}, {})
+    )
+    if pyarrow is None:
+        return _atomic(target, lambda part: _write_csv(records, seed, part))
+    return _atomic(target, lambda part: _write_parquet(pyarrow, records, seed, part))
+
+
+def write_back_nested(
+    rows: Iterable[ExportRow],
+    source: Path,
+    target: Path,
+    *,
+    records: str,
+    response_key: str,
+    id_field: str | None = None,
+) -> int:
+    """Copy the JSONL ``source`` to ``target`` with each nested item's answer added to it.
+
+    ``records`` is the dotted path to the list in each line whose elements were the run's
+    rows; ``rows`` must be those rows' results in input order. Every element gets the
+    answer under ``response_key`` (``null`` when it has none), and a line with unanswered
+    items gets a ``_batchpilot_errors`` list. An element that is not an object becomes
+    ``{"value": element, response_key: answer}``. Returns the number of items written.
+    """
+    parts = tuple(records.split("."))
+    if not all(part.strip() for part in parts):
+        raise UserInputError(
+            f"records is {records!r}: expected a dotted path such as 'tweets' or 'data.items'"
+        )
+    results = iter(rows)
+    source = Path(source)
+
+    def write(part: Path) -> int:
+        return _write_nested(results, source, part, parts, response_key, id_field)
+
+    return _atomic(Path(target), write)
+
+
+def _resolve_format(target: Path, format: ExportFormat) -> Literal["jsonl", "csv", "parquet"]:
+    if format == "auto":
+        suffix = target.suffix.lower()
+        if suffix in _SUFFIX_FORMATS:
+            return _SUFFIX_FORMATS[suffix]
+        raise UserInputError(
+            f"{target}: cannot tell the export format from the suffix {suffix or '(none)'!r}; "
+            f"name the file with one of {', '.join(_SUFFIX_FORMATS)} or choose the format"
+        )
+    if format == "jsonl" or format == "csv" or format == "parquet":
+        return format
+    raise UserInputError(f"export format is {format!r}; use one of auto, jsonl, csv, parquet")
+
+
+def _atomic(target: Path, write: Callable[[Path], int]) -> int:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"{target.parent}: cannot be created ({error.strerror})") from None
+    part = target.with_name(f".{target.name}.part")
+    try:
+        count = write(part)
+        part.replace(target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _sync(stream: IO[Any]) -> None:
+    stream.flush()
+    os.fsync(stream.fileno())
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # Integers past 64 bits, lone surrogates, types orjson does not know.
+        return json.dumps(value, default=str).encode()
+
+
+def _output(row: ExportRow) -> Any:
+    if row.parsed is not None:
+        return row.parsed
+    return row.content if row.content is not None else row.embedding
+
+
+def _input_fields(row: ExportRow) -> dict[str, Any]:
+    if row.data is None:
+        raise UserInputError(
+            f"row {row.row_id!r}: the run did not keep its input fields, so the answer "
+            "cannot be written back into them; export without a response key"
+        )
+    return row.data
+
+
+def _outcome(row: ExportRow) -> dict[str, Any]:
+    return {"status": row.status, "attempts": row.attempts, "error": row.error}
+
+
+def _jsonl_record(row: ExportRow, include_input: bool, response_key: str | None) -> Any:
+    if response_key is not None:
+        return {**_input_fields(row), response_key: _output(row), "_batchpilot": _outcome(row)}
+    record: dict[str, Any] = {"id": row.row_id, "status": row.status, "attempts": row.attempts}
+    if include_input:
+        record["input"] = row.data
+    record["output"] = _output(row)
+    record["usage"] = {"input_tokens": row.input_tokens, "output_tokens": row.output_tokens}
+    record["cost_usd"] = row.cost_usd
+    record["error"] = row.error
+    record["lane"] = row.lane
+    record["request_id"] = row.request_id
+    return record
+
+
+def _write_jsonl(
+    rows: Iterable[ExportRow], part: Path, include_input: bool, response_key: str | None
+) -> int:
+    count = 0
+    with part.open("wb") as stream:
+        for row in rows:
+            stream.write(_json(_jsonl_record(row, include_input, response_key)) + b"\n")
+            count += 1
+        _sync(stream)
+    return count
+
+
+def _spread(name: str, value: Any, levels: int, into: dict[str, Any]) -> None:
+    """Put ``value`` under ``name``, spreading dicts ``levels`` deep (-1: all the way)."""
+    if levels != 0 and isinstance(value, dict) and value:
+        for key, item in value.items():
+            _spread(f"{name}.{key}", item, levels - 1, into)
+    else:
+        into[name] = value
+
+
+def _sections(
+    row: ExportRow, include_input: bool, flatten: bool, in_struct: bool, response_key: str | None
+) -> _Sections:
+    answer = _output(row)
+    if response_key is not None:
+        levels = -1 if flatten else 0
+        fields: dict[str, Any] = {}
+        for key, value in _input_fields(row).items():
+            if key != response_key:
+                _spread(str(key), value, levels, fields)
+        output: dict[str, Any] = {}
+        _spread(response_key, answer, levels, output)
+        outcome = {f"_batchpilot.{key}": value for key, value in _outcome(row).items()}
+        return fields, output, outcome
+    # Unflattened, CSV still gives each top-level field its own column; Parquet nests.
+    levels = -1 if flatten else (0 if in_struct else 1)
+    values: tuple[Any, ...] = (row.row_id, row.status, row.attempts, row.lane)
+    values += (row.input_tokens, row.output_tokens, row.cost_usd, row.error)
+    meta = dict(zip(_META_COLUMNS, values, strict=True))
+    inputs: dict[str, Any] = {}
+    if include_input and row.data:
+        _spread("input", row.data, levels, inputs)
+    output = {}
+    _spread("output", answer, levels, output)
+    return meta, inputs, output
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    columns: list[str]
+    extra: str | None
+    """The name of the column for fields that have no column, if the file needs one."""
+    types: dict[str, str]
+
+
+def _layout(
+    records: Iterator[_Sections], seed: tuple[dict[str, str], ...]
+) -> tuple[_Layout, Iterator[dict[str, Any]]]:
+    """Fix the columns from the first rows; return them and every row as a flat dict."""
+    sample = list(islice(records, SAMPLE_ROWS))
+    names = [dict.fromkeys(section) for section in seed]
+    for sections in sample:
+        for known, section in zip(names, sections, strict=True):
+            known.update(dict.fromkeys(section))
+    columns = [name for known in names for name in known]
+    following = next(records, None)
+    extra = None
+    if following is not None:
+        sample.append(following)
+        extra = "extra"
+        while extra in columns:
+            extra = "_" + extra
+    flat = ({**a, **b, **c} for a, b, c in chain(sample, records))
+    types = {name: kind for section in seed for name, kind in section.items()}
+    return _Layout(columns, extra, types), flat
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list | tuple):
+        return _json(value).decode()
+    return str(value)
+
+
+def _write_csv(records: Iterator[_Sections], seed: tuple[dict[str, str], ...], part: Path) -> int:
+    layout, flat = _layout(records, seed)
+    count = 0
+    with part.open("w", encoding="utf-8", newline="", errors="backslashreplace") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(layout.columns if layout.extra is None else [*layout.columns, layout.extra])
+        for record in flat:
+            cells = [_cell(record.pop(name, None)) for name in layout.columns]
+            if layout.extra is not None:
+                cells.append(_cell(record or None))
+            writer.writerow(cells)
+            count += 1
+        _sync(stream)
+    return count
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise MissingDependency(
+            "writing Parquet needs pyarrow: pip install 'batchpilot[parquet]'"
+        ) from None
+    return pyarrow
+
+
+def _arrow_errors(pa: Any) -> tuple[type[BaseException], ...]:
+    return (pa.ArrowException, TypeError, ValueError, OverflowError)
+
+
+def _write_parquet(
+    pa: Any, records: Iterator[_Sections], seed: tuple[dict[str, str], ...], part: Path
+) -> int:
+    layout, flat = _layout(records, seed)
+    chunk = list(islice(flat, PARQUET_BATCH_ROWS))
+    schema = _schema(pa, layout, chunk)
+    count = 0
+    with part.open("wb") as stream:
+        writer = pa.parquet.ParquetWriter(stream, schema)
+        try:
+            while chunk:
+                writer.write_batch(_record_batch(pa, schema, layout, chunk))
+                count += len(chunk)
+                chunk = list(islice(flat, PARQUET_BATCH_ROWS))
+        finally:
+            writer.close()
+        _sync(stream)
+    return count
+
+
+def _schema(pa: Any, layout: _Layout, chunk: list[dict[str, Any]]) -> Any:
+    fields = []
+    for name in layout.columns:
+        fixed = layout.types.get(name)
+        kind = getattr(pa, fixed)() if fixed else _infer(pa, [row.get(name) for row in chunk])
+        fields.append(pa.field(name, kind))
+    if layout.extra is not None:
+        fields.append(pa.field(layout.extra, pa.string()))
+    return pa.schema(fields)
+
+
+def _infer(pa: Any, values: list[Any]) -> Any:
+    """The Arrow type of a column's first values; text when they disagree or say nothing."""
+    try:
+        kind = pa.array(values).type
+    except _arrow_errors(pa):
+        return pa.string()
+    return pa.string() if pa.types.is_null(kind) or _has_empty_struct(pa, kind) else kind
+
+
+def _has_empty_struct(pa: Any, kind: Any) -> bool:
+    """Parquet cannot store a struct without fields (the type of ``{}``)."""
+    if pa.types.is_struct(kind):
+        return kind.num_fields == 0 or any(_has_empty_struct(pa, field.type) for field in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _has_empty_struct(pa, kind.value_type)
+    return False
+
+
+def _fits(pa: Any, value: Any, kind: Any) -> bool:
+    """False for the values pyarrow would convert to ``kind`` by losing part of them."""
+    if value is None:
+        return True
+    if pa.types.is_integer(kind):
+        return not isinstance(value, float)
+    if pa.types.is_struct(kind) and isinstance(value, dict):
+        fields = {field.name: field.type for field in kind}
+        return all(key in fields and _fits(pa, item, fields[key]) for key, item in value.items())
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and isinstance(value, list):
+        return all(_fits(pa, item, kind.value_type) for item in value)
+    return True
+
+
+def _record_batch(pa: Any, schema: Any, layout: _Layout, chunk: list[dict[str, Any]]) -> Any:
+    arrays = [_column(pa, schema.field(name), chunk) for name in layout.columns]
+    if layout.extra is not None:
+        arrays.append(pa.array([_json(row).decode() if row else None for row in chunk]))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _column(pa: Any, field: Any, chunk: list[dict[str, Any]]) -> Any:
+    """The column ``field`` of ``chunk``, taking its values out of the rows.
+
+    A value that does not fit the column's type is put back in its row, so that it ends
+    up in the extra column, and the column holds null there.
+    """
+    kind = field.type
+    values = [row.pop(field.name, None) for row in chunk]
+    if pa.types.is_string(kind):
+        values = [None if value is None else _cell(value) for value in values]
+    errors = _arrow_errors(pa)
+    if all(_fits(pa, value, kind) for value in values):
+        try:
+            return pa.array(values, type=kind)
+        except errors:
+            pass
+    for position, (value, row) in enumerate(zip(values, chunk, strict=True)):
+        try:
+            if _fits(pa, value, kind):
+                pa.array([value], type=kind)
+                continue
+        except errors:
+            pass
+        row[field.name] = value
+        values[position] = None
+    return pa.array(values, type=kind)
+
+
+def _source_lines(source: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        stream = source.open("rb")
+    except OSError as error:
+        raise UserInputError(f"{source}: cannot be read ({error.strerror})") from None
+    with stream:
+        for number, raw in enumerate(stream, start=1):
+            if not raw.strip():
+                continue
+            where = f"{source.name}:{number}"
+            try:
+                value = json.loads(raw.decode("utf-8-sig"))
+            except ValueError as error:
+                raise UserInputError(f"{where}: not valid UTF-8 JSON ({error})") from None
+            if not isinstance(value, dict):
+                raise UserInputError(f"{where}: expected an object with named fields")
+            yield where, value
+
+
+def _nested_list(record: dict[str, Any], parts: tuple[str, ...], where: str) -> list[Any]:
+    current: Any = record
+    for part in parts:
+        current = current.get(part) if isinstance(current, dict) else None
+    if not isinstance(current, list):
+        raise UserInputError(f"{where}: no `{'.'.join(parts)}` list of records")
+    return current
+
+
+def _own_id(element: Any, id_field: str | None) -> str | None:
+    if id_field is None or not isinstance(element, dict):
+        return None
+    value = element.get(id_field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return str(value)
+
+
+def _write_nested(
+    results: Iterator[ExportRow],
+    source: Path,
+    part: Path,
+    parts: tuple[str, ...],
+    response_key: str,
+    id_field: str | None,
+) -> int:
+    label = ".".join(parts)
+    count = 0
+    with part.open("wb") as stream:
+        for number, (where, record) in enumerate(_source_lines(source), start=1):
+            items = _nested_list(record, parts, where)
+            errors: list[dict[str, Any]] = []
+            line_id: str | None = None
+            for position, element in enumerate(items):
+                item = f"{label}[{position}]"
+                expected = _own_id(element, id_field)
+                if expected is None:
+                    if line_id is None:
+                        line_id = record_id(record, id_field, f"row-{number}", where)
+                    expected = f"{line_id}/{item}"
+                row = next(results, None)
+                if row is None:
+                    raise StateError(
+                        f"{where} {item}: the run has no result for {expected!r}; "
+                        f"{source.name} has more items than the run has rows"
+                    )
+                if row.row_id != expected:
+                    raise StateError(
+                        f"{where} {item}: the item is {expected!r} but the run's next result "
+                        f"is for {row.row_id!r}; {source.name} no longer matches the run"
+                    )
+                answer = None if row.status in _UNANSWERED else _output(row)
+                if isinstance(element, dict):
+                    element[response_key] = answer
+                else:
+                    items[position] = {"value": element, response_key: answer}
+                if row.status in _UNANSWERED:
+                    errors.append({"id": row.row_id, "item": item, **_outcome(row)})
+                count += 1
+            if errors:
+                record["_batchpilot_errors"] = errors
+            stream.write(_json(record) + b"\n")
+        leftover = next(results, None)
+        if leftover is not None:
+            raise StateError(
+                f"{source.name}: the run has a result for {leftover.row_id!r} after the "
+                "file's last item; the file no longer matches the run"
+            )
+        _sync(stream)
+    return count

@@ -1,0 +1,83 @@
+"""The local provider: an in-process local server, driven through the SDK over loopback HTTP.
+
+The server keeps its files and batches in its state directory, so a restarted run finds the
+batches it created before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from batchpilot.providers.openai import OpenAIProvider
+from batchpilot.server import LocalServer, ServerConfig, make_responder
+
+__all__ = ["LOCAL_API_KEY", "LocalProvider", "local_provider"]
+
+LOCAL_API_KEY = "local"
+
+
+class LocalProvider(OpenAIProvider):
+    """A provider that owns a started `LocalServer`; `close()` stops it."""
+
+    def __init__(self, server: LocalServer, *, name: str = "local", max_retries: int = 2) -> None:
+        client = openai.OpenAI(
+            base_url=server.base_url,
+            api_key=server.config.api_key or LOCAL_API_KEY,
+            max_retries=max_retries,
+        )
+        super().__init__(client, name=name)
+        self.server = server
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.server.stop()
+
+
+def local_provider(
+    state_dir: Path,
+    *,
+    responder: str = "llama",
+    model_path: Path | None = None,
+    time_scale: float = 1.0,
+    threads: int = 1,
+    **server_settings: Any,
+) -> LocalProvider:
+    """Start a local server on a free loopback port with its state in `state_dir`.
+
+    Defaults suit a job without a key: no validation or finalizing delay, and any model name is
+    accepted (the responder answers them all). `server_settings` are further `ServerConfig`
+    fields. A missing llama runtime or model raises MissingDependency before anything starts.
+    """
+    settings: dict[str, Any] = {
+        "validation_delay_s": 0.0,
+        "finalizing_delay_s": 0.0,
+        "models": frozenset({"*"}),
+        **server_settings,
+    }
+    config = ServerConfig(
+        state_dir=Path(state_dir),
+        responder=responder,
+        model_path=model_path,
+        time_scale=time_scale,
+        responder_threads=threads,
+        **settings,
+    )
+    # The responder is built first so that a missing model fails before any state is opened.
+    instance = make_responder(config)
+    try:
+        server = LocalServer(dataclasses.replace(config, responder=instance))
+    except BaseException:
+        instance.close()
+        raise
+    try:
+        server.start()
+        return LocalProvider(server)
+    except BaseException:
+        server.stop()
+        raise

@@ -1,0 +1,293 @@
+"""Running jobs from Python: the same functions the CLI calls.
+
+result = run_job(load_job("job.yaml"))            # plan, submit, wait, export
+print(result.status.done, result.status.spent_usd)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchpilot.data.rows import Row
+from batchpilot.errors import StateError, UserInputError
+from batchpilot.export import ExportRow, write_export
+from batchpilot.plan import plan_job, plan_requests_file
+from batchpilot.pricing import PriceTable, tier_limits
+from batchpilot.providers import Provider, provider_for
+from batchpilot.run.ingest import RetryPolicy
+from batchpilot.run.runner import Runner
+from batchpilot.run.settings import RunSettings
+from batchpilot.run.status import RunStatus, run_status
+from batchpilot.run.store_sink import StoreSink
+from batchpilot.spec import JobSpec, LimitsSpec
+from batchpilot.store import RunLock, RunRecord, SQLiteStore, utc_now
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "RunResult",
+    "export_rows",
+    "export_run",
+    "find_run",
+    "open_store",
+    "run_id_for",
+    "run_job",
+    "run_requests_file",
+    "status_of",
+]
+
+DEFAULT_STATE_DIR = Path(".batchpilot")
+_USERINFO = re.compile(r"(?<=://)[^/@]+@")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: RunStatus
+    output: Path | None = None
+
+
+def open_store(state_dir: Path) -> SQLiteStore:
+    return SQLiteStore(Path(state_dir) / "batchpilot.sqlite3")
+
+
+def spec_json(job: JobSpec) -> str:
+    """The job as stored: everything that shapes its requests, no credentials."""
+    text = job.model_dump_json(exclude={"base_dir"}, by_alias=True)
+    return _USERINFO.sub("", text)
+
+
+def run_id_for(name: str, spec: str) -> str:
+    return f"{name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+
+
+def _settings(
+    limits: LimitsSpec,
+    *,
+    local: bool,
+    tier: int,
+    budget: float | None,
+    prices: PriceTable,
+    poll_interval: float | None,
+    detach: bool,
+    cancel_on_exit: bool,
+) -> RunSettings:
+    def queue(model: str) -> int | None:
+        if local:
+            return None
+        total = limits.queue_tokens or tier_limits(model, tier).batch_queue_tokens
+        return None if total is None else int(total * limits.queue_fraction)
+
+    def per_batch(model: str) -> int | None:
+        return limits.tokens_per_batch if limits.tokens_per_batch is not None else queue(model)
+
+    return RunSettings(
+        requests_per_batch=limits.requests_per_batch,
+        bytes_per_batch=limits.bytes_per_batch,
+        tokens_per_batch=per_batch,
+        queue_tokens=queue,
+        budget_usd=budget,
+        prices=prices,
+        retry=RetryPolicy(limits.max_attempts),
+        poll_interval_s=poll_interval if poll_interval is not None else (0.2 if local else 5.0),
+        detach=detach,
+        cancel_on_exit=cancel_on_exit,
+    )
+
+
+def find_run(store: SQLiteStore, run_id: str | None) -> RunRecord:
+    """A run by id, or the latest one; a clear error when there is none."""
+    if run_id is not None:
+        run = store.run(run_id)
+        if run is None:
+            raise UserInputError(
+                f"no run '{run_id}' in {store.path.parent}; `batchpilot ls` lists them"
+            )
+        return run
+    runs = store.runs()
+    if not runs:
+        raise UserInputError(f"no runs in {store.path.parent} yet; start one with `batchpilot run`")
+    return runs[0]
+
+
+@contextmanager
+def _running(
+    store: SQLiteStore, run_id: str, state_dir: Path, provider: Provider, settings: RunSettings,
+    on_progress: Callable[[RunStatus], None] | None, use_cache: bool,
+) -> Iterator[Runner]:  # fmt: skip
+    with RunLock(Path(state_dir) / "locks" / f"{run_id}.lock"):
+        runner = Runner(store, provider, run_id, settings,
+                        Path(state_dir) / "runs" / run_id / "files", on_progress)  # fmt: skip
+        runner.use_cache = use_cache
+        runner.interrupt.install()
+        try:
+            yield runner
+        finally:
+            runner.interrupt.restore()
+
+
+def run_job(
+    job: JobSpec,
+    *,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    rows: Iterable[Row] | None = None,
+    provider: Provider | None = None,
+    on_progress: Callable[[RunStatus], None] | None = None,
+    detach: bool = False,
+    cancel_on_exit: bool = False,
+    poll_interval: float | None = None,
+    fresh: bool = False,
+) -> RunResult:
+    """Plan the job into the store (once), then run it to the end and export its output.
+
+    Running the same job again continues its run: the run id is a hash of the job.
+    """
+    store = open_store(state_dir)
+    spec = spec_json(job)
+    run_id = run_id_for(job.name, spec)
+    prices = PriceTable.load(overrides=job.prices or None)
+    if store.run(run_id) is None:
+        sink = StoreSink(store, run_id)
+        try:
+            store.create_run(RunRecord(run_id, job.name, spec, job.provider.kind, job.endpoint,
+                                       "planned", job.budget.max_usd, utc_now()))  # fmt: skip
+            result = plan_job(job, rows=rows, sink=sink)
+        except BaseException:
+            sink.abort()
+            raise
+        if not result.ok:
+            raise UserInputError(
+                "the plan has errors; nothing was sent:\n  "
+                + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
+            )
+    settings = _settings(job.limits, local=job.provider.kind == "local", tier=job.provider.tier,
+                         budget=job.budget.max_usd, prices=prices, poll_interval=poll_interval,
+                         detach=detach, cancel_on_exit=cancel_on_exit)  # fmt: skip
+    owned = provider is None
+    provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
+    try:
+        with _running(store, run_id, state_dir, provider, settings, on_progress,
+                      not fresh) as runner:  # fmt: skip
+            status = runner.run()
+    finally:
+        if owned:
+            provider.close()
+    output = None
+    if status.finished and job.output is not None:
+        output = job.resolve(job.output.path)
+        export_run(store, run_id, output, format=job.output.format)
+    store.close()
+    return RunResult(run_id, status, output)
+
+
+def run_requests_file(
+    path: Path,
+    *,
+    provider: Provider,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    kind: str = "openai",
+    budget: float | None = None,
+    on_progress: Callable[[RunStatus], None] | None = None,
+    detach: bool = False,
+    poll_interval: float | None = None,
+) -> RunResult:
+    """Run a standard OpenAI batch JSONL file as it is; results keep its custom ids."""
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such file")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    spec = json.dumps({"requests": str(path.resolve()), "sha256": digest, "provider": kind})
+    run_id = run_id_for(re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)[:40] or "requests", spec)
+    store = open_store(state_dir)
+    if store.run(run_id) is None:
+        sink = StoreSink(store, run_id)
+        try:
+            store.create_run(RunRecord(run_id, path.stem, spec, kind, "mixed", "planned", budget,
+                                       utc_now()))  # fmt: skip
+            result = plan_requests_file(path, local=kind == "local", sink=sink)
+        except BaseException:
+            sink.abort()
+            raise
+        if not result.ok:
+            raise UserInputError(
+                "the requests file has errors; nothing was sent:\n  "
+                + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
+            )
+    settings = _settings(LimitsSpec(), local=kind == "local", tier=1, budget=budget,
+                         prices=PriceTable.load(), poll_interval=poll_interval, detach=detach,
+                         cancel_on_exit=False)  # fmt: skip
+    with _running(store, run_id, state_dir, provider, settings, on_progress, True) as runner:
+        status = runner.run()
+    store.close()
+    return RunResult(run_id, status)
+
+
+def _content(response: dict[str, Any] | None) -> tuple[str | None, list[float] | None]:
+    if not response:
+        return None, None
+    choices = response.get("choices")
+    if isinstance(choices, list) and choices:
+        message = choices[0].get("message") or {}
+        return message.get("content"), None
+    data = response.get("data")
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        embedding = data[0].get("embedding")
+        return None, embedding if isinstance(embedding, list) else None
+    output = response.get("output_text")
+    return (output if isinstance(output, str) else None), None
+
+
+def export_rows(store: SQLiteStore, run_id: str) -> Iterator[ExportRow]:
+    """Every row of a run, in input order, joined with its result."""
+    for row in store.joined_rows(run_id):
+        response = json.loads(row["response_json"]) if row["response_json"] else None
+        content, embedding = _content(response)
+        parsed = None
+        if content is not None and response is not None:
+            try:
+                parsed = json.loads(content)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict | list):
+                parsed = None
+        status = "skipped" if row["request_id"] is None else (row["state"] or "pending")
+        yield ExportRow(
+            index=row["row_index"],
+            row_id=row["row_id"],
+            request_id=row["request_id"],
+            status=status,
+            attempts=row["attempts"] or 0,
+            data=json.loads(row["data_json"]) if row["data_json"] else None,
+            content=content,
+            parsed=parsed,
+            embedding=embedding,
+            response=response,
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            cost_usd=row["cost_usd"],
+            error=row["skip_reason"] if row["request_id"] is None else row["error"],
+            lane=row["lane"],
+        )
+
+
+def export_run(
+    store: SQLiteStore, run_id: str, target: Path, *, format: str = "auto", **options: Any
+) -> int:
+    """Write a run's results, in input order, to JSONL, CSV or Parquet."""
+    if store.run(run_id) is None:
+        raise StateError(f"no run '{run_id}'")
+    return write_export(export_rows(store, run_id), target, format=format, **options)  # type: ignore[arg-type]
+
+
+def status_of(state_dir: Path, run_id: str | None = None) -> RunStatus:
+    store = open_store(state_dir)
+    try:
+        run = find_run(store, run_id)
+        return run_status(store, run.id)
+    finally:
+        store.close()

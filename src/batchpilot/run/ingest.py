@@ -1,0 +1,142 @@
+"""Reading a finished batch: every line matched by custom_id, every failure found.
+
+Failures hide in several places: the error file, lines in either file whose `status_code` is
+4xx/5xx with a null `error`, `response: null` lines with an error code, garbled lines, and
+requests missing from both files. Each becomes an Outcome with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchpilot.store import Outcome, PendingRequest, RequestState
+
+__all__ = ["LineResult", "RetryPolicy", "classify", "read_lines"]
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+NOT_RUN_CODES = frozenset({"batch_expired", "batch_cancelled"})
+RETRYABLE_CODES = frozenset({"request_timeout", *NOT_RUN_CODES})
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """One line of an output or error file, as far as it could be read."""
+
+    custom_id: str
+    ok: bool
+    body: dict[str, Any] | None
+    error: str | None
+    retryable: bool
+    ran: bool
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+
+    def next_state(self, request: PendingRequest, retryable: bool, ran: bool) -> str:
+        if not retryable:
+            return RequestState.FAILED
+        if not ran:
+            return RequestState.PENDING
+        return (
+            RequestState.PENDING
+            if request.attempts + 1 < self.max_attempts
+            else (RequestState.FAILED)
+        )
+
+
+def _error_text(code: Any, message: Any) -> str:
+    return f"{code}: {message}" if code else str(message)
+
+
+def parse_line(raw: bytes) -> LineResult | None:
+    """Read one line; None for blank lines."""
+    if not raw.strip():
+        return None
+    try:
+        line = json.loads(raw)
+        if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
+            raise ValueError("no custom_id")
+    except ValueError:
+        found = _CUSTOM_ID.search(raw)
+        if found is None:
+            return None
+        custom_id = json.loads(b'"' + found.group(1) + b'"')
+        return LineResult(custom_id, False, None, "garbled_line: the result line was not "
+                          "valid JSON", True, True)  # fmt: skip
+    custom_id = line["custom_id"]
+    response = line.get("response")
+    error = line.get("error")
+    if isinstance(response, dict):
+        status = response.get("status_code")
+        body = response.get("body")
+        if isinstance(status, int) and 200 <= status < 300 and isinstance(body, dict):
+            return LineResult(custom_id, True, body, None, False, True)
+        detail = body.get("error") if isinstance(body, dict) else None
+        if isinstance(detail, dict):
+            text = _error_text(detail.get("code") or detail.get("type"), detail.get("message"))
+        else:
+            text = _error_text(None, f"no usable body (status {status})")
+        retryable = isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500)
+        return LineResult(custom_id, False, None, f"http {status}: {text}", retryable, True)
+    if isinstance(error, dict):
+        code = str(error.get("code") or "")
+        return LineResult(
+            custom_id,
+            False,
+            None,
+            _error_text(code, error.get("message")),
+            code in RETRYABLE_CODES,
+            code not in NOT_RUN_CODES,
+        )
+    return LineResult(custom_id, False, None, "unreadable result line", True, True)
+
+
+def read_lines(paths: Sequence[Path | None]) -> Iterator[LineResult]:
+    for path in paths:
+        if path is None:
+            continue
+        with path.open("rb") as handle:
+            for raw in handle:
+                parsed = parse_line(raw)
+                if parsed is not None:
+                    yield parsed
+
+
+def classify(
+    requests: Sequence[PendingRequest],
+    lines: Iterator[LineResult],
+    policy: RetryPolicy,
+    cost: Callable[[PendingRequest, dict[str, Any]], tuple[int, int, float]],
+    *,
+    missing_reason: str = "missing_result: the request is in neither the output nor the error file",
+) -> list[Outcome]:
+    """One outcome per request of the batch; lines for unknown ids are ignored."""
+    by_id = {request.id: request for request in requests}
+    seen: dict[str, Outcome] = {}
+    for line in lines:
+        request = by_id.get(line.custom_id)
+        if request is None or (line.custom_id in seen and not line.ok):
+            continue
+        if line.ok and line.body is not None:
+            input_tokens, output_tokens, usd = cost(request, line.body)
+            seen[request.id] = Outcome(request.id, RequestState.SUCCEEDED, line.body,
+                                       input_tokens, output_tokens, usd)  # fmt: skip
+        elif request.id not in seen:
+            state = policy.next_state(request, line.retryable, line.ran)
+            seen[request.id] = Outcome(request.id, state, error=line.error, attempted=line.ran)
+    outcomes = []
+    for request in requests:
+        outcome = seen.get(request.id)
+        if outcome is None:
+            state = policy.next_state(request, True, True)
+            outcome = Outcome(request.id, state, error=missing_reason)
+        outcomes.append(outcome)
+    return outcomes

@@ -1,0 +1,79 @@
+"""Planning straight into the store: rows and requests, in one transaction."""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+from typing import Any
+
+from batchpilot.plan.models import context_window
+from batchpilot.plan.planner import PlannedRequest, PlanResult
+from batchpilot.store import SQLiteStore
+
+__all__ = ["StoreSink", "max_output_tokens"]
+
+
+def max_output_tokens(body: dict[str, Any], input_tokens: int) -> int:
+    """The most output a request may produce: its max_tokens, else the rest of the context."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(key)
+        if isinstance(value, int):
+            return value
+    window = context_window(str(body.get("model", "")))
+    return max(0, (window or 4096) - input_tokens)
+
+
+class StoreSink:
+    """A PlanSink that records every row and new request; commits only a plan with no errors.
+
+    Re-planning the same job inserts nothing new: rows and requests are keyed by position and
+    content hash.
+    """
+
+    def __init__(self, store: SQLiteStore, run_id: str, *, keep_data: bool = True) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.keep_data = keep_data
+        self._tx: AbstractContextManager[Any] = store.tx()
+        self._tx.__enter__()
+        self._open = True
+
+    def add(self, planned: PlannedRequest) -> None:
+        item = planned.item
+        self.store.add_row(
+            self.run_id,
+            item.index,
+            item.row_id,
+            item.source,
+            planned.request_id if item.body is not None else None,
+            item.data if self.keep_data else None,
+            item.skip,
+        )
+        if planned.new and item.body is not None:
+            body = item.body
+            self.store.add_request(
+                self.run_id,
+                planned.request_id,
+                planned.content_hash,
+                item.endpoint,
+                str(body.get("model", "")),
+                planned.body,
+                planned.input_tokens,
+                max_output_tokens(body, planned.input_tokens),
+                item.index,
+            )
+
+    def close(self, result: PlanResult) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if result.ok:
+            self._tx.__exit__(None, None, None)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        error = RuntimeError("plan aborted")
+        self._open = False
+        with contextlib.suppress(RuntimeError):
+            self._tx.__exit__(type(error), error, None)

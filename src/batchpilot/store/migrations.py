@@ -1,0 +1,143 @@
+"""The store's schema: numbered migrations, append-only, applied in order on every open."""
+
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = ["MIGRATIONS", "migrate"]
+
+MIGRATIONS: list[str] = [
+    # 1: runs, rows, requests, results, batches, attempts, events, the result cache
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        job_name TEXT NOT NULL,
+        spec_json TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        status TEXT NOT NULL,
+        budget_usd REAL,
+        created_at_utc TEXT NOT NULL,
+        finished_at_utc TEXT
+    );
+    CREATE TABLE rows (
+        run_id TEXT NOT NULL,
+        row_index INTEGER NOT NULL,
+        row_id TEXT NOT NULL,
+        request_id TEXT,
+        source TEXT NOT NULL,
+        skip_reason TEXT,
+        data_json TEXT,
+        PRIMARY KEY (run_id, row_index)
+    ) WITHOUT ROWID;
+    CREATE TABLE requests (
+        run_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        model TEXT NOT NULL,
+        body BLOB NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        max_output_tokens INTEGER NOT NULL,
+        first_row INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        batch_id INTEGER,
+        error TEXT,
+        PRIMARY KEY (run_id, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX requests_by_state ON requests(run_id, state, first_row);
+    CREATE TABLE results (
+        run_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        response_json TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        lane TEXT NOT NULL,
+        created_at_utc TEXT NOT NULL,
+        PRIMARY KEY (run_id, request_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE cache (
+        content_hash TEXT PRIMARY KEY,
+        response_json TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        created_at_utc TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE batches (
+        run_id TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        file_name TEXT NOT NULL,
+        input_file_id TEXT,
+        remote_id TEXT,
+        remote_status TEXT,
+        output_file_id TEXT,
+        error_file_id TEXT,
+        completed INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        reserved_usd REAL NOT NULL DEFAULT 0,
+        spent_usd REAL NOT NULL DEFAULT 0,
+        not_found INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        created_at_utc TEXT NOT NULL,
+        submitted_at_utc TEXT,
+        finished_at_utc TEXT,
+        PRIMARY KEY (run_id, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX batches_by_state ON batches(run_id, state);
+    CREATE TABLE attempts (
+        run_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        lane TEXT NOT NULL,
+        batch_id INTEGER,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        at_utc TEXT NOT NULL,
+        PRIMARY KEY (run_id, request_id, attempt)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        at_utc TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data_json TEXT
+    );
+    CREATE INDEX events_by_run ON events(run_id, seq);
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations the database has not seen; returns its schema version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        from batchpilot.errors import StateError
+
+        raise StateError(
+            f"the store was written by a newer batchpilot (schema {version}, this one knows "
+            f"{len(MIGRATIONS)}); upgrade batchpilot"
+        )
+    for number in range(version, len(MIGRATIONS)):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return len(MIGRATIONS)

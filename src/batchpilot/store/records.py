@@ -1,0 +1,79 @@
+"""Plain records the store hands out and takes in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BatchRecord", "Outcome", "PendingRequest", "RunRecord"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    job_name: str
+    spec_json: str
+    provider: str
+    endpoint: str
+    status: str
+    budget_usd: float | None
+    created_at_utc: str
+    finished_at_utc: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    id: str
+    endpoint: str
+    model: str
+    body: bytes
+    input_tokens: int
+    max_output_tokens: int
+    attempts: int
+    first_row: int
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    run_id: str
+    id: int
+    state: str
+    endpoint: str
+    model: str
+    requests: int
+    bytes: int
+    input_tokens: int
+    file_name: str
+    input_file_id: str | None
+    remote_id: str | None
+    remote_status: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    completed: int
+    failed: int
+    reserved_usd: float
+    spent_usd: float
+    not_found: int
+    error: str | None
+    created_at_utc: str
+    submitted_at_utc: str | None
+    finished_at_utc: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one request of a finished batch ended, and where it goes next.
+
+    `state` is `succeeded`, `pending` (to be retried) or `failed` (for good). `attempted` is
+    False for requests that never ran (a batch rejected as a whole): they go back to pending
+    without using up an attempt.
+    """
+
+    request_id: str
+    state: str
+    response: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+    attempted: bool = True

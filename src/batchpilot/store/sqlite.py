@@ -1,0 +1,450 @@
+"""The SQLite store: the single source of truth of every run.
+
+WAL, a busy timeout, migrations on open, and one transaction per logical step. State changes go
+through the transition tables in `states`; a move the tables do not allow raises.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.store.migrations import migrate
+from batchpilot.store.records import BatchRecord, Outcome, PendingRequest, RunRecord
+from batchpilot.store.states import (
+    BATCH_MOVES,
+    REQUEST_MOVES,
+    BatchState,
+    RequestState,
+    check_move,
+)
+
+__all__ = ["SQLiteStore", "utc_now"]
+
+ACTIVE_BATCHES = (BatchState.CREATING, BatchState.SUBMITTED)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class SQLiteStore:
+    """Runs, rows, requests, batches, attempts, results, costs and events in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open the store ({exc})") from None
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        migrate(self._db)
+        self._depth = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; nested calls join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._db
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
+        self._db.execute("COMMIT")
+
+    # runs -----------------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO runs(id, job_name, spec_json, provider, endpoint, status, "
+                "budget_usd, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.id, run.job_name, run.spec_json, run.provider, run.endpoint, run.status,
+                 run.budget_usd, run.created_at_utc),
+            )  # fmt: skip
+
+    def run(self, run_id: str) -> RunRecord | None:
+        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else RunRecord(**dict(row))
+
+    def runs(self, job_name: str | None = None) -> list[RunRecord]:
+        sql, params = "SELECT * FROM runs", tuple[str, ...]()
+        if job_name is not None:
+            sql, params = sql + " WHERE job_name = ?", (job_name,)
+        rows = self._db.execute(sql + " ORDER BY created_at_utc DESC, id", params).fetchall()
+        return [RunRecord(**dict(row)) for row in rows]
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        finished = utc_now() if status in ("finished", "cancelled") else None
+        with self.tx() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, finished_at_utc = ? WHERE id = ?",
+                (status, finished, run_id),
+            )
+
+    def set_budget(self, run_id: str, budget_usd: float | None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE runs SET budget_usd = ? WHERE id = ?", (budget_usd, run_id))
+
+    # planning -------------------------------------------------------------------------------
+
+    def add_row(
+        self,
+        run_id: str,
+        index: int,
+        row_id: str,
+        source: str,
+        request_id: str | None,
+        data: dict[str, Any] | None,
+        skip_reason: str | None = None,
+    ) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO rows(run_id, row_index, row_id, request_id, source, "
+            "skip_reason, data_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, index, row_id, request_id, source, skip_reason,
+             None if data is None else _dumps(data)),
+        )  # fmt: skip
+
+    def add_request(
+        self,
+        run_id: str,
+        request_id: str,
+        content_hash: str,
+        endpoint: str,
+        model: str,
+        body: bytes,
+        input_tokens: int,
+        max_output_tokens: int,
+        first_row: int,
+    ) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO requests(run_id, id, content_hash, endpoint, model, body, "
+            "input_tokens, max_output_tokens, first_row, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (run_id, request_id, content_hash, endpoint, model, body, input_tokens,
+             max_output_tokens, first_row),
+        )  # fmt: skip
+
+    def apply_cache(self, run_id: str) -> int:
+        """Answer pending requests from the result cache (same content hash, earlier run)."""
+        now = utc_now()
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO results(run_id, request_id, response_json, input_tokens, "
+                "output_tokens, cost_usd, lane, created_at_utc) "
+                "SELECT r.run_id, r.id, c.response_json, c.input_tokens, c.output_tokens, 0, "
+                "'cache', ? FROM requests r JOIN cache c ON c.content_hash = r.content_hash "
+                "WHERE r.run_id = ? AND r.state = 'pending'",
+                (now, run_id),
+            )
+            return db.execute(
+                "UPDATE requests SET state = 'succeeded' WHERE run_id = ? AND state = 'pending' "
+                "AND id IN (SELECT request_id FROM results WHERE run_id = ? AND lane = 'cache')",
+                (run_id, run_id),
+            ).rowcount
+
+    # requests -------------------------------------------------------------------------------
+
+    def pending(self, run_id: str, limit: int) -> list[PendingRequest]:
+        rows = self._db.execute(
+            "SELECT id, endpoint, model, body, input_tokens, max_output_tokens, attempts, "
+            "first_row FROM requests WHERE run_id = ? AND state = 'pending' "
+            "ORDER BY first_row LIMIT ?",
+            (run_id, limit),
+        ).fetchall()
+        return [PendingRequest(**dict(row)) for row in rows]
+
+    def request_counts(self, run_id: str) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT state, COUNT(*) FROM requests WHERE run_id = ? GROUP BY state", (run_id,)
+        ).fetchall()
+        counts = {state.value: 0 for state in RequestState}
+        counts.update({row[0]: row[1] for row in rows})
+        return counts
+
+    def move_requests(
+        self, run_id: str, request_ids: Sequence[str], current: str, target: str
+    ) -> None:
+        """Move requests that are all in `current` to `target`, or raise."""
+        check_move(REQUEST_MOVES, current, target, "request")
+        with self.tx() as db:
+            moved = 0
+            for chunk in _chunks(request_ids, 500):
+                marks = ",".join("?" * len(chunk))
+                moved += db.execute(
+                    f"UPDATE requests SET state = ? WHERE run_id = ? AND state = ? "
+                    f"AND id IN ({marks})",
+                    (target, run_id, current, *chunk),
+                ).rowcount
+            if moved != len(request_ids):
+                raise IllegalTransition(
+                    f"{len(request_ids) - moved} of {len(request_ids)} requests were not "
+                    f"{current}; none moved to {target}"
+                )
+
+    def fail_requests(self, run_id: str, request_ids: Sequence[str], reason: str) -> None:
+        """Pending requests that can never be sent (too large, over budget) fail with a reason."""
+        with self.tx() as db:
+            self.move_requests(run_id, request_ids, RequestState.PENDING, RequestState.FAILED)
+            for chunk in _chunks(request_ids, 500):
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    f"UPDATE requests SET error = ? WHERE run_id = ? AND id IN ({marks})",
+                    (reason, run_id, *chunk),
+                )
+
+    # batches --------------------------------------------------------------------------------
+
+    def create_batch(
+        self,
+        run_id: str,
+        requests: Sequence[PendingRequest],
+        *,
+        size: int,
+        file_name_prefix: str,
+    ) -> int:
+        """A local batch of pending requests: they move to queued, the batch to planned."""
+        first = requests[0]
+        with self.tx() as db:
+            row = db.execute(
+                "SELECT COALESCE(MAX(id), 0) + 1 FROM batches WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            batch_id = int(row[0])
+            db.execute(
+                "INSERT INTO batches(run_id, id, state, endpoint, model, requests, bytes, "
+                "input_tokens, file_name, created_at_utc) VALUES (?, ?, 'planned', ?, ?, ?, ?, "
+                "?, ?, ?)",
+                (run_id, batch_id, first.endpoint, first.model, len(requests), size,
+                 sum(r.input_tokens for r in requests), f"{file_name_prefix}-{batch_id}.jsonl",
+                 utc_now()),
+            )  # fmt: skip
+            ids = [r.id for r in requests]
+            self.move_requests(run_id, ids, RequestState.PENDING, RequestState.QUEUED)
+            for chunk in _chunks(ids, 500):
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    f"UPDATE requests SET batch_id = ? WHERE run_id = ? AND id IN ({marks})",
+                    (batch_id, run_id, *chunk),
+                )
+        return batch_id
+
+    def batch(self, run_id: str, batch_id: int) -> BatchRecord:
+        row = self._db.execute(
+            "SELECT * FROM batches WHERE run_id = ? AND id = ?", (run_id, batch_id)
+        ).fetchone()
+        if row is None:
+            raise StateError(f"run {run_id} has no batch {batch_id}")
+        return BatchRecord(**dict(row))
+
+    def batches(self, run_id: str, states: Iterable[str] | None = None) -> list[BatchRecord]:
+        sql, params = "SELECT * FROM batches WHERE run_id = ?", [run_id]
+        if states is not None:
+            wanted = list(states)
+            sql += f" AND state IN ({','.join('?' * len(wanted))})"
+            params.extend(wanted)
+        rows = self._db.execute(sql + " ORDER BY id", params).fetchall()
+        return [BatchRecord(**dict(row)) for row in rows]
+
+    def batch_requests(self, run_id: str, batch_id: int) -> list[PendingRequest]:
+        rows = self._db.execute(
+            "SELECT id, endpoint, model, body, input_tokens, max_output_tokens, attempts, "
+            "first_row FROM requests WHERE run_id = ? AND batch_id = ? AND state IN "
+            "('queued', 'submitted') ORDER BY first_row",
+            (run_id, batch_id),
+        ).fetchall()
+        return [PendingRequest(**dict(row)) for row in rows]
+
+    def move_batch(self, run_id: str, batch_id: int, target: str, **fields: Any) -> BatchRecord:
+        """The only way a batch changes state: checked against the table and the row."""
+        with self.tx() as db:
+            current = self.batch(run_id, batch_id)
+            check_move(BATCH_MOVES, current.state, target, f"batch {batch_id}")
+            assignments = ", ".join(f"{key} = ?" for key in ("state", *fields))
+            changed = db.execute(
+                f"UPDATE batches SET {assignments} WHERE run_id = ? AND id = ? AND state = ?",
+                (target, *fields.values(), run_id, batch_id, current.state),
+            ).rowcount
+            if changed != 1:
+                raise IllegalTransition(f"batch {batch_id} changed state under us")
+            if target == BatchState.SUBMITTED:
+                ids = [r.id for r in self.batch_requests(run_id, batch_id)]
+                self.move_requests(run_id, ids, RequestState.QUEUED, RequestState.SUBMITTED)
+            elif target == BatchState.ABANDONED:
+                ids = [r.id for r in self.batch_requests(run_id, batch_id)]
+                self.move_requests(run_id, ids, RequestState.QUEUED, RequestState.PENDING)
+                db.execute(
+                    "UPDATE requests SET batch_id = NULL WHERE run_id = ? AND batch_id = ? "
+                    "AND state = 'pending'",
+                    (run_id, batch_id),
+                )
+            return self.batch(run_id, batch_id)
+
+    def update_batch(self, run_id: str, batch_id: int, **fields: Any) -> None:
+        """Change fields that are not the state (remote status, counts)."""
+        if "state" in fields:
+            raise IllegalTransition("use move_batch to change a batch's state")
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        with self.tx() as db:
+            db.execute(
+                f"UPDATE batches SET {assignments} WHERE run_id = ? AND id = ?",
+                (*fields.values(), run_id, batch_id),
+            )
+
+    def finish_batch(
+        self, run_id: str, batch_id: int, outcomes: Sequence[Outcome], **fields: Any
+    ) -> None:
+        """Ingest a finished remote batch: every request's outcome, the spend, the batch state."""
+        now = utc_now()
+        spent = sum(o.cost_usd for o in outcomes)
+        with self.tx() as db:
+            for outcome in outcomes:
+                self._apply(db, run_id, outcome, "batch", batch_id, now)
+            self.move_batch(
+                run_id, batch_id, BatchState.FINISHED, reserved_usd=0.0, spent_usd=spent,
+                finished_at_utc=now, **fields,
+            )  # fmt: skip
+            left = db.execute(
+                "SELECT COUNT(*) FROM requests WHERE run_id = ? AND batch_id = ? "
+                "AND state = 'submitted'",
+                (run_id, batch_id),
+            ).fetchone()[0]
+            if left:
+                raise StateError(f"batch {batch_id}: {left} requests have no outcome")
+
+    def finish_realtime(self, run_id: str, outcome: Outcome) -> None:
+        """Record one real-time answer (or failure) as it arrives."""
+        with self.tx() as db:
+            self._apply(db, run_id, outcome, "realtime", None, utc_now())
+
+    def _apply(
+        self,
+        db: sqlite3.Connection,
+        run_id: str,
+        outcome: Outcome,
+        lane: str,
+        batch_id: int | None,
+        now: str,
+    ) -> None:
+        row = db.execute(
+            "SELECT state, attempts, content_hash FROM requests WHERE run_id = ? AND id = ?",
+            (run_id, outcome.request_id),
+        ).fetchone()
+        if row is None:
+            raise StateError(f"no request {outcome.request_id} in run {run_id}")
+        check_move(REQUEST_MOVES, row["state"], outcome.state, f"request {outcome.request_id}")
+        attempts = row["attempts"] + (1 if outcome.attempted else 0)
+        db.execute(
+            "UPDATE requests SET state = ?, attempts = ?, error = ?, "
+            "batch_id = CASE WHEN ? = 'pending' THEN NULL ELSE batch_id END "
+            "WHERE run_id = ? AND id = ?",
+            (outcome.state, attempts, outcome.error, outcome.state, run_id, outcome.request_id),
+        )
+        if outcome.attempted:
+            db.execute(
+                "INSERT OR REPLACE INTO attempts(run_id, request_id, attempt, lane, batch_id, "
+                "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, outcome.request_id, attempts, lane, batch_id, outcome.state,
+                 outcome.error, outcome.input_tokens, outcome.output_tokens, outcome.cost_usd,
+                 now),
+            )  # fmt: skip
+        if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
+            text = _dumps(outcome.response)
+            db.execute(
+                "INSERT OR REPLACE INTO results(run_id, request_id, response_json, input_tokens, "
+                "output_tokens, cost_usd, lane, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, outcome.request_id, text, outcome.input_tokens, outcome.output_tokens,
+                 outcome.cost_usd, lane, now),
+            )  # fmt: skip
+            db.execute(
+                "INSERT OR REPLACE INTO cache(content_hash, response_json, input_tokens, "
+                "output_tokens, created_at_utc) VALUES (?, ?, ?, ?, ?)",
+                (row["content_hash"], text, outcome.input_tokens, outcome.output_tokens, now),
+            )
+
+    # money ----------------------------------------------------------------------------------
+
+    def money(self, run_id: str) -> tuple[float, float]:
+        """(spent, reserved) in USD: settled usage, and worst cases held for live batches."""
+        spent = self._db.execute(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM attempts WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
+        marks = ",".join("?" * len(ACTIVE_BATCHES))
+        reserved = self._db.execute(
+            f"SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE run_id = ? "
+            f"AND state IN ({marks})",
+            (run_id, *ACTIVE_BATCHES),
+        ).fetchone()[0]
+        return float(spent), float(reserved)
+
+    def token_totals(self, run_id: str) -> tuple[int, int]:
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) "
+            "FROM attempts WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    # export ---------------------------------------------------------------------------------
+
+    def joined_rows(self, run_id: str) -> Iterator[sqlite3.Row]:
+        """Every row in input order with its request and result (streamed)."""
+        cursor = self._db.execute(
+            "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
+            "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
+            "r.cost_usd, r.lane FROM rows w "
+            "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+            "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+            "WHERE w.run_id = ? ORDER BY w.row_index",
+            (run_id,),
+        )
+        yield from cursor
+
+    # events ---------------------------------------------------------------------------------
+
+    def event(self, run_id: str, kind: str, message: str, data: Any = None) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO events(run_id, at_utc, kind, message, data_json) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (run_id, utc_now(), kind, message, None if data is None else _dumps(data)),
+            )
+
+    def events(self, run_id: str, since: int = 0) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since)
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

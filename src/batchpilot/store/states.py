@@ -1,0 +1,62 @@
+"""The state machines of requests and batches: every state, and every move allowed from it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from batchpilot.errors import IllegalTransition
+
+__all__ = ["BATCH_MOVES", "REQUEST_MOVES", "BatchState", "RequestState", "check_move"]
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"  # planned; waiting for a lane to take it
+    QUEUED = "queued"  # placed in a local batch that is not yet submitted
+    SUBMITTED = "submitted"  # inside a remote batch
+    REALTIME = "realtime"  # in flight on the real-time lane
+    SUCCEEDED = "succeeded"  # answered (or taken from the result cache)
+    FAILED = "failed"  # failed for good, with a reason
+
+
+class BatchState(StrEnum):
+    PLANNED = "planned"  # its requests are chosen; nothing sent yet
+    UPLOADING = "uploading"  # intent: the input file is being uploaded
+    UPLOADED = "uploaded"  # the provider holds the input file
+    CREATING = "creating"  # intent: the remote batch is being created (budget reserved)
+    SUBMITTED = "submitted"  # a remote batch exists; it is polled
+    FINISHED = "finished"  # its results are ingested
+    ABANDONED = "abandoned"  # never created remotely; its requests went back to pending
+
+
+R, B = RequestState, BatchState
+
+REQUEST_MOVES: dict[RequestState, frozenset[RequestState]] = {
+    R.PENDING: frozenset({R.QUEUED, R.REALTIME, R.SUCCEEDED, R.FAILED}),
+    R.QUEUED: frozenset({R.SUBMITTED, R.PENDING}),
+    R.SUBMITTED: frozenset({R.SUCCEEDED, R.FAILED, R.PENDING}),
+    R.REALTIME: frozenset({R.SUCCEEDED, R.FAILED, R.PENDING}),
+    R.SUCCEEDED: frozenset(),
+    R.FAILED: frozenset({R.PENDING}),
+}
+
+BATCH_MOVES: dict[BatchState, frozenset[BatchState]] = {
+    B.PLANNED: frozenset({B.UPLOADING, B.ABANDONED}),
+    B.UPLOADING: frozenset({B.UPLOADED, B.ABANDONED}),
+    B.UPLOADED: frozenset({B.CREATING, B.ABANDONED}),
+    B.CREATING: frozenset({B.SUBMITTED, B.UPLOADED, B.ABANDONED}),
+    B.SUBMITTED: frozenset({B.FINISHED}),
+    B.FINISHED: frozenset(),
+    B.ABANDONED: frozenset(),
+}
+
+
+def check_move(
+    table: dict[RequestState, frozenset[RequestState]] | dict[BatchState, frozenset[BatchState]],
+    current: str,
+    target: str,
+    what: str,
+) -> None:
+    """Raise IllegalTransition unless `current` → `target` is in the table."""
+    allowed = table.get(current, frozenset())  # type: ignore[call-overload]
+    if target not in allowed:
+        raise IllegalTransition(f"{what}: cannot move from {current} to {target}")
