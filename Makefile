@@ -25,7 +25,8 @@ dev: venv
 	$(MAKE) --no-print-directory model
 
 demo: install
-	$(BIN)/python examples/demo/run_demo.py
+	$(BIN)/batchpilot run examples/demo/job.yaml
+	@echo "results: examples/demo/results.jsonl"
 
 test: dev
 	$(BIN)/ruff check src tests bench examples

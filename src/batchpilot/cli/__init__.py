@@ -11,6 +11,8 @@ from batchpilot import __version__
 from batchpilot.cli.ledger import ledger
 from batchpilot.cli.model import model
 from batchpilot.cli.plan import plan
+from batchpilot.cli.run import resume, run
+from batchpilot.cli.runs import cancel, export, ls, status
 from batchpilot.cli.serve import serve
 from batchpilot.errors import BatchpilotError
 
@@ -42,6 +44,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 cli.add_command(plan)
+for command in (run, resume, status, cancel, ls, export):
+    cli.add_command(command)
 cli.add_command(serve)
 cli.add_command(ledger)
 cli.add_command(model)

@@ -99,10 +99,11 @@ def plan_requests_file(
     tier: int = 1,
     sink: PlanSink | None = None,
     progress: Callable[[int], None] | None = None,
+    model: str | None = None,
 ) -> PlanResult:
     """Plan an existing OpenAI batch JSONL file as it is: custom ids and bodies kept."""
     settings = settings_for(
         limits or LimitsSpec(), local=local, tier=tier, prices=PriceTable.load()
     )
     planner = Planner(settings)
-    return planner.plan(requests_file_items(path), sink, progress)
+    return planner.plan(requests_file_items(path, model), sink, progress)

@@ -32,8 +32,9 @@ def job_items(job: JobSpec, rows: Iterable[Row], renderer: RequestRenderer) -> I
         yield Item(row.index, row.id, row.source, job.endpoint, body, data=row.data)
 
 
-def requests_file_items(path: Path) -> Iterator[Item]:
-    """Lines of an OpenAI batch input file, used as they are (custom ids kept)."""
+def requests_file_items(path: Path, model: str | None = None) -> Iterator[Item]:
+    """Lines of an OpenAI batch input file, used as they are (custom ids kept); `model`
+    replaces each body's model when given."""
     if not path.is_file():
         raise UserInputError(f"{path}: no such file; --requests takes an OpenAI batch JSONL file")
     index = 0
@@ -66,5 +67,7 @@ def requests_file_items(path: Path) -> Iterator[Item]:
             if line["body"].get("stream"):
                 raise UserInputError(f"{where}: stream: true is not allowed in a batch")
             custom_id = str(line["custom_id"])
+            if model is not None:
+                line["body"]["model"] = model
             yield Item(index, custom_id, where, line["url"], line["body"], custom_id=custom_id)
             index += 1

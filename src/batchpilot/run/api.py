@@ -26,7 +26,7 @@ from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.store_sink import StoreSink
-from batchpilot.spec import JobSpec, LimitsSpec
+from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
 from batchpilot.store import RunLock, RunRecord, SQLiteStore, utc_now
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "export_rows",
     "export_run",
     "find_run",
+    "job_of",
     "open_store",
     "run_id_for",
     "run_job",
@@ -58,9 +59,20 @@ def open_store(state_dir: Path) -> SQLiteStore:
 
 
 def spec_json(job: JobSpec) -> str:
-    """The job as stored: everything that shapes its requests, no credentials."""
-    text = job.model_dump_json(exclude={"base_dir"}, by_alias=True)
-    return _USERINFO.sub("", text)
+    """The job as stored: everything that shapes its requests and where its files are; never
+    a credential (keys live only in the environment; user:password@ is cut from URLs)."""
+    data = json.loads(job.model_dump_json(by_alias=True))
+    data["base_dir"] = str(job.base_dir.resolve())
+    return _USERINFO.sub("", json.dumps(data, sort_keys=True))
+
+
+def job_of(run: RunRecord) -> JobSpec | None:
+    """The job a run was started from (None for a run of a requests file)."""
+    data = json.loads(run.spec_json)
+    if "requests" in data:
+        return None
+    base = Path(data.pop("base_dir", "."))
+    return job_from_dict(data, base_dir=base, environ={})
 
 
 def run_id_for(name: str, spec: str) -> str:
@@ -118,12 +130,23 @@ def find_run(store: SQLiteStore, run_id: str | None) -> RunRecord:
 
 @contextmanager
 def _running(
-    store: SQLiteStore, run_id: str, state_dir: Path, provider: Provider, settings: RunSettings,
-    on_progress: Callable[[RunStatus], None] | None, use_cache: bool,
-) -> Iterator[Runner]:  # fmt: skip
+    store: SQLiteStore,
+    run_id: str,
+    state_dir: Path,
+    provider: Provider,
+    settings: RunSettings,
+    on_progress: Callable[[RunStatus], None] | None,
+    use_cache: bool,
+) -> Iterator[Runner]:
     with RunLock(Path(state_dir) / "locks" / f"{run_id}.lock"):
-        runner = Runner(store, provider, run_id, settings,
-                        Path(state_dir) / "runs" / run_id / "files", on_progress)  # fmt: skip
+        runner = Runner(
+            store,
+            provider,
+            run_id,
+            settings,
+            Path(state_dir) / "runs" / run_id / "files",
+            on_progress,
+        )
         runner.use_cache = use_cache
         runner.interrupt.install()
         try:
@@ -155,8 +178,18 @@ def run_job(
     if store.run(run_id) is None:
         sink = StoreSink(store, run_id)
         try:
-            store.create_run(RunRecord(run_id, job.name, spec, job.provider.kind, job.endpoint,
-                                       "planned", job.budget.max_usd, utc_now()))  # fmt: skip
+            store.create_run(
+                RunRecord(
+                    run_id,
+                    job.name,
+                    spec,
+                    job.provider.kind,
+                    job.endpoint,
+                    "planned",
+                    job.budget.max_usd,
+                    utc_now(),
+                )
+            )
             result = plan_job(job, rows=rows, sink=sink)
         except BaseException:
             sink.abort()
@@ -166,14 +199,22 @@ def run_job(
                 "the plan has errors; nothing was sent:\n  "
                 + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
             )
-    settings = _settings(job.limits, local=job.provider.kind == "local", tier=job.provider.tier,
-                         budget=job.budget.max_usd, prices=prices, poll_interval=poll_interval,
-                         detach=detach, cancel_on_exit=cancel_on_exit)  # fmt: skip
+    settings = _settings(
+        job.limits,
+        local=job.provider.kind == "local",
+        tier=job.provider.tier,
+        budget=job.budget.max_usd,
+        prices=prices,
+        poll_interval=poll_interval,
+        detach=detach,
+        cancel_on_exit=cancel_on_exit,
+    )
     owned = provider is None
     provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
     try:
-        with _running(store, run_id, state_dir, provider, settings, on_progress,
-                      not fresh) as runner:  # fmt: skip
+        with _running(
+            store, run_id, state_dir, provider, settings, on_progress, not fresh
+        ) as runner:
             status = runner.run()
     finally:
         if owned:
@@ -196,20 +237,31 @@ def run_requests_file(
     on_progress: Callable[[RunStatus], None] | None = None,
     detach: bool = False,
     poll_interval: float | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
 ) -> RunResult:
     """Run a standard OpenAI batch JSONL file as it is; results keep its custom ids."""
     if not path.is_file():
         raise UserInputError(f"{path}: no such file")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    spec = json.dumps({"requests": str(path.resolve()), "sha256": digest, "provider": kind})
+    spec = json.dumps(
+        {
+            "requests": str(path.resolve()),
+            "sha256": digest,
+            "provider": kind,
+            "model": model,
+            "base_url": _USERINFO.sub("", base_url) if base_url else None,
+        }
+    )
     run_id = run_id_for(re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)[:40] or "requests", spec)
     store = open_store(state_dir)
     if store.run(run_id) is None:
         sink = StoreSink(store, run_id)
         try:
-            store.create_run(RunRecord(run_id, path.stem, spec, kind, "mixed", "planned", budget,
-                                       utc_now()))  # fmt: skip
-            result = plan_requests_file(path, local=kind == "local", sink=sink)
+            store.create_run(
+                RunRecord(run_id, path.stem, spec, kind, "mixed", "planned", budget, utc_now())
+            )
+            result = plan_requests_file(path, local=kind == "local", sink=sink, model=model)
         except BaseException:
             sink.abort()
             raise
@@ -218,9 +270,16 @@ def run_requests_file(
                 "the requests file has errors; nothing was sent:\n  "
                 + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
             )
-    settings = _settings(LimitsSpec(), local=kind == "local", tier=1, budget=budget,
-                         prices=PriceTable.load(), poll_interval=poll_interval, detach=detach,
-                         cancel_on_exit=False)  # fmt: skip
+    settings = _settings(
+        LimitsSpec(),
+        local=kind == "local",
+        tier=1,
+        budget=budget,
+        prices=PriceTable.load(),
+        poll_interval=poll_interval,
+        detach=detach,
+        cancel_on_exit=False,
+    )
     with _running(store, run_id, state_dir, provider, settings, on_progress, True) as runner:
         status = runner.run()
     store.close()

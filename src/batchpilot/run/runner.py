@@ -140,8 +140,9 @@ class Runner:
                         self.store.event(self.run_id, "warning", f"cancel failed: {exc}")
             self.store.event(self.run_id, "cancelled", f"cancelled {len(live)} remote batches")
         else:
-            self.store.event(self.run_id, "stopped",
-                             f"stopped with {len(live)} batches still running remotely")  # fmt: skip
+            self.store.event(
+                self.run_id, "stopped", f"stopped with {len(live)} batches still running remotely"
+            )
         self.store.set_run_status(self.run_id, "stopped")
         return self.status()
 
@@ -190,8 +191,9 @@ class Runner:
         if not pending:
             return None
         model, endpoint = pending[0].model, pending[0].endpoint
-        enqueued = sum(b.input_tokens for b in self.store.batches(self.run_id, LIVE)
-                       if b.model == model)  # fmt: skip
+        enqueued = sum(
+            b.input_tokens for b in self.store.batches(self.run_id, LIVE) if b.model == model
+        )
         capacity = self._capacity(model)
         room = None if capacity is None else capacity - enqueued
         per_batch = settings.tokens_per_batch(model)
@@ -215,16 +217,20 @@ class Runner:
             chosen.append(request)
             size, tokens, cost = size + line, tokens + request.input_tokens, cost + worst
         if chosen:
-            return self.store.create_batch(self.run_id, chosen, size=size,
-                                           file_name_prefix=f"batchpilot-{self.run_id}")  # fmt: skip
+            return self.store.create_batch(
+                self.run_id, chosen, size=size, file_name_prefix=f"batchpilot-{self.run_id}"
+            )
         live = self.store.batches(self.run_id, LIVE)
         first = pending[0]
         if live:
             return None  # wait for capacity or money to come back
         if capacity is not None and first.input_tokens > capacity:
-            self.store.fail_requests(self.run_id, [first.id],
-                                     f"over_queue_limit: {first.input_tokens} input tokens exceed "
-                                     f"the queue limit of {capacity}")  # fmt: skip
+            self.store.fail_requests(
+                self.run_id,
+                [first.id],
+                f"over_queue_limit: {first.input_tokens} input tokens exceed "
+                f"the queue limit of {capacity}",
+            )
             return None
         if money_left is not None:
             raise BudgetExceeded(
@@ -249,8 +255,9 @@ class Runner:
                 budget = self.settings.budget_usd
                 if budget is not None and spent + reserved + worst > budget:
                     return False
-                batch = self.store.move_batch(self.run_id, batch.id, BatchState.CREATING,
-                                              reserved_usd=worst)  # fmt: skip
+                batch = self.store.move_batch(
+                    self.run_id, batch.id, BatchState.CREATING, reserved_usd=worst
+                )
                 self._fresh.add((batch.id, "create"))
             if batch.state == BatchState.CREATING:
                 self._create(batch)
@@ -261,8 +268,9 @@ class Runner:
         except ProviderRejected as exc:
             self.store.event(self.run_id, "error", f"batch {batch.id} rejected: {exc}")
             requests = self.store.batch_requests(self.run_id, batch.id)
-            self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED, error=str(exc),
-                                  reserved_usd=0.0)  # fmt: skip
+            self.store.move_batch(
+                self.run_id, batch.id, BatchState.ABANDONED, error=str(exc), reserved_usd=0.0
+            )
             self.store.fail_requests(self.run_id, [r.id for r in requests], f"rejected: {exc}")
             return True
 
@@ -286,38 +294,53 @@ class Runner:
 
     def _upload(self, batch: BatchRecord) -> BatchRecord:
         if (batch.id, "upload") not in self._fresh:
-            found = next((f for f in self.provider.list_files() if f.filename == batch.file_name),
-                         None)  # fmt: skip
+            found = next(
+                (f for f in self.provider.list_files() if f.filename == batch.file_name), None
+            )
             if found is not None:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {found.id}")
-                return self.store.move_batch(self.run_id, batch.id, BatchState.UPLOADED,
-                                             input_file_id=found.id)  # fmt: skip
+                return self.store.move_batch(
+                    self.run_id, batch.id, BatchState.UPLOADED, input_file_id=found.id
+                )
         path = self._file_path(batch)
         if not path.is_file():
             self._write_file(batch)
         remote = self.provider.upload(path, batch.file_name)
         self._fresh.discard((batch.id, "upload"))
-        return self.store.move_batch(self.run_id, batch.id, BatchState.UPLOADED,
-                                     input_file_id=remote.id)  # fmt: skip
+        return self.store.move_batch(
+            self.run_id, batch.id, BatchState.UPLOADED, input_file_id=remote.id
+        )
 
     def _create(self, batch: BatchRecord) -> BatchRecord:
         tags = metadata_for(self.run_id, batch.id)
         remote: RemoteBatch | None = None
         if (batch.id, "create") not in self._fresh:
-            remote = next((b for b in self.provider.list_batches()
-                           if all(b.metadata.get(k) == v for k, v in tags.items())), None)  # fmt: skip
+            remote = next(
+                (
+                    b
+                    for b in self.provider.list_batches()
+                    if all(b.metadata.get(k) == v for k, v in tags.items())
+                ),
+                None,
+            )
             if remote is not None:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {remote.id}")
         if remote is None:
             assert batch.input_file_id is not None
             remote = self.provider.create_batch(batch.input_file_id, batch.endpoint, tags)
         self._fresh.discard((batch.id, "create"))
-        self.store.event(self.run_id, "submitted",
-                         f"batch {batch.id} ({batch.requests} requests) is {remote.id}")  # fmt: skip
+        self.store.event(
+            self.run_id, "submitted", f"batch {batch.id} ({batch.requests} requests) is {remote.id}"
+        )
         self._polls[batch.id] = _Poll(0.0, self.settings.poll_interval_s)
-        return self.store.move_batch(self.run_id, batch.id, BatchState.SUBMITTED,
-                                     remote_id=remote.id, remote_status=remote.status.value,
-                                     submitted_at_utc=utc_now())  # fmt: skip
+        return self.store.move_batch(
+            self.run_id,
+            batch.id,
+            BatchState.SUBMITTED,
+            remote_id=remote.id,
+            remote_status=remote.status.value,
+            submitted_at_utc=utc_now(),
+        )
 
     # polling and ingesting ------------------------------------------------------------------
 
@@ -339,8 +362,13 @@ class Runner:
                 self._schedule(poll)
                 continue
             changed = remote.status.value != batch.remote_status
-            self.store.update_batch(self.run_id, batch.id, remote_status=remote.status.value,
-                                    completed=remote.completed, failed=remote.failed)  # fmt: skip
+            self.store.update_batch(
+                self.run_id,
+                batch.id,
+                remote_status=remote.status.value,
+                completed=remote.completed,
+                failed=remote.failed,
+            )
             if remote.status.terminal:
                 try:
                     self._ingest(batch, remote)
@@ -377,8 +405,13 @@ class Runner:
         prices = self.settings.prices
         if prices is None or not prices.has(request.model):
             return prompt, completion, 0.0
-        usd = prices.cost(request.model, input_tokens=prompt, output_tokens=completion,
-                          cached_tokens=cached, batch=True)  # fmt: skip
+        usd = prices.cost(
+            request.model,
+            input_tokens=prompt,
+            output_tokens=completion,
+            cached_tokens=cached,
+            batch=True,
+        )
         return prompt, completion, usd
 
     def _ingest(self, batch: BatchRecord, remote: RemoteBatch) -> None:
@@ -388,15 +421,22 @@ class Runner:
         else:
             output = self._download(remote.output_file_id, f"{batch.file_name}.output")
             errors = self._download(remote.error_file_id, f"{batch.file_name}.errors")
-            outcomes = classify(requests, read_lines([output, errors]), self.settings.retry,
-                                self._cost)  # fmt: skip
-        self.store.finish_batch(self.run_id, batch.id, outcomes,
-                                output_file_id=remote.output_file_id,
-                                error_file_id=remote.error_file_id)  # fmt: skip
+            outcomes = classify(
+                requests, read_lines([output, errors]), self.settings.retry, self._cost
+            )
+        self.store.finish_batch(
+            self.run_id,
+            batch.id,
+            outcomes,
+            output_file_id=remote.output_file_id,
+            error_file_id=remote.error_file_id,
+        )
         done = sum(o.state == RequestState.SUCCEEDED for o in outcomes)
-        self.store.event(self.run_id, "ingested",
-                         f"batch {batch.id} {remote.status.value}: {done} of {len(outcomes)} "
-                         "answered")  # fmt: skip
+        self.store.event(
+            self.run_id,
+            "ingested",
+            f"batch {batch.id} {remote.status.value}: {done} of {len(outcomes)} answered",
+        )
 
     def _failed_batch(
         self, batch: BatchRecord, remote: RemoteBatch, requests: list[PendingRequest]
@@ -404,22 +444,33 @@ class Runner:
         codes = {str(e.get("code")) for e in remote.errors}
         message = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in remote.errors[:3])
         if "token_limit_exceeded" in codes:
-            others = sum(b.input_tokens for b in self.store.batches(self.run_id, LIVE)
-                         if b.model == batch.model and b.id != batch.id)  # fmt: skip
+            others = sum(
+                b.input_tokens
+                for b in self.store.batches(self.run_id, LIVE)
+                if b.model == batch.model and b.id != batch.id
+            )
             learned = (
                 int((others + batch.input_tokens) * 0.9)
                 if others
                 else int(batch.input_tokens * 0.8)
             )
             self.learned_capacity[batch.model] = max(1, learned)
-            self.store.event(self.run_id, "queue_limit",
-                             f"batch {batch.id} hit the enqueued-token limit; now keeping "
-                             f"{learned:,} tokens in the queue for {batch.model}")  # fmt: skip
-            return [Outcome(r.id, RequestState.PENDING, error=message, attempted=False)
-                    for r in requests]  # fmt: skip
+            self.store.event(
+                self.run_id,
+                "queue_limit",
+                f"batch {batch.id} hit the enqueued-token limit; now keeping "
+                f"{learned:,} tokens in the queue for {batch.model}",
+            )
+            return [
+                Outcome(r.id, RequestState.PENDING, error=message, attempted=False)
+                for r in requests
+            ]
         by_line = {index + 1: request for index, request in enumerate(requests)}
-        bad = {by_line[int(e["line"])].id: f"{e.get('code')}: {e.get('message')}"
-               for e in remote.errors if isinstance(e.get("line"), int) and e["line"] in by_line}  # fmt: skip
+        bad = {
+            by_line[int(e["line"])].id: f"{e.get('code')}: {e.get('message')}"
+            for e in remote.errors
+            if isinstance(e.get("line"), int) and e["line"] in by_line
+        }
         outcomes = []
         for request in requests:
             if request.id in bad:

@@ -87,9 +87,17 @@ class SQLiteStore:
             db.execute(
                 "INSERT INTO runs(id, job_name, spec_json, provider, endpoint, status, "
                 "budget_usd, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run.id, run.job_name, run.spec_json, run.provider, run.endpoint, run.status,
-                 run.budget_usd, run.created_at_utc),
-            )  # fmt: skip
+                (
+                    run.id,
+                    run.job_name,
+                    run.spec_json,
+                    run.provider,
+                    run.endpoint,
+                    run.status,
+                    run.budget_usd,
+                    run.created_at_utc,
+                ),
+            )
 
     def run(self, run_id: str) -> RunRecord | None:
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -129,9 +137,16 @@ class SQLiteStore:
         self._db.execute(
             "INSERT OR IGNORE INTO rows(run_id, row_index, row_id, request_id, source, "
             "skip_reason, data_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (run_id, index, row_id, request_id, source, skip_reason,
-             None if data is None else _dumps(data)),
-        )  # fmt: skip
+            (
+                run_id,
+                index,
+                row_id,
+                request_id,
+                source,
+                skip_reason,
+                None if data is None else _dumps(data),
+            ),
+        )
 
     def add_request(
         self,
@@ -149,9 +164,18 @@ class SQLiteStore:
             "INSERT OR IGNORE INTO requests(run_id, id, content_hash, endpoint, model, body, "
             "input_tokens, max_output_tokens, first_row, state) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            (run_id, request_id, content_hash, endpoint, model, body, input_tokens,
-             max_output_tokens, first_row),
-        )  # fmt: skip
+            (
+                run_id,
+                request_id,
+                content_hash,
+                endpoint,
+                model,
+                body,
+                input_tokens,
+                max_output_tokens,
+                first_row,
+            ),
+        )
 
     def apply_cache(self, run_id: str) -> int:
         """Answer pending requests from the result cache (same content hash, earlier run)."""
@@ -242,10 +266,18 @@ class SQLiteStore:
                 "INSERT INTO batches(run_id, id, state, endpoint, model, requests, bytes, "
                 "input_tokens, file_name, created_at_utc) VALUES (?, ?, 'planned', ?, ?, ?, ?, "
                 "?, ?, ?)",
-                (run_id, batch_id, first.endpoint, first.model, len(requests), size,
-                 sum(r.input_tokens for r in requests), f"{file_name_prefix}-{batch_id}.jsonl",
-                 utc_now()),
-            )  # fmt: skip
+                (
+                    run_id,
+                    batch_id,
+                    first.endpoint,
+                    first.model,
+                    len(requests),
+                    size,
+                    sum(r.input_tokens for r in requests),
+                    f"{file_name_prefix}-{batch_id}.jsonl",
+                    utc_now(),
+                ),
+            )
             ids = [r.id for r in requests]
             self.move_requests(run_id, ids, RequestState.PENDING, RequestState.QUEUED)
             for chunk in _chunks(ids, 500):
@@ -328,9 +360,14 @@ class SQLiteStore:
             for outcome in outcomes:
                 self._apply(db, run_id, outcome, "batch", batch_id, now)
             self.move_batch(
-                run_id, batch_id, BatchState.FINISHED, reserved_usd=0.0, spent_usd=spent,
-                finished_at_utc=now, **fields,
-            )  # fmt: skip
+                run_id,
+                batch_id,
+                BatchState.FINISHED,
+                reserved_usd=0.0,
+                spent_usd=spent,
+                finished_at_utc=now,
+                **fields,
+            )
             left = db.execute(
                 "SELECT COUNT(*) FROM requests WHERE run_id = ? AND batch_id = ? "
                 "AND state = 'submitted'",
@@ -372,18 +409,36 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO attempts(run_id, request_id, attempt, lane, batch_id, "
                 "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, outcome.request_id, attempts, lane, batch_id, outcome.state,
-                 outcome.error, outcome.input_tokens, outcome.output_tokens, outcome.cost_usd,
-                 now),
-            )  # fmt: skip
+                (
+                    run_id,
+                    outcome.request_id,
+                    attempts,
+                    lane,
+                    batch_id,
+                    outcome.state,
+                    outcome.error,
+                    outcome.input_tokens,
+                    outcome.output_tokens,
+                    outcome.cost_usd,
+                    now,
+                ),
+            )
         if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
             text = _dumps(outcome.response)
             db.execute(
                 "INSERT OR REPLACE INTO results(run_id, request_id, response_json, input_tokens, "
                 "output_tokens, cost_usd, lane, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, outcome.request_id, text, outcome.input_tokens, outcome.output_tokens,
-                 outcome.cost_usd, lane, now),
-            )  # fmt: skip
+                (
+                    run_id,
+                    outcome.request_id,
+                    text,
+                    outcome.input_tokens,
+                    outcome.output_tokens,
+                    outcome.cost_usd,
+                    lane,
+                    now,
+                ),
+            )
             db.execute(
                 "INSERT OR REPLACE INTO cache(content_hash, response_json, input_tokens, "
                 "output_tokens, created_at_utc) VALUES (?, ?, ?, ?, ?)",

@@ -1,4 +1,4 @@
-"""The quickstart demo: a small structured-output batch on the embedded local model, no key.
+"""The local server alone: a structured-output batch through the official SDK, no key.
 
 It starts the local server in-process with the llama responder (SmolLM2-135M from its wheel),
 sends one batch through the Batch API with the official SDK, and prints each answer beside
@@ -18,7 +18,7 @@ import openai
 from batchpilot.errors import BatchpilotError
 from batchpilot.server import LocalServer, ServerConfig
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent / "demo"
 SCHEMA = {
     "type": "object",
     "properties": {

@@ -1,0 +1,183 @@
+"""`batchpilot run` and `batchpilot resume`: take a job to the finish."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from batchpilot.cli.live import LiveView, status_table
+from batchpilot.cli.plan import job_overrides
+from batchpilot.errors import UserInputError
+from batchpilot.providers import openai_provider
+from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, run_job
+from batchpilot.run.api import job_of, run_requests_file
+from batchpilot.spec import load_job
+
+__all__ = ["resume", "run", "state_option"]
+
+state_option = click.option(
+    "--state",
+    "state_dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    envvar="BATCHPILOT_STATE",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory where runs live (env BATCHPILOT_STATE).",
+)
+
+
+def _report(result: RunResult, console: Console, as_json: bool) -> None:
+    status = result.status
+    if as_json:
+        click.echo(json.dumps(status.as_json() | {"output": str(result.output or "")}, indent=2))
+        return
+    console.print(status_table(status))
+    if status.finished:
+        if result.output is not None:
+            console.print(f"results written to {result.output}")
+        else:
+            console.print(f"export with: batchpilot export {result.run_id} -o results.jsonl")
+    elif status.status == "stopped":
+        console.print(
+            "stopped; submitted batches keep running remotely. Continue with: "
+            f"batchpilot resume {result.run_id}"
+        )
+    else:
+        console.print(f"submitted; follow with: batchpilot status {result.run_id}")
+
+
+@click.command()
+@click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@state_option
+@click.option(
+    "--requests",
+    "requests_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Run a standard OpenAI batch JSONL file as it is (no job file needed).",
+)
+@click.option("--model", help="Override the model (env BATCHPILOT_MODEL).")
+@click.option(
+    "--provider",
+    type=click.Choice(["local", "openai", "azure", "compatible"]),
+    help="Override the provider kind (env BATCHPILOT_PROVIDER).",
+)
+@click.option("--base-url", help="Override the API base URL (env BATCHPILOT_BASE_URL).")
+@click.option("--input", "input_path", help="Override the input path (env BATCHPILOT_INPUT).")
+@click.option("--output", "output_path", help="Override the output path (env BATCHPILOT_OUTPUT).")
+@click.option("--budget", type=float, help="Hard budget in USD (env BATCHPILOT_BUDGET_USD).")
+@click.option("--detach", is_flag=True, help="Submit, then return without waiting.")
+@click.option(
+    "--cancel-on-exit",
+    is_flag=True,
+    help="On Ctrl-C, cancel the remote batches too (a second Ctrl-C does the same).",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Do not reuse answers cached from earlier runs of identical requests.",
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    help="Seconds between polls of a batch (default 5; 0.2 for the local provider).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No live view.")
+def run(
+    job_file: Path | None,
+    state_dir: Path,
+    requests_file: Path | None,
+    model: str | None,
+    provider: str | None,
+    base_url: str | None,
+    input_path: str | None,
+    output_path: str | None,
+    budget: float | None,
+    detach: bool,
+    cancel_on_exit: bool,
+    fresh: bool,
+    poll_interval: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Run JOB_FILE to the finish: plan, submit within the queue and money budgets, poll,
+    collect, retry, and export. Run it again after any crash: it continues, never paying twice."""
+    console = Console(stderr=True)
+    if (job_file is None) == (requests_file is None):
+        raise UserInputError("give a job file, or --requests FILE (one of the two)")
+    with LiveView(console, quiet or as_json) as view:
+        if requests_file is not None:
+            kind = provider or "openai"
+            if kind == "local":
+                raise UserInputError("--requests runs on openai, azure or compatible providers")
+            remote = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
+            try:
+                result = run_requests_file(
+                    requests_file,
+                    provider=remote,
+                    state_dir=state_dir,
+                    kind=kind,
+                    budget=budget,
+                    on_progress=view.update,
+                    detach=detach,
+                    poll_interval=poll_interval,
+                    model=model,
+                    base_url=base_url,
+                )
+            finally:
+                remote.close()
+        else:
+            assert job_file is not None
+            overrides = job_overrides(
+                model=model,
+                provider=provider,
+                base_url=base_url,
+                input_path=input_path,
+                budget=budget,
+                output_path=output_path,
+            )
+            job = load_job(job_file, overrides)
+            result = run_job(
+                job,
+                state_dir=state_dir,
+                on_progress=view.update,
+                detach=detach,
+                cancel_on_exit=cancel_on_exit,
+                poll_interval=poll_interval,
+                fresh=fresh,
+            )
+    _report(result, Console(), as_json)
+
+
+@click.command()
+@click.argument("run_id", required=False)
+@state_option
+@click.option("--detach", is_flag=True, help="Submit what remains, then return.")
+@click.option("--poll-interval", type=float, help="Seconds between polls of a batch.")
+@click.option("--quiet", "-q", is_flag=True, help="No live view.")
+def resume(
+    run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool
+) -> None:
+    """Continue a run (the latest one by default) from the store, without its job file."""
+    store = open_store(state_dir)
+    record = find_run(store, run_id)
+    store.close()
+    job = job_of(record)
+    if job is None:
+        raise UserInputError(
+            f"run {record.id} ran a requests file; resume it with the same `batchpilot run "
+            "--requests FILE` command"
+        )
+    console = Console(stderr=True)
+    with LiveView(console, quiet) as view:
+        result = run_job(
+            job,
+            state_dir=state_dir,
+            on_progress=view.update,
+            detach=detach,
+            poll_interval=poll_interval,
+        )
+    _report(result, Console(), False)

@@ -1,0 +1,181 @@
+"""`batchpilot status`, `cancel`, `ls` and `export`: looking after runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from batchpilot.cli.live import status_table
+from batchpilot.cli.run import state_option
+from batchpilot.errors import UserInputError
+from batchpilot.providers import Provider, openai_provider, provider_for
+from batchpilot.run import export_run, find_run, open_store
+from batchpilot.run.api import job_of
+from batchpilot.run.status import run_status
+from batchpilot.store import BatchState, RunRecord
+
+__all__ = ["cancel", "export", "ls", "status"]
+
+
+def _provider_of(run: RunRecord, state_dir: Path) -> Provider:
+    job = job_of(run)
+    if job is not None:
+        return provider_for(job.provider, state_dir=state_dir)
+    spec = json.loads(run.spec_json)
+    return openai_provider(base_url=spec.get("base_url"), kind=spec.get("provider", "openai"))
+
+
+@click.command()
+@click.argument("run_id", required=False)
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
+    """Show a run's progress (the latest run by default), from the store alone."""
+    store = open_store(state_dir)
+    record = find_run(store, run_id)
+    current = run_status(store, record.id)
+    batches = store.batches(record.id)
+    events = store.events(record.id)[-5:]
+    store.close()
+    if as_json:
+        data = current.as_json()
+        data["batch_list"] = [
+            {
+                "id": b.id,
+                "state": b.state,
+                "remote_id": b.remote_id,
+                "remote_status": b.remote_status,
+                "requests": b.requests,
+                "completed": b.completed,
+                "failed": b.failed,
+            }
+            for b in batches
+        ]
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    console.print(status_table(current))
+    for event in events:
+        console.print(f"[dim]{event['at_utc']} {event['kind']}: {event['message']}[/dim]")
+
+
+@click.command()
+@click.argument("run_id", required=False)
+@state_option
+def cancel(run_id: str | None, state_dir: Path) -> None:
+    """Cancel a run's batches at the provider. Finished answers are kept; `resume` continues."""
+    store = open_store(state_dir)
+    record = find_run(store, run_id)
+    live = store.batches(record.id, [BatchState.SUBMITTED])
+    provider = _provider_of(record, state_dir)
+    try:
+        for batch in live:
+            if batch.remote_id is not None:
+                provider.cancel_batch(batch.remote_id)
+        store.set_run_status(record.id, "cancelled")
+        store.event(record.id, "cancelled", f"cancelled {len(live)} remote batches")
+    finally:
+        provider.close()
+        store.close()
+    click.echo(f"cancelled {len(live)} batches of {record.id}")
+
+
+@click.command()
+@state_option
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Also list the provider's batches, including ones no run here knows.",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["openai", "azure", "compatible"]),
+    help="With --remote and no runs: which provider to list.",
+)
+@click.option("--base-url", help="With --remote: the provider's base URL.")
+def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None) -> None:
+    """List runs, and with --remote the provider's batches."""
+    store = open_store(state_dir)
+    runs = store.runs()
+    console = Console()
+    table = Table("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
+    for record in runs:
+        current = run_status(store, record.id)
+        table.add_row(
+            record.id,
+            record.job_name,
+            record.provider,
+            record.status,
+            str(current.total),
+            str(current.requests.get("succeeded", 0)),
+            str(current.requests.get("failed", 0)),
+            f"${current.spent_usd:.4f}",
+        )
+    console.print(table if runs else f"no runs in {state_dir}")
+    if not remote:
+        store.close()
+        return
+    known = {b.remote_id: (r.id, b.id) for r in runs for b in store.batches(r.id) if b.remote_id}
+    store.close()
+    if base_url or provider:
+        client: Provider = openai_provider(base_url=base_url, kind=provider or "openai")  # type: ignore[arg-type]
+    elif runs:
+        client = _provider_of(runs[0], state_dir)
+    else:
+        raise UserInputError("--remote needs a run here, or --provider/--base-url")
+    try:
+        batches = Table("remote batch", "status", "requests", "run", "local batch")
+        for batch in client.list_batches():
+            owner = known.get(batch.id)
+            tag_run = batch.metadata.get("batchpilot_run")
+            batches.add_row(
+                batch.id,
+                batch.status.value,
+                f"{batch.completed + batch.failed}/{batch.total}",
+                owner[0] if owner else (f"{tag_run} (not in this store)" if tag_run else "-"),
+                str(owner[1]) if owner else batch.metadata.get("batchpilot_batch", "-"),
+            )
+        console.print(batches)
+    finally:
+        client.close()
+
+
+@click.command()
+@click.argument("run_id", required=False)
+@state_option
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (.jsonl, .csv, .parquet); default: the job's output.path.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "csv", "parquet"]),
+    default="auto",
+    show_default=True,
+    help="Output format (auto: by suffix).",
+)
+@click.option("--no-input", is_flag=True, help="Leave the input fields out.")
+def export(
+    run_id: str | None, state_dir: Path, output: Path | None, fmt: str, no_input: bool
+) -> None:
+    """Write a run's results, joined to its input rows, in input order."""
+    store = open_store(state_dir)
+    try:
+        record = find_run(store, run_id)
+        if output is None:
+            job = job_of(record)
+            if job is None or job.output is None:
+                raise UserInputError("give -o FILE (this run's job names no output.path)")
+            output = job.resolve(job.output.path)
+        count = export_run(store, record.id, output, format=fmt, include_input=not no_input)
+    finally:
+        store.close()
+    click.echo(f"wrote {count} rows to {output}")
