@@ -17,6 +17,7 @@ from batchpilot.data import InputSpec, read_rows
 from batchpilot.errors import MissingDependency, StateError, UserInputError
 from batchpilot.export import SAMPLE_ROWS, ExportRow, write_back_nested, write_export
 
+pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 MB = 1024 * 1024
@@ -225,8 +226,13 @@ def test_structured_output_flattened(tmp_path: Path) -> None:
     rows = [make_row(0, parsed=STRUCTURED), failed_row(1)]
     write_export(rows, tmp_path / "out.csv")
     header, records = read_csv(tmp_path / "out.csv")
-    assert header[-4:] == ["output.label", "output.scores.spam", "output.scores.ham", "output.tags"]
-    assert "output" not in header
+    assert header[-5:] == [
+        "output",
+        "output.label",
+        "output.scores.spam",
+        "output.scores.ham",
+        "output.tags",
+    ]
     assert records[0]["output.scores.spam"] == "0.9"
     assert json.loads(records[0]["output.tags"]) == ["a", "b"]
     assert records[1]["output.label"] == ""
@@ -268,7 +274,9 @@ def test_embeddings(tmp_path: Path) -> None:
 
     write_export(rows, tmp_path / "out.parquet")
     table = pq.read_table(tmp_path / "out.parquet")
-    assert str(table.schema.field("output").type) == "list<item: double>"
+    kind = table.schema.field("output").type
+    assert pa.types.is_list(kind)
+    assert kind.value_type == pa.float64()
     assert table.column("output").to_pylist()[1] == [0.5, -1.0, 2.25]
 
 
@@ -300,7 +308,7 @@ def test_csv_extra_column_for_keys_after_the_sample(tmp_path: Path) -> None:
 def test_parquet_type_mismatch_after_the_first_chunk(tmp_path: Path) -> None:
     rows = [make_row(i, data={"n": i, "word": "w"}) for i in range(SAMPLE_ROWS + 4)]
     rows[SAMPLE_ROWS] = make_row(SAMPLE_ROWS, data={"n": "seven", "word": 5})
-    rows[SAMPLE_ROWS + 1] = make_row(SAMPLE_ROWS + 1, data={"n": 1.5, "word": {"a": 1}})
+    rows[SAMPLE_ROWS + 1] = make_row(SAMPLE_ROWS + 1, data={"n": 1.5, "word": True})
     rows[SAMPLE_ROWS + 2] = make_row(SAMPLE_ROWS + 2, data={"n": 2**70, "word": "w", "z": 1})
     target = tmp_path / "out.parquet"
     assert write_export(rows, target) == SAMPLE_ROWS + 4
@@ -312,7 +320,7 @@ def test_parquet_type_mismatch_after_the_first_chunk(tmp_path: Path) -> None:
     assert first["input.word"] == "5"
     assert json.loads(first["extra"]) == {"input.n": "seven"}
     assert second["input.n"] is None
-    assert json.loads(second["input.word"]) == {"a": 1}
+    assert second["input.word"] == "true"
     assert json.loads(second["extra"]) == {"input.n": 1.5}
     assert json.loads(third["extra"]) == {"input.z": 1, "input.n": 2**70}
     assert fourth["input.n"] == SAMPLE_ROWS + 3
@@ -444,10 +452,10 @@ def test_nested_write_back(tmp_path: Path) -> None:
 
 
 def test_nested_write_back_with_id_field(tmp_path: Path) -> None:
-    lines = [{"uid": "a", "tweets": [{"tid": "t1", "text": "x"}, {"text": "y"}]}]
+    lines = [{"tid": "L1", "tweets": [{"tid": "t1", "text": "x"}, {"text": "y"}]}]
     source = tweets_file(tmp_path, lines)
     results = results_for(source, id_field="tid")
-    assert [row.row_id for row in results] == ["t1", "row-1/tweets[1]"]
+    assert [row.row_id for row in results] == ["t1", "L1/tweets[1]"]
     write_back_nested(
         results, source, tmp_path / "o.jsonl", records="tweets", response_key="m", id_field="tid"
     )
@@ -542,15 +550,18 @@ def small_rows(count: int) -> Iterable[ExportRow]:
     return (make_row(index) for index in range(count))
 
 
-@pytest.mark.parametrize("name", ["out.jsonl", "out.csv"])
-def test_memory_does_not_grow_with_rows(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "small", "large"),
+    [("out.jsonl", 20_000, 200_000), ("out.csv", 5_000, 50_000)],
+)
+def test_memory_does_not_grow_with_rows(tmp_path: Path, name: str, small: int, large: int) -> None:
     peaks: dict[int, int] = {}
-    for size in (20_000, 200_000):
+    for size in (small, large):
         tracemalloc.start()
         try:
             assert write_export(small_rows(size), tmp_path / name) == size
             peaks[size] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert peaks[200_000] < 4 * MB
-    assert peaks[200_000] < 2 * peaks[20_000] + MB
+    assert peaks[large] < 3 * MB
+    assert peaks[large] < 2 * peaks[small] + MB

@@ -50,24 +50,28 @@ _SUFFIX_FORMATS: dict[str, Literal["jsonl", "csv", "parquet"]] = {
 }
 _UNANSWERED = frozenset({"failed", "skipped", "pending"})
 
-# Columns whose Arrow type is known whatever the data: the name of a pyarrow type factory.
-_META_COLUMNS = {
-    "id": "string",
-    "status": "string",
+_META_COLUMNS = [
+    "id",
+    "status",
+    "attempts",
+    "lane",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "error",
+]
+_WRITE_BACK_COLUMNS = ["_batchpilot.status", "_batchpilot.attempts", "_batchpilot.error"]
+# Parquet types (pyarrow factory names) that do not depend on the first rows' values.
+_META_TYPES = {
     "attempts": "int64",
-    "lane": "string",
     "input_tokens": "int64",
     "output_tokens": "int64",
     "cost_usd": "float64",
-    "error": "string",
 }
-_WRITE_BACK_COLUMNS = {
-    "_batchpilot.status": "string",
-    "_batchpilot.attempts": "int64",
-    "_batchpilot.error": "string",
-}
+_WRITE_BACK_TYPES = {"_batchpilot.attempts": "int64"}
 
 _Sections = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+_Seed = tuple[list[str], list[str], list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +124,13 @@ def write_export(
     pyarrow = _pyarrow() if fmt == "parquet" else None
     in_struct = pyarrow is not None
     records = (_sections(row, include_input, flatten, in_struct, response_key) for row in rows)
-    seed: tuple[dict[str, str], ...] = (
-        ({}, {}, _WRITE_BACK_COLUMNS) if response_key is not None else (_META_COLUMNS, {}, {})
-    )
+    seed: _Seed = (_META_COLUMNS, [], ["output"])
+    types = _META_TYPES
+    if response_key is not None:
+        seed, types = ([], [], _WRITE_BACK_COLUMNS), _WRITE_BACK_TYPES
     if pyarrow is None:
         return _atomic(target, lambda part: _write_csv(records, seed, part))
-    return _atomic(target, lambda part: _write_parquet(pyarrow, records, seed, part))
+    return _atomic(target, lambda part: _write_parquet(pyarrow, records, seed, types, part))
 
 
 def write_back_nested(
@@ -145,32 +150,25 @@ def write_back_nested(
     items gets a ``_batchpilot_errors`` list. An element that is not an object becomes
     ``{"value": element, response_key: answer}``. Returns the number of items written.
     """
-    parts = tuple(records.split("."))
-    if not all(part.strip() for part in parts):
-        raise UserInputError(
-            f"records is {records!r}: expected a dotted path such as 'tweets' or 'data.items'"
-        )
-    results = iter(rows)
-    source = Path(source)
-
-    def write(part: Path) -> int:
-        return _write_nested(results, source, part, parts, response_key, id_field)
-
-    return _atomic(Path(target), write)
+    results, parts = iter(rows), tuple(records.split("."))
+    return _atomic(
+        Path(target),
+        lambda part: _write_nested(results, Path(source), part, parts, response_key, id_field),
+    )
 
 
 def _resolve_format(target: Path, format: ExportFormat) -> Literal["jsonl", "csv", "parquet"]:
-    if format == "auto":
-        suffix = target.suffix.lower()
-        if suffix in _SUFFIX_FORMATS:
-            return _SUFFIX_FORMATS[suffix]
-        raise UserInputError(
-            f"{target}: cannot tell the export format from the suffix {suffix or '(none)'!r}; "
-            f"name the file with one of {', '.join(_SUFFIX_FORMATS)} or choose the format"
-        )
     if format == "jsonl" or format == "csv" or format == "parquet":
         return format
-    raise UserInputError(f"export format is {format!r}; use one of auto, jsonl, csv, parquet")
+    suffix = target.suffix.lower()
+    if format == "auto" and suffix in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffix]
+    if format != "auto":
+        raise UserInputError(f"export format is {format!r}; use one of auto, jsonl, csv, parquet")
+    raise UserInputError(
+        f"{target}: cannot tell the export format from the suffix {suffix or '(none)'!r}; "
+        f"name the file with one of {', '.join(_SUFFIX_FORMATS)} or choose the format"
+    )
 
 
 def _atomic(target: Path, write: Callable[[Path], int]) -> int:
@@ -223,15 +221,20 @@ def _outcome(row: ExportRow) -> dict[str, Any]:
 def _jsonl_record(row: ExportRow, include_input: bool, response_key: str | None) -> Any:
     if response_key is not None:
         return {**_input_fields(row), response_key: _output(row), "_batchpilot": _outcome(row)}
-    record: dict[str, Any] = {"id": row.row_id, "status": row.status, "attempts": row.attempts}
-    if include_input:
-        record["input"] = row.data
-    record["output"] = _output(row)
-    record["usage"] = {"input_tokens": row.input_tokens, "output_tokens": row.output_tokens}
-    record["cost_usd"] = row.cost_usd
-    record["error"] = row.error
-    record["lane"] = row.lane
-    record["request_id"] = row.request_id
+    record = {
+        "id": row.row_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "input": row.data,
+        "output": _output(row),
+        "usage": {"input_tokens": row.input_tokens, "output_tokens": row.output_tokens},
+        "cost_usd": row.cost_usd,
+        "error": row.error,
+        "lane": row.lane,
+        "request_id": row.request_id,
+    }
+    if not include_input:
+        del record["input"]
     return record
 
 
@@ -283,18 +286,11 @@ def _sections(
     return meta, inputs, output
 
 
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    columns: list[str]
-    extra: str | None
-    """The name of the column for fields that have no column, if the file needs one."""
-    types: dict[str, str]
-
-
 def _layout(
-    records: Iterator[_Sections], seed: tuple[dict[str, str], ...]
-) -> tuple[_Layout, Iterator[dict[str, Any]]]:
-    """Fix the columns from the first rows; return them and every row as a flat dict."""
+    records: Iterator[_Sections], seed: _Seed
+) -> tuple[list[str], str | None, Iterator[dict[str, Any]]]:
+    """The columns, from the first rows; the extra column's name if the file needs one;
+    and every row as a flat dict."""
     sample = list(islice(records, SAMPLE_ROWS))
     names = [dict.fromkeys(section) for section in seed]
     for sections in sample:
@@ -308,9 +304,7 @@ def _layout(
         extra = "extra"
         while extra in columns:
             extra = "_" + extra
-    flat = ({**a, **b, **c} for a, b, c in chain(sample, records))
-    types = {name: kind for section in seed for name, kind in section.items()}
-    return _Layout(columns, extra, types), flat
+    return columns, extra, ({**a, **b, **c} for a, b, c in chain(sample, records))
 
 
 def _cell(value: Any) -> str:
@@ -325,15 +319,15 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _write_csv(records: Iterator[_Sections], seed: tuple[dict[str, str], ...], part: Path) -> int:
-    layout, flat = _layout(records, seed)
+def _write_csv(records: Iterator[_Sections], seed: _Seed, part: Path) -> int:
+    columns, extra, flat = _layout(records, seed)
     count = 0
     with part.open("w", encoding="utf-8", newline="", errors="backslashreplace") as stream:
         writer = csv.writer(stream)
-        writer.writerow(layout.columns if layout.extra is None else [*layout.columns, layout.extra])
+        writer.writerow(columns if extra is None else [*columns, extra])
         for record in flat:
-            cells = [_cell(record.pop(name, None)) for name in layout.columns]
-            if layout.extra is not None:
+            cells = [_cell(record.pop(name, None)) for name in columns]
+            if extra is not None:
                 cells.append(_cell(record or None))
             writer.writerow(cells)
             count += 1
@@ -357,17 +351,20 @@ def _arrow_errors(pa: Any) -> tuple[type[BaseException], ...]:
 
 
 def _write_parquet(
-    pa: Any, records: Iterator[_Sections], seed: tuple[dict[str, str], ...], part: Path
+    pa: Any, records: Iterator[_Sections], seed: _Seed, types: dict[str, str], part: Path
 ) -> int:
-    layout, flat = _layout(records, seed)
+    columns, extra, flat = _layout(records, seed)
     chunk = list(islice(flat, PARQUET_BATCH_ROWS))
-    schema = _schema(pa, layout, chunk)
+    fields = [pa.field(name, _column_type(pa, name, types, chunk)) for name in columns]
+    if extra is not None:
+        fields.append(pa.field(extra, pa.string()))
+    schema = pa.schema(fields)
     count = 0
     with part.open("wb") as stream:
         writer = pa.parquet.ParquetWriter(stream, schema)
         try:
             while chunk:
-                writer.write_batch(_record_batch(pa, schema, layout, chunk))
+                writer.write_batch(_record_batch(pa, schema, columns, extra, chunk))
                 count += len(chunk)
                 chunk = list(islice(flat, PARQUET_BATCH_ROWS))
         finally:
@@ -376,15 +373,10 @@ def _write_parquet(
     return count
 
 
-def _schema(pa: Any, layout: _Layout, chunk: list[dict[str, Any]]) -> Any:
-    fields = []
-    for name in layout.columns:
-        fixed = layout.types.get(name)
-        kind = getattr(pa, fixed)() if fixed else _infer(pa, [row.get(name) for row in chunk])
-        fields.append(pa.field(name, kind))
-    if layout.extra is not None:
-        fields.append(pa.field(layout.extra, pa.string()))
-    return pa.schema(fields)
+def _column_type(pa: Any, name: str, types: dict[str, str], chunk: list[dict[str, Any]]) -> Any:
+    if name in types:
+        return getattr(pa, types[name])()
+    return _infer(pa, [row.get(name) for row in chunk])
 
 
 def _infer(pa: Any, values: list[Any]) -> Any:
@@ -419,9 +411,11 @@ def _fits(pa: Any, value: Any, kind: Any) -> bool:
     return True
 
 
-def _record_batch(pa: Any, schema: Any, layout: _Layout, chunk: list[dict[str, Any]]) -> Any:
-    arrays = [_column(pa, schema.field(name), chunk) for name in layout.columns]
-    if layout.extra is not None:
+def _record_batch(
+    pa: Any, schema: Any, columns: list[str], extra: str | None, chunk: list[dict[str, Any]]
+) -> Any:
+    arrays = [_column(pa, schema.field(name), chunk) for name in columns]
+    if extra is not None:
         arrays.append(pa.array([_json(row).decode() if row else None for row in chunk]))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

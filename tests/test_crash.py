@@ -1,0 +1,164 @@
+"""Crash injection: `batchpilot run` is SIGKILLed at random moments, then run again.
+
+The final export must equal an uninterrupted run's; the server's ledger must show every request
+executed exactly as often as the store recorded attempts (nothing paid twice); and no local
+batch may exist twice at the provider.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import yaml
+
+from batchpilot.run import open_store
+
+ROWS = 80
+FAULTS = {
+    "seed": 11,
+    "faults": [
+        {"kind": "line_error", "status": 429, "rate": 0.15},
+        {"kind": "line_error", "status": 500, "rate": 0.1},
+        {"kind": "not_found_after_create", "calls": 1},
+        {"kind": "http_error", "route": "GET /v1/batches/*", "status": 503, "rate": 0.05},
+    ],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    faults = directory / "faults.yaml"
+    faults.write_text(yaml.safe_dump(FAULTS))
+    command = [
+        sys.executable, "-m", "batchpilot", "serve", "--port", str(port),
+        "--state", str(directory / "server"), "--faults", str(faults),
+        "--time-scale", "20", "--validation-delay", "2", "--finalizing-delay", "2",
+        "--tokens-per-second", "40",
+    ]  # fmt: skip
+    with (directory / "server.log").open("ab") as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/_batchpilot/health", timeout=1)
+            return process, f"http://127.0.0.1:{port}/v1"
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("server did not start")
+
+
+def write_job(directory: Path, base_url: str) -> Path:
+    rows = [{"id": f"r{i:02d}", "text": f"Item number {i} of the crash test"} for i in range(ROWS)]
+    (directory / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = {
+        "name": "crash",
+        "provider": {"kind": "compatible", "base_url": base_url},
+        "model": "gpt-4o-mini",
+        "input": {"path": "rows.jsonl", "id_field": "id"},
+        "prompt": {"user": "{{ text }}"},
+        "params": {"max_tokens": 16},
+        "limits": {"requests_per_batch": 5, "queue_tokens": 1_000_000, "max_attempts": 5},
+        "output": {"path": "out.jsonl"},
+    }
+    path = directory / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def run_command(job: Path, state: Path) -> list[str]:
+    return [sys.executable, "-m", "batchpilot", "run", str(job), "--state", str(state),
+            "--quiet", "--poll-interval", "0.05"]  # fmt: skip
+
+
+def comparable(path: Path) -> list[tuple[Any, ...]]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["id"], r["status"], json.dumps(r["output"]), r["attempts"]) for r in lines]
+
+
+def check_ledger_and_remote(directory: Path, base_url: str, state: Path) -> None:
+    ledger = httpx.get(base_url.removesuffix("/v1") + "/_batchpilot/ledger").json()
+    executed = Counter(row["custom_id"] for row in ledger)
+    store = open_store(state)
+    (run,) = store.runs()
+    recorded = Counter(
+        row[0]
+        for row in store._db.execute(
+            "SELECT request_id FROM attempts WHERE run_id = ? AND lane = 'batch'", (run.id,)
+        )
+    )
+    batches = store.batches(run.id)
+    store.close()
+    assert executed == recorded, "the ledger and the store disagree on executions"
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=5)
+    try:
+        tags = Counter(
+            (b.metadata or {}).get("batchpilot_batch")
+            for b in client.batches.list(limit=100)
+            if (b.metadata or {}).get("batchpilot_run") == run.id
+        )
+    finally:
+        client.close()
+    assert tags, "no remote batches carry the run's tags"
+    assert max(tags.values()) == 1, f"a local batch was created twice remotely: {tags}"
+    assert len(tags) == sum(1 for b in batches if b.remote_id is not None)
+
+
+def test_sigkill_at_random_points_reaches_the_same_result(tmp_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("BATCHPILOT_CRASH_SEED", "5")))
+    reference_dir, crash_dir = tmp_path / "reference", tmp_path / "crash"
+    reference_dir.mkdir()
+    crash_dir.mkdir()
+    servers = []
+    try:
+        server, url = start_server(reference_dir)
+        servers.append(server)
+        job = write_job(reference_dir, url)
+        done = subprocess.run(run_command(job, reference_dir / "state"), capture_output=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        expected = comparable(reference_dir / "out.jsonl")
+        check_ledger_and_remote(reference_dir, url, reference_dir / "state")
+
+        server, url = start_server(crash_dir)
+        servers.append(server)
+        job = write_job(crash_dir, url)
+        kills = 0
+        for _ in range(40):
+            process = subprocess.Popen(run_command(job, crash_dir / "state"),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+            try:
+                _, stderr = process.communicate(timeout=rng.uniform(0.6, 2.2))
+                assert process.returncode == 0, stderr.decode()
+                break
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.communicate()
+                kills += 1
+        else:
+            raise AssertionError("the run never finished")
+        assert kills >= 3, "too few crashes to mean anything; lower the kill delays"
+        assert comparable(crash_dir / "out.jsonl") == expected
+        check_ledger_and_remote(crash_dir, url, crash_dir / "state")
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)

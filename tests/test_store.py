@@ -1,0 +1,544 @@
+"""Contract tests for the store: every store implementation must pass them.
+
+The `store` fixture is parametrized over `STORES`; a new backend (PostgreSQL) joins by adding a
+factory. Checks of the raw schema (`_sql`) read the SQLite file through a second connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.store import (
+    BatchState,
+    Outcome,
+    PendingRequest,
+    RequestState,
+    RunLock,
+    RunRecord,
+    SQLiteStore,
+    utc_now,
+)
+from batchpilot.store.migrations import MIGRATIONS
+from batchpilot.store.states import BATCH_MOVES, REQUEST_MOVES, check_move
+
+StoreFactory = Callable[[Path], SQLiteStore]
+STORES: list[StoreFactory] = [lambda tmp_path: SQLiteStore(tmp_path / "s.sqlite3")]
+
+RUN = "run-1"
+EP = "/v1/chat/completions"
+B, R = BatchState, RequestState
+
+
+@pytest.fixture(params=STORES, ids=[f"store{i}" for i in range(len(STORES))])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], SQLiteStore]]:
+    """Opens (and later closes) stores on this test's database."""
+    opened: list[SQLiteStore] = []
+
+    def open_store() -> SQLiteStore:
+        opened.append(request.param(tmp_path))
+        return opened[-1]
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(factory: Callable[[], SQLiteStore]) -> SQLiteStore:
+    store = factory()
+    make_run(store)
+    return store
+
+
+# helpers ------------------------------------------------------------------------------------
+
+
+def make_run(store: SQLiteStore, run_id: str = RUN, job: str = "job", at: str = "") -> RunRecord:
+    record = RunRecord(run_id, job, "{}", "openai", EP, "planned", 5.0, at or utc_now())
+    store.create_run(record)
+    return record
+
+
+def plan(store: SQLiteStore, n: int, run_id: str = RUN, hashes: str = "h") -> list[PendingRequest]:
+    """`n` rows, each with its own request `req-i` (content hash `{hashes}{i}`); all pending."""
+    with store.tx():
+        for i in range(n):
+            store.add_row(run_id, i, f"row-{i}", "in.jsonl", f"req-{i}", {"i": i})
+            body = json.dumps({"model": "m", "i": i}).encode()
+            store.add_request(run_id, f"req-{i}", f"{hashes}{i}", EP, "m", body, 10 + i, 50, i)
+    return store.pending(run_id, n)
+
+
+def batch_in(store: SQLiteStore, state: BatchState, requests: list[PendingRequest]) -> int:
+    """A batch of `requests` driven to `state` along the shortest legal path."""
+    batch_id = store.create_batch(RUN, requests, size=100, file_name_prefix="b")
+    for step in path_to(state):
+        store.move_batch(RUN, batch_id, step)
+    return batch_id
+
+
+def path_to(target: BatchState) -> list[BatchState]:
+    paths: dict[BatchState, list[BatchState]] = {B.PLANNED: []}
+    queue = deque([B.PLANNED])
+    while queue:
+        state = queue.popleft()
+        for following in sorted(BATCH_MOVES[state]):
+            if following not in paths:
+                paths[following] = [*paths[state], following]
+                queue.append(following)
+    return paths[target]
+
+
+def _sql(store: SQLiteStore, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(store.path)) as db:
+        return db.execute(query, params).fetchall()
+
+
+def request_row(store: SQLiteStore, request_id: str) -> tuple[Any, ...]:
+    rows = _sql(
+        store,
+        "SELECT state, attempts, batch_id, error FROM requests WHERE run_id = ? AND id = ?",
+        RUN,
+        request_id,
+    )
+    return rows[0]
+
+
+# migrations ---------------------------------------------------------------------------------
+
+
+def test_fresh_store_is_at_the_latest_schema(store: SQLiteStore) -> None:
+    assert _sql(store, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+
+
+def test_reopening_is_a_no_op_and_keeps_data(factory: Callable[[], SQLiteStore]) -> None:
+    first = factory()
+    make_run(first)
+    plan(first, 2)
+    first.close()
+    again = factory()
+    assert _sql(again, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert again.run(RUN) is not None
+    assert [r.id for r in again.pending(RUN, 10)] == ["req-0", "req-1"]
+
+
+def test_a_newer_schema_is_refused(factory: Callable[[], SQLiteStore]) -> None:
+    store = factory()
+    with closing(sqlite3.connect(store.path)) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StateError, match="upgrade batchpilot"):
+        factory()
+
+
+# state machines -----------------------------------------------------------------------------
+
+REQUEST_PAIRS = list(itertools.product(RequestState, repeat=2))
+BATCH_PAIRS = list(itertools.product(BatchState, repeat=2))
+
+
+def test_the_tables_cover_every_state() -> None:
+    assert set(REQUEST_MOVES) == set(RequestState)
+    assert set(BATCH_MOVES) == set(BatchState)
+
+
+@pytest.mark.parametrize(("current", "target"), REQUEST_PAIRS + BATCH_PAIRS)
+def test_check_move_follows_the_table(current: str, target: str) -> None:
+    table = REQUEST_MOVES if isinstance(current, RequestState) else BATCH_MOVES
+    if target in table[current]:  # type: ignore[index]
+        check_move(table, current, target, "x")
+    else:
+        with pytest.raises(IllegalTransition, match=f"from {current} to {target}"):
+            check_move(table, current, target, "x")
+
+
+@pytest.mark.parametrize(("current", "target"), BATCH_PAIRS)
+def test_move_batch_follows_the_table(
+    store: SQLiteStore, current: BatchState, target: BatchState
+) -> None:
+    batch_id = batch_in(store, current, plan(store, 2))
+    before, counts = store.batch(RUN, batch_id), store.request_counts(RUN)
+    if target in BATCH_MOVES[current]:
+        assert store.move_batch(RUN, batch_id, target).state == target
+    else:
+        with pytest.raises(IllegalTransition):
+            store.move_batch(RUN, batch_id, target, error="x")
+        assert store.batch(RUN, batch_id) == before
+        assert store.request_counts(RUN) == counts
+
+
+def test_move_batch_checks_the_row_not_a_stale_read(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = batch_in(store, B.UPLOADING, plan(store, 1))
+    stale = store.batch(RUN, batch_id)
+    store.move_batch(RUN, batch_id, B.ABANDONED)  # the "other process" moved it meanwhile
+    monkeypatch.setattr(store, "batch", lambda run_id, bid: stale)
+    with pytest.raises(IllegalTransition):
+        store.move_batch(RUN, batch_id, B.UPLOADED)
+    monkeypatch.undo()
+    assert store.batch(RUN, batch_id).state == B.ABANDONED
+
+
+def test_update_batch_cannot_change_the_state(store: SQLiteStore) -> None:
+    batch_id = batch_in(store, B.SUBMITTED, plan(store, 1))
+    with pytest.raises(IllegalTransition, match="move_batch"):
+        store.update_batch(RUN, batch_id, state=B.FINISHED, remote_status="completed")
+    store.update_batch(RUN, batch_id, remote_status="in_progress", completed=3)
+    batch = store.batch(RUN, batch_id)
+    assert (batch.state, batch.remote_status, batch.completed) == (B.SUBMITTED, "in_progress", 3)
+
+
+def test_a_finished_batch_cannot_move(store: SQLiteStore) -> None:
+    batch_id = batch_in(store, B.SUBMITTED, plan(store, 1))
+    store.finish_batch(RUN, batch_id, [Outcome("req-0", R.FAILED, error="bad")])
+    for target in BatchState:
+        with pytest.raises(IllegalTransition):
+            store.move_batch(RUN, batch_id, target)
+    assert store.batch(RUN, batch_id).state == B.FINISHED
+
+
+def test_move_requests_moves_all_or_none(store: SQLiteStore) -> None:
+    plan(store, 3)
+    store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
+    with pytest.raises(IllegalTransition):
+        store.move_requests(RUN, ["req-1"], R.PENDING, R.SUBMITTED)
+    with pytest.raises(IllegalTransition, match="1 of 2"):
+        store.move_requests(RUN, ["req-0", "req-1"], R.PENDING, R.QUEUED)
+    assert store.request_counts(RUN)["pending"] == 2
+
+
+# runs ---------------------------------------------------------------------------------------
+
+
+def test_run_lifecycle(store: SQLiteStore) -> None:
+    assert store.run(RUN) == RunRecord(
+        RUN, "job", "{}", "openai", EP, "planned", 5.0, store.runs()[0].created_at_utc
+    )
+    assert store.run("missing") is None
+    old = make_run(store, "old", job="other", at="2020-01-01T00:00:00.000000Z")
+    new = make_run(store, "new", job="other", at="2030-01-01T00:00:00.000000Z")
+    mid = make_run(store, "mid", job="other", at="2025-01-01T00:00:00.000000Z")
+    assert store.runs("other") == [new, mid, old]
+    assert [r.id for r in store.runs()] == ["new", RUN, "mid", "old"]
+
+
+@pytest.mark.parametrize(
+    ("status", "finished"),
+    [("running", False), ("stopped", False), ("finished", True), ("cancelled", True)],
+)
+def test_set_run_status(store: SQLiteStore, status: str, finished: bool) -> None:
+    store.set_run_status(RUN, status)
+    run = store.run(RUN)
+    assert run is not None and run.status == status
+    assert (run.finished_at_utc is not None) == finished
+
+
+# planning -----------------------------------------------------------------------------------
+
+
+def test_adding_rows_and_requests_is_idempotent(store: SQLiteStore) -> None:
+    plan(store, 2)
+    store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
+    plan(store, 2)  # planning again changes nothing
+    assert store.request_counts(RUN) == {
+        **dict.fromkeys(RequestState, 0),
+        "pending": 1,
+        "realtime": 1,
+    }
+    assert [r.id for r in store.pending(RUN, 10)] == ["req-1"]
+    assert len(list(store.joined_rows(RUN))) == 2
+
+
+def test_pending_is_in_row_order_and_limited(store: SQLiteStore) -> None:
+    plan(store, 5)
+    assert [r.first_row for r in store.pending(RUN, 3)] == [0, 1, 2]
+    assert store.pending("other-run", 3) == []
+
+
+# batches ------------------------------------------------------------------------------------
+
+
+def test_create_batch_queues_exactly_its_requests(store: SQLiteStore) -> None:
+    requests = plan(store, 5)
+    chosen = [requests[1], requests[3]]
+    batch_id = store.create_batch(RUN, chosen, size=777, file_name_prefix="job")
+    batch = store.batch(RUN, batch_id)
+    assert (batch.state, batch.requests, batch.bytes) == (B.PLANNED, 2, 777)
+    assert batch.input_tokens == 11 + 13 and batch.file_name == f"job-{batch_id}.jsonl"
+    assert [r.id for r in store.batch_requests(RUN, batch_id)] == ["req-1", "req-3"]
+    assert [request_row(store, f"req-{i}")[:3] for i in range(5)] == [
+        ("pending", 0, None), ("queued", 0, batch_id), ("pending", 0, None),
+        ("queued", 0, batch_id), ("pending", 0, None),
+    ]  # fmt: skip
+    assert store.create_batch(RUN, [requests[0]], size=1, file_name_prefix="job") == batch_id + 1
+
+
+def test_create_batch_of_a_request_not_pending_creates_nothing(store: SQLiteStore) -> None:
+    requests = plan(store, 2)
+    store.create_batch(RUN, [requests[0]], size=1, file_name_prefix="b")
+    with pytest.raises(IllegalTransition):
+        store.create_batch(RUN, requests, size=2, file_name_prefix="b")
+    assert len(store.batches(RUN)) == 1
+    assert request_row(store, "req-1")[:3] == ("pending", 0, None)
+
+
+def test_submitting_and_abandoning_move_the_requests(store: SQLiteStore) -> None:
+    requests = plan(store, 4)
+    sent = batch_in(store, B.SUBMITTED, requests[:2])
+    dropped = batch_in(store, B.CREATING, requests[2:])
+    store.move_batch(RUN, dropped, B.ABANDONED)
+    assert [request_row(store, f"req-{i}")[:3] for i in range(4)] == [
+        ("submitted", 0, sent), ("submitted", 0, sent), ("pending", 0, None), ("pending", 0, None),
+    ]  # fmt: skip
+    assert [b.id for b in store.batches(RUN, [B.SUBMITTED])] == [sent]
+
+
+# finishing ----------------------------------------------------------------------------------
+
+
+def test_finish_batch_applies_every_outcome(store: SQLiteStore) -> None:
+    batch_id = batch_in(store, B.SUBMITTED, plan(store, 4))
+    store.update_batch(RUN, batch_id, reserved_usd=2.5)
+    store.finish_batch(
+        RUN,
+        batch_id,
+        [
+            Outcome("req-0", R.SUCCEEDED, {"answer": 42}, 10, 5, cost_usd=0.25),
+            Outcome("req-1", R.PENDING, error="timeout", cost_usd=0.5),
+            Outcome("req-2", R.PENDING, error="never ran", attempted=False),
+            Outcome("req-3", R.FAILED, error="bad request"),
+        ],
+        output_file_id="file-out",
+    )
+    assert [request_row(store, f"req-{i}") for i in range(4)] == [
+        ("succeeded", 1, batch_id, None), ("pending", 1, None, "timeout"),
+        ("pending", 0, None, "never ran"), ("failed", 1, batch_id, "bad request"),
+    ]  # fmt: skip
+    assert _sql(
+        store, "SELECT request_id, attempt, lane, batch_id, outcome, cost_usd FROM attempts"
+    ) == [
+        ("req-0", 1, "batch", batch_id, "succeeded", 0.25),
+        ("req-1", 1, "batch", batch_id, "pending", 0.5),
+        ("req-3", 1, "batch", batch_id, "failed", 0.0),
+    ]
+    assert _sql(store, "SELECT request_id, response_json, lane, cost_usd FROM results") == [
+        ("req-0", '{"answer":42}', "batch", 0.25)
+    ]
+    assert _sql(store, "SELECT content_hash, input_tokens, output_tokens FROM cache") == [
+        ("h0", 10, 5)
+    ]
+    batch = store.batch(RUN, batch_id)
+    assert (batch.state, batch.spent_usd, batch.reserved_usd) == (B.FINISHED, 0.75, 0.0)
+    assert batch.output_file_id == "file-out" and batch.finished_at_utc is not None
+    assert store.money(RUN) == (0.75, 0.0)
+    assert store.token_totals(RUN) == (10, 5)
+
+
+def test_a_retry_is_a_new_attempt(store: SQLiteStore) -> None:
+    first = batch_in(store, B.SUBMITTED, plan(store, 1))
+    store.finish_batch(RUN, first, [Outcome("req-0", R.PENDING, error="x", cost_usd=0.5)])
+    second = batch_in(store, B.SUBMITTED, store.pending(RUN, 1))
+    store.finish_batch(RUN, second, [Outcome("req-0", R.SUCCEEDED, {}, 1, 1, cost_usd=0.25)])
+    assert request_row(store, "req-0")[:3] == ("succeeded", 2, second)
+    assert _sql(store, "SELECT attempt, batch_id, outcome FROM attempts") == [
+        (1, first, "pending"), (2, second, "succeeded")
+    ]  # fmt: skip
+    assert store.money(RUN) == (0.75, 0.0)
+
+
+def test_finish_batch_without_every_outcome_writes_nothing(store: SQLiteStore) -> None:
+    batch_id = batch_in(store, B.SUBMITTED, plan(store, 2))
+    store.update_batch(RUN, batch_id, reserved_usd=1.0)
+    before = store.batch(RUN, batch_id)
+    with pytest.raises(StateError, match="1 requests have no outcome"):
+        store.finish_batch(RUN, batch_id, [Outcome("req-0", R.SUCCEEDED, {"a": 1}, cost_usd=1)])
+    assert store.batch(RUN, batch_id) == before
+    assert [request_row(store, f"req-{i}") for i in range(2)] == [
+        ("submitted", 0, batch_id, None)
+    ] * 2
+    for table in ("results", "attempts", "cache"):
+        assert _sql(store, f"SELECT COUNT(*) FROM {table}") == [(0,)]
+    assert store.money(RUN) == (0.0, 1.0)
+
+
+def test_finish_realtime(store: SQLiteStore) -> None:
+    plan(store, 3)
+    store.move_requests(RUN, ["req-0", "req-1", "req-2"], R.PENDING, R.REALTIME)
+    store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"a": 1}, 3, 4, cost_usd=0.125))
+    store.finish_realtime(RUN, Outcome("req-1", R.FAILED, error="refused"))
+    store.finish_realtime(RUN, Outcome("req-2", R.PENDING, error="429", attempted=False))
+    assert [request_row(store, f"req-{i}") for i in range(3)] == [
+        ("succeeded", 1, None, None), ("failed", 1, None, "refused"), ("pending", 0, None, "429")
+    ]  # fmt: skip
+    assert _sql(store, "SELECT request_id, lane, batch_id FROM attempts") == [
+        ("req-0", "realtime", None), ("req-1", "realtime", None)
+    ]  # fmt: skip
+    assert _sql(store, "SELECT lane, cost_usd FROM results") == [("realtime", 0.125)]
+    with pytest.raises(IllegalTransition):
+        store.finish_realtime(RUN, Outcome("req-0", R.FAILED, error="late"))
+    assert request_row(store, "req-0")[0] == "succeeded"
+
+
+# money and cache ----------------------------------------------------------------------------
+
+
+def test_money_reserves_only_live_batches(store: SQLiteStore) -> None:
+    requests = plan(store, 6)
+    for i, state in enumerate([B.PLANNED, B.UPLOADED, B.CREATING, B.SUBMITTED, B.ABANDONED]):
+        batch_id = batch_in(store, state, [requests[i]])
+        store.update_batch(RUN, batch_id, reserved_usd=10.0**i)
+    store.move_requests(RUN, ["req-5"], R.PENDING, R.REALTIME)
+    store.finish_realtime(RUN, Outcome("req-5", R.SUCCEEDED, {}, cost_usd=0.5))
+    assert store.money(RUN) == (0.5, 100.0 + 1000.0)
+    assert store.money("other-run") == (0.0, 0.0)
+
+
+def test_apply_cache_answers_from_an_earlier_run(store: SQLiteStore) -> None:
+    plan(store, 1, hashes="same")
+    store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"a": 1}, 7, 8, cost_usd=0.5))
+    make_run(store, "run-2")
+    plan(store, 1, run_id="run-2", hashes="same")  # req-0 has the same content hash
+    with store.tx():
+        store.add_row("run-2", 1, "row-x", "in.jsonl", "other", None)
+        store.add_request("run-2", "other", "different", EP, "m", b"{}", 1, 1, 1)
+    assert store.apply_cache("run-2") == 1
+    assert store.apply_cache("run-2") == 0
+    rows = [tuple(row) for row in store.joined_rows("run-2")]
+    assert [row[6:] for row in rows] == [
+        ("succeeded", 0, None, '{"a":1}', 7, 8, 0.0, "cache"),
+        ("pending", 0, None, None, None, None, None, None),
+    ]
+    assert store.money("run-2") == (0.0, 0.0)
+
+
+# export, events, counts ---------------------------------------------------------------------
+
+
+def test_joined_rows_in_input_order(store: SQLiteStore) -> None:
+    with store.tx():
+        store.add_row(RUN, 2, "c", "in.jsonl", "req-0", {"n": 2})
+        store.add_row(RUN, 1, "b", "in.jsonl", None, {"n": 1}, skip_reason="empty")
+        store.add_row(RUN, 0, "a", "in.jsonl", "req-0", None)
+        store.add_request(RUN, "req-0", "h", EP, "m", b"{}", 1, 1, 0)
+    store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
+    store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"ok": True}, 1, 2, cost_usd=0.5))
+    rows = [dict(row) for row in store.joined_rows(RUN)]
+    assert [(r["row_index"], r["row_id"], r["request_id"]) for r in rows] == [
+        (0, "a", "req-0"), (1, "b", None), (2, "c", "req-0")
+    ]  # fmt: skip
+    assert rows[1]["skip_reason"] == "empty" and rows[1]["state"] is None
+    assert rows[1]["response_json"] is None and rows[0]["data_json"] is None
+    assert json.loads(rows[2]["data_json"]) == {"n": 2}
+    for row in (rows[0], rows[2]):
+        assert (row["state"], row["attempts"], row["lane"]) == ("succeeded", 1, "realtime")
+        assert json.loads(row["response_json"]) == {"ok": True} and row["cost_usd"] == 0.5
+
+
+def test_events(store: SQLiteStore) -> None:
+    make_run(store, "run-2")
+    store.event(RUN, "start", "one", {"k": [1]})
+    store.event("run-2", "start", "elsewhere")
+    store.event(RUN, "retry", "two")
+    events = store.events(RUN)
+    assert [(e["kind"], e["message"]) for e in events] == [("start", "one"), ("retry", "two")]
+    assert json.loads(events[0]["data_json"]) == {"k": [1]} and events[1]["data_json"] is None
+    assert [e["message"] for e in store.events(RUN, since=events[0]["seq"])] == ["two"]
+    assert store.events(RUN, since=events[1]["seq"]) == []
+
+
+def test_request_counts(store: SQLiteStore) -> None:
+    assert store.request_counts(RUN) == dict.fromkeys(RequestState, 0)
+    requests = plan(store, 4)
+    batch_in(store, B.SUBMITTED, requests[:2])
+    store.fail_requests(RUN, ["req-2"], "too large")
+    make_run(store, "run-2")
+    plan(store, 1, run_id="run-2")
+    assert store.request_counts(RUN) == {
+        **dict.fromkeys(RequestState, 0), "submitted": 2, "failed": 1, "pending": 1
+    }  # fmt: skip
+    assert request_row(store, "req-2")[3] == "too large"
+
+
+# transactions and durability ----------------------------------------------------------------
+
+
+def test_nested_transactions_join_the_outer_one(store: SQLiteStore) -> None:
+    with store.tx():
+        with store.tx():
+            make_run(store, "inner")
+        assert _sql(store, "SELECT id FROM runs WHERE id = 'inner'") == []  # not yet committed
+    assert _sql(store, "SELECT id FROM runs WHERE id = 'inner'") == [("inner",)]
+
+
+@pytest.mark.parametrize("fail_inside", [True, False])
+def test_an_exception_rolls_back_the_whole_transaction(
+    store: SQLiteStore, fail_inside: bool
+) -> None:
+    with pytest.raises(RuntimeError), store.tx():
+        make_run(store, "outer")
+        with store.tx():
+            make_run(store, "inner")
+            if fail_inside:
+                raise RuntimeError("boom")
+        raise RuntimeError("boom")
+    assert store.run("outer") is None and store.run("inner") is None
+    make_run(store, "after")  # the store is usable again, and commits
+    assert _sql(store, "SELECT id FROM runs WHERE id = 'after'") == [("after",)]
+
+
+def test_committed_data_survives_in_a_new_instance(factory: Callable[[], SQLiteStore]) -> None:
+    first = factory()
+    make_run(first)
+    batch_id = batch_in(first, B.SUBMITTED, plan(first, 2))
+    first.event(RUN, "submitted", "ok")
+    second = factory()
+    assert second.run(RUN) == first.run(RUN)
+    assert second.batch(RUN, batch_id).state == B.SUBMITTED
+    assert [r.id for r in second.batch_requests(RUN, batch_id)] == ["req-0", "req-1"]
+    assert [e["kind"] for e in second.events(RUN)] == ["submitted"]
+
+
+# the run lock -------------------------------------------------------------------------------
+
+
+def test_run_lock_is_exclusive_within_a_process(tmp_path: Path) -> None:
+    path = tmp_path / "locks" / "run.lock"
+    with RunLock(path):
+        with pytest.raises(StateError, match=f"pid {os.getpid()}"):
+            RunLock(path).acquire()
+    second = RunLock(path).acquire()
+    second.release()
+    second.release()  # releasing twice is harmless
+
+
+def test_run_lock_is_released_when_its_process_dies(tmp_path: Path) -> None:
+    path = tmp_path / "run.lock"
+    script = (
+        "import sys, time\nfrom pathlib import Path\nfrom batchpilot.store import RunLock\n"
+        f"lock = RunLock(Path({str(path)!r})).acquire()\nprint('held', flush=True)\ntime.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        with pytest.raises(StateError, match=f"pid {child.pid}"):
+            RunLock(path).acquire()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        assert child.stdout is not None
+        child.stdout.close()
+    RunLock(path).acquire().release()
