@@ -15,7 +15,7 @@ import pytest
 
 from batchpilot.data import InputSpec, read_rows
 from batchpilot.errors import MissingDependency, StateError, UserInputError
-from batchpilot.export import SAMPLE_ROWS, ExportRow, write_back_nested, write_export
+from batchpilot.export import CHUNK_ROWS, ExportRow, write_back_nested, write_export
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -284,38 +284,38 @@ def test_embeddings(tmp_path: Path) -> None:
 
 
 def test_csv_has_no_extra_column_when_all_rows_are_sampled(tmp_path: Path) -> None:
-    rows = [make_row(i) for i in range(SAMPLE_ROWS)]
+    rows = [make_row(i) for i in range(CHUNK_ROWS)]
     write_export(rows, tmp_path / "out.csv")
     header, _ = read_csv(tmp_path / "out.csv")
     assert header[-1] == "output"
 
 
 def test_csv_extra_column_for_keys_after_the_sample(tmp_path: Path) -> None:
-    rows = [make_row(i) for i in range(SAMPLE_ROWS + 5)]
-    rows[SAMPLE_ROWS + 2] = make_row(SAMPLE_ROWS + 2, data={"text": "t", "new": {"k": 1}})
-    rows[SAMPLE_ROWS + 3] = make_row(SAMPLE_ROWS + 3, parsed={"label": "x"})
+    rows = [make_row(i) for i in range(CHUNK_ROWS + 5)]
+    rows[CHUNK_ROWS + 2] = make_row(CHUNK_ROWS + 2, data={"text": "t", "new": {"k": 1}})
+    rows[CHUNK_ROWS + 3] = make_row(CHUNK_ROWS + 3, parsed={"label": "x"})
     write_export(rows, tmp_path / "out.csv")
     header, records = read_csv(tmp_path / "out.csv")
     assert header[-2:] == ["output", "extra"]
-    assert len(records) == SAMPLE_ROWS + 5
-    assert all(record["extra"] == "" for record in records[: SAMPLE_ROWS + 2])
-    assert json.loads(records[SAMPLE_ROWS + 2]["extra"]) == {"input.new.k": 1}
-    assert records[SAMPLE_ROWS + 2]["input.text"] == "t"
-    assert json.loads(records[SAMPLE_ROWS + 3]["extra"]) == {"output.label": "x"}
-    assert records[SAMPLE_ROWS + 3]["output"] == ""
+    assert len(records) == CHUNK_ROWS + 5
+    assert all(record["extra"] == "" for record in records[: CHUNK_ROWS + 2])
+    assert json.loads(records[CHUNK_ROWS + 2]["extra"]) == {"input.new.k": 1}
+    assert records[CHUNK_ROWS + 2]["input.text"] == "t"
+    assert json.loads(records[CHUNK_ROWS + 3]["extra"]) == {"output.label": "x"}
+    assert records[CHUNK_ROWS + 3]["output"] == ""
 
 
 def test_parquet_type_mismatch_after_the_first_chunk(tmp_path: Path) -> None:
-    rows = [make_row(i, data={"n": i, "word": "w"}) for i in range(SAMPLE_ROWS + 4)]
-    rows[SAMPLE_ROWS] = make_row(SAMPLE_ROWS, data={"n": "seven", "word": 5})
-    rows[SAMPLE_ROWS + 1] = make_row(SAMPLE_ROWS + 1, data={"n": 1.5, "word": True})
-    rows[SAMPLE_ROWS + 2] = make_row(SAMPLE_ROWS + 2, data={"n": 2**70, "word": "w", "z": 1})
+    rows = [make_row(i, data={"n": i, "word": "w"}) for i in range(CHUNK_ROWS + 4)]
+    rows[CHUNK_ROWS] = make_row(CHUNK_ROWS, data={"n": "seven", "word": 5})
+    rows[CHUNK_ROWS + 1] = make_row(CHUNK_ROWS + 1, data={"n": 1.5, "word": True})
+    rows[CHUNK_ROWS + 2] = make_row(CHUNK_ROWS + 2, data={"n": 2**70, "word": "w", "z": 1})
     target = tmp_path / "out.parquet"
-    assert write_export(rows, target) == SAMPLE_ROWS + 4
+    assert write_export(rows, target) == CHUNK_ROWS + 4
     table = pq.read_table(target)
     assert table.schema.field("input.n").type == "int64"
     records = table.to_pylist()
-    first, second, third, fourth = records[SAMPLE_ROWS:]
+    first, second, third, fourth = records[CHUNK_ROWS:]
     assert first["input.n"] is None
     assert first["input.word"] == "5"
     assert json.loads(first["extra"]) == {"input.n": "seven"}
@@ -323,13 +323,13 @@ def test_parquet_type_mismatch_after_the_first_chunk(tmp_path: Path) -> None:
     assert second["input.word"] == "true"
     assert json.loads(second["extra"]) == {"input.n": 1.5}
     assert json.loads(third["extra"]) == {"input.z": 1, "input.n": 2**70}
-    assert fourth["input.n"] == SAMPLE_ROWS + 3
+    assert fourth["input.n"] == CHUNK_ROWS + 3
     assert fourth["extra"] is None
 
 
 def test_parquet_struct_with_new_keys_goes_to_extra(tmp_path: Path) -> None:
-    rows = [make_row(i, parsed={"label": "a"}) for i in range(SAMPLE_ROWS + 1)]
-    rows[SAMPLE_ROWS] = make_row(SAMPLE_ROWS, parsed={"label": "b", "why": "new"})
+    rows = [make_row(i, parsed={"label": "a"}) for i in range(CHUNK_ROWS + 1)]
+    rows[CHUNK_ROWS] = make_row(CHUNK_ROWS, parsed={"label": "b", "why": "new"})
     write_export(rows, tmp_path / "out.parquet", flatten=False)
     last = pq.read_table(tmp_path / "out.parquet").to_pylist()[-1]
     assert last["output"] is None
@@ -492,7 +492,8 @@ def failing_rows(target: Path, count: int) -> Iterator[ExportRow]:
     part = target.with_name(f".{target.name}.part")
     for index in range(count):
         if index == count // 2:
-            assert part.exists() or target.suffix != ".jsonl"
+            assert part.exists()
+            assert not target.exists() or target.read_bytes() == b"previous export"
             raise RuntimeError("the store went away")
         yield make_row(index)
 

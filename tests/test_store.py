@@ -1,7 +1,6 @@
-"""Contract tests for the store: every store implementation must pass them.
+"""Contract tests for the store, over every factory in `STORES` (a PostgreSQL store joins there).
 
-The `store` fixture is parametrized over `STORES`; a new backend (PostgreSQL) joins by adding a
-factory. Checks of the raw schema (`_sql`) read the SQLite file through a second connection.
+Checks of the raw tables (`_sql`) read the SQLite file through a second connection.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from batchpilot.store import (
     SQLiteStore,
     utc_now,
 )
-from batchpilot.store.migrations import MIGRATIONS
+from batchpilot.store.migrations import MIGRATIONS, migrate
 from batchpilot.store.states import BATCH_MOVES, REQUEST_MOVES, check_move
 
 StoreFactory = Callable[[Path], SQLiteStore]
@@ -62,9 +61,6 @@ def store(factory: Callable[[], SQLiteStore]) -> SQLiteStore:
     store = factory()
     make_run(store)
     return store
-
-
-# helpers ------------------------------------------------------------------------------------
 
 
 def make_run(store: SQLiteStore, run_id: str = RUN, job: str = "job", at: str = "") -> RunRecord:
@@ -109,24 +105,19 @@ def _sql(store: SQLiteStore, query: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 def request_row(store: SQLiteStore, request_id: str) -> tuple[Any, ...]:
-    rows = _sql(
-        store,
-        "SELECT state, attempts, batch_id, error FROM requests WHERE run_id = ? AND id = ?",
-        RUN,
-        request_id,
-    )
-    return rows[0]
+    query = "SELECT state, attempts, batch_id, error FROM requests WHERE run_id = ? AND id = ?"
+    return _sql(store, query, RUN, request_id)[0]
 
 
-# migrations ---------------------------------------------------------------------------------
+def counts(**by_state: int) -> dict[str, int]:
+    return {**{state.value: 0 for state in RequestState}, **by_state}
 
 
-def test_fresh_store_is_at_the_latest_schema(store: SQLiteStore) -> None:
-    assert _sql(store, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-
-
-def test_reopening_is_a_no_op_and_keeps_data(factory: Callable[[], SQLiteStore]) -> None:
+def test_a_fresh_store_is_migrated_and_reopening_keeps_data(
+    factory: Callable[[], SQLiteStore],
+) -> None:
     first = factory()
+    assert _sql(first, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     make_run(first)
     plan(first, 2)
     first.close()
@@ -144,21 +135,31 @@ def test_a_newer_schema_is_refused(factory: Callable[[], SQLiteStore]) -> None:
         factory()
 
 
-# state machines -----------------------------------------------------------------------------
+def test_migrations_tolerate_a_concurrent_opener(tmp_path: Path) -> None:
+    path, raced = tmp_path / "race.sqlite3", list[bool]()
 
-REQUEST_PAIRS = list(itertools.product(RequestState, repeat=2))
+    class Racing(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql == "BEGIN IMMEDIATE" and not raced:  # another process migrates first
+                SQLiteStore(path).close()
+                raced.append(True)
+            return super().execute(sql, *args)
+
+    with closing(sqlite3.connect(path, factory=Racing, isolation_level=None)) as conn:
+        assert migrate(conn) == len(MIGRATIONS) and raced
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
 BATCH_PAIRS = list(itertools.product(BatchState, repeat=2))
+ALL_PAIRS: list[tuple[Any, str, str]] = [
+    *((REQUEST_MOVES, a, b) for a, b in itertools.product(RequestState, repeat=2)),
+    *((BATCH_MOVES, a, b) for a, b in BATCH_PAIRS),
+]
 
 
-def test_the_tables_cover_every_state() -> None:
-    assert set(REQUEST_MOVES) == set(RequestState)
-    assert set(BATCH_MOVES) == set(BatchState)
-
-
-@pytest.mark.parametrize(("current", "target"), REQUEST_PAIRS + BATCH_PAIRS)
-def test_check_move_follows_the_table(current: str, target: str) -> None:
-    table = REQUEST_MOVES if isinstance(current, RequestState) else BATCH_MOVES
-    if target in table[current]:  # type: ignore[index]
+@pytest.mark.parametrize(("table", "current", "target"), ALL_PAIRS)
+def test_check_move_follows_the_table(table: Any, current: str, target: str) -> None:
+    if target in table[current]:
         check_move(table, current, target, "x")
     else:
         with pytest.raises(IllegalTransition, match=f"from {current} to {target}"):
@@ -170,14 +171,14 @@ def test_move_batch_follows_the_table(
     store: SQLiteStore, current: BatchState, target: BatchState
 ) -> None:
     batch_id = batch_in(store, current, plan(store, 2))
-    before, counts = store.batch(RUN, batch_id), store.request_counts(RUN)
+    before, tally = store.batch(RUN, batch_id), store.request_counts(RUN)
     if target in BATCH_MOVES[current]:
         assert store.move_batch(RUN, batch_id, target).state == target
     else:
         with pytest.raises(IllegalTransition):
             store.move_batch(RUN, batch_id, target, error="x")
         assert store.batch(RUN, batch_id) == before
-        assert store.request_counts(RUN) == counts
+        assert store.request_counts(RUN) == tally
 
 
 def test_move_batch_checks_the_row_not_a_stale_read(
@@ -202,15 +203,6 @@ def test_update_batch_cannot_change_the_state(store: SQLiteStore) -> None:
     assert (batch.state, batch.remote_status, batch.completed) == (B.SUBMITTED, "in_progress", 3)
 
 
-def test_a_finished_batch_cannot_move(store: SQLiteStore) -> None:
-    batch_id = batch_in(store, B.SUBMITTED, plan(store, 1))
-    store.finish_batch(RUN, batch_id, [Outcome("req-0", R.FAILED, error="bad")])
-    for target in BatchState:
-        with pytest.raises(IllegalTransition):
-            store.move_batch(RUN, batch_id, target)
-    assert store.batch(RUN, batch_id).state == B.FINISHED
-
-
 def test_move_requests_moves_all_or_none(store: SQLiteStore) -> None:
     plan(store, 3)
     store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
@@ -219,9 +211,6 @@ def test_move_requests_moves_all_or_none(store: SQLiteStore) -> None:
     with pytest.raises(IllegalTransition, match="1 of 2"):
         store.move_requests(RUN, ["req-0", "req-1"], R.PENDING, R.QUEUED)
     assert store.request_counts(RUN)["pending"] == 2
-
-
-# runs ---------------------------------------------------------------------------------------
 
 
 def test_run_lifecycle(store: SQLiteStore) -> None:
@@ -234,42 +223,20 @@ def test_run_lifecycle(store: SQLiteStore) -> None:
     mid = make_run(store, "mid", job="other", at="2025-01-01T00:00:00.000000Z")
     assert store.runs("other") == [new, mid, old]
     assert [r.id for r in store.runs()] == ["new", RUN, "mid", "old"]
-
-
-@pytest.mark.parametrize(
-    ("status", "finished"),
-    [("running", False), ("stopped", False), ("finished", True), ("cancelled", True)],
-)
-def test_set_run_status(store: SQLiteStore, status: str, finished: bool) -> None:
-    store.set_run_status(RUN, status)
-    run = store.run(RUN)
-    assert run is not None and run.status == status
-    assert (run.finished_at_utc is not None) == finished
-
-
-# planning -----------------------------------------------------------------------------------
+    for status in ("running", "finished", "stopped", "cancelled"):
+        store.set_run_status(RUN, status)
+        run = store.run(RUN)
+        assert run is not None and run.status == status
+        assert (run.finished_at_utc is not None) == (status in ("finished", "cancelled"))
 
 
 def test_adding_rows_and_requests_is_idempotent(store: SQLiteStore) -> None:
-    plan(store, 2)
+    plan(store, 3)
     store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
-    plan(store, 2)  # planning again changes nothing
-    assert store.request_counts(RUN) == {
-        **dict.fromkeys(RequestState, 0),
-        "pending": 1,
-        "realtime": 1,
-    }
-    assert [r.id for r in store.pending(RUN, 10)] == ["req-1"]
-    assert len(list(store.joined_rows(RUN))) == 2
-
-
-def test_pending_is_in_row_order_and_limited(store: SQLiteStore) -> None:
-    plan(store, 5)
-    assert [r.first_row for r in store.pending(RUN, 3)] == [0, 1, 2]
-    assert store.pending("other-run", 3) == []
-
-
-# batches ------------------------------------------------------------------------------------
+    plan(store, 3)  # planning again changes nothing: not even req-0's state
+    assert store.request_counts(RUN) == counts(pending=2, realtime=1)
+    assert [r.id for r in store.pending(RUN, 1)] == ["req-1"]
+    assert len(list(store.joined_rows(RUN))) == 3 and store.pending("other-run", 3) == []
 
 
 def test_create_batch_queues_exactly_its_requests(store: SQLiteStore) -> None:
@@ -284,16 +251,10 @@ def test_create_batch_queues_exactly_its_requests(store: SQLiteStore) -> None:
         ("pending", 0, None), ("queued", 0, batch_id), ("pending", 0, None),
         ("queued", 0, batch_id), ("pending", 0, None),
     ]  # fmt: skip
+    with pytest.raises(IllegalTransition):  # req-1 is not pending: no batch, nothing moves
+        store.create_batch(RUN, requests[:2], size=1, file_name_prefix="job")
+    assert len(store.batches(RUN)) == 1 and request_row(store, "req-0")[0] == "pending"
     assert store.create_batch(RUN, [requests[0]], size=1, file_name_prefix="job") == batch_id + 1
-
-
-def test_create_batch_of_a_request_not_pending_creates_nothing(store: SQLiteStore) -> None:
-    requests = plan(store, 2)
-    store.create_batch(RUN, [requests[0]], size=1, file_name_prefix="b")
-    with pytest.raises(IllegalTransition):
-        store.create_batch(RUN, requests, size=2, file_name_prefix="b")
-    assert len(store.batches(RUN)) == 1
-    assert request_row(store, "req-1")[:3] == ("pending", 0, None)
 
 
 def test_submitting_and_abandoning_move_the_requests(store: SQLiteStore) -> None:
@@ -307,45 +268,37 @@ def test_submitting_and_abandoning_move_the_requests(store: SQLiteStore) -> None
     assert [b.id for b in store.batches(RUN, [B.SUBMITTED])] == [sent]
 
 
-# finishing ----------------------------------------------------------------------------------
-
-
 def test_finish_batch_applies_every_outcome(store: SQLiteStore) -> None:
     batch_id = batch_in(store, B.SUBMITTED, plan(store, 4))
     store.update_batch(RUN, batch_id, reserved_usd=2.5)
-    store.finish_batch(
-        RUN,
-        batch_id,
-        [
-            Outcome("req-0", R.SUCCEEDED, {"answer": 42}, 10, 5, cost_usd=0.25),
-            Outcome("req-1", R.PENDING, error="timeout", cost_usd=0.5),
-            Outcome("req-2", R.PENDING, error="never ran", attempted=False),
-            Outcome("req-3", R.FAILED, error="bad request"),
-        ],
-        output_file_id="file-out",
-    )
+    outcomes = [
+        Outcome("req-0", R.SUCCEEDED, {"answer": 42}, 10, 5, cost_usd=0.25),
+        Outcome("req-1", R.PENDING, error="timeout", cost_usd=0.5),
+        Outcome("req-2", R.PENDING, error="never ran", attempted=False),
+        Outcome("req-3", R.FAILED, error="bad request"),
+    ]
+    store.finish_batch(RUN, batch_id, outcomes, output_file_id="file-out")
     assert [request_row(store, f"req-{i}") for i in range(4)] == [
         ("succeeded", 1, batch_id, None), ("pending", 1, None, "timeout"),
         ("pending", 0, None, "never ran"), ("failed", 1, batch_id, "bad request"),
     ]  # fmt: skip
-    assert _sql(
-        store, "SELECT request_id, attempt, lane, batch_id, outcome, cost_usd FROM attempts"
-    ) == [
+    attempts = "SELECT request_id, attempt, lane, batch_id, outcome, cost_usd FROM attempts"
+    assert _sql(store, attempts) == [
         ("req-0", 1, "batch", batch_id, "succeeded", 0.25),
         ("req-1", 1, "batch", batch_id, "pending", 0.5),
         ("req-3", 1, "batch", batch_id, "failed", 0.0),
     ]
-    assert _sql(store, "SELECT request_id, response_json, lane, cost_usd FROM results") == [
-        ("req-0", '{"answer":42}', "batch", 0.25)
-    ]
-    assert _sql(store, "SELECT content_hash, input_tokens, output_tokens FROM cache") == [
-        ("h0", 10, 5)
-    ]
+    results = "SELECT request_id, response_json, lane, cost_usd FROM results"
+    assert _sql(store, results) == [("req-0", '{"answer":42}', "batch", 0.25)]
+    cache = "SELECT content_hash, input_tokens, output_tokens FROM cache"
+    assert _sql(store, cache) == [("h0", 10, 5)]  # keyed by the request's content hash
     batch = store.batch(RUN, batch_id)
     assert (batch.state, batch.spent_usd, batch.reserved_usd) == (B.FINISHED, 0.75, 0.0)
     assert batch.output_file_id == "file-out" and batch.finished_at_utc is not None
-    assert store.money(RUN) == (0.75, 0.0)
-    assert store.token_totals(RUN) == (10, 5)
+    assert store.money(RUN) == (0.75, 0.0) and store.token_totals(RUN) == (10, 5)
+    for target in BatchState:  # a finished batch moves nowhere
+        with pytest.raises(IllegalTransition):
+            store.move_batch(RUN, batch_id, target)
 
 
 def test_a_retry_is_a_new_attempt(store: SQLiteStore) -> None:
@@ -367,9 +320,8 @@ def test_finish_batch_without_every_outcome_writes_nothing(store: SQLiteStore) -
     with pytest.raises(StateError, match="1 requests have no outcome"):
         store.finish_batch(RUN, batch_id, [Outcome("req-0", R.SUCCEEDED, {"a": 1}, cost_usd=1)])
     assert store.batch(RUN, batch_id) == before
-    assert [request_row(store, f"req-{i}") for i in range(2)] == [
-        ("submitted", 0, batch_id, None)
-    ] * 2
+    submitted = ("submitted", 0, batch_id, None)
+    assert [request_row(store, "req-0"), request_row(store, "req-1")] == [submitted] * 2
     for table in ("results", "attempts", "cache"):
         assert _sql(store, f"SELECT COUNT(*) FROM {table}") == [(0,)]
     assert store.money(RUN) == (0.0, 1.0)
@@ -393,9 +345,6 @@ def test_finish_realtime(store: SQLiteStore) -> None:
     assert request_row(store, "req-0")[0] == "succeeded"
 
 
-# money and cache ----------------------------------------------------------------------------
-
-
 def test_money_reserves_only_live_batches(store: SQLiteStore) -> None:
     requests = plan(store, 6)
     for i, state in enumerate([B.PLANNED, B.UPLOADED, B.CREATING, B.SUBMITTED, B.ABANDONED]):
@@ -411,10 +360,7 @@ def test_apply_cache_answers_from_an_earlier_run(store: SQLiteStore) -> None:
     plan(store, 1, hashes="same")
     store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"a": 1}, 7, 8, cost_usd=0.5))
     make_run(store, "run-2")
-    plan(store, 1, run_id="run-2", hashes="same")  # req-0 has the same content hash
-    with store.tx():
-        store.add_row("run-2", 1, "row-x", "in.jsonl", "other", None)
-        store.add_request("run-2", "other", "different", EP, "m", b"{}", 1, 1, 1)
+    plan(store, 2, run_id="run-2", hashes="same")  # req-0: the same hash; req-1: another
     assert store.apply_cache("run-2") == 1
     assert store.apply_cache("run-2") == 0
     rows = [tuple(row) for row in store.joined_rows("run-2")]
@@ -423,9 +369,6 @@ def test_apply_cache_answers_from_an_earlier_run(store: SQLiteStore) -> None:
         ("pending", 0, None, None, None, None, None, None),
     ]
     assert store.money("run-2") == (0.0, 0.0)
-
-
-# export, events, counts ---------------------------------------------------------------------
 
 
 def test_joined_rows_in_input_order(store: SQLiteStore) -> None:
@@ -461,19 +404,14 @@ def test_events(store: SQLiteStore) -> None:
 
 
 def test_request_counts(store: SQLiteStore) -> None:
-    assert store.request_counts(RUN) == dict.fromkeys(RequestState, 0)
+    assert store.request_counts(RUN) == counts()
     requests = plan(store, 4)
     batch_in(store, B.SUBMITTED, requests[:2])
     store.fail_requests(RUN, ["req-2"], "too large")
     make_run(store, "run-2")
     plan(store, 1, run_id="run-2")
-    assert store.request_counts(RUN) == {
-        **dict.fromkeys(RequestState, 0), "submitted": 2, "failed": 1, "pending": 1
-    }  # fmt: skip
+    assert store.request_counts(RUN) == counts(submitted=2, failed=1, pending=1)
     assert request_row(store, "req-2")[3] == "too large"
-
-
-# transactions and durability ----------------------------------------------------------------
 
 
 def test_nested_transactions_join_the_outer_one(store: SQLiteStore) -> None:
@@ -488,7 +426,7 @@ def test_nested_transactions_join_the_outer_one(store: SQLiteStore) -> None:
 def test_an_exception_rolls_back_the_whole_transaction(
     store: SQLiteStore, fail_inside: bool
 ) -> None:
-    with pytest.raises(RuntimeError), store.tx():
+    with pytest.raises(RuntimeError, match="boom"), store.tx():
         make_run(store, "outer")
         with store.tx():
             make_run(store, "inner")
@@ -512,14 +450,10 @@ def test_committed_data_survives_in_a_new_instance(factory: Callable[[], SQLiteS
     assert [e["kind"] for e in second.events(RUN)] == ["submitted"]
 
 
-# the run lock -------------------------------------------------------------------------------
-
-
 def test_run_lock_is_exclusive_within_a_process(tmp_path: Path) -> None:
     path = tmp_path / "locks" / "run.lock"
-    with RunLock(path):
-        with pytest.raises(StateError, match=f"pid {os.getpid()}"):
-            RunLock(path).acquire()
+    with RunLock(path), pytest.raises(StateError, match=f"pid {os.getpid()}"):
+        RunLock(path).acquire()
     second = RunLock(path).acquire()
     second.release()
     second.release()  # releasing twice is harmless
@@ -528,17 +462,16 @@ def test_run_lock_is_exclusive_within_a_process(tmp_path: Path) -> None:
 def test_run_lock_is_released_when_its_process_dies(tmp_path: Path) -> None:
     path = tmp_path / "run.lock"
     script = (
-        "import sys, time\nfrom pathlib import Path\nfrom batchpilot.store import RunLock\n"
-        f"lock = RunLock(Path({str(path)!r})).acquire()\nprint('held', flush=True)\ntime.sleep(60)\n"
+        "import time\nfrom pathlib import Path\nfrom batchpilot.store import RunLock\n"
+        f"lock = RunLock(Path({str(path)!r})).acquire()\n"
+        "print('held', flush=True)\ntime.sleep(60)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "held"
-        with pytest.raises(StateError, match=f"pid {child.pid}"):
-            RunLock(path).acquire()
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-        assert child.stdout is not None
-        child.stdout.close()
+    command = [sys.executable, "-c", script]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "held"
+            with pytest.raises(StateError, match=f"pid {child.pid}"):
+                RunLock(path).acquire()
+        finally:
+            child.send_signal(signal.SIGKILL)  # the OS, not the child, must release the lock
     RunLock(path).acquire().release()

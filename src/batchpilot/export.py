@@ -5,7 +5,7 @@ run. The file appears only once complete: it is written beside the target under 
 ``.<name>.part`` name and renamed into place.
 
 CSV and Parquet need their columns before the first row is written, so the columns come
-from the first ``SAMPLE_ROWS`` rows, which are held back until then. When there are more
+from the first ``CHUNK_ROWS`` rows, which are held back until then. When there are more
 rows than that, the file gets a last ``extra`` column: the fields of a later row that have
 no column of their own (and, in Parquet, values that do not fit their column's type) are
 written into it as one JSON object.
@@ -27,21 +27,14 @@ import orjson
 from batchpilot.data.rows import record_id
 from batchpilot.errors import MissingDependency, StateError, UserInputError
 
-__all__ = [
-    "PARQUET_BATCH_ROWS",
-    "SAMPLE_ROWS",
-    "ExportFormat",
-    "ExportRow",
-    "write_back_nested",
-    "write_export",
-]
+__all__ = ["CHUNK_ROWS", "ExportFormat", "ExportRow", "write_back_nested", "write_export"]
 
 ExportFormat = Literal["auto", "jsonl", "csv", "parquet"]
 
-SAMPLE_ROWS = 1000
-PARQUET_BATCH_ROWS = 1000
+CHUNK_ROWS = 1000
+"""How many rows fix a table's columns, and how many go in each Parquet row group."""
 
-_SUFFIX_FORMATS: dict[str, Literal["jsonl", "csv", "parquet"]] = {
+_SUFFIX_FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".csv": "csv",
@@ -50,28 +43,26 @@ _SUFFIX_FORMATS: dict[str, Literal["jsonl", "csv", "parquet"]] = {
 }
 _UNANSWERED = frozenset({"failed", "skipped", "pending"})
 
-_META_COLUMNS = [
-    "id",
-    "status",
-    "attempts",
-    "lane",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "error",
-]
-_WRITE_BACK_COLUMNS = ["_batchpilot.status", "_batchpilot.attempts", "_batchpilot.error"]
-# Parquet types (pyarrow factory names) that do not depend on the first rows' values.
-_META_TYPES = {
+# The columns every table starts or ends with, and the pyarrow type factory for those
+# whose type must not depend on the first rows' values.
+_META_COLUMNS: dict[str, str | None] = {
+    "id": None,
+    "status": None,
     "attempts": "int64",
+    "lane": None,
     "input_tokens": "int64",
     "output_tokens": "int64",
     "cost_usd": "float64",
+    "error": None,
 }
-_WRITE_BACK_TYPES = {"_batchpilot.attempts": "int64"}
+_WRITE_BACK_COLUMNS: dict[str, str | None] = {
+    "_batchpilot.status": None,
+    "_batchpilot.attempts": "int64",
+    "_batchpilot.error": None,
+}
 
 _Sections = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
-_Seed = tuple[list[str], list[str], list[str]]
+_Seed = tuple[dict[str, str | None], dict[str, str | None], dict[str, str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +97,12 @@ def write_export(
 ) -> int:
     """Write ``rows`` to ``target`` in their order and return how many were written.
 
-    JSONL holds one object per row: ``id``, ``status``, ``attempts``, ``input``,
-    ``output`` (the parsed answer, else the text, else the embedding), ``usage``,
-    ``cost_usd``, ``error``, ``lane`` and ``request_id``. CSV and Parquet hold the same
-    as columns, with the input's fields under ``input.`` and a structured answer's under
-    ``output.``; ``flatten`` spreads nested objects into dotted columns, otherwise they
-    are JSON text in CSV and struct columns in Parquet.
-
-    With ``response_key``, each row is instead the input row with the answer added under
-    that key, plus ``_batchpilot`` (status, attempts, error); ``include_input`` is then
-    ignored.
+    A row holds ``id``, ``status``, ``attempts``, ``input``, ``output`` (the parsed answer,
+    else the text, else the embedding), token usage, ``cost_usd``, ``error`` and ``lane``.
+    CSV and Parquet spread ``input`` and a structured ``output`` into ``input.`` and
+    ``output.`` columns, all the way down with ``flatten``; otherwise nested values are
+    JSON text in CSV and structs in Parquet. With ``response_key``, a row is the input row
+    with the answer added under that key, plus ``_batchpilot`` (status, attempts, error).
     """
     target = Path(target)
     fmt = _resolve_format(target, format)
@@ -124,13 +111,12 @@ def write_export(
     pyarrow = _pyarrow() if fmt == "parquet" else None
     in_struct = pyarrow is not None
     records = (_sections(row, include_input, flatten, in_struct, response_key) for row in rows)
-    seed: _Seed = (_META_COLUMNS, [], ["output"])
-    types = _META_TYPES
+    seed: _Seed = (_META_COLUMNS, {}, {"output": None})
     if response_key is not None:
-        seed, types = ([], [], _WRITE_BACK_COLUMNS), _WRITE_BACK_TYPES
+        seed = ({}, {}, _WRITE_BACK_COLUMNS)
     if pyarrow is None:
         return _atomic(target, lambda part: _write_csv(records, seed, part))
-    return _atomic(target, lambda part: _write_parquet(pyarrow, records, seed, types, part))
+    return _atomic(target, lambda part: _write_parquet(pyarrow, records, seed, part))
 
 
 def write_back_nested(
@@ -157,16 +143,14 @@ def write_back_nested(
     )
 
 
-def _resolve_format(target: Path, format: ExportFormat) -> Literal["jsonl", "csv", "parquet"]:
-    if format == "jsonl" or format == "csv" or format == "parquet":
-        return format
-    suffix = target.suffix.lower()
-    if format == "auto" and suffix in _SUFFIX_FORMATS:
-        return _SUFFIX_FORMATS[suffix]
+def _resolve_format(target: Path, format: str) -> str:
+    fmt = _SUFFIX_FORMATS.get(target.suffix.lower(), "") if format == "auto" else format
+    if fmt in ("jsonl", "csv", "parquet"):
+        return fmt
     if format != "auto":
         raise UserInputError(f"export format is {format!r}; use one of auto, jsonl, csv, parquet")
     raise UserInputError(
-        f"{target}: cannot tell the export format from the suffix {suffix or '(none)'!r}; "
+        f"{target}: cannot tell the export format from the suffix {target.suffix or '(none)'!r}; "
         f"name the file with one of {', '.join(_SUFFIX_FORMATS)} or choose the format"
     )
 
@@ -268,7 +252,7 @@ def _sections(
         fields: dict[str, Any] = {}
         for key, value in _input_fields(row).items():
             if key != response_key:
-                _spread(str(key), value, levels, fields)
+                _spread(key, value, levels, fields)
         output: dict[str, Any] = {}
         _spread(response_key, answer, levels, output)
         outcome = {f"_batchpilot.{key}": value for key, value in _outcome(row).items()}
@@ -291,7 +275,7 @@ def _layout(
 ) -> tuple[list[str], str | None, Iterator[dict[str, Any]]]:
     """The columns, from the first rows; the extra column's name if the file needs one;
     and every row as a flat dict."""
-    sample = list(islice(records, SAMPLE_ROWS))
+    sample = list(islice(records, CHUNK_ROWS))
     names = [dict.fromkeys(section) for section in seed]
     for sections in sample:
         for known, section in zip(names, sections, strict=True):
@@ -312,9 +296,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list | tuple):
+    if isinstance(value, bool | dict | list | tuple):
         return _json(value).decode()
     return str(value)
 
@@ -350,11 +332,10 @@ def _arrow_errors(pa: Any) -> tuple[type[BaseException], ...]:
     return (pa.ArrowException, TypeError, ValueError, OverflowError)
 
 
-def _write_parquet(
-    pa: Any, records: Iterator[_Sections], seed: _Seed, types: dict[str, str], part: Path
-) -> int:
+def _write_parquet(pa: Any, records: Iterator[_Sections], seed: _Seed, part: Path) -> int:
     columns, extra, flat = _layout(records, seed)
-    chunk = list(islice(flat, PARQUET_BATCH_ROWS))
+    chunk = list(islice(flat, CHUNK_ROWS))
+    types = {name: kind for section in seed for name, kind in section.items() if kind}
     fields = [pa.field(name, _column_type(pa, name, types, chunk)) for name in columns]
     if extra is not None:
         fields.append(pa.field(extra, pa.string()))
@@ -364,9 +345,12 @@ def _write_parquet(
         writer = pa.parquet.ParquetWriter(stream, schema)
         try:
             while chunk:
-                writer.write_batch(_record_batch(pa, schema, columns, extra, chunk))
+                arrays = [_column(pa, schema.field(name), chunk) for name in columns]
+                if extra is not None:
+                    arrays.append(pa.array([_json(row).decode() if row else None for row in chunk]))
+                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
                 count += len(chunk)
-                chunk = list(islice(flat, PARQUET_BATCH_ROWS))
+                chunk = list(islice(flat, CHUNK_ROWS))
         finally:
             writer.close()
         _sync(stream)
@@ -374,27 +358,16 @@ def _write_parquet(
 
 
 def _column_type(pa: Any, name: str, types: dict[str, str], chunk: list[dict[str, Any]]) -> Any:
+    """The fixed type of column ``name``, else the type of its values in the first rows;
+    text when they disagree or are all null."""
     if name in types:
         return getattr(pa, types[name])()
-    return _infer(pa, [row.get(name) for row in chunk])
-
-
-def _infer(pa: Any, values: list[Any]) -> Any:
-    """The Arrow type of a column's first values; text when they disagree or say nothing."""
     try:
-        kind = pa.array(values).type
+        kind = pa.array([row.get(name) for row in chunk]).type
     except _arrow_errors(pa):
         return pa.string()
-    return pa.string() if pa.types.is_null(kind) or _has_empty_struct(pa, kind) else kind
-
-
-def _has_empty_struct(pa: Any, kind: Any) -> bool:
-    """Parquet cannot store a struct without fields (the type of ``{}``)."""
-    if pa.types.is_struct(kind):
-        return kind.num_fields == 0 or any(_has_empty_struct(pa, field.type) for field in kind)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _has_empty_struct(pa, kind.value_type)
-    return False
+    # Parquet cannot store a struct without fields, the type of ``{}``.
+    return pa.string() if pa.types.is_null(kind) or "struct<>" in str(kind) else kind
 
 
 def _fits(pa: Any, value: Any, kind: Any) -> bool:
@@ -406,26 +379,14 @@ def _fits(pa: Any, value: Any, kind: Any) -> bool:
     if pa.types.is_struct(kind) and isinstance(value, dict):
         fields = {field.name: field.type for field in kind}
         return all(key in fields and _fits(pa, item, fields[key]) for key, item in value.items())
-    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and isinstance(value, list):
+    if pa.types.is_list(kind) and isinstance(value, list):
         return all(_fits(pa, item, kind.value_type) for item in value)
     return True
 
 
-def _record_batch(
-    pa: Any, schema: Any, columns: list[str], extra: str | None, chunk: list[dict[str, Any]]
-) -> Any:
-    arrays = [_column(pa, schema.field(name), chunk) for name in columns]
-    if extra is not None:
-        arrays.append(pa.array([_json(row).decode() if row else None for row in chunk]))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
 def _column(pa: Any, field: Any, chunk: list[dict[str, Any]]) -> Any:
-    """The column ``field`` of ``chunk``, taking its values out of the rows.
-
-    A value that does not fit the column's type is put back in its row, so that it ends
-    up in the extra column, and the column holds null there.
-    """
+    """Take the column ``field`` out of the rows of ``chunk``, leaving in them the values
+    that do not fit its type (for the extra column) and null in the column."""
     kind = field.type
     values = [row.pop(field.name, None) for row in chunk]
     if pa.types.is_string(kind):
@@ -449,11 +410,7 @@ def _column(pa: Any, field: Any, chunk: list[dict[str, Any]]) -> Any:
 
 
 def _source_lines(source: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    try:
-        stream = source.open("rb")
-    except OSError as error:
-        raise UserInputError(f"{source}: cannot be read ({error.strerror})") from None
-    with stream:
+    with source.open("rb") as stream:
         for number, raw in enumerate(stream, start=1):
             if not raw.strip():
                 continue
@@ -465,24 +422,6 @@ def _source_lines(source: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(value, dict):
                 raise UserInputError(f"{where}: expected an object with named fields")
             yield where, value
-
-
-def _nested_list(record: dict[str, Any], parts: tuple[str, ...], where: str) -> list[Any]:
-    current: Any = record
-    for part in parts:
-        current = current.get(part) if isinstance(current, dict) else None
-    if not isinstance(current, list):
-        raise UserInputError(f"{where}: no `{'.'.join(parts)}` list of records")
-    return current
-
-
-def _own_id(element: Any, id_field: str | None) -> str | None:
-    if id_field is None or not isinstance(element, dict):
-        return None
-    value = element.get(id_field)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return str(value)
 
 
 def _write_nested(
@@ -497,26 +436,27 @@ def _write_nested(
     count = 0
     with part.open("wb") as stream:
         for number, (where, record) in enumerate(_source_lines(source), start=1):
-            items = _nested_list(record, parts, where)
+            items: Any = record
+            for key in parts:
+                items = items.get(key) if isinstance(items, dict) else None
+            if not isinstance(items, list):
+                raise UserInputError(f"{where}: no `{label}` list of records")
             errors: list[dict[str, Any]] = []
             line_id: str | None = None
             for position, element in enumerate(items):
                 item = f"{label}[{position}]"
-                expected = _own_id(element, id_field)
+                own = element.get(id_field) if id_field and isinstance(element, dict) else None
+                expected = None if own is None or not str(own).strip() else str(own)
                 if expected is None:
                     if line_id is None:
                         line_id = record_id(record, id_field, f"row-{number}", where)
                     expected = f"{line_id}/{item}"
                 row = next(results, None)
-                if row is None:
-                    raise StateError(
-                        f"{where} {item}: the run has no result for {expected!r}; "
-                        f"{source.name} has more items than the run has rows"
-                    )
-                if row.row_id != expected:
+                if row is None or row.row_id != expected:
+                    found = "missing" if row is None else f"for {row.row_id!r}"
                     raise StateError(
                         f"{where} {item}: the item is {expected!r} but the run's next result "
-                        f"is for {row.row_id!r}; {source.name} no longer matches the run"
+                        f"is {found}; {source.name} no longer matches the run"
                     )
                 answer = None if row.status in _UNANSWERED else _output(row)
                 if isinstance(element, dict):

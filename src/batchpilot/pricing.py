@@ -253,6 +253,8 @@ class PriceTable:
         )
 
     def _resolve(self, model: str) -> str | None:
+        if model in self._prices:
+            return model
         for name in (model, _DATE_SUFFIX.sub("", model)):
             if name in self._prices:
                 return name

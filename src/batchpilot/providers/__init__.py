@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from batchpilot.providers.base import (
+    AuthenticationFailed,
     Provider,
     RemoteBatch,
     RemoteFile,
@@ -18,6 +19,7 @@ from batchpilot.spec.model import ProviderSpec
 
 __all__ = [
     "LOCAL_SERVER_DIR",
+    "AuthenticationFailed",
     "LocalProvider",
     "OpenAIProvider",
     "Provider",

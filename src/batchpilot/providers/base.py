@@ -5,7 +5,8 @@ Provider statuses and errors are translated here, at the edge; SDK exceptions ne
     ProviderError (batchpilot.errors)
     ├── ProviderUnavailable   connection failures, timeouts, 5xx, 429 after the SDK's retries
     └── ProviderRejected      4xx: the request itself is wrong
-        └── RemoteNotFound    404 (an object that does not exist, or not yet)
+        ├── RemoteNotFound    404 (an object that does not exist, or not yet)
+        └── AuthenticationFailed  401/403: the key (or its permissions), not the request
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from batchpilot.errors import ProviderRejected
 
 __all__ = [
+    "AuthenticationFailed",
     "Provider",
     "RemoteBatch",
     "RemoteFile",
@@ -46,6 +48,14 @@ class RemoteStatus(StrEnum):
 
 class RemoteNotFound(ProviderRejected):
     """The provider has no such object (or, right after creating it, not yet)."""
+
+
+class AuthenticationFailed(ProviderRejected):
+    """The provider refused the credentials (401) or their permissions (403).
+
+    Nothing is wrong with the request itself: every other request would be refused alike, so a
+    run stops instead of failing its requests for good.
+    """
 
 
 @dataclass(frozen=True)

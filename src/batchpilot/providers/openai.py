@@ -3,10 +3,13 @@
 Every SDK exception is translated here:
 
     404                                         RemoteNotFound
+    401, 403                                    AuthenticationFailed (a ProviderRejected)
     other 4xx except 408/409/429                ProviderRejected
     408, 409, 429, 5xx, connection, timeout     ProviderUnavailable (after the SDK's own retries)
 
 A 409 on cancel means "this batch cannot be cancelled any more" and is a ProviderRejected.
+Batch creation is not retried by the SDK (it is not idempotent): the runner retries it after
+reconciling against the listing.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ import openai
 from openai.types import Batch, FileObject
 
 from batchpilot.errors import ProviderError, ProviderRejected, ProviderUnavailable, UserInputError
-from batchpilot.providers.base import RemoteBatch, RemoteFile, RemoteNotFound, RemoteStatus
+from batchpilot.providers.base import (
+    AuthenticationFailed,
+    RemoteBatch,
+    RemoteFile,
+    RemoteNotFound,
+    RemoteStatus,
+)
 
 __all__ = ["AZURE_API_VERSION", "OpenAIProvider", "openai_provider"]
 
@@ -84,8 +93,11 @@ class OpenAIProvider:
     # batches --------------------------------------------------------------------------------
 
     def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
+        # Never retried inside the SDK: a create whose answer was lost may have created the
+        # batch, and the SDK would blindly create a second one (paid twice). The caller retries
+        # after looking for the batch by its metadata.
         with self._edge(f"creating batch for file {file_id}"):
-            batch = self._client.batches.create(
+            batch = self._client.with_options(max_retries=0).batches.create(
                 input_file_id=file_id,
                 endpoint=cast(Any, endpoint),
                 completion_window="24h",
@@ -139,6 +151,8 @@ def translate_error(
             message += f" (request id {exc.request_id})"
         if status == 404:
             error = RemoteNotFound(_redact(message, secret))
+        elif status in (401, 403):
+            error = AuthenticationFailed(_redact(message, secret))
         elif 400 <= status < 500 and (
             status not in _RETRYABLE_4XX or (status == 409 and conflict_rejects)
         ):

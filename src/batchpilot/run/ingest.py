@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchpilot.store import Outcome, PendingRequest, RequestState
 
 __all__ = ["LineResult", "RetryPolicy", "classify", "read_lines"]
@@ -61,7 +63,7 @@ def parse_line(raw: bytes) -> LineResult | None:
     if not raw.strip():
         return None
     try:
-        line = json.loads(raw)
+        line = orjson.loads(raw)
         if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
             raise ValueError("no custom_id")
     except ValueError:

@@ -9,6 +9,7 @@ adopted instead of being created again.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import threading
@@ -21,7 +22,13 @@ from typing import Any
 
 from batchpilot.errors import BudgetExceeded, ProviderRejected, ProviderUnavailable
 from batchpilot.plan.ids import request_line
-from batchpilot.providers.base import Provider, RemoteBatch, RemoteNotFound, RemoteStatus
+from batchpilot.providers.base import (
+    AuthenticationFailed,
+    Provider,
+    RemoteBatch,
+    RemoteNotFound,
+    RemoteStatus,
+)
 from batchpilot.run.ingest import classify, read_lines
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.status import RunStatus, run_status
@@ -41,6 +48,15 @@ log = logging.getLogger(__name__)
 
 LIVE = (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING, BatchState.SUBMITTED)
 TO_SUBMIT = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING)
+
+
+def _usd(amount: float | None) -> str:
+    """Dollars readable at any size: $25.00, but $0.000631 rather than $0.00."""
+    if amount is None:
+        return "no limit"
+    if abs(amount) >= 0.1 or amount == 0:
+        return f"${amount:,.2f}"
+    return f"${amount:.{2 - math.floor(math.log10(abs(amount)))}f}"  # three significant digits
 
 
 def metadata_for(run_id: str, batch_id: int) -> dict[str, str]:
@@ -101,6 +117,16 @@ class Runner:
         cached = self.store.apply_cache(self.run_id) if self.use_cache else 0
         if cached:
             self.store.event(self.run_id, "cache", f"{cached} requests answered from the cache")
+        try:
+            return self._loop()
+        except AuthenticationFailed as exc:
+            # The key, not a batch, is wrong: stop with every intent kept, so that a run with
+            # the right key continues instead of finding its requests failed for good.
+            self.store.event(self.run_id, "error", str(exc))
+            self.store.set_run_status(self.run_id, "stopped")
+            raise
+
+    def _loop(self) -> RunStatus:
         while True:
             if self.interrupt.stop.is_set():
                 return self._stop()
@@ -233,11 +259,16 @@ class Runner:
             )
             return None
         if money_left is not None:
-            raise BudgetExceeded(
-                f"the budget of ${settings.budget_usd:.2f} is used up (${spent:.2f} spent); "
+            message = (
+                f"the budget of {_usd(settings.budget_usd)} is used up: {_usd(spent)} spent, "
+                f"{_usd(money_left)} left, and the next request may cost up to "
+                f"{_usd(self._worst_cost(first))} (its max_tokens answered in full); "
                 f"{self.store.request_counts(self.run_id)['pending']} requests are still pending. "
                 "Raise budget.max_usd (or --budget) and run again"
             )
+            self.store.event(self.run_id, "budget", message)
+            self.store.set_run_status(self.run_id, "stopped")
+            raise BudgetExceeded(message)
         return None
 
     def _advance(self, batch: BatchRecord) -> bool:
@@ -250,7 +281,9 @@ class Runner:
             if batch.state == BatchState.UPLOADING:
                 batch = self._upload(batch)
             if batch.state == BatchState.UPLOADED:
-                worst = self._worst_cost(self.store.batch_requests(self.run_id, batch.id))
+                worst = self._worst_cost(
+                    self.store.batch_requests(self.run_id, batch.id, bodies=False)
+                )
                 spent, reserved = self.store.money(self.run_id)
                 budget = self.settings.budget_usd
                 if budget is not None and spent + reserved + worst > budget:
@@ -265,9 +298,11 @@ class Runner:
         except ProviderUnavailable as exc:
             self._back_off(f"batch {batch.id}: {exc}")
             return False
+        except AuthenticationFailed:
+            raise  # not the batch's fault: the run stops (see run)
         except ProviderRejected as exc:
             self.store.event(self.run_id, "error", f"batch {batch.id} rejected: {exc}")
-            requests = self.store.batch_requests(self.run_id, batch.id)
+            requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
             self.store.move_batch(
                 self.run_id, batch.id, BatchState.ABANDONED, error=str(exc), reserved_usd=0.0
             )
@@ -293,7 +328,11 @@ class Runner:
         return path
 
     def _upload(self, batch: BatchRecord) -> BatchRecord:
-        if (batch.id, "upload") not in self._fresh:
+        # Only the first try of an intent made by this process may skip the listing: once a
+        # try has failed, the provider may hold the file although we never saw its answer.
+        fresh = (batch.id, "upload") in self._fresh
+        self._fresh.discard((batch.id, "upload"))
+        if not fresh:
             found = next(
                 (f for f in self.provider.list_files() if f.filename == batch.file_name), None
             )
@@ -306,7 +345,6 @@ class Runner:
         if not path.is_file():
             self._write_file(batch)
         remote = self.provider.upload(path, batch.file_name)
-        self._fresh.discard((batch.id, "upload"))
         return self.store.move_batch(
             self.run_id, batch.id, BatchState.UPLOADED, input_file_id=remote.id
         )
@@ -314,7 +352,11 @@ class Runner:
     def _create(self, batch: BatchRecord) -> BatchRecord:
         tags = metadata_for(self.run_id, batch.id)
         remote: RemoteBatch | None = None
-        if (batch.id, "create") not in self._fresh:
+        # As for uploads: a create whose answer was lost (timeout, 5xx) may have created the
+        # batch, so every try but the very first looks for it before creating it again.
+        fresh = (batch.id, "create") in self._fresh
+        self._fresh.discard((batch.id, "create"))
+        if not fresh:
             remote = next(
                 (
                     b
@@ -328,7 +370,6 @@ class Runner:
         if remote is None:
             assert batch.input_file_id is not None
             remote = self.provider.create_batch(batch.input_file_id, batch.endpoint, tags)
-        self._fresh.discard((batch.id, "create"))
         self.store.event(
             self.run_id, "submitted", f"batch {batch.id} ({batch.requests} requests) is {remote.id}"
         )
@@ -415,7 +456,7 @@ class Runner:
         return prompt, completion, usd
 
     def _ingest(self, batch: BatchRecord, remote: RemoteBatch) -> None:
-        requests = self.store.batch_requests(self.run_id, batch.id)
+        requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
         if remote.status == RemoteStatus.FAILED:
             outcomes = self._failed_batch(batch, remote, requests)
         else:
@@ -454,7 +495,11 @@ class Runner:
                 if others
                 else int(batch.input_tokens * 0.8)
             )
-            self.learned_capacity[batch.model] = max(1, learned)
+            # The limit does not move: a later failure (whose "others" may count batches that
+            # were refused too) must never raise what an earlier one taught.
+            known = self.learned_capacity.get(batch.model)
+            learned = max(1, learned if known is None else min(known, learned))
+            self.learned_capacity[batch.model] = learned
             self.store.event(
                 self.run_id,
                 "queue_limit",

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchpilot.errors import IllegalTransition, StateError
 from batchpilot.store.migrations import migrate
 from batchpilot.store.records import BatchRecord, Outcome, PendingRequest, RunRecord
@@ -305,14 +307,19 @@ class SQLiteStore:
         rows = self._db.execute(sql + " ORDER BY id", params).fetchall()
         return [BatchRecord(**dict(row)) for row in rows]
 
-    def batch_requests(self, run_id: str, batch_id: int) -> list[PendingRequest]:
-        rows = self._db.execute(
-            "SELECT id, endpoint, model, body, input_tokens, max_output_tokens, attempts, "
+    def batch_requests(
+        self, run_id: str, batch_id: int, *, bodies: bool = True
+    ) -> list[PendingRequest]:
+        """The requests of a live batch, in input order; `bodies=False` leaves bodies empty."""
+        body = "body" if bodies else "x''"
+        cursor = self._db.execute(
+            f"SELECT id, endpoint, model, {body}, input_tokens, max_output_tokens, attempts, "
             "first_row FROM requests WHERE run_id = ? AND batch_id = ? AND state IN "
             "('queued', 'submitted') ORDER BY first_row",
             (run_id, batch_id),
-        ).fetchall()
-        return [PendingRequest(**dict(row)) for row in rows]
+        )
+        cursor.row_factory = None
+        return [PendingRequest(*row) for row in cursor]
 
     def move_batch(self, run_id: str, batch_id: int, target: str, **fields: Any) -> BatchRecord:
         """The only way a batch changes state: checked against the table and the row."""
@@ -357,17 +364,11 @@ class SQLiteStore:
         now = utc_now()
         spent = sum(o.cost_usd for o in outcomes)
         with self.tx() as db:
-            for outcome in outcomes:
-                self._apply(db, run_id, outcome, "batch", batch_id, now)
+            self._apply(db, run_id, outcomes, "batch", batch_id, now)
             self.move_batch(
-                run_id,
-                batch_id,
-                BatchState.FINISHED,
-                reserved_usd=0.0,
-                spent_usd=spent,
-                finished_at_utc=now,
-                **fields,
-            )
+                run_id, batch_id, BatchState.FINISHED, reserved_usd=0.0, spent_usd=spent,
+                finished_at_utc=now, **fields,
+            )  # fmt: skip
             left = db.execute(
                 "SELECT COUNT(*) FROM requests WHERE run_id = ? AND batch_id = ? "
                 "AND state = 'submitted'",
@@ -379,71 +380,75 @@ class SQLiteStore:
     def finish_realtime(self, run_id: str, outcome: Outcome) -> None:
         """Record one real-time answer (or failure) as it arrives."""
         with self.tx() as db:
-            self._apply(db, run_id, outcome, "realtime", None, utc_now())
+            self._apply(db, run_id, [outcome], "realtime", None, utc_now())
 
     def _apply(
         self,
         db: sqlite3.Connection,
         run_id: str,
-        outcome: Outcome,
+        outcomes: Sequence[Outcome],
         lane: str,
         batch_id: int | None,
         now: str,
     ) -> None:
-        row = db.execute(
-            "SELECT state, attempts, content_hash FROM requests WHERE run_id = ? AND id = ?",
-            (run_id, outcome.request_id),
-        ).fetchone()
-        if row is None:
-            raise StateError(f"no request {outcome.request_id} in run {run_id}")
-        check_move(REQUEST_MOVES, row["state"], outcome.state, f"request {outcome.request_id}")
-        attempts = row["attempts"] + (1 if outcome.attempted else 0)
-        db.execute(
-            "UPDATE requests SET state = ?, attempts = ?, error = ?, "
-            "batch_id = CASE WHEN ? = 'pending' THEN NULL ELSE batch_id END "
+        """Write many outcomes with a handful of statements (this is the ingest hot path)."""
+        if batch_id is not None:
+            rows = db.execute(
+                "SELECT id, state, attempts, content_hash FROM requests WHERE run_id = ? "
+                "AND batch_id = ?",
+                (run_id, batch_id),
+            ).fetchall()
+        else:
+            rows = [
+                row
+                for o in outcomes
+                for row in db.execute(
+                    "SELECT id, state, attempts, content_hash FROM requests WHERE run_id = ? "
+                    "AND id = ?",
+                    (run_id, o.request_id),
+                ).fetchall()
+            ]
+        known = {row[0]: row for row in rows}
+        updates, attempts, results, cache = [], [], [], []
+        for outcome in outcomes:
+            row = known.get(outcome.request_id)
+            if row is None:
+                raise StateError(f"no request {outcome.request_id} in run {run_id} ({lane})")
+            check_move(REQUEST_MOVES, row[1], outcome.state, f"request {outcome.request_id}")
+            count = row[2] + (1 if outcome.attempted else 0)
+            keep_batch = batch_id if outcome.state != RequestState.PENDING else None
+            updates.append((outcome.state, count, outcome.error, keep_batch, run_id,
+                            outcome.request_id))  # fmt: skip
+            if outcome.attempted:
+                attempts.append((run_id, outcome.request_id, count, lane, batch_id,
+                                 outcome.state, outcome.error, outcome.input_tokens,
+                                 outcome.output_tokens, outcome.cost_usd, now))  # fmt: skip
+            if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
+                text = orjson.dumps(outcome.response).decode()
+                results.append((run_id, outcome.request_id, text, outcome.input_tokens,
+                                outcome.output_tokens, outcome.cost_usd, lane, now))  # fmt: skip
+                cache.append((row[3], text, outcome.input_tokens, outcome.output_tokens, now))
+        db.executemany(
+            "UPDATE requests SET state = ?, attempts = ?, error = ?, batch_id = ? "
             "WHERE run_id = ? AND id = ?",
-            (outcome.state, attempts, outcome.error, outcome.state, run_id, outcome.request_id),
+            updates,
         )
-        if outcome.attempted:
-            db.execute(
-                "INSERT OR REPLACE INTO attempts(run_id, request_id, attempt, lane, batch_id, "
-                "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    outcome.request_id,
-                    attempts,
-                    lane,
-                    batch_id,
-                    outcome.state,
-                    outcome.error,
-                    outcome.input_tokens,
-                    outcome.output_tokens,
-                    outcome.cost_usd,
-                    now,
-                ),
-            )
-        if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
-            text = _dumps(outcome.response)
-            db.execute(
-                "INSERT OR REPLACE INTO results(run_id, request_id, response_json, input_tokens, "
-                "output_tokens, cost_usd, lane, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    outcome.request_id,
-                    text,
-                    outcome.input_tokens,
-                    outcome.output_tokens,
-                    outcome.cost_usd,
-                    lane,
-                    now,
-                ),
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO cache(content_hash, response_json, input_tokens, "
-                "output_tokens, created_at_utc) VALUES (?, ?, ?, ?, ?)",
-                (row["content_hash"], text, outcome.input_tokens, outcome.output_tokens, now),
-            )
+        db.executemany(
+            "INSERT OR REPLACE INTO attempts(run_id, request_id, attempt, lane, batch_id, "
+            "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            attempts,
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO results(run_id, request_id, response_json, input_tokens, "
+            "output_tokens, cost_usd, lane, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            results,
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO cache(content_hash, response_json, input_tokens, "
+            "output_tokens, created_at_utc) VALUES (?, ?, ?, ?, ?)",
+            cache,
+        )
 
     # money ----------------------------------------------------------------------------------
 

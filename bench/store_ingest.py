@@ -1,0 +1,137 @@
+"""Benchmark: ingesting a 50,000-line batch output file into the store, and the store at scale.
+
+    python bench/store_ingest.py [--lines 50000] [--scale 1000000]
+
+1. Ingest: read, match by id, classify, price and commit every line of a 50,000-line output
+   file (one transaction), beside plain `json.loads` of every line of the same file in the same
+   run (target: at most 3x).
+2. Scale: plan `--scale` requests into a store, pass them through batches of 50,000 to results,
+   and report the store's size per request and the time per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from batchpilot.pricing import PriceTable
+from batchpilot.run.ingest import RetryPolicy, classify, read_lines
+from batchpilot.store import BatchState, Outcome, RequestState, RunRecord, SQLiteStore, utc_now
+
+
+def answer(custom_id: str, i: int) -> bytes:
+    body = {
+        "id": f"chatcmpl-{i}", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "refusal": None,
+                                 "content": json.dumps({"deaths": ["Tom", "Ana"], "tone": "sad"})}}],
+        "usage": {"prompt_tokens": 420, "completion_tokens": 24, "total_tokens": 444},
+    }  # fmt: skip
+    line = {"id": f"batch_req_{i}", "custom_id": custom_id, "error": None,
+            "response": {"status_code": 200, "request_id": f"req_{i}", "body": body}}  # fmt: skip
+    return json.dumps(line).encode() + b"\n"
+
+
+def fill(store: SQLiteStore, run_id: str, count: int, start: int = 0) -> list[str]:
+    ids = [f"bp-{i:032x}" for i in range(start, start + count)]
+    with store.tx():
+        for offset, request_id in enumerate(ids):
+            index = start + offset
+            store.add_row(run_id, index, f"row-{index}", f"data.jsonl:{index + 1}", request_id,
+                          {"plot": "x" * 40})  # fmt: skip
+            store.add_request(run_id, request_id, request_id, "/v1/chat/completions",
+                              "gpt-4o-mini", b'{"model":"gpt-4o-mini"}', 420, 300, index)  # fmt: skip
+    return ids
+
+
+def submit(store: SQLiteStore, run_id: str, count: int) -> int:
+    pending = store.pending(run_id, count)
+    batch = store.create_batch(run_id, pending, size=1, file_name_prefix="bench")
+    for state in (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING):
+        store.move_batch(run_id, batch, state)
+    store.move_batch(run_id, batch, BatchState.SUBMITTED, remote_id=f"batch_{batch}")
+    return batch
+
+
+def ingest_benchmark(lines: int) -> None:
+    prices = PriceTable.load()
+
+    def cost(request: object, body: dict[str, object]) -> tuple[int, int, float]:
+        usage = body["usage"]
+        assert isinstance(usage, dict)
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+        usd = prices.cost("gpt-4o-mini", input_tokens=prompt, output_tokens=completion,
+                          batch=True)  # fmt: skip
+        return prompt, completion, usd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "store.sqlite3")
+        store.create_run(RunRecord("bench", "bench", "{}", "openai", "/v1/chat/completions",
+                                   "running", None, utc_now()))  # fmt: skip
+        ids = fill(store, "bench", lines)
+        batch = submit(store, "bench", lines)
+        output = Path(tmp) / "output.jsonl"
+        with output.open("wb") as handle:
+            for i, request_id in enumerate(reversed(ids)):  # results come in any order
+                handle.write(answer(request_id, i))
+
+        started = time.perf_counter()
+        with output.open("rb") as handle:
+            parsed = [json.loads(line) for line in handle]
+        reference = time.perf_counter() - started
+        assert len(parsed) == lines
+
+        started = time.perf_counter()
+        requests = store.batch_requests("bench", batch, bodies=False)
+        outcomes = classify(requests, read_lines([output]), RetryPolicy(), cost)  # type: ignore[arg-type]
+        store.finish_batch("bench", batch, outcomes)
+        elapsed = time.perf_counter() - started
+        assert store.request_counts("bench")["succeeded"] == lines
+        store.close()
+    print(f"ingest {lines:,} lines            {elapsed:.2f} s")
+    print(f"reference: json.loads of each line  {reference:.2f} s")
+    print(f"ratio ingest/parse = {elapsed / reference:.2f}  (target <= 3)")
+
+
+def scale_benchmark(total: int) -> None:
+    chunk = 50_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "store.sqlite3"
+        store = SQLiteStore(path)
+        store.create_run(RunRecord("scale", "scale", "{}", "openai", "/v1/chat/completions",
+                                   "running", None, utc_now()))  # fmt: skip
+        started = time.perf_counter()
+        for start in range(0, total, chunk):
+            count = min(chunk, total - start)
+            fill(store, "scale", count, start)
+            batch = submit(store, "scale", count)
+            requests = store.batch_requests("scale", batch)
+            body = {"choices": [{"message": {"content": "{\"tone\": \"sad\"}"}}],
+                    "usage": {"prompt_tokens": 420, "completion_tokens": 24}}  # fmt: skip
+            outcomes = [Outcome(r.id, RequestState.SUCCEEDED, body, 420, 24, 0.0001)
+                        for r in requests]  # fmt: skip
+            store.finish_batch("scale", batch, outcomes)
+        elapsed = time.perf_counter() - started
+        counts = store.request_counts("scale")
+        store.close()
+        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
+    assert counts["succeeded"] == total
+    print(f"store with {total:,} answered requests: {size / 1e6:,.0f} MB, "
+          f"{size / total:,.0f} bytes per request")  # fmt: skip
+    print(f"plan + submit + ingest: {elapsed:.1f} s, {elapsed / total * 1e6:.0f} us per request")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lines", type=int, default=50_000)
+    parser.add_argument("--scale", type=int, default=1_000_000)
+    args = parser.parse_args()
+    ingest_benchmark(args.lines)
+    scale_benchmark(args.scale)
+
+
+if __name__ == "__main__":
+    main()
