@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -37,16 +38,16 @@ def _report(result: RunResult, console: Console, as_json: bool) -> None:
     console.print(status_table(status))
     if status.finished:
         if result.output is not None:
-            console.print(f"results written to {result.output}")
+            click.echo(f"results written to {result.output}")
         else:
-            console.print(f"export with: batchpilot export {result.run_id} -o results.jsonl")
+            click.echo(f"export with: batchpilot export {result.run_id} -o results.jsonl")
     elif status.status == "stopped":
-        console.print(
+        click.echo(
             "stopped; submitted batches keep running remotely. Continue with: "
             f"batchpilot resume {result.run_id}"
         )
     else:
-        console.print(f"submitted; follow with: batchpilot status {result.run_id}")
+        click.echo(f"submitted; follow with: batchpilot status {result.run_id}")
 
 
 @click.command()
@@ -150,6 +151,8 @@ def run(
                 fresh=fresh,
             )
     _report(result, Console(), as_json)
+    if result.status.status == "stopped":
+        sys.exit(130)
 
 
 @click.command()

@@ -101,7 +101,7 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
     """List runs, and with --remote the provider's batches."""
     store = open_store(state_dir)
     runs = store.runs()
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=200)
     table = Table("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
     for record in runs:
         current = run_status(store, record.id)
