@@ -85,8 +85,9 @@ def child(directory: str) -> None:
 def peak_memory_mb(rows: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         make_dataset(Path(tmp) / "plots.jsonl", rows)
-        out = subprocess.run([sys.executable, __file__, "--child", tmp], capture_output=True,
-                             text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", tmp], capture_output=True, text=True, check=True
+        )
         return int(out.stdout.strip()) / 1024
 
 

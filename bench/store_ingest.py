@@ -24,14 +24,30 @@ from batchpilot.store import BatchState, Outcome, RequestState, RunRecord, SQLit
 
 def answer(custom_id: str, i: int) -> bytes:
     body = {
-        "id": f"chatcmpl-{i}", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "refusal": None,
-                                 "content": json.dumps({"deaths": ["Tom", "Ana"], "tone": "sad"})}}],
+        "id": f"chatcmpl-{i}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {
+                    "role": "assistant",
+                    "refusal": None,
+                    "content": json.dumps({"deaths": ["Tom", "Ana"], "tone": "sad"}),
+                },
+            }
+        ],
         "usage": {"prompt_tokens": 420, "completion_tokens": 24, "total_tokens": 444},
-    }  # fmt: skip
-    line = {"id": f"batch_req_{i}", "custom_id": custom_id, "error": None,
-            "response": {"status_code": 200, "request_id": f"req_{i}", "body": body}}  # fmt: skip
+    }
+    line = {
+        "id": f"batch_req_{i}",
+        "custom_id": custom_id,
+        "error": None,
+        "response": {"status_code": 200, "request_id": f"req_{i}", "body": body},
+    }
     return json.dumps(line).encode() + b"\n"
 
 
@@ -40,10 +56,25 @@ def fill(store: SQLiteStore, run_id: str, count: int, start: int = 0) -> list[st
     with store.tx():
         for offset, request_id in enumerate(ids):
             index = start + offset
-            store.add_row(run_id, index, f"row-{index}", f"data.jsonl:{index + 1}", request_id,
-                          {"plot": "x" * 40})  # fmt: skip
-            store.add_request(run_id, request_id, request_id, "/v1/chat/completions",
-                              "gpt-4o-mini", b'{"model":"gpt-4o-mini"}', 420, 300, index)  # fmt: skip
+            store.add_row(
+                run_id,
+                index,
+                f"row-{index}",
+                f"data.jsonl:{index + 1}",
+                request_id,
+                {"plot": "x" * 40},
+            )
+            store.add_request(
+                run_id,
+                request_id,
+                request_id,
+                "/v1/chat/completions",
+                "gpt-4o-mini",
+                b'{"model":"gpt-4o-mini"}',
+                420,
+                300,
+                index,
+            )
     return ids
 
 
@@ -63,14 +94,16 @@ def ingest_benchmark(lines: int) -> None:
         usage = body["usage"]
         assert isinstance(usage, dict)
         prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
-        usd = prices.cost("gpt-4o-mini", input_tokens=prompt, output_tokens=completion,
-                          batch=True)  # fmt: skip
+        usd = prices.cost("gpt-4o-mini", input_tokens=prompt, output_tokens=completion, batch=True)
         return prompt, completion, usd
 
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(Path(tmp) / "store.sqlite3")
-        store.create_run(RunRecord("bench", "bench", "{}", "openai", "/v1/chat/completions",
-                                   "running", None, utc_now()))  # fmt: skip
+        store.create_run(
+            RunRecord(
+                "bench", "bench", "{}", "openai", "/v1/chat/completions", "running", None, utc_now()
+            )
+        )
         ids = fill(store, "bench", lines)
         batch = submit(store, "bench", lines)
         output = Path(tmp) / "output.jsonl"
@@ -101,26 +134,34 @@ def scale_benchmark(total: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "store.sqlite3"
         store = SQLiteStore(path)
-        store.create_run(RunRecord("scale", "scale", "{}", "openai", "/v1/chat/completions",
-                                   "running", None, utc_now()))  # fmt: skip
+        store.create_run(
+            RunRecord(
+                "scale", "scale", "{}", "openai", "/v1/chat/completions", "running", None, utc_now()
+            )
+        )
         started = time.perf_counter()
         for start in range(0, total, chunk):
             count = min(chunk, total - start)
             fill(store, "scale", count, start)
             batch = submit(store, "scale", count)
             requests = store.batch_requests("scale", batch)
-            body = {"choices": [{"message": {"content": "{\"tone\": \"sad\"}"}}],
-                    "usage": {"prompt_tokens": 420, "completion_tokens": 24}}  # fmt: skip
-            outcomes = [Outcome(r.id, RequestState.SUCCEEDED, body, 420, 24, 0.0001)
-                        for r in requests]  # fmt: skip
+            body = {
+                "choices": [{"message": {"content": '{"tone": "sad"}'}}],
+                "usage": {"prompt_tokens": 420, "completion_tokens": 24},
+            }
+            outcomes = [
+                Outcome(r.id, RequestState.SUCCEEDED, body, 420, 24, 0.0001) for r in requests
+            ]
             store.finish_batch("scale", batch, outcomes)
         elapsed = time.perf_counter() - started
         counts = store.request_counts("scale")
         store.close()
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
     assert counts["succeeded"] == total
-    print(f"store with {total:,} answered requests: {size / 1e6:,.0f} MB, "
-          f"{size / total:,.0f} bytes per request")  # fmt: skip
+    print(
+        f"store with {total:,} answered requests: {size / 1e6:,.0f} MB, "
+        f"{size / total:,.0f} bytes per request"
+    )
     print(f"plan + submit + ingest: {elapsed:.1f} s, {elapsed / total * 1e6:.0f} us per request")
 
 

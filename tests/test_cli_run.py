@@ -101,16 +101,31 @@ def test_run_a_requests_file(
     server = local_server_factory(time_scale=500, validation_delay_s=0, finalizing_delay_s=0)
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     lines = [
-        {"custom_id": f"theirs-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": f"q{i}"}]}}
+        {
+            "custom_id": f"theirs-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": f"q{i}"}]},
+        }
         for i in range(4)
-    ]  # fmt: skip
+    ]
     requests = tmp_path / "batch.jsonl"
     requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
     state = str(tmp_path / "state")
-    result = invoke("run", "--requests", str(requests), "--base-url", server.base_url,
-                    "--model", "gpt-4o-mini", "--state", state, "--quiet",
-                    "--poll-interval", "0.02")  # fmt: skip
+    result = invoke(
+        "run",
+        "--requests",
+        str(requests),
+        "--base-url",
+        server.base_url,
+        "--model",
+        "gpt-4o-mini",
+        "--state",
+        state,
+        "--quiet",
+        "--poll-interval",
+        "0.02",
+    )
     assert result.exit_code == 0, result.output
     assert {row["model"] for row in server.admin.ledger()} == {"gpt-4o-mini"}
     out = tmp_path / "results.jsonl"
@@ -134,8 +149,19 @@ def test_bad_job_is_a_clear_error_and_sends_nothing(
 
 
 def start_run(job: Path, state: Path, *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "batchpilot", "run", str(job), "--state", str(state),
-               "--quiet", "--poll-interval", "0.05", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "batchpilot",
+        "run",
+        str(job),
+        "--state",
+        str(state),
+        "--quiet",
+        "--poll-interval",
+        "0.05",
+        *extra,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

@@ -48,11 +48,25 @@ def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     faults = directory / "faults.yaml"
     faults.write_text(yaml.safe_dump(FAULTS))
     command = [
-        sys.executable, "-m", "batchpilot", "serve", "--port", str(port),
-        "--state", str(directory / "server"), "--faults", str(faults),
-        "--time-scale", "20", "--validation-delay", "2", "--finalizing-delay", "2",
-        "--tokens-per-second", "40",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "batchpilot",
+        "serve",
+        "--port",
+        str(port),
+        "--state",
+        str(directory / "server"),
+        "--faults",
+        str(faults),
+        "--time-scale",
+        "20",
+        "--validation-delay",
+        "2",
+        "--finalizing-delay",
+        "2",
+        "--tokens-per-second",
+        "40",
+    ]
     with (directory / "server.log").open("ab") as log:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 30
@@ -85,8 +99,18 @@ def write_job(directory: Path, base_url: str) -> Path:
 
 
 def run_command(job: Path, state: Path) -> list[str]:
-    return [sys.executable, "-m", "batchpilot", "run", str(job), "--state", str(state),
-            "--quiet", "--poll-interval", "0.05"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "batchpilot",
+        "run",
+        str(job),
+        "--state",
+        str(state),
+        "--quiet",
+        "--poll-interval",
+        "0.05",
+    ]
 
 
 def comparable(path: Path) -> list[tuple[Any, ...]]:
@@ -132,8 +156,9 @@ def test_sigkill_at_random_points_reaches_the_same_result(tmp_path: Path) -> Non
         server, url = start_server(reference_dir)
         servers.append(server)
         job = write_job(reference_dir, url)
-        done = subprocess.run(run_command(job, reference_dir / "state"), capture_output=True,
-                              timeout=300)  # fmt: skip
+        done = subprocess.run(
+            run_command(job, reference_dir / "state"), capture_output=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr.decode()
         expected = comparable(reference_dir / "out.jsonl")
         check_ledger_and_remote(reference_dir, url, reference_dir / "state")

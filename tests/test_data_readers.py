@@ -177,11 +177,21 @@ def test_nested_records_dotted_path(tmp_path: Path) -> None:
     rows = read(path, records="data.items", id_field="id")
     parent = {"id": "p", "data": {"kind": "k"}, "extra": True}
     assert rows == [
-        Row(0, "p/data.items[0]", {"v": 1, "_parent": parent}, "n.jsonl:1 data.items[0]",
-            ("data", "items", 0)),
-        Row(1, "p/data.items[1]", {"value": 2, "_parent": parent}, "n.jsonl:1 data.items[1]",
-            ("data", "items", 1)),
-    ]  # fmt: skip
+        Row(
+            0,
+            "p/data.items[0]",
+            {"v": 1, "_parent": parent},
+            "n.jsonl:1 data.items[0]",
+            ("data", "items", 0),
+        ),
+        Row(
+            1,
+            "p/data.items[1]",
+            {"value": 2, "_parent": parent},
+            "n.jsonl:1 data.items[1]",
+            ("data", "items", 1),
+        ),
+    ]
 
 
 def test_nested_records_missing_path(tmp_path: Path) -> None:

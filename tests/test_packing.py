@@ -29,8 +29,9 @@ def test_every_batch_respects_every_limit(
     items: list[tuple[str, int, int]], limit: BatchLimits
 ) -> None:
     packer = Packer(limit)
-    placed = [packer.add(model, size, tokens, row) for row, (model, size, tokens) in
-              enumerate(items)]  # fmt: skip
+    placed = [
+        packer.add(model, size, tokens, row) for row, (model, size, tokens) in enumerate(items)
+    ]
     members: dict[int, list[int]] = {}
     for row, batch in enumerate(placed):
         members.setdefault(batch.index, []).append(row)
@@ -67,8 +68,11 @@ def test_per_model_token_limits_come_from_the_callback() -> None:
         packer.add("a", 1, 6)
         packer.add("b", 1, 6)
     assert [(b.model, b.requests) for b in packer.batches] == [
-        ("a", 1), ("b", 3), ("a", 1), ("a", 1),
-    ]  # fmt: skip
+        ("a", 1),
+        ("b", 3),
+        ("a", 1),
+        ("a", 1),
+    ]
 
 
 def test_defaults_are_the_batch_api_limits() -> None:

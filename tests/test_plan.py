@@ -45,8 +45,9 @@ def job_dict(**changes: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def movie_dir(tmp_path: Path) -> Path:
-    write_jsonl(tmp_path / "plots.jsonl",
-                [{"id": f"m{i}", "plot": plot} for i, plot in enumerate(PLOTS)])  # fmt: skip
+    write_jsonl(
+        tmp_path / "plots.jsonl", [{"id": f"m{i}", "plot": plot} for i, plot in enumerate(PLOTS)]
+    )
     return tmp_path
 
 
@@ -68,8 +69,9 @@ def test_plan_counts_every_token_and_prices_it(movie_dir: Path) -> None:
     assert result.worst_output_tokens == 300
     assert result.expected_output_tokens == 300  # min(max_tokens, 200) each
     prices = PriceTable.load()
-    worst_batch = prices.cost("gpt-4o-mini", input_tokens=result.input_tokens,
-                              output_tokens=300, batch=True)  # fmt: skip
+    worst_batch = prices.cost(
+        "gpt-4o-mini", input_tokens=result.input_tokens, output_tokens=300, batch=True
+    )
     assert result.cost["batch_worst"] == pytest.approx(worst_batch)
     assert result.cost["realtime_worst"] == pytest.approx(2 * worst_batch)
     assert len(result.batches) == 1
@@ -124,8 +126,9 @@ def test_lint_names_the_rows(movie_dir: Path) -> None:
         {"id": "huge", "plot": "word " * 2000},
     ]
     write_jsonl(movie_dir / "plots.jsonl", rows)
-    job = job_dict(prompt={"user": "{{ plot }}"},
-                   limits={"tokens_per_batch": 1000, "context_window": 1500})  # fmt: skip
+    job = job_dict(
+        prompt={"user": "{{ plot }}"}, limits={"tokens_per_batch": 1000, "context_window": 1500}
+    )
     result = plan_job(job_from_dict(job, base_dir=movie_dir))
     found = {(f.code, f.row_id) for f in result.findings.kept}
     assert ("duplicate_row_id", "a") in found
@@ -156,8 +159,11 @@ def test_missing_field_fails_or_skips(movie_dir: Path) -> None:
 
 
 def test_unknown_price_is_a_warning_and_cost_unknown(movie_dir: Path) -> None:
-    job = job_dict(provider={"kind": "compatible", "base_url": "http://127.0.0.1:1/v1"},
-                   model="my-finetune", limits={"queue_tokens": 10**6})  # fmt: skip
+    job = job_dict(
+        provider={"kind": "compatible", "base_url": "http://127.0.0.1:1/v1"},
+        model="my-finetune",
+        limits={"queue_tokens": 10**6},
+    )
     result = plan_job(job_from_dict(job, base_dir=movie_dir))
     assert result.cost["batch"] is None
     assert "unknown_price" in {f.code for f in result.findings.kept}
@@ -167,19 +173,27 @@ def test_unknown_price_is_a_warning_and_cost_unknown(movie_dir: Path) -> None:
 
 def test_requests_file_is_used_as_is(tmp_path: Path) -> None:
     lines = [
-        {"custom_id": f"theirs-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]}}
+        {
+            "custom_id": f"theirs-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]},
+        }
         for i in range(7)
-    ]  # fmt: skip
+    ]
     path = write_jsonl(tmp_path / "in.jsonl", lines)
     from batchpilot.plan import BatchFileWriter
 
     out = tmp_path / "out"
-    result = plan_requests_file(path, limits=LimitsSpec(requests_per_batch=3),
-                                sink=BatchFileWriter(out))  # fmt: skip
+    result = plan_requests_file(
+        path, limits=LimitsSpec(requests_per_batch=3), sink=BatchFileWriter(out)
+    )
     assert [b.requests for b in result.batches] == [3, 3, 1]
-    written = [json.loads(line) for f in sorted(out.glob("batch-*.jsonl"))
-               for line in f.read_text().splitlines()]  # fmt: skip
+    written = [
+        json.loads(line)
+        for f in sorted(out.glob("batch-*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
     assert [w["custom_id"] for w in written] == [f"theirs-{i}" for i in range(7)]
     assert [w["body"] for w in written] == [line["body"] for line in lines]
 
@@ -220,8 +234,15 @@ def test_plan_command_summary_and_write(movie_dir: Path) -> None:
     out = movie_dir / "batches"
     result = CliRunner().invoke(cli, ["plan", str(write_job(movie_dir)), "--write", str(out)])
     assert result.exit_code == 0, result.output
-    for label in ("rows", "requests", "input tokens", "cost, batch", "cost, real time",
-                  "batches", "largest request"):  # fmt: skip
+    for label in (
+        "rows",
+        "requests",
+        "input tokens",
+        "cost, batch",
+        "cost, real time",
+        "batches",
+        "largest request",
+    ):
         assert label in result.output
     assert (out / "plan.json").is_file()
     (batch_file,) = out.glob("batch-*.jsonl")
@@ -230,11 +251,15 @@ def test_plan_command_summary_and_write(movie_dir: Path) -> None:
 
 def test_plan_command_flags_override_the_file(movie_dir: Path) -> None:
     job = write_job(movie_dir)
-    result = CliRunner().invoke(cli, ["plan", str(job), "--json", "--model", "gpt-4.1-nano"],
-                                env={"BATCHPILOT_MODEL": "gpt-4o"})  # fmt: skip
+    result = CliRunner().invoke(
+        cli,
+        ["plan", str(job), "--json", "--model", "gpt-4.1-nano"],
+        env={"BATCHPILOT_MODEL": "gpt-4o"},
+    )
     assert json.loads(result.output)["batches"][0]["model"] == "gpt-4.1-nano"
-    result = CliRunner().invoke(cli, ["plan", str(job), "--json"],
-                                env={"BATCHPILOT_MODEL": "gpt-4o"})  # fmt: skip
+    result = CliRunner().invoke(
+        cli, ["plan", str(job), "--json"], env={"BATCHPILOT_MODEL": "gpt-4o"}
+    )
     assert json.loads(result.output)["batches"][0]["model"] == "gpt-4o"
 
 
@@ -283,8 +308,10 @@ def test_expected_output_from_a_sample_of_earlier_answers(movie_dir: Path) -> No
         body = {"usage": {"prompt_tokens": 10, "completion_tokens": tokens}}
         return {"custom_id": custom_id, "response": {"status_code": status, "body": body}}
 
-    write_jsonl(movie_dir / "earlier.jsonl",
-                [answer("a", 40), answer("b", 60), answer("c", 999, status=500)])  # fmt: skip
+    write_jsonl(
+        movie_dir / "earlier.jsonl",
+        [answer("a", 40), answer("b", 60), answer("c", 999, status=500)],
+    )
     job = job_dict(estimate={"sample": "earlier.jsonl"})
     result = plan_job(job_from_dict(job, base_dir=movie_dir))
     assert result.expected_output_tokens == 3 * 50

@@ -33,18 +33,33 @@ def test_all_names_exist_and_have_docstrings(name: str) -> None:
 
 def test_top_level_api() -> None:
     expected = {
-        "load_job", "job_from_dict", "plan_job", "plan_requests_file", "JobSpec", "PlanResult",
-        "PriceTable", "rows_from_records", "rows_from_dataframe", "rows_from_dataset",
-        "BatchpilotError", "UserInputError", "__version__",
-    }  # fmt: skip
+        "load_job",
+        "job_from_dict",
+        "plan_job",
+        "plan_requests_file",
+        "JobSpec",
+        "PlanResult",
+        "PriceTable",
+        "rows_from_records",
+        "rows_from_dataframe",
+        "rows_from_dataset",
+        "BatchpilotError",
+        "UserInputError",
+        "__version__",
+    }
     assert expected <= set(batchpilot.__all__)
 
 
 def test_plan_from_python_records(tmp_path: object) -> None:
     job = batchpilot.job_from_dict(
-        {"name": "mask", "model": "gpt-4o-mini", "provider": {"kind": "openai"},
-         "input": {"path": "unused.jsonl"}, "prompt": {"user": "Mask: {{ text }}"}},
-    )  # fmt: skip
+        {
+            "name": "mask",
+            "model": "gpt-4o-mini",
+            "provider": {"kind": "openai"},
+            "input": {"path": "unused.jsonl"},
+            "prompt": {"user": "Mask: {{ text }}"},
+        },
+    )
     rows = batchpilot.rows_from_records([{"text": "good movie"}, {"text": "bad movie"}])
     result = batchpilot.plan_job(job, rows=rows)
     assert (result.rows, result.requests) == (2, 2)

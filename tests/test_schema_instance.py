@@ -32,8 +32,17 @@ PATTERNS = [
     r"^\w{3,8}$",
 ]
 FORMATS = [
-    "date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri"
-]  # fmt: skip
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "uuid",
+    "uri",
+]
 NAMES = ["id", "name", "title", "count", "price", "tags", "status", "owner", "notes", "score"]
 
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")

@@ -79,20 +79,25 @@ def test_proxy_gives_a_real_time_server_a_batch_api(
 ) -> None:
     upstream = local_server_factory(api_key="upstream-secret")
     front = local_server_factory(
-        responder="proxy", upstream=upstream.base_url, upstream_api_key="upstream-secret",
+        responder="proxy",
+        upstream=upstream.base_url,
+        upstream_api_key="upstream-secret",
         models=frozenset({"*"}),
-    )  # fmt: skip
+    )
     client = client_for(front)
     lines = [
         {
             "custom_id": f"p{i}",
             "method": "POST",
             "url": "/v1/chat/completions",
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}],
-                     "response_format": FORMAT},
+            "body": {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"q{i}"}],
+                "response_format": FORMAT,
+            },
         }
         for i in range(3)
-    ]  # fmt: skip
+    ]
     batch = wait_for(client, submit(client, lines).id)
     assert batch.status == "completed"
     for line in read_jsonl(client, batch.output_file_id):

@@ -24,9 +24,21 @@ def free_port() -> int:
 
 def start(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "batchpilot", "serve", "--port", str(port), "--state", str(state),
-        "--tokens-per-second", "60", "--validation-delay", "0", "--finalizing-delay", "0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "batchpilot",
+        "serve",
+        "--port",
+        str(port),
+        "--state",
+        str(state),
+        "--tokens-per-second",
+        "60",
+        "--validation-delay",
+        "0",
+        "--finalizing-delay",
+        "0",
+    ]
     with log.open("ab") as sink:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink)
     deadline = time.monotonic() + 30

@@ -65,9 +65,11 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
     table.add_row("rows", f"{data['rows']:,}")
     if data["skipped_rows"]:
         table.add_row("skipped rows", f"{data['skipped_rows']:,}")
-    table.add_row("requests", f"{data['requests']:,}"
-                  + (f" ({data['duplicate_rows']:,} rows share a request)"
-                     if data["duplicate_rows"] else ""))  # fmt: skip
+    table.add_row(
+        "requests",
+        f"{data['requests']:,}"
+        + (f" ({data['duplicate_rows']:,} rows share a request)" if data["duplicate_rows"] else ""),
+    )
     exact = "" if data["input_tokens_exact"] else " (estimate)"
     table.add_row("input tokens", f"{data['input_tokens']:,}{exact}")
     table.add_row(
@@ -75,22 +77,32 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
         f"{data['output_tokens']['expected']:,} expected, {data['output_tokens']['worst']:,} worst",
     )
     cost = data["cost_usd"]
-    table.add_row("cost, batch", f"{_money(cost['batch'])} expected, "
-                  f"{_money(cost['batch_worst'])} worst")  # fmt: skip
-    table.add_row("cost, real time", f"{_money(cost['realtime'])} expected, "
-                  f"{_money(cost['realtime_worst'])} worst")  # fmt: skip
+    table.add_row(
+        "cost, batch", f"{_money(cost['batch'])} expected, {_money(cost['batch_worst'])} worst"
+    )
+    table.add_row(
+        "cost, real time",
+        f"{_money(cost['realtime'])} expected, {_money(cost['realtime_worst'])} worst",
+    )
     table.add_row("batches", f"{len(data['batches'])}")
     if data["largest_request"]:
         largest = data["largest_request"]
-        table.add_row("largest request", f"{largest['input_tokens']:,} tokens, "
-                      f"{largest['bytes']:,} bytes ({largest['source']})")  # fmt: skip
+        table.add_row(
+            "largest request",
+            f"{largest['input_tokens']:,} tokens, {largest['bytes']:,} bytes ({largest['source']})",
+        )
     console.print(table)
     if data["batches"]:
         batches = Table("batch", "model", "requests", "bytes", "input tokens", box=None)
         shown = data["batches"][:20]
         for batch in shown:
-            batches.add_row(str(batch["index"] + 1), batch["model"], f"{batch['requests']:,}",
-                            f"{batch['bytes']:,}", f"{batch['input_tokens']:,}")  # fmt: skip
+            batches.add_row(
+                str(batch["index"] + 1),
+                batch["model"],
+                f"{batch['requests']:,}",
+                f"{batch['bytes']:,}",
+                f"{batch['input_tokens']:,}",
+            )
         console.print(batches)
         if len(data["batches"]) > len(shown):
             console.print(f"... and {len(data['batches']) - len(shown)} more batches")
@@ -153,8 +165,13 @@ def plan(
             title = f"plan of {requests_file}"
         else:
             assert job_file is not None
-            overrides = job_overrides(model=model, provider=provider, base_url=base_url,
-                                      input_path=input_path, budget=budget)  # fmt: skip
+            overrides = job_overrides(
+                model=model,
+                provider=provider,
+                base_url=base_url,
+                input_path=input_path,
+                budget=budget,
+            )
             job = load_job(job_file, overrides)
             total = count_rows(input_spec(job))
             with _progress(total, quiet) as progress:

@@ -37,12 +37,14 @@ class Findings:
         if self.counts[key] <= KEEP_PER_CODE:
             self.kept.append(finding)
 
-    def error(self, code: str, message: str, row_id: str | None = None,
-              source: str | None = None) -> None:  # fmt: skip
+    def error(
+        self, code: str, message: str, row_id: str | None = None, source: str | None = None
+    ) -> None:
         self.add(Finding("error", code, message, row_id, source))
 
-    def warning(self, code: str, message: str, row_id: str | None = None,
-                source: str | None = None) -> None:  # fmt: skip
+    def warning(
+        self, code: str, message: str, row_id: str | None = None, source: str | None = None
+    ) -> None:
         self.add(Finding("warning", code, message, row_id, source))
 
     @property

@@ -329,8 +329,9 @@ class Planner:
     ) -> None:
         limits = self.settings.limits
         if _empty_prompt(item.endpoint, body):
-            findings.warning("empty_prompt", "the rendered prompt is empty", item.row_id,
-                             item.source)  # fmt: skip
+            findings.warning(
+                "empty_prompt", "the rendered prompt is empty", item.row_id, item.source
+            )
         window = self.settings.context_window or context_window(str(body.get("model", "")))
         reserve = self.settings.max_output_tokens or 0
         if window is not None and tokens + reserve > window:
@@ -360,8 +361,11 @@ class Planner:
     def _price(self, result: PlanResult) -> None:
         prices = self.settings.prices
         cost: dict[str, float | None] = {
-            "batch": 0.0, "realtime": 0.0, "batch_worst": 0.0, "realtime_worst": 0.0,
-        }  # fmt: skip
+            "batch": 0.0,
+            "realtime": 0.0,
+            "batch_worst": 0.0,
+            "realtime_worst": 0.0,
+        }
         for model, totals in result.models.items():
             if prices is None or not prices.has(model):
                 cost = dict.fromkeys(cost)
@@ -381,8 +385,9 @@ class Planner:
     def _assume(self, result: PlanResult) -> None:
         settings = self.settings
         if settings.expected_output_tokens is None and settings.expected_output_ratio is None:
-            expected = min(settings.max_output_tokens or DEFAULT_EXPECTED_OUTPUT,
-                           DEFAULT_EXPECTED_OUTPUT)  # fmt: skip
+            expected = min(
+                settings.max_output_tokens or DEFAULT_EXPECTED_OUTPUT, DEFAULT_EXPECTED_OUTPUT
+            )
             result.assumptions.append(
                 f"expected output: {expected} tokens per request (set estimate.output_tokens or "
                 "estimate.output_ratio)"

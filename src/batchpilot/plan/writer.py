@@ -39,9 +39,11 @@ class BatchFileWriter:
         if item.body is None:
             return
         self._rows.write(
-            json.dumps({"index": item.index, "row_id": item.row_id,
-                        "request_id": planned.request_id}) + "\n"
-        )  # fmt: skip
+            json.dumps(
+                {"index": item.index, "row_id": item.row_id, "request_id": planned.request_id}
+            )
+            + "\n"
+        )
         if planned.batch is None:
             return
         handle = self._files.get(planned.batch)

@@ -71,8 +71,9 @@ def parse_line(raw: bytes) -> LineResult | None:
         if found is None:
             return None
         custom_id = json.loads(b'"' + found.group(1) + b'"')
-        return LineResult(custom_id, False, None, "garbled_line: the result line was not "
-                          "valid JSON", True, True)  # fmt: skip
+        return LineResult(
+            custom_id, False, None, "garbled_line: the result line was not valid JSON", True, True
+        )
     custom_id = line["custom_id"]
     response = line.get("response")
     error = line.get("error")
@@ -129,8 +130,9 @@ def classify(
             continue
         if line.ok and line.body is not None:
             input_tokens, output_tokens, usd = cost(request, line.body)
-            seen[request.id] = Outcome(request.id, RequestState.SUCCEEDED, line.body,
-                                       input_tokens, output_tokens, usd)  # fmt: skip
+            seen[request.id] = Outcome(
+                request.id, RequestState.SUCCEEDED, line.body, input_tokens, output_tokens, usd
+            )
         elif request.id not in seen:
             state = policy.next_state(request, line.retryable, line.ran)
             seen[request.id] = Outcome(request.id, state, error=line.error, attempted=line.ran)

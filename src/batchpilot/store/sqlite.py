@@ -366,9 +366,14 @@ class SQLiteStore:
         with self.tx() as db:
             self._apply(db, run_id, outcomes, "batch", batch_id, now)
             self.move_batch(
-                run_id, batch_id, BatchState.FINISHED, reserved_usd=0.0, spent_usd=spent,
-                finished_at_utc=now, **fields,
-            )  # fmt: skip
+                run_id,
+                batch_id,
+                BatchState.FINISHED,
+                reserved_usd=0.0,
+                spent_usd=spent,
+                finished_at_utc=now,
+                **fields,
+            )
             left = db.execute(
                 "SELECT COUNT(*) FROM requests WHERE run_id = ? AND batch_id = ? "
                 "AND state = 'submitted'",
@@ -417,16 +422,39 @@ class SQLiteStore:
             check_move(REQUEST_MOVES, row[1], outcome.state, f"request {outcome.request_id}")
             count = row[2] + (1 if outcome.attempted else 0)
             keep_batch = batch_id if outcome.state != RequestState.PENDING else None
-            updates.append((outcome.state, count, outcome.error, keep_batch, run_id,
-                            outcome.request_id))  # fmt: skip
+            updates.append(
+                (outcome.state, count, outcome.error, keep_batch, run_id, outcome.request_id)
+            )
             if outcome.attempted:
-                attempts.append((run_id, outcome.request_id, count, lane, batch_id,
-                                 outcome.state, outcome.error, outcome.input_tokens,
-                                 outcome.output_tokens, outcome.cost_usd, now))  # fmt: skip
+                attempts.append(
+                    (
+                        run_id,
+                        outcome.request_id,
+                        count,
+                        lane,
+                        batch_id,
+                        outcome.state,
+                        outcome.error,
+                        outcome.input_tokens,
+                        outcome.output_tokens,
+                        outcome.cost_usd,
+                        now,
+                    )
+                )
             if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
                 text = orjson.dumps(outcome.response).decode()
-                results.append((run_id, outcome.request_id, text, outcome.input_tokens,
-                                outcome.output_tokens, outcome.cost_usd, lane, now))  # fmt: skip
+                results.append(
+                    (
+                        run_id,
+                        outcome.request_id,
+                        text,
+                        outcome.input_tokens,
+                        outcome.output_tokens,
+                        outcome.cost_usd,
+                        lane,
+                        now,
+                    )
+                )
                 cache.append((row[3], text, outcome.input_tokens, outcome.output_tokens, now))
         db.executemany(
             "UPDATE requests SET state = ?, attempts = ?, error = ?, batch_id = ? "
