@@ -106,6 +106,7 @@ def test_chunked_oversized_body_gets_413(local_server_factory: Callable[..., Loc
 
     response = httpx.post(f"{server.base_url}/chat/completions", content=chunks())
     assert response.status_code == 413
+    assert "limit is 100 bytes" in response.json()["error"]["message"]
 
 
 def test_api_key_is_required_when_configured(

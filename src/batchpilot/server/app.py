@@ -42,6 +42,8 @@ __all__ = ["build_app"]
 log = logging.getLogger(__name__)
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+# Azure OpenAI names the same endpoints without the version prefix.
+AZURE_ENDPOINTS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 BATCH_FILE_TTL_S = 30 * 86_400
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
@@ -73,7 +75,8 @@ class GuardMiddleware:
         config = self.server.config
         path: str = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        limit = config.max_upload_bytes if path == "/v1/files" else config.max_json_bytes
+        uploads = ("/v1/files", "/openai/files")
+        limit = config.max_upload_bytes if path in uploads else config.max_json_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _error(413, f"Request body too large; the limit is {limit} bytes.")(
@@ -82,6 +85,8 @@ class GuardMiddleware:
             return
         if config.api_key is not None:
             given = headers.get("authorization", "")
+            if "api-key" in headers:  # Azure OpenAI's header
+                given = f"Bearer {headers['api-key']}"
             expected = f"Bearer {config.api_key}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 await _error(
@@ -90,7 +95,7 @@ class GuardMiddleware:
                     code="invalid_api_key",
                 )(scope, receive, send)
                 return
-        if path.startswith("/v1/"):
+        if path.startswith(("/v1/", "/openai/")):
             fault = self.server.http_fault(f"{scope['method']} {path}")
             if fault is not None:
                 extra: dict[str, str] = {}
@@ -281,6 +286,8 @@ class ServerApp:
                     param=key,
                 )
         endpoint = body["endpoint"]
+        if endpoint in AZURE_ENDPOINTS and request.url.path.startswith("/openai/"):
+            endpoint = AZURE_ENDPOINTS[endpoint]
         if endpoint not in BATCH_ENDPOINTS:
             return _error(
                 400,
@@ -581,13 +588,27 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/_batchpilot/echo", server.echo, "POST"),
     ]
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(
-            404, f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"
-        )
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return _error(
+                404,
+                f"Unknown request URL: {request.method} {request.url.path}.",
+                code="unknown_url",
+            )
+        if exc.status_code == 405:
+            return _error(405, f"Method {request.method} is not allowed for {request.url.path}.")
+        return _error(exc.status_code, exc.detail)
 
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return _error(405, f"Method {request.method} is not allowed for {request.url.path}.")
-
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    # Azure OpenAI's layout: the same API under /openai, chat and embeddings per deployment.
+    routes += [
+        Route("/openai" + r.path.removeprefix("/v1"), r.endpoint, methods=r.methods)
+        for r in list(routes)
+        if r.path.startswith("/v1/")
+    ]
+    routes += [
+        route("/openai/deployments/{deployment}/chat/completions", server.chat, "POST"),
+        route("/openai/deployments/{deployment}/embeddings", server.embeddings, "POST"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     return GuardMiddleware(app, server)

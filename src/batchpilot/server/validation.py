@@ -13,6 +13,7 @@ from batchpilot.server.state import LineRow
 __all__ = ["ValidationResult", "validate_input_file"]
 
 MAX_ERRORS = 1000
+AZURE_URLS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
 
 
 @dataclass
@@ -110,7 +111,7 @@ def validate_input_file(
                 result.error(
                     "invalid_request", "Only the POST method is supported.", line_no, "method"
                 )
-            if item["url"] != endpoint:
+            if item["url"] != endpoint and AZURE_URLS.get(item["url"]) != endpoint:
                 result.error(
                     "invalid_url",
                     "The URL provided for this request does not match the batch endpoint.",
