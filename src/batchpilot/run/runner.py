@@ -395,7 +395,10 @@ class Runner:
             try:
                 remote = self.provider.get_batch(batch.remote_id)
             except RemoteNotFound:
-                self.store.update_batch(self.run_id, batch.id, not_found=batch.not_found + 1)
+                misses = batch.not_found + 1
+                self.store.update_batch(self.run_id, batch.id, not_found=misses)
+                if misses % self.settings.not_found_grace == 0:
+                    self._find_lost(batch, misses)
                 self._schedule(poll)
                 continue
             except ProviderUnavailable as exc:
@@ -424,6 +427,31 @@ class Runner:
                     poll.interval = self.settings.poll_interval_s
                 self._schedule(poll)
         return progressed
+
+    def _find_lost(self, batch: BatchRecord, misses: int) -> None:
+        """A batch that keeps answering 404: look it up by its tags, and say so."""
+        tags = metadata_for(self.run_id, batch.id)
+        try:
+            found = next(
+                (
+                    b
+                    for b in self.provider.list_batches()
+                    if all(b.metadata.get(k) == v for k, v in tags.items())
+                ),
+                None,
+            )
+        except ProviderUnavailable:
+            return
+        if found is not None and found.id != batch.remote_id:
+            self.store.update_batch(self.run_id, batch.id, remote_id=found.id, not_found=0)
+            self.store.event(self.run_id, "adopted", f"batch {batch.id} is {found.id}")
+            return
+        self.store.event(
+            self.run_id,
+            "warning",
+            f"batch {batch.id} ({batch.remote_id}) answered 'not found' {misses} times and is not "
+            "in the provider's listing; still polling. `batchpilot cancel` stops the run.",
+        )
 
     def _schedule(self, poll: _Poll) -> None:
         poll.interval = min(self.settings.max_poll_interval_s, max(poll.interval, 0.01) * 1.5)
