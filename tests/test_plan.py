@@ -319,3 +319,15 @@ def test_expected_output_from_a_sample_of_earlier_answers(movie_dir: Path) -> No
     (movie_dir / "empty.jsonl").write_text("")
     with pytest.raises(UserInputError, match="no successful answers"):
         plan_job(job_from_dict(job_dict(estimate={"sample": "empty.jsonl"}), base_dir=movie_dir))
+
+
+def test_plan_shows_each_strategy(movie_dir: Path) -> None:
+    job = write_job(movie_dir, realtime={"rpm": 2, "rpd": 100}, estimate={"output_tokens": 10})
+    data = json.loads(CliRunner().invoke(cli, ["plan", str(job), "--json"]).output)
+    strategies = data["strategies"]
+    assert set(strategies) == {"batch", "realtime", "hybrid"}
+    for estimate in strategies.values():
+        assert {"makespan_s", "cost_usd"} <= set(estimate)
+    assert strategies["realtime"]["makespan_s"] == pytest.approx(90.0)  # 3 requests at 2/min
+    assert strategies["batch"]["makespan_s"] == 12 * 3600
+    assert strategies["realtime"]["cost_usd"] == pytest.approx(2 * strategies["batch"]["cost_usd"])

@@ -56,6 +56,14 @@ def _money(value: float | None) -> str:
     return f"${value:,.2f}"
 
 
+def _duration(seconds: float) -> str:
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def render_summary(result: PlanResult, console: Console, title: str) -> None:
     data = result.as_json()
     console.print(f"[bold]{title}[/bold]")
@@ -106,6 +114,16 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
         console.print(batches)
         if len(data["batches"]) > len(shown):
             console.print(f"... and {len(data['batches']) - len(shown)} more batches")
+    if data["strategies"]:
+        table = Table("strategy", "makespan", "cost", "real-time requests", box=None)
+        for name, estimate in data["strategies"].items():
+            table.add_row(
+                name,
+                _duration(estimate["makespan_s"]),
+                _money(estimate["cost_usd"]),
+                f"{estimate['realtime_requests']:,}",
+            )
+        console.print(table)
     for note in data["assumptions"]:
         console.print(f"[dim]assumed: {note}[/dim]")
     for finding in result.findings.kept:

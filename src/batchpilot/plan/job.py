@@ -12,6 +12,7 @@ from batchpilot.plan.packing import BatchLimits
 from batchpilot.plan.planner import Planner, PlanResult, PlanSettings, PlanSink
 from batchpilot.plan.sample import mean_output_tokens
 from batchpilot.plan.sources import job_items, requests_file_items
+from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.render import RequestRenderer
 from batchpilot.spec import JobSpec, LimitsSpec
@@ -88,7 +89,31 @@ def plan_job(
         expected_output_ratio=job.estimate.output_ratio,
     )
     source = rows if rows is not None else read_rows(input_spec(job))
-    return Planner(settings).plan(job_items(job, source, renderer), sink, progress)
+    result = Planner(settings).plan(job_items(job, source, renderer), sink, progress)
+    result.strategies = strategies_for(job, result)
+    return result
+
+
+def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, float | int | None]]:
+    """Each strategy's makespan and cost for this plan under the job's limits."""
+    tier = tier_limits(job.model, job.provider.tier)
+    local = job.provider.kind == "local"
+    queue = job.limits.queue_tokens or (None if local else tier.batch_queue_tokens)
+    realtime = job.realtime
+    inputs = StrategyInputs(
+        requests=result.requests,
+        input_tokens=result.input_tokens,
+        output_tokens=result.expected_output_tokens,
+        batch_cost=result.cost.get("batch"),
+        realtime_cost=result.cost.get("realtime"),
+        queue_tokens=None if queue is None else int(queue * job.limits.queue_fraction),
+        rpm=realtime.rpm or (None if local else tier.rpm),
+        tpm=realtime.tpm or (None if local else tier.tpm),
+        rpd=realtime.rpd or (None if local else tier.rpd),
+        turnaround_s=job.estimate.batch_turnaround_hours * 3600,
+        budget=job.budget.max_usd,
+    )
+    return {name: value.as_json() for name, value in estimate_strategies(inputs).items()}
 
 
 def plan_requests_file(

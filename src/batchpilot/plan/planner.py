@@ -89,6 +89,7 @@ class PlanResult:
     findings: Findings = field(default_factory=Findings)
     models: dict[str, ModelTotals] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=list)
+    strategies: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -114,6 +115,7 @@ class PlanResult:
             "findings": self.findings.as_list(),
             "findings_omitted": self.findings.omitted(),
             "assumptions": self.assumptions,
+            "strategies": self.strategies,
         }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +21,7 @@ __all__ = [
     "PartSpec",
     "PromptSpec",
     "ProviderSpec",
+    "RealtimeSpec",
     "ResponseSpec",
 ]
 
@@ -27,6 +30,26 @@ Detail = Literal["auto", "low", "high"]
 
 # Parameters the planner sets itself; a job must not set them in `params`.
 RESERVED_PARAMS = frozenset({"model", "messages", "input", "instructions", "stream"})
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_deadline(value: str, now: datetime | None = None) -> datetime:
+    """A deadline from an ISO time (with zone, or UTC) or a duration from now: 90m, 36h, 2d."""
+    now = now or datetime.now(UTC)
+    match = _DURATION.match(value)
+    if match:
+        return now + timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"deadline {value!r} is neither an ISO time (2026-12-01T18:00:00Z) nor a duration "
+            "(90m, 36h, 2d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Strict(BaseModel):
@@ -170,6 +193,9 @@ class EstimateSpec(Strict):
     output_ratio: Annotated[float, Field(ge=0)] | None = Field(
         None, description="Expected output tokens as a fraction of input tokens."
     )
+    batch_turnaround_hours: Annotated[float, Field(gt=0)] = Field(
+        12.0, description="How long a batch takes, for the strategy estimates."
+    )
     sample: str | None = Field(
         None,
         description="A batch output file of earlier answers (OpenAI batch output JSONL); "
@@ -182,6 +208,15 @@ class EstimateSpec(Strict):
         if sum(value is not None for value in given) > 1:
             raise ValueError("give one of output_tokens, output_ratio or sample")
         return self
+
+
+class RealtimeSpec(Strict):
+    """Real-time limits (default: the provider's tier table) and the lane's concurrency."""
+
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    rpd: Annotated[int, Field(ge=1)] | None = None
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
 
 
 class JobSpec(Strict):
@@ -200,7 +235,19 @@ class JobSpec(Strict):
     budget: BudgetSpec = Field(default_factory=lambda: BudgetSpec())
     prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
     estimate: EstimateSpec = Field(default_factory=lambda: EstimateSpec())
+    strategy: Literal["batch", "realtime", "hybrid"] = "batch"
+    deadline: str | None = Field(
+        None, description="When the job must be done: an ISO time or a duration like 36h."
+    )
+    realtime: RealtimeSpec = Field(default_factory=lambda: RealtimeSpec())
     base_dir: Path = Field(default=Path(), exclude=True)
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_deadline(value)
+        return value
 
     @field_validator("params")
     @classmethod
