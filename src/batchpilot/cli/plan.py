@@ -32,6 +32,8 @@ def job_overrides(**flags: Any) -> dict[str, Any]:
         "input_path": "input.path",
         "budget": "budget.max_usd",
         "output_path": "output.path",
+        "strategy": "strategy",
+        "deadline": "deadline",
     }
     return {names[key]: value for key, value in flags.items() if value is not None}
 

@@ -69,6 +69,12 @@ def _report(result: RunResult, console: Console, as_json: bool) -> None:
 @click.option("--input", "input_path", help="Override the input path (env BATCHPILOT_INPUT).")
 @click.option("--output", "output_path", help="Override the output path (env BATCHPILOT_OUTPUT).")
 @click.option("--budget", type=float, help="Hard budget in USD (env BATCHPILOT_BUDGET_USD).")
+@click.option(
+    "--strategy",
+    type=click.Choice(["batch", "realtime", "hybrid"]),
+    help="Batch API, real-time API, or both to finish soonest within the budget.",
+)
+@click.option("--deadline", help="Finish by then: an ISO time or a duration like 36h.")
 @click.option("--detach", is_flag=True, help="Submit, then return without waiting.")
 @click.option(
     "--cancel-on-exit",
@@ -97,6 +103,8 @@ def run(
     input_path: str | None,
     output_path: str | None,
     budget: float | None,
+    strategy: str | None,
+    deadline: str | None,
     detach: bool,
     cancel_on_exit: bool,
     fresh: bool,
@@ -139,6 +147,8 @@ def run(
                 input_path=input_path,
                 budget=budget,
                 output_path=output_path,
+                strategy=strategy,
+                deadline=deadline,
             )
             job = load_job(job_file, overrides)
             result = run_job(

@@ -57,6 +57,21 @@ class OpenAIProvider:
     def client(self) -> openai.OpenAI:
         return self._client
 
+    def async_client(self) -> openai.AsyncOpenAI:
+        """An async client with the same endpoint and credentials, for the real-time lane."""
+        client = self._client
+        if isinstance(client, openai.AzureOpenAI):
+            raise UserInputError(
+                "the real-time lane does not support Azure OpenAI yet; use strategy: batch"
+            )
+        return openai.AsyncOpenAI(
+            api_key=client.api_key,
+            base_url=client.base_url,
+            organization=client.organization,
+            project=client.project,
+            max_retries=0,
+        )
+
     # files ----------------------------------------------------------------------------------
 
     def upload(self, path: Path, filename: str) -> RemoteFile:

@@ -12,12 +12,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from batchpilot.data.rows import Row
 from batchpilot.errors import StateError, UserInputError
 from batchpilot.export import ExportRow, write_export
+from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
@@ -27,6 +29,7 @@ from batchpilot.run.settings import RunSettings
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.store_sink import StoreSink
 from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
+from batchpilot.spec.model import parse_deadline
 from batchpilot.store import RunLock, RunRecord, SQLiteStore, utc_now
 
 __all__ = [
@@ -75,6 +78,16 @@ def job_of(run: RunRecord) -> JobSpec | None:
     return job_from_dict(data, base_dir=base, environ={})
 
 
+# What shapes the requests and where they go; changing anything else (strategy, deadline,
+# budget, limits, output) continues the same run instead of starting another.
+IDENTITY = ("name", "provider", "model", "endpoint", "input", "prompt", "params", "response")
+
+
+def identity_json(job: JobSpec) -> str:
+    data = json.loads(spec_json(job))
+    return json.dumps({key: data.get(key) for key in (*IDENTITY, "base_dir")}, sort_keys=True)
+
+
 def run_id_for(name: str, spec: str) -> str:
     return f"{name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
@@ -113,6 +126,23 @@ def _settings(
     )
 
 
+def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | None) -> None:
+    """Strategy, deadline (durations count from the run's start) and real-time limits."""
+    settings.strategy = job.strategy
+    if job.deadline is not None:
+        started = datetime.fromisoformat(run.created_at_utc.replace("Z", "+00:00")) if run else None
+        settings.deadline = parse_deadline(job.deadline, now=started)
+    local = job.provider.kind == "local"
+    tier = tier_limits(job.model, job.provider.tier)
+    settings.realtime = RateLimits(
+        rpm=job.realtime.rpm or (None if local else tier.rpm),
+        tpm=job.realtime.tpm or (None if local else tier.tpm),
+        rpd=job.realtime.rpd or (None if local else tier.rpd),
+    )
+    settings.concurrency = job.realtime.concurrency
+    settings.turnaround_s = job.estimate.batch_turnaround_hours * 3600
+
+
 def find_run(store: SQLiteStore, run_id: str | None) -> RunRecord:
     """A run by id, or the latest one; a clear error when there is none."""
     if run_id is not None:
@@ -148,6 +178,22 @@ def _running(
             on_progress,
         )
         runner.use_cache = use_cache
+        if settings.strategy != "batch":
+            make_client = getattr(provider, "async_client", None)
+            if make_client is None:
+                raise UserInputError(
+                    f"provider {provider.name} has no real-time client; use strategy: batch"
+                )
+            runner.lane = RealtimeLane(
+                make_client(),
+                store,
+                run_id,
+                limits=settings.realtime,
+                concurrency=settings.concurrency,
+                prices=settings.prices,
+                retry=settings.retry,
+                budget_usd=settings.budget_usd,
+            )
         runner.interrupt.install()
         try:
             yield runner
@@ -173,9 +219,11 @@ def run_job(
     """
     store = open_store(state_dir)
     spec = spec_json(job)
-    run_id = run_id_for(job.name, spec)
+    run_id = run_id_for(job.name, identity_json(job))
     prices = PriceTable.load(overrides=job.prices or None)
-    if store.run(run_id) is None:
+    if store.run(run_id) is not None:
+        store.set_run_spec(run_id, spec, job.budget.max_usd)
+    else:
         sink = StoreSink(store, run_id)
         try:
             store.create_run(
@@ -209,6 +257,7 @@ def run_job(
         detach=detach,
         cancel_on_exit=cancel_on_exit,
     )
+    _strategy_settings(job, settings, store.run(run_id))
     owned = provider is None
     provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
     try:

@@ -8,6 +8,7 @@ adopted instead of being created again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
@@ -16,12 +17,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from batchpilot.errors import BudgetExceeded, ProviderRejected, ProviderUnavailable
+from batchpilot.errors import (
+    BudgetExceeded,
+    ProviderRejected,
+    ProviderUnavailable,
+    UserInputError,
+)
+from batchpilot.lanes.realtime import LaneReport, RealtimeLane, recover_inflight
 from batchpilot.plan.ids import request_line
+from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
 from batchpilot.providers.base import (
     AuthenticationFailed,
     Provider,
@@ -107,6 +116,10 @@ class Runner:
     _fresh: set[tuple[int, str]] = field(default_factory=set)
     _backoff_until: float = 0.0
     use_cache: bool = True
+    lane: RealtimeLane | None = None
+    _events: asyncio.AbstractEventLoop | None = None
+    _quota: int | None = None
+    _cancelled_late: set[int] = field(default_factory=set)
 
     # the loop -------------------------------------------------------------------------------
 
@@ -117,6 +130,13 @@ class Runner:
         cached = self.store.apply_cache(self.run_id) if self.use_cache else 0
         if cached:
             self.store.event(self.run_id, "cache", f"{cached} requests answered from the cache")
+        recovered = recover_inflight(self.store, self.run_id)
+        if recovered:
+            self.store.event(
+                self.run_id,
+                "recovered",
+                f"{recovered} real-time requests were in flight at a crash",
+            )
         try:
             return self._loop()
         except AuthenticationFailed as exc:
@@ -125,6 +145,12 @@ class Runner:
             self.store.event(self.run_id, "error", str(exc))
             self.store.set_run_status(self.run_id, "stopped")
             raise
+        finally:
+            if self._events is not None:
+                if self.lane is not None:
+                    self._events.run_until_complete(self.lane.client.close())
+                self._events.close()
+                self._events = None
 
     def _loop(self) -> RunStatus:
         while True:
@@ -132,7 +158,7 @@ class Runner:
                 return self._stop()
             progressed = self._poll_live()
             if not self.interrupt.stop.is_set():
-                progressed |= self._submit_more()
+                progressed |= self._dispatch()
             status = self.status()
             if self.on_progress is not None:
                 self.on_progress(status)
@@ -171,6 +197,126 @@ class Runner:
             )
         self.store.set_run_status(self.run_id, "stopped")
         return self.status()
+
+    # choosing a lane -------------------------------------------------------------------------
+
+    def _dispatch(self) -> bool:
+        strategy = self.settings.strategy
+        if strategy == "batch":
+            return self._submit_more()
+        chunk = max(8, (self.settings.realtime.rpm or 600) // 6)
+        if strategy == "realtime":
+            return self._realtime(self.store.pending(self.run_id, chunk))
+        progressed = False
+        if self._deadline_near():
+            progressed |= self._cancel_late_batches()
+            return self._realtime(self.store.pending(self.run_id, chunk)) or progressed
+        pending, _, _ = self.store.pending_totals(self.run_id)
+        quota = self._realtime_quota()
+        if quota > 0 and pending:
+            taken = self.store.pending(self.run_id, min(chunk, quota), from_end=True)
+            self._quota = quota - len(taken)
+            progressed |= self._realtime(taken)
+        elif 0 < pending <= self.settings.tail_requests and self.store.batches(self.run_id):
+            # a small tail left after the bulk went in batches: sooner in real time
+            progressed |= self._realtime(self.store.pending(self.run_id, chunk))
+        return self._submit_more() or progressed
+
+    def _realtime_quota(self) -> int:
+        """How many requests the hybrid sends in real time, chosen once from the estimates."""
+        if self._quota is None:
+            count, tokens, most_out = self.store.pending_totals(self.run_id)
+            first = self.store.pending(self.run_id, 1)
+            queue = self._capacity(first[0].model) if first else None
+            limits = self.settings.realtime
+            inputs = StrategyInputs(
+                count,
+                tokens,
+                most_out // 2,
+                None,
+                None,
+                queue,
+                limits.rpm,
+                limits.tpm,
+                limits.rpd,
+                self._turnaround(),
+            )
+            self._quota = estimate_strategies(inputs)["hybrid"].realtime_requests
+            self.store.event(
+                self.run_id, "hybrid", f"{self._quota} of {count} requests go real time"
+            )
+        return self._quota
+
+    def _turnaround(self) -> float:
+        """Seconds a batch takes: the median of this run's finished batches, else the setting."""
+        spans = sorted(
+            _seconds_between(b.submitted_at_utc, b.finished_at_utc)
+            for b in self.store.batches(self.run_id, [BatchState.FINISHED])
+            if b.submitted_at_utc and b.finished_at_utc
+        )
+        return spans[len(spans) // 2] if spans else self.settings.turnaround_s
+
+    def _deadline_near(self) -> bool:
+        deadline = self.settings.deadline
+        if deadline is None:
+            return False
+        return datetime.now(UTC) + timedelta(seconds=self._turnaround()) > deadline
+
+    def _cancel_late_batches(self) -> bool:
+        """Batches that cannot finish by the deadline are cancelled; what they did not run comes
+        back as pending once their partial results are ingested, and then goes real time."""
+        cancelled = False
+        for batch in self.store.batches(self.run_id, [BatchState.SUBMITTED]):
+            if batch.id in self._cancelled_late or batch.remote_id is None:
+                continue
+            try:
+                self.provider.cancel_batch(batch.remote_id)
+            except (ProviderRejected, ProviderUnavailable) as exc:
+                self.store.event(self.run_id, "warning", f"cancel of batch {batch.id}: {exc}")
+                continue
+            self._cancelled_late.add(batch.id)
+            self.store.event(
+                self.run_id, "deadline", f"batch {batch.id} cancelled to finish before the deadline"
+            )
+            cancelled = True
+        return cancelled
+
+    def _realtime(self, requests: list[PendingRequest]) -> bool:
+        if not requests:
+            return False
+        if self.lane is None:
+            raise UserInputError(f"strategy {self.settings.strategy} needs a real-time client")
+        if self._events is None:
+            self._events = asyncio.new_event_loop()
+        report = self._events.run_until_complete(self._lane_run(self.lane, requests))
+        self.store.event(
+            self.run_id,
+            "realtime",
+            f"{report.succeeded} answered, {report.failed} failed, {report.retried} retried "
+            "in real time",
+        )
+        if report.budget_stopped and not self.store.batches(self.run_id, LIVE):
+            spent, _ = self.store.money(self.run_id)
+            self.store.set_run_status(self.run_id, "stopped")
+            raise BudgetExceeded(
+                f"the budget of ${self.settings.budget_usd} is used up (${spent:.4f} spent); "
+                "raise budget.max_usd (or --budget) and run again"
+            )
+        return True
+
+    async def _lane_run(self, lane: RealtimeLane, requests: list[PendingRequest]) -> LaneReport:
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not self.interrupt.stop.is_set():
+                await asyncio.sleep(0.05)
+            stop.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await lane.run(requests, stop)
+        finally:
+            watcher.cancel()
 
     # submitting -----------------------------------------------------------------------------
 
@@ -552,3 +698,8 @@ class Runner:
                 state = self.settings.retry.next_state(request, True, True)
                 outcomes.append(Outcome(request.id, state, error=f"batch failed: {message}"))
         return outcomes
+
+
+def _seconds_between(start: str, end: str) -> float:
+    first = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    return (datetime.fromisoformat(end.replace("Z", "+00:00")) - first).total_seconds()

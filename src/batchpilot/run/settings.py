@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
+from batchpilot.lanes.ratelimit import RateLimits
 from batchpilot.pricing import PriceTable
 from batchpilot.run.ingest import RetryPolicy
 
@@ -27,3 +29,9 @@ class RunSettings:
     not_found_grace: int = 10
     detach: bool = False
     cancel_on_exit: bool = False
+    strategy: str = "batch"
+    deadline: datetime | None = None
+    realtime: RateLimits = field(default_factory=RateLimits)
+    concurrency: int = 16
+    turnaround_s: float = 12 * 3600.0
+    tail_requests: int = 100

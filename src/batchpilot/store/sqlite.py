@@ -120,6 +120,14 @@ class SQLiteStore:
                 (status, finished, run_id),
             )
 
+    def set_run_spec(self, run_id: str, spec_json: str, budget_usd: float | None) -> None:
+        """The job's latest settings (strategy, deadline, budget) for a continued run."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE runs SET spec_json = ?, budget_usd = ? WHERE id = ?",
+                (spec_json, budget_usd, run_id),
+            )
+
     def set_budget(self, run_id: str, budget_usd: float | None) -> None:
         with self.tx() as db:
             db.execute("UPDATE runs SET budget_usd = ? WHERE id = ?", (budget_usd, run_id))
@@ -199,14 +207,26 @@ class SQLiteStore:
 
     # requests -------------------------------------------------------------------------------
 
-    def pending(self, run_id: str, limit: int) -> list[PendingRequest]:
+    def pending(self, run_id: str, limit: int, *, from_end: bool = False) -> list[PendingRequest]:
+        """Pending requests in input order (or from the end of the input, `from_end`)."""
+        order = "DESC" if from_end else "ASC"
         rows = self._db.execute(
             "SELECT id, endpoint, model, body, input_tokens, max_output_tokens, attempts, "
-            "first_row FROM requests WHERE run_id = ? AND state = 'pending' "
-            "ORDER BY first_row LIMIT ?",
+            f"first_row FROM requests WHERE run_id = ? AND state = 'pending' "
+            f"ORDER BY first_row {order} LIMIT ?",
             (run_id, limit),
         ).fetchall()
         return [PendingRequest(**dict(row)) for row in rows]
+
+    def pending_totals(self, run_id: str) -> tuple[int, int, int]:
+        """(requests, input tokens, most output tokens) of the pending requests."""
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), "
+            "COALESCE(SUM(max_output_tokens), 0) FROM requests "
+            "WHERE run_id = ? AND state = 'pending'",
+            (run_id,),
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
 
     def request_counts(self, run_id: str) -> dict[str, int]:
         rows = self._db.execute(

@@ -1,0 +1,16 @@
+"""Lanes beside the batch lane: the real-time lane and its client-side rate limits."""
+
+from __future__ import annotations
+
+from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, parse_duration
+from batchpilot.lanes.realtime import LaneReport, RealtimeLane, recover_inflight
+
+__all__ = [
+    "LaneReport",
+    "RateLimits",
+    "RealtimeLane",
+    "Throttle",
+    "TooLarge",
+    "parse_duration",
+    "recover_inflight",
+]

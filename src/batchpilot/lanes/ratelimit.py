@@ -1,0 +1,243 @@
+"""Client-side rate limits: token buckets for requests and tokens per minute and requests per day.
+
+The buckets run in wall time (a monotonic clock) and start full. They are seeded from the job or
+the built-in tier table, then corrected from the `x-ratelimit-*` headers of every answer: a
+lower limit than configured wins, and the remaining count caps the level. The clock and the
+sleep are parameters, so that a fake clock makes every wait exact in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from batchpilot.pricing import tier_limits
+
+__all__ = ["RateLimits", "Throttle", "TooLarge", "parse_duration", "retry_after"]
+
+MINUTE_S = 60.0
+DAY_S = 86_400.0
+_EPSILON = 1e-9
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a reset header: `1s`, `6m0s`, `20ms`, `1.5s`, `1h2m3s` (a bare number is s)."""
+    value = text.strip().lower()
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"not a duration: {text!r}")
+        return number
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    total, position = 0.0, 0
+    for match in _DURATION.finditer(value):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * units[match.group(2)]
+        position = match.end()
+    if position != len(value) or not value:
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Real-time limits of one model; None means no limit is known (and none is applied)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+
+    @classmethod
+    def from_tier(cls, model: str, tier: str | int = 1) -> RateLimits:
+        """The limits of the built-in tier table (all None for an unknown model or tier)."""
+        known = tier_limits(model, tier)
+        return cls(rpm=known.rpm, tpm=known.tpm, rpd=known.rpd)
+
+
+class TooLarge(ValueError):
+    """A request needs more tokens than the tokens-per-minute bucket can ever hold."""
+
+    def __init__(self, tokens: int, capacity: int) -> None:
+        super().__init__(
+            f"request too large for the TPM limit: it needs {tokens} tokens "
+            f"(input plus max output) and the limit is {capacity} per minute"
+        )
+        self.tokens = tokens
+        self.capacity = capacity
+
+
+class _Bucket:
+    def __init__(self, capacity: int, period_s: float, now: float) -> None:
+        self.period_s = period_s
+        self.capacity = capacity
+        self.level = float(capacity)
+        self.stamp = now
+
+    @property
+    def rate(self) -> float:
+        return self.capacity / self.period_s
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.level = min(float(self.capacity), self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        short = amount - self.level
+        return 0.0 if short <= _EPSILON else short / self.rate
+
+    def lower_limit(self, limit: int) -> None:
+        if 0 < limit < self.capacity:
+            self.capacity = limit
+            self.level = min(self.level, float(limit))
+
+
+class Throttle:
+    """Waits until a request fits every bucket, then takes its share; first come, first served.
+
+    `acquire(tokens)` takes one request from the RPM and RPD buckets and `tokens` from the TPM
+    bucket. `observe(headers)` corrects the buckets from an answer's headers; `pause(seconds)`
+    holds every acquisition back (a 429 with `retry-after`).
+    """
+
+    def __init__(
+        self,
+        limits: RateLimits,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        now = clock()
+        self.requests_per_minute = _bucket(limits.rpm, MINUTE_S, now)
+        self.tokens_per_minute = _bucket(limits.tpm, MINUTE_S, now)
+        self.requests_per_day = _bucket(limits.rpd, DAY_S, now)
+        self._paused_until = -math.inf
+        self._lock = asyncio.Lock()
+
+    @property
+    def limits(self) -> RateLimits:
+        """The limits in force (configured, or lowered by the headers)."""
+        return RateLimits(
+            *(
+                None if b is None else b.capacity
+                for b in (self.requests_per_minute, self.tokens_per_minute, self.requests_per_day)
+            )
+        )
+
+    def _needs(self, tokens: int) -> list[tuple[_Bucket, float]]:
+        pairs = [
+            (self.requests_per_minute, 1.0),
+            (self.tokens_per_minute, float(tokens)),
+            (self.requests_per_day, 1.0),
+        ]
+        return [(bucket, amount) for bucket, amount in pairs if bucket is not None]
+
+    def _check_size(self, tokens: int) -> None:
+        bucket = self.tokens_per_minute
+        if bucket is not None and tokens > bucket.capacity:
+            raise TooLarge(tokens, bucket.capacity)
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait until one request and `tokens` tokens are free in every bucket, then take them.
+
+        Raises TooLarge when `tokens` exceed the TPM capacity (also if a header lowers the
+        capacity while waiting), since such a request would wait forever.
+        """
+        self._check_size(tokens)
+        async with self._lock:
+            while True:
+                self._check_size(tokens)
+                now = self._clock()
+                needs = self._needs(tokens)
+                for bucket, _ in needs:
+                    bucket.refill(now)
+                wait = max([self._paused_until - now, *(b.wait_for(a) for b, a in needs)])
+                if wait <= 0:
+                    for bucket, amount in needs:
+                        bucket.level -= amount
+                    return
+                await self._sleep(wait)
+
+    def pause(self, seconds: float) -> None:
+        """Let no acquisition through for `seconds` from now (extends, never shortens, a pause)."""
+        self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Correct the buckets from `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+
+        A limit lower than the configured one wins (a limit for a bucket that is not configured
+        creates it); the level never stays above what the server says remains. A reset duration
+        stands in for a missing remaining count: the bucket is that far from full.
+        """
+        lowered = {key.lower(): value for key, value in headers.items()}
+        now = self._clock()
+        for kind in ("requests", "tokens"):
+            attribute = "requests_per_minute" if kind == "requests" else "tokens_per_minute"
+            bucket: _Bucket | None = getattr(self, attribute)
+            limit = _number(lowered.get(f"x-ratelimit-limit-{kind}"))
+            if limit is not None and limit >= 1:
+                if bucket is None:
+                    bucket = _Bucket(int(limit), MINUTE_S, now)
+                    setattr(self, attribute, bucket)
+                else:
+                    bucket.refill(now)
+                    bucket.lower_limit(int(limit))
+            if bucket is None:
+                continue
+            bucket.refill(now)
+            remaining = _number(lowered.get(f"x-ratelimit-remaining-{kind}"))
+            reset = lowered.get(f"x-ratelimit-reset-{kind}")
+            if remaining is not None:
+                bucket.level = min(bucket.level, max(0.0, remaining))
+            elif reset is not None:
+                try:
+                    seconds = parse_duration(reset)
+                except ValueError:
+                    continue
+                bucket.level = min(bucket.level, max(0.0, bucket.capacity - seconds * bucket.rate))
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms`, else `retry-after` (seconds or an HTTP date)."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    with contextlib.suppress(ValueError):
+        milliseconds = float(lowered.get("retry-after-ms", ""))
+        if 0 <= milliseconds < math.inf:
+            return milliseconds / 1000
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        seconds = float(value)
+        return seconds if 0 <= seconds < math.inf else None
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+def _bucket(limit: int | None, period_s: float, now: float) -> _Bucket | None:
+    return None if not limit or limit <= 0 else _Bucket(limit, period_s, now)
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None

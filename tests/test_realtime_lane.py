@@ -1,0 +1,456 @@
+"""The real-time lane: the throttle on a fake clock, and the lane against the local server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+import pytest
+
+from batchpilot.lanes import (
+    LaneReport,
+    RateLimits,
+    RealtimeLane,
+    Throttle,
+    TooLarge,
+    parse_duration,
+    recover_inflight,
+)
+from batchpilot.plan.ids import canonical_body, request_id
+from batchpilot.pricing import PriceTable
+from batchpilot.providers.base import AuthenticationFailed
+from batchpilot.run.ingest import RetryPolicy
+from batchpilot.run.store_sink import max_output_tokens
+from batchpilot.server import FaultPlan, LocalServer, RateLimit
+from batchpilot.store import RequestState, RunRecord, SQLiteStore, utc_now
+from batchpilot.tokens import count_request
+
+T = TypeVar("T")
+MODEL = "gpt-4o-mini"
+EP = "/v1/chat/completions"
+RUN = "run-rt"
+ServerFactory = Callable[..., LocalServer]
+
+
+# the throttle, on a fake clock ------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def throttle(**limits: int) -> tuple[Throttle, FakeClock]:
+    clock = FakeClock()
+    return Throttle(RateLimits(**limits), clock=clock, sleep=clock.sleep), clock
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def test_rpm_paces_exactly_after_the_burst() -> None:
+    gate, clock = throttle(rpm=60)
+
+    async def go() -> list[float]:
+        times = []
+        for _ in range(63):
+            await gate.acquire(10)
+            times.append(clock.now)
+        return times
+
+    times = run(go())
+    assert times[:60] == [0.0] * 60
+    assert times[60:] == pytest.approx([1.0, 2.0, 3.0], abs=1e-9)
+
+
+def test_concurrent_waiters_are_served_in_order() -> None:
+    gate, clock = throttle(rpm=60)
+
+    async def go() -> list[tuple[int, float]]:
+        order: list[tuple[int, float]] = []
+
+        async def one(index: int) -> None:
+            await gate.acquire(1)
+            order.append((index, clock.now))
+
+        await asyncio.gather(*(one(i) for i in range(62)))
+        return order
+
+    order = run(go())
+    assert [index for index, _ in order] == list(range(62))
+    assert [at for _, at in order[-2:]] == pytest.approx([1.0, 2.0], abs=1e-9)
+
+
+def test_tpm_waits_for_enough_tokens() -> None:
+    gate, clock = throttle(tpm=1000)
+
+    async def go() -> None:
+        await gate.acquire(600)
+        assert clock.now == 0.0
+        await gate.acquire(600)  # 400 left; 200 more take 200 / (1000 / 60) s
+
+    run(go())
+    assert clock.now == pytest.approx(12.0)
+
+
+def test_rpd_caps_the_day() -> None:
+    gate, clock = throttle(rpd=2, rpm=1000)
+
+    async def go() -> None:
+        for _ in range(3):
+            await gate.acquire(1)
+
+    run(go())
+    assert clock.now == pytest.approx(43_200.0)
+
+
+def test_a_request_over_the_tpm_capacity_is_too_large() -> None:
+    gate, _ = throttle(tpm=100)
+    with pytest.raises(TooLarge, match="request too large for the TPM limit") as caught:
+        run(gate.acquire(101))
+    assert isinstance(caught.value, ValueError)
+    run(gate.acquire(100))
+
+
+def test_a_lowered_capacity_ends_a_wait_that_can_never_succeed() -> None:
+    gate, _ = throttle(tpm=100)
+
+    async def go() -> None:
+        await gate.acquire(60)
+        waiter = asyncio.ensure_future(gate.acquire(90))
+        await asyncio.sleep(0)
+        gate.observe({"x-ratelimit-limit-tokens": "80"})
+        with pytest.raises(TooLarge):
+            await waiter
+
+    run(go())
+    assert gate.limits.tpm == 80
+
+
+def test_headers_lower_limits_and_levels() -> None:
+    gate, clock = throttle(rpm=600, tpm=10_000)
+    gate.observe(
+        {
+            "X-RateLimit-Limit-Requests": "60",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-limit-tokens": "20000",  # higher than configured: ignored
+            "x-ratelimit-remaining-tokens": "5000",
+        }
+    )
+    assert gate.limits == RateLimits(rpm=60, tpm=10_000)
+
+    async def go() -> None:
+        await gate.acquire(100)
+
+    run(go())
+    assert clock.now == pytest.approx(1.0)
+    assert gate.tokens_per_minute is not None
+    assert gate.tokens_per_minute.level == pytest.approx(5000 + 1.0 * 10_000 / 60 - 100)
+    gate.observe({"x-ratelimit-remaining-requests": "30"})  # never raises the level
+    assert gate.requests_per_minute is not None
+    assert gate.requests_per_minute.level == pytest.approx(0.0)
+
+
+def test_headers_create_an_unconfigured_bucket_and_reset_stands_in_for_remaining() -> None:
+    gate, _ = throttle()
+    gate.observe({"x-ratelimit-limit-requests": "60", "x-ratelimit-reset-requests": "6s"})
+    assert gate.limits == RateLimits(rpm=60)
+    assert gate.requests_per_minute is not None
+    assert gate.requests_per_minute.level == pytest.approx(54.0)
+
+
+def test_pause_holds_every_acquisition_and_never_shortens() -> None:
+    gate, clock = throttle(rpm=1000)
+    gate.pause(2.5)
+    gate.pause(1.0)
+
+    async def go() -> None:
+        await gate.acquire(1)
+
+    run(go())
+    assert clock.now == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1.5s", 1.5), ("1h2m3s", 3723.0), ("0.5", 0.5)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1x", "s", "-1", "1s2"])
+def test_parse_duration_refuses_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_limits_from_the_tier_table() -> None:
+    assert RateLimits.from_tier(MODEL, 1) == RateLimits(rpm=500, tpm=200_000, rpd=10_000)
+    assert RateLimits.from_tier("no-such-model") == RateLimits()
+
+
+# the lane, against the local server -------------------------------------------------------
+
+
+def chat(index: int, **extra: Any) -> dict[str, Any]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Question {index}?"}]}
+    return {**body, "max_tokens": 30, **extra}
+
+
+def make_store(tmp_path: Path, bodies: list[dict[str, Any]]) -> tuple[SQLiteStore, list[str]]:
+    store = SQLiteStore(tmp_path / "runs.db")
+    store.create_run(RunRecord(RUN, "job", "{}", "openai", EP, "running", None, utc_now()))
+    ids = []
+    with store.tx():
+        for index, body in enumerate(bodies):
+            canonical = canonical_body(body)
+            rid = request_id(EP, canonical)
+            tokens = count_request(body, EP).tokens
+            store.add_row(RUN, index, f"row-{index}", "input.jsonl", rid, None)
+            store.add_request(
+                RUN,
+                rid,
+                hashlib.sha256(canonical).hexdigest(),
+                EP,
+                MODEL,
+                canonical,
+                tokens,
+                max_output_tokens(body, tokens),
+                index,
+            )
+            ids.append(rid)
+    return store, ids
+
+
+def drive(
+    server: LocalServer,
+    store: SQLiteStore,
+    stop_after: float | None = None,
+    api_key: str = "test",
+    **options: Any,
+) -> LaneReport:
+    async def go() -> LaneReport:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=api_key, max_retries=0)
+        try:
+            options.setdefault("limits", RateLimits())
+            lane = RealtimeLane(client, store, RUN, **options)
+            stop = asyncio.Event()
+            if stop_after is not None:
+                asyncio.get_running_loop().call_later(stop_after, stop.set)
+            return await lane.run(store.pending(RUN, 10_000), stop)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def states(store: SQLiteStore) -> dict[str, tuple[str, int, str | None]]:
+    with store.tx() as db:
+        rows = db.execute(
+            "SELECT id, state, attempts, error FROM requests WHERE run_id = ?", (RUN,)
+        )
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
+def ledger_ids(server: LocalServer) -> Counter[str]:
+    return Counter(str(entry["custom_id"]) for entry in server.admin.ledger())
+
+
+def test_pacing_keeps_the_server_from_answering_429(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    server = local_server_factory(
+        rate_limits={MODEL: RateLimit(rpm=60)}, time_scale=60
+    )  # one virtual minute is one real second
+    store, ids = make_store(tmp_path, [chat(i) for i in range(30)])
+    report = drive(server, store, limits=RateLimits(rpm=60))
+    assert (report.succeeded, report.failed, report.http_429, report.retried) == (30, 0, 0, 0)
+    assert ledger_ids(server) == Counter(ids)
+
+
+def test_pacing_past_the_burst_sends_no_429(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    scale = 60.0
+    server = local_server_factory(rate_limits={MODEL: RateLimit(rpm=60)}, time_scale=scale)
+    store, ids = make_store(tmp_path, [chat(i) for i in range(100)])
+
+    async def scaled_sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds / scale)
+
+    # The lane's clock runs in the server's virtual time, a little under the server's limit.
+    gate = Throttle(RateLimits(rpm=54), clock=lambda: time.monotonic() * scale, sleep=scaled_sleep)
+    started = time.monotonic()
+    report = drive(server, store, throttle=gate, limits=RateLimits(rpm=54))
+    elapsed = time.monotonic() - started
+    assert (report.succeeded, report.http_429) == (100, 0)
+    assert elapsed >= 0.8  # 54 at once, then 46 at 54 per second
+    assert ledger_ids(server) == Counter(ids)
+    assert {entry["status_code"] for entry in server.admin.ledger()} == {200}
+
+
+def test_injected_429s_are_retried_and_each_request_runs_once(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    faults = FaultPlan.model_validate(
+        {
+            "seed": 3,
+            "faults": [
+                {
+                    "kind": "http_error",
+                    "route": "POST /v1/chat/completions",
+                    "status": 429,
+                    "rate": 0.3,
+                    "retry_after_s": 0.05,
+                }
+            ],
+        }
+    )
+    server = local_server_factory(faults=faults)
+    store, ids = make_store(tmp_path, [chat(i) for i in range(30)])
+    report = drive(server, store, retry=RetryPolicy(max_attempts=20), concurrency=8)
+    assert (report.succeeded, report.failed) == (30, 0)
+    assert report.http_429 == report.retried > 0
+    assert ledger_ids(server) == Counter(ids)
+    rows = states(store)
+    assert {state for state, _, _ in rows.values()} == {"succeeded"}
+    assert sum(attempts for _, attempts, _ in rows.values()) == 30 + report.retried
+
+
+def test_server_errors_retry_up_to_the_cap(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    faults = FaultPlan.model_validate(
+        {"faults": [{"kind": "http_error", "route": "POST /v1/chat/completions", "status": 503}]}
+    )
+    server = local_server_factory(faults=faults)
+    store, _ = make_store(tmp_path, [chat(i) for i in range(3)])
+    report = drive(server, store, retry=RetryPolicy(max_attempts=3), base_backoff_s=0.01)
+    assert (report.succeeded, report.failed, report.retried) == (0, 3, 6)
+    for state, attempts, error in states(store).values():
+        assert (state, attempts) == ("failed", 3)
+        assert error is not None and error.startswith("http 503: ")
+
+
+def test_a_bad_request_fails_alone_with_its_reason(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    server = local_server_factory()
+    bodies = [chat(i) for i in range(5)] + [{"model": MODEL, "messages": [], "max_tokens": 5}]
+    store, ids = make_store(tmp_path, bodies)
+    report = drive(server, store)
+    assert (report.succeeded, report.failed, report.retried) == (5, 1, 0)
+    state, attempts, error = states(store)[ids[-1]]
+    assert (state, attempts) == ("failed", 1)
+    assert error is not None and error.startswith("http 400: empty_array: Invalid 'messages'")
+
+
+def test_a_request_over_the_tpm_limit_fails_without_being_sent(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    server = local_server_factory()
+    store, ids = make_store(tmp_path, [chat(0), chat(1, max_tokens=5000)])
+    report = drive(server, store, limits=RateLimits(tpm=1000))
+    assert (report.succeeded, report.failed) == (1, 1)
+    state, _, error = states(store)[ids[1]]
+    assert state == "failed" and error is not None
+    assert error.startswith("request too large for the TPM limit")
+    assert ledger_ids(server) == Counter(ids[:1])
+
+
+def test_the_budget_stops_the_lane_before_it_is_passed(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    server = local_server_factory()
+    store, _ = make_store(tmp_path, [chat(i) for i in range(20)])
+    prices = PriceTable.load()
+    first = store.pending(RUN, 1)[0]
+    worst = prices.cost(
+        MODEL, input_tokens=first.input_tokens, output_tokens=first.max_output_tokens, batch=False
+    )
+    budget = worst * 6.5
+    report = drive(server, store, prices=prices, budget_usd=budget, concurrency=4)
+    assert report.budget_stopped
+    spent, reserved = store.money(RUN)
+    assert reserved == 0.0
+    assert spent == pytest.approx(report.spent_usd)
+    assert 0 < spent <= budget
+    counts = store.request_counts(RUN)
+    assert counts["succeeded"] == report.succeeded >= 6
+    assert counts["pending"] == 20 - report.succeeded
+    assert counts["realtime"] == 0
+
+
+def test_results_stream_into_the_store_at_real_time_prices(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    server = local_server_factory()
+    store, ids = make_store(tmp_path, [chat(i) for i in range(12)])
+    prices = PriceTable.load()
+    report = drive(server, store, prices=prices)
+    with store.tx() as db:
+        rows = db.execute(
+            "SELECT request_id, lane, input_tokens, output_tokens, cost_usd, response_json "
+            "FROM results WHERE run_id = ?",
+            (RUN,),
+        ).fetchall()
+    assert sorted(row[0] for row in rows) == sorted(ids)
+    assert {row[1] for row in rows} == {"realtime"}
+    expected = [
+        prices.cost(MODEL, input_tokens=row[2], output_tokens=row[3], batch=False) for row in rows
+    ]
+    assert [row[4] for row in rows] == pytest.approx(expected)
+    assert all(row[2] > 0 and row[3] > 0 for row in rows)
+    assert all('"chat.completion"' in row[5] for row in rows)
+    spent, _ = store.money(RUN)
+    assert spent == pytest.approx(sum(expected)) == pytest.approx(report.spent_usd)
+
+
+def test_stop_sends_nothing_new_and_leaves_the_rest_pending(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    server = local_server_factory()
+    store, _ = make_store(tmp_path, [chat(i) for i in range(10)])
+    report = drive(server, store, stop_after=0.5, limits=RateLimits(rpm=3), concurrency=4)
+    assert report.stopped
+    assert report.succeeded == 3
+    counts = store.request_counts(RUN)
+    assert (counts["succeeded"], counts["pending"], counts["realtime"]) == (3, 7, 0)
+    assert all(attempts == 0 for state, attempts, _ in states(store).values() if state == "pending")
+
+
+def test_a_refused_key_stops_the_lane_with_every_request_pending(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    server = local_server_factory(api_key="the-right-key")
+    store, _ = make_store(tmp_path, [chat(i) for i in range(5)])
+    with pytest.raises(AuthenticationFailed, match="http 401"):
+        drive(server, store, api_key="a-wrong-key-1234")
+    assert store.request_counts(RUN)["pending"] == 5
+    assert all(attempts == 0 for _, attempts, _ in states(store).values())
+
+
+def test_recover_inflight_counts_an_attempt(tmp_path: Path) -> None:
+    store, ids = make_store(tmp_path, [chat(i) for i in range(4)])
+    store.move_requests(RUN, ids[:3], RequestState.PENDING, RequestState.REALTIME)
+    assert recover_inflight(store, RUN) == 3
+    rows = states(store)
+    for rid in ids[:3]:
+        assert rows[rid] == ("pending", 1, "interrupted while in flight")
+    assert rows[ids[3]] == ("pending", 0, None)
+    assert recover_inflight(store, RUN) == 0
