@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import time
 from collections import Counter
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import openai
+import orjson
 import pytest
 
 from batchpilot.lanes import (
@@ -21,6 +23,7 @@ from batchpilot.lanes import (
     TooLarge,
     parse_duration,
     recover_inflight,
+    retry_after,
 )
 from batchpilot.plan.ids import canonical_body, request_id
 from batchpilot.pricing import PriceTable
@@ -199,6 +202,15 @@ def test_parse_duration_refuses_garbage(text: str) -> None:
         parse_duration(text)
 
 
+def test_retry_after_prefers_milliseconds_and_reads_dates() -> None:
+    assert retry_after({"Retry-After-Ms": "250", "retry-after": "3"}) == pytest.approx(0.25)
+    assert retry_after({"retry-after": "1.5"}) == pytest.approx(1.5)
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert retry_after({"retry-after": later}) == pytest.approx(30, abs=2)
+    assert retry_after({"retry-after": "soon"}) is None
+    assert retry_after({}) is None
+
+
 def test_limits_from_the_tier_table() -> None:
     assert RateLimits.from_tier(MODEL, 1) == RateLimits(rpm=500, tpm=200_000, rpd=10_000)
     assert RateLimits.from_tier("no-such-model") == RateLimits()
@@ -212,22 +224,24 @@ def chat(index: int, **extra: Any) -> dict[str, Any]:
     return {**body, "max_tokens": 30, **extra}
 
 
-def make_store(tmp_path: Path, bodies: list[dict[str, Any]]) -> tuple[SQLiteStore, list[str]]:
+def make_store(
+    tmp_path: Path, bodies: list[dict[str, Any]], endpoint: str = EP
+) -> tuple[SQLiteStore, list[str]]:
     store = SQLiteStore(tmp_path / "runs.db")
-    store.create_run(RunRecord(RUN, "job", "{}", "openai", EP, "running", None, utc_now()))
+    store.create_run(RunRecord(RUN, "job", "{}", "openai", endpoint, "running", None, utc_now()))
     ids = []
     with store.tx():
         for index, body in enumerate(bodies):
             canonical = canonical_body(body)
-            rid = request_id(EP, canonical)
-            tokens = count_request(body, EP).tokens
+            rid = request_id(endpoint, canonical)
+            tokens = count_request(body, endpoint).tokens
             store.add_row(RUN, index, f"row-{index}", "input.jsonl", rid, None)
             store.add_request(
                 RUN,
                 rid,
                 hashlib.sha256(canonical).hexdigest(),
-                EP,
-                MODEL,
+                endpoint,
+                str(body["model"]),
                 canonical,
                 tokens,
                 max_output_tokens(body, tokens),
@@ -242,12 +256,23 @@ def drive(
     store: SQLiteStore,
     stop_after: float | None = None,
     api_key: str = "test",
+    azure: bool = False,
     **options: Any,
 ) -> LaneReport:
     async def go() -> LaneReport:
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=api_key, max_retries=0)
+        client = (
+            openai.AsyncAzureOpenAI(
+                azure_endpoint=server.base_url.removesuffix("/v1"),
+                api_key=api_key,
+                api_version="2024-10-21",
+                max_retries=0,
+            )
+            if azure
+            else openai.AsyncOpenAI(base_url=server.base_url, api_key=api_key, max_retries=0)
+        )
         try:
             options.setdefault("limits", RateLimits())
+            options.setdefault("retry", RetryPolicy())
             lane = RealtimeLane(client, store, RUN, **options)
             stop = asyncio.Event()
             if stop_after is not None:
@@ -419,6 +444,22 @@ def test_results_stream_into_the_store_at_real_time_prices(
     assert all('"chat.completion"' in row[5] for row in rows)
     spent, _ = store.money(RUN)
     assert spent == pytest.approx(sum(expected)) == pytest.approx(report.spent_usd)
+
+
+def test_embeddings_and_the_azure_client_go_through_the_same_lane(
+    tmp_path: Path, local_server_factory: ServerFactory
+) -> None:
+    server = local_server_factory()
+    inputs = [{"model": "text-embedding-3-small", "input": f"text {i}"} for i in range(3)]
+    store, ids = make_store(tmp_path / "embeddings", inputs, "/v1/embeddings")
+    assert drive(server, store).succeeded == 3
+    with store.tx() as db:
+        answers = [row[0] for row in db.execute("SELECT response_json FROM results")]
+    vectors = [orjson.loads(text)["data"][0]["embedding"] for text in answers]
+    assert all(isinstance(v, list) and isinstance(v[0], float) for v in vectors)
+    store, azure_ids = make_store(tmp_path / "azure", [chat(i) for i in range(3)])
+    assert drive(server, store, azure=True).succeeded == 3
+    assert ledger_ids(server) == Counter(ids + azure_ids)
 
 
 def test_stop_sends_nothing_new_and_leaves_the_rest_pending(

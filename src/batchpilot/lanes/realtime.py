@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import httpx2
 import openai
 import orjson
 
@@ -32,18 +31,15 @@ from batchpilot.pricing import PriceTable
 from batchpilot.providers.base import AuthenticationFailed
 from batchpilot.store import Outcome, PendingRequest, RequestState, SQLiteStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # at run time the import would be circular: batchpilot.run imports lanes
     from batchpilot.run.ingest import RetryPolicy
 
 __all__ = ["CUSTOM_ID_HEADER", "LaneReport", "RealtimeLane", "recover_inflight"]
 
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 INTERRUPTED = "interrupted while in flight"
-_SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 _DETAIL_LIMIT = 500
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx, as in batchpilot.run.ingest
-
-Call = Callable[..., Awaitable[Any]]
 
 
 @dataclass
@@ -72,8 +68,9 @@ class _Failure:
 class RealtimeLane:
     """Sends requests concurrently (at most `concurrency` in flight) within `limits`.
 
-    The client's own retries are turned off (a copy sharing its connection pool is used): the
-    lane retries, so that every try is counted and paced.
+    Bodies go out as planned through the client's documented `post` (so the Azure client's
+    deployment URLs and every endpoint of the Batch API work alike), with the client's own
+    retries off: the lane retries, so that every try is counted and paced.
     """
 
     def __init__(
@@ -85,7 +82,7 @@ class RealtimeLane:
         limits: RateLimits,
         concurrency: int = 16,
         prices: PriceTable | None = None,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy,
         budget_usd: float | None = None,
         max_backoff_s: float = 60.0,
         base_backoff_s: float = 0.5,
@@ -93,16 +90,11 @@ class RealtimeLane:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.client = client if client.max_retries == 0 else client.with_options(max_retries=0)
+        self.client = client
         self.store = store
         self.run_id = run_id
         self.concurrency = concurrency
         self.prices = prices
-        if retry is None:
-            # Imported here: the batchpilot.run package imports this module.
-            from batchpilot.run.ingest import RetryPolicy
-
-            retry = RetryPolicy()
         self.retry = retry
         self.budget_usd = budget_usd
         self.max_backoff_s = max_backoff_s
@@ -110,7 +102,6 @@ class RealtimeLane:
         self.throttle = throttle or Throttle(limits)
         self._secret = client.api_key if isinstance(client.api_key, str) else None
         self._rng = random.Random()
-        self._params: dict[str, frozenset[str]] = {}
         self._inflight_usd = 0.0
         self._report = LaneReport()
         self._stop_waiter: asyncio.Future[Any] | None = None
@@ -225,7 +216,7 @@ class RealtimeLane:
         except ValueError as exc:
             self._finish(Outcome(request.id, RequestState.FAILED, error=str(exc), attempted=False))
             return
-        tokens = self._reserve_tokens(request)
+        tokens = request.input_tokens + _max_output(request)
         attempts, tries = request.attempts, 0
         on_wire = False
         try:
@@ -279,7 +270,7 @@ class RealtimeLane:
             raise
 
     async def _send(
-        self, request: PendingRequest, call: Callable[[], Awaitable[Any]]
+        self, request: PendingRequest, call: Callable[[], Awaitable[httpx2.Response]]
     ) -> _Failure | None:
         """One HTTP try; records a success and returns None, or returns what went wrong."""
         try:
@@ -291,10 +282,8 @@ class RealtimeLane:
         except openai.APIConnectionError as exc:
             cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
             return _Failure(self._redact(f"connection error{cause}"), retryable=True)
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
+        except openai.OpenAIError as exc:
             return _Failure(self._redact(f"{type(exc).__name__}: {exc}"), retryable=True)
-        except TypeError as exc:
-            return _Failure(f"invalid request body: {exc}", retryable=False)
         self.throttle.observe(raw.headers)
         try:
             body = orjson.loads(raw.content)
@@ -357,50 +346,27 @@ class RealtimeLane:
 
     # bodies, tokens and money ---------------------------------------------------------------
 
-    def _prepare(self, request: PendingRequest) -> Callable[[], Awaitable[Any]]:
-        """The SDK call for one request: known parameters by name, the rest as `extra_body`."""
+    def _prepare(self, request: PendingRequest) -> Callable[[], Awaitable[httpx2.Response]]:
+        """The SDK call for one request: its body as planned, POSTed to its endpoint."""
         body = orjson.loads(request.body)
         if not isinstance(body, dict):
             raise ValueError("invalid request body: not a JSON object")
         if body.get("stream"):
             raise ValueError("streaming is not supported on the real-time lane")
-        path = request.endpoint.rstrip("/").removeprefix("/v1")
-        method: Call
-        if path == "/chat/completions":
-            method = self.client.chat.completions.with_raw_response.create
-        elif path == "/embeddings":
-            method = self.client.embeddings.with_raw_response.create
-            # The SDK asks for base64 unless told; the batch lane's answers hold floats.
-            body.setdefault("encoding_format", "float")
-        elif path == "/responses":
-            method = self.client.responses.with_raw_response.create
-        else:
-            raise ValueError(f"endpoint {request.endpoint} is not supported on the real-time lane")
-        known = self._params.get(path)
-        if known is None:
-            known = self._params[path] = frozenset(inspect.signature(method).parameters)
-        kwargs = {k: v for k, v in body.items() if k in known and k not in _SDK_OPTIONS}
-        extra = {k: v for k, v in body.items() if k not in kwargs}
-        if extra:
-            kwargs["extra_body"] = extra
-        kwargs["extra_headers"] = {CUSTOM_ID_HEADER: request.id}
-        return lambda: method(**kwargs)
-
-    def _output_allowance(self, request: PendingRequest) -> int:
-        if request.endpoint.rstrip("/").endswith("/embeddings"):
-            return 0
-        return request.max_output_tokens
-
-    def _reserve_tokens(self, request: PendingRequest) -> int:
-        return request.input_tokens + self._output_allowance(request)
+        path = request.endpoint.removeprefix("/v1")
+        headers = {CUSTOM_ID_HEADER: request.id}
+        return lambda: self.client.post(
+            path,
+            cast_to=httpx2.Response,
+            body=body,
+            options={"headers": headers, "max_retries": 0},
+        )
 
     def _worst_cost(self, request: PendingRequest) -> float:
         prices = self.prices
         if prices is None or not prices.has(request.model):
             return 0.0
-        output = self._output_allowance(request)
-        if prices.price(request.model).output is None:
-            output = 0
+        output = 0 if prices.price(request.model).output is None else _max_output(request)
         return prices.cost(
             request.model, input_tokens=request.input_tokens, output_tokens=output, batch=False
         )
@@ -421,6 +387,10 @@ class RealtimeLane:
             batch=False,
         )
         return prompt, completion, usd
+
+
+def _max_output(request: PendingRequest) -> int:
+    return 0 if request.endpoint.endswith("/embeddings") else request.max_output_tokens
 
 
 def recover_inflight(store: SQLiteStore, run_id: str) -> int:
