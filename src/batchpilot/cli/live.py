@@ -38,6 +38,11 @@ def status_table(status: RunStatus, eta: str | None = None) -> Table:
     budget = f" of {_money(status.budget_usd)} budget" if status.budget_usd is not None else ""
     held = f" (+{_money(status.reserved_usd)} reserved)" if status.reserved_usd else ""
     table.add_row("cost", f"{_money(status.spent_usd)}{held}{budget}")
+    if status.failures:
+        table.add_row(
+            "failed tries",
+            ", ".join(f"{n} {kind}" for kind, n in sorted(status.failures.items())),
+        )
     if eta:
         table.add_row("eta", eta)
     return table

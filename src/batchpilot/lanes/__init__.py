@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, parse_duration
+from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, parse_duration, retry_after
 from batchpilot.lanes.realtime import LaneReport, RealtimeLane, recover_inflight
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "TooLarge",
     "parse_duration",
     "recover_inflight",
+    "retry_after",
 ]

@@ -23,6 +23,7 @@ from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
+from batchpilot.response_schema import load_response_schema
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings
@@ -30,7 +31,8 @@ from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.store_sink import StoreSink
 from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
-from batchpilot.store import RunLock, RunRecord, SQLiteStore, utc_now
+from batchpilot.store import PendingRequest, RunLock, RunRecord, SQLiteStore, utc_now
+from batchpilot.validate import AnswerCheck, load_validator
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -126,6 +128,23 @@ def _settings(
     )
 
 
+def answer_check(
+    job: JobSpec, store: SQLiteStore, run_id: str
+) -> Callable[[PendingRequest, dict[str, Any]], str | None] | None:
+    """The job's checks on every answer: the response schema and its validators."""
+    if job.response is None and not job.validators:
+        return None
+    schema = load_response_schema(job.response, job.base_dir)[1] if job.response else None
+    validators = [(name, load_validator(name, job.base_dir)) for name in job.validators]
+    check = AnswerCheck(schema, validators)
+
+    def run_check(request: PendingRequest, body: dict[str, Any]) -> str | None:
+        data = store.row_data(run_id, request.first_row) if validators else None
+        return check(body, data)
+
+    return run_check
+
+
 def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | None) -> None:
     """Strategy, deadline (durations count from the run's start) and real-time limits."""
     settings.strategy = job.strategy
@@ -167,6 +186,7 @@ def _running(
     settings: RunSettings,
     on_progress: Callable[[RunStatus], None] | None,
     use_cache: bool,
+    check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
 ) -> Iterator[Runner]:
     with RunLock(Path(state_dir) / "locks" / f"{run_id}.lock"):
         runner = Runner(
@@ -178,6 +198,7 @@ def _running(
             on_progress,
         )
         runner.use_cache = use_cache
+        runner.check = check
         if settings.strategy != "batch":
             make_client = getattr(provider, "async_client", None)
             if make_client is None:
@@ -258,11 +279,12 @@ def run_job(
         cancel_on_exit=cancel_on_exit,
     )
     _strategy_settings(job, settings, store.run(run_id))
+    check = answer_check(job, store, run_id)
     owned = provider is None
     provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
     try:
         with _running(
-            store, run_id, state_dir, provider, settings, on_progress, not fresh
+            store, run_id, state_dir, provider, settings, on_progress, not fresh, check
         ) as runner:
             status = runner.run()
     finally:

@@ -119,6 +119,7 @@ def classify(
     policy: RetryPolicy,
     cost: Callable[[PendingRequest, dict[str, Any]], tuple[int, int, float]],
     *,
+    check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
     missing_reason: str = "missing_result: the request is in neither the output nor the error file",
 ) -> list[Outcome]:
     """One outcome per request of the batch; lines for unknown ids are ignored."""
@@ -130,9 +131,16 @@ def classify(
             continue
         if line.ok and line.body is not None:
             input_tokens, output_tokens, usd = cost(request, line.body)
-            seen[request.id] = Outcome(
-                request.id, RequestState.SUCCEEDED, line.body, input_tokens, output_tokens, usd
-            )
+            reason = check(request, line.body) if check is not None else None
+            if reason is None:
+                seen[request.id] = Outcome(
+                    request.id, RequestState.SUCCEEDED, line.body, input_tokens, output_tokens, usd
+                )
+            else:  # answered and billed, but not usable: a failed attempt with its reason
+                state = policy.next_state(request, True, True)
+                seen[request.id] = Outcome(
+                    request.id, state, None, input_tokens, output_tokens, usd, error=reason
+                )
         elif request.id not in seen:
             state = policy.next_state(request, line.retryable, line.ran)
             seen[request.id] = Outcome(request.id, state, error=line.error, attempted=line.ran)

@@ -117,6 +117,7 @@ class Runner:
     _backoff_until: float = 0.0
     use_cache: bool = True
     lane: RealtimeLane | None = None
+    check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None
     _events: asyncio.AbstractEventLoop | None = None
     _quota: int | None = None
     _cancelled_late: set[int] = field(default_factory=set)
@@ -637,7 +638,11 @@ class Runner:
             output = self._download(remote.output_file_id, f"{batch.file_name}.output")
             errors = self._download(remote.error_file_id, f"{batch.file_name}.errors")
             outcomes = classify(
-                requests, read_lines([output, errors]), self.settings.retry, self._cost
+                requests,
+                read_lines([output, errors]),
+                self.settings.retry,
+                self._cost,
+                check=self.check,
             )
         self.store.finish_batch(
             self.run_id,

@@ -22,6 +22,7 @@ class RunStatus:
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     budget_usd: float | None = None
+    failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -62,4 +63,5 @@ def run_status(store: SQLiteStore, run_id: str, budget: float | None = None) -> 
         spent_usd=spent,
         reserved_usd=reserved,
         budget_usd=budget if budget is not None else (run.budget_usd if run else None),
+        failures=store.failure_reasons(run_id),
     )

@@ -60,6 +60,8 @@ def _apply_content_fault(response: dict[str, Any], fault: Fault) -> None:
             message["content"] = None
             message["refusal"] = fault.refusal_text
             choice["finish_reason"] = "stop"
+        elif fault.kind == "schema_violation":
+            message["content"] = '{"unexpected": "a valid JSON answer that breaks the schema"}'
         elif fault.kind == "length":
             content = message.get("content") or ""
             message["content"] = content[: max(1, len(content) // 2)]

@@ -47,7 +47,7 @@ BATCH_KINDS = frozenset(
     {"batch_fail", "batch_expire", "finalizing_stall", "not_found_after_create", "all_lines_fail"}
 )
 LINE_KINDS = frozenset({"line_error", "line_timeout", "garbled_line", "truncated_line"})
-CONTENT_KINDS = frozenset({"refusal", "length"})
+CONTENT_KINDS = frozenset({"refusal", "length", "schema_violation"})
 
 FaultKind = Literal[
     "http_error",
@@ -62,6 +62,7 @@ FaultKind = Literal[
     "truncated_line",
     "refusal",
     "length",
+    "schema_violation",
 ]
 
 

@@ -240,6 +240,10 @@ class JobSpec(Strict):
         None, description="When the job must be done: an ISO time or a duration like 36h."
     )
     realtime: RealtimeSpec = Field(default_factory=lambda: RealtimeSpec())
+    validators: list[str] = Field(
+        default_factory=list,
+        description="Python callables (module:function) that accept or reject each answer.",
+    )
     base_dir: Path = Field(default=Path(), exclude=True)
 
     @field_validator("deadline")

@@ -228,6 +228,22 @@ class SQLiteStore:
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
 
+    def row_data(self, run_id: str, row_index: int) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT data_json FROM rows WHERE run_id = ? AND row_index = ?", (run_id, row_index)
+        ).fetchone()
+        return json.loads(row[0]) if row is not None and row[0] else None
+
+    def failure_reasons(self, run_id: str) -> dict[str, int]:
+        """How many failed attempts each kind of reason caused (the reason's first word)."""
+        rows = self._db.execute(
+            "SELECT CASE WHEN instr(error, ':') > 0 THEN substr(error, 1, instr(error, ':') - 1) "
+            "ELSE error END AS kind, COUNT(*) FROM attempts WHERE run_id = ? "
+            "AND outcome != 'succeeded' AND error IS NOT NULL GROUP BY kind",
+            (run_id,),
+        ).fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
+
     def request_counts(self, run_id: str) -> dict[str, int]:
         rows = self._db.execute(
             "SELECT state, COUNT(*) FROM requests WHERE run_id = ? GROUP BY state", (run_id,)

@@ -1,0 +1,94 @@
+"""Checking answers: refusals, truncation, invalid JSON, schema violations, user validators.
+
+An answer that fails a check is a failed attempt with its reason: retried as a new attempt up
+to the cap, then failed for good (or given to a fallback). The reason's first word names the kind:
+`refused`, `truncated`, `invalid_json`, `schema`, `rejected`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from batchpilot.errors import ConfigError
+
+__all__ = ["AnswerCheck", "Validator", "load_validator"]
+
+# A user validator gets the parsed answer (or the text) and the input row; it returns None (or
+# True) to accept, or a reason (or False) to reject.
+Validator = Callable[[Any, dict[str, Any] | None], "str | bool | None"]
+
+
+def load_validator(name: str, base_dir: Path) -> Validator:
+    """Import `module:function`, with the job's directory first on the import path."""
+    module_name, sep, attribute = name.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"validator {name!r}: write it as module:function")
+    sys.path.insert(0, str(base_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"validator {name!r}: cannot import {module_name} ({exc}); put it beside the job "
+            "file or on PYTHONPATH"
+        ) from None
+    finally:
+        sys.path.remove(str(base_dir))
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ConfigError(f"validator {name!r}: {module_name} has no function {attribute}")
+    return function  # type: ignore[no-any-return]
+
+
+class AnswerCheck:
+    """The checks one job applies to every answer, in both lanes."""
+
+    def __init__(
+        self,
+        schema: dict[str, Any] | None = None,
+        validators: Sequence[tuple[str, Validator]] = (),
+    ) -> None:
+        self.validator = Draft202012Validator(schema) if schema is not None else None
+        self.validators = list(validators)
+
+    def __call__(self, body: dict[str, Any], data: dict[str, Any] | None = None) -> str | None:
+        """None when the answer is usable; otherwise the reason it is not."""
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return None  # embeddings and other endpoints carry no message to check
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        message = choice.get("message") or {}
+        if message.get("refusal"):
+            return f"refused: {str(message['refusal'])[:200]}"
+        finish = choice.get("finish_reason")
+        if finish == "length":
+            return "truncated: the answer hit max_tokens (finish_reason length)"
+        if finish == "content_filter":
+            return "refused: the answer was filtered (finish_reason content_filter)"
+        content = message.get("content")
+        answer: Any = content
+        if self.validator is not None:
+            try:
+                answer = json.loads(content or "")
+            except ValueError as exc:
+                return f"invalid_json: {exc}"
+            problem = next(iter(self.validator.iter_errors(answer)), None)
+            if problem is not None:
+                where = "/".join(str(part) for part in problem.absolute_path) or "(root)"
+                return f"schema: at {where}: {problem.message[:200]}"
+        for name, function in self.validators:
+            try:
+                verdict = function(answer, data)
+            except Exception as exc:
+                return f"rejected: {name} raised {type(exc).__name__}: {exc}"
+            if verdict is False:
+                return f"rejected: {name}"
+            if isinstance(verdict, str) and verdict:
+                return f"rejected: {name}: {verdict}"
+        return None
