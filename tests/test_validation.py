@@ -149,3 +149,19 @@ def test_a_validator_rejection_is_final_after_the_cap(
         assert by_id[f"r{i}"].status == "failed"
         assert by_id[f"r{i}"].error == "rejected: gen_checks:even_rows: odd rows are not wanted"
     assert result.status.failures == {"truncated": 6, "rejected": 3}
+
+
+def test_real_time_answers_are_checked_too(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    result, rows = run_with_faults(
+        tmp_path,
+        local_server_factory,
+        "schema_violation",
+        strategy="realtime",
+        realtime={"rpm": 6000},
+    )
+    assert result.status.failures == {"schema": 6}
+    assert {row.status for row in rows} == {"succeeded"}
+    assert {row.lane for row in rows} == {"realtime"}
+    assert {row.attempts for row in rows} == {2}

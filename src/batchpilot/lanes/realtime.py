@@ -63,6 +63,7 @@ class _Failure:
     status: int | None = None
     retry_after_s: float | None = None
     headers: Mapping[str, str] | None = None
+    billed: tuple[int, int, float] = (0, 0, 0.0)  # an answer that came back but failed a check
 
 
 class RealtimeLane:
@@ -87,6 +88,7 @@ class RealtimeLane:
         max_backoff_s: float = 60.0,
         base_backoff_s: float = 0.5,
         throttle: Throttle | None = None,
+        check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -100,6 +102,7 @@ class RealtimeLane:
         self.max_backoff_s = max_backoff_s
         self.base_backoff_s = base_backoff_s
         self.throttle = throttle or Throttle(limits)
+        self.check = check
         self._secret = client.api_key if isinstance(client.api_key, str) else None
         self._rng = random.Random()
         self._inflight_usd = 0.0
@@ -245,11 +248,27 @@ class RealtimeLane:
                     replace(request, attempts=attempts), failure.retryable, True
                 )
                 if state != RequestState.PENDING:
-                    self._finish(Outcome(request.id, RequestState.FAILED, error=failure.reason))
+                    self._finish(
+                        Outcome(
+                            request.id,
+                            RequestState.FAILED,
+                            None,
+                            *failure.billed,
+                            error=failure.reason,
+                        )
+                    )
                     return
                 with self.store.tx():
+                    self._report.spent_usd += failure.billed[2]
                     self.store.finish_realtime(
-                        self.run_id, Outcome(request.id, RequestState.PENDING, error=failure.reason)
+                        self.run_id,
+                        Outcome(
+                            request.id,
+                            RequestState.PENDING,
+                            None,
+                            *failure.billed,
+                            error=failure.reason,
+                        ),
                     )
                     self.store.move_requests(
                         self.run_id, [request.id], RequestState.PENDING, RequestState.REALTIME
@@ -292,6 +311,9 @@ class RealtimeLane:
         if not isinstance(body, dict):
             return _Failure(f"http {raw.status_code}: the answer is not a JSON object", True)
         input_tokens, output_tokens, usd = self._cost(request, body)
+        reason = self.check(request, body) if self.check is not None else None
+        if reason is not None:
+            return _Failure(reason, True, billed=(input_tokens, output_tokens, usd))
         self._finish(
             Outcome(request.id, RequestState.SUCCEEDED, body, input_tokens, output_tokens, usd)
         )

@@ -214,6 +214,7 @@ def _running(
                 prices=settings.prices,
                 retry=settings.retry,
                 budget_usd=settings.budget_usd,
+                check=check,
             )
         runner.interrupt.install()
         try:
