@@ -15,6 +15,7 @@ from batchpilot.errors import (
     StateError,
     UserInputError,
 )
+from batchpilot.mapping import map
 from batchpilot.plan import PlanResult, plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable
 from batchpilot.spec import JobSpec, job_from_dict, load_job
@@ -38,6 +39,7 @@ __all__ = [
     "__version__",
     "job_from_dict",
     "load_job",
+    "map",
     "plan_job",
     "plan_requests_file",
     "rows_from_dataframe",

@@ -1,0 +1,104 @@
+"""`batchpilot.map`: a list in, the answers out, in order, with everything else handled.
+
+answers = batchpilot.map(tweets, prompt="Mask the opinion words: {{ text }}")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from batchpilot.data import rows_from_records
+from batchpilot.run.api import DEFAULT_STATE_DIR, export_rows, open_store, run_job
+from batchpilot.spec import job_from_dict
+
+__all__ = ["map"]
+
+
+def _schema_file(schema: Mapping[str, Any] | type[BaseModel], directory: Path) -> Path:
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        from openai.lib._pydantic import to_strict_json_schema
+
+        data = to_strict_json_schema(schema)
+        name = schema.__name__
+    else:
+        data, name = dict(schema), "response"
+    text = json.dumps(data, sort_keys=True)
+    path = directory / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    directory.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(text)
+    return path
+
+
+def _digest(records: list[dict[str, Any]]) -> str:
+    text = json.dumps(records, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def map(
+    items: Iterable[str | Mapping[str, Any]],
+    *,
+    prompt: str,
+    system: str | None = None,
+    schema: Mapping[str, Any] | type[BaseModel] | None = None,
+    model: str = "smollm2",
+    provider: str = "local",
+    base_url: str | None = None,
+    strategy: str = "batch",
+    params: Mapping[str, Any] | None = None,
+    budget_usd: float | None = None,
+    max_attempts: int = 3,
+    fallback: Callable[[Any], Any] | None = None,
+    name: str = "map",
+    state_dir: Path | str = DEFAULT_STATE_DIR,
+    poll_interval: float | None = None,
+) -> list[Any]:
+    """Answer every item, in order.
+
+    Strings are available to the prompt as `{{ text }}`, mappings by their keys. With a
+    `schema` (a JSON schema or a pydantic model) each answer is parsed (into the model) and
+    checked; otherwise it is the answer's text. An item that finally fails gets
+    `fallback(item)` if given, else None. Running the same call again reuses the answers.
+    """
+    records = [{"text": item} if isinstance(item, str) else dict(item) for item in items]
+    state = Path(state_dir)
+    job: dict[str, Any] = {
+        "name": name,
+        "provider": {"kind": provider, **({"base_url": base_url} if base_url else {})},
+        "model": model,
+        "strategy": strategy,
+        "input": {"path": f"(python items {_digest(records)})"},
+        "prompt": {"user": prompt, **({"system": system} if system else {})},
+        "params": dict(params or {"max_tokens": 256}),
+        "limits": {"max_attempts": max_attempts},
+        "budget": {"max_usd": budget_usd},
+    }
+    if schema is not None:
+        job["response"] = {"schema": str(_schema_file(schema, state / "schemas"))}
+    spec = job_from_dict(job, base_dir=state)
+    result = run_job(
+        spec, state_dir=state, rows=rows_from_records(records), poll_interval=poll_interval
+    )
+    store = open_store(state)
+    try:
+        rows = list(export_rows(store, result.run_id))
+    finally:
+        store.close()
+    answers: list[Any] = []
+    for record, row in zip(records, rows, strict=True):
+        if row.status != "succeeded":
+            original = record["text"] if set(record) == {"text"} else record
+            answers.append(fallback(original) if fallback is not None else None)
+        elif isinstance(schema, type) and issubclass(schema, BaseModel):
+            answers.append(schema.model_validate(row.parsed))
+        elif schema is not None:
+            answers.append(row.parsed)
+        else:
+            answers.append(row.content if row.content is not None else row.embedding)
+    return answers
