@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 
 from batchpilot.errors import ConfigError
 
-__all__ = ["AnswerCheck", "Validator", "load_validator"]
+__all__ = ["AnswerCheck", "Validator", "load_callable", "load_validator"]
 
 # A user validator gets the parsed answer (or the text) and the input row; it returns None (or
 # True) to accept, or a reason (or False) to reject.
@@ -26,23 +26,28 @@ Validator = Callable[[Any, dict[str, Any] | None], "str | bool | None"]
 
 
 def load_validator(name: str, base_dir: Path) -> Validator:
+    """Import a validator named `module:function`."""
+    return load_callable(name, base_dir, "validator")
+
+
+def load_callable(name: str, base_dir: Path, what: str) -> Callable[..., Any]:
     """Import `module:function`, with the job's directory first on the import path."""
     module_name, sep, attribute = name.partition(":")
     if not sep or not module_name or not attribute:
-        raise ConfigError(f"validator {name!r}: write it as module:function")
+        raise ConfigError(f"{what} {name!r}: write it as module:function")
     sys.path.insert(0, str(base_dir))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"validator {name!r}: cannot import {module_name} ({exc}); put it beside the job "
+            f"{what} {name!r}: cannot import {module_name} ({exc}); put it beside the job "
             "file or on PYTHONPATH"
         ) from None
     finally:
         sys.path.remove(str(base_dir))
     function = getattr(module, attribute, None)
     if not callable(function):
-        raise ConfigError(f"validator {name!r}: {module_name} has no function {attribute}")
+        raise ConfigError(f"{what} {name!r}: {module_name} has no function {attribute}")
     return function  # type: ignore[no-any-return]
 
 
@@ -67,7 +72,7 @@ class AnswerCheck:
         if message.get("refusal"):
             return f"refused: {str(message['refusal'])[:200]}"
         finish = choice.get("finish_reason")
-        if finish == "length":
+        if finish == "length" and self.validator is not None:
             return "truncated: the answer hit max_tokens (finish_reason length)"
         if finish == "content_filter":
             return "refused: the answer was filtered (finish_reason content_filter)"

@@ -14,7 +14,7 @@ from batchpilot.cli.run import state_option
 from batchpilot.errors import UserInputError
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
-from batchpilot.run.api import job_of
+from batchpilot.run.api import export_job, job_of
 from batchpilot.run.status import run_status
 from batchpilot.store import BatchState, RunRecord
 
@@ -170,12 +170,15 @@ def export(
     store = open_store(state_dir)
     try:
         record = find_run(store, run_id)
+        job = job_of(record)
         if output is None:
-            job = job_of(record)
             if job is None or job.output is None:
                 raise UserInputError("give -o FILE (this run's job names no output.path)")
             output = job.resolve(job.output.path)
-        count = export_run(store, record.id, output, format=fmt, include_input=not no_input)
+        if job is not None and fmt == "auto" and not no_input:
+            count = export_job(store, record.id, job, output)
+        else:
+            count = export_run(store, record.id, output, format=fmt, include_input=not no_input)
     finally:
         store.close()
     click.echo(f"wrote {count} rows to {output}")

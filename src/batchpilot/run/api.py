@@ -18,7 +18,7 @@ from typing import Any
 
 from batchpilot.data.rows import Row
 from batchpilot.errors import StateError, UserInputError
-from batchpilot.export import ExportRow, write_export
+from batchpilot.export import ExportRow, write_back_nested, write_export
 from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable, tier_limits
@@ -32,11 +32,12 @@ from batchpilot.run.store_sink import StoreSink
 from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
 from batchpilot.store import PendingRequest, RunLock, RunRecord, SQLiteStore, utc_now
-from batchpilot.validate import AnswerCheck, load_validator
+from batchpilot.validate import AnswerCheck, load_callable, load_validator
 
 __all__ = [
     "DEFAULT_STATE_DIR",
     "RunResult",
+    "export_job",
     "export_rows",
     "export_run",
     "find_run",
@@ -131,9 +132,8 @@ def _settings(
 def answer_check(
     job: JobSpec, store: SQLiteStore, run_id: str
 ) -> Callable[[PendingRequest, dict[str, Any]], str | None] | None:
-    """The job's checks on every answer: the response schema and its validators."""
-    if job.response is None and not job.validators:
-        return None
+    """The job's checks on every answer: refusals always; the response schema (with
+    truncation and invalid JSON) and the validators when the job has them."""
     schema = load_response_schema(job.response, job.base_dir)[1] if job.response else None
     validators = [(name, load_validator(name, job.base_dir)) for name in job.validators]
     check = AnswerCheck(schema, validators)
@@ -294,9 +294,34 @@ def run_job(
     output = None
     if status.finished and job.output is not None:
         output = job.resolve(job.output.path)
-        export_run(store, run_id, output, format=job.output.format)
+        export_job(store, run_id, job, output)
     store.close()
     return RunResult(run_id, status, output)
+
+
+def export_job(store: SQLiteStore, run_id: str, job: JobSpec, target: Path) -> int:
+    """Export as the job's output section says: a results table, or answers written back into
+    the input records (inside their lines when the input has nested records)."""
+    spec = job.output
+    fallback = load_callable(job.fallback, job.base_dir, "fallback") if job.fallback else None
+    rows = export_rows(store, run_id, fallback=fallback)
+    key = spec.response_key if spec is not None else None
+    if key is not None and job.input.records is not None:
+        return write_back_nested(
+            rows,
+            job.resolve(job.input.path),
+            target,
+            records=job.input.records,
+            response_key=key,
+            id_field=job.input.id_field,
+        )
+    return write_export(
+        rows,
+        target,
+        format=spec.format if spec else "auto",
+        include_input=spec.include_input if spec else True,
+        response_key=key,
+    )
 
 
 def run_requests_file(
@@ -373,8 +398,11 @@ def _content(response: dict[str, Any] | None) -> tuple[str | None, list[float] |
     return (output if isinstance(output, str) else None), None
 
 
-def export_rows(store: SQLiteStore, run_id: str) -> Iterator[ExportRow]:
-    """Every row of a run, in input order, joined with its result."""
+def export_rows(
+    store: SQLiteStore, run_id: str, fallback: Callable[[dict[str, Any] | None], Any] | None = None
+) -> Iterator[ExportRow]:
+    """Every row of a run, in input order, joined with its result; rows that finally failed
+    get `fallback(input row)` as their answer when a fallback is given (status `fallback`)."""
     for row in store.joined_rows(run_id):
         response = json.loads(row["response_json"]) if row["response_json"] else None
         content, embedding = _content(response)
@@ -387,6 +415,14 @@ def export_rows(store: SQLiteStore, run_id: str) -> Iterator[ExportRow]:
             if not isinstance(parsed, dict | list):
                 parsed = None
         status = "skipped" if row["request_id"] is None else (row["state"] or "pending")
+        if status == "failed" and fallback is not None:
+            data = json.loads(row["data_json"]) if row["data_json"] else None
+            answer = fallback(data)
+            status = "fallback"
+            if isinstance(answer, dict | list):
+                parsed, content = answer, json.dumps(answer)
+            else:
+                content = None if answer is None else str(answer)
         yield ExportRow(
             index=row["row_index"],
             row_id=row["row_id"],

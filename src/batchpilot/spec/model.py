@@ -155,10 +155,16 @@ class ResponseSpec(Strict):
 
 
 class OutputSpec(Strict):
-    """Where results are exported, and in which format (by suffix when `auto`)."""
+    """Where results are exported, and in which format (by suffix when `auto`).
+
+    With `response_key`, each input record is written back with its answer under that key
+    (nested records are written back inside their lines, in the input's own layout).
+    """
 
     path: str
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    response_key: str | None = None
+    include_input: bool = True
 
 
 class LimitsSpec(Strict):
@@ -240,6 +246,11 @@ class JobSpec(Strict):
         None, description="When the job must be done: an ISO time or a duration like 36h."
     )
     realtime: RealtimeSpec = Field(default_factory=lambda: RealtimeSpec())
+    fallback: str | None = Field(
+        None,
+        description="A Python callable (module:function) giving a deterministic answer, from the "
+        "input row, to items that finally fail; marked as fallback in the results.",
+    )
     validators: list[str] = Field(
         default_factory=list,
         description="Python callables (module:function) that accept or reject each answer.",

@@ -1,0 +1,86 @@
+"""Answers written back into the input records, nested records included, and fallbacks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from batchpilot.run import run_job
+from batchpilot.server import FaultPlan, LocalServer
+from batchpilot.spec import job_from_dict
+
+
+def test_masking_writes_back_into_nested_tweets_with_a_fallback(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(
+        validation_delay_s=0,
+        finalizing_delay_s=0,
+        faults=FaultPlan.model_validate({"seed": 1, "faults": [{"kind": "refusal", "rate": 0.4}]}),
+    )
+    lines = [
+        {"user": "ana", "tweets": [{"text": "I love this film"}, {"text": "boring ending"}]},
+        {"user": "bo", "tweets": [{"text": "great cast"}]},
+        {"user": "cy", "tweets": []},
+    ]
+    (tmp_path / "tweets.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "masking.py").write_text(
+        "def mask_all(row):\n    return ' '.join('[MASK]' for _ in row['text'].split())\n"
+    )
+    job = job_from_dict(
+        {
+            "name": "masking",
+            "provider": {"kind": "compatible", "base_url": server.base_url},
+            "model": "gpt-4o-mini",
+            "input": {"path": "tweets.jsonl", "records": "tweets"},
+            "prompt": {"user": "Mask the opinion words: {{ text }}"},
+            "params": {"max_tokens": 40},
+            "limits": {"max_attempts": 1, "queue_tokens": 10**6},
+            "fallback": "masking:mask_all",
+            "output": {"path": "masked.jsonl", "response_key": "masked_text"},
+        },
+        base_dir=tmp_path,
+    )
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert result.status.finished
+    written = [json.loads(line) for line in (tmp_path / "masked.jsonl").read_text().splitlines()]
+    assert [line["user"] for line in written] == ["ana", "bo", "cy"]
+    tweets = [tweet for line in written for tweet in line["tweets"]]
+    assert [t["text"] for t in tweets] == ["I love this film", "boring ending", "great cast"]
+    assert all(t["masked_text"] for t in tweets)
+    masks = [t["masked_text"] for t in tweets if "[MASK]" in t["masked_text"]]
+    answers = [t["masked_text"] for t in tweets if t["masked_text"].startswith("Synthetic")]
+    assert masks and answers, "the seeded plan refuses some tweets and answers others"
+    assert len(masks) + len(answers) == 3
+
+
+def test_flat_write_back_with_a_response_key(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(validation_delay_s=0, finalizing_delay_s=0)
+    rows: list[dict[str, Any]] = [
+        {"image_id": f"img{i}", "url": f"https://x/{i}.png"} for i in range(3)
+    ]
+    (tmp_path / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = job_from_dict(
+        {
+            "name": "captions",
+            "provider": {"kind": "compatible", "base_url": server.base_url},
+            "model": "gpt-4o-mini",
+            "input": {"path": "images.jsonl", "id_field": "image_id"},
+            "prompt": {
+                "user": "Caption this image.",
+                "images": [{"field": "url", "detail": "low"}],
+            },
+            "params": {"max_tokens": 30},
+            "limits": {"queue_tokens": 10**6},
+            "output": {"path": "captions.jsonl", "response_key": "caption"},
+        },
+        base_dir=tmp_path,
+    )
+    run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    written = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    assert [w["image_id"] for w in written] == ["img0", "img1", "img2"]
+    assert all(isinstance(w["caption"], str) and w["caption"] for w in written)
