@@ -120,3 +120,60 @@ def test_deadline_cancels_late_batches_and_finishes_in_real_time(
     kinds = {event["kind"] for event in store.events(result.run_id)}
     store.close()
     assert "deadline" in kinds
+
+
+def test_hybrid_never_spends_past_the_budget_across_both_lanes(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    import pytest
+
+    from batchpilot.errors import BudgetExceeded
+    from batchpilot.pricing import PriceTable
+
+    server = local_server_factory(
+        time_scale=50,
+        rate_limits={MODEL: RateLimit(rpm=300)},
+        validation_delay_s=1,
+        finalizing_delay_s=1,
+    )
+    prices = PriceTable.load()
+    one_worst = prices.cost(MODEL, input_tokens=20, output_tokens=2000, batch=False)
+    budget = 12 * one_worst
+    job = job_for(
+        tmp_path,
+        server,
+        60,
+        strategy="hybrid",
+        realtime={"rpm": 300},
+        params={"max_tokens": 2000},
+        budget={"max_usd": budget},
+        estimate={"batch_turnaround_hours": 0.002},
+        limits={"requests_per_batch": 10, "queue_tokens": 200},
+    )
+    seen: list[float] = []
+    result = run_job(
+        job,
+        state_dir=tmp_path / "state",
+        poll_interval=0.02,
+        on_progress=lambda s: seen.append(s.spent_usd + s.reserved_usd),
+    )
+    assert result.status.finished
+    assert seen and max(seen) <= budget + 1e-12, "reservations never pass the budget"
+    batch, realtime = lanes(server)
+    assert batch and realtime and not set(batch) & set(realtime)
+
+    tiny = job_for(
+        tmp_path,
+        server,
+        60,
+        name="strategies-tiny",
+        strategy="hybrid",
+        realtime={"rpm": 300},
+        params={"max_tokens": 2000},
+        budget={"max_usd": one_worst / 4},
+        limits={"requests_per_batch": 10, "queue_tokens": 200},
+    )
+    executed = len(server.admin.ledger())
+    with pytest.raises(BudgetExceeded):
+        run_job(tiny, state_dir=tmp_path / "state-tiny", poll_interval=0.02, fresh=True)
+    assert len(server.admin.ledger()) == executed, "nothing is sent that the budget cannot cover"
