@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from batchpilot.cli.options import override_options
 from batchpilot.data import count_rows
 from batchpilot.errors import UserInputError
 from batchpilot.plan import BatchFileWriter, PlanResult, plan_job, plan_requests_file
@@ -150,15 +151,7 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write the batch JSONL files (and rows.jsonl, plan.json) into this new directory.",
 )
-@click.option("--model", help="Override the job's model (env BATCHPILOT_MODEL).")
-@click.option(
-    "--provider",
-    type=click.Choice(["local", "openai", "azure", "compatible"]),
-    help="Override the provider kind (env BATCHPILOT_PROVIDER).",
-)
-@click.option("--base-url", help="Override the provider's base URL (env BATCHPILOT_BASE_URL).")
-@click.option("--input", "input_path", help="Override the input path (env BATCHPILOT_INPUT).")
-@click.option("--budget", type=float, help="Override budget.max_usd (env BATCHPILOT_BUDGET_USD).")
+@override_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def plan(
     job_file: Path | None,

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from batchpilot.cli.live import LiveView, status_table
+from batchpilot.cli.options import override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
@@ -59,16 +60,8 @@ def _report(result: RunResult, console: Console, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Run a standard OpenAI batch JSONL file as it is (no job file needed).",
 )
-@click.option("--model", help="Override the model (env BATCHPILOT_MODEL).")
-@click.option(
-    "--provider",
-    type=click.Choice(["local", "openai", "azure", "compatible"]),
-    help="Override the provider kind (env BATCHPILOT_PROVIDER).",
-)
-@click.option("--base-url", help="Override the API base URL (env BATCHPILOT_BASE_URL).")
-@click.option("--input", "input_path", help="Override the input path (env BATCHPILOT_INPUT).")
+@override_options
 @click.option("--output", "output_path", help="Override the output path (env BATCHPILOT_OUTPUT).")
-@click.option("--budget", type=float, help="Hard budget in USD (env BATCHPILOT_BUDGET_USD).")
 @click.option(
     "--strategy",
     type=click.Choice(["batch", "realtime", "hybrid"]),
