@@ -56,19 +56,19 @@ def batch_makespan(inputs: StrategyInputs, requests: int) -> float:
 
 
 def realtime_makespan(inputs: StrategyInputs, requests: int) -> float:
+    """Limits as the API enforces them (and the lane paces them): buckets that start full and
+    refill continuously, so a day's requests can go at once and more follow as the day refills."""
     if requests <= 0:
         return 0.0
     per_request = (inputs.input_tokens + inputs.output_tokens) / max(1, inputs.requests)
-    rates = []
+    times = [0.0]
     if inputs.rpm:
-        rates.append(inputs.rpm / 60)
+        times.append(requests / (inputs.rpm / 60))
     if inputs.tpm:
-        rates.append(inputs.tpm / 60 / max(1.0, per_request))
-    speed = min(rates) if rates else math.inf
+        times.append(requests * per_request / (inputs.tpm / 60))
     if inputs.rpd and requests > inputs.rpd:
-        full_days = math.ceil(requests / inputs.rpd) - 1
-        return full_days * DAY_S + (requests - full_days * inputs.rpd) / speed
-    return requests / speed if speed != math.inf else 0.0
+        times.append((requests - inputs.rpd) / (inputs.rpd / DAY_S))
+    return max(times)
 
 
 def _cost(inputs: StrategyInputs, realtime: int) -> float | None:
