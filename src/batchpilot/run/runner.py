@@ -121,6 +121,7 @@ class Runner:
     _events: asyncio.AbstractEventLoop | None = None
     _quota: int | None = None
     _cancelled_late: set[int] = field(default_factory=set)
+    _ended: int = 0
 
     # the loop -------------------------------------------------------------------------------
 
@@ -215,9 +216,11 @@ class Runner:
         pending, _, _ = self.store.pending_totals(self.run_id)
         quota = self._realtime_quota()
         if quota > 0 and pending:
+            # A slice of time for the real-time lane, so that batches are still polled and
+            # submitted while it waits for its rate limits; unsent requests go back to pending.
             taken = self.store.pending(self.run_id, min(chunk, quota), from_end=True)
-            self._quota = quota - len(taken)
-            progressed |= self._realtime(taken)
+            progressed |= self._realtime(taken, max(0.25, 5 * self.settings.poll_interval_s))
+            self._quota = quota - self._ended
         elif 0 < pending <= self.settings.tail_requests and self.store.batches(self.run_id):
             # a small tail left after the bulk went in batches: sooner in real time
             progressed |= self._realtime(self.store.pending(self.run_id, chunk))
@@ -282,14 +285,16 @@ class Runner:
             cancelled = True
         return cancelled
 
-    def _realtime(self, requests: list[PendingRequest]) -> bool:
+    def _realtime(self, requests: list[PendingRequest], slice_s: float | None = None) -> bool:
+        self._ended = 0
         if not requests:
             return False
         if self.lane is None:
             raise UserInputError(f"strategy {self.settings.strategy} needs a real-time client")
         if self._events is None:
             self._events = asyncio.new_event_loop()
-        report = self._events.run_until_complete(self._lane_run(self.lane, requests))
+        report = self._events.run_until_complete(self._lane_run(self.lane, requests, slice_s))
+        self._ended = report.succeeded + report.failed
         self.store.event(
             self.run_id,
             "realtime",
@@ -303,14 +308,19 @@ class Runner:
                 f"the budget of ${self.settings.budget_usd} is used up (${spent:.4f} spent); "
                 "raise budget.max_usd (or --budget) and run again"
             )
-        return True
+        return report.succeeded + report.failed + report.retried > 0
 
-    async def _lane_run(self, lane: RealtimeLane, requests: list[PendingRequest]) -> LaneReport:
+    async def _lane_run(
+        self, lane: RealtimeLane, requests: list[PendingRequest], slice_s: float | None
+    ) -> LaneReport:
         stop = asyncio.Event()
+        until = None if slice_s is None else time.monotonic() + slice_s
 
         async def watch() -> None:
             while not self.interrupt.stop.is_set():
-                await asyncio.sleep(0.05)
+                if until is not None and time.monotonic() >= until:
+                    break
+                await asyncio.sleep(0.02)
             stop.set()
 
         watcher = asyncio.ensure_future(watch())
