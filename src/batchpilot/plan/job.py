@@ -17,7 +17,7 @@ from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.render import RequestRenderer
 from batchpilot.spec import JobSpec, LimitsSpec
 
-__all__ = ["input_spec", "plan_job", "plan_requests_file", "settings_for"]
+__all__ = ["input_spec", "plan_job", "plan_requests_file", "queue_capacity", "settings_for"]
 
 
 def input_spec(job: JobSpec) -> InputSpec:
@@ -31,6 +31,15 @@ def input_spec(job: JobSpec) -> InputSpec:
         text_field=source.text_field,
         encoding=source.encoding,
     )
+
+
+def queue_capacity(limits: LimitsSpec, model: str, *, tier: int, local: bool) -> int | None:
+    """Input tokens the run may keep enqueued for `model`: the queue limit (from the job, else
+    the tier table) times `queue_fraction`; None when unknown or for the local provider."""
+    if local:
+        return None
+    total = limits.queue_tokens or tier_limits(model, tier).batch_queue_tokens
+    return None if total is None else int(total * limits.queue_fraction)
 
 
 def settings_for(
@@ -49,10 +58,7 @@ def settings_for(
     def tokens_per_batch(model: str) -> int | None:
         if limits.tokens_per_batch is not None:
             return limits.tokens_per_batch
-        if local:
-            return None
-        queue = limits.queue_tokens or tier_limits(model, tier).batch_queue_tokens
-        return None if queue is None else int(queue * limits.queue_fraction)
+        return queue_capacity(limits, model, tier=tier, local=local)
 
     return PlanSettings(
         limits=BatchLimits(limits.requests_per_batch, limits.bytes_per_batch),
@@ -98,7 +104,11 @@ def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, floa
     """Each strategy's makespan and cost for this plan under the job's limits."""
     tier = tier_limits(job.model, job.provider.tier)
     local = job.provider.kind == "local"
-    queue = job.limits.queue_tokens or (None if local else tier.batch_queue_tokens)
+    # an explicit queue limit counts in the estimate even for the local provider
+    explicit = job.limits.queue_tokens is not None
+    queue = queue_capacity(
+        job.limits, job.model, tier=job.provider.tier, local=local and not explicit
+    )
     realtime = job.realtime
     inputs = StrategyInputs(
         requests=result.requests,
@@ -106,7 +116,7 @@ def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, floa
         output_tokens=result.expected_output_tokens,
         batch_cost=result.cost.get("batch"),
         realtime_cost=result.cost.get("realtime"),
-        queue_tokens=None if queue is None else int(queue * job.limits.queue_fraction),
+        queue_tokens=queue,
         rpm=realtime.rpm or (None if local else tier.rpm),
         tpm=realtime.tpm or (None if local else tier.tpm),
         rpd=realtime.rpd or (None if local else tier.rpd),

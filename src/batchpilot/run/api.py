@@ -21,6 +21,7 @@ from batchpilot.errors import StateError, UserInputError
 from batchpilot.export import ExportRow, write_back_nested, write_export
 from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import plan_job, plan_requests_file
+from batchpilot.plan.job import queue_capacity
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
 from batchpilot.response_schema import load_response_schema
@@ -107,10 +108,7 @@ def _settings(
     cancel_on_exit: bool,
 ) -> RunSettings:
     def queue(model: str) -> int | None:
-        if local:
-            return None
-        total = limits.queue_tokens or tier_limits(model, tier).batch_queue_tokens
-        return None if total is None else int(total * limits.queue_fraction)
+        return queue_capacity(limits, model, tier=tier, local=local)
 
     def per_batch(model: str) -> int | None:
         return limits.tokens_per_batch if limits.tokens_per_batch is not None else queue(model)
