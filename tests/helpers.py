@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -91,3 +94,15 @@ def read_jsonl(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any
 
 def by_custom_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {line["custom_id"]: line for line in lines}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_command(job: Path, state: Path, *extra: str) -> list[str]:
+    """`batchpilot run JOB` as a separate process would be started, quiet and polling fast."""
+    command = [sys.executable, "-m", "batchpilot", "run", str(job), "--state", str(state)]
+    return [*command, "--quiet", "--poll-interval", "0.05", *extra]

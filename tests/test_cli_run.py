@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from batchpilot.cli import cli
 from batchpilot.run import open_store
 from batchpilot.server import LocalServer
 
-from helpers import client_for
+from helpers import client_for, run_command
 
 
 def write_job(directory: Path, base_url: str, rows: int = 12, **changes: Any) -> Path:
@@ -149,19 +148,7 @@ def test_bad_job_is_a_clear_error_and_sends_nothing(
 
 
 def start_run(job: Path, state: Path, *extra: str) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "batchpilot",
-        "run",
-        str(job),
-        "--state",
-        str(state),
-        "--quiet",
-        "--poll-interval",
-        "0.05",
-        *extra,
-    ]
+    command = run_command(job, state, *extra)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ import yaml
 
 from batchpilot.run import open_store
 
+from helpers import free_port, run_command
+
 ROWS = 80
 FAULTS = {
     "seed": 11,
@@ -35,12 +36,6 @@ FAULTS = {
         {"kind": "http_error", "route": "GET /v1/batches/*", "status": 503, "rate": 0.05},
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -96,21 +91,6 @@ def write_job(directory: Path, base_url: str) -> Path:
     path = directory / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
-
-
-def run_command(job: Path, state: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "batchpilot",
-        "run",
-        str(job),
-        "--state",
-        str(state),
-        "--quiet",
-        "--poll-interval",
-        "0.05",
-    ]
 
 
 def comparable(path: Path) -> list[tuple[Any, ...]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from helpers import by_custom_id, chat_line, client_for, read_jsonl, submit, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from helpers import by_custom_id, chat_line, client_for, free_port, read_jsonl, submit, wait_for
 
 
 def start(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
