@@ -20,7 +20,7 @@ from batchpilot.data.rows import Row
 from batchpilot.errors import StateError, UserInputError
 from batchpilot.export import ExportRow, write_back_nested, write_export
 from batchpilot.lanes import RateLimits, RealtimeLane
-from batchpilot.plan import plan_job, plan_requests_file
+from batchpilot.plan import PlanResult, plan_job, plan_requests_file
 from batchpilot.plan.job import queue_capacity
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
@@ -160,6 +160,25 @@ def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | Non
     settings.turnaround_s = job.estimate.batch_turnaround_hours * 3600
 
 
+def _plan_into_store(
+    store: SQLiteStore, record: RunRecord, plan: Callable[[StoreSink], PlanResult], what: str
+) -> None:
+    """Create the run and plan its rows and requests in one transaction: a plan that fails or
+    finds errors leaves the store as it was."""
+    sink = StoreSink(store, record.id)
+    try:
+        store.create_run(record)
+        result = plan(sink)
+    except BaseException:
+        sink.abort()
+        raise
+    if not result.ok:
+        raise UserInputError(
+            f"the {what} has errors; nothing was sent:\n  "
+            + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
+        )
+
+
 def find_run(store: SQLiteStore, run_id: str | None) -> RunRecord:
     """A run by id, or the latest one; a clear error when there is none."""
     if run_id is not None:
@@ -244,29 +263,17 @@ def run_job(
     if store.run(run_id) is not None:
         store.set_run_spec(run_id, spec, job.budget.max_usd)
     else:
-        sink = StoreSink(store, run_id)
-        try:
-            store.create_run(
-                RunRecord(
-                    run_id,
-                    job.name,
-                    spec,
-                    job.provider.kind,
-                    job.endpoint,
-                    "planned",
-                    job.budget.max_usd,
-                    utc_now(),
-                )
-            )
-            result = plan_job(job, rows=rows, sink=sink)
-        except BaseException:
-            sink.abort()
-            raise
-        if not result.ok:
-            raise UserInputError(
-                "the plan has errors; nothing was sent:\n  "
-                + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
-            )
+        record = RunRecord(
+            run_id,
+            job.name,
+            spec,
+            job.provider.kind,
+            job.endpoint,
+            "planned",
+            job.budget.max_usd,
+            utc_now(),
+        )
+        _plan_into_store(store, record, lambda sink: plan_job(job, rows=rows, sink=sink), "plan")
     settings = _settings(
         job.limits,
         local=job.provider.kind == "local",
@@ -351,20 +358,13 @@ def run_requests_file(
     run_id = run_id_for(re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)[:40] or "requests", spec)
     store = open_store(state_dir)
     if store.run(run_id) is None:
-        sink = StoreSink(store, run_id)
-        try:
-            store.create_run(
-                RunRecord(run_id, path.stem, spec, kind, "mixed", "planned", budget, utc_now())
-            )
-            result = plan_requests_file(path, local=kind == "local", sink=sink, model=model)
-        except BaseException:
-            sink.abort()
-            raise
-        if not result.ok:
-            raise UserInputError(
-                "the requests file has errors; nothing was sent:\n  "
-                + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
-            )
+        record = RunRecord(run_id, path.stem, spec, kind, "mixed", "planned", budget, utc_now())
+        _plan_into_store(
+            store,
+            record,
+            lambda sink: plan_requests_file(path, local=kind == "local", sink=sink, model=model),
+            "requests file",
+        )
     settings = _settings(
         LimitsSpec(),
         local=kind == "local",
