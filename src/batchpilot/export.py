@@ -41,7 +41,7 @@ _SUFFIX_FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-_UNANSWERED = frozenset({"failed", "skipped", "pending"})
+_UNANSWERED = frozenset({"failed", "skipped", "pending", "cancelled"})
 
 # The columns every table starts or ends with, and the pyarrow type factory for those
 # whose type must not depend on the first rows' values.

@@ -45,7 +45,9 @@ def provider_for(
     """
     if spec.kind == "local":
         model_path = Path(spec.model_path).expanduser() if spec.model_path else None
-        return local_provider(Path(state_dir) / LOCAL_SERVER_DIR, model_path=model_path)
+        return local_provider(
+            Path(state_dir) / LOCAL_SERVER_DIR, responder=spec.responder, model_path=model_path
+        )
     return openai_provider(
         base_url=spec.base_url,
         api_key_env=spec.api_key_env,

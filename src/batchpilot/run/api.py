@@ -13,15 +13,17 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
 from batchpilot.errors import StateError, UserInputError
 from batchpilot.export import ExportRow, write_back_nested, write_export
 from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import PlanResult, plan_job, plan_requests_file
-from batchpilot.plan.job import queue_capacity
+from batchpilot.plan.job import input_spec, queue_capacity
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
 from batchpilot.response_schema import load_response_schema
@@ -30,7 +32,8 @@ from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.store_sink import StoreSink
-from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
+from batchpilot.run.target import TargetCounter, first_wave, next_wave
+from batchpilot.spec import JobSpec, LimitsSpec, TargetSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
 from batchpilot.store import PendingRequest, RunLock, RunRecord, SQLiteStore, utc_now
 from batchpilot.validate import AnswerCheck, load_callable, load_validator
@@ -48,6 +51,7 @@ __all__ = [
     "run_job",
     "run_requests_file",
     "status_of",
+    "write_job_output",
 ]
 
 DEFAULT_STATE_DIR = Path(".batchpilot")
@@ -161,13 +165,19 @@ def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | Non
 
 
 def _plan_into_store(
-    store: SQLiteStore, record: RunRecord, plan: Callable[[StoreSink], PlanResult], what: str
-) -> None:
-    """Create the run and plan its rows and requests in one transaction: a plan that fails or
-    finds errors leaves the store as it was."""
+    store: SQLiteStore,
+    record: RunRecord,
+    plan: Callable[[StoreSink], PlanResult],
+    what: str,
+    *,
+    create: bool = True,
+) -> PlanResult:
+    """Create the run (unless it exists: `create` false) and plan rows and requests into it in
+    one transaction: a plan that fails or finds errors leaves the store as it was."""
     sink = StoreSink(store, record.id)
     try:
-        store.create_run(record)
+        if create:
+            store.create_run(record)
         result = plan(sink)
     except BaseException:
         sink.abort()
@@ -177,6 +187,7 @@ def _plan_into_store(
             f"the {what} has errors; nothing was sent:\n  "
             + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
         )
+    return result
 
 
 def find_run(store: SQLiteStore, run_id: str | None) -> RunRecord:
@@ -240,6 +251,16 @@ def _running(
             runner.interrupt.restore()
 
 
+def _row_source(job: JobSpec, rows: Iterable[Row] | None) -> Callable[[], Iterable[Row]]:
+    """The job's rows, as often as they are needed (target mode reads them once per wave)."""
+    if rows is None:
+        return lambda: read_rows(input_spec(job))
+    if job.target is None:
+        return lambda: rows
+    kept = list(rows)
+    return lambda: kept
+
+
 def run_job(
     job: JobSpec,
     *,
@@ -251,29 +272,52 @@ def run_job(
     cancel_on_exit: bool = False,
     poll_interval: float | None = None,
     fresh: bool = False,
+    run_id: str | None = None,
 ) -> RunResult:
     """Plan the job into the store (once), then run it to the end and export its output.
 
-    Running the same job again continues its run: the run id is a hash of the job.
+    Running the same job again continues its run: the run id is a hash of the job. A job
+    with `steps` runs them in order (see `run_pipeline`); a job with a `target` plans its rows
+    in waves and stops once the target is met.
     """
+    if job.steps is not None:
+        from batchpilot.run.pipeline import run_pipeline
+
+        return run_pipeline(
+            job,
+            state_dir=state_dir,
+            rows=rows,
+            provider=provider,
+            on_progress=on_progress,
+            detach=detach,
+            cancel_on_exit=cancel_on_exit,
+            poll_interval=poll_interval,
+            fresh=fresh,
+        )
     store = open_store(state_dir)
     spec = spec_json(job)
-    run_id = run_id_for(job.name, identity_json(job))
+    run_id = run_id or run_id_for(job.name, identity_json(job))
     prices = PriceTable.load(overrides=job.prices or None)
-    if store.run(run_id) is not None:
+    source = _row_source(job, rows)
+    record = RunRecord(
+        run_id,
+        job.name,
+        spec,
+        job.provider.kind,
+        job.endpoint,
+        "planned",
+        job.budget.max_usd,
+        utc_now(),
+    )
+    existing = store.run(run_id)
+    if existing is not None:
+        had_target = json.loads(existing.spec_json).get("target") is not None
         store.set_run_spec(run_id, spec, job.budget.max_usd)
+        if had_target and job.target is None:
+            _plan_rest(store, record, job, source)
     else:
-        record = RunRecord(
-            run_id,
-            job.name,
-            spec,
-            job.provider.kind,
-            job.endpoint,
-            "planned",
-            job.budget.max_usd,
-            utc_now(),
-        )
-        _plan_into_store(store, record, lambda sink: plan_job(job, rows=rows, sink=sink), "plan")
+        first = source() if job.target is None else islice(source(), first_wave(job.target))
+        _plan_into_store(store, record, lambda sink: plan_job(job, rows=first, sink=sink), "plan")
     settings = _settings(
         job.limits,
         local=job.provider.kind == "local",
@@ -288,11 +332,20 @@ def run_job(
     check = answer_check(job, store, run_id)
     owned = provider is None
     provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
-    try:
+
+    def drive(target: TargetCounter | None = None) -> RunStatus:
+        assert provider is not None
         with _running(
             store, run_id, state_dir, provider, settings, on_progress, not fresh, check
         ) as runner:
-            status = runner.run()
+            runner.target = target
+            return runner.run()
+
+    try:
+        if job.target is None:
+            status = drive()
+        else:
+            status = _run_to_target(store, record, job, source, drive)
     finally:
         if owned:
             provider.close()
@@ -304,12 +357,102 @@ def run_job(
     return RunResult(run_id, status, output)
 
 
+def _plan_rest(
+    store: SQLiteStore, record: RunRecord, job: JobSpec, source: Callable[[], Iterable[Row]]
+) -> None:
+    """A run that had a target and now has none: everything is wanted again."""
+    revived = store.revive_cancelled(record.id)
+    start = store.next_row_index(record.id)
+    rest = islice(source(), start, None)
+    result = _plan_into_store(
+        store, record, lambda sink: plan_job(job, rows=rest, sink=sink), "plan", create=False
+    )
+    store.event(
+        record.id, "planned", f"no target now: {revived} requests revived, {result.rows} rows added"
+    )
+
+
+def _run_to_target(
+    store: SQLiteStore,
+    record: RunRecord,
+    job: JobSpec,
+    source: Callable[[], Iterable[Row]],
+    drive: Callable[[TargetCounter | None], RunStatus],
+) -> RunStatus:
+    """Run wave after wave until the target is met: each wave plans as many more rows as the
+    pass rate so far says are needed, with the job's overshoot to spare."""
+    target = job.target
+    assert target is not None
+    counter = TargetCounter(store, record.id, target)
+    if not counter.met() and store.revive_cancelled(record.id):
+        store.event(record.id, "target", "the target is not met: cancelled requests revived")
+    while True:
+        status = drive(counter)
+        if not status.finished or counter.met():
+            return status
+        produced = counter.count()
+        outcomes = store.row_outcomes(record.id)
+        ended = outcomes.get("succeeded", 0) + outcomes.get("failed", 0)
+        if produced == 0:
+            reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(status.failures.items()))
+            raise UserInputError(
+                f"none of the {ended} answers so far is valid ({reasons or 'no answers'}); "
+                "check the prompt, the schema and the validators, then run again"
+            )
+        wave = next_wave(target, produced, ended)
+        start = store.next_row_index(record.id)
+        result = _plan_into_store(
+            store,
+            record,
+            lambda sink, start=start, wave=wave: plan_job(
+                job, rows=islice(source(), start, start + wave), sink=sink
+            ),
+            "plan",
+            create=False,
+        )
+        if result.rows == 0:
+            store.event(
+                record.id,
+                "target",
+                f"the input is used up with {produced} of {target.valid} valid; add rows to "
+                "the input and run again",
+            )
+            status.target, status.valid = target.valid, produced
+            return status
+        store.event(
+            record.id,
+            "target",
+            f"{produced} of {target.valid} valid from {ended} rows; "
+            f"{result.rows} more rows planned",
+        )
+
+
+def _target_rows(rows: Iterable[ExportRow], target: TargetSpec) -> Iterator[ExportRow]:
+    """The valid rows, in input order, until the target is reached."""
+    count = 0
+    for row in rows:
+        if count >= target.valid:
+            return
+        if row.status != "succeeded":
+            continue
+        if target.items is None:
+            count += 1
+        else:
+            value = row.parsed.get(target.items) if isinstance(row.parsed, dict) else None
+            count += len(value) if isinstance(value, list) else 0
+        yield row
+
+
 def export_job(store: SQLiteStore, run_id: str, job: JobSpec, target: Path) -> int:
     """Export as the job's output section says: a results table, or answers written back into
     the input records (inside their lines when the input has nested records)."""
-    spec = job.output
     fallback = load_callable(job.fallback, job.base_dir, "fallback") if job.fallback else None
-    rows = export_rows(store, run_id, fallback=fallback)
+    return write_job_output(job, export_rows(store, run_id, fallback=fallback), target)
+
+
+def write_job_output(job: JobSpec, rows: Iterable[ExportRow], target: Path) -> int:
+    """Write `rows` (a run's rows in input order) as the job's output section says."""
+    spec = job.output
     key = spec.response_key if spec is not None else None
     if key is not None and job.input.records is not None:
         return write_back_nested(
@@ -320,6 +463,8 @@ def export_job(store: SQLiteStore, run_id: str, job: JobSpec, target: Path) -> i
             response_key=key,
             id_field=job.input.id_field,
         )
+    if job.target is not None:
+        rows = _target_rows(rows, job.target)
     return write_export(
         rows,
         target,

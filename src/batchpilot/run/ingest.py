@@ -121,8 +121,11 @@ def classify(
     *,
     check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
     missing_reason: str = "missing_result: the request is in neither the output nor the error file",
+    missing_ran: bool = True,
 ) -> list[Outcome]:
-    """One outcome per request of the batch; lines for unknown ids are ignored."""
+    """One outcome per request of the batch; lines for unknown ids are ignored. With
+    `missing_ran` false (a batch we cancelled), a request with no line never ran: it goes back
+    to pending without using an attempt."""
     by_id = {request.id: request for request in requests}
     seen: dict[str, Outcome] = {}
     for line in lines:
@@ -147,7 +150,11 @@ def classify(
     outcomes = []
     for request in requests:
         outcome = seen.get(request.id)
-        if outcome is None:
+        if outcome is None and not missing_ran:
+            outcome = Outcome(
+                request.id, RequestState.PENDING, error="cancelled before it ran", attempted=False
+            )
+        elif outcome is None:
             state = policy.next_state(request, True, True)
             outcome = Outcome(request.id, state, error=missing_reason)
         outcomes.append(outcome)

@@ -41,6 +41,7 @@ from batchpilot.providers.base import (
 from batchpilot.run.ingest import classify, read_lines
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.status import RunStatus, run_status
+from batchpilot.run.target import TargetCounter
 from batchpilot.store import (
     BatchRecord,
     BatchState,
@@ -122,6 +123,9 @@ class Runner:
     _quota: int | None = None
     _cancelled_late: set[int] = field(default_factory=set)
     _ended: int = 0
+    target: TargetCounter | None = None
+    """Target mode: once met, nothing more is sent and live batches are cancelled."""
+    _goal_met: bool = False
 
     # the loop -------------------------------------------------------------------------------
 
@@ -159,7 +163,11 @@ class Runner:
             if self.interrupt.stop.is_set():
                 return self._stop()
             progressed = self._poll_live()
-            if not self.interrupt.stop.is_set():
+            if self.interrupt.stop.is_set():
+                pass
+            elif self._goal_reached():
+                progressed |= self._wind_down()
+            else:
                 progressed |= self._dispatch()
             status = self.status()
             if self.on_progress is not None:
@@ -174,8 +182,36 @@ class Runner:
             if not progressed:
                 self._sleep()
 
+    def _goal_reached(self) -> bool:
+        if not self._goal_met and self.target is not None and self.target.met():
+            self._goal_met = True
+            self.store.event(
+                self.run_id, "target", f"{self.target.goal} valid; sending nothing more"
+            )
+        return self._goal_met
+
+    def _wind_down(self) -> bool:
+        """After the target is met: batches not yet sent are dropped, batches whose creation
+        may have happened are finished as usual, live ones are cancelled (what they answered
+        is kept: it is paid for); once none is live, what is still pending is cancelled."""
+        progressed = False
+        for batch in self.store.batches(self.run_id, TO_SUBMIT):
+            if batch.state == BatchState.CREATING:
+                progressed |= self._advance(batch)
+            else:
+                self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED)
+                progressed = True
+        progressed |= self._cancel_live("target", "cancelled: no longer needed")
+        if not self.store.batches(self.run_id, LIVE):
+            reason = "not_needed: the target was met before it was sent"
+            progressed |= self.store.cancel_pending(self.run_id, reason) > 0
+        return progressed
+
     def status(self) -> RunStatus:
-        return run_status(self.store, self.run_id, self.settings.budget_usd)
+        status = run_status(self.store, self.run_id, self.settings.budget_usd)
+        if self.target is not None:
+            status.target, status.valid = self.target.goal, self.target.count()
+        return status
 
     def _sleep(self) -> None:
         now = time.monotonic()
@@ -269,6 +305,9 @@ class Runner:
     def _cancel_late_batches(self) -> bool:
         """Batches that cannot finish by the deadline are cancelled; what they did not run comes
         back as pending once their partial results are ingested, and then goes real time."""
+        return self._cancel_live("deadline", "cancelled to finish before the deadline")
+
+    def _cancel_live(self, kind: str, why: str) -> bool:
         cancelled = False
         for batch in self.store.batches(self.run_id, [BatchState.SUBMITTED]):
             if batch.id in self._cancelled_late or batch.remote_id is None:
@@ -279,9 +318,7 @@ class Runner:
                 self.store.event(self.run_id, "warning", f"cancel of batch {batch.id}: {exc}")
                 continue
             self._cancelled_late.add(batch.id)
-            self.store.event(
-                self.run_id, "deadline", f"batch {batch.id} cancelled to finish before the deadline"
-            )
+            self.store.event(self.run_id, kind, f"batch {batch.id} {why}")
             cancelled = True
         return cancelled
 
@@ -653,6 +690,9 @@ class Runner:
                 self.settings.retry,
                 self._cost,
                 check=self.check,
+                missing_ran=not (
+                    batch.id in self._cancelled_late and remote.status == RemoteStatus.CANCELLED
+                ),
             )
         self.store.finish_batch(
             self.run_id,

@@ -23,6 +23,9 @@ class RunStatus:
     reserved_usd: float = 0.0
     budget_usd: float | None = None
     failures: dict[str, int] = field(default_factory=dict)
+    target: int | None = None
+    """Target mode: how many valid answers (or items) the job needs, and how many exist."""
+    valid: int | None = None
 
     @property
     def total(self) -> int:
@@ -30,7 +33,8 @@ class RunStatus:
 
     @property
     def done(self) -> int:
-        return self.requests.get("succeeded", 0) + self.requests.get("failed", 0)
+        ended = ("succeeded", "failed", "cancelled")
+        return sum(self.requests.get(state, 0) for state in ended)
 
     @property
     def finished(self) -> bool:

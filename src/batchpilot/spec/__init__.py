@@ -16,6 +16,8 @@ from batchpilot.spec.model import (
     PromptSpec,
     ProviderSpec,
     ResponseSpec,
+    StepSpec,
+    TargetSpec,
 )
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "PromptSpec",
     "ProviderSpec",
     "ResponseSpec",
+    "StepSpec",
+    "TargetSpec",
     "job_from_dict",
     "load_job",
 ]

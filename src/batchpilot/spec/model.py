@@ -23,6 +23,8 @@ __all__ = [
     "ProviderSpec",
     "RealtimeSpec",
     "ResponseSpec",
+    "StepSpec",
+    "TargetSpec",
 ]
 
 Endpoint = Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses"]
@@ -77,6 +79,11 @@ class ProviderSpec(Strict):
         1, description="Usage tier, for the built-in queue and rate limits."
     )
     model_path: str | None = Field(None, description="local: a GGUF file (default SmolLM2-135M).")
+    responder: Literal["llama", "synthetic"] = Field(
+        "llama",
+        description="local: who answers. llama: the embedded model; synthetic: made-up answers "
+        "that fit the response schema (for trying a pipeline, or images the model cannot see).",
+    )
 
     @model_validator(mode="after")
     def _needs_url(self) -> ProviderSpec:
@@ -225,6 +232,40 @@ class RealtimeSpec(Strict):
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
 
 
+class TargetSpec(Strict):
+    """Stop once enough valid answers exist; plan more rows of the input while too few pass."""
+
+    valid: Annotated[int, Field(ge=1)] = Field(
+        description="How many valid answers (or items, with `items`) the job needs."
+    )
+    items: str | None = Field(
+        None,
+        description="A list field of the structured answer: count its elements instead of "
+        "answers (a request that asks for ten scenarios counts ten).",
+    )
+    first_rows: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Rows planned in the first wave (default: 25% over the target)."
+    )
+    overshoot: Annotated[float, Field(ge=1, le=5)] = Field(
+        1.25, description="Later waves plan this much more than the pass rate so far says."
+    )
+
+
+class StepSpec(Strict):
+    """One step of a multi-step job. Its templates see the earlier steps' answers as
+    `steps.NAME` (the structured answer, or the text); unset fields come from the job."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    model: str | None = None
+    prompt: PromptSpec
+    params: dict[str, Any] | None = None
+    response: ResponseSpec | None = None
+    validators: list[str] | None = None
+    response_key: str | None = Field(
+        None, description="Where this step's answer goes in the output (default: its name)."
+    )
+
+
 class JobSpec(Strict):
     """One job: a dataset, a prompt, a model, and the limits to run it under."""
 
@@ -255,6 +296,12 @@ class JobSpec(Strict):
         default_factory=list,
         description="Python callables (module:function) that accept or reject each answer.",
     )
+    target: TargetSpec | None = None
+    steps: list[StepSpec] | None = Field(
+        None,
+        description="A multi-step job: each step runs over every row whose earlier steps "
+        "succeeded, and its templates can use their answers.",
+    )
     base_dir: Path = Field(default=Path(), exclude=True)
 
     @field_validator("deadline")
@@ -280,11 +327,29 @@ class JobSpec(Strict):
         if self.endpoint == "/v1/embeddings":
             if prompt.input is None:
                 raise ValueError("the embeddings endpoint needs prompt.input")
-        elif prompt.messages is None and prompt.user is None:
+        elif self.steps is None and prompt.messages is None and prompt.user is None:
             raise ValueError("the prompt needs a user template (prompt.user) or prompt.messages")
         if self.response is not None and self.endpoint == "/v1/embeddings":
             raise ValueError("a response schema does not apply to embeddings")
+        if self.steps is not None:
+            self._check_steps(self.steps)
+        if self.target is not None and self.target.items is not None and self.response is None:
+            raise ValueError(
+                "target.items counts a list field of a structured answer; add a response schema"
+            )
         return self
+
+    def _check_steps(self, steps: list[StepSpec]) -> None:
+        if not steps:
+            raise ValueError("steps is empty; give at least one step, or remove it")
+        names = [step.name for step in steps]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"step names must be unique; {', '.join(twice)} repeats")
+        if self.endpoint == "/v1/embeddings":
+            raise ValueError("steps are for chat and responses endpoints, not embeddings")
+        if self.target is not None:
+            raise ValueError("target and steps cannot be combined yet; run them as two jobs")
 
     def resolve(self, relative: str) -> Path:
         """A path from the job file, relative to the job file's directory."""

@@ -283,6 +283,52 @@ class SQLiteStore:
                     (reason, run_id, *chunk),
                 )
 
+    def cancel_pending(self, run_id: str, reason: str) -> int:
+        """Every pending request is no longer needed: it moves to cancelled, never sent."""
+        with self.tx() as db:
+            return db.execute(
+                "UPDATE requests SET state = 'cancelled', error = ? WHERE run_id = ? "
+                "AND state = 'pending'",
+                (reason, run_id),
+            ).rowcount
+
+    def revive_cancelled(self, run_id: str) -> int:
+        """Cancelled requests are wanted again: back to pending."""
+        with self.tx() as db:
+            return db.execute(
+                "UPDATE requests SET state = 'pending', error = NULL WHERE run_id = ? "
+                "AND state = 'cancelled'",
+                (run_id,),
+            ).rowcount
+
+    def next_row_index(self, run_id: str) -> int:
+        """One past the last row planned so far (0 for a run with no rows)."""
+        row = self._db.execute(
+            "SELECT COALESCE(MAX(row_index) + 1, 0) FROM rows WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def answered_rows(self, run_id: str) -> Iterator[tuple[str, str]]:
+        """(request id, response JSON) of every row whose request succeeded, in input order."""
+        cursor = self._db.execute(
+            "SELECT w.request_id, r.response_json FROM rows w "
+            "JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+            "JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+            "WHERE w.run_id = ? AND q.state = 'succeeded' ORDER BY w.row_index",
+            (run_id,),
+        )
+        yield from cursor
+
+    def row_outcomes(self, run_id: str) -> dict[str, int]:
+        """How many rows have each request state (`skipped` for rows with no request)."""
+        rows = self._db.execute(
+            "SELECT COALESCE(q.state, 'skipped'), COUNT(*) FROM rows w "
+            "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+            "WHERE w.run_id = ? GROUP BY 1",
+            (run_id,),
+        ).fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
+
     # batches --------------------------------------------------------------------------------
 
     def create_batch(

@@ -16,6 +16,7 @@ class RequestState(StrEnum):
     REALTIME = "realtime"  # in flight on the real-time lane
     SUCCEEDED = "succeeded"  # answered (or taken from the result cache)
     FAILED = "failed"  # failed for good, with a reason
+    CANCELLED = "cancelled"  # never sent: no longer needed (a target was met); may be revived
 
 
 class BatchState(StrEnum):
@@ -31,12 +32,13 @@ class BatchState(StrEnum):
 R, B = RequestState, BatchState
 
 REQUEST_MOVES: dict[RequestState, frozenset[RequestState]] = {
-    R.PENDING: frozenset({R.QUEUED, R.REALTIME, R.SUCCEEDED, R.FAILED}),
+    R.PENDING: frozenset({R.QUEUED, R.REALTIME, R.SUCCEEDED, R.FAILED, R.CANCELLED}),
     R.QUEUED: frozenset({R.SUBMITTED, R.PENDING}),
     R.SUBMITTED: frozenset({R.SUCCEEDED, R.FAILED, R.PENDING}),
     R.REALTIME: frozenset({R.SUCCEEDED, R.FAILED, R.PENDING}),
     R.SUCCEEDED: frozenset(),
     R.FAILED: frozenset({R.PENDING}),
+    R.CANCELLED: frozenset({R.PENDING}),
 }
 
 BATCH_MOVES: dict[BatchState, frozenset[BatchState]] = {

@@ -1,0 +1,259 @@
+"""Multi-step jobs: each step is a run of its own over the rows whose earlier steps succeeded.
+
+Step k's templates see the answers of steps 1..k-1 as `steps.NAME`. Every step is planned
+into the store once and run like any job, so a crash in step 3 continues step 3: steps 1 and
+2 are finished runs and send nothing again. A step's run id hashes its own definition and
+the run ids of the steps before it, so changing step 1 makes every later step new too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from batchpilot.data import read_rows
+from batchpilot.data.rows import Row
+from batchpilot.errors import UserInputError
+from batchpilot.export import ExportRow
+from batchpilot.plan.job import input_spec
+from batchpilot.providers import Provider, provider_for
+from batchpilot.run.api import (
+    RunResult,
+    export_rows,
+    identity_json,
+    open_store,
+    run_id_for,
+    run_job,
+    write_job_output,
+)
+from batchpilot.run.status import RunStatus
+from batchpilot.spec import JobSpec, StepSpec
+from batchpilot.store import SQLiteStore
+
+__all__ = ["StepRun", "pipeline_rows", "run_pipeline", "step_job", "step_runs"]
+
+STEPS_FIELD = "steps"
+"""The template variable holding earlier steps' answers."""
+
+
+def step_job(job: JobSpec, step: StepSpec) -> JobSpec:
+    """The job one step runs: the pipeline's settings with the step's prompt, schema and
+    validators (model and params too when the step sets them)."""
+    return job.model_copy(
+        update={
+            "name": f"{job.name}.{step.name}"[:64],
+            "model": step.model or job.model,
+            "prompt": step.prompt,
+            "params": step.params if step.params is not None else job.params,
+            "response": step.response,
+            "validators": step.validators or [],
+            "steps": None,
+            "output": None,
+            "fallback": None,
+        }
+    )
+
+
+class StepRun:
+    """One step of a pipeline and the run that holds it."""
+
+    def __init__(self, step: StepSpec, job: JobSpec, run_id: str) -> None:
+        self.step = step
+        self.job = job
+        self.run_id = run_id
+
+    @property
+    def key(self) -> str:
+        return self.step.response_key or self.step.name
+
+
+def step_runs(job: JobSpec) -> list[StepRun]:
+    """Every step with its job and run id, in order."""
+    assert job.steps is not None
+    runs: list[StepRun] = []
+    for step in job.steps:
+        derived = step_job(job, step)
+        chain = identity_json(derived) + "".join(run.run_id for run in runs)
+        runs.append(StepRun(step, derived, run_id_for(derived.name, chain)))
+    return runs
+
+
+def _answer(row: ExportRow) -> Any:
+    return row.parsed if row.parsed is not None else row.content
+
+
+def _aligned(store: SQLiteStore, runs: list[StepRun]) -> Iterator[list[ExportRow | None]]:
+    """The first step's rows in input order, each with every step's row of the same index
+    (None where that step has no such row: an earlier step did not succeed)."""
+    streams = [export_rows(store, run.run_id) for run in runs]
+    heads: list[ExportRow | None] = [next(stream, None) for stream in streams]
+    while heads[0] is not None:
+        index = heads[0].index
+        line: list[ExportRow | None] = []
+        for number, stream in enumerate(streams):
+            while heads[number] is not None and heads[number].index < index:  # type: ignore[union-attr]
+                heads[number] = next(stream, None)
+            head = heads[number]
+            line.append(head if head is not None and head.index == index else None)
+        yield line
+        heads[0] = next(streams[0], None)
+
+
+def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Iterator[Row]:
+    """The rows of the step after `runs`: each row whose every earlier step succeeded, its
+    input fields plus `steps` (the answers so far, by step name)."""
+    store = open_store(state_dir)
+    try:
+        for line in _aligned(store, runs):
+            if any(row is None or row.status != "succeeded" for row in line):
+                continue
+            first = line[0]
+            assert first is not None
+            data = dict(first.data or {})
+            data[STEPS_FIELD] = {
+                run.step.name: _answer(row)  # type: ignore[arg-type]
+                for run, row in zip(runs, line, strict=True)
+            }
+            yield Row(first.index, first.row_id, data, f"{runs[0].job.input.path}:{first.row_id}")
+    finally:
+        store.close()
+
+
+def _check_first_rows(rows: Iterable[Row]) -> Iterator[Row]:
+    for row in rows:
+        if STEPS_FIELD in row.data:
+            raise UserInputError(
+                f"{row.source}: the input has a field '{STEPS_FIELD}', which a multi-step job "
+                "uses for the earlier steps' answers; rename that field"
+            )
+        yield row
+
+
+def pipeline_export_rows(store: SQLiteStore, runs: list[StepRun]) -> Iterator[ExportRow]:
+    """One row per input row: the answers of every step under their keys; the status of the
+    first step that did not succeed (with its error), else succeeded; usage and cost summed."""
+    for line in _aligned(store, runs):
+        first = line[0]
+        assert first is not None
+        answers: dict[str, Any] = {}
+        status, error, last = "succeeded", None, first
+        for run, row in zip(runs, line, strict=True):
+            if row is None:
+                break
+            last = row
+            if row.status != "succeeded":
+                status, error = row.status, f"step {run.step.name}: {row.error}"
+                break
+            answers[run.key] = _answer(row)
+        done = [row for row in line if row is not None]
+        yield ExportRow(
+            index=first.index,
+            row_id=first.row_id,
+            request_id=last.request_id,
+            status=status,
+            attempts=sum(row.attempts for row in done),
+            data=first.data,
+            content=json.dumps(answers),
+            parsed=answers,
+            embedding=None,
+            response=None,
+            input_tokens=sum(row.input_tokens or 0 for row in done),
+            output_tokens=sum(row.output_tokens or 0 for row in done),
+            cost_usd=sum(row.cost_usd or 0.0 for row in done),
+            error=error,
+            lane=last.lane,
+        )
+
+
+def _combined(statuses: list[RunStatus], run_id: str, budget: float | None) -> RunStatus:
+    """The pipeline's progress: every step's requests, batches, tokens and money together."""
+    total = RunStatus(run_id, statuses[-1].status, {}, {}, budget_usd=budget)
+    for status in statuses:
+        for name, source in (("requests", status.requests), ("batches", status.batches)):
+            into = getattr(total, name)
+            for key, value in source.items():
+                into[key] = into.get(key, 0) + value
+        for key, value in status.failures.items():
+            total.failures[key] = total.failures.get(key, 0) + value
+        for key, value in status.remote.items():
+            total.remote[key] = total.remote.get(key, 0) + value
+        total.input_tokens += status.input_tokens
+        total.output_tokens += status.output_tokens
+        total.spent_usd += status.spent_usd
+        total.reserved_usd += status.reserved_usd
+    return total
+
+
+def pipeline_id(runs: list[StepRun]) -> str:
+    digest = hashlib.sha256("".join(run.run_id for run in runs).encode()).hexdigest()[:8]
+    return f"{runs[0].job.name.rsplit('.', 1)[0]}-{digest}"
+
+
+def run_pipeline(
+    job: JobSpec,
+    *,
+    state_dir: Path,
+    rows: Iterable[Row] | None = None,
+    provider: Provider | None = None,
+    on_progress: Callable[[RunStatus], None] | None = None,
+    **options: Any,
+) -> RunResult:
+    """Run every step in order; return when all have finished (or one stopped or detached).
+
+    The budget covers the whole pipeline: each step may spend what the steps before it left.
+    """
+    runs = step_runs(job)
+    owned = provider is None
+    provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
+    finished: list[RunStatus] = []
+    budget = job.budget.max_usd
+    try:
+        for number, run in enumerate(runs):
+            step_rows: Iterable[Row] | None
+            if number == 0:
+                given = rows if rows is not None else read_rows(input_spec(job))
+                step_rows = _check_first_rows(given)
+            else:
+                step_rows = pipeline_rows(state_dir, runs[:number])
+            spent = sum(status.spent_usd for status in finished)
+            left = None if budget is None else max(0.0, budget - spent)
+            limit = job.budget.model_copy(update={"max_usd": left})
+            step = run.job.model_copy(update={"budget": limit})
+
+            def progress(status: RunStatus, done: list[RunStatus] = finished) -> None:
+                if on_progress is not None:
+                    on_progress(_combined([*done, status], pipeline_id(runs), budget))
+
+            result = run_job(
+                step,
+                state_dir=state_dir,
+                rows=step_rows,
+                provider=provider,
+                on_progress=progress,
+                run_id=run.run_id,
+                **options,
+            )
+            finished.append(result.status)
+            if not result.status.finished:
+                return RunResult(run.run_id, _combined(finished, pipeline_id(runs), budget))
+    finally:
+        if owned:
+            provider.close()
+    status = _combined(finished, pipeline_id(runs), budget)
+    output = None
+    if job.output is not None:
+        output = job.resolve(job.output.path)
+        export_pipeline(state_dir, job, output)
+    return RunResult(runs[-1].run_id, status, output)
+
+
+def export_pipeline(state_dir: Path, job: JobSpec, target: Path) -> int:
+    """Write a pipeline's output: one row per input row with every step's answer."""
+    store = open_store(state_dir)
+    try:
+        return write_job_output(job, pipeline_export_rows(store, step_runs(job)), target)
+    finally:
+        store.close()

@@ -1,0 +1,145 @@
+"""Target mode: plan rows in waves until N valid answers exist, then stop and cancel the rest.
+
+The validator keeps only even rows, so half the answers pass: the first wave falls short and
+a second wave, sized from that pass rate, is planned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpilot.errors import UserInputError
+from batchpilot.plan import plan_job
+from batchpilot.run import open_store, run_job
+from batchpilot.server import FaultPlan, LocalServer
+from batchpilot.spec import JobSpec, job_from_dict
+
+from helpers import client_for
+
+FAST: dict[str, Any] = {"time_scale": 500.0, "validation_delay_s": 0, "finalizing_delay_s": 0}
+CHECKS = (
+    "def even_rows(answer, row):\n"
+    "    return None if int(row['id'][1:]) % 2 == 0 else 'odd rows are not wanted'\n"
+    "def no_rows(answer, row):\n"
+    "    return 'nothing is good enough'\n"
+)
+
+
+def make_job(tmp_path: Path, server: LocalServer, rows: int = 100, **changes: Any) -> JobSpec:
+    lines = (json.dumps({"id": f"r{i}", "text": f"write about {i}"}) for i in range(rows))
+    (tmp_path / "input.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "gen_checks.py").write_text(CHECKS)
+    spec: dict[str, Any] = {
+        "name": "target",
+        "provider": {"kind": "compatible", "base_url": server.base_url},
+        "model": "gpt-4o-mini",
+        "input": {"path": "input.jsonl", "id_field": "id"},
+        "prompt": {"user": "{{ text }}"},
+        "params": {"max_tokens": 16},
+        "limits": {"requests_per_batch": 5, "queue_tokens": 10**6, "max_attempts": 1},
+        "validators": ["gen_checks:even_rows"],
+        "target": {"valid": 20},
+        "output": {"path": "out.jsonl"},
+    }
+    spec.update(changes)
+    return job_from_dict(spec, base_dir=tmp_path)
+
+
+def executed(server: LocalServer) -> Counter[str]:
+    return Counter(row["custom_id"] for row in server.admin.ledger())
+
+
+def output(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+
+
+def test_too_few_pass_so_a_second_wave_is_planned_and_it_stops_at_the_target(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(**FAST)
+    job = make_job(tmp_path, server)
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert result.status.finished
+    assert result.status.valid is not None and result.status.valid >= 20
+    sent = executed(server)
+    # first wave: 25 rows (13 even); second: 7 more needed at a pass rate of 13/25, with 25%
+    # to spare: 17 rows. 42 rows of 100 were ever sent, each once.
+    assert len(sent) == 42 and set(sent.values()) == {1}
+    rows = output(tmp_path)
+    assert len(rows) == 20, "the output holds exactly the target"
+    ids = [int(row["id"][1:]) for row in rows]
+    assert ids == sorted(ids) and all(i % 2 == 0 for i in ids)
+    assert {row["status"] for row in rows} == {"succeeded"}
+    store = open_store(tmp_path / "state")
+    messages = [e["message"] for e in store.events(result.run_id) if e["kind"] == "target"]
+    store.close()
+    assert any("13 of 20 valid from 25 rows; 17 more rows planned" in m for m in messages)
+
+    again = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert again.run_id == result.run_id
+    assert executed(server) == sent, "a met target sends nothing more"
+    assert output(tmp_path) == rows
+
+    bigger = make_job(tmp_path, server, target={"valid": 30})
+    grown = run_job(bigger, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert grown.run_id == result.run_id, "a new target continues the same run"
+    assert grown.status.valid is not None and grown.status.valid >= 30
+    assert set(executed(server).values()) == {1}, "nothing is sent twice"
+    assert len(output(tmp_path)) == 30
+
+
+def test_meeting_the_target_cancels_live_batches_and_unsent_requests(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    # Batches after the first sit in finalizing for an hour; the queue holds three batches.
+    stall = {"kind": "finalizing_stall", "seconds": 3600, "nth": [2, 3, 4, 5, 6, 7, 8]}
+    plan = FaultPlan.model_validate({"seed": 1, "faults": [stall]})
+    server = local_server_factory(faults=plan, cancel_delay_s=0, **FAST)
+    probe = make_job(tmp_path, server, rows=40)
+    tokens = plan_job(probe).input_tokens
+    limits = {"requests_per_batch": 2, "queue_tokens": tokens * 6 // 40, "max_attempts": 1}
+    job = make_job(tmp_path, server, rows=40, limits=limits, target={"valid": 1, "first_rows": 20})
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert result.status.finished
+    requests = result.status.requests
+    assert requests["pending"] == requests["queued"] == requests["submitted"] == 0
+    assert requests["cancelled"] > 0, "requests never sent are cancelled, not failed"
+    statuses = [b.status for b in client_for(server).batches.list()]
+    assert statuses.count("completed") == 1 and "cancelled" in statuses
+    assert set(executed(server).values()) == {1}
+    assert [row["id"] for row in output(tmp_path)] == ["r0"]
+    store = open_store(tmp_path / "state")
+    kinds = Counter(e["kind"] for e in store.events(result.run_id))
+    store.close()
+    assert kinds["target"] >= 1
+
+
+def test_no_valid_answer_stops_with_a_clear_error_instead_of_planning_forever(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(**FAST)
+    job = make_job(tmp_path, server, validators=["gen_checks:no_rows"])
+    with pytest.raises(UserInputError, match="none of the 25 answers so far is valid"):
+        run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert len(executed(server)) == 25
+
+
+def test_a_short_input_ends_with_what_it_has(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(**FAST)
+    job = make_job(tmp_path, server, rows=30)
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert result.status.finished
+    assert result.status.valid == 15 and result.status.target == 20
+    assert len(executed(server)) == 30
+    store = open_store(tmp_path / "state")
+    messages = [e["message"] for e in store.events(result.run_id)]
+    store.close()
+    assert any("the input is used up with 15 of 20 valid" in m for m in messages)
