@@ -399,17 +399,9 @@ def _run_to_target(
                 f"none of the {ended} answers so far is valid ({reasons or 'no answers'}); "
                 "check the prompt, the schema and the validators, then run again"
             )
-        wave = next_wave(target, produced, ended)
         start = store.next_row_index(record.id)
-        result = _plan_into_store(
-            store,
-            record,
-            lambda sink, start=start, wave=wave: plan_job(
-                job, rows=islice(source(), start, start + wave), sink=sink
-            ),
-            "plan",
-            create=False,
-        )
+        wave = islice(source(), start, start + next_wave(target, produced, ended))
+        result = _plan_into_store(store, record, _planner(job, wave), "plan", create=False)
         if result.rows == 0:
             store.event(
                 record.id,
@@ -425,6 +417,10 @@ def _run_to_target(
             f"{produced} of {target.valid} valid from {ended} rows; "
             f"{result.rows} more rows planned",
         )
+
+
+def _planner(job: JobSpec, rows: Iterable[Row]) -> Callable[[StoreSink], PlanResult]:
+    return lambda sink: plan_job(job, rows=rows, sink=sink)
 
 
 def _target_rows(rows: Iterable[ExportRow], target: TargetSpec) -> Iterator[ExportRow]:
