@@ -1,10 +1,13 @@
-"""The examples run end to end, each with its one command, on the embedded local model."""
+"""The examples run end to end, each with its one command: on the embedded local model, or on
+the local server's synthetic responder where the model cannot do the job (images)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -50,3 +53,37 @@ def test_demo(tmp_path: Path) -> None:
     directory = run_example("demo", tmp_path)
     rows = [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["m1", "m2", "m3", "m4", "m5"]
+
+
+@pytest.mark.llama
+def test_dataset_generation(tmp_path: Path) -> None:
+    directory = run_example("dataset_generation", tmp_path)
+    rows = [json.loads(line) for line in (directory / "dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == 6, "exactly the target"
+    assert {row["status"] for row in rows} == {"succeeded"}
+    positions = [int(row["id"][1:]) for row in rows]
+    assert positions == sorted(positions)
+    checks = _module(directory / "checks.py")
+    for row in rows:
+        assert checks.token_lengths(row["output"], row["input"]) is None
+        assert checks.distinct(row["output"], row["input"]) is None
+
+
+def test_captioning_pipeline(tmp_path: Path) -> None:
+    directory = run_example("captioning", tmp_path)
+    lines = [json.loads(line) for line in (directory / "captioned.jsonl").read_text().splitlines()]
+    sources = [json.loads(line) for line in (directory / "images.jsonl").read_text().splitlines()]
+    assert [line["image_path"] for line in lines] == [s["image_path"] for s in sources]
+    for line in lines:
+        assert line["_batchpilot"]["status"] == "succeeded"
+        generated = line["generated"]
+        assert isinstance(generated["generated_caption"], str)
+        assert set(generated["qa_1"]) == set(generated["qa_2"]) == {"question", "answer"}
+
+
+def _module(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -30,6 +30,10 @@ def status_table(status: RunStatus, eta: str | None = None) -> Table:
         f"{r.get('failed', 0):,} failed, {r.get('pending', 0) + r.get('queued', 0):,} waiting, "
         f"{r.get('submitted', 0):,} in batches",
     )
+    if r.get("cancelled"):
+        table.add_row("not needed", f"{r['cancelled']:,} requests cancelled before sending")
+    if status.target is not None:
+        table.add_row("target", f"{status.valid or 0:,} of {status.target:,} valid")
     batches = ", ".join(f"{n} {state}" for state, n in sorted(status.batches.items())) or "none"
     table.add_row("batches", batches)
     if status.remote:

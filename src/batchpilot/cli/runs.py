@@ -16,6 +16,7 @@ from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.api import export_job, job_of
 from batchpilot.run.status import run_status
+from batchpilot.run.target import TargetCounter
 from batchpilot.store import BatchState, RunRecord
 
 __all__ = ["cancel", "export", "ls", "status"]
@@ -38,6 +39,10 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     store = open_store(state_dir)
     record = find_run(store, run_id)
     current = run_status(store, record.id)
+    job = job_of(record)
+    if job is not None and job.target is not None:
+        current.target = job.target.valid
+        current.valid = TargetCounter(store, record.id, job.target).count()
     batches = store.batches(record.id)
     events = store.events(record.id)[-5:]
     store.close()

@@ -13,9 +13,11 @@ from batchpilot.plan.planner import Planner, PlanResult, PlanSettings, PlanSink
 from batchpilot.plan.sample import mean_output_tokens
 from batchpilot.plan.sources import job_items, requests_file_items
 from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
+from batchpilot.plan.waves import first_wave
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.render import RequestRenderer
 from batchpilot.spec import JobSpec, LimitsSpec
+from batchpilot.spec.steps import step_job
 
 __all__ = ["input_spec", "plan_job", "plan_requests_file", "queue_capacity", "settings_for"]
 
@@ -79,7 +81,19 @@ def plan_job(
     sink: PlanSink | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> PlanResult:
-    """Plan every request of a job. `rows` replaces the job's input (DataFrames, datasets)."""
+    """Plan every request of a job. `rows` replaces the job's input (DataFrames, datasets).
+
+    A multi-step job plans its first step (later steps need earlier answers to render); a job
+    with a target plans its whole input, the most it could send.
+    """
+    if job.steps is not None:
+        result = plan_job(step_job(job, job.steps[0]), rows=rows, sink=sink, progress=progress)
+        if len(job.steps) > 1:
+            result.assumptions.append(
+                f"{len(job.steps)} steps: this is step 1 ({job.steps[0].name}); the later steps "
+                "run over the rows that pass it, with prompts that use its answers"
+            )
+        return result
     renderer = RequestRenderer(job)
     prices = PriceTable.load(overrides=job.prices or None)
     expected = job.estimate.output_tokens
@@ -97,6 +111,12 @@ def plan_job(
     source = rows if rows is not None else read_rows(input_spec(job))
     result = Planner(settings).plan(job_items(job, source, renderer), sink, progress)
     result.strategies = strategies_for(job, result)
+    if job.target is not None:
+        result.assumptions.append(
+            f"target: rows are sent in waves until {job.target.valid} valid "
+            f"{'items' if job.target.items else 'answers'} exist, starting with "
+            f"{first_wave(job.target)} rows; this plan is the whole input, the most it can send"
+        )
     return result
 
 

@@ -24,6 +24,7 @@ from batchpilot.export import ExportRow, write_back_nested, write_export
 from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import PlanResult, plan_job, plan_requests_file
 from batchpilot.plan.job import input_spec, queue_capacity
+from batchpilot.plan.waves import first_wave, next_wave
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
 from batchpilot.response_schema import load_response_schema
@@ -32,7 +33,7 @@ from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.store_sink import StoreSink
-from batchpilot.run.target import TargetCounter, first_wave, next_wave
+from batchpilot.run.target import TargetCounter
 from batchpilot.spec import JobSpec, LimitsSpec, TargetSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
 from batchpilot.store import PendingRequest, RunLock, RunRecord, SQLiteStore, utc_now

@@ -31,30 +31,13 @@ from batchpilot.run.api import (
 )
 from batchpilot.run.status import RunStatus
 from batchpilot.spec import JobSpec, StepSpec
+from batchpilot.spec.steps import step_job
 from batchpilot.store import SQLiteStore
 
 __all__ = ["StepRun", "pipeline_rows", "run_pipeline", "step_job", "step_runs"]
 
 STEPS_FIELD = "steps"
 """The template variable holding earlier steps' answers."""
-
-
-def step_job(job: JobSpec, step: StepSpec) -> JobSpec:
-    """The job one step runs: the pipeline's settings with the step's prompt, schema and
-    validators (model and params too when the step sets them)."""
-    return job.model_copy(
-        update={
-            "name": f"{job.name}.{step.name}"[:64],
-            "model": step.model or job.model,
-            "prompt": step.prompt,
-            "params": step.params if step.params is not None else job.params,
-            "response": step.response,
-            "validators": step.validators or [],
-            "steps": None,
-            "output": None,
-            "fallback": None,
-        }
-    )
 
 
 class StepRun:

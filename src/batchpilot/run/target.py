@@ -1,15 +1,14 @@
-"""Target mode: how many valid answers (or items) a run has, and how many rows to plan next."""
+"""Target mode: how many valid answers (or items) a run has."""
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from batchpilot.spec import TargetSpec
 from batchpilot.store import SQLiteStore
 
-__all__ = ["TargetCounter", "first_wave", "next_wave"]
+__all__ = ["TargetCounter", "items_in"]
 
 
 def _content(response: dict[str, Any]) -> str | None:
@@ -62,19 +61,3 @@ class TargetCounter:
 
     def met(self) -> bool:
         return self.count() >= self.goal
-
-
-def first_wave(target: TargetSpec) -> int:
-    """Rows in the first wave: as the job says, else the target plus the overshoot (for
-    items, a tenth of that: an answer usually holds several)."""
-    if target.first_rows is not None:
-        return target.first_rows
-    rows = math.ceil(target.valid * target.overshoot)
-    return rows if target.items is None else max(5, math.ceil(rows / 10))
-
-
-def next_wave(target: TargetSpec, produced: int, ended_rows: int) -> int:
-    """Rows to plan next so that, at the pass rate seen so far, the target is met with the
-    overshoot to spare. Needs at least one valid answer so far (the rate is not zero)."""
-    rate = produced / ended_rows
-    return max(1, math.ceil((target.valid - produced) / rate * target.overshoot))
