@@ -227,3 +227,28 @@ def _step_request_counts(state: Path, run_ids: set[str]) -> dict[str, int]:
             tuple(run_ids),
         ).fetchall()
     return {str(row[0]): int(row[1]) for row in rows}
+
+
+def test_export_and_resume_from_the_cli_see_the_whole_pipeline(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    from click.testing import CliRunner
+
+    from batchpilot.cli import cli
+
+    server = local_server_factory(**FAST)
+    job = load_job(write_job(tmp_path, server.base_url))
+    state = tmp_path / "state"
+    run_job(job, state_dir=state, poll_interval=0.02)
+    written = (tmp_path / "out.jsonl").read_text()
+    (tmp_path / "out.jsonl").unlink()
+    sent = executed(server)
+
+    exported = CliRunner().invoke(cli, ["export", "--state", str(state)])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "out.jsonl").read_text() == written
+
+    resumed = CliRunner().invoke(cli, ["resume", "--state", str(state), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "16/16 done" in resumed.output, "6 captions, then 5 of each Q&A step"
+    assert executed(server) == sent

@@ -143,3 +143,31 @@ def test_a_short_input_ends_with_what_it_has(
     messages = [e["message"] for e in store.events(result.run_id)]
     store.close()
     assert any("the input is used up with 15 of 20 valid" in m for m in messages)
+
+
+def test_items_count_the_elements_of_a_list_field(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    three = {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 3}
+    schema = {
+        "type": "object",
+        "properties": {"scenarios": three},
+        "required": ["scenarios"],
+        "additionalProperties": False,
+    }
+    (tmp_path / "list.schema.json").write_text(json.dumps(schema))
+    server = local_server_factory(**FAST)
+    job = make_job(
+        tmp_path,
+        server,
+        response={"schema": "list.schema.json"},
+        params={"max_tokens": 400},
+        target={"valid": 20, "items": "scenarios"},
+    )
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    # three items an answer, half the rows pass: the first wave (5 rows) gives 9 items; the
+    # next wave asks for 11 / (9/5) * 1.25 = 8 rows, which give 12 more.
+    assert result.status.valid == 21
+    assert len(executed(server)) == 13
+    rows = output(tmp_path)
+    assert [len(row["output"]["scenarios"]) for row in rows] == [3] * 7

@@ -15,6 +15,7 @@ from batchpilot.errors import UserInputError
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.api import export_job, job_of
+from batchpilot.run.pipeline import export_pipeline
 from batchpilot.run.status import run_status
 from batchpilot.run.target import TargetCounter
 from batchpilot.store import BatchState, RunRecord
@@ -180,7 +181,9 @@ def export(
             if job is None or job.output is None:
                 raise UserInputError("give -o FILE (this run's job names no output.path)")
             output = job.resolve(job.output.path)
-        if job is not None and fmt == "auto" and not no_input:
+        if job is not None and job.steps is not None:
+            count = export_pipeline(state_dir, job, output)
+        elif job is not None and fmt == "auto" and not no_input:
             count = export_job(store, record.id, job, output)
         else:
             count = export_run(store, record.id, output, format=fmt, include_input=not no_input)

@@ -274,12 +274,15 @@ def run_job(
     poll_interval: float | None = None,
     fresh: bool = False,
     run_id: str | None = None,
+    recorded: JobSpec | None = None,
 ) -> RunResult:
     """Plan the job into the store (once), then run it to the end and export its output.
 
     Running the same job again continues its run: the run id is a hash of the job. A job
     with `steps` runs them in order (see `run_pipeline`); a job with a `target` plans its rows
-    in waves and stops once the target is met.
+    in waves and stops once the target is met. `run_id` and `recorded` (the job the run
+    records as its own: a pipeline records itself in each step's run, so that `resume` and
+    `export` see the whole pipeline) are for pipelines.
     """
     if job.steps is not None:
         from batchpilot.run.pipeline import run_pipeline
@@ -296,7 +299,7 @@ def run_job(
             fresh=fresh,
         )
     store = open_store(state_dir)
-    spec = spec_json(job)
+    spec = spec_json(recorded or job)
     run_id = run_id or run_id_for(job.name, identity_json(job))
     prices = PriceTable.load(overrides=job.prices or None)
     source = _row_source(job, rows)

@@ -217,6 +217,7 @@ def run_pipeline(
                 provider=provider,
                 on_progress=progress,
                 run_id=run.run_id,
+                recorded=job,
                 **options,
             )
             finished.append(result.status)
