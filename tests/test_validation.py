@@ -165,3 +165,24 @@ def test_real_time_answers_are_checked_too(
     assert {row.status for row in rows} == {"succeeded"}
     assert {row.lane for row in rows} == {"realtime"}
     assert {row.attempts for row in rows} == {2}
+
+
+def test_two_jobs_with_a_checks_module_of_the_same_name_never_mix(tmp_path: Path) -> None:
+    from batchpilot.validate import load_validator
+
+    for name, verdict in (("one", "from one"), ("two", "from two")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checks.py").write_text(f"def check(a, r):\n    return {verdict!r}\n")
+    assert load_validator("checks:check", tmp_path / "one")(None, None) == "from one"
+    assert load_validator("checks:check", tmp_path / "two")(None, None) == "from two"
+
+
+def test_a_validator_module_that_fails_to_import_is_a_clear_error(tmp_path: Path) -> None:
+    import pytest
+
+    from batchpilot.errors import ConfigError
+    from batchpilot.validate import load_validator
+
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no database here')\n")
+    with pytest.raises(ConfigError, match="importing broken failed: RuntimeError: no database"):
+        load_validator("broken:check", tmp_path)

@@ -7,11 +7,14 @@ to the cap, then failed for good (or given to a fallback). The reason's first wo
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -31,24 +34,59 @@ def load_validator(name: str, base_dir: Path) -> Validator:
 
 
 def load_callable(name: str, base_dir: Path, what: str) -> Callable[..., Any]:
-    """Import `module:function`, with the job's directory first on the import path."""
+    """Import `module:function`: a module file beside the job first (each job directory gets
+    its own copy, so two jobs' `checks.py` never mix), else from the import path."""
     module_name, sep, attribute = name.partition(":")
     if not sep or not module_name or not attribute:
         raise ConfigError(f"{what} {name!r}: write it as module:function")
-    sys.path.insert(0, str(base_dir))
+    local = Path(base_dir) / (module_name.replace(".", "/") + ".py")
     try:
-        module = importlib.import_module(module_name)
+        module = (
+            _load_file(module_name, local) if local.is_file() else _import(module_name, base_dir)
+        )
     except ImportError as exc:
         raise ConfigError(
             f"{what} {name!r}: cannot import {module_name} ({exc}); put it beside the job "
             "file or on PYTHONPATH"
         ) from None
-    finally:
-        sys.path.remove(str(base_dir))
+    except Exception as exc:
+        raise ConfigError(
+            f"{what} {name!r}: importing {module_name} failed: {type(exc).__name__}: {exc}"
+        ) from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ConfigError(f"{what} {name!r}: {module_name} has no function {attribute}")
     return function  # type: ignore[no-any-return]
+
+
+def _import(module_name: str, base_dir: Path) -> ModuleType:
+    sys.path.insert(0, str(base_dir))
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(str(base_dir))
+
+
+def _load_file(module_name: str, path: Path) -> ModuleType:
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    key = f"_batchpilot_job_{digest}_{module_name.replace('.', '_')}"
+    loaded = sys.modules.get(key)
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
 
 
 class AnswerCheck:
