@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 from pathlib import Path
 
@@ -50,3 +51,19 @@ def test_demo(tmp_path: Path) -> None:
     directory = run_example("demo", tmp_path)
     rows = [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["m1", "m2", "m3", "m4", "m5"]
+
+
+@pytest.mark.llama
+def test_custom_task(tmp_path: Path) -> None:
+    directory = tmp_path / "custom_task"
+    shutil.copytree(EXAMPLES / "custom_task", directory)
+    main = runpy.run_path(str(directory / "run.py"))["main"]
+    assert main(["--state", str(tmp_path / "state")]) == 0
+    results = json.loads((directory / "results.json").read_text())
+    assert list(results) == ["t1", "t2", "t3", "t4", "t5", "t6"]
+    for row in results.values():
+        assert row["triage"] is not None or row["error"] is not None
+        if row["triage"] is not None:
+            assert row["triage"]["category"] in ("billing", "bug", "account", "other")
+            assert isinstance(row["reply"], str) or row["error"] is not None
+    assert main(["--state", str(tmp_path / "state")]) == 0, "a second run finds it all done"

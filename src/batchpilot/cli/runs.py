@@ -16,6 +16,7 @@ from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.api import export_job, job_of
 from batchpilot.run.status import run_status
+from batchpilot.spec.model import ProviderSpec
 from batchpilot.store import BatchState, RunRecord
 
 __all__ = ["cancel", "export", "ls", "status"]
@@ -26,6 +27,8 @@ def _provider_of(run: RunRecord, state_dir: Path) -> Provider:
     if job is not None:
         return provider_for(job.provider, state_dir=state_dir)
     spec = json.loads(run.spec_json)
+    if spec.get("provider") == "local":
+        return provider_for(ProviderSpec(kind="local"), state_dir=state_dir)
     return openai_provider(base_url=spec.get("base_url"), kind=spec.get("provider", "openai"))
 
 
