@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import runpy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,19 @@ def _module(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.llama
+def test_custom_task(tmp_path: Path) -> None:
+    directory = tmp_path / "custom_task"
+    shutil.copytree(EXAMPLES / "custom_task", directory)
+    main = runpy.run_path(str(directory / "run.py"))["main"]
+    assert main(["--state", str(tmp_path / "state")]) == 0
+    results = json.loads((directory / "results.json").read_text())
+    assert list(results) == ["t1", "t2", "t3", "t4", "t5", "t6"]
+    for row in results.values():
+        assert row["triage"] is not None or row["error"] is not None
+        if row["triage"] is not None:
+            assert row["triage"]["category"] in ("billing", "bug", "account", "other")
+            assert isinstance(row["reply"], str) or row["error"] is not None
+    assert main(["--state", str(tmp_path / "state")]) == 0, "a second run finds it all done"

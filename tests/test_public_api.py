@@ -18,6 +18,7 @@ MODULES = [
     "batchpilot.errors",
     "batchpilot.tokens",
     "batchpilot.pricing",
+    "batchpilot.task",
 ]
 
 
@@ -45,6 +46,11 @@ def test_top_level_api() -> None:
         "rows_from_dataset",
         "BatchpilotError",
         "UserInputError",
+        "Task",
+        "TaskRequest",
+        "TaskResult",
+        "TaskReport",
+        "TaskError",
         "__version__",
     }
     assert expected <= set(batchpilot.__all__)

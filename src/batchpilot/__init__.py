@@ -13,12 +13,14 @@ from batchpilot.errors import (
     ProviderRejected,
     ProviderUnavailable,
     StateError,
+    TaskError,
     UserInputError,
 )
 from batchpilot.mapping import map
 from batchpilot.plan import PlanResult, plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable
 from batchpilot.spec import JobSpec, job_from_dict, load_job
+from batchpilot.task import Task, TaskReport, TaskRequest, TaskResult
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,11 @@ __all__ = [
     "ProviderRejected",
     "ProviderUnavailable",
     "StateError",
+    "Task",
+    "TaskError",
+    "TaskReport",
+    "TaskRequest",
+    "TaskResult",
     "UserInputError",
     "__version__",
     "job_from_dict",

@@ -2,7 +2,8 @@
 
     BatchpilotError                 root of all that batchpilot raises on purpose
     ├── UserInputError              the job, data or flags are wrong; the message says what to fix
-    │   └── ConfigError             a configuration file (job, faults, server settings) is invalid
+    │   ├── ConfigError             a configuration file (job, faults, server settings) is invalid
+    │   └── TaskError               a task's own code raised, or gave what cannot be used
     ├── ProviderError               the provider (remote or local) refused or failed
     │   ├── ProviderUnavailable     could not be reached, or answered 5xx after retries
     │   └── ProviderRejected        answered 4xx: the request itself is wrong
@@ -26,6 +27,7 @@ __all__ = [
     "ProviderRejected",
     "ProviderUnavailable",
     "StateError",
+    "TaskError",
     "UserInputError",
 ]
 
@@ -44,6 +46,10 @@ class UserInputError(BatchpilotError):
 
 class ConfigError(UserInputError):
     """A configuration file is invalid."""
+
+
+class TaskError(UserInputError):
+    """A task's code raised or gave something unusable; the store is left as it was."""
 
 
 class ProviderError(BatchpilotError):

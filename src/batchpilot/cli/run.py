@@ -172,6 +172,11 @@ def resume(
     record = find_run(store, run_id)
     store.close()
     job = job_of(record)
+    if job is None and "task" in json.loads(record.spec_json):
+        raise UserInputError(
+            f"run {record.id} is a task's run; resume it by running the task again (its "
+            "results go to its on_result, which only its own program has)"
+        )
     if job is None:
         raise UserInputError(
             f"run {record.id} ran a requests file; resume it with the same `batchpilot run "

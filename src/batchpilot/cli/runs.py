@@ -18,6 +18,7 @@ from batchpilot.run.api import export_job, job_of
 from batchpilot.run.pipeline import export_pipeline
 from batchpilot.run.status import run_status
 from batchpilot.run.target import TargetCounter
+from batchpilot.spec.model import ProviderSpec
 from batchpilot.store import BatchState, RunRecord
 
 __all__ = ["cancel", "export", "ls", "status"]
@@ -28,6 +29,8 @@ def _provider_of(run: RunRecord, state_dir: Path) -> Provider:
     if job is not None:
         return provider_for(job.provider, state_dir=state_dir)
     spec = json.loads(run.spec_json)
+    if spec.get("provider") == "local":
+        return provider_for(ProviderSpec(kind="local"), state_dir=state_dir)
     return openai_provider(base_url=spec.get("base_url"), kind=spec.get("provider", "openai"))
 
 

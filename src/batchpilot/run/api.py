@@ -79,9 +79,9 @@ def spec_json(job: JobSpec) -> str:
 
 
 def job_of(run: RunRecord) -> JobSpec | None:
-    """The job a run was started from (None for a run of a requests file)."""
+    """The job a run was started from (None for a run of a requests file or of a task)."""
     data = json.loads(run.spec_json)
-    if "requests" in data:
+    if "requests" in data or "task" in data:
         return None
     base = Path(data.pop("base_dir", "."))
     return job_from_dict(data, base_dir=base, environ={})
@@ -130,6 +130,29 @@ def _settings(
         detach=detach,
         cancel_on_exit=cancel_on_exit,
     )
+
+
+def run_settings(
+    job: JobSpec,
+    *,
+    poll_interval: float | None = None,
+    detach: bool = False,
+    cancel_on_exit: bool = False,
+    run: RunRecord | None = None,
+) -> RunSettings:
+    """Everything a runner needs to know about a job beyond its requests."""
+    settings = _settings(
+        job.limits,
+        local=job.provider.kind == "local",
+        tier=job.provider.tier,
+        budget=job.budget.max_usd,
+        prices=PriceTable.load(overrides=job.prices or None),
+        poll_interval=poll_interval,
+        detach=detach,
+        cancel_on_exit=cancel_on_exit,
+    )
+    _strategy_settings(job, settings, run)
+    return settings
 
 
 def answer_check(
@@ -206,6 +229,57 @@ def find_run(store: SQLiteStore, run_id: str | None) -> RunRecord:
     return runs[0]
 
 
+def run_lock(state_dir: Path, run_id: str) -> RunLock:
+    """The lock that keeps a run to one process."""
+    return RunLock(Path(state_dir) / "locks" / f"{run_id}.lock")
+
+
+@contextmanager
+def open_runner(
+    store: SQLiteStore,
+    run_id: str,
+    state_dir: Path,
+    provider: Provider,
+    settings: RunSettings,
+    on_progress: Callable[[RunStatus], None] | None,
+    use_cache: bool,
+    check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
+) -> Iterator[Runner]:
+    """A runner with its lanes, handling Ctrl-C while it is open; the caller holds the lock."""
+    runner = Runner(
+        store,
+        provider,
+        run_id,
+        settings,
+        Path(state_dir) / "runs" / run_id / "files",
+        on_progress,
+    )
+    runner.use_cache = use_cache
+    runner.check = check
+    if settings.strategy != "batch":
+        make_client = getattr(provider, "async_client", None)
+        if make_client is None:
+            raise UserInputError(
+                f"provider {provider.name} has no real-time client; use strategy: batch"
+            )
+        runner.lane = RealtimeLane(
+            make_client(),
+            store,
+            run_id,
+            limits=settings.realtime,
+            concurrency=settings.concurrency,
+            prices=settings.prices,
+            retry=settings.retry,
+            budget_usd=settings.budget_usd,
+            check=check,
+        )
+    runner.interrupt.install()
+    try:
+        yield runner
+    finally:
+        runner.interrupt.restore()
+
+
 @contextmanager
 def _running(
     store: SQLiteStore,
@@ -217,39 +291,13 @@ def _running(
     use_cache: bool,
     check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
 ) -> Iterator[Runner]:
-    with RunLock(Path(state_dir) / "locks" / f"{run_id}.lock"):
-        runner = Runner(
-            store,
-            provider,
-            run_id,
-            settings,
-            Path(state_dir) / "runs" / run_id / "files",
-            on_progress,
-        )
-        runner.use_cache = use_cache
-        runner.check = check
-        if settings.strategy != "batch":
-            make_client = getattr(provider, "async_client", None)
-            if make_client is None:
-                raise UserInputError(
-                    f"provider {provider.name} has no real-time client; use strategy: batch"
-                )
-            runner.lane = RealtimeLane(
-                make_client(),
-                store,
-                run_id,
-                limits=settings.realtime,
-                concurrency=settings.concurrency,
-                prices=settings.prices,
-                retry=settings.retry,
-                budget_usd=settings.budget_usd,
-                check=check,
-            )
-        runner.interrupt.install()
-        try:
-            yield runner
-        finally:
-            runner.interrupt.restore()
+    with (
+        run_lock(state_dir, run_id),
+        open_runner(
+            store, run_id, state_dir, provider, settings, on_progress, use_cache, check
+        ) as runner,
+    ):
+        yield runner
 
 
 def _row_source(job: JobSpec, rows: Iterable[Row] | None) -> Callable[[], Iterable[Row]]:
@@ -526,7 +574,10 @@ def run_requests_file(
     return RunResult(run_id, status)
 
 
-def _content(response: dict[str, Any] | None) -> tuple[str | None, list[float] | None]:
+def response_content(
+    response: dict[str, Any] | None,
+) -> tuple[str | None, list[float] | None]:
+    """The answer's text (chat, responses) or embedding found in a response body."""
     if not response:
         return None, None
     choices = response.get("choices")
@@ -548,7 +599,7 @@ def export_rows(
     get `fallback(input row)` as their answer when a fallback is given (status `fallback`)."""
     for row in store.joined_rows(run_id):
         response = json.loads(row["response_json"]) if row["response_json"] else None
-        content, embedding = _content(response)
+        content, embedding = response_content(response)
         parsed = None
         if content is not None and response is not None:
             try:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from batchpilot.store.lock import RunLock
-from batchpilot.store.records import BatchRecord, Outcome, PendingRequest, RunRecord
+from batchpilot.store.records import (
+    BatchRecord,
+    Outcome,
+    PendingRequest,
+    RunRecord,
+    TaskStateRecord,
+)
 from batchpilot.store.sqlite import SQLiteStore, utc_now
 from batchpilot.store.states import BatchState, RequestState
 
@@ -16,5 +22,6 @@ __all__ = [
     "RunLock",
     "RunRecord",
     "SQLiteStore",
+    "TaskStateRecord",
     "utc_now",
 ]

@@ -116,6 +116,24 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_run ON events(run_id, seq);
     """,
+    # 2: tasks: the state a task keeps, and which of its results it has been given
+    """
+    CREATE TABLE task_state (
+        run_id TEXT PRIMARY KEY,
+        state_json TEXT NOT NULL,
+        rounds INTEGER NOT NULL DEFAULT 0,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        updated_at_utc TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE task_deliveries (
+        run_id TEXT NOT NULL,
+        row_index INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        delivered_at_utc TEXT NOT NULL,
+        PRIMARY KEY (run_id, row_index)
+    ) WITHOUT ROWID;
+    CREATE INDEX rows_by_id ON rows(run_id, row_id);
+    """,
 ]
 
 

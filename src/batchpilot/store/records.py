@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BatchRecord", "Outcome", "PendingRequest", "RunRecord"]
+__all__ = ["BatchRecord", "Outcome", "PendingRequest", "RunRecord", "TaskStateRecord"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,12 @@ class Outcome:
     cost_usd: float = 0.0
     error: str | None = None
     attempted: bool = True
+
+
+@dataclass(frozen=True)
+class TaskStateRecord:
+    """A task's saved state (JSON), how many rounds it planned and results it was given."""
+
+    state_json: str
+    rounds: int
+    delivered: int

@@ -18,7 +18,13 @@ import orjson
 
 from batchpilot.errors import IllegalTransition, StateError
 from batchpilot.store.migrations import migrate
-from batchpilot.store.records import BatchRecord, Outcome, PendingRequest, RunRecord
+from batchpilot.store.records import (
+    BatchRecord,
+    Outcome,
+    PendingRequest,
+    RunRecord,
+    TaskStateRecord,
+)
 from batchpilot.store.states import (
     BATCH_MOVES,
     REQUEST_MOVES,
@@ -227,6 +233,14 @@ class SQLiteStore:
             (run_id,),
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
+
+    def request_body(self, run_id: str, request_id: str) -> bytes:
+        row = self._db.execute(
+            "SELECT body FROM requests WHERE run_id = ? AND id = ?", (run_id, request_id)
+        ).fetchone()
+        if row is None:
+            raise StateError(f"no request {request_id} in run {run_id}")
+        return bytes(row[0])
 
     def row_data(self, run_id: str, row_index: int) -> dict[str, Any] | None:
         row = self._db.execute(
@@ -597,6 +611,79 @@ class SQLiteStore:
             (run_id,),
         )
         yield from cursor
+
+    # tasks ----------------------------------------------------------------------------------
+
+    def create_task(self, run: RunRecord, state_json: str) -> None:
+        """A task's run and its first state, together."""
+        with self.tx() as db:
+            self.create_run(run)
+            db.execute(
+                "INSERT INTO task_state(run_id, state_json, updated_at_utc) VALUES (?, ?, ?)",
+                (run.id, state_json, utc_now()),
+            )
+
+    def task_state(self, run_id: str) -> TaskStateRecord | None:
+        row = self._db.execute(
+            "SELECT state_json, rounds, delivered FROM task_state WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else TaskStateRecord(row[0], int(row[1]), int(row[2]))
+
+    def request_of_row(self, run_id: str, row_id: str) -> str | None:
+        """The request id of the row with this id (a task's key), or None when there is none."""
+        row = self._db.execute(
+            "SELECT request_id FROM rows WHERE run_id = ? AND row_id = ? LIMIT 1", (run_id, row_id)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def count_task_round(self, run_id: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE task_state SET rounds = rounds + 1 WHERE run_id = ?", (run_id,))
+
+    def undelivered(self, run_id: str, limit: int) -> list[sqlite3.Row]:
+        """Rows of a task whose request has ended and which the task has not been given yet,
+        in row order, with the request's body, outcome, answer and total cost."""
+        return self._db.execute(
+            "SELECT w.row_index, w.row_id, w.data_json, q.body, q.state, q.attempts, q.error, "
+            "r.response_json, r.lane, "
+            "COALESCE(r.input_tokens, (SELECT SUM(a.input_tokens) FROM attempts a "
+            "WHERE a.run_id = q.run_id AND a.request_id = q.id), 0) AS input_tokens, "
+            "COALESCE(r.output_tokens, (SELECT SUM(a.output_tokens) FROM attempts a "
+            "WHERE a.run_id = q.run_id AND a.request_id = q.id), 0) AS output_tokens, "
+            "(SELECT COALESCE(SUM(a.cost_usd), 0) FROM attempts a "
+            "WHERE a.run_id = q.run_id AND a.request_id = q.id) AS cost_usd "
+            "FROM rows w JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+            "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+            "WHERE w.run_id = ? AND q.state IN ('succeeded', 'failed') AND NOT EXISTS "
+            "(SELECT 1 FROM task_deliveries d WHERE d.run_id = w.run_id "
+            "AND d.row_index = w.row_index) ORDER BY w.row_index LIMIT ?",
+            (run_id, limit),
+        ).fetchall()
+
+    def deliver(self, run_id: str, state_json: str, delivered: Sequence[tuple[int, bool]]) -> None:
+        """Mark rows as given to the task and save the state they led to, in one transaction.
+
+        A row marked twice raises: a result must never be applied to the state twice.
+        """
+        now = utc_now()
+        with self.tx() as db:
+            try:
+                db.executemany(
+                    "INSERT INTO task_deliveries(run_id, row_index, ok, delivered_at_utc) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(run_id, index, int(ok), now) for index, ok in delivered],
+                )
+            except sqlite3.IntegrityError:
+                raise StateError(
+                    f"run {run_id}: a result was about to be given to the task a second time"
+                ) from None
+            changed = db.execute(
+                "UPDATE task_state SET state_json = ?, delivered = delivered + ?, "
+                "updated_at_utc = ? WHERE run_id = ?",
+                (state_json, len(delivered), now, run_id),
+            ).rowcount
+            if changed != 1:
+                raise StateError(f"run {run_id} is not a task")
 
     # events ---------------------------------------------------------------------------------
 
