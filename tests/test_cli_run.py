@@ -193,3 +193,45 @@ def test_second_ctrl_c_cancels_remote_batches(
     process.communicate(timeout=30)
     statuses = {b.status for b in client_for(server).batches.list()}
     assert statuses <= {"cancelling", "cancelled"}
+
+
+def test_ctrl_c_stops_the_real_time_lane_at_once_with_nothing_in_flight(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    # 2 RPM: two real-time answers at once, then the lane waits 30 s for the next one while
+    # the first batches stay in the queue for an hour; Ctrl-C must not wait for either
+    server = local_server_factory(time_scale=1.0, validation_delay_s=3600)
+    job = write_job(
+        tmp_path,
+        server.base_url,
+        rows=20,
+        strategy="hybrid",
+        realtime={"rpm": 2},
+        estimate={"batch_turnaround_hours": 0.05},
+        limits={"requests_per_batch": 5, "queue_tokens": 60},
+    )
+    state = tmp_path / "state"
+    process = start_run(job, state)
+    wait_for_submission(state)
+    deadline = time.monotonic() + 30
+    while sum(1 for row in server.admin.ledger() if not row["batch_id"]) < 2:
+        assert time.monotonic() < deadline, "the real-time lane answered nothing"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 130, output
+    assert time.monotonic() - started < 10, "the lane's wait for its rate limit held Ctrl-C"
+    store = open_store(state)
+    (run,) = store.runs()
+    counts = store.request_counts(run.id)
+    with store.tx() as db:
+        unsent = db.execute(
+            "SELECT COUNT(*) FROM requests WHERE run_id = ? AND state = 'pending' AND attempts > 0",
+            (run.id,),
+        ).fetchone()[0]
+    store.close()
+    assert counts["realtime"] == 0 and counts["succeeded"] == 2
+    assert counts["submitted"] > 0 and counts["pending"] > 0
+    assert unsent == 0, "a request the lane never sent was charged an attempt"
+    assert len(server.admin.ledger()) == 2

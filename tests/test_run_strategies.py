@@ -7,12 +7,14 @@ and real-time executions; real-time calls carry the request id in `x-batchpilot-
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from batchpilot.run import open_store, run_job
+from batchpilot.run import RunStatus, open_store, run_job
 from batchpilot.server import LocalServer, RateLimit
 from batchpilot.spec import job_from_dict
 
@@ -177,3 +179,111 @@ def test_hybrid_never_spends_past_the_budget_across_both_lanes(
     with pytest.raises(BudgetExceeded):
         run_job(tiny, state_dir=tmp_path / "state-tiny", poll_interval=0.02, fresh=True)
     assert len(server.admin.ledger()) == executed, "nothing is sent that the budget cannot cover"
+
+
+def planned_shares(state: Path, run_id: str) -> list[int]:
+    """How many pending requests each `hybrid` event sends real time, in order."""
+    store = open_store(state)
+    messages = [e["message"] for e in store.events(run_id) if e["kind"] == "hybrid"]
+    store.close()
+    pattern = re.compile(r"(\d+) of the \d+ pending requests go real time")
+    return [int(m.group(1)) for m in map(pattern.match, messages) if m]
+
+
+def test_the_lane_answers_while_the_runner_is_busy_with_batches(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    # batches take 2 s; the runner's thread is held for 1 s by the progress callback while
+    # one is live: the real-time lane, in its own thread, goes on answering meanwhile
+    server = local_server_factory(time_scale=10, validation_delay_s=20, finalizing_delay_s=0)
+    job = job_for(
+        tmp_path,
+        server,
+        60,
+        strategy="hybrid",
+        realtime={"rpm": 30},
+        estimate={"batch_turnaround_hours": 0.01},
+        limits={"requests_per_batch": 10, "queue_tokens": 200},
+    )
+    during: list[tuple[int, int]] = []
+
+    def busy(status: RunStatus) -> None:
+        if not during and status.batches.get("submitted"):
+            before = sum(lanes(server)[1].values())
+            time.sleep(1.0)
+            during.append((before, sum(lanes(server)[1].values())))
+
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02, on_progress=busy)
+    assert result.status.finished
+    ((before, after),) = during
+    assert after > before, "the lane sent nothing while the runner's thread was busy"
+    batch, realtime = lanes(server)
+    assert batch and realtime and not set(batch) & set(realtime)
+    assert sum(batch.values()) + sum(realtime.values()) == 60
+    first = min(client_for(server).batches.list(), key=lambda b: b.created_at)
+    assert first.completed_at is not None
+    alongside = [
+        row
+        for row in server.admin.ledger()
+        if not row["batch_id"] and first.created_at <= row["executed_at"] <= first.completed_at
+    ]
+    assert alongside, "no real-time request ran while the first batch was live"
+
+
+def test_the_real_time_share_shrinks_once_batches_turn_out_quicker(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    # Estimated 5 min per batch against 10 s per real-time request (6 RPM): most requests
+    # should go real time. The first batch is back in a fraction of a second, and the rest
+    # goes in batches instead of waiting minutes for the real-time lane.
+    server = local_server_factory(time_scale=50, validation_delay_s=1, finalizing_delay_s=1)
+    job = job_for(
+        tmp_path,
+        server,
+        60,
+        strategy="hybrid",
+        realtime={"rpm": 6},
+        estimate={"batch_turnaround_hours": 300 / 3600},
+        limits={"requests_per_batch": 10, "queue_tokens": 200},
+    )
+    started = time.monotonic()
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert result.status.finished
+    assert time.monotonic() - started < 30, "the first plan would take minutes in real time"
+    shares = planned_shares(tmp_path / "state", result.run_id)
+    assert shares[0] >= 40 and shares[-1] <= 10, shares
+    batch, realtime = lanes(server)
+    assert sum(realtime.values()) <= 10 and not set(batch) & set(realtime)
+    assert len(batch) + len(realtime) == 60
+    assert {r["status"] for r in outputs(tmp_path)} == {"succeeded"}
+
+
+def test_a_real_time_run_the_budget_cannot_start_stops_instead_of_waiting(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    import pytest
+
+    from batchpilot.errors import BudgetExceeded
+    from batchpilot.pricing import PriceTable
+
+    server = local_server_factory(time_scale=60)
+    one_worst = PriceTable.load().cost(MODEL, input_tokens=20, output_tokens=2000, batch=False)
+    job = job_for(
+        tmp_path,
+        server,
+        30,
+        strategy="realtime",
+        realtime={"rpm": 6000, "concurrency": 4},
+        params={"max_tokens": 2000},
+        budget={"max_usd": one_worst / 2},
+    )
+    with pytest.raises(BudgetExceeded, match="budget"):
+        run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert server.admin.ledger() == []
+    store = open_store(tmp_path / "state")
+    (run,) = store.runs()
+    counts = store.request_counts(run.id)
+    kinds = [event["kind"] for event in store.events(run.id)]
+    store.close()
+    assert run.status == "stopped" and counts["pending"] == 30
+    assert "budget" in kinds

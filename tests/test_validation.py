@@ -186,3 +186,31 @@ def test_a_validator_module_that_fails_to_import_is_a_clear_error(tmp_path: Path
     (tmp_path / "broken.py").write_text("raise RuntimeError('no database here')\n")
     with pytest.raises(ConfigError, match="importing broken failed: RuntimeError: no database"):
         load_validator("broken:check", tmp_path)
+
+
+def test_real_time_answers_meet_the_validators_that_read_input_rows(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    # The real-time lane runs in a thread of its own: the validators' input rows are read
+    # through that thread's own store connection.
+    (tmp_path / "gen_checks.py").write_text(
+        "def even_rows(answer, row):\n"
+        "    return None if int(row['id'][1:]) % 2 == 0 else 'odd rows are not wanted'\n"
+    )
+    limits = {"requests_per_batch": 3, "queue_tokens": 10**6, "max_attempts": 2}
+    result, rows = run_with_faults(
+        tmp_path,
+        local_server_factory,
+        "length",
+        strategy="realtime",
+        realtime={"rpm": 6000},
+        limits=limits,
+        validators=["gen_checks:even_rows"],
+    )
+    by_id = {row.row_id: row for row in rows}
+    assert {by_id[f"r{i}"].status for i in (0, 2, 4)} == {"succeeded"}
+    assert {by_id[f"r{i}"].error for i in (1, 3, 5)} == {
+        "rejected: gen_checks:even_rows: odd rows are not wanted"
+    }
+    assert {row.lane for row in rows if row.status == "succeeded"} == {"realtime"}
+    assert result.status.failures == {"truncated": 6, "rejected": 3}

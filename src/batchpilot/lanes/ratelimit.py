@@ -107,8 +107,9 @@ class Throttle:
     """Waits until a request fits every bucket, then takes its share; first come, first served.
 
     `acquire(tokens)` takes one request from the RPM and RPD buckets and `tokens` from the TPM
-    bucket. `observe(headers)` corrects the buckets from an answer's headers; `pause(seconds)`
-    holds every acquisition back (a 429 with `retry-after`).
+    bucket; `refund(tokens)` gives them back when the request is not sent after all.
+    `observe(headers)` corrects the buckets from an answer's headers; `pause(seconds)` holds
+    every acquisition back (a 429 with `retry-after`).
     """
 
     def __init__(
@@ -145,7 +146,8 @@ class Throttle:
         ]
         return [(bucket, amount) for bucket, amount in pairs if bucket is not None]
 
-    def _check_size(self, tokens: int) -> None:
+    def check_size(self, tokens: int) -> None:
+        """Raise TooLarge when `tokens` exceed what the TPM bucket can ever hold."""
         bucket = self.tokens_per_minute
         if bucket is not None and tokens > bucket.capacity:
             raise TooLarge(tokens, bucket.capacity)
@@ -156,10 +158,10 @@ class Throttle:
         Raises TooLarge when `tokens` exceed the TPM capacity (also if a header lowers the
         capacity while waiting), since such a request would wait forever.
         """
-        self._check_size(tokens)
+        self.check_size(tokens)
         async with self._lock:
             while True:
-                self._check_size(tokens)
+                self.check_size(tokens)
                 now = self._clock()
                 needs = self._needs(tokens)
                 for bucket, _ in needs:
@@ -170,6 +172,21 @@ class Throttle:
                         bucket.level -= amount
                     return
                 await self._sleep(wait)
+
+    def refund(self, tokens: int) -> None:
+        """Give back what `acquire(tokens)` took (never above a bucket's capacity)."""
+        now = self._clock()
+        for bucket, amount in self._needs(tokens):
+            bucket.refill(now)
+            bucket.level = min(float(bucket.capacity), bucket.level + amount)
+
+    def day_left(self) -> float | None:
+        """Requests the requests-per-day bucket holds now (None without a daily limit)."""
+        bucket = self.requests_per_day
+        if bucket is None:
+            return None
+        elapsed = max(0.0, self._clock() - bucket.stamp)
+        return min(float(bucket.capacity), bucket.level + elapsed * bucket.rate)
 
     def pause(self, seconds: float) -> None:
         """Let no acquisition through for `seconds` from now (extends, never shortens, a pause)."""

@@ -1,7 +1,9 @@
 """The real-time lane: requests sent one by one on the SDK's async client, within rate limits.
 
-Same store, request ids, budget and retry policy as the batch lane. A request moves pending →
-realtime before it waits for the throttle, and its outcome is committed the moment its answer
+Same store, request ids, budget and retry policy as the batch lane. Requests come from a feed:
+a fixed list (`run`), or a source that the batch lane shares (`serve`, see batchpilot.run.share).
+A request moves pending → realtime once the throttle lets it through (so a feed may still give
+it to the batch lane while it waits), and its outcome is committed the moment its answer
 arrives, so a crash loses nothing already answered. 429, 408, 409, 5xx, timeouts and lost
 connections are retried in place with exponential backoff and jitter (a `retry-after` wins, and
 a 429 pauses the whole throttle); every try is one attempt under the RetryPolicy cap, recorded in
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 import openai
@@ -34,17 +38,45 @@ from batchpilot.store import Outcome, PendingRequest, RequestState, SQLiteStore
 if TYPE_CHECKING:  # at run time the import would be circular: batchpilot.run imports lanes
     from batchpilot.run.ingest import RetryPolicy
 
-__all__ = ["CUSTOM_ID_HEADER", "LaneReport", "RealtimeLane", "recover_inflight"]
+__all__ = ["CUSTOM_ID_HEADER", "Feed", "LaneReport", "RealtimeLane", "recover_inflight"]
 
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 INTERRUPTED = "interrupted while in flight"
+IDLE_S = 0.02  # how often a lane with nothing to take looks at its feed again
 _DETAIL_LIMIT = 500
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx, as in batchpilot.run.ingest
 
 
+class Feed(Protocol):
+    """Where the lane's requests come from.
+
+    `next()` names the request to send next (None: none for now; `done`: none ever again);
+    `affordable(worst)` says whether the money left covers a worst case; `claim(request,
+    worst)` moves that request pending → realtime and holds its worst case, returning None, or
+    says why it did not ("gone": not the feed's to give any more, "budget"); `release(worst)`
+    gives the worst case back once the request has ended. When the money runs out with nothing
+    in flight, a feed that `waits` keeps the lane waiting; otherwise the lane returns.
+    """
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def waits(self) -> bool: ...
+
+    def next(self) -> PendingRequest | None: ...
+
+    def affordable(self, worst: float) -> bool: ...
+
+    def claim(self, request: PendingRequest, worst: float) -> str | None: ...
+
+    def release(self, worst: float) -> None: ...
+
+
 @dataclass
 class LaneReport:
-    """What one `RealtimeLane.run` did. `requeued` requests went back to pending unsent."""
+    """What one `RealtimeLane.run` did. `requeued` requests went back to pending unsent;
+    `budget_stopped`: the budget held the lane back (a waiting feed: and still does)."""
 
     succeeded: int = 0
     failed: int = 0
@@ -107,8 +139,26 @@ class RealtimeLane:
         self._rng = random.Random()
         self._inflight_usd = 0.0
         self._report = LaneReport()
+        self._halt: asyncio.Event | None = None
         self._stop_waiter: asyncio.Future[Any] | None = None
         self._auth_error: str | None = None
+        self._failure: BaseException | None = None
+
+    def using(self, store: SQLiteStore) -> RealtimeLane:
+        """The same lane (client, throttle, limits, checks) recording into `store`: another
+        connection to the same file, for a lane that runs in a thread of its own."""
+        twin = copy.copy(self)
+        twin.store = store
+        twin._report = LaneReport()
+        rebind = getattr(self.check, "using", None)
+        if callable(rebind):
+            twin.check = rebind(store)
+        return twin
+
+    @property
+    def report(self) -> LaneReport:
+        """What the current (or last) `run` or `serve` has done so far."""
+        return self._report
 
     # the loop -------------------------------------------------------------------------------
 
@@ -118,42 +168,31 @@ class RealtimeLane:
         """Send `requests` (all pending) and record each outcome as it arrives.
 
         Returns when every taken request has ended, when `stop` is set (requests still waiting
-        for the throttle go back to pending; those on the wire finish), or when the budget cannot
+        for the throttle stay pending; those on the wire finish), or when the budget cannot
         cover the next request's worst case even with nothing in flight (`budget_stopped`).
         Raises AuthenticationFailed, after the in-flight requests end, if the key is refused.
         """
-        report = self._report = LaneReport()
+        return await self.serve(_Listed(self, requests), stop)
+
+    async def serve(self, feed: Feed, stop: asyncio.Event | None = None) -> LaneReport:
+        """Send what `feed` hands out, as `run` does, until the feed is done or `stop` is set.
+
+        A request is taken from the feed (pending → realtime) only once the throttle lets it
+        through, so it never waits in `realtime` for the rate limits, and the feed may change
+        its mind about it until then. A feed that `waits` keeps the lane waiting for money
+        instead of returning when the budget runs out.
+        """
+        self._report = LaneReport()
         self._auth_error = None
+        self._failure = None
         self._inflight_usd = 0.0
-        self._stop_waiter = None if stop is None else asyncio.ensure_future(stop.wait())
+        halt = self._halt = asyncio.Event()
+        self._stop_waiter = asyncio.ensure_future(halt.wait())
+        relay = None if stop is None else asyncio.ensure_future(_relay(stop, halt))
         slots = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         try:
-            for request in requests:
-                await slots.acquire()
-                worst = self._worst_cost(request)
-                while not self._halted() and not self._fits(worst) and tasks:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                if self._halted():
-                    slots.release()
-                    break
-                if not self._fits(worst):
-                    slots.release()
-                    report.budget_stopped = True
-                    self.store.event(
-                        self.run_id,
-                        "budget",
-                        f"real-time lane stopped: the budget of ${self.budget_usd:.6g} cannot "
-                        f"cover the worst case (${worst:.6g}) of request {request.id}",
-                    )
-                    break
-                self.store.move_requests(
-                    self.run_id, [request.id], RequestState.PENDING, RequestState.REALTIME
-                )
-                self._inflight_usd += worst
-                task = asyncio.create_task(self._serve(request, worst, slots))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            await self._dispatch(feed, slots, tasks)
             await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:
@@ -161,18 +200,105 @@ class RealtimeLane:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
-            if self._stop_waiter is not None:
-                self._stop_waiter.cancel()
-                self._stop_waiter = None
-        report.stopped = stop is not None and stop.is_set()
+            for waiter in (self._stop_waiter, relay):
+                if waiter is not None:
+                    waiter.cancel()
+            self._stop_waiter = self._halt = None
+        self._report.stopped = stop is not None and stop.is_set()
+        if self._failure is not None:
+            raise self._failure
         if self._auth_error is not None:
             self.store.event(self.run_id, "error", self._auth_error)
             raise AuthenticationFailed(self._auth_error)
-        return report
+        return self._report
+
+    async def _dispatch(
+        self, feed: Feed, slots: asyncio.Semaphore, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        while not self._halted():
+            if not await self._until(slots.acquire()):
+                return
+            taken = await self._take(feed, tasks)
+            if taken is None:
+                slots.release()
+                return
+            request, worst, paced = taken
+            self._inflight_usd += worst
+            task = asyncio.create_task(self._serve(request, worst, paced, slots, feed))
+            tasks.add(task)
+            task.add_done_callback(lambda done: self._ended(done, tasks))
+
+    def _ended(self, task: asyncio.Task[None], tasks: set[asyncio.Task[None]]) -> None:
+        """A request's task is over; an exception it raised stops the lane and is raised by
+        `serve` (the request stays in `realtime`, as after a crash)."""
+        tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._failure is None:
+            self._failure = task.exception()
+        self._stop_now()
+
+    def _stop_now(self) -> None:
+        if self._halt is not None:
+            self._halt.set()
+
+    async def _take(
+        self, feed: Feed, tasks: set[asyncio.Task[None]]
+    ) -> tuple[PendingRequest, float, bool] | None:
+        """The next request, taken from the feed once the throttle and the budget let it go;
+        with whether its first try is already paced. None when the lane is to stop."""
+        while not self._halted():
+            request = feed.next()
+            if request is None:
+                if feed.done or not await self._until(asyncio.sleep(IDLE_S)):
+                    return None
+                continue
+            worst = self._worst_cost(request)
+            if not feed.affordable(worst):
+                if not await self._wait_for_money(feed, request, worst, tasks):
+                    return None
+                continue
+            tokens = request.input_tokens + _max_output(request)
+            try:
+                self.throttle.check_size(tokens)
+            except TooLarge:
+                # taken unpaced: its first try fails it without sending anything
+                if feed.claim(request, worst) is None:
+                    return request, worst, False
+                continue
+            if not await self._until(self.throttle.acquire(tokens)):
+                return None
+            if feed.claim(request, worst) is None:
+                self._report.budget_stopped = False
+                return request, worst, True
+            self.throttle.refund(tokens)
+        return None
+
+    async def _wait_for_money(
+        self, feed: Feed, request: PendingRequest, worst: float, tasks: set[asyncio.Task[None]]
+    ) -> bool:
+        """Wait until an answer in flight settles, or, with nothing in flight, say so and wait
+        (or give up, for a feed that does not wait); False when the lane is to stop."""
+        if tasks:
+            waiters: set[asyncio.Future[Any]] = set(tasks)
+            if self._stop_waiter is not None:
+                waiters.add(self._stop_waiter)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            return not self._halted()
+        if not self._report.budget_stopped:
+            self._report.budget_stopped = True
+            budget = "" if self.budget_usd is None else f" of ${self.budget_usd:.6g}"
+            verb = "is waiting" if feed.waits else "stopped"
+            self.store.event(
+                self.run_id,
+                "budget",
+                f"real-time lane {verb}: the budget{budget} cannot cover the worst case "
+                f"(${worst:.6g}) of request {request.id}",
+            )
+        return feed.waits and await self._until(asyncio.sleep(IDLE_S))
 
     def _halted(self) -> bool:
-        stopped = self._stop_waiter is not None and self._stop_waiter.done()
-        return stopped or self._auth_error is not None
+        return self._halt is not None and self._halt.is_set()
 
     def _fits(self, worst: float) -> bool:
         if self.budget_usd is None:
@@ -180,14 +306,22 @@ class RealtimeLane:
         spent, reserved = self.store.money(self.run_id)
         return spent + reserved + self._inflight_usd + worst <= self.budget_usd + 1e-12
 
-    async def _serve(self, request: PendingRequest, worst: float, slots: asyncio.Semaphore) -> None:
+    async def _serve(
+        self,
+        request: PendingRequest,
+        worst: float,
+        paced: bool,
+        slots: asyncio.Semaphore,
+        feed: Feed,
+    ) -> None:
         try:
-            await self._attempts(request)
+            await self._attempts(request, paced)
         finally:
             self._inflight_usd -= worst
+            feed.release(worst)
             slots.release()
 
-    async def _until(self, work: Coroutine[Any, Any, None]) -> bool:
+    async def _until(self, work: Coroutine[Any, Any, object]) -> bool:
         """Await `work` unless the stop event comes first; True when `work` completed."""
         waiter = self._stop_waiter
         if waiter is None:
@@ -212,8 +346,9 @@ class RealtimeLane:
 
     # one request ----------------------------------------------------------------------------
 
-    async def _attempts(self, request: PendingRequest) -> None:
-        """Try `request` until it succeeds, fails for good, or the lane stops."""
+    async def _attempts(self, request: PendingRequest, paced: bool) -> None:
+        """Try `request` until it succeeds, fails for good, or the lane stops; `paced` when
+        the throttle has already let its first try through."""
         try:
             call = self._prepare(request)
         except ValueError as exc:
@@ -225,7 +360,9 @@ class RealtimeLane:
         try:
             while True:
                 try:
-                    if not await self._until(self.throttle.acquire(tokens)):
+                    if paced:
+                        paced = False
+                    elif not await self._until(self.throttle.acquire(tokens)):
                         self._requeue(request)
                         return
                 except TooLarge as exc:
@@ -242,6 +379,7 @@ class RealtimeLane:
                     self.throttle.observe(failure.headers)
                 if failure.status in (401, 403):
                     self._auth_error = failure.reason
+                    self._stop_now()
                     self._requeue(request, failure.reason)
                     return
                 state = self.retry.next_state(
@@ -409,6 +547,44 @@ class RealtimeLane:
             batch=False,
         )
         return prompt, completion, usd
+
+
+class _Listed:
+    """A fixed list of pending requests, in order, within the lane's own budget."""
+
+    waits = False
+
+    def __init__(self, lane: RealtimeLane, requests: Sequence[PendingRequest]) -> None:
+        self._lane = lane
+        self._queue = deque(requests)
+
+    @property
+    def done(self) -> bool:
+        return not self._queue
+
+    def next(self) -> PendingRequest | None:
+        return self._queue[0] if self._queue else None
+
+    def affordable(self, worst: float) -> bool:
+        return self._lane._fits(worst)
+
+    def claim(self, request: PendingRequest, worst: float) -> str | None:
+        if not self._lane._fits(worst):
+            return "budget"
+        self._queue.popleft()
+        lane = self._lane
+        lane.store.move_requests(
+            lane.run_id, [request.id], RequestState.PENDING, RequestState.REALTIME
+        )
+        return None
+
+    def release(self, worst: float) -> None:
+        return None
+
+
+async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    await stop.wait()
+    halt.set()
 
 
 def _max_output(request: PendingRequest) -> int:

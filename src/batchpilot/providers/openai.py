@@ -58,12 +58,11 @@ class OpenAIProvider:
         return self._client
 
     def async_client(self) -> openai.AsyncOpenAI:
-        """An async client with the same endpoint and credentials, for the real-time lane."""
+        """An async client with the same endpoint and credentials, for the real-time lane (its
+        own retries off: the lane retries)."""
         client = self._client
         if isinstance(client, openai.AzureOpenAI):
-            raise UserInputError(
-                "the real-time lane does not support Azure OpenAI yet; use strategy: batch"
-            )
+            return _async_azure(client)
         return openai.AsyncOpenAI(
             api_key=client.api_key,
             base_url=client.base_url,
@@ -152,6 +151,38 @@ class OpenAIProvider:
         except httpx2.HTTPError as exc:
             message = _redact(f"{what}: connection lost: {exc}", self._client.api_key)
             raise ProviderUnavailable(message) from exc
+
+
+def _async_azure(client: openai.AzureOpenAI) -> openai.AsyncAzureOpenAI:
+    """The async twin of an Azure client: same endpoint and deployment (or base URL), API
+    version, key or Azure AD token, organization, project and timeout."""
+    # The SDK keeps the endpoint, deployment, version and AD token only as private fields; the
+    # public base URL alone would route non-deployment paths (e.g. /responses) differently.
+    endpoint = client._azure_endpoint
+    if endpoint is None:
+        return openai.AsyncAzureOpenAI(
+            base_url=str(client.base_url),
+            api_version=client._api_version,
+            api_key=client.api_key,
+            azure_ad_token=client._azure_ad_token,
+            azure_ad_token_provider=client._azure_ad_token_provider,
+            organization=client.organization,
+            project=client.project,
+            timeout=client.timeout,
+            max_retries=0,
+        )
+    return openai.AsyncAzureOpenAI(
+        azure_endpoint=str(endpoint),
+        azure_deployment=client._azure_deployment,
+        api_version=client._api_version,
+        api_key=client.api_key,
+        azure_ad_token=client._azure_ad_token,
+        azure_ad_token_provider=client._azure_ad_token_provider,
+        organization=client.organization,
+        project=client.project,
+        timeout=client.timeout,
+        max_retries=0,
+    )
 
 
 def translate_error(

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -155,20 +155,30 @@ def run_settings(
     return settings
 
 
-def answer_check(
-    job: JobSpec, store: SQLiteStore, run_id: str
-) -> Callable[[PendingRequest, dict[str, Any]], str | None] | None:
+@dataclass(frozen=True)
+class JobCheck:
+    """The job's checks on every answer, reading input rows (for validators) from `store`;
+    `using` gives the same checks reading through another connection (another thread's)."""
+
+    check: AnswerCheck
+    needs_rows: bool
+    store: SQLiteStore
+    run_id: str
+
+    def __call__(self, request: PendingRequest, body: dict[str, Any]) -> str | None:
+        data = self.store.row_data(self.run_id, request.first_row) if self.needs_rows else None
+        return self.check(body, data)
+
+    def using(self, store: SQLiteStore) -> JobCheck:
+        return replace(self, store=store)
+
+
+def answer_check(job: JobSpec, store: SQLiteStore, run_id: str) -> JobCheck:
     """The job's checks on every answer: refusals always; the response schema (with
     truncation and invalid JSON) and the validators when the job has them."""
     schema = load_response_schema(job.response, job.base_dir)[1] if job.response else None
     validators = [(name, load_validator(name, job.base_dir)) for name in job.validators]
-    check = AnswerCheck(schema, validators)
-
-    def run_check(request: PendingRequest, body: dict[str, Any]) -> str | None:
-        data = store.row_data(run_id, request.first_row) if validators else None
-        return check(body, data)
-
-    return run_check
+    return JobCheck(AnswerCheck(schema, validators), bool(validators), store, run_id)
 
 
 def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | None) -> None:

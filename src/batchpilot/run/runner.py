@@ -8,7 +8,6 @@ adopted instead of being created again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
@@ -28,9 +27,9 @@ from batchpilot.errors import (
     ProviderUnavailable,
     UserInputError,
 )
-from batchpilot.lanes.realtime import LaneReport, RealtimeLane, recover_inflight
+from batchpilot.lanes.realtime import RealtimeLane, recover_inflight
 from batchpilot.plan.ids import request_line
-from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
+from batchpilot.plan.strategies import Estimate, SplitInputs, hybrid_split
 from batchpilot.providers.base import (
     AuthenticationFailed,
     Provider,
@@ -40,6 +39,7 @@ from batchpilot.providers.base import (
 )
 from batchpilot.run.ingest import classify, read_lines
 from batchpilot.run.settings import RunSettings
+from batchpilot.run.share import LaneShare, LaneThread
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
 from batchpilot.store import (
@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 LIVE = (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING, BatchState.SUBMITTED)
 TO_SUBMIT = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING)
+UNRESERVED = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED)
+IN_QUEUE = (BatchState.PLANNED, *LIVE)
+LANE_TICK_S = 0.02  # after a real-time answer, wait this long so that a burst is seen at once
 
 
 def _usd(amount: float | None) -> str:
@@ -69,23 +72,34 @@ def _usd(amount: float | None) -> str:
     return f"${amount:.{2 - math.floor(math.log10(abs(amount)))}f}"  # three significant digits
 
 
+def _duration(seconds: float) -> str:
+    """Provider time, readable: 45 s, 12 min, 20.4 h."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def metadata_for(run_id: str, batch_id: int) -> dict[str, str]:
     return {"batchpilot_run": run_id, "batchpilot_batch": str(batch_id)}
 
 
 class Interrupt:
     """Ctrl-C handling: the first finishes the current step and stops; the second also cancels
-    the remote batches."""
+    the remote batches. `wake` ends the runner's wait (also set by real-time answers)."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.cancel = threading.Event()
+        self.wake = threading.Event()
         self._previous: Any = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.stop.is_set():
             self.cancel.set()
         self.stop.set()
+        self.wake.set()
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -119,18 +133,22 @@ class Runner:
     use_cache: bool = True
     lane: RealtimeLane | None = None
     check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None
-    _events: asyncio.AbstractEventLoop | None = None
-    _quota: int | None = None
     _cancelled_late: set[int] = field(default_factory=set)
-    _ended: int = 0
     target: TargetCounter | None = None
     """Target mode: once met, nothing more is sent and live batches are cancelled."""
     _goal_met: bool = False
+    _share: LaneShare | None = None
+    _lane_thread: LaneThread | None = None
+    _balanced_at: float = -math.inf
+    _announced: int | None = None
+    _total: int | None = None
 
     # the loop -------------------------------------------------------------------------------
 
     def run(self) -> RunStatus:
         """Drive the run until every request has ended, or until stopped or detached."""
+        if self.settings.strategy != "batch" and self.lane is None:
+            raise UserInputError(f"strategy {self.settings.strategy} needs a real-time client")
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.store.set_run_status(self.run_id, "running")
         cached = self.store.apply_cache(self.run_id) if self.use_cache else 0
@@ -148,20 +166,24 @@ class Runner:
         except AuthenticationFailed as exc:
             # The key, not a batch, is wrong: stop with every intent kept, so that a run with
             # the right key continues instead of finding its requests failed for good.
+            self._close_lane()
             self.store.event(self.run_id, "error", str(exc))
             self.store.set_run_status(self.run_id, "stopped")
             raise
         finally:
-            if self._events is not None:
-                if self.lane is not None:
-                    self._events.run_until_complete(self.lane.client.close())
-                self._events.close()
-                self._events = None
+            self._close_lane()
+
+    @property
+    def share(self) -> LaneShare:
+        if self._share is None:
+            self._share = LaneShare(self.run_id, self.settings.budget_usd, self.interrupt.wake)
+        return self._share
 
     def _loop(self) -> RunStatus:
         while True:
             if self.interrupt.stop.is_set():
                 return self._stop()
+            self._check_lane()
             progressed = self._poll_live()
             if self.interrupt.stop.is_set():
                 pass
@@ -169,16 +191,19 @@ class Runner:
                 progressed |= self._wind_down()
             else:
                 progressed |= self._dispatch()
+            self._check_lane_budget()
             status = self.status()
             if self.on_progress is not None:
                 self.on_progress(status)
             if status.finished:
+                self._close_lane()
                 self.store.set_run_status(self.run_id, "finished")
                 self.store.event(self.run_id, "finished", "every request has ended")
                 return self.status()
             if self.settings.detach and not self.store.batches(self.run_id, TO_SUBMIT):
+                self._close_lane()
                 self.store.event(self.run_id, "detached", "submitted; not waiting")
-                return status
+                return self.status()
             if not progressed:
                 self._sleep()
 
@@ -217,9 +242,14 @@ class Runner:
         now = time.monotonic()
         dues = [poll.due for poll in self._polls.values()] + [self._backoff_until]
         wait = min([due - now for due in dues if due > now], default=self.settings.poll_interval_s)
-        self.interrupt.stop.wait(max(0.01, min(wait, self.settings.poll_interval_s)))
+        wait = max(0.01, min(wait, self.settings.poll_interval_s))
+        woken = self.interrupt.wake.wait(wait)
+        self.interrupt.wake.clear()
+        if woken and not self.interrupt.stop.is_set():
+            self.interrupt.stop.wait(min(LANE_TICK_S, wait))
 
     def _stop(self) -> RunStatus:
+        self._close_lane()
         live = self.store.batches(self.run_id, [BatchState.SUBMITTED])
         if self.settings.cancel_on_exit or self.interrupt.cancel.is_set():
             for batch in live:
@@ -236,71 +266,154 @@ class Runner:
         self.store.set_run_status(self.run_id, "stopped")
         return self.status()
 
+    # the real-time lane ----------------------------------------------------------------------
+
+    def _start_lane(self) -> None:
+        if self._lane_thread is not None or self.lane is None:
+            return
+        self._lane_thread = LaneThread(self.lane, self.share, self.store.path, self.interrupt.stop)
+        self._lane_thread.start()
+
+    def _close_lane(self) -> None:
+        """Stop the real-time lane (those on the wire finish) and record what it did."""
+        thread, self._lane_thread = self._lane_thread, None
+        if thread is None:
+            return
+        report = thread.close()
+        if report.succeeded or report.failed or report.retried:
+            self.store.event(
+                self.run_id,
+                "realtime",
+                f"{report.succeeded} answered, {report.failed} failed, {report.retried} retried "
+                "in real time",
+            )
+
+    def _check_lane(self) -> None:
+        """Raise in this thread what stopped the lane's thread (a refused key)."""
+        thread = self._lane_thread
+        if thread is not None and thread.error is not None:
+            raise thread.error
+
+    def _check_lane_budget(self) -> None:
+        """Stop the run when the lane waits for money that nothing will give back: nothing in
+        flight, no batch in the queue, and the batch lane has had its chance this round."""
+        if self._lane_thread is None or not self.share.stuck(self.store):
+            return
+        if self.store.batches(self.run_id, LIVE):
+            return
+        if self.store.request_counts(self.run_id)["pending"]:
+            spent, _ = self.store.money(self.run_id)
+            self._close_lane()
+            self.store.set_run_status(self.run_id, "stopped")
+            raise BudgetExceeded(
+                f"the budget of {_usd(self.settings.budget_usd)} is used up ({_usd(spent)} "
+                "spent); raise budget.max_usd (or --budget) and run again"
+            )
+
     # choosing a lane -------------------------------------------------------------------------
 
     def _dispatch(self) -> bool:
         strategy = self.settings.strategy
         if strategy == "batch":
             return self._submit_more()
-        chunk = max(8, (self.settings.realtime.rpm or 600) // 6)
         if strategy == "realtime":
-            return self._realtime(self.store.pending(self.run_id, chunk))
-        progressed = False
+            self.share.reserve = None
+            self._start_lane()
+            return False
         if self._deadline_near():
-            progressed |= self._cancel_late_batches()
-            return self._realtime(self.store.pending(self.run_id, chunk)) or progressed
-        pending, _, _ = self.store.pending_totals(self.run_id)
-        quota = self._realtime_quota()
-        if quota > 0 and pending:
-            # A slice of time for the real-time lane, so that batches are still polled and
-            # submitted while it waits for its rate limits; unsent requests go back to pending.
-            taken = self.store.pending(self.run_id, min(chunk, quota), from_end=True)
-            progressed |= self._realtime(taken, max(0.25, 5 * self.settings.poll_interval_s))
-            self._quota = quota - self._ended
-        elif 0 < pending <= self.settings.tail_requests and self.store.batches(self.run_id):
-            # a small tail left after the bulk went in batches: sooner in real time
-            progressed |= self._realtime(self.store.pending(self.run_id, chunk))
-        return self._submit_more() or progressed
+            self.share.reserve = None  # everything that is pending goes real time
+            self._start_lane()
+            return self._cancel_late_batches()
+        self._rebalance()
+        progressed = self._submit_more()
+        self._start_lane()  # after the batches: a batch's turnaround starts when it is created
+        return progressed
 
-    def _realtime_quota(self) -> int:
-        """How many requests the hybrid sends in real time, chosen once from the estimates."""
-        if self._quota is None:
+    def _rebalance(self) -> None:
+        """How many of the pending requests go real time, chosen again from what is pending,
+        the batches in the queue, the turnaround learned so far and what is left of the day's
+        real-time requests, so that both lanes finish together (the cheapest such split)."""
+        now = time.monotonic()
+        if now - self._balanced_at < self.settings.poll_interval_s:
+            return
+        self._balanced_at = now
+        assert self.lane is not None
+        throttle = self.lane.throttle
+        limits = throttle.limits
+        turnaround = self._turnaround()
+        with self.share.lock:
             count, tokens, most_out = self.store.pending_totals(self.run_id)
             first = self.store.pending(self.run_id, 1)
-            queue = self._capacity(first[0].model) if first else None
-            limits = self.settings.realtime
-            inputs = StrategyInputs(
-                count,
-                tokens,
-                most_out // 2,
-                None,
-                None,
-                queue,
-                limits.rpm,
-                limits.tpm,
-                limits.rpd,
-                self._turnaround(),
+            if not first:
+                self.share.reserve = 0
+                return
+            model = first[0].model
+            split = hybrid_split(
+                SplitInputs(
+                    count,
+                    tokens,
+                    most_out // 2,
+                    self._capacity(model),
+                    turnaround,
+                    limits.rpm,
+                    limits.tpm,
+                    limits.rpd,
+                    live=self._in_queue(model, turnaround),
+                    day_left=throttle.day_left(),
+                )
             )
-            self._quota = estimate_strategies(inputs)["hybrid"].realtime_requests
-            self.store.event(
-                self.run_id, "hybrid", f"{self._quota} of {count} requests go real time"
-            )
-        return self._quota
+            self.share.reserve = split.realtime_requests
+            planned = self.share.claimed + split.realtime_requests
+        self._announce(planned, split, count)
+
+    def _announce(self, planned: int, split: Estimate, pending: int) -> None:
+        """An event when the split changes by more than the real-time lane's own progress
+        (`planned`: what it has taken plus what it is to take) and rounding."""
+        if self._total is None:
+            self._total = sum(self.store.request_counts(self.run_id).values())
+        last = self._announced
+        if last is not None and abs(planned - last) <= max(1, self._total // 100):
+            return
+        self._announced = planned
+        self.store.event(
+            self.run_id,
+            "hybrid",
+            f"{split.realtime_requests} of the {pending} pending requests go real time; both "
+            f"lanes done in about {_duration(split.makespan_s)}",
+        )
+
+    def _in_queue(self, model: str, turnaround: float) -> tuple[tuple[float, int], ...]:
+        """(seconds until it finishes, input tokens) of each batch of `model` in the queue."""
+        now = datetime.now(UTC)
+        held = []
+        for batch in self.store.batches(self.run_id, IN_QUEUE):
+            if batch.model != model:
+                continue
+            elapsed = 0.0
+            if batch.submitted_at_utc:
+                started = datetime.fromisoformat(batch.submitted_at_utc.replace("Z", "+00:00"))
+                elapsed = (now - started).total_seconds() * self.settings.time_scale
+            held.append((max(0.0, turnaround - elapsed), batch.input_tokens))
+        return tuple(held)
 
     def _turnaround(self) -> float:
-        """Seconds a batch takes: the median of this run's finished batches, else the setting."""
+        """Seconds a batch takes (provider time): the median of this run's completed batches
+        (a cancelled or failed one says nothing about it), else the setting."""
         spans = sorted(
             _seconds_between(b.submitted_at_utc, b.finished_at_utc)
             for b in self.store.batches(self.run_id, [BatchState.FINISHED])
-            if b.submitted_at_utc and b.finished_at_utc
+            if b.submitted_at_utc and b.finished_at_utc and b.remote_status == "completed"
         )
-        return spans[len(spans) // 2] if spans else self.settings.turnaround_s
+        if not spans:
+            return self.settings.turnaround_s
+        return spans[len(spans) // 2] * self.settings.time_scale
 
     def _deadline_near(self) -> bool:
         deadline = self.settings.deadline
         if deadline is None:
             return False
-        return datetime.now(UTC) + timedelta(seconds=self._turnaround()) > deadline
+        wall = self._turnaround() / self.settings.time_scale
+        return datetime.now(UTC) + timedelta(seconds=wall) > deadline
 
     def _cancel_late_batches(self) -> bool:
         """Batches that cannot finish by the deadline are cancelled; what they did not run comes
@@ -321,50 +434,6 @@ class Runner:
             self.store.event(self.run_id, kind, f"batch {batch.id} {why}")
             cancelled = True
         return cancelled
-
-    def _realtime(self, requests: list[PendingRequest], slice_s: float | None = None) -> bool:
-        self._ended = 0
-        if not requests:
-            return False
-        if self.lane is None:
-            raise UserInputError(f"strategy {self.settings.strategy} needs a real-time client")
-        if self._events is None:
-            self._events = asyncio.new_event_loop()
-        report = self._events.run_until_complete(self._lane_run(self.lane, requests, slice_s))
-        self._ended = report.succeeded + report.failed
-        self.store.event(
-            self.run_id,
-            "realtime",
-            f"{report.succeeded} answered, {report.failed} failed, {report.retried} retried "
-            "in real time",
-        )
-        if report.budget_stopped and not self.store.batches(self.run_id, LIVE):
-            spent, _ = self.store.money(self.run_id)
-            self.store.set_run_status(self.run_id, "stopped")
-            raise BudgetExceeded(
-                f"the budget of ${self.settings.budget_usd} is used up (${spent:.4f} spent); "
-                "raise budget.max_usd (or --budget) and run again"
-            )
-        return report.succeeded + report.failed + report.retried > 0
-
-    async def _lane_run(
-        self, lane: RealtimeLane, requests: list[PendingRequest], slice_s: float | None
-    ) -> LaneReport:
-        stop = asyncio.Event()
-        until = None if slice_s is None else time.monotonic() + slice_s
-
-        async def watch() -> None:
-            while not self.interrupt.stop.is_set():
-                if until is not None and time.monotonic() >= until:
-                    break
-                await asyncio.sleep(0.02)
-            stop.set()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            return await lane.run(requests, stop)
-        finally:
-            watcher.cancel()
 
     # submitting -----------------------------------------------------------------------------
 
@@ -405,21 +474,40 @@ class Runner:
             batch=True,
         )
 
-    def _form_batch(self) -> int | None:
-        settings = self.settings
-        pending = self.store.pending(self.run_id, settings.requests_per_batch)
-        if not pending:
-            return None
-        model, endpoint = pending[0].model, pending[0].endpoint
-        enqueued = sum(
-            b.input_tokens for b in self.store.batches(self.run_id, LIVE) if b.model == model
+    def _hold(self) -> None:
+        """Keep the share's count of money held by batches formed but not yet created, which
+        the real-time lane must leave to them (lock held)."""
+        if self.settings.budget_usd is None:
+            return
+        self.share.held_usd = sum(
+            self._worst_cost(self.store.batch_requests(self.run_id, b.id, bodies=False))
+            for b in self.store.batches(self.run_id, UNRESERVED)
         )
+
+    def _form_batch(self) -> int | None:
+        with self.share.lock:
+            batch_id = self._choose_batch()
+            self._hold()
+            return batch_id
+
+    def _choose_batch(self) -> int | None:
+        """A new local batch from the front of the pending requests that batches may take, as
+        large as the queue, the batch limits and the money allow (lock held)."""
+        settings = self.settings
+        room_requests = self.share.batch_room(self.store)
+        first = self.store.pending(self.run_id, 1) if room_requests else []
+        if not first:
+            return None
+        model, endpoint = first[0].model, first[0].endpoint
+        live = [b for b in self.store.batches(self.run_id, LIVE) if b.model == model]
         capacity = self._capacity(model)
-        room = None if capacity is None else capacity - enqueued
+        room = None if capacity is None else capacity - sum(b.input_tokens for b in live)
+        if live and room is not None and room < first[0].input_tokens:
+            return None  # the queue is full: wait for capacity to come back
+        pending = self.store.pending(self.run_id, min(settings.requests_per_batch, room_requests))
         per_batch = settings.tokens_per_batch(model)
         limit = per_batch if room is None else room if per_batch is None else min(per_batch, room)
-        spent, reserved = self.store.money(self.run_id)
-        money_left = None if settings.budget_usd is None else settings.budget_usd - spent - reserved
+        money_left = self.share.money_left(self.store)
         chosen: list[PendingRequest] = []
         size = tokens = 0
         cost = 0.0
@@ -440,23 +528,23 @@ class Runner:
             return self.store.create_batch(
                 self.run_id, chosen, size=size, file_name_prefix=f"batchpilot-{self.run_id}"
             )
-        live = self.store.batches(self.run_id, LIVE)
-        first = pending[0]
-        if live:
+        head = pending[0]
+        if live or self.share.inflight_usd > 0:
             return None  # wait for capacity or money to come back
-        if capacity is not None and first.input_tokens > capacity:
+        if capacity is not None and head.input_tokens > capacity:
             self.store.fail_requests(
                 self.run_id,
-                [first.id],
-                f"over_queue_limit: {first.input_tokens} input tokens exceed "
+                [head.id],
+                f"over_queue_limit: {head.input_tokens} input tokens exceed "
                 f"the queue limit of {capacity}",
             )
             return None
         if money_left is not None:
+            spent, _ = self.store.money(self.run_id)
             message = (
                 f"the budget of {_usd(settings.budget_usd)} is used up: {_usd(spent)} spent, "
                 f"{_usd(money_left)} left, and the next request may cost up to "
-                f"{_usd(self._worst_cost(first))} (its max_tokens answered in full); "
+                f"{_usd(self._worst_cost(head))} (its max_tokens answered in full); "
                 f"{self.store.request_counts(self.run_id)['pending']} requests are still pending. "
                 "Raise budget.max_usd (or --budget) and run again"
             )
@@ -475,17 +563,10 @@ class Runner:
             if batch.state == BatchState.UPLOADING:
                 batch = self._upload(batch)
             if batch.state == BatchState.UPLOADED:
-                worst = self._worst_cost(
-                    self.store.batch_requests(self.run_id, batch.id, bodies=False)
-                )
-                spent, reserved = self.store.money(self.run_id)
-                budget = self.settings.budget_usd
-                if budget is not None and spent + reserved + worst > budget:
+                reserved = self._reserve(batch)
+                if reserved is None:
                     return False
-                batch = self.store.move_batch(
-                    self.run_id, batch.id, BatchState.CREATING, reserved_usd=worst
-                )
-                self._fresh.add((batch.id, "create"))
+                batch = reserved
             if batch.state == BatchState.CREATING:
                 self._create(batch)
             return True
@@ -497,11 +578,29 @@ class Runner:
         except ProviderRejected as exc:
             self.store.event(self.run_id, "error", f"batch {batch.id} rejected: {exc}")
             requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
-            self.store.move_batch(
-                self.run_id, batch.id, BatchState.ABANDONED, error=str(exc), reserved_usd=0.0
-            )
-            self.store.fail_requests(self.run_id, [r.id for r in requests], f"rejected: {exc}")
+            with self.share.lock:
+                self.store.move_batch(
+                    self.run_id, batch.id, BatchState.ABANDONED, error=str(exc), reserved_usd=0.0
+                )
+                self.store.fail_requests(self.run_id, [r.id for r in requests], f"rejected: {exc}")
+                self._hold()
             return True
+
+    def _reserve(self, batch: BatchRecord) -> BatchRecord | None:
+        """Reserve the batch's worst case and record the intent to create it; None while the
+        money left (after the real-time lane's requests in flight) cannot cover it."""
+        worst = self._worst_cost(self.store.batch_requests(self.run_id, batch.id, bodies=False))
+        with self.share.lock:
+            left = self.share.money_left(self.store)
+            # this batch's own worst case is among the held money until it is reserved
+            if left is not None and worst > left + self.share.held_usd:
+                return None
+            moved = self.store.move_batch(
+                self.run_id, batch.id, BatchState.CREATING, reserved_usd=worst
+            )
+            self._hold()
+        self._fresh.add((batch.id, "create"))
+        return moved
 
     def _back_off(self, message: str) -> None:
         delay = min(self.settings.max_poll_interval_s, max(1.0, self.settings.poll_interval_s))

@@ -15,7 +15,9 @@ __all__ = ["RunSettings"]
 
 @dataclass
 class RunSettings:
-    """Limits for one run. Durations are seconds of wall time."""
+    """Limits for one run. Durations are seconds of wall time, except `turnaround_s`: seconds
+    of the provider's clock, which runs `time_scale` times faster than the wall clock (1 but
+    against a local server run in virtual time)."""
 
     requests_per_batch: int = 50_000
     bytes_per_batch: int = 190_000_000
@@ -34,4 +36,4 @@ class RunSettings:
     realtime: RateLimits = field(default_factory=RateLimits)
     concurrency: int = 16
     turnaround_s: float = 12 * 3600.0
-    tail_requests: int = 100
+    time_scale: float = 1.0
