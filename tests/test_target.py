@@ -171,3 +171,24 @@ def test_items_count_the_elements_of_a_list_field(
     assert len(executed(server)) == 13
     rows = output(tmp_path)
     assert [len(row["output"]["scenarios"]) for row in rows] == [3] * 7
+
+
+def test_the_real_time_lane_stops_once_the_target_is_met(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(**FAST)
+    job = make_job(
+        tmp_path,
+        server,
+        strategy="realtime",
+        realtime={"rpm": 6000, "concurrency": 2},
+        target={"valid": 10, "first_rows": 80},
+    )
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert result.status.finished
+    assert result.status.valid is not None and result.status.valid >= 10
+    sent = executed(server)
+    assert set(sent.values()) == {1}
+    assert len(sent) < 40, "the lane stopped soon after the target was met"
+    assert result.status.requests["cancelled"] == 80 - len(sent)
+    assert len(output(tmp_path)) == 10

@@ -216,10 +216,15 @@ class Runner:
         return self._goal_met
 
     def _wind_down(self) -> bool:
-        """After the target is met: batches not yet sent are dropped, batches whose creation
-        may have happened are finished as usual, live ones are cancelled (what they answered
-        is kept: it is paid for); once none is live, what is still pending is cancelled."""
+        """After the target is met: the real-time lane stops (what is on the wire finishes),
+        batches not yet sent are dropped, batches whose creation may have happened are finished
+        as usual, live ones are cancelled (what they answered is kept: it is paid for); once
+        none is live, what is still pending is cancelled."""
         progressed = False
+        if self._lane_thread is not None:
+            with self.share.lock:
+                self.share.reserve = 0  # the lane takes nothing more
+            self._close_lane()
         for batch in self.store.batches(self.run_id, TO_SUBMIT):
             if batch.state == BatchState.CREATING:
                 progressed |= self._advance(batch)
