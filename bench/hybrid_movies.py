@@ -11,11 +11,12 @@ real-time lane's token buckets follow the same virtual clock. Each batch takes
 `--turnaround-hours` (virtual) from creation to completion.
 
 Reported for each strategy: makespan (virtual hours) and cost, and for the hybrid the ratio of its
-makespan to the lower bound computed from the same limits (target: at most 1.15): the best split
-of the requests between a batch lane running at its full queue throughput (queue tokens per
-turnaround, without rounding to whole waves) and a real-time lane at its full rate. Beside it, a
-second bound that keeps the waves whole (see `whole_turnaround_bound_h`): what any scheduler
-could reach on this server.
+makespan to the lower bound computed from the same limits (target: at most 1.15). Two bounds are
+computed, both true lower bounds, and the tighter one counts: the fluid bound, the best split of
+the requests between a batch lane at its full queue throughput (queue tokens per turnaround, not
+rounded to whole waves) and a real-time lane at its full rate; and the bound that keeps the waves
+whole (see `whole_turnaround_bound_h`), since a batch comes back a whole turnaround after it is
+created. Both ratios are printed.
 """
 
 from __future__ import annotations
@@ -253,12 +254,12 @@ def main() -> None:
         first["requests"], first["input_tokens"], first["limits"], args.turnaround_hours
     )
     hybrid = results["hybrid"]["makespan_h"]
+    print(f"fluid bound {bound:.1f} h; hybrid / fluid bound = {hybrid / bound:.2f}")
+    print(f"bound with whole turnarounds {whole:.1f} h ({whole / bound:.2f} x the fluid bound)")
+    tightest = max(bound, whole)
     print(
-        f"lower bound {bound:.1f} h; hybrid / lower bound = {hybrid / bound:.2f} (target <= 1.15)"
-    )
-    print(
-        f"bound with whole turnarounds {whole:.1f} h ({whole / bound:.2f} x the lower bound); "
-        f"hybrid / that = {hybrid / whole:.2f}"
+        f"lower bound {tightest:.1f} h (the tighter); hybrid / lower bound = "
+        f"{hybrid / tightest:.2f} (target <= 1.15)"
     )
 
 

@@ -30,6 +30,7 @@ import httpx2
 import openai
 import orjson
 
+from batchpilot.errors import IllegalTransition
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
 from batchpilot.pricing import PriceTable
 from batchpilot.providers.base import AuthenticationFailed
@@ -573,9 +574,8 @@ class _Listed:
             return "budget"
         self._queue.popleft()
         lane = self._lane
-        lane.store.move_requests(
-            lane.run_id, [request.id], RequestState.PENDING, RequestState.REALTIME
-        )
+        if not lane.store.claim_realtime(lane.run_id, request.id):
+            raise IllegalTransition(f"request {request.id}: was not pending when it was taken")
         return None
 
     def release(self, worst: float) -> None:

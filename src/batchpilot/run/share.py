@@ -13,9 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from batchpilot.errors import IllegalTransition
 from batchpilot.lanes.realtime import IDLE_S, LaneReport, RealtimeLane
-from batchpilot.store import PendingRequest, RequestState, SQLiteStore
+from batchpilot.store import PendingRequest, SQLiteStore
 
 __all__ = ["LaneShare", "LaneThread"]
 
@@ -104,11 +103,7 @@ class ShareFeed:
                 return "gone"
             if not self.affordable(worst):
                 return "budget"
-            try:
-                self._store.move_requests(
-                    share.run_id, [request.id], RequestState.PENDING, RequestState.REALTIME
-                )
-            except IllegalTransition:
+            if not self._store.claim_realtime(share.run_id, request.id):
                 return "gone"  # a batch took it (or an ingest changed it) while the lane waited
             share.short_of = None
             share.inflight_usd += worst

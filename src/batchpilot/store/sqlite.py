@@ -286,6 +286,18 @@ class SQLiteStore:
                     f"{current}; none moved to {target}"
                 )
 
+    def claim_realtime(self, run_id: str, request_id: str) -> bool:
+        """Move one pending request to realtime in a single statement (the real-time lane does
+        this for every request); False when it is no longer pending."""
+        return (
+            self._db.execute(
+                "UPDATE requests SET state = 'realtime' WHERE run_id = ? AND id = ? "
+                "AND state = 'pending'",
+                (run_id, request_id),
+            ).rowcount
+            == 1
+        )
+
     def fail_requests(self, run_id: str, request_ids: Sequence[str], reason: str) -> None:
         """Pending requests that can never be sent (too large, over budget) fail with a reason."""
         with self.tx() as db:
