@@ -170,9 +170,10 @@ def run_with_kills(
         while True:
             command = run_command(job, crash_dir / "state")
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            # Kill somewhere inside a run's length as measured above; after eight kills the run
-            # may finish.
-            window = None if kills >= 8 else rng.uniform(0.1, 0.45) * reference_seconds
+            # Kill somewhere inside a run's length as measured above (the first three early
+            # enough that each still finds work left); after eight kills the run may finish.
+            longest = 0.3 if kills < 3 else 0.45
+            window = None if kills >= 8 else rng.uniform(0.1, longest) * reference_seconds
             try:
                 _, stderr = process.communicate(timeout=window)
                 assert process.returncode == 0, stderr.decode()
