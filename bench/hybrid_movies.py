@@ -171,10 +171,10 @@ def run_strategy(strategy: str, args: argparse.Namespace, directory: Path) -> di
     }
 
 
-def lower_bound_h(requests: int, tokens: int, limits: dict[str, int], turnaround_h: float) -> float:
-    """The best split between a batch lane at its full queue throughput (the whole queue limit
-    every turnaround, without rounding to whole waves) and a real-time lane at its full rate."""
-    inputs = StrategyInputs(
+def _inputs(
+    requests: int, tokens: int, limits: dict[str, int], turnaround_h: float
+) -> StrategyInputs:
+    return StrategyInputs(
         requests,
         tokens,
         requests * 100,
@@ -186,6 +186,12 @@ def lower_bound_h(requests: int, tokens: int, limits: dict[str, int], turnaround
         limits["rpd"],
         turnaround_h * 3600,
     )
+
+
+def lower_bound_h(requests: int, tokens: int, limits: dict[str, int], turnaround_h: float) -> float:
+    """The best split between a batch lane at its full queue throughput (the whole queue limit
+    every turnaround, without rounding to whole waves) and a real-time lane at its full rate."""
+    inputs = _inputs(requests, tokens, limits, turnaround_h)
     best = float("inf")
     for realtime in range(requests + 1):
         batch_tokens = tokens * (requests - realtime) / requests
@@ -205,18 +211,7 @@ def whole_turnaround_bound_h(
     floor(T / turnaround) such windows: by T the batches carry at most that many queues of
     tokens. The real-time lane carries the rest (fractions of requests allowed, so this stays a
     lower bound)."""
-    inputs = StrategyInputs(
-        requests,
-        tokens,
-        requests * 100,
-        None,
-        None,
-        limits["queue"],
-        limits["rpm"],
-        limits["tpm"],
-        limits["rpd"],
-        turnaround_h * 3600,
-    )
+    inputs = _inputs(requests, tokens, limits, turnaround_h)
     per_request = tokens / requests
     best = float("inf")
     for waves in range(math.ceil(tokens / limits["queue"]) + 1):

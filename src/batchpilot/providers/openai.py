@@ -158,30 +158,21 @@ def _async_azure(client: openai.AzureOpenAI) -> openai.AsyncAzureOpenAI:
     version, key or Azure AD token, organization, project and timeout."""
     # The SDK keeps the endpoint, deployment, version and AD token only as private fields; the
     # public base URL alone would route non-deployment paths (e.g. /responses) differently.
+    common: dict[str, Any] = {
+        "api_version": client._api_version,
+        "api_key": client.api_key,
+        "azure_ad_token": client._azure_ad_token,
+        "azure_ad_token_provider": client._azure_ad_token_provider,
+        "organization": client.organization,
+        "project": client.project,
+        "timeout": client.timeout,
+        "max_retries": 0,
+    }
     endpoint = client._azure_endpoint
     if endpoint is None:
-        return openai.AsyncAzureOpenAI(
-            base_url=str(client.base_url),
-            api_version=client._api_version,
-            api_key=client.api_key,
-            azure_ad_token=client._azure_ad_token,
-            azure_ad_token_provider=client._azure_ad_token_provider,
-            organization=client.organization,
-            project=client.project,
-            timeout=client.timeout,
-            max_retries=0,
-        )
+        return openai.AsyncAzureOpenAI(base_url=str(client.base_url), **common)
     return openai.AsyncAzureOpenAI(
-        azure_endpoint=str(endpoint),
-        azure_deployment=client._azure_deployment,
-        api_version=client._api_version,
-        api_key=client.api_key,
-        azure_ad_token=client._azure_ad_token,
-        azure_ad_token_provider=client._azure_ad_token_provider,
-        organization=client.organization,
-        project=client.project,
-        timeout=client.timeout,
-        max_retries=0,
+        azure_endpoint=str(endpoint), azure_deployment=client._azure_deployment, **common
     )
 
 
