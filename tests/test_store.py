@@ -290,8 +290,8 @@ def test_finish_batch_applies_every_outcome(store: SQLiteStore) -> None:
     ]
     results = "SELECT request_id, response_json, lane, cost_usd FROM results"
     assert _sql(store, results) == [("req-0", '{"answer":42}', "batch", 0.25)]
-    cache = "SELECT content_hash, input_tokens, output_tokens FROM cache"
-    assert _sql(store, cache) == [("h0", 10, 5)]  # keyed by the request's content hash
+    answers = "SELECT content_hash, run_id, request_id FROM answers"
+    assert _sql(store, answers) == [("h0", RUN, "req-0")]  # the cache points at the result
     batch = store.batch(RUN, batch_id)
     assert (batch.state, batch.spent_usd, batch.reserved_usd) == (B.FINISHED, 0.75, 0.0)
     assert batch.output_file_id == "file-out" and batch.finished_at_utc is not None
@@ -322,7 +322,7 @@ def test_finish_batch_without_every_outcome_writes_nothing(store: SQLiteStore) -
     assert store.batch(RUN, batch_id) == before
     submitted = ("submitted", 0, batch_id, None)
     assert [request_row(store, "req-0"), request_row(store, "req-1")] == [submitted] * 2
-    for table in ("results", "attempts", "cache"):
+    for table in ("results", "attempts", "answers"):
         assert _sql(store, f"SELECT COUNT(*) FROM {table}") == [(0,)]
     assert store.money(RUN) == (0.0, 1.0)
 
@@ -475,3 +475,40 @@ def test_run_lock_is_released_when_its_process_dies(tmp_path: Path) -> None:
         finally:
             child.send_signal(signal.SIGKILL)  # the OS, not the child, must release the lock
     RunLock(path).acquire().release()
+
+
+def test_a_store_with_the_old_cache_is_upgraded_and_its_answers_still_serve(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        for number in (0, 1):
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        db.execute(
+            "INSERT INTO runs VALUES ('old', 'j', '{}', 'openai', 'e', 'finished', NULL, 't', NULL)"
+        )
+        db.execute(
+            "INSERT INTO requests(run_id, id, content_hash, endpoint, model, body, input_tokens, "
+            "max_output_tokens, first_row, state) "
+            "VALUES ('old', 'req-a', 'h-a', 'e', 'm', x'7b7d', 3, 4, 0, 'succeeded')"
+        )
+        db.execute(
+            "INSERT INTO results VALUES ('old', 'req-a', '{\"answer\":1}', 3, 2, 0.5, 'batch', 't')"
+        )
+        db.execute("INSERT INTO cache VALUES ('h-a', '{\"answer\":1}', 3, 2, 't')")
+    store = SQLiteStore(path)
+    try:
+        assert _sql(store, "SELECT * FROM answers") == [("h-a", "old", "req-a")]
+        tables = {row[0] for row in _sql(store, "SELECT name FROM sqlite_master")}
+        assert "cache" not in tables, "the second copy is gone"
+        store.create_run(RunRecord("new", "j", "{}", "openai", "e", "planned", None, "t"))
+        store.add_request("new", "req-b", "h-a", "e", "m", b"{}", 3, 4, 0)
+        assert store.apply_cache("new") == 1
+        assert _sql(store, "SELECT response_json, lane FROM results WHERE run_id = 'new'") == [
+            ('{"answer":1}', "cache")
+        ]
+    finally:
+        store.close()

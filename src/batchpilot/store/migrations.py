@@ -134,6 +134,19 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX rows_by_id ON rows(run_id, row_id);
     """,
+    # 3: the result cache points at the answer in `results` instead of holding a second copy
+    """
+    CREATE TABLE answers (
+        content_hash TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        request_id TEXT NOT NULL
+    ) WITHOUT ROWID;
+    INSERT OR REPLACE INTO answers(content_hash, run_id, request_id)
+        SELECT q.content_hash, r.run_id, r.request_id FROM results r
+        JOIN requests q ON q.run_id = r.run_id AND q.id = r.request_id
+        WHERE r.lane != 'cache' ORDER BY r.created_at_utc;
+    DROP TABLE cache;
+    """,
 ]
 
 

@@ -200,8 +200,9 @@ class SQLiteStore:
             db.execute(
                 "INSERT OR IGNORE INTO results(run_id, request_id, response_json, input_tokens, "
                 "output_tokens, cost_usd, lane, created_at_utc) "
-                "SELECT r.run_id, r.id, c.response_json, c.input_tokens, c.output_tokens, 0, "
-                "'cache', ? FROM requests r JOIN cache c ON c.content_hash = r.content_hash "
+                "SELECT r.run_id, r.id, s.response_json, s.input_tokens, s.output_tokens, 0, "
+                "'cache', ? FROM requests r JOIN answers a ON a.content_hash = r.content_hash "
+                "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
                 "WHERE r.run_id = ? AND r.state = 'pending'",
                 (now, run_id),
             )
@@ -522,7 +523,7 @@ class SQLiteStore:
                 ).fetchall()
             ]
         known = {row[0]: row for row in rows}
-        updates, attempts, results, cache = [], [], [], []
+        updates, attempts, results, answers = [], [], [], []
         for outcome in outcomes:
             row = known.get(outcome.request_id)
             if row is None:
@@ -563,7 +564,7 @@ class SQLiteStore:
                         now,
                     )
                 )
-                cache.append((row[3], text, outcome.input_tokens, outcome.output_tokens, now))
+                answers.append((row[3], run_id, outcome.request_id))
         db.executemany(
             "UPDATE requests SET state = ?, attempts = ?, error = ?, batch_id = ? "
             "WHERE run_id = ? AND id = ?",
@@ -581,9 +582,8 @@ class SQLiteStore:
             results,
         )
         db.executemany(
-            "INSERT OR REPLACE INTO cache(content_hash, response_json, input_tokens, "
-            "output_tokens, created_at_utc) VALUES (?, ?, ?, ?, ?)",
-            cache,
+            "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) VALUES (?, ?, ?)",
+            answers,
         )
 
     # money ----------------------------------------------------------------------------------
