@@ -248,6 +248,15 @@ def test_export_and_resume_from_the_cli_see_the_whole_pipeline(
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "out.jsonl").read_text() == written
 
+    shown = CliRunner().invoke(cli, ["status", "--state", str(state), "--json"])
+    assert shown.exit_code == 0, shown.output
+    steps = json.loads(shown.output)["steps"]
+    assert [(s["step"], s["total"], s["finished"]) for s in steps] == [
+        ("caption", 6, True),
+        ("qa_1", 5, True),
+        ("qa_2", 5, True),
+    ]
+
     resumed = CliRunner().invoke(cli, ["resume", "--state", str(state), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert "16/16 done" in resumed.output, "6 captions, then 5 of each Q&A step"

@@ -15,11 +15,12 @@ from batchpilot.errors import UserInputError
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.api import export_job, job_of
-from batchpilot.run.pipeline import export_pipeline
-from batchpilot.run.status import run_status
+from batchpilot.run.pipeline import export_pipeline, step_runs
+from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
+from batchpilot.spec import JobSpec
 from batchpilot.spec.model import ProviderSpec
-from batchpilot.store import BatchState, RunRecord
+from batchpilot.store import BatchState, RunRecord, SQLiteStore
 
 __all__ = ["cancel", "export", "ls", "status"]
 
@@ -32,6 +33,15 @@ def _provider_of(run: RunRecord, state_dir: Path) -> Provider:
     if spec.get("provider") == "local":
         return provider_for(ProviderSpec(kind="local"), state_dir=state_dir)
     return openai_provider(base_url=spec.get("base_url"), kind=spec.get("provider", "openai"))
+
+
+def _step_statuses(store: SQLiteStore, job: JobSpec) -> list[tuple[str, RunStatus]]:
+    """Each step of a multi-step job that has a run yet, with its progress."""
+    return [
+        (run.step.name, run_status(store, run.run_id))
+        for run in step_runs(job)
+        if store.run(run.run_id) is not None
+    ]
 
 
 @click.command()
@@ -47,11 +57,14 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     if job is not None and job.target is not None:
         current.target = job.target.valid
         current.valid = TargetCounter(store, record.id, job.target).count()
+    steps = _step_statuses(store, job) if job is not None and job.steps is not None else []
     batches = store.batches(record.id)
     events = store.events(record.id)[-5:]
     store.close()
     if as_json:
         data = current.as_json()
+        if steps:
+            data["steps"] = [{"step": name, **step.as_json()} for name, step in steps]
         data["batch_list"] = [
             {
                 "id": b.id,
@@ -68,6 +81,19 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
         return
     console = Console()
     console.print(status_table(current))
+    if steps:
+        table = Table("step", "run", "status", "requests", "succeeded", "failed", "cost")
+        for name, step in steps:
+            table.add_row(
+                name,
+                step.run_id,
+                step.status,
+                str(step.total),
+                str(step.requests.get("succeeded", 0)),
+                str(step.requests.get("failed", 0)),
+                f"${step.spent_usd:.4f}",
+            )
+        console.print(table)
     for event in events:
         console.print(f"[dim]{event['at_utc']} {event['kind']}: {event['message']}[/dim]")
 
