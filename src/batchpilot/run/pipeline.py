@@ -72,15 +72,14 @@ def _aligned(store: SQLiteStore, runs: list[StepRun]) -> Iterator[list[ExportRow
     """The first step's rows in input order, each with every step's row of the same index
     (None where that step has no such row: an earlier step did not succeed)."""
     streams = [export_rows(store, run.run_id) for run in runs]
-    heads: list[ExportRow | None] = [next(stream, None) for stream in streams]
-    while heads[0] is not None:
-        index = heads[0].index
-        line: list[ExportRow | None] = []
-        for number, stream in enumerate(streams):
-            while heads[number] is not None and heads[number].index < index:  # type: ignore[union-attr]
-                heads[number] = next(stream, None)
+    heads = [next(stream, None) for stream in streams]
+    while (first := heads[0]) is not None:
+        line: list[ExportRow | None] = [first]
+        for number in range(1, len(streams)):
             head = heads[number]
-            line.append(head if head is not None and head.index == index else None)
+            while head is not None and head.index < first.index:
+                head = heads[number] = next(streams[number], None)
+            line.append(head if head is not None and head.index == first.index else None)
         yield line
         heads[0] = next(streams[0], None)
 
@@ -91,14 +90,13 @@ def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Iterator[Row]:
     store = open_store(state_dir)
     try:
         for line in _aligned(store, runs):
-            if any(row is None or row.status != "succeeded" for row in line):
+            done = [row for row in line if row is not None and row.status == "succeeded"]
+            if len(done) < len(runs):
                 continue
-            first = line[0]
-            assert first is not None
+            first = done[0]
             data = dict(first.data or {})
             data[STEPS_FIELD] = {
-                run.step.name: _answer(row)  # type: ignore[arg-type]
-                for run, row in zip(runs, line, strict=True)
+                run.step.name: _answer(row) for run, row in zip(runs, done, strict=True)
             }
             yield Row(first.index, first.row_id, data, f"{runs[0].job.input.path}:{first.row_id}")
     finally:
