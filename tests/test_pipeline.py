@@ -261,3 +261,31 @@ def test_export_and_resume_from_the_cli_see_the_whole_pipeline(
     assert resumed.exit_code == 0, resumed.output
     assert "16/16 done" in resumed.output, "6 captions, then 5 of each Q&A step"
     assert executed(server) == sent
+
+
+def test_mistakes_in_steps_are_clear_errors_naming_the_line(tmp_path: Path) -> None:
+    import pytest
+
+    from batchpilot.errors import ConfigError, UserInputError
+
+    path = write_job(tmp_path, "http://127.0.0.1:9/v1")
+    data = yaml.safe_load(path.read_text())
+    data["steps"][1]["name"] = "caption"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match="step names must be unique; caption repeats"):
+        load_job(path)
+
+    data["steps"] = []
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match="steps is empty"):
+        load_job(path)
+
+    path = write_job(tmp_path, "http://127.0.0.1:9/v1")
+    (tmp_path / "images.jsonl").write_text(json.dumps({"image_id": "a", "steps": 1}) + "\n")
+    with pytest.raises(UserInputError, match="has a field 'steps'"):
+        run_job(load_job(path), state_dir=tmp_path / "state")
+    store = open_store(tmp_path / "state")
+    try:
+        assert not store.runs(), "a bad input leaves the store untouched"
+    finally:
+        store.close()

@@ -192,3 +192,15 @@ def test_the_real_time_lane_stops_once_the_target_is_met(
     assert len(sent) < 40, "the lane stopped soon after the target was met"
     assert result.status.requests["cancelled"] == 80 - len(sent)
     assert len(output(tmp_path)) == 10
+
+
+def test_a_target_counting_items_needs_a_response_schema(tmp_path: Path) -> None:
+    from batchpilot.errors import ConfigError
+    from batchpilot.spec import load_job
+
+    (tmp_path / "job.yaml").write_text(
+        "name: t\nmodel: gpt-4o-mini\ninput: {path: in.jsonl}\nprompt: {user: hi}\n"
+        "target:\n  valid: 10\n  items: scenarios\n"
+    )
+    with pytest.raises(ConfigError, match=r"job\.yaml.*add a response schema"):
+        load_job(tmp_path / "job.yaml")
