@@ -48,11 +48,10 @@ class TargetCounter:
 
     def count(self) -> int:
         field = self.target.items
+        if field is None:
+            return self.store.row_outcomes(self.run_id).get("succeeded", 0)
         total = 0
         for request_id, response_json in self.store.answered_rows(self.run_id):
-            if field is None:
-                total += 1
-                continue
             known = self._items.get(request_id)
             if known is None:
                 known = self._items[request_id] = items_in(response_json, field)
