@@ -280,6 +280,13 @@ def test_mistakes_in_steps_are_clear_errors_naming_the_line(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="steps is empty"):
         load_job(path)
 
+    data = yaml.safe_load(write_job(tmp_path, "http://127.0.0.1:9/v1").read_text())
+    data["validators"] = ["checks:not_img1"]
+    data["prompt"] = {"user": "hello"}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match="with steps, prompt, validators belong in each step"):
+        load_job(path)
+
     path = write_job(tmp_path, "http://127.0.0.1:9/v1")
     (tmp_path / "images.jsonl").write_text(json.dumps({"image_id": "a", "steps": 1}) + "\n")
     with pytest.raises(UserInputError, match="has a field 'steps'"):

@@ -350,6 +350,21 @@ class JobSpec(Strict):
             raise ValueError("steps are for chat and responses endpoints, not embeddings")
         if self.target is not None:
             raise ValueError("target and steps cannot be combined yet; run them as two jobs")
+        ignored = [
+            name
+            for name, given in (
+                ("prompt", self.prompt.user is not None or self.prompt.messages is not None),
+                ("response", self.response is not None),
+                ("validators", bool(self.validators)),
+                ("fallback", self.fallback is not None),
+            )
+            if given
+        ]
+        if ignored:
+            raise ValueError(
+                f"with steps, {', '.join(ignored)} belong in each step (a fallback is for "
+                "single-step jobs); move or remove the job-level one"
+            )
 
     def resolve(self, relative: str) -> Path:
         """A path from the job file, relative to the job file's directory."""
