@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from batchpilot.answers import parsed_answer, response_content
 from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
 from batchpilot.errors import StateError, UserInputError
@@ -584,24 +585,6 @@ def run_requests_file(
     return RunResult(run_id, status)
 
 
-def response_content(
-    response: dict[str, Any] | None,
-) -> tuple[str | None, list[float] | None]:
-    """The answer's text (chat, responses) or embedding found in a response body."""
-    if not response:
-        return None, None
-    choices = response.get("choices")
-    if isinstance(choices, list) and choices:
-        message = choices[0].get("message") or {}
-        return message.get("content"), None
-    data = response.get("data")
-    if isinstance(data, list) and data and isinstance(data[0], dict):
-        embedding = data[0].get("embedding")
-        return None, embedding if isinstance(embedding, list) else None
-    output = response.get("output_text")
-    return (output if isinstance(output, str) else None), None
-
-
 def export_rows(
     store: SQLiteStore, run_id: str, fallback: Callable[[dict[str, Any] | None], Any] | None = None
 ) -> Iterator[ExportRow]:
@@ -610,14 +593,7 @@ def export_rows(
     for row in store.joined_rows(run_id):
         response = json.loads(row["response_json"]) if row["response_json"] else None
         content, embedding = response_content(response)
-        parsed = None
-        if content is not None and response is not None:
-            try:
-                parsed = json.loads(content)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict | list):
-                parsed = None
+        parsed: Any = parsed_answer(content)
         status = "skipped" if row["request_id"] is None else (row["state"] or "pending")
         if status == "failed" and fallback is not None:
             data = json.loads(row["data_json"]) if row["data_json"] else None

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from batchpilot.answers import parsed_answer, response_content
 from batchpilot.spec import TargetSpec
 from batchpilot.store import SQLiteStore
 
 __all__ = ["TargetCounter", "items_in"]
 
 
-def _content(response: dict[str, Any]) -> str | None:
-    choices = response.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        content = (choices[0].get("message") or {}).get("content")
-        return content if isinstance(content, str) else None
-    output = response.get("output_text")
-    return output if isinstance(output, str) else None
-
-
 def items_in(response_json: str, field: str) -> int:
     """How many elements the answer's list field `field` holds (0 when it has none)."""
-    content = _content(json.loads(response_json))
-    if content is None:
-        return 0
-    try:
-        parsed = json.loads(content)
-    except ValueError:
-        return 0
+    parsed = parsed_answer(response_content(json.loads(response_json))[0])
     value = parsed.get(field) if isinstance(parsed, dict) else None
     return len(value) if isinstance(value, list) else 0
 

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from batchpilot.answers import parsed_answer, response_content
 from batchpilot.errors import TaskError
-from batchpilot.run.api import response_content
 from batchpilot.store import RequestState, SQLiteStore
 from batchpilot.task.records import TaskResult
 from batchpilot.task.schema import SchemaBook
@@ -54,14 +54,7 @@ def result_of(row: sqlite3.Row, schemas: SchemaBook) -> TaskResult:
     response = json.loads(row["response_json"]) if row["response_json"] else None
     schema = schemas.for_body(orjson.loads(row["body"]))
     text, _ = response_content(response)
-    parsed: Any = None
-    if text is not None:
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict | list):
-            parsed = None
+    parsed: Any = parsed_answer(text)
     ok = row["state"] == RequestState.SUCCEEDED
     error = None if ok else (row["error"] or "failed")
     answer: Any = None
