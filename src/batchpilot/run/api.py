@@ -33,7 +33,7 @@ from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.status import RunStatus, run_status
-from batchpilot.run.store_sink import StoreSink
+from batchpilot.run.store_sink import StoreSink, plan_errors, plan_into_store
 from batchpilot.run.target import TargetCounter
 from batchpilot.spec import JobSpec, LimitsSpec, TargetSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
@@ -209,19 +209,10 @@ def _plan_into_store(
 ) -> PlanResult:
     """Create the run (unless it exists: `create` false) and plan rows and requests into it in
     one transaction: a plan that fails or finds errors leaves the store as it was."""
-    sink = StoreSink(store, record.id)
-    try:
-        if create:
-            store.create_run(record)
-        result = plan(sink)
-    except BaseException:
-        sink.abort()
-        raise
+    first = (lambda: store.create_run(record)) if create else None
+    result = plan_into_store(store, record.id, plan, first=first)
     if not result.ok:
-        raise UserInputError(
-            f"the {what} has errors; nothing was sent:\n  "
-            + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
-        )
+        raise UserInputError(f"the {what} has errors; nothing was sent:\n  {plan_errors(result)}")
     return result
 
 

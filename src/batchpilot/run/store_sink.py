@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -10,7 +11,7 @@ from batchpilot.plan.models import context_window
 from batchpilot.plan.planner import PlannedRequest, PlanResult
 from batchpilot.store import SQLiteStore
 
-__all__ = ["StoreSink", "max_output_tokens"]
+__all__ = ["StoreSink", "max_output_tokens", "plan_errors", "plan_into_store"]
 
 
 def max_output_tokens(body: dict[str, Any], input_tokens: int) -> int:
@@ -77,3 +78,27 @@ class StoreSink:
         self._open = False
         with contextlib.suppress(RuntimeError):
             self._tx.__exit__(type(error), error, None)
+
+
+def plan_into_store(
+    store: SQLiteStore,
+    run_id: str,
+    plan: Callable[[StoreSink], PlanResult],
+    *,
+    first: Callable[[], None] | None = None,
+) -> PlanResult:
+    """Run `plan` into the run's store in one transaction, after `first` (in the same one): a
+    plan that raises or finds errors leaves the store as it was."""
+    sink = StoreSink(store, run_id)
+    try:
+        if first is not None:
+            first()
+        return plan(sink)
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def plan_errors(result: PlanResult) -> str:
+    """A plan's errors, one per line, for a message."""
+    return "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")

@@ -15,7 +15,7 @@ from typing import Any
 from batchpilot.errors import TaskError
 from batchpilot.plan.ids import canonical_body, request_id
 from batchpilot.plan.planner import Item, Planner, PlanSettings
-from batchpilot.run.store_sink import StoreSink
+from batchpilot.run.store_sink import plan_errors, plan_into_store
 from batchpilot.spec.model import RESERVED_PARAMS
 from batchpilot.store import SQLiteStore
 from batchpilot.task.records import TaskRequest
@@ -117,16 +117,11 @@ def plan_round(
             store.count_task_round(run_id)
             store.event(run_id, "round", f"round {number}: {added} new requests")
 
-    sink = StoreSink(store, run_id)
-    try:
-        result = Planner(settings).plan(items(), sink)
-    except BaseException:
-        sink.abort()
-        raise
+    result = plan_into_store(store, run_id, lambda sink: Planner(settings).plan(items(), sink))
     if not result.ok:
         raise TaskError(
             f"task {defaults.task}: round {number} has errors; nothing of it was sent:\n  "
-            + "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
+            + plan_errors(result)
         )
     return added
 
