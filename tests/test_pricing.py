@@ -317,3 +317,30 @@ def test_malformed_limits_file(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"model 'm', field 'tiers\.1\.rpm'"):
         tier_limits("m", 1, path)
+
+
+def test_usage_cost_reads_chat_and_responses_usage_alike() -> None:
+    from batchpilot.pricing import usage_cost
+
+    table = PriceTable.load()
+    chat = {
+        "usage": {
+            "prompt_tokens": 1000,
+            "completion_tokens": 100,
+            "prompt_tokens_details": {"cached_tokens": 400},
+        }
+    }
+    responses = {
+        "usage": {
+            "input_tokens": 1000,
+            "output_tokens": 100,
+            "input_tokens_details": {"cached_tokens": 400},
+        }
+    }
+    expected = table.cost(
+        "gpt-4o-mini", input_tokens=1000, output_tokens=100, cached_tokens=400, batch=True
+    )
+    for body in (chat, responses):
+        assert usage_cost(table, "gpt-4o-mini", body, batch=True) == (1000, 100, expected)
+    assert usage_cost(None, "gpt-4o-mini", chat, batch=True) == (1000, 100, 0.0)
+    assert usage_cost(table, "no-such-model", chat, batch=False) == (1000, 100, 0.0)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from batchpilot.errors import ConfigError, UserInputError
 
-__all__ = ["Price", "PriceTable", "TierLimits", "tier_limits"]
+__all__ = ["Price", "PriceTable", "TierLimits", "tier_limits", "usage_cost"]
 
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 _Schema = TypeVar("_Schema", bound=BaseModel)
@@ -307,6 +307,24 @@ class PriceTable:
         uncached = input_tokens - cached_tokens
         output = output_tokens * (rate_out or 0.0)
         return (uncached * rate_in + cached_tokens * rate_cached + output) / 1e6
+
+
+def usage_cost(
+    prices: PriceTable | None, model: str, body: dict[str, Any], *, batch: bool
+) -> tuple[int, int, float]:
+    """(input tokens, output tokens, USD) of an answer, from the `usage` in its body (chat,
+    responses or embeddings names); no charge without prices for the model."""
+    usage = body.get("usage") or {}
+    prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
+    completion = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    cached = min(prompt, int(details.get("cached_tokens", 0) or 0))
+    if prices is None or not prices.has(model):
+        return prompt, completion, 0.0
+    usd = prices.cost(
+        model, input_tokens=prompt, output_tokens=completion, cached_tokens=cached, batch=batch
+    )
+    return prompt, completion, usd
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ import orjson
 
 from batchpilot.errors import IllegalTransition
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
-from batchpilot.pricing import PriceTable
+from batchpilot.pricing import PriceTable, usage_cost
 from batchpilot.providers.base import AuthenticationFailed
+from batchpilot.providers.openai import error_detail
 from batchpilot.store import Outcome, PendingRequest, RequestState, SQLiteStore
 
 if TYPE_CHECKING:  # at run time the import would be circular: batchpilot.run imports lanes
@@ -44,7 +45,6 @@ __all__ = ["CUSTOM_ID_HEADER", "Feed", "LaneReport", "RealtimeLane", "recover_in
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 INTERRUPTED = "interrupted while in flight"
 IDLE_S = 0.02  # how often a lane with nothing to take looks at its feed again
-_DETAIL_LIMIT = 500
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx, as in batchpilot.run.ingest
 
 
@@ -463,14 +463,7 @@ class RealtimeLane:
         headers = exc.response.headers
         if status == 429:
             self._report.http_429 += 1
-        body = exc.body
-        if isinstance(body, dict) and isinstance(body.get("message"), str):
-            code = body.get("code") or body.get("type")
-            text = f"{code}: {body['message']}" if code else str(body["message"])
-        else:
-            text = exc.message
-        if len(text) > _DETAIL_LIMIT:
-            text = text[:_DETAIL_LIMIT] + "…"
+        text = error_detail(exc)
         return _Failure(
             self._redact(f"http {status}: {text}"),
             retryable=status in RETRYABLE_STATUS or status >= 500,
@@ -533,21 +526,7 @@ class RealtimeLane:
         )
 
     def _cost(self, request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
-        usage = body.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
-        completion = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        cached = min(prompt, int(details.get("cached_tokens", 0) or 0))
-        if self.prices is None or not self.prices.has(request.model):
-            return prompt, completion, 0.0
-        usd = self.prices.cost(
-            request.model,
-            input_tokens=prompt,
-            output_tokens=completion,
-            cached_tokens=cached,
-            batch=False,
-        )
-        return prompt, completion, usd
+        return usage_cost(self.prices, request.model, body, batch=False)
 
 
 class _Listed:

@@ -34,7 +34,7 @@ from batchpilot.providers.base import (
     RemoteStatus,
 )
 
-__all__ = ["AZURE_API_VERSION", "OpenAIProvider", "openai_provider"]
+__all__ = ["AZURE_API_VERSION", "OpenAIProvider", "error_detail", "openai_provider"]
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def translate_error(
     error: ProviderError
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        message = f"{what}: {status} {_detail(exc)}"
+        message = f"{what}: {status} {error_detail(exc)}"
         if exc.request_id:
             message += f" (request id {exc.request_id})"
         if status == 404:
@@ -209,7 +209,8 @@ def translate_error(
     return ProviderUnavailable(_redact(message, secret))
 
 
-def _detail(exc: openai.APIStatusError) -> str:
+def error_detail(exc: openai.APIStatusError) -> str:
+    """The server's `code: message` of an error answer, cut to a readable length."""
     body = exc.body
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         code = body.get("code") or body.get("type")

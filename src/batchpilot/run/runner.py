@@ -30,6 +30,7 @@ from batchpilot.errors import (
 from batchpilot.lanes.realtime import RealtimeLane, recover_inflight
 from batchpilot.plan.ids import request_line
 from batchpilot.plan.strategies import Estimate, SplitInputs, hybrid_split
+from batchpilot.pricing import usage_cost
 from batchpilot.providers.base import (
     AuthenticationFailed,
     Provider,
@@ -764,22 +765,7 @@ class Runner:
         return target
 
     def _cost(self, request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
-        usage = body.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
-        completion = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
-        details = usage.get("prompt_tokens_details") or {}
-        cached = min(prompt, int(details.get("cached_tokens", 0) or 0))
-        prices = self.settings.prices
-        if prices is None or not prices.has(request.model):
-            return prompt, completion, 0.0
-        usd = prices.cost(
-            request.model,
-            input_tokens=prompt,
-            output_tokens=completion,
-            cached_tokens=cached,
-            batch=True,
-        )
-        return prompt, completion, usd
+        return usage_cost(self.settings.prices, request.model, body, batch=True)
 
     def _ingest(self, batch: BatchRecord, remote: RemoteBatch) -> None:
         requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
