@@ -17,11 +17,20 @@ from helpers import chat_line, client_for, submit, wait_for
 
 def all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
     found = []
-    for name, command in group.commands.items():
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        assert command is not None, f"`batchpilot {prefix}{name}` is listed but cannot be loaded"
         found.append((f"{prefix}{name}", command))
         if isinstance(command, click.Group):
             found.extend(all_commands(command, f"{prefix}{name} "))
     return found
+
+
+def test_every_command_is_found() -> None:
+    names = {name for name, _ in all_commands(cli)}
+    assert {"plan", "run", "resume", "status", "cancel", "ls", "export", "serve"} <= names
+    assert {"ledger", "model", "model path"} <= names
 
 
 @pytest.mark.parametrize(("name", "command"), all_commands(cli))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +71,33 @@ def test_plan_from_python_records(tmp_path: object) -> None:
     rows = batchpilot.rows_from_records([{"text": "good movie"}, {"text": "bad movie"}])
     result = batchpilot.plan_job(job, rows=rows)
     assert (result.rows, result.requests) == (2, 2)
+
+
+HEAVY = ("openai", "uvicorn", "starlette", "batchpilot.server", "xllamacpp", "pyarrow", "pandas")
+
+
+def _loaded_after(code: str) -> set[str]:
+    probe = f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+def test_importing_the_package_loads_no_sdk_server_or_runtime() -> None:
+    loaded = _loaded_after("import batchpilot")
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_a_public_name_loads_on_first_use_and_the_cli_loads_commands_on_demand() -> None:
+    loaded = _loaded_after(
+        "import batchpilot\nassert batchpilot.Task.__name__ == 'Task'\nimport batchpilot.cli"
+    )
+    assert "batchpilot.task" in loaded
+    assert not loaded & {"uvicorn", "starlette", "batchpilot.server", "batchpilot.cli.serve"}
+
+
+def test_every_public_name_resolves_and_unknown_names_raise() -> None:
+    assert set(batchpilot.__all__) == {*batchpilot._WHERE, "__version__"}
+    for name in batchpilot.__all__:
+        assert getattr(batchpilot, name) is not None
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = batchpilot.no_such_name  # type: ignore[attr-defined]

@@ -1,28 +1,65 @@
-"""batchpilot: run datasets through LLMs, planned, budgeted and crash-safe."""
+"""batchpilot: run datasets through LLMs, planned, budgeted and crash-safe.
+
+The public names below are imported on first use, so `import batchpilot` stays cheap: the
+provider SDKs, the local server and the model runtime load only when something needs them.
+"""
 
 from __future__ import annotations
 
-from batchpilot.data import rows_from_dataframe, rows_from_dataset, rows_from_records
-from batchpilot.errors import (
-    BatchpilotError,
-    BudgetExceeded,
-    ConfigError,
-    IllegalTransition,
-    MissingDependency,
-    ProviderError,
-    ProviderRejected,
-    ProviderUnavailable,
-    StateError,
-    TaskError,
-    UserInputError,
-)
-from batchpilot.mapping import map
-from batchpilot.plan import PlanResult, plan_job, plan_requests_file
-from batchpilot.pricing import PriceTable
-from batchpilot.spec import JobSpec, job_from_dict, load_job
-from batchpilot.task import Task, TaskReport, TaskRequest, TaskResult
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchpilot.data import rows_from_dataframe, rows_from_dataset, rows_from_records
+    from batchpilot.errors import (
+        BatchpilotError,
+        BudgetExceeded,
+        ConfigError,
+        IllegalTransition,
+        MissingDependency,
+        ProviderError,
+        ProviderRejected,
+        ProviderUnavailable,
+        StateError,
+        TaskError,
+        UserInputError,
+    )
+    from batchpilot.mapping import map
+    from batchpilot.plan import PlanResult, plan_job, plan_requests_file
+    from batchpilot.pricing import PriceTable
+    from batchpilot.spec import JobSpec, job_from_dict, load_job
+    from batchpilot.task import Task, TaskReport, TaskRequest, TaskResult
 
 __version__ = "0.1.0"
+
+_WHERE: dict[str, str] = {
+    "BatchpilotError": "batchpilot.errors",
+    "BudgetExceeded": "batchpilot.errors",
+    "ConfigError": "batchpilot.errors",
+    "IllegalTransition": "batchpilot.errors",
+    "MissingDependency": "batchpilot.errors",
+    "ProviderError": "batchpilot.errors",
+    "ProviderRejected": "batchpilot.errors",
+    "ProviderUnavailable": "batchpilot.errors",
+    "StateError": "batchpilot.errors",
+    "TaskError": "batchpilot.errors",
+    "UserInputError": "batchpilot.errors",
+    "JobSpec": "batchpilot.spec",
+    "job_from_dict": "batchpilot.spec",
+    "load_job": "batchpilot.spec",
+    "PlanResult": "batchpilot.plan",
+    "plan_job": "batchpilot.plan",
+    "plan_requests_file": "batchpilot.plan",
+    "PriceTable": "batchpilot.pricing",
+    "map": "batchpilot.mapping",
+    "Task": "batchpilot.task",
+    "TaskReport": "batchpilot.task",
+    "TaskRequest": "batchpilot.task",
+    "TaskResult": "batchpilot.task",
+    "rows_from_dataframe": "batchpilot.data",
+    "rows_from_dataset": "batchpilot.data",
+    "rows_from_records": "batchpilot.data",
+}
 
 __all__ = [
     "BatchpilotError",
@@ -53,3 +90,16 @@ __all__ = [
     "rows_from_dataset",
     "rows_from_records",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchpilot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -1,26 +1,52 @@
-"""The `batchpilot` command line: thin commands over the library."""
+"""The `batchpilot` command line: thin commands over the library.
+
+Each command's module is imported only when that command runs (or when help lists it), so
+`batchpilot status` does not pay for the server, and `batchpilot --version` for nothing at all.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import click
 
 from batchpilot import __version__
-from batchpilot.cli.ledger import ledger
-from batchpilot.cli.model import model
-from batchpilot.cli.plan import plan
-from batchpilot.cli.run import resume, run
-from batchpilot.cli.runs import cancel, export, ls, status
-from batchpilot.cli.serve import serve
 from batchpilot.errors import BatchpilotError
 
 __all__ = ["cli", "main"]
 
+# command name -> (module under batchpilot.cli, attribute), in the order help lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("plan", "plan"),
+    "run": ("run", "run"),
+    "resume": ("run", "resume"),
+    "status": ("runs", "status"),
+    "cancel": ("runs", "cancel"),
+    "ls": ("runs", "ls"),
+    "export": ("runs", "export"),
+    "serve": ("serve", "serve"),
+    "ledger": ("ledger", "ledger"),
+    "model": ("model", "model"),
+}
+
 
 class _Group(click.Group):
-    """Turns library errors into one clear line and an exit code; --debug shows the traceback."""
+    """Loads commands on demand, and turns library errors into one clear line and an exit code;
+    --debug shows the traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        module = importlib.import_module(f"batchpilot.cli.{where[0]}")
+        command = getattr(module, where[1])
+        assert isinstance(command, click.Command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -41,14 +67,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     model with no key at all."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-cli.add_command(plan)
-for command in (run, resume, status, cancel, ls, export):
-    cli.add_command(command)
-cli.add_command(serve)
-cli.add_command(ledger)
-cli.add_command(model)
 
 
 def main() -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 
 from batchpilot.providers.openai import OpenAIProvider
-from batchpilot.server import LocalServer, ServerConfig, make_responder
+
+if TYPE_CHECKING:
+    from batchpilot.server import LocalServer
 
 __all__ = ["LOCAL_API_KEY", "LocalProvider", "local_provider"]
 
@@ -54,6 +56,8 @@ def local_provider(
     accepted (the responder answers them all). `server_settings` are further `ServerConfig`
     fields. A missing llama runtime or model raises MissingDependency before anything starts.
     """
+    from batchpilot.server import LocalServer, ServerConfig, make_responder
+
     settings: dict[str, Any] = {
         "validation_delay_s": 0.0,
         "finalizing_delay_s": 0.0,
