@@ -512,3 +512,49 @@ def test_a_store_with_the_old_cache_is_upgraded_and_its_answers_still_serve(
         ]
     finally:
         store.close()
+
+
+def test_one_store_serves_several_threads_each_in_its_own_transaction(
+    store: SQLiteStore,
+) -> None:
+    """A store object is shared by the runner and the real-time lane's thread: each thread writes
+    through its own connection, and one thread's open transaction is not joined by another's."""
+    import threading
+
+    plan(store, 4)
+    inside = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def hold_a_transaction() -> None:
+        try:
+            with store.tx():
+                store.claim_realtime(RUN, "req-0")
+                inside.set()
+                assert release.wait(30)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=hold_a_transaction)
+    worker.start()
+    assert inside.wait(30)
+    # The main thread sees only committed work: the worker's claim is not visible yet.
+    assert store.request_counts(RUN)["realtime"] == 0
+    release.set()
+    worker.join(30)
+    assert not errors
+    assert store.request_counts(RUN)["realtime"] == 1
+
+    def claim(request_id: str) -> None:
+        try:
+            assert store.claim_realtime(RUN, request_id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(f"req-{i}",)) for i in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert store.request_counts(RUN)["realtime"] == 4

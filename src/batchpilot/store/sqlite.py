@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -52,41 +53,65 @@ class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StateError(f"{path}: cannot open the store ({exc})") from None
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._local = threading.local()
+        self._guard = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
         migrate(self._db)
-        self._depth = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # Each thread gets its own connection; `close()` may close them from another thread.
+            db = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot open the store ({exc})") from None
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA foreign_keys=ON")
+        with self._guard:
+            self._connections.append(db)
+        self._local.db = db
+        self._local.depth = 0
+        return db
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        return db if db is not None else self._connect()
 
     def close(self) -> None:
-        self._db.close()
+        """Close every thread's connection."""
+        with self._guard:
+            connections, self._connections = self._connections, []
+        for db in connections:
+            db.close()
+        self._local = threading.local()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; nested calls join the outer one."""
-        if self._depth:
-            self._depth += 1
+        """One transaction of the calling thread; nested calls join the outer one."""
+        db = self._db
+        local = self._local
+        if local.depth:
+            local.depth += 1
             try:
-                yield self._db
+                yield db
             finally:
-                self._depth -= 1
+                local.depth -= 1
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        db.execute("BEGIN IMMEDIATE")
+        local.depth = 1
         try:
-            yield self._db
+            yield db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
         finally:
-            self._depth = 0
-        self._db.execute("COMMIT")
+            local.depth = 0
+        db.execute("COMMIT")
 
     # runs -----------------------------------------------------------------------------------
 
