@@ -14,6 +14,7 @@ written into it as one JSON object.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -156,6 +157,13 @@ def _resolve_format(target: Path, format: str) -> str:
 
 
 def _atomic(target: Path, write: Callable[[Path], int]) -> int:
+    """Write through a temporary file renamed into place; a device, pipe or terminal that
+    already exists (`/dev/stdout`, a FIFO) is written in place instead, never replaced."""
+    if target.exists() and not target.is_file():
+        try:
+            return write(target)
+        except OSError as error:
+            raise UserInputError(f"{target}: cannot write the export ({error.strerror})") from None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -164,6 +172,9 @@ def _atomic(target: Path, write: Callable[[Path], int]) -> int:
     try:
         count = write(part)
         part.replace(target)
+    except OSError as error:
+        part.unlink(missing_ok=True)
+        raise UserInputError(f"{target}: cannot write the export ({error.strerror})") from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -172,7 +183,11 @@ def _atomic(target: Path, write: Callable[[Path], int]) -> int:
 
 def _sync(stream: IO[Any]) -> None:
     stream.flush()
-    os.fsync(stream.fileno())
+    try:
+        os.fsync(stream.fileno())
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or device: nothing to sync
+            raise
 
 
 def _json(value: Any) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from batchpilot import __version__
-from batchpilot.errors import BatchpilotError
+from batchpilot.errors import BatchpilotError, UserInputError
 
 __all__ = ["cli", "main"]
 
@@ -56,6 +56,13 @@ class _Group(click.Group):
                 raise
             click.secho(f"Error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            # A path the user named cannot be read or written: theirs to fix, not a traceback.
+            if exc.filename is None or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+            click.secho(f"Error: {where}: {exc.strerror or exc}", fg="red", err=True)
+            sys.exit(UserInputError.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

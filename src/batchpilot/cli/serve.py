@@ -25,7 +25,7 @@ __all__ = ["serve"]
     "--port",
     default=8089,
     show_default=True,
-    type=int,
+    type=click.IntRange(0, 65535),
     help="Port to listen on (0 picks a free one).",
 )
 @click.option(

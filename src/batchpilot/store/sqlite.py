@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.errors import IllegalTransition, StateError, UserInputError
 from batchpilot.store.migrations import migrate
 from batchpilot.store.records import (
     BatchRecord,
@@ -52,7 +52,12 @@ class SQLiteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserInputError(
+                f"{path.parent}: cannot hold a store ({exc.strerror}); choose another --state"
+            ) from None
         self._local = threading.local()
         self._guard = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
