@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import shutil
 import threading
@@ -21,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchpilot.jsontypes import json_type_name
+from batchpilot.server.bodies import BodyProblem, check_body, parse_json
 from batchpilot.server.clock import VirtualClock
 from batchpilot.server.config import ServerConfig
 from batchpilot.server.engine import BatchEngine
@@ -59,6 +59,14 @@ def _error(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(error_body(message, type, code, param), status, headers=headers)
+
+
+def _server_error(*_: object) -> JSONResponse:
+    return _error(
+        500,
+        "The server had an error while processing your request; see the server log.",
+        "server_error",
+    )
 
 
 class GuardMiddleware:
@@ -117,7 +125,19 @@ class GuardMiddleware:
                     raise HTTPException(413, f"Request body too large; the limit is {limit} bytes.")
             return message
 
-        await self.app(scope, counted, send)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except Exception:
+            log.exception("%s %s failed", scope["method"], path)
+            if not started:
+                await _server_error()(scope, receive, send)
 
 
 class ServerApp:
@@ -274,7 +294,7 @@ class ServerApp:
     # batches --------------------------------------------------------------------------------
 
     async def create_batch(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, self.config.max_string_chars)
         if isinstance(body, Response):
             return body
         for key in ("input_file_id", "endpoint", "completion_window"):
@@ -374,7 +394,7 @@ class ServerApp:
     # real time ------------------------------------------------------------------------------
 
     async def realtime(self, request: Request, endpoint: str) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, self.config.max_string_chars)
         if isinstance(body, Response):
             return body
         model = body.get("model")
@@ -403,6 +423,16 @@ class ServerApp:
             tokens = self.count_tokens(body, endpoint)
         except Exception:
             tokens = 0
+        for key in ("max_completion_tokens", "max_tokens"):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                return _error(
+                    400,
+                    f"Invalid type for '{key}': expected an integer, but got "
+                    f"{json_type_name(value)} instead.",
+                    code="invalid_type",
+                    param=key,
+                )
         reserve = tokens + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
         decision = self.limiter.check(model, reserve, self.clock.now())
         headers = dict(decision.headers)
@@ -471,11 +501,11 @@ class ServerApp:
 
     async def echo(self, request: Request) -> Response:
         """The bare framework: parse a JSON body and send it back (a benchmark reference)."""
-        body = await _json_body(request)
+        body = await _json_body(request, self.config.max_string_chars)
         return body if isinstance(body, Response) else JSONResponse(body)
 
     async def advance_clock(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, self.config.max_string_chars)
         if isinstance(body, Response):
             return body
         seconds = body.get("seconds")
@@ -506,17 +536,22 @@ def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     }
 
 
-async def _json_body(request: Request) -> dict[str, Any] | Response:
+async def _json_body(request: Request, max_string_chars: int) -> dict[str, Any] | Response:
     raw = await request.body()
     try:
-        body = json.loads(raw)
-    except ValueError:
-        return _error(
-            400,
-            "We could not parse the JSON body of your request. The body must be a JSON object.",
-        )
+        body = parse_json(raw)
+    except BodyProblem as problem:
+        if problem.code is None:
+            problem.message = (
+                "We could not parse the JSON body of your request. The body must be a JSON object."
+            )
+        return _error(400, problem.message, code=problem.code, param=problem.param)
     if not isinstance(body, dict):
         return _error(400, "The request body must be a JSON object.")
+    try:
+        check_body(body, max_string_chars)
+    except BodyProblem as problem:
+        return _error(400, problem.message, code=problem.code, param=problem.param)
     return body
 
 
@@ -610,5 +645,7 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/openai/deployments/{deployment}/chat/completions", server.chat, "POST"),
         route("/openai/deployments/{deployment}/embeddings", server.embeddings, "POST"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes, exception_handlers={HTTPException: http_error, Exception: _server_error}
+    )
     return GuardMiddleware(app, server)

@@ -86,6 +86,7 @@ class ServerConfig:
     max_json_bytes: int = 32 * 1024 * 1024
     max_batch_file_bytes: int = 200 * 1024 * 1024
     max_batch_lines: int = 50_000
+    max_string_chars: int = 1_048_576
     responder_threads: int = 1
 
     def accepted_models(self) -> frozenset[str] | None:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_LINES = 2000
 CHUNK_SECONDS = 0.25
+# A batch whose step raises this many times in a row fails, so it cannot stall the others.
+MAX_STEP_FAILURES = 3
 
 
 def _derived_id(prefix: str, *parts: object, length: int = 24) -> str:
@@ -68,6 +70,7 @@ class BatchEngine:
             for f in faults.faults
         )
         self.last_error: str | None = None
+        self._step_failures: dict[str, int] = {}
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -113,8 +116,35 @@ class BatchEngine:
         for row in self.state.batches_in(ACTIVE_STATUSES):
             if self._stop.is_set():
                 break
-            busy |= self._advance(row, self.clock.now())
+            try:
+                busy |= self._advance(row, self.clock.now())
+            except Exception as exc:
+                busy |= self._step_failed(row, exc)
+            else:
+                self._step_failures.pop(row["id"], None)
         return busy
+
+    def _step_failed(self, row: sqlite3.Row, exc: Exception) -> bool:
+        """Count a failed step of one batch; the batch fails once it keeps failing."""
+        batch_id = row["id"]
+        log.exception("batch %s: step failed", batch_id)
+        failures = self._step_failures[batch_id] = self._step_failures.get(batch_id, 0) + 1
+        if failures < MAX_STEP_FAILURES:
+            return False
+        self._step_failures.pop(batch_id, None)
+        error = {
+            "code": "server_error",
+            "message": f"The local server could not process this batch ({type(exc).__name__}); "
+            "see the server log. (local server)",
+            "param": None,
+            "line": None,
+        }
+        self.state.update_batch(
+            batch_id,
+            {"status": "failed", "failed_at": self.clock.now(), "errors_json": dumps([error])},
+            expect_status=row["status"],
+        )
+        return True
 
     def _faults_of(self, row: sqlite3.Row) -> list[Fault]:
         return [Fault.model_validate(item) for item in json.loads(row["faults_json"])]
@@ -174,6 +204,8 @@ class BatchEngine:
             accepted_models=self.config.accepted_models(),
             max_bytes=self.config.max_batch_file_bytes,
             max_lines=self.config.max_batch_lines,
+            max_line_bytes=self.config.max_json_bytes,
+            max_string_chars=self.config.max_string_chars,
             count_tokens=self.count_tokens,
             tokens_per_s=self.config.processing_tokens_per_s,
             per_request_s=self.config.per_request_s,
