@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -257,37 +258,43 @@ class BatchEngine:
         expire = self._fault(row, "batch_expire")
         expire_after = None if expire is None else int(expire.after_fraction * row["total"])
         done = row["completed"] + row["failed"]
-        elapsed = min(now, row["expires_at"]) - row["in_progress_at"]
+        # Due times count from when the batch was due to start, and every line due inside the
+        # window runs before the batch may expire: time the engine itself spends (validating, or
+        # running lines at a high time scale) never pushes a line out of the window.
+        start = min(row["in_progress_at"], row["created_at"] + self.config.validation_delay_s)
+        window = row["expires_at"] - start
+        elapsed = now - start if now < row["expires_at"] else math.nextafter(window, -math.inf)
         started = time.monotonic()
-        ran = False
+        no_line_due = False
         with self.state.file_path(row["input_file_id"]).open("rb") as handle:
             while time.monotonic() - started < CHUNK_SECONDS:
                 limit = (
                     CHUNK_LINES if expire_after is None else min(CHUNK_LINES, expire_after - done)
                 )
-                if limit <= 0:
-                    break
-                lines = self.state.due_lines(batch_id, elapsed, limit)
+                lines = self.state.due_lines(batch_id, elapsed, limit) if limit > 0 else []
                 if not lines:
+                    no_line_due = True
                     break
                 current = self.state.get_batch(batch_id)
                 if current is None or current["status"] != "in_progress":
                     return True
                 done += self._run_lines(row, handle, lines)
-                ran = True
-        if now >= row["expires_at"] or (expire_after is not None and done >= expire_after):
-            current = self.state.get_batch(batch_id)
-            if current is not None:
-                self._finish(current, "expired", now)
+        if not no_line_due:
             return True
-        if not ran and self.state.pending_count(batch_id) == 0:
-            self.state.update_batch(
-                batch_id,
-                {"status": "finalizing", "finalizing_at": now},
-                expect_status="in_progress",
-            )
-            return True
-        return ran
+        if expire_after is None or done < expire_after:
+            if self.state.pending_count(batch_id) == 0:
+                self.state.update_batch(
+                    batch_id,
+                    {"status": "finalizing", "finalizing_at": now},
+                    expect_status="in_progress",
+                )
+                return True
+            if now < row["expires_at"]:
+                return False
+        current = self.state.get_batch(batch_id)
+        if current is not None and current["status"] == "in_progress":
+            self._finish(current, "expired", now)
+        return True
 
     def _run_lines(self, row: sqlite3.Row, handle: Any, lines: list[LineRow]) -> int:
         batch_id, endpoint = row["id"], row["endpoint"]
