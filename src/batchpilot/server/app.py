@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 import logging
 import shutil
 import threading
@@ -47,6 +49,7 @@ AZURE_ENDPOINTS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 BATCH_FILE_TTL_S = 30 * 86_400
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
+PROJECT = "batchpilot.project"
 _FILE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -59,6 +62,27 @@ def _error(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(error_body(message, type, code, param), status, headers=headers)
+
+
+def project_of(key: str) -> str:
+    """The project a key stands for: a digest, so that no key reaches the state."""
+    return "proj_" + hashlib.sha256(b"batchpilot project\0" + key.encode()).hexdigest()[:24]
+
+
+def _owner(request: Request) -> str:
+    """The caller's project; '' on a server without keys."""
+    return str(request.scope.get(PROJECT, ""))
+
+
+def _is_loopback(client: Any) -> bool:
+    if not client:
+        return True
+    try:
+        address = ipaddress.ip_address(str(client[0]).split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _server_error(*_: object) -> JSONResponse:
@@ -91,18 +115,32 @@ class GuardMiddleware:
                 scope, receive, send
             )
             return
-        if config.api_key is not None:
+        keys = config.keys()
+        if keys:
             given = headers.get("authorization", "")
             if "api-key" in headers:  # Azure OpenAI's header
                 given = f"Bearer {headers['api-key']}"
-            expected = f"Bearer {config.api_key}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            project = None
+            for key in keys:
+                if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                    project = project_of(key)
+            if project is None:
                 await _error(
                     401,
-                    "Incorrect API key provided. Pass the key the server was started with.",
+                    "Incorrect API key provided. Pass a key the server was started with.",
                     code="invalid_api_key",
                 )(scope, receive, send)
                 return
+            scope[PROJECT] = project
+        elif not _is_loopback(scope.get("client")):
+            await _error(
+                403,
+                "This server has no API keys, so it answers loopback clients only. Start it "
+                "with --api-key to serve other machines.",
+                "permission_denied",
+                code="loopback_only",
+            )(scope, receive, send)
+            return
         if path.startswith(("/v1/", "/openai/")):
             fault = self.server.http_fault(f"{scope['method']} {path}")
             if fault is not None:
@@ -180,11 +218,11 @@ class ServerApp:
         except Exception as exc:
             return _error(400, f"Could not parse the multipart upload: {exc}")
         try:
-            return await self._store_upload(form)
+            return await self._store_upload(form, _owner(request))
         finally:
             await form.close()
 
-    async def _store_upload(self, form: FormData) -> Response:
+    async def _store_upload(self, form: FormData, owner: str) -> Response:
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, UploadFile):
             return _error(
@@ -237,26 +275,26 @@ class ServerApp:
             return path.stat().st_size
 
         size = await run_in_threadpool(store)
-        self.state.add_file(file_id, filename, purpose, size, now, expires_at)
+        self.state.add_file(file_id, filename, purpose, size, now, expires_at, owner)
         row = self.state.get_file(file_id)
         assert row is not None
         return JSONResponse(file_object(row))
 
-    def _file_or_404(self, file_id: str) -> Any:
+    def _file_or_404(self, request: Request, file_id: str) -> Any:
         if not file_id or not set(file_id) <= _FILE_ID_CHARS:
             return None
-        return self.state.get_file(file_id)
+        return self.state.get_file(file_id, _owner(request))
 
     async def get_file(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        row = self._file_or_404(file_id)
+        row = self._file_or_404(request, file_id)
         if row is None:
             return _error(404, f"No such File object: {file_id}", param="id")
         return JSONResponse(file_object(row))
 
     async def file_content(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        row = self._file_or_404(file_id)
+        row = self._file_or_404(request, file_id)
         path = self.state.file_path(file_id)
         if row is None or not path.is_file():
             return _error(404, f"No such File object: {file_id}", param="id")
@@ -274,7 +312,7 @@ class ServerApp:
 
     async def delete_file(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        if self._file_or_404(file_id) is None or not self.state.delete_file(file_id):
+        if self._file_or_404(request, file_id) is None or not self.state.delete_file(file_id):
             return _error(404, f"No such File object: {file_id}", param="id")
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
@@ -287,7 +325,7 @@ class ServerApp:
         if order not in ("asc", "desc"):
             return _error(400, "order must be 'asc' or 'desc'.", param="order")
         rows, has_more = self.state.list_files(
-            query.get("purpose"), query.get("after"), limit, order == "asc"
+            _owner(request), query.get("purpose"), query.get("after"), limit, order == "asc"
         )
         return JSONResponse(_page([file_object(r) for r in rows], has_more))
 
@@ -340,6 +378,7 @@ class ServerApp:
                 "metadata_json": dumps(metadata) if metadata else None,
                 "created_at": now,
                 "expires_at": now + self.config.completion_window_s,
+                "owner": _owner(request),
             }
         )
         row = self.state.get_batch(batch_id)
@@ -358,7 +397,7 @@ class ServerApp:
             hidden = self._hidden.get(batch_id, 0)
             if hidden:
                 self._hidden[batch_id] = hidden - 1
-        row = None if hidden else self.state.get_batch(batch_id)
+        row = None if hidden else self.state.get_batch(batch_id, _owner(request))
         if row is None:
             return _error(404, f"No batch found with id '{batch_id}'.", param="batch_id")
         return JSONResponse(batch_object(row))
@@ -367,12 +406,14 @@ class ServerApp:
         limit = _int_param(request.query_params.get("limit"), 20, 1, 100)
         if limit is None:
             return _error(400, "limit must be an integer between 1 and 100.", param="limit")
-        rows, has_more = self.state.list_batches(request.query_params.get("after"), limit)
+        rows, has_more = self.state.list_batches(
+            _owner(request), request.query_params.get("after"), limit
+        )
         return JSONResponse(_page([batch_object(r) for r in rows], has_more))
 
     async def cancel_batch(self, request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
-        row = self.state.get_batch(batch_id)
+        row = self.state.get_batch(batch_id, _owner(request))
         if row is None:
             return _error(404, f"No batch found with id '{batch_id}'.", param="batch_id")
         status = row["status"]
@@ -458,7 +499,7 @@ class ServerApp:
         else:
             status, response = execute(self.responder, endpoint, body, content_fault)
         self.state.add_ledger(
-            [(custom_id, None, endpoint, model, digest, status, self.clock.now())]
+            [(custom_id, None, endpoint, model, digest, status, self.clock.now())], _owner(request)
         )
         headers["x-request-id"] = "req_" + digest[:32]
         return JSONResponse(response, status, headers=headers)
@@ -486,7 +527,7 @@ class ServerApp:
 
     async def ledger(self, request: Request) -> Response:
         since = _int_param(request.query_params.get("since"), 0, 0, 2**62)
-        return JSONResponse(self.state.ledger(since or 0))
+        return JSONResponse(self.state.ledger(since or 0, _owner(request)))
 
     async def health(self, request: Request) -> Response:
         return JSONResponse(

@@ -188,7 +188,7 @@ class BatchEngine:
 
     def _validate(self, row: sqlite3.Row) -> None:
         batch_id = row["id"]
-        file_row = self.state.get_file(row["input_file_id"])
+        file_row = self.state.get_file(row["input_file_id"], row["owner"])
         if file_row is None or file_row["purpose"] != "batch":
             error = {
                 "code": "invalid_request",
@@ -383,6 +383,7 @@ class BatchEngine:
                 sum(o[4] for o in outcomes),
                 sum(o[5] for o in outcomes),
             ),
+            owner=row["owner"],
         )
         return len(outcomes)
 
@@ -440,6 +441,7 @@ class BatchEngine:
                     path.stat().st_size,
                     created,
                     None,
+                    owner=row["owner"],
                 )
                 values[f"{kind}_file_id"] = file_id
             else:
