@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -14,30 +10,30 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from batchpilot.jsontypes import json_type_name
 from batchpilot.server.bodies import BodyProblem, check_body, parse_json
 from batchpilot.server.clock import VirtualClock
 from batchpilot.server.config import ServerConfig
 from batchpilot.server.engine import BatchEngine
-from batchpilot.server.execution import body_sha256, execute, http_error_body
+from batchpilot.server.execution import body_sha256, execute
 from batchpilot.server.faults import CONTENT_KINDS, FaultPlan
-from batchpilot.server.objects import (
-    batch_object,
-    error_body,
-    file_object,
-    new_batch_id,
-    new_file_id,
-)
+from batchpilot.server.files_api import FilesApi
+from batchpilot.server.guard import GuardMiddleware
+from batchpilot.server.objects import batch_object, new_batch_id
 from batchpilot.server.ratelimit import RateLimiter
 from batchpilot.server.responders.base import Responder
 from batchpilot.server.state import ServerState, dumps
+from batchpilot.server.web import error_response as _error
+from batchpilot.server.web import int_param as _int_param
+from batchpilot.server.web import owner_of as _owner
+from batchpilot.server.web import page as _page
+from batchpilot.server.web import server_error
 
 __all__ = ["build_app"]
 
@@ -46,136 +42,7 @@ log = logging.getLogger(__name__)
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 # Azure OpenAI names the same endpoints without the version prefix.
 AZURE_ENDPOINTS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
-FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
-BATCH_FILE_TTL_S = 30 * 86_400
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
-PROJECT = "batchpilot.project"
-_FILE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
-
-
-def _error(
-    status: int,
-    message: str,
-    type: str = "invalid_request_error",
-    code: str | None = None,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(message, type, code, param), status, headers=headers)
-
-
-def project_of(key: str) -> str:
-    """The project a key stands for: a digest, so that no key reaches the state."""
-    return "proj_" + hashlib.sha256(b"batchpilot project\0" + key.encode()).hexdigest()[:24]
-
-
-def _owner(request: Request) -> str:
-    """The caller's project; '' on a server without keys."""
-    return str(request.scope.get(PROJECT, ""))
-
-
-def _is_loopback(client: Any) -> bool:
-    if not client:
-        return True
-    try:
-        address = ipaddress.ip_address(str(client[0]).split("%")[0])
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
-
-
-def _server_error(*_: object) -> JSONResponse:
-    return _error(
-        500,
-        "The server had an error while processing your request; see the server log.",
-        "server_error",
-    )
-
-
-class GuardMiddleware:
-    """Body-size limits (413), the optional API key (401) and injected HTTP faults."""
-
-    def __init__(self, app: ASGIApp, server: ServerApp) -> None:
-        self.app = app
-        self.server = server
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        config = self.server.config
-        path: str = scope["path"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        uploads = ("/v1/files", "/openai/files")
-        limit = config.max_upload_bytes if path in uploads else config.max_json_bytes
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _error(413, f"Request body too large; the limit is {limit} bytes.")(
-                scope, receive, send
-            )
-            return
-        keys = config.keys()
-        if keys:
-            given = headers.get("authorization", "")
-            if "api-key" in headers:  # Azure OpenAI's header
-                given = f"Bearer {headers['api-key']}"
-            project = None
-            for key in keys:
-                if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-                    project = project_of(key)
-            if project is None:
-                await _error(
-                    401,
-                    "Incorrect API key provided. Pass a key the server was started with.",
-                    code="invalid_api_key",
-                )(scope, receive, send)
-                return
-            scope[PROJECT] = project
-        elif not _is_loopback(scope.get("client")):
-            await _error(
-                403,
-                "This server has no API keys, so it answers loopback clients only. Start it "
-                "with --api-key to serve other machines.",
-                "permission_denied",
-                code="loopback_only",
-            )(scope, receive, send)
-            return
-        if path.startswith(("/v1/", "/openai/")):
-            fault = self.server.http_fault(f"{scope['method']} {path}")
-            if fault is not None:
-                extra: dict[str, str] = {}
-                if fault.retry_after_s is not None:
-                    extra["retry-after"] = f"{fault.retry_after_s:g}"
-                    extra["retry-after-ms"] = str(int(fault.retry_after_s * 1000))
-                await JSONResponse(http_error_body(fault), fault.status, headers=extra)(
-                    scope, receive, send
-                )
-                return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise HTTPException(413, f"Request body too large; the limit is {limit} bytes.")
-            return message
-
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except Exception:
-            log.exception("%s %s failed", scope["method"], path)
-            if not started:
-                await _server_error()(scope, receive, send)
 
 
 class ServerApp:
@@ -203,131 +70,13 @@ class ServerApp:
         self._http_counters: dict[int, int] = {}
         self._hidden: dict[str, int] = {}
         self._realtime_runs: dict[str, int] = {}
+        self.files = FilesApi(config, state, clock)
 
     def http_fault(self, route: str) -> Any:
         if not self.faults.faults:
             return None
         with self._lock:
             return self.faults.http_fault(route, self._http_counters)
-
-    # files ----------------------------------------------------------------------------------
-
-    async def create_file(self, request: Request) -> Response:
-        try:
-            form = await request.form(max_files=1, max_fields=10)
-        except Exception as exc:
-            return _error(400, f"Could not parse the multipart upload: {exc}")
-        try:
-            return await self._store_upload(form, _owner(request))
-        finally:
-            await form.close()
-
-    async def _store_upload(self, form: FormData, owner: str) -> Response:
-        upload, purpose = form.get("file"), form.get("purpose")
-        if not isinstance(upload, UploadFile):
-            return _error(
-                400,
-                "Missing required parameter: 'file'.",
-                code="missing_required_parameter",
-                param="file",
-            )
-        if not isinstance(purpose, str) or not purpose:
-            return _error(
-                400,
-                "Missing required parameter: 'purpose'.",
-                code="missing_required_parameter",
-                param="purpose",
-            )
-        if purpose not in FILE_PURPOSES:
-            return _error(
-                400,
-                f"Invalid value: '{purpose}'. Supported values are: "
-                + ", ".join(f"'{p}'" for p in FILE_PURPOSES),
-                code="invalid_value",
-                param="purpose",
-            )
-        filename = upload.filename or "upload"
-        if purpose == "batch" and not filename.endswith(".jsonl"):
-            return _error(
-                400,
-                "Invalid file format for Batch API. Must be .jsonl",
-                code="invalid_file_format",
-                param="file",
-            )
-        now = int(self.clock.now())
-        expires_at: int | None = now + BATCH_FILE_TTL_S if purpose == "batch" else None
-        seconds = form.get("expires_after[seconds]")
-        if isinstance(seconds, str):
-            if not seconds.isdigit() or not 3600 <= int(seconds) <= 2_592_000:
-                return _error(
-                    400,
-                    "expires_after[seconds] must be between 3600 and 2592000.",
-                    code="invalid_value",
-                    param="expires_after.seconds",
-                )
-            expires_at = now + int(seconds)
-        file_id = new_file_id()
-        path = self.state.file_path(file_id)
-
-        def store() -> int:
-            with path.open("wb") as target:
-                shutil.copyfileobj(upload.file, target, 1024 * 1024)
-            return path.stat().st_size
-
-        size = await run_in_threadpool(store)
-        self.state.add_file(file_id, filename, purpose, size, now, expires_at, owner)
-        row = self.state.get_file(file_id)
-        assert row is not None
-        return JSONResponse(file_object(row))
-
-    def _file_or_404(self, request: Request, file_id: str) -> Any:
-        if not file_id or not set(file_id) <= _FILE_ID_CHARS:
-            return None
-        return self.state.get_file(file_id, _owner(request))
-
-    async def get_file(self, request: Request) -> Response:
-        file_id = request.path_params["file_id"]
-        row = self._file_or_404(request, file_id)
-        if row is None:
-            return _error(404, f"No such File object: {file_id}", param="id")
-        return JSONResponse(file_object(row))
-
-    async def file_content(self, request: Request) -> Response:
-        file_id = request.path_params["file_id"]
-        row = self._file_or_404(request, file_id)
-        path = self.state.file_path(file_id)
-        if row is None or not path.is_file():
-            return _error(404, f"No such File object: {file_id}", param="id")
-
-        def chunks() -> Any:
-            with path.open("rb") as handle:
-                while chunk := handle.read(1024 * 1024):
-                    yield chunk
-
-        return StreamingResponse(
-            chunks(),
-            media_type="application/octet-stream",
-            headers={"content-length": str(path.stat().st_size)},
-        )
-
-    async def delete_file(self, request: Request) -> Response:
-        file_id = request.path_params["file_id"]
-        if self._file_or_404(request, file_id) is None or not self.state.delete_file(file_id):
-            return _error(404, f"No such File object: {file_id}", param="id")
-        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
-
-    async def list_files(self, request: Request) -> Response:
-        query = request.query_params
-        limit = _int_param(query.get("limit"), 10_000, 1, 10_000)
-        if limit is None:
-            return _error(400, "limit must be an integer between 1 and 10000.", param="limit")
-        order = query.get("order", "desc")
-        if order not in ("asc", "desc"):
-            return _error(400, "order must be 'asc' or 'desc'.", param="order")
-        rows, has_more = self.state.list_files(
-            _owner(request), query.get("purpose"), query.get("after"), limit, order == "asc"
-        )
-        return JSONResponse(_page([file_object(r) for r in rows], has_more))
 
     # batches --------------------------------------------------------------------------------
 
@@ -557,26 +306,6 @@ class ServerApp:
         return JSONResponse({"virtual_time": now})
 
 
-def _int_param(text: str | None, default: int, low: int, high: int) -> int | None:
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    return value if low <= value <= high else None
-
-
-def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
 async def _json_body(request: Request, max_string_chars: int) -> dict[str, Any] | Response:
     raw = await request.body()
     try:
@@ -646,11 +375,11 @@ def build_app(server: ServerApp) -> ASGIApp:
         return Route(path, handler, methods=[method])
 
     routes = [
-        route("/v1/files", server.create_file, "POST"),
-        route("/v1/files", server.list_files, "GET"),
-        route("/v1/files/{file_id}", server.get_file, "GET"),
-        route("/v1/files/{file_id}", server.delete_file, "DELETE"),
-        route("/v1/files/{file_id}/content", server.file_content, "GET"),
+        route("/v1/files", server.files.create_file, "POST"),
+        route("/v1/files", server.files.list_files, "GET"),
+        route("/v1/files/{file_id}", server.files.get_file, "GET"),
+        route("/v1/files/{file_id}", server.files.delete_file, "DELETE"),
+        route("/v1/files/{file_id}/content", server.files.file_content, "GET"),
         route("/v1/batches", server.create_batch, "POST"),
         route("/v1/batches", server.list_batches, "GET"),
         route("/v1/batches/{batch_id}", server.get_batch, "GET"),
@@ -687,6 +416,6 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/openai/deployments/{deployment}/embeddings", server.embeddings, "POST"),
     ]
     app = Starlette(
-        routes=routes, exception_handlers={HTTPException: http_error, Exception: _server_error}
+        routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
     )
     return GuardMiddleware(app, server)

@@ -84,6 +84,7 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     max_upload_bytes: int = 512 * 1024 * 1024
+    max_storage_bytes: int = 2_500_000_000_000
     max_json_bytes: int = 32 * 1024 * 1024
     max_batch_file_bytes: int = 200 * 1024 * 1024
     max_batch_lines: int = 50_000

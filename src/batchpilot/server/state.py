@@ -235,6 +235,18 @@ class ServerState:
         )
         return rows[:limit], len(rows) > limit
 
+    def stored_bytes(self, owner: str) -> int:
+        """Bytes of the files a project holds (uploads and batch results)."""
+        row = (
+            self.read()
+            .execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ? AND deleted = 0",
+                (owner,),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
     def delete_file(self, file_id: str) -> bool:
         with self.tx() as conn:
             changed = conn.execute(
