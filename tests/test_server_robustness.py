@@ -157,3 +157,42 @@ def test_an_unexpected_error_uses_the_envelope(
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "explode"}]},
     )
     assert assert_envelope(response, 500)["type"] == "server_error"
+
+
+def test_a_body_of_the_wrong_shape_fails_on_its_own_line(local_server: LocalServer) -> None:
+    client = client_for(local_server)
+    odd = {**chat_line("odd", "x"), "body": {"model": "gpt-4o-mini", "messages": "hello"}}
+    batch = wait_for(client, submit(client, [odd, chat_line("fine", "y")]).id)
+    assert batch.status == "completed"
+    assert batch.request_counts.completed == 1 and batch.request_counts.failed == 1
+    errors = by_custom_id(read_jsonl(client, batch.error_file_id))
+    assert errors["odd"]["response"]["status_code"] == 400
+    assert set(by_custom_id(read_jsonl(client, batch.output_file_id))) == {"fine"}
+
+
+def test_a_body_with_too_many_values_is_refused_before_parsing(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = local_server_factory(max_json_values=100)
+    client = client_for(server)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="text-embedding-3-small", input=[[1]] * 200)
+    assert info.value.code == "too_many_values"
+    batch = submit(client, [chat_line("many", "x", extra=[{}] * 200), chat_line("few", "y")])
+    batch = wait_for(client, batch.id)
+    assert batch.errors is not None and batch.errors.data is not None
+    assert [(e.code, e.line) for e in batch.errors.data] == [("too_many_values", 1)]
+
+
+def test_data_urls_are_bounded_by_the_body_size_not_the_string_limit(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    client = client_for(local_server_factory(max_string_chars=100))
+    image = "data:image/png;base64," + "A" * 400
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}
+        ],
+    )
+    assert answer.choices[0].message.content

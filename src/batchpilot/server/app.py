@@ -81,7 +81,7 @@ class ServerApp:
     # batches --------------------------------------------------------------------------------
 
     async def create_batch(self, request: Request) -> Response:
-        body = await _json_body(request, self.config.max_string_chars)
+        body = await _json_body(request, self.config)
         if isinstance(body, Response):
             return body
         for key in ("input_file_id", "endpoint", "completion_window"):
@@ -184,7 +184,7 @@ class ServerApp:
     # real time ------------------------------------------------------------------------------
 
     async def realtime(self, request: Request, endpoint: str) -> Response:
-        body = await _json_body(request, self.config.max_string_chars)
+        body = await _json_body(request, self.config)
         if isinstance(body, Response):
             return body
         model = body.get("model")
@@ -291,11 +291,11 @@ class ServerApp:
 
     async def echo(self, request: Request) -> Response:
         """The bare framework: parse a JSON body and send it back (a benchmark reference)."""
-        body = await _json_body(request, self.config.max_string_chars)
+        body = await _json_body(request, self.config)
         return body if isinstance(body, Response) else JSONResponse(body)
 
     async def advance_clock(self, request: Request) -> Response:
-        body = await _json_body(request, self.config.max_string_chars)
+        body = await _json_body(request, self.config)
         if isinstance(body, Response):
             return body
         seconds = body.get("seconds")
@@ -306,10 +306,10 @@ class ServerApp:
         return JSONResponse({"virtual_time": now})
 
 
-async def _json_body(request: Request, max_string_chars: int) -> dict[str, Any] | Response:
+async def _json_body(request: Request, config: ServerConfig) -> dict[str, Any] | Response:
     raw = await request.body()
     try:
-        body = parse_json(raw)
+        body = parse_json(raw, config.max_json_values)
     except BodyProblem as problem:
         if problem.code is None:
             problem.message = (
@@ -319,7 +319,7 @@ async def _json_body(request: Request, max_string_chars: int) -> dict[str, Any] 
     if not isinstance(body, dict):
         return _error(400, "The request body must be a JSON object.")
     try:
-        check_body(body, max_string_chars)
+        check_body(body, config.max_string_chars)
     except BodyProblem as problem:
         return _error(400, problem.message, code=problem.code, param=problem.param)
     return body

@@ -1,18 +1,20 @@
 """Parsing and bounding JSON request bodies, for real-time requests and batch lines alike.
 
-A body must parse without exhausting the parser's stack, nest at most `MAX_DEPTH` levels and hold
-no string longer than the API's limit, so that nothing later (token counting, responders, hashing)
-meets a shape that costs unbounded memory or recursion.
+A body must parse without exhausting the parser's stack, hold a bounded number of values, nest at
+most `MAX_DEPTH` levels and hold no string longer than the API's limit, so that neither parsing nor
+anything later (token counting, responders, hashing) costs unbounded memory or recursion.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["MAX_DEPTH", "BodyProblem", "check_body", "parse_json"]
 
 MAX_DEPTH = 128
+_END = object()
 
 
 class BodyProblem(ValueError):
@@ -25,8 +27,21 @@ class BodyProblem(ValueError):
         self.param = param
 
 
-def parse_json(raw: bytes | str) -> Any:
-    """Parse JSON; a syntax error or nesting too deep for the parser raises BodyProblem."""
+def parse_json(raw: bytes, max_values: int | None = None) -> Any:
+    """Parse JSON; a syntax error, nesting too deep for the parser or more than `max_values`
+    values raises BodyProblem.
+
+    The values are estimated before parsing from the count of `[`, `{` and `,` (an upper bound:
+    those inside strings count too), since a parsed value costs up to twenty times its text.
+    """
+    if max_values is not None:
+        values = raw.count(b"[") + raw.count(b"{") + raw.count(b",")
+        if values > max_values:
+            raise BodyProblem(
+                f"The JSON holds more than {max_values} values (counting each '[', '{{' and "
+                "','); split it into smaller requests. (local server)",
+                "too_many_values",
+            )
     try:
         return json.loads(raw)
     except RecursionError:
@@ -38,18 +53,29 @@ def parse_json(raw: bytes | str) -> Any:
         raise BodyProblem("The JSON could not be parsed.") from None
 
 
+def _too_long(item: str, max_string_chars: int) -> bool:
+    # Data URLs (images, audio, files) are bounded by the body size instead.
+    return len(item) > max_string_chars and not item.startswith("data:")
+
+
 def _within(value: Any, max_string_chars: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    """One pass holding one iterator per open level, so memory grows with depth only."""
+    if isinstance(value, str):
+        return not _too_long(value, max_string_chars)
+    if not isinstance(value, dict | list):
+        return True
+    stack: list[Iterator[Any]] = [iter(value.values() if isinstance(value, dict) else value)]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if len(item) > max_string_chars:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, str):
+            if _too_long(item, max_string_chars):
                 return False
         elif isinstance(item, dict | list):
-            if depth > MAX_DEPTH:
+            if len(stack) >= MAX_DEPTH:
                 return False
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+            stack.append(iter(item.values() if isinstance(item, dict) else item))
     return True
 
 
@@ -67,8 +93,8 @@ def check_body(body: Any, max_string_chars: int, prefix: str = "") -> None:
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(body, ())]
     while stack:
         item, path = stack.pop()
-        param = _param(((prefix,) if prefix else ()) + path) or None
-        if isinstance(item, str) and len(item) > max_string_chars:
+        if isinstance(item, str) and _too_long(item, max_string_chars):
+            param = _param(((prefix,) if prefix else ()) + path) or None
             raise BodyProblem(
                 f"Invalid '{param}': string too long. Expected a string with maximum length "
                 f"{max_string_chars}, but got a string with length {len(item)} instead.",
@@ -77,6 +103,7 @@ def check_body(body: Any, max_string_chars: int, prefix: str = "") -> None:
             )
         if isinstance(item, dict | list):
             if len(path) >= MAX_DEPTH:
+                param = _param(((prefix,) if prefix else ()) + path) or None
                 raise BodyProblem(
                     f"Invalid '{param}': the JSON is nested too deeply; at most {MAX_DEPTH} "
                     "levels are accepted.",

@@ -89,6 +89,7 @@ class ServerConfig:
     max_batch_file_bytes: int = 200 * 1024 * 1024
     max_batch_lines: int = 50_000
     max_string_chars: int = 1_048_576
+    max_json_values: int = 1_000_000
     responder_threads: int = 1
 
     def keys(self) -> tuple[str, ...]:

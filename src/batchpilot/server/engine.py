@@ -207,6 +207,7 @@ class BatchEngine:
             max_lines=self.config.max_batch_lines,
             max_line_bytes=self.config.max_json_bytes,
             max_string_chars=self.config.max_string_chars,
+            max_values=self.config.max_json_values,
             count_tokens=self.count_tokens,
             tokens_per_s=self.config.processing_tokens_per_s,
             per_request_s=self.config.per_request_s,
