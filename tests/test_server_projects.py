@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from batchpilot.server import LocalServer
+from batchpilot.server import LocalServer, RateLimit
 from batchpilot.server.state import _MIGRATIONS
 
 from helpers import chat_line, client_for, read_jsonl, submit, upload, wait_for
@@ -161,3 +162,35 @@ def test_state_from_before_projects_is_upgraded(
     client = client_for(server)
     assert [f.id for f in client.files.list()] == ["file-old"]
     assert client.files.content("file-old").read() == b"{}"
+
+
+def test_each_key_has_its_own_rate_limits(local_server_factory: Callable[..., LocalServer]) -> None:
+    server = local_server_factory(
+        time_scale=1e-9, rate_limits={"gpt-4o-mini": RateLimit(rpm=1)}, **KEYS
+    )
+    alice = client_for(server, api_key="sk-alice")
+    bob = client_for(server, api_key="sk-bob")
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    alice.chat.completions.create(**ask)
+    with pytest.raises(openai.RateLimitError):
+        alice.chat.completions.create(**ask)
+    assert bob.chat.completions.create(**ask).choices
+
+
+def test_each_key_has_its_own_queue_limit(local_server_factory: Callable[..., LocalServer]) -> None:
+    # each line counts 12 tokens: one batch of four (48) fits under 60, a second would not
+    server = local_server_factory(
+        time_scale=1e-9, validation_delay_s=10.0, queue_limits={"gpt-4o-mini": 60}, **KEYS
+    )
+    alice = client_for(server, api_key="sk-alice")
+    bob = client_for(server, api_key="sk-bob")
+    lines = [chat_line(f"q{i}", "one two three four five") for i in range(4)]
+    first = submit(alice, lines)
+    wait_for(alice, first.id, statuses={"validating"})
+    deadline = time.monotonic() + 20
+    while server.state.get_batch(first.id)["admitted"] != 1:  # type: ignore[index]
+        assert time.monotonic() < deadline, "the first batch was never admitted"
+        time.sleep(0.01)
+    second = submit(bob, lines)
+    server.admin.advance(10)
+    assert wait_for(bob, second.id, statuses={"in_progress", "failed"}).status == "in_progress"

@@ -65,12 +65,21 @@ class ServerApp:
         self.faults = faults
         self.engine = engine
         self.count_tokens = count_tokens
-        self.limiter = RateLimiter(config.rate_limits, config.time_scale)
+        self._limiters: dict[str, RateLimiter] = {}
         self._lock = threading.Lock()
         self._http_counters: dict[int, int] = {}
         self._hidden: dict[str, int] = {}
         self._realtime_runs: dict[str, int] = {}
         self.files = FilesApi(config, state, clock)
+
+    def limiter(self, owner: str) -> RateLimiter:
+        """Each project's own real-time limits, as each project has its own on the real API."""
+        with self._lock:
+            limiter = self._limiters.get(owner)
+            if limiter is None:
+                limiter = RateLimiter(self.config.rate_limits, self.config.time_scale)
+                self._limiters[owner] = limiter
+            return limiter
 
     def http_fault(self, route: str) -> Any:
         if not self.faults.faults:
@@ -224,7 +233,7 @@ class ServerApp:
                     param=key,
                 )
         reserve = tokens + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
-        decision = self.limiter.check(model, reserve, self.clock.now())
+        decision = self.limiter(_owner(request)).check(model, reserve, self.clock.now())
         headers = dict(decision.headers)
         if not decision.allowed:
             retry = max(decision.retry_after_s, 0.001)

@@ -218,7 +218,7 @@ class BatchEngine:
         faults = self.faults.batch_faults(row["seq"], model, metadata) if self.faults.faults else []
         if not errors and model is not None:
             limit = self.config.queue_limits.get(model)
-            enqueued = self.state.enqueued_tokens(model, batch_id)
+            enqueued = self.state.enqueued_tokens(model, batch_id, row["owner"])
             if limit is not None and enqueued + result.input_tokens > limit:
                 errors = [
                     {

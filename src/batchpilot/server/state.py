@@ -320,14 +320,15 @@ class ServerState:
         with self.tx() as conn:
             return conn.execute(sql, params).rowcount == 1
 
-    def enqueued_tokens(self, model: str, exclude: str) -> int:
+    def enqueued_tokens(self, model: str, exclude: str, owner: str = "") -> int:
+        """Input tokens of one project's admitted, unfinished batches for `model`."""
         marks = ", ".join("?" for _ in ACTIVE_STATUSES)
         row = (
             self.read()
             .execute(
                 f"SELECT COALESCE(SUM(enqueued_tokens), 0) FROM batches WHERE model = ? "
-                f"AND admitted = 1 AND id != ? AND status IN ({marks})",
-                (model, exclude, *ACTIVE_STATUSES),
+                f"AND admitted = 1 AND id != ? AND owner = ? AND status IN ({marks})",
+                (model, exclude, owner, *ACTIVE_STATUSES),
             )
             .fetchone()
         )
