@@ -359,3 +359,18 @@ def test_engine_time_at_a_high_time_scale_does_not_expire_a_batch(
     assert batch.status == "completed", batch.request_counts
     assert batch.request_counts.completed == 1000
     assert len(read_jsonl(client, batch.output_file_id)) == 1000
+
+
+def test_deleting_the_input_file_of_a_running_batch_does_not_stop_it(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = frozen_server(local_server_factory, per_request_s=10.0)
+    client = client_for(server)
+    batch = submit(client, [chat_line(f"d{i}", f"q{i}") for i in range(3)])
+    server.admin.advance(10)
+    settle(client, batch.id, lambda b: b.status == "in_progress")
+    assert client.files.delete(batch.input_file_id).deleted
+    batch = drive(server, client, batch.id, {"completed", "failed", "expired"})
+    assert batch.status == "completed"
+    assert set(by_custom_id(read_jsonl(client, batch.output_file_id))) == {"d0", "d1", "d2"}
+    assert not server.state.file_path(batch.input_file_id).exists()

@@ -145,6 +145,7 @@ class BatchEngine:
             {"status": "failed", "failed_at": self.clock.now(), "errors_json": dumps([error])},
             expect_status=row["status"],
         )
+        self.state.release_file(row["input_file_id"])
         return True
 
     def _faults_of(self, row: sqlite3.Row) -> list[Fault]:
@@ -450,4 +451,5 @@ class BatchEngine:
         if unrun:
             values["failed"] = row["failed"] + unrun
         self.state.update_batch(batch_id, values, expect_status=row["status"])
+        self.state.release_file(row["input_file_id"])
         self.wake()

@@ -248,13 +248,32 @@ class ServerState:
         return int(row[0])
 
     def delete_file(self, file_id: str) -> bool:
+        """Delete a file; its bytes stay until no running batch reads them."""
         with self.tx() as conn:
             changed = conn.execute(
                 "UPDATE files SET deleted = 1 WHERE id = ? AND deleted = 0", (file_id,)
             ).rowcount
-        if changed:
+            in_use = self._read_by_a_batch(conn, file_id)
+        if changed and not in_use:
             self.file_path(file_id).unlink(missing_ok=True)
         return bool(changed)
+
+    def release_file(self, file_id: str) -> None:
+        """Remove a deleted file's bytes once no running batch reads them."""
+        conn = self.read()
+        row = conn.execute("SELECT deleted FROM files WHERE id = ?", (file_id,)).fetchone()
+        if row is not None and row[0] and not self._read_by_a_batch(conn, file_id):
+            self.file_path(file_id).unlink(missing_ok=True)
+
+    @staticmethod
+    def _read_by_a_batch(conn: sqlite3.Connection, file_id: str) -> bool:
+        marks = ", ".join("?" for _ in ACTIVE_STATUSES)
+        row = conn.execute(
+            f"SELECT 1 FROM batches WHERE input_file_id = ? AND admitted = 1 "
+            f"AND status IN ({marks}) LIMIT 1",
+            (file_id, *ACTIVE_STATUSES),
+        ).fetchone()
+        return row is not None
 
     # batches --------------------------------------------------------------------------------
 
