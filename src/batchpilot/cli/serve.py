@@ -121,6 +121,27 @@ __all__ = ["serve"]
     "'smollm2'); '*' accepts any.",
 )
 @click.option(
+    "--max-request-bytes",
+    type=click.IntRange(min=1),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Largest JSON request body (and batch input line); larger ones get 413.",
+)
+@click.option(
+    "--max-upload-bytes",
+    type=click.IntRange(min=1),
+    default=512 * 1024 * 1024,
+    show_default=True,
+    help="Largest uploaded file; larger ones get 413.",
+)
+@click.option(
+    "--max-storage-bytes",
+    type=click.IntRange(min=1),
+    default=2_500_000_000_000,
+    show_default=True,
+    help="Bytes of files each project (API key) may hold; uploads past it get 400.",
+)
+@click.option(
     "--threads",
     type=int,
     default=1,
@@ -143,6 +164,9 @@ def serve(
     tokens_per_second: float,
     finalizing_delay: float,
     models: str | None,
+    max_request_bytes: int,
+    max_upload_bytes: int,
+    max_storage_bytes: int,
     threads: int,
 ) -> None:
     """Run the local OpenAI-compatible server (Files, Batches, Chat Completions, Embeddings).
@@ -174,6 +198,9 @@ def serve(
         api_key=api_keys[0] if api_keys else None,
         api_keys=tuple(api_keys[1:]),
         responder_threads=threads,
+        max_json_bytes=max_request_bytes,
+        max_upload_bytes=max_upload_bytes,
+        max_storage_bytes=max_storage_bytes,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_keys:
         click.secho(
