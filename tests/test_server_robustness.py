@@ -196,3 +196,48 @@ def test_data_urls_are_bounded_by_the_body_size_not_the_string_limit(
         ],
     )
     assert answer.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (
+            "/batches",
+            '{"input_file_id": "file-x", "endpoint": ["/v1/embeddings"], '
+            '"completion_window": "24h"}',
+            "endpoint",
+        ),
+        (
+            "/batches",
+            '{"input_file_id": {"id": 1}, "endpoint": "/v1/embeddings", '
+            '"completion_window": "24h"}',
+            "input_file_id",
+        ),
+        ("/chat/completions", '{"model": "gpt-4o-mini", "messages": [], "n": NaN}', None),
+    ],
+)
+def test_odd_values_in_a_body_get_a_400(
+    local_server: LocalServer, path: str, body: str, param: str | None
+) -> None:
+    response = httpx.post(
+        local_server.base_url + path,
+        content=body.encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert assert_envelope(response, 400)["param"] == param
+
+
+@pytest.mark.parametrize("seconds", ["NaN", "Infinity", "1e400", "true"])
+def test_the_clock_refuses_steps_that_would_break_it(
+    local_server: LocalServer, seconds: str
+) -> None:
+    before = local_server.admin.now()
+    response = httpx.post(
+        local_server.base_url.removesuffix("/v1") + "/_batchpilot/clock/advance",
+        content=f'{{"seconds": {seconds}}}'.encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert before <= local_server.admin.now() < before + 3600
+    client = client_for(local_server)
+    assert wait_for(client, submit(client, [chat_line("t", "x")]).id).status == "completed"

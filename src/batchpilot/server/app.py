@@ -43,6 +43,7 @@ BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 # Azure OpenAI names the same endpoints without the version prefix.
 AZURE_ENDPOINTS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
+MAX_CLOCK_STEP_S = 100 * 365 * 86_400
 
 
 class ServerApp:
@@ -99,6 +100,14 @@ class ServerApp:
                     400,
                     f"Missing required parameter: '{key}'.",
                     code="missing_required_parameter",
+                    param=key,
+                )
+            if not isinstance(body[key], str):
+                return _error(
+                    400,
+                    f"Invalid type for '{key}': expected a string, but got "
+                    f"{json_type_name(body[key])} instead.",
+                    code="invalid_type",
                     param=key,
                 )
         endpoint = body["endpoint"]
@@ -308,8 +317,16 @@ class ServerApp:
         if isinstance(body, Response):
             return body
         seconds = body.get("seconds")
-        if not isinstance(seconds, int | float) or seconds < 0:
-            return _error(400, "seconds must be a non-negative number.", param="seconds")
+        if (
+            not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not 0 <= seconds <= MAX_CLOCK_STEP_S
+        ):
+            return _error(
+                400,
+                f"seconds must be a number from 0 to {MAX_CLOCK_STEP_S}.",
+                param="seconds",
+            )
         now = self.clock.advance(float(seconds))
         self.engine.wake()
         return JSONResponse({"virtual_time": now})

@@ -27,6 +27,10 @@ class BodyProblem(ValueError):
         self.param = param
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json(raw: bytes, max_values: int | None = None) -> Any:
     """Parse JSON; a syntax error, nesting too deep for the parser or more than `max_values`
     values raises BodyProblem.
@@ -43,7 +47,7 @@ def parse_json(raw: bytes, max_values: int | None = None) -> Any:
                 "too_many_values",
             )
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
         raise BodyProblem(
             f"The JSON is nested too deeply; at most {MAX_DEPTH} levels are accepted.",
