@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -92,3 +93,17 @@ def test_a_body_that_is_not_multipart_is_refused(local_server: LocalServer) -> N
     response = httpx.post(f"{local_server.base_url}/files", json={"file": "x"})
     assert response.status_code == 400
     assert response.json()["error"]["message"]
+
+
+def test_bytes_left_by_a_crash_are_removed_on_start(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(state_dir=tmp_path)
+    kept = client_for(server).files.create(file=("k.jsonl", io.BytesIO(b"{}")), purpose="batch")
+    server.stop()
+    (tmp_path / "files" / "file-cutshort").write_bytes(b"x" * 1000)
+    (tmp_path / "files" / "file-result.part").write_bytes(b"y" * 1000)
+
+    restarted = local_server_factory(state_dir=tmp_path)
+    assert stored_files(restarted) == [kept.id]
+    assert client_for(restarted).files.content(kept.id).read() == b"{}"

@@ -258,6 +258,27 @@ class ServerState:
             self.file_path(file_id).unlink(missing_ok=True)
         return bool(changed)
 
+    def sweep_files(self) -> int:
+        """Remove bytes no file needs: uploads and results cut short by a crash, deleted files
+        no running batch reads. Only for a server starting on this directory; returns the count.
+        """
+        conn = self.read()
+        keep = {row[0] for row in conn.execute("SELECT id FROM files WHERE deleted = 0")}
+        marks = ", ".join("?" for _ in ACTIVE_STATUSES)
+        keep.update(
+            row[0]
+            for row in conn.execute(
+                f"SELECT input_file_id FROM batches WHERE admitted = 1 AND status IN ({marks})",
+                ACTIVE_STATUSES,
+            )
+        )
+        removed = 0
+        for path in self.files_dir.iterdir():
+            if path.is_file() and path.name not in keep:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def release_file(self, file_id: str) -> None:
         """Remove a deleted file's bytes once no running batch reads them."""
         conn = self.read()
