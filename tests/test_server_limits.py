@@ -107,3 +107,13 @@ def test_bytes_left_by_a_crash_are_removed_on_start(
     restarted = local_server_factory(state_dir=tmp_path)
     assert stored_files(restarted) == [kept.id]
     assert client_for(restarted).files.content(kept.id).read() == b"{}"
+
+
+def test_only_the_file_field_is_taken_as_the_file(local_server: LocalServer) -> None:
+    response = httpx.post(
+        f"{local_server.base_url}/files",
+        files={"data": ("x.jsonl", b"{}")},
+        data={"purpose": "batch"},
+    )
+    assert response.status_code == 400
+    assert stored_files(local_server) == []

@@ -98,6 +98,12 @@ class _Collector:
             raise UploadRefused(400, "Each multipart part needs a name in Content-Disposition.")
         self.part.name = options[b"name"].decode("utf-8", "replace")
         if b"filename" in options:
+            if self.part.name != "file":
+                raise UploadRefused(
+                    400,
+                    f"Unexpected file in form field '{self.part.name}'; send the file as 'file'.",
+                    param=self.part.name,
+                )
             if self.upload.filename is not None:
                 raise UploadRefused(400, "Upload one file per request.", param="file")
             self.part.is_file = True
