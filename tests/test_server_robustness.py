@@ -146,6 +146,7 @@ def test_a_batch_that_keeps_failing_fails_alone(
     assert broken.status == "failed"
     assert broken.errors is not None and broken.errors.data is not None
     assert broken.errors.data[0].code == "server_error"
+    assert server.admin.engine_error() == f"batch {broken.id}: TypeError"
 
 
 def test_an_unexpected_error_uses_the_envelope(

@@ -129,6 +129,7 @@ class BatchEngine:
         """Count a failed step of one batch; the batch fails once it keeps failing."""
         batch_id = row["id"]
         log.exception("batch %s: step failed", batch_id)
+        self.last_error = f"batch {batch_id}: {type(exc).__name__}"
         failures = self._step_failures[batch_id] = self._step_failures.get(batch_id, 0) + 1
         if failures < MAX_STEP_FAILURES:
             return False
