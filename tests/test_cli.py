@@ -56,6 +56,9 @@ def test_serve_help_names_every_documented_flag() -> None:
         "--faults",
         "--api-key",
         "--rate-limit",
+        "--max-request-bytes",
+        "--max-upload-bytes",
+        "--max-storage-bytes",
     ):
         assert flag in result.output
 
@@ -78,6 +81,8 @@ def test_bad_fault_file_is_a_clear_error(tmp_path: Path) -> None:
         ("--queue-limit", "gpt-4o-mini", "MODEL=VALUE"),
         ("--queue-limit", "m=lots", "whole number"),
         ("--rate-limit", "m=rph:3", "rpm:500"),
+        ("--max-storage-bytes", "0", "x>=1"),
+        ("--max-upload-bytes", "lots", "not a valid integer"),
     ],
 )
 def test_bad_limits_are_clear_errors(tmp_path: Path, flag: str, value: str, message: str) -> None:

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from batchpilot.server import LocalServer
+from batchpilot.server.responders.synthetic import SyntheticResponder
 
 from helpers import by_custom_id, chat_line, client_for, read_jsonl, submit, upload, wait_for
 
@@ -322,3 +323,54 @@ def test_input_file_can_be_uploaded_once_and_reused(local_server: LocalServer) -
     ]
     assert all(wait_for(client, i).status == "completed" for i in ids)
     assert len(local_server.admin.ledger()) == 2
+
+
+def test_a_clock_jump_past_the_window_completes_a_batch_whose_lines_all_ran(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = frozen_server(local_server_factory, per_request_s=10.0)
+    client = client_for(server)
+    batch = submit(client, [chat_line(f"j{i}", f"q{i}") for i in range(3)])
+    server.admin.advance(90_000)
+    batch = settle(client, batch.id, lambda b: b.status not in ("validating", "in_progress"))
+    batch = drive(server, client, batch.id, {"completed", "expired"})
+    assert batch.status == "completed"
+    assert batch.request_counts.completed == 3 and batch.request_counts.failed == 0
+    assert set(by_custom_id(read_jsonl(client, batch.output_file_id))) == {"j0", "j1", "j2"}
+    assert batch.error_file_id is None
+
+
+class SlowResponder(SyntheticResponder):
+    """Spends a couple of real milliseconds on each answer, as a real model does."""
+
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.002)
+        return super().chat(body)
+
+
+def test_engine_time_at_a_high_time_scale_does_not_expire_a_batch(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    # 1,000 answers take about 2 real seconds: 200,000 virtual seconds, over twice the window.
+    server = local_server_factory(time_scale=100_000.0, responder=SlowResponder())
+    client = client_for(server)
+    lines = [chat_line(f"row-{i}", f"question number {i}") for i in range(1000)]
+    batch = wait_for(client, submit(client, lines).id, timeout=60)
+    assert batch.status == "completed", batch.request_counts
+    assert batch.request_counts.completed == 1000
+    assert len(read_jsonl(client, batch.output_file_id)) == 1000
+
+
+def test_deleting_the_input_file_of_a_running_batch_does_not_stop_it(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = frozen_server(local_server_factory, per_request_s=10.0)
+    client = client_for(server)
+    batch = submit(client, [chat_line(f"d{i}", f"q{i}") for i in range(3)])
+    server.admin.advance(10)
+    settle(client, batch.id, lambda b: b.status == "in_progress")
+    assert client.files.delete(batch.input_file_id).deleted
+    batch = drive(server, client, batch.id, {"completed", "failed", "expired"})
+    assert batch.status == "completed"
+    assert set(by_custom_id(read_jsonl(client, batch.output_file_id))) == {"d0", "d1", "d2"}
+    assert not server.state.file_path(batch.input_file_id).exists()

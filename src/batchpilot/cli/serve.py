@@ -19,7 +19,7 @@ __all__ = ["serve"]
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Address to listen on. Keep the loopback default unless you set --api-key.",
+    help="Address to listen on. Without --api-key only loopback clients are answered.",
 )
 @click.option(
     "--port",
@@ -85,9 +85,12 @@ __all__ = ["serve"]
 )
 @click.option(
     "--api-key",
+    "api_keys",
+    multiple=True,
     envvar="BATCHPILOT_SERVER_API_KEY",
     show_envvar=True,
-    help="Require this bearer key on every request.",
+    help="Require a bearer key on every request. Repeatable (the variable takes several keys "
+    "separated by spaces); each key is its own project and sees only its own files and batches.",
 )
 @click.option(
     "--validation-delay",
@@ -118,6 +121,27 @@ __all__ = ["serve"]
     "'smollm2'); '*' accepts any.",
 )
 @click.option(
+    "--max-request-bytes",
+    type=click.IntRange(min=1),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Largest JSON request body (and batch input line); larger ones get 413.",
+)
+@click.option(
+    "--max-upload-bytes",
+    type=click.IntRange(min=1),
+    default=512 * 1024 * 1024,
+    show_default=True,
+    help="Largest uploaded file; larger ones get 413.",
+)
+@click.option(
+    "--max-storage-bytes",
+    type=click.IntRange(min=1),
+    default=2_500_000_000_000,
+    show_default=True,
+    help="Bytes of files each project (API key) may hold; uploads past it get 400.",
+)
+@click.option(
     "--threads",
     type=int,
     default=1,
@@ -135,11 +159,14 @@ def serve(
     queue_limits: tuple[str, ...],
     rate_limits: tuple[str, ...],
     faults_file: Path | None,
-    api_key: str | None,
+    api_keys: tuple[str, ...],
     validation_delay: float,
     tokens_per_second: float,
     finalizing_delay: float,
     models: str | None,
+    max_request_bytes: int,
+    max_upload_bytes: int,
+    max_storage_bytes: int,
     threads: int,
 ) -> None:
     """Run the local OpenAI-compatible server (Files, Batches, Chat Completions, Embeddings).
@@ -168,12 +195,16 @@ def serve(
         rate_limits=rate,
         models=frozenset(m.strip() for m in models.split(",")) if models else None,
         faults=load_fault_plan(faults_file) if faults_file else None,
-        api_key=api_key,
+        api_key=api_keys[0] if api_keys else None,
+        api_keys=tuple(api_keys[1:]),
         responder_threads=threads,
+        max_json_bytes=max_request_bytes,
+        max_upload_bytes=max_upload_bytes,
+        max_storage_bytes=max_storage_bytes,
     )
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_keys:
         click.secho(
-            f"Warning: listening on {host} without --api-key; anyone who can reach it can use it.",
+            f"Warning: listening on {host} without --api-key; only loopback clients are answered.",
             fg="yellow",
             err=True,
         )

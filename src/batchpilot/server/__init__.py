@@ -103,6 +103,7 @@ class LocalServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.state = ServerState(config.state_dir)
+        self.state.sweep_files()
         saved = self.state.get_meta("virtual_time")
         self.clock = VirtualClock(config.time_scale, float(saved) if saved else None)
         self.faults = config.faults or FaultPlan()

@@ -82,11 +82,20 @@ class ServerConfig:
     models: frozenset[str] | None = None
     faults: FaultPlan | None = None
     api_key: str | None = field(default=None, repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     max_upload_bytes: int = 512 * 1024 * 1024
+    max_storage_bytes: int = 2_500_000_000_000
     max_json_bytes: int = 32 * 1024 * 1024
     max_batch_file_bytes: int = 200 * 1024 * 1024
     max_batch_lines: int = 50_000
+    max_string_chars: int = 1_048_576
+    max_json_values: int = 1_000_000
     responder_threads: int = 1
+
+    def keys(self) -> tuple[str, ...]:
+        """Every accepted API key (`api_key` and `api_keys`); each key is its own project."""
+        keys = ((self.api_key,) if self.api_key else ()) + tuple(self.api_keys)
+        return tuple(dict.fromkeys(k for k in keys if k))
 
     def accepted_models(self) -> frozenset[str] | None:
         """The models accepted, or None when any model is."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_LINES = 2000
 CHUNK_SECONDS = 0.25
+# A batch whose step raises this many times in a row fails, so it cannot stall the others.
+MAX_STEP_FAILURES = 3
 
 
 def _derived_id(prefix: str, *parts: object, length: int = 24) -> str:
@@ -68,6 +71,7 @@ class BatchEngine:
             for f in faults.faults
         )
         self.last_error: str | None = None
+        self._step_failures: dict[str, int] = {}
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -113,8 +117,37 @@ class BatchEngine:
         for row in self.state.batches_in(ACTIVE_STATUSES):
             if self._stop.is_set():
                 break
-            busy |= self._advance(row, self.clock.now())
+            try:
+                busy |= self._advance(row, self.clock.now())
+            except Exception as exc:
+                busy |= self._step_failed(row, exc)
+            else:
+                self._step_failures.pop(row["id"], None)
         return busy
+
+    def _step_failed(self, row: sqlite3.Row, exc: Exception) -> bool:
+        """Count a failed step of one batch; the batch fails once it keeps failing."""
+        batch_id = row["id"]
+        log.exception("batch %s: step failed", batch_id)
+        self.last_error = f"batch {batch_id}: {type(exc).__name__}"
+        failures = self._step_failures[batch_id] = self._step_failures.get(batch_id, 0) + 1
+        if failures < MAX_STEP_FAILURES:
+            return False
+        self._step_failures.pop(batch_id, None)
+        error = {
+            "code": "server_error",
+            "message": f"The local server could not process this batch ({type(exc).__name__}); "
+            "see the server log. (local server)",
+            "param": None,
+            "line": None,
+        }
+        self.state.update_batch(
+            batch_id,
+            {"status": "failed", "failed_at": self.clock.now(), "errors_json": dumps([error])},
+            expect_status=row["status"],
+        )
+        self.state.release_file(row["input_file_id"])
+        return True
 
     def _faults_of(self, row: sqlite3.Row) -> list[Fault]:
         return [Fault.model_validate(item) for item in json.loads(row["faults_json"])]
@@ -157,7 +190,7 @@ class BatchEngine:
 
     def _validate(self, row: sqlite3.Row) -> None:
         batch_id = row["id"]
-        file_row = self.state.get_file(row["input_file_id"])
+        file_row = self.state.get_file(row["input_file_id"], row["owner"])
         if file_row is None or file_row["purpose"] != "batch":
             error = {
                 "code": "invalid_request",
@@ -174,6 +207,9 @@ class BatchEngine:
             accepted_models=self.config.accepted_models(),
             max_bytes=self.config.max_batch_file_bytes,
             max_lines=self.config.max_batch_lines,
+            max_line_bytes=self.config.max_json_bytes,
+            max_string_chars=self.config.max_string_chars,
+            max_values=self.config.max_json_values,
             count_tokens=self.count_tokens,
             tokens_per_s=self.config.processing_tokens_per_s,
             per_request_s=self.config.per_request_s,
@@ -184,7 +220,7 @@ class BatchEngine:
         faults = self.faults.batch_faults(row["seq"], model, metadata) if self.faults.faults else []
         if not errors and model is not None:
             limit = self.config.queue_limits.get(model)
-            enqueued = self.state.enqueued_tokens(model, batch_id)
+            enqueued = self.state.enqueued_tokens(model, batch_id, row["owner"])
             if limit is not None and enqueued + result.input_tokens > limit:
                 errors = [
                     {
@@ -225,37 +261,43 @@ class BatchEngine:
         expire = self._fault(row, "batch_expire")
         expire_after = None if expire is None else int(expire.after_fraction * row["total"])
         done = row["completed"] + row["failed"]
-        elapsed = min(now, row["expires_at"]) - row["in_progress_at"]
+        # Due times count from when the batch was due to start, and every line due inside the
+        # window runs before the batch may expire: time the engine itself spends (validating, or
+        # running lines at a high time scale) never pushes a line out of the window.
+        start = min(row["in_progress_at"], row["created_at"] + self.config.validation_delay_s)
+        window = row["expires_at"] - start
+        elapsed = now - start if now < row["expires_at"] else math.nextafter(window, -math.inf)
         started = time.monotonic()
-        ran = False
+        no_line_due = False
         with self.state.file_path(row["input_file_id"]).open("rb") as handle:
             while time.monotonic() - started < CHUNK_SECONDS:
                 limit = (
                     CHUNK_LINES if expire_after is None else min(CHUNK_LINES, expire_after - done)
                 )
-                if limit <= 0:
-                    break
-                lines = self.state.due_lines(batch_id, elapsed, limit)
+                lines = self.state.due_lines(batch_id, elapsed, limit) if limit > 0 else []
                 if not lines:
+                    no_line_due = True
                     break
                 current = self.state.get_batch(batch_id)
                 if current is None or current["status"] != "in_progress":
                     return True
                 done += self._run_lines(row, handle, lines)
-                ran = True
-        if now >= row["expires_at"] or (expire_after is not None and done >= expire_after):
-            current = self.state.get_batch(batch_id)
-            if current is not None:
-                self._finish(current, "expired", now)
+        if not no_line_due:
             return True
-        if not ran and self.state.pending_count(batch_id) == 0:
-            self.state.update_batch(
-                batch_id,
-                {"status": "finalizing", "finalizing_at": now},
-                expect_status="in_progress",
-            )
-            return True
-        return ran
+        if expire_after is None or done < expire_after:
+            if self.state.pending_count(batch_id) == 0:
+                self.state.update_batch(
+                    batch_id,
+                    {"status": "finalizing", "finalizing_at": now},
+                    expect_status="in_progress",
+                )
+                return True
+            if now < row["expires_at"]:
+                return False
+        current = self.state.get_batch(batch_id)
+        if current is not None and current["status"] == "in_progress":
+            self._finish(current, "expired", now)
+        return True
 
     def _run_lines(self, row: sqlite3.Row, handle: Any, lines: list[LineRow]) -> int:
         batch_id, endpoint = row["id"], row["endpoint"]
@@ -344,6 +386,7 @@ class BatchEngine:
                 sum(o[4] for o in outcomes),
                 sum(o[5] for o in outcomes),
             ),
+            owner=row["owner"],
         )
         return len(outcomes)
 
@@ -401,6 +444,7 @@ class BatchEngine:
                     path.stat().st_size,
                     created,
                     None,
+                    owner=row["owner"],
                 )
                 values[f"{kind}_file_id"] = file_id
             else:
@@ -408,4 +452,5 @@ class BatchEngine:
         if unrun:
             values["failed"] = row["failed"] + unrun
         self.state.update_batch(batch_id, values, expect_status=row["status"])
+        self.state.release_file(row["input_file_id"])
         self.wake()

@@ -88,6 +88,15 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX ledger_custom_id ON ledger(custom_id);
     """,
+    # Each API key is its own project; '' is the one project of a server without keys.
+    """
+    ALTER TABLE files ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE ledger ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    CREATE INDEX files_owner ON files(owner, seq);
+    CREATE INDEX batches_owner ON batches(owner, seq);
+    CREATE INDEX ledger_owner ON ledger(owner, seq);
+    """,
 ]
 
 
@@ -180,32 +189,38 @@ class ServerState:
         size: int,
         created_at: int,
         expires_at: int | None,
+        owner: str = "",
     ) -> None:
         with self.tx() as conn:
             conn.execute(
-                "INSERT INTO files(id, filename, purpose, bytes, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET bytes = excluded.bytes, "
-                "deleted = 0",
-                (file_id, filename, purpose, size, created_at, expires_at),
+                "INSERT INTO files(id, filename, purpose, bytes, created_at, expires_at, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "bytes = excluded.bytes, deleted = 0",
+                (file_id, filename, purpose, size, created_at, expires_at, owner),
             )
 
-    def get_file(self, file_id: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = (
-            self.read()
-            .execute("SELECT * FROM files WHERE id = ? AND deleted = 0", (file_id,))
-            .fetchone()
-        )
+    def get_file(self, file_id: str, owner: str | None = None) -> sqlite3.Row | None:
+        """A file that is not deleted; with `owner`, only that project's."""
+        sql, params = "SELECT * FROM files WHERE id = ? AND deleted = 0", [file_id]
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        row: sqlite3.Row | None = self.read().execute(sql, params).fetchone()
         return row
 
     def list_files(
-        self, purpose: str | None, after: str | None, limit: int, ascending: bool
+        self, owner: str, purpose: str | None, after: str | None, limit: int, ascending: bool
     ) -> tuple[list[sqlite3.Row], bool]:
-        clauses, params = ["deleted = 0"], []
+        clauses, params = ["deleted = 0", "owner = ?"], [owner]
         if purpose:
             clauses.append("purpose = ?")
             params.append(purpose)
         if after:
-            anchor = self.read().execute("SELECT seq FROM files WHERE id = ?", (after,)).fetchone()
+            anchor = (
+                self.read()
+                .execute("SELECT seq FROM files WHERE id = ? AND owner = ?", (after, owner))
+                .fetchone()
+            )
             if anchor is not None:
                 clauses.append("seq > ?" if ascending else "seq < ?")
                 params.append(anchor[0])
@@ -220,14 +235,66 @@ class ServerState:
         )
         return rows[:limit], len(rows) > limit
 
+    def stored_bytes(self, owner: str) -> int:
+        """Bytes of the files a project holds (uploads and batch results)."""
+        row = (
+            self.read()
+            .execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ? AND deleted = 0",
+                (owner,),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
     def delete_file(self, file_id: str) -> bool:
+        """Delete a file; its bytes stay until no running batch reads them."""
         with self.tx() as conn:
             changed = conn.execute(
                 "UPDATE files SET deleted = 1 WHERE id = ? AND deleted = 0", (file_id,)
             ).rowcount
-        if changed:
+            in_use = self._read_by_a_batch(conn, file_id)
+        if changed and not in_use:
             self.file_path(file_id).unlink(missing_ok=True)
         return bool(changed)
+
+    def sweep_files(self) -> int:
+        """Remove bytes no file needs: uploads and results cut short by a crash, deleted files
+        no running batch reads. Only for a server starting on this directory; returns the count.
+        """
+        conn = self.read()
+        keep = {row[0] for row in conn.execute("SELECT id FROM files WHERE deleted = 0")}
+        marks = ", ".join("?" for _ in ACTIVE_STATUSES)
+        keep.update(
+            row[0]
+            for row in conn.execute(
+                f"SELECT input_file_id FROM batches WHERE admitted = 1 AND status IN ({marks})",
+                ACTIVE_STATUSES,
+            )
+        )
+        removed = 0
+        for path in self.files_dir.iterdir():
+            if path.is_file() and path.name not in keep:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def release_file(self, file_id: str) -> None:
+        """Remove a deleted file's bytes once no running batch reads them."""
+        conn = self.read()
+        row = conn.execute("SELECT deleted FROM files WHERE id = ?", (file_id,)).fetchone()
+        if row is not None and row[0] and not self._read_by_a_batch(conn, file_id):
+            self.file_path(file_id).unlink(missing_ok=True)
+
+    @staticmethod
+    def _read_by_a_batch(conn: sqlite3.Connection, file_id: str) -> bool:
+        marks = ", ".join("?" for _ in ACTIVE_STATUSES)
+        row = conn.execute(
+            f"SELECT 1 FROM batches WHERE input_file_id = ? AND admitted = 1 "
+            f"AND status IN ({marks}) LIMIT 1",
+            (file_id, *ACTIVE_STATUSES),
+        ).fetchone()
+        return row is not None
 
     # batches --------------------------------------------------------------------------------
 
@@ -240,21 +307,28 @@ class ServerState:
             )
             return int(cursor.lastrowid or 0)
 
-    def get_batch(self, batch_id: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = (
-            self.read().execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
-        )
+    def get_batch(self, batch_id: str, owner: str | None = None) -> sqlite3.Row | None:
+        """A batch; with `owner`, only that project's."""
+        sql, params = "SELECT * FROM batches WHERE id = ?", [batch_id]
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        row: sqlite3.Row | None = self.read().execute(sql, params).fetchone()
         return row
 
-    def list_batches(self, after: str | None, limit: int) -> tuple[list[sqlite3.Row], bool]:
-        params: list[Any] = []
-        where = ""
+    def list_batches(
+        self, owner: str, after: str | None, limit: int
+    ) -> tuple[list[sqlite3.Row], bool]:
+        params: list[Any] = [owner]
+        where = "WHERE owner = ?"
         if after:
             anchor = (
-                self.read().execute("SELECT seq FROM batches WHERE id = ?", (after,)).fetchone()
+                self.read()
+                .execute("SELECT seq FROM batches WHERE id = ? AND owner = ?", (after, owner))
+                .fetchone()
             )
             if anchor is not None:
-                where = "WHERE seq < ?"
+                where += " AND seq < ?"
                 params.append(anchor[0])
         rows = (
             self.read()
@@ -286,14 +360,15 @@ class ServerState:
         with self.tx() as conn:
             return conn.execute(sql, params).rowcount == 1
 
-    def enqueued_tokens(self, model: str, exclude: str) -> int:
+    def enqueued_tokens(self, model: str, exclude: str, owner: str = "") -> int:
+        """Input tokens of one project's admitted, unfinished batches for `model`."""
         marks = ", ".join("?" for _ in ACTIVE_STATUSES)
         row = (
             self.read()
             .execute(
                 f"SELECT COALESCE(SUM(enqueued_tokens), 0) FROM batches WHERE model = ? "
-                f"AND admitted = 1 AND id != ? AND status IN ({marks})",
-                (model, exclude, *ACTIVE_STATUSES),
+                f"AND admitted = 1 AND id != ? AND owner = ? AND status IN ({marks})",
+                (model, exclude, owner, *ACTIVE_STATUSES),
             )
             .fetchone()
         )
@@ -349,6 +424,7 @@ class ServerState:
         results: Sequence[tuple[int, str, str]],
         ledger: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
         counts: tuple[int, int, int, int],
+        owner: str = "",
     ) -> None:
         """Store line outcomes (line_no, 'ok'|'failed', output line), ledger rows and counters."""
         ok, failed, input_tokens, output_tokens = counts
@@ -357,7 +433,7 @@ class ServerState:
                 "UPDATE batch_lines SET state = ?, output = ? WHERE batch_id = ? AND line_no = ?",
                 [(state, output, batch_id, line_no) for line_no, state, output in results],
             )
-            self._insert_ledger(conn, ledger)
+            self._insert_ledger(conn, ledger, owner)
             conn.execute(
                 "UPDATE batches SET completed = completed + ?, failed = failed + ?, "
                 "input_tokens = input_tokens + ?, output_tokens = output_tokens + ? WHERE id = ?",
@@ -380,18 +456,21 @@ class ServerState:
     def _insert_ledger(
         conn: sqlite3.Connection,
         rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
+        owner: str,
     ) -> None:
         conn.executemany(
             "INSERT INTO ledger(custom_id, batch_id, endpoint, model, body_sha256, status_code, "
-            "executed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            "executed_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row, owner) for row in rows],
         )
 
     def add_ledger(
-        self, rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]]
+        self,
+        rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
+        owner: str = "",
     ) -> None:
         with self.tx() as conn:
-            self._insert_ledger(conn, rows)
+            self._insert_ledger(conn, rows, owner)
 
     def executions(self, custom_id: str) -> int:
         row = (
@@ -401,13 +480,18 @@ class ServerState:
         )
         return int(row[0])
 
-    def ledger(self, since: int = 0) -> list[dict[str, Any]]:
-        rows = (
-            self.read()
-            .execute("SELECT * FROM ledger WHERE seq > ? ORDER BY seq", (since,))
-            .fetchall()
-        )
-        return [dict(row) for row in rows]
+    def ledger(self, since: int = 0, owner: str | None = None) -> list[dict[str, Any]]:
+        """Ledger rows after `since`, oldest first; with `owner`, only that project's."""
+        sql = "SELECT * FROM ledger WHERE seq > ?"
+        params: list[Any] = [since]
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        rows = self.read().execute(sql + " ORDER BY seq", params).fetchall()
+        entries = [dict(row) for row in rows]
+        for entry in entries:
+            del entry["owner"]
+        return entries
 
 
 def dumps(value: Any) -> str:

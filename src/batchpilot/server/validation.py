@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from batchpilot.server.bodies import BodyProblem, check_body, parse_json
 from batchpilot.server.state import LineRow
 
 __all__ = ["ValidationResult", "validate_input_file"]
@@ -36,6 +36,16 @@ def _required_body_field(endpoint: str) -> tuple[str, str] | None:
     return None
 
 
+def _skip_line(handle: BinaryIO) -> int:
+    """Read past the rest of an overlong line; returns the bytes skipped."""
+    skipped = 0
+    while chunk := handle.readline(1024 * 1024):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
+
+
 def validate_input_file(
     path: Path,
     endpoint: str,
@@ -43,6 +53,9 @@ def validate_input_file(
     accepted_models: frozenset[str] | None,
     max_bytes: int,
     max_lines: int,
+    max_line_bytes: int,
+    max_string_chars: int,
+    max_values: int,
     count_tokens: Callable[[dict[str, Any], str], int],
     tokens_per_s: float,
     per_request_s: float,
@@ -63,8 +76,19 @@ def validate_input_file(
     offset = 0
     line_no = 0
     with path.open("rb") as handle:
-        for raw in handle:
-            start, offset = offset, offset + len(raw)
+        while raw := handle.readline(max_line_bytes + 1):
+            start = offset
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                offset += len(raw) + _skip_line(handle)
+                line_no += 1
+                result.error(
+                    "invalid_request",
+                    f"This line is longer than {max_line_bytes} bytes, the largest request "
+                    "body accepted. (local server)",
+                    line_no,
+                )
+                continue
+            offset += len(raw)
             if not raw.strip():
                 continue
             line_no += 1
@@ -77,8 +101,11 @@ def validate_input_file(
                 )
                 return result
             try:
-                item = json.loads(raw)
-            except ValueError:
+                item = parse_json(raw, max_values)
+            except BodyProblem as problem:
+                if problem.code == "too_many_values":
+                    result.error(problem.code, problem.message, line_no)
+                    continue
                 result.error(
                     "invalid_json_line", "This line is not parseable as valid JSON.", line_no
                 )
@@ -117,6 +144,13 @@ def validate_input_file(
                     "The URL provided for this request does not match the batch endpoint.",
                     line_no,
                     "url",
+                )
+                continue
+            try:
+                check_body(body, max_string_chars, "body")
+            except BodyProblem as problem:
+                result.error(
+                    problem.code or "invalid_request", problem.message, line_no, problem.param
                 )
                 continue
             if body.get("stream") is True:
@@ -165,7 +199,12 @@ def validate_input_file(
                     "body.model",
                 )
                 continue
-            tokens = count_tokens(body, endpoint)
+            try:
+                tokens = count_tokens(body, endpoint)
+            except Exception:
+                # A body the counter cannot read still runs, and fails on its own line as the
+                # API answers it; its size stands in for its tokens.
+                tokens = len(raw) // 4
             result.input_tokens += tokens
             due += tokens / tokens_per_s + per_request_s
             result.lines.append(LineRow(line_no, custom_id, start, len(raw), tokens, due))
