@@ -24,14 +24,13 @@ SYSTEM = (
     "You read movie plot summaries and list every character who dies, with the cause of death "
     "and whether the death happens on screen. Answer in JSON."
 )
-WORDS = tuple(
-    (
-        "the a detective sailor queen storm island village night river secret letter train king "
-        "daughter war winter festival betrayal rescue murder escape return journey brother mother "
-        "captain soldier ghost castle forest city ship bridge poison sword promise revenge love "
-        "returns discovers escapes fights loses finds kills saves meets leaves betrays hides falls"
-    ).split()
+VOCABULARY = (
+    "the a detective sailor queen storm island village night river secret letter train king "
+    "daughter war winter festival betrayal rescue murder escape return journey brother mother "
+    "captain soldier ghost castle forest city ship bridge poison sword promise revenge love "
+    "returns discovers escapes fights loses finds kills saves meets leaves betrays hides falls"
 )
+WORDS = tuple(VOCABULARY.split())
 
 
 def make_dataset(path: Path, rows: int, words_per_row: int = 370, seed: int = 7) -> None:
