@@ -199,7 +199,12 @@ class Runner:
             if status.finished:
                 self._close_lane()
                 self.store.set_run_status(self.run_id, "finished")
-                self.store.event(self.run_id, "finished", "every request has ended")
+                ended = (
+                    "every request has ended"
+                    if status.total
+                    else "nothing to do: the run has no requests"
+                )
+                self.store.event(self.run_id, "finished", ended)
                 return self.status()
             if self.settings.detach and not self.store.batches(self.run_id, TO_SUBMIT):
                 self._close_lane()

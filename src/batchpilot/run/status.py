@@ -38,7 +38,8 @@ class RunStatus:
 
     @property
     def finished(self) -> bool:
-        return self.total > 0 and self.done == self.total
+        """Every request has ended (a run with no requests has nothing left to do)."""
+        return self.done == self.total
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,0 +1,124 @@
+"""Every state makes progress or ends: nothing to do finishes at once, two processes never both
+plan one run, and the run lock comes before anything is started."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpilot.data.rows import Row
+from batchpilot.errors import StateError
+from batchpilot.run import RunStatus, open_store, run_job
+from batchpilot.run.api import run_lock
+from batchpilot.server import LocalServer
+from batchpilot.spec import JobSpec, job_from_dict
+
+Factory = Callable[..., LocalServer]
+FAST: dict[str, Any] = {"time_scale": 500.0, "validation_delay_s": 0, "finalizing_delay_s": 0}
+
+
+def make_job(tmp_path: Path, base_url: str, rows: int, **changes: Any) -> JobSpec:
+    lines = [json.dumps({"id": f"r{i}", "text": f"say something about {i}"}) for i in range(rows)]
+    (tmp_path / "input.jsonl").write_text("".join(line + "\n" for line in lines))
+    spec: dict[str, Any] = {
+        "name": "progress",
+        "provider": {"kind": "compatible", "base_url": base_url},
+        "model": "gpt-4o-mini",
+        "input": {"path": "input.jsonl", "id_field": "id"},
+        "prompt": {"user": "{{ text }}"},
+        "params": {"max_tokens": 20},
+        "limits": {"requests_per_batch": 5, "queue_tokens": 10**6},
+        **changes,
+    }
+    return job_from_dict(spec, base_dir=tmp_path)
+
+
+def watchdog(seconds: float) -> Callable[[RunStatus], None]:
+    """A progress callback that ends a run that takes longer than `seconds` with an error."""
+    until = time.monotonic() + seconds
+
+    def check(status: RunStatus) -> None:
+        if time.monotonic() > until:
+            raise TimeoutError(f"no end after {seconds} s: {status.requests} {status.batches}")
+
+    return check
+
+
+def test_an_empty_input_finishes_at_once(tmp_path: Path, local_server_factory: Factory) -> None:
+    server = local_server_factory(**FAST)
+    job = make_job(tmp_path, server.base_url, 0, output={"path": "out.jsonl"})
+    result = run_job(
+        job, state_dir=tmp_path / "state", poll_interval=0.02, on_progress=watchdog(10)
+    )
+    assert result.status.finished and result.status.total == 0
+    assert (tmp_path / "out.jsonl").read_text() == ""
+    store = open_store(tmp_path / "state")
+    messages = [e["message"] for e in store.events(result.run_id) if e["kind"] == "finished"]
+    store.close()
+    assert messages == ["nothing to do: the run has no requests"]
+    assert not server.admin.ledger()
+
+
+def test_two_first_runs_of_one_job_plan_it_once(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = local_server_factory(**FAST)
+    job = make_job(tmp_path, server.base_url, 4)
+    planning, release = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def slow_rows() -> Iterator[Row]:
+        planning.set()
+        release.wait(5)
+        yield from (
+            Row(index=i, id=f"r{i}", data={"id": f"r{i}", "text": f"about {i}"}, source="test")
+            for i in range(4)
+        )
+
+    def first() -> None:
+        try:
+            outcome["result"] = run_job(
+                job, state_dir=tmp_path / "state", rows=slow_rows(), poll_interval=0.02
+            )
+        except BaseException as exc:  # handed to the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert planning.wait(10)
+        with pytest.raises(StateError, match="already being run"):
+            run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    finally:
+        release.set()
+        thread.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].status.finished and outcome["result"].status.total == 4
+
+
+def test_a_refused_run_starts_nothing(
+    tmp_path: Path, local_server_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import batchpilot.run.api as api
+
+    server = local_server_factory(**FAST)
+    job = make_job(tmp_path, server.base_url, 3)
+    started: list[str] = []
+    real = api.provider_for
+
+    def recording(spec: Any, **options: Any) -> Any:
+        started.append(spec.kind)
+        return real(spec, **options)
+
+    monkeypatch.setattr(api, "provider_for", recording)
+    first = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    started.clear()
+    with run_lock(tmp_path / "state", first.run_id), pytest.raises(StateError, match="already"):
+        run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert started == [], "the provider (a local model) was started before the lock was taken"
