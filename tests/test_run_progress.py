@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from batchpilot.data.rows import Row
 from batchpilot.errors import StateError
 from batchpilot.run import RunStatus, open_store, run_job
 from batchpilot.run.api import run_lock
-from batchpilot.server import LocalServer
+from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
 
 Factory = Callable[..., LocalServer]
@@ -122,3 +123,60 @@ def test_a_refused_run_starts_nothing(
     with run_lock(tmp_path / "state", first.run_id), pytest.raises(StateError, match="already"):
         run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
     assert started == [], "the provider (a local model) was started before the lock was taken"
+
+
+def faulty(factory: Factory, *faults: dict[str, Any], **settings: Any) -> LocalServer:
+    plan = FaultPlan.model_validate({"seed": 7, "faults": list(faults)})
+    return factory(faults=plan, **{**FAST, **settings})
+
+
+def stop_when(
+    ready: Callable[[RunStatus], bool], seconds: float = 20
+) -> Callable[[RunStatus], None]:
+    """A progress callback that ends the run (as a crash would) once `ready` holds."""
+    alarm = watchdog(seconds)
+
+    def check(status: RunStatus) -> None:
+        if ready(status):
+            raise KeyboardInterrupt
+        alarm(status)
+
+    return check
+
+
+def executions(server: LocalServer) -> Counter[str]:
+    return Counter(row["custom_id"] for row in server.admin.ledger() if row["status_code"] == 200)
+
+
+def test_a_near_deadline_settles_batches_that_were_never_created(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    refused = {"kind": "http_error", "route": "POST /v1/batches", "status": 503, "first": 10**6}
+    server = faulty(local_server_factory, refused)
+    state = tmp_path / "state"
+    job = make_job(tmp_path, server.base_url, 12, output={"path": "out.jsonl"})
+    with pytest.raises(KeyboardInterrupt):
+        run_job(
+            job,
+            state_dir=state,
+            poll_interval=0.02,
+            on_progress=stop_when(lambda s: s.batches.get("creating", 0) >= 1),
+        )
+    urgent = make_job(
+        tmp_path,
+        server.base_url,
+        12,
+        output={"path": "out.jsonl"},
+        strategy="hybrid",
+        deadline="10m",
+        realtime={"rpm": 6000},
+        estimate={"batch_turnaround_hours": 1},
+    )
+    result = run_job(urgent, state_dir=state, poll_interval=0.02, on_progress=watchdog(20))
+    assert result.status.finished
+    assert result.status.requests["succeeded"] == 12
+    assert set(executions(server).values()) == {1} and len(executions(server)) == 12
+    store = open_store(state)
+    batches = {b.state for b in store.batches(result.run_id)}
+    store.close()
+    assert batches == {"abandoned"}

@@ -223,20 +223,14 @@ class Runner:
 
     def _wind_down(self) -> bool:
         """After the target is met: the real-time lane stops (what is on the wire finishes),
-        batches not yet sent are dropped, batches whose creation may have happened are finished
-        as usual, live ones are cancelled (what they answered is kept: it is paid for); once
-        none is live, what is still pending is cancelled."""
+        batches not yet created are dropped, live ones are cancelled (what they answered is
+        kept: it is paid for); once none is live, what is still pending is cancelled."""
         progressed = False
         if self._lane_thread is not None:
             with self.share.lock:
                 self.share.reserve = 0  # the lane takes nothing more
             self._close_lane()
-        for batch in self.store.batches(self.run_id, TO_SUBMIT):
-            if batch.state == BatchState.CREATING:
-                progressed |= self._advance(batch)
-            else:
-                self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED)
-                progressed = True
+        progressed |= self._drop_unsent()
         progressed |= self._cancel_live("target", "cancelled: no longer needed")
         if not self.store.batches(self.run_id, LIVE):
             reason = "not_needed: the target was met before it was sent"
@@ -330,11 +324,11 @@ class Runner:
         if strategy == "realtime":
             self.share.reserve = None
             self._start_lane()
-            return False
+            return self._drop_unsent()  # batches left by an earlier run with another strategy
         if self._deadline_near():
             self.share.reserve = None  # everything that is pending goes real time
             self._start_lane()
-            return self._cancel_late_batches()
+            return self._drop_unsent() | self._cancel_late_batches()
         self._rebalance()
         progressed = self._submit_more()
         self._start_lane()  # after the batches: a batch's turnaround starts when it is created
@@ -425,6 +419,33 @@ class Runner:
             return False
         wall = self._turnaround() / self.settings.time_scale
         return datetime.now(UTC) + timedelta(seconds=wall) > deadline
+
+    def _drop_unsent(self) -> bool:
+        """Batches not created yet are dropped, their requests back to pending, once the batch
+        lane is not to take them (a near deadline, real time only, a met target). A batch whose
+        creation may have happened is adopted if the provider lists it as ours (and is then
+        polled, or cancelled, like any live batch), else dropped too."""
+        if time.monotonic() < self._backoff_until:
+            return False
+        progressed = False
+        for batch in self.store.batches(self.run_id, TO_SUBMIT):
+            tried = batch.state == BatchState.CREATING and (batch.id, "create") not in self._fresh
+            try:
+                remote = self._find_remote(batch) if tried else None
+            except ProviderUnavailable as exc:
+                self._back_off(f"looking for batch {batch.id}: {exc}")
+                return progressed
+            progressed = True
+            if remote is not None:
+                self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {remote.id}")
+                self._submitted(batch, remote)
+                continue
+            self._fresh.discard((batch.id, "create"))
+            with self.share.lock:
+                self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED, reserved_usd=0.0)
+                self._hold()
+            self.store.event(self.run_id, "dropped", f"batch {batch.id} was never created")
+        return progressed
 
     def _cancel_late_batches(self) -> bool:
         """Batches that cannot finish by the deadline are cancelled; what they did not run comes
@@ -654,26 +675,22 @@ class Runner:
         )
 
     def _create(self, batch: BatchRecord) -> BatchRecord:
-        tags = metadata_for(self.run_id, batch.id)
         remote: RemoteBatch | None = None
         # As for uploads: a create whose answer was lost (timeout, 5xx) may have created the
         # batch, so every try but the very first looks for it before creating it again.
         fresh = (batch.id, "create") in self._fresh
         self._fresh.discard((batch.id, "create"))
         if not fresh:
-            remote = next(
-                (
-                    b
-                    for b in self.provider.list_batches()
-                    if all(b.metadata.get(k) == v for k, v in tags.items())
-                ),
-                None,
-            )
+            remote = self._find_remote(batch)
             if remote is not None:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {remote.id}")
         if remote is None:
             assert batch.input_file_id is not None
+            tags = metadata_for(self.run_id, batch.id)
             remote = self.provider.create_batch(batch.input_file_id, batch.endpoint, tags)
+        return self._submitted(batch, remote)
+
+    def _submitted(self, batch: BatchRecord, remote: RemoteBatch) -> BatchRecord:
         self.store.event(
             self.run_id, "submitted", f"batch {batch.id} ({batch.requests} requests) is {remote.id}"
         )
@@ -685,6 +702,18 @@ class Runner:
             remote_id=remote.id,
             remote_status=remote.status.value,
             submitted_at_utc=utc_now(),
+        )
+
+    def _find_remote(self, batch: BatchRecord) -> RemoteBatch | None:
+        """The provider's batch that this store created for `batch`, if it lists one."""
+        tags = metadata_for(self.run_id, batch.id)
+        return next(
+            (
+                b
+                for b in self.provider.list_batches()
+                if all(b.metadata.get(k) == v for k, v in tags.items())
+            ),
+            None,
         )
 
     # polling and ingesting ------------------------------------------------------------------
@@ -734,16 +763,8 @@ class Runner:
 
     def _find_lost(self, batch: BatchRecord, misses: int) -> None:
         """A batch that keeps answering 404: look it up by its tags, and say so."""
-        tags = metadata_for(self.run_id, batch.id)
         try:
-            found = next(
-                (
-                    b
-                    for b in self.provider.list_batches()
-                    if all(b.metadata.get(k) == v for k, v in tags.items())
-                ),
-                None,
-            )
+            found = self._find_remote(batch)
         except ProviderUnavailable:
             return
         if found is not None and found.id != batch.remote_id:
