@@ -38,6 +38,7 @@ from batchpilot.providers.base import (
     RemoteNotFound,
     RemoteStatus,
 )
+from batchpilot.run.cancel import cancel_batches
 from batchpilot.run.ingest import classify, read_lines
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.share import LaneShare, LaneThread
@@ -231,7 +232,7 @@ class Runner:
                 self.share.reserve = 0  # the lane takes nothing more
             self._close_lane()
         progressed |= self._drop_unsent()
-        progressed |= self._cancel_live("target", "cancelled: no longer needed")
+        progressed |= self._cancel_live("target", "no longer needed")
         if not self.store.batches(self.run_id, LIVE):
             reason = "not_needed: the target was met before it was sent"
             progressed |= self.store.cancel_pending(self.run_id, reason) > 0
@@ -257,13 +258,11 @@ class Runner:
         self._close_lane()
         live = self.store.batches(self.run_id, [BatchState.SUBMITTED])
         if self.settings.cancel_on_exit or self.interrupt.cancel.is_set():
-            for batch in live:
-                if batch.remote_id is not None:
-                    try:
-                        self.provider.cancel_batch(batch.remote_id)
-                    except (ProviderRejected, ProviderUnavailable) as exc:
-                        self.store.event(self.run_id, "warning", f"cancel failed: {exc}")
-            self.store.event(self.run_id, "cancelled", f"cancelled {len(live)} remote batches")
+            done = cancel_batches(self.store, self.provider, self.run_id, live, "on stop")
+            count = sum(d.outcome == "cancelled" for d in done)
+            self.store.event(
+                self.run_id, "cancelled", f"cancelled {count} of {len(live)} remote batches"
+            )
         else:
             self.store.event(
                 self.run_id, "stopped", f"stopped with {len(live)} batches still running remotely"
@@ -450,22 +449,19 @@ class Runner:
     def _cancel_late_batches(self) -> bool:
         """Batches that cannot finish by the deadline are cancelled; what they did not run comes
         back as pending once their partial results are ingested, and then goes real time."""
-        return self._cancel_live("deadline", "cancelled to finish before the deadline")
+        return self._cancel_live("deadline", "to finish before the deadline")
 
     def _cancel_live(self, kind: str, why: str) -> bool:
-        cancelled = False
-        for batch in self.store.batches(self.run_id, [BatchState.SUBMITTED]):
-            if batch.id in self._cancelled_late or batch.remote_id is None:
-                continue
-            try:
-                self.provider.cancel_batch(batch.remote_id)
-            except (ProviderRejected, ProviderUnavailable) as exc:
-                self.store.event(self.run_id, "warning", f"cancel of batch {batch.id}: {exc}")
-                continue
-            self._cancelled_late.add(batch.id)
-            self.store.event(self.run_id, kind, f"batch {batch.id} {why}")
-            cancelled = True
-        return cancelled
+        """Cancel the live batches not cancelled yet; one the provider will not cancel (it has
+        ended) is not asked again, one it could not be asked about is asked again later."""
+        todo = [
+            b
+            for b in self.store.batches(self.run_id, [BatchState.SUBMITTED])
+            if b.id not in self._cancelled_late
+        ]
+        done = cancel_batches(self.store, self.provider, self.run_id, todo, why, kind)
+        self._cancelled_late.update(d.batch.id for d in done if d.outcome != "failed")
+        return any(d.outcome == "cancelled" for d in done)
 
     # submitting -----------------------------------------------------------------------------
 
