@@ -83,8 +83,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def metadata_for(run_id: str, batch_id: int) -> dict[str, str]:
-    return {"batchpilot_run": run_id, "batchpilot_batch": str(batch_id)}
+def metadata_for(run_id: str, batch_id: int, store_id: str) -> dict[str, str]:
+    """The tags of a remote batch: which store, run and local batch it was made for."""
+    return {
+        "batchpilot_store": store_id,
+        "batchpilot_run": run_id,
+        "batchpilot_batch": str(batch_id),
+    }
 
 
 class Interrupt:
@@ -554,7 +559,10 @@ class Runner:
             size, tokens, cost = size + line, tokens + request.input_tokens, cost + worst
         if chosen:
             return self.store.create_batch(
-                self.run_id, chosen, size=size, file_name_prefix=f"batchpilot-{self.run_id}"
+                self.run_id,
+                chosen,
+                size=size,
+                file_name_prefix=f"batchpilot-{self.store.store_id}-{self.run_id}",
             )
         head = pending[0]
         if live or self.share.inflight_usd > 0:
@@ -654,8 +662,14 @@ class Runner:
         fresh = (batch.id, "upload") in self._fresh
         self._fresh.discard((batch.id, "upload"))
         if not fresh:
+            # the name carries this store's id, and the size proves the content is this batch's
             found = next(
-                (f for f in self.provider.list_files() if f.filename == batch.file_name), None
+                (
+                    f
+                    for f in self.provider.list_files()
+                    if f.filename == batch.file_name and f.bytes == batch.bytes
+                ),
+                None,
             )
             if found is not None:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {found.id}")
@@ -682,7 +696,7 @@ class Runner:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {remote.id}")
         if remote is None:
             assert batch.input_file_id is not None
-            tags = metadata_for(self.run_id, batch.id)
+            tags = metadata_for(self.run_id, batch.id, self.store.store_id)
             remote = self.provider.create_batch(batch.input_file_id, batch.endpoint, tags)
         return self._submitted(batch, remote)
 
@@ -702,15 +716,23 @@ class Runner:
 
     def _find_remote(self, batch: BatchRecord) -> RemoteBatch | None:
         """The provider's batch that this store created for `batch`, if it lists one."""
-        tags = metadata_for(self.run_id, batch.id)
-        return next(
-            (
-                b
-                for b in self.provider.list_batches()
-                if all(b.metadata.get(k) == v for k, v in tags.items())
-            ),
-            None,
-        )
+        return next((b for b in self.provider.list_batches() if self._ours(b, batch)), None)
+
+    def _ours(self, remote: RemoteBatch, batch: BatchRecord) -> bool:
+        """Proof that `remote` was made by this store for `batch`: its tags name this run and
+        batch, and this store (or no store: made before stores had ids), and it was made from
+        the batch's input file. Another store's run of the same job has the same run id."""
+        tags = remote.metadata
+        if tags.get("batchpilot_run") != self.run_id:
+            return False
+        if tags.get("batchpilot_batch") != str(batch.id):
+            return False
+        store = tags.get("batchpilot_store")
+        if store is not None and store != self.store.store_id:
+            return False
+        if remote.input_file_id and batch.input_file_id:
+            return remote.input_file_id == batch.input_file_id
+        return store is not None
 
     # polling and ingesting ------------------------------------------------------------------
 

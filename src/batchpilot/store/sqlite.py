@@ -88,6 +88,21 @@ class SQLiteStore:
             self._depth = 0
         self._db.execute("COMMIT")
 
+    @property
+    def store_id(self) -> str:
+        """This store's own id, made once when it was created."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        return str(row[0])
+
+    def realtime_sent_since(self, since_utc: str, model: str) -> int:
+        """Real-time tries of `model` (in every run of this store) that ended since then."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
+            "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= ? AND q.model = ?",
+            (since_utc, model),
+        ).fetchone()
+        return int(row[0])
+
     # runs -----------------------------------------------------------------------------------
 
     def create_run(self, run: RunRecord) -> None:
