@@ -24,11 +24,13 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 import openai
 import orjson
+from openai._types import RequestOptions
 
 from batchpilot.errors import IllegalTransition
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
@@ -115,6 +117,7 @@ class RealtimeLane:
         *,
         limits: RateLimits,
         concurrency: int = 16,
+        timeout_s: float | None = None,
         prices: PriceTable | None = None,
         retry: RetryPolicy,
         budget_usd: float | None = None,
@@ -129,6 +132,7 @@ class RealtimeLane:
         self.store = store
         self.run_id = run_id
         self.concurrency = concurrency
+        self.timeout_s = timeout_s
         self.prices = prices
         self.retry = retry
         self.budget_usd = budget_usd
@@ -155,6 +159,16 @@ class RealtimeLane:
         if callable(rebind):
             twin.check = rebind(store)
         return twin
+
+    def recall_day(self) -> int:
+        """Count the real-time requests the store saw in the last day (earlier processes,
+        other runs of the same models) against the requests-per-day limit; returns how many."""
+        if self.throttle.requests_per_day is None:
+            return 0
+        since = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        sent = self.store.realtime_sent_since(since, self.run_id)
+        self.throttle.spent_today(sent)
+        return sent
 
     @property
     def report(self) -> LaneReport:
@@ -508,13 +522,10 @@ class RealtimeLane:
         if body.get("stream"):
             raise ValueError("streaming is not supported on the real-time lane")
         path = request.endpoint.removeprefix("/v1")
-        headers = {CUSTOM_ID_HEADER: request.id}
-        return lambda: self.client.post(
-            path,
-            cast_to=httpx2.Response,
-            body=body,
-            options={"headers": headers, "max_retries": 0},
-        )
+        options: RequestOptions = {"headers": {CUSTOM_ID_HEADER: request.id}, "max_retries": 0}
+        if self.timeout_s is not None:
+            options["timeout"] = self.timeout_s
+        return lambda: self.client.post(path, cast_to=httpx2.Response, body=body, options=options)
 
     def _worst_cost(self, request: PendingRequest) -> float:
         prices = self.prices

@@ -196,6 +196,7 @@ def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | Non
         rpd=job.realtime.rpd or (None if local else tier.rpd),
     )
     settings.concurrency = job.realtime.concurrency
+    settings.realtime_timeout_s = job.realtime.timeout
     settings.turnaround_s = job.estimate.batch_turnaround_hours * 3600
 
 
@@ -270,11 +271,13 @@ def open_runner(
             run_id,
             limits=settings.realtime,
             concurrency=settings.concurrency,
+            timeout_s=settings.realtime_timeout_s,
             prices=settings.prices,
             retry=settings.retry,
             budget_usd=settings.budget_usd,
             check=check,
         )
+        runner.lane.recall_day()
     runner.interrupt.install()
     try:
         yield runner

@@ -94,12 +94,14 @@ class SQLiteStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
         return str(row[0])
 
-    def realtime_sent_since(self, since_utc: str, model: str) -> int:
-        """Real-time tries of `model` (in every run of this store) that ended since then."""
+    def realtime_sent_since(self, since_utc: str, run_id: str) -> int:
+        """Real-time tries that ended since then, in every run of this store, of the models
+        that `run_id` uses (real-time limits are per model)."""
         row = self._db.execute(
             "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
-            "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= ? AND q.model = ?",
-            (since_utc, model),
+            "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= ? "
+            "AND q.model IN (SELECT DISTINCT model FROM requests WHERE run_id = ?)",
+            (since_utc, run_id),
         ).fetchone()
         return int(row[0])
 
