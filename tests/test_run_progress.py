@@ -180,3 +180,24 @@ def test_a_near_deadline_settles_batches_that_were_never_created(
     batches = {b.state for b in store.batches(result.run_id)}
     store.close()
     assert batches == {"abandoned"}
+
+
+def test_a_batch_that_is_not_found_is_polled_as_often_as_it_may_still_finish(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    # 25 'not found' answers after create: the waits between polls must stay within what a
+    # batch that should be back in seconds can still do, not grow to a minute
+    missing = {"kind": "not_found_after_create", "nth": [1], "calls": 25}
+    server = faulty(local_server_factory, missing)
+    job = make_job(tmp_path, server.base_url, 5, estimate={"batch_turnaround_hours": 0.002})
+    waits: list[str] = []
+    alarm = watchdog(40)
+
+    def watch(status: RunStatus) -> None:
+        waits.extend(status.waiting)
+        alarm(status)
+
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02, on_progress=watch)
+    assert result.status.finished and result.status.requests["succeeded"] == 5
+    assert any("answered 'not found' 25 times" in line for line in waits), waits[-3:]
+    assert not result.status.waiting

@@ -750,11 +750,11 @@ class Runner:
                 self.store.update_batch(self.run_id, batch.id, not_found=misses)
                 if misses % self.settings.not_found_grace == 0:
                     self._find_lost(batch, misses)
-                self._schedule(poll)
+                self._schedule(poll, batch)
                 continue
             except ProviderUnavailable as exc:
                 self.store.event(self.run_id, "retry", f"polling batch {batch.id}: {exc}")
-                self._schedule(poll)
+                self._schedule(poll, batch)
                 continue
             changed = remote.status.value != batch.remote_status
             self.store.update_batch(
@@ -769,14 +769,14 @@ class Runner:
                     self._ingest(batch, remote)
                 except ProviderUnavailable as exc:
                     self.store.event(self.run_id, "retry", f"downloading batch {batch.id}: {exc}")
-                    self._schedule(poll)
+                    self._schedule(poll, batch)
                     continue
                 self._polls.pop(batch.id, None)
                 progressed = True
             else:
                 if changed:
                     poll.interval = self.settings.poll_interval_s
-                self._schedule(poll)
+                self._schedule(poll, batch)
         return progressed
 
     def _find_lost(self, batch: BatchRecord, misses: int) -> None:
@@ -796,9 +796,24 @@ class Runner:
             "in the provider's listing; still polling. `batchpilot cancel` stops the run.",
         )
 
-    def _schedule(self, poll: _Poll) -> None:
-        poll.interval = min(self.settings.max_poll_interval_s, max(poll.interval, 0.01) * 1.5)
+    def _schedule(self, poll: _Poll, batch: BatchRecord) -> None:
+        poll.interval = min(self._poll_cap(batch), max(poll.interval, 0.01) * 1.5)
         poll.due = time.monotonic() + poll.interval * random.uniform(0.8, 1.2)
+
+    def _poll_cap(self, batch: BatchRecord) -> float:
+        """The longest wait between two polls of `batch`: a quarter of the time it may still
+        take (the turnaround, learned or estimated, and the deadline), a twentieth of the
+        turnaround once it is late; never below the poll interval nor above the maximum."""
+        settings = self.settings
+        now = datetime.now(UTC)
+        turnaround = self._turnaround() / settings.time_scale
+        left = turnaround
+        if batch.submitted_at_utc:
+            left -= (now - _utc(batch.submitted_at_utc)).total_seconds()
+        if settings.deadline is not None:
+            left = min(left, (settings.deadline - now).total_seconds())
+        cap = left / 4 if left > 0 else turnaround / 20
+        return min(settings.max_poll_interval_s, max(settings.poll_interval_s, cap))
 
     def _download(self, file_id: str | None, name: str) -> Path | None:
         if file_id is None:
@@ -889,6 +904,9 @@ class Runner:
         return outcomes
 
 
+def _utc(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def _seconds_between(start: str, end: str) -> float:
-    first = datetime.fromisoformat(start.replace("Z", "+00:00"))
-    return (datetime.fromisoformat(end.replace("Z", "+00:00")) - first).total_seconds()
+    return (_utc(end) - _utc(start)).total_seconds()
