@@ -38,6 +38,7 @@ from batchpilot.providers.base import (
     RemoteNotFound,
     RemoteStatus,
 )
+from batchpilot.run.adopt import find_batch, find_file, metadata_for, record_submitted
 from batchpilot.run.cancel import cancel_batches
 from batchpilot.run.ingest import classify, read_lines
 from batchpilot.run.settings import RunSettings
@@ -51,10 +52,9 @@ from batchpilot.store import (
     PendingRequest,
     RequestState,
     SQLiteStore,
-    utc_now,
 )
 
-__all__ = ["Interrupt", "Runner", "metadata_for"]
+__all__ = ["Interrupt", "Runner"]
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,6 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def metadata_for(run_id: str, batch_id: int, store_id: str) -> dict[str, str]:
-    """The tags of a remote batch: which store, run and local batch it was made for."""
-    return {
-        "batchpilot_store": store_id,
-        "batchpilot_run": run_id,
-        "batchpilot_batch": str(batch_id),
-    }
 
 
 class Interrupt:
@@ -662,15 +653,7 @@ class Runner:
         fresh = (batch.id, "upload") in self._fresh
         self._fresh.discard((batch.id, "upload"))
         if not fresh:
-            # the name carries this store's id, and the size proves the content is this batch's
-            found = next(
-                (
-                    f
-                    for f in self.provider.list_files()
-                    if f.filename == batch.file_name and f.bytes == batch.bytes
-                ),
-                None,
-            )
+            found = find_file(self.provider, batch)
             if found is not None:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {found.id}")
                 return self.store.move_batch(
@@ -701,38 +684,11 @@ class Runner:
         return self._submitted(batch, remote)
 
     def _submitted(self, batch: BatchRecord, remote: RemoteBatch) -> BatchRecord:
-        self.store.event(
-            self.run_id, "submitted", f"batch {batch.id} ({batch.requests} requests) is {remote.id}"
-        )
         self._polls[batch.id] = _Poll(0.0, self.settings.poll_interval_s)
-        return self.store.move_batch(
-            self.run_id,
-            batch.id,
-            BatchState.SUBMITTED,
-            remote_id=remote.id,
-            remote_status=remote.status.value,
-            submitted_at_utc=utc_now(),
-        )
+        return record_submitted(self.store, self.run_id, batch, remote)
 
     def _find_remote(self, batch: BatchRecord) -> RemoteBatch | None:
-        """The provider's batch that this store created for `batch`, if it lists one."""
-        return next((b for b in self.provider.list_batches() if self._ours(b, batch)), None)
-
-    def _ours(self, remote: RemoteBatch, batch: BatchRecord) -> bool:
-        """Proof that `remote` was made by this store for `batch`: its tags name this run and
-        batch, and this store (or no store: made before stores had ids), and it was made from
-        the batch's input file. Another store's run of the same job has the same run id."""
-        tags = remote.metadata
-        if tags.get("batchpilot_run") != self.run_id:
-            return False
-        if tags.get("batchpilot_batch") != str(batch.id):
-            return False
-        store = tags.get("batchpilot_store")
-        if store is not None and store != self.store.store_id:
-            return False
-        if remote.input_file_id and batch.input_file_id:
-            return remote.input_file_id == batch.input_file_id
-        return store is not None
+        return find_batch(self.provider, batch, self.run_id, self.store.store_id)
 
     # polling and ingesting ------------------------------------------------------------------
 
