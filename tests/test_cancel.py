@@ -9,13 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import openai
+import pytest
 import yaml
 from click.testing import CliRunner
 
 from batchpilot.cli import cli
-from batchpilot.run import open_store
+from batchpilot.providers import OpenAIProvider
+from batchpilot.run import RunStatus, open_store, run_job
 from batchpilot.run.api import run_lock
 from batchpilot.server import FaultPlan, LocalServer
+from batchpilot.spec import load_job
 
 from helpers import client_for
 
@@ -103,3 +108,54 @@ def test_cancel_waits_for_no_one_and_touches_nothing_while_a_run_holds_the_lock(
     status = store.run(run_id)
     store.close()
     assert status is not None and status.status != "cancelled"
+
+
+class _LoseCreates(httpx2.BaseTransport):
+    """Forward every call, but lose every answer to a batch creation: the server created the
+    batch, the client only saw a timeout."""
+
+    def __init__(self) -> None:
+        self._inner = httpx2.HTTPTransport()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = self._inner.handle_request(request)
+        if request.method == "POST" and request.url.path.endswith("/batches"):
+            response.read()
+            response.close()
+            raise httpx2.ReadTimeout("the answer was lost", request=request)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_cancel_finds_a_batch_whose_creation_answer_was_lost(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = local_server_factory(time_scale=1.0, validation_delay_s=3600)
+    job_file = write_job(tmp_path, server.base_url, rows=5)
+    state = tmp_path / "state"
+
+    def stop(status: RunStatus) -> None:
+        if status.batches.get("creating"):
+            raise KeyboardInterrupt
+
+    http = httpx2.Client(transport=_LoseCreates())
+    url = server.base_url
+    with (
+        openai.OpenAI(base_url=url, api_key="x", max_retries=0, http_client=http) as sdk,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        run_job(
+            load_job(job_file),
+            state_dir=state,
+            poll_interval=0.02,
+            provider=OpenAIProvider(sdk),
+            on_progress=stop,
+        )
+    client = client_for(server)
+    assert [b.status for b in client.batches.list()] == ["validating"]
+    result = invoke("cancel", "--state", str(state))
+    assert result.exit_code == 0, result.output
+    assert "cancelled 1 of 1 live batches" in result.output
+    assert {b.status for b in client.batches.list()} <= {"cancelling", "cancelled"}

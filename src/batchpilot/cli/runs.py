@@ -16,6 +16,7 @@ from batchpilot.cli.run import state_option
 from batchpilot.errors import ProviderUnavailable, StateError, UserInputError
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
+from batchpilot.run.adopt import find_batch, record_submitted
 from batchpilot.run.api import export_job, job_of, run_lock
 from batchpilot.run.cancel import Cancelled, cancel_batches
 from batchpilot.run.pipeline import export_pipeline, step_runs
@@ -140,10 +141,15 @@ def _lock_for_cancel(state_dir: Path, run_id: str) -> Iterator[None]:
 
 
 def _cancel_run(store: SQLiteStore, record: RunRecord, state_dir: Path) -> list[Cancelled]:
-    """Cancel every live batch of the run (the run's lock held), whatever each one answers."""
-    live = store.batches(record.id, [BatchState.SUBMITTED])
+    """Cancel every live batch of the run (the run's lock held), whatever each one answers;
+    a batch whose creation was under way is cancelled too if the provider shows it as ours."""
     provider = _provider_of(record, state_dir)
     try:
+        for batch in store.batches(record.id, [BatchState.CREATING]):
+            remote = find_batch(provider, batch, record.id, store.store_id)
+            if remote is not None:
+                record_submitted(store, record.id, batch, remote)
+        live = store.batches(record.id, [BatchState.SUBMITTED])
         done = cancel_batches(store, provider, record.id, live, "on request")
     finally:
         provider.close()
