@@ -201,3 +201,18 @@ def test_a_batch_that_is_not_found_is_polled_as_often_as_it_may_still_finish(
     assert result.status.finished and result.status.requests["succeeded"] == 5
     assert any("answered 'not found' 25 times" in line for line in waits), waits[-3:]
     assert not result.status.waiting
+
+
+def test_an_empty_input_with_a_target_ends_saying_so(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = local_server_factory(**FAST)
+    job = make_job(tmp_path, server.base_url, 0, target={"valid": 3})
+    result = run_job(
+        job, state_dir=tmp_path / "state", poll_interval=0.02, on_progress=watchdog(10)
+    )
+    assert result.status.total == 0 and result.status.valid == 0
+    store = open_store(tmp_path / "state")
+    messages = [e["message"] for e in store.events(result.run_id) if e["kind"] == "target"]
+    store.close()
+    assert messages[-1].startswith("the input is used up with 0 of 3 valid")

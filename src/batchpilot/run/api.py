@@ -467,14 +467,15 @@ def _run_to_target(
         produced = counter.count()
         outcomes = store.row_outcomes(record.id)
         ended = outcomes.get("succeeded", 0) + outcomes.get("failed", 0)
-        if produced == 0:
+        if produced == 0 and status.total > 0:
             reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(status.failures.items()))
             raise UserInputError(
                 f"none of the {ended} answers so far is valid ({reasons or 'no answers'}); "
                 "check the prompt, the schema and the validators, then run again"
             )
         start = store.next_row_index(record.id)
-        wave = islice(source(), start, start + next_wave(target, produced, ended))
+        size = next_wave(target, produced, ended) if ended else first_wave(target)
+        wave = islice(source(), start, start + size)
         result = _plan_into_store(store, record, _planner(job, wave), "plan", create=False)
         if result.rows == 0:
             store.event(
