@@ -4,6 +4,7 @@ plan one run, and the run lock comes before anything is started."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
 
 Factory = Callable[..., LocalServer]
+NOT_FOUND = re.compile(r"answered 'not found' (\d+) times in a row")
 FAST: dict[str, Any] = {"time_scale": 500.0, "validation_delay_s": 0, "finalizing_delay_s": 0}
 
 
@@ -185,10 +187,11 @@ def test_a_near_deadline_settles_batches_that_were_never_created(
 def test_a_batch_that_is_not_found_is_polled_as_often_as_it_may_still_finish(
     tmp_path: Path, local_server_factory: Factory
 ) -> None:
-    # 25 'not found' answers after create: the waits between polls must stay within what a
-    # batch that should be back in seconds can still do, not grow to a minute
+    # 25 'not found' answers after create, and the batch takes 5 s: the waits between polls
+    # must stay within what a batch that should be back in seconds can still do, not grow to
+    # a minute
     missing = {"kind": "not_found_after_create", "nth": [1], "calls": 25}
-    server = faulty(local_server_factory, missing)
+    server = faulty(local_server_factory, missing, validation_delay_s=2500)
     job = make_job(tmp_path, server.base_url, 5, estimate={"batch_turnaround_hours": 0.002})
     waits: list[str] = []
     alarm = watchdog(40)
@@ -199,7 +202,8 @@ def test_a_batch_that_is_not_found_is_polled_as_often_as_it_may_still_finish(
 
     result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02, on_progress=watch)
     assert result.status.finished and result.status.requests["succeeded"] == 5
-    assert any("answered 'not found' 25 times" in line for line in waits), waits[-3:]
+    counts = [int(m.group(1)) for m in map(NOT_FOUND.search, waits) if m]
+    assert counts and max(counts) > 10, waits[-3:]
     assert not result.status.waiting
 
 
@@ -216,3 +220,21 @@ def test_an_empty_input_with_a_target_ends_saying_so(
     messages = [e["message"] for e in store.events(result.run_id) if e["kind"] == "target"]
     store.close()
     assert messages[-1].startswith("the input is used up with 0 of 3 valid")
+
+
+def test_a_batch_that_is_never_found_by_id_is_followed_through_the_listing(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    # the provider answers 404 for the batch whenever it is asked by id, but lists it
+    missing = {"kind": "not_found_after_create", "nth": [1], "calls": 10**6}
+    server = faulty(local_server_factory, missing)
+    job = make_job(tmp_path, server.base_url, 5, estimate={"batch_turnaround_hours": 0.002})
+    result = run_job(
+        job, state_dir=tmp_path / "state", poll_interval=0.02, on_progress=watchdog(40)
+    )
+    assert result.status.finished and result.status.requests["succeeded"] == 5
+    assert set(executions(server).values()) == {1}
+    store = open_store(tmp_path / "state")
+    (batch,) = store.batches(result.run_id)
+    store.close()
+    assert batch.state == "finished" and batch.remote_status == "completed"

@@ -704,10 +704,13 @@ class Runner:
             except RemoteNotFound:
                 misses = batch.not_found + 1
                 self.store.update_batch(self.run_id, batch.id, not_found=misses)
+                listed = None
                 if misses % self.settings.not_found_grace == 0:
-                    self._find_lost(batch, misses)
-                self._schedule(poll, batch)
-                continue
+                    listed = self._find_lost(batch, misses)
+                if listed is None:
+                    self._schedule(poll, batch)
+                    continue
+                remote = listed
             except ProviderUnavailable as exc:
                 self.store.event(self.run_id, "retry", f"polling batch {batch.id}: {exc}")
                 self._schedule(poll, batch)
@@ -735,22 +738,32 @@ class Runner:
                 self._schedule(poll, batch)
         return progressed
 
-    def _find_lost(self, batch: BatchRecord, misses: int) -> None:
-        """A batch that keeps answering 404: look it up by its tags, and say so."""
+    def _find_lost(self, batch: BatchRecord, misses: int) -> RemoteBatch | None:
+        """A batch that keeps answering 404: look it up in the listing (with proof that it is
+        ours) and go on from what the listing says of it; else say so."""
         try:
             found = self._find_remote(batch)
         except ProviderUnavailable:
-            return
+            return None
         if found is not None and found.id != batch.remote_id:
             self.store.update_batch(self.run_id, batch.id, remote_id=found.id, not_found=0)
             self.store.event(self.run_id, "adopted", f"batch {batch.id} is {found.id}")
-            return
+            return found
+        if found is not None:
+            self.store.event(
+                self.run_id,
+                "warning",
+                f"batch {batch.id} ({batch.remote_id}) answered 'not found' {misses} times but "
+                f"is in the provider's listing ({found.status.value}); following it there",
+            )
+            return found
         self.store.event(
             self.run_id,
             "warning",
             f"batch {batch.id} ({batch.remote_id}) answered 'not found' {misses} times and is not "
             "in the provider's listing; still polling. `batchpilot cancel` stops the run.",
         )
+        return None
 
     def _schedule(self, poll: _Poll, batch: BatchRecord) -> None:
         poll.interval = min(self._poll_cap(batch), max(poll.interval, 0.01) * 1.5)
