@@ -238,3 +238,37 @@ def test_a_batch_that_is_never_found_by_id_is_followed_through_the_listing(
     (batch,) = store.batches(result.run_id)
     store.close()
     assert batch.state == "finished" and batch.remote_status == "completed"
+
+
+def test_a_batch_the_provider_lost_past_its_window_gives_its_requests_back(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = faulty(
+        local_server_factory, {"kind": "finalizing_stall", "nth": [1], "seconds": 10**9}
+    )
+    state = tmp_path / "state"
+    job = make_job(tmp_path, server.base_url, 5)
+    first = run_job(job, state_dir=state, poll_interval=0.02, detach=True)
+    assert first.status.requests["submitted"] == 5
+    # the provider no longer knows the batch, lists nothing of ours for it, and its 24 h window
+    # ended long ago: nothing can come of it any more
+    store = open_store(state)
+    with store.tx() as db:
+        db.execute(
+            "UPDATE batches SET remote_id = 'batch_gone', input_file_id = 'file-gone', "
+            "submitted_at_utc = '2020-01-01T00:00:00.000000Z' WHERE run_id = ?",
+            (first.run_id,),
+        )
+    store.close()
+    result = run_job(job, state_dir=state, poll_interval=0.02, on_progress=watchdog(30))
+    assert result.status.finished and result.status.requests["succeeded"] == 5
+    store = open_store(state)
+    try:
+        lost, again = store.batches(result.run_id)
+        events = [e["message"] for e in store.events(result.run_id) if e["kind"] == "lost"]
+        rows = list(store.joined_rows(result.run_id))
+    finally:
+        store.close()
+    assert lost.state == again.state == "finished" and again.requests == 5
+    assert events and events[0].startswith("batch 1 (batch_gone) is gone")
+    assert [row["attempts"] for row in rows] == [2] * 5

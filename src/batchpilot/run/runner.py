@@ -62,6 +62,7 @@ LIVE = (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING, BatchSta
 TO_SUBMIT = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING)
 UNRESERVED = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED)
 IN_QUEUE = (BatchState.PLANNED, *LIVE)
+COMPLETION_WINDOW_S = 24 * 3600.0  # the window every batch is created with
 LANE_TICK_S = 0.02  # after a real-time answer, wait this long so that a burst is seen at once
 
 
@@ -757,6 +758,9 @@ class Runner:
                 f"is in the provider's listing ({found.status.value}); following it there",
             )
             return found
+        if self._past_window(batch):
+            self._lost(batch, misses)
+            return None
         self.store.event(
             self.run_id,
             "warning",
@@ -764,6 +768,32 @@ class Runner:
             "in the provider's listing; still polling. `batchpilot cancel` stops the run.",
         )
         return None
+
+    def _past_window(self, batch: BatchRecord) -> bool:
+        """Whether the batch's completion window (and an hour more) has passed."""
+        if not batch.submitted_at_utc:
+            return False
+        elapsed = (datetime.now(UTC) - _utc(batch.submitted_at_utc)).total_seconds()
+        return elapsed * self.settings.time_scale > COMPLETION_WINDOW_S + 3600
+
+    def _lost(self, batch: BatchRecord, misses: int) -> None:
+        """A batch the provider does not know, does not list, and whose window has ended can
+        bring nothing any more: its requests go back to pending (each try counted)."""
+        requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
+        why = f"lost: the provider no longer knows batch {batch.remote_id}"
+        outcomes = [
+            Outcome(r.id, self.settings.retry.next_state(r, True, True), error=why)
+            for r in requests
+        ]
+        self.store.finish_batch(self.run_id, batch.id, outcomes)
+        self._polls.pop(batch.id, None)
+        self.store.event(
+            self.run_id,
+            "lost",
+            f"batch {batch.id} ({batch.remote_id}) is gone: 'not found' {misses} times, not in "
+            "the provider's listing, and its completion window has ended; its requests are "
+            "sent again",
+        )
 
     def _schedule(self, poll: _Poll, batch: BatchRecord) -> None:
         poll.interval = min(self._poll_cap(batch), max(poll.interval, 0.01) * 1.5)
