@@ -150,8 +150,16 @@ def executions(server: LocalServer) -> Counter[str]:
     return Counter(row["custom_id"] for row in server.admin.ledger() if row["status_code"] == 200)
 
 
-def test_a_near_deadline_settles_batches_that_were_never_created(
-    tmp_path: Path, local_server_factory: Factory
+@pytest.mark.parametrize(
+    "later",
+    [
+        {"strategy": "hybrid", "deadline": "10m", "estimate": {"batch_turnaround_hours": 1}},
+        {"strategy": "realtime"},
+    ],
+    ids=["near-deadline", "realtime"],
+)
+def test_batches_never_created_are_settled_when_batches_are_not_wanted(
+    tmp_path: Path, local_server_factory: Factory, later: dict[str, Any]
 ) -> None:
     refused = {"kind": "http_error", "route": "POST /v1/batches", "status": 503, "first": 10**6}
     server = faulty(local_server_factory, refused)
@@ -165,14 +173,7 @@ def test_a_near_deadline_settles_batches_that_were_never_created(
             on_progress=stop_when(lambda s: s.batches.get("creating", 0) >= 1),
         )
     urgent = make_job(
-        tmp_path,
-        server.base_url,
-        12,
-        output={"path": "out.jsonl"},
-        strategy="hybrid",
-        deadline="10m",
-        realtime={"rpm": 6000},
-        estimate={"batch_turnaround_hours": 1},
+        tmp_path, server.base_url, 12, output={"path": "out.jsonl"}, realtime={"rpm": 6000}, **later
     )
     result = run_job(urgent, state_dir=state, poll_interval=0.02, on_progress=watchdog(20))
     assert result.status.finished
