@@ -696,7 +696,9 @@ class Runner:
     def _poll_live(self) -> bool:
         progressed = False
         now = time.monotonic()
-        for batch in self.store.batches(self.run_id, [BatchState.SUBMITTED]):
+        live = self.store.batches(self.run_id, [BatchState.SUBMITTED])
+        turnaround = self._turnaround() if live else 0.0
+        for batch in live:
             poll = self._polls.setdefault(batch.id, _Poll(0.0, self.settings.poll_interval_s))
             if poll.due > now or batch.remote_id is None:
                 continue
@@ -709,12 +711,12 @@ class Runner:
                 if misses % self.settings.not_found_grace == 0:
                     listed = self._find_lost(batch, misses)
                 if listed is None:
-                    self._schedule(poll, batch)
+                    self._schedule(poll, batch, turnaround)
                     continue
                 remote = listed
             except ProviderUnavailable as exc:
                 self.store.event(self.run_id, "retry", f"polling batch {batch.id}: {exc}")
-                self._schedule(poll, batch)
+                self._schedule(poll, batch, turnaround)
                 continue
             changed = remote.status.value != batch.remote_status
             self.store.update_batch(
@@ -729,14 +731,14 @@ class Runner:
                     self._ingest(batch, remote)
                 except ProviderUnavailable as exc:
                     self.store.event(self.run_id, "retry", f"downloading batch {batch.id}: {exc}")
-                    self._schedule(poll, batch)
+                    self._schedule(poll, batch, turnaround)
                     continue
                 self._polls.pop(batch.id, None)
                 progressed = True
             else:
                 if changed:
                     poll.interval = self.settings.poll_interval_s
-                self._schedule(poll, batch)
+                self._schedule(poll, batch, turnaround)
         return progressed
 
     def _find_lost(self, batch: BatchRecord, misses: int) -> RemoteBatch | None:
@@ -795,17 +797,17 @@ class Runner:
             "sent again",
         )
 
-    def _schedule(self, poll: _Poll, batch: BatchRecord) -> None:
-        poll.interval = min(self._poll_cap(batch), max(poll.interval, 0.01) * 1.5)
+    def _schedule(self, poll: _Poll, batch: BatchRecord, turnaround: float) -> None:
+        poll.interval = min(self._poll_cap(batch, turnaround), max(poll.interval, 0.01) * 1.5)
         poll.due = time.monotonic() + poll.interval * random.uniform(0.8, 1.2)
 
-    def _poll_cap(self, batch: BatchRecord) -> float:
+    def _poll_cap(self, batch: BatchRecord, turnaround: float) -> float:
         """The longest wait between two polls of `batch`: a quarter of the time it may still
         take (the turnaround, learned or estimated, and the deadline), a twentieth of the
         turnaround once it is late; never below the poll interval nor above the maximum."""
         settings = self.settings
         now = datetime.now(UTC)
-        turnaround = self._turnaround() / settings.time_scale
+        turnaround /= settings.time_scale
         left = turnaround
         if batch.submitted_at_utc:
             left -= (now - _utc(batch.submitted_at_utc)).total_seconds()
