@@ -24,7 +24,6 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
@@ -160,15 +159,11 @@ class RealtimeLane:
             twin.check = rebind(store)
         return twin
 
-    def recall_day(self) -> int:
+    def recall_day(self) -> None:
         """Count the real-time requests the store saw in the last day (earlier processes,
-        other runs of the same models) against the requests-per-day limit; returns how many."""
-        if self.throttle.requests_per_day is None:
-            return 0
-        since = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        sent = self.store.realtime_sent_since(since, self.run_id)
-        self.throttle.spent_today(sent)
-        return sent
+        other runs of the same models) against the requests-per-day limit."""
+        if self.throttle.requests_per_day is not None:
+            self.throttle.spent_today(self.store.realtime_sent_last_day(self.run_id))
 
     @property
     def report(self) -> LaneReport:

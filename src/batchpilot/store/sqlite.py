@@ -10,7 +10,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +94,10 @@ class SQLiteStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
         return str(row[0])
 
-    def realtime_sent_since(self, since_utc: str, run_id: str) -> int:
-        """Real-time tries that ended since then, in every run of this store, of the models
-        that `run_id` uses (real-time limits are per model)."""
+    def realtime_sent_last_day(self, run_id: str) -> int:
+        """Real-time tries that ended in the last 24 hours, in every run of this store, of the
+        models that `run_id` uses (real-time limits are per model)."""
+        since_utc = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         row = self._db.execute(
             "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
             "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= ? "
