@@ -7,6 +7,7 @@ alone would match the first store's remote objects."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from batchpilot.providers import OpenAIProvider
 from batchpilot.run import open_store, run_job
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
+from batchpilot.store import SQLiteStore
+from batchpilot.store.migrations import MIGRATIONS
 
 Factory = Callable[..., LocalServer]
 
@@ -138,3 +141,18 @@ def test_each_store_has_its_own_lasting_id(tmp_path: Path) -> None:
     finally:
         again.close()
         other.close()
+
+
+def test_a_store_made_before_stores_had_ids_gets_one(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        for number in range(3):
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute("PRAGMA user_version = 3")
+    store = SQLiteStore(path)
+    try:
+        assert len(store.store_id) == 12
+    finally:
+        store.close()
