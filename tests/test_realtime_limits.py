@@ -85,11 +85,14 @@ def test_the_days_realtime_requests_are_counted_across_restarts(
     assert 3 <= sent <= 5
     # the day has room for 5 - sent more: a second process must not start with a full day
     until = time.monotonic() + 3
+    waits: list[str] = []
 
     def watch(status: RunStatus) -> None:
+        waits.extend(status.waiting)
         if time.monotonic() > until:
             raise KeyboardInterrupt
 
     with contextlib.suppress(KeyboardInterrupt):
         run_job(job, state_dir=state, poll_interval=0.02, on_progress=watch)
     assert len(server.admin.ledger()) == 5, "the second process sent past the day's 5"
+    assert waits and waits[-1].startswith("the day's 5 real-time requests are used up")

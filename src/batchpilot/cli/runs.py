@@ -78,6 +78,7 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
                 "requests": b.requests,
                 "completed": b.completed,
                 "failed": b.failed,
+                "not_found": b.not_found,
             }
             for b in batches
         ]

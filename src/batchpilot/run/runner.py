@@ -239,6 +239,13 @@ class Runner:
         status = run_status(self.store, self.run_id, self.settings.budget_usd)
         if self.target is not None:
             status.target, status.valid = self.target.goal, self.target.count()
+        if self._lane_thread is not None and self.lane is not None and status.requests["pending"]:
+            wait = self.lane.throttle.day_wait()
+            if wait > 0:
+                status.waiting.append(
+                    f"the day's {self.lane.throttle.limits.rpd} real-time requests are used "
+                    f"up: the next one in about {_duration(wait)}"
+                )
         return status
 
     def _sleep(self) -> None:
