@@ -47,6 +47,8 @@ def status_table(status: RunStatus, eta: str | None = None) -> Table:
             "failed tries",
             ", ".join(f"{n} {kind}" for kind, n in sorted(status.failures.items())),
         )
+    for line in status.waiting:
+        table.add_row("waiting", line)
     if eta:
         table.add_row("eta", eta)
     return table

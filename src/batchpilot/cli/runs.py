@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -11,10 +13,12 @@ from rich.table import Table
 
 from batchpilot.cli.live import status_table
 from batchpilot.cli.run import state_option
-from batchpilot.errors import UserInputError
+from batchpilot.errors import ProviderUnavailable, StateError, UserInputError
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
-from batchpilot.run.api import export_job, job_of
+from batchpilot.run.adopt import find_batch, record_submitted
+from batchpilot.run.api import export_job, job_of, run_lock
+from batchpilot.run.cancel import Cancelled, cancel_batches
 from batchpilot.run.pipeline import export_pipeline, step_runs
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
@@ -74,6 +78,7 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
                 "requests": b.requests,
                 "completed": b.completed,
                 "failed": b.failed,
+                "not_found": b.not_found,
             }
             for b in batches
         ]
@@ -104,19 +109,55 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
 def cancel(run_id: str | None, state_dir: Path) -> None:
     """Cancel a run's batches at the provider. Finished answers are kept; `resume` continues."""
     store = open_store(state_dir)
-    record = find_run(store, run_id)
-    live = store.batches(record.id, [BatchState.SUBMITTED])
+    try:
+        record = find_run(store, run_id)
+        with _lock_for_cancel(state_dir, record.id):
+            done = _cancel_run(store, record, state_dir)
+    finally:
+        store.close()
+    for item in done:
+        click.echo(item.line)
+    count = sum(item.outcome == "cancelled" for item in done)
+    click.echo(f"cancelled {count} of {len(done)} live batches of {record.id}")
+    if any(item.outcome == "failed" for item in done):
+        raise ProviderUnavailable(
+            "some batches could not be cancelled now; run `batchpilot cancel` again"
+        )
+
+
+@contextmanager
+def _lock_for_cancel(state_dir: Path, run_id: str) -> Iterator[None]:
+    lock = run_lock(state_dir, run_id)
+    try:
+        lock.acquire()
+    except StateError as exc:
+        raise StateError(
+            f"{exc}. A run that is running cancels its own batches: press Ctrl-C twice "
+            "where it runs"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _cancel_run(store: SQLiteStore, record: RunRecord, state_dir: Path) -> list[Cancelled]:
+    """Cancel every live batch of the run (the run's lock held), whatever each one answers;
+    a batch whose creation was under way is cancelled too if the provider shows it as ours."""
     provider = _provider_of(record, state_dir)
     try:
-        for batch in live:
-            if batch.remote_id is not None:
-                provider.cancel_batch(batch.remote_id)
-        store.set_run_status(record.id, "cancelled")
-        store.event(record.id, "cancelled", f"cancelled {len(live)} remote batches")
+        for batch in store.batches(record.id, [BatchState.CREATING]):
+            remote = find_batch(provider, batch, record.id, store.store_id)
+            if remote is not None:
+                record_submitted(store, record.id, batch, remote)
+        live = store.batches(record.id, [BatchState.SUBMITTED])
+        done = cancel_batches(store, provider, record.id, live, "on request")
     finally:
         provider.close()
-        store.close()
-    click.echo(f"cancelled {len(live)} batches of {record.id}")
+    store.set_run_status(record.id, "cancelled")
+    count = sum(item.outcome == "cancelled" for item in done)
+    store.event(record.id, "cancelled", f"cancelled {count} of {len(live)} remote batches")
+    return done
 
 
 @click.command()

@@ -188,6 +188,22 @@ class Throttle:
         elapsed = max(0.0, self._clock() - bucket.stamp)
         return min(float(bucket.capacity), bucket.level + elapsed * bucket.rate)
 
+    def spent_today(self, requests: int) -> None:
+        """Take `requests` already sent in the last day (by earlier processes) out of the
+        requests-per-day bucket."""
+        bucket = self.requests_per_day
+        if bucket is not None and requests > 0:
+            bucket.refill(self._clock())
+            bucket.level = max(0.0, min(bucket.level, bucket.capacity - float(requests)))
+
+    def day_wait(self) -> float:
+        """Seconds until the requests-per-day bucket lets one more request through (0 now)."""
+        bucket = self.requests_per_day
+        if bucket is None:
+            return 0.0
+        bucket.refill(self._clock())
+        return bucket.wait_for(1.0)
+
     def pause(self, seconds: float) -> None:
         """Let no acquisition through for `seconds` from now (extends, never shortens, a pause)."""
         self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))

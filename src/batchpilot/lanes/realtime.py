@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx2
 import openai
 import orjson
+from openai._types import RequestOptions
 
 from batchpilot.errors import IllegalTransition
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
@@ -115,6 +116,7 @@ class RealtimeLane:
         *,
         limits: RateLimits,
         concurrency: int = 16,
+        timeout_s: float | None = None,
         prices: PriceTable | None = None,
         retry: RetryPolicy,
         budget_usd: float | None = None,
@@ -129,6 +131,7 @@ class RealtimeLane:
         self.store = store
         self.run_id = run_id
         self.concurrency = concurrency
+        self.timeout_s = timeout_s
         self.prices = prices
         self.retry = retry
         self.budget_usd = budget_usd
@@ -155,6 +158,12 @@ class RealtimeLane:
         if callable(rebind):
             twin.check = rebind(store)
         return twin
+
+    def recall_day(self) -> None:
+        """Count the real-time requests the store saw in the last day (earlier processes,
+        other runs of the same models) against the requests-per-day limit."""
+        if self.throttle.requests_per_day is not None:
+            self.throttle.spent_today(self.store.realtime_sent_last_day(self.run_id))
 
     @property
     def report(self) -> LaneReport:
@@ -508,13 +517,10 @@ class RealtimeLane:
         if body.get("stream"):
             raise ValueError("streaming is not supported on the real-time lane")
         path = request.endpoint.removeprefix("/v1")
-        headers = {CUSTOM_ID_HEADER: request.id}
-        return lambda: self.client.post(
-            path,
-            cast_to=httpx2.Response,
-            body=body,
-            options={"headers": headers, "max_retries": 0},
-        )
+        options: RequestOptions = {"headers": {CUSTOM_ID_HEADER: request.id}, "max_retries": 0}
+        if self.timeout_s is not None:
+            options["timeout"] = self.timeout_s
+        return lambda: self.client.post(path, cast_to=httpx2.Response, body=body, options=options)
 
     def _worst_cost(self, request: PendingRequest) -> float:
         prices = self.prices

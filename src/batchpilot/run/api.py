@@ -196,6 +196,7 @@ def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | Non
         rpd=job.realtime.rpd or (None if local else tier.rpd),
     )
     settings.concurrency = job.realtime.concurrency
+    settings.realtime_timeout_s = job.realtime.timeout
     settings.turnaround_s = job.estimate.batch_turnaround_hours * 3600
 
 
@@ -270,36 +271,18 @@ def open_runner(
             run_id,
             limits=settings.realtime,
             concurrency=settings.concurrency,
+            timeout_s=settings.realtime_timeout_s,
             prices=settings.prices,
             retry=settings.retry,
             budget_usd=settings.budget_usd,
             check=check,
         )
+        runner.lane.recall_day()
     runner.interrupt.install()
     try:
         yield runner
     finally:
         runner.interrupt.restore()
-
-
-@contextmanager
-def _running(
-    store: SQLiteStore,
-    run_id: str,
-    state_dir: Path,
-    provider: Provider,
-    settings: RunSettings,
-    on_progress: Callable[[RunStatus], None] | None,
-    use_cache: bool,
-    check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
-) -> Iterator[Runner]:
-    with (
-        run_lock(state_dir, run_id),
-        open_runner(
-            store, run_id, state_dir, provider, settings, on_progress, use_cache, check
-        ) as runner,
-    ):
-        yield runner
 
 
 def _row_source(job: JobSpec, rows: Iterable[Row] | None) -> Callable[[], Iterable[Row]]:
@@ -348,9 +331,47 @@ def run_job(
             poll_interval=poll_interval,
             fresh=fresh,
         )
-    store = open_store(state_dir)
     spec = spec_json(recorded or job)
     run_id = run_id or run_id_for(job.name, identity_json(job))
+    # The lock comes first: two processes must not both plan a new run, and a refused one must
+    # not have started anything (a local model) by then.
+    with run_lock(state_dir, run_id):
+        store = open_store(state_dir)
+        try:
+            return _run_locked(
+                job,
+                store,
+                run_id,
+                spec,
+                state_dir=state_dir,
+                rows=rows,
+                provider=provider,
+                on_progress=on_progress,
+                detach=detach,
+                cancel_on_exit=cancel_on_exit,
+                poll_interval=poll_interval,
+                fresh=fresh,
+            )
+        finally:
+            store.close()
+
+
+def _run_locked(
+    job: JobSpec,
+    store: SQLiteStore,
+    run_id: str,
+    spec: str,
+    *,
+    state_dir: Path,
+    rows: Iterable[Row] | None,
+    provider: Provider | None,
+    on_progress: Callable[[RunStatus], None] | None,
+    detach: bool,
+    cancel_on_exit: bool,
+    poll_interval: float | None,
+    fresh: bool,
+) -> RunResult:
+    """`run_job` once it holds the run's lock."""
     prices = PriceTable.load(overrides=job.prices or None)
     source = _row_source(job, rows)
     record = RunRecord(
@@ -389,7 +410,7 @@ def run_job(
 
     def drive(target: TargetCounter | None = None) -> RunStatus:
         assert provider is not None
-        with _running(
+        with open_runner(
             store, run_id, state_dir, provider, settings, on_progress, not fresh, check
         ) as runner:
             runner.target = target
@@ -407,7 +428,6 @@ def run_job(
     if status.finished and job.output is not None:
         output = job.resolve(job.output.path)
         export_job(store, run_id, job, output)
-    store.close()
     return RunResult(run_id, status, output)
 
 
@@ -447,14 +467,15 @@ def _run_to_target(
         produced = counter.count()
         outcomes = store.row_outcomes(record.id)
         ended = outcomes.get("succeeded", 0) + outcomes.get("failed", 0)
-        if produced == 0:
+        if produced == 0 and status.total > 0:
             reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(status.failures.items()))
             raise UserInputError(
                 f"none of the {ended} answers so far is valid ({reasons or 'no answers'}); "
                 "check the prompt, the schema and the validators, then run again"
             )
         start = store.next_row_index(record.id)
-        wave = islice(source(), start, start + next_wave(target, produced, ended))
+        size = next_wave(target, produced, ended) if ended else first_wave(target)
+        wave = islice(source(), start, start + size)
         result = _plan_into_store(store, record, _planner(job, wave), "plan", create=False)
         if result.rows == 0:
             store.event(
@@ -551,28 +572,37 @@ def run_requests_file(
         }
     )
     run_id = run_id_for(re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)[:40] or "requests", spec)
-    store = open_store(state_dir)
-    if store.run(run_id) is None:
-        record = RunRecord(run_id, path.stem, spec, kind, "mixed", "planned", budget, utc_now())
-        _plan_into_store(
-            store,
-            record,
-            lambda sink: plan_requests_file(path, local=kind == "local", sink=sink, model=model),
-            "requests file",
-        )
-    settings = _settings(
-        LimitsSpec(),
-        local=kind == "local",
-        tier=1,
-        budget=budget,
-        prices=PriceTable.load(),
-        poll_interval=poll_interval,
-        detach=detach,
-        cancel_on_exit=False,
-    )
-    with _running(store, run_id, state_dir, provider, settings, on_progress, True) as runner:
-        status = runner.run()
-    store.close()
+    with run_lock(state_dir, run_id):
+        store = open_store(state_dir)
+        try:
+            if store.run(run_id) is None:
+                record = RunRecord(
+                    run_id, path.stem, spec, kind, "mixed", "planned", budget, utc_now()
+                )
+                _plan_into_store(
+                    store,
+                    record,
+                    lambda sink: plan_requests_file(
+                        path, local=kind == "local", sink=sink, model=model
+                    ),
+                    "requests file",
+                )
+            settings = _settings(
+                LimitsSpec(),
+                local=kind == "local",
+                tier=1,
+                budget=budget,
+                prices=PriceTable.load(),
+                poll_interval=poll_interval,
+                detach=detach,
+                cancel_on_exit=False,
+            )
+            with open_runner(
+                store, run_id, state_dir, provider, settings, on_progress, True
+            ) as runner:
+                status = runner.run()
+        finally:
+            store.close()
     return RunResult(run_id, status)
 
 

@@ -38,6 +38,8 @@ from batchpilot.providers.base import (
     RemoteNotFound,
     RemoteStatus,
 )
+from batchpilot.run.adopt import find_batch, find_file, metadata_for, record_submitted
+from batchpilot.run.cancel import cancel_batches
 from batchpilot.run.ingest import classify, read_lines
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.share import LaneShare, LaneThread
@@ -50,10 +52,9 @@ from batchpilot.store import (
     PendingRequest,
     RequestState,
     SQLiteStore,
-    utc_now,
 )
 
-__all__ = ["Interrupt", "Runner", "metadata_for"]
+__all__ = ["Interrupt", "Runner"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ LIVE = (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING, BatchSta
 TO_SUBMIT = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING)
 UNRESERVED = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED)
 IN_QUEUE = (BatchState.PLANNED, *LIVE)
+COMPLETION_WINDOW_S = 24 * 3600.0  # the window every batch is created with
 LANE_TICK_S = 0.02  # after a real-time answer, wait this long so that a burst is seen at once
 
 
@@ -80,10 +82,6 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def metadata_for(run_id: str, batch_id: int) -> dict[str, str]:
-    return {"batchpilot_run": run_id, "batchpilot_batch": str(batch_id)}
 
 
 class Interrupt:
@@ -199,7 +197,12 @@ class Runner:
             if status.finished:
                 self._close_lane()
                 self.store.set_run_status(self.run_id, "finished")
-                self.store.event(self.run_id, "finished", "every request has ended")
+                ended = (
+                    "every request has ended"
+                    if status.total
+                    else "nothing to do: the run has no requests"
+                )
+                self.store.event(self.run_id, "finished", ended)
                 return self.status()
             if self.settings.detach and not self.store.batches(self.run_id, TO_SUBMIT):
                 self._close_lane()
@@ -218,21 +221,15 @@ class Runner:
 
     def _wind_down(self) -> bool:
         """After the target is met: the real-time lane stops (what is on the wire finishes),
-        batches not yet sent are dropped, batches whose creation may have happened are finished
-        as usual, live ones are cancelled (what they answered is kept: it is paid for); once
-        none is live, what is still pending is cancelled."""
+        batches not yet created are dropped, live ones are cancelled (what they answered is
+        kept: it is paid for); once none is live, what is still pending is cancelled."""
         progressed = False
         if self._lane_thread is not None:
             with self.share.lock:
                 self.share.reserve = 0  # the lane takes nothing more
             self._close_lane()
-        for batch in self.store.batches(self.run_id, TO_SUBMIT):
-            if batch.state == BatchState.CREATING:
-                progressed |= self._advance(batch)
-            else:
-                self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED)
-                progressed = True
-        progressed |= self._cancel_live("target", "cancelled: no longer needed")
+        progressed |= self._drop_unsent()
+        progressed |= self._cancel_live("target", "no longer needed")
         if not self.store.batches(self.run_id, LIVE):
             reason = "not_needed: the target was met before it was sent"
             progressed |= self.store.cancel_pending(self.run_id, reason) > 0
@@ -242,6 +239,13 @@ class Runner:
         status = run_status(self.store, self.run_id, self.settings.budget_usd)
         if self.target is not None:
             status.target, status.valid = self.target.goal, self.target.count()
+        if self._lane_thread is not None and self.lane is not None and status.requests["pending"]:
+            wait = self.lane.throttle.day_wait()
+            if wait > 0:
+                status.waiting.append(
+                    f"the day's {self.lane.throttle.limits.rpd} real-time requests are used "
+                    f"up: the next one in about {_duration(wait)}"
+                )
         return status
 
     def _sleep(self) -> None:
@@ -258,13 +262,11 @@ class Runner:
         self._close_lane()
         live = self.store.batches(self.run_id, [BatchState.SUBMITTED])
         if self.settings.cancel_on_exit or self.interrupt.cancel.is_set():
-            for batch in live:
-                if batch.remote_id is not None:
-                    try:
-                        self.provider.cancel_batch(batch.remote_id)
-                    except (ProviderRejected, ProviderUnavailable) as exc:
-                        self.store.event(self.run_id, "warning", f"cancel failed: {exc}")
-            self.store.event(self.run_id, "cancelled", f"cancelled {len(live)} remote batches")
+            done = cancel_batches(self.store, self.provider, self.run_id, live, "on stop")
+            count = sum(d.outcome == "cancelled" for d in done)
+            self.store.event(
+                self.run_id, "cancelled", f"cancelled {count} of {len(live)} remote batches"
+            )
         else:
             self.store.event(
                 self.run_id, "stopped", f"stopped with {len(live)} batches still running remotely"
@@ -325,11 +327,11 @@ class Runner:
         if strategy == "realtime":
             self.share.reserve = None
             self._start_lane()
-            return False
+            return self._drop_unsent()  # batches left by an earlier run with another strategy
         if self._deadline_near():
             self.share.reserve = None  # everything that is pending goes real time
             self._start_lane()
-            return self._cancel_late_batches()
+            return self._drop_unsent() | self._cancel_late_batches()
         self._rebalance()
         progressed = self._submit_more()
         self._start_lane()  # after the batches: a batch's turnaround starts when it is created
@@ -421,25 +423,49 @@ class Runner:
         wall = self._turnaround() / self.settings.time_scale
         return datetime.now(UTC) + timedelta(seconds=wall) > deadline
 
+    def _drop_unsent(self) -> bool:
+        """Batches not created yet are dropped, their requests back to pending, once the batch
+        lane is not to take them (a near deadline, real time only, a met target). A batch whose
+        creation may have happened is adopted if the provider lists it as ours (and is then
+        polled, or cancelled, like any live batch), else dropped too."""
+        if time.monotonic() < self._backoff_until:
+            return False
+        progressed = False
+        for batch in self.store.batches(self.run_id, TO_SUBMIT):
+            tried = batch.state == BatchState.CREATING and (batch.id, "create") not in self._fresh
+            try:
+                remote = self._find_remote(batch) if tried else None
+            except ProviderUnavailable as exc:
+                self._back_off(f"looking for batch {batch.id}: {exc}")
+                return progressed
+            progressed = True
+            if remote is not None:
+                self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {remote.id}")
+                self._submitted(batch, remote)
+                continue
+            self._fresh.discard((batch.id, "create"))
+            with self.share.lock:
+                self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED, reserved_usd=0.0)
+                self._hold()
+            self.store.event(self.run_id, "dropped", f"batch {batch.id} was never created")
+        return progressed
+
     def _cancel_late_batches(self) -> bool:
         """Batches that cannot finish by the deadline are cancelled; what they did not run comes
         back as pending once their partial results are ingested, and then goes real time."""
-        return self._cancel_live("deadline", "cancelled to finish before the deadline")
+        return self._cancel_live("deadline", "to finish before the deadline")
 
     def _cancel_live(self, kind: str, why: str) -> bool:
-        cancelled = False
-        for batch in self.store.batches(self.run_id, [BatchState.SUBMITTED]):
-            if batch.id in self._cancelled_late or batch.remote_id is None:
-                continue
-            try:
-                self.provider.cancel_batch(batch.remote_id)
-            except (ProviderRejected, ProviderUnavailable) as exc:
-                self.store.event(self.run_id, "warning", f"cancel of batch {batch.id}: {exc}")
-                continue
-            self._cancelled_late.add(batch.id)
-            self.store.event(self.run_id, kind, f"batch {batch.id} {why}")
-            cancelled = True
-        return cancelled
+        """Cancel the live batches not cancelled yet; one the provider will not cancel (it has
+        ended) is not asked again, one it could not be asked about is asked again later."""
+        todo = [
+            b
+            for b in self.store.batches(self.run_id, [BatchState.SUBMITTED])
+            if b.id not in self._cancelled_late
+        ]
+        done = cancel_batches(self.store, self.provider, self.run_id, todo, why, kind)
+        self._cancelled_late.update(d.batch.id for d in done if d.outcome != "failed")
+        return any(d.outcome == "cancelled" for d in done)
 
     # submitting -----------------------------------------------------------------------------
 
@@ -532,7 +558,10 @@ class Runner:
             size, tokens, cost = size + line, tokens + request.input_tokens, cost + worst
         if chosen:
             return self.store.create_batch(
-                self.run_id, chosen, size=size, file_name_prefix=f"batchpilot-{self.run_id}"
+                self.run_id,
+                chosen,
+                size=size,
+                file_name_prefix=f"batchpilot-{self.store.store_id}-{self.run_id}",
             )
         head = pending[0]
         if live or self.share.inflight_usd > 0:
@@ -632,9 +661,7 @@ class Runner:
         fresh = (batch.id, "upload") in self._fresh
         self._fresh.discard((batch.id, "upload"))
         if not fresh:
-            found = next(
-                (f for f in self.provider.list_files() if f.filename == batch.file_name), None
-            )
+            found = find_file(self.provider, batch)
             if found is not None:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {found.id}")
                 return self.store.move_batch(
@@ -649,45 +676,36 @@ class Runner:
         )
 
     def _create(self, batch: BatchRecord) -> BatchRecord:
-        tags = metadata_for(self.run_id, batch.id)
         remote: RemoteBatch | None = None
         # As for uploads: a create whose answer was lost (timeout, 5xx) may have created the
         # batch, so every try but the very first looks for it before creating it again.
         fresh = (batch.id, "create") in self._fresh
         self._fresh.discard((batch.id, "create"))
         if not fresh:
-            remote = next(
-                (
-                    b
-                    for b in self.provider.list_batches()
-                    if all(b.metadata.get(k) == v for k, v in tags.items())
-                ),
-                None,
-            )
+            remote = self._find_remote(batch)
             if remote is not None:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {remote.id}")
         if remote is None:
             assert batch.input_file_id is not None
+            tags = metadata_for(self.run_id, batch.id, self.store.store_id)
             remote = self.provider.create_batch(batch.input_file_id, batch.endpoint, tags)
-        self.store.event(
-            self.run_id, "submitted", f"batch {batch.id} ({batch.requests} requests) is {remote.id}"
-        )
+        return self._submitted(batch, remote)
+
+    def _submitted(self, batch: BatchRecord, remote: RemoteBatch) -> BatchRecord:
         self._polls[batch.id] = _Poll(0.0, self.settings.poll_interval_s)
-        return self.store.move_batch(
-            self.run_id,
-            batch.id,
-            BatchState.SUBMITTED,
-            remote_id=remote.id,
-            remote_status=remote.status.value,
-            submitted_at_utc=utc_now(),
-        )
+        return record_submitted(self.store, self.run_id, batch, remote)
+
+    def _find_remote(self, batch: BatchRecord) -> RemoteBatch | None:
+        return find_batch(self.provider, batch, self.run_id, self.store.store_id)
 
     # polling and ingesting ------------------------------------------------------------------
 
     def _poll_live(self) -> bool:
         progressed = False
         now = time.monotonic()
-        for batch in self.store.batches(self.run_id, [BatchState.SUBMITTED]):
+        live = self.store.batches(self.run_id, [BatchState.SUBMITTED])
+        turnaround = self._turnaround() if live else 0.0
+        for batch in live:
             poll = self._polls.setdefault(batch.id, _Poll(0.0, self.settings.poll_interval_s))
             if poll.due > now or batch.remote_id is None:
                 continue
@@ -696,13 +714,16 @@ class Runner:
             except RemoteNotFound:
                 misses = batch.not_found + 1
                 self.store.update_batch(self.run_id, batch.id, not_found=misses)
+                listed = None
                 if misses % self.settings.not_found_grace == 0:
-                    self._find_lost(batch, misses)
-                self._schedule(poll)
-                continue
+                    listed = self._find_lost(batch, misses)
+                if listed is None:
+                    self._schedule(poll, batch, turnaround)
+                    continue
+                remote = listed
             except ProviderUnavailable as exc:
                 self.store.event(self.run_id, "retry", f"polling batch {batch.id}: {exc}")
-                self._schedule(poll)
+                self._schedule(poll, batch, turnaround)
                 continue
             changed = remote.status.value != batch.remote_status
             self.store.update_batch(
@@ -717,44 +738,90 @@ class Runner:
                     self._ingest(batch, remote)
                 except ProviderUnavailable as exc:
                     self.store.event(self.run_id, "retry", f"downloading batch {batch.id}: {exc}")
-                    self._schedule(poll)
+                    self._schedule(poll, batch, turnaround)
                     continue
                 self._polls.pop(batch.id, None)
                 progressed = True
             else:
                 if changed:
                     poll.interval = self.settings.poll_interval_s
-                self._schedule(poll)
+                self._schedule(poll, batch, turnaround)
         return progressed
 
-    def _find_lost(self, batch: BatchRecord, misses: int) -> None:
-        """A batch that keeps answering 404: look it up by its tags, and say so."""
-        tags = metadata_for(self.run_id, batch.id)
+    def _find_lost(self, batch: BatchRecord, misses: int) -> RemoteBatch | None:
+        """A batch that keeps answering 404: look it up in the listing (with proof that it is
+        ours) and go on from what the listing says of it; else say so."""
         try:
-            found = next(
-                (
-                    b
-                    for b in self.provider.list_batches()
-                    if all(b.metadata.get(k) == v for k, v in tags.items())
-                ),
-                None,
-            )
+            found = self._find_remote(batch)
         except ProviderUnavailable:
-            return
+            return None
         if found is not None and found.id != batch.remote_id:
             self.store.update_batch(self.run_id, batch.id, remote_id=found.id, not_found=0)
             self.store.event(self.run_id, "adopted", f"batch {batch.id} is {found.id}")
-            return
+            return found
+        if found is not None:
+            self.store.event(
+                self.run_id,
+                "warning",
+                f"batch {batch.id} ({batch.remote_id}) answered 'not found' {misses} times but "
+                f"is in the provider's listing ({found.status.value}); following it there",
+            )
+            return found
+        if self._past_window(batch):
+            self._lost(batch, misses)
+            return None
         self.store.event(
             self.run_id,
             "warning",
             f"batch {batch.id} ({batch.remote_id}) answered 'not found' {misses} times and is not "
             "in the provider's listing; still polling. `batchpilot cancel` stops the run.",
         )
+        return None
 
-    def _schedule(self, poll: _Poll) -> None:
-        poll.interval = min(self.settings.max_poll_interval_s, max(poll.interval, 0.01) * 1.5)
+    def _past_window(self, batch: BatchRecord) -> bool:
+        """Whether the batch's completion window (and an hour more) has passed."""
+        if not batch.submitted_at_utc:
+            return False
+        elapsed = (datetime.now(UTC) - _utc(batch.submitted_at_utc)).total_seconds()
+        return elapsed * self.settings.time_scale > COMPLETION_WINDOW_S + 3600
+
+    def _lost(self, batch: BatchRecord, misses: int) -> None:
+        """A batch the provider does not know, does not list, and whose window has ended can
+        bring nothing any more: its requests go back to pending (each try counted)."""
+        requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
+        why = f"lost: the provider no longer knows batch {batch.remote_id}"
+        outcomes = [
+            Outcome(r.id, self.settings.retry.next_state(r, True, True), error=why)
+            for r in requests
+        ]
+        self.store.finish_batch(self.run_id, batch.id, outcomes)
+        self._polls.pop(batch.id, None)
+        self.store.event(
+            self.run_id,
+            "lost",
+            f"batch {batch.id} ({batch.remote_id}) is gone: 'not found' {misses} times, not in "
+            "the provider's listing, and its completion window has ended; its requests are "
+            "sent again",
+        )
+
+    def _schedule(self, poll: _Poll, batch: BatchRecord, turnaround: float) -> None:
+        poll.interval = min(self._poll_cap(batch, turnaround), max(poll.interval, 0.01) * 1.5)
         poll.due = time.monotonic() + poll.interval * random.uniform(0.8, 1.2)
+
+    def _poll_cap(self, batch: BatchRecord, turnaround: float) -> float:
+        """The longest wait between two polls of `batch`: a quarter of the time it may still
+        take (the turnaround, learned or estimated, and the deadline), a twentieth of the
+        turnaround once it is late; never below the poll interval nor above the maximum."""
+        settings = self.settings
+        now = datetime.now(UTC)
+        turnaround /= settings.time_scale
+        left = turnaround
+        if batch.submitted_at_utc:
+            left -= (now - _utc(batch.submitted_at_utc)).total_seconds()
+        if settings.deadline is not None:
+            left = min(left, (settings.deadline - now).total_seconds())
+        cap = left / 4 if left > 0 else turnaround / 20
+        return min(settings.max_poll_interval_s, max(settings.poll_interval_s, cap))
 
     def _download(self, file_id: str | None, name: str) -> Path | None:
         if file_id is None:
@@ -845,6 +912,9 @@ class Runner:
         return outcomes
 
 
+def _utc(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def _seconds_between(start: str, end: str) -> float:
-    first = datetime.fromisoformat(start.replace("Z", "+00:00"))
-    return (datetime.fromisoformat(end.replace("Z", "+00:00")) - first).total_seconds()
+    return (_utc(end) - _utc(start)).total_seconds()

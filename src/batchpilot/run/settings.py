@@ -35,5 +35,6 @@ class RunSettings:
     deadline: datetime | None = None
     realtime: RateLimits = field(default_factory=RateLimits)
     concurrency: int = 16
+    realtime_timeout_s: float = 600.0
     turnaround_s: float = 12 * 3600.0
     time_scale: float = 1.0

@@ -26,6 +26,9 @@ class RunStatus:
     target: int | None = None
     """Target mode: how many valid answers (or items) the job needs, and how many exist."""
     valid: int | None = None
+    waiting: list[str] = field(default_factory=list)
+    """What the run waits for beyond batches at work: a batch the provider does not show yet,
+    a submission being tried again."""
 
     @property
     def total(self) -> int:
@@ -38,7 +41,8 @@ class RunStatus:
 
     @property
     def finished(self) -> bool:
-        return self.total > 0 and self.done == self.total
+        """Every request has ended (a run with no requests has nothing left to do)."""
+        return self.done == self.total
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -50,10 +54,19 @@ def run_status(store: SQLiteStore, run_id: str, budget: float | None = None) -> 
     run = store.run(run_id)
     batches: dict[str, int] = {}
     remote: dict[str, int] = {}
+    waiting: list[str] = []
     for batch in store.batches(run_id):
         batches[batch.state] = batches.get(batch.state, 0) + 1
         if batch.state == BatchState.SUBMITTED and batch.remote_status:
             remote[batch.remote_status] = remote.get(batch.remote_status, 0) + 1
+        if batch.state == BatchState.SUBMITTED and batch.not_found:
+            waiting.append(
+                f"batch {batch.id} ({batch.remote_id}) answered 'not found' {batch.not_found} "
+                "times in a row since it was created: polling until the provider shows it"
+            )
+        elif batch.state in (BatchState.UPLOADING, BatchState.CREATING):
+            step = "upload of its file" if batch.state == BatchState.UPLOADING else "creation"
+            waiting.append(f"batch {batch.id}: its {step} is under way or being tried again")
     spent, reserved = store.money(run_id)
     tokens_in, tokens_out = store.token_totals(run_id)
     return RunStatus(
@@ -68,4 +81,5 @@ def run_status(store: SQLiteStore, run_id: str, budget: float | None = None) -> 
         reserved_usd=reserved,
         budget_usd=budget if budget is not None else (run.budget_usd if run else None),
         failures=store.failure_reasons(run_id),
+        waiting=waiting,
     )

@@ -230,6 +230,10 @@ class RealtimeSpec(Strict):
     tpm: Annotated[int, Field(ge=1)] | None = None
     rpd: Annotated[int, Field(ge=1)] | None = None
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
+    timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        600.0,
+        description="Seconds a real-time call may take before it is given up and tried again.",
+    )
 
 
 class TargetSpec(Strict):

@@ -147,6 +147,16 @@ MIGRATIONS: list[str] = [
         WHERE r.lane != 'cache' ORDER BY r.created_at_utc;
     DROP TABLE cache;
     """,
+    # the store's own id, which its remote objects carry (names, metadata), so that it adopts
+    # only what it sent itself; real-time attempts found by time, for the day's request count
+    """
+    CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', lower(hex(randomblob(6))));
+    CREATE INDEX IF NOT EXISTS attempts_by_lane ON attempts(lane, at_utc);
+    """,
 ]
 
 

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,24 @@ class SQLiteStore:
         finally:
             local.depth = 0
         db.execute("COMMIT")
+
+    @property
+    def store_id(self) -> str:
+        """This store's own id, made once when it was created."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        return str(row[0])
+
+    def realtime_sent_last_day(self, run_id: str) -> int:
+        """Real-time tries that ended in the last 24 hours, in every run of this store, of the
+        models that `run_id` uses (real-time limits are per model)."""
+        since_utc = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
+            "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= ? "
+            "AND q.model IN (SELECT DISTINCT model FROM requests WHERE run_id = ?)",
+            (since_utc, run_id),
+        ).fetchone()
+        return int(row[0])
 
     # runs -----------------------------------------------------------------------------------
 
