@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from batchpilot.errors import StateError
+from batchpilot.errors import StateError, UserInputError
 
 __all__ = ["RunLock"]
 
@@ -20,8 +20,14 @@ class RunLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self.path.open("a+")
+        except OSError as exc:
+            state_dir = self.path.parent.parent
+            raise UserInputError(
+                f"{state_dir}: cannot hold a store ({exc.strerror}); choose another --state"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
