@@ -557,7 +557,9 @@ def run_requests_file(
         _plan_into_store(
             store,
             record,
-            lambda sink: plan_requests_file(path, local=kind == "local", sink=sink, model=model),
+            lambda sink: plan_requests_file(
+                path, local=kind == "local", sink=sink, model=model, budget_usd=budget
+            ),
             "requests file",
         )
     settings = _settings(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ACTIVE_STATUSES", "TERMINAL_STATUSES", "LineRow", "ServerState"]
+__all__ = ["ACTIVE_STATUSES", "TERMINAL_STATUSES", "LedgerRow", "LineRow", "ServerState"]
 
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
@@ -88,7 +88,16 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX ledger_custom_id ON ledger(custom_id);
     """,
+    """
+    ALTER TABLE ledger ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+
+LedgerRow = tuple[str | None, str | None, str, str | None, str, int, float, tuple[int, int, int]]
+"""custom_id, batch_id, endpoint, model, body_sha256, status_code, executed_at and the usage
+(input, cached, output tokens) of one execution."""
 
 
 @dataclass(frozen=True)
@@ -347,7 +356,7 @@ class ServerState:
         self,
         batch_id: str,
         results: Sequence[tuple[int, str, str]],
-        ledger: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
+        ledger: Sequence[LedgerRow],
         counts: tuple[int, int, int, int],
     ) -> None:
         """Store line outcomes (line_no, 'ok'|'failed', output line), ledger rows and counters."""
@@ -377,19 +386,15 @@ class ServerState:
     # ledger ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _insert_ledger(
-        conn: sqlite3.Connection,
-        rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
-    ) -> None:
+    def _insert_ledger(conn: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
         conn.executemany(
             "INSERT INTO ledger(custom_id, batch_id, endpoint, model, body_sha256, status_code, "
-            "executed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            "executed_at, input_tokens, cached_tokens, output_tokens) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row[:7], *row[7]) for row in rows],
         )
 
-    def add_ledger(
-        self, rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]]
-    ) -> None:
+    def add_ledger(self, rows: Sequence[LedgerRow]) -> None:
         with self.tx() as conn:
             self._insert_ledger(conn, rows)
 
@@ -402,12 +407,20 @@ class ServerState:
         return int(row[0])
 
     def ledger(self, since: int = 0) -> list[dict[str, Any]]:
+        """Every execution after `seq` since, each with the `usage` it was billed for."""
         rows = (
             self.read()
             .execute("SELECT * FROM ledger WHERE seq > ? ORDER BY seq", (since,))
             .fetchall()
         )
-        return [dict(row) for row in rows]
+        entries = []
+        for row in rows:
+            entry = dict(row)
+            entry["usage"] = {
+                key: entry.pop(key) for key in ("input_tokens", "cached_tokens", "output_tokens")
+            }
+            entries.append(entry)
+        return entries
 
 
 def dumps(value: Any) -> str:

@@ -147,6 +147,14 @@ MIGRATIONS: list[str] = [
         WHERE r.lane != 'cache' ORDER BY r.created_at_utc;
     DROP TABLE cache;
     """,
+    # 4: each request's worst case, computed once when it is planned: output tokens (NULL: no
+    # bound) and USD at the standard and the batch price (NULL: priced when it is reserved)
+    """
+    ALTER TABLE requests ADD COLUMN worst_output_tokens INTEGER;
+    ALTER TABLE requests ADD COLUMN worst_usd REAL;
+    ALTER TABLE requests ADD COLUMN batch_worst_usd REAL;
+    UPDATE requests SET worst_output_tokens = max_output_tokens;
+    """,
 ]
 
 
