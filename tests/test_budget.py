@@ -7,21 +7,26 @@ proves what was really run stayed within the budget, whatever the store says.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from batchpilot.errors import BudgetExceeded, UserInputError
+from batchpilot.lanes import LaneReport, RateLimits, RealtimeLane, recover_inflight
 from batchpilot.plan import plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable
 from batchpilot.run.api import open_store, run_job
+from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.store_sink import plan_into_store
 from batchpilot.server import LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
-from batchpilot.store import RunRecord, SQLiteStore, utc_now
+from batchpilot.store import RequestState, RunRecord, SQLiteStore, utc_now
 from batchpilot.tokens import count_request
 
 Factory = Callable[..., LocalServer]
@@ -245,3 +250,63 @@ def test_an_image_of_unknown_size_counts_at_the_largest_size(tmp_path: Path) -> 
     assert plan.cost["realtime_worst"] == pytest.approx(
         PriceTable.load().cost(MODEL, input_tokens=largest, output_tokens=10, batch=False)
     )
+
+
+def test_a_request_interrupted_at_every_try_fails_at_max_attempts(tmp_path: Path) -> None:
+    job = make_job(tmp_path, params={"max_tokens": 16})
+    store = planned_store(tmp_path, job)
+    prices = PriceTable.load()
+    try:
+        request = store.pending("run", 1)[0]
+        assert request.worst_usd is not None
+        for attempt in (1, 2):
+            store.move_requests("run", [request.id], RequestState.PENDING, RequestState.REALTIME)
+            count, charged = recover_inflight(store, "run", prices, RetryPolicy(2))
+            assert (count, charged) == (1, pytest.approx(request.worst_usd))
+            assert store.money("run")[0] == pytest.approx(attempt * request.worst_usd)
+        counts = store.request_counts("run")
+        assert counts["failed"] == 1 and counts["realtime"] == 0
+        assert counts["pending"] == 11
+    finally:
+        store.close()
+
+
+def test_a_try_that_timed_out_is_counted_at_its_worst_case(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = local_server_factory(realtime_latency_s=1.0)
+    job = make_job(tmp_path, params={"max_tokens": 16})
+    store = planned_store(tmp_path, job)
+    prices = PriceTable.load()
+    request = store.pending("run", 1)[0]
+
+    async def go() -> LaneReport:
+        client = openai.AsyncOpenAI(
+            base_url=server.base_url, api_key="test", max_retries=0, timeout=0.2
+        )
+        try:
+            lane = RealtimeLane(
+                client,
+                store,
+                "run",
+                limits=RateLimits(),
+                prices=prices,
+                retry=RetryPolicy(2),
+                base_backoff_s=0.01,
+            )
+            return await lane.run([request])
+        finally:
+            await client.close()
+
+    try:
+        report = asyncio.run(go())
+        assert report.failed == 1
+        assert request.worst_usd is not None
+        assert store.money("run")[0] == pytest.approx(2 * request.worst_usd)
+        deadline = time.monotonic() + 30
+        while len(server.admin.ledger()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.admin.ledger()) == 2  # both tries ran, though neither answered in time
+        assert true_spend(server, prices) <= store.money("run")[0]
+    finally:
+        store.close()
