@@ -48,7 +48,7 @@ def make_job(tmp_path: Path, base_url: str = "http://127.0.0.1:9/v1", **changes:
         "limits": {"requests_per_batch": 1, "queue_tokens": 10**6},
         **changes,
     }
-    return job_from_dict(spec, base_dir=tmp_path)
+    return job_from_dict({k: v for k, v in spec.items() if v is not None}, base_dir=tmp_path)
 
 
 def true_spend(server: LocalServer, prices: PriceTable) -> float:
@@ -310,3 +310,47 @@ def test_a_try_that_timed_out_is_counted_at_its_worst_case(
         assert true_spend(server, prices) <= store.money("run")[0]
     finally:
         store.close()
+
+
+def test_the_budget_holds_when_resumed_with_other_strategies_and_across_steps(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = local_server_factory(**FAST)
+    prices = PriceTable.load()
+    params = {"max_tokens": 16}
+    plan = plan_job(make_job(tmp_path, params=params))
+    assert plan.cost["realtime_worst"] is not None
+    budget = float(f"{plan.cost['realtime_worst'] / 12 * 3:.3g}")  # six batch worst cases
+    state = tmp_path / "state"
+    for strategy in ("batch", "realtime", "hybrid", "batch"):
+        job = make_job(
+            tmp_path, server.base_url, params=params, budget={"max_usd": budget}, strategy=strategy
+        )
+        with pytest.raises(BudgetExceeded):
+            run_job(job, state_dir=state, poll_interval=0.02)
+        assert true_spend(server, prices) <= budget
+    store = open_store(state)
+    try:
+        (run,) = store.runs()
+        spent, reserved = store.money(run.id)
+        assert store.request_counts(run.id)["pending"] > 0
+    finally:
+        store.close()
+    assert reserved == 0 and spent == pytest.approx(true_spend(server, prices)) and spent <= budget
+
+    steps = [
+        {"name": "first", "prompt": {"user": "{{ text }}"}},
+        {"name": "second", "prompt": {"user": "Again: {{ steps.first }}"}},
+    ]
+    before = true_spend(server, prices)
+    job = make_job(
+        tmp_path,
+        server.base_url,
+        params=params,
+        budget={"max_usd": budget * 3},
+        prompt=None,
+        steps=steps,
+    )
+    with pytest.raises(BudgetExceeded):
+        run_job(job, state_dir=tmp_path / "steps", poll_interval=0.02)
+    assert true_spend(server, prices) - before <= budget * 3
