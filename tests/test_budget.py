@@ -24,7 +24,7 @@ from batchpilot.pricing import PriceTable
 from batchpilot.run.api import open_store, run_job
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.store_sink import plan_into_store
-from batchpilot.server import LocalServer
+from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
 from batchpilot.store import RequestState, RunRecord, SQLiteStore, utc_now
 from batchpilot.tokens import count_request
@@ -354,3 +354,23 @@ def test_the_budget_holds_when_resumed_with_other_strategies_and_across_steps(
     with pytest.raises(BudgetExceeded):
         run_job(job, state_dir=tmp_path / "steps", poll_interval=0.02)
     assert true_spend(server, prices) - before <= budget * 3
+
+
+@pytest.mark.parametrize("kind", ["garbled_line", "truncated_line"])
+def test_a_batch_line_that_ran_but_cannot_be_read_is_counted_at_its_worst_case(
+    tmp_path: Path, local_server_factory: Factory, kind: str
+) -> None:
+    faults = FaultPlan.model_validate({"seed": 3, "faults": [{"kind": kind, "rate": 0.4}]})
+    server = local_server_factory(faults=faults, **FAST)
+    job = make_job(
+        tmp_path,
+        server.base_url,
+        params={"max_tokens": 16},
+        budget={"max_usd": 0.01},
+        limits={"requests_per_batch": 4, "queue_tokens": 10**6, "max_attempts": 5},
+    )
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert result.status.finished
+    executions = len(server.admin.ledger())
+    assert executions > 12  # some lines were garbled, and their requests ran again
+    assert true_spend(server, PriceTable.load()) <= result.status.spent_usd <= 0.01

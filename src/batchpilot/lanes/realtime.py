@@ -468,7 +468,8 @@ class RealtimeLane:
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
-            return _Failure(f"http {raw.status_code}: the answer is not a JSON object", True)
+            unreadable = f"http {raw.status_code}: the answer is not a JSON object"
+            return _Failure(unreadable, True, billed=unknown)
         input_tokens, output_tokens, usd = self._cost(request, body)
         reason = self.check(request, body) if self.check is not None else None
         if reason is not None:

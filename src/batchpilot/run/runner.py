@@ -800,6 +800,7 @@ class Runner:
                 missing_ran=not (
                     batch.id in self._cancelled_late and remote.status == RemoteStatus.CANCELLED
                 ),
+                unread_cost=self._worst_cost,
             )
         self.store.finish_batch(
             self.run_id,
