@@ -374,3 +374,19 @@ def test_a_batch_line_that_ran_but_cannot_be_read_is_counted_at_its_worst_case(
     executions = len(server.admin.ledger())
     assert executions > 12  # some lines were garbled, and their requests ran again
     assert true_spend(server, PriceTable.load()) <= result.status.spent_usd <= 0.01
+
+
+def test_a_price_raised_after_planning_raises_the_reservation(tmp_path: Path) -> None:
+    from batchpilot.plan.worst import reservation
+
+    job = make_job(tmp_path, params={"max_tokens": 16})
+    store = planned_store(tmp_path, job)
+    try:
+        request = store.pending("run", 1)[0]
+    finally:
+        store.close()
+    assert request.worst_usd is not None and request.batch_worst_usd is not None
+    assert reservation(request, PriceTable.load(), batch=False) == request.worst_usd
+    dearer = PriceTable.load(overrides={MODEL: {"input": 1.5, "output": 6.0}})
+    assert reservation(request, dearer, batch=False) == pytest.approx(10 * request.worst_usd)
+    assert reservation(request, dearer, batch=True) == pytest.approx(10 * request.batch_worst_usd)

@@ -123,17 +123,17 @@ def worst_case(
 
 
 def reservation(request: PendingRequest, prices: PriceTable | None, *, batch: bool) -> float:
-    """What a lane holds for `request` until it ends: its stored worst case. A request planned
-    before worst cases were stored is priced from its stored output bound; one with no worst
-    case holds nothing (a run under a budget refuses such requests before sending any)."""
+    """What a lane holds for `request` until it ends: its stored worst case (or, should the
+    job's prices have gone up since it was planned, its stored tokens at today's prices). A
+    request planned before worst cases were stored is priced from its stored output bound; one
+    with no worst case holds nothing (a run under a budget refuses such requests first)."""
     stored = request.batch_worst_usd if batch else request.worst_usd
-    if stored is not None:
-        return stored
     output = request.worst_output_tokens
     if output is None or prices is None or not prices.has(request.model):
-        return 0.0
+        return stored or 0.0
     if request.endpoint.endswith("/embeddings") or prices.price(request.model).output is None:
         output = 0
-    return prices.cost(
+    now = prices.cost(
         request.model, input_tokens=request.input_tokens, output_tokens=output, batch=batch
     )
+    return now if stored is None else max(stored, now)
