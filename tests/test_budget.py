@@ -122,6 +122,12 @@ def test_a_known_model_without_max_tokens_is_bounded_by_its_maximum_output(
     plan = plan_job(make_job(tmp_path))
     assert PriceTable.load().price(MODEL).max_output_tokens == 16_384
     assert plan.worst_output_tokens == 12 * 16_384
+    # a reasoning model's maximum output includes its reasoning tokens; its cap is
+    # max_completion_tokens, which counts them too
+    reasoning = plan_job(make_job(tmp_path, model="o4-mini"))
+    assert reasoning.worst_output_tokens == 12 * 100_000
+    capped = plan_job(make_job(tmp_path, model="o4-mini", params={"max_completion_tokens": 900}))
+    assert capped.worst_output_tokens == 12 * 900
 
 
 def test_the_plan_and_the_run_reserve_the_same_worst_case(tmp_path: Path) -> None:
