@@ -184,6 +184,9 @@ def kill_and_finish(tmp_path: Path, seed: int, **changes: Any) -> None:
         process = multiprocessing.get_context("fork").Process(target=_cli, args=(argv,))
         process.start()
         process.join(timeout=120)
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGKILL)
+            process.join()
         assert process.exitcode == 0, f"the last run ended with exit code {process.exitcode}"
         assert time.monotonic() - started < 120
         check_ledger(url, tmp_path / "state", kills)

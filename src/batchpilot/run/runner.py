@@ -567,7 +567,7 @@ class Runner:
             message = (
                 f"the budget of {_usd(settings.budget_usd)} is used up: {_usd(spent)} spent, "
                 f"{_usd(money_left)} left, and the next request may cost up to "
-                f"{_usd(self._worst_cost(head))} (its max_tokens answered in full); "
+                f"{_usd(self._worst_cost(head))} (its worst case: every answer in full); "
                 f"{self.store.request_counts(self.run_id)['pending']} requests are still pending. "
                 "Raise budget.max_usd (or --budget) and run again"
             )
