@@ -396,3 +396,13 @@ def test_a_price_raised_after_planning_raises_the_reservation(tmp_path: Path) ->
     dearer = PriceTable.load(overrides={MODEL: {"input": 1.5, "output": 6.0}})
     assert reservation(request, dearer, batch=False) == pytest.approx(10 * request.worst_usd)
     assert reservation(request, dearer, batch=True) == pytest.approx(10 * request.batch_worst_usd)
+
+
+def test_the_price_table_bounds_every_model_it_prices() -> None:
+    prices = PriceTable.load()
+    for name in prices.models:
+        price = prices.price(name)
+        assert price.context_window is not None, name
+        if price.output is not None:  # embeddings have no output to bound
+            assert price.max_output_tokens is not None, name
+            assert price.max_output_tokens <= price.context_window, name
