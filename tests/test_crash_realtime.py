@@ -75,7 +75,7 @@ def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise AssertionError("server did not start")
 
 
-def write_job(directory: Path, base_url: str, **changes: Any) -> Path:
+def write_job(directory: Path, base_url: str, budget: float, **changes: Any) -> Path:
     rows = [{"id": f"r{i:03d}", "text": f"Item number {i} of the crash test"} for i in range(ROWS)]
     (directory / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     job = {
@@ -86,7 +86,7 @@ def write_job(directory: Path, base_url: str, **changes: Any) -> Path:
         "prompt": {"user": "{{ text }}"},
         "params": {"max_tokens": 16},
         "limits": {"queue_tokens": 1_000_000, "max_attempts": MAX_ATTEMPTS},
-        "budget": {"max_usd": BUDGET},
+        "budget": {"max_usd": budget},
         "realtime": {"concurrency": CONCURRENCY},
         **changes,
     }
@@ -108,9 +108,9 @@ def ledger(base_url: str, since: int = 0) -> list[dict[str, Any]]:
     return entries
 
 
-def run_until_killed(argv: list[str], base_url: str, rng: random.Random) -> bool:
+def run_until_killed(argv: list[str], base_url: str, rng: random.Random) -> int | None:
     """Start a run and SIGKILL it at a random moment, mostly while requests are on the wire
-    (soon after the server has answered one of them); True if it finished first."""
+    (soon after the server has answered one of them); its exit code if it ended first."""
     seen = ledger(base_url)
     since = seen[-1]["seq"] if seen else 0
     process = multiprocessing.get_context("fork").Process(target=_cli, args=(argv,))
@@ -125,14 +125,13 @@ def run_until_killed(argv: list[str], base_url: str, rng: random.Random) -> bool
         time.sleep(0.02)
     if not process.is_alive():
         process.join()
-        assert process.exitcode == 0, f"the run ended with exit code {process.exitcode}"
-        return True
+        return process.exitcode
     os.kill(process.pid, signal.SIGKILL)
     process.join()
-    return False
+    return None
 
 
-def check_ledger(base_url: str, state: Path, kills: int) -> None:
+def check_ledger(base_url: str, state: Path, kills: int, budget: float, finished: bool) -> None:
     entries = ledger(base_url)
     executed = Counter(entry["custom_id"] for entry in entries)
     store = open_store(state)
@@ -146,8 +145,11 @@ def check_ledger(base_url: str, state: Path, kills: int) -> None:
         spent, reserved = store.money(run.id)
     finally:
         store.close()
-    assert counts["succeeded"] == ROWS, counts
-    assert set(executed) == set(ids), "a request was never executed, or a stranger was"
+    if finished:
+        assert counts["succeeded"] == ROWS, counts
+        assert set(executed) == set(ids), "a request was never executed, or a stranger was"
+    else:
+        assert counts["pending"] > 0 and set(executed) <= set(ids), counts
     assert max(executed.values()) <= MAX_ATTEMPTS, executed.most_common(3)
     resent = sum(executed.values()) - len(ids)
     assert resent <= kills * CONCURRENCY, (resent, kills)
@@ -162,34 +164,44 @@ def check_ledger(base_url: str, state: Path, kills: int) -> None:
         )
         for entry in entries
     )
-    assert 0 < true <= BUDGET
+    assert 0 < true <= budget
     assert reserved == 0
     assert true <= spent + 1e-12, f"the store counted ${spent:.6f}; the server ran ${true:.6f}"
-    assert spent <= BUDGET + 1e-12
+    assert spent <= budget + 1e-12
 
 
-def kill_and_finish(tmp_path: Path, seed: int, **changes: Any) -> None:
+def kill_and_finish(
+    tmp_path: Path, seed: int, budget: float = BUDGET, kills_wanted: int = KILLS, **changes: Any
+) -> None:
+    """Kill the run `kills_wanted` times, then let it end; with a budget too small for the job
+    the run may end (stopped by the budget, exit code 5) after fewer kills."""
     rng = random.Random(int(os.environ.get("BATCHPILOT_CRASH_SEED", "7")) + seed)
     server, url = start_server(tmp_path)
     try:
-        job = write_job(tmp_path, url, **changes)
+        job = write_job(tmp_path, url, budget, **changes)
         argv = run_command(job, tmp_path / "state")[3:]  # without `python -m batchpilot`
         kills = 0
         started = time.monotonic()
-        while kills < KILLS:
-            if run_until_killed(argv, url, rng):
-                break
-            kills += 1
-        assert kills >= KILLS, f"the run finished after {kills} kills; give it more rows"
-        process = multiprocessing.get_context("fork").Process(target=_cli, args=(argv,))
-        process.start()
-        process.join(timeout=120)
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGKILL)
-            process.join()
-        assert process.exitcode == 0, f"the last run ended with exit code {process.exitcode}"
+        code = None
+        while kills < kills_wanted and code is None:
+            code = run_until_killed(argv, url, rng)
+            kills += code is None
+        if code is None:
+            process = multiprocessing.get_context("fork").Process(target=_cli, args=(argv,))
+            process.start()
+            process.join(timeout=120)
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+                process.join()
+            code = process.exitcode
         assert time.monotonic() - started < 120
-        check_ledger(url, tmp_path / "state", kills)
+        if budget >= BUDGET:
+            assert kills >= kills_wanted, f"the run finished after {kills} kills; add rows"
+            assert code == 0, f"the run ended with exit code {code}"
+        else:
+            assert kills >= 10, f"the budget stopped the run after only {kills} kills"
+            assert code == 5, f"the run ended with exit code {code}, not the budget's 5"
+        check_ledger(url, tmp_path / "state", kills, budget, finished=code == 0)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -203,6 +215,20 @@ def test_forty_kills_in_a_hybrid_run_stay_within_budget_and_attempts(tmp_path: P
     kill_and_finish(
         tmp_path,
         1,
+        strategy="hybrid",
+        realtime={"rpm": 240, "concurrency": CONCURRENCY},
+        estimate={"batch_turnaround_hours": 0.0003},
+        limits={"requests_per_batch": 5, "queue_tokens": 100, "max_attempts": MAX_ATTEMPTS},
+    )
+
+
+def test_kills_in_a_hybrid_run_under_a_budget_that_binds(tmp_path: Path) -> None:
+    # too little money for the whole job once each kill's requests on the wire are counted:
+    # the run stops for the budget, and what the server really ran stays within it
+    kill_and_finish(
+        tmp_path,
+        2,
+        budget=0.0015,
         strategy="hybrid",
         realtime={"rpm": 240, "concurrency": CONCURRENCY},
         estimate={"batch_turnaround_hours": 0.0003},
