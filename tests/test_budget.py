@@ -16,13 +16,16 @@ from typing import Any
 
 import openai
 import pytest
+from click.testing import CliRunner
 
+from batchpilot.cli import cli
 from batchpilot.errors import BudgetExceeded, UserInputError
 from batchpilot.lanes import LaneReport, RateLimits, RealtimeLane, recover_inflight
 from batchpilot.plan import plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable
 from batchpilot.run.api import open_store, run_job
 from batchpilot.run.ingest import RetryPolicy
+from batchpilot.run.status import RunStatus
 from batchpilot.run.store_sink import plan_into_store
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
@@ -406,3 +409,25 @@ def test_the_price_table_bounds_every_model_it_prices() -> None:
         if price.output is not None:  # embeddings have no output to bound
             assert price.max_output_tokens is not None, name
             assert price.max_output_tokens <= price.context_window, name
+
+
+def test_the_budget_holds_when_a_run_is_cancelled_and_resumed(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = local_server_factory(time_scale=2.0, validation_delay_s=2, cancel_delay_s=0)
+    prices = PriceTable.load()
+    params = {"max_tokens": 16}
+    plan = plan_job(make_job(tmp_path, params=params))
+    assert plan.cost["batch_worst"] is not None
+    budget = float(f"{plan.cost['batch_worst'] / 12 * 8:.3g}")  # eight batch worst cases
+    job = make_job(tmp_path, server.base_url, params=params, budget={"max_usd": budget})
+    state = tmp_path / "state"
+    seen: list[RunStatus] = []
+    first = run_job(job, state_dir=state, poll_interval=0.02, detach=True, on_progress=seen.append)
+    assert first.status.batches.get("submitted", 0) > 0
+    cancelled = CliRunner().invoke(cli, ["cancel", "--state", str(state)])
+    assert cancelled.exit_code == 0, cancelled.output
+    with pytest.raises(BudgetExceeded):
+        run_job(job, state_dir=state, poll_interval=0.02, on_progress=seen.append)
+    assert all(s.spent_usd + s.reserved_usd <= budget + 1e-12 for s in seen)
+    assert true_spend(server, prices) <= budget
