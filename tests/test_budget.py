@@ -431,3 +431,24 @@ def test_the_budget_holds_when_a_run_is_cancelled_and_resumed(
         run_job(job, state_dir=state, poll_interval=0.02, on_progress=seen.append)
     assert all(s.spent_usd + s.reserved_usd <= budget + 1e-12 for s in seen)
     assert true_spend(server, prices) <= budget
+
+
+def test_the_budget_holds_across_target_waves(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = local_server_factory(**FAST)
+    params = {"max_tokens": 16}
+    plan = plan_job(make_job(tmp_path, params=params))
+    assert plan.cost["batch_worst"] is not None
+    budget = float(f"{plan.cost['batch_worst'] / 12 * 6:.3g}")  # six batch worst cases
+    job = make_job(
+        tmp_path,
+        server.base_url,
+        params=params,
+        budget={"max_usd": budget},
+        target={"valid": 11, "first_rows": 3},
+    )
+    with pytest.raises(BudgetExceeded):
+        run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert len(server.admin.ledger()) > 3  # more than the first wave ran
+    assert true_spend(server, PriceTable.load()) <= budget
