@@ -26,10 +26,10 @@ from batchpilot.lanes import (
     retry_after,
 )
 from batchpilot.plan.ids import canonical_body, request_id
+from batchpilot.plan.worst import bounds_for, worst_output_tokens
 from batchpilot.pricing import PriceTable
 from batchpilot.providers.base import AuthenticationFailed
 from batchpilot.run.ingest import RetryPolicy
-from batchpilot.run.store_sink import max_output_tokens
 from batchpilot.server import FaultPlan, LocalServer, RateLimit
 from batchpilot.store import RequestState, RunRecord, SQLiteStore, utc_now
 from batchpilot.tokens import count_request
@@ -244,7 +244,10 @@ def make_store(
                 str(body["model"]),
                 canonical,
                 tokens,
-                max_output_tokens(body, tokens),
+                worst_output_tokens(
+                    endpoint, body, tokens, bounds_for(str(body["model"]), PriceTable.load())
+                )
+                or 0,
                 index,
             )
             ids.append(rid)
@@ -486,12 +489,23 @@ def test_a_refused_key_stops_the_lane_with_every_request_pending(
     assert all(attempts == 0 for _, attempts, _ in states(store).values())
 
 
-def test_recover_inflight_counts_an_attempt(tmp_path: Path) -> None:
+def test_recover_inflight_counts_an_attempt_at_its_worst_case(tmp_path: Path) -> None:
     store, ids = make_store(tmp_path, [chat(i) for i in range(4)])
     store.move_requests(RUN, ids[:3], RequestState.PENDING, RequestState.REALTIME)
-    assert recover_inflight(store, RUN) == 3
+    prices = PriceTable.load()
+    worst = sum(
+        prices.cost(
+            MODEL, input_tokens=r.input_tokens, output_tokens=r.max_output_tokens, batch=False
+        )
+        for r in store.in_flight(RUN)
+    )
+    count, charged = recover_inflight(store, RUN, prices, RetryPolicy(3))
+    assert count == 3 and charged == pytest.approx(worst) and worst > 0
     rows = states(store)
     for rid in ids[:3]:
-        assert rows[rid] == ("pending", 1, "interrupted while in flight")
+        state, attempts, error = rows[rid]
+        assert (state, attempts) == ("pending", 1)
+        assert error is not None and error.startswith("interrupted while in flight")
     assert rows[ids[3]] == ("pending", 0, None)
-    assert recover_inflight(store, RUN) == 0
+    assert store.money(RUN) == (pytest.approx(worst), 0.0)
+    assert recover_inflight(store, RUN, prices, RetryPolicy(3)) == (0, 0.0)

@@ -1,6 +1,8 @@
 """Token prices and per-tier rate limits, read from the versioned data files in `data_files`.
 
-Prices are USD per 1M tokens. A model name is looked up as given, then through the table's
+Prices are USD per 1M tokens. Each row may also give the model's context window and the most
+output tokens one answer can have (reasoning included), which bound a request's worst case.
+A model name is looked up as given, then through the table's
 aliases, then again with a trailing snapshot date (`-2024-07-18` or `-20250514`) removed.
 """
 
@@ -45,6 +47,7 @@ def _tier_key(tier: object) -> str:
 _Usd = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 _Discount = Annotated[float, Field(gt=0, le=1, strict=True)]
 _Count = Annotated[int, Field(ge=0, strict=True)]
+_Tokens = Annotated[int, Field(ge=1, strict=True)]
 _Date = Annotated[str, BeforeValidator(_iso), Field(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
 
 
@@ -79,6 +82,8 @@ class _Row(_Override):
     source: str = Field(min_length=1)
     as_of: _Date
     confidence: Literal["verified", "secondary"]
+    context_window: _Tokens | None = None
+    max_output_tokens: _Tokens | None = None
 
 
 class _PriceFile(_Strict):
@@ -164,6 +169,8 @@ class Price:
     as_of: str
     confidence: str
     batch_discount: float = 0.5
+    context_window: int | None = None
+    max_output_tokens: int | None = None
 
     def rates(self, *, batch: bool) -> tuple[float, float, float | None]:
         """(input, cached input, output) per 1M tokens for real-time or batch use."""
@@ -177,14 +184,28 @@ class Price:
 
 
 def _make_price(
-    model: str, values: Mapping[str, Any], source: str, as_of: str, confidence: str
+    model: str,
+    values: Mapping[str, Any],
+    source: str,
+    as_of: str,
+    confidence: str,
+    limits: tuple[int | None, int | None] = (None, None),
 ) -> Price:
     rates = {key: values[key] for key in _PRICE_KEYS}
     if rates["batch_input"] is None:
         rates["batch_input"] = rates["input"] * rates["batch_discount"]
     if rates["batch_output"] is None and rates["output"] is not None:
         rates["batch_output"] = rates["output"] * rates["batch_discount"]
-    return Price(model=model, source=source, as_of=as_of, confidence=confidence, **rates)
+    window, most = limits
+    return Price(
+        model=model,
+        source=source,
+        as_of=as_of,
+        confidence=confidence,
+        context_window=window,
+        max_output_tokens=most,
+        **rates,
+    )
 
 
 class PriceTable:
@@ -212,7 +233,14 @@ class PriceTable:
             if alias in table.models:
                 raise ConfigError(f"{where}: alias {alias!r} is also a model name")
         prices = {
-            name: _make_price(name, row.model_dump(), row.source, row.as_of, row.confidence)
+            name: _make_price(
+                name,
+                row.model_dump(),
+                row.source,
+                row.as_of,
+                row.confidence,
+                (row.context_window, row.max_output_tokens),
+            )
             for name, row in table.models.items()
         }
         result = cls(table.version, table.updated, prices, table.aliases)
@@ -238,8 +266,10 @@ class PriceTable:
                     f"needs {' and '.join(missing)} (USD per 1M tokens)"
                 )
             values: dict[str, Any] = dict.fromkeys(_PRICE_KEYS) | {"batch_discount": 0.5}
+            limits: tuple[int | None, int | None] = (None, None)
         else:
             base = self._prices[base_name]
+            limits = (base.context_window, base.max_output_tokens)
             values = {key: getattr(base, key) for key in _PRICE_KEYS}
             # A new standard price or discount re-derives the batch price unless that is given too.
             if given.keys() & {"input", "batch_discount"}:
@@ -249,7 +279,7 @@ class PriceTable:
         values |= given
         today = dt.date.today().isoformat()
         self._prices[model] = _make_price(
-            model, values, "price override in the job", today, "override"
+            model, values, "price override in the job", today, "override", limits
         )
 
     def _resolve(self, model: str) -> str | None:

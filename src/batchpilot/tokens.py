@@ -34,6 +34,7 @@ __all__ = [
     "count_tools",
     "encoding_name_for_model",
     "get_encoding",
+    "image_headroom",
     "image_tokens",
 ]
 
@@ -250,6 +251,36 @@ def _image(width: int | None, height: int | None, detail: str, m: _Model) -> tup
 def image_tokens(width: int | None, height: int | None, detail: str, model: str) -> TokenCount:
     """Tokens for one image; an unknown size is estimated as a 1024x1024 high-detail image."""
     return TokenCount(*_image(width, height, detail, _model(model)))
+
+
+_MOST_TILES = 8  # 768 x 2048 after the API's resizing: 2 x 4 tiles of 512 px
+
+
+def image_headroom(body: dict[str, Any], endpoint: str) -> int:
+    """Tokens the images of a request whose size is not known here (a URL, an unreadable
+    header) may cost beyond the 1024x1024 estimate `count_request` gives them: the largest
+    image the API accepts has twice the tiles."""
+    model = body.get("model")
+    if not isinstance(model, str) or endpoint.rstrip("/") == "/v1/embeddings":
+        return 0
+    m = _model(model)
+    messages = body.get("messages") if "messages" in body else body.get("input")
+    extra = 0
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict) or part.get("type") not in ("image_url", "input_image"):
+                continue
+            image = part.get("image_url")
+            if not isinstance(image, dict):
+                image = {"url": image, "detail": part.get("detail")}
+            url = image.get("url")
+            if image.get("detail") == "low":
+                continue
+            if isinstance(url, str) and url.startswith("data:") and _data_url_size(url):
+                continue
+            extra += m.image_tile * (_MOST_TILES - _tiles(1024, 1024))
+    return extra
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:

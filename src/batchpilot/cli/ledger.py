@@ -28,7 +28,7 @@ __all__ = ["ledger"]
 def ledger(
     state_dir: Path | None, url: str | None, api_key: str | None, as_json: bool, duplicates: bool
 ) -> None:
-    """Show every request a local server executed (custom id, batch, body hash, time)."""
+    """Show every request a local server executed (custom id, batch, usage, body hash, time)."""
     if (state_dir is None) == (url is None):
         raise UserInputError("give exactly one of --state DIR or --url URL")
     if state_dir is not None:
@@ -57,14 +57,16 @@ def ledger(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("seq", "custom_id", "batch_id", "model", "status", "body_sha256")
+    table = Table("seq", "custom_id", "batch_id", "model", "status", "tokens in/out", "body_sha256")
     for row in rows:
+        usage = row.get("usage") or {}
         table.add_row(
             str(row["seq"]),
             row["custom_id"] or "-",
             row["batch_id"] or "(real time)",
             row["model"] or "-",
             str(row["status_code"]),
+            f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}",
             row["body_sha256"][:16],
         )
     Console().print(table)

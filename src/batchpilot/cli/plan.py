@@ -174,7 +174,9 @@ def plan(
     try:
         if requests_file is not None:
             with _progress(None, quiet) as progress:
-                result = plan_requests_file(requests_file, sink=writer, progress=progress)
+                result = plan_requests_file(
+                    requests_file, sink=writer, progress=progress, budget_usd=budget
+                )
             title = f"plan of {requests_file}"
         else:
             assert job_file is not None

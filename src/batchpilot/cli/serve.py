@@ -107,6 +107,13 @@ __all__ = ["serve"]
     help="Virtual processing rate of a batch, in input tokens per second.",
 )
 @click.option(
+    "--realtime-latency",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Wall-clock seconds each real-time answer takes (a slow upstream).",
+)
+@click.option(
     "--finalizing-delay",
     type=float,
     default=1.0,
@@ -162,6 +169,7 @@ def serve(
     api_keys: tuple[str, ...],
     validation_delay: float,
     tokens_per_second: float,
+    realtime_latency: float,
     finalizing_delay: float,
     models: str | None,
     max_request_bytes: int,
@@ -178,6 +186,8 @@ def serve(
         raise ConfigError("--time-scale must be positive")
     if tokens_per_second <= 0:
         raise ConfigError("--tokens-per-second must be positive")
+    if realtime_latency < 0:
+        raise ConfigError("--realtime-latency must not be negative")
     rate: dict[str, RateLimit] = dict(parse_rate_limit(text) for text in rate_limits)
     config = ServerConfig(
         state_dir=state_dir,
@@ -191,6 +201,7 @@ def serve(
         validation_delay_s=validation_delay,
         processing_tokens_per_s=tokens_per_second,
         finalizing_delay_s=finalizing_delay,
+        realtime_latency_s=realtime_latency,
         queue_limits=dict(parse_queue_limit(text) for text in queue_limits),
         rate_limits=rate,
         models=frozenset(m.strip() for m in models.split(",")) if models else None,

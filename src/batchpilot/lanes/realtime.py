@@ -10,9 +10,12 @@ a 429 pauses the whole throttle); every try is one attempt under the RetryPolicy
 the store as it ends. Other 4xx fail the request for good with the server's message; 401 and 403
 stop the lane with its requests back in pending, since every request would be refused alike.
 
-A crash leaves the requests that were in flight in state `realtime`; `recover_inflight` (called
-by the runner on start) moves them back to pending, counting the interrupted try as an attempt.
-Such a request may be sent again: the real-time API offers no way to look up an earlier call.
+A try that may have run without its answer coming back (a timeout, a connection lost after
+sending, a crash or a stop while it was on the wire) is recorded as an attempt that cost the
+request's worst case: the real-time API offers no way to look up an earlier call, so what it
+may have billed stays counted. A crash leaves the requests that were in flight in state
+`realtime`; `recover_inflight` (called by the runner on start) records each such try so, and
+moves the request back to pending, or fails it once it has used its attempts.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from openai._types import RequestOptions
 
 from batchpilot.errors import IllegalTransition
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
+from batchpilot.plan.worst import reservation
 from batchpilot.pricing import PriceTable, usage_cost
 from batchpilot.providers.base import AuthenticationFailed
 from batchpilot.providers.openai import error_detail
@@ -41,7 +45,14 @@ from batchpilot.store import Outcome, PendingRequest, RequestState, SQLiteStore
 if TYPE_CHECKING:  # at run time the import would be circular: batchpilot.run imports lanes
     from batchpilot.run.ingest import RetryPolicy
 
-__all__ = ["CUSTOM_ID_HEADER", "Feed", "LaneReport", "RealtimeLane", "recover_inflight"]
+__all__ = [
+    "CUSTOM_ID_HEADER",
+    "Feed",
+    "LaneReport",
+    "RealtimeLane",
+    "interrupted",
+    "recover_inflight",
+]
 
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 INTERRUPTED = "interrupted while in flight"
@@ -431,7 +442,9 @@ class RealtimeLane:
                     return
         except asyncio.CancelledError:
             if on_wire:
-                self._finish(Outcome(request.id, RequestState.PENDING, error=INTERRUPTED))
+                self._finish(
+                    interrupted(replace(request, attempts=attempts), self.prices, self.retry)
+                )
             else:
                 self._requeue(request)
             raise
@@ -440,15 +453,22 @@ class RealtimeLane:
         self, request: PendingRequest, call: Callable[[], Awaitable[httpx2.Response]]
     ) -> _Failure | None:
         """One HTTP try; records a success and returns None, or returns what went wrong."""
+        # a try that may have run though no answer came back is billed at its worst case
+        unknown = (0, 0, self._worst_cost(request))
         try:
             raw = await call()
         except openai.APIStatusError as exc:
             return self._status_failure(exc)
         except openai.APITimeoutError:
-            return _Failure("timeout: no answer in time", retryable=True)
+            return _Failure("timeout: no answer in time", retryable=True, billed=unknown)
         except openai.APIConnectionError as exc:
             cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-            return _Failure(self._redact(f"connection error{cause}"), retryable=True)
+            unsent = isinstance(exc.__cause__, httpx2.ConnectError)
+            return _Failure(
+                self._redact(f"connection error{cause}"),
+                retryable=True,
+                billed=(0, 0, 0.0) if unsent else unknown,
+            )
         except openai.OpenAIError as exc:
             return _Failure(self._redact(f"{type(exc).__name__}: {exc}"), retryable=True)
         self.throttle.observe(raw.headers)
@@ -457,7 +477,8 @@ class RealtimeLane:
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
-            return _Failure(f"http {raw.status_code}: the answer is not a JSON object", True)
+            unreadable = f"http {raw.status_code}: the answer is not a JSON object"
+            return _Failure(unreadable, True, billed=unknown)
         input_tokens, output_tokens, usd = self._cost(request, body)
         reason = self.check(request, body) if self.check is not None else None
         if reason is not None:
@@ -523,13 +544,8 @@ class RealtimeLane:
         return lambda: self.client.post(path, cast_to=httpx2.Response, body=body, options=options)
 
     def _worst_cost(self, request: PendingRequest) -> float:
-        prices = self.prices
-        if prices is None or not prices.has(request.model):
-            return 0.0
-        output = 0 if prices.price(request.model).output is None else _max_output(request)
-        return prices.cost(
-            request.model, input_tokens=request.input_tokens, output_tokens=output, batch=False
-        )
+        """The real-time lane's reservation: the planned worst case at the standard price."""
+        return reservation(request, self.prices, batch=False)
 
     def _cost(self, request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
         return usage_cost(self.prices, request.model, body, batch=False)
@@ -576,22 +592,32 @@ def _max_output(request: PendingRequest) -> int:
     return 0 if request.endpoint.endswith("/embeddings") else request.max_output_tokens
 
 
-def recover_inflight(store: SQLiteStore, run_id: str) -> int:
-    """Move every request left in `realtime` (by a crash) back to pending; returns how many.
+def interrupted(request: PendingRequest, prices: PriceTable | None, retry: RetryPolicy) -> Outcome:
+    """The outcome of a try cut off while it was on the wire: it may have run and been billed,
+    so it is an attempt that cost the request's worst case; the request goes back to pending
+    unless that was its last attempt."""
+    worst = reservation(request, prices, batch=False)
+    state = retry.next_state(request, True, True)
+    reason = f"{INTERRUPTED}; it may have run, so it is counted at its worst case"
+    if state == RequestState.FAILED:
+        reason += f" (attempt {request.attempts + 1} of {retry.max_attempts})"
+    return Outcome(request.id, state, cost_usd=worst, error=reason)
 
-    Each counts as an attempt, so that a request that keeps getting interrupted still runs into
-    the retry cap. It may have reached the server: sending it again may run it twice.
+
+def recover_inflight(
+    store: SQLiteStore, run_id: str, prices: PriceTable | None, retry: RetryPolicy
+) -> tuple[int, float]:
+    """Record every request left in `realtime` (by a crash) as `interrupted`: back to pending,
+    or failed after its last attempt. Returns how many there were and what they are counted at.
+
+    A request that keeps getting interrupted so runs into the retry cap; one that goes back to
+    pending may have reached the server, and sending it again may run it twice.
     """
-    with store.tx() as db:
-        ids = [
-            row[0]
-            for row in db.execute(
-                "SELECT id FROM requests WHERE run_id = ? AND state = ?",
-                (run_id, RequestState.REALTIME.value),
-            )
-        ]
-        for request_id in ids:
-            store.finish_realtime(
-                run_id, Outcome(request_id, RequestState.PENDING, error=INTERRUPTED)
-            )
-    return len(ids)
+    charged = 0.0
+    with store.tx():
+        requests = store.in_flight(run_id)
+        for request in requests:
+            outcome = interrupted(request, prices, retry)
+            store.finish_realtime(run_id, outcome)
+            charged += outcome.cost_usd
+    return len(requests), charged

@@ -53,6 +53,7 @@ def settings_for(
     max_output_tokens: int | None = None,
     expected_output_tokens: int | None = None,
     expected_output_ratio: float | None = None,
+    budget_usd: float | None = None,
 ) -> PlanSettings:
     """Planner settings from a job's limits: tokens per batch from the queue limit."""
 
@@ -71,6 +72,8 @@ def settings_for(
         context_window=limits.context_window,
         prices=prices,
         warn_unknown_queue=not local,
+        model_max_output=limits.max_output_tokens,
+        budget_usd=budget_usd,
     )
 
 
@@ -107,6 +110,7 @@ def plan_job(
         max_output_tokens=job.max_output_tokens,
         expected_output_tokens=expected,
         expected_output_ratio=job.estimate.output_ratio,
+        budget_usd=job.budget.max_usd,
     )
     source = rows if rows is not None else read_rows(input_spec(job))
     result = Planner(settings).plan(job_items(job, source, renderer), sink, progress)
@@ -155,10 +159,16 @@ def plan_requests_file(
     sink: PlanSink | None = None,
     progress: Callable[[int], None] | None = None,
     model: str | None = None,
+    budget_usd: float | None = None,
 ) -> PlanResult:
-    """Plan an existing OpenAI batch JSONL file as it is: custom ids and bodies kept."""
+    """Plan an existing OpenAI batch JSONL file as it is: custom ids and bodies kept (each
+    line's max_tokens bounds its worst case)."""
     settings = settings_for(
-        limits or LimitsSpec(), local=local, tier=tier, prices=PriceTable.load()
+        limits or LimitsSpec(),
+        local=local,
+        tier=tier,
+        prices=PriceTable.load(),
+        budget_usd=budget_usd,
     )
     planner = Planner(settings)
     return planner.plan(requests_file_items(path, model), sink, progress)

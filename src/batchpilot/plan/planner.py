@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 from batchpilot.plan.findings import Findings
 from batchpilot.plan.ids import canonical_body, request_id, request_line
-from batchpilot.plan.models import context_window, is_embedding_model
+from batchpilot.plan.models import is_embedding_model
 from batchpilot.plan.packing import BatchLimits, PackedBatch, Packer
+from batchpilot.plan.worst import Bounds, Worst, bounds_for, choices, output_cap, worst_case
 from batchpilot.pricing import PriceTable
 from batchpilot.tokens import count_request
 
@@ -57,6 +58,7 @@ class PlannedRequest:
     new: bool
     body: bytes = b""
     content_hash: str = ""
+    worst: Worst | None = None
 
 
 class PlanSink(Protocol):
@@ -67,10 +69,25 @@ class PlanSink(Protocol):
 
 @dataclass
 class ModelTotals:
+    """A model's requests summed; a worst case in USD is None once one request has none."""
+
     requests: int = 0
     input_tokens: int = 0
     expected_output_tokens: int = 0
     worst_output_tokens: int = 0
+    worst_usd: float | None = 0.0
+    batch_worst_usd: float | None = 0.0
+
+    def add_worst(self, worst: Worst) -> None:
+        self.worst_output_tokens += worst.output_tokens or 0
+        self.worst_usd = (
+            None if self.worst_usd is None or worst.usd is None else (self.worst_usd + worst.usd)
+        )
+        self.batch_worst_usd = (
+            None
+            if self.batch_worst_usd is None or worst.batch_usd is None
+            else self.batch_worst_usd + worst.batch_usd
+        )
 
 
 @dataclass
@@ -132,6 +149,10 @@ class PlanSettings:
     prices: PriceTable | None = None
     dedupe: bool = True
     warn_unknown_queue: bool = True
+    model_max_output: int | None = None
+    """limits.max_output_tokens: the most output one answer of the model can have."""
+    budget_usd: float | None = None
+    """Under a budget every request needs a worst case in USD: a missing one is an error."""
 
 
 DEFAULT_EXPECTED_OUTPUT = 200
@@ -163,6 +184,19 @@ class Planner:
 
     def __init__(self, settings: PlanSettings) -> None:
         self.settings = settings
+        self._bounds: dict[str, Bounds] = {}
+        self._unbounded: set[str] = set()
+
+    def bounds(self, model: str) -> Bounds:
+        if model not in self._bounds:
+            settings = self.settings
+            self._bounds[model] = bounds_for(
+                model,
+                settings.prices,
+                window=settings.context_window,
+                max_output_tokens=settings.model_max_output,
+            )
+        return self._bounds[model]
 
     def _expected_output(self, input_tokens: int) -> int:
         settings = self.settings
@@ -253,15 +287,18 @@ class Planner:
         self._check_request(item, body, tokens, size, packer.token_limit(model), findings)
         batch = packer.add(model, size, tokens, item.index, item.endpoint)
         totals = result.models.setdefault(model, ModelTotals())
-        expected, worst = self._outputs(item.endpoint, model, tokens)
+        worst = worst_case(item.endpoint, body, tokens, self.settings.prices, self.bounds(model))
+        if worst.output_tokens is None:
+            self._no_bound(model, item, findings)
+        expected = self._expected(item.endpoint, model, body, tokens, worst.output_tokens)
         totals.requests += 1
         totals.input_tokens += tokens
         totals.expected_output_tokens += expected
-        totals.worst_output_tokens += worst
+        totals.add_worst(worst)
         result.requests += 1
         result.input_tokens += tokens
         result.expected_output_tokens += expected
-        result.worst_output_tokens += worst
+        result.worst_output_tokens += worst.output_tokens or 0
         if result.largest is None or tokens > result.largest["input_tokens"]:
             result.largest = {
                 "request_id": rid,
@@ -272,18 +309,35 @@ class Planner:
             }
         if sink is not None:
             sink.add(
-                PlannedRequest(item, rid, line, tokens, batch.index, True, canonical, content_hash)
+                PlannedRequest(
+                    item, rid, line, tokens, batch.index, True, canonical, content_hash, worst
+                )
             )
 
-    def _outputs(self, endpoint: str, model: str, tokens: int) -> tuple[int, int]:
+    def _expected(
+        self, endpoint: str, model: str, body: dict[str, Any], tokens: int, worst: int | None
+    ) -> int:
         if endpoint == "/v1/embeddings" or is_embedding_model(model):
-            return 0, 0
-        expected = self._expected_output(tokens)
-        worst = self.settings.max_output_tokens
-        if worst is None:
-            window = self.settings.context_window or context_window(model)
-            worst = max(0, window - tokens) if window else expected
-        return min(expected, worst), worst
+            return 0
+        expected = self._expected_output(tokens) * choices(body)
+        return expected if worst is None else min(expected, worst)
+
+    def _no_bound(self, model: str, item: Item, findings: Findings) -> None:
+        """A request of `model` whose output nothing bounds (reported once per model)."""
+        if model in self._unbounded:
+            return
+        self._unbounded.add(model)
+        message = (
+            f"nothing bounds the output of model '{model}' (no max_tokens in the request, and "
+            "its maximum output and context window are unknown), so its worst case is unknown; "
+            "set params.max_tokens (or limits.max_output_tokens, the model's maximum output)"
+        )
+        if self.settings.budget_usd is not None:
+            findings.error(
+                "unbounded_output", f"{message}: a budget needs it", item.row_id, item.source
+            )
+        else:
+            findings.warning("unbounded_output", message, item.row_id, item.source)
 
     def _check_model(self, model: str, item: Item, findings: Findings) -> None:
         embedding = is_embedding_model(model)
@@ -303,11 +357,19 @@ class Planner:
             )
         prices = self.settings.prices
         if prices is not None and not prices.has(model):
-            findings.warning(
-                "unknown_price",
-                f"no price for model '{model}'; costs are not shown. Add one under `prices:` "
-                "in the job file",
-            )
+            if self.settings.budget_usd is not None:
+                findings.error(
+                    "unknown_price",
+                    f"no price for model '{model}', so a budget cannot be kept. Add one under "
+                    f"`prices:` in the job file: prices: {{{model}: {{input: ..., output: ...}}}} "
+                    "(USD per 1M tokens)",
+                )
+            else:
+                findings.warning(
+                    "unknown_price",
+                    f"no price for model '{model}'; costs are not shown. Add one under "
+                    "`prices:` in the job file",
+                )
         settings = self.settings
         if (
             settings.warn_unknown_queue
@@ -334,8 +396,8 @@ class Planner:
             findings.warning(
                 "empty_prompt", "the rendered prompt is empty", item.row_id, item.source
             )
-        window = self.settings.context_window or context_window(str(body.get("model", "")))
-        reserve = self.settings.max_output_tokens or 0
+        window = self.bounds(str(body.get("model", ""))).context_window
+        reserve = output_cap(body) or 0
         if window is not None and tokens + reserve > window:
             findings.error(
                 "context_window",
@@ -372,16 +434,20 @@ class Planner:
             if prices is None or not prices.has(model):
                 cost = dict.fromkeys(cost)
                 break
-            for key, batch, output in (
-                ("batch", True, totals.expected_output_tokens),
-                ("realtime", False, totals.expected_output_tokens),
-                ("batch_worst", True, totals.worst_output_tokens),
-                ("realtime_worst", False, totals.worst_output_tokens),
-            ):
+            for key, batch in (("batch", True), ("realtime", False)):
                 previous = cost[key] or 0.0
                 cost[key] = previous + prices.cost(
-                    model, input_tokens=totals.input_tokens, output_tokens=output, batch=batch
+                    model,
+                    input_tokens=totals.input_tokens,
+                    output_tokens=totals.expected_output_tokens,
+                    batch=batch,
                 )
+            for key, worst in (
+                ("batch_worst", totals.batch_worst_usd),
+                ("realtime_worst", totals.worst_usd),
+            ):
+                held = cost[key]
+                cost[key] = None if held is None or worst is None else held + worst
         result.cost = cost
 
     def _assume(self, result: PlanResult) -> None:
@@ -396,8 +462,8 @@ class Planner:
             )
         if settings.max_output_tokens is None:
             result.assumptions.append(
-                "worst case: no max_tokens is set, so each request may use the rest of the "
-                "context window (set params.max_tokens to bound it)"
+                "worst case: no max_tokens is set, so each answer may be as long as the "
+                "model's maximum output (set params.max_tokens to bound it)"
             )
 
 

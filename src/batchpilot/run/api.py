@@ -583,7 +583,7 @@ def run_requests_file(
                     store,
                     record,
                     lambda sink: plan_requests_file(
-                        path, local=kind == "local", sink=sink, model=model
+                        path, local=kind == "local", sink=sink, model=model, budget_usd=budget
                     ),
                     "requests file",
                 )

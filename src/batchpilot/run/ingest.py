@@ -36,6 +36,8 @@ class LineResult:
     error: str | None
     retryable: bool
     ran: bool
+    unread: bool = False
+    """It ran, but what it used cannot be read (a garbled line): it may have been billed."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,13 @@ def parse_line(raw: bytes) -> LineResult | None:
             return None
         custom_id = json.loads(b'"' + found.group(1) + b'"')
         return LineResult(
-            custom_id, False, None, "garbled_line: the result line was not valid JSON", True, True
+            custom_id,
+            False,
+            None,
+            "garbled_line: the result line was not valid JSON",
+            True,
+            True,
+            unread=True,
         )
     custom_id = line["custom_id"]
     response = line.get("response")
@@ -99,7 +107,7 @@ def parse_line(raw: bytes) -> LineResult | None:
             code in RETRYABLE_CODES,
             code not in NOT_RUN_CODES,
         )
-    return LineResult(custom_id, False, None, "unreadable result line", True, True)
+    return LineResult(custom_id, False, None, "unreadable result line", True, True, unread=True)
 
 
 def read_lines(paths: Sequence[Path | None]) -> Iterator[LineResult]:
@@ -122,10 +130,16 @@ def classify(
     check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
     missing_reason: str = "missing_result: the request is in neither the output nor the error file",
     missing_ran: bool = True,
+    unread_cost: Callable[[PendingRequest], float] | None = None,
 ) -> list[Outcome]:
     """One outcome per request of the batch; lines for unknown ids are ignored. With
     `missing_ran` false (a batch we cancelled), a request with no line never ran: it goes back
-    to pending without using an attempt."""
+    to pending without using an attempt. A request that may have run and been billed though its
+    usage cannot be read (a garbled line, no line at all) costs `unread_cost(request)`."""
+
+    def unread(request: PendingRequest) -> float:
+        return 0.0 if unread_cost is None else unread_cost(request)
+
     by_id = {request.id: request for request in requests}
     seen: dict[str, Outcome] = {}
     for line in lines:
@@ -146,7 +160,10 @@ def classify(
                 )
         elif request.id not in seen:
             state = policy.next_state(request, line.retryable, line.ran)
-            seen[request.id] = Outcome(request.id, state, error=line.error, attempted=line.ran)
+            usd = unread(request) if line.unread else 0.0
+            seen[request.id] = Outcome(
+                request.id, state, cost_usd=usd, error=line.error, attempted=line.ran
+            )
     outcomes = []
     for request in requests:
         outcome = seen.get(request.id)
@@ -156,6 +173,6 @@ def classify(
             )
         elif outcome is None:
             state = policy.next_state(request, True, True)
-            outcome = Outcome(request.id, state, error=missing_reason)
+            outcome = Outcome(request.id, state, cost_usd=unread(request), error=missing_reason)
         outcomes.append(outcome)
     return outcomes

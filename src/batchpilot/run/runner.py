@@ -30,6 +30,7 @@ from batchpilot.errors import (
 from batchpilot.lanes.realtime import RealtimeLane, recover_inflight
 from batchpilot.plan.ids import request_line
 from batchpilot.plan.strategies import Estimate, SplitInputs, hybrid_split
+from batchpilot.plan.worst import reservation
 from batchpilot.pricing import usage_cost
 from batchpilot.providers.base import (
     AuthenticationFailed,
@@ -148,17 +149,21 @@ class Runner:
         """Drive the run until every request has ended, or until stopped or detached."""
         if self.settings.strategy != "batch" and self.lane is None:
             raise UserInputError(f"strategy {self.settings.strategy} needs a real-time client")
+        self._check_worst_cases()
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.store.set_run_status(self.run_id, "running")
         cached = self.store.apply_cache(self.run_id) if self.use_cache else 0
         if cached:
             self.store.event(self.run_id, "cache", f"{cached} requests answered from the cache")
-        recovered = recover_inflight(self.store, self.run_id)
+        recovered, charged = recover_inflight(
+            self.store, self.run_id, self.settings.prices, self.settings.retry
+        )
         if recovered:
             self.store.event(
                 self.run_id,
                 "recovered",
-                f"{recovered} real-time requests were in flight at a crash",
+                f"{recovered} real-time requests were in flight at a crash; each may have run "
+                f"and is counted at its worst case ({_usd(charged)} in all)",
             )
         try:
             return self._loop()
@@ -171,6 +176,25 @@ class Runner:
             raise
         finally:
             self._close_lane()
+
+    def _check_worst_cases(self) -> None:
+        """Under a budget, every request still to send needs a worst case in USD."""
+        if self.settings.budget_usd is None:
+            return
+        prices = self.settings.prices
+        for model, bounded in self.store.unpriced(self.run_id):
+            if not bounded:
+                raise UserInputError(
+                    f"nothing bounds the output of model {model!r} (no max_tokens in its "
+                    "requests, and its maximum output and context window are unknown), so a "
+                    "budget cannot be kept; set params.max_tokens (or limits.max_output_tokens, "
+                    "the model's maximum output), or run without a budget"
+                )
+            if prices is None or not prices.has(model):
+                raise UserInputError(
+                    f"no price for model {model!r}, so a budget cannot be kept; add one under "
+                    f"`prices:` in the job file: prices: {{{model}: {{input: ..., output: ...}}}}"
+                )
 
     @property
     def share(self) -> LaneShare:
@@ -495,16 +519,9 @@ class Runner:
         return progressed
 
     def _worst_cost(self, requests: list[PendingRequest] | PendingRequest) -> float:
-        prices = self.settings.prices
+        """The batch lane's reservation: the planned worst cases at the batch price."""
         items = requests if isinstance(requests, list) else [requests]
-        if prices is None or not items or not prices.has(items[0].model):
-            return 0.0
-        return prices.cost(
-            items[0].model,
-            input_tokens=sum(r.input_tokens for r in items),
-            output_tokens=sum(r.max_output_tokens for r in items),
-            batch=True,
-        )
+        return sum(reservation(r, self.settings.prices, batch=True) for r in items)
 
     def _hold(self) -> None:
         """Keep the share's count of money held by batches formed but not yet created, which
@@ -579,7 +596,7 @@ class Runner:
             message = (
                 f"the budget of {_usd(settings.budget_usd)} is used up: {_usd(spent)} spent, "
                 f"{_usd(money_left)} left, and the next request may cost up to "
-                f"{_usd(self._worst_cost(head))} (its max_tokens answered in full); "
+                f"{_usd(self._worst_cost(head))} (its worst case: every answer in full); "
                 f"{self.store.request_counts(self.run_id)['pending']} requests are still pending. "
                 "Raise budget.max_usd (or --budget) and run again"
             )
@@ -850,6 +867,7 @@ class Runner:
                 missing_ran=not (
                     batch.id in self._cancelled_late and remote.status == RemoteStatus.CANCELLED
                 ),
+                unread_cost=self._worst_cost,
             )
         self.store.finish_batch(
             self.run_id,

@@ -7,21 +7,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from batchpilot.plan.models import context_window
 from batchpilot.plan.planner import PlannedRequest, PlanResult
 from batchpilot.store import SQLiteStore
 
-__all__ = ["StoreSink", "max_output_tokens", "plan_errors", "plan_into_store"]
-
-
-def max_output_tokens(body: dict[str, Any], input_tokens: int) -> int:
-    """The most output a request may produce: its max_tokens, else the rest of the context."""
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(key)
-        if isinstance(value, int):
-            return value
-    window = context_window(str(body.get("model", "")))
-    return max(0, (window or 4096) - input_tokens)
+__all__ = ["StoreSink", "plan_errors", "plan_into_store"]
 
 
 class StoreSink:
@@ -51,17 +40,19 @@ class StoreSink:
             item.skip,
         )
         if planned.new and item.body is not None:
-            body = item.body
+            worst = planned.worst
+            assert worst is not None, "the planner gives every new request its worst case"
             self.store.add_request(
                 self.run_id,
                 planned.request_id,
                 planned.content_hash,
                 item.endpoint,
-                str(body.get("model", "")),
+                str(item.body.get("model", "")),
                 planned.body,
                 planned.input_tokens,
-                max_output_tokens(body, planned.input_tokens),
+                worst.output_tokens or 0,
                 item.index,
+                worst=(worst.output_tokens, worst.usd, worst.batch_usd),
             )
 
     def close(self, result: PlanResult) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from batchpilot.server.bodies import BodyProblem, check_body, parse_json
 from batchpilot.server.clock import VirtualClock
 from batchpilot.server.config import ServerConfig
 from batchpilot.server.engine import BatchEngine
-from batchpilot.server.execution import body_sha256, execute
+from batchpilot.server.execution import body_sha256, execute, usage_of
 from batchpilot.server.faults import CONTENT_KINDS, FaultPlan
 from batchpilot.server.files_api import FilesApi
 from batchpilot.server.guard import GuardMiddleware
@@ -259,14 +260,20 @@ class ServerApp:
             with self._lock:
                 run = self._realtime_runs[key] = self._realtime_runs.get(key, 0) + 1
             content_fault = self.faults.request_fault(CONTENT_KINDS, key, run, model)
+        # a slow upstream: a client that hangs up meanwhile stops neither the execution nor
+        # its bill
+        if self.config.realtime_latency_s > 0:
+            await asyncio.sleep(self.config.realtime_latency_s)
         if getattr(self.responder, "blocking", True):
             status, response = await run_in_threadpool(
                 execute, self.responder, endpoint, body, content_fault
             )
         else:
             status, response = execute(self.responder, endpoint, body, content_fault)
+        usage = usage_of(response) if 200 <= status < 300 else (0, 0, 0)
         self.state.add_ledger(
-            [(custom_id, None, endpoint, model, digest, status, self.clock.now())], _owner(request)
+            [(custom_id, None, endpoint, model, digest, status, self.clock.now(), usage)],
+            _owner(request),
         )
         headers["x-request-id"] = "req_" + digest[:32]
         return JSONResponse(response, status, headers=headers)

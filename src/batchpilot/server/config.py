@@ -60,7 +60,8 @@ class ServerConfig:
     Durations are in virtual seconds; `time_scale` says how many virtual seconds pass per real
     second. The latency model: a batch waits `validation_delay_s`, then runs its requests at
     `processing_tokens_per_s` (input tokens) plus `per_request_s` each, then spends
-    `finalizing_delay_s` writing results. Cancelling takes `cancel_delay_s`.
+    `finalizing_delay_s` writing results. Cancelling takes `cancel_delay_s`. A real-time answer
+    takes `realtime_latency_s` of wall-clock time (a slow upstream).
     """
 
     state_dir: Path
@@ -76,6 +77,7 @@ class ServerConfig:
     per_request_s: float = 0.0
     finalizing_delay_s: float = 1.0
     cancel_delay_s: float = 1.0
+    realtime_latency_s: float = 0.0
     completion_window_s: float = 86_400.0
     queue_limits: dict[str, int] = field(default_factory=dict)
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)

@@ -19,10 +19,10 @@ from typing import Any
 
 from batchpilot.server.clock import VirtualClock
 from batchpilot.server.config import ServerConfig
-from batchpilot.server.execution import body_sha256, execute, http_error_body
+from batchpilot.server.execution import body_sha256, execute, http_error_body, usage_of
 from batchpilot.server.faults import CONTENT_KINDS, LINE_KINDS, Fault, FaultPlan
 from batchpilot.server.responders.base import Responder
-from batchpilot.server.state import ACTIVE_STATUSES, LineRow, ServerState, dumps
+from batchpilot.server.state import ACTIVE_STATUSES, LedgerRow, LineRow, ServerState, dumps
 from batchpilot.server.validation import validate_input_file
 
 __all__ = ["BatchEngine"]
@@ -303,7 +303,7 @@ class BatchEngine:
         batch_id, endpoint = row["id"], row["endpoint"]
         all_fail = self._fault(row, "all_lines_fail")
 
-        def run(line: LineRow) -> tuple[int, str, str, tuple[Any, ...], int, int]:
+        def run(line: LineRow) -> tuple[int, str, str, LedgerRow, int, int]:
             handle_lock.acquire()
             try:
                 handle.seek(line.offset)
@@ -324,16 +324,14 @@ class BatchEngine:
                 line_fault = all_fail
             request_id = _derived_id("req_", batch_id, line.line_no, execution, length=32)
             out_id = _derived_id("batch_req_", batch_id, line.line_no, length=32)
-            usage_in = usage_out = 0
+            usage = (0, 0, 0)
             if line_fault is not None and line_fault.kind in ("line_error", "all_lines_fail"):
                 status, response = line_fault.status, http_error_body(line_fault)
             elif line_fault is not None and line_fault.kind == "line_timeout":
                 status, response = 0, {}
             else:
                 status, response = execute(self.responder, endpoint, body, content_fault)
-                usage = response.get("usage") or {}
-                usage_in = int(usage.get("prompt_tokens", 0))
-                usage_out = int(usage.get("completion_tokens", 0))
+                usage = usage_of(response)
             output: dict[str, Any]
             if status == 0:
                 output = {
@@ -367,8 +365,9 @@ class BatchEngine:
                 body_sha256(body),
                 status,
                 self.clock.now(),
+                usage,
             )
-            return line.line_no, "ok" if ok else "failed", text, ledger, usage_in, usage_out
+            return line.line_no, "ok" if ok else "failed", text, ledger, usage[0], usage[2]
 
         handle_lock = threading.Lock()
         if self._pool is not None:

@@ -11,7 +11,7 @@ from batchpilot.server.faults import CONTENT_KINDS, Fault
 from batchpilot.server.objects import error_body
 from batchpilot.server.responders.base import Responder, ResponderError
 
-__all__ = ["body_sha256", "execute", "http_error_body"]
+__all__ = ["body_sha256", "execute", "http_error_body", "usage_of"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,17 @@ _STATUS_TEXT = {
 def body_sha256(body: dict[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def usage_of(response: dict[str, Any]) -> tuple[int, int, int]:
+    """(input, cached, output) tokens billed for an answer (chat, embeddings or responses)."""
+    usage = response.get("usage")
+    if not isinstance(usage, dict):
+        return 0, 0, 0
+    prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
+    output = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    return prompt, int(details.get("cached_tokens", 0) or 0), output
 
 
 def http_error_body(fault: Fault) -> dict[str, Any]:

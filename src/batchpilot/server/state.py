@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ACTIVE_STATUSES", "TERMINAL_STATUSES", "LineRow", "ServerState"]
+__all__ = ["ACTIVE_STATUSES", "TERMINAL_STATUSES", "LedgerRow", "LineRow", "ServerState"]
 
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
@@ -97,7 +97,17 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX batches_owner ON batches(owner, seq);
     CREATE INDEX ledger_owner ON ledger(owner, seq);
     """,
+    # Each execution's usage, so that a test can price what was really run.
+    """
+    ALTER TABLE ledger ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+
+LedgerRow = tuple[str | None, str | None, str, str | None, str, int, float, tuple[int, int, int]]
+"""custom_id, batch_id, endpoint, model, body_sha256, status_code, executed_at and the usage
+(input, cached, output tokens) of one execution."""
 
 
 @dataclass(frozen=True)
@@ -422,7 +432,7 @@ class ServerState:
         self,
         batch_id: str,
         results: Sequence[tuple[int, str, str]],
-        ledger: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
+        ledger: Sequence[LedgerRow],
         counts: tuple[int, int, int, int],
         owner: str = "",
     ) -> None:
@@ -453,22 +463,15 @@ class ServerState:
     # ledger ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _insert_ledger(
-        conn: sqlite3.Connection,
-        rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
-        owner: str,
-    ) -> None:
+    def _insert_ledger(conn: sqlite3.Connection, rows: Sequence[LedgerRow], owner: str) -> None:
         conn.executemany(
             "INSERT INTO ledger(custom_id, batch_id, endpoint, model, body_sha256, status_code, "
-            "executed_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row, owner) for row in rows],
+            "executed_at, input_tokens, cached_tokens, output_tokens, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row[:7], *row[7], owner) for row in rows],
         )
 
-    def add_ledger(
-        self,
-        rows: Sequence[tuple[str | None, str | None, str, str | None, str, int, float]],
-        owner: str = "",
-    ) -> None:
+    def add_ledger(self, rows: Sequence[LedgerRow], owner: str = "") -> None:
         with self.tx() as conn:
             self._insert_ledger(conn, rows, owner)
 
@@ -481,16 +484,22 @@ class ServerState:
         return int(row[0])
 
     def ledger(self, since: int = 0, owner: str | None = None) -> list[dict[str, Any]]:
-        """Ledger rows after `since`, oldest first; with `owner`, only that project's."""
+        """Every execution after `seq` since, oldest first, each with the `usage` it was billed
+        for; with `owner`, only that project's."""
         sql = "SELECT * FROM ledger WHERE seq > ?"
         params: list[Any] = [since]
         if owner is not None:
             sql += " AND owner = ?"
             params.append(owner)
         rows = self.read().execute(sql + " ORDER BY seq", params).fetchall()
-        entries = [dict(row) for row in rows]
-        for entry in entries:
+        entries = []
+        for row in rows:
+            entry = dict(row)
             del entry["owner"]
+            entry["usage"] = {
+                key: entry.pop(key) for key in ("input_tokens", "cached_tokens", "output_tokens")
+            }
+            entries.append(entry)
         return entries
 
 

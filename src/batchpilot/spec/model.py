@@ -187,6 +187,11 @@ class LimitsSpec(Strict):
     )
     queue_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     context_window: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="The most output tokens one answer of the model can have (default: the "
+        "price table's); bounds the worst case of requests with no max_tokens.",
+    )
     on_missing_field: Literal["fail", "skip"] = "fail"
     max_attempts: Annotated[int, Field(ge=1, le=20)] = Field(
         3, description="Attempts per request before it fails for good (retryable errors only)."

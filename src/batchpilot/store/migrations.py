@@ -147,7 +147,15 @@ MIGRATIONS: list[str] = [
         WHERE r.lane != 'cache' ORDER BY r.created_at_utc;
     DROP TABLE cache;
     """,
-    # the store's own id, which its remote objects carry (names, metadata), so that it adopts
+    # 4: each request's worst case, computed once when it is planned: output tokens (NULL: no
+    # bound) and USD at the standard and the batch price (NULL: priced when it is reserved)
+    """
+    ALTER TABLE requests ADD COLUMN worst_output_tokens INTEGER;
+    ALTER TABLE requests ADD COLUMN worst_usd REAL;
+    ALTER TABLE requests ADD COLUMN batch_worst_usd REAL;
+    UPDATE requests SET worst_output_tokens = max_output_tokens;
+    """,
+    # 5: the store's own id, which its remote objects carry (names, metadata), so that it adopts
     # only what it sent itself; real-time attempts found by time, for the day's request count
     """
     CREATE TABLE IF NOT EXISTS meta (

@@ -23,6 +23,9 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class PendingRequest:
+    """A request as a lane takes it. `max_output_tokens` is what its answers may use (every
+    choice), for rate limits; the worst case (None: unknown) is what the lanes reserve."""
+
     id: str
     endpoint: str
     model: str
@@ -31,6 +34,9 @@ class PendingRequest:
     max_output_tokens: int
     attempts: int
     first_row: int
+    worst_output_tokens: int | None = None
+    worst_usd: float | None = None
+    batch_worst_usd: float | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ from batchpilot.store.states import (
 __all__ = ["SQLiteStore", "utc_now"]
 
 ACTIVE_BATCHES = (BatchState.CREATING, BatchState.SUBMITTED)
+_REQUEST_COLUMNS = (
+    "id, endpoint, model, body, input_tokens, max_output_tokens, attempts, first_row, "
+    "worst_output_tokens, worst_usd, batch_worst_usd"
+)
 
 
 def utc_now() -> str:
@@ -223,11 +227,16 @@ class SQLiteStore:
         input_tokens: int,
         max_output_tokens: int,
         first_row: int,
+        *,
+        worst: tuple[int | None, float | None, float | None] | None = None,
     ) -> None:
+        """A planned request; `worst` is its worst case (output tokens, USD, batch USD), by
+        default `max_output_tokens` priced when it is reserved."""
+        worst_output, worst_usd, batch_worst_usd = worst or (max_output_tokens, None, None)
         self._db.execute(
             "INSERT OR IGNORE INTO requests(run_id, id, content_hash, endpoint, model, body, "
-            "input_tokens, max_output_tokens, first_row, state) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            "input_tokens, max_output_tokens, first_row, state, worst_output_tokens, worst_usd, "
+            "batch_worst_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
             (
                 run_id,
                 request_id,
@@ -238,6 +247,9 @@ class SQLiteStore:
                 input_tokens,
                 max_output_tokens,
                 first_row,
+                worst_output,
+                worst_usd,
+                batch_worst_usd,
             ),
         )
 
@@ -266,8 +278,7 @@ class SQLiteStore:
         """Pending requests in input order (or from the end of the input, `from_end`)."""
         order = "DESC" if from_end else "ASC"
         rows = self._db.execute(
-            "SELECT id, endpoint, model, body, input_tokens, max_output_tokens, attempts, "
-            f"first_row FROM requests WHERE run_id = ? AND state = 'pending' "
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE run_id = ? AND state = 'pending' "
             f"ORDER BY first_row {order} LIMIT ?",
             (run_id, limit),
         ).fetchall()
@@ -282,6 +293,25 @@ class SQLiteStore:
             (run_id,),
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
+
+    def in_flight(self, run_id: str) -> list[PendingRequest]:
+        """Requests left in flight on the real-time lane (by a crash), bodies left empty."""
+        columns = _REQUEST_COLUMNS.replace("body", "x'' AS body")
+        rows = self._db.execute(
+            f"SELECT {columns} FROM requests WHERE run_id = ? AND state = 'realtime'", (run_id,)
+        ).fetchall()
+        return [PendingRequest(**dict(row)) for row in rows]
+
+    def unpriced(self, run_id: str) -> list[tuple[str, bool]]:
+        """(model, has an output bound) of the requests still to end whose worst case in USD
+        was not known when they were planned."""
+        rows = self._db.execute(
+            "SELECT DISTINCT model, worst_output_tokens IS NOT NULL FROM requests "
+            "WHERE run_id = ? AND state IN ('pending', 'queued', 'submitted', 'realtime') "
+            "AND (worst_usd IS NULL OR batch_worst_usd IS NULL) ORDER BY model",
+            (run_id,),
+        ).fetchall()
+        return [(str(row[0]), bool(row[1])) for row in rows]
 
     def request_body(self, run_id: str, request_id: str) -> bytes:
         row = self._db.execute(
@@ -468,10 +498,9 @@ class SQLiteStore:
         self, run_id: str, batch_id: int, *, bodies: bool = True
     ) -> list[PendingRequest]:
         """The requests of a live batch, in input order; `bodies=False` leaves bodies empty."""
-        body = "body" if bodies else "x''"
+        columns = _REQUEST_COLUMNS if bodies else _REQUEST_COLUMNS.replace("body", "x''")
         cursor = self._db.execute(
-            f"SELECT id, endpoint, model, {body}, input_tokens, max_output_tokens, attempts, "
-            "first_row FROM requests WHERE run_id = ? AND batch_id = ? AND state IN "
+            f"SELECT {columns} FROM requests WHERE run_id = ? AND batch_id = ? AND state IN "
             "('queued', 'submitted') ORDER BY first_row",
             (run_id, batch_id),
         )
