@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 import batchpilot
+from batchpilot.run import export_rows, open_store
+from batchpilot.run.api import status_of
 from batchpilot.server import FaultPlan, LocalServer
 
 
 class Masked(BaseModel):
     masked_text: str
+
+
+class Unsure(BaseModel):
+    masked_text: str
+
+    @field_validator("masked_text")
+    @classmethod
+    def never_enough(cls, value: str) -> str:
+        raise ValueError("the masking is not sure enough")
 
 
 def test_map_returns_answers_in_order(
@@ -82,6 +94,86 @@ def test_map_parses_into_a_pydantic_model_and_falls_back(
     fallbacks = sum(a.masked_text == "[MASK]" for a in answers)
     assert 0 < fallbacks < 4, "the seeded plan refuses some items and answers others"
     assert refused == fallbacks
+
+
+def test_map_with_a_schema_and_the_default_relative_state_dir(
+    tmp_path: Path,
+    local_server_factory: Callable[..., LocalServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = local_server_factory(validation_delay_s=0, finalizing_delay_s=0)
+    monkeypatch.chdir(tmp_path)
+    answers = batchpilot.map(
+        ["one", "two"],
+        prompt="{{ text }}",
+        schema=Masked,
+        model="gpt-4o-mini",
+        provider="compatible",
+        base_url=server.base_url,
+        poll_interval=0.02,
+    )
+    assert all(isinstance(a, Masked) for a in answers)
+    schemas = [path.name for path in (tmp_path / ".batchpilot" / "schemas").iterdir()]
+    assert len(schemas) == 1 and schemas[0].startswith("Masked-")
+    assert not (tmp_path / ".batchpilot" / ".batchpilot").exists()
+
+
+def test_map_applies_the_models_own_validators_as_invalid_answers_that_are_retried(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(validation_delay_s=0, finalizing_delay_s=0)
+    answers = batchpilot.map(
+        ["one", "two", "three"],
+        prompt="{{ text }}",
+        schema=Unsure,
+        model="gpt-4o-mini",
+        provider="compatible",
+        base_url=server.base_url,
+        max_attempts=2,
+        state_dir=tmp_path,
+        poll_interval=0.02,
+        fallback=lambda text: f"fallback for {text}",
+    )
+    assert answers == ["fallback for one", "fallback for two", "fallback for three"]
+    assert len(server.admin.ledger()) == 6, "each invalid answer is retried once"
+    status = status_of(tmp_path)
+    assert status.failures == {"schema": 6}
+    store = open_store(tmp_path)
+    try:
+        errors = {row.error for row in export_rows(store, status.run_id)}
+    finally:
+        store.close()
+    assert errors == {"schema: at masked_text: Value error, the masking is not sure enough"}
+
+
+def test_map_never_raises_a_pydantic_error_for_an_answer_reused_from_an_earlier_run(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(validation_delay_s=0, finalizing_delay_s=0)
+    common: dict[str, Any] = {
+        "prompt": "{{ text }}",
+        "model": "gpt-4o-mini",
+        "provider": "compatible",
+        "base_url": server.base_url,
+        "max_attempts": 1,
+        "state_dir": tmp_path,
+        "poll_interval": 0.02,
+    }
+    first = batchpilot.map(["one"], schema=Masked, name="first", **common)
+    assert isinstance(first[0], Masked)
+
+    class Stricter(BaseModel):  # the same JSON schema, so the same request, as Masked
+        masked_text: str
+
+        @field_validator("masked_text")
+        @classmethod
+        def never_enough(cls, value: str) -> str:
+            raise ValueError("not sure enough")
+
+    Stricter.__name__ = "Masked"
+    again = batchpilot.map(["one"], schema=Stricter, name="second", **common)
+    assert again == [None]
+    assert len(server.admin.ledger()) == 1, "the answer came from the cache"
 
 
 @pytest.mark.llama

@@ -214,3 +214,44 @@ def test_real_time_answers_meet_the_validators_that_read_input_rows(
     }
     assert {row.lane for row in rows if row.status == "succeeded"} == {"realtime"}
     assert result.status.failures == {"truncated": 6, "rejected": 3}
+
+
+MODELS = """
+from pydantic import BaseModel, field_validator
+
+
+class Scored(BaseModel):
+    label: str
+    confidence: float
+
+    @field_validator("confidence")
+    @classmethod
+    def sure_enough(cls, value: float) -> float:
+        if value < 1e9:
+            raise ValueError("confidence below the threshold")
+        return value
+"""
+
+
+@pytest.mark.parametrize("strategy", ["batch", "realtime"])
+def test_a_pydantic_models_own_validators_check_a_jobs_answers(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer], strategy: str
+) -> None:
+    (tmp_path / "scored_models.py").write_text(MODELS)
+    limits = {"requests_per_batch": 3, "queue_tokens": 10**6, "max_attempts": 2}
+    result, rows = run_with_faults(
+        tmp_path,
+        local_server_factory,
+        "length",
+        response={"schema": "scored_models:Scored"},
+        limits=limits,
+        strategy=strategy,
+        realtime={"rpm": 6000},
+    )
+    assert result.status.finished
+    assert {row.status for row in rows} == {"failed"}
+    assert {row.attempts for row in rows} == {2}
+    assert {row.error for row in rows} == {
+        "schema: at confidence: Value error, confidence below the threshold"
+    }
+    assert result.status.failures == {"truncated": 6, "schema": 6}

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from batchpilot.data import rows_from_records
+from batchpilot.export import ExportRow
 from batchpilot.run.api import DEFAULT_STATE_DIR, export_rows, open_store, run_job
 from batchpilot.spec import job_from_dict
 
@@ -63,7 +64,8 @@ def map(
 
     Strings are available to the prompt as `{{ text }}`, mappings by their keys. With a
     `schema` (a JSON schema or a pydantic model) each answer is parsed (into the model) and
-    checked; otherwise it is the answer's text. An item that finally fails gets
+    checked, a model's own validators included (an answer that fails is retried like any
+    invalid one); otherwise it is the answer's text. An item that finally fails gets
     `fallback(item)` if given, else None. Running the same call again reuses the answers.
     """
     records = [{"text": item} if isinstance(item, str) else dict(item) for item in items]
@@ -79,11 +81,16 @@ def map(
         "limits": {"max_attempts": max_attempts},
         "budget": {"max_usd": budget_usd},
     }
+    parse = schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
     if schema is not None:
-        job["response"] = {"schema": str(_schema_file(schema, state / "schemas"))}
+        job["response"] = {"schema": str(_schema_file(schema, state / "schemas").resolve())}
     spec = job_from_dict(job, base_dir=state)
     result = run_job(
-        spec, state_dir=state, rows=rows_from_records(records), poll_interval=poll_interval
+        spec,
+        state_dir=state,
+        rows=rows_from_records(records),
+        poll_interval=poll_interval,
+        response_model=parse,
     )
     store = open_store(state)
     try:
@@ -92,13 +99,28 @@ def map(
         store.close()
     answers: list[Any] = []
     for record, row in zip(records, rows, strict=True):
-        if row.status != "succeeded":
+        answer = _answer(row, schema, parse)
+        if answer is _FAILED:
             original = record["text"] if set(record) == {"text"} else record
-            answers.append(fallback(original) if fallback is not None else None)
-        elif isinstance(schema, type) and issubclass(schema, BaseModel):
-            answers.append(schema.model_validate(row.parsed))
-        elif schema is not None:
-            answers.append(row.parsed)
-        else:
-            answers.append(row.content if row.content is not None else row.embedding)
+            answer = fallback(original) if fallback is not None else None
+        answers.append(answer)
     return answers
+
+
+_FAILED = object()
+
+
+def _answer(row: ExportRow, schema: object, model: type[BaseModel] | None) -> Any:
+    """The row's answer, or _FAILED for a row without a usable one."""
+    if row.status != "succeeded":
+        return _FAILED
+    if model is not None:
+        try:
+            return model.model_validate(row.parsed)
+        except ValidationError:
+            # An answer reused from an earlier run of the same request was checked then,
+            # perhaps against another version of the model's validators.
+            return _FAILED
+    if schema is not None:
+        return row.parsed
+    return row.content if row.content is not None else row.embedding

@@ -17,6 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from batchpilot.answers import parsed_answer, response_content
 from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
@@ -28,7 +30,7 @@ from batchpilot.plan.job import input_spec, queue_capacity
 from batchpilot.plan.waves import first_wave, next_wave
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
-from batchpilot.response_schema import load_response_schema
+from batchpilot.response_schema import load_response_model, load_response_schema
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings
@@ -174,12 +176,19 @@ class JobCheck:
         return replace(self, store=store)
 
 
-def answer_check(job: JobSpec, store: SQLiteStore, run_id: str) -> JobCheck:
+def answer_check(
+    job: JobSpec, store: SQLiteStore, run_id: str, model: type[BaseModel] | None = None
+) -> JobCheck:
     """The job's checks on every answer: refusals always; the response schema (with
-    truncation and invalid JSON) and the validators when the job has them."""
-    schema = load_response_schema(job.response, job.base_dir)[1] if job.response else None
+    truncation and invalid JSON, then the pydantic model's own validators when the schema
+    comes from a model: the job's `module:Class`, or `model`) and the validators when the
+    job has them."""
+    schema, found = None, None
+    if job.response is not None:
+        schema = load_response_schema(job.response, job.base_dir)[1]
+        found = model or load_response_model(job.response, job.base_dir)
     validators = [(name, load_validator(name, job.base_dir)) for name in job.validators]
-    return JobCheck(AnswerCheck(schema, validators), bool(validators), store, run_id)
+    return JobCheck(AnswerCheck(schema, validators, found), bool(validators), store, run_id)
 
 
 def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | None) -> None:
@@ -325,6 +334,7 @@ def run_job(
     fresh: bool = False,
     run_id: str | None = None,
     recorded: JobSpec | None = None,
+    response_model: type[BaseModel] | None = None,
 ) -> RunResult:
     """Plan the job into the store (once), then run it to the end and export its output.
 
@@ -332,7 +342,8 @@ def run_job(
     with `steps` runs them in order (see `run_pipeline`); a job with a `target` plans its rows
     in waves and stops once the target is met. `run_id` and `recorded` (the job the run
     records as its own: a pipeline records itself in each step's run, so that `resume` and
-    `export` see the whole pipeline) are for pipelines.
+    `export` see the whole pipeline) are for pipelines. `response_model` is the pydantic
+    model the job's schema file was written from, whose own validators answers must pass.
     """
     if job.steps is not None:
         from batchpilot.run.pipeline import run_pipeline
@@ -383,7 +394,7 @@ def run_job(
         cancel_on_exit=cancel_on_exit,
     )
     _strategy_settings(job, settings, store.run(run_id))
-    check = answer_check(job, store, run_id)
+    check = answer_check(job, store, run_id, response_model)
     owned = provider is None
     provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
 
