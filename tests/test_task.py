@@ -265,8 +265,9 @@ class Modest(BaseModel):
         return value
 
 
+@pytest.mark.parametrize("strategy", ["batch", "realtime", "hybrid"])
 def test_validators_reject_answers_with_their_reason(
-    tmp_path: Path, provider: OpenAIProvider
+    tmp_path: Path, provider: OpenAIProvider, strategy: str
 ) -> None:
     class Validated(Checked):
         schema = Modest
@@ -275,7 +276,10 @@ def test_validators_reject_answers_with_their_reason(
             assert isinstance(answer, Modest)
             return "flagged for review" if meta["flag"] else None
 
-    report = Validated(**options(provider, tmp_path, max_attempts=2)).run()
+    fast = {"rpm": 6000, "tpm": 10**8}
+    more = {"max_attempts": 2, "strategy": strategy, "realtime": fast}
+    report = Validated(**options(provider, tmp_path, **more)).run()
+    assert report.finished
     state = report.state
     errors = Counter(value["error"] for value in state.values())
     assert errors["schema: at confidence: Value error, too sure"] > 0, "the model's validator"

@@ -50,7 +50,7 @@ class TaskSchema:
             "json_schema": {"name": self.name, "schema": self.json_schema, "strict": True},
         }
         self.key = _key(self.json_schema)
-        self.check = AnswerCheck(self.json_schema)
+        self.check = AnswerCheck(self.json_schema, model=self.model)
 
     def problem(self, parsed: Any) -> str | None:
         """Why the pydantic model refuses an answer the JSON schema accepted (its validators)."""
