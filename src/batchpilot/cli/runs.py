@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import click
 from rich.console import Console
@@ -12,6 +13,7 @@ from rich.table import Table
 from batchpilot.cli.live import status_table
 from batchpilot.cli.run import state_option
 from batchpilot.errors import UserInputError
+from batchpilot.export import ExportFormat
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.api import export_job, job_of
@@ -206,14 +208,19 @@ def export(
     try:
         record = find_run(store, run_id)
         job = job_of(record)
+        # The job's own format for its own output path; else by the suffix of -o.
+        chosen: ExportFormat | None = cast(ExportFormat, fmt)
         if output is None:
             if job is None or job.output is None:
                 raise UserInputError("give -o FILE (this run's job names no output.path)")
             output = job.resolve(job.output.path)
+            chosen = None if fmt == "auto" else chosen
+        # The same rows whatever the format: a job's run exports as its output section says.
+        include = False if no_input else None
         if job is not None and job.steps is not None:
-            count = export_pipeline(state_dir, job, output)
-        elif job is not None and fmt == "auto" and not no_input:
-            count = export_job(store, record.id, job, output)
+            count = export_pipeline(state_dir, job, output, format=chosen, include_input=include)
+        elif job is not None:
+            count = export_job(store, record.id, job, output, format=chosen, include_input=include)
         else:
             count = export_run(store, record.id, output, format=fmt, include_input=not no_input)
     finally:

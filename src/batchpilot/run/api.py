@@ -23,7 +23,7 @@ from batchpilot.answers import parsed_answer, response_content
 from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
 from batchpilot.errors import StateError, UserInputError
-from batchpilot.export import ExportRow, write_back_nested, write_export
+from batchpilot.export import ExportFormat, ExportRow, write_back_nested, write_export
 from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import PlanResult, plan_job, plan_requests_file
 from batchpilot.plan.job import input_spec, queue_capacity
@@ -504,18 +504,41 @@ def _target_rows(rows: Iterable[ExportRow], target: TargetSpec) -> Iterator[Expo
         yield row
 
 
-def export_job(store: SQLiteStore, run_id: str, job: JobSpec, target: Path) -> int:
+def export_job(
+    store: SQLiteStore,
+    run_id: str,
+    job: JobSpec,
+    target: Path,
+    *,
+    format: ExportFormat | None = None,
+    include_input: bool | None = None,
+) -> int:
     """Export as the job's output section says: a results table, or answers written back into
-    the input records (inside their lines when the input has nested records)."""
+    the input records (inside their lines when the input has nested records). `format` and
+    `include_input` override the job's; the rows are the same whatever the format."""
     fallback = load_callable(job.fallback, job.base_dir, "fallback") if job.fallback else None
-    return write_job_output(job, export_rows(store, run_id, fallback=fallback), target)
+    rows = export_rows(store, run_id, fallback=fallback)
+    return write_job_output(job, rows, target, format=format, include_input=include_input)
 
 
-def write_job_output(job: JobSpec, rows: Iterable[ExportRow], target: Path) -> int:
-    """Write `rows` (a run's rows in input order) as the job's output section says."""
+def write_job_output(
+    job: JobSpec,
+    rows: Iterable[ExportRow],
+    target: Path,
+    *,
+    format: ExportFormat | None = None,
+    include_input: bool | None = None,
+) -> int:
+    """Write `rows` (a run's rows in input order) as the job's output section says, in
+    `format` and with or without the input fields when they are given."""
     spec = job.output
     key = spec.response_key if spec is not None else None
     if key is not None and job.input.records is not None:
+        if format not in (None, "auto", "jsonl"):
+            raise UserInputError(
+                f"this job writes its answers back into the nested records of "
+                f"{job.input.path}, which is JSONL; export it as jsonl (not {format})"
+            )
         return write_back_nested(
             rows,
             job.resolve(job.input.path),
@@ -524,15 +547,18 @@ def write_job_output(job: JobSpec, rows: Iterable[ExportRow], target: Path) -> i
             response_key=key,
             id_field=job.input.id_field,
         )
+    if key is not None and include_input is False:
+        raise UserInputError(
+            f"this job writes its answers back into its input records (output.response_key: "
+            f"{key}), so the input cannot be left out; export it with the input"
+        )
     if job.target is not None:
         rows = _target_rows(rows, job.target)
-    return write_export(
-        rows,
-        target,
-        format=spec.format if spec else "auto",
-        include_input=spec.include_input if spec else True,
-        response_key=key,
-    )
+    if format is None:
+        format = spec.format if spec else "auto"
+    if include_input is None:
+        include_input = spec.include_input if spec else True
+    return write_export(rows, target, format=format, include_input=include_input, response_key=key)
 
 
 def run_requests_file(
