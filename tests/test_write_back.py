@@ -54,6 +54,11 @@ def test_masking_writes_back_into_nested_tweets_with_a_fallback(
     answers = [t["masked_text"] for t in tweets if t["masked_text"].startswith("Synthetic")]
     assert masks and answers, "the seeded plan refuses some tweets and answers others"
     assert len(masks) + len(answers) == 3
+    marked = [error for line in written for error in line.get("_batchpilot_errors", [])]
+    assert len(marked) == len(masks), "every fallback item is marked"
+    assert {error["status"] for error in marked} == {"fallback"}
+    assert all(error["error"].startswith("refused") for error in marked)
+    assert all(error["item"].startswith("tweets[") for error in marked)
 
 
 def test_flat_write_back_with_a_response_key(
