@@ -120,7 +120,11 @@ def test_rounds_follow_up_on_results_and_a_rerun_sends_nothing(
     assert report.state["why"]["a"].startswith("Synthetic answer: Why is a labelled")
     assert report.state["errors"] == {}
     assert set(report.state["seen"].values()) == {1}
-    assert task.calls[:4] == ["a", "b", "c", "d"], "round 1 is delivered in key order"
+    assert sorted(task.calls[:4]) == ["a", "b", "c", "d"], "round 1 comes before round 2"
+    if strategy == "batch":
+        # Results that end together (one batch's) come in key order; the real-time lane's
+        # come as each answer does, in no promised order.
+        assert task.calls[:4] == ["a", "b", "c", "d"]
     assert report.status.requests["succeeded"] == 8 and report.status.finished
     ledger = server.admin.ledger()
     assert len(ledger) == 8 and max(Counter(r["custom_id"] for r in ledger).values()) == 1
