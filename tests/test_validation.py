@@ -255,3 +255,20 @@ def test_a_pydantic_models_own_validators_check_a_jobs_answers(
         "schema: at confidence: Value error, confidence below the threshold"
     }
     assert result.status.failures == {"truncated": 6, "schema": 6}
+
+
+def test_two_jobs_with_a_models_module_of_the_same_name_never_mix(tmp_path: Path) -> None:
+    from batchpilot.response_schema import load_response_model, load_response_schema
+    from batchpilot.spec.model import ResponseSpec
+
+    for name, field in (("one", "label"), ("two", "score")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "models.py").write_text(
+            f"from pydantic import BaseModel\n\nclass Verdict(BaseModel):\n    {field}: str\n"
+        )
+    spec = ResponseSpec.model_validate({"schema": "models:Verdict"})
+    one = load_response_schema(spec, tmp_path / "one")[1]
+    two = load_response_schema(spec, tmp_path / "two")[1]
+    assert list(one["properties"]) == ["label"] and list(two["properties"]) == ["score"]
+    model = load_response_model(spec, tmp_path / "two")
+    assert model is not None and list(model.model_fields) == ["score"]

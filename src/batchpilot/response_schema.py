@@ -19,6 +19,7 @@ import pydantic
 from batchpilot.errors import ConfigError
 from batchpilot.spec.model import ResponseSpec
 from batchpilot.spec.yamlpos import load_yaml
+from batchpilot.validate import load_module_file
 
 __all__ = ["NAME_PATTERN", "load_response_model", "load_response_schema", "strict_schema_problems"]
 
@@ -158,11 +159,17 @@ def _pointer(parts: Any) -> str:
 
 
 def _import_model(target: str, base_dir: Path) -> type[pydantic.BaseModel]:
+    """The model a job names; a module file beside the job is loaded from that job's directory
+    (so two jobs' `models.py` never mix), else the module is imported."""
     module_name, _, qualname = target.partition(":")
+    local = Path(base_dir) / (module_name.replace(".", "/") + ".py")
     saved = list(sys.path)
     sys.path.insert(0, str(base_dir))
     try:
-        module = importlib.import_module(module_name)
+        if local.is_file():
+            module = load_module_file(module_name, local)
+        else:
+            module = importlib.import_module(module_name)
     except Exception as exc:
         missing = isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]
         hint = (

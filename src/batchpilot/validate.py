@@ -22,7 +22,14 @@ from jsonschema import Draft202012Validator
 
 from batchpilot.errors import ConfigError
 
-__all__ = ["AnswerCheck", "Validator", "load_callable", "load_validator", "model_problem"]
+__all__ = [
+    "AnswerCheck",
+    "Validator",
+    "load_callable",
+    "load_module_file",
+    "load_validator",
+    "model_problem",
+]
 
 # A user validator gets the parsed answer (or the text) and the input row; it returns None (or
 # True) to accept, or a reason (or False) to reject.
@@ -43,7 +50,9 @@ def load_callable(name: str, base_dir: Path, what: str) -> Callable[..., Any]:
     local = Path(base_dir) / (module_name.replace(".", "/") + ".py")
     try:
         module = (
-            _load_file(module_name, local) if local.is_file() else _import(module_name, base_dir)
+            load_module_file(module_name, local)
+            if local.is_file()
+            else _import(module_name, base_dir)
         )
     except ImportError as exc:
         raise ConfigError(
@@ -68,7 +77,8 @@ def _import(module_name: str, base_dir: Path) -> ModuleType:
         sys.path.remove(str(base_dir))
 
 
-def _load_file(module_name: str, path: Path) -> ModuleType:
+def load_module_file(module_name: str, path: Path) -> ModuleType:
+    """The module in the file `path`, loaded once per file under a name of its own."""
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     key = f"_batchpilot_job_{digest}_{module_name.replace('.', '_')}"
     loaded = sys.modules.get(key)
