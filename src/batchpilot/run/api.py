@@ -516,9 +516,27 @@ def export_job(
     """Export as the job's output section says: a results table, or answers written back into
     the input records (inside their lines when the input has nested records). `format` and
     `include_input` override the job's; the rows are the same whatever the format."""
-    fallback = load_callable(job.fallback, job.base_dir, "fallback") if job.fallback else None
+    fallback = _guarded_fallback(job.fallback, job.base_dir) if job.fallback else None
     rows = export_rows(store, run_id, fallback=fallback)
     return write_job_output(job, rows, target, format=format, include_input=include_input)
+
+
+def _guarded_fallback(name: str, base_dir: Path) -> Callable[[dict[str, Any] | None], Any]:
+    """The job's fallback, whose exceptions become a clear error naming it and the row."""
+    function = load_callable(name, base_dir, "fallback")
+
+    def fallback(row: dict[str, Any] | None) -> Any:
+        try:
+            return function(row)
+        except Exception as exc:
+            shown = json.dumps(row, default=str)[:200]
+            raise UserInputError(
+                f"fallback {name} raised {type(exc).__name__}: {exc} for the input row "
+                f"{shown}; fix it, then export again with `batchpilot export` (the answers "
+                "are kept)"
+            ) from exc
+
+    return fallback
 
 
 def write_job_output(
