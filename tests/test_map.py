@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,8 @@ import batchpilot
 from batchpilot.run import export_rows, open_store
 from batchpilot.run.api import status_of
 from batchpilot.server import FaultPlan, LocalServer
+
+from helpers import client_for
 
 
 class Masked(BaseModel):
@@ -186,3 +192,42 @@ def test_map_on_the_local_model_with_no_key(tmp_path: Path) -> None:
         poll_interval=0.02,
     )
     assert isinstance(answers[0], str) and answers[0]
+
+
+SCRIPT = """
+import sys
+import batchpilot
+try:
+    answers = batchpilot.map(
+        ["one", "two"],
+        prompt="{{ text }}",
+        model="gpt-4o-mini",
+        provider="compatible",
+        base_url=sys.argv[1],
+        state_dir=sys.argv[2],
+        poll_interval=0.05,
+        fallback=lambda text: "FALLBACK",
+    )
+except KeyboardInterrupt as exc:
+    print("interrupted:", exc)
+    sys.exit(130)
+print("answers:", answers)
+"""
+
+
+def test_ctrl_c_stops_map_with_keyboard_interrupt_instead_of_fallbacks_for_unanswered_items(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(time_scale=1.0, validation_delay_s=3600)
+    state = tmp_path / "state"
+    command = [sys.executable, "-c", SCRIPT, server.base_url, str(state)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not client_for(server).batches.list().data:
+        assert time.monotonic() < deadline, "no batch was submitted"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 130, output
+    assert b"interrupted: stopped with 0 of 2 requests ended" in output
+    assert b"FALLBACK" not in output

@@ -67,6 +67,7 @@ def map(
     checked, a model's own validators included (an answer that fails is retried like any
     invalid one); otherwise it is the answer's text. An item that finally fails gets
     `fallback(item)` if given, else None. Running the same call again reuses the answers.
+    Ctrl-C stops the run and raises KeyboardInterrupt; calling map again continues it.
     """
     records = [{"text": item} if isinstance(item, str) else dict(item) for item in items]
     state = Path(state_dir)
@@ -92,6 +93,12 @@ def map(
         poll_interval=poll_interval,
         response_model=parse,
     )
+    status = result.status
+    if not status.finished:
+        raise KeyboardInterrupt(
+            f"stopped with {status.done} of {status.total} requests ended; call map again with "
+            "the same arguments to continue (nothing answered is sent or paid for again)"
+        )
     store = open_store(state)
     try:
         rows = list(export_rows(store, result.run_id))
