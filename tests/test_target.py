@@ -238,3 +238,24 @@ def test_export_writes_the_same_rows_whatever_the_format_flag(
     with (tmp_path / "csv.data").open(newline="") as stream:
         table = list(csv.DictReader(stream))
     assert [row["id"] for row in table] == [row["id"] for row in jsonl]
+    every = tmp_path / "every.jsonl"
+    assert export("-o", str(every), "--all-rows") == [f"wrote 42 rows to {every}"]
+    refused = runner.invoke(
+        cli, ["export", result.run_id, "--state", str(tmp_path / "state"), "--all-rows"]
+    )
+    assert refused.exit_code == 2 and "--all-rows needs -o FILE" in refused.output
+
+
+def test_a_target_with_answers_written_back_into_nested_records_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    from batchpilot.errors import ConfigError
+    from batchpilot.spec import load_job
+
+    (tmp_path / "job.yaml").write_text(
+        "name: t\nmodel: gpt-4o-mini\ninput: {path: in.jsonl, records: tweets}\n"
+        "prompt: {user: hi}\ntarget: {valid: 10}\n"
+        "output: {path: out.jsonl, response_key: masked}\n"
+    )
+    with pytest.raises(ConfigError, match=r"job\.yaml.*cannot be written back into input\.records"):
+        load_job(tmp_path / "job.yaml")

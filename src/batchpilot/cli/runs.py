@@ -200,16 +200,32 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
     help="Output format (auto: by suffix).",
 )
 @click.option("--no-input", is_flag=True, help="Leave the input fields out.")
+@click.option(
+    "--all-rows",
+    is_flag=True,
+    help="Every row of the run as a table, not what the job's output section makes of them "
+    "(target mode's first N valid rows, fallbacks, answers written back).",
+)
 def export(
-    run_id: str | None, state_dir: Path, output: Path | None, fmt: str, no_input: bool
+    run_id: str | None,
+    state_dir: Path,
+    output: Path | None,
+    fmt: str,
+    no_input: bool,
+    all_rows: bool,
 ) -> None:
-    """Write a run's results, joined to its input rows, in input order."""
+    """Write a run's results, joined to its input rows, in input order: as the job's output
+    section says, whatever the format."""
     store = open_store(state_dir)
     try:
         record = find_run(store, run_id)
         job = job_of(record)
         # The job's own format for its own output path; else by the suffix of -o.
         chosen: ExportFormat | None = cast(ExportFormat, fmt)
+        if all_rows and output is None:
+            raise UserInputError(
+                "--all-rows needs -o FILE: the job's output.path holds the job's output"
+            )
         if output is None:
             if job is None or job.output is None:
                 raise UserInputError("give -o FILE (this run's job names no output.path)")
@@ -217,12 +233,12 @@ def export(
             chosen = None if fmt == "auto" else chosen
         # The same rows whatever the format: a job's run exports as its output section says.
         include = False if no_input else None
-        if job is not None and job.steps is not None:
-            count = export_pipeline(state_dir, job, output, format=chosen, include_input=include)
-        elif job is not None:
-            count = export_job(store, record.id, job, output, format=chosen, include_input=include)
-        else:
+        if all_rows or job is None:
             count = export_run(store, record.id, output, format=fmt, include_input=not no_input)
+        elif job.steps is not None:
+            count = export_pipeline(state_dir, job, output, format=chosen, include_input=include)
+        else:
+            count = export_job(store, record.id, job, output, format=chosen, include_input=include)
     finally:
         store.close()
     click.echo(f"wrote {count} rows to {output}")
