@@ -16,7 +16,8 @@ from batchpilot.errors import UserInputError
 from batchpilot.export import ExportFormat
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
-from batchpilot.run.api import export_job, job_of
+from batchpilot.run.api import job_of
+from batchpilot.run.output import export_job
 from batchpilot.run.pipeline import export_pipeline, step_runs
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter

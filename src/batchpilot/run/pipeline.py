@@ -20,15 +20,8 @@ from batchpilot.errors import UserInputError
 from batchpilot.export import ExportFormat, ExportRow
 from batchpilot.plan.job import input_spec
 from batchpilot.providers import Provider, provider_for
-from batchpilot.run.api import (
-    RunResult,
-    export_rows,
-    identity_json,
-    open_store,
-    run_id_for,
-    run_job,
-    write_job_output,
-)
+from batchpilot.run.api import RunResult, identity_json, open_store, run_id_for, run_job
+from batchpilot.run.output import export_rows, write_job_output
 from batchpilot.run.status import RunStatus
 from batchpilot.spec import JobSpec, StepSpec
 from batchpilot.spec.steps import step_job
