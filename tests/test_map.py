@@ -14,6 +14,7 @@ import pytest
 from pydantic import BaseModel, field_validator
 
 import batchpilot
+from batchpilot.errors import UserInputError
 from batchpilot.run import export_rows, open_store
 from batchpilot.run.api import status_of
 from batchpilot.server import FaultPlan, LocalServer
@@ -231,3 +232,12 @@ def test_ctrl_c_stops_map_with_keyboard_interrupt_instead_of_fallbacks_for_unans
     assert process.returncode == 130, output
     assert b"interrupted: stopped with 0 of 2 requests ended" in output
     assert b"FALLBACK" not in output
+
+
+def test_a_json_schema_that_breaks_the_strict_rules_is_a_clear_error_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    loose = {"type": "object", "properties": {"label": {"type": "string"}}}
+    with pytest.raises(UserInputError, match=r"map\(schema=...\).*\n.*additionalProperties"):
+        batchpilot.map(["one"], prompt="{{ text }}", schema=loose, state_dir=tmp_path)
+    assert not (tmp_path / "batchpilot.sqlite3").exists()

@@ -14,7 +14,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from batchpilot.data import rows_from_records
+from batchpilot.errors import UserInputError
 from batchpilot.export import ExportRow
+from batchpilot.response_schema import strict_schema_problems
 from batchpilot.run.api import DEFAULT_STATE_DIR, export_rows, open_store, run_job
 from batchpilot.spec import job_from_dict
 
@@ -29,6 +31,13 @@ def _schema_file(schema: Mapping[str, Any] | type[BaseModel], directory: Path) -
         name = schema.__name__
     else:
         data, name = dict(schema), "response"
+        problems = strict_schema_problems(data)
+        if problems:
+            raise UserInputError(
+                "map(schema=...): the JSON schema does not follow OpenAI's strict "
+                "structured-output rules:\n  " + "\n  ".join(problems) + "\nFix the schema, or "
+                "pass a pydantic model (its strict schema is built for you)"
+            )
     text = json.dumps(data, sort_keys=True)
     path = directory / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
     directory.mkdir(parents=True, exist_ok=True)
