@@ -31,6 +31,10 @@ state_option = click.option(
 )
 
 
+# The events a runner records as it stops: with its batches cancelled, or left running.
+_STOP_EVENTS = ("cancelled", "stopped")
+
+
 def _report(result: RunResult, console: Console, as_json: bool, state_dir: Path) -> None:
     status = result.status
     if as_json:
@@ -64,10 +68,6 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
         return f"stopped; {batches} cancelled remotely (what they answered is kept). {resume}"
     keep = "keeps" if live == 1 else "keep"
     return f"stopped; {batches} {keep} running remotely. {resume}"
-
-
-# The events a runner records as it stops: with its batches cancelled, or left running.
-_STOP_EVENTS = ("cancelled", "stopped")
 
 
 @click.command()
