@@ -272,3 +272,44 @@ def test_two_jobs_with_a_models_module_of_the_same_name_never_mix(tmp_path: Path
     assert list(one["properties"]) == ["label"] and list(two["properties"]) == ["score"]
     model = load_response_model(spec, tmp_path / "two")
     assert model is not None and list(model.model_fields) == ["score"]
+
+
+def test_an_answer_from_the_cache_meets_this_jobs_checks_too(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(validation_delay_s=0, finalizing_delay_s=0)
+    rows = [{"id": f"r{i}", "text": f"text {i}"} for i in range(4)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "odd_checks.py").write_text(
+        "def even_rows(answer, row):\n"
+        "    return None if int(row['id'][1:]) % 2 == 0 else 'odd rows are not wanted'\n"
+    )
+
+    def run(name: str, **changes: Any) -> list[Any]:
+        spec: dict[str, Any] = {
+            "name": name,
+            "provider": {"kind": "compatible", "base_url": server.base_url},
+            "model": "gpt-4o-mini",
+            "input": {"path": "rows.jsonl", "id_field": "id"},
+            "prompt": {"user": "{{ text }}"},
+            "params": {"max_tokens": 20},
+            "limits": {"queue_tokens": 10**6, "max_attempts": 1},
+            **changes,
+        }
+        job = job_from_dict(spec, base_dir=tmp_path)
+        result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+        store = open_store(tmp_path / "state")
+        try:
+            return list(export_rows(store, result.run_id))
+        finally:
+            store.close()
+
+    first = run("unchecked")
+    assert {row.status for row in first} == {"succeeded"}
+    checked = run("checked", validators=["odd_checks:even_rows"])
+    by_id = {row.row_id: row for row in checked}
+    assert {by_id[key].lane for key in ("r0", "r2")} == {"cache"}
+    for key in ("r1", "r3"):
+        assert by_id[key].status == "failed"
+        assert by_id[key].error == "rejected: odd_checks:even_rows: odd rows are not wanted"
+    assert len(server.admin.ledger()) == 6, "the rejected cached answers were asked for again"
