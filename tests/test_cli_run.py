@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +179,7 @@ def test_ctrl_c_leaves_batches_running_and_says_how_to_resume(
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 130
     assert b"batchpilot resume" in output
+    assert b"stopped; 1 submitted batch keeps running remotely" in output, output
     statuses = {b.status for b in client_for(server).batches.list()}
     assert statuses == {"validating"}
 
@@ -190,9 +192,42 @@ def test_second_ctrl_c_cancels_remote_batches(
     process = start_run(job, state, "--cancel-on-exit")
     wait_for_submission(state)
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=30)
+    output, _ = process.communicate(timeout=30)
     statuses = {b.status for b in client_for(server).batches.list()}
     assert statuses <= {"cancelling", "cancelled"}
+    assert process.returncode == 130
+    assert b"1 submitted batch cancelled remotely" in output, output
+    assert b"running remotely" not in output
+
+
+def test_ctrl_c_after_real_time_answers_mentions_no_remote_batches(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(time_scale=1.0)
+    job = write_job(tmp_path, server.base_url, rows=6, strategy="realtime", realtime={"rpm": 2})
+    state = tmp_path / "state"
+    process = start_run(job, state)
+    deadline = time.monotonic() + 30
+    while not server.admin.ledger():
+        assert time.monotonic() < deadline, "the real-time lane answered nothing"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 130, output
+    assert b"batchpilot resume" in output
+    assert b"stopped; nothing is left running remotely" in output, output
+
+    # resume stops the same way, and says so
+    command = [sys.executable, "-m", "batchpilot", "resume", "--state", str(state), "--quiet"]
+    answered = len(server.admin.ledger())
+    resumed = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while len(server.admin.ledger()) == answered:
+        assert time.monotonic() < deadline + 30, "the resumed run answered nothing"
+        time.sleep(0.05)
+    resumed.send_signal(signal.SIGINT)
+    output, _ = resumed.communicate(timeout=30)
+    assert resumed.returncode == 130, output
+    assert b"stopped; nothing is left running remotely" in output, output
 
 
 def test_ctrl_c_stops_the_real_time_lane_at_once_with_nothing_in_flight(

@@ -30,6 +30,7 @@ def _fake_wheel(tmp_path: Path, payload: bytes) -> Path:
     return wheel
 
 
+@pytest.mark.llama
 def test_default_model_path_finds_installed_model() -> None:
     path = default_model_path()
     assert path.name == DEFAULT_MODEL_FILE
@@ -64,6 +65,7 @@ def test_verify_rejects_corrupted_file(tmp_path: Path) -> None:
         verify_model(corrupted, DEFAULT_MODEL_SHA256)
 
 
+@pytest.mark.llama
 def test_install_uses_installed_package() -> None:
     assert install_default_model() == default_model_path()
 

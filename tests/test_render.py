@@ -14,7 +14,7 @@ from openai.lib._pydantic import to_strict_json_schema
 from batchpilot.data.rows import Row
 from batchpilot.errors import ConfigError, UserInputError
 from batchpilot.render import MissingField, RequestRenderer
-from batchpilot.response_schema import load_response_schema
+from batchpilot.response_schema import load_response_model, load_response_schema
 from batchpilot.spec import JobSpec, ResponseSpec, job_from_dict
 
 STRICT_SCHEMA = {
@@ -450,8 +450,10 @@ def test_pydantic_model_schema_matches_the_sdk(tmp_path: Path) -> None:
     (tmp_path / f"{module}.py").write_text(MODELS_SOURCE)
     path_before = list(sys.path)
     try:
-        name, schema = load_response_schema(ResponseSpec(schema_=f"{module}:Extraction"), tmp_path)
-        model = sys.modules[module].Extraction
+        spec = ResponseSpec(schema_=f"{module}:Extraction")
+        name, schema = load_response_schema(spec, tmp_path)
+        model = load_response_model(spec, tmp_path)
+        assert model is not None
         assert sys.path == path_before
         assert name == "Extraction"
         assert schema == to_strict_json_schema(model)

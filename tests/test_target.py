@@ -6,6 +6,7 @@ a second wave, sized from that pass rate, is planned.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from batchpilot.cli import cli
 from batchpilot.errors import UserInputError
 from batchpilot.plan import plan_job
 from batchpilot.run import open_store, run_job
@@ -203,4 +206,56 @@ def test_a_target_counting_items_needs_a_response_schema(tmp_path: Path) -> None
         "target:\n  valid: 10\n  items: scenarios\n"
     )
     with pytest.raises(ConfigError, match=r"job\.yaml.*add a response schema"):
+        load_job(tmp_path / "job.yaml")
+
+
+def test_export_writes_the_same_rows_whatever_the_format_flag(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(**FAST)
+    job = make_job(tmp_path, server)
+    result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert len(output(tmp_path)) == 20
+    runner = CliRunner()
+
+    def export(*args: str) -> list[str]:
+        command = ["export", result.run_id, "--state", str(tmp_path / "state"), *args]
+        done = runner.invoke(cli, command)
+        assert done.exit_code == 0, done.output
+        return done.output.strip().splitlines()
+
+    assert export() == [f"wrote 20 rows to {tmp_path / 'out.jsonl'}"]
+    for name, flags in (
+        ("jsonl.data", ["--format", "jsonl"]),
+        ("bare.jsonl", ["--no-input"]),
+        ("csv.data", ["--format", "csv"]),
+    ):
+        target = tmp_path / name
+        assert export("-o", str(target), *flags) == [f"wrote 20 rows to {target}"]
+    jsonl = [json.loads(line) for line in (tmp_path / "jsonl.data").read_text().splitlines()]
+    assert [row["id"] for row in jsonl] == [row["id"] for row in output(tmp_path)]
+    assert "input" not in json.loads((tmp_path / "bare.jsonl").read_text().splitlines()[0])
+    with (tmp_path / "csv.data").open(newline="") as stream:
+        table = list(csv.DictReader(stream))
+    assert [row["id"] for row in table] == [row["id"] for row in jsonl]
+    every = tmp_path / "every.jsonl"
+    assert export("-o", str(every), "--all-rows") == [f"wrote 42 rows to {every}"]
+    refused = runner.invoke(
+        cli, ["export", result.run_id, "--state", str(tmp_path / "state"), "--all-rows"]
+    )
+    assert refused.exit_code == 2 and "--all-rows needs -o FILE" in refused.output
+
+
+def test_a_target_with_answers_written_back_into_nested_records_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    from batchpilot.errors import ConfigError
+    from batchpilot.spec import load_job
+
+    (tmp_path / "job.yaml").write_text(
+        "name: t\nmodel: gpt-4o-mini\ninput: {path: in.jsonl, records: tweets}\n"
+        "prompt: {user: hi}\ntarget: {valid: 10}\n"
+        "output: {path: out.jsonl, response_key: masked}\n"
+    )
+    with pytest.raises(ConfigError, match=r"job\.yaml.*cannot be written back into input\.records"):
         load_job(tmp_path / "job.yaml")

@@ -120,7 +120,11 @@ def test_rounds_follow_up_on_results_and_a_rerun_sends_nothing(
     assert report.state["why"]["a"].startswith("Synthetic answer: Why is a labelled")
     assert report.state["errors"] == {}
     assert set(report.state["seen"].values()) == {1}
-    assert task.calls[:4] == ["a", "b", "c", "d"], "round 1 is delivered in key order"
+    assert sorted(task.calls[:4]) == ["a", "b", "c", "d"], "round 1 comes before round 2"
+    if strategy == "batch":
+        # Results that end together (one batch's) come in key order; the real-time lane's
+        # come as each answer does, in no promised order.
+        assert task.calls[:4] == ["a", "b", "c", "d"]
     assert report.status.requests["succeeded"] == 8 and report.status.finished
     ledger = server.admin.ledger()
     assert len(ledger) == 8 and max(Counter(r["custom_id"] for r in ledger).values()) == 1
@@ -265,8 +269,9 @@ class Modest(BaseModel):
         return value
 
 
+@pytest.mark.parametrize("strategy", ["batch", "realtime", "hybrid"])
 def test_validators_reject_answers_with_their_reason(
-    tmp_path: Path, provider: OpenAIProvider
+    tmp_path: Path, provider: OpenAIProvider, strategy: str
 ) -> None:
     class Validated(Checked):
         schema = Modest
@@ -275,7 +280,10 @@ def test_validators_reject_answers_with_their_reason(
             assert isinstance(answer, Modest)
             return "flagged for review" if meta["flag"] else None
 
-    report = Validated(**options(provider, tmp_path, max_attempts=2)).run()
+    fast = {"rpm": 6000, "tpm": 10**8}
+    more = {"max_attempts": 2, "strategy": strategy, "realtime": fast}
+    report = Validated(**options(provider, tmp_path, **more)).run()
+    assert report.finished
     state = report.state
     errors = Counter(value["error"] for value in state.values())
     assert errors["schema: at confidence: Value error, too sure"] > 0, "the model's validator"

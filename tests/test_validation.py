@@ -214,3 +214,102 @@ def test_real_time_answers_meet_the_validators_that_read_input_rows(
     }
     assert {row.lane for row in rows if row.status == "succeeded"} == {"realtime"}
     assert result.status.failures == {"truncated": 6, "rejected": 3}
+
+
+MODELS = """
+from pydantic import BaseModel, field_validator
+
+
+class Scored(BaseModel):
+    label: str
+    confidence: float
+
+    @field_validator("confidence")
+    @classmethod
+    def sure_enough(cls, value: float) -> float:
+        if value < 1e9:
+            raise ValueError("confidence below the threshold")
+        return value
+"""
+
+
+@pytest.mark.parametrize("strategy", ["batch", "realtime"])
+def test_a_pydantic_models_own_validators_check_a_jobs_answers(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer], strategy: str
+) -> None:
+    (tmp_path / "scored_models.py").write_text(MODELS)
+    limits = {"requests_per_batch": 3, "queue_tokens": 10**6, "max_attempts": 2}
+    result, rows = run_with_faults(
+        tmp_path,
+        local_server_factory,
+        "length",
+        response={"schema": "scored_models:Scored"},
+        limits=limits,
+        strategy=strategy,
+        realtime={"rpm": 6000},
+    )
+    assert result.status.finished
+    assert {row.status for row in rows} == {"failed"}
+    assert {row.attempts for row in rows} == {2}
+    assert {row.error for row in rows} == {
+        "schema: at confidence: Value error, confidence below the threshold"
+    }
+    assert result.status.failures == {"truncated": 6, "schema": 6}
+
+
+def test_two_jobs_with_a_models_module_of_the_same_name_never_mix(tmp_path: Path) -> None:
+    from batchpilot.response_schema import load_response_model, load_response_schema
+    from batchpilot.spec.model import ResponseSpec
+
+    for name, field in (("one", "label"), ("two", "score")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "models.py").write_text(
+            f"from pydantic import BaseModel\n\nclass Verdict(BaseModel):\n    {field}: str\n"
+        )
+    spec = ResponseSpec.model_validate({"schema": "models:Verdict"})
+    one = load_response_schema(spec, tmp_path / "one")[1]
+    two = load_response_schema(spec, tmp_path / "two")[1]
+    assert list(one["properties"]) == ["label"] and list(two["properties"]) == ["score"]
+    model = load_response_model(spec, tmp_path / "two")
+    assert model is not None and list(model.model_fields) == ["score"]
+
+
+def test_an_answer_from_the_cache_meets_this_jobs_checks_too(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(validation_delay_s=0, finalizing_delay_s=0)
+    rows = [{"id": f"r{i}", "text": f"text {i}"} for i in range(4)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "odd_checks.py").write_text(
+        "def even_rows(answer, row):\n"
+        "    return None if int(row['id'][1:]) % 2 == 0 else 'odd rows are not wanted'\n"
+    )
+
+    def run(name: str, **changes: Any) -> list[Any]:
+        spec: dict[str, Any] = {
+            "name": name,
+            "provider": {"kind": "compatible", "base_url": server.base_url},
+            "model": "gpt-4o-mini",
+            "input": {"path": "rows.jsonl", "id_field": "id"},
+            "prompt": {"user": "{{ text }}"},
+            "params": {"max_tokens": 20},
+            "limits": {"queue_tokens": 10**6, "max_attempts": 1},
+            **changes,
+        }
+        job = job_from_dict(spec, base_dir=tmp_path)
+        result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+        store = open_store(tmp_path / "state")
+        try:
+            return list(export_rows(store, result.run_id))
+        finally:
+            store.close()
+
+    first = run("unchecked")
+    assert {row.status for row in first} == {"succeeded"}
+    checked = run("checked", validators=["odd_checks:even_rows"])
+    by_id = {row.row_id: row for row in checked}
+    assert {by_id[key].lane for key in ("r0", "r2")} == {"cache"}
+    for key in ("r1", "r3"):
+        assert by_id[key].status == "failed"
+        assert by_id[key].error == "rejected: odd_checks:even_rows: odd rows are not wanted"
+    assert len(server.admin.ledger()) == 6, "the rejected cached answers were asked for again"

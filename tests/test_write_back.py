@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from batchpilot.errors import UserInputError
 from batchpilot.run import run_job
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import job_from_dict
@@ -54,6 +59,11 @@ def test_masking_writes_back_into_nested_tweets_with_a_fallback(
     answers = [t["masked_text"] for t in tweets if t["masked_text"].startswith("Synthetic")]
     assert masks and answers, "the seeded plan refuses some tweets and answers others"
     assert len(masks) + len(answers) == 3
+    marked = [error for line in written for error in line.get("_batchpilot_errors", [])]
+    assert len(marked) == len(masks), "every fallback item is marked"
+    assert {error["status"] for error in marked} == {"fallback"}
+    assert all(error["error"].startswith("refused") for error in marked)
+    assert all(error["item"].startswith("tweets[") for error in marked)
 
 
 def test_flat_write_back_with_a_response_key(
@@ -84,3 +94,39 @@ def test_flat_write_back_with_a_response_key(
     written = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
     assert [w["image_id"] for w in written] == ["img0", "img1", "img2"]
     assert all(isinstance(w["caption"], str) and w["caption"] for w in written)
+
+
+def test_a_fallback_that_raises_is_a_clear_error_and_export_works_once_it_is_fixed(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(
+        validation_delay_s=0,
+        finalizing_delay_s=0,
+        faults=FaultPlan.model_validate({"faults": [{"kind": "refusal", "nth": [1]}]}),
+    )
+    (tmp_path / "rows.jsonl").write_text('{"id": "r1", "text": "I love this film"}\n')
+    (tmp_path / "fixes.py").write_text("def mask_all(row):\n    return row['missing']\n")
+    job = job_from_dict(
+        {
+            "name": "fallback-raises",
+            "provider": {"kind": "compatible", "base_url": server.base_url},
+            "model": "gpt-4o-mini",
+            "input": {"path": "rows.jsonl", "id_field": "id"},
+            "prompt": {"user": "{{ text }}"},
+            "params": {"max_tokens": 20},
+            "limits": {"max_attempts": 1, "queue_tokens": 10**6},
+            "fallback": "fixes:mask_all",
+            "output": {"path": "out.jsonl"},
+        },
+        base_dir=tmp_path,
+    )
+    with pytest.raises(UserInputError, match=r"fallback fixes:mask_all raised KeyError: 'missing'"):
+        run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
+    assert not (tmp_path / "out.jsonl").exists()
+    (tmp_path / "fixes.py").write_text("def mask_all(row):\n    return '[MASK]'\n")
+    # a new process imports the fixed module
+    command = [sys.executable, "-m", "batchpilot", "export", "--state", str(tmp_path / "state")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert row["status"] == "fallback" and row["output"] == "[MASK]"

@@ -134,7 +134,8 @@ def write_back_nested(
     ``records`` is the dotted path to the list in each line whose elements were the run's
     rows; ``rows`` must be those rows' results in input order. Every element gets the
     answer under ``response_key`` (``null`` when it has none), and a line with unanswered
-    items gets a ``_batchpilot_errors`` list. An element that is not an object becomes
+    items, or items given a fallback answer, gets a ``_batchpilot_errors`` list (each entry's
+    ``status`` says which). An element that is not an object becomes
     ``{"value": element, response_key: answer}``. Returns the number of items written.
     """
     results, parts = iter(rows), tuple(records.split("."))
@@ -478,7 +479,7 @@ def _write_nested(
                     element[response_key] = answer
                 else:
                     items[position] = {"value": element, response_key: answer}
-                if row.status in _UNANSWERED:
+                if row.status in _UNANSWERED or row.status == "fallback":
                     errors.append({"id": row.row_id, "item": item, **_outcome(row)})
                 count += 1
             if errors:

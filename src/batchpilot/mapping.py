@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from batchpilot.data import rows_from_records
+from batchpilot.errors import UserInputError
+from batchpilot.export import ExportRow
+from batchpilot.response_schema import strict_schema_problems
 from batchpilot.run.api import DEFAULT_STATE_DIR, export_rows, open_store, run_job
 from batchpilot.spec import job_from_dict
 
@@ -28,6 +31,13 @@ def _schema_file(schema: Mapping[str, Any] | type[BaseModel], directory: Path) -
         name = schema.__name__
     else:
         data, name = dict(schema), "response"
+        problems = strict_schema_problems(data)
+        if problems:
+            raise UserInputError(
+                "map(schema=...): the JSON schema does not follow OpenAI's strict "
+                "structured-output rules:\n  " + "\n  ".join(problems) + "\nFix the schema, or "
+                "pass a pydantic model (its strict schema is built for you)"
+            )
     text = json.dumps(data, sort_keys=True)
     path = directory / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
     directory.mkdir(parents=True, exist_ok=True)
@@ -63,8 +73,10 @@ def map(
 
     Strings are available to the prompt as `{{ text }}`, mappings by their keys. With a
     `schema` (a JSON schema or a pydantic model) each answer is parsed (into the model) and
-    checked; otherwise it is the answer's text. An item that finally fails gets
+    checked, a model's own validators included (an answer that fails is retried like any
+    invalid one); otherwise it is the answer's text. An item that finally fails gets
     `fallback(item)` if given, else None. Running the same call again reuses the answers.
+    Ctrl-C stops the run and raises KeyboardInterrupt; calling map again continues it.
     """
     records = [{"text": item} if isinstance(item, str) else dict(item) for item in items]
     state = Path(state_dir)
@@ -79,12 +91,23 @@ def map(
         "limits": {"max_attempts": max_attempts},
         "budget": {"max_usd": budget_usd},
     }
+    parse = schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
     if schema is not None:
-        job["response"] = {"schema": str(_schema_file(schema, state / "schemas"))}
+        job["response"] = {"schema": str(_schema_file(schema, state / "schemas").resolve())}
     spec = job_from_dict(job, base_dir=state)
     result = run_job(
-        spec, state_dir=state, rows=rows_from_records(records), poll_interval=poll_interval
+        spec,
+        state_dir=state,
+        rows=rows_from_records(records),
+        poll_interval=poll_interval,
+        response_model=parse,
     )
+    status = result.status
+    if not status.finished:
+        raise KeyboardInterrupt(
+            f"stopped with {status.done} of {status.total} requests ended; call map again with "
+            "the same arguments to continue (nothing answered is sent or paid for again)"
+        )
     store = open_store(state)
     try:
         rows = list(export_rows(store, result.run_id))
@@ -92,13 +115,28 @@ def map(
         store.close()
     answers: list[Any] = []
     for record, row in zip(records, rows, strict=True):
-        if row.status != "succeeded":
+        answer = _answer(row, schema, parse)
+        if answer is _FAILED:
             original = record["text"] if set(record) == {"text"} else record
-            answers.append(fallback(original) if fallback is not None else None)
-        elif isinstance(schema, type) and issubclass(schema, BaseModel):
-            answers.append(schema.model_validate(row.parsed))
-        elif schema is not None:
-            answers.append(row.parsed)
-        else:
-            answers.append(row.content if row.content is not None else row.embedding)
+            answer = fallback(original) if fallback is not None else None
+        answers.append(answer)
     return answers
+
+
+_FAILED = object()
+
+
+def _answer(row: ExportRow, schema: object, model: type[BaseModel] | None) -> Any:
+    """The row's answer, or _FAILED for a row without a usable one."""
+    if row.status != "succeeded":
+        return _FAILED
+    if model is not None:
+        try:
+            return model.model_validate(row.parsed)
+        except ValidationError:
+            # An answer reused from an earlier run of the same request was checked then,
+            # perhaps against another version of the model's validators.
+            return _FAILED
+    if schema is not None:
+        return row.parsed
+    return row.content if row.content is not None else row.embedding

@@ -19,8 +19,9 @@ import pydantic
 from batchpilot.errors import ConfigError
 from batchpilot.spec.model import ResponseSpec
 from batchpilot.spec.yamlpos import load_yaml
+from batchpilot.validate import load_module_file
 
-__all__ = ["NAME_PATTERN", "load_response_schema", "strict_schema_problems"]
+__all__ = ["NAME_PATTERN", "load_response_model", "load_response_schema", "strict_schema_problems"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What OpenAI accepts as ``json_schema.name``."""
@@ -37,7 +38,7 @@ _SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
 def load_response_schema(spec: ResponseSpec, base_dir: Path) -> tuple[str, dict[str, Any]]:
     """The ``(name, schema)`` pair for ``spec``; schema files are relative to ``base_dir``."""
     target = spec.schema_.strip()
-    if _MODULE_PATH.fullmatch(target) and not target.lower().endswith(_SCHEMA_SUFFIXES):
+    if _names_model(target):
         default_name, schema = _from_model(target, base_dir)
     else:
         default_name, schema = _from_file(target, base_dir, strict=spec.strict)
@@ -49,6 +50,17 @@ def load_response_schema(spec: ResponseSpec, base_dir: Path) -> tuple[str, dict[
             "or '-'; rename it"
         )
     return spec.name, schema
+
+
+def load_response_model(spec: ResponseSpec, base_dir: Path) -> type[pydantic.BaseModel] | None:
+    """The pydantic model ``spec`` names (``module:Class``), whose own validators every answer
+    must pass too; None for a schema file."""
+    target = spec.schema_.strip()
+    return _import_model(target, base_dir) if _names_model(target) else None
+
+
+def _names_model(target: str) -> bool:
+    return bool(_MODULE_PATH.fullmatch(target)) and not target.lower().endswith(_SCHEMA_SUFFIXES)
 
 
 def _from_file(target: str, base_dir: Path, *, strict: bool) -> tuple[str, dict[str, Any]]:
@@ -146,12 +158,18 @@ def _pointer(parts: Any) -> str:
     return "#" + "".join(f"/{_escape(part)}" for part in parts)
 
 
-def _from_model(target: str, base_dir: Path) -> tuple[str, dict[str, Any]]:
+def _import_model(target: str, base_dir: Path) -> type[pydantic.BaseModel]:
+    """The model a job names; a module file beside the job is loaded from that job's directory
+    (so two jobs' `models.py` never mix), else the module is imported."""
     module_name, _, qualname = target.partition(":")
+    local = Path(base_dir) / (module_name.replace(".", "/") + ".py")
     saved = list(sys.path)
     sys.path.insert(0, str(base_dir))
     try:
-        module = importlib.import_module(module_name)
+        if local.is_file():
+            module = load_module_file(module_name, local)
+        else:
+            module = importlib.import_module(module_name)
     except Exception as exc:
         missing = isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]
         hint = (
@@ -179,6 +197,11 @@ def _from_model(target: str, base_dir: Path) -> tuple[str, dict[str, Any]]:
             f"response.schema {target!r} is not a pydantic model; name a subclass of "
             "pydantic.BaseModel, or give a .json schema file instead"
         )
+    return found
+
+
+def _from_model(target: str, base_dir: Path) -> tuple[str, dict[str, Any]]:
+    found = _import_model(target, base_dir)
     from openai.lib._pydantic import to_strict_json_schema
 
     try:

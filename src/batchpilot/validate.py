@@ -17,11 +17,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pydantic
 from jsonschema import Draft202012Validator
 
 from batchpilot.errors import ConfigError
 
-__all__ = ["AnswerCheck", "Validator", "load_callable", "load_validator"]
+__all__ = [
+    "AnswerCheck",
+    "Validator",
+    "load_callable",
+    "load_module_file",
+    "load_validator",
+    "model_problem",
+]
 
 # A user validator gets the parsed answer (or the text) and the input row; it returns None (or
 # True) to accept, or a reason (or False) to reject.
@@ -42,7 +50,9 @@ def load_callable(name: str, base_dir: Path, what: str) -> Callable[..., Any]:
     local = Path(base_dir) / (module_name.replace(".", "/") + ".py")
     try:
         module = (
-            _load_file(module_name, local) if local.is_file() else _import(module_name, base_dir)
+            load_module_file(module_name, local)
+            if local.is_file()
+            else _import(module_name, base_dir)
         )
     except ImportError as exc:
         raise ConfigError(
@@ -67,7 +77,8 @@ def _import(module_name: str, base_dir: Path) -> ModuleType:
         sys.path.remove(str(base_dir))
 
 
-def _load_file(module_name: str, path: Path) -> ModuleType:
+def load_module_file(module_name: str, path: Path) -> ModuleType:
+    """The module in the file `path`, loaded once per file under a name of its own."""
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     key = f"_batchpilot_job_{digest}_{module_name.replace('.', '_')}"
     loaded = sys.modules.get(key)
@@ -89,16 +100,32 @@ def _load_file(module_name: str, path: Path) -> ModuleType:
     return module
 
 
+def model_problem(model: type[pydantic.BaseModel], parsed: Any) -> str | None:
+    """Why a pydantic model's own validation refuses an answer its JSON schema accepted."""
+    try:
+        model.model_validate(parsed)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = "/".join(str(part) for part in error["loc"]) or "(root)"
+        return f"schema: at {where}: {error['msg'][:200]}"
+    except Exception as exc:
+        return f"schema: {model.__name__} raised {type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
 class AnswerCheck:
-    """The checks one job applies to every answer, in both lanes."""
+    """The checks one job applies to every answer, in both lanes. With a pydantic `model`,
+    an answer that matches the JSON schema must also pass the model's own validators."""
 
     def __init__(
         self,
         schema: dict[str, Any] | None = None,
         validators: Sequence[tuple[str, Validator]] = (),
+        model: type[pydantic.BaseModel] | None = None,
     ) -> None:
         self.validator = Draft202012Validator(schema) if schema is not None else None
         self.validators = list(validators)
+        self.model = model if schema is not None else None
 
     def __call__(self, body: dict[str, Any], data: dict[str, Any] | None = None) -> str | None:
         """None when the answer is usable; otherwise the reason it is not."""
@@ -125,6 +152,10 @@ class AnswerCheck:
             if problem is not None:
                 where = "/".join(str(part) for part in problem.absolute_path) or "(root)"
                 return f"schema: at {where}: {problem.message[:200]}"
+            if self.model is not None:
+                reason = model_problem(self.model, answer)
+                if reason is not None:
+                    return reason
         for name, function in self.validators:
             try:
                 verdict = function(answer, data)

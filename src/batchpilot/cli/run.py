@@ -31,7 +31,11 @@ state_option = click.option(
 )
 
 
-def _report(result: RunResult, console: Console, as_json: bool) -> None:
+# The events a runner records as it stops: with its batches cancelled, or left running.
+_STOP_EVENTS = ("cancelled", "stopped")
+
+
+def _report(result: RunResult, console: Console, as_json: bool, state_dir: Path) -> None:
     status = result.status
     if as_json:
         click.echo(json.dumps(status.as_json() | {"output": str(result.output or "")}, indent=2))
@@ -43,12 +47,27 @@ def _report(result: RunResult, console: Console, as_json: bool) -> None:
         else:
             click.echo(f"export with: batchpilot export {result.run_id} -o results.jsonl")
     elif status.status == "stopped":
-        click.echo(
-            "stopped; submitted batches keep running remotely. Continue with: "
-            f"batchpilot resume {result.run_id}"
-        )
+        click.echo(_stopped(result, state_dir))
     else:
         click.echo(f"submitted; follow with: batchpilot status {result.run_id}")
+
+
+def _stopped(result: RunResult, state_dir: Path) -> str:
+    """What became of the run's remote batches when it stopped, and how to continue."""
+    resume = f"Continue with: batchpilot resume {result.run_id}"
+    live = result.status.batches.get("submitted", 0)
+    if not live:
+        return f"stopped; nothing is left running remotely. {resume}"
+    store = open_store(state_dir)
+    try:
+        ends = [e["kind"] for e in store.events(result.run_id) if e["kind"] in _STOP_EVENTS]
+    finally:
+        store.close()
+    batches = "1 submitted batch" if live == 1 else f"{live} submitted batches"
+    if ends and ends[-1] == "cancelled":
+        return f"stopped; {batches} cancelled remotely (what they answered is kept). {resume}"
+    keep = "keeps" if live == 1 else "keep"
+    return f"stopped; {batches} {keep} running remotely. {resume}"
 
 
 @click.command()
@@ -153,7 +172,7 @@ def run(
                 poll_interval=poll_interval,
                 fresh=fresh,
             )
-    _report(result, Console(), as_json)
+    _report(result, Console(), as_json, state_dir)
     if result.status.status == "stopped":
         sys.exit(130)
 
@@ -191,4 +210,6 @@ def resume(
             detach=detach,
             poll_interval=poll_interval,
         )
-    _report(result, Console(), False)
+    _report(result, Console(), False, state_dir)
+    if result.status.status == "stopped":
+        sys.exit(130)

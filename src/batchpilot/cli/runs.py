@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import click
 from rich.console import Console
@@ -14,11 +15,13 @@ from rich.table import Table
 from batchpilot.cli.live import status_table
 from batchpilot.cli.run import state_option
 from batchpilot.errors import ProviderUnavailable, StateError, UserInputError
+from batchpilot.export import ExportFormat
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.adopt import find_batch, record_submitted
-from batchpilot.run.api import export_job, job_of, run_lock
+from batchpilot.run.api import job_of, run_lock
 from batchpilot.run.cancel import Cancelled, cancel_batches
+from batchpilot.run.output import export_job
 from batchpilot.run.pipeline import export_pipeline, step_runs
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
@@ -239,24 +242,45 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
     help="Output format (auto: by suffix).",
 )
 @click.option("--no-input", is_flag=True, help="Leave the input fields out.")
+@click.option(
+    "--all-rows",
+    is_flag=True,
+    help="Every row of the run as a table, not what the job's output section makes of them "
+    "(target mode's first N valid rows, fallbacks, answers written back).",
+)
 def export(
-    run_id: str | None, state_dir: Path, output: Path | None, fmt: str, no_input: bool
+    run_id: str | None,
+    state_dir: Path,
+    output: Path | None,
+    fmt: str,
+    no_input: bool,
+    all_rows: bool,
 ) -> None:
-    """Write a run's results, joined to its input rows, in input order."""
+    """Write a run's results, joined to its input rows, in input order: as the job's output
+    section says, whatever the format."""
     store = open_store(state_dir)
     try:
         record = find_run(store, run_id)
         job = job_of(record)
+        # The job's own format for its own output path; else by the suffix of -o.
+        chosen: ExportFormat | None = cast(ExportFormat, fmt)
+        if all_rows and output is None:
+            raise UserInputError(
+                "--all-rows needs -o FILE: the job's output.path holds the job's output"
+            )
         if output is None:
             if job is None or job.output is None:
                 raise UserInputError("give -o FILE (this run's job names no output.path)")
             output = job.resolve(job.output.path)
-        if job is not None and job.steps is not None:
-            count = export_pipeline(state_dir, job, output)
-        elif job is not None and fmt == "auto" and not no_input:
-            count = export_job(store, record.id, job, output)
-        else:
+            chosen = None if fmt == "auto" else chosen
+        # The same rows whatever the format: a job's run exports as its output section says.
+        include = False if no_input else None
+        if all_rows or job is None:
             count = export_run(store, record.id, output, format=fmt, include_input=not no_input)
+        elif job.steps is not None:
+            count = export_pipeline(state_dir, job, output, format=chosen, include_input=include)
+        else:
+            count = export_job(store, record.id, job, output, format=chosen, include_input=include)
     finally:
         store.close()
     click.echo(f"wrote {count} rows to {output}")

@@ -17,28 +17,29 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from batchpilot.answers import parsed_answer, response_content
+from pydantic import BaseModel
+
 from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
-from batchpilot.errors import StateError, UserInputError
-from batchpilot.export import ExportRow, write_back_nested, write_export
+from batchpilot.errors import UserInputError
 from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import PlanResult, plan_job, plan_requests_file
 from batchpilot.plan.job import input_spec, queue_capacity
 from batchpilot.plan.waves import first_wave, next_wave
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
-from batchpilot.response_schema import load_response_schema
+from batchpilot.response_schema import load_response_model, load_response_schema
 from batchpilot.run.ingest import RetryPolicy
+from batchpilot.run.output import export_job, export_rows, export_run, write_job_output
 from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.store_sink import StoreSink, plan_errors, plan_into_store
 from batchpilot.run.target import TargetCounter
-from batchpilot.spec import JobSpec, LimitsSpec, TargetSpec, job_from_dict
+from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
 from batchpilot.store import PendingRequest, RunLock, RunRecord, SQLiteStore, utc_now
-from batchpilot.validate import AnswerCheck, load_callable, load_validator
+from batchpilot.validate import AnswerCheck, load_validator
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -174,12 +175,19 @@ class JobCheck:
         return replace(self, store=store)
 
 
-def answer_check(job: JobSpec, store: SQLiteStore, run_id: str) -> JobCheck:
+def answer_check(
+    job: JobSpec, store: SQLiteStore, run_id: str, model: type[BaseModel] | None = None
+) -> JobCheck:
     """The job's checks on every answer: refusals always; the response schema (with
-    truncation and invalid JSON) and the validators when the job has them."""
-    schema = load_response_schema(job.response, job.base_dir)[1] if job.response else None
+    truncation and invalid JSON, then the pydantic model's own validators when the schema
+    comes from a model: the job's `module:Class`, or `model`) and the validators when the
+    job has them."""
+    schema, found = None, None
+    if job.response is not None:
+        schema = load_response_schema(job.response, job.base_dir)[1]
+        found = model or load_response_model(job.response, job.base_dir)
     validators = [(name, load_validator(name, job.base_dir)) for name in job.validators]
-    return JobCheck(AnswerCheck(schema, validators), bool(validators), store, run_id)
+    return JobCheck(AnswerCheck(schema, validators, found), bool(validators), store, run_id)
 
 
 def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | None) -> None:
@@ -308,6 +316,7 @@ def run_job(
     fresh: bool = False,
     run_id: str | None = None,
     recorded: JobSpec | None = None,
+    response_model: type[BaseModel] | None = None,
 ) -> RunResult:
     """Plan the job into the store (once), then run it to the end and export its output.
 
@@ -315,7 +324,8 @@ def run_job(
     with `steps` runs them in order (see `run_pipeline`); a job with a `target` plans its rows
     in waves and stops once the target is met. `run_id` and `recorded` (the job the run
     records as its own: a pipeline records itself in each step's run, so that `resume` and
-    `export` see the whole pipeline) are for pipelines.
+    `export` see the whole pipeline) are for pipelines. `response_model` is the pydantic
+    model the job's schema file was written from, whose own validators answers must pass.
     """
     if job.steps is not None:
         from batchpilot.run.pipeline import run_pipeline
@@ -351,6 +361,7 @@ def run_job(
                 cancel_on_exit=cancel_on_exit,
                 poll_interval=poll_interval,
                 fresh=fresh,
+                response_model=response_model,
             )
         finally:
             store.close()
@@ -370,6 +381,7 @@ def _run_locked(
     cancel_on_exit: bool,
     poll_interval: float | None,
     fresh: bool,
+    response_model: type[BaseModel] | None,
 ) -> RunResult:
     """`run_job` once it holds the run's lock."""
     prices = PriceTable.load(overrides=job.prices or None)
@@ -404,7 +416,7 @@ def _run_locked(
         cancel_on_exit=cancel_on_exit,
     )
     _strategy_settings(job, settings, store.run(run_id))
-    check = answer_check(job, store, run_id)
+    check = answer_check(job, store, run_id, response_model)
     owned = provider is None
     provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
 
@@ -498,53 +510,6 @@ def _planner(job: JobSpec, rows: Iterable[Row]) -> Callable[[StoreSink], PlanRes
     return lambda sink: plan_job(job, rows=rows, sink=sink)
 
 
-def _target_rows(rows: Iterable[ExportRow], target: TargetSpec) -> Iterator[ExportRow]:
-    """The valid rows, in input order, until the target is reached."""
-    count = 0
-    for row in rows:
-        if count >= target.valid:
-            return
-        if row.status != "succeeded":
-            continue
-        if target.items is None:
-            count += 1
-        else:
-            value = row.parsed.get(target.items) if isinstance(row.parsed, dict) else None
-            count += len(value) if isinstance(value, list) else 0
-        yield row
-
-
-def export_job(store: SQLiteStore, run_id: str, job: JobSpec, target: Path) -> int:
-    """Export as the job's output section says: a results table, or answers written back into
-    the input records (inside their lines when the input has nested records)."""
-    fallback = load_callable(job.fallback, job.base_dir, "fallback") if job.fallback else None
-    return write_job_output(job, export_rows(store, run_id, fallback=fallback), target)
-
-
-def write_job_output(job: JobSpec, rows: Iterable[ExportRow], target: Path) -> int:
-    """Write `rows` (a run's rows in input order) as the job's output section says."""
-    spec = job.output
-    key = spec.response_key if spec is not None else None
-    if key is not None and job.input.records is not None:
-        return write_back_nested(
-            rows,
-            job.resolve(job.input.path),
-            target,
-            records=job.input.records,
-            response_key=key,
-            id_field=job.input.id_field,
-        )
-    if job.target is not None:
-        rows = _target_rows(rows, job.target)
-    return write_export(
-        rows,
-        target,
-        format=spec.format if spec else "auto",
-        include_input=spec.include_input if spec else True,
-        response_key=key,
-    )
-
-
 def run_requests_file(
     path: Path,
     *,
@@ -604,52 +569,6 @@ def run_requests_file(
         finally:
             store.close()
     return RunResult(run_id, status)
-
-
-def export_rows(
-    store: SQLiteStore, run_id: str, fallback: Callable[[dict[str, Any] | None], Any] | None = None
-) -> Iterator[ExportRow]:
-    """Every row of a run, in input order, joined with its result; rows that finally failed
-    get `fallback(input row)` as their answer when a fallback is given (status `fallback`)."""
-    for row in store.joined_rows(run_id):
-        response = json.loads(row["response_json"]) if row["response_json"] else None
-        content, embedding = response_content(response)
-        parsed: Any = parsed_answer(content)
-        status = "skipped" if row["request_id"] is None else (row["state"] or "pending")
-        if status == "failed" and fallback is not None:
-            data = json.loads(row["data_json"]) if row["data_json"] else None
-            answer = fallback(data)
-            status = "fallback"
-            if isinstance(answer, dict | list):
-                parsed, content = answer, json.dumps(answer)
-            else:
-                content = None if answer is None else str(answer)
-        yield ExportRow(
-            index=row["row_index"],
-            row_id=row["row_id"],
-            request_id=row["request_id"],
-            status=status,
-            attempts=row["attempts"] or 0,
-            data=json.loads(row["data_json"]) if row["data_json"] else None,
-            content=content,
-            parsed=parsed,
-            embedding=embedding,
-            response=response,
-            input_tokens=row["input_tokens"],
-            output_tokens=row["output_tokens"],
-            cost_usd=row["cost_usd"],
-            error=row["skip_reason"] if row["request_id"] is None else row["error"],
-            lane=row["lane"],
-        )
-
-
-def export_run(
-    store: SQLiteStore, run_id: str, target: Path, *, format: str = "auto", **options: Any
-) -> int:
-    """Write a run's results, in input order, to JSONL, CSV or Parquet."""
-    if store.run(run_id) is None:
-        raise StateError(f"no run '{run_id}'")
-    return write_export(export_rows(store, run_id), target, format=format, **options)  # type: ignore[arg-type]
 
 
 def status_of(state_dir: Path, run_id: str | None = None) -> RunStatus:

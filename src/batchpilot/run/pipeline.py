@@ -17,18 +17,11 @@ from typing import Any
 from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
-from batchpilot.export import ExportRow
+from batchpilot.export import ExportFormat, ExportRow
 from batchpilot.plan.job import input_spec
 from batchpilot.providers import Provider, provider_for
-from batchpilot.run.api import (
-    RunResult,
-    export_rows,
-    identity_json,
-    open_store,
-    run_id_for,
-    run_job,
-    write_job_output,
-)
+from batchpilot.run.api import RunResult, identity_json, open_store, run_id_for, run_job
+from batchpilot.run.output import export_rows, write_job_output
 from batchpilot.run.status import RunStatus
 from batchpilot.spec import JobSpec, StepSpec
 from batchpilot.spec.steps import step_job
@@ -232,10 +225,19 @@ def run_pipeline(
     return RunResult(runs[-1].run_id, status, output)
 
 
-def export_pipeline(state_dir: Path, job: JobSpec, target: Path) -> int:
-    """Write a pipeline's output: one row per input row with every step's answer."""
+def export_pipeline(
+    state_dir: Path,
+    job: JobSpec,
+    target: Path,
+    *,
+    format: ExportFormat | None = None,
+    include_input: bool | None = None,
+) -> int:
+    """Write a pipeline's output: one row per input row with every step's answer (in
+    `format`, with or without the input fields, when they are given)."""
     store = open_store(state_dir)
     try:
-        return write_job_output(job, pipeline_export_rows(store, step_runs(job)), target)
+        rows = pipeline_export_rows(store, step_runs(job))
+        return write_job_output(job, rows, target, format=format, include_input=include_input)
     finally:
         store.close()

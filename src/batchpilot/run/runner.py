@@ -152,7 +152,8 @@ class Runner:
         self._check_worst_cases()
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.store.set_run_status(self.run_id, "running")
-        cached = self.store.apply_cache(self.run_id) if self.use_cache else 0
+        accept = None if self.check is None else self._cached_ok
+        cached = self.store.apply_cache(self.run_id, accept) if self.use_cache else 0
         if cached:
             self.store.event(self.run_id, "cache", f"{cached} requests answered from the cache")
         recovered, charged = recover_inflight(
@@ -201,6 +202,11 @@ class Runner:
         if self._share is None:
             self._share = LaneShare(self.run_id, self.settings.budget_usd, self.interrupt.wake)
         return self._share
+
+    def _cached_ok(self, request: PendingRequest, body: dict[str, Any]) -> bool:
+        """A cached answer counts only if it passes this run's checks (another run's may differ)."""
+        assert self.check is not None
+        return self.check(request, body) is None
 
     def _loop(self) -> RunStatus:
         while True:

@@ -346,6 +346,13 @@ class JobSpec(Strict):
             raise ValueError(
                 "target.items counts a list field of a structured answer; add a response schema"
             )
+        key = self.output.response_key if self.output is not None else None
+        if self.target is not None and self.input.records is not None and key is not None:
+            raise ValueError(
+                "target mode stops before every nested record is answered, so the answers "
+                "cannot be written back into input.records; remove output.response_key (the "
+                "output is then a table of the first target.valid valid rows) or the target"
+            )
         return self
 
     def _check_steps(self, steps: list[StepSpec]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,10 @@ _REQUEST_COLUMNS = (
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _pending(row: sqlite3.Row) -> PendingRequest:
+    return PendingRequest(**{key: row[key] for key in PendingRequest.__dataclass_fields__})
 
 
 def _dumps(value: Any) -> str:
@@ -253,8 +257,15 @@ class SQLiteStore:
             ),
         )
 
-    def apply_cache(self, run_id: str) -> int:
-        """Answer pending requests from the result cache (same content hash, earlier run)."""
+    def apply_cache(
+        self,
+        run_id: str,
+        accept: Callable[[PendingRequest, dict[str, Any]], bool] | None = None,
+    ) -> int:
+        """Answer pending requests from the result cache (same content hash, earlier run). With
+        `accept`, only with the cached answers it accepts; the others stay pending, to be sent."""
+        if accept is not None:
+            return self._apply_checked_cache(run_id, accept)
         now = utc_now()
         with self.tx() as db:
             db.execute(
@@ -271,6 +282,47 @@ class SQLiteStore:
                 "AND id IN (SELECT request_id FROM results WHERE run_id = ? AND lane = 'cache')",
                 (run_id, run_id),
             ).rowcount
+
+    def _apply_checked_cache(
+        self, run_id: str, accept: Callable[[PendingRequest, dict[str, Any]], bool]
+    ) -> int:
+        answered, after = 0, ""
+        while True:
+            found = self._db.execute(
+                "SELECT r.id, r.endpoint, r.model, r.body, r.input_tokens, r.max_output_tokens, "
+                "r.attempts, r.first_row, s.response_json FROM requests r "
+                "JOIN answers a ON a.content_hash = r.content_hash "
+                "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
+                "WHERE r.run_id = ? AND r.state = 'pending' AND r.id > ? ORDER BY r.id LIMIT 500",
+                (run_id, after),
+            ).fetchall()
+            if not found:
+                return answered
+            after = found[-1]["id"]
+            good = [
+                row["id"]
+                for row in found
+                if accept(_pending(row), orjson.loads(row["response_json"]))
+            ]
+            now = utc_now()
+            with self.tx() as db:
+                for request_id in good:
+                    db.execute(
+                        "INSERT OR IGNORE INTO results(run_id, request_id, response_json, "
+                        "input_tokens, output_tokens, cost_usd, lane, created_at_utc) "
+                        "SELECT r.run_id, r.id, s.response_json, s.input_tokens, s.output_tokens, "
+                        "0, 'cache', ? FROM requests r "
+                        "JOIN answers a ON a.content_hash = r.content_hash "
+                        "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
+                        "WHERE r.run_id = ? AND r.id = ? AND r.state = 'pending'",
+                        (now, run_id, request_id),
+                    )
+                    answered += db.execute(
+                        "UPDATE requests SET state = 'succeeded' WHERE run_id = ? AND id = ? "
+                        "AND state = 'pending' AND id IN (SELECT request_id FROM results "
+                        "WHERE run_id = ? AND request_id = ? AND lane = 'cache')",
+                        (run_id, request_id, run_id, request_id),
+                    ).rowcount
 
     # requests -------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -12,40 +13,42 @@ from batchpilot.store import PendingRequest, SQLiteStore
 from batchpilot.task.schema import SchemaBook
 from batchpilot.validate import AnswerCheck
 
-__all__ = ["Validate", "answer_check"]
+__all__ = ["TaskCheck", "Validate", "answer_check"]
 
 Validate = Callable[[Any, dict[str, Any]], "str | bool | None"]
 
+_PLAIN = AnswerCheck()
 
-def answer_check(
-    store: SQLiteStore, run_id: str, schemas: SchemaBook, validate: Validate | None
-) -> Callable[[PendingRequest, dict[str, Any]], str | None]:
+
+@dataclass(frozen=True)
+class TaskCheck:
     """Refusals and truncation; the request's schema (the JSON schema, then a pydantic model's
     own validators); then `validate(answer, meta)`. None when the answer is usable, else the
-    reason, whose first word is its kind."""
-    plain = AnswerCheck()
+    reason, whose first word is its kind. Request bodies and metas are read from `store`;
+    `using` gives the same checks reading through another connection (another thread's)."""
 
-    def check(request: PendingRequest, body: dict[str, Any]) -> str | None:
+    store: SQLiteStore
+    run_id: str
+    schemas: SchemaBook
+    validate: Validate | None
+
+    def __call__(self, request: PendingRequest, body: dict[str, Any]) -> str | None:
         # the batch lane checks answers without the request bodies at hand
-        sent = request.body or store.request_body(run_id, request.id)
-        schema = schemas.for_body(orjson.loads(sent))
-        reason = (schema.check if schema is not None else plain)(body)
+        sent = request.body or self.store.request_body(self.run_id, request.id)
+        schema = self.schemas.for_body(orjson.loads(sent))
+        reason = (schema.check if schema is not None else _PLAIN)(body)
         choices = body.get("choices")
         if reason is not None or not isinstance(choices, list) or not choices:
             return reason
         text = (choices[0].get("message") or {}).get("content")
         answer: Any = text
         if schema is not None:
-            parsed = json.loads(text or "null")
-            problem = schema.problem(parsed)
-            if problem is not None:
-                return problem
-            answer = schema.answer(parsed)
-        if validate is None:
+            answer = schema.answer(json.loads(text or "null"))
+        if self.validate is None:
             return None
-        meta = store.row_data(run_id, request.first_row) or {}
+        meta = self.store.row_data(self.run_id, request.first_row) or {}
         try:
-            verdict = validate(answer, meta)
+            verdict = self.validate(answer, meta)
         except Exception as exc:
             return f"rejected: validate raised {type(exc).__name__}: {exc}"
         if verdict is False:
@@ -54,4 +57,12 @@ def answer_check(
             return f"rejected: {verdict}"
         return None
 
-    return check
+    def using(self, store: SQLiteStore) -> TaskCheck:
+        return replace(self, store=store)
+
+
+def answer_check(
+    store: SQLiteStore, run_id: str, schemas: SchemaBook, validate: Validate | None
+) -> TaskCheck:
+    """The checks of a task's answers (see TaskCheck)."""
+    return TaskCheck(store, run_id, schemas, validate)

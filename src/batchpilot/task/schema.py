@@ -13,7 +13,7 @@ import pydantic
 
 from batchpilot.errors import TaskError
 from batchpilot.response_schema import strict_schema_problems
-from batchpilot.validate import AnswerCheck
+from batchpilot.validate import AnswerCheck, model_problem
 
 __all__ = ["SchemaBook", "TaskSchema"]
 
@@ -50,19 +50,11 @@ class TaskSchema:
             "json_schema": {"name": self.name, "schema": self.json_schema, "strict": True},
         }
         self.key = _key(self.json_schema)
-        self.check = AnswerCheck(self.json_schema)
+        self.check = AnswerCheck(self.json_schema, model=self.model)
 
     def problem(self, parsed: Any) -> str | None:
         """Why the pydantic model refuses an answer the JSON schema accepted (its validators)."""
-        if self.model is None:
-            return None
-        try:
-            self.model.model_validate(parsed)
-        except pydantic.ValidationError as exc:
-            error = exc.errors()[0]
-            where = "/".join(str(part) for part in error["loc"]) or "(root)"
-            return f"schema: at {where}: {error['msg'][:200]}"
-        return None
+        return None if self.model is None else model_problem(self.model, parsed)
 
     def answer(self, parsed: Any) -> Any:
         """The answer as the task wants it: a model instance, or the parsed JSON."""
