@@ -41,6 +41,7 @@ _REQUEST_COLUMNS = (
     "id, endpoint, model, body, input_tokens, max_output_tokens, attempts, first_row, "
     "worst_output_tokens, worst_usd, batch_worst_usd"
 )
+_REQUEST_COLUMNS_OF_R = ", ".join(f"r.{name.strip()}" for name in _REQUEST_COLUMNS.split(","))
 
 
 def utc_now() -> str:
@@ -289,8 +290,7 @@ class SQLiteStore:
         answered, after = 0, ""
         while True:
             found = self._db.execute(
-                "SELECT r.id, r.endpoint, r.model, r.body, r.input_tokens, r.max_output_tokens, "
-                "r.attempts, r.first_row, s.response_json FROM requests r "
+                f"SELECT {_REQUEST_COLUMNS_OF_R}, s.response_json FROM requests r "
                 "JOIN answers a ON a.content_hash = r.content_hash "
                 "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
                 "WHERE r.run_id = ? AND r.state = 'pending' AND r.id > ? ORDER BY r.id LIMIT 500",
