@@ -14,8 +14,8 @@ from batchpilot.cli.options import override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
-from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, run_job
-from batchpilot.run.api import job_of, run_requests_file
+from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, run_job
+from batchpilot.run.api import existing_store, job_of, run_requests_file
 from batchpilot.spec import load_job
 
 __all__ = ["resume", "run", "state_option"]
@@ -168,7 +168,7 @@ def resume(
     run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool
 ) -> None:
     """Continue a run (the latest one by default) from the store, without its job file."""
-    store = open_store(state_dir)
+    store = existing_store(state_dir)
     record = find_run(store, run_id)
     store.close()
     job = job_of(record)

@@ -13,8 +13,8 @@ from batchpilot.cli.live import status_table
 from batchpilot.cli.run import state_option
 from batchpilot.errors import UserInputError
 from batchpilot.providers import Provider, openai_provider, provider_for
-from batchpilot.run import export_run, find_run, open_store
-from batchpilot.run.api import export_job, job_of
+from batchpilot.run import export_run, find_run
+from batchpilot.run.api import existing_store, export_job, has_store, job_of
 from batchpilot.run.pipeline import export_pipeline, step_runs
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
@@ -50,7 +50,7 @@ def _step_statuses(store: SQLiteStore, job: JobSpec) -> list[tuple[str, RunStatu
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     """Show a run's progress (the latest run by default), from the store alone."""
-    store = open_store(state_dir)
+    store = existing_store(state_dir)
     record = find_run(store, run_id)
     current = run_status(store, record.id)
     job = job_of(record)
@@ -103,7 +103,7 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
 @state_option
 def cancel(run_id: str | None, state_dir: Path) -> None:
     """Cancel a run's batches at the provider. Finished answers are kept; `resume` continues."""
-    store = open_store(state_dir)
+    store = existing_store(state_dir)
     record = find_run(store, run_id)
     live = store.batches(record.id, [BatchState.SUBMITTED])
     provider = _provider_of(record, state_dir)
@@ -134,11 +134,12 @@ def cancel(run_id: str | None, state_dir: Path) -> None:
 @click.option("--base-url", help="With --remote: the provider's base URL.")
 def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None) -> None:
     """List runs, and with --remote the provider's batches."""
-    store = open_store(state_dir)
-    runs = store.runs()
+    store = existing_store(state_dir) if has_store(state_dir) else None
+    runs = store.runs() if store is not None else []
     console = Console() if Console().is_terminal else Console(width=200)
     table = Table("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
     for record in runs:
+        assert store is not None
         current = run_status(store, record.id)
         table.add_row(
             record.id,
@@ -151,11 +152,14 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
             f"${current.spent_usd:.4f}",
         )
     console.print(table if runs else f"no runs in {state_dir}")
-    if not remote:
+    known: dict[str, tuple[str, int]] = {}
+    if store is not None:
+        known = {
+            b.remote_id: (r.id, b.id) for r in runs for b in store.batches(r.id) if b.remote_id
+        }
         store.close()
+    if not remote:
         return
-    known = {b.remote_id: (r.id, b.id) for r in runs for b in store.batches(r.id) if b.remote_id}
-    store.close()
     if base_url or provider:
         client: Provider = openai_provider(base_url=base_url, kind=provider or "openai")  # type: ignore[arg-type]
     elif runs:
@@ -202,7 +206,7 @@ def export(
     run_id: str | None, state_dir: Path, output: Path | None, fmt: str, no_input: bool
 ) -> None:
     """Write a run's results, joined to its input rows, in input order."""
-    store = open_store(state_dir)
+    store = existing_store(state_dir)
     try:
         record = find_run(store, run_id)
         job = job_of(record)

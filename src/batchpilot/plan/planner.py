@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from batchpilot.plan.bodies import body_problem
 from batchpilot.plan.findings import Findings
 from batchpilot.plan.ids import canonical_body, request_id, request_line
 from batchpilot.plan.models import context_window, is_embedding_model
@@ -163,6 +164,7 @@ class Planner:
 
     def __init__(self, settings: PlanSettings) -> None:
         self.settings = settings
+        self._generates = False
 
     def _expected_output(self, input_tokens: int) -> int:
         settings = self.settings
@@ -180,6 +182,7 @@ class Planner:
         progress: Callable[[int], None] | None = None,
     ) -> PlanResult:
         result = PlanResult()
+        self._generates = False
         seen = _Seen()
         packer = Packer(self.settings.limits, self.settings.tokens_per_batch)
         checked_models: set[str] = set()
@@ -225,11 +228,19 @@ class Planner:
                 sink.add(PlannedRequest(item, "", b"", 0, None, False))
             return
         body = item.body
+        problem = body_problem(item.endpoint, body)
+        if problem is None:
+            try:
+                canonical = canonical_body(body)
+            except (UnicodeEncodeError, ValueError, RecursionError) as exc:
+                problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
+        if problem is not None:
+            findings.error("bad_request", problem, item.row_id, item.source)
+            return
         model = str(body.get("model", ""))
         if model not in checked_models:
             checked_models.add(model)
             self._check_model(model, item, findings)
-        canonical = canonical_body(body)
         content_hash = request_id(item.endpoint, canonical)
         rid = item.custom_id or content_hash
         new = seen.first("requests", rid) or not self.settings.dedupe
@@ -278,6 +289,7 @@ class Planner:
     def _outputs(self, endpoint: str, model: str, tokens: int) -> tuple[int, int]:
         if endpoint == "/v1/embeddings" or is_embedding_model(model):
             return 0, 0
+        self._generates = True
         expected = self._expected_output(tokens)
         worst = self.settings.max_output_tokens
         if worst is None:
@@ -386,6 +398,8 @@ class Planner:
 
     def _assume(self, result: PlanResult) -> None:
         settings = self.settings
+        if result.requests and not self._generates:
+            return  # embeddings only: no output to expect
         if settings.expected_output_tokens is None and settings.expected_output_ratio is None:
             expected = min(
                 settings.max_output_tokens or DEFAULT_EXPECTED_OUTPUT, DEFAULT_EXPECTED_OUTPUT
@@ -399,6 +413,14 @@ class Planner:
                 "worst case: no max_tokens is set, so each request may use the rest of the "
                 "context window (set params.max_tokens to bound it)"
             )
+
+
+def _json_trouble(error: Exception) -> str:
+    if isinstance(error, UnicodeEncodeError):
+        return "a string holds a lone surrogate, which is not text"
+    if isinstance(error, RecursionError):
+        return "it nests too deeply"
+    return str(error)
 
 
 def _empty_prompt(endpoint: str, body: dict[str, Any]) -> bool:

@@ -43,10 +43,12 @@ from batchpilot.validate import AnswerCheck, load_callable, load_validator
 __all__ = [
     "DEFAULT_STATE_DIR",
     "RunResult",
+    "existing_store",
     "export_job",
     "export_rows",
     "export_run",
     "find_run",
+    "has_store",
     "job_of",
     "open_store",
     "run_id_for",
@@ -69,6 +71,21 @@ class RunResult:
 
 def open_store(state_dir: Path) -> SQLiteStore:
     return SQLiteStore(Path(state_dir) / "batchpilot.sqlite3")
+
+
+def has_store(state_dir: Path) -> bool:
+    return (Path(state_dir) / "batchpilot.sqlite3").is_file()
+
+
+def existing_store(state_dir: Path) -> SQLiteStore:
+    """The store in `state_dir`, for commands that only look at runs: when there is none, a
+    clear error, and no directory or store is created."""
+    if not has_store(state_dir):
+        raise UserInputError(
+            f"{state_dir}: no runs here (no store); check --state or BATCHPILOT_STATE, or start "
+            "a run with `batchpilot run`"
+        )
+    return open_store(state_dir)
 
 
 def spec_json(job: JobSpec) -> str:
@@ -363,15 +380,21 @@ def run_job(
         job.budget.max_usd,
         utc_now(),
     )
-    existing = store.run(run_id)
-    if existing is not None:
-        had_target = json.loads(existing.spec_json).get("target") is not None
-        store.set_run_spec(run_id, spec, job.budget.max_usd)
-        if had_target and job.target is None:
-            _plan_rest(store, record, job, source)
-    else:
-        first = source() if job.target is None else islice(source(), first_wave(job.target))
-        _plan_into_store(store, record, lambda sink: plan_job(job, rows=first, sink=sink), "plan")
+    try:
+        existing = store.run(run_id)
+        if existing is not None:
+            had_target = json.loads(existing.spec_json).get("target") is not None
+            store.set_run_spec(run_id, spec, job.budget.max_usd)
+            if had_target and job.target is None:
+                _plan_rest(store, record, job, source)
+        else:
+            first = source() if job.target is None else islice(source(), first_wave(job.target))
+            _plan_into_store(
+                store, record, lambda sink: plan_job(job, rows=first, sink=sink), "plan"
+            )
+    except BaseException:
+        store.close()
+        raise
     settings = _settings(
         job.limits,
         local=job.provider.kind == "local",
@@ -554,12 +577,18 @@ def run_requests_file(
     store = open_store(state_dir)
     if store.run(run_id) is None:
         record = RunRecord(run_id, path.stem, spec, kind, "mixed", "planned", budget, utc_now())
-        _plan_into_store(
-            store,
-            record,
-            lambda sink: plan_requests_file(path, local=kind == "local", sink=sink, model=model),
-            "requests file",
-        )
+        try:
+            _plan_into_store(
+                store,
+                record,
+                lambda sink: plan_requests_file(
+                    path, local=kind == "local", sink=sink, model=model
+                ),
+                "requests file",
+            )
+        except BaseException:
+            store.close()
+            raise
     settings = _settings(
         LimitsSpec(),
         local=kind == "local",
@@ -623,7 +652,7 @@ def export_run(
 
 
 def status_of(state_dir: Path, run_id: str | None = None) -> RunStatus:
-    store = open_store(state_dir)
+    store = existing_store(state_dir)
     try:
         run = find_run(store, run_id)
         return run_status(store, run.id)
