@@ -398,3 +398,63 @@ def test_no_traceback_from_the_real_command(
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "rows.jsonl:4" in done.stderr
     assert snapshot(state) == before
+
+
+def test_a_deadline_too_far_away_is_refused(
+    server: LocalServer, state: Path, tmp_path: Path
+) -> None:
+    write_rows(tmp_path)
+    job = str(write_job(tmp_path, server.base_url))
+    message = refused_by_run(state, job, "--deadline", "99999999999999d")
+    assert "--deadline: deadline" in message and "too far away" in message
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_a_poll_interval_that_is_not_a_positive_number_is_refused(
+    server: LocalServer, state: Path, tmp_path: Path, value: str
+) -> None:
+    write_rows(tmp_path)
+    job = str(write_job(tmp_path, server.base_url))
+    before = snapshot(state)
+    result = CliRunner().invoke(
+        cli, ["run", job, "--state", str(state), "--quiet", "--poll-interval", value]
+    )
+    assert result.exit_code == 2 and "--poll-interval" in result.output
+    assert snapshot(state) == before
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            '{"type": "object", "properties": {"a": '
+            + '{"items": ' * 3000
+            + "{}"
+            + "}" * 3000
+            + "}}",
+            "levels",
+        ),
+        (
+            '{"type": "object", "properties": {"a": '
+            + '{"items": ' * 200
+            + "{}"
+            + "}" * 200
+            + "}}",
+            "levels",
+        ),
+        ('{"type": "object", "properties": {"a": {"type": "number", "maximum": NaN}}}', "NaN"),
+    ],
+)
+def test_a_response_schema_file_nested_too_deeply_or_with_nan_is_refused(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    write_rows(tmp_path)
+    (tmp_path / "schema.json").write_text(text)
+    job = write_job(tmp_path, "http://127.0.0.1:9/v1", response={"schema": "schema.json"})
+    message = refused("plan", str(job))
+    assert "schema.json" in message and problem in message
+
+
+def test_a_huge_job_file_is_refused_unread(tmp_path: Path) -> None:
+    (tmp_path / "job.yaml").write_text("name: big\n# " + "x" * (11 * 2**20) + "\n")
+    assert "too large for a job file" in refused("plan", str(tmp_path / "job.yaml"))

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 
 from batchpilot.cli.live import LiveView, status_table
-from batchpilot.cli.options import override_options
+from batchpilot.cli.options import Seconds, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
@@ -81,7 +81,7 @@ def _report(result: RunResult, console: Console, as_json: bool) -> None:
 )
 @click.option(
     "--poll-interval",
-    type=float,
+    type=Seconds(),
     help="Seconds between polls of a batch (default 5; 0.2 for the local provider).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
@@ -162,7 +162,7 @@ def run(
 @click.argument("run_id", required=False)
 @state_option
 @click.option("--detach", is_flag=True, help="Submit what remains, then return.")
-@click.option("--poll-interval", type=float, help="Seconds between polls of a batch.")
+@click.option("--poll-interval", type=Seconds(), help="Seconds between polls of a batch.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view.")
 def resume(
     run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool

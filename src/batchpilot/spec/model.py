@@ -48,7 +48,10 @@ def parse_deadline(value: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     match = _DURATION.match(value)
     if match:
-        return now + timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+        try:
+            return now + timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+        except OverflowError:
+            raise ValueError(f"deadline {value!r} is too far away; give at most 3650d") from None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
