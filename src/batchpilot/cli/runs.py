@@ -10,11 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from batchpilot.cli.live import status_table
-from batchpilot.cli.run import state_option
+from batchpilot.cli.run import has_store, known_state_option, state_option
 from batchpilot.errors import UserInputError
 from batchpilot.providers import Provider, openai_provider, provider_for
-from batchpilot.run import export_run, find_run
-from batchpilot.run.api import existing_store, export_job, has_store, job_of
+from batchpilot.run import export_run, find_run, open_store
+from batchpilot.run.api import export_job, job_of
 from batchpilot.run.pipeline import export_pipeline, step_runs
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
@@ -46,11 +46,11 @@ def _step_statuses(store: SQLiteStore, job: JobSpec) -> list[tuple[str, RunStatu
 
 @click.command()
 @click.argument("run_id", required=False)
-@state_option
+@known_state_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     """Show a run's progress (the latest run by default), from the store alone."""
-    store = existing_store(state_dir)
+    store = open_store(state_dir)
     record = find_run(store, run_id)
     current = run_status(store, record.id)
     job = job_of(record)
@@ -100,10 +100,10 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
 
 @click.command()
 @click.argument("run_id", required=False)
-@state_option
+@known_state_option
 def cancel(run_id: str | None, state_dir: Path) -> None:
     """Cancel a run's batches at the provider. Finished answers are kept; `resume` continues."""
-    store = existing_store(state_dir)
+    store = open_store(state_dir)
     record = find_run(store, run_id)
     live = store.batches(record.id, [BatchState.SUBMITTED])
     provider = _provider_of(record, state_dir)
@@ -134,7 +134,7 @@ def cancel(run_id: str | None, state_dir: Path) -> None:
 @click.option("--base-url", help="With --remote: the provider's base URL.")
 def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None) -> None:
     """List runs, and with --remote the provider's batches."""
-    store = existing_store(state_dir) if has_store(state_dir) else None
+    store = open_store(state_dir) if has_store(state_dir) else None
     runs = store.runs() if store is not None else []
     console = Console() if Console().is_terminal else Console(width=200)
     table = Table("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
@@ -185,7 +185,7 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
 
 @click.command()
 @click.argument("run_id", required=False)
-@state_option
+@known_state_option
 @click.option(
     "-o",
     "--output",
@@ -206,7 +206,7 @@ def export(
     run_id: str | None, state_dir: Path, output: Path | None, fmt: str, no_input: bool
 ) -> None:
     """Write a run's results, joined to its input rows, in input order."""
-    store = existing_store(state_dir)
+    store = open_store(state_dir)
     try:
         record = find_run(store, run_id)
         job = job_of(record)

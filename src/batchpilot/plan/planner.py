@@ -44,6 +44,8 @@ class Item:
     custom_id: str | None = None
     skip: str | None = None
     data: dict[str, Any] | None = None
+    rendered: bool = False
+    """Whether the body came from the job's templates (its shape needs no check)."""
 
 
 @dataclass(slots=True)
@@ -228,7 +230,7 @@ class Planner:
                 sink.add(PlannedRequest(item, "", b"", 0, None, False))
             return
         body = item.body
-        problem = body_problem(item.endpoint, body)
+        problem = None if item.rendered else body_problem(item.endpoint, body)
         if problem is None:
             try:
                 canonical = canonical_body(body)

@@ -30,7 +30,7 @@ def job_items(job: JobSpec, rows: Iterable[Row], renderer: RequestRenderer) -> I
                 row.index, row.id, row.source, job.endpoint, None, skip=reason, data=row.data
             )
             continue
-        yield Item(row.index, row.id, row.source, job.endpoint, body, data=row.data)
+        yield Item(row.index, row.id, row.source, job.endpoint, body, data=row.data, rendered=True)
 
 
 def requests_file_items(path: Path, model: str | None = None) -> Iterator[Item]:

@@ -43,12 +43,10 @@ from batchpilot.validate import AnswerCheck, load_callable, load_validator
 __all__ = [
     "DEFAULT_STATE_DIR",
     "RunResult",
-    "existing_store",
     "export_job",
     "export_rows",
     "export_run",
     "find_run",
-    "has_store",
     "job_of",
     "open_store",
     "run_id_for",
@@ -71,21 +69,6 @@ class RunResult:
 
 def open_store(state_dir: Path) -> SQLiteStore:
     return SQLiteStore(Path(state_dir) / "batchpilot.sqlite3")
-
-
-def has_store(state_dir: Path) -> bool:
-    return (Path(state_dir) / "batchpilot.sqlite3").is_file()
-
-
-def existing_store(state_dir: Path) -> SQLiteStore:
-    """The store in `state_dir`, for commands that only look at runs: when there is none, a
-    clear error, and no directory or store is created."""
-    if not has_store(state_dir):
-        raise UserInputError(
-            f"{state_dir}: no runs here (no store); check --state or BATCHPILOT_STATE, or start "
-            "a run with `batchpilot run`"
-        )
-    return open_store(state_dir)
 
 
 def spec_json(job: JobSpec) -> str:
@@ -652,7 +635,7 @@ def export_run(
 
 
 def status_of(state_dir: Path, run_id: str | None = None) -> RunStatus:
-    store = existing_store(state_dir)
+    store = open_store(state_dir)
     try:
         run = find_run(store, run_id)
         return run_status(store, run.id)
