@@ -400,13 +400,17 @@ def test_no_traceback_from_the_real_command(
     assert snapshot(state) == before
 
 
-def test_a_deadline_too_far_away_is_refused(
-    server: LocalServer, state: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("deadline", "problem"),
+    [("99999999999999d", "too far away"), ("9999-12-31T23:59:59-05:00", "range of dates")],
+)
+def test_a_deadline_out_of_range_is_refused(
+    server: LocalServer, state: Path, tmp_path: Path, deadline: str, problem: str
 ) -> None:
     write_rows(tmp_path)
     job = str(write_job(tmp_path, server.base_url))
-    message = refused_by_run(state, job, "--deadline", "99999999999999d")
-    assert "--deadline: deadline" in message and "too far away" in message
+    message = refused_by_run(state, job, "--deadline", deadline)
+    assert "--deadline: deadline" in message and problem in message
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])

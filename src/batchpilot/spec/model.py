@@ -59,7 +59,12 @@ def parse_deadline(value: str, now: datetime | None = None) -> datetime:
             f"deadline {value!r} is neither an ISO time (2026-12-01T18:00:00Z) nor a duration "
             "(90m, 36h, 2d)"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"deadline {value!r} is out of the range of dates") from None
+    return moment
 
 
 class Strict(BaseModel):
