@@ -462,3 +462,18 @@ def test_a_response_schema_file_nested_too_deeply_or_with_nan_is_refused(
 def test_a_huge_job_file_is_refused_unread(tmp_path: Path) -> None:
     (tmp_path / "job.yaml").write_text("name: big\n# " + "x" * (11 * 2**20) + "\n")
     assert "too large for a job file" in refused("plan", str(tmp_path / "job.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"limits": {"queue_tokens": 10**6, "requests_per_batch": True}}, "requests_per_batch"),
+        ({"realtime": {"concurrency": False}}, "concurrency"),
+    ],
+)
+def test_true_or_false_is_not_a_number(
+    server: LocalServer, state: Path, tmp_path: Path, changes: dict[str, Any], problem: str
+) -> None:
+    write_rows(tmp_path)
+    message = refused_by_run(state, str(write_job(tmp_path, server.base_url, **changes)))
+    assert "job.yaml:" in message and f"{problem} must be a number, not" in message
