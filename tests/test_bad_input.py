@@ -22,7 +22,7 @@ from batchpilot.data import InputSpec, read_rows, rows_from_records
 from batchpilot.data.jsonlines import MAX_DEPTH, MAX_LINE_BYTES
 from batchpilot.errors import UserInputError
 from batchpilot.plan import plan_job
-from batchpilot.render import RequestRenderer
+from batchpilot.render import MAX_IMAGE_BYTES, RequestRenderer
 from batchpilot.sandbox import MAX_RENDER_CHARS, RENDER_SECONDS
 from batchpilot.server import LocalServer
 from batchpilot.spec import job_from_dict
@@ -477,3 +477,63 @@ def test_true_or_false_is_not_a_number(
     write_rows(tmp_path)
     message = refused_by_run(state, str(write_job(tmp_path, server.base_url, **changes)))
     assert "job.yaml:" in message and f"{problem} must be a number, not" in message
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"tools": 5}, "tools must be a list"),
+        ({"tools": ["x"]}, "tools[0] must be an object"),
+        ({"tools": [{"type": "function", "function": 5}]}, "tools[0].function must be"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},
+            "tools[0].function.description must be a string",
+        ),
+        ({"functions": 5}, "functions must be a list"),
+        ({"response_format": 5}, "response_format must be an object"),
+        ({"response_format": {"type": "json_schema", "json_schema": 5}}, "json_schema must be"),
+    ],
+)
+def test_tools_and_formats_of_the_wrong_shape_are_refused(
+    tmp_path: Path, params: dict[str, Any], problem: str
+) -> None:
+    write_rows(tmp_path)
+    job = write_job(tmp_path, "http://127.0.0.1:9/v1", params={"max_tokens": 10, **params})
+    message = refused("plan", str(job))
+    assert "job.yaml:" in message and problem in message
+
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **params},
+    }
+    (tmp_path / "requests.jsonl").write_text(json.dumps(line) + "\n")
+    result = CliRunner().invoke(
+        cli, ["plan", "--requests", str(tmp_path / "requests.jsonl"), "--json"]
+    )
+    assert result.exit_code == 2, result.output
+    (finding,) = json.loads(result.output)["findings"]
+    assert finding["source"] == "requests.jsonl:1" and problem in finding["message"]
+
+
+def test_a_huge_text_file_in_an_input_directory_is_refused_unread(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("short")
+    with (tmp_path / "docs" / "b.txt").open("wb") as handle:
+        handle.truncate(MAX_LINE_BYTES + 1)
+    with pytest.raises(UserInputError, match=r"docs/b.txt: the file is larger than 64 MiB"):
+        list(read_rows(InputSpec(tmp_path / "docs")))
+
+
+def test_a_huge_local_image_is_refused_unread(tmp_path: Path) -> None:
+    with (tmp_path / "big.png").open("wb") as handle:
+        handle.truncate(MAX_IMAGE_BYTES + 1)
+    write_rows(tmp_path, json.dumps({"id": "img", "text": "x", "picture": "big.png"}))
+    data = job_data(
+        "http://127.0.0.1:9/v1", prompt={"user": "{{ text }}", "images": [{"field": "picture"}]}
+    )
+    rows = list(read_rows(InputSpec(tmp_path / "rows.jsonl", id_field="id")))
+    renderer = RequestRenderer(job_from_dict(data, base_dir=tmp_path))
+    with pytest.raises(UserInputError, match=r"rows.jsonl:4 \(id img\): image file .* larger than"):
+        renderer.render(rows[-1])
