@@ -98,19 +98,44 @@ def _bad_deadline(text: str) -> bool:
     return False
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=6,
+)
+
+
+def _not_tools(value: Any) -> bool:
+    if value is None:
+        return False
+    return not isinstance(value, list) or any(not isinstance(tool, dict) for tool in value)
+
+
 @st.composite
 def bad_jobs(draw: st.DrawFn, base_url: str) -> str:
     """The YAML text of a job file with one mistake in it."""
     data = job_data(base_url)
     kind = draw(
         st.sampled_from(
-            ["max_tokens", "temperature", "unknown", "limits", "name", "deadline", "twice", "ratio"]
+            [
+                "max_tokens",
+                "temperature",
+                "tools",
+                "unknown",
+                "limits",
+                "name",
+                "deadline",
+                "twice",
+                "ratio",
+            ]
         )
     )
     if kind == "max_tokens":
         data["params"]["max_tokens"] = draw(st.one_of(whole_out_of_range, not_a_number))
     elif kind == "temperature":
         data["params"]["temperature"] = draw(st.one_of(not_finite, st.text(max_size=8)))
+    elif kind == "tools":
+        data["params"]["tools"] = draw(json_values.filter(_not_tools))
     elif kind == "unknown":
         key = draw(
             st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True).filter(lambda k: k not in KNOWN)
@@ -146,12 +171,6 @@ def test_generated_job_mistakes_are_refused(
 
 
 # --- rows -----------------------------------------------------------------------------------
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
-    max_leaves=6,
-)
 
 
 def _not_json(text: str) -> bool:
