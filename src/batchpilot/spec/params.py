@@ -21,9 +21,6 @@ _WHOLE: dict[str, tuple[int, int]] = {
     "max_tokens": (1, MAX_OUTPUT_TOKENS),
     "max_completion_tokens": (1, MAX_OUTPUT_TOKENS),
     "max_output_tokens": (1, MAX_OUTPUT_TOKENS),
-    "n": (1, 128),
-    "top_logprobs": (0, 20),
-    "seed": (-(2**63), 2**63 - 1),
 }
 _NUMBERS = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty"})
 
