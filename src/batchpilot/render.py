@@ -17,12 +17,12 @@ from typing import Any
 import jinja2
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.nodes import Name, Output, TemplateData
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from batchpilot.data.rows import Row
 from batchpilot.errors import ConfigError, UserInputError
 from batchpilot.jsontypes import json_type_name
 from batchpilot.response_schema import load_response_schema
+from batchpilot.sandbox import MAX_RENDER_CHARS, RenderLimit, Sandbox
 from batchpilot.spec.model import JobSpec, MessageSpec, PromptSpec
 
 __all__ = ["MissingField", "RequestRenderer", "load_response_schema"]
@@ -34,6 +34,7 @@ _IMAGE_TYPES = {
     ".gif": "image/gif",
     ".webp": "image/webp",
 }
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
 _URL_PREFIXES = ("http://", "https://", "data:")
 _UNDEFINED_NAME = re.compile(r"(?P<name>.+) is undefined")
 _UNDEFINED_MEMBER = re.compile(r".+ has no (?:attribute|element) (?P<name>.+)")
@@ -43,9 +44,9 @@ class MissingField(UserInputError):
     """A template used a field the row does not have."""
 
     def __init__(self, source: str, row_id: str, field: str) -> None:
+        self.reason = f"the template uses '{field}', which this row does not have"
         super().__init__(
-            f"{source} (id {row_id}): the template uses '{field}', which this row does not "
-            "have; add it or set limits.on_missing_field: skip"
+            f"{source} (id {row_id}): {self.reason}; add it or set limits.on_missing_field: skip"
         )
         self.source = source
         self.row_id = row_id
@@ -73,9 +74,10 @@ class _Text:
     """One compiled template; its text when it has no Jinja syntax; and, for templates made
     only of text and `{{ name }}`, the pieces to join without building a Jinja context."""
 
-    __slots__ = ("constant", "name", "pieces", "template")
+    __slots__ = ("constant", "environment", "name", "pieces", "template")
 
-    def __init__(self, environment: jinja2.Environment, name: str, source: str) -> None:
+    def __init__(self, environment: Sandbox, name: str, source: str) -> None:
+        self.environment = environment
         self.name = name
         self.template: jinja2.Template | None = None
         self.pieces: list[str | Name] | None = None
@@ -96,14 +98,25 @@ class _Text:
             return self.constant
         if self.pieces is not None:
             try:
-                return "".join(
+                texts = [
                     piece if isinstance(piece, str) else str(variables[piece.name])
                     for piece in self.pieces
-                ).strip()
+                ]
             except KeyError as exc:
                 raise MissingField(row.source, row.id, str(exc.args[0])) from None
+            size = sum(map(len, texts))
+            if size > MAX_RENDER_CHARS:
+                raise self._limit(
+                    row,
+                    f"it gives {size:,} characters, more than the limit of {MAX_RENDER_CHARS:,}",
+                )
+            return "".join(texts).strip()
         try:
-            return self.template.render(variables).strip()
+            return self.environment.bounded(self.template, variables).strip()
+        except RenderLimit as exc:
+            raise self._limit(row, str(exc)) from None
+        except RecursionError:
+            raise self._limit(row, "it calls itself without end (a recursive macro?)") from None
         except SecurityError as exc:
             raise UserInputError(
                 f"{self.name} uses a forbidden attribute ({exc}); a template can read row "
@@ -118,6 +131,11 @@ class _Text:
             raise UserInputError(
                 f"{row.source} (id {row.id}): {self.name} failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _limit(self, row: Row, problem: str) -> UserInputError:
+        return UserInputError(
+            f"{row.source} (id {row.id}): {self.name} was stopped: {problem}; simplify the template"
+        )
 
 
 def _missing_name(message: str) -> str | None:
@@ -180,7 +198,7 @@ class RequestRenderer:
     """
 
     def __init__(self, job: JobSpec) -> None:
-        self._environment = ImmutableSandboxedEnvironment(
+        self._environment = Sandbox(
             undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
         )
         self._model = job.model
@@ -355,6 +373,11 @@ class RequestRenderer:
                 ".gif or .webp, or an http(s) URL"
             )
         try:
+            if path.stat().st_size > MAX_IMAGE_BYTES:
+                raise UserInputError(
+                    f"{row.source} (id {row.id}): image file {path} is larger than "
+                    f"{MAX_IMAGE_BYTES // 2**20} MiB; make it smaller or give a URL"
+                )
             data = path.read_bytes()
         except FileNotFoundError:
             raise UserInputError(

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import pydantic
 
+from batchpilot.data.jsonlines import MAX_DEPTH, check_depth
 from batchpilot.errors import ConfigError
 from batchpilot.spec.model import ResponseSpec
 from batchpilot.spec.yamlpos import load_yaml
@@ -100,9 +101,19 @@ def _read_json(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({exc})") from None
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the schema nests more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    check_depth(value, str(path))
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def strict_schema_problems(schema: dict[str, Any]) -> list[str]:

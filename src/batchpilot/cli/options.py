@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-__all__ = ["override_options"]
+__all__ = ["Seconds", "override_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+if TYPE_CHECKING:
+    _FloatParam = click.ParamType[float]
+else:  # click before 8.2 has no type parameter
+    _FloatParam = click.ParamType
+
+
+class Seconds(_FloatParam):
+    """A finite, positive number of seconds (click's float takes nan, inf and negatives)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(number) or not 0 < number <= 86_400:
+            self.fail(f"{value!r} is not between 0 and 86400 seconds", param, ctx)
+        return number
+
 
 _OVERRIDES = [
     click.option("--model", help="Override the job's model (env BATCHPILOT_MODEL)."),

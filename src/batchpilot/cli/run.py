@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 
 from batchpilot.cli.live import LiveView, status_table
-from batchpilot.cli.options import override_options
+from batchpilot.cli.options import Seconds, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
@@ -18,7 +18,7 @@ from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, r
 from batchpilot.run.api import job_of, run_requests_file
 from batchpilot.spec import load_job
 
-__all__ = ["resume", "run", "state_option"]
+__all__ = ["has_store", "known_state_option", "resume", "run", "state_option"]
 
 state_option = click.option(
     "--state",
@@ -28,6 +28,31 @@ state_option = click.option(
     envvar="BATCHPILOT_STATE",
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory where runs live (env BATCHPILOT_STATE).",
+)
+
+
+def has_store(state_dir: Path) -> bool:
+    return (Path(state_dir) / "batchpilot.sqlite3").is_file()
+
+
+def _holds_runs(ctx: click.Context, param: click.Parameter, state_dir: Path) -> Path:
+    if not has_store(state_dir):
+        raise UserInputError(
+            f"{state_dir}: no runs here (no store); check --state or BATCHPILOT_STATE, or start "
+            "a run with `batchpilot run`"
+        )
+    return state_dir
+
+
+known_state_option = click.option(
+    "--state",
+    "state_dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    envvar="BATCHPILOT_STATE",
+    type=click.Path(file_okay=False, path_type=Path),
+    callback=_holds_runs,
+    help="Directory where runs live (env BATCHPILOT_STATE); it must hold a run.",
 )
 
 
@@ -100,7 +125,7 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
 )
 @click.option(
     "--poll-interval",
-    type=float,
+    type=Seconds(),
     help="Seconds between polls of a batch (default 5; 0.2 for the local provider).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
@@ -179,9 +204,9 @@ def run(
 
 @click.command()
 @click.argument("run_id", required=False)
-@state_option
+@known_state_option
 @click.option("--detach", is_flag=True, help="Submit what remains, then return.")
-@click.option("--poll-interval", type=float, help="Seconds between polls of a batch.")
+@click.option("--poll-interval", type=Seconds(), help="Seconds between polls of a batch.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view.")
 def resume(
     run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool

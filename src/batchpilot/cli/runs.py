@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchpilot.cli.live import status_table
-from batchpilot.cli.run import state_option
+from batchpilot.cli.run import has_store, known_state_option, state_option
 from batchpilot.errors import ProviderUnavailable, StateError, UserInputError
 from batchpilot.export import ExportFormat
 from batchpilot.providers import Provider, openai_provider, provider_for
@@ -53,7 +53,7 @@ def _step_statuses(store: SQLiteStore, job: JobSpec) -> list[tuple[str, RunStatu
 
 @click.command()
 @click.argument("run_id", required=False)
-@state_option
+@known_state_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     """Show a run's progress (the latest run by default), from the store alone."""
@@ -108,7 +108,7 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
 
 @click.command()
 @click.argument("run_id", required=False)
-@state_option
+@known_state_option
 def cancel(run_id: str | None, state_dir: Path) -> None:
     """Cancel a run's batches at the provider. Finished answers are kept; `resume` continues."""
     store = open_store(state_dir)
@@ -178,11 +178,12 @@ def _cancel_run(store: SQLiteStore, record: RunRecord, state_dir: Path) -> list[
 @click.option("--base-url", help="With --remote: the provider's base URL.")
 def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None) -> None:
     """List runs, and with --remote the provider's batches."""
-    store = open_store(state_dir)
-    runs = store.runs()
+    store = open_store(state_dir) if has_store(state_dir) else None
+    runs = store.runs() if store is not None else []
     console = Console() if Console().is_terminal else Console(width=200)
     table = Table("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
     for record in runs:
+        assert store is not None
         current = run_status(store, record.id)
         table.add_row(
             record.id,
@@ -195,11 +196,14 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
             f"${current.spent_usd:.4f}",
         )
     console.print(table if runs else f"no runs in {state_dir}")
-    if not remote:
+    known: dict[str, tuple[str, int]] = {}
+    if store is not None:
+        known = {
+            b.remote_id: (r.id, b.id) for r in runs for b in store.batches(r.id) if b.remote_id
+        }
         store.close()
+    if not remote:
         return
-    known = {b.remote_id: (r.id, b.id) for r in runs for b in store.batches(r.id) if b.remote_id}
-    store.close()
     if base_url or provider:
         client: Provider = openai_provider(base_url=base_url, kind=provider or "openai")  # type: ignore[arg-type]
     elif runs:
@@ -225,7 +229,7 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
 
 @click.command()
 @click.argument("run_id", required=False)
-@state_option
+@known_state_option
 @click.option(
     "-o",
     "--output",

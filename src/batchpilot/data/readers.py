@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import codecs
 import csv
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
-import orjson
-
+from batchpilot.data.jsonlines import MAX_LINE_BYTES, bounded_lines, parse_json
 from batchpilot.data.rows import InputSpec, Row, build_rows, record_id
 from batchpilot.errors import MissingDependency, UserInputError
 
@@ -115,13 +113,17 @@ def count_rows(spec: InputSpec) -> int | None:
         return None
     if fmt == "jsonl":
         with _open_binary(path) as stream:
-            return sum(1 for line in stream if line.strip())
+            return sum(1 for line in bounded_lines(stream, path.name) if line.strip())
     if fmt == "csv":
         _check_encoding(spec.encoding)
         try:
             with _open_text(path, spec.encoding) as stream:
                 lines = sum(
-                    1 for fields in csv.reader(stream, delimiter=_delimiter(spec)) if fields
+                    1
+                    for fields in csv.reader(
+                        bounded_lines(stream, path.name), delimiter=_delimiter(spec)
+                    )
+                    if fields
                 )
         except (UnicodeDecodeError, csv.Error):
             return None
@@ -181,18 +183,10 @@ def _open_text(path: Path, encoding: str) -> IO[str]:
         raise UserInputError(f"{path}: cannot be read ({error.strerror})") from None
 
 
-def _loads(text: str) -> Any:
-    """orjson's speed, with the standard library's error messages and number range."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
 def _jsonl_records(path: Path, encoding: str) -> Iterator[tuple[str, Any]]:
     decode_as = _text_encoding(encoding)
     with _open_binary(path) as stream:
-        for number, raw in enumerate(stream, start=1):
+        for number, raw in enumerate(bounded_lines(stream, path.name), start=1):
             if not raw.strip():
                 continue
             source = f"{path.name}:{number}"
@@ -203,14 +197,7 @@ def _jsonl_records(path: Path, encoding: str) -> Iterator[tuple[str, Any]]:
                     f"{source}: not valid {encoding} text ({error.reason} at byte "
                     f"{error.start}); fix the line or set `input.encoding`"
                 ) from None
-            try:
-                value = _loads(text)
-            except json.JSONDecodeError as error:
-                raise UserInputError(
-                    f"{source}: not valid JSON ({error.msg} at column {error.colno}); "
-                    "fix or remove the line"
-                ) from None
-            yield source, value
+            yield source, parse_json(text, source)
 
 
 def _delimiter(spec: InputSpec) -> str:
@@ -224,7 +211,7 @@ def _csv_records(
 ) -> Iterator[tuple[str, Any]]:
     name = path.name
     with _open_text(path, encoding) as stream:
-        reader = csv.DictReader(stream, delimiter=delimiter)
+        reader = csv.DictReader(bounded_lines(stream, name), delimiter=delimiter)
         try:
             header = reader.fieldnames
             if header is None:
@@ -360,6 +347,11 @@ def _dir_rows(spec: InputSpec, files: list[tuple[str, Path]]) -> Iterator[Row]:
             data = {"image_path": absolute, "file_name": file.name}
         else:
             try:
+                if file.stat().st_size > MAX_LINE_BYTES:
+                    raise UserInputError(
+                        f"{source}: the file is larger than {MAX_LINE_BYTES // 2**20} MiB, too "
+                        "long for one request; split it, or narrow `input.glob`"
+                    )
                 content = file.read_bytes().decode(encoding)
             except OSError as error:
                 raise UserInputError(f"{source}: cannot be read ({error.strerror})") from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from batchpilot.plan.bodies import body_problem
 from batchpilot.plan.findings import Findings
 from batchpilot.plan.ids import canonical_body, request_id, request_line
 from batchpilot.plan.models import is_embedding_model
@@ -44,6 +45,8 @@ class Item:
     custom_id: str | None = None
     skip: str | None = None
     data: dict[str, Any] | None = None
+    rendered: bool = False
+    """Whether the body came from the job's templates (its shape needs no check)."""
 
 
 @dataclass(slots=True)
@@ -186,6 +189,7 @@ class Planner:
         self.settings = settings
         self._bounds: dict[str, Bounds] = {}
         self._unbounded: set[str] = set()
+        self._generates = False
 
     def bounds(self, model: str) -> Bounds:
         if model not in self._bounds:
@@ -214,6 +218,7 @@ class Planner:
         progress: Callable[[int], None] | None = None,
     ) -> PlanResult:
         result = PlanResult()
+        self._generates = False
         seen = _Seen()
         packer = Packer(self.settings.limits, self.settings.tokens_per_batch)
         checked_models: set[str] = set()
@@ -259,11 +264,19 @@ class Planner:
                 sink.add(PlannedRequest(item, "", b"", 0, None, False))
             return
         body = item.body
+        problem = None if item.rendered else body_problem(item.endpoint, body)
+        if problem is None:
+            try:
+                canonical = canonical_body(body)
+            except (UnicodeEncodeError, ValueError, RecursionError) as exc:
+                problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
+        if problem is not None:
+            findings.error("bad_request", problem, item.row_id, item.source)
+            return
         model = str(body.get("model", ""))
         if model not in checked_models:
             checked_models.add(model)
             self._check_model(model, item, findings)
-        canonical = canonical_body(body)
         content_hash = request_id(item.endpoint, canonical)
         rid = item.custom_id or content_hash
         new = seen.first("requests", rid) or not self.settings.dedupe
@@ -319,6 +332,7 @@ class Planner:
     ) -> int:
         if endpoint == "/v1/embeddings" or is_embedding_model(model):
             return 0
+        self._generates = True
         expected = self._expected_output(tokens) * choices(body)
         return expected if worst is None else min(expected, worst)
 
@@ -452,6 +466,8 @@ class Planner:
 
     def _assume(self, result: PlanResult) -> None:
         settings = self.settings
+        if result.requests and not self._generates:
+            return  # embeddings only: no output to expect
         if settings.expected_output_tokens is None and settings.expected_output_ratio is None:
             expected = min(
                 settings.max_output_tokens or DEFAULT_EXPECTED_OUTPUT, DEFAULT_EXPECTED_OUTPUT
@@ -465,6 +481,14 @@ class Planner:
                 "worst case: no max_tokens is set, so each answer may be as long as the "
                 "model's maximum output (set params.max_tokens to bound it)"
             )
+
+
+def _json_trouble(error: Exception) -> str:
+    if isinstance(error, UnicodeEncodeError):
+        return "a string holds a lone surrogate, which is not text"
+    if isinstance(error, RecursionError):
+        return "it nests too deeply"
+    return str(error)
 
 
 def _empty_prompt(endpoint: str, body: dict[str, Any]) -> bool:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from batchpilot.data.jsonlines import bounded_lines, parse_json
 from batchpilot.errors import UserInputError
 
 __all__ = ["mean_output_tokens"]
@@ -16,16 +16,10 @@ def mean_output_tokens(path: Path) -> int:
         raise UserInputError(f"{path}: no such file (estimate.sample)")
     total = count = 0
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(bounded_lines(handle, path.name), start=1):
             if not raw.strip():
                 continue
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                raise UserInputError(
-                    f"{path.name}:{number}: not valid JSON; estimate.sample takes a batch output "
-                    "file (JSONL)"
-                ) from None
+            line = parse_json(raw, f"{path.name}:{number} (estimate.sample)")
             response = line.get("response") if isinstance(line, dict) else None
             body = response.get("body") if isinstance(response, dict) else None
             usage = body.get("usage") if isinstance(body, dict) else None

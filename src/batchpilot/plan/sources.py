@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from batchpilot.data.jsonlines import bounded_lines, parse_json
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
 from batchpilot.plan.planner import Item
@@ -25,11 +25,12 @@ def job_items(job: JobSpec, rows: Iterable[Row], renderer: RequestRenderer) -> I
         except MissingField as exc:
             if not skip:
                 raise
+            reason = f"{exc.reason}; skipped (limits.on_missing_field: skip)"
             yield Item(
-                row.index, row.id, row.source, job.endpoint, None, skip=str(exc), data=row.data
+                row.index, row.id, row.source, job.endpoint, None, skip=reason, data=row.data
             )
             continue
-        yield Item(row.index, row.id, row.source, job.endpoint, body, data=row.data)
+        yield Item(row.index, row.id, row.source, job.endpoint, body, data=row.data, rendered=True)
 
 
 def requests_file_items(path: Path, model: str | None = None) -> Iterator[Item]:
@@ -39,16 +40,11 @@ def requests_file_items(path: Path, model: str | None = None) -> Iterator[Item]:
         raise UserInputError(f"{path}: no such file; --requests takes an OpenAI batch JSONL file")
     index = 0
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(bounded_lines(handle, path.name), start=1):
             if not raw.strip():
                 continue
             where = f"{path.name}:{number}"
-            try:
-                line: Any = json.loads(raw)
-            except ValueError as exc:
-                raise UserInputError(
-                    f"{where}: not valid JSON ({exc}); fix or remove the line"
-                ) from None
+            line: Any = parse_json(raw, where)
             if not isinstance(line, dict):
                 raise UserInputError(f"{where}: each line must be a JSON object")
             missing = [k for k in ("custom_id", "url", "body") if k not in line]
@@ -66,7 +62,9 @@ def requests_file_items(path: Path, model: str | None = None) -> Iterator[Item]:
                 )
             if line["body"].get("stream"):
                 raise UserInputError(f"{where}: stream: true is not allowed in a batch")
-            custom_id = str(line["custom_id"])
+            if not isinstance(line["custom_id"], str) or not line["custom_id"]:
+                raise UserInputError(f"{where}: custom_id must be a non-empty string")
+            custom_id = line["custom_id"]
             if model is not None:
                 line["body"]["model"] = model
             yield Item(index, custom_id, where, line["url"], line["body"], custom_id=custom_id)

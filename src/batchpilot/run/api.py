@@ -526,7 +526,8 @@ def run_requests_file(
     """Run a standard OpenAI batch JSONL file as it is; results keep its custom ids."""
     if not path.is_file():
         raise UserInputError(f"{path}: no such file")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
     spec = json.dumps(
         {
             "requests": str(path.resolve()),

@@ -32,6 +32,18 @@ ENVIRONMENT: dict[str, str] = {
     "limits.queue_tokens": "BATCHPILOT_QUEUE_TOKENS",
 }
 
+# The CLI flag that sets each override, to name it when its value is wrong.
+_FLAGS: dict[str, str] = {
+    "model": "--model",
+    "provider.kind": "--provider",
+    "provider.base_url": "--base-url",
+    "input.path": "--input",
+    "output.path": "--output",
+    "budget.max_usd": "--budget",
+    "strategy": "--strategy",
+    "deadline": "--deadline",
+}
+
 _SECRET_KEYS = {"api_key", "key", "token", "secret", "password"}
 
 
@@ -46,7 +58,11 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _merged(data: Any, overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+def _merged(
+    data: Any, overrides: Mapping[str, Any], environ: Mapping[str, str], origins: dict[str, str]
+) -> Any:
+    """The job file's data with environment variables and overrides applied; `origins` gets
+    where each applied value came from."""
     if not isinstance(data, dict):
         return data
     merged = dict(data)
@@ -54,9 +70,11 @@ def _merged(data: Any, overrides: Mapping[str, Any], environ: Mapping[str, str])
     for dotted, variable in ENVIRONMENT.items():
         if environ.get(variable):
             _set(merged, dotted, environ[variable])
+            origins[dotted] = f"environment variable {variable}"
     for dotted, value in overrides.items():
         if value is not None:
             _set(merged, dotted, value)
+            origins[dotted] = _FLAGS.get(dotted, f"override {dotted}")
     return merged
 
 
@@ -88,7 +106,12 @@ def _unwrap(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _describe(error: Mapping[str, Any], located: Located | None, source: str) -> str:
+def _describe(
+    error: Mapping[str, Any],
+    located: Located | None,
+    source: str,
+    origins: Mapping[str, str] | None = None,
+) -> str:
     loc: tuple[str | int, ...] = tuple(
         part
         for part in error["loc"]
@@ -96,6 +119,9 @@ def _describe(error: Mapping[str, Any], located: Located | None, source: str) ->
     )
     dotted = ".".join(str(part) for part in loc) or "(top level)"
     where = located.where(loc) if located is not None else source
+    origin = (origins or {}).get(dotted)
+    if origin is not None:
+        where = origin
     if error["type"] == "extra_forbidden":
         key = str(loc[-1])
         if key in _SECRET_KEYS:
@@ -126,11 +152,14 @@ def job_from_dict(
     source: str = "job",
 ) -> JobSpec:
     """Build a job from a mapping (the Python API), applying environment and overrides."""
-    merged = _merged(dict(data), overrides or {}, os.environ if environ is None else environ)
+    origins: dict[str, str] = {}
+    merged = _merged(
+        dict(data), overrides or {}, os.environ if environ is None else environ, origins
+    )
     try:
         job = JobSpec.model_validate({**merged, "base_dir": base_dir})
     except ValidationError as exc:
-        problems = [_describe(err, located, source) for err in exc.errors()]
+        problems = [_describe(err, located, source, origins) for err in exc.errors()]
         raise ConfigError("invalid job:\n  " + "\n  ".join(problems)) from None
     return job
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import typing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from batchpilot.spec.params import MAX_OUTPUT_TOKENS, param_problems
 
 __all__ = [
     "BudgetSpec",
@@ -34,6 +37,9 @@ Detail = Literal["auto", "low", "high"]
 RESERVED_PARAMS = frozenset({"model", "messages", "input", "instructions", "stream"})
 
 
+# Counts past this are typos; it keeps every count inside SQLite's 64-bit integers.
+_HUGE = 10**12
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -43,7 +49,10 @@ def parse_deadline(value: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     match = _DURATION.match(value)
     if match:
-        return now + timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+        try:
+            return now + timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+        except OverflowError:
+            raise ValueError(f"deadline {value!r} is too far away; give at most 3650d") from None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -51,11 +60,37 @@ def parse_deadline(value: str, now: datetime | None = None) -> datetime:
             f"deadline {value!r} is neither an ISO time (2026-12-01T18:00:00Z) nor a duration "
             "(90m, 36h, 2d)"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"deadline {value!r} is out of the range of dates") from None
+    return moment
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_flags_for_numbers(cls, data: Any) -> Any:
+        """`true` is not 1: pydantic would take a boolean for a number."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                key = field.alias or name
+                value = data.get(key)
+                if isinstance(value, bool) and _numeric(field.annotation):
+                    raise ValueError(f"{key} must be a number, not {str(value).lower()}")
+        return data
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field takes numbers (and not booleans)."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    return any(_numeric(arg) for arg in typing.get_args(annotation))
 
 
 class ProviderSpec(Strict):
@@ -158,7 +193,9 @@ class ResponseSpec(Strict):
     name: str | None = None
     strict: bool = True
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True
+    )
 
 
 class OutputSpec(Strict):
@@ -179,15 +216,15 @@ class LimitsSpec(Strict):
 
     requests_per_batch: Annotated[int, Field(ge=1, le=50_000)] = 50_000
     bytes_per_batch: Annotated[int, Field(ge=1024, le=200_000_000)] = 190_000_000
-    tokens_per_batch: Annotated[int, Field(ge=1)] | None = Field(
+    tokens_per_batch: Annotated[int, Field(ge=1, le=_HUGE)] | None = Field(
         None, description="Input tokens per batch (default: queue_fraction of the queue limit)."
     )
-    queue_tokens: Annotated[int, Field(ge=1)] | None = Field(
+    queue_tokens: Annotated[int, Field(ge=1, le=_HUGE)] | None = Field(
         None, description="The model's enqueued-token limit (default: the tier table)."
     )
     queue_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
-    context_window: Annotated[int, Field(ge=1)] | None = None
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = Field(
+    context_window: Annotated[int, Field(ge=1, le=_HUGE)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1, le=_HUGE)] | None = Field(
         None,
         description="The most output tokens one answer of the model can have (default: the "
         "price table's); bounds the worst case of requests with no max_tokens.",
@@ -201,17 +238,17 @@ class LimitsSpec(Strict):
 class BudgetSpec(Strict):
     """The hard spending limit for the whole job, in USD."""
 
-    max_usd: Annotated[float, Field(ge=0)] | None = None
+    max_usd: Annotated[float, Field(ge=0, le=1e12)] | None = None
 
 
 class EstimateSpec(Strict):
     """How many output tokens to expect per request (the worst case is always max_tokens)."""
 
-    output_tokens: Annotated[int, Field(ge=0)] | None = None
-    output_ratio: Annotated[float, Field(ge=0)] | None = Field(
+    output_tokens: Annotated[int, Field(ge=0, le=MAX_OUTPUT_TOKENS)] | None = None
+    output_ratio: Annotated[float, Field(ge=0, le=1000)] | None = Field(
         None, description="Expected output tokens as a fraction of input tokens."
     )
-    batch_turnaround_hours: Annotated[float, Field(gt=0)] = Field(
+    batch_turnaround_hours: Annotated[float, Field(gt=0, le=720)] = Field(
         12.0, description="How long a batch takes, for the strategy estimates."
     )
     sample: str | None = Field(
@@ -231,9 +268,9 @@ class EstimateSpec(Strict):
 class RealtimeSpec(Strict):
     """Real-time limits (default: the provider's tier table) and the lane's concurrency."""
 
-    rpm: Annotated[int, Field(ge=1)] | None = None
-    tpm: Annotated[int, Field(ge=1)] | None = None
-    rpd: Annotated[int, Field(ge=1)] | None = None
+    rpm: Annotated[int, Field(ge=1, le=_HUGE)] | None = None
+    tpm: Annotated[int, Field(ge=1, le=_HUGE)] | None = None
+    rpd: Annotated[int, Field(ge=1, le=_HUGE)] | None = None
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
     timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
         600.0,
@@ -244,7 +281,7 @@ class RealtimeSpec(Strict):
 class TargetSpec(Strict):
     """Stop once enough valid answers exist; plan more rows of the input while too few pass."""
 
-    valid: Annotated[int, Field(ge=1)] = Field(
+    valid: Annotated[int, Field(ge=1, le=_HUGE)] = Field(
         description="How many valid answers (or items, with `items`) the job needs."
     )
     items: str | None = Field(
@@ -252,12 +289,24 @@ class TargetSpec(Strict):
         description="A list field of the structured answer: count its elements instead of "
         "answers (a request that asks for ten scenarios counts ten).",
     )
-    first_rows: Annotated[int, Field(ge=1)] | None = Field(
+    first_rows: Annotated[int, Field(ge=1, le=_HUGE)] | None = Field(
         None, description="Rows planned in the first wave (default: 25% over the target)."
     )
     overshoot: Annotated[float, Field(ge=1, le=5)] = Field(
         1.25, description="Later waves plan this much more than the pass rate so far says."
     )
+
+
+def _checked_params(params: dict[str, Any]) -> dict[str, Any]:
+    clash = sorted(RESERVED_PARAMS & set(params))
+    if clash:
+        raise ValueError(
+            f"params may not set {', '.join(clash)}: the job's model and prompt set them"
+        )
+    problems = param_problems(params)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return params
 
 
 class StepSpec(Strict):
@@ -273,6 +322,11 @@ class StepSpec(Strict):
     response_key: str | None = Field(
         None, description="Where this step's answer goes in the output (default: its name)."
     )
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, params: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if params is None else _checked_params(params)
 
 
 class JobSpec(Strict):
@@ -323,12 +377,7 @@ class JobSpec(Strict):
     @field_validator("params")
     @classmethod
     def _no_reserved(cls, params: dict[str, Any]) -> dict[str, Any]:
-        clash = sorted(RESERVED_PARAMS & set(params))
-        if clash:
-            raise ValueError(
-                f"params may not set {', '.join(clash)}: the job's model and prompt set them"
-            )
-        return params
+        return _checked_params(params)
 
     @model_validator(mode="after")
     def _prompt_fits_endpoint(self) -> JobSpec:
