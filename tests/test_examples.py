@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from batchpilot.cli import cli
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
