@@ -92,8 +92,13 @@ def state(filled_state: Path, tmp_path: Path) -> Path:
 
 
 def snapshot(state: Path) -> dict[str, bytes]:
-    """Every file of the state directory, with the store's bytes."""
-    files = {str(p.relative_to(state)): b"" for p in state.rglob("*") if p.is_file()}
+    """Every file of the state directory, with the store's bytes. Run locks are left out: a
+    run takes its lock before it reads its input, and an empty lock file is no state."""
+    files = {
+        str(p.relative_to(state)): b""
+        for p in state.rglob("*")
+        if p.is_file() and p.parent.name != "locks"
+    }
     files["batchpilot.sqlite3"] = (state / "batchpilot.sqlite3").read_bytes()
     return files
 
@@ -537,3 +542,27 @@ def test_a_huge_local_image_is_refused_unread(tmp_path: Path) -> None:
     renderer = RequestRenderer(job_from_dict(data, base_dir=tmp_path))
     with pytest.raises(UserInputError, match=r"rows.jsonl:4 \(id img\): image file .* larger than"):
         renderer.render(rows[-1])
+
+
+@pytest.mark.parametrize("shape", ["nested", "circular", "not-json"])
+def test_python_rows_that_json_cannot_hold_are_refused_naming_the_row(
+    server: LocalServer, state: Path, tmp_path: Path, shape: str
+) -> None:
+    from batchpilot.run.api import run_job
+
+    record: dict[str, Any] = {"id": "r1", "text": "hello"}
+    if shape == "nested":
+        deep: dict[str, Any] = {"x": 1}
+        for _ in range(5000):
+            deep = {"x": deep}
+        record["deep"] = deep
+    elif shape == "circular":
+        record["me"] = record
+    else:
+        record["when"] = object()
+    job = job_from_dict(job_data(server.base_url), base_dir=tmp_path)
+    store = state / "batchpilot.sqlite3"
+    before = store.read_bytes()
+    with pytest.raises(UserInputError, match=r"records:1 \(id r1\): the row cannot be kept"):
+        run_job(job, state_dir=state, rows=rows_from_records([record], id_field="id"))
+    assert store.read_bytes() == before

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from batchpilot.data.jsonlines import MAX_DEPTH
+from batchpilot.errors import UserInputError
 from batchpilot.plan.planner import PlannedRequest, PlanResult
 from batchpilot.store import SQLiteStore
 
@@ -30,15 +32,25 @@ class StoreSink:
 
     def add(self, planned: PlannedRequest) -> None:
         item = planned.item
-        self.store.add_row(
-            self.run_id,
-            item.index,
-            item.row_id,
-            item.source,
-            planned.request_id if item.body is not None else None,
-            item.data if self.keep_data else None,
-            item.skip,
-        )
+        try:
+            self.store.add_row(
+                self.run_id,
+                item.index,
+                item.row_id,
+                item.source,
+                planned.request_id if item.body is not None else None,
+                item.data if self.keep_data else None,
+                item.skip,
+            )
+        except (RecursionError, ValueError, TypeError) as exc:
+            # Rows from Python (records, DataFrames) are not read through the JSON checks that
+            # a file's lines are: a row that refers to itself, nests without end or holds
+            # values JSON cannot hold is found here, as it is saved.
+            raise UserInputError(
+                f"{item.source} (id {item.row_id}): the row cannot be kept as JSON "
+                f"({_why(exc)}); pass plain values (text, numbers, lists, dicts) nested at most "
+                f"{MAX_DEPTH} levels"
+            ) from None
         if planned.new and item.body is not None:
             worst = planned.worst
             assert worst is not None, "the planner gives every new request its worst case"
@@ -93,3 +105,9 @@ def plan_into_store(
 def plan_errors(result: PlanResult) -> str:
     """A plan's errors, one per line, for a message."""
     return "\n  ".join(str(f) for f in result.findings.kept if f.level == "error")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it nests too deeply"
+    return str(exc).split("\n")[0][:200] or type(exc).__name__
