@@ -82,9 +82,10 @@ def test_an_export_into_a_place_that_cannot_hold_files(
 def test_a_state_directory_that_cannot_exist(finished: tuple[Path, Path], tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    for command in (("ls",), ("run", str(finished[0]))):
-        result = invoke(*command, "--state", str(blocker / "state"))
-        assert_clear_error(result, str(blocker), "--state")
+    result = invoke("run", str(finished[0]), "--state", str(blocker / "state"))
+    assert_clear_error(result, str(blocker), "--state")
+    listed = invoke("ls", "--state", str(blocker / "state"))
+    assert listed.exit_code == 0 and "no runs" in listed.output, listed.output
     assert blocker.read_text() == "not a directory"
 
 
