@@ -273,3 +273,47 @@ def test_a_batch_the_provider_lost_past_its_window_gives_its_requests_back(
     assert lost.state == again.state == "finished" and again.requests == 5
     assert events and events[0].startswith("batch 1 (batch_gone) is gone")
     assert [row["attempts"] for row in rows] == [2] * 5
+
+
+def test_a_batch_that_no_longer_fits_a_lowered_budget_is_packed_again(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    from batchpilot.errors import BudgetExceeded
+    from batchpilot.plan import plan_job
+
+    refused = {"kind": "http_error", "route": "POST /v1/batches", "status": 503, "first": 2}
+    server = faulty(local_server_factory, refused)
+    state = tmp_path / "state"
+    job = make_job(tmp_path, server.base_url, 5, budget={"max_usd": 1.0})
+    with pytest.raises(KeyboardInterrupt):
+        run_job(
+            job,
+            state_dir=state,
+            poll_interval=0.02,
+            on_progress=stop_when(lambda s: s.batches.get("creating", 0) >= 1),
+        )
+    worst = plan_job(job).cost["batch_worst"]
+    assert worst is not None
+    # the one batch of five holds five requests' worst case; the lowered budget holds two
+    budget = 2.5 * worst / 5
+    lowered = make_job(tmp_path, server.base_url, 5, budget={"max_usd": budget})
+    seen: list[float] = []
+
+    def watch(status: RunStatus) -> None:
+        seen.append(status.spent_usd + status.reserved_usd)
+        alarm(status)
+
+    alarm = watchdog(30)
+    # the run ends, by finishing or by stopping for the budget, instead of waiting forever for
+    # a reservation that cannot come
+    with pytest.raises(BudgetExceeded):
+        run_job(lowered, state_dir=state, poll_interval=0.02, on_progress=watch)
+    assert seen and max(seen) <= budget + 1e-12, "reservations never pass the lowered budget"
+    assert set(executions(server).values()) == {1}
+    store = open_store(state)
+    run_id = store.runs()[0].id
+    events = [e["message"] for e in store.events(run_id) if e["kind"] == "budget"]
+    sizes = [b.requests for b in store.batches(run_id) if b.state == "finished"]
+    store.close()
+    assert any("no longer fits the budget" in message for message in events)
+    assert sizes and max(sizes) <= 2

@@ -652,6 +652,18 @@ class Runner:
             left = self.share.money_left(self.store)
             # this batch's own worst case is among the held money until it is reserved
             if left is not None and worst > left + self.share.held_usd:
+                if not self._money_may_come_back(batch):
+                    # The budget was lowered (or prices raised) since the batch was formed, and
+                    # no other spending will end to free money: the batch's requests go back to
+                    # be packed again within what is left, or to stop the run for the budget.
+                    self.store.event(
+                        self.run_id,
+                        "budget",
+                        f"batch {batch.id} no longer fits the budget ({_usd(worst)} at worst, "
+                        f"{_usd(left + self.share.held_usd)} left); its requests are packed again",
+                    )
+                    self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED)
+                    self._hold()
                 return None
             moved = self.store.move_batch(
                 self.run_id, batch.id, BatchState.CREATING, reserved_usd=worst
@@ -659,6 +671,18 @@ class Runner:
             self._hold()
         self._fresh.add((batch.id, "create"))
         return moved
+
+    def _reservation_holds(self) -> bool:
+        """Whether what is spent and reserved still fits the budget (it may have been lowered)."""
+        with self.share.lock:
+            left = self.share.money_left(self.store)
+        return left is None or left >= -1e-12
+
+    def _money_may_come_back(self, batch: BatchRecord) -> bool:
+        """Whether spending now under way (another live batch, real-time requests in flight) may
+        still end and leave money for `batch`."""
+        live = self.store.batches(self.run_id, (BatchState.CREATING, BatchState.SUBMITTED))
+        return any(b.id != batch.id for b in live) or self.share.inflight_usd > 0
 
     def _back_off(self, message: str) -> None:
         delay = min(self.settings.max_poll_interval_s, max(1.0, self.settings.poll_interval_s))
@@ -708,6 +732,18 @@ class Runner:
             remote = self._find_remote(batch)
             if remote is not None:
                 self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {remote.id}")
+        if remote is None and not fresh and not self._reservation_holds():
+            # Never created, and the budget was lowered since its worst case was reserved: the
+            # reservation is taken again under today's budget before anything is sent.
+            self.store.event(
+                self.run_id, "budget", f"batch {batch.id}: its reservation is taken again"
+            )
+            with self.share.lock:
+                moved = self.store.move_batch(
+                    self.run_id, batch.id, BatchState.UPLOADED, reserved_usd=0.0
+                )
+                self._hold()
+            return moved
         if remote is None:
             assert batch.input_file_id is not None
             tags = metadata_for(self.run_id, batch.id, self.store.store_id)
