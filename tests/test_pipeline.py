@@ -193,9 +193,9 @@ def test_a_crash_in_step_three_does_not_redo_steps_one_and_two(
     store = open_store(state)
     try:
         step3_ids = {
-            row["request_id"]
+            row.request_id
             for row in store.joined_rows(runs[2].run_id)
-            if row["request_id"] is not None
+            if row.request_id is not None
         }
     finally:
         store.close()

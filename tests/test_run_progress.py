@@ -272,7 +272,7 @@ def test_a_batch_the_provider_lost_past_its_window_gives_its_requests_back(
         store.close()
     assert lost.state == again.state == "finished" and again.requests == 5
     assert events and events[0].startswith("batch 1 (batch_gone) is gone")
-    assert [row["attempts"] for row in rows] == [2] * 5
+    assert [row.attempts for row in rows] == [2] * 5
 
 
 def test_a_batch_that_no_longer_fits_a_lowered_budget_is_packed_again(

@@ -27,7 +27,7 @@ from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
 from batchpilot.spec import JobSpec
 from batchpilot.spec.model import ProviderSpec
-from batchpilot.store import BatchState, RunRecord, SQLiteStore
+from batchpilot.store import BatchState, RunRecord, Store
 
 __all__ = ["cancel", "export", "ls", "status"]
 
@@ -42,7 +42,7 @@ def _provider_of(run: RunRecord, state_dir: Path) -> Provider:
     return openai_provider(base_url=spec.get("base_url"), kind=spec.get("provider", "openai"))
 
 
-def _step_statuses(store: SQLiteStore, job: JobSpec) -> list[tuple[str, RunStatus]]:
+def _step_statuses(store: Store, job: JobSpec) -> list[tuple[str, RunStatus]]:
     """Each step of a multi-step job that has a run yet, with its progress."""
     return [
         (run.step.name, run_status(store, run.run_id))
@@ -144,7 +144,7 @@ def _lock_for_cancel(state_dir: Path, run_id: str) -> Iterator[None]:
         lock.release()
 
 
-def _cancel_run(store: SQLiteStore, record: RunRecord, state_dir: Path) -> list[Cancelled]:
+def _cancel_run(store: Store, record: RunRecord, state_dir: Path) -> list[Cancelled]:
     """Cancel every live batch of the run (the run's lock held), whatever each one answers;
     a batch whose creation was under way is cancelled too if the provider shows it as ours."""
     provider = _provider_of(record, state_dir)

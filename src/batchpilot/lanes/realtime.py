@@ -40,7 +40,7 @@ from batchpilot.plan.worst import reservation
 from batchpilot.pricing import PriceTable, usage_cost
 from batchpilot.providers.base import AuthenticationFailed
 from batchpilot.providers.openai import error_detail
-from batchpilot.store import Outcome, PendingRequest, RequestState, SQLiteStore
+from batchpilot.store import Outcome, PendingRequest, RequestState, Store
 
 if TYPE_CHECKING:  # at run time the import would be circular: batchpilot.run imports lanes
     from batchpilot.run.ingest import RetryPolicy
@@ -122,7 +122,7 @@ class RealtimeLane:
     def __init__(
         self,
         client: openai.AsyncOpenAI,
-        store: SQLiteStore,
+        store: Store,
         run_id: str,
         *,
         limits: RateLimits,
@@ -159,7 +159,7 @@ class RealtimeLane:
         self._auth_error: str | None = None
         self._failure: BaseException | None = None
 
-    def using(self, store: SQLiteStore) -> RealtimeLane:
+    def using(self, store: Store) -> RealtimeLane:
         """The same lane (client, throttle, limits, checks) recording into `store`: another
         connection to the same file, for a lane that runs in a thread of its own."""
         twin = copy.copy(self)
@@ -605,7 +605,7 @@ def interrupted(request: PendingRequest, prices: PriceTable | None, retry: Retry
 
 
 def recover_inflight(
-    store: SQLiteStore, run_id: str, prices: PriceTable | None, retry: RetryPolicy
+    store: Store, run_id: str, prices: PriceTable | None, retry: RetryPolicy
 ) -> tuple[int, float]:
     """Record every request left in `realtime` (by a crash) as `interrupted`: back to pending,
     or failed after its last attempt. Returns how many there were and what they are counted at.

@@ -6,11 +6,8 @@ Items stream through once; memory stays flat whatever the number of rows. Identi
 
 from __future__ import annotations
 
-import sqlite3
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from batchpilot.plan.bodies import body_problem
@@ -20,6 +17,7 @@ from batchpilot.plan.models import is_embedding_model
 from batchpilot.plan.packing import BatchLimits, PackedBatch, Packer
 from batchpilot.plan.worst import Bounds, Worst, bounds_for, choices, output_cap, worst_case
 from batchpilot.pricing import PriceTable
+from batchpilot.store.seen import SeenKeys
 from batchpilot.tokens import count_request
 
 __all__ = [
@@ -161,27 +159,6 @@ class PlanSettings:
 DEFAULT_EXPECTED_OUTPUT = 200
 
 
-class _Seen:
-    """Ids seen so far, in a temporary SQLite file so memory does not grow with the rows."""
-
-    def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="batchpilot-plan-")
-        self._db = sqlite3.connect(Path(self._dir.name) / "seen.sqlite3")
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY) WITHOUT ROWID")
-        self._db.execute("CREATE TABLE rows (id TEXT PRIMARY KEY) WITHOUT ROWID")
-        self._db.execute("BEGIN")
-
-    def first(self, table: str, key: str) -> bool:
-        cursor = self._db.execute(f"INSERT OR IGNORE INTO {table}(id) VALUES (?)", (key,))
-        return cursor.rowcount == 1
-
-    def close(self) -> None:
-        self._db.close()
-        self._dir.cleanup()
-
-
 class Planner:
     """Streams items into a PlanResult, and into a sink (batch files, the store) if given."""
 
@@ -219,7 +196,7 @@ class Planner:
     ) -> PlanResult:
         result = PlanResult()
         self._generates = False
-        seen = _Seen()
+        seen = SeenKeys()
         packer = Packer(self.settings.limits, self.settings.tokens_per_batch)
         checked_models: set[str] = set()
         try:
@@ -242,7 +219,7 @@ class Planner:
         self,
         item: Item,
         result: PlanResult,
-        seen: _Seen,
+        seen: SeenKeys,
         packer: Packer,
         checked_models: set[str],
         sink: PlanSink | None,

@@ -10,7 +10,7 @@ from the batch's input file.
 from __future__ import annotations
 
 from batchpilot.providers.base import Provider, RemoteBatch, RemoteFile
-from batchpilot.store import BatchRecord, BatchState, SQLiteStore, utc_now
+from batchpilot.store import BatchRecord, BatchState, Store, utc_now
 
 __all__ = ["find_batch", "find_file", "metadata_for", "owns", "record_submitted"]
 
@@ -60,7 +60,7 @@ def find_file(provider: Provider, batch: BatchRecord) -> RemoteFile | None:
 
 
 def record_submitted(
-    store: SQLiteStore, run_id: str, batch: BatchRecord, remote: RemoteBatch
+    store: Store, run_id: str, batch: BatchRecord, remote: RemoteBatch
 ) -> BatchRecord:
     """The batch exists remotely as `remote`: it is polled from now on."""
     store.event(run_id, "submitted", f"batch {batch.id} ({batch.requests} requests) is {remote.id}")

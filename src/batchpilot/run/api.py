@@ -38,7 +38,7 @@ from batchpilot.run.store_sink import StoreSink, plan_errors, plan_into_store
 from batchpilot.run.target import TargetCounter
 from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
-from batchpilot.store import PendingRequest, RunLock, RunRecord, SQLiteStore, utc_now
+from batchpilot.store import PendingRequest, RunLock, RunRecord, SQLiteStore, Store, utc_now
 from batchpilot.validate import AnswerCheck, load_validator
 
 __all__ = [
@@ -68,7 +68,7 @@ class RunResult:
     output: Path | None = None
 
 
-def open_store(state_dir: Path) -> SQLiteStore:
+def open_store(state_dir: Path) -> Store:
     return SQLiteStore(Path(state_dir) / "batchpilot.sqlite3")
 
 
@@ -164,19 +164,19 @@ class JobCheck:
 
     check: AnswerCheck
     needs_rows: bool
-    store: SQLiteStore
+    store: Store
     run_id: str
 
     def __call__(self, request: PendingRequest, body: dict[str, Any]) -> str | None:
         data = self.store.row_data(self.run_id, request.first_row) if self.needs_rows else None
         return self.check(body, data)
 
-    def using(self, store: SQLiteStore) -> JobCheck:
+    def using(self, store: Store) -> JobCheck:
         return replace(self, store=store)
 
 
 def answer_check(
-    job: JobSpec, store: SQLiteStore, run_id: str, model: type[BaseModel] | None = None
+    job: JobSpec, store: Store, run_id: str, model: type[BaseModel] | None = None
 ) -> JobCheck:
     """The job's checks on every answer: refusals always; the response schema (with
     truncation and invalid JSON, then the pydantic model's own validators when the schema
@@ -209,7 +209,7 @@ def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | Non
 
 
 def _plan_into_store(
-    store: SQLiteStore,
+    store: Store,
     record: RunRecord,
     plan: Callable[[StoreSink], PlanResult],
     what: str,
@@ -225,18 +225,16 @@ def _plan_into_store(
     return result
 
 
-def find_run(store: SQLiteStore, run_id: str | None) -> RunRecord:
+def find_run(store: Store, run_id: str | None) -> RunRecord:
     """A run by id, or the latest one; a clear error when there is none."""
     if run_id is not None:
         run = store.run(run_id)
         if run is None:
-            raise UserInputError(
-                f"no run '{run_id}' in {store.path.parent}; `batchpilot ls` lists them"
-            )
+            raise UserInputError(f"no run '{run_id}' in {store.where}; `batchpilot ls` lists them")
         return run
     runs = store.runs()
     if not runs:
-        raise UserInputError(f"no runs in {store.path.parent} yet; start one with `batchpilot run`")
+        raise UserInputError(f"no runs in {store.where} yet; start one with `batchpilot run`")
     return runs[0]
 
 
@@ -247,7 +245,7 @@ def run_lock(state_dir: Path, run_id: str) -> RunLock:
 
 @contextmanager
 def open_runner(
-    store: SQLiteStore,
+    store: Store,
     run_id: str,
     state_dir: Path,
     provider: Provider,
@@ -369,7 +367,7 @@ def run_job(
 
 def _run_locked(
     job: JobSpec,
-    store: SQLiteStore,
+    store: Store,
     run_id: str,
     spec: str,
     *,
@@ -444,7 +442,7 @@ def _run_locked(
 
 
 def _plan_rest(
-    store: SQLiteStore, record: RunRecord, job: JobSpec, source: Callable[[], Iterable[Row]]
+    store: Store, record: RunRecord, job: JobSpec, source: Callable[[], Iterable[Row]]
 ) -> None:
     """A run that had a target and now has none: everything is wanted again."""
     revived = store.revive_cancelled(record.id)
@@ -459,7 +457,7 @@ def _plan_rest(
 
 
 def _run_to_target(
-    store: SQLiteStore,
+    store: Store,
     record: RunRecord,
     job: JobSpec,
     source: Callable[[], Iterable[Row]],

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from batchpilot.errors import ProviderRejected, ProviderUnavailable
 from batchpilot.providers.base import AuthenticationFailed, Provider
-from batchpilot.store import BatchRecord, SQLiteStore
+from batchpilot.store import BatchRecord, Store
 
 __all__ = ["Cancelled", "cancel_batches"]
 
@@ -32,7 +32,7 @@ class Cancelled:
 
 
 def cancel_batches(
-    store: SQLiteStore,
+    store: Store,
     provider: Provider,
     run_id: str,
     batches: Iterable[BatchRecord],

@@ -15,7 +15,7 @@ from batchpilot.answers import parsed_answer, response_content
 from batchpilot.errors import StateError, UserInputError
 from batchpilot.export import ExportFormat, ExportRow, write_back_nested, write_export
 from batchpilot.spec import JobSpec, TargetSpec
-from batchpilot.store import SQLiteStore
+from batchpilot.store import Store
 from batchpilot.validate import load_callable
 
 __all__ = ["export_job", "export_rows", "export_run", "write_job_output"]
@@ -38,7 +38,7 @@ def _target_rows(rows: Iterable[ExportRow], target: TargetSpec) -> Iterator[Expo
 
 
 def export_job(
-    store: SQLiteStore,
+    store: Store,
     run_id: str,
     job: JobSpec,
     target: Path,
@@ -113,17 +113,17 @@ def write_job_output(
 
 
 def export_rows(
-    store: SQLiteStore, run_id: str, fallback: Callable[[dict[str, Any] | None], Any] | None = None
+    store: Store, run_id: str, fallback: Callable[[dict[str, Any] | None], Any] | None = None
 ) -> Iterator[ExportRow]:
     """Every row of a run, in input order, joined with its result; rows that finally failed
     get `fallback(input row)` as their answer when a fallback is given (status `fallback`)."""
     for row in store.joined_rows(run_id):
-        response = json.loads(row["response_json"]) if row["response_json"] else None
+        response = json.loads(row.response_json) if row.response_json else None
         content, embedding = response_content(response)
         parsed: Any = parsed_answer(content)
-        status = "skipped" if row["request_id"] is None else (row["state"] or "pending")
+        status = "skipped" if row.request_id is None else (row.state or "pending")
         if status == "failed" and fallback is not None:
-            data = json.loads(row["data_json"]) if row["data_json"] else None
+            data = json.loads(row.data_json) if row.data_json else None
             answer = fallback(data)
             status = "fallback"
             if isinstance(answer, dict | list):
@@ -131,26 +131,26 @@ def export_rows(
             else:
                 content = None if answer is None else str(answer)
         yield ExportRow(
-            index=row["row_index"],
-            row_id=row["row_id"],
-            request_id=row["request_id"],
+            index=row.row_index,
+            row_id=row.row_id,
+            request_id=row.request_id,
             status=status,
-            attempts=row["attempts"] or 0,
-            data=json.loads(row["data_json"]) if row["data_json"] else None,
+            attempts=row.attempts or 0,
+            data=json.loads(row.data_json) if row.data_json else None,
             content=content,
             parsed=parsed,
             embedding=embedding,
             response=response,
-            input_tokens=row["input_tokens"],
-            output_tokens=row["output_tokens"],
-            cost_usd=row["cost_usd"],
-            error=row["skip_reason"] if row["request_id"] is None else row["error"],
-            lane=row["lane"],
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            cost_usd=row.cost_usd,
+            error=row.skip_reason if row.request_id is None else row.error,
+            lane=row.lane,
         )
 
 
 def export_run(
-    store: SQLiteStore, run_id: str, target: Path, *, format: str = "auto", **options: Any
+    store: Store, run_id: str, target: Path, *, format: str = "auto", **options: Any
 ) -> int:
     """Write a run's results, in input order, to JSONL, CSV or Parquet."""
     if store.run(run_id) is None:

@@ -25,7 +25,7 @@ from batchpilot.run.output import export_rows, write_job_output
 from batchpilot.run.status import RunStatus
 from batchpilot.spec import JobSpec, StepSpec
 from batchpilot.spec.steps import step_job
-from batchpilot.store import SQLiteStore
+from batchpilot.store import Store
 
 __all__ = ["StepRun", "pipeline_rows", "run_pipeline", "step_job", "step_runs"]
 
@@ -61,7 +61,7 @@ def _answer(row: ExportRow) -> Any:
     return row.parsed if row.parsed is not None else row.content
 
 
-def _aligned(store: SQLiteStore, runs: list[StepRun]) -> Iterator[list[ExportRow | None]]:
+def _aligned(store: Store, runs: list[StepRun]) -> Iterator[list[ExportRow | None]]:
     """The first step's rows in input order, each with every step's row of the same index
     (None where that step has no such row: an earlier step did not succeed)."""
     streams = [export_rows(store, run.run_id) for run in runs]
@@ -106,7 +106,7 @@ def _check_first_rows(rows: Iterable[Row]) -> Iterator[Row]:
         yield row
 
 
-def pipeline_export_rows(store: SQLiteStore, runs: list[StepRun]) -> Iterator[ExportRow]:
+def pipeline_export_rows(store: Store, runs: list[StepRun]) -> Iterator[ExportRow]:
     """One row per input row: the answers of every step under their keys; the status of the
     first step that did not succeed (with its error), else succeeded; usage and cost summed."""
     for line in _aligned(store, runs):

@@ -52,7 +52,7 @@ from batchpilot.store import (
     Outcome,
     PendingRequest,
     RequestState,
-    SQLiteStore,
+    Store,
 )
 
 __all__ = ["Interrupt", "Runner"]
@@ -119,7 +119,7 @@ class _Poll:
 
 @dataclass
 class Runner:
-    store: SQLiteStore
+    store: Store
     provider: Provider
     run_id: str
     settings: RunSettings
@@ -309,7 +309,7 @@ class Runner:
     def _start_lane(self) -> None:
         if self._lane_thread is not None or self.lane is None:
             return
-        self._lane_thread = LaneThread(self.lane, self.share, self.store.path, self.interrupt.stop)
+        self._lane_thread = LaneThread(self.lane, self.share, self.store, self.interrupt.stop)
         self._lane_thread.start()
 
     def _close_lane(self) -> None:

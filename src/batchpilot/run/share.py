@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from pathlib import Path
 
 from batchpilot.lanes.realtime import IDLE_S, LaneReport, RealtimeLane
-from batchpilot.store import PendingRequest, SQLiteStore
+from batchpilot.store import PendingRequest, Store
 
 __all__ = ["LaneShare", "LaneThread"]
 
@@ -41,14 +40,14 @@ class LaneShare:
         self.held_usd = 0.0
         self.short_of: float | None = None
 
-    def money_left(self, store: SQLiteStore) -> float | None:
+    def money_left(self, store: Store) -> float | None:
         """The budget less what is spent and every reservation of both lanes (lock held)."""
         if self.budget_usd is None:
             return None
         spent, reserved = store.money(self.run_id)
         return self.budget_usd - spent - reserved - self.inflight_usd - self.held_usd
 
-    def batch_room(self, store: SQLiteStore) -> int:
+    def batch_room(self, store: Store) -> int:
         """How many pending requests batches may take now (lock held)."""
         if self.reserve is None:
             return 0
@@ -57,7 +56,7 @@ class LaneShare:
         count, _, _ = store.pending_totals(self.run_id)
         return max(0, count - self.reserve)
 
-    def stuck(self, store: SQLiteStore) -> bool:
+    def stuck(self, store: Store) -> bool:
         """The real-time lane waits for money that nothing in flight will give back."""
         with self.lock:
             if self.reserve == 0 or self.short_of is None or self.inflight_usd > _EPSILON:
@@ -65,7 +64,7 @@ class LaneShare:
             left = self.money_left(store)
             return left is not None and self.short_of > left + _EPSILON
 
-    def feed(self, store: SQLiteStore) -> ShareFeed:
+    def feed(self, store: Store) -> ShareFeed:
         return ShareFeed(self, store)
 
 
@@ -75,7 +74,7 @@ class ShareFeed:
     done = False
     waits = True
 
-    def __init__(self, share: LaneShare, store: SQLiteStore) -> None:
+    def __init__(self, share: LaneShare, store: Store) -> None:
         self._share = share
         self._store = store
 
@@ -127,11 +126,11 @@ class LaneThread:
     """
 
     def __init__(
-        self, lane: RealtimeLane, share: LaneShare, store_path: Path, stop: threading.Event
+        self, lane: RealtimeLane, share: LaneShare, store: Store, stop: threading.Event
     ) -> None:
         self._lane = lane
         self._share = share
-        self._path = store_path
+        self._store = store
         self._stop = stop
         self._halt = threading.Event()
         self._serving: RealtimeLane | None = None
@@ -154,7 +153,8 @@ class LaneThread:
         return self.report
 
     def _main(self) -> None:
-        store = SQLiteStore(self._path)
+        # The store serves this thread through a connection of its own.
+        store = self._store
         loop = asyncio.new_event_loop()
         lane = self._serving = self._lane.using(store)
         try:
@@ -166,10 +166,9 @@ class LaneThread:
                 loop.run_until_complete(lane.client.close())
             finally:
                 loop.close()
-                store.close()
                 self._share.wake.set()
 
-    async def _serve(self, lane: RealtimeLane, store: SQLiteStore) -> None:
+    async def _serve(self, lane: RealtimeLane, store: Store) -> None:
         stop = asyncio.Event()
 
         async def watch() -> None:

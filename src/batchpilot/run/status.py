@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from batchpilot.store import BatchState, SQLiteStore
+from batchpilot.store import BatchState, Store
 
 __all__ = ["RunStatus", "run_status"]
 
@@ -50,7 +50,7 @@ class RunStatus:
         return data
 
 
-def run_status(store: SQLiteStore, run_id: str, budget: float | None = None) -> RunStatus:
+def run_status(store: Store, run_id: str, budget: float | None = None) -> RunStatus:
     run = store.run(run_id)
     batches: dict[str, int] = {}
     remote: dict[str, int] = {}

@@ -10,7 +10,7 @@ from typing import Any
 from batchpilot.data.jsonlines import MAX_DEPTH
 from batchpilot.errors import UserInputError
 from batchpilot.plan.planner import PlannedRequest, PlanResult
-from batchpilot.store import SQLiteStore
+from batchpilot.store import Store
 
 __all__ = ["StoreSink", "plan_errors", "plan_into_store"]
 
@@ -22,7 +22,7 @@ class StoreSink:
     content hash.
     """
 
-    def __init__(self, store: SQLiteStore, run_id: str, *, keep_data: bool = True) -> None:
+    def __init__(self, store: Store, run_id: str, *, keep_data: bool = True) -> None:
         self.store = store
         self.run_id = run_id
         self.keep_data = keep_data
@@ -84,7 +84,7 @@ class StoreSink:
 
 
 def plan_into_store(
-    store: SQLiteStore,
+    store: Store,
     run_id: str,
     plan: Callable[[StoreSink], PlanResult],
     *,

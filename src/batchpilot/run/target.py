@@ -6,7 +6,7 @@ import json
 
 from batchpilot.answers import parsed_answer, response_content
 from batchpilot.spec import TargetSpec
-from batchpilot.store import SQLiteStore
+from batchpilot.store import Store
 
 __all__ = ["TargetCounter", "items_in"]
 
@@ -21,7 +21,7 @@ def items_in(response_json: str, field: str) -> int:
 class TargetCounter:
     """Counts a run's valid answers, or the items inside them; each answer is read once."""
 
-    def __init__(self, store: SQLiteStore, run_id: str, target: TargetSpec) -> None:
+    def __init__(self, store: Store, run_id: str, target: TargetSpec) -> None:
         self.store = store
         self.run_id = run_id
         self.target = target

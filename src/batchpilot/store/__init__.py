@@ -1,10 +1,15 @@
-"""The store: SQLite, the single source of truth of every run."""
+"""The store: the single source of truth of every run (`Store`; SQLite is the first kind)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from batchpilot.store.base import Store
 from batchpilot.store.lock import RunLock
 from batchpilot.store.records import (
     BatchRecord,
+    DeliveryRow,
+    JoinedRow,
     Outcome,
     PendingRequest,
     RunRecord,
@@ -16,12 +21,21 @@ from batchpilot.store.states import BatchState, RequestState
 __all__ = [
     "BatchRecord",
     "BatchState",
+    "DeliveryRow",
+    "JoinedRow",
     "Outcome",
     "PendingRequest",
     "RequestState",
     "RunLock",
     "RunRecord",
     "SQLiteStore",
+    "Store",
     "TaskStateRecord",
     "utc_now",
 ]
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    def _conforms(path: Path) -> Store:
+        return SQLiteStore(path)  # mypy proves that SQLiteStore offers the whole Store surface

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BatchRecord", "Outcome", "PendingRequest", "RunRecord", "TaskStateRecord"]
+__all__ = [
+    "BatchRecord",
+    "DeliveryRow",
+    "JoinedRow",
+    "Outcome",
+    "PendingRequest",
+    "RunRecord",
+    "TaskStateRecord",
+]
 
 
 @dataclass(frozen=True)
@@ -92,3 +100,42 @@ class TaskStateRecord:
     state_json: str
     rounds: int
     delivered: int
+
+
+@dataclass(frozen=True)
+class JoinedRow:
+    """One input row in input order, joined with its request and its answer (export)."""
+
+    row_index: int
+    row_id: str
+    request_id: str | None
+    source: str
+    skip_reason: str | None
+    data_json: str | None
+    state: str | None
+    attempts: int | None
+    error: str | None
+    response_json: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    lane: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """A task's row whose request has ended, not yet given to the task: the request's body, its
+    outcome, its answer, and what all its attempts used."""
+
+    row_index: int
+    row_id: str
+    data_json: str | None
+    body: bytes
+    state: str
+    attempts: int
+    error: str | None
+    response_json: str | None
+    lane: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float

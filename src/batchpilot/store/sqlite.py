@@ -21,6 +21,8 @@ from batchpilot.errors import IllegalTransition, StateError, UserInputError
 from batchpilot.store.migrations import migrate
 from batchpilot.store.records import (
     BatchRecord,
+    DeliveryRow,
+    JoinedRow,
     Outcome,
     PendingRequest,
     RunRecord,
@@ -71,6 +73,10 @@ class SQLiteStore:
         self._guard = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         migrate(self._db)
+
+    @property
+    def where(self) -> str:
+        return str(self.path.parent)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -740,9 +746,11 @@ class SQLiteStore:
 
     # export ---------------------------------------------------------------------------------
 
-    def joined_rows(self, run_id: str) -> Iterator[sqlite3.Row]:
+    def joined_rows(self, run_id: str) -> Iterator[JoinedRow]:
         """Every row in input order with its request and result (streamed)."""
-        cursor = self._db.execute(
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        cursor.execute(
             "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
             "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
             "r.cost_usd, r.lane FROM rows w "
@@ -751,7 +759,8 @@ class SQLiteStore:
             "WHERE w.run_id = ? ORDER BY w.row_index",
             (run_id,),
         )
-        yield from cursor
+        for row in cursor:
+            yield JoinedRow(*row)
 
     # tasks ----------------------------------------------------------------------------------
 
@@ -781,10 +790,12 @@ class SQLiteStore:
         with self.tx() as db:
             db.execute("UPDATE task_state SET rounds = rounds + 1 WHERE run_id = ?", (run_id,))
 
-    def undelivered(self, run_id: str, limit: int) -> list[sqlite3.Row]:
+    def undelivered(self, run_id: str, limit: int) -> list[DeliveryRow]:
         """Rows of a task whose request has ended and which the task has not been given yet,
         in row order, with the request's body, outcome, answer and total cost."""
-        return self._db.execute(
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute(
             "SELECT w.row_index, w.row_id, w.data_json, q.body, q.state, q.attempts, q.error, "
             "r.response_json, r.lane, "
             "COALESCE(r.input_tokens, (SELECT SUM(a.input_tokens) FROM attempts a "
@@ -800,6 +811,7 @@ class SQLiteStore:
             "AND d.row_index = w.row_index) ORDER BY w.row_index LIMIT ?",
             (run_id, limit),
         ).fetchall()
+        return [DeliveryRow(*row) for row in rows]
 
     def deliver(self, run_id: str, state_json: str, delivered: Sequence[tuple[int, bool]]) -> None:
         """Mark rows as given to the task and save the state they led to, in one transaction.

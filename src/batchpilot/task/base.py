@@ -31,7 +31,7 @@ from batchpilot.providers import Provider, provider_for
 from batchpilot.run.api import DEFAULT_STATE_DIR, open_runner, open_store, run_lock, run_settings
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.spec import JobSpec
-from batchpilot.store import RunRecord, SQLiteStore, TaskStateRecord, utc_now
+from batchpilot.store import RunRecord, Store, TaskStateRecord, utc_now
 from batchpilot.task.checks import answer_check
 from batchpilot.task.delivery import Delivery, dump_state
 from batchpilot.task.records import TaskReport, TaskRequest, TaskResult
@@ -156,7 +156,7 @@ class Task:
                 self._owned = None
             store.close()
 
-    def _run(self, store: SQLiteStore, setup: TaskSetup) -> TaskReport:
+    def _run(self, store: Store, setup: TaskSetup) -> TaskReport:
         saved = self._open(store, setup)
         self.state = json.loads(saved.state_json)
         delivery = Delivery(
@@ -203,7 +203,7 @@ class Task:
             finished=finished,
         )
 
-    def _round(self, store: SQLiteStore, setup: TaskSetup, delivery: Delivery) -> RunStatus:
+    def _round(self, store: Store, setup: TaskSetup, delivery: Delivery) -> RunStatus:
         """Run the round's requests to their end, giving results to the task as they come."""
         settings = run_settings(
             setup.job, poll_interval=self._options.poll_interval, run=store.run(setup.run_id)
@@ -247,7 +247,7 @@ class Task:
             self._owned = provider_for(job.provider, state_dir=self._options.state_dir)
         return self._owned
 
-    def _open(self, store: SQLiteStore, setup: TaskSetup) -> TaskStateRecord:
+    def _open(self, store: Store, setup: TaskSetup) -> TaskStateRecord:
         """The run's saved state; a new run starts from initial_state()."""
         if store.run(setup.run_id) is None:
             initial = dump_state(

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from batchpilot.store import PendingRequest, SQLiteStore
+from batchpilot.store import PendingRequest, Store
 from batchpilot.task.schema import SchemaBook
 from batchpilot.validate import AnswerCheck
 
@@ -27,7 +27,7 @@ class TaskCheck:
     reason, whose first word is its kind. Request bodies and metas are read from `store`;
     `using` gives the same checks reading through another connection (another thread's)."""
 
-    store: SQLiteStore
+    store: Store
     run_id: str
     schemas: SchemaBook
     validate: Validate | None
@@ -57,12 +57,12 @@ class TaskCheck:
             return f"rejected: {verdict}"
         return None
 
-    def using(self, store: SQLiteStore) -> TaskCheck:
+    def using(self, store: Store) -> TaskCheck:
         return replace(self, store=store)
 
 
 def answer_check(
-    store: SQLiteStore, run_id: str, schemas: SchemaBook, validate: Validate | None
+    store: Store, run_id: str, schemas: SchemaBook, validate: Validate | None
 ) -> TaskCheck:
     """The checks of a task's answers (see TaskCheck)."""
     return TaskCheck(store, run_id, schemas, validate)

@@ -10,7 +10,6 @@ next run, so every result changes the saved state exactly once.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any, Protocol
 
@@ -18,7 +17,7 @@ import orjson
 
 from batchpilot.answers import parsed_answer, response_content
 from batchpilot.errors import TaskError
-from batchpilot.store import RequestState, SQLiteStore
+from batchpilot.store import DeliveryRow, RequestState, Store
 from batchpilot.task.records import TaskResult
 from batchpilot.task.schema import SchemaBook
 
@@ -50,13 +49,13 @@ def dump_state(state: Any, task: str, when: str) -> str:
         ) from None
 
 
-def result_of(row: sqlite3.Row, schemas: SchemaBook) -> TaskResult:
-    response = json.loads(row["response_json"]) if row["response_json"] else None
-    schema = schemas.for_body(orjson.loads(row["body"]))
+def result_of(row: DeliveryRow, schemas: SchemaBook) -> TaskResult:
+    response = json.loads(row.response_json) if row.response_json else None
+    schema = schemas.for_body(orjson.loads(row.body))
     text, _ = response_content(response)
     parsed: Any = parsed_answer(text)
-    ok = row["state"] == RequestState.SUCCEEDED
-    error = None if ok else (row["error"] or "failed")
+    ok = row.state == RequestState.SUCCEEDED
+    error = None if ok else (row.error or "failed")
     answer: Any = None
     if ok and schema is not None:
         # Cached answers were checked when first ingested, perhaps under other validators.
@@ -66,19 +65,19 @@ def result_of(row: sqlite3.Row, schemas: SchemaBook) -> TaskResult:
     elif ok:
         answer = text
     return TaskResult(
-        key=row["row_id"],
+        key=row.row_id,
         ok=ok,
         text=text,
         parsed=parsed,
         answer=answer,
         error=error,
-        meta=json.loads(row["data_json"]) if row["data_json"] else {},
+        meta=json.loads(row.data_json) if row.data_json else {},
         response=response,
-        attempts=int(row["attempts"]),
-        lane=row["lane"],
-        input_tokens=int(row["input_tokens"]),
-        output_tokens=int(row["output_tokens"]),
-        cost_usd=float(row["cost_usd"]),
+        attempts=int(row.attempts),
+        lane=row.lane,
+        input_tokens=int(row.input_tokens),
+        output_tokens=int(row.output_tokens),
+        cost_usd=float(row.cost_usd),
     )
 
 
@@ -88,7 +87,7 @@ class Delivery:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         run_id: str,
         task: Receiver,
         name: str,
@@ -112,14 +111,14 @@ class Delivery:
                 return given
             given += self._group(rows)
 
-    def _group(self, rows: list[sqlite3.Row]) -> int:
+    def _group(self, rows: list[DeliveryRow]) -> int:
         done: list[tuple[int, bool]] = []
         started = time.monotonic()
         try:
             for row in rows:
                 result = result_of(row, self.schemas)
                 self._give(result)
-                done.append((int(row["row_index"]), result.ok))
+                done.append((int(row.row_index), result.ok))
                 if time.monotonic() - started > GROUP_SECONDS:
                     break
             state = dump_state(

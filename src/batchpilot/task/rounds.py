@@ -17,7 +17,7 @@ from batchpilot.plan.ids import canonical_body, request_id
 from batchpilot.plan.planner import Item, Planner, PlanSettings
 from batchpilot.run.store_sink import plan_errors, plan_into_store
 from batchpilot.spec.model import RESERVED_PARAMS
-from batchpilot.store import SQLiteStore
+from batchpilot.store import Store
 from batchpilot.task.records import TaskRequest
 from batchpilot.task.schema import SchemaBook, TaskSchema
 
@@ -70,7 +70,7 @@ def _plain(value: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def plan_round(
-    store: SQLiteStore,
+    store: Store,
     run_id: str,
     produced: Iterable[TaskRequest],
     defaults: RequestDefaults,

@@ -1,0 +1,251 @@
+"""What every store offers: runs, rows, requests, batches, attempts, results and events, spoken
+in records and state moves, never in connections, cursors or rows of a database.
+
+`SQLiteStore` is the first implementation; `tests/test_store.py` is the contract suite that any
+other (a PostgreSQL store for many workers) must pass by adding itself to `STORES`. A store
+object may be shared by the threads of one process: each thread works in its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from batchpilot.store.records import (
+    BatchRecord,
+    DeliveryRow,
+    JoinedRow,
+    Outcome,
+    PendingRequest,
+    RunRecord,
+    TaskStateRecord,
+)
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """The store's whole surface. Every state change goes through the transition tables in
+    `batchpilot.store.states`; a move they do not allow raises IllegalTransition."""
+
+    @property
+    def store_id(self) -> str:
+        """This store's own id, carried by its remote objects (names, metadata)."""
+        ...
+
+    @property
+    def where(self) -> str:
+        """Where the store lives, as messages name it (a state directory, a database)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def tx(self) -> AbstractContextManager[object]:
+        """One transaction of the calling thread; calls inside it join it."""
+        ...
+
+    def realtime_sent_last_day(self, run_id: str) -> int:
+        """Real-time tries that ended in the last 24 hours, in every run of this store, of the
+        models that `run_id` uses (real-time limits are per model)."""
+        ...
+
+    def create_run(self, run: RunRecord) -> None: ...
+
+    def run(self, run_id: str) -> RunRecord | None: ...
+
+    def runs(self, job_name: str | None = None) -> list[RunRecord]: ...
+
+    def set_run_status(self, run_id: str, status: str) -> None: ...
+
+    def set_run_spec(self, run_id: str, spec_json: str, budget_usd: float | None) -> None:
+        """The job's latest settings (strategy, deadline, budget) for a continued run."""
+        ...
+
+    def set_budget(self, run_id: str, budget_usd: float | None) -> None: ...
+
+    def add_row(
+        self,
+        run_id: str,
+        index: int,
+        row_id: str,
+        source: str,
+        request_id: str | None,
+        data: dict[str, Any] | None,
+        skip_reason: str | None = None,
+    ) -> None: ...
+
+    def add_request(
+        self,
+        run_id: str,
+        request_id: str,
+        content_hash: str,
+        endpoint: str,
+        model: str,
+        body: bytes,
+        input_tokens: int,
+        max_output_tokens: int,
+        first_row: int,
+        *,
+        worst: tuple[int | None, float | None, float | None] | None = None,
+    ) -> None:
+        """A planned request; `worst` is its worst case (output tokens, USD, batch USD), by default
+        `max_output_tokens` priced when it is reserved."""
+        ...
+
+    def apply_cache(
+        self,
+        run_id: str,
+        accept: Callable[[PendingRequest, dict[str, Any]], bool] | None = None,
+    ) -> int:
+        """Answer pending requests from the result cache (same content hash, earlier run). With
+        `accept`, only with the cached answers it accepts; the others stay pending, to be sent."""
+        ...
+
+    def pending(self, run_id: str, limit: int, *, from_end: bool = False) -> list[PendingRequest]:
+        """Pending requests in input order (or from the end of the input, `from_end`)."""
+        ...
+
+    def pending_totals(self, run_id: str) -> tuple[int, int, int]:
+        """(requests, input tokens, most output tokens) of the pending requests."""
+        ...
+
+    def in_flight(self, run_id: str) -> list[PendingRequest]:
+        """Requests left in flight on the real-time lane (by a crash), bodies left empty."""
+        ...
+
+    def unpriced(self, run_id: str) -> list[tuple[str, bool]]:
+        """(model, has an output bound) of the requests still to end whose worst case in USD was not
+        known when they were planned."""
+        ...
+
+    def request_body(self, run_id: str, request_id: str) -> bytes: ...
+
+    def row_data(self, run_id: str, row_index: int) -> dict[str, Any] | None: ...
+
+    def failure_reasons(self, run_id: str) -> dict[str, int]:
+        """How many failed attempts each kind of reason caused (the reason's first word)."""
+        ...
+
+    def request_counts(self, run_id: str) -> dict[str, int]: ...
+
+    def move_requests(
+        self,
+        run_id: str,
+        request_ids: Sequence[str],
+        current: str,
+        target: str,
+    ) -> None:
+        """Move requests that are all in `current` to `target`, or raise."""
+        ...
+
+    def claim_realtime(self, run_id: str, request_id: str) -> bool:
+        """Move one pending request to realtime in a single statement (the real-time lane does
+        this for every request); False when it is no longer pending."""
+        ...
+
+    def fail_requests(self, run_id: str, request_ids: Sequence[str], reason: str) -> None:
+        """Pending requests that can never be sent (too large, over budget) fail with a reason."""
+        ...
+
+    def cancel_pending(self, run_id: str, reason: str) -> int:
+        """Every pending request is no longer needed: it moves to cancelled, never sent."""
+        ...
+
+    def revive_cancelled(self, run_id: str) -> int:
+        """Cancelled requests are wanted again: back to pending."""
+        ...
+
+    def next_row_index(self, run_id: str) -> int:
+        """One past the last row planned so far (0 for a run with no rows)."""
+        ...
+
+    def answered_rows(self, run_id: str) -> Iterator[tuple[str, str]]:
+        """(request id, response JSON) of every row whose request succeeded, in input order."""
+        ...
+
+    def row_outcomes(self, run_id: str) -> dict[str, int]:
+        """How many rows have each request state (`skipped` for rows with no request)."""
+        ...
+
+    def create_batch(
+        self,
+        run_id: str,
+        requests: Sequence[PendingRequest],
+        *,
+        size: int,
+        file_name_prefix: str,
+    ) -> int:
+        """A local batch of pending requests: they move to queued, the batch to planned."""
+        ...
+
+    def batch(self, run_id: str, batch_id: int) -> BatchRecord: ...
+
+    def batches(self, run_id: str, states: Iterable[str] | None = None) -> list[BatchRecord]: ...
+
+    def batch_requests(
+        self,
+        run_id: str,
+        batch_id: int,
+        *,
+        bodies: bool = True,
+    ) -> list[PendingRequest]:
+        """The requests of a live batch, in input order; `bodies=False` leaves bodies empty."""
+        ...
+
+    def move_batch(self, run_id: str, batch_id: int, target: str, **fields: Any) -> BatchRecord:
+        """The only way a batch changes state: checked against the table and the row."""
+        ...
+
+    def update_batch(self, run_id: str, batch_id: int, **fields: Any) -> None:
+        """Change fields that are not the state (remote status, counts)."""
+        ...
+
+    def finish_batch(
+        self,
+        run_id: str,
+        batch_id: int,
+        outcomes: Sequence[Outcome],
+        **fields: Any,
+    ) -> None:
+        """Ingest a finished remote batch: every request's outcome, the spend, the batch state."""
+        ...
+
+    def finish_realtime(self, run_id: str, outcome: Outcome) -> None:
+        """Record one real-time answer (or failure) as it arrives."""
+        ...
+
+    def money(self, run_id: str) -> tuple[float, float]:
+        """(spent, reserved) in USD: settled usage, and worst cases held for live batches."""
+        ...
+
+    def token_totals(self, run_id: str) -> tuple[int, int]: ...
+
+    def joined_rows(self, run_id: str) -> Iterator[JoinedRow]:
+        """Every row in input order with its request and result (streamed)."""
+        ...
+
+    def create_task(self, run: RunRecord, state_json: str) -> None:
+        """A task's run and its first state, together."""
+        ...
+
+    def task_state(self, run_id: str) -> TaskStateRecord | None: ...
+
+    def request_of_row(self, run_id: str, row_id: str) -> str | None:
+        """The request id of the row with this id (a task's key), or None when there is none."""
+        ...
+
+    def count_task_round(self, run_id: str) -> None: ...
+
+    def undelivered(self, run_id: str, limit: int) -> list[DeliveryRow]:
+        """Rows of a task whose request has ended and which the task has not been given yet, in row
+        order, with the request's body, outcome, answer and total cost."""
+        ...
+
+    def deliver(self, run_id: str, state_json: str, delivered: Sequence[tuple[int, bool]]) -> None:
+        """Mark rows as given to the task and save the state they led to, in one transaction."""
+        ...
+
+    def event(self, run_id: str, kind: str, message: str, data: Any = None) -> None: ...
+
+    def events(self, run_id: str, since: int = 0) -> list[dict[str, Any]]: ...
