@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
+import httpx2
 import openai
 from openai.types import Batch
 
@@ -106,3 +109,46 @@ def run_command(job: Path, state: Path, *extra: str) -> list[str]:
     """`batchpilot run JOB` as a separate process would be started, quiet and polling fast."""
     command = [sys.executable, "-m", "batchpilot", "run", str(job), "--state", str(state)]
     return [*command, "--quiet", "--poll-interval", "0.05", *extra]
+
+
+def serve_process(directory: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`batchpilot serve` as its own process, state in `directory / "server"`, once it answers;
+    returns the process and the server's root URL (without `/v1`)."""
+    port = free_port()
+    command = [sys.executable, "-m", "batchpilot", "serve", "--port", str(port)]
+    command += ["--state", str(directory / "server"), *flags]
+    with (directory / "server.log").open("ab") as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/_batchpilot/health", timeout=1)
+            return process, f"http://127.0.0.1:{port}"
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("server did not start")
+
+
+class LoseAnswers(httpx2.BaseTransport):
+    """Forward every call, but lose the answer to the first `count` POSTs to a path ending in
+    `suffix` (every one with `count=None`): the server did the work, the client saw a timeout."""
+
+    def __init__(self, suffix: str, count: int | None = None) -> None:
+        self._inner = httpx2.HTTPTransport()
+        self.suffix = suffix
+        self.left = count
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = self._inner.handle_request(request)
+        lose = self.left is None or self.left > 0
+        if request.method == "POST" and request.url.path.endswith(self.suffix) and lose:
+            if self.left is not None:
+                self.left -= 1
+            response.read()
+            response.close()
+            raise httpx2.ReadTimeout("the answer was lost", request=request)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()

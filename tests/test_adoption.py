@@ -24,6 +24,8 @@ from batchpilot.spec import JobSpec, job_from_dict
 from batchpilot.store import SQLiteStore
 from batchpilot.store.migrations import MIGRATIONS
 
+from helpers import LoseAnswers
+
 Factory = Callable[..., LocalServer]
 
 
@@ -82,32 +84,11 @@ def test_a_new_store_never_adopts_the_old_stores_remote_objects(
     assert not adopted
 
 
-class _LoseUploads(httpx2.BaseTransport):
-    """Forward every call, but lose the answer to the first upload: the server holds the file,
-    the client only saw a timeout."""
-
-    def __init__(self) -> None:
-        self._inner = httpx2.HTTPTransport()
-        self.left = 1
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = self._inner.handle_request(request)
-        if request.method == "POST" and request.url.path.endswith("/files") and self.left:
-            self.left -= 1
-            response.read()
-            response.close()
-            raise httpx2.ReadTimeout("the answer was lost", request=request)
-        return response
-
-    def close(self) -> None:
-        self._inner.close()
-
-
 def test_a_file_whose_upload_answer_was_lost_is_adopted_by_its_name_and_size(
     tmp_path: Path, local_server_factory: Factory
 ) -> None:
     server = local_server_factory(time_scale=500.0, validation_delay_s=0, finalizing_delay_s=0)
-    transport = _LoseUploads()
+    transport = LoseAnswers("/files", 1)
     http = httpx2.Client(transport=transport)
     url = server.base_url
     with openai.OpenAI(base_url=url, api_key="x", max_retries=0, http_client=http) as sdk:

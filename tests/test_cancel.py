@@ -22,7 +22,7 @@ from batchpilot.run.api import run_lock
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import load_job
 
-from helpers import client_for
+from helpers import LoseAnswers, client_for
 
 Factory = Callable[..., LocalServer]
 
@@ -110,25 +110,6 @@ def test_cancel_waits_for_no_one_and_touches_nothing_while_a_run_holds_the_lock(
     assert status is not None and status.status != "cancelled"
 
 
-class _LoseCreates(httpx2.BaseTransport):
-    """Forward every call, but lose every answer to a batch creation: the server created the
-    batch, the client only saw a timeout."""
-
-    def __init__(self) -> None:
-        self._inner = httpx2.HTTPTransport()
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = self._inner.handle_request(request)
-        if request.method == "POST" and request.url.path.endswith("/batches"):
-            response.read()
-            response.close()
-            raise httpx2.ReadTimeout("the answer was lost", request=request)
-        return response
-
-    def close(self) -> None:
-        self._inner.close()
-
-
 def test_cancel_finds_a_batch_whose_creation_answer_was_lost(
     tmp_path: Path, local_server_factory: Factory
 ) -> None:
@@ -140,7 +121,7 @@ def test_cancel_finds_a_batch_whose_creation_answer_was_lost(
         if status.batches.get("creating"):
             raise KeyboardInterrupt
 
-    http = httpx2.Client(transport=_LoseCreates())
+    http = httpx2.Client(transport=LoseAnswers("/batches"))
     url = server.base_url
     with (
         openai.OpenAI(base_url=url, api_key="x", max_retries=0, http_client=http) as sdk,

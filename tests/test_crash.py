@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import yaml
 
 from batchpilot.run import open_store
 
-from helpers import free_port, run_command
+from helpers import run_command, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -43,40 +42,14 @@ FAULTS = {
 
 
 def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
     faults = directory / "faults.yaml"
     faults.write_text(yaml.safe_dump(FAULTS))
-    command = [
-        sys.executable,
-        "-m",
-        "batchpilot",
-        "serve",
-        "--port",
-        str(port),
-        "--state",
-        str(directory / "server"),
-        "--faults",
-        str(faults),
-        "--time-scale",
-        "8",
-        "--validation-delay",
-        "2",
-        "--finalizing-delay",
-        "2",
-        "--tokens-per-second",
-        "40",
-    ]
-    with (directory / "server.log").open("ab") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_batchpilot/health", timeout=1)
-            return process, f"http://127.0.0.1:{port}/v1"
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("server did not start")
+    process, root = serve_process(
+        directory,
+        *("--faults", str(faults), "--time-scale", "8", "--validation-delay", "2"),
+        *("--finalizing-delay", "2", "--tokens-per-second", "40"),
+    )
+    return process, f"{root}/v1"
 
 
 def write_job(directory: Path, base_url: str, **changes: Any) -> Path:

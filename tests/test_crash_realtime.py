@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +29,7 @@ import yaml
 from batchpilot.pricing import PriceTable
 from batchpilot.run import open_store
 
-from helpers import free_port, run_command
+from helpers import run_command, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -44,38 +43,11 @@ MODEL = "gpt-4o-mini"
 
 
 def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "batchpilot",
-        "serve",
-        "--port",
-        str(port),
-        "--state",
-        str(directory / "server"),
-        "--time-scale",
-        "8",
-        "--validation-delay",
-        "2",
-        "--finalizing-delay",
-        "2",
-        "--tokens-per-second",
-        "400",
-        "--realtime-latency",
-        str(LATENCY_S),
-    ]
-    with (directory / "server.log").open("ab") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_batchpilot/health", timeout=1)
-            return process, f"http://127.0.0.1:{port}"
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("server did not start")
+    return serve_process(
+        directory,
+        *("--time-scale", "8", "--validation-delay", "2", "--finalizing-delay", "2"),
+        *("--tokens-per-second", "400", "--realtime-latency", str(LATENCY_S)),
+    )
 
 
 def write_job(directory: Path, base_url: str, budget: float, **changes: Any) -> Path:

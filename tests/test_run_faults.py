@@ -29,7 +29,7 @@ from batchpilot.server.responders.synthetic import SyntheticResponder
 from batchpilot.spec import JobSpec, job_from_dict
 from batchpilot.store import BatchRecord
 
-from helpers import chat_line, jsonl
+from helpers import LoseAnswers, chat_line, jsonl
 
 Factory = Callable[..., LocalServer]
 FAST: dict[str, Any] = {"time_scale": 500.0, "validation_delay_s": 0, "finalizing_delay_s": 0}
@@ -375,33 +375,12 @@ def test_running_the_same_job_again_executes_nothing(
     assert again.result.status.spent_usd == first.result.status.spent_usd
 
 
-class _LoseResponses(httpx2.BaseTransport):
-    """Forward every call, but lose the answer to the first `count` batch creations: the server
-    created the batch, the client only saw a timeout."""
-
-    def __init__(self, count: int) -> None:
-        self._inner = httpx2.HTTPTransport()
-        self.left = count
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = self._inner.handle_request(request)
-        if request.method == "POST" and request.url.path.endswith("/batches") and self.left:
-            self.left -= 1
-            response.read()
-            response.close()
-            raise httpx2.ReadTimeout("the answer was lost", request=request)
-        return response
-
-    def close(self) -> None:
-        self._inner.close()
-
-
 @pytest.mark.parametrize("sdk_retries", [0, 2])
 def test_lost_create_answer_does_not_create_twice(
     tmp_path: Path, local_server_factory: Factory, sdk_retries: int
 ) -> None:
     server = start(local_server_factory)
-    transport = _LoseResponses(1)
+    transport = LoseAnswers("/batches", 1)
     http = httpx2.Client(transport=transport)
     url = server.base_url
     with openai.OpenAI(base_url=url, api_key="x", max_retries=sdk_retries, http_client=http) as sdk:
