@@ -13,6 +13,9 @@ from batchpilot.server.config import RateLimit, parse_queue_limit, parse_rate_li
 
 __all__ = ["serve"]
 
+# The limits' defaults are the server configuration's own (the real API's).
+_DEFAULTS = ServerConfig(state_dir=Path())
+
 
 @click.command()
 @click.option(
@@ -130,21 +133,21 @@ __all__ = ["serve"]
 @click.option(
     "--max-request-bytes",
     type=click.IntRange(min=1),
-    default=32 * 1024 * 1024,
+    default=_DEFAULTS.max_json_bytes,
     show_default=True,
     help="Largest JSON request body (and batch input line); larger ones get 413.",
 )
 @click.option(
     "--max-upload-bytes",
     type=click.IntRange(min=1),
-    default=512 * 1024 * 1024,
+    default=_DEFAULTS.max_upload_bytes,
     show_default=True,
     help="Largest uploaded file; larger ones get 413.",
 )
 @click.option(
     "--max-storage-bytes",
     type=click.IntRange(min=1),
-    default=2_500_000_000_000,
+    default=_DEFAULTS.max_storage_bytes,
     show_default=True,
     help="Bytes of files each project (API key) may hold; uploads past it get 400.",
 )
