@@ -9,7 +9,14 @@ from typing import IO
 
 from batchpilot.errors import StateError, UserInputError
 
-__all__ = ["RunLock"]
+__all__ = ["RunLock", "unusable_state_dir"]
+
+
+def unusable_state_dir(directory: Path, exc: OSError) -> UserInputError:
+    """The error for a state directory that cannot hold a store or its locks."""
+    return UserInputError(
+        f"{directory}: cannot hold a store ({exc.strerror}); choose another --state"
+    )
 
 
 class RunLock:
@@ -24,10 +31,7 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = self.path.open("a+")
         except OSError as exc:
-            state_dir = self.path.parent.parent
-            raise UserInputError(
-                f"{state_dir}: cannot hold a store ({exc.strerror}); choose another --state"
-            ) from None
+            raise unusable_state_dir(self.path.parent.parent, exc) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

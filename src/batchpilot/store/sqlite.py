@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from batchpilot.errors import IllegalTransition, StateError, UserInputError
+from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.store.lock import unusable_state_dir
 from batchpilot.store.migrations import migrate
 from batchpilot.store.records import (
     BatchRecord,
@@ -66,9 +67,7 @@ class SQLiteStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserInputError(
-                f"{path.parent}: cannot hold a store ({exc.strerror}); choose another --state"
-            ) from None
+            raise unusable_state_dir(path.parent, exc) from None
         self._local = threading.local()
         self._guard = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
