@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import random
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from batchpilot.errors import (
@@ -42,6 +39,7 @@ from batchpilot.providers.base import (
 from batchpilot.run.adopt import find_batch, find_file, metadata_for, record_submitted
 from batchpilot.run.cancel import cancel_batches
 from batchpilot.run.ingest import classify, read_lines
+from batchpilot.run.interrupt import Interrupt
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.share import LaneShare, LaneThread
 from batchpilot.run.status import RunStatus, run_status
@@ -55,7 +53,7 @@ from batchpilot.store import (
     Store,
 )
 
-__all__ = ["Interrupt", "Runner"]
+__all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
@@ -83,32 +81,6 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-class Interrupt:
-    """Ctrl-C handling: the first finishes the current step and stops; the second also cancels
-    the remote batches. `wake` ends the runner's wait (also set by real-time answers)."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.cancel = threading.Event()
-        self.wake = threading.Event()
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop.is_set():
-            self.cancel.set()
-        self.stop.set()
-        self.wake.set()
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
 
 @dataclass
