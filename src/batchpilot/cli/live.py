@@ -9,13 +9,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from batchpilot.formatting import duration, usd
 from batchpilot.run import RunStatus
 
 __all__ = ["LiveView", "status_table"]
-
-
-def _money(value: float) -> str:
-    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
 def status_table(status: RunStatus, eta: str | None = None) -> Table:
@@ -39,9 +36,9 @@ def status_table(status: RunStatus, eta: str | None = None) -> Table:
     if status.remote:
         table.add_row("remote", ", ".join(f"{n} {s}" for s, n in sorted(status.remote.items())))
     table.add_row("tokens", f"{status.input_tokens:,} in, {status.output_tokens:,} out")
-    budget = f" of {_money(status.budget_usd)} budget" if status.budget_usd is not None else ""
-    held = f" (+{_money(status.reserved_usd)} reserved)" if status.reserved_usd else ""
-    table.add_row("cost", f"{_money(status.spent_usd)}{held}{budget}")
+    budget = f" of {usd(status.budget_usd)} budget" if status.budget_usd is not None else ""
+    held = f" (+{usd(status.reserved_usd)} reserved)" if status.reserved_usd else ""
+    table.add_row("cost", f"{usd(status.spent_usd)}{held}{budget}")
     if status.failures:
         table.add_row(
             "failed tries",
@@ -88,8 +85,7 @@ class LiveView:
         elapsed = time.monotonic() - self._started
         if done_here <= 0 or left <= 0 or elapsed < 1:
             return None
-        seconds = left * elapsed / done_here
-        return f"about {seconds / 60:.0f} min" if seconds > 90 else f"about {seconds:.0f} s"
+        return f"about {duration(left * elapsed / done_here)}"
 
     def update(self, status: RunStatus) -> None:
         if self.quiet:
@@ -102,5 +98,5 @@ class LiveView:
             self._last_line = now
             self.console.print(
                 f"{status.done}/{status.total} done, {status.requests.get('failed', 0)} failed, "
-                f"${status.spent_usd:.4f} spent"
+                f"{usd(status.spent_usd)} spent"
             )

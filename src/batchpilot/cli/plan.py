@@ -17,6 +17,7 @@ from rich.table import Table
 from batchpilot.cli.options import override_options
 from batchpilot.data import count_rows
 from batchpilot.errors import UserInputError
+from batchpilot.formatting import duration, usd
 from batchpilot.plan import BatchFileWriter, PlanResult, plan_job, plan_requests_file
 from batchpilot.plan.job import input_spec
 from batchpilot.spec import load_job
@@ -51,22 +52,6 @@ def _progress(total: int | None, quiet: bool) -> Iterator[Callable[[int], None] 
         yield lambda done: bar.update(task, completed=done)
 
 
-def _money(value: float | None) -> str:
-    if value is None:
-        return "unknown"
-    if 0 < value < 0.01:
-        return f"${value:.6f}".rstrip("0")
-    return f"${value:,.2f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 86_400:
-        return f"{seconds / 86_400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
 def render_summary(result: PlanResult, console: Console, title: str) -> None:
     data = result.as_json()
     console.print(f"[bold]{title}[/bold]")
@@ -87,14 +72,9 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
         "output tokens",
         f"{data['output_tokens']['expected']:,} expected, {data['output_tokens']['worst']:,} worst",
     )
-    cost = data["cost_usd"]
-    table.add_row(
-        "cost, batch", f"{_money(cost['batch'])} expected, {_money(cost['batch_worst'])} worst"
-    )
-    table.add_row(
-        "cost, real time",
-        f"{_money(cost['realtime'])} expected, {_money(cost['realtime_worst'])} worst",
-    )
+    cost = {lane: usd(value, none="unknown") for lane, value in data["cost_usd"].items()}
+    table.add_row("cost, batch", f"{cost['batch']} expected, {cost['batch_worst']} worst")
+    table.add_row("cost, real time", f"{cost['realtime']} expected, {cost['realtime_worst']} worst")
     table.add_row("batches", f"{len(data['batches'])}")
     if data["largest_request"]:
         largest = data["largest_request"]
@@ -122,8 +102,8 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
         for name, estimate in data["strategies"].items():
             table.add_row(
                 name,
-                _duration(estimate["makespan_s"]),
-                _money(estimate["cost_usd"]),
+                duration(estimate["makespan_s"]),
+                usd(estimate["cost_usd"], none="unknown"),
                 f"{estimate['realtime_requests']:,}",
             )
         console.print(table)

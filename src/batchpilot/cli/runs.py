@@ -16,6 +16,7 @@ from batchpilot.cli.live import status_table
 from batchpilot.cli.run import has_store, known_state_option, state_option
 from batchpilot.errors import ProviderUnavailable, StateError, UserInputError
 from batchpilot.export import ExportFormat
+from batchpilot.formatting import usd
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.adopt import find_batch, record_submitted
@@ -99,7 +100,7 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
                 str(step.total),
                 str(step.requests.get("succeeded", 0)),
                 str(step.requests.get("failed", 0)),
-                f"${step.spent_usd:.4f}",
+                usd(step.spent_usd),
             )
         console.print(table)
     for event in events:
@@ -193,7 +194,7 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
             str(current.total),
             str(current.requests.get("succeeded", 0)),
             str(current.requests.get("failed", 0)),
-            f"${current.spent_usd:.4f}",
+            usd(current.spent_usd),
         )
     console.print(table if runs else f"no runs in {state_dir}")
     known: dict[str, tuple[str, int]] = {}

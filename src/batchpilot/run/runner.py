@@ -24,6 +24,7 @@ from batchpilot.errors import (
     ProviderUnavailable,
     UserInputError,
 )
+from batchpilot.formatting import duration, usd
 from batchpilot.lanes.realtime import RealtimeLane, recover_inflight
 from batchpilot.plan.ids import request_line
 from batchpilot.plan.strategies import Estimate, SplitInputs, hybrid_split
@@ -63,24 +64,6 @@ UNRESERVED = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED)
 IN_QUEUE = (BatchState.PLANNED, *LIVE)
 COMPLETION_WINDOW_S = 24 * 3600.0  # the window every batch is created with
 LANE_TICK_S = 0.02  # after a real-time answer, wait this long so that a burst is seen at once
-
-
-def _usd(amount: float | None) -> str:
-    """Dollars readable at any size: $25.00, but $0.000631 rather than $0.00."""
-    if amount is None:
-        return "no limit"
-    if abs(amount) >= 0.1 or amount == 0:
-        return f"${amount:,.2f}"
-    return f"${amount:.{2 - math.floor(math.log10(abs(amount)))}f}"  # three significant digits
-
-
-def _duration(seconds: float) -> str:
-    """Provider time, readable: 45 s, 12 min, 20.4 h."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -136,7 +119,7 @@ class Runner:
                 self.run_id,
                 "recovered",
                 f"{recovered} real-time requests were in flight at a crash; each may have run "
-                f"and is counted at its worst case ({_usd(charged)} in all)",
+                f"and is counted at its worst case ({usd(charged)} in all)",
             )
         try:
             return self._loop()
@@ -246,7 +229,7 @@ class Runner:
             if wait > 0:
                 status.waiting.append(
                     f"the day's {self.lane.throttle.limits.rpd} real-time requests are used "
-                    f"up: the next one in about {_duration(wait)}"
+                    f"up: the next one in about {duration(wait)}"
                 )
         return status
 
@@ -316,7 +299,7 @@ class Runner:
             self._close_lane()
             self.store.set_run_status(self.run_id, "stopped")
             raise BudgetExceeded(
-                f"the budget of {_usd(self.settings.budget_usd)} is used up ({_usd(spent)} "
+                f"the budget of {usd(self.settings.budget_usd)} is used up ({usd(spent)} "
                 "spent); raise budget.max_usd (or --budget) and run again"
             )
 
@@ -389,7 +372,7 @@ class Runner:
             self.run_id,
             "hybrid",
             f"{split.realtime_requests} of the {pending} pending requests go real time; both "
-            f"lanes done in about {_duration(split.makespan_s)}",
+            f"lanes done in about {duration(split.makespan_s)}",
         )
 
     def _in_queue(self, model: str, turnaround: float) -> tuple[tuple[float, int], ...]:
@@ -572,9 +555,9 @@ class Runner:
         if money_left is not None:
             spent, _ = self.store.money(self.run_id)
             message = (
-                f"the budget of {_usd(settings.budget_usd)} is used up: {_usd(spent)} spent, "
-                f"{_usd(money_left)} left, and the next request may cost up to "
-                f"{_usd(self._worst_cost(head))} (its worst case: every answer in full); "
+                f"the budget of {usd(settings.budget_usd)} is used up: {usd(spent)} spent, "
+                f"{usd(money_left)} left, and the next request may cost up to "
+                f"{usd(self._worst_cost(head))} (its worst case: every answer in full); "
                 f"{self.store.request_counts(self.run_id)['pending']} requests are still pending. "
                 "Raise budget.max_usd (or --budget) and run again"
             )
@@ -631,8 +614,8 @@ class Runner:
                     self.store.event(
                         self.run_id,
                         "budget",
-                        f"batch {batch.id} no longer fits the budget ({_usd(worst)} at worst, "
-                        f"{_usd(left + self.share.held_usd)} left); its requests are packed again",
+                        f"batch {batch.id} no longer fits the budget ({usd(worst)} at worst, "
+                        f"{usd(left + self.share.held_usd)} left); its requests are packed again",
                     )
                     self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED)
                     self._hold()
