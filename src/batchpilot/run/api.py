@@ -29,6 +29,7 @@ from batchpilot.plan.waves import first_wave, next_wave
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
 from batchpilot.response_schema import load_response_model, load_response_schema
+from batchpilot.run.config import RunConfig
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.output import export_job, export_rows, export_run, write_job_output
 from batchpilot.run.runner import Runner
@@ -253,25 +254,26 @@ def open_runner(
     on_progress: Callable[[RunStatus], None] | None,
     use_cache: bool,
     check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
+    target: TargetCounter | None = None,
 ) -> Iterator[Runner]:
     """A runner with its lanes, handling Ctrl-C while it is open; the caller holds the lock."""
-    runner = Runner(
-        store,
-        provider,
+    config = RunConfig(
         run_id,
         settings,
         Path(state_dir) / "runs" / run_id / "files",
-        on_progress,
+        use_cache=use_cache,
+        check=check,
+        target=target,
+        on_progress=on_progress,
     )
-    runner.use_cache = use_cache
-    runner.check = check
+    lane = None
     if settings.strategy != "batch":
         make_client = getattr(provider, "async_client", None)
         if make_client is None:
             raise UserInputError(
                 f"provider {provider.name} has no real-time client; use strategy: batch"
             )
-        runner.lane = RealtimeLane(
+        lane = RealtimeLane(
             make_client(),
             store,
             run_id,
@@ -283,7 +285,8 @@ def open_runner(
             budget_usd=settings.budget_usd,
             check=check,
         )
-        runner.lane.recall_day()
+        lane.recall_day()
+    runner = Runner(store, provider, config, lane)
     runner.interrupt.install()
     try:
         yield runner
@@ -421,9 +424,8 @@ def _run_locked(
     def drive(target: TargetCounter | None = None) -> RunStatus:
         assert provider is not None
         with open_runner(
-            store, run_id, state_dir, provider, settings, on_progress, not fresh, check
+            store, run_id, state_dir, provider, settings, on_progress, not fresh, check, target
         ) as runner:
-            runner.target = target
             return runner.run()
 
     try:
