@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchpilot.plan.packing import BatchLimits, Packer
+from batchpilot.plan.packing import BatchLimits, Packer, Piece, Room, pack_next
 
 requests = st.lists(
     st.tuples(
@@ -79,3 +80,84 @@ def test_defaults_are_the_batch_api_limits() -> None:
     limits = BatchLimits()
     assert limits.requests == 50_000
     assert limits.bytes < 200 * 1024 * 1024
+
+
+pieces = st.lists(
+    st.builds(
+        Piece,
+        model=st.sampled_from(["gpt-4o-mini", "gpt-4o"]),
+        endpoint=st.just("/v1/chat/completions"),
+        size=st.integers(min_value=1, max_value=5_000),
+        tokens=st.integers(min_value=0, max_value=3_000),
+        cost_usd=st.floats(min_value=0, max_value=1),
+    ),
+    min_size=1,
+    max_size=100,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces, limits)
+def test_a_run_packs_pending_requests_as_the_plan_does(
+    items: list[Piece], limit: BatchLimits
+) -> None:
+    packer = Packer(limit)
+    for piece in items:
+        packer.add(piece.model, piece.size, piece.tokens, None, piece.endpoint)
+    planned = next(b for b in packer.batches if b.model == items[0].model)
+    packed = pack_next(items, limit)
+    assert packed is not None
+    assert (packed.model, packed.requests, packed.bytes, packed.input_tokens) == (
+        planned.model,
+        planned.requests,
+        planned.bytes,
+        planned.input_tokens,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces, limits, st.integers(min_value=0, max_value=20_000), st.floats(0, 10))
+def test_a_run_packs_within_the_queue_room_and_the_money_left(
+    items: list[Piece], limit: BatchLimits, tokens: int, usd: float
+) -> None:
+    packed = pack_next(items, limit, room=Room(tokens, usd))
+    same = [p for p in items if p.model == items[0].model]
+    if packed is None:  # not even the first request fits
+        assert same[0].tokens > tokens or same[0].cost_usd > usd
+        return
+    members = same[: packed.requests]
+    assert packed.input_tokens == sum(p.tokens for p in members) <= tokens
+    assert packed.cost_usd == pytest.approx(sum(p.cost_usd for p in members))
+    assert packed.cost_usd <= usd
+    if packed.requests < len(same):  # it stopped at the first request that does not fit
+        following = same[packed.requests]
+        fits_room = Room(tokens, usd).holds(
+            packed.input_tokens + following.tokens, packed.cost_usd + following.cost_usd
+        )
+        fits_limits = (
+            packed.requests < limit.requests
+            and packed.bytes + following.size <= limit.bytes
+            and (limit.tokens is None or packed.input_tokens + following.tokens <= limit.tokens)
+        )
+        assert not (fits_room and fits_limits)
+
+
+def test_a_run_packs_one_model_and_endpoint_at_a_time() -> None:
+    items = [
+        Piece("a", "/v1/chat/completions", 10, 5),
+        Piece("b", "/v1/chat/completions", 10, 5),
+        Piece("a", "/v1/embeddings", 10, 5),
+        Piece("a", "/v1/chat/completions", 10, 5),
+    ]
+    packed = pack_next(items, BatchLimits())
+    assert packed is not None
+    assert (packed.model, packed.endpoint, packed.requests) == ("a", "/v1/chat/completions", 2)
+
+
+def test_a_request_over_a_batch_limit_still_travels_alone_but_not_over_the_room() -> None:
+    big = [Piece("a", "/v1/chat/completions", 10, 500), Piece("a", "/v1/chat/completions", 10, 1)]
+    packed = pack_next(big, BatchLimits(tokens=100))
+    assert packed is not None and packed.requests == 1
+    assert pack_next(big, BatchLimits(), room=Room(tokens=100)) is None
+    assert pack_next(big, BatchLimits(), room=Room(usd=0.5)) is not None
+    assert pack_next([Piece("a", "/e", 1, 1, 0.75)], BatchLimits(), room=Room(usd=0.5)) is None

@@ -20,6 +20,7 @@ from typing import Any
 from batchpilot.errors import BudgetExceeded, ProviderRejected, ProviderUnavailable
 from batchpilot.formatting import usd
 from batchpilot.plan.ids import request_line
+from batchpilot.plan.packing import BatchLimits, Piece, Room, pack_next
 from batchpilot.plan.worst import reservation
 from batchpilot.pricing import usage_cost
 from batchpilot.providers.base import (
@@ -148,8 +149,9 @@ class BatchLane:
             return batch_id
 
     def _choose_batch(self) -> int | None:
-        """A new local batch from the front of the pending requests that batches may take, as
-        large as the queue, the batch limits and the money allow (lock held)."""
+        """A new local batch from the front of the pending requests that batches may take,
+        packed by the plan's packer as large as the batch limits, the queue and the money
+        allow (lock held)."""
         settings = self.settings
         room_requests = self.share.batch_room(self.store)
         first = self.store.pending(self.run_id, 1) if room_requests else []
@@ -162,30 +164,25 @@ class BatchLane:
         if live and room is not None and room < first[0].input_tokens:
             return None  # the queue is full: wait for capacity to come back
         pending = self.store.pending(self.run_id, min(settings.requests_per_batch, room_requests))
-        per_batch = settings.tokens_per_batch(model)
-        limit = per_batch if room is None else room if per_batch is None else min(per_batch, room)
         money_left = self.share.money_left(self.store)
-        chosen: list[PendingRequest] = []
-        size = tokens = 0
-        cost = 0.0
-        for request in pending:
-            if request.model != model or request.endpoint != endpoint:
-                continue
-            line = len(request_line(request.id, endpoint, request.body)) + 1
-            worst = self._worst_cost(request)
-            if chosen and (size + line > settings.bytes_per_batch):
-                break
-            if limit is not None and tokens + request.input_tokens > limit:
-                break
-            if money_left is not None and cost + worst > money_left:
-                break
-            chosen.append(request)
-            size, tokens, cost = size + line, tokens + request.input_tokens, cost + worst
-        if chosen:
+        same = [r for r in pending if r.model == model and r.endpoint == endpoint]
+        pieces = (
+            Piece(
+                model,
+                endpoint,
+                len(request_line(r.id, endpoint, r.body)) + 1,
+                r.input_tokens,
+                self._worst_cost(r),
+            )
+            for r in same
+        )
+        limits = BatchLimits(settings.requests_per_batch, settings.bytes_per_batch)
+        packed = pack_next(pieces, limits, settings.tokens_per_batch, Room(room, money_left))
+        if packed is not None:
             return self.store.create_batch(
                 self.run_id,
-                chosen,
-                size=size,
+                same[: packed.requests],
+                size=packed.bytes,
                 file_name_prefix=f"batchpilot-{self.store.store_id}-{self.run_id}",
             )
         head = pending[0]
