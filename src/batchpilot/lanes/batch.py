@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batchpilot.errors import BudgetExceeded, ProviderRejected, ProviderUnavailable
+from batchpilot.errors import ProviderRejected, ProviderUnavailable
 from batchpilot.formatting import usd
 from batchpilot.plan.ids import request_line
 from batchpilot.plan.packing import BatchLimits, Piece, Room, pack_next
@@ -31,6 +31,7 @@ from batchpilot.providers.base import (
     RemoteStatus,
 )
 from batchpilot.run.adopt import find_batch, find_file, metadata_for, record_submitted
+from batchpilot.run.budget import stop_for_budget
 from batchpilot.run.cancel import cancel_batches
 from batchpilot.run.config import AnswerCheck, RunConfig
 from batchpilot.run.ingest import classify, read_lines
@@ -197,17 +198,10 @@ class BatchLane:
             )
             return None
         if money_left is not None:
-            spent, _ = self.store.money(self.run_id)
-            message = (
-                f"the budget of {usd(settings.budget_usd)} is used up: {usd(spent)} spent, "
-                f"{usd(money_left)} left, and the next request may cost up to "
-                f"{usd(self._worst_cost(head))} (its worst case: every answer in full); "
-                f"{self.store.request_counts(self.run_id)['pending']} requests are still pending. "
-                "Raise budget.max_usd (or --budget) and run again"
+            worst = self._worst_cost(head)
+            raise stop_for_budget(
+                self.store, self.run_id, settings.budget_usd, left=money_left, next_worst=worst
             )
-            self.store.event(self.run_id, "budget", message)
-            self.store.set_run_status(self.run_id, "stopped")
-            raise BudgetExceeded(message)
         return None
 
     def _advance(self, batch: BatchRecord) -> bool:
@@ -345,8 +339,6 @@ class BatchLane:
         done = cancel_batches(self.store, self.provider, self.run_id, todo, why, kind)
         self._cancelled_late.update(d.batch.id for d in done if d.outcome != "failed")
         return any(d.outcome == "cancelled" for d in done)
-
-    # submitting -----------------------------------------------------------------------------
 
     # ===== calls to the provider: upload, create, find, poll, download, ingest ===============
 

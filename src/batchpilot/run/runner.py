@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from batchpilot.errors import BudgetExceeded, UserInputError
+from batchpilot.errors import UserInputError
 from batchpilot.formatting import duration, usd
 from batchpilot.lanes.batch import TO_SUBMIT, BatchLane
 from batchpilot.lanes.realtime import RealtimeLane, recover_inflight
 from batchpilot.providers.base import AuthenticationFailed, Provider
+from batchpilot.run.budget import check_worst_cases, stop_for_budget
 from batchpilot.run.config import RunConfig
 from batchpilot.run.interrupt import Interrupt
 from batchpilot.run.scheduler import LIVE, Mode, Scheduler
@@ -58,7 +59,7 @@ class Runner:
         """Drive the run until every request has ended, or until stopped or detached."""
         if self.settings.strategy != "batch" and self.lane is None:
             raise UserInputError(f"strategy {self.settings.strategy} needs a real-time client")
-        self._check_worst_cases()
+        check_worst_cases(self.store, self.run_id, self.settings.budget_usd, self.settings.prices)
         self.config.files_dir.mkdir(parents=True, exist_ok=True)
         self.store.set_run_status(self.run_id, "running")
         accept = None if self.config.check is None else self._cached_ok
@@ -86,25 +87,6 @@ class Runner:
             raise
         finally:
             self._close_lane()
-
-    def _check_worst_cases(self) -> None:
-        """Under a budget, every request still to send needs a worst case in USD."""
-        if self.settings.budget_usd is None:
-            return
-        prices = self.settings.prices
-        for model, bounded in self.store.unpriced(self.run_id):
-            if not bounded:
-                raise UserInputError(
-                    f"nothing bounds the output of model {model!r} (no max_tokens in its "
-                    "requests, and its maximum output and context window are unknown), so a "
-                    "budget cannot be kept; set params.max_tokens (or limits.max_output_tokens, "
-                    "the model's maximum output), or run without a budget"
-                )
-            if prices is None or not prices.has(model):
-                raise UserInputError(
-                    f"no price for model {model!r}, so a budget cannot be kept; add one under "
-                    f"`prices:` in the job file: prices: {{{model}: {{input: ..., output: ...}}}}"
-                )
 
     def _cached_ok(self, request: PendingRequest, body: dict[str, Any]) -> bool:
         """A cached answer counts only if it passes this run's checks (another run's may differ)."""
@@ -263,10 +245,5 @@ class Runner:
         if self.store.batches(self.run_id, LIVE):
             return
         if status.requests.get("pending"):
-            spent, _ = self.store.money(self.run_id)
             self._close_lane()
-            self.store.set_run_status(self.run_id, "stopped")
-            raise BudgetExceeded(
-                f"the budget of {usd(self.settings.budget_usd)} is used up ({usd(spent)} "
-                "spent); raise budget.max_usd (or --budget) and run again"
-            )
+            raise stop_for_budget(self.store, self.run_id, self.settings.budget_usd)
