@@ -27,6 +27,7 @@ import math
 import random
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from batchpilot.plan.strategies import StrategyInputs, realtime_makespan
 from batchpilot.pricing import PriceTable
 from batchpilot.providers.openai import OpenAIProvider
 from batchpilot.run.api import _settings, identity_json, run_id_for, spec_json
+from batchpilot.run.config import RunConfig
 from batchpilot.run.runner import Runner
 from batchpilot.run.store_sink import StoreSink
 from batchpilot.server import LocalServer, RateLimit, ServerConfig
@@ -124,15 +126,18 @@ def run_strategy(strategy: str, args: argparse.Namespace, directory: Path) -> di
             detach=False,
             cancel_on_exit=False,
         )
-        settings.strategy = strategy
-        settings.max_poll_interval_s = 60.0 / speed  # a minute of virtual time between polls
-        settings.realtime = RateLimits(limits["rpm"], limits["tpm"], limits["rpd"])
-        settings.turnaround_s = turnaround_s
-        settings.time_scale = speed
+        settings = replace(
+            settings,
+            strategy=strategy,
+            max_poll_interval_s=60.0 / speed,  # a minute of virtual time between polls
+            realtime=RateLimits(limits["rpm"], limits["tpm"], limits["rpd"]),
+            turnaround_s=turnaround_s,
+            time_scale=speed,
+        )
         provider = OpenAIProvider(
             __import__("openai").OpenAI(base_url=server.base_url, api_key="x", max_retries=5)
         )
-        runner = Runner(store, provider, run_id, settings, directory / f"files-{strategy}")
+        lane = None
         if strategy != "batch":
             start_real, start_virtual = time.monotonic(), server.admin.now()
 
@@ -145,7 +150,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, directory: Path) -> di
                 await asyncio.sleep(seconds / speed)
 
             throttle = Throttle(settings.realtime, clock=virtual, sleep=virtual_sleep)
-            runner.lane = RealtimeLane(
+            lane = RealtimeLane(
                 provider.async_client(),
                 store,
                 run_id,
@@ -155,6 +160,8 @@ def run_strategy(strategy: str, args: argparse.Namespace, directory: Path) -> di
                 retry=settings.retry,
                 throttle=throttle,
             )
+        config = RunConfig(run_id, settings, directory / f"files-{strategy}")
+        runner = Runner(store, provider, config, lane)
         started = server.admin.now()
         status = runner.run()
         makespan = server.admin.now() - started

@@ -154,8 +154,7 @@ def run_settings(
         detach=detach,
         cancel_on_exit=cancel_on_exit,
     )
-    _strategy_settings(job, settings, run)
-    return settings
+    return _strategy_settings(job, settings, run)
 
 
 @dataclass(frozen=True)
@@ -191,22 +190,28 @@ def answer_check(
     return JobCheck(AnswerCheck(schema, validators, found), bool(validators), store, run_id)
 
 
-def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | None) -> None:
-    """Strategy, deadline (durations count from the run's start) and real-time limits."""
-    settings.strategy = job.strategy
+def _strategy_settings(job: JobSpec, settings: RunSettings, run: RunRecord | None) -> RunSettings:
+    """`settings` with the job's strategy, deadline (durations count from the run's start) and
+    real-time limits."""
+    deadline = None
     if job.deadline is not None:
         started = datetime.fromisoformat(run.created_at_utc.replace("Z", "+00:00")) if run else None
-        settings.deadline = parse_deadline(job.deadline, now=started)
+        deadline = parse_deadline(job.deadline, now=started)
     local = job.provider.kind == "local"
     tier = tier_limits(job.model, job.provider.tier)
-    settings.realtime = RateLimits(
-        rpm=job.realtime.rpm or (None if local else tier.rpm),
-        tpm=job.realtime.tpm or (None if local else tier.tpm),
-        rpd=job.realtime.rpd or (None if local else tier.rpd),
+    return replace(
+        settings,
+        strategy=job.strategy,
+        deadline=deadline,
+        realtime=RateLimits(
+            rpm=job.realtime.rpm or (None if local else tier.rpm),
+            tpm=job.realtime.tpm or (None if local else tier.tpm),
+            rpd=job.realtime.rpd or (None if local else tier.rpd),
+        ),
+        concurrency=job.realtime.concurrency,
+        realtime_timeout_s=job.realtime.timeout,
+        turnaround_s=job.estimate.batch_turnaround_hours * 3600,
     )
-    settings.concurrency = job.realtime.concurrency
-    settings.realtime_timeout_s = job.realtime.timeout
-    settings.turnaround_s = job.estimate.batch_turnaround_hours * 3600
 
 
 def _plan_into_store(
@@ -416,7 +421,7 @@ def _run_locked(
         detach=detach,
         cancel_on_exit=cancel_on_exit,
     )
-    _strategy_settings(job, settings, store.run(run_id))
+    settings = _strategy_settings(job, settings, store.run(run_id))
     check = answer_check(job, store, run_id, response_model)
     owned = provider is None
     provider = provider or provider_for(job.provider, state_dir=Path(state_dir))

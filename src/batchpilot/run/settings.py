@@ -13,11 +13,12 @@ from batchpilot.run.ingest import RetryPolicy
 __all__ = ["RunSettings"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSettings:
     """Limits for one run. Durations are seconds of wall time, except `turnaround_s`: seconds
     of the provider's clock, which runs `time_scale` times faster than the wall clock (1 but
-    against a local server run in virtual time)."""
+    against a local server run in virtual time). Fixed once built: `dataclasses.replace` makes
+    another."""
 
     requests_per_batch: int = 50_000
     bytes_per_batch: int = 190_000_000
