@@ -1,4 +1,5 @@
-"""Lanes beside the batch lane: the real-time lane and its client-side rate limits."""
+"""The lanes: the batch lane (`lanes/batch.py`, imported by the run loop), and the real-time lane
+and its client-side rate limits, exported here."""
 
 from __future__ import annotations
 
