@@ -1,13 +1,18 @@
-"""The scheduler's decisions, from plain values: no server, no store."""
+"""The scheduler's decisions: from plain values, and from a store with no server."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from batchpilot.lanes.ratelimit import RateLimits, Throttle
+from batchpilot.run.config import RunConfig
 from batchpilot.run.scheduler import (
     Mode,
+    Scheduler,
     announce_due,
     capacity,
     choose_mode,
@@ -17,7 +22,10 @@ from batchpilot.run.scheduler import (
     poll_cap,
     turnaround,
 )
-from batchpilot.store import BatchRecord
+from batchpilot.run.settings import RunSettings
+from batchpilot.run.share import LaneShare
+from batchpilot.store import BatchRecord, SQLiteStore
+from test_realtime_lane import RUN, chat, make_store
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -173,3 +181,52 @@ def test_the_split_is_announced_when_it_moves_more_than_rounding() -> None:
     assert announce_due(21, 10, 1000)
     assert not announce_due(11, 10, 50)  # at least one request either way
     assert announce_due(12, 10, 50)
+
+
+def scheduler_for(
+    tmp_path: Path, limits: RateLimits, requests: int = 40
+) -> tuple[Scheduler, LaneShare, SQLiteStore]:
+    store, _ = make_store(tmp_path, [chat(i) for i in range(requests)])
+    settings = RunSettings(strategy="hybrid", turnaround_s=3600.0, poll_interval_s=0.0)
+    share = LaneShare(RUN, None, threading.Event())
+    config = RunConfig(RUN, settings, tmp_path / "files")
+    return Scheduler(store, config, share, Throttle(limits)), share, store
+
+
+def hybrid_events(store: SQLiteStore) -> list[str]:
+    return [e["message"] for e in store.events(RUN) if e["kind"] == "hybrid"]
+
+
+def test_a_fast_real_time_lane_takes_every_pending_request_and_says_so_once(
+    tmp_path: Path,
+) -> None:
+    scheduler, share, store = scheduler_for(tmp_path, RateLimits(rpm=6000))
+    scheduler.rebalance()
+    scheduler.rebalance()  # the same split again: nothing more to say
+    assert share.reserve == 40
+    assert hybrid_events(store) == [
+        "40 of the 40 pending requests go real time; both lanes done in about 0 s"
+    ]
+    store.close()
+
+
+def test_a_day_of_real_time_requests_used_up_leaves_the_pending_requests_to_batches(
+    tmp_path: Path,
+) -> None:
+    scheduler, share, store = scheduler_for(tmp_path, RateLimits(rpd=10))
+    assert scheduler.throttle is not None
+    scheduler.throttle.spent_today(10)
+    scheduler.rebalance()
+    assert share.reserve == 0
+    assert hybrid_events(store) == [
+        "0 of the 40 pending requests go real time; both lanes done in about 1.0 h"
+    ]
+    store.close()
+
+
+def test_with_nothing_pending_the_real_time_lane_takes_nothing(tmp_path: Path) -> None:
+    scheduler, share, store = scheduler_for(tmp_path, RateLimits(rpm=6000), requests=0)
+    share.reserve = 5
+    scheduler.rebalance()
+    assert share.reserve == 0 and hybrid_events(store) == []
+    store.close()
