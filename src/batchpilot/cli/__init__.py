@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("runs", "cancel"),
     "ls": ("runs", "ls"),
     "export": ("runs", "export"),
+    "report": ("report", "report"),
     "serve": ("serve", "serve"),
     "ledger": ("ledger", "ledger"),
     "model": ("model", "model"),
