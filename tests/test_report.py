@@ -255,3 +255,25 @@ def test_report_of_a_state_directory_without_runs_is_a_clear_error(tmp_path: Pat
     store.close()
     shown = CliRunner().invoke(cli, ["report", "nope", "--state", str(tmp_path / "empty")])
     assert shown.exit_code == 2 and "no run 'nope'" in shown.output
+
+
+def test_without_plotly_the_report_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from batchpilot.store import RunRecord, utc_now
+
+    store = open_store(tmp_path / "state")
+    spec = json.dumps({"requests": "batch.jsonl"})
+    record = RunRecord(
+        "file-run", "batch", spec, "openai", "/v1/chat/completions", "planned", None, utc_now()
+    )
+    store.create_run(record)
+    store.close()
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
+    shown = CliRunner().invoke(cli, ["report", "--state", str(tmp_path / "state"), "-o", "r.html"])
+    assert shown.exit_code == 6
+    assert "pip install 'batchpilot[report]'" in shown.output
+    assert not (tmp_path / "r.html").exists() and not Path("r.html").exists()
