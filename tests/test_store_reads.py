@@ -91,3 +91,5 @@ def test_pages_of_answers_filter_by_state_reason_lane_and_text(store: SQLiteStor
         "row-24",
         "row-27",
     ]
+    assert [row.row_id for row in store.answers("run", AnswerFilter(row=7), 0, 5)] == ["row-7"]
+    assert store.answers("run", AnswerFilter(row=30), 0, 5) == []

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ls": ("runs", "ls"),
     "export": ("runs", "export"),
     "report": ("report", "report"),
+    "ui": ("ui", "ui"),
     "serve": ("serve", "serve"),
     "ledger": ("ledger", "ledger"),
     "model": ("model", "model"),

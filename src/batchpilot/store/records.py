@@ -163,9 +163,10 @@ class AttemptRecord:
 @dataclass(frozen=True)
 class AnswerFilter:
     """Which rows a page of answers shows: a request state, a failure reason's kind (its first
-    word), a lane, and text the row's id, input, answer or error contains."""
+    word), a lane, text the row's id, input, answer or error contains, or one row by index."""
 
     state: str | None = None
     reason: str | None = None
     lane: str | None = None
     search: str | None = None
+    row: int | None = None

@@ -916,6 +916,9 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
         "WHERE w.run_id = ?"
     )
     params: list[Any] = [run_id]
+    if where.row is not None:
+        sql += " AND w.row_index = ?"
+        params.append(where.row)
     if where.state is not None:
         sql += " AND COALESCE(q.state, 'skipped') = ?"
         params.append(where.state)

@@ -1,0 +1,46 @@
+"""`batchpilot ui`: a read-only web view of the runs and answers of a state directory."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import click
+
+from batchpilot.cli.run import known_state_option
+
+__all__ = ["ui"]
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@known_state_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port."
+)
+def ui(state_dir: Path, host: str, port: int) -> None:
+    """Serve a read-only web view of the runs here: progress, batches, and every answer beside
+    its input row and request, with filters and each answer's attempts. Safe beside a run."""
+    import uvicorn
+
+    from batchpilot.ui import ui_app
+
+    app = ui_app(state_dir)
+    if not _loopback(host):
+        click.secho(
+            f"warning: {host} is not a loopback address; anyone who can reach it can read "
+            "every input and answer of these runs",
+            fg="yellow",
+            err=True,
+        )
+    click.echo(f"batchpilot ui on http://{host}:{port}/ (Ctrl-C stops it)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
