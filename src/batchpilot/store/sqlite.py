@@ -883,8 +883,13 @@ class SQLiteStore:
         rows = cursor.execute(
             "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
             "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
-            f"r.cost_usd, r.lane {sql} ORDER BY w.row_index LIMIT ? OFFSET ?",
-            (*params, limit, offset),
+            "r.cost_usd, r.lane FROM rows w "
+            "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+            "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+            "WHERE w.run_id = ? AND w.row_index IN "
+            f"(SELECT w.row_index {sql} ORDER BY w.row_index LIMIT ? OFFSET ?) "
+            "ORDER BY w.row_index",
+            (run_id, *params, limit, offset),
         ).fetchall()
         return [JoinedRow(*row) for row in rows]
 
@@ -909,33 +914,33 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 
 def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
-    """The FROM and WHERE of a page of answers."""
-    sql = (
-        "FROM rows w LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
-        "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
-        "WHERE w.run_id = ?"
-    )
+    """The FROM and WHERE of the rows a page of answers picks from, joining only the tables
+    its filters read (a page joins the rest for its own rows alone)."""
+    joins, conditions = [], ["w.run_id = ?"]
     params: list[Any] = [run_id]
     if where.row is not None:
-        sql += " AND w.row_index = ?"
+        conditions.append("w.row_index = ?")
         params.append(where.row)
     if where.state is not None:
-        sql += " AND COALESCE(q.state, 'skipped') = ?"
+        conditions.append("COALESCE(q.state, 'skipped') = ?")
         params.append(where.state)
     if where.reason is not None:
-        sql += " AND (q.error = ? OR q.error LIKE ? ESCAPE '\\')"
+        conditions.append("(q.error = ? OR q.error LIKE ? ESCAPE '\\')")
         params += [where.reason, _like(where.reason) + ":%"]
     if where.lane is not None:
-        sql += " AND r.lane = ?"
+        conditions.append("r.lane = ?")
         params.append(where.lane)
     if where.search:
-        pattern = f"%{_like(where.search)}%"
-        sql += (
-            " AND (w.row_id LIKE ? ESCAPE '\\' OR w.data_json LIKE ? ESCAPE '\\' "
+        conditions.append(
+            "(w.row_id LIKE ? ESCAPE '\\' OR w.data_json LIKE ? ESCAPE '\\' "
             "OR r.response_json LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
         )
-        params += [pattern] * 4
-    return sql, params
+        params += [f"%{_like(where.search)}%"] * 4
+    if where.state is not None or where.reason is not None or where.search:
+        joins.append("LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id")
+    if where.lane is not None or where.search:
+        joins.append("LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id")
+    return f"FROM rows w {' '.join(joins)} WHERE {' AND '.join(conditions)}", params
 
 
 def _like(text: str) -> str:

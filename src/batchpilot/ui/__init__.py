@@ -100,7 +100,7 @@ def ui_app(state_dir: Path) -> Starlette:
         bodies = [
             store.request_body(record.id, row.request_id) if row.request_id else b"" for row in rows
         ]
-        states = sorted({*store.row_outcomes(record.id)})
+        states = sorted({*store.request_counts(record.id), "skipped"})
         reasons = sorted(store.failure_reasons(record.id))
         text = pages.answers_page(
             record,
