@@ -131,3 +131,42 @@ def test_the_ui_only_reads_and_says_what_is_missing(ui_url: str, state: Path) ->
     assert store_file.stat().st_mtime_ns == before
     missing = CliRunner().invoke(cli, ["ui", "--state", str(state.parent / "none")])
     assert missing.exit_code == 2 and "no runs here" in missing.output
+
+
+def test_metrics_give_prometheus_every_runs_progress_and_spend(ui_url: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shown = httpx.get(f"{ui_url}/metrics")
+    assert shown.status_code == 200 and shown.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(shown.text)
+        for s in family.samples
+    }
+    run = (("job", "browse"), ("run", "browse-1"))
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted((*run, *labels.items()))))]
+
+    assert value("batchpilot_requests", state="succeeded") == 9600
+    assert value("batchpilot_requests", state="failed") == 400
+    assert value("batchpilot_batches", state="finished") == 5
+    assert value("batchpilot_failed_tries", reason="schema") == 400
+    assert value("batchpilot_failed_tries", reason="http 500") == 200
+    assert value("batchpilot_tokens", direction="in") == 12 * 10_000, "the server errors used none"
+    assert value("batchpilot_spent_usd") == pytest.approx(10_000 * 1e-5)
+    assert value("batchpilot_run", status="finished") == 1
+
+
+def test_without_prometheus_client_metrics_say_which_extra_to_install(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    from batchpilot.ui import ui_app
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with TestClient(ui_app(state)) as client:
+        shown = client.get("/metrics")
+    assert shown.status_code == 501
+    assert "pip install 'batchpilot[metrics]'" in shown.text

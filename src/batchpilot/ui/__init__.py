@@ -4,6 +4,8 @@ The runs; each run's progress, batches and latest events (the page refreshes its
 run goes); and a browser of its answers, a page at a time: each input row beside its request
 and its answer, filtered by status, failure reason, lane or text (a pipeline by step), and one
 row's whole history of attempts. It only reads the store, so it is safe beside `batchpilot run`.
+With the `metrics` extra, `/metrics` gives every run's progress, spend, tokens and failures to
+Prometheus.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from batchpilot.errors import UserInputError
+from batchpilot.errors import MissingDependency, UserInputError
 from batchpilot.run.api import job_of, open_store
 from batchpilot.run.status import run_status
 from batchpilot.store import RunRecord, Store
@@ -129,9 +131,19 @@ def ui_app(state_dir: Path) -> Starlette:
     def health(request: Request) -> Response:
         return PlainTextResponse("ok")
 
+    def metrics(request: Request) -> Response:
+        from batchpilot.ui.metrics import metrics_page
+
+        try:
+            body, content_type = metrics_page(store)
+        except MissingDependency as exc:
+            return PlainTextResponse(str(exc), status_code=501)
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
+
     routes = [
         Route("/", runs),
         Route("/health", health),
+        Route("/metrics", metrics),
         Route("/runs/{run_id}", run),
         Route("/runs/{run_id}/answers", answers),
         Route("/runs/{run_id}/answers/{row}", answer),
