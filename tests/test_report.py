@@ -171,7 +171,7 @@ def test_report_of_a_run_in_progress_shows_its_live_batches(
     shown = open_report(chromium, output)
     assert_drawn(shown)
     assert {"progress", "spend", "batches", "estimate"} <= {n for n, _, _ in shown["plots"]}
-    assert "still going" in shown["text"] and "Running for" in shown["text"]
+    assert "not finished yet" in shown["text"] and "Running for" in shown["text"]
 
 
 def test_report_of_a_pipeline_has_a_section_per_step(

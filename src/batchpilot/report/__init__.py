@@ -37,7 +37,8 @@ def build_report(store: Store, run_id: str | None = None, *, now: datetime | Non
             found = store.run(step.run_id)
             if found is not None:
                 heading = f"Step {number}: {step.step.name}"
-                sections.append((f"step-{number}", heading, gather(store, found, now=now)))
+                facts = gather(store, found, job=step.job, now=now)
+                sections.append((f"step-{number}", heading, facts))
         name = job.name
         intro = f"A pipeline of {len(job.steps)} steps; {len(sections)} have started."
     else:

@@ -103,16 +103,24 @@ class RunFacts:
         return None if stamp is None else (parse_utc(stamp) - self.started).total_seconds()
 
 
-def gather(store: Store, record: RunRecord, *, now: datetime | None = None) -> RunFacts:
-    """Every fact a report shows about `record`, read through the store's interface."""
-    job = job_of(record)
+def gather(
+    store: Store,
+    record: RunRecord,
+    *,
+    job: JobSpec | None = None,
+    now: datetime | None = None,
+) -> RunFacts:
+    """Every fact a report shows about `record`, read through the store's interface; `job` is
+    the run's own job when it differs from the one it records (a step of a pipeline)."""
+    job = job or job_of(record)
     status = run_status(store, record.id)
     started = parse_utc(record.created_at_utc)
-    live = record.finished_at_utc is None or not status.finished
-    ended = (now or datetime.now(UTC)) if live else parse_utc(str(record.finished_at_utc))
+    # A run that stopped (finished, cancelled) ends then; one still going ends now.
+    stopped = record.finished_at_utc
+    ended = (now or datetime.now(UTC)) if stopped is None else parse_utc(stopped)
     batches = store.batches(record.id)
     for batch in batches:
-        if batch.finished_at_utc is not None and not live:
+        if batch.finished_at_utc is not None and stopped is not None:
             ended = max(ended, parse_utc(batch.finished_at_utc))
     span = max(1.0, (ended - started).total_seconds())
     series = Series(width_s=span / BINS)

@@ -50,7 +50,7 @@ def summary_lines(facts: RunFacts) -> list[str]:
     """A few sentences that say how the run went, before any plot."""
     status, record = facts.status, facts.record
     counts = ", ".join(f"{n} {state}" for state, n in sorted(status.requests.items()) if n)
-    state = "finished" if facts.finished else f"{record.status}, still going"
+    state = "finished" if facts.finished else f"{record.status}, not finished yet"
     lines = [
         f"{record.job_name} (run {record.id}): {state}; {status.total} requests: "
         f"{counts or 'none'}.",
