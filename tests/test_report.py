@@ -208,6 +208,18 @@ def test_report_of_a_pipeline_has_a_section_per_step(
     assert "A pipeline of 2 steps; 2 have started." in shown["text"]
     drawn = [name for name, _, _ in shown["plots"]]
     assert drawn.count("progress") == 2 and drawn.count("batches") == 2
+    # the web view browses a pipeline's answers step by step
+    from starlette.testclient import TestClient
+
+    from batchpilot.run.pipeline import step_runs
+    from batchpilot.ui import ui_app
+
+    first, second = (step.run_id for step in step_runs(job))
+    with TestClient(ui_app(tmp_path / "state")) as client:
+        page = client.get(f"/runs/{second}/answers").text
+    assert f"href='/runs/{first}/answers'>first</a>" in page
+    assert f"href='/runs/{second}/answers'>second</a>" in page
+    assert "rows 1-6 of 6" in page
 
 
 def test_report_of_a_target_run_shows_valid_answers_over_waves(

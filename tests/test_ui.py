@@ -170,3 +170,15 @@ def test_without_prometheus_client_metrics_say_which_extra_to_install(
         shown = client.get("/metrics")
     assert shown.status_code == 501
     assert "pip install 'batchpilot[metrics]'" in shown.text
+
+
+def test_a_port_in_use_is_a_clear_error(state: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        shown = CliRunner().invoke(cli, ["ui", "--state", str(state), "--port", str(port)])
+    assert shown.exit_code == 2
+    assert f"--port {port}: cannot listen there" in shown.output

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 import click
 
 from batchpilot.cli.run import known_state_option
+from batchpilot.errors import UserInputError
 
 __all__ = ["ui"]
+
+
+def _check_free(host: str, port: int) -> None:
+    """A clear error when the address cannot be listened on (taken, or not this machine's)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise UserInputError(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
+            "choose another --port"
+        ) from None
 
 
 def _loopback(host: str) -> bool:
@@ -35,6 +51,7 @@ def ui(state_dir: Path, host: str, port: int) -> None:
     from batchpilot.ui import ui_app
 
     app = ui_app(state_dir)
+    _check_free(host, port)
     if not _loopback(host):
         click.secho(
             f"warning: {host} is not a loopback address; anyone who can reach it can read "
