@@ -137,9 +137,12 @@ def gather(
 def _read_attempts(store: Store, facts: RunFacts) -> None:
     series = facts.series
     lanes: dict[str, list[float]] = {}
+    stamp, slot = "", 0
     for attempt in store.attempts(facts.record.id):
-        seconds = (parse_utc(attempt.at_utc) - facts.started).total_seconds()
-        slot = min(series.bins - 1, max(0, int(seconds / series.width_s)))
+        if attempt.at_utc != stamp:  # a batch's tries share one time: parse it once
+            stamp = attempt.at_utc
+            seconds = (parse_utc(stamp) - facts.started).total_seconds()
+            slot = min(series.bins - 1, max(0, int(seconds / series.width_s)))
         totals = lanes.setdefault(attempt.lane, [0, 0, 0, 0.0])
         totals[1] += attempt.input_tokens
         totals[2] += attempt.output_tokens

@@ -15,6 +15,7 @@ from batchpilot.report.facts import REJECTIONS, RunFacts, parse_utc
 
 __all__ = ["FIGURES", "load_plotly"]
 
+COLORWAY = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#B279A2", "#ECA82C", "#9D755D"]
 LANE_COLORS = {
     "batch": "#4C78A8",
     "realtime": "#F58518",
@@ -45,10 +46,23 @@ def load_plotly() -> Any:
     return go
 
 
+AXIS = {"gridcolor": "#EBF0F8", "zerolinecolor": "#EBF0F8", "automargin": True}
+
+
 def _layout(go: Any, title: str, **extra: Any) -> Any:
+    # The empty template: a named one is copied into every figure, which costs more than the
+    # rest of the report together.
+    for axis in ("xaxis", "yaxis"):
+        extra[axis] = {**AXIS, **extra.get(axis, {})}
+        title_text = extra.pop(f"{axis}_title", None)
+        if title_text is not None:
+            extra[axis]["title"] = {"text": title_text}
     return go.Layout(
         title={"text": title, "x": 0.01},
-        template="plotly_white",
+        template="none",
+        font={"family": "system-ui, sans-serif", "color": "#2a3f5f"},
+        plot_bgcolor="white",
+        colorway=COLORWAY,
         height=340,
         margin={"l": 60, "r": 20, "t": 50, "b": 45},
         legend={"orientation": "h", "y": -0.2},
