@@ -4,7 +4,7 @@ failures, retries, rejected answers and the plan's estimate beside the actual.
 
 Made from the store alone, for a finished run or one still going; a pipeline gets a section
 per step. The plots need the `report` extra (plotly); its script is inlined, so the file
-opens with no network.
+opens with no network. With `wandb`, the same facts go to a Weights & Biases project too.
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ from batchpilot.store import Store
 __all__ = ["build_report", "write_report"]
 
 STORE_FILE = "batchpilot.sqlite3"
+Sections = list[tuple[str, str | None, RunFacts]]
 
 
-def build_report(store: Store, run_id: str | None = None, *, now: datetime | None = None) -> str:
-    """The report's HTML for a run (the latest by default); for a step of a pipeline, every
-    step that has a run so far."""
-    from batchpilot.report.page import render_page
-
+def _sections(store: Store, run_id: str | None, now: datetime | None) -> tuple[str, str, Sections]:
+    """The report's title, its first line, and (anchor, heading, facts) of each section."""
     record = find_run(store, run_id)
     job = job_of(record)
-    sections: list[tuple[str, str | None, RunFacts]] = []
+    sections: Sections = []
     if job is not None and job.steps is not None:
         from batchpilot.run.pipeline import step_runs
 
@@ -39,12 +37,22 @@ def build_report(store: Store, run_id: str | None = None, *, now: datetime | Non
                 heading = f"Step {number}: {step.step.name}"
                 facts = gather(store, found, job=step.job, now=now)
                 sections.append((f"step-{number}", heading, facts))
-        name = job.name
-        intro = f"A pipeline of {len(job.steps)} steps; {len(sections)} have started."
-    else:
-        sections.append(("run", None, gather(store, record, now=now)))
-        name = record.job_name
-        intro = f"Made from the store on {(now or datetime.now()).astimezone():%Y-%m-%d %H:%M %Z}."
+        return (
+            job.name,
+            f"A pipeline of {len(job.steps)} steps; {len(sections)} have started.",
+            sections,
+        )
+    sections.append(("run", None, gather(store, record, now=now)))
+    made = f"Made from the store on {(now or datetime.now()).astimezone():%Y-%m-%d %H:%M %Z}."
+    return record.job_name, made, sections
+
+
+def build_report(store: Store, run_id: str | None = None, *, now: datetime | None = None) -> str:
+    """The report's HTML for a run (the latest by default); for a step of a pipeline, every
+    step that has a run so far."""
+    from batchpilot.report.page import render_page
+
+    name, intro, sections = _sections(store, run_id, now)
     return render_page(f"batchpilot report: {name}", sections, intro)
 
 
@@ -53,16 +61,25 @@ def write_report(
     *,
     state_dir: Path | str = DEFAULT_STATE_DIR,
     output: Path | str = "report.html",
+    wandb: str | None = None,
 ) -> Path:
     """Write the report of a run (the latest in `state_dir` by default) to `output`; returns
-    the path written. Safe beside a running `batchpilot run`: it only reads the store."""
+    the path written. With `wandb` (a project), also log each run's progress, spend, tokens and
+    failures there, with the report as an artifact. Safe beside a running `batchpilot run`: it
+    only reads the store."""
+    from batchpilot.report.page import render_page
+
     target, state = Path(output), Path(state_dir)
     if not (state / STORE_FILE).is_file():
         raise UserInputError(f"{state}: no runs here (no store); check the state directory")
     store = open_store(state)
     try:
-        page = build_report(store, run_id)
+        name, intro, sections = _sections(store, run_id, None)
     finally:
         store.close()
-    target.write_text(page, encoding="utf-8")
+    target.write_text(render_page(f"batchpilot report: {name}", sections, intro), encoding="utf-8")
+    if wandb is not None:
+        from batchpilot.report.wandb_log import log_to_wandb
+
+        log_to_wandb(wandb, [facts for _, _, facts in sections], target)
     return target
