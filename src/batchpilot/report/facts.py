@@ -7,7 +7,6 @@ batches and a few examples of each rejection are kept whole.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -227,8 +226,3 @@ def estimate(store: Store, run_id: str, job: JobSpec) -> Estimate | None:
     return Estimate(
         job.strategy, None if usd is None else float(usd), float(chosen["makespan_s"] or 0)
     )
-
-
-def spec_value(record: RunRecord, key: str) -> object:
-    """A field of the run's stored job (requests files and tasks have no job)."""
-    return json.loads(record.spec_json).get(key)
