@@ -50,8 +50,8 @@ def ui(state_dir: Path, host: str, port: int) -> None:
 
     from batchpilot.ui import ui_app
 
-    app = ui_app(state_dir)
     _check_free(host, port)
+    app = ui_app(state_dir)
     if not _loopback(host):
         click.secho(
             f"warning: {host} is not a loopback address; anyone who can reach it can read "
