@@ -289,3 +289,16 @@ def test_without_plotly_the_report_says_which_extra_to_install(
     assert shown.exit_code == 6
     assert "pip install 'batchpilot[report]'" in shown.output
     assert not (tmp_path / "r.html").exists() and not Path("r.html").exists()
+
+
+def test_report_of_a_run_that_has_sent_nothing_says_it_is_not_finished(tmp_path: Path) -> None:
+    from batchpilot.store import RunRecord, utc_now
+
+    store = open_store(tmp_path / "state")
+    spec = json.dumps({"requests": "batch.jsonl"})
+    ep = "/v1/chat/completions"
+    store.create_run(RunRecord("file-run", "batch", spec, "openai", ep, "planned", None, utc_now()))
+    store.close()
+    page = write_report(state_dir=tmp_path / "state", output=tmp_path / "r.html").read_text()
+    assert "<li>batch (run file-run): planned, not finished yet; 0 requests: none.</li>" in page
+    assert "data-plot='progress'" in page and "no answers yet" in page

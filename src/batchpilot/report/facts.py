@@ -91,7 +91,7 @@ class RunFacts:
 
     @property
     def finished(self) -> bool:
-        return self.status.finished and self.record.status != "running"
+        return self.record.finished_at_utc is not None and self.status.finished
 
     @property
     def elapsed_s(self) -> float:
