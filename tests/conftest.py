@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,13 @@ def _isolated_environment(
     monkeypatch.setenv("NO_PROXY", "*")
     yield
     close_clients()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright (never a downloaded browser). Missing on
+    CI it fails the test; on a developer's machine without it the test is skipped, saying why."""
+    from browser import launch
+
+    with launch() as browser:
+        yield browser

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from batchpilot.mapping import map
     from batchpilot.plan import PlanResult, plan_job, plan_requests_file
     from batchpilot.pricing import PriceTable
+    from batchpilot.report import write_report
     from batchpilot.spec import JobSpec, job_from_dict, load_job
     from batchpilot.task import Task, TaskReport, TaskRequest, TaskResult
 
@@ -52,6 +53,7 @@ _WHERE: dict[str, str] = {
     "plan_requests_file": "batchpilot.plan",
     "PriceTable": "batchpilot.pricing",
     "map": "batchpilot.mapping",
+    "write_report": "batchpilot.report",
     "Task": "batchpilot.task",
     "TaskReport": "batchpilot.task",
     "TaskRequest": "batchpilot.task",
@@ -89,6 +91,7 @@ __all__ = [
     "rows_from_dataframe",
     "rows_from_dataset",
     "rows_from_records",
+    "write_report",
 ]
 
 

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("runs", "cancel"),
     "ls": ("runs", "ls"),
     "export": ("runs", "export"),
+    "report": ("report", "report"),
+    "ui": ("ui", "ui"),
     "serve": ("serve", "serve"),
     "ledger": ("ledger", "ledger"),
     "model": ("model", "model"),

@@ -90,6 +90,10 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
         return
     console = Console()
     console.print(status_table(current))
+    if batches:
+        from batchpilot.cli.batches import batch_table
+
+        console.print(batch_table(batches))
     if steps:
         table = Table("step", "run", "status", "requests", "succeeded", "failed", "cost")
         for name, step in steps:

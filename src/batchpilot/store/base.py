@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from batchpilot.store.records import (
+    AnswerFilter,
+    AttemptRecord,
     BatchRecord,
     DeliveryRow,
     JoinedRow,
@@ -249,3 +251,20 @@ class Store(Protocol):
     def event(self, run_id: str, kind: str, message: str, data: Any = None) -> None: ...
 
     def events(self, run_id: str, since: int = 0) -> list[dict[str, Any]]: ...
+
+    def attempts(self, run_id: str, request_id: str | None = None) -> Iterator[AttemptRecord]:
+        """Every try of the run's requests in the order they ended, answers from the cache
+        included (streamed); with `request_id`, that request's tries in order."""
+        ...
+
+    def answers(self, run_id: str, where: AnswerFilter, offset: int, limit: int) -> list[JoinedRow]:
+        """One page of the run's rows in input order, with their requests and answers."""
+        ...
+
+    def count_answers(self, run_id: str, where: AnswerFilter) -> int:
+        """How many of the run's rows `answers` would page through."""
+        ...
+
+    def planned_totals(self, run_id: str) -> dict[str, tuple[int, int]]:
+        """(requests, input tokens) of every request of the run, by model."""
+        ...

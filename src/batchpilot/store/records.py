@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "AnswerFilter",
+    "AttemptRecord",
     "BatchRecord",
     "DeliveryRow",
     "JoinedRow",
@@ -139,3 +141,32 @@ class DeliveryRow:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One try of a request: its lane, its batch, how it ended, what it used and when it ended.
+    An answer taken from the result cache shows as attempt 0 on the `cache` lane."""
+
+    request_id: str
+    attempt: int
+    lane: str
+    batch_id: int | None
+    outcome: str
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    at_utc: str
+
+
+@dataclass(frozen=True)
+class AnswerFilter:
+    """Which rows a page of answers shows: a request state, a failure reason's kind (its first
+    word), a lane, text the row's id, input, answer or error contains, or one row by index."""
+
+    state: str | None = None
+    reason: str | None = None
+    lane: str | None = None
+    search: str | None = None
+    row: int | None = None
