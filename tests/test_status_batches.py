@@ -65,5 +65,5 @@ def test_the_table_keeps_live_batches_and_the_latest_ended(tmp_path: Path) -> No
     ids = [int(str(cell)) for cell in many.columns[0].cells]
     assert ids == list(range(26, 46)), "the live batch, then the latest that ended"
     ages = [str(cell) for cell in many.columns[5].cells]
-    assert ages[ids.index(41)] == "1h 00m"
+    assert ages[ids.index(41)] == "1.0 h"
     assert all(age.startswith("took ") for i, age in zip(ids, ages, strict=True) if i != 41)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from rich.table import Table
 
+from batchpilot.formatting import duration
 from batchpilot.report.facts import parse_utc
-from batchpilot.report.page import duration
 from batchpilot.store import BatchRecord
 
 __all__ = ["SHOWN", "batch_table"]

@@ -10,6 +10,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
+from batchpilot.formatting import duration, usd
 from batchpilot.report.facts import RunFacts
 from batchpilot.report.figures import FIGURES, load_plotly
 
@@ -29,21 +30,6 @@ table { border-collapse: collapse; font-size: 0.9rem; }
 td, th { border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
 .plot { min-height: 260px; }
 """
-
-
-def usd(amount: float | None) -> str:
-    if amount is None:
-        return "unknown"
-    return f"${amount:,.4f}" if abs(amount) < 1 else f"${amount:,.2f}"
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def summary_lines(facts: RunFacts) -> list[str]:

@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from batchpilot.answers import response_content
+from batchpilot.formatting import duration, usd
 from batchpilot.report.facts import parse_utc
-from batchpilot.report.page import duration, usd
 from batchpilot.run.status import RunStatus
 from batchpilot.store import BatchRecord, JoinedRow, RunRecord
 from batchpilot.store.records import AnswerFilter, AttemptRecord
