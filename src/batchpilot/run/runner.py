@@ -52,6 +52,7 @@ from batchpilot.store import (
     Outcome,
     PendingRequest,
     RequestState,
+    RunState,
     Store,
 )
 
@@ -151,7 +152,7 @@ class Runner:
             raise UserInputError(f"strategy {self.settings.strategy} needs a real-time client")
         self._check_worst_cases()
         self.files_dir.mkdir(parents=True, exist_ok=True)
-        self.store.set_run_status(self.run_id, "running")
+        self.store.move_run(self.run_id, RunState.RUNNING)
         accept = None if self.check is None else self._cached_ok
         cached = self.store.apply_cache(self.run_id, accept) if self.use_cache else 0
         if cached:
@@ -173,7 +174,7 @@ class Runner:
             # the right key continues instead of finding its requests failed for good.
             self._close_lane()
             self.store.event(self.run_id, "error", str(exc))
-            self.store.set_run_status(self.run_id, "stopped")
+            self.store.move_run(self.run_id, RunState.STOPPED)
             raise
         finally:
             self._close_lane()
@@ -226,7 +227,7 @@ class Runner:
                 self.on_progress(status)
             if status.finished:
                 self._close_lane()
-                self.store.set_run_status(self.run_id, "finished")
+                self.store.move_run(self.run_id, RunState.FINISHED)
                 ended = (
                     "every request has ended"
                     if status.total
@@ -301,7 +302,7 @@ class Runner:
             self.store.event(
                 self.run_id, "stopped", f"stopped with {len(live)} batches still running remotely"
             )
-        self.store.set_run_status(self.run_id, "stopped")
+        self.store.move_run(self.run_id, RunState.STOPPED)
         return self.status()
 
     # the real-time lane ----------------------------------------------------------------------
@@ -342,7 +343,7 @@ class Runner:
         if self.store.request_counts(self.run_id)["pending"]:
             spent, _ = self.store.money(self.run_id)
             self._close_lane()
-            self.store.set_run_status(self.run_id, "stopped")
+            self.store.move_run(self.run_id, RunState.STOPPED)
             raise BudgetExceeded(
                 f"the budget of {_usd(self.settings.budget_usd)} is used up ({_usd(spent)} "
                 "spent); raise budget.max_usd (or --budget) and run again"
@@ -607,7 +608,7 @@ class Runner:
                 "Raise budget.max_usd (or --budget) and run again"
             )
             self.store.event(self.run_id, "budget", message)
-            self.store.set_run_status(self.run_id, "stopped")
+            self.store.move_run(self.run_id, RunState.STOPPED)
             raise BudgetExceeded(message)
         return None
 
