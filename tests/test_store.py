@@ -340,7 +340,7 @@ def _old_store(path: Path, version: int) -> sqlite3.Connection:
     return db
 
 
-def test_an_older_store_gets_its_request_counts_and_batch_counter(tmp_path: Path) -> None:
+def test_an_older_store_gets_its_counts_totals_and_batch_counter(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     with closing(_old_store(path, 5)) as db, db:
         db.execute(
@@ -353,6 +353,12 @@ def test_an_older_store_gets_its_request_counts_and_batch_counter(tmp_path: Path
                 "VALUES ('old', ?, ?, 'e', 'm', x'7b7d', 1, 1, ?, ?)",
                 (f"req-{i}", f"h{i}", i, state),
             )
+        for attempt, (cost, error) in enumerate([(0.5, "http 500: x"), (0.25, "timeout")]):
+            db.execute(
+                "INSERT INTO attempts VALUES ('old', 'req-4', ?, 'batch', 1, 'pending', ?, "
+                "3, 2, ?, 't')",
+                (attempt + 1, error, cost),
+            )
         for batch_id in (1, 4):
             db.execute(
                 "INSERT INTO batches(run_id, id, state, endpoint, model, requests, bytes, "
@@ -363,6 +369,8 @@ def test_an_older_store_gets_its_request_counts_and_batch_counter(tmp_path: Path
     store = SQLiteStore(path)
     try:
         assert store.request_counts("old") == counts(pending=2, submitted=1, succeeded=1, failed=1)
+        assert store.money("old") == (0.75, 0.0) and store.token_totals("old") == (6, 4)
+        assert store.failure_reasons("old") == {"http 500": 1, "timeout": 1}
         pending = store.pending("old", 2)
         assert store.create_batch("old", pending[:1], size=1, file_name_prefix="b") == 5
         assert store.request_counts("old") == counts(
@@ -372,27 +380,38 @@ def test_an_older_store_gets_its_request_counts_and_batch_counter(tmp_path: Path
         store.close()
 
 
-def test_request_counts_are_kept_by_every_move_not_counted(store: SQLiteStore) -> None:
+def test_counts_and_totals_are_kept_as_requests_move_not_counted(store: SQLiteStore) -> None:
     requests = plan(store, 6)
     sent = batch_in(store, B.SUBMITTED, requests[:3])
     store.finish_batch(
         RUN,
         sent,
         [
-            Outcome("req-0", R.SUCCEEDED, {"a": 0}),
-            Outcome("req-1", R.PENDING, error="timeout"),
+            Outcome("req-0", R.SUCCEEDED, {"a": 0}, 5, 6, cost_usd=0.1),
+            Outcome("req-1", R.PENDING, None, 2, 0, cost_usd=0.2, error="timeout"),
             Outcome("req-2", R.FAILED, error="bad"),
         ],
     )
     store.claim_realtime(RUN, "req-3")
-    store.record_attempt(RUN, Outcome("req-3", R.PENDING, error="http 500"))
+    store.record_attempt(RUN, Outcome("req-3", R.PENDING, None, 1, 1, 0.3, error="http 500: x"))
     store.cancel_pending(RUN, "done")
     store.revive_cancelled(RUN)
     recount = "SELECT state, COUNT(*) FROM requests WHERE run_id = ? GROUP BY state"
     assert store.request_counts(RUN) == counts(**dict(_sql(store, recount, RUN)))
-    with closing(sqlite3.connect(store.path)) as db, db:  # what is read is the kept count
+    totals = "SELECT SUM(cost_usd), SUM(input_tokens), SUM(output_tokens) FROM attempts"
+    spent, tokens_in, tokens_out = _sql(store, totals)[0]
+    assert store.money(RUN)[0] == pytest.approx(spent)
+    assert store.token_totals(RUN) == (tokens_in, tokens_out)
+    assert store.failure_reasons(RUN) == {"timeout": 1, "bad": 1, "http 500": 1}
+    with closing(sqlite3.connect(store.path)) as db, db:  # what is read is what was kept
         db.execute("UPDATE request_counts SET n = 99 WHERE run_id = ? AND state = 'failed'", (RUN,))
+        db.execute(
+            "UPDATE run_totals SET spent_usd = 99, input_tokens = 98 WHERE run_id = ?", (RUN,)
+        )
+        db.execute("UPDATE failure_counts SET n = 97 WHERE run_id = ? AND kind = 'bad'", (RUN,))
     assert store.request_counts(RUN)["failed"] == 99
+    assert store.money(RUN)[0] == 99 and store.token_totals(RUN)[0] == 98
+    assert store.failure_reasons(RUN)["bad"] == 97
 
 
 def test_a_retry_on_the_real_time_lane_is_an_attempt_of_its_own(store: SQLiteStore) -> None:

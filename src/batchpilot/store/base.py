@@ -1,9 +1,10 @@
 """What every store offers: runs, rows, requests, batches, attempts, results and events, spoken
 in records and state moves, never in connections, cursors or rows of a database.
 
-`SQLiteStore` is the first implementation; `tests/test_store.py` is the contract suite that any
-other (a PostgreSQL store for many workers) must pass by adding itself to `STORES`. A store
-object may be shared by the threads of one process: each thread works in its own transaction.
+`SQLiteStore` is the first implementation; `tests/test_store_contract.py` is the contract suite
+that any other (a PostgreSQL store for many workers) must pass by adding itself to `STORES`. A
+store object may be shared by the threads of one process: each thread works in its own
+transaction.
 """
 
 from __future__ import annotations

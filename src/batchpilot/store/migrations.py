@@ -174,8 +174,9 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     INSERT INTO batch_ids(run_id, last) SELECT run_id, MAX(id) FROM batches GROUP BY run_id;
     """,
-    # 7: how many requests of each run are in each state, kept by triggers in the statement that
-    # adds or moves a request, so that progress is read without counting the requests table
+    # 7: how many requests of each run are in each state, so that progress is read without
+    # counting the requests table: a trigger counts the requests added (planning, one by one);
+    # the store's one transition (`sqlite_moves`) counts the moves, in the same transaction
     """
     CREATE TABLE request_counts (
         run_id TEXT NOT NULL,
@@ -189,15 +190,32 @@ MIGRATIONS: list[str] = [
         INSERT INTO request_counts(run_id, state, n) VALUES (new.run_id, new.state, 1)
             ON CONFLICT(run_id, state) DO UPDATE SET n = n + 1;
     END;
-    CREATE TRIGGER requests_counted_moved AFTER UPDATE OF state ON requests
-        WHEN old.state != new.state BEGIN
-        UPDATE request_counts SET n = n - 1 WHERE run_id = old.run_id AND state = old.state;
-        INSERT INTO request_counts(run_id, state, n) VALUES (new.run_id, new.state, 1)
-            ON CONFLICT(run_id, state) DO UPDATE SET n = n + 1;
-    END;
     CREATE TRIGGER requests_counted_out AFTER DELETE ON requests BEGIN
         UPDATE request_counts SET n = n - 1 WHERE run_id = old.run_id AND state = old.state;
     END;
+    """,
+    # 8: what each run's attempts cost and used, and how many failed for each kind of reason (the
+    # reason's first word), added up by the store as it records attempts
+    """
+    CREATE TABLE run_totals (
+        run_id TEXT PRIMARY KEY,
+        spent_usd REAL NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO run_totals(run_id, spent_usd, input_tokens, output_tokens)
+        SELECT run_id, SUM(cost_usd), SUM(input_tokens), SUM(output_tokens) FROM attempts
+        GROUP BY run_id;
+    CREATE TABLE failure_counts (
+        run_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (run_id, kind)
+    ) WITHOUT ROWID;
+    INSERT INTO failure_counts(run_id, kind, n)
+        SELECT run_id, CASE WHEN instr(error, ':') > 0
+            THEN substr(error, 1, instr(error, ':') - 1) ELSE error END, COUNT(*) FROM attempts
+        WHERE outcome != 'succeeded' AND error IS NOT NULL GROUP BY 1, 2;
     """,
 ]
 

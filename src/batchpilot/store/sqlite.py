@@ -16,7 +16,7 @@ from typing import Any
 
 from batchpilot.errors import IllegalTransition, StateError
 from batchpilot.store import sqlite_moves as moves
-from batchpilot.store import sqlite_tasks as tasks
+from batchpilot.store import sqlite_queries as queries
 from batchpilot.store.database import Connection, Error, connect
 from batchpilot.store.lock import unusable_state_dir
 from batchpilot.store.migrations import migrate
@@ -41,7 +41,7 @@ from batchpilot.store.states import (
 __all__ = ["SQLiteStore", "utc_now"]
 
 ACTIVE_BATCHES = (BatchState.CREATING, BatchState.SUBMITTED)
-_REQUEST_COLUMNS = tasks.REQUEST_COLUMNS
+_REQUEST_COLUMNS = queries.REQUEST_COLUMNS
 
 
 def utc_now() -> str:
@@ -134,13 +134,7 @@ class SQLiteStore:
         """Real-time tries that ended in the last 24 hours, in every run of this store, of the
         models that `run_id` uses (real-time limits are per model)."""
         since_utc = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
-            "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= ? "
-            "AND q.model IN (SELECT DISTINCT model FROM requests WHERE run_id = ?)",
-            (since_utc, run_id),
-        ).fetchone()
-        return int(row[0])
+        return queries.realtime_sent_since(self._db, run_id, since_utc)
 
     # runs -----------------------------------------------------------------------------------
 
@@ -214,18 +208,9 @@ class SQLiteStore:
         data: dict[str, Any] | None,
         skip_reason: str | None = None,
     ) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO rows(run_id, row_index, row_id, request_id, source, "
-            "skip_reason, data_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                run_id,
-                index,
-                row_id,
-                request_id,
-                source,
-                skip_reason,
-                None if data is None else _dumps(data),
-            ),
+        data_json = None if data is None else _dumps(data)
+        queries.insert_row(
+            self._db, (run_id, index, row_id, request_id, source, skip_reason, data_json)
         )
 
     def add_request(
@@ -245,24 +230,10 @@ class SQLiteStore:
         """A planned request; `worst` is its worst case (output tokens, USD, batch USD), by
         default `max_output_tokens` priced when it is reserved."""
         worst_output, worst_usd, batch_worst_usd = worst or (max_output_tokens, None, None)
-        self._db.execute(
-            "INSERT OR IGNORE INTO requests(run_id, id, content_hash, endpoint, model, body, "
-            "input_tokens, max_output_tokens, first_row, state, worst_output_tokens, worst_usd, "
-            "batch_worst_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-            (
-                run_id,
-                request_id,
-                content_hash,
-                endpoint,
-                model,
-                body,
-                input_tokens,
-                max_output_tokens,
-                first_row,
-                worst_output,
-                worst_usd,
-                batch_worst_usd,
-            ),
+        queries.insert_request(
+            self._db,
+            (run_id, request_id, content_hash, endpoint, model, body, input_tokens),
+            (max_output_tokens, first_row, worst_output, worst_usd, batch_worst_usd),
         )
 
     def apply_cache(
@@ -274,14 +245,14 @@ class SQLiteStore:
         `accept`, only with the cached answers it accepts; the others stay pending, to be sent."""
         if accept is None:
             with self._tx() as db:
-                return tasks.apply_cache(db, run_id, utc_now())
+                return queries.apply_cache(db, run_id, utc_now())
         answered, after = 0, ""
         # Checked in slices read outside a transaction: `accept` runs the job's validators.
-        while found := tasks.cached(self._db, run_id, after):
+        while found := queries.cached(self._db, run_id, after):
             after = found[-1][0].id
             good = [request.id for request, answer in found if accept(request, answer)]
             with self._tx() as db:
-                answered += tasks.take_cached(db, run_id, good, utc_now())
+                answered += queries.take_cached(db, run_id, good, utc_now())
         return answered
 
     # requests -------------------------------------------------------------------------------
@@ -317,13 +288,7 @@ class SQLiteStore:
     def unpriced(self, run_id: str) -> list[tuple[str, bool]]:
         """(model, has an output bound) of the requests still to end whose worst case in USD
         was not known when they were planned."""
-        rows = self._db.execute(
-            "SELECT DISTINCT model, worst_output_tokens IS NOT NULL FROM requests "
-            "WHERE run_id = ? AND state IN ('pending', 'queued', 'submitted', 'realtime') "
-            "AND (worst_usd IS NULL OR batch_worst_usd IS NULL) ORDER BY model",
-            (run_id,),
-        ).fetchall()
-        return [(str(row[0]), bool(row[1])) for row in rows]
+        return queries.unpriced(self._db, run_id)
 
     def request_body(self, run_id: str, request_id: str) -> bytes:
         row = self._db.execute(
@@ -342,10 +307,7 @@ class SQLiteStore:
     def failure_reasons(self, run_id: str) -> dict[str, int]:
         """How many failed attempts each kind of reason caused (the reason's first word)."""
         rows = self._db.execute(
-            "SELECT CASE WHEN instr(error, ':') > 0 THEN substr(error, 1, instr(error, ':') - 1) "
-            "ELSE error END AS kind, COUNT(*) FROM attempts WHERE run_id = ? "
-            "AND outcome != 'succeeded' AND error IS NOT NULL GROUP BY kind",
-            (run_id,),
+            "SELECT kind, n FROM failure_counts WHERE run_id = ? AND n > 0", (run_id,)
         ).fetchall()
         return {str(row[0]): int(row[1]) for row in rows}
 
@@ -408,26 +370,11 @@ class SQLiteStore:
 
     def answered_rows(self, run_id: str) -> Iterator[tuple[str, str]]:
         """(request id, response JSON) of every row whose request succeeded, in input order."""
-        cursor = self._db.cursor()
-        cursor.row_factory = None
-        cursor.execute(
-            "SELECT w.request_id, r.response_json FROM rows w "
-            "JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
-            "JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
-            "WHERE w.run_id = ? AND q.state = 'succeeded' ORDER BY w.row_index",
-            (run_id,),
-        )
-        yield from cursor
+        return queries.answered_rows(self._db, run_id)
 
     def row_outcomes(self, run_id: str) -> dict[str, int]:
         """How many rows have each request state (`skipped` for rows with no request)."""
-        rows = self._db.execute(
-            "SELECT COALESCE(q.state, 'skipped'), COUNT(*) FROM rows w "
-            "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
-            "WHERE w.run_id = ? GROUP BY 1",
-            (run_id,),
-        ).fetchall()
-        return {str(row[0]): int(row[1]) for row in rows}
+        return queries.row_outcomes(self._db, run_id)
 
     # batches --------------------------------------------------------------------------------
 
@@ -450,21 +397,11 @@ class SQLiteStore:
             batch_id = int(
                 db.execute("SELECT last FROM batch_ids WHERE run_id = ?", (run_id,)).fetchone()[0]
             )
-            db.execute(
-                "INSERT INTO batches(run_id, id, state, endpoint, model, requests, bytes, "
-                "input_tokens, file_name, created_at_utc) VALUES (?, ?, 'planned', ?, ?, ?, ?, "
-                "?, ?, ?)",
-                (
-                    run_id,
-                    batch_id,
-                    first.endpoint,
-                    first.model,
-                    len(requests),
-                    size,
-                    sum(r.input_tokens for r in requests),
-                    f"{file_name_prefix}-{batch_id}.jsonl",
-                    utc_now(),
-                ),
+            queries.insert_batch(
+                db,
+                (run_id, batch_id, first.endpoint, first.model, len(requests), size),
+                (sum(r.input_tokens for r in requests), f"{file_name_prefix}-{batch_id}.jsonl"),
+                utc_now(),
             )
             ids = [r.id for r in requests]
             moves.move_ids(
@@ -578,42 +515,27 @@ class SQLiteStore:
 
     def money(self, run_id: str) -> tuple[float, float]:
         """(spent, reserved) in USD: settled usage, and worst cases held for live batches."""
-        spent = self._db.execute(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM attempts WHERE run_id = ?", (run_id,)
-        ).fetchone()[0]
         marks = ",".join("?" * len(ACTIVE_BATCHES))
-        reserved = self._db.execute(
-            f"SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE run_id = ? "
-            f"AND state IN ({marks})",
-            (run_id, *ACTIVE_BATCHES),
-        ).fetchone()[0]
-        return float(spent), float(reserved)
+        row = self._db.execute(
+            "SELECT (SELECT COALESCE(SUM(spent_usd), 0) FROM run_totals WHERE run_id = ?), "
+            "(SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE run_id = ? "
+            f"AND state IN ({marks}))",
+            (run_id, run_id, *ACTIVE_BATCHES),
+        ).fetchone()
+        return float(row[0]), float(row[1])
 
     def token_totals(self, run_id: str) -> tuple[int, int]:
+        """(input, output) tokens of every attempt of the run (kept as attempts are recorded)."""
         row = self._db.execute(
-            "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) "
-            "FROM attempts WHERE run_id = ?",
-            (run_id,),
+            "SELECT input_tokens, output_tokens FROM run_totals WHERE run_id = ?", (run_id,)
         ).fetchone()
-        return int(row[0]), int(row[1])
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     # export ---------------------------------------------------------------------------------
 
     def joined_rows(self, run_id: str) -> Iterator[JoinedRow]:
         """Every row in input order with its request and result (streamed)."""
-        cursor = self._db.cursor()
-        cursor.row_factory = None
-        cursor.execute(
-            "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
-            "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
-            "r.cost_usd, r.lane FROM rows w "
-            "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
-            "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
-            "WHERE w.run_id = ? ORDER BY w.row_index",
-            (run_id,),
-        )
-        for row in cursor:
-            yield JoinedRow(*row)
+        return queries.joined_rows(self._db, run_id)
 
     # tasks ----------------------------------------------------------------------------------
 
@@ -646,7 +568,7 @@ class SQLiteStore:
     def undelivered(self, run_id: str, limit: int) -> list[DeliveryRow]:
         """Rows of a task whose request has ended and which the task has not been given yet,
         in row order, with the request's body, outcome, answer and total cost."""
-        return tasks.undelivered(self._db, run_id, limit)
+        return queries.undelivered(self._db, run_id, limit)
 
     def deliver(self, run_id: str, state_json: str, delivered: Sequence[tuple[int, bool]]) -> None:
         """Mark rows as given to the task and save the state they led to, in one transaction.
@@ -654,7 +576,7 @@ class SQLiteStore:
         A row marked twice raises: a result must never be applied to the state twice.
         """
         with self._tx() as db:
-            tasks.deliver(db, run_id, state_json, delivered, utc_now())
+            queries.deliver(db, run_id, state_json, delivered, utc_now())
 
     # events ---------------------------------------------------------------------------------
 

@@ -3,12 +3,15 @@
 
 Every move is checked against `REQUEST_MOVES` and guarded by the current state in the same
 statement; a move that finds fewer requests than it was given raises IllegalTransition, and the
-caller's transaction rolls back. The triggers of migration 7 keep `request_counts` in step.
+caller's transaction rolls back. Each move counts what it moved in `request_counts`, and each
+attempt recorded adds to `run_totals` and `failure_counts`, in the same transaction, so that
+progress is read without counting whole tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -39,7 +42,9 @@ def move(
     sql = f"UPDATE requests SET {assignments} WHERE run_id = ? AND state = ?"
     if where:
         sql += f" AND {where}"
-    return db.execute(sql, (target, *fields.values(), run_id, current, *params)).rowcount
+    moved: int = db.execute(sql, (target, *fields.values(), run_id, current, *params)).rowcount
+    _count(db, run_id, current, target, moved)
+    return moved
 
 
 def move_ids(
@@ -82,6 +87,46 @@ def move_each(
         raise IllegalTransition(
             f"{len(moves) - cursor.rowcount} of {len(moves)} requests moved meanwhile; none moved"
         )
+    pairs = Counter((current, target) for _, current, target, *_ in moves)
+    for (current, target), n in pairs.items():
+        _count(db, run_id, current, target, n)
+
+
+def _count(db: Connection, run_id: str, current: str, target: str, n: int) -> None:
+    if n and current != target:
+        db.execute(
+            "UPDATE request_counts SET n = n - ? WHERE run_id = ? AND state = ?",
+            (n, run_id, current),
+        )
+        db.execute(
+            "INSERT INTO request_counts(run_id, state, n) VALUES (?, ?, ?) "
+            "ON CONFLICT(run_id, state) DO UPDATE SET n = n + excluded.n",
+            (run_id, target, n),
+        )
+
+
+def _add_up(db: Connection, run_id: str, attempts: Iterable[Outcome]) -> None:
+    """Add recorded attempts to the run's totals and its failures by kind of reason."""
+    spent, tokens_in, tokens_out, kinds = 0.0, 0, 0, Counter[str]()
+    for outcome in attempts:
+        spent += outcome.cost_usd
+        tokens_in += outcome.input_tokens
+        tokens_out += outcome.output_tokens
+        if outcome.state != RequestState.SUCCEEDED and outcome.error is not None:
+            kinds[outcome.error.split(":", 1)[0]] += 1
+    db.execute(
+        "INSERT INTO run_totals(run_id, spent_usd, input_tokens, output_tokens) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
+        "spent_usd = spent_usd + excluded.spent_usd, "
+        "input_tokens = input_tokens + excluded.input_tokens, "
+        "output_tokens = output_tokens + excluded.output_tokens",
+        (run_id, spent, tokens_in, tokens_out),
+    )
+    db.executemany(
+        "INSERT INTO failure_counts(run_id, kind, n) VALUES (?, ?, ?) "
+        "ON CONFLICT(run_id, kind) DO UPDATE SET n = n + excluded.n",
+        [(run_id, kind, n) for kind, n in kinds.items()],
+    )
 
 
 def record_attempt(db: Connection, run_id: str, outcome: Outcome, now: str) -> int:
@@ -119,6 +164,7 @@ def record_attempt(db: Connection, run_id: str, outcome: Outcome, now: str) -> i
             now,
         ),
     )
+    _add_up(db, run_id, [outcome])
     return number
 
 
@@ -148,7 +194,7 @@ def apply_outcomes(
             ).fetchall()
         ]
     known = {row[0]: row for row in rows}
-    moves, attempts, results, answers = [], [], [], []
+    moves, attempts, results, answers, attempted = [], [], [], [], []
     for outcome in outcomes:
         row = known.get(outcome.request_id)
         if row is None:
@@ -157,6 +203,7 @@ def apply_outcomes(
         keep_batch = batch_id if outcome.state != RequestState.PENDING else None
         moves.append((outcome.request_id, row[1], outcome.state, count, outcome.error, keep_batch))
         if outcome.attempted:
+            attempted.append(outcome)
             attempts.append(
                 (
                     run_id,
@@ -189,11 +236,12 @@ def apply_outcomes(
             answers.append((row[3], run_id, outcome.request_id))
     move_each(db, run_id, moves)
     db.executemany(
-        "INSERT OR REPLACE INTO attempts(run_id, request_id, attempt, lane, batch_id, "
+        "INSERT INTO attempts(run_id, request_id, attempt, lane, batch_id, "
         "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         attempts,
     )
+    _add_up(db, run_id, attempted)
     db.executemany(
         "INSERT OR REPLACE INTO results(run_id, request_id, response_json, input_tokens, "
         "output_tokens, cost_usd, lane, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -1,19 +1,35 @@
-"""The SQLite store's longer queries: the result cache, and the rows a task is given."""
+"""The SQLite store's longer queries: planning, the result cache, the rows of an export and the
+rows a task is given."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from batchpilot.errors import StateError
 from batchpilot.store.database import Connection, IntegrityError, Row
-from batchpilot.store.records import DeliveryRow, PendingRequest
+from batchpilot.store.records import DeliveryRow, JoinedRow, PendingRequest
 from batchpilot.store.sqlite_moves import move
 from batchpilot.store.states import RequestState
 
-__all__ = ["REQUEST_COLUMNS", "apply_cache", "cached", "deliver", "take_cached", "undelivered"]
+__all__ = [
+    "REQUEST_COLUMNS",
+    "answered_rows",
+    "apply_cache",
+    "cached",
+    "deliver",
+    "insert_batch",
+    "insert_request",
+    "insert_row",
+    "joined_rows",
+    "realtime_sent_since",
+    "row_outcomes",
+    "take_cached",
+    "undelivered",
+    "unpriced",
+]
 
 REQUEST_COLUMNS = (
     "id, endpoint, model, body, input_tokens, max_output_tokens, attempts, first_row, "
@@ -28,6 +44,113 @@ _CACHED = (
     "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
     "WHERE r.run_id = ? AND r.state = 'pending'"
 )
+
+
+def insert_row(
+    db: Connection, row: tuple[str, int, str, str | None, str, str | None, str | None]
+) -> None:
+    """An input row (none if its index is already planned): (run id, index, row id, request id,
+    source, skip reason, data JSON)."""
+    db.execute(
+        "INSERT OR IGNORE INTO rows(run_id, row_index, row_id, request_id, source, "
+        "skip_reason, data_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        row,
+    )
+
+
+def insert_batch(
+    db: Connection,
+    batch: tuple[str, int, str, str, int, int],
+    contents: tuple[int, str],
+    now: str,
+) -> None:
+    """A planned batch: (run id, id, endpoint, model, requests, bytes) and (input tokens, file
+    name)."""
+    db.execute(
+        "INSERT INTO batches(run_id, id, state, endpoint, model, requests, bytes, input_tokens, "
+        "file_name, created_at_utc) VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?)",
+        (*batch, *contents, now),
+    )
+
+
+def insert_request(
+    db: Connection,
+    request: tuple[str, str, str, str, str, bytes, int],
+    bounds: tuple[int, int, int | None, float | None, float | None],
+) -> None:
+    """A planned request, pending (none if its id is already planned): (run id, id, content
+    hash, endpoint, model, body, input tokens) and (max output tokens, first row, worst output
+    tokens, worst USD, batch worst USD)."""
+    db.execute(
+        "INSERT OR IGNORE INTO requests(run_id, id, content_hash, endpoint, model, body, "
+        "input_tokens, max_output_tokens, first_row, worst_output_tokens, worst_usd, "
+        "batch_worst_usd, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+        (*request, *bounds),
+    )
+
+
+def realtime_sent_since(db: Connection, run_id: str, since_utc: str) -> int:
+    """Real-time tries since `since_utc`, in every run, of the models that `run_id` uses."""
+    row = db.execute(
+        "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
+        "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= ? "
+        "AND q.model IN (SELECT DISTINCT model FROM requests WHERE run_id = ?)",
+        (since_utc, run_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def unpriced(db: Connection, run_id: str) -> list[tuple[str, bool]]:
+    """(model, has an output bound) of the requests still to end with no worst case in USD."""
+    rows = db.execute(
+        "SELECT DISTINCT model, worst_output_tokens IS NOT NULL FROM requests "
+        "WHERE run_id = ? AND state IN ('pending', 'queued', 'submitted', 'realtime') "
+        "AND (worst_usd IS NULL OR batch_worst_usd IS NULL) ORDER BY model",
+        (run_id,),
+    ).fetchall()
+    return [(str(row[0]), bool(row[1])) for row in rows]
+
+
+def answered_rows(db: Connection, run_id: str) -> Iterator[tuple[str, str]]:
+    """(request id, response JSON) of every row whose request succeeded, in input order."""
+    cursor = db.cursor()
+    cursor.row_factory = None
+    cursor.execute(
+        "SELECT w.request_id, r.response_json FROM rows w "
+        "JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+        "JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+        "WHERE w.run_id = ? AND q.state = 'succeeded' ORDER BY w.row_index",
+        (run_id,),
+    )
+    yield from cursor
+
+
+def row_outcomes(db: Connection, run_id: str) -> dict[str, int]:
+    """How many rows have each request state (`skipped` for rows with no request)."""
+    rows = db.execute(
+        "SELECT COALESCE(q.state, 'skipped'), COUNT(*) FROM rows w "
+        "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+        "WHERE w.run_id = ? GROUP BY 1",
+        (run_id,),
+    ).fetchall()
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
+    """Every row in input order with its request and result (streamed)."""
+    cursor = db.cursor()
+    cursor.row_factory = None
+    cursor.execute(
+        "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
+        "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
+        "r.cost_usd, r.lane FROM rows w "
+        "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+        "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+        "WHERE w.run_id = ? ORDER BY w.row_index",
+        (run_id,),
+    )
+    for row in cursor:
+        yield JoinedRow(*row)
 
 
 def apply_cache(db: Connection, run_id: str, now: str) -> int:
