@@ -11,7 +11,7 @@ progress is read without counting whole tables.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -105,8 +105,10 @@ def _count(db: Connection, run_id: str, current: str, target: str, n: int) -> No
         )
 
 
-def _add_up(db: Connection, run_id: str, attempts: Iterable[Outcome]) -> None:
+def _add_up(db: Connection, run_id: str, attempts: Sequence[Outcome]) -> None:
     """Add recorded attempts to the run's totals and its failures by kind of reason."""
+    if not attempts:
+        return
     spent, tokens_in, tokens_out, kinds = 0.0, 0, 0, Counter[str]()
     for outcome in attempts:
         spent += outcome.cost_usd
