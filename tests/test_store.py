@@ -6,6 +6,7 @@ Checks of the raw tables (`_sql`) read the SQLite file through a second connecti
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -433,3 +434,23 @@ def test_migration_statements_keep_a_trigger_whole() -> None:
         "CREATE TABLE t (a);",
         trigger,
     ]
+
+
+def test_nothing_outside_the_store_imports_sqlite3() -> None:
+    """Other databases (the local server's) take their connections from `store/database.py`."""
+    package = Path(__file__).parent.parent / "src" / "batchpilot"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] == "store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name.split(".")[0] == "sqlite3" for name in names):
+                found.append(str(path.relative_to(package)))
+    assert found == []
