@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,13 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 OPEN_CLIENTS: list[openai.OpenAI] = []
+
+
+def sql(path: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a store's SQLite file through a connection of its own (committed):
+    a test's look at, or change to, the raw tables."""
+    with closing(sqlite3.connect(path)) as db, db:
+        return db.execute(query, params).fetchall()
 
 
 def client_for(server: LocalServer | str, **options: Any) -> openai.OpenAI:

@@ -18,7 +18,7 @@ from batchpilot.cli import cli
 from batchpilot.run import open_store
 from batchpilot.server import LocalServer
 
-from helpers import client_for, run_command
+from helpers import client_for, run_command, sql
 
 
 def write_job(directory: Path, base_url: str, rows: int = 12, **changes: Any) -> Path:
@@ -260,11 +260,11 @@ def test_ctrl_c_stops_the_real_time_lane_at_once_with_nothing_in_flight(
     store = open_store(state)
     (run,) = store.runs()
     counts = store.request_counts(run.id)
-    with store.tx() as db:
-        unsent = db.execute(
-            "SELECT COUNT(*) FROM requests WHERE run_id = ? AND state = 'pending' AND attempts > 0",
-            (run.id,),
-        ).fetchone()[0]
+    ((unsent,),) = sql(
+        state / "batchpilot.sqlite3",
+        "SELECT COUNT(*) FROM requests WHERE run_id = ? AND state = 'pending' AND attempts > 0",
+        run.id,
+    )
     store.close()
     assert counts["realtime"] == 0 and counts["succeeded"] == 2
     assert counts["submitted"] > 0 and counts["pending"] > 0

@@ -34,6 +34,8 @@ from batchpilot.server import FaultPlan, LocalServer, RateLimit
 from batchpilot.store import RequestState, RunRecord, SQLiteStore, utc_now
 from batchpilot.tokens import count_request
 
+from helpers import sql
+
 T = TypeVar("T")
 MODEL = "gpt-4o-mini"
 EP = "/v1/chat/completions"
@@ -288,11 +290,8 @@ def drive(
 
 
 def states(store: SQLiteStore) -> dict[str, tuple[str, int, str | None]]:
-    with store.tx() as db:
-        rows = db.execute(
-            "SELECT id, state, attempts, error FROM requests WHERE run_id = ?", (RUN,)
-        )
-        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+    rows = sql(store.path, "SELECT id, state, attempts, error FROM requests WHERE run_id = ?", RUN)
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
 def ledger_ids(server: LocalServer) -> Counter[str]:
@@ -431,12 +430,12 @@ def test_results_stream_into_the_store_at_real_time_prices(
     store, ids = make_store(tmp_path, [chat(i) for i in range(12)])
     prices = PriceTable.load()
     report = drive(server, store, prices=prices)
-    with store.tx() as db:
-        rows = db.execute(
-            "SELECT request_id, lane, input_tokens, output_tokens, cost_usd, response_json "
-            "FROM results WHERE run_id = ?",
-            (RUN,),
-        ).fetchall()
+    rows = sql(
+        store.path,
+        "SELECT request_id, lane, input_tokens, output_tokens, cost_usd, response_json "
+        "FROM results WHERE run_id = ?",
+        RUN,
+    )
     assert sorted(row[0] for row in rows) == sorted(ids)
     assert {row[1] for row in rows} == {"realtime"}
     expected = [
@@ -456,8 +455,7 @@ def test_embeddings_and_the_azure_client_go_through_the_same_lane(
     inputs = [{"model": "text-embedding-3-small", "input": f"text {i}"} for i in range(3)]
     store, ids = make_store(tmp_path / "embeddings", inputs, "/v1/embeddings")
     assert drive(server, store).succeeded == 3
-    with store.tx() as db:
-        answers = [row[0] for row in db.execute("SELECT response_json FROM results")]
+    answers = [row[0] for row in sql(store.path, "SELECT response_json FROM results")]
     vectors = [orjson.loads(text)["data"][0]["embedding"] for text in answers]
     assert all(isinstance(v, list) and isinstance(v[0], float) for v in vectors)
     store, azure_ids = make_store(tmp_path / "azure", [chat(i) for i in range(3)])

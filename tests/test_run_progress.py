@@ -21,6 +21,8 @@ from batchpilot.run.api import run_lock
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
 
+from helpers import sql
+
 Factory = Callable[..., LocalServer]
 NOT_FOUND = re.compile(r"answered 'not found' (\d+) times in a row")
 FAST: dict[str, Any] = {"time_scale": 500.0, "validation_delay_s": 0, "finalizing_delay_s": 0}
@@ -253,14 +255,12 @@ def test_a_batch_the_provider_lost_past_its_window_gives_its_requests_back(
     assert first.status.requests["submitted"] == 5
     # the provider no longer knows the batch, lists nothing of ours for it, and its 24 h window
     # ended long ago: nothing can come of it any more
-    store = open_store(state)
-    with store.tx() as db:
-        db.execute(
-            "UPDATE batches SET remote_id = 'batch_gone', input_file_id = 'file-gone', "
-            "submitted_at_utc = '2020-01-01T00:00:00.000000Z' WHERE run_id = ?",
-            (first.run_id,),
-        )
-    store.close()
+    sql(
+        state / "batchpilot.sqlite3",
+        "UPDATE batches SET remote_id = 'batch_gone', input_file_id = 'file-gone', "
+        "submitted_at_utc = '2020-01-01T00:00:00.000000Z' WHERE run_id = ?",
+        first.run_id,
+    )
     result = run_job(job, state_dir=state, poll_interval=0.02, on_progress=watchdog(30))
     assert result.status.finished and result.status.requests["succeeded"] == 5
     store = open_store(state)

@@ -18,7 +18,7 @@ from batchpilot.run import RunStatus, open_store, run_job
 from batchpilot.server import LocalServer, RateLimit
 from batchpilot.spec import job_from_dict
 
-from helpers import client_for
+from helpers import client_for, sql
 
 MODEL = "gpt-4o-mini"
 
@@ -97,6 +97,14 @@ def test_hybrid_uses_both_lanes_and_never_both_for_one_request(
     # the real-time share comes from the end of the input, batches take the front
     by_row = [row["lane"] for row in outputs(tmp_path)]
     assert by_row == sorted(by_row) and by_row[0] == "batch" and by_row[-1] == "realtime"
+    # the counts the store kept as both lanes moved requests equal a full recount
+    recount = "SELECT state, COUNT(*) FROM requests WHERE run_id = ? GROUP BY state"
+    store = open_store(tmp_path / "state")
+    try:
+        kept = {state: n for state, n in store.request_counts(result.run_id).items() if n}
+    finally:
+        store.close()
+    assert kept == dict(sql(tmp_path / "state" / "batchpilot.sqlite3", recount, result.run_id))
 
 
 def test_deadline_cancels_late_batches_and_finishes_in_real_time(

@@ -1,12 +1,12 @@
-"""Contract tests for the store, over every factory in `STORES` (a PostgreSQL store joins there).
+"""The SQLite store's own checks: its schema and migrations, and the raw tables behind the
+store contract (`test_store_contract.py`, which speaks only through `Store`); the run lock.
 
 Checks of the raw tables (`_sql`) read the SQLite file through a second connection.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
+import ast
 import json
 import os
 import signal
@@ -32,24 +32,21 @@ from batchpilot.store import (
     SQLiteStore,
     utc_now,
 )
-from batchpilot.store.migrations import MIGRATIONS, migrate
-from batchpilot.store.states import BATCH_MOVES, REQUEST_MOVES, check_move
-
-StoreFactory = Callable[[Path], SQLiteStore]
-STORES: list[StoreFactory] = [lambda tmp_path: SQLiteStore(tmp_path / "s.sqlite3")]
+from batchpilot.store.migrations import MIGRATIONS, migrate, statements
+from batchpilot.store.states import BATCH_MOVES
 
 RUN = "run-1"
 EP = "/v1/chat/completions"
 B, R = BatchState, RequestState
 
 
-@pytest.fixture(params=STORES, ids=[f"store{i}" for i in range(len(STORES))])
-def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], SQLiteStore]]:
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[Callable[[], SQLiteStore]]:
     """Opens (and later closes) stores on this test's database."""
     opened: list[SQLiteStore] = []
 
     def open_store() -> SQLiteStore:
-        opened.append(request.param(tmp_path))
+        opened.append(SQLiteStore(tmp_path / "s.sqlite3"))
         return opened[-1]
 
     yield open_store
@@ -151,37 +148,6 @@ def test_migrations_tolerate_a_concurrent_opener(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
-BATCH_PAIRS = list(itertools.product(BatchState, repeat=2))
-ALL_PAIRS: list[tuple[Any, str, str]] = [
-    *((REQUEST_MOVES, a, b) for a, b in itertools.product(RequestState, repeat=2)),
-    *((BATCH_MOVES, a, b) for a, b in BATCH_PAIRS),
-]
-
-
-@pytest.mark.parametrize(("table", "current", "target"), ALL_PAIRS)
-def test_check_move_follows_the_table(table: Any, current: str, target: str) -> None:
-    if target in table[current]:
-        check_move(table, current, target, "x")
-    else:
-        with pytest.raises(IllegalTransition, match=f"from {current} to {target}"):
-            check_move(table, current, target, "x")
-
-
-@pytest.mark.parametrize(("current", "target"), BATCH_PAIRS)
-def test_move_batch_follows_the_table(
-    store: SQLiteStore, current: BatchState, target: BatchState
-) -> None:
-    batch_id = batch_in(store, current, plan(store, 2))
-    before, tally = store.batch(RUN, batch_id), store.request_counts(RUN)
-    if target in BATCH_MOVES[current]:
-        assert store.move_batch(RUN, batch_id, target).state == target
-    else:
-        with pytest.raises(IllegalTransition):
-            store.move_batch(RUN, batch_id, target, error="x")
-        assert store.batch(RUN, batch_id) == before
-        assert store.request_counts(RUN) == tally
-
-
 def test_move_batch_checks_the_row_not_a_stale_read(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,51 +159,6 @@ def test_move_batch_checks_the_row_not_a_stale_read(
         store.move_batch(RUN, batch_id, B.UPLOADED)
     monkeypatch.undo()
     assert store.batch(RUN, batch_id).state == B.ABANDONED
-
-
-def test_update_batch_cannot_change_the_state(store: SQLiteStore) -> None:
-    batch_id = batch_in(store, B.SUBMITTED, plan(store, 1))
-    with pytest.raises(IllegalTransition, match="move_batch"):
-        store.update_batch(RUN, batch_id, state=B.FINISHED, remote_status="completed")
-    store.update_batch(RUN, batch_id, remote_status="in_progress", completed=3)
-    batch = store.batch(RUN, batch_id)
-    assert (batch.state, batch.remote_status, batch.completed) == (B.SUBMITTED, "in_progress", 3)
-
-
-def test_move_requests_moves_all_or_none(store: SQLiteStore) -> None:
-    plan(store, 3)
-    store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
-    with pytest.raises(IllegalTransition):
-        store.move_requests(RUN, ["req-1"], R.PENDING, R.SUBMITTED)
-    with pytest.raises(IllegalTransition, match="1 of 2"):
-        store.move_requests(RUN, ["req-0", "req-1"], R.PENDING, R.QUEUED)
-    assert store.request_counts(RUN)["pending"] == 2
-
-
-def test_run_lifecycle(store: SQLiteStore) -> None:
-    assert store.run(RUN) == RunRecord(
-        RUN, "job", "{}", "openai", EP, "planned", 5.0, store.runs()[0].created_at_utc
-    )
-    assert store.run("missing") is None
-    old = make_run(store, "old", job="other", at="2020-01-01T00:00:00.000000Z")
-    new = make_run(store, "new", job="other", at="2030-01-01T00:00:00.000000Z")
-    mid = make_run(store, "mid", job="other", at="2025-01-01T00:00:00.000000Z")
-    assert store.runs("other") == [new, mid, old]
-    assert [r.id for r in store.runs()] == ["new", RUN, "mid", "old"]
-    for status in ("running", "finished", "stopped", "cancelled"):
-        store.set_run_status(RUN, status)
-        run = store.run(RUN)
-        assert run is not None and run.status == status
-        assert (run.finished_at_utc is not None) == (status in ("finished", "cancelled"))
-
-
-def test_adding_rows_and_requests_is_idempotent(store: SQLiteStore) -> None:
-    plan(store, 3)
-    store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
-    plan(store, 3)  # planning again changes nothing: not even req-0's state
-    assert store.request_counts(RUN) == counts(pending=2, realtime=1)
-    assert [r.id for r in store.pending(RUN, 1)] == ["req-1"]
-    assert len(list(store.joined_rows(RUN))) == 3 and store.pending("other-run", 3) == []
 
 
 def test_create_batch_queues_exactly_its_requests(store: SQLiteStore) -> None:
@@ -346,111 +267,6 @@ def test_finish_realtime(store: SQLiteStore) -> None:
     assert request_row(store, "req-0")[0] == "succeeded"
 
 
-def test_money_reserves_only_live_batches(store: SQLiteStore) -> None:
-    requests = plan(store, 6)
-    for i, state in enumerate([B.PLANNED, B.UPLOADED, B.CREATING, B.SUBMITTED, B.ABANDONED]):
-        batch_id = batch_in(store, state, [requests[i]])
-        store.update_batch(RUN, batch_id, reserved_usd=10.0**i)
-    store.move_requests(RUN, ["req-5"], R.PENDING, R.REALTIME)
-    store.finish_realtime(RUN, Outcome("req-5", R.SUCCEEDED, {}, cost_usd=0.5))
-    assert store.money(RUN) == (0.5, 100.0 + 1000.0)
-    assert store.money("other-run") == (0.0, 0.0)
-
-
-def test_apply_cache_answers_from_an_earlier_run(store: SQLiteStore) -> None:
-    plan(store, 1, hashes="same")
-    store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"a": 1}, 7, 8, cost_usd=0.5))
-    make_run(store, "run-2")
-    plan(store, 2, run_id="run-2", hashes="same")  # req-0: the same hash; req-1: another
-    assert store.apply_cache("run-2") == 1
-    assert store.apply_cache("run-2") == 0
-    rows = [dataclasses.astuple(row) for row in store.joined_rows("run-2")]
-    assert [row[6:] for row in rows] == [
-        ("succeeded", 0, None, '{"a":1}', 7, 8, 0.0, "cache"),
-        ("pending", 0, None, None, None, None, None, None),
-    ]
-    assert store.money("run-2") == (0.0, 0.0)
-
-
-def test_joined_rows_in_input_order(store: SQLiteStore) -> None:
-    with store.tx():
-        store.add_row(RUN, 2, "c", "in.jsonl", "req-0", {"n": 2})
-        store.add_row(RUN, 1, "b", "in.jsonl", None, {"n": 1}, skip_reason="empty")
-        store.add_row(RUN, 0, "a", "in.jsonl", "req-0", None)
-        store.add_request(RUN, "req-0", "h", EP, "m", b"{}", 1, 1, 0)
-    store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
-    store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"ok": True}, 1, 2, cost_usd=0.5))
-    rows = [dataclasses.asdict(row) for row in store.joined_rows(RUN)]
-    assert [(r["row_index"], r["row_id"], r["request_id"]) for r in rows] == [
-        (0, "a", "req-0"), (1, "b", None), (2, "c", "req-0")
-    ]  # fmt: skip
-    assert rows[1]["skip_reason"] == "empty" and rows[1]["state"] is None
-    assert rows[1]["response_json"] is None and rows[0]["data_json"] is None
-    assert json.loads(rows[2]["data_json"]) == {"n": 2}
-    for row in (rows[0], rows[2]):
-        assert (row["state"], row["attempts"], row["lane"]) == ("succeeded", 1, "realtime")
-        assert json.loads(row["response_json"]) == {"ok": True} and row["cost_usd"] == 0.5
-
-
-def test_events(store: SQLiteStore) -> None:
-    make_run(store, "run-2")
-    store.event(RUN, "start", "one", {"k": [1]})
-    store.event("run-2", "start", "elsewhere")
-    store.event(RUN, "retry", "two")
-    events = store.events(RUN)
-    assert [(e["kind"], e["message"]) for e in events] == [("start", "one"), ("retry", "two")]
-    assert json.loads(events[0]["data_json"]) == {"k": [1]} and events[1]["data_json"] is None
-    assert [e["message"] for e in store.events(RUN, since=events[0]["seq"])] == ["two"]
-    assert store.events(RUN, since=events[1]["seq"]) == []
-
-
-def test_request_counts(store: SQLiteStore) -> None:
-    assert store.request_counts(RUN) == counts()
-    requests = plan(store, 4)
-    batch_in(store, B.SUBMITTED, requests[:2])
-    store.fail_requests(RUN, ["req-2"], "too large")
-    make_run(store, "run-2")
-    plan(store, 1, run_id="run-2")
-    assert store.request_counts(RUN) == counts(submitted=2, failed=1, pending=1)
-    assert request_row(store, "req-2")[3] == "too large"
-
-
-def test_nested_transactions_join_the_outer_one(store: SQLiteStore) -> None:
-    with store.tx():
-        with store.tx():
-            make_run(store, "inner")
-        assert _sql(store, "SELECT id FROM runs WHERE id = 'inner'") == []  # not yet committed
-    assert _sql(store, "SELECT id FROM runs WHERE id = 'inner'") == [("inner",)]
-
-
-@pytest.mark.parametrize("fail_inside", [True, False])
-def test_an_exception_rolls_back_the_whole_transaction(
-    store: SQLiteStore, fail_inside: bool
-) -> None:
-    with pytest.raises(RuntimeError, match="boom"), store.tx():
-        make_run(store, "outer")
-        with store.tx():
-            make_run(store, "inner")
-            if fail_inside:
-                raise RuntimeError("boom")
-        raise RuntimeError("boom")
-    assert store.run("outer") is None and store.run("inner") is None
-    make_run(store, "after")  # the store is usable again, and commits
-    assert _sql(store, "SELECT id FROM runs WHERE id = 'after'") == [("after",)]
-
-
-def test_committed_data_survives_in_a_new_instance(factory: Callable[[], SQLiteStore]) -> None:
-    first = factory()
-    make_run(first)
-    batch_id = batch_in(first, B.SUBMITTED, plan(first, 2))
-    first.event(RUN, "submitted", "ok")
-    second = factory()
-    assert second.run(RUN) == first.run(RUN)
-    assert second.batch(RUN, batch_id).state == B.SUBMITTED
-    assert [r.id for r in second.batch_requests(RUN, batch_id)] == ["req-0", "req-1"]
-    assert [e["kind"] for e in second.events(RUN)] == ["submitted"]
-
-
 def test_run_lock_is_exclusive_within_a_process(tmp_path: Path) -> None:
     path = tmp_path / "locks" / "run.lock"
     with RunLock(path), pytest.raises(StateError, match=f"pid {os.getpid()}"):
@@ -515,47 +331,126 @@ def test_a_store_with_the_old_cache_is_upgraded_and_its_answers_still_serve(
         store.close()
 
 
-def test_one_store_serves_several_threads_each_in_its_own_transaction(
-    store: SQLiteStore,
-) -> None:
-    """A store object is shared by the runner and the real-time lane's thread: each thread writes
-    through its own connection, and one thread's open transaction is not joined by another's."""
-    import threading
+def _old_store(path: Path, version: int) -> sqlite3.Connection:
+    """A store file as batchpilot left it at schema `version` (still open, to fill)."""
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:version]:
+        for statement in statements(script):
+            db.execute(statement)
+    db.execute(f"PRAGMA user_version = {version}")
+    return db
 
-    plan(store, 4)
-    inside = threading.Event()
-    release = threading.Event()
-    errors: list[BaseException] = []
 
-    def hold_a_transaction() -> None:
-        try:
-            with store.tx():
-                store.claim_realtime(RUN, "req-0")
-                inside.set()
-                assert release.wait(30)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+def test_an_older_store_gets_its_counts_totals_and_batch_counter(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with closing(_old_store(path, 5)) as db, db:
+        db.execute(
+            "INSERT INTO runs VALUES ('old', 'j', '{}', 'openai', 'e', 'running', NULL, 't', NULL)"
+        )
+        for i, state in enumerate(["pending", "pending", "submitted", "succeeded", "failed"]):
+            db.execute(
+                "INSERT INTO requests(run_id, id, content_hash, endpoint, model, body, "
+                "input_tokens, max_output_tokens, first_row, state) "
+                "VALUES ('old', ?, ?, 'e', 'm', x'7b7d', 1, 1, ?, ?)",
+                (f"req-{i}", f"h{i}", i, state),
+            )
+        for attempt, (cost, error) in enumerate([(0.5, "http 500: x"), (0.25, "timeout")]):
+            db.execute(
+                "INSERT INTO attempts VALUES ('old', 'req-4', ?, 'batch', 1, 'pending', ?, "
+                "3, 2, ?, 't')",
+                (attempt + 1, error, cost),
+            )
+        for batch_id in (1, 4):
+            db.execute(
+                "INSERT INTO batches(run_id, id, state, endpoint, model, requests, bytes, "
+                "input_tokens, file_name, created_at_utc) "
+                "VALUES ('old', ?, 'finished', 'e', 'm', 1, 1, 1, 'f', 't')",
+                (batch_id,),
+            )
+    store = SQLiteStore(path)
+    try:
+        assert store.request_counts("old") == counts(pending=2, submitted=1, succeeded=1, failed=1)
+        assert store.money("old") == (0.75, 0.0) and store.token_totals("old") == (6, 4)
+        assert store.failure_reasons("old") == {"http 500": 1, "timeout": 1}
+        pending = store.pending("old", 2)
+        assert store.create_batch("old", pending[:1], size=1, file_name_prefix="b") == 5
+        assert store.request_counts("old") == counts(
+            pending=1, queued=1, submitted=1, succeeded=1, failed=1
+        )
+    finally:
+        store.close()
 
-    worker = threading.Thread(target=hold_a_transaction)
-    worker.start()
-    assert inside.wait(30)
-    # The main thread sees only committed work: the worker's claim is not visible yet.
-    assert store.request_counts(RUN)["realtime"] == 0
-    release.set()
-    worker.join(30)
-    assert not errors
-    assert store.request_counts(RUN)["realtime"] == 1
 
-    def claim(request_id: str) -> None:
-        try:
-            assert store.claim_realtime(RUN, request_id)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+def test_counts_and_totals_are_kept_as_requests_move_not_counted(store: SQLiteStore) -> None:
+    requests = plan(store, 6)
+    sent = batch_in(store, B.SUBMITTED, requests[:3])
+    store.finish_batch(
+        RUN,
+        sent,
+        [
+            Outcome("req-0", R.SUCCEEDED, {"a": 0}, 5, 6, cost_usd=0.1),
+            Outcome("req-1", R.PENDING, None, 2, 0, cost_usd=0.2, error="timeout"),
+            Outcome("req-2", R.FAILED, error="bad"),
+        ],
+    )
+    store.claim_realtime(RUN, "req-3")
+    store.record_attempt(RUN, Outcome("req-3", R.PENDING, None, 1, 1, 0.3, error="http 500: x"))
+    store.cancel_pending(RUN, "done")
+    store.revive_cancelled(RUN)
+    recount = "SELECT state, COUNT(*) FROM requests WHERE run_id = ? GROUP BY state"
+    assert store.request_counts(RUN) == counts(**dict(_sql(store, recount, RUN)))
+    totals = "SELECT SUM(cost_usd), SUM(input_tokens), SUM(output_tokens) FROM attempts"
+    spent, tokens_in, tokens_out = _sql(store, totals)[0]
+    assert store.money(RUN)[0] == pytest.approx(spent)
+    assert store.token_totals(RUN) == (tokens_in, tokens_out)
+    assert store.failure_reasons(RUN) == {"timeout": 1, "bad": 1, "http 500": 1}
+    with closing(sqlite3.connect(store.path)) as db, db:  # what is read is what was kept
+        db.execute("UPDATE request_counts SET n = 99 WHERE run_id = ? AND state = 'failed'", (RUN,))
+        db.execute(
+            "UPDATE run_totals SET spent_usd = 99, input_tokens = 98 WHERE run_id = ?", (RUN,)
+        )
+        db.execute("UPDATE failure_counts SET n = 97 WHERE run_id = ? AND kind = 'bad'", (RUN,))
+    assert store.request_counts(RUN)["failed"] == 99
+    assert store.money(RUN)[0] == 99 and store.token_totals(RUN)[0] == 98
+    assert store.failure_reasons(RUN)["bad"] == 97
 
-    threads = [threading.Thread(target=claim, args=(f"req-{i}",)) for i in (1, 2, 3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not errors
-    assert store.request_counts(RUN)["realtime"] == 4
+
+def test_a_retry_on_the_real_time_lane_is_an_attempt_of_its_own(store: SQLiteStore) -> None:
+    plan(store, 1)
+    store.claim_realtime(RUN, "req-0")
+    store.record_attempt(RUN, Outcome("req-0", R.PENDING, None, 2, 0, cost_usd=0.5, error="x"))
+    store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {}, 3, 4, cost_usd=0.25))
+    assert request_row(store, "req-0") == ("succeeded", 2, None, None)
+    query = "SELECT attempt, lane, batch_id, outcome, error, cost_usd FROM attempts"
+    assert _sql(store, query) == [
+        (1, "realtime", None, "pending", "x", 0.5), (2, "realtime", None, "succeeded", None, 0.25)
+    ]  # fmt: skip
+
+
+def test_migration_statements_keep_a_trigger_whole() -> None:
+    trigger = "CREATE TRIGGER x AFTER INSERT ON t BEGIN\n  SELECT 1;\n  SELECT 2;\nEND;"
+    script = f"CREATE TABLE t (a);\n{trigger}\n"
+    assert [s.strip() for s in statements(script)] == [
+        "CREATE TABLE t (a);",
+        trigger,
+    ]
+
+
+def test_nothing_outside_the_store_imports_sqlite3() -> None:
+    """Other databases (the local server's) take their connections from `store/database.py`."""
+    package = Path(__file__).parent.parent / "src" / "batchpilot"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] == "store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name.split(".")[0] == "sqlite3" for name in names):
+                found.append(str(path.relative_to(package)))
+    assert found == []

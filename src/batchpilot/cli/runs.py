@@ -28,7 +28,7 @@ from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
 from batchpilot.spec import JobSpec
 from batchpilot.spec.model import ProviderSpec
-from batchpilot.store import BatchState, RunRecord, Store
+from batchpilot.store import BatchState, RunRecord, RunState, Store
 
 __all__ = ["cancel", "export", "ls", "status"]
 
@@ -162,7 +162,7 @@ def _cancel_run(store: Store, record: RunRecord, state_dir: Path) -> list[Cancel
         done = cancel_batches(store, provider, record.id, live, "on request")
     finally:
         provider.close()
-    store.set_run_status(record.id, "cancelled")
+    store.move_run(record.id, RunState.CANCELLED)
     count = sum(item.outcome == "cancelled" for item in done)
     store.event(record.id, "cancelled", f"cancelled {count} of {len(live)} remote batches")
     return done

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -158,17 +157,6 @@ class RealtimeLane:
         self._stop_waiter: asyncio.Future[Any] | None = None
         self._auth_error: str | None = None
         self._failure: BaseException | None = None
-
-    def using(self, store: Store) -> RealtimeLane:
-        """The same lane (client, throttle, limits, checks) recording into `store`: another
-        connection to the same file, for a lane that runs in a thread of its own."""
-        twin = copy.copy(self)
-        twin.store = store
-        twin._report = LaneReport()
-        rebind = getattr(self.check, "using", None)
-        if callable(rebind):
-            twin.check = rebind(store)
-        return twin
 
     def recall_day(self) -> None:
         """Count the real-time requests the store saw in the last day (earlier processes,
@@ -419,7 +407,7 @@ class RealtimeLane:
                     return
                 with self.store.tx():
                     self._report.spent_usd += failure.billed[2]
-                    self.store.finish_realtime(
+                    self.store.record_attempt(
                         self.run_id,
                         Outcome(
                             request.id,
@@ -428,9 +416,6 @@ class RealtimeLane:
                             *failure.billed,
                             error=failure.reason,
                         ),
-                    )
-                    self.store.move_requests(
-                        self.run_id, [request.id], RequestState.PENDING, RequestState.REALTIME
                     )
                 attempts, tries = attempts + 1, tries + 1
                 self._report.retried += 1

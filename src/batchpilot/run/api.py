@@ -159,8 +159,7 @@ def run_settings(
 
 @dataclass(frozen=True)
 class JobCheck:
-    """The job's checks on every answer, reading input rows (for validators) from `store`;
-    `using` gives the same checks reading through another connection (another thread's)."""
+    """The job's checks on every answer, reading input rows (for validators) from `store`."""
 
     check: AnswerCheck
     needs_rows: bool
@@ -170,9 +169,6 @@ class JobCheck:
     def __call__(self, request: PendingRequest, body: dict[str, Any]) -> str | None:
         data = self.store.row_data(self.run_id, request.first_row) if self.needs_rows else None
         return self.check(body, data)
-
-    def using(self, store: Store) -> JobCheck:
-        return replace(self, store=store)
 
 
 def answer_check(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from batchpilot.errors import BudgetExceeded, UserInputError
 from batchpilot.formatting import usd
 from batchpilot.pricing import PriceTable
-from batchpilot.store import Store
+from batchpilot.store import RunState, Store
 
 __all__ = ["check_worst_cases", "stop_for_budget"]
 
@@ -60,5 +60,5 @@ def stop_for_budget(
             f"answer in full); {pending} requests are still pending. {RAISE.capitalize()}"
         )
     store.event(run_id, "budget", message)
-    store.set_run_status(run_id, "stopped")
+    store.move_run(run_id, RunState.STOPPED)
     return BudgetExceeded(message)

@@ -22,7 +22,7 @@ from batchpilot.run.interrupt import Interrupt
 from batchpilot.run.scheduler import LIVE, Mode, Scheduler
 from batchpilot.run.share import LaneShare, LaneThread
 from batchpilot.run.status import RunStatus, run_status
-from batchpilot.store import BatchState, PendingRequest, Store
+from batchpilot.store import BatchState, PendingRequest, RunState, Store
 
 __all__ = ["Runner"]
 
@@ -61,7 +61,7 @@ class Runner:
             raise UserInputError(f"strategy {self.settings.strategy} needs a real-time client")
         check_worst_cases(self.store, self.run_id, self.settings.budget_usd, self.settings.prices)
         self.config.files_dir.mkdir(parents=True, exist_ok=True)
-        self.store.set_run_status(self.run_id, "running")
+        self.store.move_run(self.run_id, RunState.RUNNING)
         accept = None if self.config.check is None else self._cached_ok
         cached = self.store.apply_cache(self.run_id, accept) if self.config.use_cache else 0
         if cached:
@@ -83,7 +83,7 @@ class Runner:
             # the right key continues instead of finding its requests failed for good.
             self._close_lane()
             self.store.event(self.run_id, "error", str(exc))
-            self.store.set_run_status(self.run_id, "stopped")
+            self.store.move_run(self.run_id, RunState.STOPPED)
             raise
         finally:
             self._close_lane()
@@ -113,7 +113,7 @@ class Runner:
                 self.config.on_progress(status)
             if status.finished:
                 self._close_lane()
-                self.store.set_run_status(self.run_id, "finished")
+                self.store.move_run(self.run_id, RunState.FINISHED)
                 ended = (
                     "every request has ended"
                     if status.total
@@ -206,7 +206,7 @@ class Runner:
             self.store.event(
                 self.run_id, "stopped", f"stopped with {len(live)} batches still running remotely"
             )
-        self.store.set_run_status(self.run_id, "stopped")
+        self.store.move_run(self.run_id, RunState.STOPPED)
         return self.status()
 
     # the real-time lane ----------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """What the two lanes of a run share across threads, and the thread the real-time lane runs in.
 
 The batch lane (the runner's thread) takes pending requests from the front of the input, the
-real-time lane (a thread of its own, with its own event loop and store connection) from the
-end. Both take them under one lock, so a request is taken by one lane only (never paying
+real-time lane (a thread of its own, with its own event loop; the store serves any thread) from
+the end. Both take them under one lock, so a request is taken by one lane only (never paying
 twice), and each lane's money check and reservation are one step with respect to the other's.
 """
 
@@ -153,10 +153,9 @@ class LaneThread:
         return self.report
 
     def _main(self) -> None:
-        # The store serves this thread through a connection of its own.
         store = self._store
         loop = asyncio.new_event_loop()
-        lane = self._serving = self._lane.using(store)
+        lane = self._serving = self._lane
         try:
             loop.run_until_complete(self._serve(lane, store))
         except BaseException as exc:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from batchpilot.server.faults import CONTENT_KINDS, LINE_KINDS, Fault, FaultPlan
 from batchpilot.server.responders.base import Responder
 from batchpilot.server.state import ACTIVE_STATUSES, LedgerRow, LineRow, ServerState, dumps
 from batchpilot.server.validation import validate_input_file
+from batchpilot.store.database import Row
 
 __all__ = ["BatchEngine"]
 
@@ -125,7 +125,7 @@ class BatchEngine:
                 self._step_failures.pop(row["id"], None)
         return busy
 
-    def _step_failed(self, row: sqlite3.Row, exc: Exception) -> bool:
+    def _step_failed(self, row: Row, exc: Exception) -> bool:
         """Count a failed step of one batch; the batch fails once it keeps failing."""
         batch_id = row["id"]
         log.exception("batch %s: step failed", batch_id)
@@ -149,13 +149,13 @@ class BatchEngine:
         self.state.release_file(row["input_file_id"])
         return True
 
-    def _faults_of(self, row: sqlite3.Row) -> list[Fault]:
+    def _faults_of(self, row: Row) -> list[Fault]:
         return [Fault.model_validate(item) for item in json.loads(row["faults_json"])]
 
-    def _fault(self, row: sqlite3.Row, kind: str) -> Fault | None:
+    def _fault(self, row: Row, kind: str) -> Fault | None:
         return next((f for f in self._faults_of(row) if f.kind == kind), None)
 
-    def _advance(self, row: sqlite3.Row, now: float) -> bool:
+    def _advance(self, row: Row, now: float) -> bool:
         status, batch_id = row["status"], row["id"]
         if status == "validating":
             if not row["validated"]:
@@ -188,7 +188,7 @@ class BatchEngine:
             return True
         return False
 
-    def _validate(self, row: sqlite3.Row) -> None:
+    def _validate(self, row: Row) -> None:
         batch_id = row["id"]
         file_row = self.state.get_file(row["input_file_id"], row["owner"])
         if file_row is None or file_row["purpose"] != "batch":
@@ -256,7 +256,7 @@ class BatchEngine:
 
     # running lines --------------------------------------------------------------------------
 
-    def _progress(self, row: sqlite3.Row, now: float) -> bool:
+    def _progress(self, row: Row, now: float) -> bool:
         batch_id = row["id"]
         expire = self._fault(row, "batch_expire")
         expire_after = None if expire is None else int(expire.after_fraction * row["total"])
@@ -299,7 +299,7 @@ class BatchEngine:
             self._finish(current, "expired", now)
         return True
 
-    def _run_lines(self, row: sqlite3.Row, handle: Any, lines: list[LineRow]) -> int:
+    def _run_lines(self, row: Row, handle: Any, lines: list[LineRow]) -> int:
         batch_id, endpoint = row["id"], row["endpoint"]
         all_fail = self._fault(row, "all_lines_fail")
 
@@ -391,7 +391,7 @@ class BatchEngine:
 
     # finishing ------------------------------------------------------------------------------
 
-    def _finish(self, row: sqlite3.Row, status: str, now: float) -> None:
+    def _finish(self, row: Row, status: str, now: float) -> None:
         """Write output and error files, then move the batch to its terminal `status`."""
         batch_id = row["id"]
         reason = {

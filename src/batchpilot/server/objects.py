@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from typing import Any
+
+from batchpilot.store.database import Row
 
 __all__ = ["batch_object", "error_body", "file_object", "new_batch_id", "new_file_id"]
 
@@ -29,7 +30,7 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def file_object(row: sqlite3.Row) -> dict[str, Any]:
+def file_object(row: Row) -> dict[str, Any]:
     return {
         "id": row["id"],
         "object": "file",
@@ -47,7 +48,7 @@ def _ts(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def batch_object(row: sqlite3.Row) -> dict[str, Any]:
+def batch_object(row: Row) -> dict[str, Any]:
     errors = json.loads(row["errors_json"]) if row["errors_json"] else None
     usage = None
     if row["status"] in ("completed", "expired", "cancelled") or row["completed"]:

@@ -6,13 +6,14 @@ Each public method is one transaction. Every thread gets its own connection.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from batchpilot.store.database import Connection, Row, connect
 
 __all__ = ["ACTIVE_STATUSES", "TERMINAL_STATUSES", "LedgerRow", "LineRow", "ServerState"]
 
@@ -131,19 +132,14 @@ class ServerState:
         self._local = threading.local()
         self._migrate()
 
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _connect(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
+            conn = self._local.conn = connect(self.path)
         return conn
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[Connection]:
         """One write transaction, taken at once so concurrent writers queue instead of failing."""
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
@@ -154,7 +150,7 @@ class ServerState:
             raise
         conn.execute("COMMIT")
 
-    def read(self) -> sqlite3.Connection:
+    def read(self) -> Connection:
         return self._connect()
 
     def _migrate(self) -> None:
@@ -209,18 +205,18 @@ class ServerState:
                 (file_id, filename, purpose, size, created_at, expires_at, owner),
             )
 
-    def get_file(self, file_id: str, owner: str | None = None) -> sqlite3.Row | None:
+    def get_file(self, file_id: str, owner: str | None = None) -> Row | None:
         """A file that is not deleted; with `owner`, only that project's."""
         sql, params = "SELECT * FROM files WHERE id = ? AND deleted = 0", [file_id]
         if owner is not None:
             sql += " AND owner = ?"
             params.append(owner)
-        row: sqlite3.Row | None = self.read().execute(sql, params).fetchone()
+        row: Row | None = self.read().execute(sql, params).fetchone()
         return row
 
     def list_files(
         self, owner: str, purpose: str | None, after: str | None, limit: int, ascending: bool
-    ) -> tuple[list[sqlite3.Row], bool]:
+    ) -> tuple[list[Row], bool]:
         clauses, params = ["deleted = 0", "owner = ?"], [owner]
         if purpose:
             clauses.append("purpose = ?")
@@ -297,7 +293,7 @@ class ServerState:
             self.file_path(file_id).unlink(missing_ok=True)
 
     @staticmethod
-    def _read_by_a_batch(conn: sqlite3.Connection, file_id: str) -> bool:
+    def _read_by_a_batch(conn: Connection, file_id: str) -> bool:
         marks = ", ".join("?" for _ in ACTIVE_STATUSES)
         row = conn.execute(
             f"SELECT 1 FROM batches WHERE input_file_id = ? AND admitted = 1 "
@@ -317,18 +313,16 @@ class ServerState:
             )
             return int(cursor.lastrowid or 0)
 
-    def get_batch(self, batch_id: str, owner: str | None = None) -> sqlite3.Row | None:
+    def get_batch(self, batch_id: str, owner: str | None = None) -> Row | None:
         """A batch; with `owner`, only that project's."""
         sql, params = "SELECT * FROM batches WHERE id = ?", [batch_id]
         if owner is not None:
             sql += " AND owner = ?"
             params.append(owner)
-        row: sqlite3.Row | None = self.read().execute(sql, params).fetchone()
+        row: Row | None = self.read().execute(sql, params).fetchone()
         return row
 
-    def list_batches(
-        self, owner: str, after: str | None, limit: int
-    ) -> tuple[list[sqlite3.Row], bool]:
+    def list_batches(self, owner: str, after: str | None, limit: int) -> tuple[list[Row], bool]:
         params: list[Any] = [owner]
         where = "WHERE owner = ?"
         if after:
@@ -349,7 +343,7 @@ class ServerState:
         )
         return rows[:limit], len(rows) > limit
 
-    def batches_in(self, statuses: Sequence[str]) -> list[sqlite3.Row]:
+    def batches_in(self, statuses: Sequence[str]) -> list[Row]:
         marks = ", ".join("?" for _ in statuses)
         return (
             self.read()
@@ -463,7 +457,7 @@ class ServerState:
     # ledger ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _insert_ledger(conn: sqlite3.Connection, rows: Sequence[LedgerRow], owner: str) -> None:
+    def _insert_ledger(conn: Connection, rows: Sequence[LedgerRow], owner: str) -> None:
         conn.executemany(
             "INSERT INTO ledger(custom_id, batch_id, endpoint, model, body_sha256, status_code, "
             "executed_at, input_tokens, cached_tokens, output_tokens, owner) "

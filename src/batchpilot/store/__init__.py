@@ -16,7 +16,7 @@ from batchpilot.store.records import (
     TaskStateRecord,
 )
 from batchpilot.store.sqlite import SQLiteStore, utc_now
-from batchpilot.store.states import BatchState, RequestState
+from batchpilot.store.states import BatchState, RequestState, RunState
 
 __all__ = [
     "BatchRecord",
@@ -28,6 +28,7 @@ __all__ = [
     "RequestState",
     "RunLock",
     "RunRecord",
+    "RunState",
     "SQLiteStore",
     "Store",
     "TaskStateRecord",

@@ -1,9 +1,10 @@
 """What every store offers: runs, rows, requests, batches, attempts, results and events, spoken
 in records and state moves, never in connections, cursors or rows of a database.
 
-`SQLiteStore` is the first implementation; `tests/test_store.py` is the contract suite that any
-other (a PostgreSQL store for many workers) must pass by adding itself to `STORES`. A store
-object may be shared by the threads of one process: each thread works in its own transaction.
+`SQLiteStore` is the first implementation; `tests/test_store_contract.py` is the contract suite
+that any other (a PostgreSQL store for many workers) must pass by adding itself to `STORES`. A
+store object may be shared by the threads of one process: each thread works in its own
+transaction.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from batchpilot.store.records import (
     RunRecord,
     TaskStateRecord,
 )
+from batchpilot.store.states import RunState
 
 __all__ = ["Store"]
 
@@ -43,8 +45,10 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
-    def tx(self) -> AbstractContextManager[object]:
-        """One transaction of the calling thread; calls inside it join it."""
+    def tx(self) -> AbstractContextManager[None]:
+        """One unit of work of the calling thread: the store calls made inside it commit together
+        or not at all (an exception rolls them back); nested units join the outer one. It hands
+        out nothing: every read and write is a call of this surface."""
         ...
 
     def realtime_sent_last_day(self, run_id: str) -> int:
@@ -58,7 +62,11 @@ class Store(Protocol):
 
     def runs(self, job_name: str | None = None) -> list[RunRecord]: ...
 
-    def set_run_status(self, run_id: str, status: str) -> None: ...
+    def move_run(self, run_id: str, target: RunState) -> RunRecord:
+        """The only way a run's status changes: checked against `RUN_MOVES` and the stored
+        status in one step (IllegalTransition otherwise); finished and cancelled runs get their
+        end time. Returns the run as it now is."""
+        ...
 
     def set_run_spec(self, run_id: str, spec_json: str, budget_usd: float | None) -> None:
         """The job's latest settings (strategy, deadline, budget) for a continued run."""
@@ -129,7 +137,10 @@ class Store(Protocol):
         """How many failed attempts each kind of reason caused (the reason's first word)."""
         ...
 
-    def request_counts(self, run_id: str) -> dict[str, int]: ...
+    def request_counts(self, run_id: str) -> dict[str, int]:
+        """How many of the run's requests are in each state (every state named), kept up to date
+        by every move rather than counted on each call."""
+        ...
 
     def move_requests(
         self,
@@ -144,6 +155,12 @@ class Store(Protocol):
     def claim_realtime(self, run_id: str, request_id: str) -> bool:
         """Move one pending request to realtime in a single statement (the real-time lane does
         this for every request); False when it is no longer pending."""
+        ...
+
+    def record_attempt(self, run_id: str, outcome: Outcome) -> int:
+        """A real-time try of a request in flight that will be tried again: the attempt is
+        recorded (its cost and error), the request stays in flight (IllegalTransition when it
+        is not). Returns the attempt's number."""
         ...
 
     def fail_requests(self, run_id: str, request_ids: Sequence[str], reason: str) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 
-__all__ = ["MIGRATIONS", "migrate"]
+__all__ = ["MIGRATIONS", "migrate", "statements"]
 
 MIGRATIONS: list[str] = [
     # 1: runs, rows, requests, results, batches, attempts, events, the result cache
@@ -165,7 +166,71 @@ MIGRATIONS: list[str] = [
     INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', lower(hex(randomblob(6))));
     CREATE INDEX IF NOT EXISTS attempts_by_lane ON attempts(lane, at_utc);
     """,
+    # 6: batch ids from a per-run counter, taken in the transaction that creates the batch
+    """
+    CREATE TABLE batch_ids (
+        run_id TEXT PRIMARY KEY,
+        last INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO batch_ids(run_id, last) SELECT run_id, MAX(id) FROM batches GROUP BY run_id;
+    """,
+    # 7: how many requests of each run are in each state, so that progress is read without
+    # counting the requests table: a trigger counts the requests added (planning, one by one);
+    # the store's one transition (`sqlite_moves`) counts the moves, in the same transaction
+    """
+    CREATE TABLE request_counts (
+        run_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (run_id, state)
+    ) WITHOUT ROWID;
+    INSERT INTO request_counts(run_id, state, n)
+        SELECT run_id, state, COUNT(*) FROM requests GROUP BY run_id, state;
+    CREATE TRIGGER requests_counted_in AFTER INSERT ON requests BEGIN
+        INSERT INTO request_counts(run_id, state, n) VALUES (new.run_id, new.state, 1)
+            ON CONFLICT(run_id, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER requests_counted_out AFTER DELETE ON requests BEGIN
+        UPDATE request_counts SET n = n - 1 WHERE run_id = old.run_id AND state = old.state;
+    END;
+    """,
+    # 8: what each run's attempts cost and used, and how many failed for each kind of reason (the
+    # reason's first word), added up by the store as it records attempts
+    """
+    CREATE TABLE run_totals (
+        run_id TEXT PRIMARY KEY,
+        spent_usd REAL NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO run_totals(run_id, spent_usd, input_tokens, output_tokens)
+        SELECT run_id, SUM(cost_usd), SUM(input_tokens), SUM(output_tokens) FROM attempts
+        GROUP BY run_id;
+    CREATE TABLE failure_counts (
+        run_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (run_id, kind)
+    ) WITHOUT ROWID;
+    INSERT INTO failure_counts(run_id, kind, n)
+        SELECT run_id, CASE WHEN instr(error, ':') > 0
+            THEN substr(error, 1, instr(error, ':') - 1) ELSE error END, COUNT(*) FROM attempts
+        WHERE outcome != 'succeeded' AND error IS NOT NULL GROUP BY 1, 2;
+    """,
 ]
+
+
+def statements(script: str) -> Iterator[str]:
+    """The statements of a migration, a trigger's body (with its own `;`) kept whole."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                yield statement
+            statement = ""
+    if statement.strip(" \n;"):
+        yield statement
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -183,9 +248,8 @@ def migrate(conn: sqlite3.Connection) -> int:
         try:
             # Read again under the write lock: another process may have applied it meanwhile.
             if int(conn.execute("PRAGMA user_version").fetchone()[0]) <= number:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in statements(MIGRATIONS[number]):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -1,12 +1,22 @@
-"""The state machines of requests and batches: every state, and every move allowed from it."""
+"""The state machines of requests, batches and runs: every state, and every move allowed from it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import TypeVar, cast
 
 from batchpilot.errors import IllegalTransition
 
-__all__ = ["BATCH_MOVES", "REQUEST_MOVES", "BatchState", "RequestState", "check_move"]
+__all__ = [
+    "BATCH_MOVES",
+    "REQUEST_MOVES",
+    "RUN_MOVES",
+    "BatchState",
+    "RequestState",
+    "RunState",
+    "check_move",
+]
 
 
 class RequestState(StrEnum):
@@ -29,7 +39,15 @@ class BatchState(StrEnum):
     ABANDONED = "abandoned"  # never created remotely; its requests went back to pending
 
 
-R, B = RequestState, BatchState
+class RunState(StrEnum):
+    PLANNED = "planned"  # planned; never run yet
+    RUNNING = "running"  # a process drives it (or did, until it crashed or detached)
+    STOPPED = "stopped"  # stopped before every request ended (Ctrl-C, budget, a refused key)
+    FINISHED = "finished"  # every request has ended
+    CANCELLED = "cancelled"  # its remote batches were cancelled on request
+
+
+R, B, U = RequestState, BatchState, RunState
 
 REQUEST_MOVES: dict[RequestState, frozenset[RequestState]] = {
     R.PENDING: frozenset({R.QUEUED, R.REALTIME, R.SUCCEEDED, R.FAILED, R.CANCELLED}),
@@ -51,14 +69,22 @@ BATCH_MOVES: dict[BatchState, frozenset[BatchState]] = {
     B.ABANDONED: frozenset(),
 }
 
+# Any run may be run again (a stopped one continues, a finished one takes new rows or a task's
+# next round, a cancelled one is resumed); a run left running by a crash or a detach is taken up
+# again by the next process, which holds the run's lock.
+RUN_MOVES: dict[RunState, frozenset[RunState]] = {
+    U.PLANNED: frozenset({U.RUNNING, U.CANCELLED}),
+    U.RUNNING: frozenset({U.RUNNING, U.STOPPED, U.FINISHED, U.CANCELLED}),
+    U.STOPPED: frozenset({U.RUNNING, U.CANCELLED}),
+    U.FINISHED: frozenset({U.RUNNING, U.CANCELLED}),
+    U.CANCELLED: frozenset({U.RUNNING, U.CANCELLED}),
+}
 
-def check_move(
-    table: dict[RequestState, frozenset[RequestState]] | dict[BatchState, frozenset[BatchState]],
-    current: str,
-    target: str,
-    what: str,
-) -> None:
+S = TypeVar("S", bound=StrEnum)
+
+
+def check_move(table: Mapping[S, frozenset[S]], current: str, target: str, what: str) -> None:
     """Raise IllegalTransition unless `current` → `target` is in the table."""
-    allowed = table.get(current, frozenset())  # type: ignore[call-overload]
+    allowed = table.get(cast(S, current), frozenset())
     if target not in allowed:
         raise IllegalTransition(f"{what}: cannot move from {current} to {target}")

@@ -31,7 +31,7 @@ from batchpilot.providers import Provider, provider_for
 from batchpilot.run.api import DEFAULT_STATE_DIR, open_runner, open_store, run_lock, run_settings
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.spec import JobSpec
-from batchpilot.store import RunRecord, Store, TaskStateRecord, utc_now
+from batchpilot.store import RunRecord, RunState, Store, TaskStateRecord, utc_now
 from batchpilot.task.checks import answer_check
 from batchpilot.task.delivery import Delivery, dump_state
 from batchpilot.task.records import TaskReport, TaskRequest, TaskResult
@@ -192,7 +192,7 @@ class Task:
         except BaseException:
             run = store.run(setup.run_id)
             if run is not None and run.status == "running":
-                store.set_run_status(setup.run_id, "stopped")
+                store.move_run(setup.run_id, RunState.STOPPED)
             raise
         return TaskReport(
             run_id=setup.run_id,

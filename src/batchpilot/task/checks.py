@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,8 +24,8 @@ _PLAIN = AnswerCheck()
 class TaskCheck:
     """Refusals and truncation; the request's schema (the JSON schema, then a pydantic model's
     own validators); then `validate(answer, meta)`. None when the answer is usable, else the
-    reason, whose first word is its kind. Request bodies and metas are read from `store`;
-    `using` gives the same checks reading through another connection (another thread's)."""
+    reason, whose first word is its kind. Request bodies and metas are read from `store`
+    (from any thread)."""
 
     store: Store
     run_id: str
@@ -56,9 +56,6 @@ class TaskCheck:
         if isinstance(verdict, str) and verdict:
             return f"rejected: {verdict}"
         return None
-
-    def using(self, store: Store) -> TaskCheck:
-        return replace(self, store=store)
 
 
 def answer_check(

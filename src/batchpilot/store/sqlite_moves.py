@@ -1,0 +1,260 @@
+"""The one way a request's state changes in the SQLite store, and what rides along with it
+(attempts, results, the result cache).
+
+Every move is checked against `REQUEST_MOVES` and guarded by the current state in the same
+statement; a move that finds fewer requests than it was given raises IllegalTransition, and the
+caller's transaction rolls back. Each move counts what it moved in `request_counts`, and each
+attempt recorded adds to `run_totals` and `failure_counts`, in the same transaction, so that
+progress is read without counting whole tables.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+
+from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.store.database import Connection
+from batchpilot.store.records import Outcome
+from batchpilot.store.states import REQUEST_MOVES, RequestState, check_move
+
+__all__ = ["apply_outcomes", "move", "move_each", "move_ids", "record_attempt"]
+
+_CHUNK = 500
+
+
+def move(
+    db: Connection,
+    run_id: str,
+    current: str,
+    target: str,
+    where: str = "",
+    params: Sequence[Any] = (),
+    **fields: Any,
+) -> int:
+    """Move the run's requests in `current` (that also match `where`) to `target`, setting
+    `fields` with it; returns how many moved."""
+    check_move(REQUEST_MOVES, current, target, "request")
+    assignments = ", ".join(f"{key} = ?" for key in ("state", *fields))
+    sql = f"UPDATE requests SET {assignments} WHERE run_id = ? AND state = ?"
+    if where:
+        sql += f" AND {where}"
+    moved: int = db.execute(sql, (target, *fields.values(), run_id, current, *params)).rowcount
+    _count(db, run_id, current, target, moved)
+    return moved
+
+
+def move_ids(
+    db: Connection,
+    run_id: str,
+    request_ids: Sequence[str],
+    current: str,
+    target: str,
+    **fields: Any,
+) -> None:
+    """Move exactly these requests, all in `current`, to `target`; or raise."""
+    moved = 0
+    for chunk in _chunks(request_ids):
+        marks = ",".join("?" * len(chunk))
+        moved += move(db, run_id, current, target, f"id IN ({marks})", chunk, **fields)
+    if moved != len(request_ids):
+        raise IllegalTransition(
+            f"{len(request_ids) - moved} of {len(request_ids)} requests were not "
+            f"{current}; none moved to {target}"
+        )
+
+
+def move_each(
+    db: Connection,
+    run_id: str,
+    moves: Sequence[tuple[str, str, str, int, str | None, int | None]],
+) -> None:
+    """Move many requests, each its own way: (id, current, target, attempts, error, batch id)."""
+    for request_id, current, target, *_ in moves:
+        check_move(REQUEST_MOVES, current, target, f"request {request_id}")
+    cursor = db.executemany(
+        "UPDATE requests SET state = ?, attempts = ?, error = ?, batch_id = ? "
+        "WHERE run_id = ? AND id = ? AND state = ?",
+        [
+            (target, attempts, error, batch_id, run_id, request_id, current)
+            for request_id, current, target, attempts, error, batch_id in moves
+        ],
+    )
+    if cursor.rowcount != len(moves):
+        raise IllegalTransition(
+            f"{len(moves) - cursor.rowcount} of {len(moves)} requests moved meanwhile; none moved"
+        )
+    pairs = Counter((current, target) for _, current, target, *_ in moves)
+    for (current, target), n in pairs.items():
+        _count(db, run_id, current, target, n)
+
+
+def _count(db: Connection, run_id: str, current: str, target: str, n: int) -> None:
+    if n and current != target:
+        db.execute(
+            "UPDATE request_counts SET n = n - ? WHERE run_id = ? AND state = ?",
+            (n, run_id, current),
+        )
+        db.execute(
+            "INSERT INTO request_counts(run_id, state, n) VALUES (?, ?, ?) "
+            "ON CONFLICT(run_id, state) DO UPDATE SET n = n + excluded.n",
+            (run_id, target, n),
+        )
+
+
+def _add_up(db: Connection, run_id: str, attempts: Sequence[Outcome]) -> None:
+    """Add recorded attempts to the run's totals and its failures by kind of reason."""
+    if not attempts:
+        return
+    spent, tokens_in, tokens_out, kinds = 0.0, 0, 0, Counter[str]()
+    for outcome in attempts:
+        spent += outcome.cost_usd
+        tokens_in += outcome.input_tokens
+        tokens_out += outcome.output_tokens
+        if outcome.state != RequestState.SUCCEEDED and outcome.error is not None:
+            kinds[outcome.error.split(":", 1)[0]] += 1
+    db.execute(
+        "INSERT INTO run_totals(run_id, spent_usd, input_tokens, output_tokens) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
+        "spent_usd = spent_usd + excluded.spent_usd, "
+        "input_tokens = input_tokens + excluded.input_tokens, "
+        "output_tokens = output_tokens + excluded.output_tokens",
+        (run_id, spent, tokens_in, tokens_out),
+    )
+    db.executemany(
+        "INSERT INTO failure_counts(run_id, kind, n) VALUES (?, ?, ?) "
+        "ON CONFLICT(run_id, kind) DO UPDATE SET n = n + excluded.n",
+        [(run_id, kind, n) for kind, n in kinds.items()],
+    )
+
+
+def record_attempt(db: Connection, run_id: str, outcome: Outcome, now: str) -> int:
+    """A try of a request on the real-time lane that is tried again: the attempt is recorded,
+    the request stays in flight; returns the attempt's number."""
+    changed = db.execute(
+        "UPDATE requests SET attempts = attempts + 1, error = ? WHERE run_id = ? AND id = ? "
+        "AND state = ?",
+        (outcome.error, run_id, outcome.request_id, RequestState.REALTIME),
+    ).rowcount
+    if changed != 1:
+        raise IllegalTransition(
+            f"request {outcome.request_id}: not in flight on the real-time lane"
+        )
+    number = int(
+        db.execute(
+            "SELECT attempts FROM requests WHERE run_id = ? AND id = ?",
+            (run_id, outcome.request_id),
+        ).fetchone()[0]
+    )
+    db.execute(
+        "INSERT INTO attempts(run_id, request_id, attempt, lane, batch_id, outcome, error, "
+        "input_tokens, output_tokens, cost_usd, at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            run_id,
+            outcome.request_id,
+            number,
+            "realtime",
+            None,
+            outcome.state,
+            outcome.error,
+            outcome.input_tokens,
+            outcome.output_tokens,
+            outcome.cost_usd,
+            now,
+        ),
+    )
+    _add_up(db, run_id, [outcome])
+    return number
+
+
+def apply_outcomes(
+    db: Connection,
+    run_id: str,
+    outcomes: Sequence[Outcome],
+    lane: str,
+    batch_id: int | None,
+    now: str,
+) -> None:
+    """Write many outcomes with a handful of statements (this is the ingest hot path)."""
+    if batch_id is not None:
+        rows = db.execute(
+            "SELECT id, state, attempts, content_hash FROM requests WHERE run_id = ? "
+            "AND batch_id = ?",
+            (run_id, batch_id),
+        ).fetchall()
+    else:
+        rows = [
+            row
+            for o in outcomes
+            for row in db.execute(
+                "SELECT id, state, attempts, content_hash FROM requests WHERE run_id = ? "
+                "AND id = ?",
+                (run_id, o.request_id),
+            ).fetchall()
+        ]
+    known = {row[0]: row for row in rows}
+    moves, attempts, results, answers, attempted = [], [], [], [], []
+    for outcome in outcomes:
+        row = known.get(outcome.request_id)
+        if row is None:
+            raise StateError(f"no request {outcome.request_id} in run {run_id} ({lane})")
+        count = row[2] + (1 if outcome.attempted else 0)
+        keep_batch = batch_id if outcome.state != RequestState.PENDING else None
+        moves.append((outcome.request_id, row[1], outcome.state, count, outcome.error, keep_batch))
+        if outcome.attempted:
+            attempted.append(outcome)
+            attempts.append(
+                (
+                    run_id,
+                    outcome.request_id,
+                    count,
+                    lane,
+                    batch_id,
+                    outcome.state,
+                    outcome.error,
+                    outcome.input_tokens,
+                    outcome.output_tokens,
+                    outcome.cost_usd,
+                    now,
+                )
+            )
+        if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
+            text = orjson.dumps(outcome.response).decode()
+            results.append(
+                (
+                    run_id,
+                    outcome.request_id,
+                    text,
+                    outcome.input_tokens,
+                    outcome.output_tokens,
+                    outcome.cost_usd,
+                    lane,
+                    now,
+                )
+            )
+            answers.append((row[3], run_id, outcome.request_id))
+    move_each(db, run_id, moves)
+    db.executemany(
+        "INSERT INTO attempts(run_id, request_id, attempt, lane, batch_id, "
+        "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        attempts,
+    )
+    _add_up(db, run_id, attempted)
+    db.executemany(
+        "INSERT OR REPLACE INTO results(run_id, request_id, response_json, input_tokens, "
+        "output_tokens, cost_usd, lane, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        results,
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) VALUES (?, ?, ?)",
+        answers,
+    )
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

@@ -1,0 +1,253 @@
+"""The SQLite store's longer queries: planning, the result cache, the rows of an export and the
+rows a task is given."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+
+from batchpilot.errors import StateError
+from batchpilot.store.database import Connection, IntegrityError, Row
+from batchpilot.store.records import DeliveryRow, JoinedRow, PendingRequest
+from batchpilot.store.sqlite_moves import move
+from batchpilot.store.states import RequestState
+
+__all__ = [
+    "REQUEST_COLUMNS",
+    "answered_rows",
+    "apply_cache",
+    "cached",
+    "deliver",
+    "insert_batch",
+    "insert_request",
+    "insert_row",
+    "joined_rows",
+    "realtime_sent_since",
+    "row_outcomes",
+    "take_cached",
+    "undelivered",
+    "unpriced",
+]
+
+REQUEST_COLUMNS = (
+    "id, endpoint, model, body, input_tokens, max_output_tokens, attempts, first_row, "
+    "worst_output_tokens, worst_usd, batch_worst_usd"
+)
+_REQUEST_COLUMNS_OF_R = ", ".join(f"r.{name.strip()}" for name in REQUEST_COLUMNS.split(","))
+_CACHED = (
+    "INSERT OR IGNORE INTO results(run_id, request_id, response_json, input_tokens, "
+    "output_tokens, cost_usd, lane, created_at_utc) "
+    "SELECT r.run_id, r.id, s.response_json, s.input_tokens, s.output_tokens, 0, 'cache', ? "
+    "FROM requests r JOIN answers a ON a.content_hash = r.content_hash "
+    "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
+    "WHERE r.run_id = ? AND r.state = 'pending'"
+)
+
+
+def insert_row(
+    db: Connection, row: tuple[str, int, str, str | None, str, str | None, str | None]
+) -> None:
+    """An input row (none if its index is already planned): (run id, index, row id, request id,
+    source, skip reason, data JSON)."""
+    db.execute(
+        "INSERT OR IGNORE INTO rows(run_id, row_index, row_id, request_id, source, "
+        "skip_reason, data_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        row,
+    )
+
+
+def insert_batch(
+    db: Connection,
+    batch: tuple[str, int, str, str, int, int],
+    contents: tuple[int, str],
+    now: str,
+) -> None:
+    """A planned batch: (run id, id, endpoint, model, requests, bytes) and (input tokens, file
+    name)."""
+    db.execute(
+        "INSERT INTO batches(run_id, id, state, endpoint, model, requests, bytes, input_tokens, "
+        "file_name, created_at_utc) VALUES (?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?)",
+        (*batch, *contents, now),
+    )
+
+
+def insert_request(
+    db: Connection,
+    request: tuple[str, str, str, str, str, bytes, int],
+    bounds: tuple[int, int, int | None, float | None, float | None],
+) -> None:
+    """A planned request, pending (none if its id is already planned): (run id, id, content
+    hash, endpoint, model, body, input tokens) and (max output tokens, first row, worst output
+    tokens, worst USD, batch worst USD)."""
+    db.execute(
+        "INSERT OR IGNORE INTO requests(run_id, id, content_hash, endpoint, model, body, "
+        "input_tokens, max_output_tokens, first_row, worst_output_tokens, worst_usd, "
+        "batch_worst_usd, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+        (*request, *bounds),
+    )
+
+
+def realtime_sent_since(db: Connection, run_id: str, since_utc: str) -> int:
+    """Real-time tries since `since_utc`, in every run, of the models that `run_id` uses."""
+    row = db.execute(
+        "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
+        "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= ? "
+        "AND q.model IN (SELECT DISTINCT model FROM requests WHERE run_id = ?)",
+        (since_utc, run_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def unpriced(db: Connection, run_id: str) -> list[tuple[str, bool]]:
+    """(model, has an output bound) of the requests still to end with no worst case in USD."""
+    rows = db.execute(
+        "SELECT DISTINCT model, worst_output_tokens IS NOT NULL FROM requests "
+        "WHERE run_id = ? AND state IN ('pending', 'queued', 'submitted', 'realtime') "
+        "AND (worst_usd IS NULL OR batch_worst_usd IS NULL) ORDER BY model",
+        (run_id,),
+    ).fetchall()
+    return [(str(row[0]), bool(row[1])) for row in rows]
+
+
+def answered_rows(db: Connection, run_id: str) -> Iterator[tuple[str, str]]:
+    """(request id, response JSON) of every row whose request succeeded, in input order."""
+    cursor = db.cursor()
+    cursor.row_factory = None
+    cursor.execute(
+        "SELECT w.request_id, r.response_json FROM rows w "
+        "JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+        "JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+        "WHERE w.run_id = ? AND q.state = 'succeeded' ORDER BY w.row_index",
+        (run_id,),
+    )
+    yield from cursor
+
+
+def row_outcomes(db: Connection, run_id: str) -> dict[str, int]:
+    """How many rows have each request state (`skipped` for rows with no request)."""
+    rows = db.execute(
+        "SELECT COALESCE(q.state, 'skipped'), COUNT(*) FROM rows w "
+        "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+        "WHERE w.run_id = ? GROUP BY 1",
+        (run_id,),
+    ).fetchall()
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
+    """Every row in input order with its request and result (streamed)."""
+    cursor = db.cursor()
+    cursor.row_factory = None
+    cursor.execute(
+        "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
+        "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
+        "r.cost_usd, r.lane FROM rows w "
+        "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+        "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+        "WHERE w.run_id = ? ORDER BY w.row_index",
+        (run_id,),
+    )
+    for row in cursor:
+        yield JoinedRow(*row)
+
+
+def apply_cache(db: Connection, run_id: str, now: str) -> int:
+    """Answer pending requests from the result cache (same content hash, earlier run)."""
+    db.execute(_CACHED, (now, run_id))
+    return move(
+        db,
+        run_id,
+        RequestState.PENDING,
+        RequestState.SUCCEEDED,
+        "id IN (SELECT request_id FROM results WHERE run_id = ? AND lane = 'cache')",
+        (run_id,),
+    )
+
+
+def cached(
+    db: Connection, run_id: str, after: str, limit: int = 500
+) -> list[tuple[PendingRequest, dict[str, Any]]]:
+    """Pending requests (by id, after `after`) that the cache could answer, with the answer."""
+    found = db.execute(
+        f"SELECT {_REQUEST_COLUMNS_OF_R}, s.response_json FROM requests r "
+        "JOIN answers a ON a.content_hash = r.content_hash "
+        "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
+        "WHERE r.run_id = ? AND r.state = 'pending' AND r.id > ? ORDER BY r.id LIMIT ?",
+        (run_id, after, limit),
+    ).fetchall()
+    return [(_pending(row), orjson.loads(row["response_json"])) for row in found]
+
+
+def take_cached(db: Connection, run_id: str, request_ids: Sequence[str], now: str) -> int:
+    """Answer these pending requests from the cache; returns how many were answered."""
+    answered = 0
+    for request_id in request_ids:
+        db.execute(_CACHED + " AND r.id = ?", (now, run_id, request_id))
+        answered += move(
+            db,
+            run_id,
+            RequestState.PENDING,
+            RequestState.SUCCEEDED,
+            "id = ? AND id IN (SELECT request_id FROM results WHERE run_id = ? "
+            "AND request_id = ? AND lane = 'cache')",
+            (request_id, run_id, request_id),
+        )
+    return answered
+
+
+def undelivered(db: Connection, run_id: str, limit: int) -> list[DeliveryRow]:
+    """Rows of a task whose request has ended and which the task has not been given yet, in row
+    order, with the request's body, outcome, answer and total cost."""
+    cursor = db.cursor()
+    cursor.row_factory = None
+    rows = cursor.execute(
+        "SELECT w.row_index, w.row_id, w.data_json, q.body, q.state, q.attempts, q.error, "
+        "r.response_json, r.lane, "
+        "COALESCE(r.input_tokens, (SELECT SUM(a.input_tokens) FROM attempts a "
+        "WHERE a.run_id = q.run_id AND a.request_id = q.id), 0) AS input_tokens, "
+        "COALESCE(r.output_tokens, (SELECT SUM(a.output_tokens) FROM attempts a "
+        "WHERE a.run_id = q.run_id AND a.request_id = q.id), 0) AS output_tokens, "
+        "(SELECT COALESCE(SUM(a.cost_usd), 0) FROM attempts a "
+        "WHERE a.run_id = q.run_id AND a.request_id = q.id) AS cost_usd "
+        "FROM rows w JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+        "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+        "WHERE w.run_id = ? AND q.state IN ('succeeded', 'failed') AND NOT EXISTS "
+        "(SELECT 1 FROM task_deliveries d WHERE d.run_id = w.run_id "
+        "AND d.row_index = w.row_index) ORDER BY w.row_index LIMIT ?",
+        (run_id, limit),
+    ).fetchall()
+    return [DeliveryRow(*row) for row in rows]
+
+
+def deliver(
+    db: Connection,
+    run_id: str,
+    state_json: str,
+    delivered: Sequence[tuple[int, bool]],
+    now: str,
+) -> None:
+    """Mark rows as given to the task and save the state they led to; a row marked twice
+    raises: a result must never be applied to the state twice."""
+    try:
+        db.executemany(
+            "INSERT INTO task_deliveries(run_id, row_index, ok, delivered_at_utc) "
+            "VALUES (?, ?, ?, ?)",
+            [(run_id, index, int(ok), now) for index, ok in delivered],
+        )
+    except IntegrityError:
+        raise StateError(
+            f"run {run_id}: a result was about to be given to the task a second time"
+        ) from None
+    changed = db.execute(
+        "UPDATE task_state SET state_json = ?, delivered = delivered + ?, "
+        "updated_at_utc = ? WHERE run_id = ?",
+        (state_json, len(delivered), now, run_id),
+    ).rowcount
+    if changed != 1:
+        raise StateError(f"run {run_id} is not a task")
+
+
+def _pending(row: Row) -> PendingRequest:
+    return PendingRequest(**{key: row[key] for key in PendingRequest.__dataclass_fields__})
