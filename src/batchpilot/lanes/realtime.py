@@ -40,6 +40,7 @@ from batchpilot.plan.worst import reservation
 from batchpilot.pricing import PriceTable, usage_cost
 from batchpilot.providers.base import AuthenticationFailed
 from batchpilot.providers.openai import error_detail
+from batchpilot.providers.retry import retryable_status
 from batchpilot.store import Outcome, PendingRequest, RequestState, Store
 
 if TYPE_CHECKING:  # at run time the import would be circular: batchpilot.run imports lanes
@@ -57,7 +58,6 @@ __all__ = [
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 INTERRUPTED = "interrupted while in flight"
 IDLE_S = 0.02  # how often a lane with nothing to take looks at its feed again
-RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx, as in batchpilot.run.ingest
 
 
 class Feed(Protocol):
@@ -496,7 +496,7 @@ class RealtimeLane:
         text = error_detail(exc)
         return _Failure(
             self._redact(f"http {status}: {text}"),
-            retryable=status in RETRYABLE_STATUS or status >= 500,
+            retryable=retryable_status(status),
             status=status,
             retry_after_s=retry_after(headers),
             headers=headers,

@@ -33,6 +33,7 @@ from batchpilot.providers.base import (
     RemoteNotFound,
     RemoteStatus,
 )
+from batchpilot.providers.retry import retryable_status
 
 __all__ = ["AZURE_API_VERSION", "OpenAIProvider", "error_detail", "openai_provider"]
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 AZURE_API_VERSION = "2024-10-21"
 COMPATIBLE_PLACEHOLDER_KEY = "not-needed"
 
-_RETRYABLE_4XX = frozenset({408, 409, 429})
 _STATUSES: dict[str, RemoteStatus] = {status.value: status for status in RemoteStatus}
 _DETAIL_LIMIT = 500
 
@@ -191,7 +191,7 @@ def translate_error(
         elif status in (401, 403):
             error = AuthenticationFailed(_redact(message, secret))
         elif 400 <= status < 500 and (
-            status not in _RETRYABLE_4XX or (status == 409 and conflict_rejects)
+            not retryable_status(status) or (status == 409 and conflict_rejects)
         ):
             error = ProviderRejected(_redact(message, secret))
         else:
