@@ -146,7 +146,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, directory: Path) -> di
 
             throttle = Throttle(settings.realtime, clock=virtual, sleep=virtual_sleep)
             runner.lane = RealtimeLane(
-                provider.async_client(),
+                provider.realtime(),
                 store,
                 run_id,
                 limits=settings.realtime,

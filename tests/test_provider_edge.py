@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import httpx2
 import openai
 import pydantic
 import pytest
 
+import batchpilot
 from batchpilot.errors import ProviderRejected, ProviderUnavailable
+from batchpilot.providers import BatchTags
 from batchpilot.providers.openai import translate_error
+from batchpilot.providers.openai_batch import file_name, metadata, tags_of
 from batchpilot.providers.retry import retryable_status
 from batchpilot.providers.schema import strict_json_schema
 from batchpilot.run.ingest import parse_line
@@ -43,3 +48,37 @@ def test_strict_json_schema_is_the_sdk_one() -> None:
     schema = strict_json_schema(Answer)
     assert schema["additionalProperties"] is False
     assert sorted(schema["required"]) == ["label", "score"]
+
+
+def test_tags_travel_in_batch_metadata() -> None:
+    tags = BatchTags("run-1", 7, "store-1", name="batchpilot-store-1-run-1-7.jsonl")
+    assert tags_of(metadata(tags)) == BatchTags("run-1", 7, "store-1")
+    assert tags_of({"batchpilot_run": "run-1", "batchpilot_batch": "07"}) == BatchTags(
+        "run-1", None, None
+    )
+    assert tags_of({"run": "r1"}) is None and tags_of(None) is None
+    assert file_name(BatchTags("run-1", 7, "s")) == "batchpilot-s-run-1-7.jsonl"
+
+
+SDKS = ("openai", "anthropic", "google.genai")
+
+
+def test_only_the_providers_import_an_llm_sdk() -> None:
+    source = Path(batchpilot.__file__).parent
+    found = []
+    for path in sorted(source.rglob("*.py")):
+        inside = path.relative_to(source).parts[0]
+        if inside in ("providers", "server") or path.name == "testing.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            found += [
+                f"{path.relative_to(source)}: {name}"
+                for name in names
+                if any(name == sdk or name.startswith(sdk + ".") for sdk in SDKS)
+            ]
+    assert found == []

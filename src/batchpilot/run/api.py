@@ -265,14 +265,12 @@ def open_runner(
     )
     runner.use_cache = use_cache
     runner.check = check
+    problem = provider.capabilities.check(settings.strategy, provider.name)
+    if problem is not None:
+        raise UserInputError(problem)
     if settings.strategy != "batch":
-        make_client = getattr(provider, "async_client", None)
-        if make_client is None:
-            raise UserInputError(
-                f"provider {provider.name} has no real-time client; use strategy: batch"
-            )
         runner.lane = RealtimeLane(
-            make_client(),
+            provider.realtime(),
             store,
             run_id,
             limits=settings.realtime,
