@@ -3,10 +3,9 @@ servers) and local."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Literal, cast
 
 from batchpilot.providers.base import (
     Answer,
@@ -22,13 +21,11 @@ from batchpilot.providers.base import (
     RemoteStatus,
 )
 from batchpilot.providers.local import CAPABILITIES as LOCAL_CAPABILITIES
+from batchpilot.providers.local import LocalProvider, local_provider
 from batchpilot.providers.openai import CAPABILITIES as OPENAI_CAPABILITIES
 from batchpilot.providers.openai import OpenAIProvider, openai_provider
 from batchpilot.providers.registry import kind, kinds, provider_for, register
 from batchpilot.spec.model import ProviderSpec
-
-if TYPE_CHECKING:
-    from batchpilot.providers.local import LocalProvider, local_provider
 
 __all__ = [
     "LOCAL_SERVER_DIR",
@@ -54,14 +51,6 @@ __all__ = [
 ]
 
 LOCAL_SERVER_DIR = "local-server"
-
-
-def __getattr__(name: str) -> Any:
-    # The local provider's module is light (the server is imported when one starts); its names
-    # are still loaded on first use.
-    if name in ("LocalProvider", "local_provider"):
-        return getattr(importlib.import_module("batchpilot.providers.local"), name)
-    raise AttributeError(f"module 'batchpilot.providers' has no attribute {name!r}")
 
 
 def _openai(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | None) -> Provider:

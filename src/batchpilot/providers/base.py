@@ -1,6 +1,7 @@
 """What batchpilot needs from a provider: a batch API and, next to it, a real-time API.
 
-Provider statuses and errors are translated here, at the edge; SDK exceptions never pass it.
+Each implementation translates its provider's statuses and errors at this edge; SDK exceptions
+never pass it. The batch API raises ours; the real-time API returns a CallFailed instead.
 
     ProviderError (batchpilot.errors)
     ├── ProviderUnavailable   connection failures, timeouts, 5xx, 429 after the SDK's retries
