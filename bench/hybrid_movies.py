@@ -151,7 +151,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, directory: Path) -> di
 
             throttle = Throttle(settings.realtime, clock=virtual, sleep=virtual_sleep)
             lane = RealtimeLane(
-                provider.async_client(),
+                provider.realtime(),
                 store,
                 run_id,
                 limits=settings.realtime,

@@ -39,6 +39,7 @@ import orjson
 
 from batchpilot.lanes import RateLimits, RealtimeLane, Throttle
 from batchpilot.plan.ids import canonical_body, request_id
+from batchpilot.providers.openai_realtime import OpenAIRealtime
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.store import RunRecord, SQLiteStore, utc_now
 
@@ -134,7 +135,7 @@ async def lane(
         if headers is not None:
             throttle.observe(headers)
         worker = RealtimeLane(
-            client,
+            OpenAIRealtime(client),
             store,
             RUN,
             limits=limits,

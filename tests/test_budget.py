@@ -23,6 +23,7 @@ from batchpilot.errors import BudgetExceeded, UserInputError
 from batchpilot.lanes import LaneReport, RateLimits, RealtimeLane, recover_inflight
 from batchpilot.plan import plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable
+from batchpilot.providers.openai_realtime import OpenAIRealtime
 from batchpilot.run.api import open_store, run_job
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.status import RunStatus
@@ -295,7 +296,7 @@ def test_a_try_that_timed_out_is_counted_at_its_worst_case(
         )
         try:
             lane = RealtimeLane(
-                client,
+                OpenAIRealtime(client),
                 store,
                 "run",
                 limits=RateLimits(),

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from batchpilot.errors import ProviderRejected
-from batchpilot.providers import RemoteStatus, openai_provider
+from batchpilot.providers import BatchTags, RemoteStatus, openai_provider
 from batchpilot.providers.openai import OpenAIProvider
 from batchpilot.run import run_job
 from batchpilot.server import FaultPlan, LocalServer
@@ -41,22 +41,20 @@ def test_azure_batch_round_trip(
         ]
         source = tmp_path / "in.jsonl"
         source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        uploaded = provider.upload(source, "in.jsonl")
-        batch = provider.create_batch(uploaded.id, "/chat/completions", {"run": "r"})
+        tags = BatchTags("r", 1, "s", name="in.jsonl")
+        batch = provider.batches.submit(source, "/chat/completions", tags)
         for _ in range(500):
-            batch = provider.get_batch(batch.id)
+            batch = provider.batches.poll(batch.id)
             if batch.status.terminal:
                 break
         assert batch.status == RemoteStatus.COMPLETED
-        assert batch.output_file_id is not None
-        target = tmp_path / "out.jsonl"
-        provider.download(batch.output_file_id, target)
+        (target,) = provider.batches.results(batch, tmp_path)
         assert sorted(json.loads(x)["custom_id"] for x in target.read_text().splitlines()) == [
             "a0",
             "a1",
             "a2",
         ]
-        assert any(b.id == batch.id for b in provider.list_batches())
+        assert [b.id for b in provider.batches.find("r")] == [batch.id]
     finally:
         provider.close()
 
@@ -73,7 +71,7 @@ def test_azure_wrong_key_is_rejected_without_leaking_it(
     )
     try:
         with pytest.raises(ProviderRejected) as info:
-            list(provider.list_batches())
+            list(provider.batches.find())
         assert "wrong-key-77" not in str(info.value) and KEY not in str(info.value)
     finally:
         provider.close()

@@ -1,8 +1,11 @@
-"""One contract every provider passes, driven through the official SDK over real HTTP."""
+"""One contract every provider's capabilities pass, driven through the official SDK over real
+HTTP. A new provider adds itself to the `make_provider` parameters (with a local double)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,20 +16,25 @@ import pytest
 
 from batchpilot.errors import ProviderRejected
 from batchpilot.providers import (
+    Answer,
+    BatchAPI,
+    BatchTags,
+    CallFailed,
     LocalProvider,
     OpenAIProvider,
     Provider,
+    RealtimeAPI,
     RemoteBatch,
-    RemoteFile,
     RemoteNotFound,
     RemoteStatus,
     local_provider,
 )
-from batchpilot.server import LocalServer
+from batchpilot.server import FaultPlan, LocalServer
 
 from helpers import chat_line, jsonl
 
 ProviderFactory = Callable[..., Provider]
+CHAT = "/v1/chat/completions"
 
 # A batch that stays in progress for a minute: one request per 60 virtual s, one virtual s per s.
 SLOW = {"time_scale": 1.0, "validation_delay_s": 0.0, "per_request_s": 60.0, "cancel_delay_s": 0.0}
@@ -65,105 +73,124 @@ def provider(make_provider: ProviderFactory) -> Provider:
     return make_provider()
 
 
+def tags(run: str = "r1", batch: int = 7) -> BatchTags:
+    return BatchTags(run, batch, "store-1", name=f"batchpilot-store-1-{run}-{batch}.jsonl")
+
+
+def lines(count: int = 3) -> list[bytes]:
+    return [jsonl([chat_line(f"req-{i}", f"question {i}")]).rstrip(b"\n") for i in range(count)]
+
+
 def write_input(directory: Path, count: int = 3, name: str = "input.jsonl") -> Path:
     path = directory / name
-    path.write_bytes(jsonl(chat_line(f"req-{i}", f"question {i}") for i in range(count)))
+    path.write_bytes(b"".join(line + b"\n" for line in lines(count)))
     return path
 
 
 def wait_terminal(provider: Provider, batch_id: str, timeout: float = 15.0) -> RemoteBatch:
     deadline = time.monotonic() + timeout
-    while not (batch := provider.get_batch(batch_id)).status.terminal:
+    while not (batch := provider.batches.poll(batch_id)).status.terminal:
         assert time.monotonic() < deadline, f"batch {batch_id} stuck in {batch.status}"
         time.sleep(0.02)
     return batch
 
 
-def submit(provider: Provider, tmp_path: Path, count: int = 3, **metadata: str) -> RemoteBatch:
-    uploaded = provider.upload(write_input(tmp_path, count), "input.jsonl")
-    return provider.create_batch(uploaded.id, "/v1/chat/completions", metadata)
+def submit(provider: Provider, tmp_path: Path, count: int = 3, **tagged: Any) -> RemoteBatch:
+    return provider.batches.submit(write_input(tmp_path, count), CHAT, tags(**tagged))
 
 
 def test_is_a_provider(provider: Provider) -> None:
     assert isinstance(provider, Provider)
+    assert isinstance(provider.batches, BatchAPI)
     assert provider.name in {"openai", "local"}
     assert isinstance(provider, LocalProvider) == (provider.name == "local")
 
 
-def test_upload_and_list_files(provider: Provider, tmp_path: Path) -> None:
-    path = write_input(tmp_path, name="rows.jsonl")
-    uploaded = provider.upload(path, "run-1-batch-1.jsonl")
-    assert isinstance(uploaded, RemoteFile)
-    assert uploaded.id.startswith("file-")
-    assert uploaded.filename == "run-1-batch-1.jsonl"
-    assert uploaded.bytes == path.stat().st_size
-    assert uploaded.purpose == "batch"
-    assert uploaded.created_at > 0
-    listed = {item.filename: item for item in provider.list_files()}
-    assert listed["run-1-batch-1.jsonl"] == uploaded
+def test_staged_lines_are_found_by_name_and_size(provider: Provider, tmp_path: Path) -> None:
+    path = write_input(tmp_path)
+    size = path.stat().st_size
+    staged = provider.batches.stage(path, tags())
+    assert staged is not None
+    assert provider.batches.find_staged(tags(), size) == staged
+    assert provider.batches.find_staged(tags(), size + 1) is None
+    assert provider.batches.find_staged(tags(batch=8), size) is None
+    one_by_one = provider.batches.stage(iter(lines()), tags(batch=9))
+    assert provider.batches.find_staged(tags(batch=9), size) == one_by_one
 
 
 def test_batch_lifecycle(provider: Provider, tmp_path: Path) -> None:
-    created = submit(provider, tmp_path, run="r1", local_batch="7")
+    created = submit(provider, tmp_path)
     assert created.status is RemoteStatus.VALIDATING
-    assert created.metadata == {"run": "r1", "local_batch": "7"}
-    assert created.endpoint == "/v1/chat/completions"
+    assert created.tags == BatchTags("r1", 7, "store-1")
+    assert created.endpoint == CHAT
+    assert created.staged is not None
 
     done = wait_terminal(provider, created.id)
     assert done.status is RemoteStatus.COMPLETED
     assert (done.total, done.completed, done.failed) == (3, 3, 0)
-    assert done.output_file_id is not None
     assert done.errors == []
     assert done.model == "gpt-4o-mini"
 
-    target = tmp_path / "out" / "batch-1.jsonl"
-    target.parent.mkdir()
-    provider.download(done.output_file_id, target)
-    lines = [json.loads(line) for line in target.read_text().splitlines()]
-    assert sorted(line["custom_id"] for line in lines) == ["req-0", "req-1", "req-2"]
-    assert all(line["response"]["status_code"] == 200 for line in lines)
-    assert list(target.parent.iterdir()) == [target]
+    target = tmp_path / "out"
+    target.mkdir()
+    (output,) = provider.batches.results(done, target)
+    answers = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(line["custom_id"] for line in answers) == ["req-0", "req-1", "req-2"]
+    assert all(line["response"]["status_code"] == 200 for line in answers)
+    assert list(target.iterdir()) == [output]
+    assert provider.batches.results(done, target) == [output]
 
-    tagged = [b for b in provider.list_batches() if b.metadata.get("run") == "r1"]
-    assert [b.id for b in tagged] == [created.id]
-    assert tagged[0].status is RemoteStatus.COMPLETED
+    given: list[bytes] = []
+    assert provider.batches.results(done, given.append) == []
+    assert sorted(json.loads(line)["custom_id"] for line in given) == ["req-0", "req-1", "req-2"]
+
+    found = list(provider.batches.find("r1"))
+    assert [b.id for b in found] == [created.id]
+    assert found[0].status is RemoteStatus.COMPLETED
+
+
+def test_lines_given_one_by_one_or_staged_first(provider: Provider, tmp_path: Path) -> None:
+    inline = provider.batches.submit(iter(lines(2)), CHAT, tags(batch=1))
+    staged = provider.batches.stage(write_input(tmp_path, 2), tags(batch=2))
+    from_staged = provider.batches.submit(iter(()), CHAT, tags(batch=2), staged=staged)
+    assert staged is None or from_staged.staged == staged
+    for created in (inline, from_staged):
+        done = wait_terminal(provider, created.id)
+        assert (done.status, done.completed) == (RemoteStatus.COMPLETED, 2)
 
 
 def test_cancel_a_running_batch(make_provider: ProviderFactory, tmp_path: Path) -> None:
     provider = make_provider(**SLOW)
     created = submit(provider, tmp_path, count=4)
-    cancelling = provider.cancel_batch(created.id)
+    cancelling = provider.batches.cancel(created.id)
     assert cancelling.status in {RemoteStatus.CANCELLING, RemoteStatus.CANCELLED}
     assert wait_terminal(provider, created.id).status is RemoteStatus.CANCELLED
-    assert provider.cancel_batch(created.id).status is RemoteStatus.CANCELLED
+    assert provider.batches.cancel(created.id).status is RemoteStatus.CANCELLED
 
 
 def test_cancel_a_completed_batch_is_rejected(provider: Provider, tmp_path: Path) -> None:
     batch = wait_terminal(provider, submit(provider, tmp_path).id)
     with pytest.raises(ProviderRejected, match=r"cancelling batch .*409.*completed") as caught:
-        provider.cancel_batch(batch.id)
+        provider.batches.cancel(batch.id)
     assert not isinstance(caught.value, RemoteNotFound)
 
 
 def test_missing_objects(provider: Provider, tmp_path: Path) -> None:
     with pytest.raises(RemoteNotFound, match="batch_missing"):
-        provider.get_batch("batch_missing")
-    uploaded = provider.upload(write_input(tmp_path), "input.jsonl")
-    provider.delete_file(uploaded.id)
-    target = tmp_path / "gone.jsonl"
-    with pytest.raises(RemoteNotFound, match=uploaded.id):
-        provider.download(uploaded.id, target)
-    assert not target.exists()
-    assert not target.with_suffix(".jsonl.part").exists()
-    with pytest.raises(RemoteNotFound):
-        provider.delete_file(uploaded.id)
-    assert uploaded.id not in {item.id for item in provider.list_files()}
+        provider.batches.poll("batch_missing")
+    gone = RemoteBatch("batch_gone", RemoteStatus.COMPLETED, CHAT, result_ids=("file-gone", None))
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(RemoteNotFound, match="file-gone"):
+        provider.batches.results(gone, target)
+    assert list(target.iterdir()) == []
 
 
-def test_batches_are_listed_newest_first(provider: Provider, tmp_path: Path) -> None:
-    created = [submit(provider, tmp_path, count=1, n=str(i)).id for i in range(3)]
-    listed = [b.id for b in provider.list_batches()]
-    assert listed[:3] == created[::-1]
+def test_batches_are_found_by_run_newest_first(provider: Provider, tmp_path: Path) -> None:
+    created = [submit(provider, tmp_path, count=1, batch=i).id for i in range(3)]
+    other = submit(provider, tmp_path, count=1, run="r2").id
+    assert [b.id for b in provider.batches.find("r1")] == created[::-1]
+    assert [b.id for b in provider.batches.find()][:4] == [other, *created[::-1]]
 
 
 def test_local_provider_finds_its_batches_after_a_restart(tmp_path: Path) -> None:
@@ -176,11 +203,75 @@ def test_local_provider_finds_its_batches_after_a_restart(tmp_path: Path) -> Non
         first.close()
     again = local_provider(state, responder="synthetic", time_scale=1000.0)
     try:
-        found = [b for b in again.list_batches() if b.metadata.get("run") == "r-restart"]
+        found = list(again.batches.find("r-restart"))
         assert [b.id for b in found] == [created.id]
         assert found[0].status is RemoteStatus.COMPLETED
-        assert found[0].output_file_id is not None
-        again.download(found[0].output_file_id, tmp_path / "out.jsonl")
-        assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3
+        out = tmp_path / "out"
+        out.mkdir()
+        (output,) = again.batches.results(found[0], out)
+        assert len(output.read_text().splitlines()) == 3
     finally:
         again.close()
+
+
+# the real-time API --------------------------------------------------------------------------
+
+
+def ask(provider: Provider, timeout_s: float | None = None, **extra: Any) -> Answer | CallFailed:
+    async def go() -> Answer | CallFailed:
+        api = provider.realtime()
+        try:
+            assert isinstance(api, RealtimeAPI)
+            body = chat_line("rt-1", "question")["body"] | extra
+            return await api.call(body, CHAT, custom_id="rt-1", timeout_s=timeout_s)
+        finally:
+            await api.aclose()
+
+    return asyncio.run(go())
+
+
+def test_a_real_time_answer(provider: Provider) -> None:
+    answer = ask(provider)
+    assert isinstance(answer, Answer)
+    assert answer.body["object"] == "chat.completion"
+    assert answer.usage is not None and answer.usage["prompt_tokens"] > 0
+    assert answer.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(400, False), (401, False), (429, True), (500, True)]
+)
+def test_real_time_failures_are_translated(
+    make_provider: ProviderFactory, status: int, retryable: bool
+) -> None:
+    fault = {"kind": "http_error", "route": "POST /v1/chat/completions", "status": status}
+    provider = make_provider(faults=FaultPlan.model_validate({"faults": [fault]}))
+    failed = ask(provider)
+    assert isinstance(failed, CallFailed)
+    assert failed.reason.startswith(f"http {status}: ")
+    assert (failed.status, failed.retryable, failed.may_have_run) == (status, retryable, False)
+    assert failed.refused_key == (status == 401)
+    assert failed.headers is not None
+
+
+def test_a_real_time_call_without_an_answer_may_have_run(make_provider: ProviderFactory) -> None:
+    provider = make_provider(realtime_latency_s=2.0)
+    failed = ask(provider, timeout_s=0.2)
+    assert isinstance(failed, CallFailed)
+    assert failed.retryable and failed.may_have_run and failed.status is None
+
+
+def test_an_unreachable_server_has_not_run_the_call(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-SECRET-1")
+    provider = OpenAIProvider(client)
+    try:
+        failed = ask(provider)
+    finally:
+        provider.close()
+    assert isinstance(failed, CallFailed)
+    assert failed.reason.startswith("connection error")
+    assert failed.retryable and not failed.may_have_run
+    assert "sk-SECRET-1" not in failed.reason

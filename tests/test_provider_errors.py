@@ -19,8 +19,11 @@ from batchpilot.errors import (
     UserInputError,
 )
 from batchpilot.providers import (
+    BatchTags,
     LocalProvider,
     OpenAIProvider,
+    Provider,
+    RemoteBatch,
     RemoteNotFound,
     RemoteStatus,
     openai_provider,
@@ -34,6 +37,8 @@ from helpers import chat_line, jsonl
 
 SECRET = "sk-test-SECRET-123"
 WRONG = "sk-wrong-OTHER-456"
+TAGS = BatchTags("run-1", 1, "store-1", name="input.jsonl")
+CHAT = "/v1/chat/completions"
 
 Connect = Callable[..., OpenAIProvider]
 
@@ -66,6 +71,14 @@ def input_file(tmp_path: Path, lines: int = 2) -> Path:
     return path
 
 
+def wait_terminal(provider: Provider, batch_id: str, timeout: float = 15.0) -> RemoteBatch:
+    deadline = time.monotonic() + timeout
+    while not (batch := provider.batches.poll(batch_id)).status.terminal:
+        assert time.monotonic() < deadline, f"batch {batch_id} stuck in {batch.status}"
+        time.sleep(0.02)
+    return batch
+
+
 def closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -80,7 +93,7 @@ def test_5xx_after_the_sdk_retries_is_unavailable(
         faults=plan({"kind": "http_error", "route": "POST /v1/files", "status": 500})
     )
     with pytest.raises(ProviderUnavailable, match=r"uploading .* as input\.jsonl: 500 "):
-        connect(server, max_retries=1).upload(input_file(tmp_path), "input.jsonl")
+        connect(server, max_retries=1).batches.stage(input_file(tmp_path), TAGS)
 
 
 @pytest.mark.parametrize(
@@ -108,18 +121,19 @@ def test_status_codes_map_to_our_errors(
         faults=plan({"kind": "http_error", "route": "GET /v1/batches/*", "status": status})
     )
     with pytest.raises(expected, match=rf"reading batch batch_abc: {status} "):
-        connect(server).get_batch("batch_abc")
+        connect(server).batches.poll("batch_abc")
 
 
 def test_bad_request_is_rejected_with_the_servers_message(
     local_server: LocalServer, connect: Connect, tmp_path: Path
 ) -> None:
     provider = connect(local_server)
-    uploaded = provider.upload(input_file(tmp_path), "input.jsonl")
+    path = input_file(tmp_path)
+    uploaded = provider.batches.stage(path, TAGS)
     with pytest.raises(ProviderRejected) as caught:
-        provider.create_batch(uploaded.id, "/v1/invalid/endpoint", {})
+        provider.batches.submit(path, "/v1/invalid/endpoint", TAGS, staged=uploaded)
     message = str(caught.value)
-    assert message.startswith(f"creating batch for file {uploaded.id}: 400 invalid_value: ")
+    assert message.startswith(f"creating batch for file {uploaded}: 400 invalid_value: ")
     assert "Invalid value: '/v1/invalid/endpoint'" in message
     assert isinstance(caught.value.__cause__, openai.BadRequestError)
 
@@ -138,14 +152,15 @@ def test_429_is_retried_by_the_sdk(
             }
         )
     )
-    uploaded = connect(server, max_retries=1).upload(input_file(tmp_path), "input.jsonl")
-    assert uploaded.bytes == input_file(tmp_path).stat().st_size
+    provider = connect(server, max_retries=1)
+    uploaded = provider.batches.stage(input_file(tmp_path), TAGS)
+    assert provider.batches.find_staged(TAGS, input_file(tmp_path).stat().st_size) == uploaded
 
 
 def test_connection_refused_is_unavailable(connect: Connect) -> None:
     url = closed_port_url()
     with pytest.raises(ProviderUnavailable, match="listing batches: cannot reach GET ") as caught:
-        list(connect(url, api_key=SECRET).list_batches())
+        list(connect(url, api_key=SECRET).batches.find())
     assert SECRET not in str(caught.value)
 
 
@@ -154,11 +169,10 @@ def test_transient_not_found_after_create(
 ) -> None:
     server = local_server_factory(faults=plan({"kind": "not_found_after_create", "calls": 1}))
     provider = connect(server)
-    uploaded = provider.upload(input_file(tmp_path), "input.jsonl")
-    created = provider.create_batch(uploaded.id, "/v1/chat/completions", {"run": "r"})
+    created = provider.batches.submit(input_file(tmp_path), CHAT, TAGS)
     with pytest.raises(RemoteNotFound, match=created.id):
-        provider.get_batch(created.id)
-    assert provider.get_batch(created.id).id == created.id
+        provider.batches.poll(created.id)
+    assert provider.batches.poll(created.id).id == created.id
 
 
 def test_messages_never_contain_the_key(
@@ -166,11 +180,12 @@ def test_messages_never_contain_the_key(
 ) -> None:
     server = local_server_factory(api_key=SECRET)
     right = connect(server, api_key=SECRET)
-    assert right.upload(input_file(tmp_path), "input.jsonl").filename == "input.jsonl"
+    staged = right.batches.stage(input_file(tmp_path), TAGS)
+    assert right.batches.find_staged(TAGS, input_file(tmp_path).stat().st_size) == staged
     with pytest.raises(RemoteNotFound) as missing:
-        right.get_batch("batch_missing")
+        right.batches.poll("batch_missing")
     with pytest.raises(ProviderRejected) as refused:
-        connect(server, api_key=WRONG).get_batch("batch_missing")
+        connect(server, api_key=WRONG).batches.poll("batch_missing")
     assert "401" in str(refused.value)
     assert not isinstance(refused.value, RemoteNotFound)
     for error in (missing.value, refused.value):
@@ -205,15 +220,16 @@ def test_failed_download_leaves_nothing(
         )
     )
     provider = connect(server)
-    uploaded = provider.upload(input_file(tmp_path), "input.jsonl")
-    target = tmp_path / "out" / "copy.jsonl"
-    target.parent.mkdir()
-    with pytest.raises(ProviderUnavailable, match=f"downloading file {uploaded.id}: 503"):
-        provider.download(uploaded.id, target)
-    assert list(target.parent.iterdir()) == []
-    provider.download(uploaded.id, target)
-    assert target.read_bytes() == input_file(tmp_path).read_bytes()
-    assert list(target.parent.iterdir()) == [target]
+    done = wait_terminal(provider, provider.batches.submit(input_file(tmp_path), CHAT, TAGS).id)
+    output = done.result_ids[0]
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(ProviderUnavailable, match=f"downloading file {output}: 503"):
+        provider.batches.results(done, target)
+    assert list(target.iterdir()) == []
+    (saved,) = provider.batches.results(done, target)
+    assert saved.parent == target and saved.read_bytes().count(b"\n") == 2
+    assert list(target.iterdir()) == [saved]
 
 
 # key lookup ---------------------------------------------------------------------------------
@@ -243,7 +259,7 @@ def test_key_and_settings_come_from_the_environment(
     try:
         assert provider.name == "openai"
         assert (provider.client.organization, provider.client.project) == ("org-1", "proj-1")
-        assert list(provider.list_batches()) == []
+        assert list(provider.batches.find()) == []
     finally:
         provider.close()
 
@@ -255,7 +271,7 @@ def test_compatible_servers_need_no_key(local_server: LocalServer) -> None:
         assert isinstance(provider, OpenAIProvider)
         assert provider.name == "compatible"
         assert provider.client.api_key == "not-needed"
-        assert list(provider.list_files()) == []
+        assert provider.batches.find_staged(TAGS, 1) is None
     finally:
         provider.close()
 
@@ -295,12 +311,7 @@ def test_local_provider_runs_a_batch_with_the_model(tmp_path: Path) -> None:
         path.write_bytes(
             jsonl(chat_line(f"r{i}", "Say hello.", model="smollm2", max_tokens=16) for i in (1, 2))
         )
-        uploaded = provider.upload(path, "input.jsonl")
-        batch = provider.create_batch(uploaded.id, "/v1/chat/completions", {})
-        deadline = time.monotonic() + 120
-        while not (batch := provider.get_batch(batch.id)).status.terminal:
-            assert time.monotonic() < deadline, f"batch stuck in {batch.status}"
-            time.sleep(0.05)
+        batch = wait_terminal(provider, provider.batches.submit(path, CHAT, TAGS).id, 120.0)
         assert batch.status is RemoteStatus.COMPLETED
         assert (batch.completed, batch.failed) == (2, 0)
     finally:

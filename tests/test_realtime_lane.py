@@ -29,6 +29,7 @@ from batchpilot.plan.ids import canonical_body, request_id
 from batchpilot.plan.worst import bounds_for, worst_output_tokens
 from batchpilot.pricing import PriceTable
 from batchpilot.providers.base import AuthenticationFailed
+from batchpilot.providers.openai_realtime import OpenAIRealtime
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.server import FaultPlan, LocalServer, RateLimit
 from batchpilot.store import RequestState, RunRecord, SQLiteStore, utc_now
@@ -278,7 +279,7 @@ def drive(
         try:
             options.setdefault("limits", RateLimits())
             options.setdefault("retry", RetryPolicy())
-            lane = RealtimeLane(client, store, RUN, **options)
+            lane = RealtimeLane(OpenAIRealtime(client), store, RUN, **options)
             stop = asyncio.Event()
             if stop_after is not None:
                 asyncio.get_running_loop().call_later(stop_after, stop.set)

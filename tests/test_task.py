@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Literal
 
+import openai
 import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel, field_validator
@@ -25,7 +26,7 @@ import batchpilot
 from batchpilot import BudgetExceeded, Task, TaskError, TaskRequest, TaskResult
 from batchpilot.cli import cli
 from batchpilot.pricing import PriceTable
-from batchpilot.providers import OpenAIProvider, openai_provider
+from batchpilot.providers import Capabilities, OpenAIProvider, openai_provider
 from batchpilot.run import open_store
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.store.migrations import MIGRATIONS
@@ -578,3 +579,15 @@ def test_killed_at_random_points_a_task_reaches_the_same_state(
     check_ledger(server, tmp_path / "crash")
     state, marks, rows = saved(tmp_path / "crash", task_run_id(tmp_path / "crash"))
     assert state == expected and marks == rows
+
+
+def test_a_task_checks_what_its_provider_can_do(tmp_path: Path, server: LocalServer) -> None:
+    client = openai.OpenAI(base_url=server.base_url, api_key="test")
+    batch_only = OpenAIProvider(client, name="compatible", capabilities=Capabilities(batch=True))
+    try:
+        with pytest.raises(TaskError, match="task review: provider compatible has no real-time"):
+            Review(**options(batch_only, tmp_path / "state", strategy="hybrid")).run()
+        assert not (tmp_path / "state").exists()
+        assert Review(**options(batch_only, tmp_path, strategy="batch")).run().finished
+    finally:
+        batch_only.close()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from batchpilot.data import rows_from_records
 from batchpilot.errors import UserInputError
 from batchpilot.export import ExportRow
+from batchpilot.providers.schema import strict_json_schema
 from batchpilot.response_schema import strict_schema_problems
 from batchpilot.run.api import DEFAULT_STATE_DIR, export_rows, open_store, run_job
 from batchpilot.spec import job_from_dict
@@ -25,9 +26,7 @@ __all__ = ["map"]
 
 def _schema_file(schema: Mapping[str, Any] | type[BaseModel], directory: Path) -> Path:
     if isinstance(schema, type) and issubclass(schema, BaseModel):
-        from openai.lib._pydantic import to_strict_json_schema
-
-        data = to_strict_json_schema(schema)
+        data = strict_json_schema(schema)
         name = schema.__name__
     else:
         data, name = dict(schema), "response"

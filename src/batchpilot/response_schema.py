@@ -213,10 +213,10 @@ def _import_model(target: str, base_dir: Path) -> type[pydantic.BaseModel]:
 
 def _from_model(target: str, base_dir: Path) -> tuple[str, dict[str, Any]]:
     found = _import_model(target, base_dir)
-    from openai.lib._pydantic import to_strict_json_schema
+    from batchpilot.providers.schema import strict_json_schema
 
     try:
-        schema = to_strict_json_schema(found)
+        schema = strict_json_schema(found)
     except (TypeError, pydantic.PydanticUserError) as exc:
         raise ConfigError(
             f"response.schema {target!r}: cannot build its JSON schema: {exc}"

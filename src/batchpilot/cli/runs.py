@@ -17,7 +17,7 @@ from batchpilot.cli.run import has_store, known_state_option, state_option
 from batchpilot.errors import ProviderUnavailable, StateError, UserInputError
 from batchpilot.export import ExportFormat
 from batchpilot.formatting import usd
-from batchpilot.providers import Provider, openai_provider, provider_for
+from batchpilot.providers import BatchTags, Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.adopt import find_batch, record_submitted
 from batchpilot.run.api import job_of, run_lock
@@ -217,15 +217,15 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
         raise UserInputError("--remote needs a run here, or --provider/--base-url")
     try:
         batches = Table("remote batch", "status", "requests", "run", "local batch")
-        for batch in client.list_batches():
+        for batch in client.batches.find():
             owner = known.get(batch.id)
-            tag_run = batch.metadata.get("batchpilot_run")
+            tags = batch.tags
             batches.add_row(
                 batch.id,
                 batch.status.value,
                 f"{batch.completed + batch.failed}/{batch.total}",
-                owner[0] if owner else (f"{tag_run} (not in this store)" if tag_run else "-"),
-                str(owner[1]) if owner else batch.metadata.get("batchpilot_batch", "-"),
+                owner[0] if owner else (f"{tags.run_id} (not in this store)" if tags else "-"),
+                str(owner[1]) if owner else _batch_tag(tags),
             )
         console.print(batches)
     finally:
@@ -293,3 +293,7 @@ def export(
     finally:
         store.close()
     click.echo(f"wrote {count} rows to {output}")
+
+
+def _batch_tag(tags: BatchTags | None) -> str:
+    return "-" if tags is None or tags.batch_id is None else str(tags.batch_id)

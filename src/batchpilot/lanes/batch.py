@@ -30,7 +30,7 @@ from batchpilot.providers.base import (
     RemoteNotFound,
     RemoteStatus,
 )
-from batchpilot.run.adopt import find_batch, find_file, metadata_for, record_submitted
+from batchpilot.run.adopt import find_batch, find_upload, record_submitted, tags_for
 from batchpilot.run.budget import stop_for_budget
 from batchpilot.run.cancel import cancel_batches
 from batchpilot.run.config import AnswerCheck, RunConfig
@@ -348,18 +348,18 @@ class BatchLane:
         fresh = (batch.id, "upload") in self._fresh
         self._fresh.discard((batch.id, "upload"))
         if not fresh:
-            found = find_file(self.provider, batch)
+            found = find_upload(self.provider, batch, self.store.store_id)
             if found is not None:
-                self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {found.id}")
+                self.store.event(self.run_id, "adopted", f"batch {batch.id}: found {found}")
                 return self.store.move_batch(
-                    self.run_id, batch.id, BatchState.UPLOADED, input_file_id=found.id
+                    self.run_id, batch.id, BatchState.UPLOADED, input_file_id=found
                 )
         path = self._file_path(batch)
         if not path.is_file():
             self._write_file(batch)
-        remote = self.provider.upload(path, batch.file_name)
+        staged = self.provider.batches.stage(path, tags_for(batch, self.store.store_id))
         return self.store.move_batch(
-            self.run_id, batch.id, BatchState.UPLOADED, input_file_id=remote.id
+            self.run_id, batch.id, BatchState.UPLOADED, input_file_id=staged
         )
 
     def _create(self, batch: BatchRecord) -> BatchRecord:
@@ -385,9 +385,13 @@ class BatchLane:
                 self._hold()
             return moved
         if remote is None:
-            assert batch.input_file_id is not None
-            tags = metadata_for(self.run_id, batch.id, self.store.store_id)
-            remote = self.provider.create_batch(batch.input_file_id, batch.endpoint, tags)
+            path = self._file_path(batch)
+            if batch.input_file_id is None and not path.is_file():
+                self._write_file(batch)  # requests that go inline are read from it again
+            tags = tags_for(batch, self.store.store_id)
+            remote = self.provider.batches.submit(
+                path, batch.endpoint, tags, staged=batch.input_file_id
+            )
         return self._submitted(batch, remote)
 
     def _find_remote(self, batch: BatchRecord) -> RemoteBatch | None:
@@ -405,7 +409,7 @@ class BatchLane:
             if poll.due > now or batch.remote_id is None:
                 continue
             try:
-                remote = self.provider.get_batch(batch.remote_id)
+                remote = self.provider.batches.poll(batch.remote_id)
             except RemoteNotFound:
                 misses = batch.not_found + 1
                 self.store.update_batch(self.run_id, batch.id, not_found=misses)
@@ -473,24 +477,17 @@ class BatchLane:
         )
         return None
 
-    def _download(self, file_id: str | None, name: str) -> Path | None:
-        if file_id is None:
-            return None
-        target = self.files_dir / name
-        if not target.is_file():
-            self.provider.download(file_id, target)
-        return target
+    def _download(self, remote: RemoteBatch) -> list[Path]:
+        return self.provider.batches.results(remote, self.files_dir)
 
     def _ingest(self, batch: BatchRecord, remote: RemoteBatch) -> None:
         requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
         if remote.status == RemoteStatus.FAILED:
             outcomes = self._failed_batch(batch, remote, requests)
         else:
-            output = self._download(remote.output_file_id, f"{batch.file_name}.output")
-            errors = self._download(remote.error_file_id, f"{batch.file_name}.errors")
             outcomes = classify(
                 requests,
-                read_lines([output, errors]),
+                read_lines(self._download(remote)),
                 self.settings.retry,
                 self._cost,
                 check=self.check,
@@ -503,8 +500,8 @@ class BatchLane:
             self.run_id,
             batch.id,
             outcomes,
-            output_file_id=remote.output_file_id,
-            error_file_id=remote.error_file_id,
+            output_file_id=remote.result_ids[0],
+            error_file_id=remote.result_ids[1],
         )
         done = sum(o.state == RequestState.SUCCEEDED for o in outcomes)
         self.store.event(

@@ -1,4 +1,5 @@
-"""The real-time lane: requests sent one by one on the SDK's async client, within rate limits.
+"""The real-time lane: requests sent one by one through a provider's RealtimeAPI, within rate
+limits.
 
 Same store, request ids, budget and retry policy as the batch lane. Requests come from a feed:
 a fixed list (`run`), or a source that the batch lane shares (`serve`, see batchpilot.run.share).
@@ -28,24 +29,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx2
-import openai
 import orjson
-from openai._types import RequestOptions
 
 from batchpilot.errors import IllegalTransition
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
 from batchpilot.plan.worst import reservation
 from batchpilot.pricing import PriceTable, usage_cost
-from batchpilot.providers.base import AuthenticationFailed
-from batchpilot.providers.openai import error_detail
+from batchpilot.providers.base import Answer, AuthenticationFailed, CallFailed, RealtimeAPI
 from batchpilot.store import Outcome, PendingRequest, RequestState, Store
 
 if TYPE_CHECKING:  # at run time the import would be circular: batchpilot.run imports lanes
     from batchpilot.run.ingest import RetryPolicy
 
 __all__ = [
-    "CUSTOM_ID_HEADER",
     "Feed",
     "LaneReport",
     "RealtimeLane",
@@ -53,10 +49,8 @@ __all__ = [
     "recover_inflight",
 ]
 
-CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 INTERRUPTED = "interrupted while in flight"
 IDLE_S = 0.02  # how often a lane with nothing to take looks at its feed again
-RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx, as in batchpilot.run.ingest
 
 
 class Feed(Protocol):
@@ -111,16 +105,13 @@ class _Failure:
 
 
 class RealtimeLane:
-    """Sends requests concurrently (at most `concurrency` in flight) within `limits`.
-
-    Bodies go out as planned through the client's documented `post` (so the Azure client's
-    deployment URLs and every endpoint of the Batch API work alike), with the client's own
-    retries off: the lane retries, so that every try is counted and paced.
+    """Sends requests concurrently (at most `concurrency` in flight) within `limits`, through
+    `api` (which does not retry: the lane retries, so that every try is counted and paced).
     """
 
     def __init__(
         self,
-        client: openai.AsyncOpenAI,
+        api: RealtimeAPI,
         store: Store,
         run_id: str,
         *,
@@ -137,7 +128,7 @@ class RealtimeLane:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.client = client
+        self.api = api
         self.store = store
         self.run_id = run_id
         self.concurrency = concurrency
@@ -149,7 +140,6 @@ class RealtimeLane:
         self.base_backoff_s = base_backoff_s
         self.throttle = throttle or Throttle(limits)
         self.check = check
-        self._secret = client.api_key if isinstance(client.api_key, str) else None
         self._rng = random.Random()
         self._inflight_usd = 0.0
         self._report = LaneReport()
@@ -435,35 +425,26 @@ class RealtimeLane:
             raise
 
     async def _send(
-        self, request: PendingRequest, call: Callable[[], Awaitable[httpx2.Response]]
+        self, request: PendingRequest, call: Callable[[], Awaitable[Answer | CallFailed]]
     ) -> _Failure | None:
-        """One HTTP try; records a success and returns None, or returns what went wrong."""
+        """One try; records a success and returns None, or returns what went wrong."""
         # a try that may have run though no answer came back is billed at its worst case
         unknown = (0, 0, self._worst_cost(request))
-        try:
-            raw = await call()
-        except openai.APIStatusError as exc:
-            return self._status_failure(exc)
-        except openai.APITimeoutError:
-            return _Failure("timeout: no answer in time", retryable=True, billed=unknown)
-        except openai.APIConnectionError as exc:
-            cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-            unsent = isinstance(exc.__cause__, httpx2.ConnectError)
+        outcome = await call()
+        if isinstance(outcome, CallFailed):
+            if outcome.status == 429:
+                self._report.http_429 += 1
+            headers = outcome.headers if outcome.status is not None else None
             return _Failure(
-                self._redact(f"connection error{cause}"),
-                retryable=True,
-                billed=(0, 0, 0.0) if unsent else unknown,
+                outcome.reason,
+                outcome.retryable,
+                status=outcome.status,
+                retry_after_s=None if headers is None else retry_after(headers),
+                headers=outcome.headers,
+                billed=unknown if outcome.may_have_run else (0, 0, 0.0),
             )
-        except openai.OpenAIError as exc:
-            return _Failure(self._redact(f"{type(exc).__name__}: {exc}"), retryable=True)
-        self.throttle.observe(raw.headers)
-        try:
-            body = orjson.loads(raw.content)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            unreadable = f"http {raw.status_code}: the answer is not a JSON object"
-            return _Failure(unreadable, True, billed=unknown)
+        self.throttle.observe(outcome.headers)
+        body = outcome.body
         input_tokens, output_tokens, usd = self._cost(request, body)
         reason = self.check(request, body) if self.check is not None else None
         if reason is not None:
@@ -472,20 +453,6 @@ class RealtimeLane:
             Outcome(request.id, RequestState.SUCCEEDED, body, input_tokens, output_tokens, usd)
         )
         return None
-
-    def _status_failure(self, exc: openai.APIStatusError) -> _Failure:
-        status = exc.status_code
-        headers = exc.response.headers
-        if status == 429:
-            self._report.http_429 += 1
-        text = error_detail(exc)
-        return _Failure(
-            self._redact(f"http {status}: {text}"),
-            retryable=status in RETRYABLE_STATUS or status >= 500,
-            status=status,
-            retry_after_s=retry_after(headers),
-            headers=headers,
-        )
 
     def _finish(self, outcome: Outcome) -> None:
         self.store.finish_realtime(self.run_id, outcome)
@@ -508,25 +475,18 @@ class RealtimeLane:
         ceiling = min(self.max_backoff_s, self.base_backoff_s * 2.0 ** (tries - 1))
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
-    def _redact(self, message: str) -> str:
-        if self._secret and len(self._secret) >= 4:
-            return message.replace(self._secret, "***")
-        return message
-
     # bodies, tokens and money ---------------------------------------------------------------
 
-    def _prepare(self, request: PendingRequest) -> Callable[[], Awaitable[httpx2.Response]]:
-        """The SDK call for one request: its body as planned, POSTed to its endpoint."""
+    def _prepare(self, request: PendingRequest) -> Callable[[], Awaitable[Answer | CallFailed]]:
+        """The call for one request: its body as planned, sent to its endpoint."""
         body = orjson.loads(request.body)
         if not isinstance(body, dict):
             raise ValueError("invalid request body: not a JSON object")
         if body.get("stream"):
             raise ValueError("streaming is not supported on the real-time lane")
-        path = request.endpoint.removeprefix("/v1")
-        options: RequestOptions = {"headers": {CUSTOM_ID_HEADER: request.id}, "max_retries": 0}
-        if self.timeout_s is not None:
-            options["timeout"] = self.timeout_s
-        return lambda: self.client.post(path, cast_to=httpx2.Response, body=body, options=options)
+        return lambda: self.api.call(
+            body, request.endpoint, custom_id=request.id, timeout_s=self.timeout_s
+        )
 
     def _worst_cost(self, request: PendingRequest) -> float:
         """The real-time lane's reservation: the planned worst case at the standard price."""

@@ -1,72 +1,79 @@
-"""Providers behind one small protocol: OpenAI (and Azure, and compatible servers) and local."""
+"""Providers behind two small capabilities (batch, real time): OpenAI (and Azure, and compatible
+servers) and local."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Literal, cast
 
 from batchpilot.providers.base import (
+    Answer,
     AuthenticationFailed,
+    BatchAPI,
+    BatchTags,
+    CallFailed,
+    Capabilities,
     Provider,
+    RealtimeAPI,
     RemoteBatch,
-    RemoteFile,
     RemoteNotFound,
     RemoteStatus,
 )
+from batchpilot.providers.local import CAPABILITIES as LOCAL_CAPABILITIES
+from batchpilot.providers.local import LocalProvider, local_provider
+from batchpilot.providers.openai import CAPABILITIES as OPENAI_CAPABILITIES
 from batchpilot.providers.openai import OpenAIProvider, openai_provider
+from batchpilot.providers.registry import kind, kinds, provider_for, register
 from batchpilot.spec.model import ProviderSpec
-
-if TYPE_CHECKING:
-    from batchpilot.providers.local import LocalProvider, local_provider
 
 __all__ = [
     "LOCAL_SERVER_DIR",
+    "Answer",
     "AuthenticationFailed",
+    "BatchAPI",
+    "BatchTags",
+    "CallFailed",
+    "Capabilities",
     "LocalProvider",
     "OpenAIProvider",
     "Provider",
+    "RealtimeAPI",
     "RemoteBatch",
-    "RemoteFile",
     "RemoteNotFound",
     "RemoteStatus",
+    "kind",
+    "kinds",
     "local_provider",
     "openai_provider",
     "provider_for",
+    "register",
 ]
 
 LOCAL_SERVER_DIR = "local-server"
 
 
-def __getattr__(name: str) -> Any:
-    # The local provider brings the server (uvicorn, starlette) with it: load it on first use.
-    if name in ("LocalProvider", "local_provider"):
-        return getattr(importlib.import_module("batchpilot.providers.local"), name)
-    raise AttributeError(f"module 'batchpilot.providers' has no attribute {name!r}")
-
-
-def provider_for(
-    spec: ProviderSpec, *, state_dir: Path, environ: Mapping[str, str] | None = None
-) -> Provider:
-    """The provider a job's ProviderSpec describes.
-
-    `state_dir` is the job's state directory; the local provider keeps its server's state in
-    `state_dir / "local-server"`. Keys are read from `environ` (default `os.environ`).
-    """
-    if spec.kind == "local":
-        from batchpilot.providers.local import local_provider
-
-        model_path = Path(spec.model_path).expanduser() if spec.model_path else None
-        return local_provider(
-            Path(state_dir) / LOCAL_SERVER_DIR, responder=spec.responder, model_path=model_path
-        )
+def _openai(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | None) -> Provider:
     return openai_provider(
         base_url=spec.base_url,
         api_key_env=spec.api_key_env,
         organization=spec.organization,
         project=spec.project,
-        kind=spec.kind,
+        kind=cast(Literal["openai", "azure", "compatible"], spec.kind),
         api_version=spec.api_version,
         environ=environ,
     )
+
+
+def _local(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | None) -> Provider:
+    from batchpilot.providers.local import local_provider
+
+    model_path = Path(spec.model_path).expanduser() if spec.model_path else None
+    return local_provider(
+        state_dir / LOCAL_SERVER_DIR, responder=spec.responder, model_path=model_path
+    )
+
+
+register("local", _local, LOCAL_CAPABILITIES)
+for _kind in ("openai", "azure", "compatible"):
+    register(_kind, _openai, OPENAI_CAPABILITIES[_kind])

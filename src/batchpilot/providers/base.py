@@ -1,6 +1,7 @@
-"""The provider protocol: the small surface batchpilot needs from a Batch API.
+"""What batchpilot needs from a provider: a batch API and, next to it, a real-time API.
 
-Provider statuses and errors are translated here, at the edge; SDK exceptions never pass it.
+Each implementation translates its provider's statuses and errors at this edge; SDK exceptions
+never pass it. The batch API raises ours; the real-time API returns a CallFailed instead.
 
     ProviderError (batchpilot.errors)
     ├── ProviderUnavailable   connection failures, timeouts, 5xx, 429 after the SDK's retries
@@ -11,7 +12,7 @@ Provider statuses and errors are translated here, at the edge; SDK exceptions ne
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -20,12 +21,19 @@ from typing import Any, Protocol, runtime_checkable
 from batchpilot.errors import ProviderRejected
 
 __all__ = [
+    "Answer",
     "AuthenticationFailed",
+    "BatchAPI",
+    "BatchTags",
+    "CallFailed",
+    "Capabilities",
+    "Lines",
     "Provider",
+    "RealtimeAPI",
     "RemoteBatch",
-    "RemoteFile",
     "RemoteNotFound",
     "RemoteStatus",
+    "Sink",
 ]
 
 
@@ -59,62 +67,184 @@ class AuthenticationFailed(ProviderRejected):
 
 
 @dataclass(frozen=True)
-class RemoteFile:
-    id: str
-    filename: str
-    bytes: int
-    purpose: str
-    created_at: int
+class BatchTags:
+    """What a remote batch carries so that the store that made it can find it again: the run
+    id, the local batch id (None on a remote batch whose tags name none), the store's id (None
+    on batches made before stores had ids), and `name`, the name its request lines are known by
+    (a file name at file-based providers; it holds the store's id)."""
+
+    run_id: str
+    batch_id: int | None
+    store_id: str | None
+    name: str = ""
 
 
 @dataclass(frozen=True)
 class RemoteBatch:
+    """A provider's batch, in our words. `staged` is the opaque handle of the lines it was made
+    from (None where requests go inline); `result_ids` the opaque handles of its answers and
+    errors, kept by the store for the record; `tags` are ours, None on a batch we did not make."""
+
     id: str
     status: RemoteStatus
     endpoint: str
-    input_file_id: str
-    output_file_id: str | None = None
-    error_file_id: str | None = None
+    tags: BatchTags | None = None
+    staged: str | None = None
+    result_ids: tuple[str | None, str | None] = (None, None)
     created_at: int = 0
     total: int = 0
     completed: int = 0
     failed: int = 0
-    metadata: dict[str, str] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Any] | None = None
     model: str | None = None
 
 
+Lines = Path | Iterable[bytes]
+"""Request lines in our JSONL shape (`custom_id`, `method`, `url`, `body`): a file of them, or
+the lines themselves (each without its newline)."""
+
+Sink = Path | Callable[[bytes], None]
+"""Where results go: a directory (whole files), or a function given each line."""
+
+
+@runtime_checkable
+class BatchAPI(Protocol):
+    """A provider's batch API, as the batch lane needs it. Whether the provider takes files
+    (OpenAI, Azure, Gemini) or inline requests (Anthropic) stays inside."""
+
+    def stage(self, lines: Lines, tags: BatchTags) -> str | None:
+        """Put the lines where the provider takes them from ahead of `submit` (an upload), and
+        return the opaque handle that `submit` takes; None when the provider takes requests
+        inline and there is nothing to stage."""
+        ...
+
+    def find_staged(self, tags: BatchTags, size: int) -> str | None:
+        """The handle of lines staged earlier under `tags.name` whose size is `size` bytes (the
+        proof that they are the batch's, whole), if the provider still has them: what survives
+        a crash between `stage` and `submit`."""
+        ...
+
+    def submit(
+        self, lines: Lines, endpoint: str, tags: BatchTags, *, staged: str | None = None
+    ) -> RemoteBatch:
+        """Start a batch of `lines` (or of the lines staged as `staged`, when given) on
+        `endpoint`, tagged with `tags`, with the 24 h window. Never retried inside: an answer
+        lost on the way may hide a batch that was made; look for it with `find` first."""
+        ...
+
+    def poll(self, remote_id: str) -> RemoteBatch: ...
+
+    def results(self, remote: RemoteBatch, into: Sink) -> list[Path]:
+        """The answer and error lines of a batch that has ended, in our result shape
+        (`custom_id`, `response: {status_code, body}`, `error`). Into a directory: as files
+        named after the batch, each written whole or not at all (one already there is kept),
+        returned in that order; into a function: line by line, returning []."""
+        ...
+
+    def cancel(self, remote_id: str) -> RemoteBatch: ...
+
+    def find(self, run_id: str | None = None) -> Iterator[RemoteBatch]:
+        """The provider's batches, newest first: those tagged with `run_id`, or all."""
+        ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A real-time answer: its JSON body (usage in `body["usage"]`) and the response's headers
+    (rate limits)."""
+
+    body: dict[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        usage = self.body.get("usage")
+        return usage if isinstance(usage, dict) else None
+
+
+@dataclass(frozen=True)
+class CallFailed:
+    """A real-time call that brought no usable answer, in our words: why (never a secret),
+    whether another try may succeed, the HTTP status and headers if an answer came back (rate
+    limits, `retry-after`), and whether it may have run and been billed though no answer came
+    back (a timeout, a connection lost after sending, an unreadable answer)."""
+
+    reason: str
+    retryable: bool
+    status: int | None = None
+    headers: Mapping[str, str] | None = None
+    may_have_run: bool = False
+
+    @property
+    def refused_key(self) -> bool:
+        """The key (or its permissions) was refused: every other call would be refused alike."""
+        return self.status in (401, 403)
+
+
+@runtime_checkable
+class RealtimeAPI(Protocol):
+    """A provider's real-time API: one request, one outcome. Every SDK error is translated
+    into a CallFailed here; nothing is retried inside (the lane retries, so that every try is
+    counted and paced). One instance serves one event loop."""
+
+    async def call(
+        self,
+        body: dict[str, Any],
+        endpoint: str,
+        *,
+        custom_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Answer | CallFailed:
+        """Send `body` as planned to `endpoint` (e.g. `/v1/chat/completions`); `custom_id`
+        names the request to the provider where it can be told."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can do: a batch API, a real-time API, the flex tier of it, embeddings,
+    the Responses API, structured output (JSON schema), images in requests."""
+
+    batch: bool = False
+    realtime: bool = False
+    flex: bool = False
+    embeddings: bool = False
+    responses: bool = False
+    structured_output: bool = False
+    images: bool = False
+
+    def check(self, strategy: str, provider: str) -> str | None:
+        """Why `provider` cannot run a job of `strategy` (batch, realtime, hybrid), or None."""
+        if strategy != "batch" and not self.realtime:
+            return f"provider {provider} has no real-time API; use strategy: batch"
+        if strategy != "realtime" and not self.batch:
+            return f"provider {provider} has no batch API; use strategy: realtime"
+        return None
+
+
 @runtime_checkable
 class Provider(Protocol):
-    """What the batch lane needs from a provider. Implementations translate statuses and errors."""
+    """A provider, as the lanes see it: what it can do, its two APIs, and closing it. `name`
+    is the kind it was registered as (or its own name); `base_url` is where it is reached,
+    without credentials (None: the provider's default)."""
 
     name: str
+    capabilities: Capabilities
 
-    def upload(self, path: Path, filename: str) -> RemoteFile:
-        """Upload a batch input file (purpose `batch`), streaming it from disk."""
+    @property
+    def base_url(self) -> str | None: ...
+
+    @property
+    def batches(self) -> BatchAPI:
+        """The provider's batch API (only when `capabilities.batch`)."""
         ...
 
-    def list_files(self, purpose: str = "batch") -> Iterator[RemoteFile]:
-        """Every file of that purpose, newest first (follows pagination)."""
-        ...
-
-    def delete_file(self, file_id: str) -> None: ...
-
-    def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
-        """Create a batch with the 24 h window; `metadata` tags it (run id, local batch id)."""
-        ...
-
-    def get_batch(self, batch_id: str) -> RemoteBatch: ...
-
-    def list_batches(self) -> Iterator[RemoteBatch]:
-        """Every batch, newest first (follows pagination)."""
-        ...
-
-    def cancel_batch(self, batch_id: str) -> RemoteBatch: ...
-
-    def download(self, file_id: str, target: Path) -> None:
-        """Stream a file's content to `target` (written whole or not at all)."""
+    def realtime(self) -> RealtimeAPI:
+        """A real-time API for the calling thread's event loop (close it with `aclose`; only
+        when `capabilities.realtime`)."""
         ...
 
     def close(self) -> None: ...

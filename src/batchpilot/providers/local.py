@@ -12,14 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
+from batchpilot.providers.base import Capabilities
 from batchpilot.providers.openai import OpenAIProvider
 
 if TYPE_CHECKING:
     from batchpilot.server import LocalServer
 
-__all__ = ["LOCAL_API_KEY", "LocalProvider", "local_provider"]
+__all__ = ["CAPABILITIES", "LOCAL_API_KEY", "LocalProvider", "local_provider"]
 
 LOCAL_API_KEY = "local"
+
+
+CAPABILITIES = Capabilities(batch=True, realtime=True, embeddings=True, structured_output=True)
 
 
 class LocalProvider(OpenAIProvider):
@@ -31,7 +35,7 @@ class LocalProvider(OpenAIProvider):
             api_key=server.config.api_key or LOCAL_API_KEY,
             max_retries=max_retries,
         )
-        super().__init__(client, name=name)
+        super().__init__(client, name=name, capabilities=CAPABILITIES)
         self.server = server
 
     def close(self) -> None:

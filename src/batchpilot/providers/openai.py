@@ -1,61 +1,70 @@
-"""The OpenAI Batch and Files APIs through the official SDK (OpenAI, Azure OpenAI, compatible).
-
-Every SDK exception is translated here:
-
-    404                                         RemoteNotFound
-    401, 403                                    AuthenticationFailed (a ProviderRejected)
-    other 4xx except 408/409/429                ProviderRejected
-    408, 409, 429, 5xx, connection, timeout     ProviderUnavailable (after the SDK's own retries)
-
-A 409 on cancel means "this batch cannot be cancelled any more" and is a ProviderRejected.
-Batch creation is not retried by the SDK (it is not idempotent): the runner retries it after
-reconciling against the listing.
+"""OpenAI (and Azure OpenAI, and compatible servers) through the official SDK: the client, built
+from settings and the environment, behind the batch API (`openai_batch`) and the real-time
+API; every SDK exception is translated at this edge (`openai_errors`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any, Literal, cast
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import httpx2
 import openai
-from openai.types import Batch, FileObject
 
-from batchpilot.errors import ProviderError, ProviderRejected, ProviderUnavailable, UserInputError
-from batchpilot.providers.base import (
-    AuthenticationFailed,
-    RemoteBatch,
-    RemoteFile,
-    RemoteNotFound,
-    RemoteStatus,
-)
+from batchpilot.errors import UserInputError
+from batchpilot.providers.base import Capabilities
+from batchpilot.providers.openai_batch import OpenAIBatches
+from batchpilot.providers.openai_errors import error_detail, translate_error
+from batchpilot.providers.openai_realtime import OpenAIRealtime
 
-__all__ = ["AZURE_API_VERSION", "OpenAIProvider", "error_detail", "openai_provider"]
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "AZURE_API_VERSION",
+    "CAPABILITIES",
+    "OpenAIProvider",
+    "error_detail",
+    "openai_provider",
+    "translate_error",
+]
 
 AZURE_API_VERSION = "2024-10-21"
 COMPATIBLE_PLACEHOLDER_KEY = "not-needed"
 
-_RETRYABLE_4XX = frozenset({408, 409, 429})
-_STATUSES: dict[str, RemoteStatus] = {status.value: status for status in RemoteStatus}
-_DETAIL_LIMIT = 500
+
+_EVERYTHING = Capabilities(True, True, True, True, True, True, True)
+CAPABILITIES: dict[str, Capabilities] = {
+    "openai": _EVERYTHING,
+    "azure": _EVERYTHING,  # flex in preview; a model without it answers 400
+    # an OpenAI-compatible server: its Batch API may be ours (`batchpilot serve`)
+    "compatible": Capabilities(
+        batch=True, realtime=True, embeddings=True, structured_output=True, images=True
+    ),
+}
 
 
 class OpenAIProvider:
-    """The Provider protocol over an injected `openai.OpenAI` (or `AzureOpenAI`) client."""
+    """A Provider over an injected `openai.OpenAI` (or `AzureOpenAI`) client; its capabilities
+    are those of its kind (`name`) unless given."""
 
-    def __init__(self, client: openai.OpenAI, *, name: str = "openai") -> None:
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        *,
+        name: str = "openai",
+        capabilities: Capabilities | None = None,
+    ) -> None:
         self.name = name
+        self.capabilities = capabilities or CAPABILITIES.get(name, CAPABILITIES["compatible"])
         self._client = client
+        self._batches = OpenAIBatches(client)
 
     @property
     def client(self) -> openai.OpenAI:
         return self._client
+
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url)
 
     def async_client(self) -> openai.AsyncOpenAI:
         """An async client with the same endpoint and credentials, for the real-time lane (its
@@ -71,86 +80,15 @@ class OpenAIProvider:
             max_retries=0,
         )
 
-    # files ----------------------------------------------------------------------------------
+    @property
+    def batches(self) -> OpenAIBatches:
+        return self._batches
 
-    def upload(self, path: Path, filename: str) -> RemoteFile:
-        with path.open("rb") as handle, self._edge(f"uploading {path} as {filename}"):
-            created = self._client.files.create(file=(filename, handle), purpose="batch")
-        return _remote_file(created)
-
-    def list_files(self, purpose: str = "batch") -> Iterator[RemoteFile]:
-        with self._edge(f"listing {purpose} files"):
-            for item in self._client.files.list(purpose=purpose, order="desc"):
-                yield _remote_file(item)
-
-    def delete_file(self, file_id: str) -> None:
-        with self._edge(f"deleting file {file_id}"):
-            self._client.files.delete(file_id)
-
-    def download(self, file_id: str, target: Path) -> None:
-        part = target.with_suffix(target.suffix + ".part")
-        try:
-            with (
-                self._edge(f"downloading file {file_id}"),
-                self._client.files.with_streaming_response.content(file_id) as response,
-                part.open("wb") as out,
-            ):
-                for chunk in response.iter_bytes(1024 * 1024):
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            part.replace(target)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-
-    # batches --------------------------------------------------------------------------------
-
-    def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
-        # Never retried inside the SDK: a create whose answer was lost may have created the
-        # batch, and the SDK would blindly create a second one (paid twice). The caller retries
-        # after looking for the batch by its metadata.
-        with self._edge(f"creating batch for file {file_id}"):
-            batch = self._client.with_options(max_retries=0).batches.create(
-                input_file_id=file_id,
-                endpoint=cast(Any, endpoint),
-                completion_window="24h",
-                metadata=metadata or None,
-            )
-        return _remote_batch(batch)
-
-    def get_batch(self, batch_id: str) -> RemoteBatch:
-        with self._edge(f"reading batch {batch_id}"):
-            batch = self._client.batches.retrieve(batch_id)
-        return _remote_batch(batch)
-
-    def list_batches(self) -> Iterator[RemoteBatch]:
-        with self._edge("listing batches"):
-            for batch in self._client.batches.list(limit=100):
-                yield _remote_batch(batch)
-
-    def cancel_batch(self, batch_id: str) -> RemoteBatch:
-        with self._edge(f"cancelling batch {batch_id}", conflict_rejects=True):
-            batch = self._client.batches.cancel(batch_id)
-        return _remote_batch(batch)
+    def realtime(self) -> OpenAIRealtime:
+        return OpenAIRealtime(self.async_client())
 
     def close(self) -> None:
         self._client.close()
-
-    # the edge -------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _edge(self, what: str, *, conflict_rejects: bool = False) -> Iterator[None]:
-        """Translate SDK (and, while streaming, HTTP) exceptions into ours."""
-        try:
-            yield
-        except openai.OpenAIError as exc:
-            raise translate_error(
-                exc, what, secret=self._client.api_key, conflict_rejects=conflict_rejects
-            ) from exc
-        except httpx2.HTTPError as exc:
-            message = _redact(f"{what}: connection lost: {exc}", self._client.api_key)
-            raise ProviderUnavailable(message) from exc
 
 
 def _async_azure(client: openai.AzureOpenAI) -> openai.AsyncAzureOpenAI:
@@ -173,95 +111,6 @@ def _async_azure(client: openai.AzureOpenAI) -> openai.AsyncAzureOpenAI:
         return openai.AsyncAzureOpenAI(base_url=str(client.base_url), **common)
     return openai.AsyncAzureOpenAI(
         azure_endpoint=str(endpoint), azure_deployment=client._azure_deployment, **common
-    )
-
-
-def translate_error(
-    exc: openai.OpenAIError, what: str, *, secret: str | None, conflict_rejects: bool = False
-) -> ProviderError:
-    """Our exception for an SDK exception; the message names the operation, never the key."""
-    error: ProviderError
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message = f"{what}: {status} {error_detail(exc)}"
-        if exc.request_id:
-            message += f" (request id {exc.request_id})"
-        if status == 404:
-            error = RemoteNotFound(_redact(message, secret))
-        elif status in (401, 403):
-            error = AuthenticationFailed(_redact(message, secret))
-        elif 400 <= status < 500 and (
-            status not in _RETRYABLE_4XX or (status == 409 and conflict_rejects)
-        ):
-            error = ProviderRejected(_redact(message, secret))
-        else:
-            error = ProviderUnavailable(_redact(message, secret))
-        return error
-    if isinstance(exc, openai.APITimeoutError):
-        message = f"{what}: {exc.request.method} {exc.request.url} timed out"
-    elif isinstance(exc, openai.APIConnectionError):
-        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-        message = f"{what}: cannot reach {exc.request.method} {exc.request.url}{cause}"
-    elif isinstance(exc, openai.APIResponseValidationError):
-        message = f"{what}: unexpected response ({exc.status_code}): {exc.message}"
-    else:
-        message = f"{what}: {type(exc).__name__}: {exc}"
-    return ProviderUnavailable(_redact(message, secret))
-
-
-def error_detail(exc: openai.APIStatusError) -> str:
-    """The server's `code: message` of an error answer, cut to a readable length."""
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        code = body.get("code") or body.get("type")
-        text = f"{code}: {body['message']}" if code else str(body["message"])
-    else:
-        text = exc.message
-    return text if len(text) <= _DETAIL_LIMIT else text[:_DETAIL_LIMIT] + "…"
-
-
-def _redact(message: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4:
-        return message.replace(secret, "***")
-    return message
-
-
-def _remote_file(item: FileObject) -> RemoteFile:
-    return RemoteFile(
-        id=item.id,
-        filename=item.filename,
-        bytes=item.bytes,
-        purpose=item.purpose,
-        created_at=item.created_at,
-    )
-
-
-def _remote_batch(batch: Batch) -> RemoteBatch:
-    status = _STATUSES.get(batch.status)
-    if status is None:
-        log.warning(
-            "batch %s has the unknown status %r; treating it as in progress", batch.id, batch.status
-        )
-        status = RemoteStatus.IN_PROGRESS
-    counts = batch.request_counts
-    errors = batch.errors.data if batch.errors is not None and batch.errors.data else []
-    return RemoteBatch(
-        id=batch.id,
-        status=status,
-        endpoint=batch.endpoint,
-        input_file_id=batch.input_file_id,
-        output_file_id=batch.output_file_id,
-        error_file_id=batch.error_file_id,
-        created_at=batch.created_at,
-        total=counts.total if counts is not None else 0,
-        completed=counts.completed if counts is not None else 0,
-        failed=counts.failed if counts is not None else 0,
-        metadata=dict(batch.metadata or {}),
-        errors=[
-            {"code": e.code, "message": e.message, "line": e.line, "param": e.param} for e in errors
-        ],
-        usage=batch.usage.model_dump() if batch.usage is not None else None,
-        model=batch.model,
     )
 
 

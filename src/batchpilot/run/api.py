@@ -267,15 +267,13 @@ def open_runner(
         target=target,
         on_progress=on_progress,
     )
+    problem = provider.capabilities.check(settings.strategy, provider.name)
+    if problem is not None:
+        raise UserInputError(problem)
     lane = None
     if settings.strategy != "batch":
-        make_client = getattr(provider, "async_client", None)
-        if make_client is None:
-            raise UserInputError(
-                f"provider {provider.name} has no real-time client; use strategy: batch"
-            )
         lane = RealtimeLane(
-            make_client(),
+            provider.realtime(),
             store,
             run_id,
             limits=settings.realtime,

@@ -46,7 +46,7 @@ def cancel_batches(
         if batch.remote_id is None:
             continue
         try:
-            provider.cancel_batch(batch.remote_id)
+            provider.batches.cancel(batch.remote_id)
         except AuthenticationFailed:
             raise  # no batch can be cancelled with this key
         except ProviderRejected as exc:

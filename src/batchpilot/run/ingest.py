@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
+from batchpilot.providers.retry import retryable_status
 from batchpilot.store import Outcome, PendingRequest, RequestState
 
 __all__ = ["LineResult", "RetryPolicy", "classify", "read_lines"]
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})
 NOT_RUN_CODES = frozenset({"batch_expired", "batch_cancelled"})
 RETRYABLE_CODES = frozenset({"request_timeout", *NOT_RUN_CODES})
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -95,7 +95,7 @@ def parse_line(raw: bytes) -> LineResult | None:
             text = _error_text(detail.get("code") or detail.get("type"), detail.get("message"))
         else:
             text = _error_text(None, f"no usable body (status {status})")
-        retryable = isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500)
+        retryable = isinstance(status, int) and retryable_status(status)
         return LineResult(custom_id, False, None, f"http {status}: {text}", retryable, True)
     if isinstance(error, dict):
         code = str(error.get("code") or "")

@@ -162,7 +162,7 @@ class LaneThread:
             self.error = exc
         finally:
             try:
-                loop.run_until_complete(lane.client.close())
+                loop.run_until_complete(lane.api.aclose())
             finally:
                 loop.close()
                 self._share.wake.set()

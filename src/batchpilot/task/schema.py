@@ -12,6 +12,7 @@ import jsonschema
 import pydantic
 
 from batchpilot.errors import TaskError
+from batchpilot.providers.schema import strict_json_schema
 from batchpilot.response_schema import strict_schema_problems
 from batchpilot.validate import AnswerCheck, model_problem
 
@@ -26,10 +27,8 @@ class TaskSchema:
     def __init__(self, schema: SchemaLike, task: str, *, checked: bool = True) -> None:
         self.model: type[pydantic.BaseModel] | None = None
         if isinstance(schema, type) and issubclass(schema, pydantic.BaseModel):
-            from openai.lib._pydantic import to_strict_json_schema
-
             try:
-                self.json_schema: dict[str, Any] = to_strict_json_schema(schema)
+                self.json_schema: dict[str, Any] = strict_json_schema(schema)
             except (TypeError, pydantic.PydanticUserError) as exc:
                 raise TaskError(
                     f"task {task}: cannot build the JSON schema of {schema.__name__}: {exc}"

@@ -17,7 +17,8 @@ from batchpilot.errors import ConfigError, TaskError
 from batchpilot.plan.job import settings_for
 from batchpilot.plan.planner import PlanSettings
 from batchpilot.pricing import PriceTable
-from batchpilot.providers import OpenAIProvider, Provider
+from batchpilot.providers import Capabilities, Provider, kinds
+from batchpilot.providers.registry import kind as registered
 from batchpilot.run.api import run_id_for
 from batchpilot.run.status import RunStatus
 from batchpilot.spec import JobSpec, job_from_dict
@@ -27,7 +28,6 @@ from batchpilot.task.schema import SchemaBook
 __all__ = ["TaskOptions", "TaskSetup", "task_setup"]
 
 _USERINFO = re.compile(r"(?<=://)[^/@]+@")
-KINDS = ("local", "openai", "azure", "compatible")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,10 @@ def task_setup(
     options: TaskOptions,
 ) -> TaskSetup:
     """Check everything a task was given; nothing is sent or stored yet."""
-    kind, base_url = provider_kind(name, options)
+    kind, base_url, capabilities = provider_kind(name, options)
+    problem = capabilities.check(options.strategy, kind)
+    if problem is not None:
+        raise TaskError(f"task {name}: {problem}")
     model = model or ("smollm2" if kind == "local" else None)
     if model is None:
         raise TaskError(f'task {name}: set model (e.g. model = "gpt-4o-mini") on the class')
@@ -129,17 +132,19 @@ def task_setup(
     )
 
 
-def provider_kind(name: str, options: TaskOptions) -> tuple[str, str | None]:
-    """(kind, base URL) of the provider: as given, else OpenAI with a key, else local."""
+def provider_kind(name: str, options: TaskOptions) -> tuple[str, str | None, Capabilities]:
+    """(kind, base URL, capabilities) of the provider: as given, else OpenAI with a key, else
+    local."""
     given = options.provider
     if given is None:
         given = "openai" if os.environ.get("OPENAI_API_KEY") else "local"
+    known = kinds()
     if isinstance(given, str):
-        if given not in KINDS:
+        if given not in known:
             raise TaskError(
-                f"task {name}: provider {given!r} is none of {', '.join(KINDS)} "
+                f"task {name}: provider {given!r} is none of {', '.join(known)} "
                 "(or pass a provider object)"
             )
-        return given, options.base_url
-    url = str(given.client.base_url) if isinstance(given, OpenAIProvider) else None
-    return (given.name if given.name in KINDS else "compatible"), url
+        return given, options.base_url, registered(given).capabilities
+    named = given.name if given.name in known else "compatible"
+    return named, given.base_url, given.capabilities

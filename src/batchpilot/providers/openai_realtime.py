@@ -1,0 +1,84 @@
+"""The real-time API over the SDK's async client (OpenAI, Azure OpenAI, compatible servers).
+
+Bodies go out as planned through the client's documented `post` (so the Azure client's
+deployment URLs and every endpoint of the Batch API work alike), with the client's own retries
+off. Every SDK exception becomes a CallFailed here, with the key redacted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+from openai._types import RequestOptions
+
+from batchpilot.providers.base import Answer, CallFailed
+from batchpilot.providers.openai_errors import error_detail, redact
+from batchpilot.providers.retry import retryable_status
+
+__all__ = ["CUSTOM_ID_HEADER", "OpenAIRealtime"]
+
+CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
+
+
+class OpenAIRealtime:
+    """The RealtimeAPI over an `openai.AsyncOpenAI` (or `AsyncAzureOpenAI`) client it owns."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._client = client
+        self._secret = client.api_key if isinstance(client.api_key, str) else None
+
+    async def call(
+        self,
+        body: dict[str, Any],
+        endpoint: str,
+        *,
+        custom_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Answer | CallFailed:
+        options: RequestOptions = {"max_retries": 0}
+        if custom_id is not None:
+            options["headers"] = {CUSTOM_ID_HEADER: custom_id}
+        if timeout_s is not None:
+            options["timeout"] = timeout_s
+        path = endpoint.removeprefix("/v1")
+        try:
+            raw = await self._client.post(path, cast_to=httpx2.Response, body=body, options=options)
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            return CallFailed(
+                self._redact(f"http {status}: {error_detail(exc)}"),
+                retryable=retryable_status(status),
+                status=status,
+                headers=exc.response.headers,
+            )
+        except openai.APITimeoutError:
+            return CallFailed("timeout: no answer in time", retryable=True, may_have_run=True)
+        except openai.APIConnectionError as exc:
+            cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+            unsent = isinstance(exc.__cause__, httpx2.ConnectError)
+            return CallFailed(
+                self._redact(f"connection error{cause}"), retryable=True, may_have_run=not unsent
+            )
+        except openai.OpenAIError as exc:
+            return CallFailed(self._redact(f"{type(exc).__name__}: {exc}"), retryable=True)
+        try:
+            answer = orjson.loads(raw.content)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            return CallFailed(
+                f"http {raw.status_code}: the answer is not a JSON object",
+                retryable=True,
+                headers=raw.headers,
+                may_have_run=True,
+            )
+        return Answer(answer, raw.headers)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _redact(self, message: str) -> str:
+        return redact(message, self._secret)
