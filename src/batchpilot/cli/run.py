@@ -14,8 +14,10 @@ from batchpilot.cli.options import Seconds, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
-from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, run_job
-from batchpilot.run.api import job_of, run_requests_file
+from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, run_job
+from batchpilot.run.api import run_requests_file
+from batchpilot.run.identity import job_of
+from batchpilot.run.workspace import store_at
 from batchpilot.spec import load_job
 
 __all__ = ["has_store", "known_state_option", "resume", "run", "state_option"]
@@ -83,11 +85,8 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
     live = result.status.batches.get("submitted", 0)
     if not live:
         return f"stopped; nothing is left running remotely. {resume}"
-    store = open_store(state_dir)
-    try:
+    with store_at(state_dir) as store:
         ends = [e["kind"] for e in store.events(result.run_id) if e["kind"] in _STOP_EVENTS]
-    finally:
-        store.close()
     batches = "1 submitted batch" if live == 1 else f"{live} submitted batches"
     if ends and ends[-1] == "cancelled":
         return f"stopped; {batches} cancelled remotely (what they answered is kept). {resume}"
@@ -212,9 +211,8 @@ def resume(
     run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool
 ) -> None:
     """Continue a run (the latest one by default) from the store, without its job file."""
-    store = open_store(state_dir)
-    record = find_run(store, run_id)
-    store.close()
+    with store_at(state_dir) as store:
+        record = find_run(store, run_id)
     job = job_of(record)
     if job is None and "task" in json.loads(record.spec_json):
         raise UserInputError(

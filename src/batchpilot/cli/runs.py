@@ -19,12 +19,13 @@ from batchpilot.export import ExportFormat
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.adopt import find_batch, record_submitted
-from batchpilot.run.api import job_of, run_lock
 from batchpilot.run.cancel import Cancelled, cancel_batches
+from batchpilot.run.identity import job_of, step_runs
 from batchpilot.run.output import export_job
-from batchpilot.run.pipeline import export_pipeline, step_runs
+from batchpilot.run.pipeline import export_pipeline
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter
+from batchpilot.run.workspace import run_lock, store_at
 from batchpilot.spec import JobSpec
 from batchpilot.spec.model import ProviderSpec
 from batchpilot.store import BatchState, RunRecord, Store
@@ -57,17 +58,16 @@ def _step_statuses(store: Store, job: JobSpec) -> list[tuple[str, RunStatus]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     """Show a run's progress (the latest run by default), from the store alone."""
-    store = open_store(state_dir)
-    record = find_run(store, run_id)
-    current = run_status(store, record.id)
-    job = job_of(record)
-    if job is not None and job.target is not None:
-        current.target = job.target.valid
-        current.valid = TargetCounter(store, record.id, job.target).count()
-    steps = _step_statuses(store, job) if job is not None and job.steps is not None else []
-    batches = store.batches(record.id)
-    events = store.events(record.id)[-5:]
-    store.close()
+    with store_at(state_dir) as store:
+        record = find_run(store, run_id)
+        current = run_status(store, record.id)
+        job = job_of(record)
+        if job is not None and job.target is not None:
+            current.target = job.target.valid
+            current.valid = TargetCounter(store, record.id, job.target).count()
+        steps = _step_statuses(store, job) if job is not None and job.steps is not None else []
+        batches = store.batches(record.id)
+        events = store.events(record.id)[-5:]
     if as_json:
         data = current.as_json()
         if steps:

@@ -1,16 +1,17 @@
 """Multi-step jobs: each step is a run of its own over the rows whose earlier steps succeeded.
 
 Step k's templates see the answers of steps 1..k-1 as `steps.NAME`. Every step is planned
-into the store once and run like any job, so a crash in step 3 continues step 3: steps 1 and
-2 are finished runs and send nothing again. A step's run id hashes its own definition and
-the run ids of the steps before it, so changing step 1 makes every later step new too.
+into the store once and run by `run_one` like any job, so a crash in step 3 continues step 3:
+steps 1 and 2 are finished runs and send nothing again. A step's run id hashes its own
+definition and the run ids of the steps before it (`run/identity.py`), so changing step 1
+makes every later step new too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,42 +20,19 @@ from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
 from batchpilot.export import ExportFormat, ExportRow
 from batchpilot.plan.job import input_spec
-from batchpilot.providers import Provider, provider_for
-from batchpilot.run.api import RunResult, identity_json, open_store, run_id_for, run_job
+from batchpilot.providers import Provider
+from batchpilot.run.identity import StepRun, pipeline_id, step_runs
+from batchpilot.run.one import RunResult, owned_provider, run_one
 from batchpilot.run.output import export_rows, write_job_output
 from batchpilot.run.status import RunStatus
-from batchpilot.spec import JobSpec, StepSpec
-from batchpilot.spec.steps import step_job
+from batchpilot.run.workspace import store_at
+from batchpilot.spec import JobSpec
 from batchpilot.store import Store
 
-__all__ = ["StepRun", "pipeline_rows", "run_pipeline", "step_job", "step_runs"]
+__all__ = ["export_pipeline", "pipeline_rows", "run_pipeline"]
 
 STEPS_FIELD = "steps"
 """The template variable holding earlier steps' answers."""
-
-
-class StepRun:
-    """One step of a pipeline and the run that holds it."""
-
-    def __init__(self, step: StepSpec, job: JobSpec, run_id: str) -> None:
-        self.step = step
-        self.job = job
-        self.run_id = run_id
-
-    @property
-    def key(self) -> str:
-        return self.step.response_key or self.step.name
-
-
-def step_runs(job: JobSpec) -> list[StepRun]:
-    """Every step with its job and run id, in order."""
-    assert job.steps is not None
-    runs: list[StepRun] = []
-    for step in job.steps:
-        derived = step_job(job, step)
-        chain = identity_json(derived) + "".join(run.run_id for run in runs)
-        runs.append(StepRun(step, derived, run_id_for(derived.name, chain)))
-    return runs
 
 
 def _answer(row: ExportRow) -> Any:
@@ -77,11 +55,10 @@ def _aligned(store: Store, runs: list[StepRun]) -> Iterator[list[ExportRow | Non
         heads[0] = next(streams[0], None)
 
 
-def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Iterator[Row]:
+def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Generator[Row, None, None]:
     """The rows of the step after `runs`: each row whose every earlier step succeeded, its
     input fields plus `steps` (the answers so far, by step name)."""
-    store = open_store(state_dir)
-    try:
+    with store_at(state_dir) as store:
         for line in _aligned(store, runs):
             done = [row for row in line if row is not None and row.status == "succeeded"]
             if len(done) < len(runs):
@@ -92,11 +69,9 @@ def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Iterator[Row]:
                 run.step.name: _answer(row) for run, row in zip(runs, done, strict=True)
             }
             yield Row(first.index, first.row_id, data, f"{runs[0].job.input.path}:{first.row_id}")
-    finally:
-        store.close()
 
 
-def _check_first_rows(rows: Iterable[Row]) -> Iterator[Row]:
+def _check_first_rows(rows: Iterable[Row]) -> Generator[Row, None, None]:
     for row in rows:
         if STEPS_FIELD in row.data:
             raise UserInputError(
@@ -161,11 +136,6 @@ def _combined(statuses: list[RunStatus], run_id: str, budget: float | None) -> R
     return total
 
 
-def pipeline_id(runs: list[StepRun]) -> str:
-    digest = hashlib.sha256("".join(run.run_id for run in runs).encode()).hexdigest()[:8]
-    return f"{runs[0].job.name.rsplit('.', 1)[0]}-{digest}"
-
-
 def run_pipeline(
     job: JobSpec,
     *,
@@ -180,16 +150,13 @@ def run_pipeline(
     The budget covers the whole pipeline: each step may spend what the steps before it left.
     """
     runs = step_runs(job)
-    owned = provider is None
-    provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
     finished: list[RunStatus] = []
     budget = job.budget.max_usd
-    try:
+    with owned_provider(provider, job, state_dir) as chosen:
         for number, run in enumerate(runs):
-            step_rows: Iterable[Row] | None
             if number == 0:
                 given = rows if rows is not None else read_rows(input_spec(job))
-                step_rows = _check_first_rows(given)
+                step_rows: Generator[Row, None, None] = _check_first_rows(given)
             else:
                 step_rows = pipeline_rows(state_dir, runs[:number])
             spent = sum(status.spent_usd for status in finished)
@@ -201,22 +168,21 @@ def run_pipeline(
                 if on_progress is not None:
                     on_progress(_combined([*done, status], pipeline_id(runs), budget))
 
-            result = run_job(
-                step,
-                state_dir=state_dir,
-                rows=step_rows,
-                provider=provider,
-                on_progress=progress,
-                run_id=run.run_id,
-                recorded=job,
-                **options,
-            )
+            # Closed however the step ends: the rows of a later step hold the store open.
+            with closing(step_rows):
+                result = run_one(
+                    step,
+                    state_dir=state_dir,
+                    rows=step_rows,
+                    provider=chosen,
+                    on_progress=progress,
+                    run_id=run.run_id,
+                    recorded=job,
+                    **options,
+                )
             finished.append(result.status)
             if not result.status.finished:
                 return RunResult(run.run_id, _combined(finished, pipeline_id(runs), budget))
-    finally:
-        if owned:
-            provider.close()
     status = _combined(finished, pipeline_id(runs), budget)
     output = None
     if job.output is not None:
@@ -235,9 +201,6 @@ def export_pipeline(
 ) -> int:
     """Write a pipeline's output: one row per input row with every step's answer (in
     `format`, with or without the input fields, when they are given)."""
-    store = open_store(state_dir)
-    try:
+    with store_at(state_dir) as store:
         rows = pipeline_export_rows(store, step_runs(job))
         return write_job_output(job, rows, target, format=format, include_input=include_input)
-    finally:
-        store.close()

@@ -165,6 +165,14 @@ MIGRATIONS: list[str] = [
     INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', lower(hex(randomblob(6))));
     CREATE INDEX IF NOT EXISTS attempts_by_lane ON attempts(lane, at_utc);
     """,
+    # 6: what each run was started from (job, pipeline, requests, task), so that it is resumed
+    # the way it was started; earlier runs are told apart by what their stored spec holds
+    """
+    ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'job';
+    UPDATE runs SET kind = 'pipeline' WHERE json_type(spec_json, '$.steps') = 'array';
+    UPDATE runs SET kind = 'requests' WHERE json_type(spec_json, '$.requests') IS NOT NULL;
+    UPDATE runs SET kind = 'task' WHERE json_type(spec_json, '$.task') IS NOT NULL;
+    """,
 ]
 
 

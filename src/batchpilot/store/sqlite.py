@@ -156,7 +156,7 @@ class SQLiteStore:
         with self.tx() as db:
             db.execute(
                 "INSERT INTO runs(id, job_name, spec_json, provider, endpoint, status, "
-                "budget_usd, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "budget_usd, created_at_utc, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.id,
                     run.job_name,
@@ -166,6 +166,7 @@ class SQLiteStore:
                     run.status,
                     run.budget_usd,
                     run.created_at_utc,
+                    str(run.kind),
                 ),
             )
 

@@ -28,10 +28,12 @@ from pydantic import BaseModel
 
 from batchpilot.errors import BudgetExceeded, TaskError
 from batchpilot.providers import Provider, provider_for
-from batchpilot.run.api import DEFAULT_STATE_DIR, open_runner, open_store, run_lock, run_settings
+from batchpilot.run.one import open_runner
+from batchpilot.run.settings import run_settings
 from batchpilot.run.status import RunStatus, run_status
+from batchpilot.run.workspace import DEFAULT_STATE_DIR, open_store, run_lock
 from batchpilot.spec import JobSpec
-from batchpilot.store import RunRecord, Store, TaskStateRecord, utc_now
+from batchpilot.store import RunKind, RunRecord, Store, TaskStateRecord, utc_now
 from batchpilot.task.checks import answer_check
 from batchpilot.task.delivery import Delivery, dump_state
 from batchpilot.task.records import TaskReport, TaskRequest, TaskResult
@@ -262,6 +264,7 @@ class Task:
                 "planned",
                 self._options.budget_usd,
                 utc_now(),
+                kind=RunKind.TASK,
             )
             store.create_task(record, initial)
         else:

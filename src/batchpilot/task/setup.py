@@ -18,7 +18,7 @@ from batchpilot.plan.job import settings_for
 from batchpilot.plan.planner import PlanSettings
 from batchpilot.pricing import PriceTable
 from batchpilot.providers import OpenAIProvider, Provider
-from batchpilot.run.api import run_id_for
+from batchpilot.run.identity import run_id_for
 from batchpilot.run.status import RunStatus
 from batchpilot.spec import JobSpec, job_from_dict
 from batchpilot.task.rounds import RequestDefaults
