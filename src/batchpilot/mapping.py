@@ -15,10 +15,9 @@ from pydantic import BaseModel, ValidationError
 
 from batchpilot.data import rows_from_records
 from batchpilot.errors import UserInputError
-from batchpilot.export import ExportRow
+from batchpilot.export import ExportRow, export_rows
 from batchpilot.response_schema import strict_schema_problems
 from batchpilot.run.api import run_job
-from batchpilot.run.output import export_rows
 from batchpilot.run.workspace import DEFAULT_STATE_DIR, store_at
 from batchpilot.spec import job_from_dict
 

@@ -15,13 +15,12 @@ from rich.table import Table
 from batchpilot.cli.live import status_table
 from batchpilot.cli.run import has_store, known_state_option, state_option
 from batchpilot.errors import ProviderUnavailable, StateError, UserInputError
-from batchpilot.export import ExportFormat
+from batchpilot.export import ExportFormat, export_job
 from batchpilot.providers import Provider, openai_provider, provider_for
 from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.adopt import find_batch, record_submitted
 from batchpilot.run.cancel import Cancelled, cancel_batches
 from batchpilot.run.identity import job_of, step_runs
-from batchpilot.run.output import export_job
 from batchpilot.run.pipeline import export_pipeline
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.target import TargetCounter

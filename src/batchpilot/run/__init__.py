@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from batchpilot.export import export_rows, export_run
 from batchpilot.run.api import run_job, run_requests_file, status_of
 from batchpilot.run.one import RunResult
-from batchpilot.run.output import export_rows, export_run
 from batchpilot.run.status import RunStatus
 from batchpilot.run.workspace import DEFAULT_STATE_DIR, find_run, open_store
 

@@ -93,6 +93,10 @@ class StepRun:
         self.run_id = run_id
 
     @property
+    def name(self) -> str:
+        return self.step.name
+
+    @property
     def key(self) -> str:
         """Where the step's answer goes in the pipeline's output."""
         return self.step.response_key or self.step.name

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
+from batchpilot.export import export_job
 from batchpilot.lanes import RealtimeLane
 from batchpilot.plan import plan_job
 from batchpilot.plan.job import input_spec
@@ -26,7 +27,6 @@ from batchpilot.plan.waves import first_wave
 from batchpilot.providers import Provider, provider_for
 from batchpilot.run.checks import answer_check
 from batchpilot.run.identity import identity_json, run_id_for, spec_json
-from batchpilot.run.output import export_job
 from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings, run_settings
 from batchpilot.run.status import RunStatus

@@ -9,8 +9,7 @@ makes every later step new too.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,16 @@ from typing import Any
 from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
-from batchpilot.export import ExportFormat, ExportRow
+from batchpilot.export.job import write_job_output
+from batchpilot.export.rows import ExportFormat
+from batchpilot.export.steps import aligned, pipeline_export_rows, step_answer
 from batchpilot.plan.job import input_spec
 from batchpilot.providers import Provider
 from batchpilot.run.identity import StepRun, pipeline_id, step_runs
 from batchpilot.run.one import RunResult, owned_provider, run_one
-from batchpilot.run.output import export_rows, write_job_output
 from batchpilot.run.status import RunStatus
 from batchpilot.run.workspace import store_at
 from batchpilot.spec import JobSpec
-from batchpilot.store import Store
 
 __all__ = ["export_pipeline", "pipeline_rows", "run_pipeline"]
 
@@ -35,38 +34,18 @@ STEPS_FIELD = "steps"
 """The template variable holding earlier steps' answers."""
 
 
-def _answer(row: ExportRow) -> Any:
-    return row.parsed if row.parsed is not None else row.content
-
-
-def _aligned(store: Store, runs: list[StepRun]) -> Iterator[list[ExportRow | None]]:
-    """The first step's rows in input order, each with every step's row of the same index
-    (None where that step has no such row: an earlier step did not succeed)."""
-    streams = [export_rows(store, run.run_id) for run in runs]
-    heads = [next(stream, None) for stream in streams]
-    while (first := heads[0]) is not None:
-        line: list[ExportRow | None] = [first]
-        for number in range(1, len(streams)):
-            head = heads[number]
-            while head is not None and head.index < first.index:
-                head = heads[number] = next(streams[number], None)
-            line.append(head if head is not None and head.index == first.index else None)
-        yield line
-        heads[0] = next(streams[0], None)
-
-
 def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Generator[Row, None, None]:
     """The rows of the step after `runs`: each row whose every earlier step succeeded, its
     input fields plus `steps` (the answers so far, by step name)."""
     with store_at(state_dir) as store:
-        for line in _aligned(store, runs):
+        for line in aligned(store, runs):
             done = [row for row in line if row is not None and row.status == "succeeded"]
             if len(done) < len(runs):
                 continue
             first = done[0]
             data = dict(first.data or {})
             data[STEPS_FIELD] = {
-                run.step.name: _answer(row) for run, row in zip(runs, done, strict=True)
+                run.step.name: step_answer(row) for run, row in zip(runs, done, strict=True)
             }
             yield Row(first.index, first.row_id, data, f"{runs[0].job.input.path}:{first.row_id}")
 
@@ -79,42 +58,6 @@ def _check_first_rows(rows: Iterable[Row]) -> Generator[Row, None, None]:
                 "uses for the earlier steps' answers; rename that field"
             )
         yield row
-
-
-def pipeline_export_rows(store: Store, runs: list[StepRun]) -> Iterator[ExportRow]:
-    """One row per input row: the answers of every step under their keys; the status of the
-    first step that did not succeed (with its error), else succeeded; usage and cost summed."""
-    for line in _aligned(store, runs):
-        first = line[0]
-        assert first is not None
-        answers: dict[str, Any] = {}
-        status, error, last = "succeeded", None, first
-        for run, row in zip(runs, line, strict=True):
-            if row is None:
-                break
-            last = row
-            if row.status != "succeeded":
-                status, error = row.status, f"step {run.step.name}: {row.error}"
-                break
-            answers[run.key] = _answer(row)
-        done = [row for row in line if row is not None]
-        yield ExportRow(
-            index=first.index,
-            row_id=first.row_id,
-            request_id=last.request_id,
-            status=status,
-            attempts=sum(row.attempts for row in done),
-            data=first.data,
-            content=json.dumps(answers),
-            parsed=answers,
-            embedding=None,
-            response=None,
-            input_tokens=sum(row.input_tokens or 0 for row in done),
-            output_tokens=sum(row.output_tokens or 0 for row in done),
-            cost_usd=sum(row.cost_usd or 0.0 for row in done),
-            error=error,
-            lane=last.lane,
-        )
 
 
 def _combined(statuses: list[RunStatus], run_id: str, budget: float | None) -> RunStatus:
