@@ -13,14 +13,13 @@ from batchpilot.cli.live import LiveView, status_table
 from batchpilot.cli.options import Seconds, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
-from batchpilot.providers import openai_provider
-from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, run_job
+from batchpilot.run import DEFAULT_STATE_DIR, RunResult, run_job
+from batchpilot.run import resume as resume_run
 from batchpilot.run.api import run_requests_file
-from batchpilot.run.identity import job_of
-from batchpilot.run.workspace import store_at
+from batchpilot.run.workspace import has_store, store_at
 from batchpilot.spec import load_job
 
-__all__ = ["has_store", "known_state_option", "resume", "run", "state_option"]
+__all__ = ["known_state_option", "resume", "run", "state_option"]
 
 state_option = click.option(
     "--state",
@@ -31,10 +30,6 @@ state_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory where runs live (env BATCHPILOT_STATE).",
 )
-
-
-def has_store(state_dir: Path) -> bool:
-    return (Path(state_dir) / "batchpilot.sqlite3").is_file()
 
 
 def _holds_runs(ctx: click.Context, param: click.Parameter, state_dir: Path) -> Path:
@@ -155,25 +150,17 @@ def run(
         raise UserInputError("give a job file, or --requests FILE (one of the two)")
     with LiveView(console, quiet or as_json) as view:
         if requests_file is not None:
-            kind = provider or "openai"
-            if kind == "local":
-                raise UserInputError("--requests runs on openai, azure or compatible providers")
-            remote = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
-            try:
-                result = run_requests_file(
-                    requests_file,
-                    provider=remote,
-                    state_dir=state_dir,
-                    kind=kind,
-                    budget=budget,
-                    on_progress=view.update,
-                    detach=detach,
-                    poll_interval=poll_interval,
-                    model=model,
-                    base_url=base_url,
-                )
-            finally:
-                remote.close()
+            result = run_requests_file(
+                requests_file,
+                state_dir=state_dir,
+                kind=provider or "openai",
+                budget=budget,
+                on_progress=view.update,
+                detach=detach,
+                poll_interval=poll_interval,
+                model=model,
+                base_url=base_url,
+            )
         else:
             assert job_file is not None
             overrides = job_overrides(
@@ -211,24 +198,11 @@ def resume(
     run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool
 ) -> None:
     """Continue a run (the latest one by default) from the store, without its job file."""
-    with store_at(state_dir) as store:
-        record = find_run(store, run_id)
-    job = job_of(record)
-    if job is None and "task" in json.loads(record.spec_json):
-        raise UserInputError(
-            f"run {record.id} is a task's run; resume it by running the task again (its "
-            "results go to its on_result, which only its own program has)"
-        )
-    if job is None:
-        raise UserInputError(
-            f"run {record.id} ran a requests file; resume it with the same `batchpilot run "
-            "--requests FILE` command"
-        )
     console = Console(stderr=True)
     with LiveView(console, quiet) as view:
-        result = run_job(
-            job,
-            state_dir=state_dir,
+        result = resume_run(
+            state_dir,
+            run_id,
             on_progress=view.update,
             detach=detach,
             poll_interval=poll_interval,

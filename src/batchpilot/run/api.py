@@ -7,6 +7,7 @@ print(result.status.done, result.status.spent_usd)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -15,18 +16,18 @@ from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
 from batchpilot.plan import plan_requests_file
 from batchpilot.pricing import PriceTable
-from batchpilot.providers import Provider
-from batchpilot.run.identity import requests_identity
+from batchpilot.providers import Provider, openai_provider
+from batchpilot.run.identity import job_of, requests_identity
 from batchpilot.run.one import RunResult, open_runner, run_one
 from batchpilot.run.pipeline import run_pipeline
 from batchpilot.run.settings import limit_settings
-from batchpilot.run.status import RunStatus, run_status
+from batchpilot.run.status import RunStatus
 from batchpilot.run.store_sink import plan_run
 from batchpilot.run.workspace import DEFAULT_STATE_DIR, find_run, run_lock, store_at
 from batchpilot.spec import JobSpec, LimitsSpec
 from batchpilot.store import RunKind, RunRecord, utc_now
 
-__all__ = ["run_job", "run_requests_file", "status_of"]
+__all__ = ["resume", "run_job", "run_requests_file"]
 
 
 def run_job(
@@ -79,7 +80,7 @@ def run_job(
 def run_requests_file(
     path: Path,
     *,
-    provider: Provider,
+    provider: Provider | None = None,
     state_dir: Path = DEFAULT_STATE_DIR,
     kind: str = "openai",
     budget: float | None = None,
@@ -89,11 +90,22 @@ def run_requests_file(
     model: str | None = None,
     base_url: str | None = None,
 ) -> RunResult:
-    """Run a standard OpenAI batch JSONL file as it is; results keep its custom ids."""
+    """Run a standard OpenAI batch JSONL file as it is; results keep its custom ids.
+
+    The provider is `provider`, else the OpenAI-compatible one of `kind` (openai, azure or
+    compatible) at `base_url`, with its key from the environment.
+    """
+    if provider is None and kind == "local":
+        raise UserInputError("a requests file runs on openai, azure or compatible providers")
     if not path.is_file():
         raise UserInputError(f"{path}: no such file")
     run_id, spec = requests_identity(path, kind=kind, model=model, base_url=base_url)
-    with run_lock(state_dir, run_id), store_at(state_dir) as store:
+    with ExitStack() as held:
+        held.enter_context(run_lock(state_dir, run_id))
+        store = held.enter_context(store_at(state_dir))
+        if provider is None:
+            provider = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
+            held.callback(provider.close)
         if store.run(run_id) is None:
             record = RunRecord(
                 run_id,
@@ -129,7 +141,39 @@ def run_requests_file(
     return RunResult(run_id, status)
 
 
-def status_of(state_dir: Path, run_id: str | None = None) -> RunStatus:
-    """A run's progress (the latest run's by default), from the store alone."""
+def resume(
+    state_dir: Path = DEFAULT_STATE_DIR,
+    run_id: str | None = None,
+    *,
+    on_progress: Callable[[RunStatus], None] | None = None,
+    detach: bool = False,
+    poll_interval: float | None = None,
+) -> RunResult:
+    """Continue a run (the latest one by default) from the store, without its job file.
+
+    A job's run continues with the job it recorded (a pipeline's step with the whole
+    pipeline). The run of a requests file continues with the same `run_requests_file` call,
+    and a task's by running the task again: the store has neither the file's provider nor
+    the task's program, so those are clear errors saying so.
+    """
     with store_at(state_dir) as store:
-        return run_status(store, find_run(store, run_id).id)
+        record = find_run(store, run_id)
+    if record.kind == RunKind.TASK:
+        raise UserInputError(
+            f"run {record.id} is a task's run; resume it by running the task again (its "
+            "results go to its on_result, which only its own program has)"
+        )
+    if record.kind == RunKind.REQUESTS:
+        raise UserInputError(
+            f"run {record.id} ran a requests file; resume it with the same `batchpilot run "
+            "--requests FILE` command"
+        )
+    job = job_of(record)
+    assert job is not None, f"a run of kind {record.kind} records its job"
+    return run_job(
+        job,
+        state_dir=state_dir,
+        on_progress=on_progress,
+        detach=detach,
+        poll_interval=poll_interval,
+    )

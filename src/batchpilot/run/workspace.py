@@ -9,14 +9,28 @@ from pathlib import Path
 from batchpilot.errors import UserInputError
 from batchpilot.store import RunLock, RunRecord, SQLiteStore, Store
 
-__all__ = ["DEFAULT_STATE_DIR", "find_run", "open_store", "run_files", "run_lock", "store_at"]
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "find_run",
+    "has_store",
+    "open_store",
+    "run_files",
+    "run_lock",
+    "store_at",
+]
 
 DEFAULT_STATE_DIR = Path(".batchpilot")
+STORE_FILE = "batchpilot.sqlite3"
+
+
+def has_store(state_dir: Path) -> bool:
+    """Whether `state_dir` holds a store (opening one where there is none creates it)."""
+    return (Path(state_dir) / STORE_FILE).is_file()
 
 
 def open_store(state_dir: Path) -> Store:
     """The store of `state_dir` (created with it when there is none); the caller closes it."""
-    return SQLiteStore(Path(state_dir) / "batchpilot.sqlite3")
+    return SQLiteStore(Path(state_dir) / STORE_FILE)
 
 
 @contextmanager
