@@ -16,7 +16,8 @@ from batchpilot.errors import UserInputError
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, run_job
 from batchpilot.run import resume as resume_run
 from batchpilot.run.api import run_requests_file
-from batchpilot.run.workspace import has_store, store_at
+from batchpilot.run.progress import last_stop
+from batchpilot.run.workspace import has_store
 from batchpilot.spec import load_job
 
 __all__ = ["known_state_option", "resume", "run", "state_option"]
@@ -53,10 +54,6 @@ known_state_option = click.option(
 )
 
 
-# The events a runner records as it stops: with its batches cancelled, or left running.
-_STOP_EVENTS = ("cancelled", "stopped")
-
-
 def _report(result: RunResult, console: Console, as_json: bool, state_dir: Path) -> None:
     status = result.status
     if as_json:
@@ -80,10 +77,8 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
     live = result.status.batches.get("submitted", 0)
     if not live:
         return f"stopped; nothing is left running remotely. {resume}"
-    with store_at(state_dir) as store:
-        ends = [e["kind"] for e in store.events(result.run_id) if e["kind"] in _STOP_EVENTS]
     batches = "1 submitted batch" if live == 1 else f"{live} submitted batches"
-    if ends and ends[-1] == "cancelled":
+    if last_stop(state_dir, result.run_id) == "cancelled":
         return f"stopped; {batches} cancelled remotely (what they answered is kept). {resume}"
     keep = "keeps" if live == 1 else "keep"
     return f"stopped; {batches} {keep} running remotely. {resume}"

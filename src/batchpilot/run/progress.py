@@ -12,7 +12,7 @@ from batchpilot.run.target import TargetCounter
 from batchpilot.run.workspace import find_run, store_at
 from batchpilot.store import BatchRecord
 
-__all__ = ["RunDetail", "status_of"]
+__all__ = ["RunDetail", "last_stop", "status_of"]
 
 EVENTS_SHOWN = 5
 """How many of a run's latest events its detailed status holds."""
@@ -85,3 +85,15 @@ def status_of(
         batches = store.batches(record.id)
         events = store.events(record.id)[-EVENTS_SHOWN:]
     return RunDetail(current, steps, batches, events)
+
+
+# The events a runner records as it stops: with its batches cancelled, or left running.
+_STOP_EVENTS = ("cancelled", "stopped")
+
+
+def last_stop(state_dir: Path, run_id: str) -> str | None:
+    """How the run last stopped: "cancelled" (its remote batches cancelled), "stopped" (left
+    running remotely), or None when it never stopped."""
+    with store_at(state_dir) as store:
+        ends = [e["kind"] for e in store.events(run_id) if e["kind"] in _STOP_EVENTS]
+    return ends[-1] if ends else None
