@@ -61,6 +61,12 @@ def status_of(
 ) -> RunDetail: ...
 
 
+@overload
+def status_of(
+    state_dir: Path, run_id: str | None = None, *, detail: bool
+) -> RunStatus | RunDetail: ...
+
+
 def status_of(
     state_dir: Path, run_id: str | None = None, *, detail: bool = False
 ) -> RunStatus | RunDetail:
