@@ -36,9 +36,10 @@ from batchpilot.plan import plan_job
 from batchpilot.plan.strategies import StrategyInputs, realtime_makespan
 from batchpilot.pricing import PriceTable
 from batchpilot.providers.openai import OpenAIProvider
-from batchpilot.run.api import _settings, identity_json, run_id_for, spec_json
 from batchpilot.run.config import RunConfig
+from batchpilot.run.identity import identity_json, run_id_for, spec_json
 from batchpilot.run.runner import Runner
+from batchpilot.run.settings import limit_settings
 from batchpilot.run.store_sink import StoreSink
 from batchpilot.server import LocalServer, RateLimit, ServerConfig
 from batchpilot.spec import job_from_dict
@@ -116,7 +117,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, directory: Path) -> di
         )
         plan = plan_job(job, sink=sink)
         prices = PriceTable.load()
-        settings = _settings(
+        settings = limit_settings(
             job.limits,
             local=False,
             tier=1,

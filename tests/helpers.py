@@ -114,6 +114,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def open_files_under(place: Path) -> list[str]:
+    """The files this process holds open whose path starts with `place` (a directory, or a
+    file with its companions: a store with its -wal and -shm)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue  # closed while listed
+        if target.startswith(str(place.resolve())):
+            found.append(target)
+    return found
+
+
 def run_command(job: Path, state: Path, *extra: str) -> list[str]:
     """`batchpilot run JOB` as a separate process would be started, quiet and polling fast."""
     command = [sys.executable, "-m", "batchpilot", "run", str(job), "--state", str(state)]

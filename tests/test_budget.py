@@ -24,7 +24,7 @@ from batchpilot.lanes import LaneReport, RateLimits, RealtimeLane, recover_infli
 from batchpilot.plan import plan_job, plan_requests_file
 from batchpilot.pricing import PriceTable
 from batchpilot.providers.openai_realtime import OpenAIRealtime
-from batchpilot.run.api import open_store, run_job
+from batchpilot.run import open_store, run_job
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.status import RunStatus
 from batchpilot.run.store_sink import plan_into_store

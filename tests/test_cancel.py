@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from batchpilot.cli import cli
 from batchpilot.providers import OpenAIProvider
 from batchpilot.run import RunStatus, open_store, run_job
-from batchpilot.run.api import run_lock
+from batchpilot.run.workspace import run_lock
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import load_job
 

@@ -15,6 +15,8 @@ from click.testing import CliRunner, Result
 
 from batchpilot.cli import cli
 
+from helpers import open_files_under
+
 
 def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
@@ -87,6 +89,19 @@ def test_a_state_directory_that_cannot_exist(finished: tuple[Path, Path], tmp_pa
     listed = invoke("ls", "--state", str(blocker / "state"))
     assert listed.exit_code == 0 and "no runs" in listed.output, listed.output
     assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("command", ["status", "resume", "cancel", "export"])
+def test_a_run_that_is_not_there_is_a_clear_error_that_leaves_no_store_open(
+    finished: tuple[Path, Path], command: str
+) -> None:
+    state = finished[1]
+    result = invoke(command, "no-such-run", "--state", str(state))
+    assert_clear_error(result, "no run 'no-such-run'")
+    # The failed command's frames are still alive (in the result's exception): the store and
+    # locks they opened must have been closed on the way out, not left to the garbage collector.
+    assert open_files_under(state / "batchpilot.sqlite3") == []
+    assert open_files_under(state / "locks") == []
 
 
 def test_serve_refuses_a_port_out_of_range() -> None:

@@ -15,8 +15,7 @@ from pydantic import BaseModel, field_validator
 
 import batchpilot
 from batchpilot.errors import UserInputError
-from batchpilot.run import export_rows, open_store
-from batchpilot.run.api import status_of
+from batchpilot.run import export_rows, open_store, status_of
 from batchpilot.server import FaultPlan, LocalServer
 
 from helpers import client_for

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from batchpilot.run import open_store, run_job
-from batchpilot.run.pipeline import step_runs
+from batchpilot.run.identity import step_runs
 from batchpilot.server import LocalServer
 from batchpilot.spec import job_from_dict, load_job
 

@@ -21,6 +21,8 @@ MODULES = [
     "batchpilot.tokens",
     "batchpilot.pricing",
     "batchpilot.task",
+    "batchpilot.run",
+    "batchpilot.export",
 ]
 
 
@@ -53,6 +55,13 @@ def test_top_level_api() -> None:
         "TaskResult",
         "TaskReport",
         "TaskError",
+        "run_job",
+        "resume",
+        "status_of",
+        "cancel_run",
+        "export_results",
+        "RunResult",
+        "RunStatus",
         "__version__",
     }
     assert expected <= set(batchpilot.__all__)

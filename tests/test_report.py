@@ -211,7 +211,7 @@ def test_report_of_a_pipeline_has_a_section_per_step(
     # the web view browses a pipeline's answers step by step
     from starlette.testclient import TestClient
 
-    from batchpilot.run.pipeline import step_runs
+    from batchpilot.run.identity import step_runs
     from batchpilot.ui import ui_app
 
     first, second = (step.run_id for step in step_runs(job))

@@ -21,7 +21,7 @@ import pytest
 from batchpilot.errors import BudgetExceeded, ProviderRejected, UserInputError
 from batchpilot.plan import plan_job
 from batchpilot.pricing import PriceTable
-from batchpilot.run.api import export_rows, open_store, run_job
+from batchpilot.run import export_rows, open_store, run_job
 from batchpilot.run.status import RunStatus
 from batchpilot.server import LocalServer
 from batchpilot.spec import JobSpec, job_from_dict

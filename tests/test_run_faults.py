@@ -23,7 +23,7 @@ from batchpilot.export import ExportRow
 from batchpilot.plan import plan_job
 from batchpilot.plan.planner import PlannedRequest, PlanResult
 from batchpilot.providers import OpenAIProvider
-from batchpilot.run.api import RunResult, export_rows, open_store, run_job, run_requests_file
+from batchpilot.run import RunResult, export_rows, open_store, run_job, run_requests_file
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.server.responders.synthetic import SyntheticResponder
 from batchpilot.spec import JobSpec, job_from_dict

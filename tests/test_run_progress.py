@@ -17,7 +17,7 @@ import pytest
 from batchpilot.data.rows import Row
 from batchpilot.errors import StateError
 from batchpilot.run import RunStatus, open_store, run_job
-from batchpilot.run.api import run_lock
+from batchpilot.run.workspace import run_lock
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
 
@@ -110,7 +110,7 @@ def test_two_first_runs_of_one_job_plan_it_once(
 def test_a_refused_run_starts_nothing(
     tmp_path: Path, local_server_factory: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import batchpilot.run.api as api
+    import batchpilot.run.one as api
 
     server = local_server_factory(**FAST)
     job = make_job(tmp_path, server.base_url, 3)

@@ -23,7 +23,7 @@ from batchpilot.run import open_store, run_job
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
 
-from helpers import client_for
+from helpers import client_for, open_files_under
 
 FAST: dict[str, Any] = {"time_scale": 500.0, "validation_delay_s": 0, "finalizing_delay_s": 0}
 CHECKS = (
@@ -128,9 +128,14 @@ def test_no_valid_answer_stops_with_a_clear_error_instead_of_planning_forever(
 ) -> None:
     server = local_server_factory(**FAST)
     job = make_job(tmp_path, server, validators=["gen_checks:no_rows"])
-    with pytest.raises(UserInputError, match="none of the 25 answers so far is valid"):
+    with pytest.raises(UserInputError, match="none of the 25 answers so far is valid") as caught:
         run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
     assert len(executed(server)) == 25
+    # An error in the middle of a run closes its store and frees its lock on the way out, while
+    # the error (and the run's frames) is still alive.
+    assert caught.value is not None
+    assert open_files_under(tmp_path / "state" / "batchpilot.sqlite3") == []
+    assert open_files_under(tmp_path / "state" / "locks") == []
 
 
 def test_a_short_input_ends_with_what_it_has(

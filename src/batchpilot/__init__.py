@@ -28,6 +28,15 @@ if TYPE_CHECKING:
     from batchpilot.plan import PlanResult, plan_job, plan_requests_file
     from batchpilot.pricing import PriceTable
     from batchpilot.report import write_report
+    from batchpilot.run import (
+        RunResult,
+        RunStatus,
+        cancel_run,
+        export_results,
+        resume,
+        run_job,
+        status_of,
+    )
     from batchpilot.spec import JobSpec, job_from_dict, load_job
     from batchpilot.task import Task, TaskReport, TaskRequest, TaskResult
 
@@ -53,6 +62,13 @@ _WHERE: dict[str, str] = {
     "plan_requests_file": "batchpilot.plan",
     "PriceTable": "batchpilot.pricing",
     "map": "batchpilot.mapping",
+    "RunResult": "batchpilot.run",
+    "RunStatus": "batchpilot.run",
+    "cancel_run": "batchpilot.run",
+    "export_results": "batchpilot.run",
+    "resume": "batchpilot.run",
+    "run_job": "batchpilot.run",
+    "status_of": "batchpilot.run",
     "write_report": "batchpilot.report",
     "Task": "batchpilot.task",
     "TaskReport": "batchpilot.task",
@@ -75,6 +91,8 @@ __all__ = [
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",
+    "RunResult",
+    "RunStatus",
     "StateError",
     "Task",
     "TaskError",
@@ -83,14 +101,19 @@ __all__ = [
     "TaskResult",
     "UserInputError",
     "__version__",
+    "cancel_run",
+    "export_results",
     "job_from_dict",
     "load_job",
     "map",
     "plan_job",
     "plan_requests_file",
+    "resume",
     "rows_from_dataframe",
     "rows_from_dataset",
     "rows_from_records",
+    "run_job",
+    "status_of",
     "write_report",
 ]
 

@@ -15,10 +15,11 @@ from pydantic import BaseModel, ValidationError
 
 from batchpilot.data import rows_from_records
 from batchpilot.errors import UserInputError
-from batchpilot.export import ExportRow
+from batchpilot.export import ExportRow, export_rows
 from batchpilot.providers.schema import strict_json_schema
 from batchpilot.response_schema import strict_schema_problems
-from batchpilot.run.api import DEFAULT_STATE_DIR, export_rows, open_store, run_job
+from batchpilot.run.api import run_job
+from batchpilot.run.workspace import DEFAULT_STATE_DIR, store_at
 from batchpilot.spec import job_from_dict
 
 __all__ = ["map"]
@@ -107,11 +108,8 @@ def map(
             f"stopped with {status.done} of {status.total} requests ended; call map again with "
             "the same arguments to continue (nothing answered is sent or paid for again)"
         )
-    store = open_store(state)
-    try:
+    with store_at(state) as store:
         rows = list(export_rows(store, result.run_id))
-    finally:
-        store.close()
     answers: list[Any] = []
     for record, row in zip(records, rows, strict=True):
         answer = _answer(row, schema, parse)

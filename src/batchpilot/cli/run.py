@@ -13,12 +13,14 @@ from batchpilot.cli.live import LiveView, status_table
 from batchpilot.cli.options import Seconds, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
-from batchpilot.providers import openai_provider
-from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, run_job
-from batchpilot.run.api import job_of, run_requests_file
+from batchpilot.run import DEFAULT_STATE_DIR, RunResult, run_job
+from batchpilot.run import resume as resume_run
+from batchpilot.run.api import run_requests_file
+from batchpilot.run.progress import last_stop
+from batchpilot.run.workspace import has_store
 from batchpilot.spec import load_job
 
-__all__ = ["has_store", "known_state_option", "resume", "run", "state_option"]
+__all__ = ["known_state_option", "resume", "run", "state_option"]
 
 state_option = click.option(
     "--state",
@@ -29,10 +31,6 @@ state_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory where runs live (env BATCHPILOT_STATE).",
 )
-
-
-def has_store(state_dir: Path) -> bool:
-    return (Path(state_dir) / "batchpilot.sqlite3").is_file()
 
 
 def _holds_runs(ctx: click.Context, param: click.Parameter, state_dir: Path) -> Path:
@@ -54,10 +52,6 @@ known_state_option = click.option(
     callback=_holds_runs,
     help="Directory where runs live (env BATCHPILOT_STATE); it must hold a run.",
 )
-
-
-# The events a runner records as it stops: with its batches cancelled, or left running.
-_STOP_EVENTS = ("cancelled", "stopped")
 
 
 def _report(result: RunResult, console: Console, as_json: bool, state_dir: Path) -> None:
@@ -83,13 +77,8 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
     live = result.status.batches.get("submitted", 0)
     if not live:
         return f"stopped; nothing is left running remotely. {resume}"
-    store = open_store(state_dir)
-    try:
-        ends = [e["kind"] for e in store.events(result.run_id) if e["kind"] in _STOP_EVENTS]
-    finally:
-        store.close()
     batches = "1 submitted batch" if live == 1 else f"{live} submitted batches"
-    if ends and ends[-1] == "cancelled":
+    if last_stop(state_dir, result.run_id) == "cancelled":
         return f"stopped; {batches} cancelled remotely (what they answered is kept). {resume}"
     keep = "keeps" if live == 1 else "keep"
     return f"stopped; {batches} {keep} running remotely. {resume}"
@@ -156,25 +145,17 @@ def run(
         raise UserInputError("give a job file, or --requests FILE (one of the two)")
     with LiveView(console, quiet or as_json) as view:
         if requests_file is not None:
-            kind = provider or "openai"
-            if kind == "local":
-                raise UserInputError("--requests runs on openai, azure or compatible providers")
-            remote = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
-            try:
-                result = run_requests_file(
-                    requests_file,
-                    provider=remote,
-                    state_dir=state_dir,
-                    kind=kind,
-                    budget=budget,
-                    on_progress=view.update,
-                    detach=detach,
-                    poll_interval=poll_interval,
-                    model=model,
-                    base_url=base_url,
-                )
-            finally:
-                remote.close()
+            result = run_requests_file(
+                requests_file,
+                state_dir=state_dir,
+                kind=provider or "openai",
+                budget=budget,
+                on_progress=view.update,
+                detach=detach,
+                poll_interval=poll_interval,
+                model=model,
+                base_url=base_url,
+            )
         else:
             assert job_file is not None
             overrides = job_overrides(
@@ -212,25 +193,11 @@ def resume(
     run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool
 ) -> None:
     """Continue a run (the latest one by default) from the store, without its job file."""
-    store = open_store(state_dir)
-    record = find_run(store, run_id)
-    store.close()
-    job = job_of(record)
-    if job is None and "task" in json.loads(record.spec_json):
-        raise UserInputError(
-            f"run {record.id} is a task's run; resume it by running the task again (its "
-            "results go to its on_result, which only its own program has)"
-        )
-    if job is None:
-        raise UserInputError(
-            f"run {record.id} ran a requests file; resume it with the same `batchpilot run "
-            "--requests FILE` command"
-        )
     console = Console(stderr=True)
     with LiveView(console, quiet) as view:
-        result = run_job(
-            job,
-            state_dir=state_dir,
+        result = resume_run(
+            state_dir,
+            run_id,
             on_progress=view.update,
             detach=detach,
             poll_interval=poll_interval,

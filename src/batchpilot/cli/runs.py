@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -13,43 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 from batchpilot.cli.live import status_table
-from batchpilot.cli.run import has_store, known_state_option, state_option
-from batchpilot.errors import ProviderUnavailable, StateError, UserInputError
+from batchpilot.cli.run import known_state_option, state_option
+from batchpilot.errors import ProviderUnavailable, UserInputError
 from batchpilot.export import ExportFormat
 from batchpilot.formatting import usd
-from batchpilot.providers import BatchTags, Provider, openai_provider, provider_for
-from batchpilot.run import export_run, find_run, open_store
-from batchpilot.run.adopt import find_batch, record_submitted
-from batchpilot.run.api import job_of, run_lock
-from batchpilot.run.cancel import Cancelled, cancel_batches
-from batchpilot.run.output import export_job
-from batchpilot.run.pipeline import export_pipeline, step_runs
-from batchpilot.run.status import RunStatus, run_status
-from batchpilot.run.target import TargetCounter
-from batchpilot.spec import JobSpec
-from batchpilot.spec.model import ProviderSpec
-from batchpilot.store import BatchState, RunRecord, RunState, Store
+from batchpilot.run import cancel_run, export_results, status_of
+from batchpilot.run.listing import list_remote, list_runs
 
 __all__ = ["cancel", "export", "ls", "status"]
-
-
-def _provider_of(run: RunRecord, state_dir: Path) -> Provider:
-    job = job_of(run)
-    if job is not None:
-        return provider_for(job.provider, state_dir=state_dir)
-    spec = json.loads(run.spec_json)
-    if spec.get("provider") == "local":
-        return provider_for(ProviderSpec(kind="local"), state_dir=state_dir)
-    return openai_provider(base_url=spec.get("base_url"), kind=spec.get("provider", "openai"))
-
-
-def _step_statuses(store: Store, job: JobSpec) -> list[tuple[str, RunStatus]]:
-    """Each step of a multi-step job that has a run yet, with its progress."""
-    return [
-        (run.step.name, run_status(store, run.run_id))
-        for run in step_runs(job)
-        if store.run(run.run_id) is not None
-    ]
 
 
 @click.command()
@@ -58,36 +27,11 @@ def _step_statuses(store: Store, job: JobSpec) -> list[tuple[str, RunStatus]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     """Show a run's progress (the latest run by default), from the store alone."""
-    store = open_store(state_dir)
-    record = find_run(store, run_id)
-    current = run_status(store, record.id)
-    job = job_of(record)
-    if job is not None and job.target is not None:
-        current.target = job.target.valid
-        current.valid = TargetCounter(store, record.id, job.target).count()
-    steps = _step_statuses(store, job) if job is not None and job.steps is not None else []
-    batches = store.batches(record.id)
-    events = store.events(record.id)[-5:]
-    store.close()
+    detail = status_of(state_dir, run_id, detail=True)
     if as_json:
-        data = current.as_json()
-        if steps:
-            data["steps"] = [{"step": name, **step.as_json()} for name, step in steps]
-        data["batch_list"] = [
-            {
-                "id": b.id,
-                "state": b.state,
-                "remote_id": b.remote_id,
-                "remote_status": b.remote_status,
-                "requests": b.requests,
-                "completed": b.completed,
-                "failed": b.failed,
-                "not_found": b.not_found,
-            }
-            for b in batches
-        ]
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(detail.as_json(), indent=2))
         return
+    current, steps, events, batches = detail.status, detail.steps, detail.events, detail.batches
     console = Console()
     console.print(status_table(current))
     if batches:
@@ -116,56 +60,16 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
 @known_state_option
 def cancel(run_id: str | None, state_dir: Path) -> None:
     """Cancel a run's batches at the provider. Finished answers are kept; `resume` continues."""
-    store = open_store(state_dir)
-    try:
-        record = find_run(store, run_id)
-        with _lock_for_cancel(state_dir, record.id):
-            done = _cancel_run(store, record, state_dir)
-    finally:
-        store.close()
-    for item in done:
+    report = cancel_run(state_dir, run_id)
+    for item in report.batches:
         click.echo(item.line)
-    count = sum(item.outcome == "cancelled" for item in done)
-    click.echo(f"cancelled {count} of {len(done)} live batches of {record.id}")
-    if any(item.outcome == "failed" for item in done):
+    click.echo(
+        f"cancelled {report.cancelled} of {len(report.batches)} live batches of {report.run_id}"
+    )
+    if report.failed:
         raise ProviderUnavailable(
             "some batches could not be cancelled now; run `batchpilot cancel` again"
         )
-
-
-@contextmanager
-def _lock_for_cancel(state_dir: Path, run_id: str) -> Iterator[None]:
-    lock = run_lock(state_dir, run_id)
-    try:
-        lock.acquire()
-    except StateError as exc:
-        raise StateError(
-            f"{exc}. A run that is running cancels its own batches: press Ctrl-C twice "
-            "where it runs"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _cancel_run(store: Store, record: RunRecord, state_dir: Path) -> list[Cancelled]:
-    """Cancel every live batch of the run (the run's lock held), whatever each one answers;
-    a batch whose creation was under way is cancelled too if the provider shows it as ours."""
-    provider = _provider_of(record, state_dir)
-    try:
-        for batch in store.batches(record.id, [BatchState.CREATING]):
-            remote = find_batch(provider, batch, record.id, store.store_id)
-            if remote is not None:
-                record_submitted(store, record.id, batch, remote)
-        live = store.batches(record.id, [BatchState.SUBMITTED])
-        done = cancel_batches(store, provider, record.id, live, "on request")
-    finally:
-        provider.close()
-    store.move_run(record.id, RunState.CANCELLED)
-    count = sum(item.outcome == "cancelled" for item in done)
-    store.event(record.id, "cancelled", f"cancelled {count} of {len(live)} remote batches")
-    return done
 
 
 @click.command()
@@ -183,13 +87,11 @@ def _cancel_run(store: Store, record: RunRecord, state_dir: Path) -> list[Cancel
 @click.option("--base-url", help="With --remote: the provider's base URL.")
 def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None) -> None:
     """List runs, and with --remote the provider's batches."""
-    store = open_store(state_dir) if has_store(state_dir) else None
-    runs = store.runs() if store is not None else []
+    runs = list_runs(state_dir)
     console = Console() if Console().is_terminal else Console(width=200)
     table = Table("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
-    for record in runs:
-        assert store is not None
-        current = run_status(store, record.id)
+    for listed in runs:
+        record, current = listed.record, listed.status
         table.add_row(
             record.id,
             record.job_name,
@@ -201,35 +103,23 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
             usd(current.spent_usd),
         )
     console.print(table if runs else f"no runs in {state_dir}")
-    known: dict[str, tuple[str, int]] = {}
-    if store is not None:
-        known = {
-            b.remote_id: (r.id, b.id) for r in runs for b in store.batches(r.id) if b.remote_id
-        }
-        store.close()
     if not remote:
         return
-    if base_url or provider:
-        client: Provider = openai_provider(base_url=base_url, kind=provider or "openai")  # type: ignore[arg-type]
-    elif runs:
-        client = _provider_of(runs[0], state_dir)
-    else:
+    if not (base_url or provider or runs):
         raise UserInputError("--remote needs a run here, or --provider/--base-url")
-    try:
-        batches = Table("remote batch", "status", "requests", "run", "local batch")
-        for batch in client.batches.find():
-            owner = known.get(batch.id)
-            tags = batch.tags
-            batches.add_row(
-                batch.id,
-                batch.status.value,
-                f"{batch.completed + batch.failed}/{batch.total}",
-                owner[0] if owner else (f"{tags.run_id} (not in this store)" if tags else "-"),
-                str(owner[1]) if owner else _batch_tag(tags),
-            )
-        console.print(batches)
-    finally:
-        client.close()
+    batches = Table("remote batch", "status", "requests", "run", "local batch")
+    for batch in list_remote(state_dir, kind=provider, base_url=base_url):
+        shown = (
+            batch.run if batch.known or batch.run is None else f"{batch.run} (not in this store)"
+        )
+        batches.add_row(
+            batch.id,
+            batch.status,
+            f"{batch.ended}/{batch.total}",
+            shown or "-",
+            batch.local_batch or "-",
+        )
+    console.print(batches)
 
 
 @click.command()
@@ -267,33 +157,16 @@ def export(
 ) -> None:
     """Write a run's results, joined to its input rows, in input order: as the job's output
     section says, whatever the format."""
-    store = open_store(state_dir)
-    try:
-        record = find_run(store, run_id)
-        job = job_of(record)
-        # The job's own format for its own output path; else by the suffix of -o.
-        chosen: ExportFormat | None = cast(ExportFormat, fmt)
-        if all_rows and output is None:
-            raise UserInputError(
-                "--all-rows needs -o FILE: the job's output.path holds the job's output"
-            )
-        if output is None:
-            if job is None or job.output is None:
-                raise UserInputError("give -o FILE (this run's job names no output.path)")
-            output = job.resolve(job.output.path)
-            chosen = None if fmt == "auto" else chosen
-        # The same rows whatever the format: a job's run exports as its output section says.
-        include = False if no_input else None
-        if all_rows or job is None:
-            count = export_run(store, record.id, output, format=fmt, include_input=not no_input)
-        elif job.steps is not None:
-            count = export_pipeline(state_dir, job, output, format=chosen, include_input=include)
-        else:
-            count = export_job(store, record.id, job, output, format=chosen, include_input=include)
-    finally:
-        store.close()
-    click.echo(f"wrote {count} rows to {output}")
-
-
-def _batch_tag(tags: BatchTags | None) -> str:
-    return "-" if tags is None or tags.batch_id is None else str(tags.batch_id)
+    if all_rows and output is None:
+        raise UserInputError(
+            "--all-rows needs -o FILE: the job's output.path holds the job's output"
+        )
+    done = export_results(
+        state_dir,
+        run_id,
+        output,
+        format=cast(ExportFormat, fmt),
+        include_input=not no_input,
+        all_rows=all_rows,
+    )
+    click.echo(f"wrote {done.rows} rows to {done.path}")

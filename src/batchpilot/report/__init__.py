@@ -14,7 +14,8 @@ from pathlib import Path
 
 from batchpilot.errors import UserInputError
 from batchpilot.report.facts import RunFacts, gather
-from batchpilot.run.api import DEFAULT_STATE_DIR, find_run, job_of, open_store
+from batchpilot.run.identity import job_of
+from batchpilot.run.workspace import DEFAULT_STATE_DIR, find_run, open_store
 from batchpilot.store import Store
 
 __all__ = ["build_report", "write_report"]
@@ -29,7 +30,7 @@ def _sections(store: Store, run_id: str | None, now: datetime | None) -> tuple[s
     job = job_of(record)
     sections: Sections = []
     if job is not None and job.steps is not None:
-        from batchpilot.run.pipeline import step_runs
+        from batchpilot.run.identity import step_runs
 
         for number, step in enumerate(step_runs(job), start=1):
             found = store.run(step.run_id)

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from batchpilot.run.api import job_of
+from batchpilot.run.identity import job_of
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.spec import JobSpec
 from batchpilot.store import BatchRecord, RunRecord, Store

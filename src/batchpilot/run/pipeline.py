@@ -1,102 +1,56 @@
 """Multi-step jobs: each step is a run of its own over the rows whose earlier steps succeeded.
 
 Step k's templates see the answers of steps 1..k-1 as `steps.NAME`. Every step is planned
-into the store once and run like any job, so a crash in step 3 continues step 3: steps 1 and
-2 are finished runs and send nothing again. A step's run id hashes its own definition and
-the run ids of the steps before it, so changing step 1 makes every later step new too.
+into the store once and run by `run_one` like any job, so a crash in step 3 continues step 3:
+steps 1 and 2 are finished runs and send nothing again. A step's run id hashes its own
+definition and the run ids of the steps before it (`run/identity.py`), so changing step 1
+makes every later step new too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
-from batchpilot.export import ExportFormat, ExportRow
+from batchpilot.export.job import write_job_output
+from batchpilot.export.rows import ExportFormat
+from batchpilot.export.steps import aligned, pipeline_export_rows, step_answer
 from batchpilot.plan.job import input_spec
-from batchpilot.providers import Provider, provider_for
-from batchpilot.run.api import RunResult, identity_json, open_store, run_id_for, run_job
-from batchpilot.run.output import export_rows, write_job_output
+from batchpilot.providers import Provider
+from batchpilot.run.identity import StepRun, pipeline_id, step_runs
+from batchpilot.run.one import RunResult, owned_provider, run_one
 from batchpilot.run.status import RunStatus
-from batchpilot.spec import JobSpec, StepSpec
-from batchpilot.spec.steps import step_job
-from batchpilot.store import Store
+from batchpilot.run.workspace import store_at
+from batchpilot.spec import JobSpec
 
-__all__ = ["StepRun", "pipeline_rows", "run_pipeline", "step_job", "step_runs"]
+__all__ = ["export_pipeline", "pipeline_rows", "run_pipeline"]
 
 STEPS_FIELD = "steps"
 """The template variable holding earlier steps' answers."""
 
 
-class StepRun:
-    """One step of a pipeline and the run that holds it."""
-
-    def __init__(self, step: StepSpec, job: JobSpec, run_id: str) -> None:
-        self.step = step
-        self.job = job
-        self.run_id = run_id
-
-    @property
-    def key(self) -> str:
-        return self.step.response_key or self.step.name
-
-
-def step_runs(job: JobSpec) -> list[StepRun]:
-    """Every step with its job and run id, in order."""
-    assert job.steps is not None
-    runs: list[StepRun] = []
-    for step in job.steps:
-        derived = step_job(job, step)
-        chain = identity_json(derived) + "".join(run.run_id for run in runs)
-        runs.append(StepRun(step, derived, run_id_for(derived.name, chain)))
-    return runs
-
-
-def _answer(row: ExportRow) -> Any:
-    return row.parsed if row.parsed is not None else row.content
-
-
-def _aligned(store: Store, runs: list[StepRun]) -> Iterator[list[ExportRow | None]]:
-    """The first step's rows in input order, each with every step's row of the same index
-    (None where that step has no such row: an earlier step did not succeed)."""
-    streams = [export_rows(store, run.run_id) for run in runs]
-    heads = [next(stream, None) for stream in streams]
-    while (first := heads[0]) is not None:
-        line: list[ExportRow | None] = [first]
-        for number in range(1, len(streams)):
-            head = heads[number]
-            while head is not None and head.index < first.index:
-                head = heads[number] = next(streams[number], None)
-            line.append(head if head is not None and head.index == first.index else None)
-        yield line
-        heads[0] = next(streams[0], None)
-
-
-def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Iterator[Row]:
+def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Generator[Row, None, None]:
     """The rows of the step after `runs`: each row whose every earlier step succeeded, its
     input fields plus `steps` (the answers so far, by step name)."""
-    store = open_store(state_dir)
-    try:
-        for line in _aligned(store, runs):
+    with store_at(state_dir) as store:
+        for line in aligned(store, runs):
             done = [row for row in line if row is not None and row.status == "succeeded"]
             if len(done) < len(runs):
                 continue
             first = done[0]
             data = dict(first.data or {})
             data[STEPS_FIELD] = {
-                run.step.name: _answer(row) for run, row in zip(runs, done, strict=True)
+                run.step.name: step_answer(row) for run, row in zip(runs, done, strict=True)
             }
             yield Row(first.index, first.row_id, data, f"{runs[0].job.input.path}:{first.row_id}")
-    finally:
-        store.close()
 
 
-def _check_first_rows(rows: Iterable[Row]) -> Iterator[Row]:
+def _check_first_rows(rows: Iterable[Row]) -> Generator[Row, None, None]:
     for row in rows:
         if STEPS_FIELD in row.data:
             raise UserInputError(
@@ -104,42 +58,6 @@ def _check_first_rows(rows: Iterable[Row]) -> Iterator[Row]:
                 "uses for the earlier steps' answers; rename that field"
             )
         yield row
-
-
-def pipeline_export_rows(store: Store, runs: list[StepRun]) -> Iterator[ExportRow]:
-    """One row per input row: the answers of every step under their keys; the status of the
-    first step that did not succeed (with its error), else succeeded; usage and cost summed."""
-    for line in _aligned(store, runs):
-        first = line[0]
-        assert first is not None
-        answers: dict[str, Any] = {}
-        status, error, last = "succeeded", None, first
-        for run, row in zip(runs, line, strict=True):
-            if row is None:
-                break
-            last = row
-            if row.status != "succeeded":
-                status, error = row.status, f"step {run.step.name}: {row.error}"
-                break
-            answers[run.key] = _answer(row)
-        done = [row for row in line if row is not None]
-        yield ExportRow(
-            index=first.index,
-            row_id=first.row_id,
-            request_id=last.request_id,
-            status=status,
-            attempts=sum(row.attempts for row in done),
-            data=first.data,
-            content=json.dumps(answers),
-            parsed=answers,
-            embedding=None,
-            response=None,
-            input_tokens=sum(row.input_tokens or 0 for row in done),
-            output_tokens=sum(row.output_tokens or 0 for row in done),
-            cost_usd=sum(row.cost_usd or 0.0 for row in done),
-            error=error,
-            lane=last.lane,
-        )
 
 
 def _combined(statuses: list[RunStatus], run_id: str, budget: float | None) -> RunStatus:
@@ -161,11 +79,6 @@ def _combined(statuses: list[RunStatus], run_id: str, budget: float | None) -> R
     return total
 
 
-def pipeline_id(runs: list[StepRun]) -> str:
-    digest = hashlib.sha256("".join(run.run_id for run in runs).encode()).hexdigest()[:8]
-    return f"{runs[0].job.name.rsplit('.', 1)[0]}-{digest}"
-
-
 def run_pipeline(
     job: JobSpec,
     *,
@@ -180,16 +93,13 @@ def run_pipeline(
     The budget covers the whole pipeline: each step may spend what the steps before it left.
     """
     runs = step_runs(job)
-    owned = provider is None
-    provider = provider or provider_for(job.provider, state_dir=Path(state_dir))
     finished: list[RunStatus] = []
     budget = job.budget.max_usd
-    try:
+    with owned_provider(provider, job, state_dir) as chosen:
         for number, run in enumerate(runs):
-            step_rows: Iterable[Row] | None
             if number == 0:
                 given = rows if rows is not None else read_rows(input_spec(job))
-                step_rows = _check_first_rows(given)
+                step_rows: Generator[Row, None, None] = _check_first_rows(given)
             else:
                 step_rows = pipeline_rows(state_dir, runs[:number])
             spent = sum(status.spent_usd for status in finished)
@@ -201,22 +111,21 @@ def run_pipeline(
                 if on_progress is not None:
                     on_progress(_combined([*done, status], pipeline_id(runs), budget))
 
-            result = run_job(
-                step,
-                state_dir=state_dir,
-                rows=step_rows,
-                provider=provider,
-                on_progress=progress,
-                run_id=run.run_id,
-                recorded=job,
-                **options,
-            )
+            # Closed however the step ends: the rows of a later step hold the store open.
+            with closing(step_rows):
+                result = run_one(
+                    step,
+                    state_dir=state_dir,
+                    rows=step_rows,
+                    provider=chosen,
+                    on_progress=progress,
+                    run_id=run.run_id,
+                    recorded=job,
+                    **options,
+                )
             finished.append(result.status)
             if not result.status.finished:
                 return RunResult(run.run_id, _combined(finished, pipeline_id(runs), budget))
-    finally:
-        if owned:
-            provider.close()
     status = _combined(finished, pipeline_id(runs), budget)
     output = None
     if job.output is not None:
@@ -235,9 +144,6 @@ def export_pipeline(
 ) -> int:
     """Write a pipeline's output: one row per input row with every step's answer (in
     `format`, with or without the input fields, when they are given)."""
-    store = open_store(state_dir)
-    try:
+    with store_at(state_dir) as store:
         rows = pipeline_export_rows(store, step_runs(job))
         return write_job_output(job, rows, target, format=format, include_input=include_input)
-    finally:
-        store.close()

@@ -1,16 +1,21 @@
-"""What a run needs to know beyond its requests: limits, money, retries, polling."""
+"""What a run needs to know beyond its requests: limits, money, retries, polling; and how a
+job's settings are read into them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from batchpilot.lanes.ratelimit import RateLimits
-from batchpilot.pricing import PriceTable
+from batchpilot.plan.job import queue_capacity
+from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.run.ingest import RetryPolicy
+from batchpilot.spec import JobSpec, LimitsSpec
+from batchpilot.spec.model import parse_deadline
+from batchpilot.store import RunRecord
 
-__all__ = ["RunSettings"]
+__all__ = ["RunSettings", "limit_settings", "run_settings"]
 
 
 @dataclass(frozen=True)
@@ -39,3 +44,78 @@ class RunSettings:
     realtime_timeout_s: float = 600.0
     turnaround_s: float = 12 * 3600.0
     time_scale: float = 1.0
+
+
+def limit_settings(
+    limits: LimitsSpec,
+    *,
+    local: bool,
+    tier: int,
+    budget: float | None,
+    prices: PriceTable,
+    poll_interval: float | None,
+    detach: bool,
+    cancel_on_exit: bool,
+) -> RunSettings:
+    """Settings from a job's limits alone (a requests file has no more than these)."""
+
+    def queue(model: str) -> int | None:
+        return queue_capacity(limits, model, tier=tier, local=local)
+
+    def per_batch(model: str) -> int | None:
+        return limits.tokens_per_batch if limits.tokens_per_batch is not None else queue(model)
+
+    return RunSettings(
+        requests_per_batch=limits.requests_per_batch,
+        bytes_per_batch=limits.bytes_per_batch,
+        tokens_per_batch=per_batch,
+        queue_tokens=queue,
+        budget_usd=budget,
+        prices=prices,
+        retry=RetryPolicy(limits.max_attempts),
+        poll_interval_s=poll_interval if poll_interval is not None else (0.2 if local else 5.0),
+        detach=detach,
+        cancel_on_exit=cancel_on_exit,
+    )
+
+
+def run_settings(
+    job: JobSpec,
+    *,
+    poll_interval: float | None = None,
+    detach: bool = False,
+    cancel_on_exit: bool = False,
+    run: RunRecord | None = None,
+    prices: PriceTable | None = None,
+) -> RunSettings:
+    """Everything a runner needs to know about a job beyond its requests: its limits, then its
+    strategy, deadline (durations count from the start of `run`) and real-time limits."""
+    local = job.provider.kind == "local"
+    settings = limit_settings(
+        job.limits,
+        local=local,
+        tier=job.provider.tier,
+        budget=job.budget.max_usd,
+        prices=prices or PriceTable.load(overrides=job.prices or None),
+        poll_interval=poll_interval,
+        detach=detach,
+        cancel_on_exit=cancel_on_exit,
+    )
+    deadline = None
+    if job.deadline is not None:
+        started = datetime.fromisoformat(run.created_at_utc.replace("Z", "+00:00")) if run else None
+        deadline = parse_deadline(job.deadline, now=started)
+    tier = tier_limits(job.model, job.provider.tier)
+    return replace(
+        settings,
+        strategy=job.strategy,
+        deadline=deadline,
+        realtime=RateLimits(
+            rpm=job.realtime.rpm or (None if local else tier.rpm),
+            tpm=job.realtime.tpm or (None if local else tier.tpm),
+            rpd=job.realtime.rpd or (None if local else tier.rpd),
+        ),
+        concurrency=job.realtime.concurrency,
+        realtime_timeout_s=job.realtime.timeout,
+        turnaround_s=job.estimate.batch_turnaround_hours * 3600,
+    )

@@ -10,9 +10,9 @@ from typing import Any
 from batchpilot.data.jsonlines import MAX_DEPTH
 from batchpilot.errors import UserInputError
 from batchpilot.plan.planner import PlannedRequest, PlanResult
-from batchpilot.store import Store
+from batchpilot.store import RunRecord, Store
 
-__all__ = ["StoreSink", "plan_errors", "plan_into_store"]
+__all__ = ["StoreSink", "plan_errors", "plan_into_store", "plan_run"]
 
 
 class StoreSink:
@@ -100,6 +100,24 @@ def plan_into_store(
     except BaseException:
         sink.abort()
         raise
+
+
+def plan_run(
+    store: Store,
+    record: RunRecord,
+    plan: Callable[[StoreSink], PlanResult],
+    what: str,
+    *,
+    create: bool = True,
+) -> PlanResult:
+    """Create the run (unless it exists: `create` false) and plan rows and requests into it in
+    one transaction: a plan that fails or finds errors leaves the store as it was, and is a
+    clear error naming `what` was planned."""
+    first = (lambda: store.create_run(record)) if create else None
+    result = plan_into_store(store, record.id, plan, first=first)
+    if not result.ok:
+        raise UserInputError(f"the {what} has errors; nothing was sent:\n  {plan_errors(result)}")
+    return result
 
 
 def plan_errors(result: PlanResult) -> str:

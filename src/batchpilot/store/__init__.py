@@ -12,6 +12,7 @@ from batchpilot.store.records import (
     JoinedRow,
     Outcome,
     PendingRequest,
+    RunKind,
     RunRecord,
     TaskStateRecord,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Outcome",
     "PendingRequest",
     "RequestState",
+    "RunKind",
     "RunLock",
     "RunRecord",
     "RunState",

@@ -217,6 +217,14 @@ MIGRATIONS: list[str] = [
             THEN substr(error, 1, instr(error, ':') - 1) ELSE error END, COUNT(*) FROM attempts
         WHERE outcome != 'succeeded' AND error IS NOT NULL GROUP BY 1, 2;
     """,
+    # 9: what each run was started from (job, pipeline, requests, task), so that it is resumed
+    # the way it was started; earlier runs are told apart by what their stored spec holds
+    """
+    ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'job';
+    UPDATE runs SET kind = 'pipeline' WHERE json_type(spec_json, '$.steps') = 'array';
+    UPDATE runs SET kind = 'requests' WHERE json_type(spec_json, '$.requests') IS NOT NULL;
+    UPDATE runs SET kind = 'task' WHERE json_type(spec_json, '$.task') IS NOT NULL;
+    """,
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -13,9 +14,19 @@ __all__ = [
     "JoinedRow",
     "Outcome",
     "PendingRequest",
+    "RunKind",
     "RunRecord",
     "TaskStateRecord",
 ]
+
+
+class RunKind(StrEnum):
+    """What a run was started from, and so how it is resumed."""
+
+    JOB = "job"  # a job file or a JobSpec built in Python
+    PIPELINE = "pipeline"  # one step of a multi-step job; the run holds the whole job
+    REQUESTS = "requests"  # a standard batch JSONL file, run as it is
+    TASK = "task"  # a batchpilot.Task; only its own program can resume it
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class RunRecord:
     budget_usd: float | None
     created_at_utc: str
     finished_at_utc: str | None = None
+    kind: str = RunKind.JOB
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ class SQLiteStore:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO runs(id, job_name, spec_json, provider, endpoint, status, "
-                "budget_usd, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "budget_usd, created_at_utc, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.id,
                     run.job_name,
@@ -155,6 +155,7 @@ class SQLiteStore:
                     run.status,
                     run.budget_usd,
                     run.created_at_utc,
+                    str(run.kind),
                 ),
             )
 
@@ -573,8 +574,6 @@ class SQLiteStore:
         """
         with self._tx() as db:
             queries.deliver(db, run_id, state_json, delivered, utc_now())
-
-    # events and reports (reads documented in store/base.py) ---------------------------------
 
     def event(self, run_id: str, kind: str, message: str, data: Any = None) -> None:
         with self._tx() as db:

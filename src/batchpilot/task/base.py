@@ -28,10 +28,12 @@ from pydantic import BaseModel
 
 from batchpilot.errors import BudgetExceeded, TaskError
 from batchpilot.providers import Provider, provider_for
-from batchpilot.run.api import DEFAULT_STATE_DIR, open_runner, open_store, run_lock, run_settings
+from batchpilot.run.one import open_runner
+from batchpilot.run.settings import run_settings
 from batchpilot.run.status import RunStatus, run_status
+from batchpilot.run.workspace import DEFAULT_STATE_DIR, run_lock, store_at
 from batchpilot.spec import JobSpec
-from batchpilot.store import RunRecord, RunState, Store, TaskStateRecord, utc_now
+from batchpilot.store import RunKind, RunRecord, RunState, Store, TaskStateRecord, utc_now
 from batchpilot.task.checks import answer_check
 from batchpilot.task.delivery import Delivery, dump_state
 from batchpilot.task.records import TaskReport, TaskRequest, TaskResult
@@ -146,15 +148,14 @@ class Task:
             f"{kind.__module__}.{kind.__qualname__}",
             self._options,
         )
-        store = open_store(self._options.state_dir)
         try:
-            with run_lock(self._options.state_dir, setup.run_id):
+            state_dir = self._options.state_dir
+            with store_at(state_dir) as store, run_lock(state_dir, setup.run_id):
                 return self._run(store, setup)
         finally:
             if self._owned is not None:
                 self._owned.close()
                 self._owned = None
-            store.close()
 
     def _run(self, store: Store, setup: TaskSetup) -> TaskReport:
         saved = self._open(store, setup)
@@ -262,6 +263,7 @@ class Task:
                 "planned",
                 self._options.budget_usd,
                 utc_now(),
+                kind=RunKind.TASK,
             )
             store.create_task(record, initial)
         else:

@@ -19,7 +19,7 @@ from batchpilot.plan.planner import PlanSettings
 from batchpilot.pricing import PriceTable
 from batchpilot.providers import Capabilities, Provider, kinds
 from batchpilot.providers.registry import kind as registered
-from batchpilot.run.api import run_id_for
+from batchpilot.run.identity import run_id_for
 from batchpilot.run.status import RunStatus
 from batchpilot.spec import JobSpec, job_from_dict
 from batchpilot.task.rounds import RequestDefaults

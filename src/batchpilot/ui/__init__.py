@@ -21,8 +21,9 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from batchpilot.errors import MissingDependency, UserInputError
-from batchpilot.run.api import job_of, open_store
+from batchpilot.run.identity import job_of
 from batchpilot.run.status import run_status
+from batchpilot.run.workspace import open_store
 from batchpilot.store import RunRecord, Store
 from batchpilot.store.records import AnswerFilter
 from batchpilot.ui import pages
@@ -51,7 +52,7 @@ def _steps(store: Store, record: RunRecord) -> list[tuple[str, str]]:
     job = job_of(record)
     if job is None or job.steps is None:
         return []
-    from batchpilot.run.pipeline import step_runs
+    from batchpilot.run.identity import step_runs
 
     return [(s.step.name, s.run_id) for s in step_runs(job) if store.run(s.run_id) is not None]
 

@@ -1,7 +1,7 @@
-"""A run's output: its rows joined to their input, in input order, written as the job says.
+"""A job's output: its run's rows written as its output section says.
 
-A job's output section decides what is written (a table, or answers written back into the
-input records) and, in target mode, which rows (the first N valid ones), whatever the format.
+The output section decides what is written (a table, or answers written back into the input
+records) and, in target mode, which rows (the first N valid ones), whatever the format.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from batchpilot.answers import parsed_answer, response_content
-from batchpilot.errors import StateError, UserInputError
-from batchpilot.export import ExportFormat, ExportRow, write_back_nested, write_export
+from batchpilot.errors import UserInputError
+from batchpilot.export.nested import write_back_nested
+from batchpilot.export.rows import ExportFormat, ExportRow
+from batchpilot.export.stored import export_rows
+from batchpilot.export.write import write_export
 from batchpilot.spec import JobSpec, TargetSpec
 from batchpilot.store import Store
 from batchpilot.validate import load_callable
 
-__all__ = ["export_job", "export_rows", "export_run", "write_job_output"]
+__all__ = ["export_job", "write_job_output"]
 
 
 def _target_rows(rows: Iterable[ExportRow], target: TargetSpec) -> Iterator[ExportRow]:
@@ -110,49 +112,3 @@ def write_job_output(
     if include_input is None:
         include_input = spec.include_input if spec else True
     return write_export(rows, target, format=format, include_input=include_input, response_key=key)
-
-
-def export_rows(
-    store: Store, run_id: str, fallback: Callable[[dict[str, Any] | None], Any] | None = None
-) -> Iterator[ExportRow]:
-    """Every row of a run, in input order, joined with its result; rows that finally failed
-    get `fallback(input row)` as their answer when a fallback is given (status `fallback`)."""
-    for row in store.joined_rows(run_id):
-        response = json.loads(row.response_json) if row.response_json else None
-        content, embedding = response_content(response)
-        parsed: Any = parsed_answer(content)
-        status = "skipped" if row.request_id is None else (row.state or "pending")
-        if status == "failed" and fallback is not None:
-            data = json.loads(row.data_json) if row.data_json else None
-            answer = fallback(data)
-            status = "fallback"
-            if isinstance(answer, dict | list):
-                parsed, content = answer, json.dumps(answer)
-            else:
-                content = None if answer is None else str(answer)
-        yield ExportRow(
-            index=row.row_index,
-            row_id=row.row_id,
-            request_id=row.request_id,
-            status=status,
-            attempts=row.attempts or 0,
-            data=json.loads(row.data_json) if row.data_json else None,
-            content=content,
-            parsed=parsed,
-            embedding=embedding,
-            response=response,
-            input_tokens=row.input_tokens,
-            output_tokens=row.output_tokens,
-            cost_usd=row.cost_usd,
-            error=row.skip_reason if row.request_id is None else row.error,
-            lane=row.lane,
-        )
-
-
-def export_run(
-    store: Store, run_id: str, target: Path, *, format: str = "auto", **options: Any
-) -> int:
-    """Write a run's results, in input order, to JSONL, CSV or Parquet."""
-    if store.run(run_id) is None:
-        raise StateError(f"no run '{run_id}'")
-    return write_export(export_rows(store, run_id), target, format=format, **options)  # type: ignore[arg-type]

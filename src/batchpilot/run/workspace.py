@@ -1,0 +1,66 @@
+"""The state directory: its store, the lock that keeps a run to one process, finding a run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from batchpilot.errors import UserInputError
+from batchpilot.store import RunLock, RunRecord, SQLiteStore, Store
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "find_run",
+    "has_store",
+    "open_store",
+    "run_files",
+    "run_lock",
+    "store_at",
+]
+
+DEFAULT_STATE_DIR = Path(".batchpilot")
+STORE_FILE = "batchpilot.sqlite3"
+
+
+def has_store(state_dir: Path) -> bool:
+    """Whether `state_dir` holds a store (opening one where there is none creates it)."""
+    return (Path(state_dir) / STORE_FILE).is_file()
+
+
+def open_store(state_dir: Path) -> Store:
+    """The store of `state_dir` (created with it when there is none); the caller closes it."""
+    return SQLiteStore(Path(state_dir) / STORE_FILE)
+
+
+@contextmanager
+def store_at(state_dir: Path) -> Iterator[Store]:
+    """The store of `state_dir`, closed however the block ends."""
+    store = open_store(state_dir)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def run_lock(state_dir: Path, run_id: str) -> RunLock:
+    """The lock that keeps a run to one process."""
+    return RunLock(Path(state_dir) / "locks" / f"{run_id}.lock")
+
+
+def run_files(state_dir: Path, run_id: str) -> Path:
+    """Where a run keeps its batch files (caches the store can rebuild)."""
+    return Path(state_dir) / "runs" / run_id / "files"
+
+
+def find_run(store: Store, run_id: str | None) -> RunRecord:
+    """A run by id, or the latest one; a clear error when there is none."""
+    if run_id is not None:
+        run = store.run(run_id)
+        if run is None:
+            raise UserInputError(f"no run '{run_id}' in {store.where}; `batchpilot ls` lists them")
+        return run
+    runs = store.runs()
+    if not runs:
+        raise UserInputError(f"no runs in {store.where} yet; start one with `batchpilot run`")
+    return runs[0]
