@@ -29,6 +29,7 @@ from batchpilot.plan.waves import first_wave, next_wave
 from batchpilot.pricing import PriceTable, tier_limits
 from batchpilot.providers import Provider, provider_for
 from batchpilot.response_schema import load_response_model, load_response_schema
+from batchpilot.run.defaults import default_poll_interval
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.run.output import export_job, export_rows, export_run, write_job_output
 from batchpilot.run.runner import Runner
@@ -128,7 +129,9 @@ def _settings(
         budget_usd=budget,
         prices=prices,
         retry=RetryPolicy(limits.max_attempts),
-        poll_interval_s=poll_interval if poll_interval is not None else (0.2 if local else 5.0),
+        poll_interval_s=poll_interval
+        if poll_interval is not None
+        else default_poll_interval(local),
         detach=detach,
         cancel_on_exit=cancel_on_exit,
     )
