@@ -300,12 +300,16 @@ class PriceTable:
     def has(self, model: str) -> bool:
         return self._resolve(model) is not None
 
+    def close_to(self, model: str) -> list[str]:
+        """Models of the table whose names are close to `model` (a misspelling's candidates)."""
+        known = [*self._prices, *self._aliases]
+        return difflib.get_close_matches(_DATE_SUFFIX.sub("", model), known, n=3, cutoff=0.6)
+
     def price(self, model: str) -> Price:
         name = self._resolve(model)
         if name is not None:
             return self._prices[name]
-        known = [*self._prices, *self._aliases]
-        close = difflib.get_close_matches(_DATE_SUFFIX.sub("", model), known, n=3, cutoff=0.6)
+        close = self.close_to(model)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UserInputError(
             f"no price for model {model!r} in the price table "

@@ -16,7 +16,8 @@ from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, run_job
 from batchpilot.run.api import job_of, run_requests_file
-from batchpilot.spec import load_job
+from batchpilot.run.outcome import failed_requests
+from batchpilot.spec import JobSpec, load_job
 
 __all__ = ["has_store", "known_state_option", "resume", "run", "state_option"]
 
@@ -130,6 +131,11 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view.")
+@click.option(
+    "--allow-failures",
+    is_flag=True,
+    help="Exit 0 when the run ends with failed requests (else exit code 7).",
+)
 def run(
     job_file: Path | None,
     state_dir: Path,
@@ -148,12 +154,14 @@ def run(
     poll_interval: float | None,
     as_json: bool,
     quiet: bool,
+    allow_failures: bool,
 ) -> None:
     """Run JOB_FILE to the finish: plan, submit within the queue and money budgets, poll,
     collect, retry, and export. Run it again after any crash: it continues, never paying twice."""
     console = Console(stderr=True)
     if (job_file is None) == (requests_file is None):
         raise UserInputError("give a job file, or --requests FILE (one of the two)")
+    job = None
     with LiveView(console, quiet or as_json) as view:
         if requests_file is not None:
             kind = provider or "openai"
@@ -198,8 +206,16 @@ def run(
                 fresh=fresh,
             )
     _report(result, Console(), as_json, state_dir)
+    _exit(result, job, allow_failures)
+
+
+def _exit(result: RunResult, job: JobSpec | None, allow_failures: bool) -> None:
+    """Exit 130 for a run stopped by Ctrl-C, 7 for one that ended with failed requests."""
     if result.status.status == "stopped":
         sys.exit(130)
+    failed = failed_requests(result.status, job)
+    if failed is not None and not allow_failures:
+        raise failed
 
 
 @click.command()
@@ -208,8 +224,18 @@ def run(
 @click.option("--detach", is_flag=True, help="Submit what remains, then return.")
 @click.option("--poll-interval", type=Seconds(), help="Seconds between polls of a batch.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view.")
+@click.option(
+    "--allow-failures",
+    is_flag=True,
+    help="Exit 0 when the run ends with failed requests (else exit code 7).",
+)
 def resume(
-    run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool
+    run_id: str | None,
+    state_dir: Path,
+    detach: bool,
+    poll_interval: float | None,
+    quiet: bool,
+    allow_failures: bool,
 ) -> None:
     """Continue a run (the latest one by default) from the store, without its job file."""
     store = open_store(state_dir)
@@ -236,5 +262,4 @@ def resume(
             poll_interval=poll_interval,
         )
     _report(result, Console(), False, state_dir)
-    if result.status.status == "stopped":
-        sys.exit(130)
+    _exit(result, job, allow_failures)
