@@ -26,7 +26,7 @@ from batchpilot.lanes import RateLimits, RealtimeLane
 from batchpilot.plan import PlanResult, plan_job, plan_requests_file
 from batchpilot.plan.job import input_spec, queue_capacity
 from batchpilot.plan.waves import first_wave, next_wave
-from batchpilot.pricing import PriceTable, tier_limits
+from batchpilot.pricing import PriceTable, prices_for, tier_limits
 from batchpilot.providers import Provider, provider_for
 from batchpilot.response_schema import load_response_model, load_response_schema
 from batchpilot.run.defaults import default_poll_interval
@@ -151,7 +151,7 @@ def run_settings(
         local=job.provider.kind == "local",
         tier=job.provider.tier,
         budget=job.budget.max_usd,
-        prices=PriceTable.load(overrides=job.prices or None),
+        prices=prices_for(job.provider.kind, job.prices or None),
         poll_interval=poll_interval,
         detach=detach,
         cancel_on_exit=cancel_on_exit,
@@ -385,7 +385,7 @@ def _run_locked(
     response_model: type[BaseModel] | None,
 ) -> RunResult:
     """`run_job` once it holds the run's lock."""
-    prices = PriceTable.load(overrides=job.prices or None)
+    prices = prices_for(job.provider.kind, job.prices or None)
     source = _row_source(job, rows)
     record = RunRecord(
         run_id,
@@ -559,7 +559,7 @@ def run_requests_file(
                 local=kind == "local",
                 tier=1,
                 budget=budget,
-                prices=PriceTable.load(),
+                prices=prices_for(kind),
                 poll_interval=poll_interval,
                 detach=detach,
                 cancel_on_exit=False,

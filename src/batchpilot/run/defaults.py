@@ -1,4 +1,5 @@
-"""Run defaults that the environment may set: the poll interval (`BATCHPILOT_POLL_INTERVAL`)."""
+"""Run defaults that depend on the environment: the poll interval (`BATCHPILOT_POLL_INTERVAL`)
+and the provider when none is named."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import Mapping
 
 from batchpilot.errors import UserInputError
 
-__all__ = ["POLL_INTERVAL_ENV", "default_poll_interval"]
+__all__ = ["LOCAL_MODEL", "POLL_INTERVAL_ENV", "default_poll_interval", "default_provider"]
 
 POLL_INTERVAL_ENV = "BATCHPILOT_POLL_INTERVAL"
+LOCAL_MODEL = "smollm2"
 
 
 def default_poll_interval(local: bool, environ: Mapping[str, str] | None = None) -> float:
@@ -29,3 +31,20 @@ def default_poll_interval(local: bool, environ: Mapping[str, str] | None = None)
             "between 0 and 86400"
         )
     return seconds
+
+
+def default_provider(model: str | None, who: str, environ: Mapping[str, str] | None = None) -> str:
+    """The provider kind for `model` when none is named: the embedded local model for its own
+    model, OpenAI when `OPENAI_API_KEY` is set, the local model when no model is named either.
+    Another model is never run on the local model without being asked: that is an error."""
+    env = os.environ if environ is None else environ
+    if model == LOCAL_MODEL:
+        return "local"
+    if env.get("OPENAI_API_KEY"):
+        return "openai"
+    if model is None:
+        return "local"
+    raise UserInputError(
+        f"{who}: model {model!r} needs a provider, and OPENAI_API_KEY is not set: set it to run "
+        "on OpenAI, or name provider='local' to run on the embedded local model at no cost"
+    )
