@@ -16,19 +16,26 @@ from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, run_job
 from batchpilot.run.api import job_of, run_requests_file
+from batchpilot.run.lookup import find_state_dir
 from batchpilot.run.outcome import failed_requests
 from batchpilot.spec import JobSpec, load_job
 
 __all__ = ["has_store", "known_state_option", "resume", "run", "state_option"]
 
+
+def _found(ctx: click.Context, param: click.Parameter, state_dir: Path | None) -> Path:
+    """The state directory given, else the nearest one here or above, else ./.batchpilot."""
+    return state_dir or find_state_dir() or Path(DEFAULT_STATE_DIR)
+
+
 state_option = click.option(
     "--state",
     "state_dir",
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
     envvar="BATCHPILOT_STATE",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Directory where runs live (env BATCHPILOT_STATE).",
+    callback=_found,
+    help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
+    "holding runs, here or above, else ./.batchpilot).",
 )
 
 
@@ -36,7 +43,8 @@ def has_store(state_dir: Path) -> bool:
     return (Path(state_dir) / "batchpilot.sqlite3").is_file()
 
 
-def _holds_runs(ctx: click.Context, param: click.Parameter, state_dir: Path) -> Path:
+def _holds_runs(ctx: click.Context, param: click.Parameter, given: Path | None) -> Path:
+    state_dir = _found(ctx, param, given)
     if not has_store(state_dir):
         raise UserInputError(
             f"{state_dir}: no runs here (no store); check --state or BATCHPILOT_STATE, or start "
@@ -48,12 +56,11 @@ def _holds_runs(ctx: click.Context, param: click.Parameter, state_dir: Path) -> 
 known_state_option = click.option(
     "--state",
     "state_dir",
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
     envvar="BATCHPILOT_STATE",
     type=click.Path(file_okay=False, path_type=Path),
     callback=_holds_runs,
-    help="Directory where runs live (env BATCHPILOT_STATE); it must hold a run.",
+    help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
+    "holding runs, here or above); it must hold a run.",
 )
 
 
@@ -223,6 +230,7 @@ def _exit(result: RunResult, job: JobSpec | None, allow_failures: bool) -> None:
 @known_state_option
 @click.option("--detach", is_flag=True, help="Submit what remains, then return.")
 @click.option("--poll-interval", type=Seconds(), help="Seconds between polls of a batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view.")
 @click.option(
     "--allow-failures",
@@ -234,10 +242,12 @@ def resume(
     state_dir: Path,
     detach: bool,
     poll_interval: float | None,
+    as_json: bool,
     quiet: bool,
     allow_failures: bool,
 ) -> None:
-    """Continue a run (the latest one by default) from the store, without its job file."""
+    """Continue a run from the store, without its job file (RUN: an id, its start, or a job's
+    name; the latest run by default)."""
     store = open_store(state_dir)
     record = find_run(store, run_id)
     store.close()
@@ -253,7 +263,7 @@ def resume(
             "--requests FILE` command"
         )
     console = Console(stderr=True)
-    with LiveView(console, quiet) as view:
+    with LiveView(console, quiet or as_json) as view:
         result = run_job(
             job,
             state_dir=state_dir,
@@ -261,5 +271,5 @@ def resume(
             detach=detach,
             poll_interval=poll_interval,
         )
-    _report(result, Console(), False, state_dir)
+    _report(result, Console(), as_json, state_dir)
     _exit(result, job, allow_failures)

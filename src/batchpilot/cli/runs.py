@@ -21,6 +21,7 @@ from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.adopt import find_batch, record_submitted
 from batchpilot.run.api import job_of, run_lock
 from batchpilot.run.cancel import Cancelled, cancel_batches
+from batchpilot.run.lookup import updated_at
 from batchpilot.run.output import export_job
 from batchpilot.run.pipeline import export_pipeline, step_runs
 from batchpilot.run.status import RunStatus, run_status
@@ -56,7 +57,8 @@ def _step_statuses(store: Store, job: JobSpec) -> list[tuple[str, RunStatus]]:
 @known_state_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
-    """Show a run's progress (the latest run by default), from the store alone."""
+    """Show a run's progress (RUN: an id, its start, or a job's name; the latest run by
+    default), from the store alone."""
     store = open_store(state_dir)
     record = find_run(store, run_id)
     current = run_status(store, record.id)
@@ -109,8 +111,10 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
 @click.command()
 @click.argument("run_id", required=False)
 @known_state_option
-def cancel(run_id: str | None, state_dir: Path) -> None:
-    """Cancel a run's batches at the provider. Finished answers are kept; `resume` continues."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cancel(run_id: str | None, state_dir: Path, as_json: bool) -> None:
+    """Cancel a run's batches at the provider (RUN: an id, its start, or a job's name; the
+    latest run by default). Finished answers are kept; `resume` continues."""
     store = open_store(state_dir)
     try:
         record = find_run(store, run_id)
@@ -118,10 +122,22 @@ def cancel(run_id: str | None, state_dir: Path) -> None:
             done = _cancel_run(store, record, state_dir)
     finally:
         store.close()
-    for item in done:
-        click.echo(item.line)
     count = sum(item.outcome == "cancelled" for item in done)
-    click.echo(f"cancelled {count} of {len(done)} live batches of {record.id}")
+    if as_json:
+        batches = [
+            {
+                "id": i.batch.id,
+                "remote_id": i.batch.remote_id,
+                "outcome": i.outcome,
+                "detail": i.detail,
+            }
+            for i in done
+        ]
+        click.echo(json.dumps({"run_id": record.id, "cancelled": count, "batches": batches}))
+    else:
+        for item in done:
+            click.echo(item.line)
+        click.echo(f"cancelled {count} of {len(done)} live batches of {record.id}")
     if any(item.outcome == "failed" for item in done):
         raise ProviderUnavailable(
             "some batches could not be cancelled now; run `batchpilot cancel` again"
@@ -163,6 +179,14 @@ def _cancel_run(store: Store, record: RunRecord, state_dir: Path) -> list[Cancel
     return done
 
 
+_LS_COUNTS = ("total", "done", "finished", "requests", "spent_usd")
+
+
+def _when(utc: str) -> str:
+    """A stored UTC time to the minute, for a table."""
+    return utc.replace("T", " ")[:16]
+
+
 @click.command()
 @state_option
 @click.option(
@@ -176,26 +200,49 @@ def _cancel_run(store: Store, record: RunRecord, state_dir: Path) -> list[Cancel
     help="With --remote and no runs: which provider to list.",
 )
 @click.option("--base-url", help="With --remote: the provider's base URL.")
-def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None) -> None:
-    """List runs, and with --remote the provider's batches."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls(
+    state_dir: Path, remote: bool, provider: str | None, base_url: str | None, as_json: bool
+) -> None:
+    """List runs (newest first, with when each was created and last changed), and with
+    --remote the provider's batches."""
     store = open_store(state_dir) if has_store(state_dir) else None
     runs = store.runs() if store is not None else []
     console = Console() if Console().is_terminal else Console(width=200)
-    table = Table("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
+    columns = ("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
+    table = Table(*columns[:4], "created (UTC)", "updated (UTC)", *columns[4:])
+    listed: list[dict[str, object]] = []
     for record in runs:
         assert store is not None
         current = run_status(store, record.id)
+        updated = updated_at(store, record)
+        listed.append(
+            {
+                "id": record.id,
+                "job": record.job_name,
+                "provider": record.provider,
+                "status": record.status,
+                "created_at_utc": record.created_at_utc,
+                "updated_at_utc": updated,
+                **{k: v for k, v in current.as_json().items() if k in _LS_COUNTS},
+            }
+        )
         table.add_row(
             record.id,
             record.job_name,
             record.provider,
             record.status,
+            _when(record.created_at_utc),
+            _when(updated),
             str(current.total),
             str(current.requests.get("succeeded", 0)),
             str(current.requests.get("failed", 0)),
             f"${current.spent_usd:.4f}",
         )
-    console.print(table if runs else f"no runs in {state_dir}")
+    if as_json and not remote:
+        click.echo(json.dumps({"state": str(state_dir), "runs": listed}, indent=2))
+    elif not as_json:
+        console.print(table if runs else f"no runs in {state_dir}")
     known: dict[str, tuple[str, int]] = {}
     if store is not None:
         known = {
@@ -212,9 +259,21 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
         raise UserInputError("--remote needs a run here, or --provider/--base-url")
     try:
         batches = Table("remote batch", "status", "requests", "run", "local batch")
+        found: list[dict[str, object]] = []
         for batch in client.list_batches():
             owner = known.get(batch.id)
             tag_run = batch.metadata.get("batchpilot_run")
+            found.append(
+                {
+                    "id": batch.id,
+                    "status": batch.status.value,
+                    "done": batch.completed + batch.failed,
+                    "total": batch.total,
+                    "run": owner[0] if owner else tag_run,
+                    "in_this_store": owner is not None,
+                    "local_batch": owner[1] if owner else batch.metadata.get("batchpilot_batch"),
+                }
+            )
             batches.add_row(
                 batch.id,
                 batch.status.value,
@@ -222,7 +281,11 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
                 owner[0] if owner else (f"{tag_run} (not in this store)" if tag_run else "-"),
                 str(owner[1]) if owner else batch.metadata.get("batchpilot_batch", "-"),
             )
-        console.print(batches)
+        if as_json:
+            data = {"state": str(state_dir), "runs": listed, "remote": found}
+            click.echo(json.dumps(data, indent=2))
+        else:
+            console.print(batches)
     finally:
         client.close()
 
@@ -252,6 +315,7 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
     help="Every row of the run as a table, not what the job's output section makes of them "
     "(target mode's first N valid rows, fallbacks, answers written back).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export(
     run_id: str | None,
     state_dir: Path,
@@ -259,9 +323,11 @@ def export(
     fmt: str,
     no_input: bool,
     all_rows: bool,
+    as_json: bool,
 ) -> None:
     """Write a run's results, joined to its input rows, in input order: as the job's output
-    section says, whatever the format."""
+    section says, whatever the format (RUN: an id, its start, or a job's name; the latest run
+    by default)."""
     store = open_store(state_dir)
     try:
         record = find_run(store, run_id)
@@ -287,4 +353,7 @@ def export(
             count = export_job(store, record.id, job, output, format=chosen, include_input=include)
     finally:
         store.close()
-    click.echo(f"wrote {count} rows to {output}")
+    if as_json:
+        click.echo(json.dumps({"run_id": record.id, "rows": count, "output": str(output)}))
+    else:
+        click.echo(f"wrote {count} rows to {output}")

@@ -31,6 +31,7 @@ from batchpilot.providers import Provider, provider_for
 from batchpilot.response_schema import load_response_model, load_response_schema
 from batchpilot.run.defaults import default_poll_interval
 from batchpilot.run.ingest import RetryPolicy
+from batchpilot.run.lookup import resolve_run
 from batchpilot.run.output import export_job, export_rows, export_run, write_job_output
 from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings
@@ -229,16 +230,8 @@ def _plan_into_store(
 
 
 def find_run(store: Store, run_id: str | None) -> RunRecord:
-    """A run by id, or the latest one; a clear error when there is none."""
-    if run_id is not None:
-        run = store.run(run_id)
-        if run is None:
-            raise UserInputError(f"no run '{run_id}' in {store.where}; `batchpilot ls` lists them")
-        return run
-    runs = store.runs()
-    if not runs:
-        raise UserInputError(f"no runs in {store.where} yet; start one with `batchpilot run`")
-    return runs[0]
+    """A run by id, id prefix or job name, or the latest one (see `resolve_run`)."""
+    return resolve_run(store, run_id)
 
 
 def run_lock(state_dir: Path, run_id: str) -> RunLock:
