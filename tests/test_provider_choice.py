@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
 import batchpilot
 from batchpilot import Task, TaskRequest, TaskResult
+from batchpilot.cli import cli
 from batchpilot.errors import TaskError, UserInputError
 from batchpilot.plan import plan_job
 from batchpilot.run import open_store, run_job
@@ -90,3 +93,23 @@ def test_a_local_run_costs_nothing_whatever_model_it_names(tmp_path: Path) -> No
     result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
     assert result.status.finished and result.status.requests["succeeded"] == 3
     assert result.status.input_tokens > 0 and result.status.spent_usd == 0
+
+
+def test_run_says_which_provider_answers_before_it_starts(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text('{"id": "a", "text": "hi"}\n')
+    job = {
+        "name": "said",
+        "provider": {"kind": "local", "responder": "synthetic"},
+        "model": "gpt-4o-mini",
+        "input": {"path": "rows.jsonl", "id_field": "id"},
+        "prompt": {"user": "{{ text }}"},
+        "params": {"max_tokens": 10},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    state = str(tmp_path / "state")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "job.yaml"), "--state", state])
+    assert result.exit_code == 0, result.output
+    said = "said: gpt-4o-mini on the local provider (the synthetic responder, no key, $0)"
+    assert said in result.output
+    shown = CliRunner().invoke(cli, ["status", "--state", state, "--json"])
+    assert json.loads(shown.output)["spent_usd"] == 0

@@ -16,6 +16,7 @@ from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, run_job
 from batchpilot.run.api import job_of, run_requests_file
+from batchpilot.run.defaults import provider_line
 from batchpilot.run.lookup import find_state_dir
 from batchpilot.run.outcome import failed_requests
 from batchpilot.spec import JobSpec, load_job
@@ -175,6 +176,8 @@ def run(
             if kind == "local":
                 raise UserInputError("--requests runs on openai, azure or compatible providers")
             remote = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
+            if not (quiet or as_json):
+                console.print(provider_line(requests_file.name, kind, model))
             try:
                 result = run_requests_file(
                     requests_file,
@@ -203,6 +206,9 @@ def run(
                 deadline=deadline,
             )
             job = load_job(job_file, overrides)
+            if not (quiet or as_json):
+                spec = job.provider
+                console.print(provider_line(job.name, spec.kind, job.model, spec.responder))
             result = run_job(
                 job,
                 state_dir=state_dir,

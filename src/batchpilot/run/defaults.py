@@ -9,7 +9,13 @@ from collections.abc import Mapping
 
 from batchpilot.errors import UserInputError
 
-__all__ = ["LOCAL_MODEL", "POLL_INTERVAL_ENV", "default_poll_interval", "default_provider"]
+__all__ = [
+    "LOCAL_MODEL",
+    "POLL_INTERVAL_ENV",
+    "default_poll_interval",
+    "default_provider",
+    "provider_line",
+]
 
 POLL_INTERVAL_ENV = "BATCHPILOT_POLL_INTERVAL"
 LOCAL_MODEL = "smollm2"
@@ -48,3 +54,12 @@ def default_provider(model: str | None, who: str, environ: Mapping[str, str] | N
         f"{who}: model {model!r} needs a provider, and OPENAI_API_KEY is not set: set it to run "
         "on OpenAI, or name provider='local' to run on the embedded local model at no cost"
     )
+
+
+def provider_line(name: str, kind: str, model: str | None, responder: str = "llama") -> str:
+    """One line saying who answers a run: said before it starts, so that no run goes to a
+    provider its user did not expect."""
+    if kind == "local":
+        who = "the synthetic responder" if responder == "synthetic" else "the embedded model"
+        return f"{name}: {model} on the local provider ({who}, no key, $0)"
+    return f"{name}: {model or 'the model of each line'} on the {kind} provider"
