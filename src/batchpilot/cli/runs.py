@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 from rich.console import Console
@@ -21,7 +21,7 @@ from batchpilot.run import export_run, find_run, open_store
 from batchpilot.run.adopt import find_batch, record_submitted
 from batchpilot.run.api import job_of, run_lock
 from batchpilot.run.cancel import Cancelled, cancel_batches
-from batchpilot.run.lookup import updated_at
+from batchpilot.run.lookup import listing
 from batchpilot.run.output import export_job
 from batchpilot.run.pipeline import export_pipeline, step_runs
 from batchpilot.run.status import RunStatus, run_status
@@ -179,9 +179,6 @@ def _cancel_run(store: Store, record: RunRecord, state_dir: Path) -> list[Cancel
     return done
 
 
-_LS_COUNTS = ("total", "done", "finished", "requests", "spent_usd")
-
-
 def _when(utc: str) -> str:
     """A stored UTC time to the minute, for a table."""
     return utc.replace("T", " ")[:16]
@@ -211,33 +208,19 @@ def ls(
     console = Console() if Console().is_terminal else Console(width=200)
     columns = ("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
     table = Table(*columns[:4], "created (UTC)", "updated (UTC)", *columns[4:])
-    listed: list[dict[str, object]] = []
+    listed: list[dict[str, Any]] = []
     for record in runs:
         assert store is not None
-        current = run_status(store, record.id)
-        updated = updated_at(store, record)
-        listed.append(
-            {
-                "id": record.id,
-                "job": record.job_name,
-                "provider": record.provider,
-                "status": record.status,
-                "created_at_utc": record.created_at_utc,
-                "updated_at_utc": updated,
-                **{k: v for k, v in current.as_json().items() if k in _LS_COUNTS},
-            }
-        )
+        row = listing(store, record)
+        listed.append(row)
         table.add_row(
-            record.id,
-            record.job_name,
-            record.provider,
-            record.status,
-            _when(record.created_at_utc),
-            _when(updated),
-            str(current.total),
-            str(current.requests.get("succeeded", 0)),
-            str(current.requests.get("failed", 0)),
-            f"${current.spent_usd:.4f}",
+            *(str(row[key]) for key in ("id", "job", "provider", "status")),
+            _when(row["created_at_utc"]),
+            _when(row["updated_at_utc"]),
+            str(row["total"]),
+            str(row["requests"].get("succeeded", 0)),
+            str(row["requests"].get("failed", 0)),
+            f"${row['spent_usd']:.4f}",
         )
     if as_json and not remote:
         click.echo(json.dumps({"state": str(state_dir), "runs": listed}, indent=2))

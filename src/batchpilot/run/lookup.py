@@ -4,11 +4,20 @@ state directory, found the way git finds its own."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from batchpilot.errors import UserInputError
+from batchpilot.run.status import run_status
 from batchpilot.store import RunRecord, Store
 
-__all__ = ["STATE_DIR_NAME", "STORE_FILE", "find_state_dir", "resolve_run", "updated_at"]
+__all__ = [
+    "STATE_DIR_NAME",
+    "STORE_FILE",
+    "find_state_dir",
+    "listing",
+    "resolve_run",
+    "updated_at",
+]
 
 STATE_DIR_NAME = ".batchpilot"
 STORE_FILE = "batchpilot.sqlite3"
@@ -63,3 +72,21 @@ def updated_at(store: Store, run: RunRecord) -> str:
     if events:
         return str(events[-1]["at_utc"])
     return run.finished_at_utc or run.created_at_utc
+
+
+def listing(store: Store, run: RunRecord) -> dict[str, Any]:
+    """A run as `batchpilot ls` lists it: who and when, and its requests by state."""
+    status = run_status(store, run.id)
+    return {
+        "id": run.id,
+        "job": run.job_name,
+        "provider": run.provider,
+        "status": run.status,
+        "created_at_utc": run.created_at_utc,
+        "updated_at_utc": updated_at(store, run),
+        "total": status.total,
+        "done": status.done,
+        "finished": status.finished,
+        "requests": status.requests,
+        "spent_usd": status.spent_usd,
+    }
