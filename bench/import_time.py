@@ -1,6 +1,6 @@
 """Benchmark: what starting batchpilot costs, against importing the OpenAI SDK alone.
 
-    python bench/import_time.py [--rounds 7]
+    python bench/import_time.py [--rounds 7] [--no-warm-up]
 
 Each figure is a fresh interpreter (`python -c ...` or `python -m batchpilot ...`), timed as a
 whole process; rounds are interleaved so that a busy machine slows every command alike, and the
@@ -37,9 +37,10 @@ def timed(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-warm-up", action="store_true", help="Skip warming the file cache.")
     args = parser.parse_args()
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for command in COMMANDS.values():  # warm the file cache once
+    for command in COMMANDS.values() if not args.no_warm_up else ():  # warm the file cache
         timed(command)
     for _ in range(args.rounds):
         for name, command in COMMANDS.items():

@@ -176,7 +176,7 @@ async def overhead(base_url: str, count: int, concurrency: int) -> dict[str, flo
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     best = dict.fromkeys(("bare", "post", "lane"), 0.0)
     try:
-        await bare(client, bodies(200, "warm-up"), concurrency, same_call=False)
+        await bare(client, bodies(min(200, count), "warm-up"), concurrency, same_call=False)
         for round_ in range(3):
             for kind in best:
                 items = bodies(count, f"{kind} {round_}")

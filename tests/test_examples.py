@@ -20,19 +20,18 @@ pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def run_example(name: str, tmp_path: Path) -> Path:
+def run_example(name: str, tmp_path: Path, *flags: str) -> Path:
     directory = tmp_path / name
     shutil.copytree(EXAMPLES / name, directory)
-    result = CliRunner().invoke(
-        cli, ["run", str(directory / "job.yaml"), "--state", str(tmp_path / "state"), "--quiet"]
-    )
+    command = ["run", str(directory / "job.yaml"), "--state", str(tmp_path / "state")]
+    result = CliRunner().invoke(cli, [*command, "--quiet", *flags])
     assert result.exit_code == 0, result.output
     return directory
 
 
 @pytest.mark.llama
 def test_character_deaths(tmp_path: Path) -> None:
-    directory = run_example("character_deaths", tmp_path)
+    directory = run_example("character_deaths", tmp_path, "--allow-failures")
     rows = [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == sorted(p.name for p in (directory / "plots").iterdir())
     for row in rows:
@@ -53,7 +52,7 @@ def test_tweet_masking(tmp_path: Path) -> None:
 
 @pytest.mark.llama
 def test_demo(tmp_path: Path) -> None:
-    directory = run_example("demo", tmp_path)
+    directory = run_example("demo", tmp_path, "--allow-failures")
     rows = [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["m1", "m2", "m3", "m4", "m5"]
 

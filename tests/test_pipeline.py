@@ -258,7 +258,8 @@ def test_export_and_resume_from_the_cli_see_the_whole_pipeline(
     ]
 
     resumed = CliRunner().invoke(cli, ["resume", "--state", str(state), "--quiet"])
-    assert resumed.exit_code == 0, resumed.output
+    assert resumed.exit_code == 7, resumed.output  # the row whose caption is rejected
+    assert "1 of 16 requests" in resumed.output and "rejected: 1" in resumed.output
     assert "16/16 done" in resumed.output, "6 captions, then 5 of each Q&A step"
     assert executed(server) == sent
 

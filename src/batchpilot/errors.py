@@ -10,7 +10,8 @@
     ├── StateError                  the local store is inconsistent or locked by another process
     │   └── IllegalTransition       a state change not allowed by the state machine
     ├── BudgetExceeded              spending more would pass the hard budget
-    └── MissingDependency           an optional part (extra, model file) is not installed
+    ├── MissingDependency           an optional part (extra, model file) is not installed
+    └── RequestsFailed              a run ended with requests that failed for good
 
 SDK exceptions never travel past the provider edge; they are translated into these.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",
+    "RequestsFailed",
     "StateError",
     "TaskError",
     "UserInputError",
@@ -86,3 +88,10 @@ class MissingDependency(BatchpilotError):
     """An optional component is not installed."""
 
     exit_code = 6
+
+
+class RequestsFailed(BatchpilotError):
+    """A run ended, but some of its requests failed for good (the command line's verdict on a
+    finished run; the Python API reports failures in the run's status instead)."""
+
+    exit_code = 7

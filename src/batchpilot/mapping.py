@@ -19,6 +19,7 @@ from batchpilot.export import ExportRow, export_rows
 from batchpilot.providers.schema import strict_json_schema
 from batchpilot.response_schema import strict_schema_problems
 from batchpilot.run.api import run_job
+from batchpilot.run.defaults import LOCAL_MODEL, default_provider
 from batchpilot.run.workspace import DEFAULT_STATE_DIR, store_at
 from batchpilot.spec import job_from_dict
 
@@ -57,8 +58,8 @@ def map(
     prompt: str,
     system: str | None = None,
     schema: Mapping[str, Any] | type[BaseModel] | None = None,
-    model: str = "smollm2",
-    provider: str = "local",
+    model: str = LOCAL_MODEL,
+    provider: str | None = None,
     base_url: str | None = None,
     strategy: str = "batch",
     params: Mapping[str, Any] | None = None,
@@ -77,7 +78,10 @@ def map(
     invalid one); otherwise it is the answer's text. An item that finally fails gets
     `fallback(item)` if given, else None. Running the same call again reuses the answers.
     Ctrl-C stops the run and raises KeyboardInterrupt; calling map again continues it.
+    Without a `provider`, the local model's own model runs on it, another model on OpenAI
+    (with OPENAI_API_KEY set; without it, an error rather than the local model).
     """
+    provider = provider or default_provider(model, "map")
     records = [{"text": item} if isinstance(item, str) else dict(item) for item in items]
     state = Path(state_dir)
     job: dict[str, Any] = {

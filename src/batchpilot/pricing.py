@@ -13,7 +13,7 @@ import difflib
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from batchpilot.errors import ConfigError, UserInputError
 
-__all__ = ["Price", "PriceTable", "TierLimits", "tier_limits", "usage_cost"]
+__all__ = ["Price", "PriceTable", "TierLimits", "prices_for", "tier_limits", "usage_cost"]
 
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 _Schema = TypeVar("_Schema", bound=BaseModel)
@@ -300,12 +300,22 @@ class PriceTable:
     def has(self, model: str) -> bool:
         return self._resolve(model) is not None
 
+    def at_no_cost(self) -> PriceTable:
+        """This table for a provider that charges nothing (the local one): every model, known
+        or not, costs $0; the known models' context windows and maximum outputs still bound
+        their requests."""
+        return _NoCost(self.version, self.updated, self._prices, self._aliases)
+
+    def close_to(self, model: str) -> list[str]:
+        """Models of the table whose names are close to `model` (a misspelling's candidates)."""
+        known = [*self._prices, *self._aliases]
+        return difflib.get_close_matches(_DATE_SUFFIX.sub("", model), known, n=3, cutoff=0.6)
+
     def price(self, model: str) -> Price:
         name = self._resolve(model)
         if name is not None:
             return self._prices[name]
-        known = [*self._prices, *self._aliases]
-        close = difflib.get_close_matches(_DATE_SUFFIX.sub("", model), known, n=3, cutoff=0.6)
+        close = self.close_to(model)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UserInputError(
             f"no price for model {model!r} in the price table "
@@ -337,6 +347,34 @@ class PriceTable:
         uncached = input_tokens - cached_tokens
         output = output_tokens * (rate_out or 0.0)
         return (uncached * rate_in + cached_tokens * rate_cached + output) / 1e6
+
+
+class _NoCost(PriceTable):
+    def has(self, model: str) -> bool:
+        return True
+
+    def price(self, model: str) -> Price:
+        name = self._resolve(model)
+        known = self._prices[name] if name is not None else None
+        zero = Price(model, 0.0, 0.0, 0.0, 0.0, 0.0, "no charge on this machine", "", "verified")
+        if known is None:
+            return zero
+        output = None if known.output is None else 0.0
+        return replace(
+            zero,
+            model=known.model,
+            output=output,
+            batch_output=output,
+            context_window=known.context_window,
+            max_output_tokens=known.max_output_tokens,
+        )
+
+
+def prices_for(kind: str, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PriceTable:
+    """The price table for a run on a provider of `kind` with a job's `prices:`: the packaged
+    table, at no cost for the local provider (the local model and the synthetic responder)."""
+    table = PriceTable.load(overrides=overrides)
+    return table.at_no_cost() if kind == "local" else table
 
 
 def usage_cost(

@@ -13,27 +13,39 @@ from batchpilot.cli.live import LiveView, status_table
 from batchpilot.cli.options import Seconds, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
+from batchpilot.providers import openai_provider
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, run_job
 from batchpilot.run import resume as resume_run
 from batchpilot.run.api import run_requests_file
+from batchpilot.run.defaults import provider_line
+from batchpilot.run.identity import job_of
+from batchpilot.run.lookup import find_state_dir
+from batchpilot.run.outcome import failed_requests
 from batchpilot.run.progress import last_stop
-from batchpilot.run.workspace import has_store
-from batchpilot.spec import load_job
+from batchpilot.run.workspace import find_run, has_store, store_at
+from batchpilot.spec import JobSpec, load_job
 
 __all__ = ["known_state_option", "resume", "run", "state_option"]
+
+
+def _found(ctx: click.Context, param: click.Parameter, state_dir: Path | None) -> Path:
+    """The state directory given, else the nearest one here or above, else ./.batchpilot."""
+    return state_dir or find_state_dir() or Path(DEFAULT_STATE_DIR)
+
 
 state_option = click.option(
     "--state",
     "state_dir",
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
     envvar="BATCHPILOT_STATE",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Directory where runs live (env BATCHPILOT_STATE).",
+    callback=_found,
+    help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
+    "holding runs, here or above, else ./.batchpilot).",
 )
 
 
-def _holds_runs(ctx: click.Context, param: click.Parameter, state_dir: Path) -> Path:
+def _holds_runs(ctx: click.Context, param: click.Parameter, given: Path | None) -> Path:
+    state_dir = _found(ctx, param, given)
     if not has_store(state_dir):
         raise UserInputError(
             f"{state_dir}: no runs here (no store); check --state or BATCHPILOT_STATE, or start "
@@ -45,12 +57,11 @@ def _holds_runs(ctx: click.Context, param: click.Parameter, state_dir: Path) -> 
 known_state_option = click.option(
     "--state",
     "state_dir",
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
     envvar="BATCHPILOT_STATE",
     type=click.Path(file_okay=False, path_type=Path),
     callback=_holds_runs,
-    help="Directory where runs live (env BATCHPILOT_STATE); it must hold a run.",
+    help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
+    "holding runs, here or above); it must hold a run.",
 )
 
 
@@ -119,6 +130,11 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view.")
+@click.option(
+    "--allow-failures",
+    is_flag=True,
+    help="Exit 0 when the run ends with failed requests (else exit code 7).",
+)
 def run(
     job_file: Path | None,
     state_dir: Path,
@@ -137,25 +153,37 @@ def run(
     poll_interval: float | None,
     as_json: bool,
     quiet: bool,
+    allow_failures: bool,
 ) -> None:
     """Run JOB_FILE to the finish: plan, submit within the queue and money budgets, poll,
     collect, retry, and export. Run it again after any crash: it continues, never paying twice."""
     console = Console(stderr=True)
     if (job_file is None) == (requests_file is None):
         raise UserInputError("give a job file, or --requests FILE (one of the two)")
+    job = None
     with LiveView(console, quiet or as_json) as view:
         if requests_file is not None:
-            result = run_requests_file(
-                requests_file,
-                state_dir=state_dir,
-                kind=provider or "openai",
-                budget=budget,
-                on_progress=view.update,
-                detach=detach,
-                poll_interval=poll_interval,
-                model=model,
-                base_url=base_url,
-            )
+            kind = provider or "openai"
+            if kind == "local":
+                raise UserInputError("--requests runs on openai, azure or compatible providers")
+            remote = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
+            if not (quiet or as_json):
+                console.print(provider_line(requests_file.name, kind, model))
+            try:
+                result = run_requests_file(
+                    requests_file,
+                    provider=remote,
+                    state_dir=state_dir,
+                    kind=kind,
+                    budget=budget,
+                    on_progress=view.update,
+                    detach=detach,
+                    poll_interval=poll_interval,
+                    model=model,
+                    base_url=base_url,
+                )
+            finally:
+                remote.close()
         else:
             assert job_file is not None
             overrides = job_overrides(
@@ -169,6 +197,9 @@ def run(
                 deadline=deadline,
             )
             job = load_job(job_file, overrides)
+            if not (quiet or as_json):
+                spec = job.provider
+                console.print(provider_line(job.name, spec.kind, job.model, spec.responder))
             result = run_job(
                 job,
                 state_dir=state_dir,
@@ -179,8 +210,16 @@ def run(
                 fresh=fresh,
             )
     _report(result, Console(), as_json, state_dir)
+    _exit(result, job, allow_failures)
+
+
+def _exit(result: RunResult, job: JobSpec | None, allow_failures: bool) -> None:
+    """Exit 130 for a run stopped by Ctrl-C, 7 for one that ended with failed requests."""
     if result.status.status == "stopped":
         sys.exit(130)
+    failed = failed_requests(result.status, job)
+    if failed is not None and not allow_failures:
+        raise failed
 
 
 @click.command()
@@ -188,13 +227,26 @@ def run(
 @known_state_option
 @click.option("--detach", is_flag=True, help="Submit what remains, then return.")
 @click.option("--poll-interval", type=Seconds(), help="Seconds between polls of a batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view.")
+@click.option(
+    "--allow-failures",
+    is_flag=True,
+    help="Exit 0 when the run ends with failed requests (else exit code 7).",
+)
 def resume(
-    run_id: str | None, state_dir: Path, detach: bool, poll_interval: float | None, quiet: bool
+    run_id: str | None,
+    state_dir: Path,
+    detach: bool,
+    poll_interval: float | None,
+    as_json: bool,
+    quiet: bool,
+    allow_failures: bool,
 ) -> None:
-    """Continue a run (the latest one by default) from the store, without its job file."""
+    """Continue a run from the store, without its job file (RUN: an id, its start, or a job's
+    name; the latest run by default)."""
     console = Console(stderr=True)
-    with LiveView(console, quiet) as view:
+    with LiveView(console, quiet or as_json) as view:
         result = resume_run(
             state_dir,
             run_id,
@@ -202,6 +254,7 @@ def resume(
             detach=detach,
             poll_interval=poll_interval,
         )
-    _report(result, Console(), False, state_dir)
-    if result.status.status == "stopped":
-        sys.exit(130)
+    with store_at(state_dir) as store:
+        job = job_of(find_run(store, result.run_id))
+    _report(result, Console(), as_json, state_dir)
+    _exit(result, job, allow_failures)

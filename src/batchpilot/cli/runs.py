@@ -26,7 +26,8 @@ __all__ = ["cancel", "export", "ls", "status"]
 @known_state_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
-    """Show a run's progress (the latest run by default), from the store alone."""
+    """Show a run's progress (RUN: an id, its start, or a job's name; the latest run by
+    default), from the store alone."""
     detail = status_of(state_dir, run_id, detail=True)
     if as_json:
         click.echo(json.dumps(detail.as_json(), indent=2))
@@ -58,18 +59,38 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
 @click.command()
 @click.argument("run_id", required=False)
 @known_state_option
-def cancel(run_id: str | None, state_dir: Path) -> None:
-    """Cancel a run's batches at the provider. Finished answers are kept; `resume` continues."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cancel(run_id: str | None, state_dir: Path, as_json: bool) -> None:
+    """Cancel a run's batches at the provider (RUN: an id, its start, or a job's name; the
+    latest run by default). Finished answers are kept; `resume` continues."""
     report = cancel_run(state_dir, run_id)
-    for item in report.batches:
-        click.echo(item.line)
-    click.echo(
-        f"cancelled {report.cancelled} of {len(report.batches)} live batches of {report.run_id}"
-    )
+    if as_json:
+        batches = [
+            {
+                "id": i.batch.id,
+                "remote_id": i.batch.remote_id,
+                "outcome": i.outcome,
+                "detail": i.detail,
+            }
+            for i in report.batches
+        ]
+        data = {"run_id": report.run_id, "cancelled": report.cancelled, "batches": batches}
+        click.echo(json.dumps(data))
+    else:
+        for item in report.batches:
+            click.echo(item.line)
+        click.echo(
+            f"cancelled {report.cancelled} of {len(report.batches)} live batches of {report.run_id}"
+        )
     if report.failed:
         raise ProviderUnavailable(
             "some batches could not be cancelled now; run `batchpilot cancel` again"
         )
+
+
+def _when(utc: str) -> str:
+    """A stored UTC time to the minute, for a table."""
+    return utc.replace("T", " ")[:16]
 
 
 @click.command()
@@ -85,11 +106,16 @@ def cancel(run_id: str | None, state_dir: Path) -> None:
     help="With --remote and no runs: which provider to list.",
 )
 @click.option("--base-url", help="With --remote: the provider's base URL.")
-def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None) -> None:
-    """List runs, and with --remote the provider's batches."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls(
+    state_dir: Path, remote: bool, provider: str | None, base_url: str | None, as_json: bool
+) -> None:
+    """List runs (newest first, with when each was created and last changed), and with
+    --remote the provider's batches."""
     runs = list_runs(state_dir)
     console = Console() if Console().is_terminal else Console(width=200)
-    table = Table("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
+    columns = ("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
+    table = Table(*columns[:4], "created (UTC)", "updated (UTC)", *columns[4:])
     for listed in runs:
         record, current = listed.record, listed.status
         table.add_row(
@@ -97,18 +123,30 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
             record.job_name,
             record.provider,
             record.status,
+            _when(record.created_at_utc),
+            _when(listed.updated_at_utc),
             str(current.total),
             str(current.requests.get("succeeded", 0)),
             str(current.requests.get("failed", 0)),
             usd(current.spent_usd),
         )
-    console.print(table if runs else f"no runs in {state_dir}")
+    listed_json = [listed.as_json() for listed in runs]
+    if as_json and not remote:
+        click.echo(json.dumps({"state": str(state_dir), "runs": listed_json}, indent=2))
+    elif not as_json:
+        console.print(table if runs else f"no runs in {state_dir}")
     if not remote:
         return
     if not (base_url or provider or runs):
         raise UserInputError("--remote needs a run here, or --provider/--base-url")
+    found = list_remote(state_dir, kind=provider, base_url=base_url)
+    if as_json:
+        remote_json = [batch.as_json() for batch in found]
+        data = {"state": str(state_dir), "runs": listed_json, "remote": remote_json}
+        click.echo(json.dumps(data, indent=2))
+        return
     batches = Table("remote batch", "status", "requests", "run", "local batch")
-    for batch in list_remote(state_dir, kind=provider, base_url=base_url):
+    for batch in found:
         shown = (
             batch.run if batch.known or batch.run is None else f"{batch.run} (not in this store)"
         )
@@ -147,6 +185,7 @@ def ls(state_dir: Path, remote: bool, provider: str | None, base_url: str | None
     help="Every row of the run as a table, not what the job's output section makes of them "
     "(target mode's first N valid rows, fallbacks, answers written back).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export(
     run_id: str | None,
     state_dir: Path,
@@ -154,9 +193,11 @@ def export(
     fmt: str,
     no_input: bool,
     all_rows: bool,
+    as_json: bool,
 ) -> None:
     """Write a run's results, joined to its input rows, in input order: as the job's output
-    section says, whatever the format."""
+    section says, whatever the format (RUN: an id, its start, or a job's name; the latest run
+    by default)."""
     if all_rows and output is None:
         raise UserInputError(
             "--all-rows needs -o FILE: the job's output.path holds the job's output"
@@ -169,4 +210,7 @@ def export(
         include_input=not no_input,
         all_rows=all_rows,
     )
-    click.echo(f"wrote {done.rows} rows to {done.path}")
+    if as_json:
+        click.echo(json.dumps({"run_id": done.run_id, "rows": done.rows, "output": str(done.path)}))
+    else:
+        click.echo(f"wrote {done.rows} rows to {done.path}")

@@ -14,7 +14,7 @@ from batchpilot.plan.sample import mean_output_tokens
 from batchpilot.plan.sources import job_items, requests_file_items
 from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
 from batchpilot.plan.waves import first_wave
-from batchpilot.pricing import PriceTable, tier_limits
+from batchpilot.pricing import PriceTable, prices_for, tier_limits
 from batchpilot.render import RequestRenderer
 from batchpilot.spec import JobSpec, LimitsSpec
 from batchpilot.spec.steps import step_job
@@ -98,7 +98,7 @@ def plan_job(
             )
         return result
     renderer = RequestRenderer(job)
-    prices = PriceTable.load(overrides=job.prices or None)
+    prices = prices_for(job.provider.kind, job.prices or None)
     expected = job.estimate.output_tokens
     if job.estimate.sample is not None:
         expected = mean_output_tokens(job.resolve(job.estimate.sample))
@@ -167,7 +167,7 @@ def plan_requests_file(
         limits or LimitsSpec(),
         local=local,
         tier=tier,
-        prices=PriceTable.load(),
+        prices=prices_for("local" if local else "openai"),
         budget_usd=budget_usd,
     )
     planner = Planner(settings)

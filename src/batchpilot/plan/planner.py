@@ -348,18 +348,22 @@ class Planner:
             )
         prices = self.settings.prices
         if prices is not None and not prices.has(model):
+            close = prices.close_to(model)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            guess = hint[:1].upper() + hint[1:]
             if self.settings.budget_usd is not None:
                 findings.error(
                     "unknown_price",
-                    f"no price for model '{model}', so a budget cannot be kept. Add one under "
+                    f"no price for model '{model}', so a budget cannot be kept; {hint}"
+                    "Otherwise add one under "
                     f"`prices:` in the job file: prices: {{{model}: {{input: ..., output: ...}}}} "
                     "(USD per 1M tokens)",
                 )
             else:
                 findings.warning(
                     "unknown_price",
-                    f"no price for model '{model}'; costs are not shown. Add one under "
-                    "`prices:` in the job file",
+                    f"no price for model '{model}'; costs are not shown. {guess}"
+                    "Add one under `prices:` in the job file",
                 )
         settings = self.settings
         if (

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
 from batchpilot.plan import plan_requests_file
-from batchpilot.pricing import PriceTable
+from batchpilot.pricing import prices_for
 from batchpilot.providers import Provider, openai_provider
 from batchpilot.run.identity import job_of, requests_identity
 from batchpilot.run.one import RunResult, open_runner, run_one
@@ -131,7 +131,7 @@ def run_requests_file(
             local=kind == "local",
             tier=1,
             budget=budget,
-            prices=PriceTable.load(),
+            prices=prices_for(kind),
             poll_interval=poll_interval,
             detach=detach,
             cancel_on_exit=False,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batchpilot.errors import UserInputError
 from batchpilot.providers import Provider, openai_provider
 from batchpilot.run.control import provider_of
+from batchpilot.run.lookup import updated_at
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.run.workspace import has_store, store_at
 from batchpilot.store import RunRecord
@@ -21,6 +23,23 @@ class ListedRun:
 
     record: RunRecord
     status: RunStatus
+    updated_at_utc: str
+
+    def as_json(self) -> dict[str, Any]:
+        run, status = self.record, self.status
+        return {
+            "id": run.id,
+            "job": run.job_name,
+            "provider": run.provider,
+            "status": run.status,
+            "created_at_utc": run.created_at_utc,
+            "updated_at_utc": self.updated_at_utc,
+            "total": status.total,
+            "done": status.done,
+            "finished": status.finished,
+            "requests": status.requests,
+            "spent_usd": status.spent_usd,
+        }
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,17 @@ class RemoteBatch:
     local_batch: str | None
     known: bool
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "done": self.ended,
+            "total": self.total,
+            "run": self.run,
+            "in_this_store": self.known,
+            "local_batch": self.local_batch,
+        }
+
 
 def list_runs(state_dir: Path) -> list[ListedRun]:
     """Every run of `state_dir`, the latest first; none (and no store created) when it holds
@@ -43,7 +73,10 @@ def list_runs(state_dir: Path) -> list[ListedRun]:
     if not has_store(state_dir):
         return []
     with store_at(state_dir) as store:
-        return [ListedRun(record, run_status(store, record.id)) for record in store.runs()]
+        return [
+            ListedRun(record, run_status(store, record.id), updated_at(store, record))
+            for record in store.runs()
+        ]
 
 
 def list_remote(

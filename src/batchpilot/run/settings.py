@@ -9,7 +9,8 @@ from datetime import datetime
 
 from batchpilot.lanes.ratelimit import RateLimits
 from batchpilot.plan.job import queue_capacity
-from batchpilot.pricing import PriceTable, tier_limits
+from batchpilot.pricing import PriceTable, prices_for, tier_limits
+from batchpilot.run.defaults import default_poll_interval
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.spec import JobSpec, LimitsSpec
 from batchpilot.spec.model import parse_deadline
@@ -73,7 +74,9 @@ def limit_settings(
         budget_usd=budget,
         prices=prices,
         retry=RetryPolicy(limits.max_attempts),
-        poll_interval_s=poll_interval if poll_interval is not None else (0.2 if local else 5.0),
+        poll_interval_s=poll_interval
+        if poll_interval is not None
+        else default_poll_interval(local),
         detach=detach,
         cancel_on_exit=cancel_on_exit,
     )
@@ -96,7 +99,7 @@ def run_settings(
         local=local,
         tier=job.provider.tier,
         budget=job.budget.max_usd,
-        prices=prices or PriceTable.load(overrides=job.prices or None),
+        prices=prices or prices_for(job.provider.kind, job.prices or None),
         poll_interval=poll_interval,
         detach=detach,
         cancel_on_exit=cancel_on_exit,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from batchpilot.errors import UserInputError
+from batchpilot.run.lookup import resolve_run
 from batchpilot.store import RunLock, RunRecord, SQLiteStore, Store
 
 __all__ = [
@@ -54,13 +54,5 @@ def run_files(state_dir: Path, run_id: str) -> Path:
 
 
 def find_run(store: Store, run_id: str | None) -> RunRecord:
-    """A run by id, or the latest one; a clear error when there is none."""
-    if run_id is not None:
-        run = store.run(run_id)
-        if run is None:
-            raise UserInputError(f"no run '{run_id}' in {store.where}; `batchpilot ls` lists them")
-        return run
-    runs = store.runs()
-    if not runs:
-        raise UserInputError(f"no runs in {store.where} yet; start one with `batchpilot run`")
-    return runs[0]
+    """A run by id, id prefix or job name, or the latest one (see `resolve_run`)."""
+    return resolve_run(store, run_id)

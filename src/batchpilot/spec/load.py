@@ -26,6 +26,7 @@ ENVIRONMENT: dict[str, str] = {
     "provider.kind": "BATCHPILOT_PROVIDER",
     "provider.base_url": "BATCHPILOT_BASE_URL",
     "provider.tier": "BATCHPILOT_TIER",
+    "provider.responder": "BATCHPILOT_RESPONDER",
     "input.path": "BATCHPILOT_INPUT",
     "output.path": "BATCHPILOT_OUTPUT",
     "budget.max_usd": "BATCHPILOT_BUDGET_USD",

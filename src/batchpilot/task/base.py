@@ -20,6 +20,7 @@ task's keys, and each round appends the keys it has not seen to the same run.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from batchpilot.task.delivery import Delivery, dump_state
 from batchpilot.task.records import TaskReport, TaskRequest, TaskResult
 from batchpilot.task.rounds import ENDPOINT, plan_round
 from batchpilot.task.setup import TaskOptions, TaskSetup, task_setup
+
+_log = logging.getLogger("batchpilot")
 
 __all__ = ["Task"]
 
@@ -159,6 +162,9 @@ class Task:
 
     def _run(self, store: Store, setup: TaskSetup) -> TaskReport:
         saved = self._open(store, setup)
+        where = f"runs on the {setup.job.provider.kind} provider, model {setup.job.model}"
+        _log.info("task %s %s", setup.name, where)
+        store.event(setup.run_id, "provider", where)
         self.state = json.loads(saved.state_json)
         delivery = Delivery(
             store, setup.run_id, self, setup.name, setup.defaults.schemas, saved.state_json
@@ -202,6 +208,7 @@ class Task:
             rounds=rounds,
             delivered=delivery.count,
             finished=finished,
+            provider=setup.job.provider.kind,
         )
 
     def _round(self, store: Store, setup: TaskSetup, delivery: Delivery) -> RunStatus:

@@ -116,3 +116,5 @@ class TaskReport:
     rounds: int
     delivered: int
     finished: bool
+    provider: str = ""
+    """Which provider kind ran the task (local, openai, azure, compatible)."""

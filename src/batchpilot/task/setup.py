@@ -13,12 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from batchpilot.errors import ConfigError, TaskError
+from batchpilot.errors import ConfigError, TaskError, UserInputError
 from batchpilot.plan.job import settings_for
 from batchpilot.plan.planner import PlanSettings
-from batchpilot.pricing import PriceTable
+from batchpilot.pricing import prices_for
 from batchpilot.providers import Capabilities, Provider, kinds
 from batchpilot.providers.registry import kind as registered
+from batchpilot.run.defaults import LOCAL_MODEL, default_provider
 from batchpilot.run.identity import run_id_for
 from batchpilot.run.status import RunStatus
 from batchpilot.spec import JobSpec, job_from_dict
@@ -70,11 +71,11 @@ def task_setup(
     options: TaskOptions,
 ) -> TaskSetup:
     """Check everything a task was given; nothing is sent or stored yet."""
-    kind, base_url, capabilities = provider_kind(name, options)
+    kind, base_url, capabilities = provider_kind(name, options, model)
     problem = capabilities.check(options.strategy, kind)
     if problem is not None:
         raise TaskError(f"task {name}: {problem}")
-    model = model or ("smollm2" if kind == "local" else None)
+    model = model or (LOCAL_MODEL if kind == "local" else None)
     if model is None:
         raise TaskError(f'task {name}: set model (e.g. model = "gpt-4o-mini") on the class')
     data: dict[str, Any] = {
@@ -119,7 +120,7 @@ def task_setup(
         job.limits,
         local=kind == "local",
         tier=options.tier,
-        prices=PriceTable.load(),
+        prices=prices_for(kind),
         max_output_tokens=job.max_output_tokens,
     )
     return TaskSetup(
@@ -132,12 +133,17 @@ def task_setup(
     )
 
 
-def provider_kind(name: str, options: TaskOptions) -> tuple[str, str | None, Capabilities]:
-    """(kind, base URL, capabilities) of the provider: as given, else OpenAI with a key, else
-    local."""
+def provider_kind(
+    name: str, options: TaskOptions, model: str | None = None
+) -> tuple[str, str | None, Capabilities]:
+    """(kind, base URL, capabilities) of the provider: as given, else as `default_provider`
+    chooses."""
     given = options.provider
     if given is None:
-        given = "openai" if os.environ.get("OPENAI_API_KEY") else "local"
+        try:
+            given = default_provider(model, f"task {name}")
+        except UserInputError as exc:
+            raise TaskError(str(exc)) from None
     known = kinds()
     if isinstance(given, str):
         if given not in known:
