@@ -176,7 +176,7 @@ def test_ctrl_c_leaves_batches_running_and_says_how_to_resume(
     process = start_run(job, state)
     wait_for_submission(state)
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
+    output, _ = process.communicate(timeout=120)
     assert process.returncode == 130
     assert b"batchpilot resume" in output
     assert b"stopped; 1 submitted batch keeps running remotely" in output, output
@@ -192,7 +192,7 @@ def test_second_ctrl_c_cancels_remote_batches(
     process = start_run(job, state, "--cancel-on-exit")
     wait_for_submission(state)
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
+    output, _ = process.communicate(timeout=120)
     statuses = {b.status for b in client_for(server).batches.list()}
     assert statuses <= {"cancelling", "cancelled"}
     assert process.returncode == 130
@@ -212,7 +212,7 @@ def test_ctrl_c_after_real_time_answers_mentions_no_remote_batches(
         assert time.monotonic() < deadline, "the real-time lane answered nothing"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
+    output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output
     assert b"batchpilot resume" in output
     assert b"stopped; nothing is left running remotely" in output, output
@@ -225,7 +225,7 @@ def test_ctrl_c_after_real_time_answers_mentions_no_remote_batches(
         assert time.monotonic() < deadline + 30, "the resumed run answered nothing"
         time.sleep(0.05)
     resumed.send_signal(signal.SIGINT)
-    output, _ = resumed.communicate(timeout=30)
+    output, _ = resumed.communicate(timeout=120)
     assert resumed.returncode == 130, output
     assert b"stopped; nothing is left running remotely" in output, output
 
@@ -254,7 +254,7 @@ def test_ctrl_c_stops_the_real_time_lane_at_once_with_nothing_in_flight(
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     started = time.monotonic()
-    output, _ = process.communicate(timeout=30)
+    output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output
     assert time.monotonic() - started < 10, "the lane's wait for its rate limit held Ctrl-C"
     store = open_store(state)

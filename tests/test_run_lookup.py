@@ -16,7 +16,7 @@ from batchpilot.errors import UserInputError
 from batchpilot.run import open_store
 from batchpilot.run.lookup import find_state_dir, resolve_run
 from batchpilot.server import LocalServer
-from batchpilot.store import RunRecord
+from batchpilot.store import RunKind, RunRecord
 
 
 def make_runs(state: Path, *runs: tuple[str, str, str]) -> None:
@@ -26,7 +26,17 @@ def make_runs(state: Path, *runs: tuple[str, str, str]) -> None:
             spec = json.dumps({"requests": "batch.jsonl"})
             endpoint = "/v1/chat/completions"
             store.create_run(
-                RunRecord(run_id, job, spec, "openai", endpoint, "done", None, created)
+                RunRecord(
+                    run_id,
+                    job,
+                    spec,
+                    "openai",
+                    endpoint,
+                    "done",
+                    None,
+                    created,
+                    kind=RunKind.REQUESTS,
+                )
             )
     finally:
         store.close()
