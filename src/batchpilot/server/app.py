@@ -40,9 +40,9 @@ __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
 
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+BATCH_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
 # Azure OpenAI names the same endpoints without the version prefix.
-AZURE_ENDPOINTS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
+AZURE_ENDPOINTS = {e.removeprefix("/v1"): e for e in BATCH_ENDPOINTS}
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 MAX_CLOCK_STEP_S = 100 * 365 * 86_400
 
@@ -232,7 +232,7 @@ class ServerApp:
             tokens = self.count_tokens(body, endpoint)
         except Exception:
             tokens = 0
-        for key in ("max_completion_tokens", "max_tokens"):
+        for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
             value = body.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 return _error(
@@ -242,7 +242,15 @@ class ServerApp:
                     code="invalid_type",
                     param=key,
                 )
-        reserve = tokens + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+        limit = next(
+            (
+                body[k]
+                for k in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+                if body.get(k)
+            ),
+            0,
+        )
+        reserve = tokens + int(limit)
         decision = self.limiter(_owner(request)).check(model, reserve, self.clock.now())
         headers = dict(decision.headers)
         if not decision.allowed:
@@ -266,10 +274,12 @@ class ServerApp:
             await asyncio.sleep(self.config.realtime_latency_s)
         if getattr(self.responder, "blocking", True):
             status, response = await run_in_threadpool(
-                execute, self.responder, endpoint, body, content_fault
+                execute, self.responder, endpoint, body, content_fault, self.clock.now()
             )
         else:
-            status, response = execute(self.responder, endpoint, body, content_fault)
+            status, response = execute(
+                self.responder, endpoint, body, content_fault, self.clock.now()
+            )
         usage = usage_of(response) if 200 <= status < 300 else (0, 0, 0)
         self.state.add_ledger(
             [(custom_id, None, endpoint, model, digest, status, self.clock.now(), usage)],
@@ -283,6 +293,9 @@ class ServerApp:
 
     async def embeddings(self, request: Request) -> Response:
         return await self.realtime(request, "/v1/embeddings")
+
+    async def responses(self, request: Request) -> Response:
+        return await self.realtime(request, "/v1/responses")
 
     async def models(self, request: Request) -> Response:
         names = sorted(self.config.accepted_models() or {"local"})
@@ -419,6 +432,7 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/v1/batches/{batch_id}/cancel", server.cancel_batch, "POST"),
         route("/v1/chat/completions", server.chat, "POST"),
         route("/v1/embeddings", server.embeddings, "POST"),
+        route("/v1/responses", server.responses, "POST"),
         route("/v1/models", server.models, "GET"),
         route("/_batchpilot/ledger", server.ledger, "GET"),
         route("/_batchpilot/health", server.health, "GET"),

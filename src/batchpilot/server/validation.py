@@ -13,7 +13,11 @@ from batchpilot.server.state import LineRow
 __all__ = ["ValidationResult", "validate_input_file"]
 
 MAX_ERRORS = 1000
-AZURE_URLS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
+AZURE_URLS = {
+    "/chat/completions": "/v1/chat/completions",
+    "/embeddings": "/v1/embeddings",
+    "/responses": "/v1/responses",
+}
 
 
 @dataclass
@@ -31,7 +35,7 @@ class ValidationResult:
 def _required_body_field(endpoint: str) -> tuple[str, str] | None:
     if endpoint == "/v1/chat/completions":
         return "messages", "Messages parameter is required."
-    if endpoint == "/v1/embeddings":
+    if endpoint in ("/v1/embeddings", "/v1/responses"):
         return "input", "Input parameter is required."
     return None
 
