@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -30,6 +29,7 @@ from batchpilot.server.objects import batch_object, new_batch_id
 from batchpilot.server.ratelimit import RateLimiter
 from batchpilot.server.responders.base import Responder
 from batchpilot.server.state import ServerState, dumps
+from batchpilot.server.streaming import chat_events, response_events
 from batchpilot.server.web import error_response as _error
 from batchpilot.server.web import int_param as _int_param
 from batchpilot.server.web import owner_of as _owner
@@ -45,6 +45,8 @@ BATCH_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
 AZURE_ENDPOINTS = {e.removeprefix("/v1"): e for e in BATCH_ENDPOINTS}
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 MAX_CLOCK_STEP_S = 100 * 365 * 86_400
+# When the models were made: a fixed date, so that a model object never changes.
+MODEL_CREATED = 1_686_935_002
 
 
 class ServerApp:
@@ -134,6 +136,9 @@ class ServerApp:
         problem = _check_metadata(metadata)
         if problem is not None:
             return problem
+        expires_after = _output_expires_after(body.get("output_expires_after"))
+        if isinstance(expires_after, Response):
+            return expires_after
         now = self.clock.now()
         batch_id = new_batch_id()
         self.state.insert_batch(
@@ -147,6 +152,7 @@ class ServerApp:
                 "created_at": now,
                 "expires_at": now + self.config.completion_window_s,
                 "owner": _owner(request),
+                "output_expires_after_s": expires_after,
             }
         )
         row = self.state.get_batch(batch_id)
@@ -221,13 +227,11 @@ class ServerApp:
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
-        if body.get("stream"):
-            return _error(
-                400,
-                "Streaming is not supported by the local server.",
-                param="stream",
-                code="unsupported_value",
-            )
+        streamed, stream = body, bool(body.get("stream"))
+        if stream and endpoint == "/v1/embeddings":
+            return _error(400, "Unrecognized request argument supplied: stream", param="stream")
+        if stream:
+            body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         try:
             tokens = self.count_tokens(body, endpoint)
         except Exception:
@@ -285,7 +289,11 @@ class ServerApp:
             [(custom_id, None, endpoint, model, digest, status, self.clock.now(), usage)],
             _owner(request),
         )
-        headers["x-request-id"] = "req_" + digest[:32]
+        if stream and status == 200:
+            events = chat_events if endpoint == "/v1/chat/completions" else response_events
+            return StreamingResponse(
+                events(response, streamed), media_type="text/event-stream", headers=headers
+            )
         return JSONResponse(response, status, headers=headers)
 
     async def chat(self, request: Request) -> Response:
@@ -299,16 +307,19 @@ class ServerApp:
 
     async def models(self, request: Request) -> Response:
         names = sorted(self.config.accepted_models() or {"local"})
-        created = int(time.time())
-        return JSONResponse(
-            _page(
-                [
-                    {"id": n, "object": "model", "created": created, "owned_by": "batchpilot"}
-                    for n in names
-                ],
-                False,
+        return JSONResponse(_page([_model_object(n) for n in names], False))
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        accepted = self.config.accepted_models()
+        if accepted is not None and name not in accepted:
+            return _error(
+                404,
+                f"The model '{name}' does not exist",
+                param="model",
+                code="model_not_found",
             )
-        )
+        return JSONResponse(_model_object(name))
 
     # admin ----------------------------------------------------------------------------------
 
@@ -352,6 +363,10 @@ class ServerApp:
         return JSONResponse({"virtual_time": now})
 
 
+def _model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": MODEL_CREATED, "owned_by": "batchpilot"}
+
+
 async def _json_body(request: Request, config: ServerConfig) -> dict[str, Any] | Response:
     raw = await request.body()
     try:
@@ -369,6 +384,55 @@ async def _json_body(request: Request, config: ServerConfig) -> dict[str, Any] |
     except BodyProblem as problem:
         return _error(400, problem.message, code=problem.code, param=problem.param)
     return body
+
+
+def _output_expires_after(value: Any) -> int | Response | None:
+    """The seconds of a batch's `output_expires_after` ({"anchor": "created_at", "seconds": N}
+    with N from 3600 to 2592000), None without one, or the API's error."""
+    if value is None:
+        return None
+    param = "output_expires_after"
+    if not isinstance(value, dict):
+        return _error(
+            400,
+            f"Invalid type for '{param}': expected an object, but got "
+            f"{json_type_name(value)} instead.",
+            code="invalid_type",
+            param=param,
+        )
+    for key in ("anchor", "seconds"):
+        if key not in value:
+            return _error(
+                400,
+                f"Missing required parameter: '{param}.{key}'.",
+                code="missing_required_parameter",
+                param=f"{param}.{key}",
+            )
+    if value["anchor"] != "created_at":
+        return _error(
+            400,
+            f"Invalid value: '{value['anchor']}'. Supported values are: 'created_at'.",
+            code="invalid_value",
+            param=f"{param}.anchor",
+        )
+    seconds = value["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        return _error(
+            400,
+            f"Invalid type for '{param}.seconds': expected an integer, but got "
+            f"{json_type_name(seconds)} instead.",
+            code="invalid_type",
+            param=f"{param}.seconds",
+        )
+    if not 3600 <= seconds <= 2_592_000:
+        return _error(
+            400,
+            f"Invalid '{param}.seconds': expected a value from 3600 to 2592000, but got "
+            f"{seconds} instead.",
+            code="invalid_value",
+            param=f"{param}.seconds",
+        )
+    return seconds
 
 
 def _check_metadata(metadata: Any) -> Response | None:
@@ -434,6 +498,7 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/v1/embeddings", server.embeddings, "POST"),
         route("/v1/responses", server.responses, "POST"),
         route("/v1/models", server.models, "GET"),
+        route("/v1/models/{model:path}", server.model, "GET"),
         route("/_batchpilot/ledger", server.ledger, "GET"),
         route("/_batchpilot/health", server.health, "GET"),
         route("/_batchpilot/clock/advance", server.advance_clock, "POST"),

@@ -444,7 +444,7 @@ class BatchEngine:
                     "batch_output",
                     path.stat().st_size,
                     created,
-                    None,
+                    created + seconds if (seconds := row["output_expires_after_s"]) else None,
                     owner=row["owner"],
                 )
                 values[f"{kind}_file_id"] = file_id
