@@ -48,7 +48,7 @@ def test_real_time_response_with_a_schema(local_server: LocalServer) -> None:
     jsonschema.validate(json.loads(text or ""), SCHEMA)
     usage = body["usage"]
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
-    assert usage["input_tokens_details"] == {"cached_tokens": 0}
+    assert usage["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
     assert usage["output_tokens_details"] == {"reasoning_tokens": 0}
     assert raw.parse().output_text == text
     assert int(before) <= body["created_at"] <= local_server.admin.now()

@@ -177,6 +177,17 @@ def chat_body_of(body: JSON) -> JSON:
     return chat
 
 
+def _tool_echo(tool: JSON) -> JSON:
+    """A function tool as a response lists it: every field present, `strict` true by default."""
+    return {
+        "type": "function",
+        "name": tool.get("name"),
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict", True),
+    }
+
+
 def _item_id(prefix: str, seed: str, index: int) -> str:
     return prefix + hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:40]
 
@@ -206,7 +217,7 @@ def _usage_of(usage: Any) -> JSON:
     reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + completion,
@@ -278,7 +289,7 @@ def response_of(answer: JSON, body: JSON, created_at: float) -> JSON:
         "temperature": body.get("temperature", 1.0),
         "text": {"format": (text or {}).get("format") or {"type": "text"}},
         "tool_choice": body.get("tool_choice", "auto"),
-        "tools": body.get("tools") or [],
+        "tools": [_tool_echo(tool) for tool in body.get("tools") or []],
         "top_logprobs": body.get("top_logprobs", 0),
         "top_p": body.get("top_p", 1.0),
         "truncation": "disabled",
