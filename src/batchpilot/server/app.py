@@ -40,11 +40,18 @@ __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
 
-BATCH_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
+BATCH_ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+)
 # Azure OpenAI names the same endpoints without the version prefix.
 AZURE_ENDPOINTS = {e.removeprefix("/v1"): e for e in BATCH_ENDPOINTS}
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 MAX_CLOCK_STEP_S = 100 * 365 * 86_400
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 # When the models were made: a fixed date, so that a model object never changes.
 MODEL_CREATED = 1_686_935_002
 
@@ -212,6 +219,8 @@ class ServerApp:
         body = await _json_body(request, self.config)
         if isinstance(body, Response):
             return body
+        if endpoint == "/v1/moderations" and body.get("model") is None:
+            body = {**body, "model": DEFAULT_MODERATION_MODEL}
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _error(
@@ -228,7 +237,7 @@ class ServerApp:
                 code="model_not_found",
             )
         streamed, stream = body, bool(body.get("stream"))
-        if stream and endpoint == "/v1/embeddings":
+        if stream and endpoint not in ("/v1/chat/completions", "/v1/responses"):
             return _error(400, "Unrecognized request argument supplied: stream", param="stream")
         if stream:
             body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
@@ -304,6 +313,12 @@ class ServerApp:
 
     async def responses(self, request: Request) -> Response:
         return await self.realtime(request, "/v1/responses")
+
+    async def completions(self, request: Request) -> Response:
+        return await self.realtime(request, "/v1/completions")
+
+    async def moderations(self, request: Request) -> Response:
+        return await self.realtime(request, "/v1/moderations")
 
     async def models(self, request: Request) -> Response:
         names = sorted(self.config.accepted_models() or {"local"})
@@ -497,6 +512,8 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/v1/chat/completions", server.chat, "POST"),
         route("/v1/embeddings", server.embeddings, "POST"),
         route("/v1/responses", server.responses, "POST"),
+        route("/v1/completions", server.completions, "POST"),
+        route("/v1/moderations", server.moderations, "POST"),
         route("/v1/models", server.models, "GET"),
         route("/v1/models/{model:path}", server.model, "GET"),
         route("/_batchpilot/ledger", server.ledger, "GET"),

@@ -38,6 +38,11 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "text-embedding-3-small",
         "text-embedding-3-large",
         "text-embedding-ada-002",
+        "gpt-3.5-turbo-instruct",
+        "davinci-002",
+        "babbage-002",
+        "omni-moderation-latest",
+        "text-moderation-latest",
         "local",
         "smollm2",
     }

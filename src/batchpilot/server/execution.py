@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from batchpilot.server.faults import CONTENT_KINDS, Fault
+from batchpilot.server.more_endpoints import complete, moderate
 from batchpilot.server.objects import error_body
 from batchpilot.server.responders.base import Responder, ResponderError
 from batchpilot.server.responses_api import chat_body_of, response_of
@@ -103,6 +104,13 @@ def execute(
             return 200, response
         if endpoint == "/v1/embeddings":
             return 200, responder.embed(body)
+        if endpoint == "/v1/completions":
+            response = complete(responder, body)
+            if now is not None:
+                response["created"] = int(now)
+            return 200, response
+        if endpoint == "/v1/moderations":
+            return 200, moderate(responder, body)
     except ResponderError as exc:
         return exc.status_code, exc.envelope()
     except Exception:
