@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -204,3 +205,44 @@ def test_responses_stream_through_the_sdk(local_server: LocalServer) -> None:
     assert deltas == whole.output_text
     with client.responses.stream(model="gpt-4o-mini", input="Say hello to everyone here") as stream:
         assert stream.get_final_response().output_text == whole.output_text
+
+
+@pytest.mark.llama
+def test_llama_calls_tools_streams_and_answers_logprobs(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = local_server_factory(responder="llama", validation_delay_s=0, finalizing_delay_s=0)
+    client = client_for(server)
+    ask: dict[str, Any] = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "max_tokens": 8,
+    }
+    parameters = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": parameters}}
+    answer = client.chat.completions.create(
+        **{**ask, "max_tokens": 40},
+        tools=[tool, TIME],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        temperature=0,
+    )
+    assert answer.choices[0].finish_reason == "tool_calls"
+    call = (answer.choices[0].message.tool_calls or [])[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), parameters)
+
+    probed = client.chat.completions.create(**ask, logprobs=True, top_logprobs=2)
+    entries = probed.choices[0].logprobs.content if probed.choices[0].logprobs else None
+    assert entries and all(len(entry.top_logprobs) == 2 for entry in entries)
+    text = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(**ask, stream=True, temperature=0)
+        if chunk.choices
+    )
+    whole = client.chat.completions.create(**ask, temperature=0)
+    assert text == whole.choices[0].message.content

@@ -1,6 +1,7 @@
-"""Parts of a synthetic chat answer beyond its text: tool calls for the request's `tools` and
-token log probabilities for `logprobs` / `top_logprobs`, both in the API's shape and both
-derived from a seed so that the same request always gets the same answer."""
+"""Parts of a chat answer beyond its text, in the API's shape: the synthetic responder's tool
+calls for the request's `tools` and token log probabilities for `logprobs` / `top_logprobs`
+(derived from a seed, so that the same request always gets the same answer), and tool calls a
+model makes through a constrained answer when `tool_choice` demands one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from batchpilot.server.responders.base import ResponderError
 from batchpilot.server.schema_instance import instance_for_schema
 from batchpilot.tokens import encoding_name_for_model, get_encoding
 
-__all__ = ["logprobs_for", "requested_logprobs", "tool_calls_for"]
+__all__ = [
+    "forced_tool_schema",
+    "logprobs_for",
+    "requested_logprobs",
+    "tool_call_answer",
+    "tool_calls_for",
+]
 
 JSON = dict[str, Any]
 
@@ -147,3 +154,55 @@ def logprobs_for(content: str, model: str, top: int, seed: str) -> JSON:
         entry["top_logprobs"] = alternatives[:top]
         entries.append(entry)
     return {"content": entries, "refusal": None}
+
+
+def forced_tool_schema(body: JSON) -> JSON | None:
+    """For a model that cannot call tools itself: when `tool_choice` demands a call
+    (`required`, or a named function), a JSON schema of `{"name", "arguments"}` covering the
+    allowed functions, to constrain the answer with; None when no call is demanded."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not tools or not (choice == "required" or isinstance(choice, dict)):
+        return None
+    functions = _functions(tools)
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        functions = [f for f in functions if f["name"] == name]
+        if not functions:
+            raise ResponderError(
+                f"Invalid value for 'tool_choice': no function named {name!r} in 'tools'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": f["name"]},
+                "arguments": f.get("parameters") or _EMPTY_PARAMETERS,
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for f in functions
+    ]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def tool_call_answer(answer: JSON) -> None:
+    """Turn each choice whose text is a `{"name", "arguments"}` object (an answer constrained
+    by `forced_tool_schema`) into a tool call, in place; a cut-off text is left as it is."""
+    for choice in answer.get("choices") or []:
+        message = choice.get("message") or {}
+        try:
+            call = json.loads(message.get("content") or "")
+        except ValueError:
+            continue
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            continue
+        seed = f"{answer.get('id')}:{choice.get('index', 0)}"
+        call_id = "call_" + hashlib.sha256(seed.encode()).hexdigest()[:24]
+        arguments = json.dumps(call.get("arguments") or {})
+        function = {"name": call["name"], "arguments": arguments}
+        message["tool_calls"] = [{"id": call_id, "type": "function", "function": function}]
+        message["content"] = None
+        choice["finish_reason"] = "tool_calls"
