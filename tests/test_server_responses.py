@@ -11,6 +11,7 @@ import pytest
 
 from batchpilot.answers import answer_of, response_content
 from batchpilot.server import LocalServer
+from batchpilot.server.faults import FaultPlan
 from batchpilot.validate import AnswerCheck
 
 from helpers import by_custom_id, client_for, read_jsonl, submit, wait_for
@@ -147,3 +148,30 @@ def test_llama_answers_responses_with_a_schema(
     assert response.status == "completed"
     jsonschema.validate(json.loads(response_content(response.model_dump())[0] or ""), SCHEMA)
     assert response.usage is not None and response.usage.output_tokens > 0
+
+
+def test_content_faults_reach_responses_in_their_shape(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    faults = FaultPlan.model_validate(
+        {
+            "seed": 1,
+            "faults": [
+                {"kind": "refusal", "match": {"custom_id": "r0"}},
+                {"kind": "length", "match": {"custom_id": "r1"}},
+                {"kind": "schema_violation", "match": {"custom_id": "r2"}},
+            ],
+        }
+    )
+    server = local_server_factory(faults=faults)
+    client = client_for(server)
+    lines = [responses_line(f"r{i}", text=FORMAT) for i in range(4)]
+    batch = wait_for(client, submit(client, lines, endpoint="/v1/responses").id)
+    out = by_custom_id(read_jsonl(client, batch.output_file_id))
+    verdicts = {key: AnswerCheck(SCHEMA)(line["response"]["body"]) for key, line in out.items()}
+    assert (verdicts["r0"] or "").startswith("refused: ")
+    assert out["r0"]["response"]["body"]["output"][0]["content"][0]["type"] == "refusal"
+    assert (verdicts["r1"] or "").startswith("truncated: ")
+    assert out["r1"]["response"]["body"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert (verdicts["r2"] or "").startswith("schema: ")
+    assert verdicts["r3"] is None
