@@ -1,4 +1,5 @@
-"""The HTTP face of the local server: OpenAI Files, Batches, Chat Completions and Embeddings."""
+"""The HTTP face of the local server: OpenAI Files, Batches, Responses, Chat Completions,
+Embeddings, Completions, Moderations and Models."""
 
 from __future__ import annotations
 
