@@ -1,8 +1,10 @@
-"""The other endpoints the Batch API accepts, legacy completions and moderations, in real time
-and in batches, through the official SDK."""
+"""The other endpoints the Batch API accepts, legacy completions, moderations and image
+generations, in real time and in batches, through the official SDK."""
 
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +41,17 @@ def test_moderations_in_real_time(local_server: LocalServer) -> None:
     check("CreateModerationResponse", result.model_dump(exclude_none=False, by_alias=True))
 
 
+def test_image_generations_in_real_time(local_server: LocalServer) -> None:
+    result = client_for(local_server).images.generate(
+        model="gpt-image-1", prompt="a red kite", size="1536x1024", n=2, quality="low"
+    )
+    assert result.data is not None and len(result.data) == 2
+    png = base64.b64decode(result.data[0].b64_json or "")
+    assert png.startswith(b"\x89PNG") and struct.unpack(">II", png[16:24]) == (1536, 1024)
+    assert result.usage is not None and result.usage.output_tokens == 2 * 408
+    check("ImagesResponse", result.model_dump(exclude_none=True))
+
+
 @pytest.mark.parametrize(
     ("endpoint", "body", "schema"),
     [
@@ -51,6 +64,11 @@ def test_moderations_in_real_time(local_server: LocalServer) -> None:
             "/v1/moderations",
             {"model": "omni-moderation-latest", "input": "hello"},
             "CreateModerationResponse",
+        ),
+        (
+            "/v1/images/generations",
+            {"model": "gpt-image-1", "prompt": "a red kite", "size": "1024x1536"},
+            "ImagesResponse",
         ),
     ],
 )

@@ -1,5 +1,5 @@
 """The HTTP face of the local server: OpenAI Files, Batches, Responses, Chat Completions,
-Embeddings, Completions, Moderations and Models."""
+Embeddings, Completions, Moderations, Image generations and Models."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ BATCH_ENDPOINTS = (
     "/v1/embeddings",
     "/v1/completions",
     "/v1/moderations",
+    "/v1/images/generations",
 )
 # Azure OpenAI names the same endpoints without the version prefix.
 AZURE_ENDPOINTS = {e.removeprefix("/v1"): e for e in BATCH_ENDPOINTS}
@@ -321,6 +322,9 @@ class ServerApp:
     async def moderations(self, request: Request) -> Response:
         return await self.realtime(request, "/v1/moderations")
 
+    async def images(self, request: Request) -> Response:
+        return await self.realtime(request, "/v1/images/generations")
+
     async def models(self, request: Request) -> Response:
         names = sorted(self.config.accepted_models() or {"local"})
         return JSONResponse(_page([_model_object(n) for n in names], False))
@@ -515,6 +519,7 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/v1/responses", server.responses, "POST"),
         route("/v1/completions", server.completions, "POST"),
         route("/v1/moderations", server.moderations, "POST"),
+        route("/v1/images/generations", server.images, "POST"),
         route("/v1/models", server.models, "GET"),
         route("/v1/models/{model:path}", server.model, "GET"),
         route("/_batchpilot/ledger", server.ledger, "GET"),

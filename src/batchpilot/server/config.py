@@ -43,6 +43,9 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "babbage-002",
         "omni-moderation-latest",
         "text-moderation-latest",
+        "gpt-image-1",
+        "dall-e-3",
+        "dall-e-2",
         "local",
         "smollm2",
     }

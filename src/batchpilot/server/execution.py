@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from batchpilot.server.faults import CONTENT_KINDS, Fault
-from batchpilot.server.more_endpoints import complete, moderate
+from batchpilot.server.more_endpoints import complete, generate_images, moderate
 from batchpilot.server.objects import error_body
 from batchpilot.server.responders.base import Responder, ResponderError
 from batchpilot.server.responses_api import chat_body_of, response_of
@@ -111,6 +111,10 @@ def execute(
             return 200, response
         if endpoint == "/v1/moderations":
             return 200, moderate(responder, body)
+        if endpoint == "/v1/images/generations":
+            response = generate_images(body)
+            response["created"] = int(now) if now is not None else 0
+            return 200, response
     except ResponderError as exc:
         return exc.status_code, exc.envelope()
     except Exception:

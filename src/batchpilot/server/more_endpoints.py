@@ -1,16 +1,19 @@
 """The other endpoints the Batch API accepts: legacy completions (answered through the
-responder's chat) and moderations (scored deterministically, or by the upstream when the
-responder can moderate), in the API's answer shapes."""
+responder's chat), moderations (scored deterministically, or by the upstream when the
+responder can moderate) and image generations (plain PNGs), in the API's answer shapes."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
+import zlib
 from typing import Any
 
 from batchpilot.server.responders.base import Responder, ResponderError
 from batchpilot.tokens import count_text
 
-__all__ = ["complete", "count_tokens", "moderate"]
+__all__ = ["complete", "count_tokens", "generate_images", "moderate"]
 
 JSON = dict[str, Any]
 
@@ -86,7 +89,7 @@ def _inputs(body: JSON) -> list[str]:
 def count_tokens(body: JSON, endpoint: str) -> int:
     """Input tokens of a completions or moderations body."""
     model = str(body.get("model") or "gpt-4o-mini")
-    texts = _prompts(body) if endpoint == "/v1/completions" else _inputs(body)
+    texts = _inputs(body) if endpoint == "/v1/moderations" else _prompts(body)
     return sum(count_text(text, model) for text in texts)
 
 
@@ -165,3 +168,69 @@ def moderate(responder: Responder, body: JSON) -> JSON:
         )
     digest = hashlib.sha256(("\0".join(texts) + model).encode()).hexdigest()
     return {"id": "modr-" + digest[:32], "model": model, "results": results}
+
+
+_IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024", "256x256", "512x512", "1792x1024")
+# gpt-image-1's output tokens per image, by quality, for square and for oblong sizes.
+_IMAGE_TOKENS = {"low": (272, 408), "medium": (1056, 1584), "high": (4160, 6240)}
+
+
+def _png(width: int, height: int, colour: bytes) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress((b"\x00" + colour * width) * height, 9)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def generate_images(body: JSON) -> JSON:
+    """An images answer for a `/v1/images/generations` body: `n` plain PNGs of the asked
+    `size`, one colour each from the prompt, as `b64_json`; `usage` for the gpt-image models."""
+    prompts = _prompts(body)
+    if len(prompts) != 1:
+        raise ResponderError(
+            "Invalid 'prompt': expected a string.", param="prompt", code="invalid_type"
+        )
+    size = body.get("size") or "1024x1024"
+    if size == "auto":
+        size = "1024x1024"
+    if size not in _IMAGE_SIZES:
+        supported = ", ".join(f"'{s}'" for s in _IMAGE_SIZES)
+        raise ResponderError(
+            f"Invalid value: '{size}'. Supported values are: {supported} and 'auto'.",
+            param="size",
+            code="invalid_value",
+        )
+    n = body.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10:
+        raise ResponderError(
+            "Invalid 'n': expected an integer from 1 to 10.", param="n", code="invalid_value"
+        )
+    width, height = (int(part) for part in size.split("x"))
+    data: list[JSON] = []
+    for index in range(n):
+        colour = hashlib.sha256(f"{prompts[0]}\0{index}".encode()).digest()[:3]
+        data.append({"b64_json": base64.b64encode(_png(width, height, colour)).decode("ascii")})
+    answer: JSON = {"created": 0, "data": data}
+    model = str(body.get("model") or "dall-e-2")
+    if model.startswith("gpt-image"):
+        quality = body.get("quality") if body.get("quality") in _IMAGE_TOKENS else "medium"
+        per_image = _IMAGE_TOKENS[str(quality)][0 if width == height else 1]
+        prompt_tokens = count_text(prompts[0], "gpt-4o")
+        answer.update(
+            background="opaque",
+            output_format="png",
+            quality=quality,
+            size=size,
+            usage={
+                "input_tokens": prompt_tokens,
+                "input_tokens_details": {"text_tokens": prompt_tokens, "image_tokens": 0},
+                "output_tokens": per_image * n,
+                "total_tokens": prompt_tokens + per_image * n,
+            },
+        )
+    return answer

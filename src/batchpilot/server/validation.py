@@ -21,6 +21,7 @@ AZURE_URLS = {
         "/v1/responses",
         "/v1/completions",
         "/v1/moderations",
+        "/v1/images/generations",
     )
 }
 
@@ -42,7 +43,7 @@ def _required_body_field(endpoint: str) -> tuple[str, str] | None:
         return "messages", "Messages parameter is required."
     if endpoint in ("/v1/embeddings", "/v1/responses", "/v1/moderations"):
         return "input", "Input parameter is required."
-    if endpoint == "/v1/completions":
+    if endpoint in ("/v1/completions", "/v1/images/generations"):
         return "prompt", "Prompt parameter is required."
     return None
 
