@@ -11,7 +11,7 @@ import pytest
 
 from batchpilot.server import LocalServer
 
-from helpers import client_for, jsonl, upload
+from helpers import chat_line, client_for, jsonl, upload, wait_for
 
 
 def test_upload_retrieve_content_delete(local_server: LocalServer) -> None:
@@ -118,3 +118,26 @@ def test_api_key_is_required_when_configured(
     assert "sk-local-secret" not in str(info.value.body)
     assert list(client_for(server, api_key="sk-local-secret").files.list()) == []
     assert httpx.get(server.base_url.removesuffix("/v1") + "/_batchpilot/ledger").status_code == 401
+
+
+def test_any_upload_name_is_accepted_for_jsonl_content(local_server: LocalServer) -> None:
+    client = client_for(local_server)
+    created = client.files.create(file=jsonl([chat_line("a", "q")]), purpose="batch")
+    assert created.filename == "upload"
+    batch = wait_for(
+        client,
+        client.batches.create(
+            input_file_id=created.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id,
+    )
+    assert batch.status == "completed"
+
+
+@pytest.mark.parametrize("content", [b"a,b\n1,2\n", b"\x00\x01{", b"\xff\xfe{}"])
+def test_batch_uploads_that_are_not_jsonl_are_refused(
+    local_server: LocalServer, content: bytes
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client_for(local_server).files.create(file=("in.jsonl", content), purpose="batch")
+    assert info.value.code == "invalid_file_format"
+    assert ".jsonl" in info.value.message

@@ -25,17 +25,17 @@ def test_storage_is_limited_per_key(local_server_factory: Callable[..., LocalSer
     server = local_server_factory(max_storage_bytes=1000, **KEYS)
     alice = client_for(server, api_key="sk-alice")
     bob = client_for(server, api_key="sk-bob")
-    first = alice.files.create(file=("a.jsonl", io.BytesIO(b"a" * 600)), purpose="batch")
+    first = alice.files.create(file=("a.jsonl", io.BytesIO(b"{" + b"a" * 599)), purpose="batch")
 
     with pytest.raises(openai.BadRequestError) as info:
-        alice.files.create(file=("b.jsonl", io.BytesIO(b"b" * 600)), purpose="batch")
+        alice.files.create(file=("b.jsonl", io.BytesIO(b"{" + b"b" * 599)), purpose="batch")
     assert info.value.code == "storage_limit_exceeded"
     assert "1000 bytes" in info.value.message
     assert stored_files(server) == [first.id]
 
-    bob.files.create(file=("c.jsonl", io.BytesIO(b"c" * 600)), purpose="batch")
+    bob.files.create(file=("c.jsonl", io.BytesIO(b"{" + b"c" * 599)), purpose="batch")
     alice.files.delete(first.id)
-    alice.files.create(file=("d.jsonl", io.BytesIO(b"d" * 600)), purpose="batch")
+    alice.files.create(file=("d.jsonl", io.BytesIO(b"{" + b"d" * 599)), purpose="batch")
 
 
 def multipart_chunks(boundary: str, size: int) -> Iterator[bytes]:
@@ -45,7 +45,8 @@ def multipart_chunks(boundary: str, size: int) -> Iterator[bytes]:
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
-    for _ in range(size // 1000):
+    yield b"{" + b"x" * 999
+    for _ in range(size // 1000 - 1):
         yield b"x" * 1000
     yield f"\r\n--{boundary}--\r\n".encode()
 
@@ -78,7 +79,7 @@ def test_a_streamed_upload_within_the_limits_is_stored(
     assert response.status_code == 200, response.text
     file_id = response.json()["id"]
     assert response.json()["bytes"] == 200_000
-    assert client_for(server).files.content(file_id).read() == b"x" * 200_000
+    assert client_for(server).files.content(file_id).read() == b"{" + b"x" * 199_999
 
 
 def test_an_upload_refused_for_its_fields_leaves_nothing(local_server: LocalServer) -> None:

@@ -3,7 +3,8 @@
 One documented relaxation: the real API sends unset optional fields (a batch's `failed_at`, a
 file's `status_details`) as null where the description marks them optional but not nullable, and
 the server does the same; so optional properties may be null. Required fields and all types are
-checked as the description says.
+checked as the description says. `nullable: true` (OpenAPI 3.0's spelling, which JSON Schema
+does not know) is read as "or null".
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def _nullable_optionals(node: Any) -> Any:
         for name, prop in properties.items():
             if name not in required:
                 properties[name] = {"anyOf": [prop, {"type": "null"}]}
+    if node.get("nullable") is True:  # OpenAPI 3.0's way of saying "or null"
+        del node["nullable"]
+        return {"anyOf": [node, {"type": "null"}]}
     return node
 
 
@@ -112,3 +116,96 @@ def test_upload_with_sdk_shapes(local_server: LocalServer) -> None:
         file=("x.jsonl", io.BytesIO(b"{}")), purpose="batch"
     )
     check("OpenAIFile", created.model_dump(exclude_none=False))
+
+
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+MOVIE_FORMAT = {
+    "type": "json_schema",
+    "name": "movie",
+    "strict": True,
+    "schema": {
+        "type": "object",
+        "properties": {"title": {"type": "string"}},
+        "required": ["title"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"text": {"format": MOVIE_FORMAT}},
+        {"max_output_tokens": 1},
+        {"instructions": "Be brief.", "top_logprobs": 2},
+        {"tools": [{"type": "function", **WEATHER_TOOL}], "tool_choice": "required"},
+    ],
+)
+def test_responses(api: httpx.Client, extra: dict[str, Any]) -> None:
+    body = {"model": "gpt-4o-mini", "input": "Name a film, please.", **extra}
+    check("Response", api.post("/responses", json=body).json())
+
+
+def test_chat_with_tools_and_logprobs(api: httpx.Client) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    check(
+        "CreateChatCompletionResponse",
+        api.post("/chat/completions", json={**body, "logprobs": True, "top_logprobs": 2}).json(),
+    )
+    tools = [{"type": "function", "function": WEATHER_TOOL}]
+    answer = api.post("/chat/completions", json={**body, "tools": tools, "tool_choice": "required"})
+    check("CreateChatCompletionResponse", answer.json())
+
+
+def test_models(api: httpx.Client) -> None:
+    check("ListModelsResponse", api.get("/models").json())
+    check("Model", api.get("/models/gpt-4o-mini").json())
+    check("ErrorResponse", api.get("/models/no-such-model").json())
+
+
+def server_sent_data(response: httpx.Response) -> list[Any]:
+    data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert data
+    return [json.loads(item) for item in data if item != "[DONE]"]
+
+
+def test_streamed_chunks_and_events(api: httpx.Client) -> None:
+    chat = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello to everyone"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logprobs": True,
+    }
+    chunks = server_sent_data(api.post("/chat/completions", json=chat))
+    for chunk in chunks:
+        check("CreateChatCompletionStreamResponse", chunk)
+    for extra in ({}, {"tools": [{"type": "function", **WEATHER_TOOL}], "tool_choice": "required"}):
+        body = {"model": "gpt-4o-mini", "input": "Name a film.", "stream": True, **extra}
+        events = server_sent_data(api.post("/responses", json=body))
+        for event in events:
+            check("ResponseStreamEvent", event)
+
+
+def test_batch_output_lines_for_responses(local_server: LocalServer) -> None:
+    client = client_for(local_server)
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/responses",
+        "body": {"model": "gpt-4o-mini", "input": "q", "text": {"format": MOVIE_FORMAT}},
+    }
+    batch = wait_for(client, submit(client, [line], endpoint="/v1/responses").id)
+    check("Batch", batch.model_dump(exclude_none=False))
+    output = json.loads(client.files.content(batch.output_file_id or "").text.splitlines()[0])
+    check("Response", output["response"]["body"])
+    check("OpenAIFile", client.files.retrieve(batch.output_file_id or "").model_dump())

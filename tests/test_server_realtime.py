@@ -68,12 +68,13 @@ def test_embeddings_through_the_sdk(local_server: LocalServer) -> None:
     assert struct.unpack("<f", decoded[:4])[0] == pytest.approx(vector[0], rel=1e-5)
 
 
-def test_unknown_model_and_streaming_are_rejected(local_server: LocalServer) -> None:
+def test_unknown_model_and_streamed_embeddings_are_rejected(local_server: LocalServer) -> None:
     client = client_for(local_server)
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="gpt-nonexistent", messages=ASK["messages"])  # type: ignore[arg-type]
     assert info.value.code == "model_not_found"
-    response = httpx.post(f"{local_server.base_url}/chat/completions", json={**ASK, "stream": True})
+    embed = {"model": "text-embedding-3-small", "input": "a", "stream": True}
+    response = httpx.post(f"{local_server.base_url}/embeddings", json=embed)
     assert response.status_code == 400
     assert (
         httpx.post(f"{local_server.base_url}/chat/completions", content=b"{oops").status_code == 400

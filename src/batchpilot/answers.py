@@ -1,30 +1,86 @@
 """Reading an answer out of a response body: its text or embedding, and its JSON when the
-text is a structured answer."""
+text is a structured answer.
+
+Chat completions carry the answer in `choices[0].message`; the Responses API in `output[]`
+items of type `message`, whose `content[]` parts are `output_text` (the text) or `refusal`.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["parsed_answer", "response_content"]
+__all__ = ["Answer", "answer_of", "parsed_answer", "response_content"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a chat or responses body says: its text, a refusal, and whether it was cut short
+    (`truncated`: the token limit) or filtered (`filtered`: a content filter)."""
+
+    text: str | None = None
+    refusal: str | None = None
+    truncated: bool = False
+    filtered: bool = False
+
+
+def answer_of(response: dict[str, Any] | None) -> Answer | None:
+    """The answer of a chat completion or a response; None for bodies that carry no message
+    (embeddings, moderations, errors)."""
+    if not isinstance(response, dict):
+        return None
+    choices = response.get("choices")
+    if isinstance(choices, list) and choices:
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        message = choice.get("message") or {}
+        finish = choice.get("finish_reason")
+        content = message.get("content")
+        if content is None and isinstance(choice.get("text"), str):
+            content = choice["text"]  # legacy completions
+        return Answer(
+            text=content if isinstance(content, str) else None,
+            refusal=message.get("refusal") or None,
+            truncated=finish == "length",
+            filtered=finish == "content_filter",
+        )
+    output = response.get("output")
+    if response.get("object") == "response" or isinstance(output, list):
+        texts: list[str] = []
+        refusals: list[str] = []
+        for item in output if isinstance(output, list) else []:
+            if not isinstance(item, dict) or item.get("type") != "message":
+                continue
+            for part in item.get("content") or []:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                    refusals.append(part["refusal"])
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        return Answer(
+            text="".join(texts) if texts else None,
+            refusal="".join(refusals) or None,
+            truncated=reason == "max_output_tokens",
+            filtered=reason == "content_filter",
+        )
+    return None
 
 
 def response_content(
     response: dict[str, Any] | None,
 ) -> tuple[str | None, list[float] | None]:
-    """The answer's text (chat, responses) or embedding found in a response body."""
+    """The answer's text (chat, responses, completions) or embedding found in a response body."""
     if not response:
         return None, None
-    choices = response.get("choices")
-    if isinstance(choices, list) and choices:
-        message = choices[0].get("message") or {}
-        return message.get("content"), None
     data = response.get("data")
     if isinstance(data, list) and data and isinstance(data[0], dict):
         embedding = data[0].get("embedding")
         return None, embedding if isinstance(embedding, list) else None
-    output = response.get("output_text")
-    return (output if isinstance(output, str) else None), None
+    answer = answer_of(response)
+    return (answer.text if answer is not None else None), None
 
 
 def parsed_answer(text: str | None) -> dict[str, Any] | list[Any] | None:

@@ -20,6 +20,7 @@ from typing import Any
 import pydantic
 from jsonschema import Draft202012Validator
 
+from batchpilot.answers import answer_of
 from batchpilot.errors import ConfigError
 
 __all__ = [
@@ -129,19 +130,16 @@ class AnswerCheck:
 
     def __call__(self, body: dict[str, Any], data: dict[str, Any] | None = None) -> str | None:
         """None when the answer is usable; otherwise the reason it is not."""
-        choices = body.get("choices")
-        if not isinstance(choices, list) or not choices:
+        found = answer_of(body)
+        if found is None:
             return None  # embeddings and other endpoints carry no message to check
-        choice = choices[0] if isinstance(choices[0], dict) else {}
-        message = choice.get("message") or {}
-        if message.get("refusal"):
-            return f"refused: {str(message['refusal'])[:200]}"
-        finish = choice.get("finish_reason")
-        if finish == "length" and self.validator is not None:
-            return "truncated: the answer hit max_tokens (finish_reason length)"
-        if finish == "content_filter":
+        if found.refusal:
+            return f"refused: {found.refusal[:200]}"
+        if found.truncated and self.validator is not None:
+            return "truncated: the answer hit its token limit (finish_reason length)"
+        if found.filtered:
             return "refused: the answer was filtered (finish_reason content_filter)"
-        content = message.get("content")
+        content = found.text
         answer: Any = content
         if self.validator is not None:
             try:

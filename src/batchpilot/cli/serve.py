@@ -180,7 +180,8 @@ def serve(
     max_storage_bytes: int,
     threads: int,
 ) -> None:
-    """Run the local OpenAI-compatible server (Files, Batches, Chat Completions, Embeddings).
+    """Run the local OpenAI-compatible server (Files, Batches, Responses, Chat Completions,
+    Embeddings, Completions, Moderations, Image generations, Models).
 
     It is a test double with a virtual clock and injectable faults, the engine behind
     `provider: local`, and a Batch API in front of any real-time endpoint.

@@ -44,8 +44,11 @@ log = logging.getLogger(__name__)
 
 
 def _count_tokens(body: dict[str, Any], endpoint: str) -> int:
+    from batchpilot.server import more_endpoints
     from batchpilot.tokens import count_request
 
+    if endpoint in ("/v1/completions", "/v1/moderations", "/v1/images/generations"):
+        return more_endpoints.count_tokens(body, endpoint)
     return count_request(body, endpoint).tokens
 
 

@@ -1,11 +1,11 @@
-"""The HTTP face of the local server: OpenAI Files, Batches, Chat Completions and Embeddings."""
+"""The HTTP face of the local server: OpenAI Files, Batches, Responses, Chat Completions,
+Embeddings, Completions, Moderations, Image generations and Models."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,11 +13,12 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from batchpilot.jsontypes import json_type_name
+from batchpilot.server.batch_params import check_metadata, output_expires_after
 from batchpilot.server.bodies import BodyProblem, check_body, parse_json
 from batchpilot.server.clock import VirtualClock
 from batchpilot.server.config import ServerConfig
@@ -30,6 +31,7 @@ from batchpilot.server.objects import batch_object, new_batch_id
 from batchpilot.server.ratelimit import RateLimiter
 from batchpilot.server.responders.base import Responder
 from batchpilot.server.state import ServerState, dumps
+from batchpilot.server.streaming import chat_events, response_events
 from batchpilot.server.web import error_response as _error
 from batchpilot.server.web import int_param as _int_param
 from batchpilot.server.web import owner_of as _owner
@@ -40,11 +42,21 @@ __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
 
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+BATCH_ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+)
 # Azure OpenAI names the same endpoints without the version prefix.
-AZURE_ENDPOINTS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
+AZURE_ENDPOINTS = {e.removeprefix("/v1"): e for e in BATCH_ENDPOINTS}
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 MAX_CLOCK_STEP_S = 100 * 365 * 86_400
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+# When the models were made: a fixed date, so that a model object never changes.
+MODEL_CREATED = 1_686_935_002
 
 
 class ServerApp:
@@ -131,9 +143,12 @@ class ServerApp:
                 param="completion_window",
             )
         metadata = body.get("metadata")
-        problem = _check_metadata(metadata)
+        problem = check_metadata(metadata)
         if problem is not None:
             return problem
+        expires_after = output_expires_after(body.get("output_expires_after"))
+        if isinstance(expires_after, Response):
+            return expires_after
         now = self.clock.now()
         batch_id = new_batch_id()
         self.state.insert_batch(
@@ -147,6 +162,7 @@ class ServerApp:
                 "created_at": now,
                 "expires_at": now + self.config.completion_window_s,
                 "owner": _owner(request),
+                "output_expires_after_s": expires_after,
             }
         )
         row = self.state.get_batch(batch_id)
@@ -206,6 +222,8 @@ class ServerApp:
         body = await _json_body(request, self.config)
         if isinstance(body, Response):
             return body
+        if endpoint == "/v1/moderations" and body.get("model") is None:
+            body = {**body, "model": DEFAULT_MODERATION_MODEL}
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _error(
@@ -221,18 +239,16 @@ class ServerApp:
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
-        if body.get("stream"):
-            return _error(
-                400,
-                "Streaming is not supported by the local server.",
-                param="stream",
-                code="unsupported_value",
-            )
+        streamed, stream = body, bool(body.get("stream"))
+        if stream and endpoint not in ("/v1/chat/completions", "/v1/responses"):
+            return _error(400, "Unrecognized request argument supplied: stream", param="stream")
+        if stream:
+            body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         try:
             tokens = self.count_tokens(body, endpoint)
         except Exception:
             tokens = 0
-        for key in ("max_completion_tokens", "max_tokens"):
+        for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
             value = body.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 return _error(
@@ -242,7 +258,15 @@ class ServerApp:
                     code="invalid_type",
                     param=key,
                 )
-        reserve = tokens + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+        limit = next(
+            (
+                body[k]
+                for k in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+                if body.get(k)
+            ),
+            0,
+        )
+        reserve = tokens + int(limit)
         decision = self.limiter(_owner(request)).check(model, reserve, self.clock.now())
         headers = dict(decision.headers)
         if not decision.allowed:
@@ -266,16 +290,22 @@ class ServerApp:
             await asyncio.sleep(self.config.realtime_latency_s)
         if getattr(self.responder, "blocking", True):
             status, response = await run_in_threadpool(
-                execute, self.responder, endpoint, body, content_fault
+                execute, self.responder, endpoint, body, content_fault, self.clock.now()
             )
         else:
-            status, response = execute(self.responder, endpoint, body, content_fault)
+            status, response = execute(
+                self.responder, endpoint, body, content_fault, self.clock.now()
+            )
         usage = usage_of(response) if 200 <= status < 300 else (0, 0, 0)
         self.state.add_ledger(
             [(custom_id, None, endpoint, model, digest, status, self.clock.now(), usage)],
             _owner(request),
         )
-        headers["x-request-id"] = "req_" + digest[:32]
+        if stream and status == 200:
+            events = chat_events if endpoint == "/v1/chat/completions" else response_events
+            return StreamingResponse(
+                events(response, streamed), media_type="text/event-stream", headers=headers
+            )
         return JSONResponse(response, status, headers=headers)
 
     async def chat(self, request: Request) -> Response:
@@ -284,18 +314,33 @@ class ServerApp:
     async def embeddings(self, request: Request) -> Response:
         return await self.realtime(request, "/v1/embeddings")
 
+    async def responses(self, request: Request) -> Response:
+        return await self.realtime(request, "/v1/responses")
+
+    async def completions(self, request: Request) -> Response:
+        return await self.realtime(request, "/v1/completions")
+
+    async def moderations(self, request: Request) -> Response:
+        return await self.realtime(request, "/v1/moderations")
+
+    async def images(self, request: Request) -> Response:
+        return await self.realtime(request, "/v1/images/generations")
+
     async def models(self, request: Request) -> Response:
         names = sorted(self.config.accepted_models() or {"local"})
-        created = int(time.time())
-        return JSONResponse(
-            _page(
-                [
-                    {"id": n, "object": "model", "created": created, "owned_by": "batchpilot"}
-                    for n in names
-                ],
-                False,
+        return JSONResponse(_page([_model_object(n) for n in names], False))
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        accepted = self.config.accepted_models()
+        if accepted is not None and name not in accepted:
+            return _error(
+                404,
+                f"The model '{name}' does not exist",
+                param="model",
+                code="model_not_found",
             )
-        )
+        return JSONResponse(_model_object(name))
 
     # admin ----------------------------------------------------------------------------------
 
@@ -339,6 +384,10 @@ class ServerApp:
         return JSONResponse({"virtual_time": now})
 
 
+def _model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": MODEL_CREATED, "owned_by": "batchpilot"}
+
+
 async def _json_body(request: Request, config: ServerConfig) -> dict[str, Any] | Response:
     raw = await request.body()
     try:
@@ -356,49 +405,6 @@ async def _json_body(request: Request, config: ServerConfig) -> dict[str, Any] |
     except BodyProblem as problem:
         return _error(400, problem.message, code=problem.code, param=problem.param)
     return body
-
-
-def _check_metadata(metadata: Any) -> Response | None:
-    if metadata is None:
-        return None
-    if not isinstance(metadata, dict):
-        return _error(
-            400,
-            "Invalid type for 'metadata': expected an object.",
-            code="invalid_type",
-            param="metadata",
-        )
-    if len(metadata) > 16:
-        return _error(
-            400,
-            "Invalid 'metadata': at most 16 key-value pairs are allowed.",
-            code="invalid_value",
-            param="metadata",
-        )
-    for key, value in metadata.items():
-        if len(key) > 64:
-            return _error(
-                400,
-                f"Invalid 'metadata': key '{key[:70]}' is longer than 64 characters.",
-                code="invalid_value",
-                param="metadata",
-            )
-        if not isinstance(value, str):
-            return _error(
-                400,
-                f"Invalid type for 'metadata.{key}': expected a string, but got "
-                f"{json_type_name(value)} instead.",
-                code="invalid_type",
-                param=f"metadata.{key}",
-            )
-        if len(value) > 512:
-            return _error(
-                400,
-                f"Invalid 'metadata.{key}': values are limited to 512 characters.",
-                code="invalid_value",
-                param=f"metadata.{key}",
-            )
-    return None
 
 
 def build_app(server: ServerApp) -> ASGIApp:
@@ -419,7 +425,12 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/v1/batches/{batch_id}/cancel", server.cancel_batch, "POST"),
         route("/v1/chat/completions", server.chat, "POST"),
         route("/v1/embeddings", server.embeddings, "POST"),
+        route("/v1/responses", server.responses, "POST"),
+        route("/v1/completions", server.completions, "POST"),
+        route("/v1/moderations", server.moderations, "POST"),
+        route("/v1/images/generations", server.images, "POST"),
         route("/v1/models", server.models, "GET"),
+        route("/v1/models/{model:path}", server.model, "GET"),
         route("/_batchpilot/ledger", server.ledger, "GET"),
         route("/_batchpilot/health", server.health, "GET"),
         route("/_batchpilot/clock/advance", server.advance_clock, "POST"),

@@ -330,7 +330,9 @@ class BatchEngine:
             elif line_fault is not None and line_fault.kind == "line_timeout":
                 status, response = 0, {}
             else:
-                status, response = execute(self.responder, endpoint, body, content_fault)
+                status, response = execute(
+                    self.responder, endpoint, body, content_fault, self.clock.now()
+                )
                 usage = usage_of(response)
             output: dict[str, Any]
             if status == 0:
@@ -442,7 +444,7 @@ class BatchEngine:
                     "batch_output",
                     path.stat().st_size,
                     created,
-                    None,
+                    created + seconds if (seconds := row["output_expires_after_s"]) else None,
                     owner=row["owner"],
                 )
                 values[f"{kind}_file_id"] = file_id

@@ -8,8 +8,10 @@ import logging
 from typing import Any
 
 from batchpilot.server.faults import CONTENT_KINDS, Fault
+from batchpilot.server.more_endpoints import complete, generate_images, moderate
 from batchpilot.server.objects import error_body
 from batchpilot.server.responders.base import Responder, ResponderError
+from batchpilot.server.responses_api import chat_body_of, response_of
 
 __all__ = ["body_sha256", "execute", "http_error_body", "usage_of"]
 
@@ -84,16 +86,35 @@ def execute(
     endpoint: str,
     body: dict[str, Any],
     content_fault: Fault | None = None,
+    now: float | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Answer one body: (HTTP status, response body or error envelope)."""
+    """Answer one body: (HTTP status, response body or error envelope). With `now` (the
+    server's clock), the answer's timestamps are that time."""
     try:
-        if endpoint == "/v1/chat/completions":
-            response = responder.chat(body)
+        if endpoint in ("/v1/chat/completions", "/v1/responses"):
+            asked = chat_body_of(body) if endpoint == "/v1/responses" else body
+            response = responder.chat(asked)
             if content_fault is not None and content_fault.kind in CONTENT_KINDS:
                 _apply_content_fault(response, content_fault)
+            if now is not None:
+                response["created"] = int(now)
+            if endpoint == "/v1/responses":
+                created = now if now is not None else float(response.get("created") or 0)
+                return 200, response_of(response, body, created)
             return 200, response
         if endpoint == "/v1/embeddings":
             return 200, responder.embed(body)
+        if endpoint == "/v1/completions":
+            response = complete(responder, body)
+            if now is not None:
+                response["created"] = int(now)
+            return 200, response
+        if endpoint == "/v1/moderations":
+            return 200, moderate(responder, body)
+        if endpoint == "/v1/images/generations":
+            response = generate_images(body)
+            response["created"] = int(now) if now is not None else 0
+            return 200, response
     except ResponderError as exc:
         return exc.status_code, exc.envelope()
     except Exception:

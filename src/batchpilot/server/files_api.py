@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -23,7 +26,26 @@ __all__ = ["FilesApi"]
 
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 BATCH_FILE_TTL_S = 30 * 86_400
+JSONL_SNIFF_BYTES = 64 * 1024
 _FILE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def looks_like_jsonl(path: Path) -> bool:
+    """Whether a batch upload is JSON Lines, judged by its content as the API does, whatever
+    the file's name (the SDK names bytes `upload`): UTF-8 text without NUL bytes whose first
+    non-blank character opens a JSON object (or that is blank: the batch then fails
+    with `empty_file`). Each line's JSON is checked when a batch runs it."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(JSONL_SNIFF_BYTES)
+    except OSError:
+        return False
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    start = text.lstrip()[:1]
+    return "\x00" not in text and start in ("", "{")
 
 
 class FilesApi:
@@ -41,7 +63,7 @@ class FilesApi:
         path = self.state.file_path(file_id)
         try:
             upload = await receive_upload(request, path, self._storage_check(owner, file_id))
-            problem = self._upload_problem(upload)
+            problem = await run_in_threadpool(self._upload_problem, upload, path)
             if problem is not None:
                 path.unlink(missing_ok=True)
                 return problem
@@ -92,7 +114,7 @@ class FilesApi:
         return check
 
     @staticmethod
-    def _upload_problem(upload: Upload) -> Response | None:
+    def _upload_problem(upload: Upload, path: Path) -> Response | None:
         purpose = upload.fields.get("purpose")
         if upload.filename is None:
             return _error(
@@ -116,7 +138,7 @@ class FilesApi:
                 code="invalid_value",
                 param="purpose",
             )
-        if purpose == "batch" and not upload.filename.endswith(".jsonl"):
+        if purpose == "batch" and not looks_like_jsonl(path):
             return _error(
                 400,
                 "Invalid file format for Batch API. Must be .jsonl",
@@ -136,7 +158,12 @@ class FilesApi:
     def _file_or_404(self, request: Request, file_id: str) -> Any:
         if not file_id or not set(file_id) <= _FILE_ID_CHARS:
             return None
-        return self.state.get_file(file_id, _owner(request))
+        row = self.state.get_file(file_id, _owner(request))
+        return None if row is None or self._expired(row) else row
+
+    def _expired(self, row: Any) -> bool:
+        """A file past its `expires_at` is gone, as on the API."""
+        return row["expires_at"] is not None and row["expires_at"] <= self.clock.now()
 
     async def get_file(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
@@ -180,4 +207,5 @@ class FilesApi:
         rows, has_more = self.state.list_files(
             _owner(request), query.get("purpose"), query.get("after"), limit, order == "asc"
         )
-        return JSONResponse(_page([file_object(r) for r in rows], has_more))
+        kept = [file_object(r) for r in rows if not self._expired(r)]
+        return JSONResponse(_page(kept, has_more))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 from typing import Any, Protocol
 
 from starlette.exceptions import HTTPException
@@ -20,6 +21,22 @@ __all__ = ["GuardMiddleware"]
 log = logging.getLogger(__name__)
 
 
+def _with_request_id(send: Send) -> Send:
+    """`send` that puts an `x-request-id: req_<hex>` header on the answer, as the API does on
+    every answer, errors included."""
+    request_id = ("req_" + secrets.token_hex(16)).encode()
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                headers.append((b"x-request-id", request_id))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_id
+
+
 class Guarded(Protocol):
     config: ServerConfig
 
@@ -27,7 +44,8 @@ class Guarded(Protocol):
 
 
 class GuardMiddleware:
-    """Body-size limits (413), API keys (401), loopback-only service (403), HTTP faults."""
+    """Body-size limits (413), API keys (401), loopback-only service (403), HTTP faults, and
+    an `x-request-id` on every answer."""
 
     def __init__(self, app: ASGIApp, server: Guarded) -> None:
         self.app = app
@@ -37,6 +55,9 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self._guard(scope, receive, _with_request_id(send))
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         config = self.server.config
         path: str = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

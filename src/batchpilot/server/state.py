@@ -104,6 +104,8 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE ledger ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE ledger ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
     """,
+    # A batch's `output_expires_after.seconds`, for the output and error files it writes.
+    "ALTER TABLE batches ADD COLUMN output_expires_after_s INTEGER;",
 ]
 
 LedgerRow = tuple[str | None, str | None, str, str | None, str, int, float, tuple[int, int, int]]

@@ -13,7 +13,17 @@ from batchpilot.server.state import LineRow
 __all__ = ["ValidationResult", "validate_input_file"]
 
 MAX_ERRORS = 1000
-AZURE_URLS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
+AZURE_URLS = {
+    path.removeprefix("/v1"): path
+    for path in (
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/completions",
+        "/v1/moderations",
+        "/v1/images/generations",
+    )
+}
 
 
 @dataclass
@@ -31,8 +41,10 @@ class ValidationResult:
 def _required_body_field(endpoint: str) -> tuple[str, str] | None:
     if endpoint == "/v1/chat/completions":
         return "messages", "Messages parameter is required."
-    if endpoint == "/v1/embeddings":
+    if endpoint in ("/v1/embeddings", "/v1/responses", "/v1/moderations"):
         return "input", "Input parameter is required."
+    if endpoint in ("/v1/completions", "/v1/images/generations"):
+        return "prompt", "Prompt parameter is required."
     return None
 
 

@@ -50,6 +50,10 @@ class Responder(Protocol):
     Implementations must be thread-safe: the server calls them from several threads. A responder
     may set a class attribute `blocking = False` when it answers in microseconds; the server then
     calls it on its event loop instead of a worker thread.
+
+    The server answers `/v1/responses` and `/v1/completions` through `chat`, sets every
+    timestamp from its own clock, and streams answers itself; a responder with a
+    `moderate(body)` method answers `/v1/moderations` (the server scores them otherwise).
     """
 
     name: str

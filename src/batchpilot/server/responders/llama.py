@@ -14,6 +14,7 @@ from typing import Any
 from batchpilot.errors import MissingDependency, StateError
 from batchpilot.localmodel import check_runtime, default_model_path
 from batchpilot.server.responders.base import ResponderError
+from batchpilot.server.responders.choices import forced_tool_schema, tool_call_answer
 
 __all__ = ["LlamaResponder"]
 
@@ -21,6 +22,7 @@ JSON = dict[str, Any]
 
 # Streaming is the server's business; the responder always returns one complete object.
 _STREAM_KEYS = ("stream", "stream_options")
+_TOOL_KEYS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 _MESSAGE_KEYS = ("role", "content", "refusal", "annotations", "tool_calls")
 
 
@@ -100,8 +102,17 @@ class LlamaResponder:
     def chat(self, body: JSON) -> JSON:
         request = {key: value for key, value in body.items() if key not in _STREAM_KEYS}
         _check_chat_request(request)
+        forced = forced_tool_schema(request)
+        if forced is not None:
+            # a small model does not call tools by itself: its answer is constrained to a call
+            request = {k: v for k, v in request.items() if k not in _TOOL_KEYS}
+            spec = {"name": "tool_call", "strict": True, "schema": forced}
+            request["response_format"] = {"type": "json_schema", "json_schema": spec}
         raw = self._call("handle_chat_completions", request)
-        return _normalise_chat(raw, self._model_name(body))
+        answer = _normalise_chat(raw, self._model_name(body))
+        if forced is not None:
+            tool_call_answer(answer)
+        return answer
 
     def embed(self, body: JSON) -> JSON:
         if not self.embedding:

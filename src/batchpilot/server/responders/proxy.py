@@ -17,8 +17,9 @@ _DROPPED_KEYS = ("stream", "stream_options")
 
 
 class ProxyResponder:
-    """Forwards chat-completion and embeddings bodies to `{upstream}/chat/completions` and
-    `{upstream}/embeddings`, where `upstream` is a base URL such as `http://127.0.0.1:8080/v1`.
+    """Forwards chat-completion, embeddings and moderations bodies to
+    `{upstream}/chat/completions`, `{upstream}/embeddings` and `{upstream}/moderations`, where
+    `upstream` is a base URL such as `http://127.0.0.1:8080/v1`.
 
     `stream` is removed from forwarded bodies: the upstream always answers with one object.
     Upstream errors keep their status and, when the body is an OpenAI error envelope, its
@@ -53,6 +54,9 @@ class ProxyResponder:
 
     def embed(self, body: JSON) -> JSON:
         return self._post("embeddings", body)
+
+    def moderate(self, body: JSON) -> JSON:
+        return self._post("moderations", body)
 
     def close(self) -> None:
         if self._owns_client:

@@ -14,11 +14,11 @@ import json
 import math
 import random
 import struct
-import time
 from typing import Any
 
 from batchpilot.jsontypes import json_type_name
 from batchpilot.server.responders.base import ResponderError
+from batchpilot.server.responders.choices import logprobs_for, requested_logprobs, tool_calls_for
 from batchpilot.server.schema_instance import instance_for_schema
 from batchpilot.tokens import count_request, count_text, encoding_name_for_model, get_encoding
 
@@ -77,12 +77,22 @@ class SyntheticResponder:
         if limit is None:
             limit = _optional_int(body, "max_tokens")
         response_format = _response_format(body)
+        top_logprobs = requested_logprobs(body)
 
         seed = _body_seed(body)
         choices: list[JSON] = []
         completion_tokens = 0
         for index in range(n):
             choice_seed = seed if index == 0 else f"{seed}:{index}"
+            calls = tool_calls_for(body, choice_seed)
+            if calls is not None:
+                arguments = "".join(call["function"]["arguments"] for call in calls)
+                completion_tokens += count_text(arguments, model)
+                message = {"role": "assistant", "content": None, "refusal": None}
+                message.update(annotations=[], tool_calls=calls)
+                choice = {"index": index, "message": message, "finish_reason": "tool_calls"}
+                choices.append({**choice, "logprobs": None})
+                continue
             content = _content(response_format, messages, choice_seed, index)
             tokens = count_text(content, model)
             finish_reason = "stop"
@@ -91,11 +101,14 @@ class SyntheticResponder:
                 finish_reason = "length"
             completion_tokens += tokens
             message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+            logprobs = None
+            if top_logprobs is not None:
+                logprobs = logprobs_for(content, model, top_logprobs, choice_seed)
             choices.append(
                 {
                     "index": index,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                     "finish_reason": finish_reason,
                 }
             )
@@ -103,7 +116,7 @@ class SyntheticResponder:
         return {
             "id": "chatcmpl-" + _base62(seed, 24),
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": 0,  # the server sets it from its clock
             "model": model,
             "choices": choices,
             "usage": {
