@@ -217,6 +217,10 @@ MIGRATIONS: list[str] = [
             THEN substr(error, 1, instr(error, ':') - 1) ELSE error END, COUNT(*) FROM attempts
         WHERE outcome != 'succeeded' AND error IS NOT NULL GROUP BY 1, 2;
     """,
+    # 9: a batch's requests found by its id, so that what a batch does reads only its own rows
+    """
+    CREATE INDEX IF NOT EXISTS requests_by_batch ON requests(run_id, batch_id, first_row);
+    """,
 ]
 
 
