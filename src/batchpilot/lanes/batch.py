@@ -20,6 +20,7 @@ from typing import Any
 
 from batchpilot.errors import ProviderRejected, ProviderUnavailable
 from batchpilot.formatting import usd
+from batchpilot.lanes.failed import failed_batch_outcomes
 from batchpilot.lanes.forming import pending_pages
 from batchpilot.plan.ids import request_line
 from batchpilot.plan.packing import BatchLimits, Piece, Room, pack_next
@@ -243,6 +244,7 @@ class BatchLane:
                 self.store.move_batch(
                     self.run_id, batch.id, BatchState.ABANDONED, error=str(exc), reserved_usd=0.0
                 )
+                self._remove_files(batch, [])
                 self.store.fail_requests(self.run_id, [r.id for r in requests], f"rejected: {exc}")
                 self._hold()
             return True
@@ -336,6 +338,7 @@ class BatchLane:
             with self.share.lock:
                 self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED, reserved_usd=0.0)
                 self._hold()
+            self._remove_files(batch, [])
             self.store.event(self.run_id, "dropped", f"batch {batch.id} was never created")
         return progressed
 
@@ -493,12 +496,15 @@ class BatchLane:
 
     def _ingest(self, batch: BatchRecord, remote: RemoteBatch) -> None:
         requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
+        downloaded: list[Path] = []
         if remote.status == RemoteStatus.FAILED:
-            outcomes = self._failed_batch(batch, remote, requests)
+            retry = self.settings.retry
+            outcomes = failed_batch_outcomes(batch, remote, requests, retry, self._over_queue)
         else:
+            downloaded = self._download(remote)
             outcomes = classify(
                 requests,
-                read_lines(self._download(remote)),
+                read_lines(downloaded),
                 self.settings.retry,
                 self._cost,
                 check=self.check,
@@ -514,6 +520,7 @@ class BatchLane:
             output_file_id=remote.result_ids[0],
             error_file_id=remote.result_ids[1],
         )
+        self._remove_files(batch, downloaded)
         done = sum(o.state == RequestState.SUCCEEDED for o in outcomes)
         self.store.event(
             self.run_id,
@@ -545,6 +552,7 @@ class BatchLane:
             for r in requests
         ]
         self.store.finish_batch(self.run_id, batch.id, outcomes)
+        self._remove_files(batch, [])
         self._polls.pop(batch.id, None)
         self.store.event(
             self.run_id,
@@ -562,34 +570,16 @@ class BatchLane:
     def _cost(self, request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
         return usage_cost(self.settings.prices, request.model, body, batch=True)
 
-    def _failed_batch(
-        self, batch: BatchRecord, remote: RemoteBatch, requests: list[PendingRequest]
-    ) -> list[Outcome]:
-        codes = {str(e.get("code")) for e in remote.errors}
-        message = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in remote.errors[:3])
-        if "token_limit_exceeded" in codes:
-            learned = self.scheduler.learn_capacity(batch)
-            self.store.event(
-                self.run_id,
-                "queue_limit",
-                f"batch {batch.id} hit the enqueued-token limit; now keeping "
-                f"{learned:,} tokens in the queue for {batch.model}",
-            )
-            return [
-                Outcome(r.id, RequestState.PENDING, error=message, attempted=False)
-                for r in requests
-            ]
-        by_line = {index + 1: request for index, request in enumerate(requests)}
-        bad = {
-            by_line[int(e["line"])].id: f"{e.get('code')}: {e.get('message')}"
-            for e in remote.errors
-            if isinstance(e.get("line"), int) and e["line"] in by_line
-        }
-        outcomes = []
-        for request in requests:
-            if request.id in bad:
-                outcomes.append(Outcome(request.id, RequestState.FAILED, error=bad[request.id]))
-            else:
-                state = self.settings.retry.next_state(request, True, True)
-                outcomes.append(Outcome(request.id, state, error=f"batch failed: {message}"))
-        return outcomes
+    def _over_queue(self, batch: BatchRecord) -> None:
+        learned = self.scheduler.learn_capacity(batch)
+        self.store.event(
+            self.run_id,
+            "queue_limit",
+            f"batch {batch.id} hit the enqueued-token limit; now keeping "
+            f"{learned:,} tokens in the queue for {batch.model}",
+        )
+
+    def _remove_files(self, batch: BatchRecord, downloaded: list[Path]) -> None:
+        """A batch's files once its outcomes are in the store, which can write them again."""
+        for path in (self._file_path(batch), *downloaded):
+            path.unlink(missing_ok=True)
