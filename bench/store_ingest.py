@@ -6,7 +6,10 @@
    file (one transaction), beside plain `json.loads` of every line of the same file in the same
    run (target: at most 3x).
 2. Scale: plan `--scale` requests into a store, pass them through batches of 50,000 to results,
-   and report the store's size per request and the time per request.
+   and report the store's size per request and the time per request. `--movie` gives each row
+   a movie-sized plot (a 2.75 KB input line, rendered into a system prompt and the plot) and each
+   answer a movie-sized response, and reports the store's bytes per request beside the raw
+   input line plus the raw answer.
 """
 
 from __future__ import annotations
@@ -51,26 +54,57 @@ def answer(custom_id: str, i: int) -> bytes:
     return json.dumps(line).encode() + b"\n"
 
 
-def fill(store: SQLiteStore, run_id: str, count: int, start: int = 0) -> list[str]:
+SYSTEM = "Extract the characters who die in this plot, and the tone of the film, as JSON."
+PLOT_WORDS = [
+    "storm",
+    "island",
+    "sailor",
+    "queen",
+    "war",
+    "night",
+    "train",
+    "secret",
+    "brother",
+    "poison",
+    "letter",
+]
+
+
+def plot(index: int) -> str:
+    words = [PLOT_WORDS[(index * 7 + k * k) % len(PLOT_WORDS)] for k in range(430)]
+    return f"Film {index}: " + " ".join(words)
+
+
+def movie_row(index: int) -> tuple[dict[str, object], bytes]:
+    """A movie-sized input row and the request body rendered from it."""
+    row = {"id": f"m{index}", "title": f"Film {index}", "plot": plot(index)}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": row["plot"]},
+        ],
+        "max_tokens": 300,
+    }
+    return row, json.dumps(body, separators=(",", ":")).encode()
+
+
+def fill(
+    store: SQLiteStore, run_id: str, count: int, start: int = 0, movie: bool = False
+) -> list[str]:
     ids = [f"bp-{i:032x}" for i in range(start, start + count)]
     with store.tx():
         for offset, request_id in enumerate(ids):
             index = start + offset
-            store.add_row(
-                run_id,
-                index,
-                f"row-{index}",
-                f"data.jsonl:{index + 1}",
-                request_id,
-                {"plot": "x" * 40},
-            )
+            row, body = movie_row(index) if movie else ({"plot": "x" * 40}, b'{"model":"m"}')
+            store.add_row(run_id, index, f"row-{index}", f"data.jsonl:{index + 1}", request_id, row)
             store.add_request(
                 run_id,
                 request_id,
                 request_id,
                 "/v1/chat/completions",
                 "gpt-4o-mini",
-                b'{"model":"gpt-4o-mini"}',
+                body,
                 420,
                 300,
                 index,
@@ -129,8 +163,9 @@ def ingest_benchmark(lines: int) -> None:
     print(f"ratio ingest/parse = {elapsed / reference:.2f}  (target <= 3)")
 
 
-def scale_benchmark(total: int) -> None:
+def scale_benchmark(total: int, movie: bool = False) -> None:
     chunk = 50_000
+    raw = 0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "store.sqlite3"
         store = SQLiteStore(path)
@@ -142,15 +177,27 @@ def scale_benchmark(total: int) -> None:
         started = time.perf_counter()
         for start in range(0, total, chunk):
             count = min(chunk, total - start)
-            fill(store, "scale", count, start)
+            fill(store, "scale", count, start, movie)
             batch = submit(store, "scale", count)
             requests = store.batch_requests("scale", batch)
+            if movie:
+                answers = [json.loads(answer(r.id, i)) for i, r in enumerate(requests)]
+                raw += sum(len(json.dumps(movie_row(r.first_row)[0])) + 1 for r in requests)
+                raw += sum(len(json.dumps(a["response"]["body"])) for a in answers)
             body = {
                 "choices": [{"message": {"content": '{"tone": "sad"}'}}],
                 "usage": {"prompt_tokens": 420, "completion_tokens": 24},
             }
             outcomes = [
-                Outcome(r.id, RequestState.SUCCEEDED, body, 420, 24, 0.0001) for r in requests
+                Outcome(
+                    r.id,
+                    RequestState.SUCCEEDED,
+                    answers[i]["response"]["body"] if movie else body,
+                    420,
+                    24,
+                    0.0001,
+                )
+                for i, r in enumerate(requests)
             ]
             store.finish_batch("scale", batch, outcomes)
         elapsed = time.perf_counter() - started
@@ -163,15 +210,21 @@ def scale_benchmark(total: int) -> None:
         f"{size / total:,.0f} bytes per request"
     )
     print(f"plan + submit + ingest: {elapsed:.1f} s, {elapsed / total * 1e6:.0f} us per request")
+    if movie:
+        print(
+            f"raw input line + raw answer: {raw / total:,.0f} bytes per request; "
+            f"store / raw = {size / raw:.2f} (target <= 1)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--scale", type=int, default=1_000_000)
+    parser.add_argument("--movie", action="store_true", help="movie-sized rows and answers")
     args = parser.parse_args()
     ingest_benchmark(args.lines)
-    scale_benchmark(args.scale)
+    scale_benchmark(args.scale, args.movie)
 
 
 if __name__ == "__main__":

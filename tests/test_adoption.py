@@ -137,3 +137,23 @@ def test_a_store_made_before_stores_had_ids_gets_one(tmp_path: Path) -> None:
         assert len(store.store_id) == 12
     finally:
         store.close()
+
+
+def test_ingested_batches_leave_no_files_and_a_resumed_run_needs_none(
+    tmp_path: Path, local_server_factory: Factory
+) -> None:
+    server = local_server_factory(time_scale=60, validation_delay_s=60)  # a second per batch
+    job = make_job(tmp_path, server.base_url, per_batch=10)
+    state = tmp_path / "state"
+    first = run_job(job, state_dir=state, poll_interval=0.02, detach=True)
+    assert first.status.requests["submitted"] == 50
+    files = state / "runs" / first.run_id / "files"
+    left = sorted(files.iterdir())
+    assert len(left) == 5  # the live batches' input files, which the store can write again
+    for path in left:
+        path.unlink()
+    result = run_job(job, state_dir=state, poll_interval=0.02)
+    assert result.status.finished and result.status.requests["succeeded"] == 50
+    assert list(files.iterdir()) == [], "every batch ingested, no file of it is kept"
+    asked = Counter(row["custom_id"] for row in server.admin.ledger())
+    assert len(asked) == 50 and set(asked.values()) == {1}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchpilot.plan.packing import BatchLimits, Packer, Piece, Room, pack_next
+from batchpilot.store import PendingRequest
 
 requests = st.lists(
     st.tuples(
@@ -161,3 +166,29 @@ def test_a_request_over_a_batch_limit_still_travels_alone_but_not_over_the_room(
     assert pack_next(big, BatchLimits(), room=Room(tokens=100)) is None
     assert pack_next(big, BatchLimits(), room=Room(usd=0.5)) is not None
     assert pack_next([Piece("a", "/e", 1, 1, 0.75)], BatchLimits(), room=Room(usd=0.5)) is None
+
+
+def test_forming_a_batch_reads_pending_requests_page_by_page(tmp_path: Path) -> None:
+    from batchpilot.lanes.forming import FIRST_PAGE, pending_pages
+    from batchpilot.store import RunRecord, SQLiteStore, utc_now
+
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    store.create_run(RunRecord("r", "job", "{}", "openai", "/e", "planned", None, utc_now()))
+    with store.tx():
+        for i in range(FIRST_PAGE * 4):
+            store.add_request("r", f"q{i}", f"h{i}", "/e", "m", b"{}", 1, 1, i)
+    asked: list[int] = []
+    pending = store.pending
+
+    class Counting:
+        def pending(self, run_id: str, limit: int, **kw: Any) -> list[PendingRequest]:
+            asked.append(limit)
+            return pending(run_id, limit, **kw)
+
+    pages = pending_pages(Counting(), "r", 10**6)  # type: ignore[arg-type]
+    taken = list(itertools.islice(pages, FIRST_PAGE + 1))
+    assert [r.first_row for r in taken] == list(range(FIRST_PAGE + 1))
+    assert asked == [FIRST_PAGE, FIRST_PAGE * 2]  # what the packer took, give or take a page
+    assert len(list(pending_pages(store, "r", 300))) == 300
+    assert len(list(pending_pages(store, "r", 10**6))) == FIRST_PAGE * 4
+    store.close()

@@ -7,6 +7,7 @@ Checks of the raw tables (`_sql`) read the SQLite file through a second connecti
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import signal
@@ -454,3 +455,60 @@ def test_nothing_outside_the_store_imports_sqlite3() -> None:
             if any(name.split(".")[0] == "sqlite3" for name in names):
                 found.append(str(path.relative_to(package)))
     assert found == []
+
+
+def _one_batch_cycle(store: SQLiteStore, size: int) -> tuple[int, list[str]]:
+    """Form, write, submit and ingest one batch of `size` pending requests as the batch lane does;
+    returns the SQLite VM steps (in hundreds) of its store calls and the statements they ran."""
+    from batchpilot.lanes.forming import pending_pages
+
+    db = store._db  # the store's own connection: the one whose work is counted
+    steps, statements = [0], []
+    db.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1) or 0, 100)
+    db.set_trace_callback(statements.append)
+    try:
+        chosen = list(itertools.islice(pending_pages(store, RUN, size), size))
+        batch_id = store.create_batch(RUN, chosen, size=1, file_name_prefix="b")
+        assert len(store.batch_requests(RUN, batch_id)) == size
+        for step in path_to(B.SUBMITTED):
+            store.move_batch(RUN, batch_id, step)
+        got = store.batch_requests(RUN, batch_id, bodies=False)
+        store.finish_batch(RUN, batch_id, [Outcome(r.id, R.SUCCEEDED, {}) for r in got])
+    finally:
+        db.set_progress_handler(None, 0)
+        db.set_trace_callback(None)
+    return steps[0], statements
+
+
+def _run_of(store: SQLiteStore, n: int, size: int) -> None:
+    """A run of `n` requests: a tenth answered, a tenth in live batches, the rest pending."""
+    requests = plan(store, n)
+    for start in range(0, n // 5, size):
+        batch_id = batch_in(store, B.SUBMITTED, requests[start : start + size])
+        if start < n // 10:
+            outcomes = [Outcome(r.id, R.SUCCEEDED, {}) for r in requests[start : start + size]]
+            store.finish_batch(RUN, batch_id, outcomes)
+
+
+def test_a_batch_reads_only_its_own_rows_however_large_the_run(
+    factory: Callable[[], SQLiteStore],
+) -> None:
+    size, small, large = 30, 300, 3000
+    steps = {}
+    for n in (small, large):
+        store = factory() if n == small else SQLiteStore(factory().path.with_name("big.sqlite3"))
+        make_run(store)
+        _run_of(store, n, size)
+        steps[n], statements = _one_batch_cycle(store, size)
+        for statement in statements:
+            if "requests" not in statement or statement.startswith(("BEGIN", "COMMIT")):
+                continue
+            plan_rows = store._db.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()
+            details = " / ".join(str(row[-1]) for row in plan_rows)
+            # neither a scan nor a search by run alone: both visit every request of the run
+            assert "SCAN requests" not in details, (statement, details)
+            assert "(run_id=?)" not in details, (statement, details)
+        if n == large:
+            store.close()
+    # ten times the run, the same work per batch (give or take the B-tree's depth)
+    assert steps[large] <= steps[small] * 1.3, steps

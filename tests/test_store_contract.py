@@ -308,6 +308,14 @@ def test_pending_in_input_order_and_its_totals(store: Store) -> None:
         store.request_body(RUN, "req-missing")
 
 
+def test_pending_pages_after_a_row(store: Store) -> None:
+    plan(store, 6)
+    store.claim_realtime(RUN, "req-3")
+    assert [r.id for r in store.pending(RUN, 2, after_row=1)] == ["req-2", "req-4"]
+    assert [r.id for r in store.pending(RUN, 9, after_row=5)] == []
+    assert [r.id for r in store.pending(RUN, 2, from_end=True, after_row=4)] == ["req-2", "req-1"]
+
+
 def test_worst_cases_and_what_is_unpriced(store: Store) -> None:
     store.add_request(RUN, "a", "ha", EP, "priced", b"{}", 1, 9, 0, worst=(9, 0.5, 0.25))
     store.add_request(RUN, "b", "hb", EP, "bounded", b"{}", 1, 9, 1)

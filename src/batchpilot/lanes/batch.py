@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 from batchpilot.errors import ProviderRejected, ProviderUnavailable
 from batchpilot.formatting import usd
+from batchpilot.lanes.failed import failed_batch_outcomes
+from batchpilot.lanes.forming import pending_pages
 from batchpilot.plan.ids import request_line
 from batchpilot.plan.packing import BatchLimits, Piece, Room, pack_next
 from batchpilot.plan.worst import reservation
@@ -78,6 +81,7 @@ class BatchLane:
         self._fresh: set[tuple[int, str]] = set()
         self._backoff_until = 0.0
         self._cancelled_late: set[int] = set()
+        self._worst: dict[int, float] = {}  # worst cases of the batches formed, by batch id
 
     @property
     def run_id(self) -> str:
@@ -138,10 +142,16 @@ class BatchLane:
         the real-time lane must leave to them (lock held)."""
         if self.settings.budget_usd is None:
             return
-        self.share.held_usd = sum(
-            self._worst_cost(self.store.batch_requests(self.run_id, b.id, bodies=False))
-            for b in self.store.batches(self.run_id, UNRESERVED)
-        )
+        held = {b.id: self._batch_worst(b.id) for b in self.store.batches(self.run_id, UNRESERVED)}
+        self._worst = held
+        self.share.held_usd = sum(held.values())
+
+    def _batch_worst(self, batch_id: int) -> float:
+        """A batch's worst case, read from its requests once (its members never change)."""
+        if batch_id not in self._worst:
+            requests = self.store.batch_requests(self.run_id, batch_id, bodies=False)
+            self._worst[batch_id] = self._worst_cost(requests)
+        return self._worst[batch_id]
 
     def _form_batch(self) -> int | None:
         with self.share.lock:
@@ -164,29 +174,30 @@ class BatchLane:
         room = None if capacity is None else capacity - sum(b.input_tokens for b in live)
         if live and room is not None and room < first[0].input_tokens:
             return None  # the queue is full: wait for capacity to come back
-        pending = self.store.pending(self.run_id, min(settings.requests_per_batch, room_requests))
         money_left = self.share.money_left(self.store)
-        same = [r for r in pending if r.model == model and r.endpoint == endpoint]
-        pieces = (
-            Piece(
-                model,
-                endpoint,
-                len(request_line(r.id, endpoint, r.body)) + 1,
-                r.input_tokens,
-                self._worst_cost(r),
-            )
-            for r in same
-        )
+        same: list[PendingRequest] = []
+
+        def pieces() -> Iterator[Piece]:
+            # read page by page as the packer takes them: it stops one past a full batch
+            limit = min(settings.requests_per_batch, room_requests)
+            for r in pending_pages(self.store, self.run_id, limit):
+                if r.model == model and r.endpoint == endpoint:
+                    same.append(r)
+                    size = len(request_line(r.id, endpoint, r.body)) + 1
+                    yield Piece(model, endpoint, size, r.input_tokens, self._worst_cost(r))
+
         limits = BatchLimits(settings.requests_per_batch, settings.bytes_per_batch)
-        packed = pack_next(pieces, limits, settings.tokens_per_batch, Room(room, money_left))
+        packed = pack_next(pieces(), limits, settings.tokens_per_batch, Room(room, money_left))
         if packed is not None:
-            return self.store.create_batch(
+            batch_id = self.store.create_batch(
                 self.run_id,
                 same[: packed.requests],
                 size=packed.bytes,
                 file_name_prefix=f"batchpilot-{self.store.store_id}-{self.run_id}",
             )
-        head = pending[0]
+            self._worst[batch_id] = packed.cost_usd
+            return batch_id
+        head = first[0]
         if live or self.share.inflight_usd > 0:
             return None  # wait for capacity or money to come back
         if capacity is not None and head.input_tokens > capacity:
@@ -233,6 +244,7 @@ class BatchLane:
                 self.store.move_batch(
                     self.run_id, batch.id, BatchState.ABANDONED, error=str(exc), reserved_usd=0.0
                 )
+                self._remove_files(batch, [])
                 self.store.fail_requests(self.run_id, [r.id for r in requests], f"rejected: {exc}")
                 self._hold()
             return True
@@ -240,7 +252,7 @@ class BatchLane:
     def _reserve(self, batch: BatchRecord) -> BatchRecord | None:
         """Reserve the batch's worst case and record the intent to create it; None while the
         money left (after the real-time lane's requests in flight) cannot cover it."""
-        worst = self._worst_cost(self.store.batch_requests(self.run_id, batch.id, bodies=False))
+        worst = self._batch_worst(batch.id)
         with self.share.lock:
             left = self.share.money_left(self.store)
             # this batch's own worst case is among the held money until it is reserved
@@ -261,6 +273,7 @@ class BatchLane:
             moved = self.store.move_batch(
                 self.run_id, batch.id, BatchState.CREATING, reserved_usd=worst
             )
+            self._worst.pop(batch.id, None)
             self._hold()
         self._fresh.add((batch.id, "create"))
         return moved
@@ -325,6 +338,7 @@ class BatchLane:
             with self.share.lock:
                 self.store.move_batch(self.run_id, batch.id, BatchState.ABANDONED, reserved_usd=0.0)
                 self._hold()
+            self._remove_files(batch, [])
             self.store.event(self.run_id, "dropped", f"batch {batch.id} was never created")
         return progressed
 
@@ -482,12 +496,15 @@ class BatchLane:
 
     def _ingest(self, batch: BatchRecord, remote: RemoteBatch) -> None:
         requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
+        downloaded: list[Path] = []
         if remote.status == RemoteStatus.FAILED:
-            outcomes = self._failed_batch(batch, remote, requests)
+            retry = self.settings.retry
+            outcomes = failed_batch_outcomes(batch, remote, requests, retry, self._over_queue)
         else:
+            downloaded = self._download(remote)
             outcomes = classify(
                 requests,
-                read_lines(self._download(remote)),
+                read_lines(downloaded),
                 self.settings.retry,
                 self._cost,
                 check=self.check,
@@ -503,6 +520,7 @@ class BatchLane:
             output_file_id=remote.result_ids[0],
             error_file_id=remote.result_ids[1],
         )
+        self._remove_files(batch, downloaded)
         done = sum(o.state == RequestState.SUCCEEDED for o in outcomes)
         self.store.event(
             self.run_id,
@@ -534,6 +552,7 @@ class BatchLane:
             for r in requests
         ]
         self.store.finish_batch(self.run_id, batch.id, outcomes)
+        self._remove_files(batch, [])
         self._polls.pop(batch.id, None)
         self.store.event(
             self.run_id,
@@ -551,34 +570,16 @@ class BatchLane:
     def _cost(self, request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
         return usage_cost(self.settings.prices, request.model, body, batch=True)
 
-    def _failed_batch(
-        self, batch: BatchRecord, remote: RemoteBatch, requests: list[PendingRequest]
-    ) -> list[Outcome]:
-        codes = {str(e.get("code")) for e in remote.errors}
-        message = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in remote.errors[:3])
-        if "token_limit_exceeded" in codes:
-            learned = self.scheduler.learn_capacity(batch)
-            self.store.event(
-                self.run_id,
-                "queue_limit",
-                f"batch {batch.id} hit the enqueued-token limit; now keeping "
-                f"{learned:,} tokens in the queue for {batch.model}",
-            )
-            return [
-                Outcome(r.id, RequestState.PENDING, error=message, attempted=False)
-                for r in requests
-            ]
-        by_line = {index + 1: request for index, request in enumerate(requests)}
-        bad = {
-            by_line[int(e["line"])].id: f"{e.get('code')}: {e.get('message')}"
-            for e in remote.errors
-            if isinstance(e.get("line"), int) and e["line"] in by_line
-        }
-        outcomes = []
-        for request in requests:
-            if request.id in bad:
-                outcomes.append(Outcome(request.id, RequestState.FAILED, error=bad[request.id]))
-            else:
-                state = self.settings.retry.next_state(request, True, True)
-                outcomes.append(Outcome(request.id, state, error=f"batch failed: {message}"))
-        return outcomes
+    def _over_queue(self, batch: BatchRecord) -> None:
+        learned = self.scheduler.learn_capacity(batch)
+        self.store.event(
+            self.run_id,
+            "queue_limit",
+            f"batch {batch.id} hit the enqueued-token limit; now keeping "
+            f"{learned:,} tokens in the queue for {batch.model}",
+        )
+
+    def _remove_files(self, batch: BatchRecord, downloaded: list[Path]) -> None:
+        """A batch's files once its outcomes are in the store, which can write them again."""
+        for path in (self._file_path(batch), *downloaded):
+            path.unlink(missing_ok=True)

@@ -53,7 +53,7 @@ class LaneShare:
             return 0
         if self.reserve == 0:
             return sys.maxsize
-        count, _, _ = store.pending_totals(self.run_id)
+        count = store.request_counts(self.run_id).get("pending", 0)
         return max(0, count - self.reserve)
 
     def stuck(self, store: Store) -> bool:

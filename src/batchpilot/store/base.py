@@ -112,8 +112,12 @@ class Store(Protocol):
         `accept`, only with the cached answers it accepts; the others stay pending, to be sent."""
         ...
 
-    def pending(self, run_id: str, limit: int, *, from_end: bool = False) -> list[PendingRequest]:
-        """Pending requests in input order (or from the end of the input, `from_end`)."""
+    def pending(
+        self, run_id: str, limit: int, *, from_end: bool = False, after_row: int | None = None
+    ) -> list[PendingRequest]:
+        """Pending requests in input order (or from the end of the input, `from_end`); with
+        `after_row`, only those whose first row comes after it (before it, `from_end`), so that
+        a caller pages through them."""
         ...
 
     def pending_totals(self, run_id: str) -> tuple[int, int, int]:

@@ -225,6 +225,10 @@ MIGRATIONS: list[str] = [
     UPDATE runs SET kind = 'requests' WHERE json_type(spec_json, '$.requests') IS NOT NULL;
     UPDATE runs SET kind = 'task' WHERE json_type(spec_json, '$.task') IS NOT NULL;
     """,
+    # 10: a batch's requests found by its id, so that what a batch does reads only its own rows
+    """
+    CREATE INDEX IF NOT EXISTS requests_by_batch ON requests(run_id, batch_id, first_row);
+    """,
 ]
 
 

@@ -261,15 +261,12 @@ class SQLiteStore:
 
     # requests -------------------------------------------------------------------------------
 
-    def pending(self, run_id: str, limit: int, *, from_end: bool = False) -> list[PendingRequest]:
-        """Pending requests in input order (or from the end of the input, `from_end`)."""
-        order = "DESC" if from_end else "ASC"
-        rows = self._db.execute(
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE run_id = ? AND state = 'pending' "
-            f"ORDER BY first_row {order} LIMIT ?",
-            (run_id, limit),
-        ).fetchall()
-        return [PendingRequest(**dict(row)) for row in rows]
+    def pending(
+        self, run_id: str, limit: int, *, from_end: bool = False, after_row: int | None = None
+    ) -> list[PendingRequest]:
+        """Pending requests in input order (or from the end of the input, `from_end`); with
+        `after_row`, only those whose first row comes after it (before it, `from_end`)."""
+        return queries.pending(self._db, run_id, limit, from_end, after_row)
 
     def pending_totals(self, run_id: str) -> tuple[int, int, int]:
         """(requests, input tokens, most output tokens) of the pending requests."""
@@ -434,14 +431,7 @@ class SQLiteStore:
         self, run_id: str, batch_id: int, *, bodies: bool = True
     ) -> list[PendingRequest]:
         """The requests of a live batch, in input order; `bodies=False` leaves bodies empty."""
-        columns = _REQUEST_COLUMNS if bodies else _REQUEST_COLUMNS.replace("body", "x''")
-        cursor = self._db.execute(
-            f"SELECT {columns} FROM requests WHERE run_id = ? AND batch_id = ? AND state IN "
-            "('queued', 'submitted') ORDER BY first_row",
-            (run_id, batch_id),
-        )
-        cursor.row_factory = None
-        return [PendingRequest(*row) for row in cursor]
+        return queries.batch_requests(self._db, run_id, batch_id, bodies)
 
     def move_batch(self, run_id: str, batch_id: int, target: str, **fields: Any) -> BatchRecord:
         """The only way a batch changes state: checked against the table and the row."""
@@ -465,6 +455,7 @@ class SQLiteStore:
                     going or RequestState.PENDING,
                     "batch_id = ?",
                     (batch_id,),
+                    using="requests_by_batch",
                     batch_id=batch_id if going else None,
                 )
                 if moved != current.requests:
@@ -503,7 +494,8 @@ class SQLiteStore:
                 **fields,
             )
             left = db.execute(
-                "SELECT COUNT(*) FROM requests WHERE run_id = ? AND batch_id = ? "
+                "SELECT COUNT(*) FROM requests INDEXED BY requests_by_batch "
+                "WHERE run_id = ? AND batch_id = ? "
                 "AND state = 'submitted'",
                 (run_id, batch_id),
             ).fetchone()[0]

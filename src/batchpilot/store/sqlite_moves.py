@@ -33,13 +33,19 @@ def move(
     target: str,
     where: str = "",
     params: Sequence[Any] = (),
+    *,
+    using: str = "",
     **fields: Any,
 ) -> int:
     """Move the run's requests in `current` (that also match `where`) to `target`, setting
-    `fields` with it; returns how many moved."""
+    `fields` with it; returns how many moved. `using` names how `where` finds them: "id" (the
+    primary key) or an index, which the state's index must not stand in for: that would visit
+    every request in `current`."""
     check_move(REQUEST_MOVES, current, target, "request")
     assignments = ", ".join(f"{key} = ?" for key in ("state", *fields))
-    sql = f"UPDATE requests SET {assignments} WHERE run_id = ? AND state = ?"
+    table = f"requests INDEXED BY {using}" if using not in ("", "id") else "requests"
+    state = "+state" if using else "state"
+    sql = f"UPDATE {table} SET {assignments} WHERE run_id = ? AND {state} = ?"
     if where:
         sql += f" AND {where}"
     moved: int = db.execute(sql, (target, *fields.values(), run_id, current, *params)).rowcount
@@ -59,7 +65,7 @@ def move_ids(
     moved = 0
     for chunk in _chunks(request_ids):
         marks = ",".join("?" * len(chunk))
-        moved += move(db, run_id, current, target, f"id IN ({marks})", chunk, **fields)
+        moved += move(db, run_id, current, target, f"id IN ({marks})", chunk, using="id", **fields)
     if moved != len(request_ids):
         raise IllegalTransition(
             f"{len(request_ids) - moved} of {len(request_ids)} requests were not "
@@ -181,8 +187,8 @@ def apply_outcomes(
     """Write many outcomes with a handful of statements (this is the ingest hot path)."""
     if batch_id is not None:
         rows = db.execute(
-            "SELECT id, state, attempts, content_hash FROM requests WHERE run_id = ? "
-            "AND batch_id = ?",
+            "SELECT id, state, attempts, content_hash FROM requests INDEXED BY requests_by_batch "
+            "WHERE run_id = ? AND batch_id = ?",
             (run_id, batch_id),
         ).fetchall()
     else:

@@ -18,12 +18,14 @@ __all__ = [
     "REQUEST_COLUMNS",
     "answered_rows",
     "apply_cache",
+    "batch_requests",
     "cached",
     "deliver",
     "insert_batch",
     "insert_request",
     "insert_row",
     "joined_rows",
+    "pending",
     "realtime_sent_since",
     "row_outcomes",
     "take_cached",
@@ -251,3 +253,35 @@ def deliver(
 
 def _pending(row: Row) -> PendingRequest:
     return PendingRequest(**{key: row[key] for key in PendingRequest.__dataclass_fields__})
+
+
+def pending(
+    db: Connection, run_id: str, limit: int, from_end: bool, after_row: int | None
+) -> list[PendingRequest]:
+    """Pending requests in input order (from the end, `from_end`), after (before) `after_row`."""
+    order, beyond = ("DESC", "<") if from_end else ("ASC", ">")
+    where = "run_id = ? AND state = 'pending'"
+    params: list[Any] = [run_id]
+    if after_row is not None:
+        where += f" AND first_row {beyond} ?"
+        params.append(after_row)
+    cursor = db.execute(
+        f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {where} ORDER BY first_row {order} LIMIT ?",
+        (*params, limit),
+    )
+    cursor.row_factory = None
+    return [PendingRequest(*row) for row in cursor]
+
+
+def batch_requests(
+    db: Connection, run_id: str, batch_id: int, bodies: bool
+) -> list[PendingRequest]:
+    """The requests of a live batch in input order, found through `requests_by_batch`."""
+    columns = REQUEST_COLUMNS if bodies else REQUEST_COLUMNS.replace("body", "x''")
+    cursor = db.execute(
+        f"SELECT {columns} FROM requests INDEXED BY requests_by_batch WHERE run_id = ? "
+        "AND batch_id = ? AND state IN ('queued', 'submitted') ORDER BY first_row",
+        (run_id, batch_id),
+    )
+    cursor.row_factory = None
+    return [PendingRequest(*row) for row in cursor]
