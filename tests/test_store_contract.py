@@ -9,11 +9,14 @@ opens the same database again when called again (a second process, a second conn
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import itertools
 import json
+import os
 import re
 import threading
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +40,34 @@ from batchpilot.store.records import AnswerFilter
 from batchpilot.store.states import BATCH_MOVES, REQUEST_MOVES, RUN_MOVES, check_move
 
 StoreFactory = Callable[[Path], Store]
-STORES: list[StoreFactory] = [lambda tmp_path: SQLiteStore(tmp_path / "s.sqlite3")]
+POSTGRES_ENV = "BATCHPILOT_TEST_POSTGRES"
+_SESSION = uuid.uuid4().hex[:8]
+
+
+def postgres_store(tmp_path: Path) -> Store:
+    """A PostgreSQL store in a schema of its own for this test (from `POSTGRES_ENV`, the URL of
+    a server `.ci/postgres` starts); skipped without one, except under CI."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        reason = f"no PostgreSQL server: set {POSTGRES_ENV} to a URL (`.ci/postgres` starts one)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    import psycopg
+
+    from batchpilot.store.postgres import PostgresStore
+
+    schema = "t_" + hashlib.sha256(f"{_SESSION}{tmp_path}".encode()).hexdigest()[:20]
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}".encode())
+    joiner = "&" if "?" in url else "?"
+    return PostgresStore(f"{url}{joiner}options=-csearch_path%3D{schema}")
+
+
+STORES: list[StoreFactory] = [
+    lambda tmp_path: SQLiteStore(tmp_path / "s.sqlite3"),
+    postgres_store,
+]
 
 RUN = "run-1"
 EP = "/v1/chat/completions"
