@@ -3,14 +3,19 @@ never shows, and its schema is migrated once and refuses a newer one."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from tests.test_store_contract import POSTGRES_ENV, postgres_store
 
-from batchpilot.errors import StateError
+from batchpilot.errors import StateError, UserInputError
+from batchpilot.server import LocalServer
+from batchpilot.store.opening import SQLITE_FILE, STORE_ENV, open_store
+from test_cli_run import invoke, write_job
+from test_store_contract import POSTGRES_ENV, postgres_store, postgres_url
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -56,3 +61,37 @@ def test_a_schema_from_a_newer_batchpilot_is_refused(tmp_path: Path) -> None:
     assert again.store_id == store_id
     store.close()
     again.close()
+
+
+def test_a_run_with_batchpilot_store_lives_in_postgresql(
+    tmp_path: Path,
+    local_server_factory: Callable[..., LocalServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`BATCHPILOT_STORE` points `run`, `status` and `export` at PostgreSQL: the state directory
+    keeps no SQLite store, and the run's rows, batches and answers are in the database."""
+    monkeypatch.setenv(STORE_ENV, postgres_url(tmp_path))
+    server = local_server_factory(time_scale=500, validation_delay_s=0, finalizing_delay_s=0)
+    job, state = write_job(tmp_path, server.base_url), tmp_path / "state"
+    result = invoke("run", str(job), "--state", str(state), "--quiet", "--poll-interval", "0.02")
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in out] == [f"r{i}" for i in range(12)]
+    assert {row["status"] for row in out} == {"succeeded"}
+    assert not (state / SQLITE_FILE).exists()
+    store = open_store(state)
+    try:
+        (run,) = store.runs()
+        assert isinstance(store, PostgresStore) and run.status == "finished"
+        assert store.request_counts(run.id)["succeeded"] == 12
+        assert {b.state for b in store.batches(run.id)} == {"finished"}
+    finally:
+        store.close()
+    status = json.loads(invoke("status", "--state", str(state), "--json").output)
+    assert status["run_id"] == run.id
+
+
+def test_batchpilot_store_must_be_a_postgresql_url(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="BATCHPILOT_STORE must be a postgresql:// URL"):
+        open_store(tmp_path, {STORE_ENV: "mysql://x:secret@db/y"})
+    assert not (tmp_path / SQLITE_FILE).exists()

@@ -17,6 +17,7 @@ from batchpilot.providers import openai_provider
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, find_run, open_store, run_job
 from batchpilot.run.api import job_of, run_requests_file
 from batchpilot.spec import load_job
+from batchpilot.store.opening import store_exists
 
 __all__ = ["has_store", "known_state_option", "resume", "run", "state_option"]
 
@@ -32,7 +33,7 @@ state_option = click.option(
 
 
 def has_store(state_dir: Path) -> bool:
-    return (Path(state_dir) / "batchpilot.sqlite3").is_file()
+    return store_exists(Path(state_dir))
 
 
 def _holds_runs(ctx: click.Context, param: click.Parameter, state_dir: Path) -> Path:

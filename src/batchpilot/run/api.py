@@ -39,7 +39,14 @@ from batchpilot.run.store_sink import StoreSink, plan_errors, plan_into_store
 from batchpilot.run.target import TargetCounter
 from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
-from batchpilot.store import PendingRequest, RunLock, RunRecord, SQLiteStore, Store, utc_now
+from batchpilot.store import (
+    PendingRequest,
+    RunLock,
+    RunRecord,
+    Store,
+    opening,
+    utc_now,
+)
 from batchpilot.validate import AnswerCheck, load_validator
 
 __all__ = [
@@ -70,7 +77,8 @@ class RunResult:
 
 
 def open_store(state_dir: Path) -> Store:
-    return SQLiteStore(Path(state_dir) / "batchpilot.sqlite3")
+    """The state directory's store (or the PostgreSQL store `BATCHPILOT_STORE` names)."""
+    return opening.open_store(Path(state_dir))
 
 
 def spec_json(job: JobSpec) -> str:
