@@ -15,7 +15,7 @@ from batchpilot.errors import StateError, UserInputError
 from batchpilot.server import LocalServer
 from batchpilot.store.opening import SQLITE_FILE, STORE_ENV, open_store
 from test_cli_run import invoke, write_job
-from test_store_contract import POSTGRES_ENV, postgres_store, postgres_url
+from test_store_contract import POSTGRES_ENV, RUN, make_run, plan, postgres_store, postgres_url
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -95,3 +95,23 @@ def test_batchpilot_store_must_be_a_postgresql_url(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="BATCHPILOT_STORE must be a postgresql:// URL"):
         open_store(tmp_path, {STORE_ENV: "mysql://x:secret@db/y"})
     assert not (tmp_path / SQLITE_FILE).exists()
+
+
+def test_two_workers_taking_pending_requests_at_once_skip_each_others(tmp_path: Path) -> None:
+    """Pending requests read inside a transaction stay locked until it ends: a second worker
+    reading at the same time gets the next ones instead of waiting or taking the same ones."""
+    one, two = postgres_store(tmp_path), postgres_store(tmp_path)
+    make_run(one)
+    plan(one, 4)
+    with one.tx():
+        first = one.pending(RUN, 2)
+        with two.tx():
+            second = two.pending(RUN, 2)
+            two.create_batch(RUN, second, size=1, file_name_prefix="two")
+        one.create_batch(RUN, first, size=1, file_name_prefix="one")
+    assert [r.id for r in first] == ["req-0", "req-1"]
+    assert [r.id for r in second] == ["req-2", "req-3"]
+    assert one.request_counts(RUN)["queued"] == 4
+    assert sorted(b.id for b in one.batches(RUN)) == [1, 2]
+    one.close()
+    two.close()
