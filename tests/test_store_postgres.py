@@ -89,6 +89,10 @@ def test_a_run_with_batchpilot_store_lives_in_postgresql(
         store.close()
     status = json.loads(invoke("status", "--state", str(state), "--json").output)
     assert status["run_id"] == run.id
+    report = tmp_path / "report.html"
+    result = invoke("report", "--state", str(state), "-o", str(report))
+    assert result.exit_code == 0, result.output
+    assert run.id in report.read_text()
 
 
 def test_batchpilot_store_must_be_a_postgresql_url(tmp_path: Path) -> None:
