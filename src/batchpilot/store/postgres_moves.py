@@ -4,8 +4,9 @@
 As in the SQLite store: every move is checked against `REQUEST_MOVES` and guarded by the current
 state in the same statement; a move that finds fewer requests than it was given raises
 IllegalTransition and the caller's transaction rolls back. The counts of requests by state, the
-run's totals and its failures by kind are kept in the same transaction. Count rows are locked in
-the order of their states' names, so that concurrent transactions queue instead of deadlocking.
+run's totals and its failures by kind are kept in the same transaction. Every count row of a run
+is made with the run and locked in one order by each move, so that concurrent transactions
+queue instead of deadlocking.
 """
 
 from __future__ import annotations
@@ -94,7 +95,16 @@ def move_each(
 def count_added(db: Db, run_id: str, n: int) -> None:
     """Requests newly planned: pending."""
     if n:
+        _lock_counts(db, run_id)
         db.execute(_COUNT, (run_id, RequestState.PENDING.value, n))
+
+
+def _lock_counts(db: Db, run_id: str) -> None:
+    """Every count row of the run (made with the run), locked in one order, so that two
+    transactions moving the run's requests queue for them instead of deadlocking."""
+    db.execute(
+        "SELECT state FROM request_counts WHERE run_id = %s ORDER BY state FOR UPDATE", (run_id,)
+    )
 
 
 def _count(db: Db, run_id: str, pairs: Counter[tuple[str, str]]) -> None:
@@ -105,6 +115,7 @@ def _count(db: Db, run_id: str, pairs: Counter[tuple[str, str]]) -> None:
             delta[str(target)] += n
     changes = [(run_id, state, n) for state, n in sorted(delta.items()) if n]
     if changes:
+        _lock_counts(db, run_id)
         with db.cursor() as cursor:
             cursor.executemany(_COUNT, changes)
 

@@ -9,7 +9,7 @@ from batchpilot.errors import IllegalTransition, StateError
 from batchpilot.store import postgres_reads as reads
 from batchpilot.store.postgres_moves import Db
 from batchpilot.store.records import RunRecord, TaskStateRecord
-from batchpilot.store.states import RUN_MOVES, RunState, check_move
+from batchpilot.store.states import RUN_MOVES, RequestState, RunState, check_move
 
 __all__ = ["RunsMixin"]
 
@@ -52,6 +52,10 @@ class RunsMixin:
                     run.created_at_utc,
                     run.finished_at_utc,
                 ),
+            )
+            db.execute(
+                "INSERT INTO request_counts(run_id, state, n) SELECT %s, unnest(%s::text[]), 0",
+                (run.id, [state.value for state in RequestState]),
             )
 
     def run(self, run_id: str) -> RunRecord | None:
