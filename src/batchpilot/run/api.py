@@ -39,14 +39,7 @@ from batchpilot.run.store_sink import StoreSink, plan_errors, plan_into_store
 from batchpilot.run.target import TargetCounter
 from batchpilot.spec import JobSpec, LimitsSpec, job_from_dict
 from batchpilot.spec.model import parse_deadline
-from batchpilot.store import (
-    PendingRequest,
-    RunLock,
-    RunRecord,
-    Store,
-    opening,
-    utc_now,
-)
+from batchpilot.store import PendingRequest, RunLock, RunRecord, Store, opening, utc_now
 from batchpilot.validate import AnswerCheck, load_validator
 
 __all__ = [
