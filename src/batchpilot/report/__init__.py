@@ -17,10 +17,10 @@ from batchpilot.report.facts import RunFacts, gather
 from batchpilot.run.identity import job_of
 from batchpilot.run.workspace import DEFAULT_STATE_DIR, find_run, open_store
 from batchpilot.store import Store
+from batchpilot.store.opening import store_exists
 
 __all__ = ["build_report", "write_report"]
 
-STORE_FILE = "batchpilot.sqlite3"
 Sections = list[tuple[str, str | None, RunFacts]]
 
 
@@ -71,7 +71,7 @@ def write_report(
     from batchpilot.report.page import render_page
 
     target, state = Path(output), Path(state_dir)
-    if not (state / STORE_FILE).is_file():
+    if not store_exists(state):
         raise UserInputError(f"{state}: no runs here (no store); check the state directory")
     store = open_store(state)
     try:

@@ -7,17 +7,16 @@ from pathlib import Path
 
 from batchpilot.errors import UserInputError
 from batchpilot.store import RunRecord, Store
+from batchpilot.store.opening import SQLITE_FILE
 
 __all__ = [
     "STATE_DIR_NAME",
-    "STORE_FILE",
     "find_state_dir",
     "resolve_run",
     "updated_at",
 ]
 
 STATE_DIR_NAME = ".batchpilot"
-STORE_FILE = "batchpilot.sqlite3"
 
 
 def find_state_dir(start: Path | None = None) -> Path | None:
@@ -26,7 +25,7 @@ def find_state_dir(start: Path | None = None) -> Path | None:
     here = (start or Path.cwd()).resolve()
     for directory in (here, *here.parents):
         candidate = directory / STATE_DIR_NAME
-        if (candidate / STORE_FILE).is_file():
+        if (candidate / SQLITE_FILE).is_file():
             return candidate
     return None
 

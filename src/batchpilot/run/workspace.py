@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from batchpilot.run.lookup import resolve_run
-from batchpilot.store import RunLock, RunRecord, SQLiteStore, Store
+from batchpilot.store import RunLock, RunRecord, Store, opening
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -20,17 +20,18 @@ __all__ = [
 ]
 
 DEFAULT_STATE_DIR = Path(".batchpilot")
-STORE_FILE = "batchpilot.sqlite3"
 
 
 def has_store(state_dir: Path) -> bool:
-    """Whether `state_dir` holds a store (opening one where there is none creates it)."""
-    return (Path(state_dir) / STORE_FILE).is_file()
+    """Whether `state_dir` holds a store (opening one where there is none creates it), or
+    `BATCHPILOT_STORE` names a PostgreSQL store."""
+    return opening.store_exists(Path(state_dir))
 
 
 def open_store(state_dir: Path) -> Store:
-    """The store of `state_dir` (created with it when there is none); the caller closes it."""
-    return SQLiteStore(Path(state_dir) / STORE_FILE)
+    """The store of `state_dir` (created with it when there is none), or the PostgreSQL store
+    `BATCHPILOT_STORE` names; the caller closes it."""
+    return opening.open_store(Path(state_dir))
 
 
 @contextmanager

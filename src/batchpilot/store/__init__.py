@@ -40,5 +40,10 @@ __all__ = [
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from batchpilot.store.postgres import PostgresStore
+
     def _conforms(path: Path) -> Store:
         return SQLiteStore(path)  # mypy proves that SQLiteStore offers the whole Store surface
+
+    def _conforms_too(url: str) -> Store:
+        return PostgresStore(url)  # and that PostgresStore does

@@ -25,6 +25,7 @@ from batchpilot.run.identity import job_of
 from batchpilot.run.status import run_status
 from batchpilot.run.workspace import open_store
 from batchpilot.store import RunRecord, Store
+from batchpilot.store.opening import store_exists
 from batchpilot.store.records import AnswerFilter
 from batchpilot.ui import pages
 
@@ -66,7 +67,7 @@ def _number(text: str | None, default: int = 0) -> int:
 
 def ui_app(state_dir: Path) -> Starlette:
     """The web view's application over the store in `state_dir` (which must hold one)."""
-    if not (Path(state_dir) / "batchpilot.sqlite3").is_file():
+    if not store_exists(Path(state_dir)):
         raise UserInputError(f"{state_dir}: no runs here (no store); check --state")
     store = open_store(Path(state_dir))
 

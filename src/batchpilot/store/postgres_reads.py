@@ -1,0 +1,139 @@
+"""The PostgreSQL store's reads for reports, the answer browser, events and task states."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from batchpilot.store.postgres_moves import Db
+from batchpilot.store.postgres_queries import PAGE
+from batchpilot.store.records import AnswerFilter, AttemptRecord, JoinedRow, TaskStateRecord
+
+__all__ = [
+    "answers",
+    "attempts",
+    "count_answers",
+    "events",
+    "planned_totals",
+    "request_of_row",
+    "task_state",
+]
+
+
+def attempts(db: Db, run_id: str, request_id: str | None = None) -> Iterator[AttemptRecord]:
+    """Every try of the run's requests in the order they ended, answers from the cache
+    included (streamed in pages); with `request_id`, that request's tries in order."""
+    one = "" if request_id is None else " AND request_id = %s"
+    params = (run_id,) if request_id is None else (run_id, request_id)
+    offset = 0
+    while True:
+        rows = db.execute(
+            "SELECT request_id, attempt, lane, batch_id, outcome, error, input_tokens, "
+            f"output_tokens, cost_usd, at_utc FROM attempts WHERE run_id = %s{one} UNION ALL "
+            "SELECT request_id, 0, 'cache', NULL, 'succeeded', NULL, input_tokens, "
+            f"output_tokens, 0, created_at_utc FROM results WHERE run_id = %s{one} "
+            "AND lane = 'cache' ORDER BY 10, 2, 1 LIMIT %s OFFSET %s".encode(),
+            (*params, *params, PAGE, offset),
+        ).fetchall()
+        for row in rows:
+            yield AttemptRecord(*row)
+        if len(rows) < PAGE:
+            return
+        offset += PAGE
+
+
+def answers(db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int) -> list[JoinedRow]:
+    """One page of the run's rows in input order, with their requests and answers."""
+    sql, params = _answer_query(run_id, where)
+    rows = db.execute(
+        "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
+        "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
+        "r.cost_usd, r.lane FROM rows w "
+        "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
+        "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+        "WHERE w.run_id = %s AND w.row_index IN "
+        f"(SELECT w.row_index {sql} ORDER BY w.row_index LIMIT %s OFFSET %s) "
+        "ORDER BY w.row_index".encode(),
+        (run_id, *params, limit, offset),
+    ).fetchall()
+    return [JoinedRow(*row) for row in rows]
+
+
+def count_answers(db: Db, run_id: str, where: AnswerFilter) -> int:
+    """How many of the run's rows `answers` would page through."""
+    sql, params = _answer_query(run_id, where)
+    row = db.execute(f"SELECT COUNT(*) {sql}".encode(), params).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def planned_totals(db: Db, run_id: str) -> dict[str, tuple[int, int]]:
+    """(requests, input tokens) of every request of the run, by model."""
+    rows = db.execute(
+        "SELECT model, COUNT(*), COALESCE(SUM(input_tokens), 0) FROM requests "
+        "WHERE run_id = %s GROUP BY model",
+        (run_id,),
+    ).fetchall()
+    return {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
+
+
+def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
+    """The FROM and WHERE of the rows a page of answers picks from, joining only the tables
+    its filters read (a page joins the rest for its own rows alone)."""
+    joins, conditions = [], ["w.run_id = %s"]
+    params: list[Any] = [run_id]
+    if where.row is not None:
+        conditions.append("w.row_index = %s")
+        params.append(where.row)
+    if where.state is not None:
+        conditions.append("COALESCE(q.state, 'skipped') = %s")
+        params.append(where.state)
+    if where.reason is not None:
+        conditions.append("(q.error = %s OR q.error LIKE %s ESCAPE '\\')")
+        params += [where.reason, _like(where.reason) + ":%"]
+    if where.lane is not None:
+        conditions.append("r.lane = %s")
+        params.append(where.lane)
+    if where.search:
+        conditions.append(
+            "(w.row_id LIKE %s ESCAPE '\\' OR w.data_json LIKE %s ESCAPE '\\' "
+            "OR r.response_json LIKE %s ESCAPE '\\' OR q.error LIKE %s ESCAPE '\\')"
+        )
+        params += [f"%{_like(where.search)}%"] * 4
+    if where.state is not None or where.reason is not None or where.search:
+        joins.append("LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id")
+    if where.lane is not None or where.search:
+        joins.append("LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id")
+    return f"FROM rows w {' '.join(joins)} WHERE {' AND '.join(conditions)}", params
+
+
+def _like(text: str) -> str:
+    """`text` matched as itself inside a LIKE pattern."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def events(db: Db, run_id: str, since: int) -> list[dict[str, Any]]:
+    with db.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            "SELECT seq, run_id, at_utc, kind, message, data_json FROM events "
+            "WHERE run_id = %s AND seq > %s ORDER BY seq",
+            (run_id, since),
+        )
+        return cursor.fetchall()
+
+
+def task_state(db: Db, run_id: str) -> TaskStateRecord | None:
+    row = db.execute(
+        "SELECT state_json, rounds, delivered FROM task_state WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    return None if row is None else TaskStateRecord(row[0], int(row[1]), int(row[2]))
+
+
+def request_of_row(db: Db, run_id: str, row_id: str) -> str | None:
+    """The request id of the row with this id (a task's key), or None when there is none."""
+    row = db.execute(
+        "SELECT request_id FROM rows WHERE run_id = %s AND row_id = %s ORDER BY row_index LIMIT 1",
+        (run_id, row_id),
+    ).fetchone()
+    return None if row is None else row[0]
