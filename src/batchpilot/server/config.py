@@ -40,6 +40,10 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "text-embedding-ada-002",
         "local",
         "smollm2",
+        "claude-opus-4-6",
+        "claude-sonnet-4-6",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
     }
 )
 

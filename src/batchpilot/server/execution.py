@@ -86,6 +86,10 @@ def execute(
     content_fault: Fault | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Answer one body: (HTTP status, response body or error envelope)."""
+    if endpoint == "/v1/messages":
+        from batchpilot.server.anthropic_messages import run_message
+
+        return run_message(responder, body, content_fault)
     try:
         if endpoint == "/v1/chat/completions":
             response = responder.chat(body)
