@@ -221,7 +221,7 @@ class AnthropicApi:
             if not moved:
                 return await self.cancel(request)
             self.server.engine.wake()
-        elif status != "cancelling":
+        elif status not in ("cancelling", "cancelled"):
             return _error(400, f"Batch '{row['id']}' has already ended and cannot be canceled.")
         row = self._row(request)
         assert row is not None
