@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from batchpilot.plan.job import plan_job
 from batchpilot.run import run_job
 from batchpilot.server import LocalServer
 from batchpilot.spec import job_from_dict
@@ -68,3 +69,24 @@ def test_a_claude_job_runs_in_each_lane(
         usage = line["usage"]
         expected = share * (usage["input_tokens"] * 1.0 + usage["output_tokens"] * 5.0) / 1e6
         assert line["cost_usd"] == pytest.approx(expected)
+
+
+def test_a_claude_job_is_planned_at_claudes_prices_with_estimated_tokens(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"id": "r0", "text": "hello there"}) + "\n")
+    job = job_from_dict(
+        {
+            "name": "claude-plan",
+            "provider": {"kind": "anthropic"},
+            "model": "claude-sonnet-4-5",
+            "input": {"path": "rows.jsonl", "id_field": "id"},
+            "prompt": {"user": "{{ text }}"},
+            "params": {"max_tokens": 10},
+            "estimate": {"output_tokens": 10},
+        },
+        base_dir=tmp_path,
+    )
+    planned = plan_job(job).as_json()
+    assert planned["input_tokens_exact"] is False
+    tokens = planned["input_tokens"]
+    # claude-sonnet-4-5: $3 / $15 per 1M tokens, half that in a batch
+    assert planned["cost_usd"]["batch"] == pytest.approx((tokens * 1.5 + 10 * 7.5) / 1e6)
