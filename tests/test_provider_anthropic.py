@@ -4,9 +4,11 @@ SDK error translated at the edge. Real HTTP against the local server through the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anthropic
@@ -15,17 +17,20 @@ import pytest
 
 from batchpilot.errors import ProviderRejected, ProviderUnavailable, UserInputError
 from batchpilot.providers import (
+    Answer,
     AnthropicProvider,
     AuthenticationFailed,
     BatchTags,
+    CallFailed,
     RemoteBatch,
     RemoteStatus,
     provider_for,
 )
 from batchpilot.providers.anthropic_batch import BatchRecord
 from batchpilot.providers.anthropic_errors import translate_error
+from batchpilot.providers.anthropic_shapes import rate_limit_headers
 from batchpilot.providers.retry import retryable_status
-from batchpilot.server import LocalServer
+from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.spec.model import ProviderSpec
 
 MODEL = "claude-haiku-4-5"
@@ -152,3 +157,48 @@ def test_every_status_is_translated(status: int) -> None:
     error = translate_error(exc, "creating a batch", secret=None)
     assert isinstance(error, ProviderUnavailable if retryable_status(status) else ProviderRejected)
     assert isinstance(error, AuthenticationFailed) == (status in (401, 403))
+
+
+def test_anthropic_rate_limit_headers_are_read_as_the_lane_reads_them() -> None:
+    headers = {
+        "anthropic-ratelimit-requests-limit": "50",
+        "anthropic-ratelimit-requests-remaining": "49",
+        "anthropic-ratelimit-requests-reset": "2026-01-01T00:00:30Z",
+        "anthropic-ratelimit-input-tokens-limit": "40000",
+        "anthropic-ratelimit-input-tokens-remaining": "39000",
+        "anthropic-ratelimit-input-tokens-reset": "2026-01-01T00:00:01.500Z",
+        "retry-after": "3",
+    }
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    found = rate_limit_headers(headers, now=start)
+    assert found["x-ratelimit-limit-requests"] == "50"
+    assert found["x-ratelimit-remaining-requests"] == "49"
+    assert found["x-ratelimit-reset-requests"] == "30.000s"
+    assert found["x-ratelimit-limit-tokens"] == "40000"
+    assert found["x-ratelimit-reset-tokens"] == "1.500s"
+    assert found["retry-after"] == "3"
+
+
+@pytest.mark.parametrize(("fault", "finish"), [("length", "length"), ("refusal", "content_filter")])
+def test_truncated_and_refused_answers_are_classified(
+    fault: str, finish: str, tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    faults = FaultPlan.model_validate({"faults": [{"kind": fault}]})
+    made = provider(local_server_factory(faults=faults), tmp_path / "record.jsonl")
+
+    async def go() -> Answer | CallFailed:
+        api = made.realtime()
+        try:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            return await api.call(body, "/v1/chat/completions", custom_id="c-1")
+        finally:
+            await api.aclose()
+
+    try:
+        answer = asyncio.run(go())
+    finally:
+        made.close()
+    assert isinstance(answer, Answer)
+    choice = answer.body["choices"][0]
+    assert choice["finish_reason"] == finish
+    assert (choice["message"]["refusal"] is not None) == (fault == "refusal")

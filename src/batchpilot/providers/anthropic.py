@@ -18,7 +18,13 @@ from anthropic._types import RequestOptions
 from batchpilot.errors import UserInputError
 from batchpilot.providers.anthropic_batch import AnthropicBatches, BatchRecord
 from batchpilot.providers.anthropic_errors import error_detail
-from batchpilot.providers.anthropic_shapes import CHAT, MESSAGES, chat_completion, messages_params
+from batchpilot.providers.anthropic_shapes import (
+    CHAT,
+    MESSAGES,
+    chat_completion,
+    messages_params,
+    rate_limit_headers,
+)
 from batchpilot.providers.base import Answer, CallFailed, Capabilities
 from batchpilot.providers.openai_errors import redact
 from batchpilot.providers.retry import retryable_status
@@ -109,7 +115,7 @@ class AnthropicRealtime:
                 self._redact(f"http {status}: {error_detail(exc)}"),
                 retryable=retryable_status(status),
                 status=status,
-                headers=exc.response.headers,
+                headers=rate_limit_headers(exc.response.headers),
             )
         except anthropic.APITimeoutError:
             return CallFailed("timeout: no answer in time", retryable=True, may_have_run=True)
@@ -132,7 +138,8 @@ class AnthropicRealtime:
                 headers=raw.headers,
                 may_have_run=True,
             )
-        return Answer(chat_completion(answer) if endpoint == CHAT else answer, raw.headers)
+        body = chat_completion(answer) if endpoint == CHAT else answer
+        return Answer(body, rate_limit_headers(raw.headers))
 
     async def aclose(self) -> None:
         await self._client.close()

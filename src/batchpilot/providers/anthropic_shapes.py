@@ -11,6 +11,9 @@ become the finish reasons `length` and `content_filter`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from batchpilot.errors import UserInputError
@@ -21,6 +24,7 @@ __all__ = [
     "MESSAGES",
     "chat_completion",
     "messages_params",
+    "rate_limit_headers",
     "result_line",
 ]
 
@@ -170,3 +174,30 @@ def result_line(item: dict[str, Any], endpoint: str) -> tuple[bool, dict[str, An
     code, what = ("batch_expired", "expired") if kind == "expired" else ("batch_cancelled", kind)
     error = {"code": code, "message": f"The request was not run: the batch {what}."}
     return False, {"custom_id": custom_id, "response": None, "error": error}
+
+
+def rate_limit_headers(headers: Mapping[str, str], now: float | None = None) -> dict[str, str]:
+    """The headers with Anthropic's `anthropic-ratelimit-{requests,tokens}-*` also under the
+    `x-ratelimit-*` names the real-time lane reads (a reset time becomes seconds from now);
+    input tokens stand for tokens where the total is not given."""
+    found = {k.lower(): v for k, v in headers.items()}
+    moment = time.time() if now is None else now
+    for kind, sources in (("requests", ("requests",)), ("tokens", ("tokens", "input-tokens"))):
+        for source in sources:
+            prefix = f"anthropic-ratelimit-{source}-"
+            if prefix + "limit" not in found:
+                continue
+            for part in ("limit", "remaining", "reset"):
+                value = found.get(prefix + part)
+                if value is None or f"x-ratelimit-{part}-{kind}" in found:
+                    continue
+                if part == "reset":
+                    try:
+                        at = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+                    except ValueError:
+                        pass
+                    else:
+                        value = f"{max(0.0, at - moment):.3f}s"
+                found[f"x-ratelimit-{part}-{kind}"] = value
+            break
+    return found
