@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import anthropic
@@ -13,6 +14,7 @@ from anthropic.types import Message
 from anthropic.types.messages import MessageBatch
 
 from batchpilot.server import FaultPlan, LocalServer
+from batchpilot.server.config import RateLimit
 
 MODEL = "claude-haiku-4-5"
 FAST = {"time_scale": 1000.0, "validation_delay_s": 0.0, "finalizing_delay_s": 0.0}
@@ -186,3 +188,20 @@ def test_list_pages_newest_first_both_ways(local_server: LocalServer) -> None:
     assert [b.id for b in page.data] == newest_first[2:4] and page.has_more
     before = client.messages.batches.list(limit=2, before_id=newest_first[3])
     assert [b.id for b in before.data] == newest_first[1:3]
+
+
+def test_rate_limits_come_in_anthropics_headers(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = local_server_factory(rate_limits={MODEL: RateLimit(rpm=2)}, time_scale=1e-9)
+    client = client_for(server)
+    raw = client.messages.with_raw_response.create(**params("hi"))
+    assert raw.headers["anthropic-ratelimit-requests-limit"] == "2"
+    assert raw.headers["anthropic-ratelimit-requests-remaining"] == "1"
+    reset = datetime.fromisoformat(raw.headers["anthropic-ratelimit-requests-reset"])
+    assert reset.tzinfo is not None and raw.headers["request-id"]
+    client.messages.create(**params("hi"))
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        client.with_options(max_retries=0).messages.create(**params("hi"))
+    assert limited.value.type == "rate_limit_error"
+    assert float(limited.value.response.headers["retry-after"]) > 0

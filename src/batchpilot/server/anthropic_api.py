@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -424,5 +425,20 @@ def _with_anthropic_headers(message: Message) -> Message:
         b"x-ratelimit-reset-tokens": b"anthropic-ratelimit-tokens-reset",
         b"x-request-id": b"request-id",
     }
-    headers += [(names[k.lower()], v) for k, v in headers if k.lower() in names]
+    for key, value in list(headers):
+        name = names.get(key.lower())
+        if name is not None and name.endswith(b"-reset"):
+            value = _reset_time(value.decode("latin-1")).encode("latin-1")
+        if name is not None:
+            headers.append((name, value))
     return {**message, "headers": headers}
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _reset_time(duration: str) -> str:
+    """A reset given as a duration (`6m0s`, `1.5s`) as Anthropic gives it: an RFC 3339 time."""
+    seconds = sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION.findall(duration))
+    return _time(time.time() + seconds) or duration
