@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -53,12 +54,13 @@ def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def write_job(directory: Path, base_url: str, **changes: Any) -> Path:
+    kind = changes.pop("kind", "compatible")
     rows = [{"id": f"r{i:02d}", "text": f"Item number {i} of the crash test"} for i in range(ROWS)]
     (directory / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     job = {
         "name": "crash",
-        "provider": {"kind": "compatible", "base_url": base_url},
-        "model": "gpt-4o-mini",
+        "provider": {"kind": kind, "base_url": base_url},
+        "model": "claude-haiku-4-5" if kind == "anthropic" else "gpt-4o-mini",
         "input": {"path": "rows.jsonl", "id_field": "id"},
         "prompt": {"user": "{{ text }}"},
         "params": {"max_tokens": 16},
@@ -209,3 +211,36 @@ def test_sigkill_in_a_hybrid_run_reaches_the_same_result(tmp_path: Path) -> None
         estimate={"batch_turnaround_hours": 0.0003},
         limits={"requests_per_batch": 5, "queue_tokens": 100, "max_attempts": 5},
     )
+
+
+def check_anthropic(base_url: str, state: Path) -> None:
+    """As `check_ledger_and_remote`, for message batches (which carry no tags): every
+    execution is an attempt in the store, and no local batch has two remote batches."""
+    ledger = httpx.get(base_url.removesuffix("/v1") + "/_batchpilot/ledger").json()
+    executed = Counter(row["custom_id"] for row in ledger)
+    store = open_store(state)
+    (run,) = store.runs()
+    recorded = Counter(
+        row[0]
+        for row in store._db.execute(
+            "SELECT request_id FROM attempts WHERE run_id = ? AND lane = 'batch'", (run.id,)
+        )
+    )
+    made = {b.remote_id for b in store.batches(run.id) if b.remote_id is not None}
+    store.close()
+    assert executed == recorded, "the ledger and the store disagree on executions"
+    client = anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key="x")
+    try:
+        remote = [b.id for b in client.messages.batches.list(limit=100)]
+    finally:
+        client.close()
+    assert remote and len(remote) == len(set(remote))
+    assert set(remote) == made, "a message batch was created that the store does not know"
+
+
+def test_sigkill_on_anthropic_reaches_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-local")
+    rng = random.Random(int(os.environ.get("BATCHPILOT_CRASH_SEED", "5")) + 2)
+    run_with_kills(tmp_path, rng, check_anthropic, kind="anthropic")

@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
 from batchpilot.errors import ProviderRejected
 from batchpilot.providers import (
     Answer,
+    AnthropicProvider,
     BatchAPI,
     BatchTags,
     CallFailed,
@@ -40,7 +42,7 @@ CHAT = "/v1/chat/completions"
 SLOW = {"time_scale": 1.0, "validation_delay_s": 0.0, "per_request_s": 60.0, "cancel_delay_s": 0.0}
 
 
-@pytest.fixture(params=["openai", "local"])
+@pytest.fixture(params=["openai", "local", "anthropic"])
 def make_provider(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -58,8 +60,16 @@ def make_provider(
         settings.setdefault("time_scale", 1000.0)
         return local_provider(tmp_path / f"local-{len(made)}", responder="synthetic", **settings)
 
+    def anthropic_variant(**settings: Any) -> Provider:
+        server = local_server_factory(**settings)
+        base_url = server.base_url.removesuffix("/v1")
+        client = anthropic.Anthropic(base_url=base_url, api_key="test", max_retries=0)
+        return AnthropicProvider(client, record_path=tmp_path / f"record-{len(made)}.jsonl")
+
     def factory(**settings: Any) -> Provider:
-        build = openai_variant if request.param == "openai" else local_variant
+        build = {"openai": openai_variant, "local": local_variant}.get(
+            request.param, anthropic_variant
+        )
         made.append(build(**settings))
         return made[-1]
 
@@ -102,14 +112,22 @@ def submit(provider: Provider, tmp_path: Path, count: int = 3, **tagged: Any) ->
 def test_is_a_provider(provider: Provider) -> None:
     assert isinstance(provider, Provider)
     assert isinstance(provider.batches, BatchAPI)
-    assert provider.name in {"openai", "local"}
+    assert provider.name in {"openai", "local", "anthropic"}
     assert isinstance(provider, LocalProvider) == (provider.name == "local")
+
+
+def inline(provider: Provider) -> bool:
+    """Whether the provider takes request lines inline (nothing staged, no file ids)."""
+    return provider.name == "anthropic"
 
 
 def test_staged_lines_are_found_by_name_and_size(provider: Provider, tmp_path: Path) -> None:
     path = write_input(tmp_path)
     size = path.stat().st_size
     staged = provider.batches.stage(path, tags())
+    if inline(provider):
+        assert staged is None and provider.batches.find_staged(tags(), size) is None
+        return
     assert staged is not None
     assert provider.batches.find_staged(tags(), size) == staged
     assert provider.batches.find_staged(tags(), size + 1) is None
@@ -120,16 +138,17 @@ def test_staged_lines_are_found_by_name_and_size(provider: Provider, tmp_path: P
 
 def test_batch_lifecycle(provider: Provider, tmp_path: Path) -> None:
     created = submit(provider, tmp_path)
-    assert created.status is RemoteStatus.VALIDATING
+    first = RemoteStatus.IN_PROGRESS if inline(provider) else RemoteStatus.VALIDATING
+    assert created.status is first
     assert created.tags == BatchTags("r1", 7, "store-1")
     assert created.endpoint == CHAT
-    assert created.staged is not None
+    assert (created.staged is None) == inline(provider)
 
     done = wait_terminal(provider, created.id)
     assert done.status is RemoteStatus.COMPLETED
     assert (done.total, done.completed, done.failed) == (3, 3, 0)
     assert done.errors == []
-    assert done.model == "gpt-4o-mini"
+    assert done.model == (None if inline(provider) else "gpt-4o-mini")
 
     target = tmp_path / "out"
     target.mkdir()
@@ -152,7 +171,8 @@ def test_batch_lifecycle(provider: Provider, tmp_path: Path) -> None:
 def test_lines_given_one_by_one_or_staged_first(provider: Provider, tmp_path: Path) -> None:
     inline = provider.batches.submit(iter(lines(2)), CHAT, tags(batch=1))
     staged = provider.batches.stage(write_input(tmp_path, 2), tags(batch=2))
-    from_staged = provider.batches.submit(iter(()), CHAT, tags(batch=2), staged=staged)
+    again = iter(()) if staged is not None else iter(lines(2))  # nothing staged: inline
+    from_staged = provider.batches.submit(again, CHAT, tags(batch=2), staged=staged)
     assert staged is None or from_staged.staged == staged
     for created in (inline, from_staged):
         done = wait_terminal(provider, created.id)
@@ -170,7 +190,8 @@ def test_cancel_a_running_batch(make_provider: ProviderFactory, tmp_path: Path) 
 
 def test_cancel_a_completed_batch_is_rejected(provider: Provider, tmp_path: Path) -> None:
     batch = wait_terminal(provider, submit(provider, tmp_path).id)
-    with pytest.raises(ProviderRejected, match=r"cancelling batch .*409.*completed") as caught:
+    refused = r"400 .*already ended" if inline(provider) else r"cancelling batch .*409.*completed"
+    with pytest.raises(ProviderRejected, match=refused) as caught:
         provider.batches.cancel(batch.id)
     assert not isinstance(caught.value, RemoteNotFound)
 
@@ -181,7 +202,7 @@ def test_missing_objects(provider: Provider, tmp_path: Path) -> None:
     gone = RemoteBatch("batch_gone", RemoteStatus.COMPLETED, CHAT, result_ids=("file-gone", None))
     target = tmp_path / "out"
     target.mkdir()
-    with pytest.raises(RemoteNotFound, match="file-gone"):
+    with pytest.raises(RemoteNotFound, match="batch_gone" if inline(provider) else "file-gone"):
         provider.batches.results(gone, target)
     assert list(target.iterdir()) == []
 
@@ -242,9 +263,11 @@ def test_a_real_time_answer(provider: Provider) -> None:
     ("status", "retryable"), [(400, False), (401, False), (429, True), (500, True)]
 )
 def test_real_time_failures_are_translated(
-    make_provider: ProviderFactory, status: int, retryable: bool
+    make_provider: ProviderFactory, status: int, retryable: bool, request: pytest.FixtureRequest
 ) -> None:
-    fault = {"kind": "http_error", "route": "POST /v1/chat/completions", "status": status}
+    kind = request.node.callspec.params["make_provider"]
+    route = "POST /v1/messages" if kind == "anthropic" else "POST " + CHAT
+    fault = {"kind": "http_error", "route": route, "status": status}
     provider = make_provider(faults=FaultPlan.model_validate({"faults": [fault]}))
     failed = ask(provider)
     assert isinstance(failed, CallFailed)

@@ -20,13 +20,16 @@ from batchpilot.spec import job_from_dict
 
 
 def test_every_kind_is_registered_with_its_capabilities() -> None:
-    assert kinds() == ("local", "openai", "azure", "compatible")
+    assert kinds() == ("local", "openai", "azure", "compatible", "anthropic")
     openai_kind, local_kind = kind("openai").capabilities, kind("local").capabilities
     assert openai_kind.batch and openai_kind.realtime and openai_kind.flex
     assert openai_kind.responses and openai_kind.images and openai_kind.embeddings
     assert local_kind.batch and local_kind.realtime and local_kind.structured_output
     assert not (local_kind.flex or local_kind.responses)
     assert not kind("compatible").capabilities.flex
+    claude = kind("anthropic").capabilities
+    assert claude.batch and claude.realtime and claude.structured_output and claude.images
+    assert not (claude.flex or claude.responses or claude.embeddings)
 
 
 def test_an_unknown_kind_names_the_known_ones() -> None:

@@ -1,5 +1,5 @@
 """Providers behind two small capabilities (batch, real time): OpenAI (and Azure, and compatible
-servers) and local."""
+servers), Anthropic and local."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, cast
 
+from batchpilot.providers.anthropic import CAPABILITIES as ANTHROPIC_CAPABILITIES
+from batchpilot.providers.anthropic import AnthropicProvider, anthropic_provider
 from batchpilot.providers.base import (
     Answer,
     AuthenticationFailed,
@@ -30,6 +32,7 @@ from batchpilot.spec.model import ProviderSpec
 __all__ = [
     "LOCAL_SERVER_DIR",
     "Answer",
+    "AnthropicProvider",
     "AuthenticationFailed",
     "BatchAPI",
     "BatchTags",
@@ -42,6 +45,7 @@ __all__ = [
     "RemoteBatch",
     "RemoteNotFound",
     "RemoteStatus",
+    "anthropic_provider",
     "kind",
     "kinds",
     "local_provider",
@@ -74,6 +78,16 @@ def _local(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | Non
     )
 
 
+def _anthropic(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | None) -> Provider:
+    return anthropic_provider(
+        base_url=spec.base_url,
+        api_key_env=spec.api_key_env,
+        state_dir=state_dir,
+        environ=environ,
+    )
+
+
 register("local", _local, LOCAL_CAPABILITIES)
 for _kind in ("openai", "azure", "compatible"):
     register(_kind, _openai, OPENAI_CAPABILITIES[_kind])
+register("anthropic", _anthropic, ANTHROPIC_CAPABILITIES)

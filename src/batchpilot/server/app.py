@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from batchpilot.jsontypes import json_type_name
+from batchpilot.server.anthropic_api import AnthropicApi, AnthropicErrors
 from batchpilot.server.batch_params import check_metadata, output_expires_after
 from batchpilot.server.bodies import BodyProblem, check_body, parse_json
 from batchpilot.server.clock import VirtualClock
@@ -459,7 +460,8 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/openai/deployments/{deployment}/chat/completions", server.chat, "POST"),
         route("/openai/deployments/{deployment}/embeddings", server.embeddings, "POST"),
     ]
+    routes += AnthropicApi(server).routes()
     app = Starlette(
         routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
     )
-    return GuardMiddleware(app, server)
+    return AnthropicErrors(GuardMiddleware(app, server))

@@ -48,6 +48,10 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "dall-e-2",
         "local",
         "smollm2",
+        "claude-opus-4-6",
+        "claude-sonnet-4-6",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
     }
 )
 

@@ -90,6 +90,10 @@ def execute(
 ) -> tuple[int, dict[str, Any]]:
     """Answer one body: (HTTP status, response body or error envelope). With `now` (the
     server's clock), the answer's timestamps are that time."""
+    if endpoint == "/v1/messages":
+        from batchpilot.server.anthropic_messages import run_message
+
+        return run_message(responder, body, content_fault)
     try:
         if endpoint in ("/v1/chat/completions", "/v1/responses"):
             asked = chat_body_of(body) if endpoint == "/v1/responses" else body

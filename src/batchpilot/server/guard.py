@@ -74,6 +74,8 @@ class GuardMiddleware:
             given = headers.get("authorization", "")
             if "api-key" in headers:  # Azure OpenAI's header
                 given = f"Bearer {headers['api-key']}"
+            if "x-api-key" in headers:  # Anthropic's header
+                given = f"Bearer {headers['x-api-key']}"
             project = None
             for key in keys:
                 if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
