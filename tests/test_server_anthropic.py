@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +20,21 @@ MODEL = "claude-haiku-4-5"
 FAST = {"time_scale": 1000.0, "validation_delay_s": 0.0, "finalizing_delay_s": 0.0}
 
 
+_OPENED: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every client a test opens is closed when it ends, not left to the garbage collector."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def client_for(server: LocalServer, key: str = "test") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.base_url.removesuffix("/v1"), api_key=key)
+    client = anthropic.Anthropic(base_url=server.base_url.removesuffix("/v1"), api_key=key)
+    _OPENED.append(client)
+    return client
 
 
 def params(text: str, **extra: Any) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from batchpilot.errors import IllegalTransition
+from batchpilot.formatting import usd
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
 from batchpilot.plan.worst import reservation
 from batchpilot.pricing import PriceTable, usage_cost
@@ -286,13 +287,13 @@ class RealtimeLane:
             return not self._halted()
         if not self._report.budget_stopped:
             self._report.budget_stopped = True
-            budget = "" if self.budget_usd is None else f" of ${self.budget_usd:.6g}"
+            budget = "" if self.budget_usd is None else f" of {usd(self.budget_usd)}"
             verb = "is waiting" if feed.waits else "stopped"
             self.store.event(
                 self.run_id,
                 "budget",
                 f"real-time lane {verb}: the budget{budget} cannot cover the worst case "
-                f"(${worst:.6g}) of request {request.id}",
+                f"({usd(worst)}) of request {request.id}",
             )
         return feed.waits and await self._until(asyncio.sleep(IDLE_S))
 

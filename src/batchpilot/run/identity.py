@@ -80,6 +80,8 @@ def job_of(run: RunRecord) -> JobSpec | None:
     if run.kind not in (RunKind.JOB, RunKind.PIPELINE):
         return None
     data = json.loads(run.spec_json)
+    if "requests" in data or "task" in data:  # recorded without its kind
+        return None
     base = Path(data.pop("base_dir", "."))
     return job_from_dict(data, base_dir=base, environ={})
 

@@ -35,7 +35,8 @@ def resolve_run(store: Store, given: str | None) -> RunRecord:
     when None). A name or prefix that fits several runs is an error listing them."""
     runs = store.runs()
     if not runs:
-        raise UserInputError(f"no runs in {store.where} yet; start one with `batchpilot run`")
+        named = "no runs" if given is None else f"no run '{given}' (nor any other)"
+        raise UserInputError(f"{named} in {store.where} yet; start one with `batchpilot run`")
     if given is None:
         return runs[0]
     exact = store.run(given)
