@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -26,7 +26,22 @@ from batchpilot.server.web import int_param, owner_of
 from batchpilot.store.database import Row
 
 if TYPE_CHECKING:
-    from batchpilot.server.app import ServerApp
+    from batchpilot.server.clock import VirtualClock
+    from batchpilot.server.config import ServerConfig
+    from batchpilot.server.engine import BatchEngine
+    from batchpilot.server.state import ServerState
+
+
+class Host(Protocol):
+    """What Anthropic's routes use of the server they are part of."""
+
+    config: ServerConfig
+    state: ServerState
+    clock: VirtualClock
+    engine: BatchEngine
+
+    async def realtime(self, request: Request, endpoint: str) -> Response: ...
+
 
 __all__ = ["ENDPOINT", "AnthropicApi", "AnthropicErrors"]
 
@@ -49,7 +64,7 @@ def _time(value: float | None) -> str | None:
 class AnthropicApi:
     """The routes of Anthropic's API over one server's state, engine and responder."""
 
-    def __init__(self, server: ServerApp) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
 
     def routes(self) -> list[Route]:
