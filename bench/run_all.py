@@ -3,7 +3,7 @@
     python bench/run_all.py [--short]
 
 `--short` (or the environment variable BATCHPILOT_BENCH_SHORT=1) runs each benchmark on a tiny
-workload: it proves that they all still run (the fast test tier does this), and its numbers
+workload: it proves that they all still run (the slow test tier does this), and its numbers
 mean nothing. `make bench` runs them in full, `make bench-short` in short.
 """
 

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # about two minutes on a busy machine; CI runs the slow tier too
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
