@@ -12,7 +12,6 @@ from typing import Any
 
 import anthropic
 import httpx2
-import orjson
 from anthropic._types import RequestOptions
 
 from batchpilot.errors import UserInputError
@@ -27,7 +26,7 @@ from batchpilot.providers.anthropic_shapes import (
 )
 from batchpilot.providers.base import Answer, CallFailed, Capabilities
 from batchpilot.providers.openai_errors import redact
-from batchpilot.providers.retry import retryable_status
+from batchpilot.providers.retry import json_object, retryable_status, unanswered
 
 __all__ = [
     "CAPABILITIES",
@@ -120,24 +119,12 @@ class AnthropicRealtime:
         except anthropic.APITimeoutError:
             return CallFailed("timeout: no answer in time", retryable=True, may_have_run=True)
         except anthropic.APIConnectionError as exc:
-            cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-            unsent = isinstance(exc.__cause__, httpx2.ConnectError)
-            return CallFailed(
-                self._redact(f"connection error{cause}"), retryable=True, may_have_run=not unsent
-            )
+            return unanswered(exc.__cause__, self._redact)
         except anthropic.AnthropicError as exc:
             return CallFailed(self._redact(f"{type(exc).__name__}: {exc}"), retryable=True)
-        try:
-            answer = orjson.loads(raw.content)
-        except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            return CallFailed(
-                f"http {raw.status_code}: the answer is not a JSON object",
-                retryable=True,
-                headers=raw.headers,
-                may_have_run=True,
-            )
+        answer = json_object(raw)
+        if isinstance(answer, CallFailed):
+            return answer
         body = chat_completion(answer) if endpoint == CHAT else answer
         return Answer(body, rate_limit_headers(raw.headers))
 

@@ -11,12 +11,11 @@ from typing import Any
 
 import httpx2
 import openai
-import orjson
 from openai._types import RequestOptions
 
 from batchpilot.providers.base import Answer, CallFailed
 from batchpilot.providers.openai_errors import error_detail, redact
-from batchpilot.providers.retry import retryable_status
+from batchpilot.providers.retry import json_object, retryable_status, unanswered
 
 __all__ = ["CUSTOM_ID_HEADER", "OpenAIRealtime"]
 
@@ -57,24 +56,12 @@ class OpenAIRealtime:
         except openai.APITimeoutError:
             return CallFailed("timeout: no answer in time", retryable=True, may_have_run=True)
         except openai.APIConnectionError as exc:
-            cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-            unsent = isinstance(exc.__cause__, httpx2.ConnectError)
-            return CallFailed(
-                self._redact(f"connection error{cause}"), retryable=True, may_have_run=not unsent
-            )
+            return unanswered(exc.__cause__, self._redact)
         except openai.OpenAIError as exc:
             return CallFailed(self._redact(f"{type(exc).__name__}: {exc}"), retryable=True)
-        try:
-            answer = orjson.loads(raw.content)
-        except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            return CallFailed(
-                f"http {raw.status_code}: the answer is not a JSON object",
-                retryable=True,
-                headers=raw.headers,
-                may_have_run=True,
-            )
+        answer = json_object(raw)
+        if isinstance(answer, CallFailed):
+            return answer
         return Answer(answer, raw.headers)
 
     async def aclose(self) -> None:
