@@ -25,6 +25,7 @@ from batchpilot.server.app import ServerApp, build_app
 from batchpilot.server.clock import VirtualClock
 from batchpilot.server.config import RateLimit, ServerConfig
 from batchpilot.server.engine import BatchEngine
+from batchpilot.server.execution import GEMINI_ENDPOINT
 from batchpilot.server.faults import FaultPlan, load_fault_plan
 from batchpilot.server.responders.base import Responder
 from batchpilot.server.state import ServerState
@@ -49,6 +50,12 @@ def _count_tokens(body: dict[str, Any], endpoint: str) -> int:
 
     if endpoint in ("/v1/completions", "/v1/moderations", "/v1/images/generations"):
         return more_endpoints.count_tokens(body, endpoint)
+    if endpoint == GEMINI_ENDPOINT:
+        from batchpilot.server.gemini_content import chat_body
+
+        model = str(body.get("model") or "").removeprefix("models/")
+        request = {k: v for k, v in body.items() if k != "model"}
+        return count_request(chat_body(request, model), "/v1/chat/completions").tokens
     return count_request(body, endpoint).tokens
 
 

@@ -27,6 +27,8 @@ from batchpilot.server.engine import BatchEngine
 from batchpilot.server.execution import body_sha256, execute, usage_of
 from batchpilot.server.faults import CONTENT_KINDS, FaultPlan
 from batchpilot.server.files_api import FilesApi
+from batchpilot.server.gemini_api import GeminiApi
+from batchpilot.server.gemini_face import GeminiFace
 from batchpilot.server.guard import GuardMiddleware
 from batchpilot.server.objects import batch_object, new_batch_id
 from batchpilot.server.ratelimit import RateLimiter
@@ -219,10 +221,15 @@ class ServerApp:
 
     # real time ------------------------------------------------------------------------------
 
-    async def realtime(self, request: Request, endpoint: str) -> Response:
-        body = await _json_body(request, self.config)
-        if isinstance(body, Response):
-            return body
+    async def realtime(
+        self, request: Request, endpoint: str, body: dict[str, Any] | None = None
+    ) -> Response:
+        """Answer one real-time request: `body`, or the request's own when not given."""
+        if body is None:
+            read = await _json_body(request, self.config)
+            if isinstance(read, Response):
+                return read
+            body = read
         if endpoint == "/v1/moderations" and body.get("model") is None:
             body = {**body, "model": DEFAULT_MODERATION_MODEL}
         model = body.get("model")
@@ -461,7 +468,8 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/openai/deployments/{deployment}/embeddings", server.embeddings, "POST"),
     ]
     routes += AnthropicApi(server).routes()
+    routes += GeminiApi(server).routes()
     app = Starlette(
         routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
     )
-    return AnthropicErrors(GuardMiddleware(app, server))
+    return GeminiFace(AnthropicErrors(GuardMiddleware(app, server)))

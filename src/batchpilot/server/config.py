@@ -52,6 +52,10 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "claude-sonnet-4-6",
         "claude-sonnet-4-5",
         "claude-haiku-4-5",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+        "gemini-2.0-flash",
     }
 )
 

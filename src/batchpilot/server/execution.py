@@ -13,7 +13,9 @@ from batchpilot.server.objects import error_body
 from batchpilot.server.responders.base import Responder, ResponderError
 from batchpilot.server.responses_api import chat_body_of, response_of
 
-__all__ = ["body_sha256", "execute", "http_error_body", "usage_of"]
+GEMINI_ENDPOINT = "/v1beta/models:generateContent"
+
+__all__ = ["GEMINI_ENDPOINT", "body_sha256", "execute", "http_error_body", "usage_of"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ def body_sha256(body: dict[str, Any]) -> str:
 def usage_of(response: dict[str, Any]) -> tuple[int, int, int]:
     """(input, cached, output) tokens billed for an answer (chat, embeddings or responses)."""
     usage = response.get("usage")
+    gemini = response.get("usageMetadata")
+    if isinstance(gemini, dict):
+        prompt = int(gemini.get("promptTokenCount", 0) or 0)
+        cached = int(gemini.get("cachedContentTokenCount", 0) or 0)
+        output = int(gemini.get("candidatesTokenCount", 0) or 0)
+        return prompt, cached, output + int(gemini.get("thoughtsTokenCount", 0) or 0)
     if not isinstance(usage, dict):
         return 0, 0, 0
     prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
@@ -94,6 +102,10 @@ def execute(
         from batchpilot.server.anthropic_messages import run_message
 
         return run_message(responder, body, content_fault)
+    if endpoint == GEMINI_ENDPOINT:
+        from batchpilot.server.gemini_content import run_generate
+
+        return run_generate(responder, body, content_fault)
     try:
         if endpoint in ("/v1/chat/completions", "/v1/responses"):
             asked = chat_body_of(body) if endpoint == "/v1/responses" else body

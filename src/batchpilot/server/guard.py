@@ -62,7 +62,8 @@ class GuardMiddleware:
         path: str = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         uploads = ("/v1/files", "/openai/files")
-        limit = config.max_upload_bytes if path in uploads else config.max_json_bytes
+        upload = path in uploads or path.startswith("/_gemini/upload/")
+        limit = config.max_upload_bytes if upload else config.max_json_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await error_response(413, f"Request body too large; the limit is {limit} bytes.")(
@@ -76,6 +77,8 @@ class GuardMiddleware:
                 given = f"Bearer {headers['api-key']}"
             if "x-api-key" in headers:  # Anthropic's header
                 given = f"Bearer {headers['x-api-key']}"
+            if "x-goog-api-key" in headers:  # Gemini's header
+                given = f"Bearer {headers['x-goog-api-key']}"
             project = None
             for key in keys:
                 if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
@@ -97,8 +100,9 @@ class GuardMiddleware:
                 code="loopback_only",
             )(scope, receive, send)
             return
-        if path.startswith(("/v1/", "/openai/")):
-            fault = self.server.http_fault(f"{scope['method']} {path}")
+        if path.startswith(("/v1/", "/openai/", "/_gemini/")):
+            route = path.removeprefix("/_gemini")
+            fault = self.server.http_fault(f"{scope['method']} {route}")
             if fault is not None:
                 extra: dict[str, str] = {}
                 if fault.retry_after_s is not None:
