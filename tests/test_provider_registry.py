@@ -20,7 +20,7 @@ from batchpilot.spec import job_from_dict
 
 
 def test_every_kind_is_registered_with_its_capabilities() -> None:
-    assert kinds() == ("local", "openai", "azure", "compatible", "anthropic")
+    assert kinds() == ("local", "openai", "azure", "compatible", "anthropic", "gemini")
     openai_kind, local_kind = kind("openai").capabilities, kind("local").capabilities
     assert openai_kind.batch and openai_kind.realtime and openai_kind.flex
     assert openai_kind.responses and openai_kind.images and openai_kind.embeddings
@@ -30,11 +30,14 @@ def test_every_kind_is_registered_with_its_capabilities() -> None:
     claude = kind("anthropic").capabilities
     assert claude.batch and claude.realtime and claude.structured_output and claude.images
     assert not (claude.flex or claude.responses or claude.embeddings)
+    gemini = kind("gemini").capabilities
+    assert gemini.batch and gemini.realtime and gemini.structured_output and gemini.images
+    assert not (gemini.flex or gemini.responses or gemini.embeddings)
 
 
 def test_an_unknown_kind_names_the_known_ones() -> None:
-    with pytest.raises(UserInputError, match="'gemini'; the known kinds are local, openai"):
-        kind("gemini")
+    with pytest.raises(UserInputError, match="'mistral'; the known kinds are local, openai"):
+        kind("mistral")
 
 
 def test_capabilities_say_which_strategies_a_provider_can_run() -> None:

@@ -74,7 +74,7 @@ class _Override(_Strict):
 
 
 class _Row(_Override):
-    provider: Literal["openai", "anthropic", "local"]
+    provider: Literal["openai", "anthropic", "gemini", "local"]
     input: _Usd
     cached_input: _Usd | None
     output: _Usd | None

@@ -1,5 +1,6 @@
 """Providers behind two small capabilities (batch, real time): OpenAI (and Azure, and compatible
-servers), Anthropic and local."""
+servers), Anthropic, Gemini and local. Gemini's SDK is an extra: it is imported only when a
+Gemini provider is built."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, cast
 
+from batchpilot.errors import UserInputError
 from batchpilot.providers.anthropic import CAPABILITIES as ANTHROPIC_CAPABILITIES
 from batchpilot.providers.anthropic import AnthropicProvider, anthropic_provider
 from batchpilot.providers.base import (
@@ -22,6 +24,7 @@ from batchpilot.providers.base import (
     RemoteNotFound,
     RemoteStatus,
 )
+from batchpilot.providers.gemini_shapes import CAPABILITIES as GEMINI_CAPABILITIES
 from batchpilot.providers.local import CAPABILITIES as LOCAL_CAPABILITIES
 from batchpilot.providers.local import LocalProvider, local_provider
 from batchpilot.providers.openai import CAPABILITIES as OPENAI_CAPABILITIES
@@ -90,4 +93,17 @@ def _anthropic(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] |
 register("local", _local, LOCAL_CAPABILITIES)
 for _kind in ("openai", "azure", "compatible"):
     register(_kind, _openai, OPENAI_CAPABILITIES[_kind])
+
+
+def _gemini(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | None) -> Provider:
+    try:
+        from batchpilot.providers.gemini import gemini_provider
+    except ImportError:
+        raise UserInputError(
+            "provider kind 'gemini' needs the google-genai SDK: pip install 'batchpilot[gemini]'"
+        ) from None
+    return gemini_provider(base_url=spec.base_url, api_key_env=spec.api_key_env, environ=environ)
+
+
 register("anthropic", _anthropic, ANTHROPIC_CAPABILITIES)
+register("gemini", _gemini, GEMINI_CAPABILITIES)

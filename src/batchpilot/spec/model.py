@@ -96,17 +96,19 @@ def _numeric(annotation: Any) -> bool:
 class ProviderSpec(Strict):
     """Who answers. Keys are never written here: `api_key_env` names the variable that holds one."""
 
-    kind: Literal["local", "openai", "azure", "compatible", "anthropic"] = Field(
+    kind: Literal["local", "openai", "azure", "compatible", "anthropic", "gemini"] = Field(
         "local",
         description="local: the embedded server and model, no key; openai: api.openai.com; "
         "azure: Azure OpenAI; compatible: any OpenAI-compatible base_url; anthropic: "
-        "api.anthropic.com (Message Batches and Messages).",
+        "api.anthropic.com (Message Batches and Messages); gemini: the Gemini Developer API "
+        "(Batch Mode and generateContent).",
     )
     base_url: str | None = Field(None, description="API base URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(
         None,
         description="Environment variable holding the key (default OPENAI_API_KEY; azure: "
-        "AZURE_OPENAI_API_KEY; anthropic: ANTHROPIC_API_KEY).",
+        "AZURE_OPENAI_API_KEY; anthropic: ANTHROPIC_API_KEY; gemini: GEMINI_API_KEY, then "
+        "GOOGLE_API_KEY).",
     )
     organization: str | None = None
     project: str | None = None
