@@ -23,7 +23,10 @@ import httpx
 import openai
 import pytest
 import yaml
+from google import genai
+from google.genai import types
 
+from batchpilot.providers.gemini_batch import tags_of
 from batchpilot.run import open_store
 
 from helpers import run_command, serve_process
@@ -60,7 +63,9 @@ def write_job(directory: Path, base_url: str, **changes: Any) -> Path:
     job = {
         "name": "crash",
         "provider": {"kind": kind, "base_url": base_url},
-        "model": "claude-haiku-4-5" if kind == "anthropic" else "gpt-4o-mini",
+        "model": {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}.get(
+            kind, "gpt-4o-mini"
+        ),
         "input": {"path": "rows.jsonl", "id_field": "id"},
         "prompt": {"user": "{{ text }}"},
         "params": {"max_tokens": 16},
@@ -244,3 +249,39 @@ def test_sigkill_on_anthropic_reaches_the_same_result(
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-local")
     rng = random.Random(int(os.environ.get("BATCHPILOT_CRASH_SEED", "5")) + 2)
     run_with_kills(tmp_path, rng, check_anthropic, kind="anthropic")
+
+
+def check_gemini(base_url: str, state: Path) -> None:
+    """As `check_ledger_and_remote`, for Gemini batches (tagged by their display names): every
+    execution is an attempt in the store, and no local batch has two remote batches."""
+    ledger = httpx.get(base_url.removesuffix("/v1") + "/_batchpilot/ledger").json()
+    executed = Counter(row["custom_id"] for row in ledger)
+    store = open_store(state)
+    (run,) = store.runs()
+    recorded = Counter(
+        row[0]
+        for row in store._db.execute(
+            "SELECT request_id FROM attempts WHERE run_id = ? AND lane = 'batch'", (run.id,)
+        )
+    )
+    made = {b.remote_id for b in store.batches(run.id) if b.remote_id is not None}
+    store.close()
+    assert executed == recorded, "the ledger and the store disagree on executions"
+    options = types.HttpOptions(base_url=base_url.removesuffix("/v1"), api_version="v1beta")
+    client = genai.Client(api_key="x", http_options=options)
+    try:
+        jobs = list(client.batches.list(config={"page_size": 100}))
+    finally:
+        client.close()
+    found = [tags_of(job.display_name) for job in jobs]
+    tags = Counter(t.batch_id for t in found if t is not None and t.run_id == run.id)
+    assert tags and max(tags.values()) == 1, f"a local batch was created twice remotely: {tags}"
+    assert {job.name for job in jobs} == made, "a batch was created that the store does not know"
+
+
+def test_sigkill_on_gemini_reaches_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "gemini-local")
+    rng = random.Random(int(os.environ.get("BATCHPILOT_CRASH_SEED", "5")) + 3)
+    run_with_kills(tmp_path, rng, check_gemini, kind="gemini")

@@ -5,12 +5,15 @@ the schema and exported in input order, and the cost comes from Gemini's prices.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from batchpilot.cli import cli
 from batchpilot.plan.job import plan_job
 from batchpilot.run import run_job
 from batchpilot.server import LocalServer
@@ -92,3 +95,23 @@ def test_a_gemini_job_is_planned_at_geminis_prices_with_estimated_tokens(tmp_pat
     tokens = planned["input_tokens"]
     # gemini-2.5-pro: $1.25 / $10 per 1M tokens, half that in a batch
     assert planned["cost_usd"]["batch"] == pytest.approx((tokens * 0.625 + 10 * 5.0) / 1e6)
+
+
+def test_the_demo_runs_on_the_gemini_double_with_one_flag(
+    tmp_path: Path, local_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo = tmp_path / "demo"
+    shutil.copytree(Path(__file__).parent.parent / "examples" / "demo", demo)
+    monkeypatch.setenv("GEMINI_API_KEY", "local")
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", local_server.base_url)
+    command = ["run", str(demo / "job.yaml"), "--state", str(tmp_path / "state"), "--quiet"]
+    command += ["--poll-interval", "0.05"]
+    result = CliRunner().invoke(cli, [*command, "--provider", "gemini"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (demo / "results.jsonl").read_text().splitlines()]
+    plots = [json.loads(line)["id"] for line in (demo / "plots.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == plots
+    assert all(row["status"] == "succeeded" for row in rows)
+    assert {e["endpoint"] for e in local_server.admin.ledger()} == {
+        "/v1beta/models:generateContent"
+    }

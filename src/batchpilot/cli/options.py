@@ -38,7 +38,7 @@ _OVERRIDES = [
     click.option("--model", help="Override the job's model (env BATCHPILOT_MODEL)."),
     click.option(
         "--provider",
-        type=click.Choice(["local", "openai", "azure", "compatible"]),
+        type=click.Choice(["local", "openai", "azure", "compatible", "anthropic", "gemini"]),
         help="Override the provider kind (env BATCHPILOT_PROVIDER).",
     ),
     click.option("--base-url", help="Override the API base URL (env BATCHPILOT_BASE_URL)."),
