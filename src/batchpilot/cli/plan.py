@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batchpilot.cli.options import override_options
+from batchpilot.cli.options import LIMIT_KEYS, override_options
 from batchpilot.data import count_rows
 from batchpilot.errors import UserInputError
 from batchpilot.formatting import duration, usd
@@ -36,6 +36,7 @@ def job_overrides(**flags: Any) -> dict[str, Any]:
         "output_path": "output.path",
         "strategy": "strategy",
         "deadline": "deadline",
+        **LIMIT_KEYS,
     }
     return {names[key]: value for key, value in flags.items() if value is not None}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from batchpilot.data import InputSpec, read_rows
@@ -19,7 +19,14 @@ from batchpilot.render import RequestRenderer
 from batchpilot.spec import JobSpec, LimitsSpec
 from batchpilot.spec.steps import step_job
 
-__all__ = ["input_spec", "plan_job", "plan_requests_file", "queue_capacity", "settings_for"]
+__all__ = [
+    "input_spec",
+    "main_model",
+    "plan_job",
+    "plan_requests_file",
+    "queue_capacity",
+    "settings_for",
+]
 
 
 def input_spec(job: JobSpec) -> InputSpec:
@@ -33,6 +40,12 @@ def input_spec(job: JobSpec) -> InputSpec:
         text_field=source.text_field,
         encoding=source.encoding,
     )
+
+
+def main_model(requests: Mapping[str, int]) -> str:
+    """The model most requests name (of equals, the first by name): a requests file's limits
+    are that model's."""
+    return min(requests, key=lambda name: (-requests[name], name))
 
 
 def queue_capacity(limits: LimitsSpec, model: str, *, tier: int, local: bool) -> int | None:
