@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-__all__ = ["Seconds", "override_options"]
+__all__ = ["LIMIT_KEYS", "Seconds", "limit_options", "override_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,5 +50,38 @@ _OVERRIDES = [
 def override_options(command: F) -> F:
     """Add --model, --provider, --base-url, --input and --budget."""
     for option in reversed(_OVERRIDES):
+        command = option(command)
+    return command
+
+
+_LIMITS = [
+    click.option(
+        "--tier",
+        type=click.IntRange(0, 5),
+        help="Usage tier, for the built-in queue and rate limits (job: provider.tier; default 1).",
+    ),
+    click.option(
+        "--queue-tokens",
+        type=click.IntRange(min=1),
+        help="The model's enqueued-token limit for batches (job: limits.queue_tokens).",
+    ),
+    click.option("--rpm", type=click.IntRange(min=1), help="Real-time requests per minute."),
+    click.option("--tpm", type=click.IntRange(min=1), help="Real-time tokens per minute."),
+    click.option("--rpd", type=click.IntRange(min=1), help="Real-time requests per day."),
+]
+
+LIMIT_KEYS = {
+    "tier": "provider.tier",
+    "queue_tokens": "limits.queue_tokens",
+    "rpm": "realtime.rpm",
+    "tpm": "realtime.tpm",
+    "rpd": "realtime.rpd",
+}
+"""Each limit flag's dotted job key (default: the tier table)."""
+
+
+def limit_options(command: F) -> F:
+    """Add --tier, --queue-tokens, --rpm, --tpm and --rpd."""
+    for option in reversed(_LIMITS):
         command = option(command)
     return command

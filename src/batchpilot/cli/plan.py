@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batchpilot.cli.options import override_options
+from batchpilot.cli.options import LIMIT_KEYS, limit_options, override_options
 from batchpilot.data import count_rows
 from batchpilot.errors import UserInputError
 from batchpilot.formatting import duration, usd
 from batchpilot.plan import BatchFileWriter, PlanResult, plan_job, plan_requests_file
 from batchpilot.plan.job import input_spec
-from batchpilot.spec import load_job
+from batchpilot.spec import LimitsSpec, RealtimeSpec, load_job
 
 __all__ = ["job_overrides", "plan"]
 
@@ -36,6 +36,7 @@ def job_overrides(**flags: Any) -> dict[str, Any]:
         "output_path": "output.path",
         "strategy": "strategy",
         "deadline": "deadline",
+        **LIMIT_KEYS,
     }
     return {names[key]: value for key, value in flags.items() if value is not None}
 
@@ -132,6 +133,7 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
     help="Also write the batch JSONL files (and rows.jsonl, plan.json) into this new directory.",
 )
 @override_options
+@limit_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def plan(
     job_file: Path | None,
@@ -143,6 +145,11 @@ def plan(
     base_url: str | None,
     input_path: str | None,
     budget: float | None,
+    tier: int | None,
+    queue_tokens: int | None,
+    rpm: int | None,
+    tpm: int | None,
+    rpd: int | None,
     quiet: bool,
 ) -> None:
     """Plan JOB_FILE offline: rows, requests, tokens, cost at batch and real-time prices,
@@ -153,9 +160,22 @@ def plan(
     quiet = quiet or as_json or not sys.stderr.isatty()
     try:
         if requests_file is not None:
+            if input_path is not None:
+                raise UserInputError(
+                    "--input names a job's input; with --requests the requests file is the "
+                    "input: drop --input"
+                )
             with _progress(None, quiet) as progress:
                 result = plan_requests_file(
-                    requests_file, sink=writer, progress=progress, budget_usd=budget
+                    requests_file,
+                    sink=writer,
+                    progress=progress,
+                    budget_usd=budget,
+                    model=model,
+                    local=provider == "local",
+                    tier=1 if tier is None else tier,
+                    limits=LimitsSpec(queue_tokens=queue_tokens),
+                    realtime=RealtimeSpec(rpm=rpm, tpm=tpm, rpd=rpd),
                 )
             title = f"plan of {requests_file}"
         else:
@@ -166,6 +186,11 @@ def plan(
                 base_url=base_url,
                 input_path=input_path,
                 budget=budget,
+                tier=tier,
+                queue_tokens=queue_tokens,
+                rpm=rpm,
+                tpm=tpm,
+                rpd=rpd,
             )
             job = load_job(job_file, overrides)
             total = count_rows(input_spec(job))

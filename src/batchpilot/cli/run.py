@@ -10,20 +10,20 @@ import click
 from rich.console import Console
 
 from batchpilot.cli.live import LiveView, status_table
-from batchpilot.cli.options import Seconds, override_options
+from batchpilot.cli.options import Seconds, limit_options, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
 from batchpilot.providers import openai_provider
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, run_job
 from batchpilot.run import resume as resume_run
-from batchpilot.run.api import run_requests_file
 from batchpilot.run.defaults import provider_line
 from batchpilot.run.identity import job_of
 from batchpilot.run.lookup import find_state_dir
 from batchpilot.run.outcome import failed_requests
 from batchpilot.run.progress import last_stop
+from batchpilot.run.requests_file import run_requests_file
 from batchpilot.run.workspace import find_run, has_store, store_at
-from batchpilot.spec import JobSpec, load_job
+from batchpilot.spec import JobSpec, LimitsSpec, RealtimeSpec, load_job
 
 __all__ = ["known_state_option", "resume", "run", "state_option"]
 
@@ -105,6 +105,7 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
     help="Run a standard OpenAI batch JSONL file as it is (no job file needed).",
 )
 @override_options
+@limit_options
 @click.option("--output", "output_path", help="Override the output path (env BATCHPILOT_OUTPUT).")
 @click.option(
     "--strategy",
@@ -143,8 +144,13 @@ def run(
     provider: str | None,
     base_url: str | None,
     input_path: str | None,
-    output_path: str | None,
     budget: float | None,
+    tier: int | None,
+    queue_tokens: int | None,
+    rpm: int | None,
+    tpm: int | None,
+    rpd: int | None,
+    output_path: str | None,
     strategy: str | None,
     deadline: str | None,
     detach: bool,
@@ -161,11 +167,20 @@ def run(
     if (job_file is None) == (requests_file is None):
         raise UserInputError("give a job file, or --requests FILE (one of the two)")
     job = None
+    limit_flags = {"tier": tier, "queue_tokens": queue_tokens, "rpm": rpm, "tpm": tpm, "rpd": rpd}
     with LiveView(console, quiet or as_json) as view:
         if requests_file is not None:
             kind = provider or "openai"
             if kind == "local":
-                raise UserInputError("--requests runs on openai, azure or compatible providers")
+                raise UserInputError(
+                    "--requests runs on openai, azure or compatible providers (the local "
+                    "provider answers jobs only): give --provider compatible --base-url URL"
+                )
+            if input_path is not None:
+                raise UserInputError(
+                    "--input names a job's input; with --requests the requests file is the "
+                    "input: drop --input"
+                )
             remote = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
             if not (quiet or as_json):
                 console.print(provider_line(requests_file.name, kind, model))
@@ -181,6 +196,14 @@ def run(
                     poll_interval=poll_interval,
                     model=model,
                     base_url=base_url,
+                    strategy=strategy or "batch",
+                    deadline=deadline,
+                    cancel_on_exit=cancel_on_exit,
+                    fresh=fresh,
+                    output=Path(output_path) if output_path else None,
+                    tier=1 if tier is None else tier,
+                    limits=LimitsSpec(queue_tokens=queue_tokens),
+                    realtime=RealtimeSpec(rpm=rpm, tpm=tpm, rpd=rpd),
                 )
             finally:
                 remote.close()
@@ -195,6 +218,7 @@ def run(
                 output_path=output_path,
                 strategy=strategy,
                 deadline=deadline,
+                **limit_flags,
             )
             job = load_job(job_file, overrides)
             if not (quiet or as_json):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from batchpilot.data import InputSpec, read_rows
@@ -16,10 +16,21 @@ from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
 from batchpilot.plan.waves import first_wave
 from batchpilot.pricing import PriceTable, prices_for, tier_limits
 from batchpilot.render import RequestRenderer
-from batchpilot.spec import JobSpec, LimitsSpec
+from batchpilot.spec import EstimateSpec, JobSpec, LimitsSpec, RealtimeSpec
 from batchpilot.spec.steps import step_job
 
-__all__ = ["input_spec", "plan_job", "plan_requests_file", "queue_capacity", "settings_for"]
+__all__ = [
+    "estimate_plan",
+    "input_spec",
+    "main_model",
+    "plan_job",
+    "plan_requests_file",
+    "queue_capacity",
+    "settings_for",
+]
+
+
+DEFAULT_TURNAROUND_HOURS: float = EstimateSpec().batch_turnaround_hours
 
 
 def input_spec(job: JobSpec) -> InputSpec:
@@ -33,6 +44,12 @@ def input_spec(job: JobSpec) -> InputSpec:
         text_field=source.text_field,
         encoding=source.encoding,
     )
+
+
+def main_model(requests: Mapping[str, int]) -> str:
+    """The model most requests name (of equals, the first by name): a requests file's limits
+    are that model's."""
+    return min(requests, key=lambda name: (-requests[name], name))
 
 
 def queue_capacity(limits: LimitsSpec, model: str, *, tier: int, local: bool) -> int | None:
@@ -126,14 +143,35 @@ def plan_job(
 
 def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, float | int | None]]:
     """Each strategy's makespan and cost for this plan under the job's limits."""
-    tier = tier_limits(job.model, job.provider.tier)
-    local = job.provider.kind == "local"
-    # an explicit queue limit counts in the estimate even for the local provider
-    explicit = job.limits.queue_tokens is not None
-    queue = queue_capacity(
-        job.limits, job.model, tier=job.provider.tier, local=local and not explicit
+    return estimate_plan(
+        result,
+        job.model,
+        job.limits,
+        tier=job.provider.tier,
+        local=job.provider.kind == "local",
+        realtime=job.realtime,
+        turnaround_hours=job.estimate.batch_turnaround_hours,
+        budget=job.budget.max_usd,
     )
-    realtime = job.realtime
+
+
+def estimate_plan(
+    result: PlanResult,
+    model: str,
+    limits: LimitsSpec,
+    *,
+    tier: int,
+    local: bool,
+    realtime: RealtimeSpec,
+    turnaround_hours: float,
+    budget: float | None,
+) -> dict[str, dict[str, float | int | None]]:
+    """Each strategy's makespan and cost for a plan under `model`'s limits: those given, else
+    the tier table's (none for the local provider)."""
+    known = tier_limits(model, tier)
+    # an explicit queue limit counts in the estimate even for the local provider
+    explicit = limits.queue_tokens is not None
+    queue = queue_capacity(limits, model, tier=tier, local=local and not explicit)
     inputs = StrategyInputs(
         requests=result.requests,
         input_tokens=result.input_tokens,
@@ -141,11 +179,11 @@ def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, floa
         batch_cost=result.cost.get("batch"),
         realtime_cost=result.cost.get("realtime"),
         queue_tokens=queue,
-        rpm=realtime.rpm or (None if local else tier.rpm),
-        tpm=realtime.tpm or (None if local else tier.tpm),
-        rpd=realtime.rpd or (None if local else tier.rpd),
-        turnaround_s=job.estimate.batch_turnaround_hours * 3600,
-        budget=job.budget.max_usd,
+        rpm=realtime.rpm or (None if local else known.rpm),
+        tpm=realtime.tpm or (None if local else known.tpm),
+        rpd=realtime.rpd or (None if local else known.rpd),
+        turnaround_s=turnaround_hours * 3600,
+        budget=budget,
     )
     return {name: value.as_json() for name, value in estimate_strategies(inputs).items()}
 
@@ -160,15 +198,39 @@ def plan_requests_file(
     progress: Callable[[int], None] | None = None,
     model: str | None = None,
     budget_usd: float | None = None,
+    realtime: RealtimeSpec | None = None,
+    turnaround_hours: float = DEFAULT_TURNAROUND_HOURS,
 ) -> PlanResult:
     """Plan an existing OpenAI batch JSONL file as it is: custom ids and bodies kept (each
-    line's max_tokens bounds its worst case)."""
+    line's max_tokens bounds its worst case). The strategies are estimated under the limits
+    of the model most lines name: `limits` and `realtime` where they give them, else the
+    tier table's at `tier`."""
+    limits = limits or LimitsSpec()
     settings = settings_for(
-        limits or LimitsSpec(),
+        limits,
         local=local,
         tier=tier,
         prices=prices_for("local" if local else "openai"),
         budget_usd=budget_usd,
     )
     planner = Planner(settings)
-    return planner.plan(requests_file_items(path, model), sink, progress)
+    result = planner.plan(requests_file_items(path, model), sink, progress)
+    counts = {name: totals.requests for name, totals in result.models.items() if totals.requests}
+    if counts:
+        main = main_model(counts)
+        result.strategies = estimate_plan(
+            result,
+            main,
+            limits,
+            tier=tier,
+            local=local,
+            realtime=realtime or RealtimeSpec(),
+            turnaround_hours=turnaround_hours,
+            budget=budget_usd,
+        )
+        if len(counts) > 1:
+            result.assumptions.append(
+                f"strategies: every request under the limits of {main}, the model most "
+                f"lines name ({counts[main]:,} of {result.requests:,} requests)"
+            )
+    return result

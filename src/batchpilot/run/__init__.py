@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batchpilot.export import export_rows, export_run
-    from batchpilot.run.api import resume, run_job, run_requests_file
+    from batchpilot.run.api import resume, run_job
     from batchpilot.run.control import CancelReport, cancel_run
     from batchpilot.run.exports import Exported, export_results
     from batchpilot.run.one import RunResult
     from batchpilot.run.progress import RunDetail, status_of
+    from batchpilot.run.requests_file import run_requests_file
     from batchpilot.run.status import RunStatus
     from batchpilot.run.workspace import DEFAULT_STATE_DIR, find_run, open_store
 
@@ -38,7 +39,7 @@ _WHERE: dict[str, str] = {
     "open_store": "batchpilot.run.workspace",
     "resume": "batchpilot.run.api",
     "run_job": "batchpilot.run.api",
-    "run_requests_file": "batchpilot.run.api",
+    "run_requests_file": "batchpilot.run.requests_file",
     "status_of": "batchpilot.run.progress",
 }
 

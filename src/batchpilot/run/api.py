@@ -7,25 +7,21 @@ print(result.status.done, result.status.spent_usd)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
-from batchpilot.plan import plan_requests_file
-from batchpilot.pricing import prices_for
-from batchpilot.providers import Provider, openai_provider
-from batchpilot.run.identity import job_of, requests_identity
-from batchpilot.run.one import RunResult, open_runner, run_one
+from batchpilot.providers import Provider
+from batchpilot.run.identity import job_of
+from batchpilot.run.one import RunResult, run_one
 from batchpilot.run.pipeline import run_pipeline
-from batchpilot.run.settings import limit_settings
+from batchpilot.run.requests_file import run_requests_file
 from batchpilot.run.status import RunStatus
-from batchpilot.run.store_sink import plan_run
-from batchpilot.run.workspace import DEFAULT_STATE_DIR, find_run, run_lock, store_at
-from batchpilot.spec import JobSpec, LimitsSpec
-from batchpilot.store import RunKind, RunRecord, utc_now
+from batchpilot.run.workspace import DEFAULT_STATE_DIR, find_run, store_at
+from batchpilot.spec import JobSpec
+from batchpilot.store import RunKind
 
 __all__ = ["resume", "run_job", "run_requests_file"]
 
@@ -75,70 +71,6 @@ def run_job(
         fresh=fresh,
         response_model=response_model,
     )
-
-
-def run_requests_file(
-    path: Path,
-    *,
-    provider: Provider | None = None,
-    state_dir: Path = DEFAULT_STATE_DIR,
-    kind: str = "openai",
-    budget: float | None = None,
-    on_progress: Callable[[RunStatus], None] | None = None,
-    detach: bool = False,
-    poll_interval: float | None = None,
-    model: str | None = None,
-    base_url: str | None = None,
-) -> RunResult:
-    """Run a standard OpenAI batch JSONL file as it is; results keep its custom ids.
-
-    The provider is `provider`, else the OpenAI-compatible one of `kind` (openai, azure or
-    compatible) at `base_url`, with its key from the environment.
-    """
-    if provider is None and kind == "local":
-        raise UserInputError("a requests file runs on openai, azure or compatible providers")
-    if not path.is_file():
-        raise UserInputError(f"{path}: no such file")
-    run_id, spec = requests_identity(path, kind=kind, model=model, base_url=base_url)
-    with ExitStack() as held:
-        held.enter_context(run_lock(state_dir, run_id))
-        store = held.enter_context(store_at(state_dir))
-        if provider is None:
-            provider = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
-            held.callback(provider.close)
-        if store.run(run_id) is None:
-            record = RunRecord(
-                run_id,
-                path.stem,
-                spec,
-                kind,
-                "mixed",
-                "planned",
-                budget,
-                utc_now(),
-                kind=RunKind.REQUESTS,
-            )
-            plan_run(
-                store,
-                record,
-                lambda sink: plan_requests_file(
-                    path, local=kind == "local", sink=sink, model=model, budget_usd=budget
-                ),
-                "requests file",
-            )
-        settings = limit_settings(
-            LimitsSpec(),
-            local=kind == "local",
-            tier=1,
-            budget=budget,
-            prices=prices_for(kind),
-            poll_interval=poll_interval,
-            detach=detach,
-            cancel_on_exit=False,
-        )
-        with open_runner(store, run_id, state_dir, provider, settings, on_progress, True) as runner:
-            status = runner.run()
-    return RunResult(run_id, status)
 
 
 def resume(

@@ -1,0 +1,99 @@
+"""`batchpilot plan --requests FILE`: the strategies table of a ready batch file, under the
+limits given on the command line or the tier table's."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from batchpilot.cli import cli
+from batchpilot.plan import plan_requests_file
+from batchpilot.plan.strategies import realtime_seconds
+from batchpilot.pricing import tier_limits
+
+TURNAROUND_S = 12 * 3600.0  # estimate.batch_turnaround_hours' default
+
+
+def write_requests(path: Path, count: int, models: tuple[str, ...] = ("gpt-4o-mini",)) -> Path:
+    lines = [
+        {
+            "custom_id": f"movie-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": models[i % len(models)],
+                "messages": [{"role": "user", "content": f"Who dies in film {i}?"}],
+                "max_tokens": 50,
+            },
+        }
+        for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def plan_json(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(cli, ["plan", *args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    plan: dict[str, Any] = json.loads(result.output)
+    return plan
+
+
+def test_strategies_of_a_requests_file_under_the_tier_table(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "movies.jsonl", 1200)
+    plan = plan_json("--requests", str(requests))
+    strategies = plan["strategies"]
+    assert set(strategies) == {"batch", "realtime", "hybrid"}
+    tier = tier_limits("gpt-4o-mini", 1)
+    per_request = (plan["input_tokens"] + plan["output_tokens"]["expected"]) / 1200
+    expected = realtime_seconds(1200, per_request, tier.rpm, tier.tpm, tier.rpd)
+    assert strategies["realtime"]["makespan_s"] == round(expected, 1)
+    assert strategies["realtime"]["realtime_requests"] == 1200
+    assert strategies["realtime"]["cost_usd"] == round(plan["cost_usd"]["realtime"], 6)
+    assert strategies["batch"] == {
+        "makespan_s": TURNAROUND_S,
+        "cost_usd": round(plan["cost_usd"]["batch"], 6),
+        "realtime_requests": 0,
+    }
+    hybrid = strategies["hybrid"]
+    assert hybrid["makespan_s"] <= min(s["makespan_s"] for s in strategies.values())
+
+
+def test_limits_on_the_command_line_replace_the_tier_table(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "movies.jsonl", 1200)
+    plan = plan_json("--requests", str(requests), "--rpm", "1", "--queue-tokens", "10000")
+    strategies = plan["strategies"]
+    assert strategies["realtime"]["makespan_s"] == 1200 * 60.0  # one request a minute
+    waves = math.ceil(plan["input_tokens"] / 8000)  # 80% of the queue per wave
+    assert waves > 1 and strategies["batch"]["makespan_s"] == waves * TURNAROUND_S
+    hybrid = strategies["hybrid"]
+    assert 0 < hybrid["realtime_requests"] < 1200
+    fastest = min(strategies["batch"]["makespan_s"], strategies["realtime"]["makespan_s"])
+    assert hybrid["makespan_s"] < fastest
+
+
+def test_text_plan_shows_the_strategies(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "movies.jsonl", 30)
+    result = CliRunner().invoke(cli, ["plan", "--requests", str(requests), "--rpm", "3"])
+    assert result.exit_code == 0, result.output
+    table = result.output[result.output.index("strategy") :]
+    rows = {line.split()[0]: line for line in table.splitlines()[1:4]}
+    assert set(rows) == {"batch", "realtime", "hybrid"}
+    assert "12.0 h" in rows["batch"] and "10 min" in rows["realtime"], table
+
+
+def test_several_models_are_estimated_under_the_main_ones_limits(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "mixed.jsonl", 9, ("gpt-4o", "gpt-4o", "gpt-4o-mini"))
+    plan = plan_requests_file(requests)
+    assert set(plan.strategies) == {"batch", "realtime", "hybrid"}
+    assert any("limits of gpt-4o, the model most lines name (6 of 9" in a for a in plan.assumptions)
+
+
+def test_input_is_refused_for_a_requests_file(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "movies.jsonl", 2)
+    result = CliRunner().invoke(cli, ["plan", "--requests", str(requests), "--input", "x.csv"])
+    assert result.exit_code == 2 and "--input names a job's input" in result.output
