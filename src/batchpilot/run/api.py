@@ -17,6 +17,7 @@ from batchpilot.errors import UserInputError
 from batchpilot.plan import plan_requests_file
 from batchpilot.pricing import prices_for
 from batchpilot.providers import Provider, openai_provider
+from batchpilot.run.display import shown_progress
 from batchpilot.run.identity import job_of, requests_identity
 from batchpilot.run.one import RunResult, open_runner, run_one
 from batchpilot.run.pipeline import run_pipeline
@@ -42,6 +43,7 @@ def run_job(
     poll_interval: float | None = None,
     fresh: bool = False,
     response_model: type[BaseModel] | None = None,
+    progress: bool | None = None,
 ) -> RunResult:
     """Plan the job into the store (once), then run it to the end and export its output.
 
@@ -50,31 +52,34 @@ def run_job(
     rows in waves and stops once the target is met. `rows` replaces the job's input file;
     `provider` the provider its job names (and is left open). `response_model` is the pydantic
     model the job's schema file was written from, whose own validators answers must pass.
+    `progress` shows the run's progress on stderr (None: only when stderr is a terminal);
+    `on_progress` is given the run's status after every round, and at its end.
     """
-    if job.steps is not None:
-        return run_pipeline(
+    with shown_progress(progress, on_progress) as report:
+        if job.steps is not None:
+            return run_pipeline(
+                job,
+                state_dir=state_dir,
+                rows=rows,
+                provider=provider,
+                on_progress=report,
+                detach=detach,
+                cancel_on_exit=cancel_on_exit,
+                poll_interval=poll_interval,
+                fresh=fresh,
+            )
+        return run_one(
             job,
             state_dir=state_dir,
             rows=rows,
             provider=provider,
-            on_progress=on_progress,
+            on_progress=report,
             detach=detach,
             cancel_on_exit=cancel_on_exit,
             poll_interval=poll_interval,
             fresh=fresh,
+            response_model=response_model,
         )
-    return run_one(
-        job,
-        state_dir=state_dir,
-        rows=rows,
-        provider=provider,
-        on_progress=on_progress,
-        detach=detach,
-        cancel_on_exit=cancel_on_exit,
-        poll_interval=poll_interval,
-        fresh=fresh,
-        response_model=response_model,
-    )
 
 
 def run_requests_file(
@@ -89,11 +94,12 @@ def run_requests_file(
     poll_interval: float | None = None,
     model: str | None = None,
     base_url: str | None = None,
+    progress: bool | None = None,
 ) -> RunResult:
     """Run a standard OpenAI batch JSONL file as it is; results keep its custom ids.
 
     The provider is `provider`, else the OpenAI-compatible one of `kind` (openai, azure or
-    compatible) at `base_url`, with its key from the environment.
+    compatible) at `base_url`, with its key from the environment. `progress` as for `run_job`.
     """
     if provider is None and kind == "local":
         raise UserInputError("a requests file runs on openai, azure or compatible providers")
@@ -102,6 +108,7 @@ def run_requests_file(
     run_id, spec = requests_identity(path, kind=kind, model=model, base_url=base_url)
     with ExitStack() as held:
         held.enter_context(run_lock(state_dir, run_id))
+        report = held.enter_context(shown_progress(progress, on_progress))
         store = held.enter_context(store_at(state_dir))
         if provider is None:
             provider = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
@@ -136,7 +143,7 @@ def run_requests_file(
             detach=detach,
             cancel_on_exit=False,
         )
-        with open_runner(store, run_id, state_dir, provider, settings, on_progress, True) as runner:
+        with open_runner(store, run_id, state_dir, provider, settings, report, True) as runner:
             status = runner.run()
     return RunResult(run_id, status)
 
@@ -148,6 +155,7 @@ def resume(
     on_progress: Callable[[RunStatus], None] | None = None,
     detach: bool = False,
     poll_interval: float | None = None,
+    progress: bool | None = None,
 ) -> RunResult:
     """Continue a run (the latest one by default) from the store, without its job file.
 
@@ -176,4 +184,5 @@ def resume(
         on_progress=on_progress,
         detach=detach,
         poll_interval=poll_interval,
+        progress=progress,
     )
