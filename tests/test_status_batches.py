@@ -11,9 +11,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from batchpilot.cli import cli
-from batchpilot.cli.batches import SHOWN, batch_table
 from batchpilot.report.facts import parse_utc
 from batchpilot.run import open_store, run_job
+from batchpilot.run.tables import SHOWN, batch_table
 from batchpilot.server import LocalServer
 from batchpilot.spec import job_from_dict
 from ui_sample import fill

@@ -69,6 +69,7 @@ def map(
     name: str = "map",
     state_dir: Path | str = DEFAULT_STATE_DIR,
     poll_interval: float | None = None,
+    progress: bool | None = None,
 ) -> list[Any]:
     """Answer every item, in order.
 
@@ -80,6 +81,7 @@ def map(
     Ctrl-C stops the run and raises KeyboardInterrupt; calling map again continues it.
     Without a `provider`, the local model's own model runs on it, another model on OpenAI
     (with OPENAI_API_KEY set; without it, an error rather than the local model).
+    `progress` shows a progress bar on stderr (None: only when stderr is a terminal).
     """
     provider = provider or default_provider(model, "map")
     records = [{"text": item} if isinstance(item, str) else dict(item) for item in items]
@@ -105,6 +107,7 @@ def map(
         rows=rows_from_records(records),
         poll_interval=poll_interval,
         response_model=parse,
+        progress=progress,
     )
     status = result.status
     if not status.finished:

@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from batchpilot.cli.live import LiveView, status_table
 from batchpilot.cli.options import Seconds, limit_options, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
@@ -17,11 +16,13 @@ from batchpilot.providers import openai_provider
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, run_job
 from batchpilot.run import resume as resume_run
 from batchpilot.run.defaults import provider_line
+from batchpilot.run.display import RunProgress
 from batchpilot.run.identity import job_of
 from batchpilot.run.lookup import find_state_dir
 from batchpilot.run.outcome import failed_requests
 from batchpilot.run.progress import last_stop
 from batchpilot.run.requests_file import run_requests_file
+from batchpilot.run.tables import batch_table, status_table
 from batchpilot.run.workspace import find_run, has_store, store_at
 from batchpilot.spec import JobSpec, LimitsSpec, RealtimeSpec, load_job
 
@@ -65,12 +66,16 @@ known_state_option = click.option(
 )
 
 
-def _report(result: RunResult, console: Console, as_json: bool, state_dir: Path) -> None:
+def _report(
+    result: RunResult, console: Console, as_json: bool, state_dir: Path, batches: bool
+) -> None:
     status = result.status
     if as_json:
         click.echo(json.dumps(status.as_json() | {"output": str(result.output or "")}, indent=2))
         return
     console.print(status_table(status))
+    if batches and status.batch_records:
+        console.print(batch_table(status.batch_records))
     if status.finished:
         if result.output is not None:
             click.echo(f"results written to {result.output}")
@@ -130,7 +135,10 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
     help="Seconds between polls of a batch (default 5; 0.2 for the local provider).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No live view.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress shown while it runs.")
+@click.option(
+    "--batches", "show_batches", is_flag=True, help="Show the batches too: state, age, done."
+)
 @click.option(
     "--allow-failures",
     is_flag=True,
@@ -159,6 +167,7 @@ def run(
     poll_interval: float | None,
     as_json: bool,
     quiet: bool,
+    show_batches: bool,
     allow_failures: bool,
 ) -> None:
     """Run JOB_FILE to the finish: plan, submit within the queue and money budgets, poll,
@@ -168,7 +177,7 @@ def run(
         raise UserInputError("give a job file, or --requests FILE (one of the two)")
     job = None
     limit_flags = {"tier": tier, "queue_tokens": queue_tokens, "rpm": rpm, "tpm": tpm, "rpd": rpd}
-    with LiveView(console, quiet or as_json) as view:
+    with RunProgress(console, quiet=quiet or as_json, batches=show_batches) as view:
         if requests_file is not None:
             kind = provider or "openai"
             if kind == "local":
@@ -204,6 +213,7 @@ def run(
                     tier=1 if tier is None else tier,
                     limits=LimitsSpec(queue_tokens=queue_tokens),
                     realtime=RealtimeSpec(rpm=rpm, tpm=tpm, rpd=rpd),
+                    progress=False,
                 )
             finally:
                 remote.close()
@@ -232,8 +242,9 @@ def run(
                 cancel_on_exit=cancel_on_exit,
                 poll_interval=poll_interval,
                 fresh=fresh,
+                progress=False,
             )
-    _report(result, Console(), as_json, state_dir)
+    _report(result, Console(), as_json, state_dir, show_batches)
     _exit(result, job, allow_failures)
 
 
@@ -252,7 +263,10 @@ def _exit(result: RunResult, job: JobSpec | None, allow_failures: bool) -> None:
 @click.option("--detach", is_flag=True, help="Submit what remains, then return.")
 @click.option("--poll-interval", type=Seconds(), help="Seconds between polls of a batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No live view.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress shown while it runs.")
+@click.option(
+    "--batches", "show_batches", is_flag=True, help="Show the batches too: state, age, done."
+)
 @click.option(
     "--allow-failures",
     is_flag=True,
@@ -265,20 +279,22 @@ def resume(
     poll_interval: float | None,
     as_json: bool,
     quiet: bool,
+    show_batches: bool,
     allow_failures: bool,
 ) -> None:
     """Continue a run from the store, without its job file (RUN: an id, its start, or a job's
     name; the latest run by default)."""
     console = Console(stderr=True)
-    with LiveView(console, quiet or as_json) as view:
+    with RunProgress(console, quiet=quiet or as_json, batches=show_batches) as view:
         result = resume_run(
             state_dir,
             run_id,
             on_progress=view.update,
             detach=detach,
             poll_interval=poll_interval,
+            progress=False,
         )
     with store_at(state_dir) as store:
         job = job_of(find_run(store, result.run_id))
-    _report(result, Console(), as_json, state_dir)
+    _report(result, Console(), as_json, state_dir, show_batches)
     _exit(result, job, allow_failures)

@@ -10,13 +10,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from batchpilot.cli.live import status_table
 from batchpilot.cli.run import known_state_option, state_option
 from batchpilot.errors import ProviderUnavailable, UserInputError
 from batchpilot.export import ExportFormat
 from batchpilot.formatting import usd
 from batchpilot.run import cancel_run, export_results, status_of
 from batchpilot.run.listing import list_remote, list_runs
+from batchpilot.run.tables import batch_table, status_table
 
 __all__ = ["cancel", "export", "ls", "status"]
 
@@ -36,8 +36,6 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     console = Console()
     console.print(status_table(current))
     if batches:
-        from batchpilot.cli.batches import batch_table
-
         console.print(batch_table(batches))
     if steps:
         table = Table("step", "run", "status", "requests", "succeeded", "failed", "cost")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +82,7 @@ class BatchLane:
         self._backoff_until = 0.0
         self._cancelled_late: set[int] = set()
         self._worst: dict[int, float] = {}  # worst cases of the batches formed, by batch id
+        self.on_step: Callable[[], None] | None = None  # told before an upload or a collection
 
     @property
     def run_id(self) -> str:
@@ -222,6 +223,8 @@ class BatchLane:
                 self._write_file(batch)
                 batch = self.store.move_batch(self.run_id, batch.id, BatchState.UPLOADING)
                 self._fresh.add((batch.id, "upload"))
+                if self.on_step is not None:
+                    self.on_step()
             if batch.state == BatchState.UPLOADING:
                 batch = self._upload(batch)
             if batch.state == BatchState.UPLOADED:
@@ -447,6 +450,8 @@ class BatchLane:
                 failed=remote.failed,
             )
             if remote.status.terminal:
+                if self.on_step is not None:
+                    self.on_step()
                 try:
                     self._ingest(batch, remote)
                 except ProviderUnavailable as exc:

@@ -60,5 +60,7 @@ def record_submitted(
         BatchState.SUBMITTED,
         remote_id=remote.id,
         remote_status=remote.status.value,
+        completed=remote.completed,
+        failed=remote.failed,
         submitted_at_utc=utc_now(),
     )

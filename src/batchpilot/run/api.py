@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
 from batchpilot.providers import Provider
+from batchpilot.run.display import shown_progress
 from batchpilot.run.identity import job_of
 from batchpilot.run.one import RunResult, run_one
 from batchpilot.run.pipeline import run_pipeline
@@ -38,6 +39,7 @@ def run_job(
     poll_interval: float | None = None,
     fresh: bool = False,
     response_model: type[BaseModel] | None = None,
+    progress: bool | None = None,
 ) -> RunResult:
     """Plan the job into the store (once), then run it to the end and export its output.
 
@@ -46,31 +48,34 @@ def run_job(
     rows in waves and stops once the target is met. `rows` replaces the job's input file;
     `provider` the provider its job names (and is left open). `response_model` is the pydantic
     model the job's schema file was written from, whose own validators answers must pass.
+    `progress` shows the run's progress on stderr (None: only when stderr is a terminal);
+    `on_progress` is given the run's status after every round, and at its end.
     """
-    if job.steps is not None:
-        return run_pipeline(
+    with shown_progress(progress, on_progress) as report:
+        if job.steps is not None:
+            return run_pipeline(
+                job,
+                state_dir=state_dir,
+                rows=rows,
+                provider=provider,
+                on_progress=report,
+                detach=detach,
+                cancel_on_exit=cancel_on_exit,
+                poll_interval=poll_interval,
+                fresh=fresh,
+            )
+        return run_one(
             job,
             state_dir=state_dir,
             rows=rows,
             provider=provider,
-            on_progress=on_progress,
+            on_progress=report,
             detach=detach,
             cancel_on_exit=cancel_on_exit,
             poll_interval=poll_interval,
             fresh=fresh,
+            response_model=response_model,
         )
-    return run_one(
-        job,
-        state_dir=state_dir,
-        rows=rows,
-        provider=provider,
-        on_progress=on_progress,
-        detach=detach,
-        cancel_on_exit=cancel_on_exit,
-        poll_interval=poll_interval,
-        fresh=fresh,
-        response_model=response_model,
-    )
 
 
 def resume(
@@ -80,6 +85,7 @@ def resume(
     on_progress: Callable[[RunStatus], None] | None = None,
     detach: bool = False,
     poll_interval: float | None = None,
+    progress: bool | None = None,
 ) -> RunResult:
     """Continue a run (the latest one by default) from the store, without its job file.
 
@@ -108,4 +114,5 @@ def resume(
         on_progress=on_progress,
         detach=detach,
         poll_interval=poll_interval,
+        progress=progress,
     )

@@ -21,6 +21,7 @@ from batchpilot.plan import plan_requests_file
 from batchpilot.plan.job import main_model
 from batchpilot.pricing import prices_for, tier_limits
 from batchpilot.providers import Provider, openai_provider
+from batchpilot.run.display import shown_progress
 from batchpilot.run.identity import requests_identity
 from batchpilot.run.one import RunResult, open_runner
 from batchpilot.run.settings import RunSettings, limit_settings
@@ -57,6 +58,7 @@ def run_requests_file(
     tier: int = 1,
     limits: LimitsSpec | None = None,
     realtime: RealtimeSpec | None = None,
+    progress: bool | None = None,
 ) -> RunResult:
     """Run a standard OpenAI batch JSONL file as it is; results keep its custom ids.
 
@@ -66,7 +68,8 @@ def run_requests_file(
     answers from the cache) and `budget` work as they do for a job; `limits` and `realtime`
     as a job's sections of those names, their unset limits from the tier table (`tier`) of
     the file's main model. A finished run is exported to `output` (JSONL, CSV or Parquet by
-    its suffix) when given.
+    its suffix) when given. `progress` shows the run's progress on stderr (None: only when
+    stderr is a terminal), as for `run_job`.
     """
     if provider is None and kind == "local":
         raise UserInputError("a requests file runs on openai, azure or compatible providers")
@@ -83,6 +86,7 @@ def run_requests_file(
     run_id, spec = requests_identity(path, kind=kind, model=model, base_url=base_url)
     with ExitStack() as held:
         held.enter_context(run_lock(state_dir, run_id))
+        report = held.enter_context(shown_progress(progress, on_progress))
         store = held.enter_context(store_at(state_dir))
         if provider is None:
             provider = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
@@ -128,7 +132,7 @@ def run_requests_file(
         )
         settings = _lanes(settings, store, record, strategy, deadline, tier, realtime, local)
         with open_runner(
-            store, run_id, state_dir, provider, settings, on_progress, not fresh
+            store, run_id, state_dir, provider, settings, report, not fresh
         ) as runner:
             status = runner.run()
         written = None

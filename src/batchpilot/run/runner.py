@@ -18,7 +18,7 @@ from batchpilot.lanes.realtime import RealtimeLane, recover_inflight
 from batchpilot.providers.base import AuthenticationFailed, Provider
 from batchpilot.run.budget import check_worst_cases, stop_for_budget
 from batchpilot.run.config import RunConfig
-from batchpilot.run.interrupt import Interrupt
+from batchpilot.run.interrupt import Interrupt, how_to_continue, notice
 from batchpilot.run.scheduler import LIVE, Mode, Scheduler
 from batchpilot.run.share import LaneShare, LaneThread
 from batchpilot.run.status import RunStatus, run_status
@@ -52,8 +52,11 @@ class Runner:
         self.batches = BatchLane(
             store, provider, config, self.share, self.scheduler, self.interrupt.stop
         )
+        self.batches.on_step = self._tell
         self._lane_thread: LaneThread | None = None
         self._goal_met = False
+        self._seen: RunStatus | None = None  # the latest status, for what Ctrl-C says
+        self._resume = how_to_continue(None, self.run_id)
 
     def run(self) -> RunStatus:
         """Drive the run until every request has ended, or until stopped or detached."""
@@ -76,8 +79,15 @@ class Runner:
                 f"{recovered} real-time requests were in flight at a crash; each may have run "
                 f"and is counted at its worst case ({usd(charged)} in all)",
             )
+        record = self.store.run(self.run_id)
+        self._resume = how_to_continue(record.kind if record else None, self.run_id)
+        self._seen = self.status()
+        self.interrupt.say = self._interrupted
         try:
-            return self._loop()
+            status = self._loop()
+            if self.config.on_progress is not None:
+                self.config.on_progress(status)
+            return status
         except AuthenticationFailed as exc:
             # The key, not a batch, is wrong: stop with every intent kept, so that a run with
             # the right key continues instead of finding its requests failed for good.
@@ -172,9 +182,30 @@ class Runner:
             progressed |= self.store.cancel_pending(self.run_id, reason) > 0
         return progressed
 
+    def _tell(self) -> None:
+        """Give the run's status to `on_progress` in the middle of a round, before a step that
+        may take long (an upload, collecting a batch's answers)."""
+        if self.config.on_progress is not None:
+            self.config.on_progress(self.status())
+
+    def _interrupted(self, presses: int) -> str:
+        """What a Ctrl-C does now, from the latest status (the store is not read in the
+        signal handler)."""
+        seen = self._seen
+        live = seen.batches.get(BatchState.SUBMITTED, 0) if seen is not None else 0
+        wire = seen.requests.get("realtime", 0) if seen is not None else 0
+        return notice(
+            presses,
+            live=live,
+            on_the_wire=wire if self._lane_thread is not None else 0,
+            cancel=self.settings.cancel_on_exit,
+            resume=self._resume,
+        )
+
     def status(self) -> RunStatus:
         """The run's progress: the one place the loop reads it."""
         status = run_status(self.store, self.run_id, self.settings.budget_usd)
+        status.realtime_lane = self._lane_thread is not None
         target = self.config.target
         if target is not None:
             status.target, status.valid = target.goal, target.count()
@@ -185,6 +216,7 @@ class Runner:
                     f"the day's {self.lane.throttle.limits.rpd} real-time requests are used "
                     f"up: the next one in about {duration(wait)}"
                 )
+        self._seen = status
         return status
 
     def _sleep(self) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from batchpilot.store import BatchState, Store
+from batchpilot.store import BatchRecord, BatchState, RunState, Store
 
 __all__ = ["RunStatus", "run_status"]
+
+_ENDED_REMOTELY = ("completed", "failed", "expired", "cancelled")
+_SENDING = (BatchState.PLANNED, BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING)
 
 
 @dataclass
@@ -29,6 +33,13 @@ class RunStatus:
     waiting: list[str] = field(default_factory=list)
     """What the run waits for beyond batches at work: a batch the provider does not show yet,
     a submission being tried again."""
+    in_batches_done: int = 0
+    """Requests that live batches have answered or failed at the provider (its own counts),
+    whose results are not collected yet: done remotely, not yet in `done`."""
+    realtime_lane: bool = False
+    """Whether this process's real-time lane is at work."""
+    batch_records: list[BatchRecord] = field(default_factory=list, repr=False)
+    """The run's batches as the store has them (not in `as_json`: `status --json` lists them)."""
 
     @property
     def total(self) -> int:
@@ -44,9 +55,32 @@ class RunStatus:
         """Every request has ended (a run with no requests has nothing left to do)."""
         return self.done == self.total
 
+    @property
+    def phase(self) -> str:
+        """What the run is doing now, in a word or two: the stage of its furthest work that
+        is under way (collecting, in progress, finalizing, validating, uploading), else
+        waiting (for queue room, money or a retry), or how it ended."""
+        if self.status != RunState.RUNNING:
+            return self.status
+        remote = self.remote
+        if any(s in remote for s in _ENDED_REMOTELY):
+            return "collecting"
+        if "in_progress" in remote or self.realtime_lane or self.requests.get("realtime"):
+            return "in progress"
+        for status in ("finalizing", "validating", "cancelling"):
+            if status in remote:
+                return status
+        if any(self.batches.get(state) for state in _SENDING):
+            return "uploading"
+        return "finishing" if self.finished else "waiting"
+
     def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(total=self.total, done=self.done, finished=self.finished)
+        data = {
+            f.name: copy.deepcopy(getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "batch_records"
+        }
+        data.update(total=self.total, done=self.done, finished=self.finished, phase=self.phase)
         return data
 
 
@@ -55,10 +89,14 @@ def run_status(store: Store, run_id: str, budget: float | None = None) -> RunSta
     batches: dict[str, int] = {}
     remote: dict[str, int] = {}
     waiting: list[str] = []
-    for batch in store.batches(run_id):
+    answered = 0
+    records = store.batches(run_id)
+    for batch in records:
         batches[batch.state] = batches.get(batch.state, 0) + 1
         if batch.state == BatchState.SUBMITTED and batch.remote_status:
             remote[batch.remote_status] = remote.get(batch.remote_status, 0) + 1
+        if batch.state == BatchState.SUBMITTED:
+            answered += min(batch.completed + batch.failed, batch.requests)
         if batch.state == BatchState.SUBMITTED and batch.not_found:
             waiting.append(
                 f"batch {batch.id} ({batch.remote_id}) answered 'not found' {batch.not_found} "
@@ -82,4 +120,6 @@ def run_status(store: Store, run_id: str, budget: float | None = None) -> RunSta
         budget_usd=budget if budget is not None else (run.budget_usd if run else None),
         failures=store.failure_reasons(run_id),
         waiting=waiting,
+        in_batches_done=answered,
+        batch_records=records,
     )

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from batchpilot.errors import BudgetExceeded, TaskError
 from batchpilot.providers import Provider, provider_for
+from batchpilot.run.display import shown_progress
 from batchpilot.run.one import open_runner
 from batchpilot.run.settings import run_settings
 from batchpilot.run.status import RunStatus, run_status
@@ -67,7 +68,8 @@ class Task:
     The options are those of a job: the provider (default: OpenAI when OPENAI_API_KEY is set,
     else the embedded local model), `state_dir`, `strategy` (batch, realtime, hybrid),
     `deadline`, `budget_usd` (a hard limit over every round), `max_attempts`, `limits` and
-    `realtime` (as in a job file), `tier`.
+    `realtime` (as in a job file), `tier`. `progress` shows a progress bar on stderr (None:
+    only when stderr is a terminal); `on_progress` is given the run's status after each round.
     """
 
     name: str = ""
@@ -91,6 +93,7 @@ class Task:
         poll_interval: float | None = None,
         fresh: bool = False,
         on_progress: Callable[[RunStatus], None] | None = None,
+        progress: bool | None = None,
     ) -> None:
         self._options = TaskOptions(
             provider=provider,
@@ -106,9 +109,11 @@ class Task:
             poll_interval=poll_interval,
             fresh=fresh,
             on_progress=on_progress,
+            progress=progress,
         )
         self.state: dict[str, Any] = {}
         self._owned: Provider | None = None
+        self._report: Callable[[RunStatus], None] | None = None
 
     # what a task defines --------------------------------------------------------------------
 
@@ -153,9 +158,15 @@ class Task:
         )
         try:
             state_dir = self._options.state_dir
-            with store_at(state_dir) as store, run_lock(state_dir, setup.run_id):
+            with (
+                store_at(state_dir) as store,
+                run_lock(state_dir, setup.run_id),
+                shown_progress(self._options.progress, self._options.on_progress) as report,
+            ):
+                self._report = report
                 return self._run(store, setup)
         finally:
+            self._report = None
             if self._owned is not None:
                 self._owned.close()
                 self._owned = None
@@ -219,8 +230,8 @@ class Task:
 
         def progress(status: RunStatus) -> None:
             delivery()
-            if self._options.on_progress is not None:
-                self._options.on_progress(status)
+            if self._report is not None:
+                self._report(status)
 
         try:
             with open_runner(

@@ -48,6 +48,7 @@ class TaskOptions:
     poll_interval: float | None
     fresh: bool
     on_progress: Callable[[RunStatus], None] | None
+    progress: bool | None = None
 
 
 @dataclass(frozen=True)
