@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from batchpilot.data import InputSpec, read_rows
@@ -15,11 +16,20 @@ from batchpilot.plan.sources import job_items, requests_file_items
 from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
 from batchpilot.plan.waves import first_wave
 from batchpilot.pricing import PriceTable, prices_for, tier_limits
+from batchpilot.providers.registry import kind
 from batchpilot.render import RequestRenderer
 from batchpilot.spec import JobSpec, LimitsSpec
+from batchpilot.spec.model import parse_deadline
 from batchpilot.spec.steps import step_job
 
-__all__ = ["input_spec", "plan_job", "plan_requests_file", "queue_capacity", "settings_for"]
+__all__ = [
+    "flex_offered",
+    "input_spec",
+    "plan_job",
+    "plan_requests_file",
+    "queue_capacity",
+    "settings_for",
+]
 
 
 def input_spec(job: JobSpec) -> InputSpec:
@@ -124,7 +134,9 @@ def plan_job(
     return result
 
 
-def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, float | int | None]]:
+def strategies_for(
+    job: JobSpec, result: PlanResult
+) -> dict[str, dict[str, float | int | str | None]]:
     """Each strategy's makespan and cost for this plan under the job's limits."""
     tier = tier_limits(job.model, job.provider.tier)
     local = job.provider.kind == "local"
@@ -146,8 +158,32 @@ def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, floa
         rpd=realtime.rpd or (None if local else tier.rpd),
         turnaround_s=job.estimate.batch_turnaround_hours * 3600,
         budget=job.budget.max_usd,
+        # the flex tier bills at batch prices
+        flex_cost=result.cost.get("batch") if flex_offered(job) else None,
+        flex_latency_s=job.estimate.flex_latency_seconds,
+        concurrency=realtime.concurrency,
+        deadline_s=_deadline_s(job.deadline),
     )
     return {name: value.as_json() for name, value in estimate_strategies(inputs).items()}
+
+
+def flex_offered(job: JobSpec, prices: PriceTable | None = None) -> bool:
+    """Whether the job's real-time requests can go at the flex tier: `realtime.flex` when it is
+    given, else whether the provider has the tier and the price table says the model does."""
+    if job.realtime.flex is not None:
+        return job.realtime.flex
+    if not kind(job.provider.kind).capabilities.flex:
+        return False
+    table = prices or prices_for(job.provider.kind, job.prices or None)
+    return table.has(job.model) and table.price(job.model).flex
+
+
+def _deadline_s(deadline: str | None) -> float | None:
+    """Seconds from now to the job's deadline (None: no deadline)."""
+    if deadline is None:
+        return None
+    now = datetime.now(UTC)
+    return max(0.0, (parse_deadline(deadline, now=now) - now).total_seconds())
 
 
 def plan_requests_file(
