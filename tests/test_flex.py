@@ -162,15 +162,16 @@ def test_near_the_deadline_a_refused_request_goes_standard_at_once(
 ) -> None:
     server = local_server_factory(flex_refusal_rate=1.0)
     store, _ = make_store(tmp_path, [chat(i) for i in range(3)])
-    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    deadline = datetime.now(UTC) + timedelta(seconds=3600)
     report = drive(
         server,
         store,
         tier="flex",
         retry=RetryPolicy(10),
         deadline=deadline,
-        flex_fallback_s=59.5,
-        base_backoff_s=4.0,
+        flex_fallback_s=3540,  # a minute to spare for the first try
+        base_backoff_s=120.0,  # a backoff of one to two minutes
+        max_backoff_s=120.0,
     )
     # one refusal each: its backoff would end within the fallback margin, so the next try is
     # standard and is sent without waiting it out
