@@ -280,3 +280,37 @@ def test_the_hybrid_sends_its_real_time_share_at_the_flex_tier(
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     lanes = {json.loads(line)["lane"] for line in lines}
     assert lanes == {"batch", "flex"}
+
+
+def test_the_plan_shows_flex_where_the_provider_and_the_model_have_it(tmp_path: Path) -> None:
+    from batchpilot.plan import plan_job
+
+    url = "http://127.0.0.1:9/v1"
+    rows = "".join(json.dumps({"id": i, "text": f"row {i}"}) + "\n" for i in range(5))
+    (tmp_path / "rows.jsonl").write_text(rows)
+
+    def strategies(**changes: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "name": "flex-plan",
+            "provider": {"kind": "openai", "base_url": url},
+            "model": "gpt-5-mini",
+            "input": {"path": "rows.jsonl", "id_field": "id"},
+            "prompt": {"user": "{{ text }}"},
+            "params": {"max_completion_tokens": 50},
+            **changes,
+        }
+        return plan_job(job_from_dict(spec, base_dir=tmp_path)).strategies
+
+    found = strategies()
+    assert found["flex"]["cost_usd"] == found["batch"]["cost_usd"]
+    assert found["flex"]["tier"] == "flex" and found["flex"]["realtime_requests"] == 5
+    # without a deadline the hybrid is the soonest (standard real time answers quicker); with
+    # one, the cheapest split that meets it, as soon as it can at that price: flex
+    assert found["hybrid"]["tier"] == "standard"
+    due = strategies(deadline="30d")["hybrid"]
+    assert (due["tier"], due["cost_usd"]) == ("flex", found["batch"]["cost_usd"])
+    assert due["makespan_s"] < found["batch"]["makespan_s"]
+    # a model without the tier, or a provider without it, has no flex row
+    assert "flex" not in strategies(model="gpt-4o-mini", params={"max_tokens": 50})
+    assert "flex" not in strategies(provider={"kind": "compatible", "base_url": url})
+    assert "flex" in strategies(model="gpt-4o-mini", realtime={"flex": True})
