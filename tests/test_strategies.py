@@ -132,3 +132,47 @@ def test_the_split_without_limits_or_work() -> None:
     assert hybrid_split(replace(free, requests=0, input_tokens=0)).realtime_requests == 0
     only_batch = replace(free, rpd=1, day_left=0.0)
     assert hybrid_split(only_batch).realtime_requests == 0
+
+
+# the flex tier -----------------------------------------------------------------------------
+
+FLEX_MOVIES = replace(MOVIES, flex_cost=10.0, flex_latency_s=30.0, concurrency=16)
+
+
+def test_flex_costs_the_batch_price_and_is_paced_like_real_time() -> None:
+    estimates = estimate_strategies(FLEX_MOVIES)
+    flex = estimates["flex"]
+    assert (flex.cost_usd, flex.realtime_requests, flex.tier) == (10.0, 42_000, "flex")
+    # 42,000 answers of 30 s, 16 at a time, take 0.9 days: the day's limit still decides
+    assert flex.makespan_s == estimates["realtime"].makespan_s == 3.2 * DAY_S
+    slow = estimate_strategies(replace(FLEX_MOVIES, flex_latency_s=600.0))["flex"]
+    assert slow.makespan_s == pytest.approx(42_000 * 600 / 16)
+    assert "flex" not in estimate_strategies(MOVIES)
+
+
+def test_the_hybrid_takes_flex_when_it_is_as_quick_and_cheaper() -> None:
+    standard = estimate_strategies(MOVIES)["hybrid"]
+    hybrid = estimate_strategies(FLEX_MOVIES)["hybrid"]
+    assert hybrid.tier == "flex"
+    assert hybrid.makespan_s == pytest.approx(standard.makespan_s)
+    assert hybrid.cost_usd == pytest.approx(10.0) and standard.cost_usd is not None
+    assert standard.cost_usd > 10.0
+
+
+def test_under_a_deadline_the_hybrid_is_the_cheapest_split_that_meets_it() -> None:
+    slow = replace(FLEX_MOVIES, flex_latency_s=120.0, deadline_s=5 * DAY_S)
+    hybrid = estimate_strategies(slow)["hybrid"]
+    without = estimate_strategies(replace(slow, flex_cost=None))["hybrid"]
+    assert hybrid.makespan_s <= 5 * DAY_S and without.makespan_s <= 5 * DAY_S
+    assert hybrid.tier == "flex" and without.tier == "standard"
+    assert hybrid.cost_usd is not None and without.cost_usd is not None
+    assert hybrid.cost_usd < without.cost_usd
+    # a deadline nothing meets: the soonest split, whatever it costs
+    rushed = estimate_strategies(replace(slow, deadline_s=60.0))["hybrid"]
+    assert rushed.makespan_s == pytest.approx(estimate_strategies(MOVIES)["hybrid"].makespan_s)
+
+
+def test_a_slow_flex_lane_takes_a_smaller_share_of_the_split() -> None:
+    quick = hybrid_split(SHAPE)
+    slow = hybrid_split(replace(SHAPE, latency_s=3600.0, concurrency=2))
+    assert slow.realtime_requests < quick.realtime_requests

@@ -1,7 +1,9 @@
 """Token prices and per-tier rate limits, read from the versioned data files in `data_files`.
 
 Prices are USD per 1M tokens. Each row may also give the model's context window and the most
-output tokens one answer can have (reasoning included), which bound a request's worst case.
+output tokens one answer can have (reasoning included), which bound a request's worst case;
+whether the model has the flex tier (batch prices on the real-time API); and whether it is a
+reasoning model (`max_completion_tokens`, no temperature, `reasoning_effort`).
 A model name is looked up as given, then through the table's
 aliases, then again with a trailing snapshot date (`-2024-07-18` or `-20250514`) removed.
 """
@@ -84,6 +86,8 @@ class _Row(_Override):
     confidence: Literal["verified", "secondary"]
     context_window: _Tokens | None = None
     max_output_tokens: _Tokens | None = None
+    flex: bool = False
+    reasoning: bool = False
 
 
 class _PriceFile(_Strict):
@@ -171,6 +175,8 @@ class Price:
     batch_discount: float = 0.5
     context_window: int | None = None
     max_output_tokens: int | None = None
+    flex: bool = False
+    reasoning: bool = False
 
     def rates(self, *, batch: bool) -> tuple[float, float, float | None]:
         """(input, cached input, output) per 1M tokens for real-time or batch use."""
@@ -190,6 +196,7 @@ def _make_price(
     as_of: str,
     confidence: str,
     limits: tuple[int | None, int | None] = (None, None),
+    kinds: tuple[bool, bool] = (False, False),
 ) -> Price:
     rates = {key: values[key] for key in _PRICE_KEYS}
     if rates["batch_input"] is None:
@@ -204,6 +211,8 @@ def _make_price(
         confidence=confidence,
         context_window=window,
         max_output_tokens=most,
+        flex=kinds[0],
+        reasoning=kinds[1],
         **rates,
     )
 
@@ -240,6 +249,7 @@ class PriceTable:
                 row.as_of,
                 row.confidence,
                 (row.context_window, row.max_output_tokens),
+                (row.flex, row.reasoning),
             )
             for name, row in table.models.items()
         }
@@ -267,9 +277,11 @@ class PriceTable:
                 )
             values: dict[str, Any] = dict.fromkeys(_PRICE_KEYS) | {"batch_discount": 0.5}
             limits: tuple[int | None, int | None] = (None, None)
+            kinds = (False, False)
         else:
             base = self._prices[base_name]
             limits = (base.context_window, base.max_output_tokens)
+            kinds = (base.flex, base.reasoning)
             values = {key: getattr(base, key) for key in _PRICE_KEYS}
             # A new standard price or discount re-derives the batch price unless that is given too.
             if given.keys() & {"input", "batch_discount"}:
@@ -279,7 +291,7 @@ class PriceTable:
         values |= given
         today = dt.date.today().isoformat()
         self._prices[model] = _make_price(
-            model, values, "price override in the job", today, "override", limits
+            model, values, "price override in the job", today, "override", limits, kinds
         )
 
     def _resolve(self, model: str) -> str | None:
@@ -367,6 +379,7 @@ class _NoCost(PriceTable):
             batch_output=output,
             context_window=known.context_window,
             max_output_tokens=known.max_output_tokens,
+            reasoning=known.reasoning,
         )
 
 

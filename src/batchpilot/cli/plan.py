@@ -105,7 +105,8 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
                 name,
                 duration(estimate["makespan_s"]),
                 usd(estimate["cost_usd"], none="unknown"),
-                f"{estimate['realtime_requests']:,}",
+                f"{estimate['realtime_requests']:,}"
+                + (" (flex)" if estimate.get("tier") == "flex" and name == "hybrid" else ""),
             )
         console.print(table)
     for note in data["assumptions"]:

@@ -114,8 +114,9 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
 @click.option("--output", "output_path", help="Override the output path (env BATCHPILOT_OUTPUT).")
 @click.option(
     "--strategy",
-    type=click.Choice(["batch", "realtime", "hybrid"]),
-    help="Batch API, real-time API, or both to finish soonest within the budget.",
+    type=click.Choice(["batch", "realtime", "flex", "hybrid"]),
+    help="Batch API, real-time API, its flex tier (batch prices, slower), or batches and "
+    "real time to finish soonest within the budget.",
 )
 @click.option("--deadline", help="Finish by then: an ISO time or a duration like 36h.")
 @click.option("--detach", is_flag=True, help="Submit, then return without waiting.")

@@ -117,6 +117,19 @@ _DEFAULTS = ServerConfig(state_dir=Path())
     help="Wall-clock seconds each real-time answer takes (a slow upstream).",
 )
 @click.option(
+    "--flex-latency",
+    type=float,
+    default=None,
+    help="Wall-clock seconds each answer at the flex tier takes (default: --realtime-latency).",
+)
+@click.option(
+    "--flex-refusal-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of flex-tier tries refused with 429 resource_unavailable.",
+)
+@click.option(
     "--finalizing-delay",
     type=float,
     default=1.0,
@@ -173,6 +186,8 @@ def serve(
     validation_delay: float,
     tokens_per_second: float,
     realtime_latency: float,
+    flex_latency: float | None,
+    flex_refusal_rate: float,
     finalizing_delay: float,
     models: str | None,
     max_request_bytes: int,
@@ -192,6 +207,8 @@ def serve(
         raise ConfigError("--tokens-per-second must be positive")
     if realtime_latency < 0:
         raise ConfigError("--realtime-latency must not be negative")
+    if flex_latency is not None and flex_latency < 0:
+        raise ConfigError("--flex-latency must not be negative")
     rate: dict[str, RateLimit] = dict(parse_rate_limit(text) for text in rate_limits)
     config = ServerConfig(
         state_dir=state_dir,
@@ -206,6 +223,8 @@ def serve(
         processing_tokens_per_s=tokens_per_second,
         finalizing_delay_s=finalizing_delay,
         realtime_latency_s=realtime_latency,
+        flex_latency_s=flex_latency,
+        flex_refusal_rate=flex_refusal_rate,
         queue_limits=dict(parse_queue_limit(text) for text in queue_limits),
         rate_limits=rate,
         models=frozenset(m.strip() for m in models.split(",")) if models else None,

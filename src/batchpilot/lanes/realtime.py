@@ -11,6 +11,13 @@ a 429 pauses the whole throttle); every try is one attempt under the RetryPolicy
 the store as it ends. Other 4xx fail the request for good with the server's message; 401 and 403
 stop the lane with its requests back in pending, since every request would be refused alike.
 
+At the flex tier (`tier="flex"`) every try asks for OpenAI's `service_tier: "flex"`: answered at
+batch prices, slower, and sometimes refused with 429 `resource_unavailable`. Such a refusal is
+no rate limit: that request alone backs off (the throttle is not paused) and tries again at
+flex, unless the deadline is within `flex_fallback_s` or its next try is its last: then it goes
+at the standard tier, so that a refusal never costs a request its answer. Tries at the flex
+tier are recorded on the lane `flex`.
+
 A try that may have run without its answer coming back (a timeout, a connection lost after
 sending, a crash or a stop while it was on the wire) is recorded as an attempt that cost the
 request's worst case: the real-time API offers no way to look up an earlier call, so what it
@@ -27,16 +34,26 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from batchpilot.errors import IllegalTransition
 from batchpilot.formatting import usd
+from batchpilot.lanes.feed import Feed
+from batchpilot.lanes.inflight import interrupted, recover_inflight
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
 from batchpilot.plan.worst import reservation
 from batchpilot.pricing import PriceTable, usage_cost
-from batchpilot.providers.base import Answer, AuthenticationFailed, CallFailed, RealtimeAPI
+from batchpilot.providers.base import (
+    FLEX,
+    STANDARD,
+    Answer,
+    AuthenticationFailed,
+    CallFailed,
+    RealtimeAPI,
+)
 from batchpilot.store import Outcome, PendingRequest, RequestState, Store
 
 if TYPE_CHECKING:  # at run time the import would be circular: batchpilot.run imports lanes
@@ -50,45 +67,22 @@ __all__ = [
     "recover_inflight",
 ]
 
-INTERRUPTED = "interrupted while in flight"
 IDLE_S = 0.02  # how often a lane with nothing to take looks at its feed again
-
-
-class Feed(Protocol):
-    """Where the lane's requests come from.
-
-    `next()` names the request to send next (None: none for now; `done`: none ever again);
-    `affordable(worst)` says whether the money left covers a worst case; `claim(request,
-    worst)` moves that request pending → realtime and holds its worst case, returning None, or
-    says why it did not ("gone": not the feed's to give any more, "budget"); `release(worst)`
-    gives the worst case back once the request has ended. When the money runs out with nothing
-    in flight, a feed that `waits` keeps the lane waiting; otherwise the lane returns.
-    """
-
-    @property
-    def done(self) -> bool: ...
-
-    @property
-    def waits(self) -> bool: ...
-
-    def next(self) -> PendingRequest | None: ...
-
-    def affordable(self, worst: float) -> bool: ...
-
-    def claim(self, request: PendingRequest, worst: float) -> str | None: ...
-
-    def release(self, worst: float) -> None: ...
 
 
 @dataclass
 class LaneReport:
     """What one `RealtimeLane.run` did. `requeued` requests went back to pending unsent;
-    `budget_stopped`: the budget held the lane back (a waiting feed: and still does)."""
+    `budget_stopped`: the budget held the lane back (a waiting feed: and still does);
+    `flex_refused`: tries the flex tier refused for want of capacity; `flex_fallbacks`: requests
+    sent at the standard tier instead."""
 
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
     http_429: int = 0
+    flex_refused: int = 0
+    flex_fallbacks: int = 0
     requeued: int = 0
     spent_usd: float = 0.0
     budget_stopped: bool = False
@@ -103,11 +97,15 @@ class _Failure:
     retry_after_s: float | None = None
     headers: Mapping[str, str] | None = None
     billed: tuple[int, int, float] = (0, 0, 0.0)  # an answer that came back but failed a check
+    unavailable: bool = False  # the flex tier had no capacity
+    lane: str | None = None
 
 
 class RealtimeLane:
     """Sends requests concurrently (at most `concurrency` in flight) within `limits`, through
-    `api` (which does not retry: the lane retries, so that every try is counted and paced).
+    `api` (which does not retry: the lane retries, so that every try is counted and paced), at
+    the service `tier` (`standard` or `flex`; flex falls back to standard once the wall-clock
+    `deadline` is within `flex_fallback_s`).
     """
 
     def __init__(
@@ -126,9 +124,17 @@ class RealtimeLane:
         base_backoff_s: float = 0.5,
         throttle: Throttle | None = None,
         check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
+        tier: str = STANDARD,
+        deadline: datetime | None = None,
+        flex_fallback_s: float = 900.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if tier not in (STANDARD, FLEX):
+            raise ValueError(f"unknown service tier {tier!r}: use standard or flex")
+        self.tier = tier
+        self.deadline = deadline
+        self.flex_fallback_s = flex_fallback_s
         self.api = api
         self.store = store
         self.run_id = run_id
@@ -356,6 +362,7 @@ class RealtimeLane:
             return
         tokens = request.input_tokens + _max_output(request)
         attempts, tries = request.attempts, 0
+        tier = self._tier_for(attempts)
         on_wire = False
         try:
             while True:
@@ -371,7 +378,7 @@ class RealtimeLane:
                     )
                     return
                 on_wire = True
-                failure = await self._send(request, call)
+                failure = await self._send(request, call, tier)
                 on_wire = False
                 if failure is None:
                     return
@@ -393,6 +400,7 @@ class RealtimeLane:
                             None,
                             *failure.billed,
                             error=failure.reason,
+                            lane=failure.lane,
                         )
                     )
                     return
@@ -406,12 +414,22 @@ class RealtimeLane:
                             None,
                             *failure.billed,
                             error=failure.reason,
+                            lane=failure.lane,
                         ),
                     )
                 attempts, tries = attempts + 1, tries + 1
                 self._report.retried += 1
                 delay = self._backoff(tries, failure.retry_after_s)
-                if failure.status == 429:
+                if failure.unavailable:
+                    self._report.flex_refused += 1
+                    if tier == FLEX and self._tier_for(attempts, delay) == STANDARD:
+                        tier = STANDARD
+                        self._report.flex_fallbacks += 1
+                        delay = 0.0
+                    if not await self._until(asyncio.sleep(delay)):
+                        self._requeue(request, failure.reason)
+                        return
+                elif failure.status == 429:
                     self.throttle.pause(delay)
                 elif not await self._until(asyncio.sleep(delay)):
                     self._requeue(request, failure.reason)
@@ -426,34 +444,64 @@ class RealtimeLane:
             raise
 
     async def _send(
-        self, request: PendingRequest, call: Callable[[], Awaitable[Answer | CallFailed]]
+        self,
+        request: PendingRequest,
+        call: Callable[[str], Awaitable[Answer | CallFailed]],
+        tier: str,
     ) -> _Failure | None:
-        """One try; records a success and returns None, or returns what went wrong."""
+        """One try at `tier`; records a success and returns None, or returns what went wrong."""
         # a try that may have run though no answer came back is billed at its worst case
         unknown = (0, 0, self._worst_cost(request))
-        outcome = await call()
+        lane = FLEX if tier == FLEX else None
+        outcome = await call(tier)
         if isinstance(outcome, CallFailed):
             if outcome.status == 429:
                 self._report.http_429 += 1
             headers = outcome.headers if outcome.status is not None else None
+            # a refusal for want of flex capacity says when to come back only in its headers
+            retry_s = None if headers is None else retry_after(headers)
             return _Failure(
                 outcome.reason,
                 outcome.retryable,
                 status=outcome.status,
-                retry_after_s=None if headers is None else retry_after(headers),
-                headers=outcome.headers,
+                retry_after_s=retry_s,
+                headers=None if outcome.unavailable else outcome.headers,
                 billed=unknown if outcome.may_have_run else (0, 0, 0.0),
+                unavailable=outcome.unavailable,
+                lane=lane,
             )
         self.throttle.observe(outcome.headers)
         body = outcome.body
-        input_tokens, output_tokens, usd = self._cost(request, body)
+        at_flex = tier == FLEX and body.get("service_tier") in (None, FLEX)
+        input_tokens, output_tokens, usd = self._cost(request, body, flex=at_flex)
+        lane = FLEX if at_flex else None
         reason = self.check(request, body) if self.check is not None else None
         if reason is not None:
-            return _Failure(reason, True, billed=(input_tokens, output_tokens, usd))
+            return _Failure(reason, True, billed=(input_tokens, output_tokens, usd), lane=lane)
         self._finish(
-            Outcome(request.id, RequestState.SUCCEEDED, body, input_tokens, output_tokens, usd)
+            Outcome(
+                request.id,
+                RequestState.SUCCEEDED,
+                body,
+                input_tokens,
+                output_tokens,
+                usd,
+                lane=lane,
+            )
         )
         return None
+
+    def _tier_for(self, attempts: int, wait_s: float = 0.0) -> str:
+        """The tier of a request's next try, `wait_s` from now with `attempts` made: flex,
+        unless the lane runs at the standard tier, the try is the request's last, or the
+        deadline is within `flex_fallback_s` by then."""
+        if self.tier != FLEX or attempts + 1 >= self.retry.max_attempts:
+            return STANDARD
+        if self.deadline is not None:
+            due = datetime.now(UTC) + timedelta(seconds=wait_s + self.flex_fallback_s)
+            if due >= self.deadline:
+                return STANDARD
+        return FLEX
 
     def _finish(self, outcome: Outcome) -> None:
         self.store.finish_realtime(self.run_id, outcome)
@@ -478,23 +526,26 @@ class RealtimeLane:
 
     # bodies, tokens and money ---------------------------------------------------------------
 
-    def _prepare(self, request: PendingRequest) -> Callable[[], Awaitable[Answer | CallFailed]]:
-        """The call for one request: its body as planned, sent to its endpoint."""
+    def _prepare(self, request: PendingRequest) -> Callable[[str], Awaitable[Answer | CallFailed]]:
+        """The call for one request at a tier: its body as planned, sent to its endpoint."""
         body = orjson.loads(request.body)
         if not isinstance(body, dict):
             raise ValueError("invalid request body: not a JSON object")
         if body.get("stream"):
             raise ValueError("streaming is not supported on the real-time lane")
-        return lambda: self.api.call(
-            body, request.endpoint, custom_id=request.id, timeout_s=self.timeout_s
+        return lambda tier: self.api.call(
+            body, request.endpoint, custom_id=request.id, timeout_s=self.timeout_s, tier=tier
         )
 
     def _worst_cost(self, request: PendingRequest) -> float:
         """The real-time lane's reservation: the planned worst case at the standard price."""
         return reservation(request, self.prices, batch=False)
 
-    def _cost(self, request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
-        return usage_cost(self.prices, request.model, body, batch=False)
+    def _cost(
+        self, request: PendingRequest, body: dict[str, Any], *, flex: bool
+    ) -> tuple[int, int, float]:
+        """An answer's tokens and price: the flex tier bills at batch prices."""
+        return usage_cost(self.prices, request.model, body, batch=flex)
 
 
 class _Listed:
@@ -536,34 +587,3 @@ async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
 
 def _max_output(request: PendingRequest) -> int:
     return 0 if request.endpoint.endswith("/embeddings") else request.max_output_tokens
-
-
-def interrupted(request: PendingRequest, prices: PriceTable | None, retry: RetryPolicy) -> Outcome:
-    """The outcome of a try cut off while it was on the wire: it may have run and been billed,
-    so it is an attempt that cost the request's worst case; the request goes back to pending
-    unless that was its last attempt."""
-    worst = reservation(request, prices, batch=False)
-    state = retry.next_state(request, True, True)
-    reason = f"{INTERRUPTED}; it may have run, so it is counted at its worst case"
-    if state == RequestState.FAILED:
-        reason += f" (attempt {request.attempts + 1} of {retry.max_attempts})"
-    return Outcome(request.id, state, cost_usd=worst, error=reason)
-
-
-def recover_inflight(
-    store: Store, run_id: str, prices: PriceTable | None, retry: RetryPolicy
-) -> tuple[int, float]:
-    """Record every request left in `realtime` (by a crash) as `interrupted`: back to pending,
-    or failed after its last attempt. Returns how many there were and what they are counted at.
-
-    A request that keeps getting interrupted so runs into the retry cap; one that goes back to
-    pending may have reached the server, and sending it again may run it twice.
-    """
-    charged = 0.0
-    with store.tx():
-        requests = store.in_flight(run_id)
-        for request in requests:
-            outcome = interrupted(request, prices, retry)
-            store.finish_realtime(run_id, outcome)
-            charged += outcome.cost_usd
-    return len(requests), charged

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from batchpilot.data import InputSpec, read_rows
@@ -15,12 +16,15 @@ from batchpilot.plan.sources import job_items, requests_file_items
 from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
 from batchpilot.plan.waves import first_wave
 from batchpilot.pricing import PriceTable, prices_for, tier_limits
+from batchpilot.providers.registry import kind
 from batchpilot.render import RequestRenderer
 from batchpilot.spec import EstimateSpec, JobSpec, LimitsSpec, RealtimeSpec
+from batchpilot.spec.model import parse_deadline
 from batchpilot.spec.steps import step_job
 
 __all__ = [
     "estimate_plan",
+    "flex_offered",
     "input_spec",
     "main_model",
     "plan_job",
@@ -141,7 +145,9 @@ def plan_job(
     return result
 
 
-def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, float | int | None]]:
+def strategies_for(
+    job: JobSpec, result: PlanResult
+) -> dict[str, dict[str, float | int | str | None]]:
     """Each strategy's makespan and cost for this plan under the job's limits."""
     return estimate_plan(
         result,
@@ -152,6 +158,9 @@ def strategies_for(job: JobSpec, result: PlanResult) -> dict[str, dict[str, floa
         realtime=job.realtime,
         turnaround_hours=job.estimate.batch_turnaround_hours,
         budget=job.budget.max_usd,
+        flex=flex_offered(job),
+        flex_latency_s=job.estimate.flex_latency_seconds,
+        deadline_s=_deadline_s(job.deadline),
     )
 
 
@@ -165,9 +174,13 @@ def estimate_plan(
     realtime: RealtimeSpec,
     turnaround_hours: float,
     budget: float | None,
-) -> dict[str, dict[str, float | int | None]]:
+    flex: bool = False,
+    flex_latency_s: float = EstimateSpec().flex_latency_seconds,
+    deadline_s: float | None = None,
+) -> dict[str, dict[str, float | int | str | None]]:
     """Each strategy's makespan and cost for a plan under `model`'s limits: those given, else
-    the tier table's (none for the local provider)."""
+    the tier table's (none for the local provider). `flex`: the real-time requests may go at
+    the flex tier, which bills at batch prices."""
     known = tier_limits(model, tier)
     # an explicit queue limit counts in the estimate even for the local provider
     explicit = limits.queue_tokens is not None
@@ -184,8 +197,35 @@ def estimate_plan(
         rpd=realtime.rpd or (None if local else known.rpd),
         turnaround_s=turnaround_hours * 3600,
         budget=budget,
+        flex_cost=result.cost.get("batch") if flex else None,
+        flex_latency_s=flex_latency_s,
+        concurrency=realtime.concurrency,
+        deadline_s=deadline_s,
     )
     return {name: value.as_json() for name, value in estimate_strategies(inputs).items()}
+
+
+def flex_offered(job: JobSpec, prices: PriceTable | None = None) -> bool:
+    """Whether the job's real-time requests can go at the flex tier: `realtime.flex` when it is
+    given, else whether the provider has the tier and the price table says the model does."""
+    if job.realtime.flex is not None:
+        return job.realtime.flex
+    if not kind(job.provider.kind).capabilities.flex:
+        return False
+    table = prices or prices_for(job.provider.kind, job.prices or None)
+    return table.has(job.model) and table.price(job.model).flex
+
+
+def _flex_priced(prices: PriceTable | None, model: str) -> bool:
+    return prices is not None and prices.has(model) and prices.price(model).flex
+
+
+def _deadline_s(deadline: str | None) -> float | None:
+    """Seconds from now to the job's deadline (None: no deadline)."""
+    if deadline is None:
+        return None
+    now = datetime.now(UTC)
+    return max(0.0, (parse_deadline(deadline, now=now) - now).total_seconds())
 
 
 def plan_requests_file(
@@ -227,6 +267,7 @@ def plan_requests_file(
             realtime=realtime or RealtimeSpec(),
             turnaround_hours=turnaround_hours,
             budget=budget_usd,
+            flex=_flex_priced(settings.prices, main) and not local,
         )
         if len(counts) > 1:
             result.assumptions.append(

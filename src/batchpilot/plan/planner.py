@@ -107,7 +107,7 @@ class PlanResult:
     findings: Findings = field(default_factory=Findings)
     models: dict[str, ModelTotals] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=list)
-    strategies: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    strategies: dict[str, dict[str, float | int | str | None]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -4,8 +4,11 @@
   taking `turnaround_s`;
 - realtime: every request through the real-time API, paced by requests and tokens per minute
   and requests per day;
-- hybrid: a share of the requests real-time while the rest goes in batches, the share chosen to
-  finish soonest within the budget.
+- flex: every request through the real-time API's flex tier at batch prices, paced alike and
+  slower: at most `concurrency` answers at once, each taking `flex_latency_s`;
+- hybrid: a share of the requests real-time (at the standard or the flex tier) while the rest
+  goes in batches, the share chosen to finish soonest within the budget; with a deadline, the
+  cheapest split that meets it (so flex where it lowers the cost and still meets it).
 
 `hybrid_split` is the same choice made again while a run goes: from what is still pending, the
 batches already in the queue, the turnaround learned so far and what is left of the day's
@@ -44,19 +47,29 @@ class StrategyInputs:
     rpd: int | None
     turnaround_s: float
     budget: float | None = None
+    flex_cost: float | None = None
+    """The whole plan at the flex tier (None: the provider or the model has no flex tier)."""
+    flex_latency_s: float = 30.0
+    concurrency: int = 16
+    deadline_s: float | None = None
 
 
 @dataclass(frozen=True)
 class Estimate:
+    """A strategy's makespan and cost; `realtime_requests` go through the real-time API at
+    `tier` (standard or flex), the rest in batches."""
+
     makespan_s: float
     cost_usd: float | None
     realtime_requests: int = 0
+    tier: str = "standard"
 
-    def as_json(self) -> dict[str, float | int | None]:
+    def as_json(self) -> dict[str, float | int | str | None]:
         return {
             "makespan_s": round(self.makespan_s, 1),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
             "realtime_requests": self.realtime_requests,
+            "tier": self.tier,
         }
 
 
@@ -68,11 +81,21 @@ def batch_makespan(inputs: StrategyInputs, requests: int) -> float:
     return max(1, waves) * inputs.turnaround_s
 
 
-def realtime_makespan(inputs: StrategyInputs, requests: float) -> float:
+def realtime_makespan(inputs: StrategyInputs, requests: float, *, flex: bool = False) -> float:
     """Limits as the API enforces them (and the lane paces them): buckets that start full and
-    refill continuously, so a day's requests can go at once and more follow as the day refills."""
+    refill continuously, so a day's requests can go at once and more follow as the day refills;
+    at the flex tier, also the lane's concurrency over the flex latency."""
     per_request = (inputs.input_tokens + inputs.output_tokens) / max(1, inputs.requests)
-    return realtime_seconds(requests, per_request, inputs.rpm, inputs.tpm, inputs.rpd)
+    latency = inputs.flex_latency_s if flex else 0.0
+    return realtime_seconds(
+        requests,
+        per_request,
+        inputs.rpm,
+        inputs.tpm,
+        inputs.rpd,
+        latency_s=latency,
+        concurrency=inputs.concurrency,
+    )
 
 
 def realtime_seconds(
@@ -82,12 +105,16 @@ def realtime_seconds(
     tpm: int | None,
     rpd: int | None,
     day_left: float | None = None,
+    *,
+    latency_s: float = 0.0,
+    concurrency: int = 1,
 ) -> float:
     """Seconds to send `requests` in real time: the per-minute limits at their steady rate, the
-    day's limit with `day_left` requests (a full day unless given) available at once."""
+    day's limit with `day_left` requests (a full day unless given) available at once, and
+    `concurrency` answers at a time when each takes `latency_s`."""
     if requests <= 0:
         return 0.0
-    times = [0.0]
+    times = [requests * latency_s / max(1, concurrency)]
     if rpm:
         times.append(requests / (rpm / 60))
     if tpm:
@@ -99,29 +126,66 @@ def realtime_seconds(
     return max(times)
 
 
-def _cost(inputs: StrategyInputs, realtime: int) -> float | None:
-    if inputs.batch_cost is None or inputs.realtime_cost is None or inputs.requests == 0:
+def _cost(inputs: StrategyInputs, realtime: int, *, flex: bool = False) -> float | None:
+    rate = inputs.flex_cost if flex else inputs.realtime_cost
+    if inputs.batch_cost is None or rate is None or inputs.requests == 0:
         return None
     share = realtime / inputs.requests
-    return inputs.batch_cost * (1 - share) + inputs.realtime_cost * share
+    return inputs.batch_cost * (1 - share) + rate * share
+
+
+def _better(candidate: Estimate, best: Estimate, deadline_s: float | None) -> bool:
+    """Without a deadline: sooner, then cheaper. With one: cheaper among those that meet it
+    (fewer real-time requests at the same price), sooner while none does."""
+    sooner = candidate.makespan_s < best.makespan_s - 1e-9
+    tied = abs(candidate.makespan_s - best.makespan_s) <= 1e-9
+    cheaper = (
+        candidate.cost_usd is not None
+        and best.cost_usd is not None
+        and candidate.cost_usd < best.cost_usd - 1e-12
+    )
+    if deadline_s is None:
+        return sooner or (tied and cheaper)
+    meets, met = candidate.makespan_s <= deadline_s, best.makespan_s <= deadline_s
+    if meets and met:
+        return cheaper or (sooner and not _dearer(candidate, best))
+    return meets or (not met and sooner)
+
+
+def _dearer(candidate: Estimate, best: Estimate) -> bool:
+    if candidate.cost_usd is None or best.cost_usd is None:
+        return False
+    return candidate.cost_usd > best.cost_usd + 1e-12
 
 
 def estimate_strategies(inputs: StrategyInputs) -> dict[str, Estimate]:
-    """The three strategies' makespan (seconds) and cost (USD) side by side."""
+    """Each strategy's makespan (seconds) and cost (USD) side by side; `flex` only when the
+    plan has a flex price."""
     total = inputs.requests
     batch = Estimate(batch_makespan(inputs, total), inputs.batch_cost, 0)
     realtime = Estimate(realtime_makespan(inputs, total), inputs.realtime_cost, total)
+    tiers = [False] if inputs.flex_cost is None else [False, True]
     best = batch
     steps = min(total, 400)
     for step in range(1, steps + 1):
         share = round(total * step / steps)
-        cost = _cost(inputs, share)
-        if inputs.budget is not None and cost is not None and cost > inputs.budget:
-            break
-        makespan = max(batch_makespan(inputs, total - share), realtime_makespan(inputs, share))
-        if makespan < best.makespan_s - 1e-9:
-            best = Estimate(makespan, cost, share)
-    return {"batch": batch, "realtime": realtime, "hybrid": best}
+        for flex in tiers:
+            cost = _cost(inputs, share, flex=flex)
+            if inputs.budget is not None and cost is not None and cost > inputs.budget:
+                continue
+            makespan = max(
+                batch_makespan(inputs, total - share),
+                realtime_makespan(inputs, share, flex=flex),
+            )
+            candidate = Estimate(makespan, cost, share, "flex" if flex else "standard")
+            if _better(candidate, best, inputs.deadline_s):
+                best = candidate
+    found = {"batch": batch, "realtime": realtime}
+    if inputs.flex_cost is not None:
+        flex_makespan = realtime_makespan(inputs, total, flex=True)
+        found["flex"] = Estimate(flex_makespan, inputs.flex_cost, total, "flex")
+    found["hybrid"] = best
+    return found
 
 
 @dataclass(frozen=True)
@@ -129,7 +193,9 @@ class SplitInputs:
     """A hybrid run part way: what is pending (in neither lane yet) and what the lanes hold.
 
     `live` has one (seconds until it finishes, input tokens) pair per batch already in the queue;
-    `day_left` is how many requests today's real-time allowance still holds (None: all of it).
+    `day_left` is how many requests today's real-time allowance still holds (None: all of it);
+    `latency_s` is how long one real-time answer takes with `concurrency` at once (the flex
+    tier's; 0: only the rate limits pace the lane).
     """
 
     requests: int
@@ -142,6 +208,8 @@ class SplitInputs:
     rpd: int | None
     live: tuple[tuple[float, int], ...] = ()
     day_left: float | None = None
+    latency_s: float = 0.0
+    concurrency: int = 1
 
 
 def batch_waves(
@@ -183,7 +251,14 @@ def hybrid_split(inputs: SplitInputs) -> Estimate:
 
     def realtime(requests: int) -> float:
         return realtime_seconds(
-            requests, per_request, inputs.rpm, inputs.tpm, inputs.rpd, inputs.day_left
+            requests,
+            per_request,
+            inputs.rpm,
+            inputs.tpm,
+            inputs.rpd,
+            inputs.day_left,
+            latency_s=inputs.latency_s,
+            concurrency=inputs.concurrency,
         )
 
     best = Estimate(realtime(count), None, count)

@@ -24,7 +24,7 @@ from batchpilot.providers.anthropic_shapes import (
     messages_params,
     rate_limit_headers,
 )
-from batchpilot.providers.base import Answer, CallFailed, Capabilities
+from batchpilot.providers.base import STANDARD, Answer, CallFailed, Capabilities
 from batchpilot.providers.openai_errors import redact
 from batchpilot.providers.retry import json_object, retryable_status, unanswered
 
@@ -91,6 +91,7 @@ class AnthropicRealtime:
         *,
         custom_id: str | None = None,
         timeout_s: float | None = None,
+        tier: str = STANDARD,
     ) -> Answer | CallFailed:
         try:
             params = messages_params(body, endpoint)

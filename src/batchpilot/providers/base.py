@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 from batchpilot.errors import ProviderRejected
 
 __all__ = [
+    "FLEX",
+    "STANDARD",
     "Answer",
     "AuthenticationFailed",
     "BatchAPI",
@@ -35,6 +37,11 @@ __all__ = [
     "RemoteStatus",
     "Sink",
 ]
+
+STANDARD = "standard"
+FLEX = "flex"
+"""The real-time API's service tiers: `flex` answers at batch prices, slower, and sometimes not
+at all (429 `resource_unavailable`)."""
 
 
 class RemoteStatus(StrEnum):
@@ -167,14 +174,22 @@ class Answer:
 class CallFailed:
     """A real-time call that brought no usable answer, in our words: why (never a secret),
     whether another try may succeed, the HTTP status and headers if an answer came back (rate
-    limits, `retry-after`), and whether it may have run and been billed though no answer came
-    back (a timeout, a connection lost after sending, an unreadable answer)."""
+    limits, `retry-after`), whether it may have run and been billed though no answer came back
+    (a timeout, a connection lost after sending, an unreadable answer), and the provider's
+    error code, when it gave one."""
 
     reason: str
     retryable: bool
     status: int | None = None
     headers: Mapping[str, str] | None = None
     may_have_run: bool = False
+    code: str | None = None
+
+    @property
+    def unavailable(self) -> bool:
+        """The flex tier had no capacity for the call (429 `resource_unavailable`): not a rate
+        limit; try later, or at the standard tier."""
+        return self.status == 429 and self.code == "resource_unavailable"
 
     @property
     def refused_key(self) -> bool:
@@ -195,9 +210,11 @@ class RealtimeAPI(Protocol):
         *,
         custom_id: str | None = None,
         timeout_s: float | None = None,
+        tier: str = STANDARD,
     ) -> Answer | CallFailed:
         """Send `body` as planned to `endpoint` (e.g. `/v1/chat/completions`); `custom_id`
-        names the request to the provider where it can be told."""
+        names the request to the provider where it can be told; `tier` is the service tier
+        (`standard`, or `flex` where `Capabilities.flex` says the provider has it)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -217,7 +234,15 @@ class Capabilities:
     images: bool = False
 
     def check(self, strategy: str, provider: str) -> str | None:
-        """Why `provider` cannot run a job of `strategy` (batch, realtime, hybrid), or None."""
+        """Why `provider` cannot run a job of `strategy` (batch, realtime, flex, hybrid), or
+        None."""
+        if strategy == "flex" and not self.flex:
+            return (
+                f"provider {provider} has no flex tier (OpenAI's service_tier: flex); use "
+                "strategy: realtime, or provider kind openai"
+            )
+        if strategy == "flex" and self.realtime:
+            return None
         if strategy != "batch" and not self.realtime:
             return f"provider {provider} has no real-time API; use strategy: batch"
         if strategy != "realtime" and not self.batch:

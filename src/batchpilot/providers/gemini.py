@@ -13,7 +13,7 @@ from google import genai
 from google.genai import errors, types
 
 from batchpilot.errors import UserInputError
-from batchpilot.providers.base import Answer, CallFailed
+from batchpilot.providers.base import STANDARD, Answer, CallFailed
 from batchpilot.providers.gemini_batch import INLINE_LIMIT, GeminiBatches
 from batchpilot.providers.gemini_errors import CONNECT_ERRORS, HTTP_ERRORS, TIMEOUTS, error_detail
 from batchpilot.providers.gemini_shapes import CAPABILITIES, chat_completion, request_parts
@@ -87,6 +87,7 @@ class GeminiRealtime:
         *,
         custom_id: str | None = None,
         timeout_s: float | None = None,
+        tier: str = STANDARD,
     ) -> Answer | CallFailed:
         try:
             contents, config = request_parts(body, endpoint)

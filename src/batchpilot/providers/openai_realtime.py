@@ -2,7 +2,8 @@
 
 Bodies go out as planned through the client's documented `post` (so the Azure client's
 deployment URLs and every endpoint of the Batch API work alike), with the client's own retries
-off. Every SDK exception becomes a CallFailed here, with the key redacted.
+off. Every SDK exception becomes a CallFailed here, with the key redacted. A call at the flex
+tier carries `service_tier: "flex"`; the answer's own `service_tier` says which tier ran it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import httpx2
 import openai
 from openai._types import RequestOptions
 
-from batchpilot.providers.base import Answer, CallFailed
+from batchpilot.providers.base import FLEX, STANDARD, Answer, CallFailed
 from batchpilot.providers.openai_errors import error_detail, redact
 from batchpilot.providers.retry import json_object, retryable_status, unanswered
 
@@ -36,7 +37,10 @@ class OpenAIRealtime:
         *,
         custom_id: str | None = None,
         timeout_s: float | None = None,
+        tier: str = STANDARD,
     ) -> Answer | CallFailed:
+        if tier == FLEX:
+            body = {**body, "service_tier": FLEX}
         options: RequestOptions = {"max_retries": 0}
         if custom_id is not None:
             options["headers"] = {CUSTOM_ID_HEADER: custom_id}
@@ -52,6 +56,7 @@ class OpenAIRealtime:
                 retryable=retryable_status(status),
                 status=status,
                 headers=exc.response.headers,
+                code=_error_code(exc.body),
             )
         except openai.APITimeoutError:
             return CallFailed("timeout: no answer in time", retryable=True, may_have_run=True)
@@ -69,3 +74,12 @@ class OpenAIRealtime:
 
     def _redact(self, message: str) -> str:
         return redact(message, self._secret)
+
+
+def _error_code(body: object) -> str | None:
+    """The `code` of an error answer's body (the SDK hands over its `error` object)."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        code = inner.get("code") if isinstance(inner, dict) else None
+        return code if isinstance(code, str) else None
+    return None

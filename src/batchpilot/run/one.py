@@ -25,6 +25,7 @@ from batchpilot.plan import plan_job
 from batchpilot.plan.job import input_spec
 from batchpilot.plan.waves import first_wave
 from batchpilot.providers import Provider, provider_for
+from batchpilot.providers.base import FLEX
 from batchpilot.run.checks import answer_check
 from batchpilot.run.config import RunConfig
 from batchpilot.run.identity import identity_json, run_id_for, spec_json
@@ -85,6 +86,8 @@ def open_runner(
         on_progress=on_progress,
     )
     problem = provider.capabilities.check(settings.strategy, provider.name)
+    if problem is None and settings.tier == FLEX and not provider.capabilities.flex:
+        problem = f"provider {provider.name} has no flex tier; remove realtime.flex"
     if problem is not None:
         raise UserInputError(problem)
     lane = None
@@ -100,6 +103,9 @@ def open_runner(
             retry=settings.retry,
             budget_usd=settings.budget_usd,
             check=check,
+            tier=settings.tier,
+            deadline=settings.deadline,
+            flex_fallback_s=settings.flex_fallback_s,
         )
         lane.recall_day()
     runner = Runner(store, provider, config, lane)

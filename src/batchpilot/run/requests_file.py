@@ -131,9 +131,7 @@ def run_requests_file(
             cancel_on_exit=cancel_on_exit,
         )
         settings = _lanes(settings, store, record, strategy, deadline, tier, realtime, local)
-        with open_runner(
-            store, run_id, state_dir, provider, settings, report, not fresh
-        ) as runner:
+        with open_runner(store, run_id, state_dir, provider, settings, report, not fresh) as runner:
             status = runner.run()
         written = None
         if status.finished and output is not None:

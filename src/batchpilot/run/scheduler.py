@@ -15,6 +15,7 @@ from enum import Enum
 from batchpilot.formatting import duration
 from batchpilot.lanes.ratelimit import Throttle
 from batchpilot.plan.strategies import Estimate, SplitInputs, hybrid_split
+from batchpilot.providers.base import FLEX
 from batchpilot.run.config import RunConfig
 from batchpilot.run.share import LaneShare
 from batchpilot.store import BatchRecord, BatchState, Store
@@ -45,7 +46,8 @@ class Mode(Enum):
     BATCH = "batch"
     """Batches only."""
     REALTIME = "realtime"
-    """Real time only: batches left unsent (by an earlier run with another strategy) are dropped."""
+    """Real time only (at the standard or the flex tier): batches left unsent (by an earlier run
+    with another strategy) are dropped."""
     DEADLINE = "deadline"
     """A batch would end past the deadline: everything pending goes real time, unsent batches
     are dropped, and live ones cancelled."""
@@ -56,7 +58,7 @@ class Mode(Enum):
 def choose_mode(strategy: str, near_deadline: bool) -> Mode:
     if strategy == "batch":
         return Mode.BATCH
-    if strategy == "realtime":
+    if strategy in ("realtime", "flex"):
         return Mode.REALTIME
     return Mode.DEADLINE if near_deadline else Mode.HYBRID
 
@@ -220,6 +222,9 @@ class Scheduler:
         assert self.throttle is not None
         run_id, share = self.config.run_id, self.share
         limits = self.throttle.limits
+        settings = self.config.settings
+        # a flex answer is slow: the lane's concurrency bounds how fast its share goes
+        latency = settings.flex_latency_s if settings.tier == FLEX else 0.0
         turnaround_s = self.turnaround()
         with share.lock:
             count, tokens, most_out = self.store.pending_totals(run_id)
@@ -247,6 +252,8 @@ class Scheduler:
                         datetime.now(UTC),
                     ),
                     day_left=self.throttle.day_left(),
+                    latency_s=latency,
+                    concurrency=settings.concurrency,
                 )
             )
             share.reserve = split.realtime_requests

@@ -8,22 +8,25 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from batchpilot.lanes.ratelimit import RateLimits
-from batchpilot.plan.job import queue_capacity
+from batchpilot.plan.job import flex_offered, queue_capacity
 from batchpilot.pricing import PriceTable, prices_for, tier_limits
+from batchpilot.providers.base import FLEX, STANDARD
 from batchpilot.run.defaults import default_poll_interval
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.spec import JobSpec, LimitsSpec
 from batchpilot.spec.model import parse_deadline
 from batchpilot.store import RunRecord
 
-__all__ = ["RunSettings", "limit_settings", "run_settings"]
+__all__ = ["RunSettings", "limit_settings", "realtime_tier", "run_settings"]
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """Limits for one run. Durations are seconds of wall time, except `turnaround_s`: seconds
     of the provider's clock, which runs `time_scale` times faster than the wall clock (1 but
-    against a local server run in virtual time). Fixed once built: `dataclasses.replace` makes
+    against a local server run in virtual time). `tier` is the real-time lane's service tier
+    (flex falls back to standard `flex_fallback_s` before the deadline; `flex_latency_s` is how
+    long a flex answer is expected to take). Fixed once built: `dataclasses.replace` makes
     another."""
 
     requests_per_batch: int = 50_000
@@ -45,6 +48,9 @@ class RunSettings:
     realtime_timeout_s: float = 600.0
     turnaround_s: float = 12 * 3600.0
     time_scale: float = 1.0
+    tier: str = STANDARD
+    flex_fallback_s: float = 900.0
+    flex_latency_s: float = 30.0
 
 
 def limit_settings(
@@ -121,4 +127,17 @@ def run_settings(
         concurrency=job.realtime.concurrency,
         realtime_timeout_s=job.realtime.timeout,
         turnaround_s=job.estimate.batch_turnaround_hours * 3600,
+        tier=realtime_tier(job, settings.prices),
+        flex_fallback_s=job.realtime.flex_fallback,
+        flex_latency_s=job.estimate.flex_latency_seconds,
     )
+
+
+def realtime_tier(job: JobSpec, prices: PriceTable | None) -> str:
+    """The real-time lane's service tier: flex for the flex strategy; for the hybrid, flex where
+    the job's real-time requests can go at it (see `flex_offered`)."""
+    if job.strategy == "flex":
+        return FLEX
+    if job.strategy == "hybrid" and flex_offered(job, prices):
+        return FLEX
+    return STANDARD

@@ -27,6 +27,7 @@ from batchpilot.server.engine import BatchEngine
 from batchpilot.server.execution import body_sha256, execute, usage_of
 from batchpilot.server.faults import CONTENT_KINDS, FaultPlan
 from batchpilot.server.files_api import FilesApi
+from batchpilot.server.flex import FLEX, FlexTier, answered_tier, mark_tier
 from batchpilot.server.gemini_api import GeminiApi
 from batchpilot.server.gemini_face import GeminiFace
 from batchpilot.server.guard import GuardMiddleware
@@ -87,6 +88,7 @@ class ServerApp:
         self._http_counters: dict[int, int] = {}
         self._hidden: dict[str, int] = {}
         self._realtime_runs: dict[str, int] = {}
+        self.flex = FlexTier(config)
         self.files = FilesApi(config, state, clock)
 
     def limiter(self, owner: str) -> RateLimiter:
@@ -252,6 +254,13 @@ class ServerApp:
             return _error(400, "Unrecognized request argument supplied: stream", param="stream")
         if stream:
             body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        custom_id = request.headers.get(CUSTOM_ID_HEADER)
+        digest = body_sha256(body)
+        tier = answered_tier(body)
+        if tier == FLEX:
+            refused = self.flex.refusal(custom_id or digest)
+            if refused is not None:
+                return refused
         try:
             tokens = self.count_tokens(body, endpoint)
         except Exception:
@@ -284,8 +293,6 @@ class ServerApp:
             return _error(
                 429, decision.message, decision.kind, "rate_limit_exceeded", headers=headers
             )
-        custom_id = request.headers.get(CUSTOM_ID_HEADER)
-        digest = body_sha256(body)
         content_fault = None
         if self.faults.faults:
             key = custom_id or digest
@@ -294,8 +301,9 @@ class ServerApp:
             content_fault = self.faults.request_fault(CONTENT_KINDS, key, run, model)
         # a slow upstream: a client that hangs up meanwhile stops neither the execution nor
         # its bill
-        if self.config.realtime_latency_s > 0:
-            await asyncio.sleep(self.config.realtime_latency_s)
+        latency = self.flex.latency_s(tier == FLEX)
+        if latency > 0:
+            await asyncio.sleep(latency)
         if getattr(self.responder, "blocking", True):
             status, response = await run_in_threadpool(
                 execute, self.responder, endpoint, body, content_fault, self.clock.now()
@@ -305,9 +313,12 @@ class ServerApp:
                 self.responder, endpoint, body, content_fault, self.clock.now()
             )
         usage = usage_of(response) if 200 <= status < 300 else (0, 0, 0)
+        if 200 <= status < 300:
+            mark_tier(response, tier)
         self.state.add_ledger(
             [(custom_id, None, endpoint, model, digest, status, self.clock.now(), usage)],
             _owner(request),
+            service_tier=tier,
         )
         if stream and status == 200:
             events = chat_events if endpoint == "/v1/chat/completions" else response_events

@@ -77,7 +77,9 @@ class ServerConfig:
     second. The latency model: a batch waits `validation_delay_s`, then runs its requests at
     `processing_tokens_per_s` (input tokens) plus `per_request_s` each, then spends
     `finalizing_delay_s` writing results. Cancelling takes `cancel_delay_s`. A real-time answer
-    takes `realtime_latency_s` of wall-clock time (a slow upstream).
+    takes `realtime_latency_s` of wall-clock time (a slow upstream); one asked for at the flex
+    tier (`service_tier: "flex"`) takes `flex_latency_s` (None: the same), and that share of
+    flex tries, `flex_refusal_rate` (0 to 1), is refused with 429 `resource_unavailable`.
     """
 
     state_dir: Path
@@ -94,6 +96,8 @@ class ServerConfig:
     finalizing_delay_s: float = 1.0
     cancel_delay_s: float = 1.0
     realtime_latency_s: float = 0.0
+    flex_latency_s: float | None = None
+    flex_refusal_rate: float = 0.0
     completion_window_s: float = 86_400.0
     queue_limits: dict[str, int] = field(default_factory=dict)
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)

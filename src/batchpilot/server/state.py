@@ -106,6 +106,8 @@ _MIGRATIONS: list[str] = [
     """,
     # A batch's `output_expires_after.seconds`, for the output and error files it writes.
     "ALTER TABLE batches ADD COLUMN output_expires_after_s INTEGER;",
+    # The service tier a real-time request asked for (`flex` is billed at batch rates).
+    "ALTER TABLE ledger ADD COLUMN service_tier TEXT;",
 ]
 
 LedgerRow = tuple[str | None, str | None, str, str | None, str, int, float, tuple[int, int, int]]
@@ -459,17 +461,22 @@ class ServerState:
     # ledger ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _insert_ledger(conn: Connection, rows: Sequence[LedgerRow], owner: str) -> None:
+    def _insert_ledger(
+        conn: Connection, rows: Sequence[LedgerRow], owner: str, service_tier: str | None = None
+    ) -> None:
         conn.executemany(
             "INSERT INTO ledger(custom_id, batch_id, endpoint, model, body_sha256, status_code, "
-            "executed_at, input_tokens, cached_tokens, output_tokens, owner) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row[:7], *row[7], owner) for row in rows],
+            "executed_at, input_tokens, cached_tokens, output_tokens, owner, service_tier) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row[:7], *row[7], owner, service_tier) for row in rows],
         )
 
-    def add_ledger(self, rows: Sequence[LedgerRow], owner: str = "") -> None:
+    def add_ledger(
+        self, rows: Sequence[LedgerRow], owner: str = "", service_tier: str | None = None
+    ) -> None:
+        """Record executions; real-time ones with the service tier they asked for."""
         with self.tx() as conn:
-            self._insert_ledger(conn, rows, owner)
+            self._insert_ledger(conn, rows, owner, service_tier)
 
     def executions(self, custom_id: str) -> int:
         row = (

@@ -254,6 +254,11 @@ class EstimateSpec(Strict):
     batch_turnaround_hours: Annotated[float, Field(gt=0, le=720)] = Field(
         12.0, description="How long a batch takes, for the strategy estimates."
     )
+    flex_latency_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0,
+        description="How long one flex answer takes, for the strategy estimates and the "
+        "hybrid's split (the lane's concurrency answers that many at once).",
+    )
     sample: str | None = Field(
         None,
         description="A batch output file of earlier answers (OpenAI batch output JSONL); "
@@ -278,6 +283,16 @@ class RealtimeSpec(Strict):
     timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
         600.0,
         description="Seconds a real-time call may take before it is given up and tried again.",
+    )
+    flex: bool | None = Field(
+        None,
+        description="hybrid: send the real-time share at the flex tier (batch prices, slower); "
+        "unset: where the provider and the model offer it.",
+    )
+    flex_fallback: Annotated[float, Field(ge=0, le=30 * 86_400)] = Field(
+        900.0,
+        description="Seconds before the deadline from which requests the flex tier refuses "
+        "go at the standard tier instead.",
     )
 
 
@@ -348,7 +363,7 @@ class JobSpec(Strict):
     budget: BudgetSpec = Field(default_factory=lambda: BudgetSpec())
     prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
     estimate: EstimateSpec = Field(default_factory=lambda: EstimateSpec())
-    strategy: Literal["batch", "realtime", "hybrid"] = "batch"
+    strategy: Literal["batch", "realtime", "flex", "hybrid"] = "batch"
     deadline: str | None = Field(
         None, description="When the job must be done: an ISO time or a duration like 36h."
     )

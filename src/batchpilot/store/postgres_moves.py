@@ -174,7 +174,7 @@ def record_attempt(db: Db, run_id: str, outcome: Outcome, now: str) -> int:
             run_id,
             outcome.request_id,
             number,
-            "realtime",
+            outcome.lane or "realtime",
             None,
             outcome.state,
             outcome.error,
@@ -222,7 +222,7 @@ def apply_outcomes(
                     run_id,
                     outcome.request_id,
                     count,
-                    lane,
+                    outcome.lane or lane,
                     batch_id,
                     outcome.state,
                     outcome.error,
@@ -242,7 +242,7 @@ def apply_outcomes(
                     outcome.input_tokens,
                     outcome.output_tokens,
                     outcome.cost_usd,
-                    lane,
+                    outcome.lane or lane,
                     now,
                 )
             )

@@ -56,7 +56,7 @@ def realtime_sent_since(db: Db, run_id: str, since_utc: str) -> int:
     """Real-time tries since `since_utc`, in every run, of the models that `run_id` uses."""
     row = db.execute(
         "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
-        "AND q.id = a.request_id WHERE a.lane = 'realtime' AND a.at_utc >= %s "
+        "AND q.id = a.request_id WHERE a.lane IN ('realtime', 'flex') AND a.at_utc >= %s "
         "AND q.model IN (SELECT DISTINCT model FROM requests WHERE run_id = %s)",
         (since_utc, run_id),
     ).fetchone()

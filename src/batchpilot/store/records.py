@@ -94,7 +94,8 @@ class Outcome:
 
     `state` is `succeeded`, `pending` (to be retried) or `failed` (for good). `attempted` is
     False for requests that never ran (a batch rejected as a whole): they go back to pending
-    without using up an attempt.
+    without using up an attempt. `lane` names the lane the try ran on where the caller's lane
+    does not say it (`flex`: the real-time lane at the flex tier).
     """
 
     request_id: str
@@ -105,6 +106,7 @@ class Outcome:
     cost_usd: float = 0.0
     error: str | None = None
     attempted: bool = True
+    lane: str | None = None
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,7 @@ def record_attempt(db: Connection, run_id: str, outcome: Outcome, now: str) -> i
             run_id,
             outcome.request_id,
             number,
-            "realtime",
+            outcome.lane or "realtime",
             None,
             outcome.state,
             outcome.error,
@@ -217,7 +217,7 @@ def apply_outcomes(
                     run_id,
                     outcome.request_id,
                     count,
-                    lane,
+                    outcome.lane or lane,
                     batch_id,
                     outcome.state,
                     outcome.error,
@@ -237,7 +237,7 @@ def apply_outcomes(
                     outcome.input_tokens,
                     outcome.output_tokens,
                     outcome.cost_usd,
-                    lane,
+                    outcome.lane or lane,
                     now,
                 )
             )

@@ -213,7 +213,7 @@ def answers_page(
         "<form class='filters' method='get'>"
         + _select("state", states, where.state)
         + _select("reason", reasons, where.reason)
-        + _select("lane", ("batch", "realtime", "cache"), where.lane)
+        + _select("lane", ("batch", "realtime", "flex", "cache"), where.lane)
         + f"<label>search <input name='q' value='{escape(where.search or '')}'></label>"
         + "<button type='submit'>filter</button></form>"
     )
