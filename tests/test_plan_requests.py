@@ -58,9 +58,19 @@ def test_strategies_of_a_requests_file_under_the_tier_table(tmp_path: Path) -> N
         "makespan_s": TURNAROUND_S,
         "cost_usd": round(plan["cost_usd"]["batch"], 6),
         "realtime_requests": 0,
+        "tier": "standard",
     }
     hybrid = strategies["hybrid"]
     assert hybrid["makespan_s"] <= min(s["makespan_s"] for s in strategies.values())
+
+
+def test_a_requests_file_of_a_flex_model_shows_flex_at_batch_prices(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "movies.jsonl", 300, models=("gpt-5-mini",))
+    strategies = plan_json("--requests", str(requests))["strategies"]
+    assert set(strategies) == {"batch", "realtime", "flex", "hybrid"}
+    assert strategies["flex"]["cost_usd"] == strategies["batch"]["cost_usd"]
+    assert strategies["flex"]["cost_usd"] < strategies["realtime"]["cost_usd"]
+    assert strategies["flex"]["makespan_s"] < strategies["batch"]["makespan_s"]
 
 
 def test_limits_on_the_command_line_replace_the_tier_table(tmp_path: Path) -> None:
