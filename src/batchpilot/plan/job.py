@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from batchpilot.data import InputSpec, read_rows
+from batchpilot.data import DatasetSpec, InputSpec, read_rows
 from batchpilot.data.rows import Row
 from batchpilot.plan.packing import BatchLimits
 from batchpilot.plan.planner import Planner, PlanResult, PlanSettings, PlanSink
@@ -22,8 +22,17 @@ from batchpilot.spec.steps import step_job
 __all__ = ["input_spec", "plan_job", "plan_requests_file", "queue_capacity", "settings_for"]
 
 
-def input_spec(job: JobSpec) -> InputSpec:
+def input_spec(job: JobSpec) -> InputSpec | DatasetSpec:
     source = job.input
+    if source.dataset is not None:
+        return DatasetSpec(
+            name=source.dataset,
+            directory=_dataset_directory(job, source.dataset),
+            split=source.split,
+            config=source.config,
+            id_field=source.id_field,
+        )
+    assert source.path is not None  # the job model asks for a path or a dataset
     return InputSpec(
         path=job.resolve(source.path),
         format=source.format,
@@ -33,6 +42,15 @@ def input_spec(job: JobSpec) -> InputSpec:
         text_field=source.text_field,
         encoding=source.encoding,
     )
+
+
+def _dataset_directory(job: JobSpec, dataset: str) -> Path | None:
+    """The directory `input.dataset` names, or None for a name in the Hugging Face cache:
+    an existing directory, or a value that is plainly a path (./, ../, /, ~)."""
+    path = job.resolve(dataset)
+    if path.is_dir() or dataset.startswith((".", "/", "~", "\\")) or Path(dataset).is_absolute():
+        return path
+    return None
 
 
 def queue_capacity(limits: LimitsSpec, model: str, *, tier: int, local: bool) -> int | None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from batchpilot.export import export_rows, export_run
     from batchpilot.run.api import resume, run_job, run_requests_file
     from batchpilot.run.control import CancelReport, cancel_run
-    from batchpilot.run.exports import Exported, export_results
+    from batchpilot.run.exports import Exported, export_results, results_frame
     from batchpilot.run.one import RunResult
     from batchpilot.run.progress import RunDetail, status_of
     from batchpilot.run.status import RunStatus
@@ -36,6 +36,7 @@ _WHERE: dict[str, str] = {
     "export_run": "batchpilot.export",
     "find_run": "batchpilot.run.workspace",
     "open_store": "batchpilot.run.workspace",
+    "results_frame": "batchpilot.run.exports",
     "resume": "batchpilot.run.api",
     "run_job": "batchpilot.run.api",
     "run_requests_file": "batchpilot.run.api",
@@ -55,6 +56,7 @@ __all__ = [
     "export_run",
     "find_run",
     "open_store",
+    "results_frame",
     "resume",
     "run_job",
     "run_requests_file",
