@@ -10,6 +10,7 @@ from batchpilot.data import DatasetSpec, InputSpec, read_rows
 from batchpilot.data.rows import Row
 from batchpilot.plan.packing import BatchLimits
 from batchpilot.plan.planner import Planner, PlanResult, PlanSettings, PlanSink
+from batchpilot.plan.price_date import price_dates
 from batchpilot.plan.sample import mean_output_tokens
 from batchpilot.plan.sources import job_items, requests_file_items
 from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
@@ -133,6 +134,8 @@ def plan_job(
     source = rows if rows is not None else read_rows(input_spec(job))
     result = Planner(settings).plan(job_items(job, source, renderer), sink, progress)
     result.strategies = strategies_for(job, result)
+    if job.provider.kind != "local":
+        result.prices = price_dates(prices, [job.model, *result.models])
     if job.target is not None:
         result.assumptions.append(
             f"target: rows are sent in waves until {job.target.valid} valid "
@@ -189,4 +192,7 @@ def plan_requests_file(
         budget_usd=budget_usd,
     )
     planner = Planner(settings)
-    return planner.plan(requests_file_items(path, model), sink, progress)
+    result = planner.plan(requests_file_items(path, model), sink, progress)
+    if not local and settings.prices is not None:
+        result.prices = price_dates(settings.prices, result.models)
+    return result
