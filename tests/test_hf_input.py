@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchpilot.cli import cli
+from batchpilot.data import hub
 from batchpilot.run import export_rows, open_store, run_job
 from batchpilot.server import LocalServer
 from batchpilot.spec import load_job
@@ -178,3 +179,23 @@ def test_without_the_datasets_package_the_error_says_what_to_install(
     assert code == 6, output
     assert "`input.dataset` needs the datasets package" in output
     assert "pip install 'batchpilot[datasets]'" in output
+
+
+@pytest.mark.parametrize(
+    ("environment", "offline"),
+    [
+        ({}, True),
+        ({"HF_DATASETS_OFFLINE": "1"}, True),
+        ({"HF_DATASETS_OFFLINE": "0"}, False),
+        ({"HF_HUB_OFFLINE": "false"}, False),
+        ({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "0"}, True),
+    ],
+)
+def test_names_are_read_offline_unless_the_environment_allows_downloads(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], offline: bool
+) -> None:
+    for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    assert hub._offline() is offline
