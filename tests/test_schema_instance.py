@@ -4,6 +4,7 @@ import datetime as dt
 import enum
 import functools
 import json
+import random
 import re
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import BaseModel, Field
 
+from batchpilot.server import regex_sample
 from batchpilot.server.schema_instance import instance_for_schema
 
 Schema = dict[str, Any]
@@ -377,6 +379,33 @@ def test_pydantic_generated_schema() -> None:
         assert_valid(schema, instance)
         person = Person.model_validate(instance)
         assert person.kind == "person"
+
+
+# --- the private regex parser, guarded --------------------------------------------------------
+
+
+def test_without_the_private_regex_parser_text_checked_against_the_pattern_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(regex_sample, "_parser", None)
+    regex_sample.compile_pattern.cache_clear()
+    try:
+        assert not regex_sample.parser_available()
+        assert regex_sample.compile_pattern(r"^[a-z ]+$")[1] is None
+        value = instance_for_schema({"type": "string", "pattern": r"^[a-z ]+$"}, "seed")
+        assert re.search(r"^[a-z ]+$", value)
+        with pytest.raises(ValueError, match="could not produce a string matching the pattern"):
+            instance_for_schema({"type": "string", "pattern": r"^\d{5}$"}, "seed")
+    finally:
+        regex_sample.compile_pattern.cache_clear()
+
+
+def test_a_parse_tree_of_an_unknown_shape_is_unsupported_not_a_crash() -> None:
+    writer = regex_sample.RegexWriter(random.Random(0), 3, greedy=False)
+    for tree in ([("not an op",)], [(object(), 1)], [(regex_sample._op.IN, None)], None):
+        with pytest.raises(regex_sample.UnsupportedRegex):
+            writer.write(tree)
+    assert regex_sample._load("re._no_such_parser") is None
 
 
 # --- edge cases --------------------------------------------------------------------------------

@@ -295,6 +295,44 @@ def test_run_lock_is_released_when_its_process_dies(tmp_path: Path) -> None:
     RunLock(path).acquire().release()
 
 
+def test_a_second_process_is_refused_while_the_lock_is_held(tmp_path: Path) -> None:
+    path = tmp_path / "locks" / "run.lock"
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom batchpilot.errors import StateError\n"
+        "from batchpilot.store import RunLock\n"
+        f"try:\n    RunLock(Path({str(path)!r})).acquire()\n"
+        "except StateError as error:\n    print(error)\n    sys.exit(4)\n"
+    )
+    with RunLock(path):
+        refused = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stdout.strip() == (
+        f"this run is already being run by pid {os.getpid()}; wait for it, or stop it first"
+    )
+    allowed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_the_run_lock_needs_no_posix_only_module(tmp_path: Path) -> None:
+    """The lock is filelock's, which picks the platform's own locking; blocking `fcntl` (as on
+    Windows) must not break importing the store or holding a run's lock."""
+    path = tmp_path / "run.lock"
+    script = (
+        "import sys\nsys.modules['fcntl'] = None\nfrom pathlib import Path\n"
+        "from batchpilot.store.lock import RunLock\n"
+        f"with RunLock(Path({str(path)!r})):\n    print('held')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "held"
+
+
 def test_a_store_with_the_old_cache_is_upgraded_and_its_answers_still_serve(
     tmp_path: Path,
 ) -> None:

@@ -9,11 +9,12 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ValidationError
 
-from batchpilot.data import rows_from_records
+from batchpilot.data import rows_from_dataframe, rows_from_records
+from batchpilot.data.frames import is_dataframe
 from batchpilot.errors import UserInputError
 from batchpilot.export import ExportRow, export_rows
 from batchpilot.providers.schema import strict_json_schema
@@ -22,6 +23,10 @@ from batchpilot.run.api import run_job
 from batchpilot.run.defaults import LOCAL_MODEL, default_provider
 from batchpilot.run.workspace import DEFAULT_STATE_DIR, store_at
 from batchpilot.spec import job_from_dict
+
+if TYPE_CHECKING:
+    import pandas
+    import polars
 
 __all__ = ["map"]
 
@@ -53,7 +58,7 @@ def _digest(records: list[dict[str, Any]]) -> str:
 
 
 def map(
-    items: Iterable[str | Mapping[str, Any]],
+    items: Iterable[str | Mapping[str, Any]] | pandas.DataFrame | polars.DataFrame,
     *,
     prompt: str,
     system: str | None = None,
@@ -73,7 +78,8 @@ def map(
 ) -> list[Any]:
     """Answer every item, in order.
 
-    Strings are available to the prompt as `{{ text }}`, mappings by their keys. With a
+    Strings are available to the prompt as `{{ text }}`, mappings (and the rows of a pandas
+    or Polars DataFrame) by their keys. With a
     `schema` (a JSON schema or a pydantic model) each answer is parsed (into the model) and
     checked, a model's own validators included (an answer that fails is retried like any
     invalid one); otherwise it is the answer's text. An item that finally fails gets
@@ -84,7 +90,10 @@ def map(
     `progress` shows a progress bar on stderr (None: only when stderr is a terminal).
     """
     provider = provider or default_provider(model, "map")
-    records = [{"text": item} if isinstance(item, str) else dict(item) for item in items]
+    if is_dataframe(items):
+        records = [row.data for row in rows_from_dataframe(cast(Any, items))]
+    else:
+        records = [{"text": item} if isinstance(item, str) else dict(item) for item in items]
     state = Path(state_dir)
     job: dict[str, Any] = {
         "name": name,

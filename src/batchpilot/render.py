@@ -235,8 +235,10 @@ class RequestRenderer:
         self._messages: tuple[_Message, ...] = ()
         self._images = tuple((image.field, image.detail) for image in prompt.images)
         self._shape = _RESPONSES if job.endpoint == "/v1/responses" else _CHAT
-        input_path = job.resolve(job.input.path)
-        self._image_dir = input_path if input_path.is_dir() else job.base_dir
+        input_path = job.resolve(job.input.path) if job.input.path is not None else None
+        self._image_dir = (
+            input_path if input_path is not None and input_path.is_dir() else job.base_dir
+        )
         if job.endpoint == "/v1/embeddings":
             unused = (prompt.system, prompt.user, prompt.messages)
             if prompt.images or any(value is not None for value in unused):

@@ -20,6 +20,7 @@ from batchpilot.errors import UserInputError
 from batchpilot.formatting import duration, usd
 from batchpilot.plan import BatchFileWriter, PlanResult, plan_job, plan_requests_file
 from batchpilot.plan.job import input_spec
+from batchpilot.plan.price_date import stale_warning
 from batchpilot.spec import LimitsSpec, RealtimeSpec, load_job
 
 __all__ = ["job_overrides", "plan"]
@@ -76,6 +77,9 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
     cost = {lane: usd(value, none="unknown") for lane, value in data["cost_usd"].items()}
     table.add_row("cost, batch", f"{cost['batch']} expected, {cost['batch_worst']} worst")
     table.add_row("cost, real time", f"{cost['realtime']} expected, {cost['realtime_worst']} worst")
+    dates = data.get("prices")
+    if dates is not None:
+        table.add_row("prices", f"as of {dates['updated']} ({dates['age_days']:,} days ago)")
     table.add_row("batches", f"{len(data['batches'])}")
     if data["largest_request"]:
         largest = data["largest_request"]
@@ -111,6 +115,9 @@ def render_summary(result: PlanResult, console: Console, title: str) -> None:
         console.print(table)
     for note in data["assumptions"]:
         console.print(f"[dim]assumed: {note}[/dim]")
+    stale = stale_warning(dates) if dates is not None else None
+    if stale is not None:
+        console.print(f"[yellow]warning: {stale}[/yellow]", highlight=False)
     for finding in result.findings.kept:
         colour = "red" if finding.level == "error" else "yellow"
         console.print(f"[{colour}]{finding}[/{colour}]", highlight=False)

@@ -165,16 +165,18 @@ def ls(
     "-o",
     "--output",
     "output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write (.jsonl, .csv, .parquet); default: the job's output.path.",
+    type=click.Path(path_type=Path),
+    help="File to write (.jsonl, .csv, .parquet), or a directory with --format dataset; "
+    "default: the job's output.path.",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["auto", "jsonl", "csv", "parquet"]),
+    type=click.Choice(["auto", "jsonl", "csv", "parquet", "dataset"]),
     default="auto",
     show_default=True,
-    help="Output format (auto: by suffix).",
+    help="Output format (auto: by suffix; dataset: a Hugging Face datasets directory, "
+    "read back with datasets.load_from_disk).",
 )
 @click.option("--no-input", is_flag=True, help="Leave the input fields out.")
 @click.option(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from batchpilot.data.frames import rows_from_dataframe, rows_from_dataset
 from batchpilot.data.readers import count_rows, read_rows, rows_from_records
-from batchpilot.data.rows import Format, InputSpec, Row
+from batchpilot.data.rows import DatasetSpec, Format, InputSpec, Row
 
 __all__ = [
+    "DatasetSpec",
     "Format",
     "InputSpec",
     "Row",

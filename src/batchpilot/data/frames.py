@@ -1,6 +1,6 @@
-"""Rows from in-memory tables: pandas DataFrames and Hugging Face datasets.
+"""Rows from in-memory tables: pandas and Polars DataFrames, and Hugging Face datasets.
 
-Neither library is a dependency: both are used only through the objects passed in.
+None of these libraries is a dependency: each is used only through the objects passed in.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from batchpilot.errors import UserInputError
 if TYPE_CHECKING:
     import datasets
     import pandas
+    import polars
 
-__all__ = ["plain_value", "rows_from_dataframe", "rows_from_dataset"]
+__all__ = ["is_dataframe", "plain_value", "rows_from_dataframe", "rows_from_dataset"]
 
 _MISSING_TYPES = frozenset({"NAType", "NaTType"})
 
@@ -39,11 +40,24 @@ def plain_value(value: Any) -> Any:
     return value
 
 
-def rows_from_dataframe(df: pandas.DataFrame, id_field: str | None = None) -> Iterator[Row]:
-    """Stream a DataFrame's rows (sources ``dataframe:1``, ``dataframe:2``, ...).
+def is_dataframe(value: object) -> bool:
+    """Whether ``value`` is a pandas or a Polars DataFrame."""
+    kind = type(value)
+    return kind.__name__ == "DataFrame" and kind.__module__.split(".")[0] in ("pandas", "polars")
 
-    Rows are read one at a time with ``itertuples``, so the frame is not copied.
+
+def rows_from_dataframe(
+    df: pandas.DataFrame | polars.DataFrame, id_field: str | None = None
+) -> Iterator[Row]:
+    """Stream a pandas or Polars DataFrame's rows (sources ``dataframe:1``, ...).
+
+    Rows are read one at a time (``itertuples``, ``iter_rows``), so the frame is not copied.
     """
+    if not is_dataframe(df):
+        raise UserInputError(
+            f"expected a pandas or Polars DataFrame, got {type(df).__module__}."
+            f"{type(df).__qualname__}"
+        )
     columns = [str(column) for column in df.columns]
     repeated = sorted({column for column in columns if columns.count(column) > 1})
     if repeated:
@@ -59,9 +73,12 @@ def rows_from_dataframe(df: pandas.DataFrame, id_field: str | None = None) -> It
 
 
 def rows_from_dataset(
-    ds: datasets.Dataset | datasets.IterableDataset, id_field: str | None = None
+    ds: datasets.Dataset | datasets.IterableDataset,
+    id_field: str | None = None,
+    source: str = "dataset",
 ) -> Iterator[Row]:
-    """Stream a Hugging Face dataset's examples (sources ``dataset:1``, ...), lazily."""
+    """Stream a Hugging Face dataset's examples (sources ``dataset:1``, ...), lazily;
+    ``source`` names them in messages."""
     if isinstance(ds, Mapping):
         splits = ", ".join(repr(str(name)) for name in ds)
         raise UserInputError(
@@ -74,12 +91,20 @@ def rows_from_dataset(
             f"(the columns are {', '.join(map(str, columns))})"
         )
     return build_rows(
-        ((f"dataset:{number}", plain_value(example)) for number, example in enumerate(ds, start=1)),
+        (
+            (f"{source}:{number}", plain_value(example))
+            for number, example in enumerate(ds, start=1)
+        ),
         id_field=id_field,
     )
 
 
-def _frame_records(df: pandas.DataFrame, columns: list[str]) -> Iterator[tuple[str, Any]]:
-    for number, values in enumerate(df.itertuples(index=False, name=None), start=1):
+def _frame_records(
+    df: pandas.DataFrame | polars.DataFrame, columns: list[str]
+) -> Iterator[tuple[str, Any]]:
+    frame: Any = df
+    polars_frame = type(df).__module__.startswith("polars")
+    tuples = frame.iter_rows() if polars_frame else frame.itertuples(index=False, name=None)
+    for number, values in enumerate(tuples, start=1):
         record = {column: plain_value(value) for column, value in zip(columns, values, strict=True)}
         yield f"dataframe:{number}", record

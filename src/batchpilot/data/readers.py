@@ -11,8 +11,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
+from batchpilot.data.hub import count_dataset_rows, read_dataset_rows
 from batchpilot.data.jsonlines import MAX_LINE_BYTES, bounded_lines, parse_json
-from batchpilot.data.rows import InputSpec, Row, build_rows, record_id
+from batchpilot.data.rows import DatasetSpec, InputSpec, Row, build_rows, record_id
 from batchpilot.errors import MissingDependency, UserInputError
 
 __all__ = [
@@ -74,12 +75,14 @@ def resolve_format(spec: InputSpec) -> ResolvedFormat:
     return spec.format
 
 
-def read_rows(spec: InputSpec) -> Iterator[Row]:
+def read_rows(spec: InputSpec | DatasetSpec) -> Iterator[Row]:
     """Stream the rows of the input ``spec`` describes, in input order.
 
     The path, format and encoding are checked at once; problems inside the data are
     raised as the rows are read.
     """
+    if isinstance(spec, DatasetSpec):
+        return read_dataset_rows(spec)
     fmt = resolve_format(spec)
     _check_encoding(spec.encoding)
     path = Path(spec.path)
@@ -98,13 +101,15 @@ def read_rows(spec: InputSpec) -> Iterator[Row]:
     return build_rows(items, id_field=spec.id_field, records=spec.records)
 
 
-def count_rows(spec: InputSpec) -> int | None:
+def count_rows(spec: InputSpec | DatasetSpec) -> int | None:
     """How many rows ``read_rows`` will yield, if that is cheap to know; else ``None``.
 
     JSONL lines are counted without being parsed and Parquet files answer from their
     metadata; nested records can only be counted by reading them, so they give ``None``,
     as does a file too malformed to count.
     """
+    if isinstance(spec, DatasetSpec):
+        return count_dataset_rows(spec)
     fmt = resolve_format(spec)
     path = Path(spec.path)
     if fmt == "dir":

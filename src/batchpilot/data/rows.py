@@ -11,7 +11,7 @@ from typing import Any, Literal
 from batchpilot.errors import UserInputError
 from batchpilot.jsontypes import json_type_name
 
-__all__ = ["Format", "InputSpec", "Row", "build_rows", "record_id"]
+__all__ = ["DatasetSpec", "Format", "InputSpec", "Row", "build_rows", "record_id"]
 
 Format = Literal["auto", "jsonl", "csv", "parquet", "dir"]
 
@@ -50,6 +50,21 @@ class InputSpec:
     encoding: str = "utf-8"
     csv_delimiter: str | None = None
     """``None`` means ``,`` for ``.csv`` and a tab for ``.tsv``."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A Hugging Face dataset as a job's input: by name from the local cache, or a directory
+    written by ``save_to_disk``."""
+
+    name: str
+    """As the job file gives it (``input.dataset``), for messages."""
+    directory: Path | None = None
+    """The directory when ``name`` is a path; ``None`` for a name looked up in the cache."""
+    split: str | None = None
+    config: str | None = None
+    """The dataset's configuration (subset), when it has several."""
+    id_field: str | None = None
 
 
 def build_rows(

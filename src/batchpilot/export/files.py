@@ -28,13 +28,16 @@ _SUFFIX_FORMATS = {
 
 def resolve_format(target: Path, format: str) -> str:
     fmt = _SUFFIX_FORMATS.get(target.suffix.lower(), "") if format == "auto" else format
-    if fmt in ("jsonl", "csv", "parquet"):
+    if fmt in ("jsonl", "csv", "parquet", "dataset"):
         return fmt
     if format != "auto":
-        raise UserInputError(f"export format is {format!r}; use one of auto, jsonl, csv, parquet")
+        raise UserInputError(
+            f"export format is {format!r}; use one of auto, jsonl, csv, parquet, dataset"
+        )
     raise UserInputError(
         f"{target}: cannot tell the export format from the suffix {target.suffix or '(none)'!r}; "
-        f"name the file with one of {', '.join(_SUFFIX_FORMATS)} or choose the format"
+        f"name the file with one of {', '.join(_SUFFIX_FORMATS)} or choose the format "
+        "(dataset for a Hugging Face datasets directory)"
     )
 
 

@@ -86,7 +86,7 @@ def write_job_output(
     `format` and with or without the input fields when they are given."""
     spec = job.output
     key = spec.response_key if spec is not None else None
-    if key is not None and job.input.records is not None:
+    if key is not None and job.input.records is not None and job.input.path is not None:
         if format not in (None, "auto", "jsonl"):
             raise UserInputError(
                 f"this job writes its answers back into the nested records of "

@@ -20,7 +20,7 @@ __all__ = [
     "outcome",
 ]
 
-ExportFormat = Literal["auto", "jsonl", "csv", "parquet"]
+ExportFormat = Literal["auto", "jsonl", "csv", "parquet", "dataset"]
 
 CHUNK_ROWS = 1000
 """How many rows fix a table's columns, and how many go in each Parquet row group."""

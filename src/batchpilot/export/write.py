@@ -1,4 +1,5 @@
-"""Write a run's results, joined to their input rows, to JSONL, CSV or Parquet.
+"""Write a run's results, joined to their input rows, to JSONL, CSV, Parquet or a datasets
+directory.
 
 Rows stream through, so memory is bounded by one chunk of rows whatever the size of the
 run; the file appears only once complete (see `files.py`).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from batchpilot.export.dataset import write_dataset
 from batchpilot.export.files import atomic, resolve_format
 from batchpilot.export.jsonl import write_jsonl
 from batchpilot.export.parquet import pyarrow_module, write_parquet
@@ -40,12 +42,14 @@ def write_export(
     fmt = resolve_format(target, format)
     if fmt == "jsonl":
         return atomic(target, lambda part: write_jsonl(rows, part, include_input, response_key))
-    pyarrow = pyarrow_module() if fmt == "parquet" else None
+    pyarrow = pyarrow_module() if fmt in ("parquet", "dataset") else None
     in_struct = pyarrow is not None
     records = (sections(row, include_input, flatten, in_struct, response_key) for row in rows)
     seed: Seed = (META_COLUMNS, {}, {"output": None})
     if response_key is not None:
         seed = ({}, {}, WRITE_BACK_COLUMNS)
+    if fmt == "dataset":
+        return write_dataset(records, seed, target)
     if pyarrow is None:
         return atomic(target, lambda part: write_csv(records, seed, part))
     return atomic(target, lambda part: write_parquet(pyarrow, records, seed, part))

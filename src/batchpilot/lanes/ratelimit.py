@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from batchpilot.pricing import tier_limits
+from batchpilot.tokenbucket import TokenBucket
 
 __all__ = ["RateLimits", "Throttle", "TooLarge", "parse_duration", "retry_after"]
 
 MINUTE_S = 60.0
 DAY_S = 86_400.0
-_EPSILON = 1e-9
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 
 
@@ -77,32 +77,6 @@ class TooLarge(ValueError):
         self.capacity = capacity
 
 
-class _Bucket:
-    def __init__(self, capacity: int, period_s: float, now: float) -> None:
-        self.period_s = period_s
-        self.capacity = capacity
-        self.level = float(capacity)
-        self.stamp = now
-
-    @property
-    def rate(self) -> float:
-        return self.capacity / self.period_s
-
-    def refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.level = min(float(self.capacity), self.level + (now - self.stamp) * self.rate)
-            self.stamp = now
-
-    def wait_for(self, amount: float) -> float:
-        short = amount - self.level
-        return 0.0 if short <= _EPSILON else short / self.rate
-
-    def lower_limit(self, limit: int) -> None:
-        if 0 < limit < self.capacity:
-            self.capacity = limit
-            self.level = min(self.level, float(limit))
-
-
 class Throttle:
     """Waits until a request fits every bucket, then takes its share; first come, first served.
 
@@ -138,7 +112,7 @@ class Throttle:
             )
         )
 
-    def _needs(self, tokens: int) -> list[tuple[_Bucket, float]]:
+    def _needs(self, tokens: int) -> list[tuple[TokenBucket, float]]:
         pairs = [
             (self.requests_per_minute, 1.0),
             (self.tokens_per_minute, float(tokens)),
@@ -169,7 +143,7 @@ class Throttle:
                 wait = max([self._paused_until - now, *(b.wait_for(a) for b, a in needs)])
                 if wait <= 0:
                     for bucket, amount in needs:
-                        bucket.level -= amount
+                        bucket.take(amount)
                     return
                 await self._sleep(wait)
 
@@ -178,7 +152,7 @@ class Throttle:
         now = self._clock()
         for bucket, amount in self._needs(tokens):
             bucket.refill(now)
-            bucket.level = min(float(bucket.capacity), bucket.level + amount)
+            bucket.give_back(amount)
 
     def day_left(self) -> float | None:
         """Requests the requests-per-day bucket holds now (None without a daily limit)."""
@@ -194,7 +168,7 @@ class Throttle:
         bucket = self.requests_per_day
         if bucket is not None and requests > 0:
             bucket.refill(self._clock())
-            bucket.level = max(0.0, min(bucket.level, bucket.capacity - float(requests)))
+            bucket.cap_level(bucket.capacity - float(requests))
 
     def day_wait(self) -> float:
         """Seconds until the requests-per-day bucket lets one more request through (0 now)."""
@@ -219,11 +193,11 @@ class Throttle:
         now = self._clock()
         for kind in ("requests", "tokens"):
             attribute = "requests_per_minute" if kind == "requests" else "tokens_per_minute"
-            bucket: _Bucket | None = getattr(self, attribute)
+            bucket: TokenBucket | None = getattr(self, attribute)
             limit = _number(lowered.get(f"x-ratelimit-limit-{kind}"))
             if limit is not None and limit >= 1:
                 if bucket is None:
-                    bucket = _Bucket(int(limit), MINUTE_S, now)
+                    bucket = TokenBucket(int(limit), MINUTE_S, now)
                     setattr(self, attribute, bucket)
                 else:
                     bucket.refill(now)
@@ -234,13 +208,13 @@ class Throttle:
             remaining = _number(lowered.get(f"x-ratelimit-remaining-{kind}"))
             reset = lowered.get(f"x-ratelimit-reset-{kind}")
             if remaining is not None:
-                bucket.level = min(bucket.level, max(0.0, remaining))
+                bucket.cap_level(remaining)
             elif reset is not None:
                 try:
                     seconds = parse_duration(reset)
                 except ValueError:
                     continue
-                bucket.level = min(bucket.level, max(0.0, bucket.capacity - seconds * bucket.rate))
+                bucket.cap_level(bucket.capacity - seconds * bucket.rate)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -262,8 +236,8 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def _bucket(limit: int | None, period_s: float, now: float) -> _Bucket | None:
-    return None if not limit or limit <= 0 else _Bucket(limit, period_s, now)
+def _bucket(limit: int | None, period_s: float, now: float) -> TokenBucket | None:
+    return None if not limit or limit <= 0 else TokenBucket(limit, period_s, now)
 
 
 def _number(text: str | None) -> float | None:

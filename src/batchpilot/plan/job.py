@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from batchpilot.data import InputSpec, read_rows
+from batchpilot.data import DatasetSpec, InputSpec, read_rows
 from batchpilot.data.rows import Row
 from batchpilot.plan.packing import BatchLimits
 from batchpilot.plan.planner import Planner, PlanResult, PlanSettings, PlanSink
+from batchpilot.plan.price_date import price_dates
 from batchpilot.plan.sample import mean_output_tokens
 from batchpilot.plan.sources import job_items, requests_file_items
 from batchpilot.plan.strategies import StrategyInputs, estimate_strategies
@@ -37,8 +38,17 @@ __all__ = [
 DEFAULT_TURNAROUND_HOURS: float = EstimateSpec().batch_turnaround_hours
 
 
-def input_spec(job: JobSpec) -> InputSpec:
+def input_spec(job: JobSpec) -> InputSpec | DatasetSpec:
     source = job.input
+    if source.dataset is not None:
+        return DatasetSpec(
+            name=source.dataset,
+            directory=_dataset_directory(job, source.dataset),
+            split=source.split,
+            config=source.config,
+            id_field=source.id_field,
+        )
+    assert source.path is not None  # the job model asks for a path or a dataset
     return InputSpec(
         path=job.resolve(source.path),
         format=source.format,
@@ -54,6 +64,15 @@ def main_model(requests: Mapping[str, int]) -> str:
     """The model most requests name (of equals, the first by name): a requests file's limits
     are that model's."""
     return min(requests, key=lambda name: (-requests[name], name))
+
+
+def _dataset_directory(job: JobSpec, dataset: str) -> Path | None:
+    """The directory `input.dataset` names, or None for a name in the Hugging Face cache:
+    an existing directory, or a value that is plainly a path (./, ../, /, ~)."""
+    path = job.resolve(dataset)
+    if path.is_dir() or dataset.startswith((".", "/", "~", "\\")) or Path(dataset).is_absolute():
+        return path
+    return None
 
 
 def queue_capacity(limits: LimitsSpec, model: str, *, tier: int, local: bool) -> int | None:
@@ -136,6 +155,8 @@ def plan_job(
     source = rows if rows is not None else read_rows(input_spec(job))
     result = Planner(settings).plan(job_items(job, source, renderer), sink, progress)
     result.strategies = strategies_for(job, result)
+    if job.provider.kind != "local":
+        result.prices = price_dates(prices, [job.model, *result.models])
     if job.target is not None:
         result.assumptions.append(
             f"target: rows are sent in waves until {job.target.valid} valid "
@@ -274,4 +295,7 @@ def plan_requests_file(
                 f"strategies: every request under the limits of {main}, the model most "
                 f"lines name ({counts[main]:,} of {result.requests:,} requests)"
             )
+
+    if not local and settings.prices is not None:
+        result.prices = price_dates(settings.prices, result.models)
     return result

@@ -108,6 +108,8 @@ class PlanResult:
     models: dict[str, ModelTotals] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=list)
     strategies: dict[str, dict[str, float | int | str | None]] = field(default_factory=dict)
+    prices: dict[str, Any] | None = None
+    """The price table's date and each model's (`plan/price_date.py`); None at no cost."""
 
     @property
     def ok(self) -> bool:
@@ -134,6 +136,7 @@ class PlanResult:
             "findings_omitted": self.findings.omitted(),
             "assumptions": self.assumptions,
             "strategies": self.strategies,
+            "prices": self.prices,
         }
 
 

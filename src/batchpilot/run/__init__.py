@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from batchpilot.export import export_rows, export_run
     from batchpilot.run.api import resume, run_job
     from batchpilot.run.control import CancelReport, cancel_run
-    from batchpilot.run.exports import Exported, export_results
+    from batchpilot.run.exports import Exported, export_results, results_frame
     from batchpilot.run.one import RunResult
     from batchpilot.run.progress import RunDetail, status_of
     from batchpilot.run.requests_file import run_requests_file
@@ -37,6 +37,7 @@ _WHERE: dict[str, str] = {
     "export_run": "batchpilot.export",
     "find_run": "batchpilot.run.workspace",
     "open_store": "batchpilot.run.workspace",
+    "results_frame": "batchpilot.run.exports",
     "resume": "batchpilot.run.api",
     "run_job": "batchpilot.run.api",
     "run_requests_file": "batchpilot.run.requests_file",
@@ -56,6 +57,7 @@ __all__ = [
     "export_run",
     "find_run",
     "open_store",
+    "results_frame",
     "resume",
     "run_job",
     "run_requests_file",

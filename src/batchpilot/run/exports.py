@@ -3,16 +3,18 @@ says (a pipeline's as one row per input row), any other run as a table of every 
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from batchpilot.errors import UserInputError
+from batchpilot.errors import MissingDependency, UserInputError
 from batchpilot.export import ExportFormat, export_job, export_run
 from batchpilot.run.identity import job_of
 from batchpilot.run.pipeline import export_pipeline
 from batchpilot.run.workspace import find_run, store_at
 
-__all__ = ["Exported", "export_results"]
+__all__ = ["Exported", "export_results", "results_frame"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,35 @@ def export_results(
         else:
             count = export_job(store, record.id, job, output, format=chosen, include_input=include)
     return Exported(record.id, output, count)
+
+
+def results_frame(
+    state_dir: Path | str,
+    run_id: str | None = None,
+    *,
+    library: Literal["pandas", "polars"] = "pandas",
+    include_input: bool = True,
+    all_rows: bool = False,
+) -> Any:
+    """A run's results (the latest run's by default) as a pandas or Polars DataFrame: the
+    rows and columns of a Parquet export (`id`, `status`, `input.*`, `output...`, tokens,
+    `cost_usd`, `error`), as the job's output section makes them unless `all_rows`."""
+    if library not in ("pandas", "polars"):
+        raise UserInputError(f"library is {library!r}; use pandas or polars")
+    try:
+        reader = __import__(library)
+    except ImportError:
+        raise MissingDependency(
+            f"a {library} DataFrame needs {library}: pip install 'batchpilot[{library}]'"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="batchpilot-frame-") as scratch:
+        table = Path(scratch) / "results.parquet"
+        export_results(
+            Path(state_dir),
+            run_id,
+            table,
+            format="parquet",
+            include_input=include_input,
+            all_rows=all_rows,
+        )
+        return reader.read_parquet(table)

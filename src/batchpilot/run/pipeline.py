@@ -47,7 +47,7 @@ def pipeline_rows(state_dir: Path, runs: list[StepRun]) -> Generator[Row, None, 
             data[STEPS_FIELD] = {
                 run.step.name: step_answer(row) for run, row in zip(runs, done, strict=True)
             }
-            yield Row(first.index, first.row_id, data, f"{runs[0].job.input.path}:{first.row_id}")
+            yield Row(first.index, first.row_id, data, f"{_input_name(runs[0].job)}:{first.row_id}")
 
 
 def _check_first_rows(rows: Iterable[Row]) -> Generator[Row, None, None]:
@@ -147,3 +147,7 @@ def export_pipeline(
     with store_at(state_dir) as store:
         rows = pipeline_export_rows(store, step_runs(job))
         return write_job_output(job, rows, target, format=format, include_input=include_input)
+
+
+def _input_name(job: JobSpec) -> str:
+    return job.input.path if job.input.path is not None else str(job.input.dataset)

@@ -1,4 +1,5 @@
-"""Real-time limits (requests and tokens per minute, requests per day) as token buckets."""
+"""Real-time limits (requests and tokens per minute, requests per day) as token buckets
+(`batchpilot.tokenbucket`, shared with the real-time lane)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 from dataclasses import dataclass
 
 from batchpilot.server.config import RateLimit
+from batchpilot.tokenbucket import TokenBucket
 
 __all__ = ["Decision", "RateLimiter", "format_duration"]
 
@@ -26,24 +28,6 @@ def format_duration(seconds: float) -> str:
     return text
 
 
-class _Bucket:
-    def __init__(self, capacity: int, period_s: float, now: float) -> None:
-        self.capacity = capacity
-        self.rate = capacity / period_s
-        self.level = float(capacity)
-        self.stamp = now
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def wait_for(self, amount: float) -> float:
-        return 0.0 if self.level >= amount else (amount - self.level) / self.rate
-
-    def reset_in(self) -> float:
-        return (self.capacity - self.level) / self.rate
-
-
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -59,13 +43,15 @@ class RateLimiter:
     def __init__(self, limits: dict[str, RateLimit], time_scale: float = 1.0) -> None:
         self._limits = limits
         self._scale = time_scale
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._lock = threading.Lock()
 
-    def _bucket(self, model: str, kind: str, capacity: int, period: float, now: float) -> _Bucket:
+    def _bucket(
+        self, model: str, kind: str, capacity: int, period: float, now: float
+    ) -> TokenBucket:
         bucket = self._buckets.get((model, kind))
         if bucket is None:
-            bucket = self._buckets[(model, kind)] = _Bucket(capacity, period, now)
+            bucket = self._buckets[(model, kind)] = TokenBucket(capacity, period, now)
         bucket.refill(now)
         return bucket
 
@@ -75,7 +61,7 @@ class RateLimiter:
         if limit is None:
             return Decision(True, {})
         with self._lock:
-            buckets: list[tuple[str, _Bucket, float]] = []
+            buckets: list[tuple[str, TokenBucket, float]] = []
             if limit.rpm:
                 buckets.append(("requests", self._bucket(model, "rpm", limit.rpm, 60, now), 1))
             if limit.tpm:
@@ -98,7 +84,7 @@ class RateLimiter:
             allowed = all(wait == 0 for wait, _, _ in waits)
             if allowed:
                 for _, bucket, amount in buckets:
-                    bucket.level -= amount
+                    bucket.take(amount)
             headers = self._headers(model, limit)
             if allowed:
                 return Decision(True, headers)

@@ -59,6 +59,15 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _drop_dataset(data: dict[str, Any]) -> None:
+    """An input path given by a flag or variable replaces a job file's dataset."""
+    source = data.get("input")
+    if isinstance(source, dict) and "dataset" in source:
+        data["input"] = {
+            key: value for key, value in source.items() if key not in ("dataset", "split", "config")
+        }
+
+
 def _merged(
     data: Any, overrides: Mapping[str, Any], environ: Mapping[str, str], origins: dict[str, str]
 ) -> Any:
@@ -70,10 +79,14 @@ def _merged(
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in merged.items()}
     for dotted, variable in ENVIRONMENT.items():
         if environ.get(variable):
+            if dotted == "input.path":
+                _drop_dataset(merged)
             _set(merged, dotted, environ[variable])
             origins[dotted] = f"environment variable {variable}"
     for dotted, value in overrides.items():
         if value is not None:
+            if dotted == "input.path":
+                _drop_dataset(merged)
             _set(merged, dotted, value)
             origins[dotted] = _FLAGS.get(dotted, f"override {dotted}")
     return merged

@@ -131,15 +131,40 @@ class ProviderSpec(Strict):
 
 
 class InputModel(Strict):
-    """Where the rows come from."""
+    """Where the rows come from: a file or directory (`path`), or a Hugging Face dataset."""
 
-    path: str
+    path: str | None = None
+    dataset: str | None = Field(
+        None,
+        description="A Hugging Face dataset: a name in the local cache (e.g. stanfordnlp/imdb) "
+        "or a directory written by save_to_disk.",
+    )
+    split: str | None = Field(None, description="dataset: which split (e.g. train).")
+    config: str | None = Field(None, description="dataset: which configuration (subset).")
     format: Literal["auto", "jsonl", "csv", "parquet", "dir"] = "auto"
     id_field: str | None = None
     records: str | None = Field(None, description="Dotted path to a list inside each line.")
     glob: str = "*"
     text_field: str = "text"
     encoding: str = "utf-8"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputModel:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError(
+                "give input.path (a file or directory) or input.dataset (a Hugging Face "
+                "dataset)" + (", not both" if self.path is not None else "")
+            )
+        if self.dataset is None:
+            given = [name for name in ("split", "config") if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"input.{given[0]} is for input.dataset; remove it")
+        else:
+            defaults = InputModel.model_fields
+            for name in ("format", "records", "glob", "text_field", "encoding"):
+                if getattr(self, name) != defaults[name].default:
+                    raise ValueError(f"input.{name} is for input.path; remove it")
+        return self
 
 
 class ImageSpec(Strict):
@@ -209,7 +234,7 @@ class OutputSpec(Strict):
     """
 
     path: str
-    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    format: Literal["auto", "jsonl", "csv", "parquet", "dataset"] = "auto"
     response_key: str | None = None
     include_input: bool = True
 

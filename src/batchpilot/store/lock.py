@@ -1,11 +1,14 @@
-"""One process per run: an exclusive lock on a file beside the store."""
+"""One process per run: an exclusive lock on a file beside the store (`filelock`, so that it
+works wherever Python does), with the holder's pid in a file beside it for the message that
+refuses a second process."""
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
 from pathlib import Path
-from typing import IO
+
+import filelock
 
 from batchpilot.errors import StateError, UserInputError
 
@@ -24,35 +27,42 @@ class RunLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle: IO[str] | None = None
+        self.holder_path = path.with_name(f"{path.name}.holder")
+        self._lock: filelock.BaseFileLock | None = None
 
     def acquire(self) -> RunLock:
+        if self._lock is not None:
+            return self
+        lock = filelock.FileLock(str(self.path))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self.path.open("a+")
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            raise StateError(
+                f"this run is already being run by {self._holder()}; wait for it, or stop it first"
+            ) from None
         except OSError as exc:
             raise unusable_state_dir(self.path.parent.parent, exc) from None
+        self._lock = lock
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise StateError(
-                f"this run is already being run by {holder}; wait for it, or stop it first"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        self._handle = handle
+            self.holder_path.write_text(f"pid {os.getpid()}")
+        except OSError as exc:
+            self.release()
+            raise unusable_state_dir(self.path.parent.parent, exc) from None
         return self
 
+    def _holder(self) -> str:
+        try:
+            return self.holder_path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
     def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self.holder_path.unlink()
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
