@@ -154,7 +154,7 @@ def start_run(job: Path, state: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 
 def wait_for_submission(state: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if (state / "batchpilot.sqlite3").exists():
             store = open_store(state)
@@ -207,7 +207,7 @@ def test_ctrl_c_after_real_time_answers_mentions_no_remote_batches(
     job = write_job(tmp_path, server.base_url, rows=6, strategy="realtime", realtime={"rpm": 2})
     state = tmp_path / "state"
     process = start_run(job, state)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while not server.admin.ledger():
         assert time.monotonic() < deadline, "the real-time lane answered nothing"
         time.sleep(0.05)
@@ -248,7 +248,7 @@ def test_ctrl_c_stops_the_real_time_lane_at_once_with_nothing_in_flight(
     state = tmp_path / "state"
     process = start_run(job, state)
     wait_for_submission(state)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while sum(1 for row in server.admin.ledger() if not row["batch_id"]) < 2:
         assert time.monotonic() < deadline, "the real-time lane answered nothing"
         time.sleep(0.05)

@@ -83,6 +83,7 @@ def test_plan_from_python_records(tmp_path: object) -> None:
 
 
 HEAVY = ("openai", "uvicorn", "starlette", "batchpilot.server", "xllamacpp", "pyarrow", "pandas")
+SDKS = {"openai", "anthropic", "google.genai"}
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -102,6 +103,25 @@ def test_a_public_name_loads_on_first_use_and_the_cli_loads_commands_on_demand()
     )
     assert "batchpilot.task" in loaded
     assert not loaded & {"uvicorn", "starlette", "batchpilot.server", "batchpilot.cli.serve"}
+
+
+@pytest.mark.parametrize("module", ["cli.run", "cli.plan", "cli.runs", "plan", "run", "providers"])
+def test_commands_that_build_no_provider_yet_load_no_sdk(module: str) -> None:
+    """Planning, status and export never pay for an SDK's import; a run pays for its own
+    provider's only, when it builds it."""
+    loaded = _loaded_after(f"import batchpilot.{module}")
+    assert not loaded & SDKS, sorted(loaded & SDKS)
+
+
+def test_building_a_provider_loads_its_own_sdk_only() -> None:
+    loaded = _loaded_after(
+        "from batchpilot.providers import ProviderSpec, provider_for\n"
+        "from pathlib import Path\n"
+        "spec = ProviderSpec(kind='openai')\n"
+        "provider_for(spec, state_dir=Path('.'), environ={'OPENAI_API_KEY': 'k'})"
+    )
+    assert "openai" in loaded
+    assert not loaded & {"anthropic", "google.genai"}
 
 
 def test_every_public_name_resolves_and_unknown_names_raise() -> None:

@@ -12,7 +12,6 @@ from rich.console import Console
 from batchpilot.cli.options import Seconds, limit_options, override_options
 from batchpilot.cli.plan import job_overrides
 from batchpilot.errors import UserInputError
-from batchpilot.providers import openai_provider
 from batchpilot.run import DEFAULT_STATE_DIR, RunResult, run_job
 from batchpilot.run import resume as resume_run
 from batchpilot.run.defaults import provider_line
@@ -191,6 +190,8 @@ def run(
                     "--input names a job's input; with --requests the requests file is the "
                     "input: drop --input"
                 )
+            from batchpilot.providers.openai import openai_provider
+
             remote = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
             if not (quiet or as_json):
                 console.print(provider_line(requests_file.name, kind, model))

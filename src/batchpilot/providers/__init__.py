@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from batchpilot.errors import UserInputError
-from batchpilot.providers.anthropic import CAPABILITIES as ANTHROPIC_CAPABILITIES
-from batchpilot.providers.anthropic import AnthropicProvider, anthropic_provider
+from batchpilot.providers import capabilities
 from batchpilot.providers.base import (
     Answer,
     AuthenticationFailed,
@@ -24,13 +23,13 @@ from batchpilot.providers.base import (
     RemoteNotFound,
     RemoteStatus,
 )
-from batchpilot.providers.gemini_shapes import CAPABILITIES as GEMINI_CAPABILITIES
-from batchpilot.providers.local import CAPABILITIES as LOCAL_CAPABILITIES
-from batchpilot.providers.local import LocalProvider, local_provider
-from batchpilot.providers.openai import CAPABILITIES as OPENAI_CAPABILITIES
-from batchpilot.providers.openai import OpenAIProvider, openai_provider
 from batchpilot.providers.registry import kind, kinds, provider_for, register
 from batchpilot.spec.model import ProviderSpec
+
+if TYPE_CHECKING:
+    from batchpilot.providers.anthropic import AnthropicProvider, anthropic_provider
+    from batchpilot.providers.local import LocalProvider, local_provider
+    from batchpilot.providers.openai import OpenAIProvider, openai_provider
 
 __all__ = [
     "LOCAL_SERVER_DIR",
@@ -60,7 +59,30 @@ __all__ = [
 LOCAL_SERVER_DIR = "local-server"
 
 
+_LAZY = {
+    "AnthropicProvider": "anthropic",
+    "anthropic_provider": "anthropic",
+    "LocalProvider": "local",
+    "local_provider": "local",
+    "OpenAIProvider": "openai",
+    "openai_provider": "openai",
+}
+"""Names whose modules import an SDK: loaded when first asked for, so that planning, status
+and the other commands that build no provider do not pay for the SDKs."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
 def _openai(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | None) -> Provider:
+    from batchpilot.providers.openai import openai_provider
+
     return openai_provider(
         base_url=spec.base_url,
         api_key_env=spec.api_key_env,
@@ -82,6 +104,8 @@ def _local(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | Non
 
 
 def _anthropic(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | None) -> Provider:
+    from batchpilot.providers.anthropic import anthropic_provider
+
     return anthropic_provider(
         base_url=spec.base_url,
         api_key_env=spec.api_key_env,
@@ -90,9 +114,9 @@ def _anthropic(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] |
     )
 
 
-register("local", _local, LOCAL_CAPABILITIES)
+register("local", _local, capabilities.LOCAL)
 for _kind in ("openai", "azure", "compatible"):
-    register(_kind, _openai, OPENAI_CAPABILITIES[_kind])
+    register(_kind, _openai, capabilities.OPENAI[_kind])
 
 
 def _gemini(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | None) -> Provider:
@@ -105,5 +129,5 @@ def _gemini(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | No
     return gemini_provider(base_url=spec.base_url, api_key_env=spec.api_key_env, environ=environ)
 
 
-register("anthropic", _anthropic, ANTHROPIC_CAPABILITIES)
-register("gemini", _gemini, GEMINI_CAPABILITIES)
+register("anthropic", _anthropic, capabilities.ANTHROPIC)
+register("gemini", _gemini, capabilities.GEMINI)

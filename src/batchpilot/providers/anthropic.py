@@ -24,7 +24,8 @@ from batchpilot.providers.anthropic_shapes import (
     messages_params,
     rate_limit_headers,
 )
-from batchpilot.providers.base import STANDARD, Answer, CallFailed, Capabilities
+from batchpilot.providers.base import STANDARD, Answer, CallFailed
+from batchpilot.providers.capabilities import ANTHROPIC
 from batchpilot.providers.openai_errors import redact
 from batchpilot.providers.retry import json_object, retryable_status, unanswered
 
@@ -36,7 +37,7 @@ __all__ = [
     "anthropic_provider",
 ]
 
-CAPABILITIES = Capabilities(batch=True, realtime=True, structured_output=True, images=True)
+CAPABILITIES = ANTHROPIC
 RECORD_FILE = "anthropic-batches.jsonl"
 CUSTOM_ID_HEADER = "x-batchpilot-custom-id"
 

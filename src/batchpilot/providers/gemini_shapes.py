@@ -22,7 +22,7 @@ import mimetypes
 from typing import Any
 
 from batchpilot.errors import UserInputError
-from batchpilot.providers.base import Capabilities
+from batchpilot.providers.capabilities import GEMINI
 
 __all__ = [
     "CAPABILITIES",
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 CHAT = "/v1/chat/completions"
-CAPABILITIES = Capabilities(batch=True, realtime=True, structured_output=True, images=True)
+CAPABILITIES = GEMINI
 
 GRPC_STATUS = {1: 499, 3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 10: 409, 13: 500, 14: 503, 16: 401}
 """The HTTP status of a google.rpc.Status code (a batch request's error)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from batchpilot.providers.base import Capabilities
+from batchpilot.providers.capabilities import LOCAL
 from batchpilot.providers.openai import OpenAIProvider
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ __all__ = ["CAPABILITIES", "LOCAL_API_KEY", "LocalProvider", "local_provider"]
 LOCAL_API_KEY = "local"
 
 
-CAPABILITIES = Capabilities(batch=True, realtime=True, embeddings=True, structured_output=True)
+CAPABILITIES = LOCAL
 
 
 class LocalProvider(OpenAIProvider):

@@ -14,6 +14,7 @@ import openai
 
 from batchpilot.errors import UserInputError
 from batchpilot.providers.base import Capabilities
+from batchpilot.providers.capabilities import OPENAI
 from batchpilot.providers.openai_batch import OpenAIBatches
 from batchpilot.providers.openai_errors import error_detail, translate_error
 from batchpilot.providers.openai_realtime import OpenAIRealtime
@@ -31,15 +32,7 @@ AZURE_API_VERSION = "2024-10-21"
 COMPATIBLE_PLACEHOLDER_KEY = "not-needed"
 
 
-_EVERYTHING = Capabilities(True, True, True, True, True, True, True)
-CAPABILITIES: dict[str, Capabilities] = {
-    "openai": _EVERYTHING,
-    "azure": _EVERYTHING,  # flex in preview; a model without it answers 400
-    # an OpenAI-compatible server: its Batch API may be ours (`batchpilot serve`)
-    "compatible": Capabilities(
-        batch=True, realtime=True, embeddings=True, structured_output=True, images=True
-    ),
-}
+CAPABILITIES: dict[str, Capabilities] = OPENAI
 
 
 class OpenAIProvider:

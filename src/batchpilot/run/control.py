@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchpilot.errors import StateError
-from batchpilot.providers import Provider, openai_provider, provider_for
+from batchpilot.providers import Provider, provider_for
 from batchpilot.run.adopt import find_batch, record_submitted
 from batchpilot.run.cancel import Cancelled, cancel_batches
 from batchpilot.run.identity import job_of
@@ -29,6 +29,8 @@ def provider_of(run: RunRecord, state_dir: Path) -> Provider:
     spec = json.loads(run.spec_json)
     if spec.get("provider") == "local":
         return provider_for(ProviderSpec(kind="local"), state_dir=state_dir)
+    from batchpilot.providers.openai import openai_provider
+
     return openai_provider(base_url=spec.get("base_url"), kind=spec.get("provider", "openai"))
 
 

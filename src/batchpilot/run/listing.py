@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpilot.errors import UserInputError
-from batchpilot.providers import Provider, openai_provider
+from batchpilot.providers import Provider
 from batchpilot.run.control import provider_of
 from batchpilot.run.lookup import updated_at
 from batchpilot.run.status import RunStatus, run_status
@@ -95,6 +95,8 @@ def list_remote(
             }
     client: Provider
     if base_url or kind:
+        from batchpilot.providers.openai import openai_provider
+
         client = openai_provider(base_url=base_url, kind=kind or "openai")  # type: ignore[arg-type]
     elif latest is not None:
         client = provider_of(latest, state_dir)

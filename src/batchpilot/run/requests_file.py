@@ -20,7 +20,7 @@ from batchpilot.lanes.ratelimit import RateLimits
 from batchpilot.plan import plan_requests_file
 from batchpilot.plan.job import main_model
 from batchpilot.pricing import prices_for, tier_limits
-from batchpilot.providers import Provider, openai_provider
+from batchpilot.providers import Provider
 from batchpilot.run.display import shown_progress
 from batchpilot.run.identity import requests_identity
 from batchpilot.run.one import RunResult, open_runner
@@ -89,6 +89,8 @@ def run_requests_file(
         report = held.enter_context(shown_progress(progress, on_progress))
         store = held.enter_context(store_at(state_dir))
         if provider is None:
+            from batchpilot.providers.openai import openai_provider
+
             provider = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
             held.callback(provider.close)
         record = store.run(run_id)
