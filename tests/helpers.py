@@ -143,7 +143,7 @@ def serve_process(directory: Path, *flags: str) -> tuple[subprocess.Popen[bytes]
     command += ["--state", str(directory / "server"), *flags]
     with (directory / "server.log").open("ab") as log:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{port}/_batchpilot/health", timeout=1)
