@@ -154,7 +154,7 @@ def start_run(job: Path, state: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 
 def wait_for_submission(state: Path) -> None:
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if (state / "batchpilot.sqlite3").exists():
             store = open_store(state)
@@ -180,6 +180,8 @@ def test_ctrl_c_leaves_batches_running_and_says_how_to_resume(
     assert process.returncode == 130
     assert b"batchpilot resume" in output
     assert b"stopped; 1 submitted batch keeps running remotely" in output, output
+    said = b"Ctrl-C: stopping after the current step; 1 submitted batch keeps running remotely; "
+    assert said + b"press Ctrl-C again to cancel them." in output, output
     statuses = {b.status for b in client_for(server).batches.list()}
     assert statuses == {"validating"}
 
@@ -197,6 +199,7 @@ def test_second_ctrl_c_cancels_remote_batches(
     assert statuses <= {"cancelling", "cancelled"}
     assert process.returncode == 130
     assert b"1 submitted batch cancelled remotely" in output, output
+    assert b"; 1 submitted batch will be cancelled remotely (what they answered is kept)" in output
     assert b"running remotely" not in output
 
 

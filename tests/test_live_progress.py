@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import queue
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +29,7 @@ from batchpilot.formatting import usd
 from batchpilot.run import RunStatus, run_job
 from batchpilot.run.changes import changes
 from batchpilot.run.display import RunProgress
+from batchpilot.run.workspace import store_at
 from batchpilot.server import LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
 
@@ -289,3 +295,57 @@ def test_changes_from_nothing_seen_summarise_the_run() -> None:
     status = RunStatus("r1", "running", {"succeeded": 3, "pending": 1}, {"finished": 1})
     assert changes(None, status) == ["run r1: waiting, 3/4 done, 0 failed, $0.00 spent, 1 batches"]
     assert changes(status, status) == []
+
+
+def test_ctrl_c_is_acknowledged_at_once_with_what_happens_next(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    # every real-time answer takes 20 s: the run stops only once those on the wire are in,
+    # and Ctrl-C must be answered long before that
+    server = local_server_factory(time_scale=1.0, realtime_latency_s=20.0)
+    job, state = tmp_path / "job.yaml", tmp_path / "state"
+    job.write_text(yaml.safe_dump(job_spec(tmp_path, server.base_url, rows=2, strategy="realtime")))
+    command = [sys.executable, "-m", "batchpilot", "run", str(job), "--state", str(state)]
+    process = subprocess.Popen(
+        [*command, "--poll-interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or []])
+    reader.start()
+    try:
+
+        def on_the_wire() -> bool:
+            if not (state / "batchpilot.sqlite3").exists():
+                return False
+            with store_at(state) as store:
+                runs = store.runs()
+                return bool(runs) and store.request_counts(runs[0].id)["realtime"] == 2
+
+        wait_until(on_the_wire, "request on the wire", timeout=120)
+        process.send_signal(signal.SIGINT)
+        said: list[str] = []
+        while not said or not said[-1].startswith("Ctrl-C"):
+            said.append(lines.get(timeout=60))
+        assert process.poll() is None, "acknowledged before the answers on the wire came in"
+        run_id = next(line for line in said if " run " in line).split(" run ")[1].split(":")[0]
+        assert re.fullmatch(
+            r"Ctrl-C: stopping after the current step( \(the (2 )?real-time requests? on the "
+            r"wire finish(es)? first\))?; nothing runs remotely\. To continue: "
+            rf"`batchpilot resume {run_id}`, or run it again\n",
+            said[-1],
+        ), said[-1]
+        assert process.wait(timeout=120) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    stopped = re.compile(r"\d\d:\d\d:\d\d stopped: 2/2 done, 0 failed, \$[\d.]+ spent\n")
+    assert any(stopped.fullmatch(line) for line in rest), "the answers on the wire came in"

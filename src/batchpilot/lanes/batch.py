@@ -82,7 +82,7 @@ class BatchLane:
         self._backoff_until = 0.0
         self._cancelled_late: set[int] = set()
         self._worst: dict[int, float] = {}  # worst cases of the batches formed, by batch id
-        self.on_step: Callable[[], None] | None = None  # told before an upload or a collection
+        self.on_step: Callable[[], None] | None = None  # told of uploads, submissions, collections
 
     @property
     def run_id(self) -> str:
@@ -99,6 +99,10 @@ class BatchLane:
     @property
     def check(self) -> AnswerCheck | None:
         return self.config.check
+
+    def polled(self) -> int:
+        """How many live batches the lane polls (known without reading the store)."""
+        return len(self._polls)
 
     def dues(self) -> list[float]:
         """When (monotonic time) the lane next has something to do: a poll, a retry."""
@@ -313,7 +317,10 @@ class BatchLane:
 
     def _submitted(self, batch: BatchRecord, remote: RemoteBatch) -> BatchRecord:
         self._polls[batch.id] = _Poll(0.0, self.settings.poll_interval_s)
-        return record_submitted(self.store, self.run_id, batch, remote)
+        submitted = record_submitted(self.store, self.run_id, batch, remote)
+        if self.on_step is not None:
+            self.on_step()
+        return submitted
 
     # dropping and cancelling ---------------------------------------------------------------
 

@@ -36,7 +36,12 @@ def notice(presses: int, *, live: int, on_the_wire: int, cancel: bool, resume: s
         )
     step = "Ctrl-C: stopping after the current step"
     if on_the_wire:
-        step += f" (the {on_the_wire} real-time requests on the wire finish first)"
+        wire = (
+            "the real-time request on the wire finishes"
+            if on_the_wire == 1
+            else f"the {on_the_wire} real-time requests on the wire finish"
+        )
+        step += f" ({wire} first)"
     if not live:
         where = "nothing runs remotely"
     elif cancel:

@@ -183,16 +183,19 @@ class Runner:
         return progressed
 
     def _tell(self) -> None:
-        """Give the run's status to `on_progress` in the middle of a round, before a step that
-        may take long (an upload, collecting a batch's answers)."""
+        """Give the run's status to `on_progress` in the middle of a round: before a step that
+        may take long (an upload, collecting a batch's answers), and once a batch exists
+        remotely (which Ctrl-C then speaks of)."""
+        status = self.status()
         if self.config.on_progress is not None:
-            self.config.on_progress(self.status())
+            self.config.on_progress(status)
 
     def _interrupted(self, presses: int) -> str:
         """What a Ctrl-C does now, from the latest status (the store is not read in the
         signal handler)."""
         seen = self._seen
         live = seen.batches.get(BatchState.SUBMITTED, 0) if seen is not None else 0
+        live = max(live, self.batches.polled())  # one made since the latest status
         wire = seen.requests.get("realtime", 0) if seen is not None else 0
         return notice(
             presses,
