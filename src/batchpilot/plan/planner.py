@@ -17,6 +17,7 @@ from batchpilot.plan.models import is_embedding_model
 from batchpilot.plan.packing import BatchLimits, PackedBatch, Packer
 from batchpilot.plan.worst import Bounds, Worst, bounds_for, choices, output_cap, worst_case
 from batchpilot.pricing import PriceTable
+from batchpilot.reasoning import fit_reasoning, is_reasoning_model, reasoning_problems
 from batchpilot.store.seen import SeenKeys
 from batchpilot.tokens import count_request
 
@@ -169,6 +170,7 @@ class Planner:
         self.settings = settings
         self._bounds: dict[str, Bounds] = {}
         self._unbounded: set[str] = set()
+        self._fitted: set[tuple[str, str]] = set()
         self._generates = False
 
     def bounds(self, model: str) -> Bounds:
@@ -246,6 +248,8 @@ class Planner:
         body = item.body
         problem = None if item.rendered else body_problem(item.endpoint, body)
         if problem is None:
+            body, problem = self._reasoning(item, body, findings)
+        if problem is None:
             try:
                 canonical = canonical_body(body)
             except (UnicodeEncodeError, ValueError, RecursionError) as exc:
@@ -306,6 +310,22 @@ class Planner:
                     item, rid, line, tokens, batch.index, True, canonical, content_hash, worst
                 )
             )
+
+    def _reasoning(
+        self, item: Item, body: dict[str, Any], findings: Findings
+    ) -> tuple[dict[str, Any], str | None]:
+        """A rendered body fitted to a reasoning model (each change a warning, once per model);
+        what the API would refuse in a body given as it is."""
+        model = str(body.get("model", ""))
+        reasoning = is_reasoning_model(model, self.settings.prices)
+        if reasoning and item.rendered:
+            body, notes = fit_reasoning(item.endpoint, body)
+            for note in notes:
+                if (model, note) not in self._fitted:
+                    self._fitted.add((model, note))
+                    findings.warning("reasoning_model", f"model '{model}': {note}")
+        problems = reasoning_problems(item.endpoint, body, reasoning)
+        return body, problems[0] if problems else None
 
     def _expected(
         self, endpoint: str, model: str, body: dict[str, Any], tokens: int, worst: int | None

@@ -163,6 +163,8 @@ def chat_body_of(body: JSON) -> JSON:
     chat["messages"] = _messages_of(body)
     if body.get("max_output_tokens") is not None:
         chat["max_completion_tokens"] = body["max_output_tokens"]
+    if isinstance(body.get("reasoning"), dict) and body["reasoning"].get("effort") is not None:
+        chat["reasoning_effort"] = body["reasoning"]["effort"]
     response_format = _response_format_of(body.get("text"))
     if response_format is not None:
         chat["response_format"] = response_format
@@ -283,7 +285,7 @@ def response_of(answer: JSON, body: JSON, created_at: float) -> JSON:
         "output": output,
         "parallel_tool_calls": bool(body.get("parallel_tool_calls", True)),
         "previous_response_id": None,
-        "reasoning": {"effort": None, "summary": None},
+        "reasoning": {"effort": (body.get("reasoning") or {}).get("effort"), "summary": None},
         "service_tier": answer.get("service_tier") or "default",
         "store": False,
         "temperature": body.get("temperature", 1.0),

@@ -23,6 +23,9 @@ _WHOLE: dict[str, tuple[int, int]] = {
     "max_output_tokens": (1, MAX_OUTPUT_TOKENS),
 }
 _NUMBERS = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty"})
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "reasoning_effort": ("none", "minimal", "low", "medium", "high", "xhigh"),
+}
 
 
 def param_problems(params: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -39,6 +42,11 @@ def param_problems(params: Mapping[str, Any], prefix: str = "") -> list[str]:
                     f"{where} must be a whole number from {low} to {high} (it is {_show(value)})"
                 )
                 continue
+        if name in _CHOICES and value is not None and value not in _CHOICES[name]:
+            problems.append(
+                f"{where} must be one of {', '.join(_CHOICES[name])} (it is {_show(value)})"
+            )
+            continue
         if name in _NUMBERS and value is not None and not _real(value):
             problems.append(f"{where} must be a number (it is {_show(value)})")
             continue

@@ -66,7 +66,7 @@ class Task:
     reach it through `self.state` (it is replaced when a failed delivery is undone).
 
     The options are those of a job: the provider (default: OpenAI when OPENAI_API_KEY is set,
-    else the embedded local model), `state_dir`, `strategy` (batch, realtime, hybrid),
+    else the embedded local model), `state_dir`, `strategy` (batch, realtime, flex, hybrid),
     `deadline`, `budget_usd` (a hard limit over every round), `max_attempts`, `limits` and
     `realtime` (as in a job file), `tier`. `progress` shows a progress bar on stderr (None:
     only when stderr is a terminal); `on_progress` is given the run's status after each round.

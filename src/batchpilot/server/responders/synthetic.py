@@ -17,8 +17,10 @@ import struct
 from typing import Any
 
 from batchpilot.jsontypes import json_type_name
+from batchpilot.reasoning import is_reasoning_model, thinking_tokens
 from batchpilot.server.responders.base import ResponderError
 from batchpilot.server.responders.choices import logprobs_for, requested_logprobs, tool_calls_for
+from batchpilot.server.responders.prompt_cache import PromptCache
 from batchpilot.server.schema_instance import instance_for_schema
 from batchpilot.tokens import count_request, count_text, encoding_name_for_model, get_encoding
 
@@ -55,6 +57,7 @@ class SyntheticResponder:
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be at least 1, got {embedding_dim}")
         self.embedding_dim = embedding_dim
+        self.prompt_cache = PromptCache()
 
     def chat(self, body: JSON) -> JSON:
         model = _require_model(body)
@@ -76,12 +79,17 @@ class SyntheticResponder:
         limit = _optional_int(body, "max_completion_tokens")
         if limit is None:
             limit = _optional_int(body, "max_tokens")
+        # a reasoning model thinks first; its reasoning tokens count in the limit and in usage
+        thinking = thinking_tokens(body.get("reasoning_effort")) if is_reasoning_model(model) else 0
+        if limit is not None:
+            thinking = min(thinking, limit)
+            limit -= thinking
         response_format = _response_format(body)
         top_logprobs = requested_logprobs(body)
 
         seed = _body_seed(body)
         choices: list[JSON] = []
-        completion_tokens = 0
+        completion_tokens = thinking * n
         for index in range(n):
             choice_seed = seed if index == 0 else f"{seed}:{index}"
             calls = tool_calls_for(body, choice_seed)
@@ -113,6 +121,7 @@ class SyntheticResponder:
                 }
             )
         prompt_tokens = count_request(body, "/v1/chat/completions").tokens
+        cached = self.prompt_cache.cached_tokens(model, messages, prompt_tokens)
         return {
             "id": "chatcmpl-" + _base62(seed, 24),
             "object": "chat.completion",
@@ -123,8 +132,8 @@ class SyntheticResponder:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0},
+                "prompt_tokens_details": {"cached_tokens": cached},
+                "completion_tokens_details": {"reasoning_tokens": thinking * n},
             },
             "system_fingerprint": "fp_batchpilot_synthetic",
             "service_tier": "default",
