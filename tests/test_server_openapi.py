@@ -19,7 +19,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from batchpilot.server import FaultPlan, LocalServer
+from batchpilot.server import FaultPlan, LocalServer, RateLimit
 
 from helpers import chat_line, client_for, read_jsonl, submit, wait_for
 
@@ -57,7 +57,7 @@ def check(name: str, instance: Any) -> None:
 
 @pytest.fixture
 def api(local_server: LocalServer) -> httpx.Client:
-    with httpx.Client(base_url=local_server.base_url) as client:
+    with httpx.Client(base_url=local_server.base_url, timeout=60) as client:
         yield client
 
 
@@ -104,12 +104,40 @@ def test_batch_output_lines_carry_valid_bodies(local_server: LocalServer) -> Non
         ("GET", "/batches/batch_missing", {}),
         ("POST", "/chat/completions", {"content": b"{nope"}),
         ("POST", "/batches", {"json": {"endpoint": "/v1/x"}}),
+        ("GET", "/no/such/path", {}),
+        ("PUT", "/files", {}),
+        ("POST", "/batches/batch_missing/cancel", {}),
+        ("DELETE", "/files/file-missing", {}),
+        ("POST", "/files", {"files": {"file": ("a", b"\xff\xfe")}, "data": {"purpose": "batch"}}),
+        ("POST", "/responses", {"json": {"model": "gpt-4o-mini"}}),
+        ("POST", "/embeddings", {"json": {}}),
     ],
 )
 def test_errors(api: httpx.Client, method: str, path: str, kwargs: dict[str, Any]) -> None:
     response = api.request(method, path, **kwargs)
     assert response.status_code >= 400
     check("ErrorResponse", response.json())
+
+
+def test_errors_of_keys_limits_and_sizes(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = local_server_factory(
+        api_key="key", rate_limits={"gpt-4o-mini": RateLimit(rpm=1)}, max_upload_bytes=1000
+    )
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a"}]}
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": "Bearer key"}, timeout=60
+    ) as api:
+        answers = [
+            httpx.get(f"{server.base_url}/models"),
+            api.post("/files", files={"file": ("a.jsonl", b"{}\n" * 600)}),
+            api.post("/chat/completions", json=ask),
+            api.post("/chat/completions", json=ask),
+        ]
+    assert [answer.status_code for answer in answers] == [401, 413, 200, 429]
+    for answer in (*answers[:2], answers[3]):
+        check("ErrorResponse", answer.json())
 
 
 def test_upload_with_sdk_shapes(local_server: LocalServer) -> None:
