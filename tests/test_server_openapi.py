@@ -130,7 +130,7 @@ def test_errors_of_keys_limits_and_sizes(
         base_url=server.base_url, headers={"Authorization": "Bearer key"}, timeout=60
     ) as api:
         answers = [
-            httpx.get(f"{server.base_url}/models"),
+            httpx.get(f"{server.base_url}/models", timeout=60),
             api.post("/files", files={"file": ("a.jsonl", b"{}\n" * 600)}),
             api.post("/chat/completions", json=ask),
             api.post("/chat/completions", json=ask),
