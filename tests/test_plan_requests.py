@@ -107,3 +107,15 @@ def test_input_is_refused_for_a_requests_file(tmp_path: Path) -> None:
     requests = write_requests(tmp_path / "movies.jsonl", 2)
     result = CliRunner().invoke(cli, ["plan", "--requests", str(requests), "--input", "x.csv"])
     assert result.exit_code == 2 and "--input names a job's input" in result.output
+
+
+def test_the_worst_case_note_appears_only_when_a_line_has_no_max_tokens(tmp_path: Path) -> None:
+    capped = plan_requests_file(write_requests(tmp_path / "capped.jsonl", 3))
+    assert not any("no max_tokens" in note for note in capped.assumptions), capped.assumptions
+    path = write_requests(tmp_path / "open.jsonl", 3)
+    lines = path.read_text().splitlines()
+    last = json.loads(lines[-1])
+    del last["body"]["max_tokens"]
+    path.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    uncapped = plan_requests_file(path)
+    assert any("no max_tokens is set" in note for note in uncapped.assumptions)

@@ -81,8 +81,10 @@ def test_batches_on_other_endpoints(
     batch = wait_for(client, submit(client, lines, endpoint=endpoint).id)
     assert batch.status == "failed" and batch.errors is not None and batch.errors.data
     assert batch.errors.data[0].code == "invalid_request"
+    check("Batch", batch.model_dump(exclude_none=False))
     batch = wait_for(client, submit(client, lines[:1], endpoint=endpoint).id)
     assert batch.status == "completed"
+    check("Batch", batch.model_dump(exclude_none=False))
     output = by_custom_id(read_jsonl(client, batch.output_file_id))
     check(schema, output["a"]["response"]["body"])
     assert local_server.admin.ledger()[-1]["endpoint"] == endpoint

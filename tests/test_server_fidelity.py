@@ -58,6 +58,11 @@ def test_every_answer_has_a_request_id(local_server: LocalServer) -> None:
         httpx.post(f"{base}/chat/completions", json=ASK),
         httpx.post(f"{base}/chat/completions", content=b"{nope"),
         httpx.get(f"{base}/no/such/path"),
+        httpx.post(f"{base}/responses", json={"model": "gpt-4o-mini", "input": "hi"}),
+        httpx.post(f"{base}/embeddings", json={"model": "text-embedding-3-small", "input": "a"}),
+        httpx.post(f"{base}/chat/completions", json={**ASK, "stream": True}),
+        httpx.post(f"{base}/files", files={"file": ("upload", b"{}")}, data={"purpose": "batch"}),
+        httpx.post(f"{base}/batches", json={"input_file_id": "file-missing"}),
     ]
     ids = [answer.headers.get("x-request-id") or "" for answer in answers]
     assert all(re.fullmatch(r"req_[0-9a-f]{32}", i) for i in ids), ids
@@ -73,6 +78,30 @@ def test_chat_timestamps_follow_the_virtual_clock(local_server: LocalServer) -> 
     batch = wait_for(client, submit(client, [chat_line("a", "q")]).id)
     line = json.loads(client.files.content(batch.output_file_id or "").text)
     assert batch.created_at <= line["response"]["body"]["created"] <= local_server.admin.now()
+
+
+def test_every_timestamp_follows_the_virtual_clock(local_server: LocalServer) -> None:
+    local_server.admin.advance(40 * 86_400)
+    client = client_for(local_server)
+    before = int(local_server.admin.now())
+    stamps = {
+        "responses": client.responses.create(model="gpt-4o-mini", input="hi").created_at,
+        "completions": client.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="hi"
+        ).created,
+        "images": client.images.generate(model="gpt-image-1", prompt="a kite").created,
+        "file": client.files.create(file=b'{"a": 1}\n', purpose="batch").created_at,
+    }
+    with client.chat.completions.create(**ASK, stream=True) as chunks:
+        stamps["chat chunks"] = min(chunk.created for chunk in chunks)
+    with client.responses.create(model="gpt-4o-mini", input="hi", stream=True) as events:
+        stamps["response events"] = min(
+            event.response.created_at for event in events if hasattr(event, "response")
+        )
+    after = local_server.admin.now()
+    assert {name: before <= stamp <= after for name, stamp in stamps.items()} == dict.fromkeys(
+        stamps, True
+    ), (before, stamps)
 
 
 def test_output_files_expire_as_the_batch_asked(local_server: LocalServer) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from batchpilot.server import LocalServer
+from batchpilot.server import FaultPlan, LocalServer, RateLimit
 
-from helpers import chat_line, client_for, submit, wait_for
+from helpers import chat_line, client_for, read_jsonl, submit, wait_for
 
 
 def _nullable_optionals(node: Any) -> Any:
@@ -56,7 +57,7 @@ def check(name: str, instance: Any) -> None:
 
 @pytest.fixture
 def api(local_server: LocalServer) -> httpx.Client:
-    with httpx.Client(base_url=local_server.base_url) as client:
+    with httpx.Client(base_url=local_server.base_url, timeout=60) as client:
         yield client
 
 
@@ -103,12 +104,40 @@ def test_batch_output_lines_carry_valid_bodies(local_server: LocalServer) -> Non
         ("GET", "/batches/batch_missing", {}),
         ("POST", "/chat/completions", {"content": b"{nope"}),
         ("POST", "/batches", {"json": {"endpoint": "/v1/x"}}),
+        ("GET", "/no/such/path", {}),
+        ("PUT", "/files", {}),
+        ("POST", "/batches/batch_missing/cancel", {}),
+        ("DELETE", "/files/file-missing", {}),
+        ("POST", "/files", {"files": {"file": ("a", b"\xff\xfe")}, "data": {"purpose": "batch"}}),
+        ("POST", "/responses", {"json": {"model": "gpt-4o-mini"}}),
+        ("POST", "/embeddings", {"json": {}}),
     ],
 )
 def test_errors(api: httpx.Client, method: str, path: str, kwargs: dict[str, Any]) -> None:
     response = api.request(method, path, **kwargs)
     assert response.status_code >= 400
     check("ErrorResponse", response.json())
+
+
+def test_errors_of_keys_limits_and_sizes(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = local_server_factory(
+        api_key="key", rate_limits={"gpt-4o-mini": RateLimit(rpm=1)}, max_upload_bytes=1000
+    )
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a"}]}
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": "Bearer key"}, timeout=60
+    ) as api:
+        answers = [
+            httpx.get(f"{server.base_url}/models", timeout=60),
+            api.post("/files", files={"file": ("a.jsonl", b"{}\n" * 600)}),
+            api.post("/chat/completions", json=ask),
+            api.post("/chat/completions", json=ask),
+        ]
+    assert [answer.status_code for answer in answers] == [401, 413, 200, 429]
+    for answer in (*answers[:2], answers[3]):
+        check("ErrorResponse", answer.json())
 
 
 def test_upload_with_sdk_shapes(local_server: LocalServer) -> None:
@@ -209,3 +238,116 @@ def test_batch_output_lines_for_responses(local_server: LocalServer) -> None:
     output = json.loads(client.files.content(batch.output_file_id or "").text.splitlines()[0])
     check("Response", output["response"]["body"])
     check("OpenAIFile", client.files.retrieve(batch.output_file_id or "").model_dump())
+
+
+# The OpenAPI description at this commit no longer describes a line of a batch's output or error
+# file (`BatchRequestOutput` of earlier versions); this is that object as the API reference
+# gives it, with the codes it lists for a request that never got an HTTP answer.
+BATCH_LINE = {
+    "type": "object",
+    "required": ["id", "custom_id", "response", "error"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "pattern": "^batch_req_"},
+        "custom_id": {"type": "string"},
+        "response": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["status_code", "request_id", "body"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "status_code": {"type": "integer"},
+                        "request_id": {"type": "string", "pattern": "^req_"},
+                        "body": {"type": "object"},
+                    },
+                },
+            ]
+        },
+        "error": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"enum": ["batch_expired", "batch_cancelled", "request_timeout"]},
+                        "message": {"type": "string"},
+                    },
+                },
+            ]
+        },
+    },
+    "oneOf": [
+        {"properties": {"response": {"type": "null"}, "error": {"type": "object"}}},
+        {"properties": {"response": {"type": "object"}, "error": {"type": "null"}}},
+    ],
+}
+
+
+def check_line(line: dict[str, Any], body_schema: str) -> None:
+    errors = sorted(Draft202012Validator(BATCH_LINE).iter_errors(line), key=str)
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors[:4]]
+    response = line["response"]
+    if response is not None:
+        ok = 200 <= response["status_code"] < 300
+        check(body_schema if ok else "ErrorResponse", response["body"])
+
+
+def test_output_and_error_lines_of_every_kind(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    faults = FaultPlan.model_validate(
+        {
+            "seed": 1,
+            "faults": [
+                {"kind": "line_error", "status": 429, "match": {"custom_id": "r1"}},
+                {"kind": "line_error", "status": 500, "match": {"custom_id": "r2"}},
+                {"kind": "line_timeout", "match": {"custom_id": "r3"}},
+                {"kind": "batch_expire", "after_fraction": 0.5, "match": {"metadata": {"x": "e"}}},
+            ],
+        }
+    )
+    server = local_server_factory(faults=faults)
+    client = client_for(server)
+    lines = [chat_line(f"r{i}", f"question {i}") for i in range(6)]
+    seen: set[str] = set()
+    for metadata in ({"x": "lines"}, {"x": "e"}):
+        batch = wait_for(client, submit(client, lines, metadata=metadata).id)
+        check("Batch", batch.model_dump(exclude_none=False))
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            check("OpenAIFile", client.files.retrieve(file_id or "").model_dump())
+            for line in read_jsonl(client, file_id):
+                check_line(line, "CreateChatCompletionResponse")
+                error = line["error"]
+                seen.add(error["code"] if error else str(line["response"]["status_code"]))
+    assert seen == {"200", "429", "500", "request_timeout", "batch_expired"}
+
+
+def test_cancelled_lines(local_server_factory: Callable[..., LocalServer]) -> None:
+    server = local_server_factory(time_scale=1.0, per_request_s=0.5, cancel_delay_s=0)
+    client = client_for(server)
+    lines = [chat_line(f"r{i}", f"question {i}") for i in range(40)]
+    batch = wait_for(client, submit(client, lines).id, {"in_progress"})
+    client.batches.cancel(batch.id)
+    batch = wait_for(client, batch.id)
+    assert batch.status == "cancelled"
+    check("Batch", batch.model_dump(exclude_none=False))
+    errors = read_jsonl(client, batch.error_file_id)
+    assert errors and {line["error"]["code"] for line in errors} == {"batch_cancelled"}
+    for line in errors:
+        check_line(line, "CreateChatCompletionResponse")
+
+
+EMBED = {"model": "text-embedding-3-small", "input": "a film"}
+
+
+def test_batches_and_lines_on_the_embeddings_endpoint(local_server: LocalServer) -> None:
+    client = client_for(local_server)
+    line = {"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": EMBED}
+    batch = wait_for(client, submit(client, [line], endpoint="/v1/embeddings").id)
+    check("Batch", batch.model_dump(exclude_none=False))
+    (output,) = read_jsonl(client, batch.output_file_id)
+    check_line(output, "CreateEmbeddingResponse")

@@ -171,6 +171,7 @@ class Planner:
         self._bounds: dict[str, Bounds] = {}
         self._unbounded: set[str] = set()
         self._fitted: set[tuple[str, str]] = set()
+        self._uncapped = 0  # requests that generate output with no max_tokens of their own
         self._generates = False
 
     def bounds(self, model: str) -> Bounds:
@@ -201,6 +202,7 @@ class Planner:
     ) -> PlanResult:
         result = PlanResult()
         self._generates = False
+        self._uncapped = 0
         seen = SeenKeys()
         packer = Packer(self.settings.limits, self.settings.tokens_per_batch)
         checked_models: set[str] = set()
@@ -333,6 +335,8 @@ class Planner:
         if endpoint == "/v1/embeddings" or is_embedding_model(model):
             return 0
         self._generates = True
+        if output_cap(body) is None:
+            self._uncapped += 1
         expected = self._expected_output(tokens) * choices(body)
         return expected if worst is None else min(expected, worst)
 
@@ -480,7 +484,7 @@ class Planner:
                 f"expected output: {expected} tokens per request (set estimate.output_tokens or "
                 "estimate.output_ratio)"
             )
-        if settings.max_output_tokens is None:
+        if settings.max_output_tokens is None and self._uncapped:
             result.assumptions.append(
                 "worst case: no max_tokens is set, so each answer may be as long as the "
                 "model's maximum output (set params.max_tokens to bound it)"
