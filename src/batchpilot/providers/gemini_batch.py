@@ -273,15 +273,30 @@ def _bare(name: str) -> str:
     return name.removeprefix("batches/")
 
 
+def _failure(responses: list[types.InlinedResponse]) -> list[dict[str, Any]]:
+    """Why a batch failed as a whole, from its requests' errors: all refused as
+    RESOURCE_EXHAUSTED is a full queue (the batch lane then waits for room, untried)."""
+    codes = {r.error.code for r in responses if r.error is not None}
+    if codes != {8}:
+        return []
+    message = next((r.error.message for r in responses if r.error is not None), None)
+    return [{"code": "token_limit_exceeded", "message": message or "the batch queue is full"}]
+
+
 def _remote(job: types.BatchJob, staged: str | None = None) -> RemoteBatch:
     state = job.state.value if job.state is not None else "JOB_STATE_PENDING"
     status = _STATES.get(state, RemoteStatus.IN_PROGRESS)
     completed = failed = total = 0
     result: str | None = None
+    errors: list[dict[str, Any]] = []
+    if job.error is not None:
+        errors.append({"code": job.error.code, "message": job.error.message})
     if job.dest is not None and job.dest.inlined_responses is not None:
         total = len(job.dest.inlined_responses)
         completed = sum(1 for r in job.dest.inlined_responses if r.error is None and r.response)
         failed = total - completed
+        if status is RemoteStatus.FAILED:
+            errors += _failure(job.dest.inlined_responses)
     elif job.dest is not None:
         result = job.dest.file_name
     created = job.create_time.timestamp() if job.create_time is not None else 0.0
@@ -296,6 +311,6 @@ def _remote(job: types.BatchJob, staged: str | None = None) -> RemoteBatch:
         total=total,
         completed=completed,
         failed=failed,
-        errors=[{"code": job.error.code, "message": job.error.message}] if job.error else [],
+        errors=errors,
         model=(job.model or "").removeprefix("models/") or None,
     )

@@ -292,6 +292,8 @@ class GeminiApi:
                 output = {"responsesFile": f"files/batch-{row['id']}"}
             metadata["output"] = output
             answer["done"] = True
+            if status == "failed":
+                answer["error"] = self.failure(row)
             answer["response"] = {"@type": _BATCH_TYPE.replace("Batch", "BatchOutput"), **output}
         return answer
 
@@ -325,10 +327,9 @@ class GeminiApi:
         }.get(status)
         inputs = self._inputs(row)
         if not row["admitted"]:
-            errors = json.loads(row["errors_json"] or "[]")
-            message = errors[0]["message"] if errors else "The batch failed. (local server)"
+            failure = unrun or self.failure(row)
             for gemini in inputs:
-                yield {**_label(gemini), "error": unrun or rpc_status(400, message)}
+                yield {**_label(gemini), "error": failure}
             return
         lines = {
             line_no: (state, output)
@@ -341,6 +342,15 @@ class GeminiApi:
                 yield {**_label(gemini), "error": error}
                 continue
             yield {**_label(gemini), **_outcome(output or "")}
+
+    def failure(self, row: Row) -> dict[str, Any]:
+        """Why a batch failed before it ran, as a google.rpc.Status: a full queue is
+        RESOURCE_EXHAUSTED, as Gemini answers it."""
+        errors = json.loads(row["errors_json"] or "[]")
+        first = errors[0] if errors else {}
+        message = str(first.get("message") or "The batch failed. (local server)")
+        full = first.get("code") == "token_limit_exceeded"
+        return rpc_status(429 if full else 400, message)
 
     def _inputs(self, row: Row) -> list[dict[str, Any]]:
         path = self.server.state.file_path(row["input_file_id"])
