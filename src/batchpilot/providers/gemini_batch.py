@@ -144,11 +144,11 @@ class GeminiBatches:
 
     def poll(self, remote_id: str) -> RemoteBatch:
         with edge(f"reading batch {remote_id}", self._secret):
-            return _remote(self._client.batches.get(name=remote_id))
+            return _remote(self._client.batches.get(name=_named(remote_id)))
 
     def cancel(self, remote_id: str) -> RemoteBatch:
         with edge(f"cancelling batch {remote_id}", self._secret):
-            self._client.batches.cancel(name=remote_id)
+            self._client.batches.cancel(name=_named(remote_id))
         return self.poll(remote_id)
 
     def find(self, run_id: str | None = None) -> Iterator[RemoteBatch]:
@@ -194,7 +194,7 @@ class GeminiBatches:
 
     def _result_lines(self, remote: RemoteBatch) -> Iterator[tuple[bool, dict[str, Any]]]:
         with edge(f"reading batch {remote.id}", self._secret):
-            job = self._client.batches.get(name=remote.id)
+            job = self._client.batches.get(name=_named(remote.id))
         status = _remote(job).status
         dest = job.dest
         if dest is not None and dest.inlined_responses is not None:
@@ -267,6 +267,11 @@ def result_line(
         "response": {"status_code": http, "body": body},
         "error": None,
     }
+
+
+def _named(remote_id: str) -> str:
+    """A batch's name (`batches/<id>`), as the SDK takes it, for an id with or without it."""
+    return remote_id if remote_id.startswith("batches/") else f"batches/{remote_id}"
 
 
 def _bare(name: str) -> str:
