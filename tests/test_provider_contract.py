@@ -31,6 +31,7 @@ from batchpilot.providers import (
     RemoteStatus,
     local_provider,
 )
+from batchpilot.providers.gemini import gemini_provider
 from batchpilot.server import FaultPlan, LocalServer
 
 from helpers import chat_line, jsonl
@@ -42,7 +43,7 @@ CHAT = "/v1/chat/completions"
 SLOW = {"time_scale": 1.0, "validation_delay_s": 0.0, "per_request_s": 60.0, "cancel_delay_s": 0.0}
 
 
-@pytest.fixture(params=["openai", "local", "anthropic"])
+@pytest.fixture(params=["openai", "local", "anthropic", "gemini"])
 def make_provider(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -66,10 +67,17 @@ def make_provider(
         client = anthropic.Anthropic(base_url=base_url, api_key="test", max_retries=0)
         return AnthropicProvider(client, record_path=tmp_path / f"record-{len(made)}.jsonl")
 
+    def gemini_variant(**settings: Any) -> Provider:
+        server = local_server_factory(**settings)
+        environ = {"GEMINI_API_KEY": "test"}
+        return gemini_provider(base_url=server.base_url, environ=environ, max_retries=0)
+
     def factory(**settings: Any) -> Provider:
-        build = {"openai": openai_variant, "local": local_variant}.get(
-            request.param, anthropic_variant
-        )
+        build = {
+            "openai": openai_variant,
+            "local": local_variant,
+            "gemini": gemini_variant,
+        }.get(request.param, anthropic_variant)
         made.append(build(**settings))
         return made[-1]
 
@@ -112,13 +120,14 @@ def submit(provider: Provider, tmp_path: Path, count: int = 3, **tagged: Any) ->
 def test_is_a_provider(provider: Provider) -> None:
     assert isinstance(provider, Provider)
     assert isinstance(provider.batches, BatchAPI)
-    assert provider.name in {"openai", "local", "anthropic"}
+    assert provider.name in {"openai", "local", "anthropic", "gemini"}
     assert isinstance(provider, LocalProvider) == (provider.name == "local")
 
 
 def inline(provider: Provider) -> bool:
-    """Whether the provider takes request lines inline (nothing staged, no file ids)."""
-    return provider.name == "anthropic"
+    """Whether the provider takes request lines inline (nothing staged, no file ids; Gemini
+    takes small batches inline)."""
+    return provider.name in ("anthropic", "gemini")
 
 
 def test_staged_lines_are_found_by_name_and_size(provider: Provider, tmp_path: Path) -> None:
@@ -138,7 +147,7 @@ def test_staged_lines_are_found_by_name_and_size(provider: Provider, tmp_path: P
 
 def test_batch_lifecycle(provider: Provider, tmp_path: Path) -> None:
     created = submit(provider, tmp_path)
-    first = RemoteStatus.IN_PROGRESS if inline(provider) else RemoteStatus.VALIDATING
+    first = RemoteStatus.IN_PROGRESS if provider.name == "anthropic" else RemoteStatus.VALIDATING
     assert created.status is first
     assert created.tags == BatchTags("r1", 7, "store-1")
     assert created.endpoint == CHAT
@@ -148,7 +157,7 @@ def test_batch_lifecycle(provider: Provider, tmp_path: Path) -> None:
     assert done.status is RemoteStatus.COMPLETED
     assert (done.total, done.completed, done.failed) == (3, 3, 0)
     assert done.errors == []
-    assert done.model == (None if inline(provider) else "gpt-4o-mini")
+    assert done.model == (None if provider.name == "anthropic" else "gpt-4o-mini")
 
     target = tmp_path / "out"
     target.mkdir()
@@ -266,7 +275,10 @@ def test_real_time_failures_are_translated(
     make_provider: ProviderFactory, status: int, retryable: bool, request: pytest.FixtureRequest
 ) -> None:
     kind = request.node.callspec.params["make_provider"]
-    route = "POST /v1/messages" if kind == "anthropic" else "POST " + CHAT
+    route = {
+        "anthropic": "POST /v1/messages",
+        "gemini": "POST /v1beta/models/gpt-4o-mini:generateContent",
+    }.get(kind, "POST " + CHAT)
     fault = {"kind": "http_error", "route": route, "status": status}
     provider = make_provider(faults=FaultPlan.model_validate({"faults": [fault]}))
     failed = ask(provider)

@@ -272,3 +272,13 @@ def test_tags_survive_the_display_name() -> None:
     assert tags_of(display_name(tagged)) == tagged
     assert tags_of(display_name(BatchTags("r", None, None))) == BatchTags("r", None, None)
     assert tags_of("somebody else's batch") is None and tags_of(None) is None
+
+
+def test_a_batch_refused_for_a_full_queue_says_so(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    made = provider(local_server_factory(queue_limits={MODEL: 5}, **FAST))
+    created = made.batches.submit(write_input(tmp_path, 2), CHAT, tags())
+    done = wait_terminal(made, created.id)
+    assert done.status is RemoteStatus.FAILED
+    assert [e["code"] for e in done.errors] == ["token_limit_exceeded"]

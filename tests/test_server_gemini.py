@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from google import genai
 from google.genai import errors, types
@@ -226,3 +227,33 @@ def test_rate_limits_answer_429_with_retry_after(
         client.models.generate_content(model=MODEL, contents="hi")
     assert limited.value.code == 429 and limited.value.status == "RESOURCE_EXHAUSTED"
     assert float(limited.value.response.headers["retry-after"]) > 0
+
+
+def test_an_upload_in_chunks_and_a_chunk_out_of_place(local_server: LocalServer) -> None:
+    client = client_for(local_server)
+
+    class Chunked(io.BytesIO):
+        """A stream that gives its bytes four at a time: the SDK sends one chunk per read."""
+
+        def read(self, size: int | None = -1) -> bytes:
+            return super().read(4)
+
+    data = b"0123456789"
+    upload = client.files.upload(file=Chunked(data), config={"mime_type": "application/jsonl"})
+    assert upload.size_bytes == len(data) and upload.name
+    assert client.files.download(file=upload.name) == data
+    root = local_server.base_url.removesuffix("/v1")
+    start = {
+        "x-goog-upload-protocol": "resumable",
+        "x-goog-upload-command": "start",
+        "x-goog-upload-header-content-length": "10",
+        "x-goog-api-key": "test",
+    }
+    with httpx.Client() as http:
+        started = http.post(f"{root}/upload/v1beta/files", headers=start, json={"file": {}})
+        url = started.headers["x-goog-upload-url"]
+        step = {"x-goog-upload-command": "upload", "x-goog-upload-offset": "4"}
+        refused = http.post(url, headers={**step, "x-goog-api-key": "test"}, content=b"4567")
+    assert refused.status_code == 400 and refused.json()["error"]["status"] == "INVALID_ARGUMENT"
+    # the status header tells the SDK not to send the step again
+    assert refused.headers["x-goog-upload-status"] == "final"

@@ -144,11 +144,11 @@ class GeminiBatches:
 
     def poll(self, remote_id: str) -> RemoteBatch:
         with edge(f"reading batch {remote_id}", self._secret):
-            return _remote(self._client.batches.get(name=remote_id))
+            return _remote(self._client.batches.get(name=_named(remote_id)))
 
     def cancel(self, remote_id: str) -> RemoteBatch:
         with edge(f"cancelling batch {remote_id}", self._secret):
-            self._client.batches.cancel(name=remote_id)
+            self._client.batches.cancel(name=_named(remote_id))
         return self.poll(remote_id)
 
     def find(self, run_id: str | None = None) -> Iterator[RemoteBatch]:
@@ -194,7 +194,7 @@ class GeminiBatches:
 
     def _result_lines(self, remote: RemoteBatch) -> Iterator[tuple[bool, dict[str, Any]]]:
         with edge(f"reading batch {remote.id}", self._secret):
-            job = self._client.batches.get(name=remote.id)
+            job = self._client.batches.get(name=_named(remote.id))
         status = _remote(job).status
         dest = job.dest
         if dest is not None and dest.inlined_responses is not None:
@@ -269,8 +269,23 @@ def result_line(
     }
 
 
+def _named(remote_id: str) -> str:
+    """A batch's name (`batches/<id>`), as the SDK takes it, for an id with or without it."""
+    return remote_id if remote_id.startswith("batches/") else f"batches/{remote_id}"
+
+
 def _bare(name: str) -> str:
     return name.removeprefix("batches/")
+
+
+def _failure(responses: list[types.InlinedResponse]) -> list[dict[str, Any]]:
+    """Why a batch failed as a whole, from its requests' errors: all refused as
+    RESOURCE_EXHAUSTED is a full queue (the batch lane then waits for room, untried)."""
+    codes = {r.error.code for r in responses if r.error is not None}
+    if codes != {8}:
+        return []
+    message = next((r.error.message for r in responses if r.error is not None), None)
+    return [{"code": "token_limit_exceeded", "message": message or "the batch queue is full"}]
 
 
 def _remote(job: types.BatchJob, staged: str | None = None) -> RemoteBatch:
@@ -278,10 +293,15 @@ def _remote(job: types.BatchJob, staged: str | None = None) -> RemoteBatch:
     status = _STATES.get(state, RemoteStatus.IN_PROGRESS)
     completed = failed = total = 0
     result: str | None = None
+    errors: list[dict[str, Any]] = []
+    if job.error is not None:
+        errors.append({"code": job.error.code, "message": job.error.message})
     if job.dest is not None and job.dest.inlined_responses is not None:
         total = len(job.dest.inlined_responses)
         completed = sum(1 for r in job.dest.inlined_responses if r.error is None and r.response)
         failed = total - completed
+        if status is RemoteStatus.FAILED:
+            errors += _failure(job.dest.inlined_responses)
     elif job.dest is not None:
         result = job.dest.file_name
     created = job.create_time.timestamp() if job.create_time is not None else 0.0
@@ -296,6 +316,6 @@ def _remote(job: types.BatchJob, staged: str | None = None) -> RemoteBatch:
         total=total,
         completed=completed,
         failed=failed,
-        errors=[{"code": job.error.code, "message": job.error.message}] if job.error else [],
+        errors=errors,
         model=(job.model or "").removeprefix("models/") or None,
     )

@@ -140,7 +140,9 @@ class GeminiApi:
             line["gemini"] = {"key": key} if key is not None else {"metadata": metadata}
             lines.append(dumps(line).encode())
         display = batch.get("displayName") or batch.get("display_name") or ""
-        row = self._insert(owner, model, lines, {"displayName": display, "inline": inline})
+        source = "inline" if inline else "file"
+        meta = {"gemini_display_name": str(display), "gemini_source": source}
+        row = self._insert(owner, model, lines, meta)
         return JSONResponse(self.operation(row))
 
     def _file_items(self, name: str, owner: str) -> list[tuple[str | None, Any]] | Response:
@@ -164,7 +166,9 @@ class GeminiApi:
             return _error(400, f"{name}: the file holds no requests.")
         return items
 
-    def _insert(self, owner: str, model: str, lines: list[bytes], meta: dict[str, Any]) -> Row:
+    def _insert(self, owner: str, model: str, lines: list[bytes], meta: dict[str, str]) -> Row:
+        """The batch as the engine's, its Gemini face kept as string metadata (which OpenAI's
+        listing of the same project can show)."""
         state, clock = self.server.state, self.server.clock
         batch_id = "".join(secrets.choice(_ALNUM) for _ in range(24))
         file_id = f"gbatch-{batch_id}"
@@ -274,7 +278,7 @@ class GeminiApi:
         metadata: dict[str, Any] = {
             "@type": _BATCH_TYPE,
             "model": f"models/{row['model']}",
-            "displayName": meta.get("displayName", ""),
+            "displayName": meta.get("gemini_display_name", ""),
             "createTime": rfc3339(row["created_at"]),
             "updateTime": rfc3339(self.server.clock.now()),
             "batchStats": {k: str(v) for k, v in counts.items()},
@@ -285,13 +289,15 @@ class GeminiApi:
         if ended:
             metadata["endTime"] = rfc3339(row[f"{status}_at"])
             output: dict[str, Any]
-            if meta.get("inline"):
+            if meta.get("gemini_source") == "inline":
                 responses = [dict(r) for r in self.responses(row)]
                 output = {"inlinedResponses": {"inlinedResponses": responses}}
             else:
                 output = {"responsesFile": f"files/batch-{row['id']}"}
             metadata["output"] = output
             answer["done"] = True
+            if status == "failed":
+                answer["error"] = self.failure(row)
             answer["response"] = {"@type": _BATCH_TYPE.replace("Batch", "BatchOutput"), **output}
         return answer
 
@@ -325,10 +331,9 @@ class GeminiApi:
         }.get(status)
         inputs = self._inputs(row)
         if not row["admitted"]:
-            errors = json.loads(row["errors_json"] or "[]")
-            message = errors[0]["message"] if errors else "The batch failed. (local server)"
+            failure = unrun or self.failure(row)
             for gemini in inputs:
-                yield {**_label(gemini), "error": unrun or rpc_status(400, message)}
+                yield {**_label(gemini), "error": failure}
             return
         lines = {
             line_no: (state, output)
@@ -341,6 +346,15 @@ class GeminiApi:
                 yield {**_label(gemini), "error": error}
                 continue
             yield {**_label(gemini), **_outcome(output or "")}
+
+    def failure(self, row: Row) -> dict[str, Any]:
+        """Why a batch failed before it ran, as a google.rpc.Status: a full queue is
+        RESOURCE_EXHAUSTED, as Gemini answers it."""
+        errors = json.loads(row["errors_json"] or "[]")
+        first = errors[0] if errors else {}
+        message = str(first.get("message") or "The batch failed. (local server)")
+        full = first.get("code") == "token_limit_exceeded"
+        return rpc_status(429 if full else 400, message)
 
     def _inputs(self, row: Row) -> list[dict[str, Any]]:
         path = self.server.state.file_path(row["input_file_id"])

@@ -92,6 +92,11 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(gemini_error(status, message), status)
 
 
+def _upload_error(status: int, message: str) -> JSONResponse:
+    """An upload step refused for good: the status header stops the SDK's retries of it."""
+    return JSONResponse(gemini_error(status, message), status, {"x-goog-upload-status": "final"})
+
+
 @dataclass
 class _Session:
     owner: str
@@ -129,16 +134,18 @@ class GeminiFiles:
         with self._lock:
             session = self._sessions.get(upload_id)
         if session is None or session.owner != owner_of(request):
-            return _error(404, "No such upload session. Start the upload again.")
+            return _upload_error(404, "No such upload session. Start the upload again.")
         command = request.headers.get("x-goog-upload-command", "")
         offset = request.headers.get("x-goog-upload-offset", "")
         if "upload" not in command or not offset.isdigit() or int(offset) != session.received:
-            return _error(400, f"The upload expects offset {session.received}.")
+            return _upload_error(400, f"The upload expects offset {session.received}.")
         with session.path.open("ab") as out:
             async for chunk in request.stream():
                 session.received += len(chunk)
                 if session.received > session.size:
-                    return _error(400, f"The upload is longer than its {session.size} bytes.")
+                    return _upload_error(
+                        400, f"The upload is longer than its {session.size} bytes."
+                    )
                 out.write(chunk)
         if "finalize" not in command:
             return Response(b"", headers={"x-goog-upload-status": "active"})
@@ -146,7 +153,7 @@ class GeminiFiles:
             self._sessions.pop(upload_id, None)
         if session.received != session.size:
             session.path.unlink(missing_ok=True)
-            return _error(400, f"The upload has {session.received} of {session.size} bytes.")
+            return _upload_error(400, f"The upload has {session.received} of {session.size} bytes.")
         name = "".join(secrets.choice(_ALNUM) for _ in range(12))
         state, now = self.server.state, self.server.clock.now()
         session.path.replace(state.file_path(file_state_id(name)))
