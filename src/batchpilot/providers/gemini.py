@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 from google import genai
 from google.genai import errors, types
 
@@ -60,13 +61,17 @@ class GeminiProvider:
         return self._batches
 
     def realtime(self) -> GeminiRealtime:
+        # Our own httpx client: the SDK would otherwise pick aiohttp when it is installed,
+        # whose errors and warnings differ.
+        http = httpx.AsyncClient(timeout=None)
         options = types.HttpOptions(
             base_url=self._base_url,
             api_version=API_VERSION,
             retry_options=types.HttpRetryOptions(attempts=1),
+            httpx_async_client=http,
         )
         client = genai.Client(api_key=self._api_key, http_options=options)
-        return GeminiRealtime(client, secret=self._api_key)
+        return GeminiRealtime(client, http, secret=self._api_key)
 
     def close(self) -> None:
         self._client.close()
@@ -76,8 +81,11 @@ class GeminiRealtime:
     """The RealtimeAPI over a `genai.Client` it owns (its async side): a body planned for chat
     completions goes out as a generateContent request and comes back as a chat completion."""
 
-    def __init__(self, client: genai.Client, *, secret: str | None) -> None:
+    def __init__(
+        self, client: genai.Client, http: httpx.AsyncClient, *, secret: str | None
+    ) -> None:
         self._client = client
+        self._http = http
         self._secret = secret
 
     async def call(
@@ -135,6 +143,7 @@ class GeminiRealtime:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+        await self._http.aclose()
         self._client.close()
 
     def _redact(self, message: str) -> str:
