@@ -238,6 +238,34 @@ def test_tpm_paces_the_real_time_lane(
     assert all("TPM limit" in json.dumps(row) for row in rows), rows
 
 
+@pytest.mark.parametrize("limit", ["--rpm", "--rpd"])
+def test_request_limits_pace_the_real_time_lane(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer], limit: str
+) -> None:
+    server = fast(local_server_factory)
+    requests = write_requests(tmp_path / "batch.jsonl", 3)
+
+    ended = threading.Event()
+
+    def press_ctrl_c() -> None:  # once the first answer is in; the limit holds the others
+        deadline = time.monotonic() + 120
+        while not server.admin.ledger() and time.monotonic() < deadline and not ended.is_set():
+            time.sleep(0.05)
+        if not ended.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    try:
+        flags = ["--strategy", "realtime", limit, "1"]
+        result = run_file(server, requests, tmp_path / "state", *flags)
+    finally:
+        ended.set()
+    presser.join(timeout=5)
+    assert result.exit_code == 130, result.output
+    assert len(server.admin.ledger()) == 1, "one request a minute (or a day) lets one through"
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
