@@ -119,3 +119,15 @@ def test_the_worst_case_note_appears_only_when_a_line_has_no_max_tokens(tmp_path
     path.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
     uncapped = plan_requests_file(path)
     assert any("no max_tokens is set" in note for note in uncapped.assumptions)
+
+
+def test_limit_flags_override_a_jobs_limits(tmp_path: Path) -> None:
+    job = Path(__file__).resolve().parents[1] / "examples" / "plan" / "job.yaml"
+    plan = plan_json(str(job), "--rpm", "1")
+    assert plan["strategies"]["realtime"]["makespan_s"] == plan["requests"] * 60.0
+    tiered = plan_json(str(job), "--tier", "2")
+    tier = tier_limits("gpt-4o-mini", 2)
+    per_request = (tiered["input_tokens"] + tiered["output_tokens"]["expected"]) / plan["requests"]
+    expected = realtime_seconds(plan["requests"], per_request, tier.rpm, tier.tpm, tier.rpd)
+    assert tiered["strategies"]["realtime"]["makespan_s"] == round(expected, 1)
+    assert expected != realtime_seconds(plan["requests"], per_request, 500, 200_000, 10_000)

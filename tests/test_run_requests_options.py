@@ -8,10 +8,11 @@ file cannot honour it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
-import subprocess
-import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from batchpilot.cli import cli
-from batchpilot.run import run_requests_file
+from batchpilot.run import open_store, run_requests_file
 from batchpilot.server import LocalServer
-from test_cli_run import wait_for_submission
 
 from helpers import client_for
 
@@ -59,6 +59,22 @@ def lanes(server: LocalServer) -> tuple[list[str], list[str]]:
     batch = sorted(row["custom_id"] for row in ledger if row["batch_id"])
     realtime = sorted(row["custom_id"] for row in ledger if not row["batch_id"])
     return batch, realtime
+
+
+def wait_for_submission(state: Path) -> None:
+    """Until the run's first batch is submitted."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (state / "batchpilot.sqlite3").exists():
+            store = open_store(state)
+            try:
+                runs = store.runs()
+                if runs and store.batches(runs[0].id, ["submitted"]):
+                    return
+            finally:
+                store.close()
+        time.sleep(0.1)
+    raise AssertionError("no batch was submitted")
 
 
 def fast(factory: Callable[..., LocalServer], **options: Any) -> LocalServer:
@@ -141,19 +157,17 @@ def test_cancel_on_exit_cancels_the_remote_batches_at_ctrl_c(
 ) -> None:
     server = local_server_factory(time_scale=1.0, validation_delay_s=3600)
     requests, state = write_requests(tmp_path / "batch.jsonl", 3), tmp_path / "state"
-    command = [sys.executable, "-m", "batchpilot", "run", "--requests", str(requests)]
-    command += ["--provider", "compatible", "--base-url", server.base_url, "--state", str(state)]
-    command += ["--quiet", "--poll-interval", "0.05", "--cancel-on-exit"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
+
+    def press_ctrl_c() -> None:  # once the run (in this, the main thread) has submitted
         wait_for_submission(state)
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, output
-    assert b"1 submitted batch cancelled remotely" in output, output
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    result = run_file(server, requests, state, "--cancel-on-exit")
+    presser.join(timeout=5)
+    assert result.exit_code == 130, result.output
+    assert "1 submitted batch cancelled remotely" in result.output, result.output
     assert {b.status for b in client_for(server).batches.list()} <= {"cancelling", "cancelled"}
 
 
@@ -222,6 +236,34 @@ def test_tpm_paces_the_real_time_lane(
     assert accepted.exit_code == 0, accepted.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all("TPM limit" in json.dumps(row) for row in rows), rows
+
+
+@pytest.mark.parametrize("limit", ["--rpm", "--rpd"])
+def test_request_limits_pace_the_real_time_lane(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer], limit: str
+) -> None:
+    server = fast(local_server_factory)
+    requests = write_requests(tmp_path / "batch.jsonl", 3)
+
+    ended = threading.Event()
+
+    def press_ctrl_c() -> None:  # once the first answer is in; the limit holds the others
+        deadline = time.monotonic() + 120
+        while not server.admin.ledger() and time.monotonic() < deadline and not ended.is_set():
+            time.sleep(0.05)
+        if not ended.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    try:
+        flags = ["--strategy", "realtime", limit, "1"]
+        result = run_file(server, requests, tmp_path / "state", *flags)
+    finally:
+        ended.set()
+    presser.join(timeout=5)
+    assert result.exit_code == 130, result.output
+    assert len(server.admin.ledger()) == 1, "one request a minute (or a day) lets one through"
 
 
 @pytest.mark.parametrize(
