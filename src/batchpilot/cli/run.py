@@ -20,7 +20,7 @@ from batchpilot.run.identity import job_of
 from batchpilot.run.lookup import find_state_dir
 from batchpilot.run.outcome import failed_requests
 from batchpilot.run.progress import last_stop
-from batchpilot.run.requests_file import run_requests_file
+from batchpilot.run.requests_file import STRATEGIES, run_requests_file
 from batchpilot.run.tables import batch_table, status_table
 from batchpilot.run.workspace import find_run, has_store, store_at
 from batchpilot.spec import JobSpec, LimitsSpec, RealtimeSpec, load_job
@@ -113,7 +113,7 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
 @click.option("--output", "output_path", help="Override the output path (env BATCHPILOT_OUTPUT).")
 @click.option(
     "--strategy",
-    type=click.Choice(["batch", "realtime", "flex", "hybrid"]),
+    type=click.Choice(STRATEGIES),
     help="Batch API, real-time API, its flex tier (batch prices, slower), or batches and "
     "real time to finish soonest within the budget.",
 )
