@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from batchpilot.errors import UserInputError
@@ -221,3 +222,21 @@ def test_a_shared_long_prompt_is_cached_and_billed_at_the_cached_rate_in_every_l
             assert cost == pytest.approx(expected)
         # the first request of each lane pays its whole prompt; the others find it cached
         assert sorted(cached)[0] == 0 and all(hit >= 1024 for hit in sorted(cached)[1:])
+
+
+def test_the_server_refuses_what_a_reasoning_model_refuses(
+    local_server_factory: ServerFactory,
+) -> None:
+    client = client_for(local_server_factory())
+    messages: Any = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="o4-mini", messages=messages, max_tokens=20)
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "max_tokens")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="gpt-5-mini", messages=messages, temperature=0.2)
+    assert (refused.value.code, refused.value.param) == ("unsupported_value", "temperature")
+    # the default temperature is accepted, and other models take both
+    client.chat.completions.create(model="o4-mini", messages=messages, temperature=1)
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=messages, max_tokens=5, temperature=0.2
+    )

@@ -80,7 +80,10 @@ class SyntheticResponder:
         if limit is None:
             limit = _optional_int(body, "max_tokens")
         # a reasoning model thinks first; its reasoning tokens count in the limit and in usage
-        thinking = thinking_tokens(body.get("reasoning_effort")) if is_reasoning_model(model) else 0
+        reasoning = is_reasoning_model(model)
+        if reasoning:
+            _check_reasoning_params(body)
+        thinking = thinking_tokens(body.get("reasoning_effort")) if reasoning else 0
         if limit is not None:
             thinking = min(thinking, limit)
             limit -= thinking
@@ -306,6 +309,25 @@ def _last_user_text(messages: list[Any]) -> str:
         parts = [p.get("text") for p in content if isinstance(p, dict)]
         return " ".join(p for p in parts if isinstance(p, str))
     return ""
+
+
+def _check_reasoning_params(body: JSON) -> None:
+    """What a reasoning model refuses, refused as the API words it."""
+    if body.get("max_tokens") is not None:
+        raise ResponderError(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+            "'max_completion_tokens' instead.",
+            param="max_tokens",
+            code="unsupported_parameter",
+        )
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise ResponderError(
+            f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+            "Only the default (1) value is supported.",
+            param="temperature",
+            code="unsupported_value",
+        )
 
 
 def _truncate(content: str, limit: int, model: str) -> tuple[str, int]:
