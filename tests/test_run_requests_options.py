@@ -98,6 +98,33 @@ def test_strategy_realtime_runs_every_request_in_real_time(
     assert batch == [] and realtime == [f"q{i:02d}" for i in range(6)]
 
 
+def test_strategy_flex_runs_every_request_at_the_flex_tier(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = fast(local_server_factory)
+    requests = write_requests(tmp_path / "batch.jsonl", 4)
+    args = ["run", "--requests", str(requests), "--provider", "openai"]
+    args += ["--base-url", server.base_url, "--state", str(tmp_path / "state"), "--quiet"]
+    args += ["--poll-interval", "0.02", "--strategy", "flex", "--json"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    ledger = server.admin.ledger()
+    assert sorted(row["custom_id"] for row in ledger) == [f"q{i:02d}" for i in range(4)]
+    assert {row["service_tier"] for row in ledger} == {"flex"}
+    assert not any(row["batch_id"] for row in ledger)
+
+
+def test_strategy_flex_is_refused_for_a_provider_without_the_tier(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = fast(local_server_factory)
+    requests = write_requests(tmp_path / "batch.jsonl", 2)
+    result = run_file(server, requests, tmp_path / "state", "--strategy", "flex")
+    assert result.exit_code == 2, result.output
+    assert "flex" in result.output
+    assert server.admin.ledger() == []
+
+
 def test_strategy_of_the_python_api_is_checked_before_anything_is_planned(tmp_path: Path) -> None:
     from batchpilot.errors import UserInputError
 

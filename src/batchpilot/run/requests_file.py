@@ -21,6 +21,7 @@ from batchpilot.plan import plan_requests_file
 from batchpilot.plan.job import main_model
 from batchpilot.pricing import prices_for, tier_limits
 from batchpilot.providers import Provider
+from batchpilot.providers.base import FLEX, STANDARD
 from batchpilot.run.display import shown_progress
 from batchpilot.run.identity import requests_identity
 from batchpilot.run.one import RunResult, open_runner
@@ -93,6 +94,9 @@ def run_requests_file(
 
             provider = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
             held.callback(provider.close)
+        problem = provider.capabilities.check(strategy, provider.name)
+        if problem is not None:
+            raise UserInputError(problem)
         record = store.run(run_id)
         if record is None:
             record = RunRecord(
@@ -133,6 +137,8 @@ def run_requests_file(
             cancel_on_exit=cancel_on_exit,
         )
         settings = _lanes(settings, store, record, strategy, deadline, tier, realtime, local)
+        if strategy == "hybrid" and not provider.capabilities.flex:
+            settings = replace(settings, tier=STANDARD)
         with open_runner(store, run_id, state_dir, provider, settings, report, not fresh) as runner:
             status = runner.run()
         written = None
@@ -159,12 +165,23 @@ def _lanes(
     realtime: RealtimeSpec | None,
     local: bool,
 ) -> RunSettings:
-    """The strategy, the deadline counted from the run's start, and the real-time limits: those
-    given, else the tier table's for the model most of the file's requests name."""
+    """The strategy, the deadline counted from the run's start, the real-time limits (those
+    given, else the tier table's for the model most of the file's requests name) and the
+    real-time lane's tier: flex for the flex strategy, and for the hybrid where that model has
+    the flex tier."""
     given = realtime or RealtimeSpec()
     started = datetime.fromisoformat(record.created_at_utc.replace("Z", "+00:00"))
     totals = {name: count for name, (count, _) in store.planned_totals(record.id).items()}
-    known = tier_limits(main_model(totals), tier) if totals and not local else None
+    main = main_model(totals) if totals else None
+    known = tier_limits(main, tier) if main and not local else None
+    prices = settings.prices
+    flex = strategy == "flex" or (
+        strategy == "hybrid"
+        and main is not None
+        and prices is not None
+        and prices.has(main)
+        and prices.price(main).flex
+    )
     return replace(
         settings,
         strategy=strategy,
@@ -176,4 +193,5 @@ def _lanes(
         ),
         concurrency=given.concurrency,
         realtime_timeout_s=given.timeout,
+        tier=FLEX if flex and not local else STANDARD,
     )
