@@ -26,12 +26,17 @@ import batchpilot
 from batchpilot import Task, TaskRequest, TaskResult
 from batchpilot.cli import cli
 from batchpilot.formatting import usd
+from batchpilot.providers.base import RemoteBatch, RemoteStatus
 from batchpilot.run import RunStatus, run_job
+from batchpilot.run.adopt import record_submitted
 from batchpilot.run.changes import changes
 from batchpilot.run.display import RunProgress
+from batchpilot.run.status import run_status
 from batchpilot.run.workspace import store_at
 from batchpilot.server import LocalServer
 from batchpilot.spec import JobSpec, job_from_dict
+from batchpilot.store import BatchState
+from test_realtime_lane import EP, RUN, chat, make_store
 
 FROZEN = 1e-9  # a time scale at which the server's clock moves only when the test advances it
 BAR_WIDTH = 160
@@ -349,3 +354,17 @@ def test_ctrl_c_is_acknowledged_at_once_with_what_happens_next(
         rest.append(lines.get())
     stopped = re.compile(r"\d\d:\d\d:\d\d stopped: 2/2 done, 0 failed, \$[\d.]+ spent\n")
     assert any(stopped.fullmatch(line) for line in rest), "the answers on the wire came in"
+
+
+def test_an_adopted_batch_keeps_the_counts_the_provider_gave(tmp_path: Path) -> None:
+    store, _ = make_store(tmp_path, [chat(i) for i in range(6)])
+    batch_id = store.create_batch(RUN, store.pending(RUN, 6), size=1, file_name_prefix="b")
+    for state in (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING):
+        store.move_batch(RUN, batch_id, state)
+    remote = RemoteBatch("batch_x", RemoteStatus.IN_PROGRESS, EP, completed=3, failed=1)
+    record_submitted(store, RUN, store.batch(RUN, batch_id), remote)
+    status = run_status(store, RUN)
+    store.close()
+    assert status.in_batches_done == 4 and status.phase == "in progress"
+    (batch,) = status.batch_records
+    assert (batch.completed, batch.failed, batch.remote_status) == (3, 1, "in_progress")

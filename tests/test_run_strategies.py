@@ -202,7 +202,7 @@ def test_the_lane_answers_while_the_runner_is_busy_with_batches(
     tmp_path: Path, local_server_factory: Callable[..., LocalServer]
 ) -> None:
     # batches take 2 s; the runner's thread is held for 1 s by the progress callback while
-    # one is live: the real-time lane, in its own thread, goes on answering meanwhile
+    # one is live and the lane runs: the real-time lane, in its own thread, goes on answering
     server = local_server_factory(time_scale=10, validation_delay_s=20, finalizing_delay_s=0)
     job = job_for(
         tmp_path,
@@ -216,7 +216,7 @@ def test_the_lane_answers_while_the_runner_is_busy_with_batches(
     during: list[tuple[int, int]] = []
 
     def busy(status: RunStatus) -> None:
-        if not during and status.batches.get("submitted"):
+        if not during and status.batches.get("submitted") and status.realtime_lane:
             before = sum(lanes(server)[1].values())
             time.sleep(1.0)
             during.append((before, sum(lanes(server)[1].values())))

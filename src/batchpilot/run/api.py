@@ -49,7 +49,8 @@ def run_job(
     `provider` the provider its job names (and is left open). `response_model` is the pydantic
     model the job's schema file was written from, whose own validators answers must pass.
     `progress` shows the run's progress on stderr (None: only when stderr is a terminal);
-    `on_progress` is given the run's status after every round, and at its end.
+    `on_progress` is given the run's status after every round and each step within one
+    (an upload, a batch submitted, a collection), and at its end.
     """
     with shown_progress(progress, on_progress) as report:
         if job.steps is not None:

@@ -24,7 +24,8 @@ class RunConfig:
     and whether the cross-run cache may answer; built once, read by every part of the run.
 
     `target` (target mode) counts valid answers: once it is met, nothing more is sent and live
-    batches are cancelled. `on_progress` is given the run's status after every round."""
+    batches are cancelled. `on_progress` is given the run's status after every round, within a
+    round before an upload or a collection and once a batch is submitted, and at the end."""
 
     run_id: str
     settings: RunSettings

@@ -57,9 +57,10 @@ class RunStatus:
 
     @property
     def phase(self) -> str:
-        """What the run is doing now, in a word or two: the stage of its furthest work that
-        is under way (collecting, in progress, finalizing, validating, uploading), else
-        waiting (for queue room, money or a retry), or how it ended."""
+        """What the run is doing now, in a word or two: of the stages under way, the first of
+        collecting, in progress (a batch's or the real-time lane's), finalizing, validating,
+        cancelling, uploading; else waiting (for queue room, money or a retry); or how the
+        run ended."""
         if self.status != RunState.RUNNING:
             return self.status
         remote = self.remote
