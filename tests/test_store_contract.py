@@ -1044,6 +1044,7 @@ def test_only_runs_with_work_a_worker_can_do_are_claimed(store: Store) -> None:
     make_run(store, "run-2")
     claim = store.claim_run("w", 30, ["run-2"])
     assert claim is not None and claim.run.id == "run-2"
+    assert store.claim_run("w", 30, skip=[RUN]) is None
     claim = store.claim_run("w", 30)
     assert claim is not None and claim.run.id == RUN
     assert store.claim_run("w", 30) is None

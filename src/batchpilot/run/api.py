@@ -18,6 +18,8 @@ from batchpilot.plan import plan_requests_file
 from batchpilot.pricing import prices_for
 from batchpilot.providers import Provider, openai_provider
 from batchpilot.run.identity import job_of, requests_identity
+from batchpilot.run.lease import RunLease
+from batchpilot.run.limits import account_of_parts
 from batchpilot.run.one import RunResult, open_runner, run_one
 from batchpilot.run.pipeline import run_pipeline
 from batchpilot.run.settings import limit_settings
@@ -101,7 +103,7 @@ def run_requests_file(
         raise UserInputError(f"{path}: no such file")
     run_id, spec = requests_identity(path, kind=kind, model=model, base_url=base_url)
     with ExitStack() as held:
-        held.enter_context(run_lock(state_dir, run_id))
+        taken = held.enter_context(run_lock(state_dir, run_id))
         store = held.enter_context(store_at(state_dir))
         if provider is None:
             provider = openai_provider(base_url=base_url, kind=kind)  # type: ignore[arg-type]
@@ -136,7 +138,17 @@ def run_requests_file(
             detach=detach,
             cancel_on_exit=False,
         )
-        with open_runner(store, run_id, state_dir, provider, settings, on_progress, True) as runner:
+        with open_runner(
+            store,
+            run_id,
+            state_dir,
+            provider,
+            settings,
+            on_progress,
+            True,
+            account=account_of_parts(kind, base_url, None),
+            fence=taken.fence if isinstance(taken, RunLease) else None,
+        ) as runner:
             status = runner.run()
     return RunResult(run_id, status)
 

@@ -294,12 +294,16 @@ class Store(Protocol):
     # many workers: leases on runs ------------------------------------------------------------
 
     def claim_run(
-        self, worker_id: str, ttl_s: float, run_ids: Sequence[str] | None = None
+        self,
+        worker_id: str,
+        ttl_s: float,
+        run_ids: Sequence[str] | None = None,
+        skip: Sequence[str] = (),
     ) -> Claim | None:
         """A run with work left (planned, or left running) of a kind a worker drives, that no
-        live lease holds (among `run_ids` when given), leased to `worker_id` for `ttl_s`
-        seconds; None when there is none. Two workers never claim the same run (PostgreSQL:
-        `FOR UPDATE SKIP LOCKED`)."""
+        live lease holds (among `run_ids` when given, never one of `skip`), leased to
+        `worker_id` for `ttl_s` seconds; None when there is none. Two workers never claim the
+        same run (PostgreSQL: `FOR UPDATE SKIP LOCKED`)."""
         ...
 
     def take_run(self, run_id: str, worker_id: str, ttl_s: float) -> str | None:

@@ -48,17 +48,27 @@ class SharedMixin:
     # leases ---------------------------------------------------------------------------------
 
     def claim_run(
-        self, worker_id: str, ttl_s: float, run_ids: Sequence[str] | None = None
+        self,
+        worker_id: str,
+        ttl_s: float,
+        run_ids: Sequence[str] | None = None,
+        skip: Sequence[str] = (),
     ) -> Claim | None:
         with self._tx() as db:
             only = "" if run_ids is None else " AND r.id = ANY(%(ids)s)"
+            only += " AND NOT r.id = ANY(%(skip)s)" if skip else ""
             row = db.execute(
                 f"SELECT {_RUN_COLUMNS}, l.worker_id FROM runs r "
                 "LEFT JOIN run_leases l ON l.run_id = r.id "
                 "WHERE r.status = ANY(%(states)s) AND r.kind = ANY(%(kinds)s) "
                 f"AND (l.run_id IS NULL OR l.expires_at < clock_timestamp()){only} "
                 "ORDER BY r.created_at_utc, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED".encode(),
-                {"states": _STATES, "kinds": _KINDS, "ids": list(run_ids or [])},
+                {
+                    "states": _STATES,
+                    "kinds": _KINDS,
+                    "ids": list(run_ids or []),
+                    "skip": list(skip),
+                },
             ).fetchone()
             if row is None:
                 return None

@@ -55,17 +55,22 @@ class SharedMixin:
     # leases ---------------------------------------------------------------------------------
 
     def claim_run(
-        self, worker_id: str, ttl_s: float, run_ids: Sequence[str] | None = None
+        self,
+        worker_id: str,
+        ttl_s: float,
+        run_ids: Sequence[str] | None = None,
+        skip: Sequence[str] = (),
     ) -> Claim | None:
         with self._tx() as db:
             only = "" if run_ids is None else f" AND r.id IN ({_marks(run_ids)})"
+            only += f" AND r.id NOT IN ({_marks(skip)})" if skip else ""
             row = db.execute(
                 f"SELECT {_RUN_COLUMNS}, l.worker_id FROM runs r "
                 "LEFT JOIN run_leases l ON l.run_id = r.id "
                 f"WHERE r.status IN ({_marks(_STATES)}) AND r.kind IN ({_marks(_KINDS)}) "
                 f"AND (l.run_id IS NULL OR l.expires_at < ?){only} "
                 "ORDER BY r.created_at_utc, r.id LIMIT 1",
-                (*_STATES, *_KINDS, time.time(), *(run_ids or [])),
+                (*_STATES, *_KINDS, time.time(), *(run_ids or []), *skip),
             ).fetchone()
             if row is None:
                 return None
