@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from batchpilot import load_job, run_job
@@ -34,10 +33,8 @@ from batchpilot.server import LocalServer
 from batchpilot.store import RunRecord, SQLiteStore, utc_now
 from batchpilot.store.opening import STORE_ENV, open_store
 from test_cli_run import write_job as cli_job
-from test_crash import comparable, remote_tags, write_job
+from test_crash import comparable, remote_tags, start_server, write_job
 from test_store_contract import postgres_url
-
-from helpers import serve_process
 
 
 def _env(store: str | None) -> dict[str, str]:
@@ -98,24 +95,7 @@ def check_postgres_ledger(base_url: str, store_url: str, state: Path) -> None:
     assert any("takes the run over" in m for m in events), events
 
 
-FAULTS = {
-    "seed": 3,
-    "faults": [
-        {"kind": "line_error", "status": 429, "rate": 0.15},
-        {"kind": "not_found_after_create", "calls": 1},
-    ],
-}
-
-
-def fast_server(directory: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
-    faults = directory / "faults.yaml"
-    faults.write_text(yaml.safe_dump(FAULTS))
-    process, root = serve_process(
-        directory,
-        *("--faults", str(faults), "--time-scale", "40", "--validation-delay", "0"),
-        *("--finalizing-delay", "0", *flags),
-    )
-    return process, f"{root}/v1"
+WAVES = {"requests_per_batch": 5, "queue_tokens": 225, "max_attempts": 5}
 
 
 def run_process(job: Path, state: Path, store: str | None) -> subprocess.Popen[bytes]:
@@ -154,9 +134,10 @@ def test_workers_killed_at_random_end_the_run_as_one_process_does(tmp_path: Path
 
     try:
         for directory in (reference, shared):
-            server, url = fast_server(directory)
+            server, url = start_server(directory)
             servers.append(server)
-            write_job(directory, url)
+            # waves of three batches in the queue: the run lasts long enough to be killed often
+            write_job(directory, url, limits=WAVES)
         # the single process (SQLite) runs beside the shared run, on a server of its own
         alone = start(run_process(reference / "job.yaml", reference / "state", None))
         # `run` plans the job and works on it like a worker; three workers wait to take over
@@ -168,7 +149,7 @@ def test_workers_killed_at_random_end_the_run_as_one_process_does(tmp_path: Path
             time.sleep(0.05)
         kills = 0
         while kills < 5:
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.5, 2.5))
             pid = holder_pid(store_url, shared / "state")
             alive = [p for p in [first, *pool] if p.poll() is None]
             victim = next((p for p in alive if p.pid == pid), None)
@@ -364,3 +345,40 @@ def test_two_jobs_filling_one_queue_share_the_accounts_limit(
     assert invoke("limits", "--state", str(tmp_path / "state"), *limit).exit_code == 0
     shared = _two_jobs_at_once(tmp_path, server.base_url, "shared")
     assert shared == [[], []], "a batch was refused for the enqueued-token limit"
+
+
+def test_real_time_requests_wait_for_the_accounts_shared_rate(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer]
+) -> None:
+    server = local_server_factory(time_scale=500)
+    state = tmp_path / "state"
+    account = ("--account", f"compatible@{server.base_url}", "--model", "gpt-4o-mini")
+    assert invoke("limits", "--state", str(state), *account, "--rpm", "2").exit_code == 0
+    job = cli_job(tmp_path, server.base_url, rows=5, strategy="realtime")
+    done: list[int] = []
+    thread = threading.Thread(
+        target=lambda: done.append(
+            run_job(load_job(job), state_dir=state, poll_interval=0.02).status.done
+        )
+    )
+    thread.start()
+    store = open_store(state, {})
+    try:
+
+        def answered() -> int:
+            runs = store.runs()
+            return store.request_counts(runs[0].id)["succeeded"] if runs else 0
+
+        deadline = time.monotonic() + 60
+        while answered() < 2:
+            assert time.monotonic() < deadline, "the first two requests never went"
+            time.sleep(0.02)
+        held_until = time.monotonic() + 1.5
+        while time.monotonic() < held_until:
+            assert answered() == 2, "a third request went past the shared limit of 2 a minute"
+            time.sleep(0.05)
+        assert invoke("limits", "--state", str(state), *account, "--rpm", "0").exit_code == 0
+        thread.join(timeout=60)
+        assert done == [5]
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def open_runner(
             retry=settings.retry,
             budget_usd=settings.budget_usd,
             check=check,
+            shared_rate=None if account is None else partial(store.take_rate, account),
         )
         lane.recall_day()
     runner = Runner(store, provider, config, lane)
