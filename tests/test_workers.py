@@ -30,7 +30,7 @@ from batchpilot import load_job, run_job
 from batchpilot.cli import cli
 from batchpilot.run.lease import LeaseLost, RunLease
 from batchpilot.server import LocalServer
-from batchpilot.store import RunRecord, SQLiteStore, utc_now
+from batchpilot.store import RunRecord, SQLiteStore, Store, utc_now
 from batchpilot.store.opening import STORE_ENV, open_store
 from test_cli_run import write_job as cli_job
 from test_crash import comparable, remote_tags, start_server, write_job
@@ -59,16 +59,12 @@ def export(state: Path, out: Path, store: str | None) -> None:
     assert done.returncode == 0, done.stderr.decode()
 
 
-def holder_pid(store_url: str, state: Path) -> int | None:
+def holder_pid(store: Store) -> int | None:
     """The pid of the worker whose lease holds the (one) run, if one does; 0 once it ended."""
-    store = open_store(state, {STORE_ENV: store_url})
-    try:
-        runs = store.runs()
-        if runs and runs[0].status == "finished":
-            return 0
-        lease = store.lease_of(runs[0].id) if runs else None
-    finally:
-        store.close()
+    runs = store.runs()
+    if runs and runs[0].status == "finished":
+        return 0
+    lease = store.lease_of(runs[0].id) if runs else None
     return None if lease is None or lease[1] < 0 else int(lease[0].split(":")[1])
 
 
@@ -113,6 +109,7 @@ def run_process(job: Path, state: Path, store: str | None) -> subprocess.Popen[b
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_workers_killed_at_random_end_the_run_as_one_process_does(tmp_path: Path) -> None:
     store_url = postgres_url(tmp_path)
     rng = random.Random(int(os.environ.get("BATCHPILOT_CRASH_SEED", "7")))
@@ -121,6 +118,7 @@ def test_workers_killed_at_random_end_the_run_as_one_process_does(tmp_path: Path
     shared.mkdir()
     servers: list[subprocess.Popen[bytes]] = []
     processes: list[subprocess.Popen[bytes]] = []
+    opened: list[Store] = []
 
     def start(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         processes.append(process)
@@ -145,12 +143,14 @@ def test_workers_killed_at_random_end_the_run_as_one_process_does(tmp_path: Path
         # `run` plans the job and works on it like a worker; three workers wait to take over
         first = start(run_process(shared / "job.yaml", shared / "state", store_url))
         pool = [start_worker() for _ in range(3)]
+        watch = open_store(shared / "state", {STORE_ENV: store_url})
+        opened.append(watch)
         deadline = time.monotonic() + 300
-        while holder_pid(store_url, shared / "state") is None:
+        while holder_pid(watch) is None:
             assert time.monotonic() < deadline and first.poll() is None, "the run never started"
             time.sleep(0.05)
         kills = 0
-        while (pid := holder_pid(store_url, shared / "state")) != 0:
+        while (pid := holder_pid(watch)) != 0:
             assert time.monotonic() < deadline + 300, "the run never finished"
             alive = [p for p in [first, *pool] if p.poll() is None]
             victim = next((p for p in alive if p.pid == pid), None)
@@ -180,6 +180,10 @@ def test_workers_killed_at_random_end_the_run_as_one_process_does(tmp_path: Path
             if process.poll() is None:
                 process.kill()
                 process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+        for store in opened:
+            store.close()
         for server in servers:
             server.terminate()
             server.wait(timeout=30)
