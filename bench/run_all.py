@@ -19,6 +19,7 @@ HERE = Path(__file__).parent
 
 # Each benchmark's arguments for a short run; a new benchmark must add its own.
 SHORT: dict[str, list[str]] = {
+    "claims.py": ["--runs", "4", "--requests", "100"],
     "hybrid_movies.py": ["--scale", "4000", "--time-scale", "36000"],
     "import_time.py": ["--rounds", "1", "--no-warm-up"],
     "plan_movies.py": ["--rows", "100", "--memory-rows", "50"],

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from batchpilot.store import (
     Outcome,
     PendingRequest,
     RequestState,
+    RunKind,
     RunRecord,
     RunState,
     SQLiteStore,
@@ -38,6 +40,7 @@ from batchpilot.store import (
     utc_now,
 )
 from batchpilot.store.records import AnswerFilter
+from batchpilot.store.shared import Claim, OrgLimit, rate_wait
 from batchpilot.store.states import BATCH_MOVES, REQUEST_MOVES, RUN_MOVES, check_move
 
 StoreFactory = Callable[[Path], Store]
@@ -978,3 +981,177 @@ def test_pages_of_answers_filter_by_state_reason_lane_and_text(
     ]
     assert [row.row_id for row in store.answers("run", AnswerFilter(row=7), 0, 5)] == ["row-7"]
     assert store.answers("run", AnswerFilter(row=30), 0, 5) == []
+
+
+# many workers: leases on runs -----------------------------------------------------------------
+
+
+def _claim_until(store: Store, worker: str, ttl_s: float = 30.0) -> Claim:
+    """Claim once the other worker's short lease has run out (polled, never a fixed sleep)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        claim = store.claim_run(worker, ttl_s)
+        if claim is not None:
+            return claim
+        time.sleep(0.01)
+    raise AssertionError("the run was never free to claim")
+
+
+def test_a_run_is_claimed_by_one_worker_until_its_lease_is_given_back(
+    factory: Callable[[], Store],
+) -> None:
+    first, second = factory(), factory()
+    make_run(first)
+    claim = first.claim_run("w1", 30)
+    assert claim is not None and claim.run.id == RUN and claim.previous is None
+    assert second.claim_run("w2", 30) is None
+    assert second.take_run(RUN, "w2", 30) == "w1"
+    assert first.take_run(RUN, "w1", 30) is None  # its own lease: taken again
+    holder = second.lease_of(RUN)
+    assert holder is not None and holder[0] == "w1" and 0 < holder[1] <= 30
+    second.release_run(RUN, "w2")  # not its lease: nothing changes
+    assert second.claim_run("w2", 30) is None
+    first.release_run(RUN, "w1")
+    assert first.lease_of(RUN) is None
+    again = second.claim_run("w2", 30)
+    assert again is not None and again.previous is None
+
+
+def test_a_lease_that_runs_out_is_claimed_by_another_worker_and_cannot_be_renewed(
+    factory: Callable[[], Store],
+) -> None:
+    first, second = factory(), factory()
+    make_run(first)
+    assert first.claim_run("w1", 0.2) is not None
+    assert first.renew_lease(RUN, "w1", 0.2)
+    claim = _claim_until(second, "w2")
+    assert claim.run.id == RUN and claim.previous == "w1"
+    assert not first.renew_lease(RUN, "w1", 30)
+    assert second.renew_lease(RUN, "w2", 30)
+    assert first.take_run(RUN, "w1", 30) == "w2"
+
+
+def test_only_runs_with_work_a_worker_can_do_are_claimed(store: Store) -> None:
+    make_run(store, "run-done")
+    store.move_run("run-done", U.RUNNING)
+    store.move_run("run-done", U.FINISHED)
+    make_run(store, "run-stopped")
+    store.move_run("run-stopped", U.RUNNING)
+    store.move_run("run-stopped", U.STOPPED)
+    task = RunRecord("run-task", "t", "{}", "openai", EP, "planned", None, utc_now())
+    store.create_task(dataclasses.replace(task, kind=RunKind.TASK), "{}")
+    assert store.claim_run("w", 30, ["run-done", "run-stopped", "run-task"]) is None
+    make_run(store, "run-2")
+    claim = store.claim_run("w", 30, ["run-2"])
+    assert claim is not None and claim.run.id == "run-2"
+    assert store.claim_run("w", 30, skip=[RUN]) is None
+    claim = store.claim_run("w", 30)
+    assert claim is not None and claim.run.id == RUN
+    assert store.claim_run("w", 30) is None
+
+
+def test_workers_claiming_at_once_each_get_a_run_of_their_own(
+    factory: Callable[[], Store],
+) -> None:
+    setup = factory()
+    for i in range(6):
+        make_run(setup, f"run-{i}")
+    stores = [factory() for _ in range(6)]
+    got: list[str] = []
+    start = threading.Barrier(len(stores))
+
+    def work(store: Store, worker: str) -> None:
+        start.wait()
+        while (claim := store.claim_run(worker, 30)) is not None:
+            got.append(claim.run.id)
+
+    threads = [threading.Thread(target=work, args=(s, f"w{i}")) for i, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(got) == [f"run-{i}" for i in range(6)]
+
+
+# one organisation's limits ------------------------------------------------------------------
+
+ACCOUNT = "openai@http://127.0.0.1/v1"
+
+
+def test_the_queue_limit_counts_every_runs_queued_batches_until_they_leave(store: Store) -> None:
+    requests = plan(store, 4)
+    assert store.queue_left(ACCOUNT, "m") is None  # no limit set
+    store.set_limits(ACCOUNT, "m", queue_tokens=100, rpm=None, tpm=None)
+    assert store.queue_left(ACCOUNT, "m") == 100
+    with store.tx():
+        first = store.create_batch(RUN, requests[:2], size=10, file_name_prefix="b")
+        store.hold_queue(ACCOUNT, "m", RUN, first, 30)
+    make_run(store, "run-2")
+    other = plan(store, 1, run_id="run-2", hashes="x")
+    with store.tx():
+        second = store.create_batch("run-2", other, size=10, file_name_prefix="b")
+        store.hold_queue(ACCOUNT, "m", "run-2", second, 50)
+    assert store.queue_left(ACCOUNT, "m") == 20
+    assert store.queue_left(ACCOUNT, "other-model") is None
+    (row,) = store.limits()
+    assert row == OrgLimit(ACCOUNT, "m", 100, None, None, 80)
+    for step in shortest_paths(BATCH_MOVES, B.PLANNED)[B.SUBMITTED]:
+        store.move_batch(RUN, first, step)
+    assert store.queue_left(ACCOUNT, "m") == 20
+    store.finish_batch(RUN, first, [Outcome(r.id, R.SUCCEEDED, "{}") for r in requests[:2]])
+    assert store.queue_left(ACCOUNT, "m") == 50
+    store.move_batch("run-2", second, B.ABANDONED)
+    assert store.queue_left(ACCOUNT, "m") == 100
+    store.set_limits(ACCOUNT, "m", queue_tokens=None, rpm=None, tpm=None)
+    assert store.limits() == []
+
+
+def test_workers_reserving_at_once_never_hold_more_than_the_queue_limit(
+    factory: Callable[[], Store],
+) -> None:
+    setup = factory()
+    make_run(setup)
+    plan(setup, 40)
+    setup.set_limits(ACCOUNT, "m", queue_tokens=100, rpm=None, tpm=None)
+    stores = [factory() for _ in range(4)]
+    start = threading.Barrier(len(stores))
+
+    def work(store: Store) -> None:
+        start.wait()
+        for _ in range(10):
+            with store.tx():
+                left = store.queue_left(ACCOUNT, "m")
+                assert left is not None
+                pending = store.pending(RUN, 1)
+                if left < 15 or not pending:
+                    continue
+                batch_id = store.create_batch(RUN, pending, size=1, file_name_prefix="b")
+                store.hold_queue(ACCOUNT, "m", RUN, batch_id, 15)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (row,) = setup.limits()
+    assert row.queued_tokens == 90 == 15 * len(setup.batches(RUN))
+
+
+def test_real_time_requests_are_reserved_under_the_accounts_rates(store: Store) -> None:
+    assert store.take_rate(ACCOUNT, "m", 10) == 0  # no limit set
+    store.set_limits(ACCOUNT, "m", queue_tokens=None, rpm=2, tpm=1000)
+    assert store.take_rate(ACCOUNT, "m", 10) == 0
+    assert store.take_rate(ACCOUNT, "m", 10) == 0
+    wait = store.take_rate(ACCOUNT, "m", 10)
+    assert 50 < wait <= 60
+    store.set_limits(ACCOUNT, "m", queue_tokens=None, rpm=None, tpm=25)
+    assert 50 < store.take_rate(ACCOUNT, "m", 10) <= 60  # 20 of 25 tokens used this minute
+    assert store.take_rate(ACCOUNT, "m", 5) == 0
+
+
+def test_rate_wait_is_the_time_until_enough_of_the_window_has_left() -> None:
+    assert rate_wait([], 10, 1, 10) == 0
+    assert rate_wait([(5.0, 1), (9.0, 1)], 1, 2, None) == 5.0
+    assert rate_wait([(5.0, 1), (9.0, 1)], 1, 3, None) == 0
+    assert rate_wait([(5.0, 6), (9.0, 3)], 4, None, 10) == 5.0
+    assert rate_wait([(5.0, 6), (9.0, 3)], 8, None, 10) == 9.0

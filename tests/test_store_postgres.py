@@ -20,6 +20,7 @@ from test_store_contract import POSTGRES_ENV, RUN, make_run, plan, postgres_stor
 psycopg = pytest.importorskip("psycopg")
 
 from batchpilot.store.postgres import PostgresStore, is_postgres_url, safe_url  # noqa: E402
+from batchpilot.store.postgres_schema import MIGRATIONS  # noqa: E402
 
 
 def test_safe_url_drops_the_password_wherever_it_is() -> None:
@@ -56,7 +57,7 @@ def test_a_schema_from_a_newer_batchpilot_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="newer batchpilot"):
         postgres_store(tmp_path)
     with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(f"UPDATE {schema}.schema_version SET version = 1".encode())
+        admin.execute(f"UPDATE {schema}.schema_version SET version = {len(MIGRATIONS)}".encode())
     again = postgres_store(tmp_path)
     assert again.store_id == store_id
     store.close()

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "report"),
     "ui": ("ui", "ui"),
     "serve": ("serve", "serve"),
+    "worker": ("worker", "worker"),
+    "limits": ("worker", "limits"),
     "ledger": ("ledger", "ledger"),
     "model": ("model", "model"),
 }

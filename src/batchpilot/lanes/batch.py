@@ -22,6 +22,7 @@ from batchpilot.errors import ProviderRejected, ProviderUnavailable
 from batchpilot.formatting import usd
 from batchpilot.lanes.failed import failed_batch_outcomes
 from batchpilot.lanes.forming import pending_pages
+from batchpilot.lanes.shared_queue import hold, shared_full, shared_room
 from batchpilot.plan.ids import request_line
 from batchpilot.plan.packing import BatchLimits, Piece, Room, pack_next
 from batchpilot.plan.worst import reservation
@@ -159,7 +160,8 @@ class BatchLane:
         return self._worst[batch_id]
 
     def _form_batch(self) -> int | None:
-        with self.share.lock:
+        """In one transaction: the account's shared queue limit stays locked until it holds."""
+        with self.share.lock, self.store.tx():
             batch_id = self._choose_batch()
             self._hold()
             return batch_id
@@ -179,6 +181,7 @@ class BatchLane:
         room = None if capacity is None else capacity - sum(b.input_tokens for b in live)
         if live and room is not None and room < first[0].input_tokens:
             return None  # the queue is full: wait for capacity to come back
+        room = shared_room(self.store, self.config.account, model, room)
         money_left = self.share.money_left(self.store)
         same: list[PendingRequest] = []
 
@@ -200,10 +203,15 @@ class BatchLane:
                 size=packed.bytes,
                 file_name_prefix=f"batchpilot-{self.store.store_id}-{self.run_id}",
             )
+            hold(self.store, self.config.account, model, self.run_id, batch_id, packed.input_tokens)
             self._worst[batch_id] = packed.cost_usd
             return batch_id
         head = first[0]
-        if live or self.share.inflight_usd > 0:
+        if (
+            live
+            or self.share.inflight_usd > 0
+            or shared_full(self.store, self.config.account, model, head.input_tokens)
+        ):
             return None  # wait for capacity or money to come back
         if capacity is not None and head.input_tokens > capacity:
             self.store.fail_requests(
@@ -381,6 +389,7 @@ class BatchLane:
         path = self._file_path(batch)
         if not path.is_file():
             self._write_file(batch)
+        self._fence()
         staged = self.provider.batches.stage(path, tags_for(batch, self.store.store_id))
         return self.store.move_batch(
             self.run_id, batch.id, BatchState.UPLOADED, input_file_id=staged
@@ -413,10 +422,15 @@ class BatchLane:
             if batch.input_file_id is None and not path.is_file():
                 self._write_file(batch)  # requests that go inline are read from it again
             tags = tags_for(batch, self.store.store_id)
+            self._fence()
             remote = self.provider.batches.submit(
                 path, batch.endpoint, tags, staged=batch.input_file_id
             )
         return self._submitted(batch, remote)
+
+    def _fence(self) -> None:
+        if self.config.fence is not None:  # nothing remote once the run's lease may run out
+            self.config.fence()
 
     def _find_remote(self, batch: BatchRecord) -> RemoteBatch | None:
         return find_batch(self.provider, batch, self.run_id, self.store.store_id)

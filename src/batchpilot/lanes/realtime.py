@@ -127,6 +127,7 @@ class RealtimeLane:
         tier: str = STANDARD,
         deadline: datetime | None = None,
         flex_fallback_s: float = 900.0,
+        shared_rate: Callable[[str, int], float] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -147,6 +148,7 @@ class RealtimeLane:
         self.base_backoff_s = base_backoff_s
         self.throttle = throttle or Throttle(limits)
         self.check = check
+        self.shared_rate = shared_rate
         self._rng = random.Random()
         self._inflight_usd = 0.0
         self._report = LaneReport()
@@ -272,7 +274,7 @@ class RealtimeLane:
                 if feed.claim(request, worst) is None:
                     return request, worst, False
                 continue
-            if not await self._until(self.throttle.acquire(tokens)):
+            if not await self._pace(request.model, tokens):
                 return None
             if feed.claim(request, worst) is None:
                 self._report.budget_stopped = False
@@ -327,6 +329,19 @@ class RealtimeLane:
             feed.release(worst)
             slots.release()
 
+    async def _pace(self, model: str, tokens: int) -> bool:
+        """Wait until the throttle and the account's rates shared by every run (`shared_rate`)
+        let one try of `tokens` through; False when the lane stops first."""
+        while await self._until(self.throttle.acquire(tokens)):
+            wait = 0.0 if self.shared_rate is None else self.shared_rate(model, tokens)
+            if wait <= 0:
+                return True
+            self.throttle.refund(tokens)
+            # asked again each second: a limit raised meanwhile (`batchpilot limits`) counts
+            if not await self._until(asyncio.sleep(min(wait, 1.0))):
+                return False
+        return False
+
     async def _until(self, work: Coroutine[Any, Any, object]) -> bool:
         """Await `work` unless the stop event comes first; True when `work` completed."""
         waiter = self._stop_waiter
@@ -369,7 +384,7 @@ class RealtimeLane:
                 try:
                     if paced:
                         paced = False
-                    elif not await self._until(self.throttle.acquire(tokens)):
+                    elif not await self._pace(request.model, tokens):
                         self._requeue(request)
                         return
                 except TooLarge as exc:

@@ -25,7 +25,11 @@ class RunConfig:
 
     `target` (target mode) counts valid answers: once it is met, nothing more is sent and live
     batches are cancelled. `on_progress` is given the run's status after every round, within a
-    round before an upload or a collection and once a batch is submitted, and at the end."""
+    round before an upload or a collection and once a batch is submitted, and at the end.
+
+    `account` names the provider account whose shared limits (`Store.queue_left`, `take_rate`)
+    the run reserves from; `fence` raises when the run's lease may have run out (a worker on a
+    shared store), and is called before every remote side effect and once a round."""
 
     run_id: str
     settings: RunSettings
@@ -34,3 +38,5 @@ class RunConfig:
     check: AnswerCheck | None = None
     target: TargetCounter | None = None
     on_progress: Callable[[RunStatus], None] | None = None
+    account: str | None = None
+    fence: Callable[[], None] | None = None

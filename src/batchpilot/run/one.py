@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from batchpilot.providers.base import FLEX
 from batchpilot.run.checks import answer_check
 from batchpilot.run.config import RunConfig
 from batchpilot.run.identity import identity_json, run_id_for, spec_json
+from batchpilot.run.lease import RunLease
+from batchpilot.run.limits import account_of
 from batchpilot.run.runner import Runner
 from batchpilot.run.settings import RunSettings, run_settings
 from batchpilot.run.status import RunStatus
@@ -74,8 +77,12 @@ def open_runner(
     use_cache: bool,
     check: Callable[[PendingRequest, dict[str, Any]], str | None] | None = None,
     target: TargetCounter | None = None,
+    *,
+    account: str | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> Iterator[Runner]:
-    """A runner with its lanes, handling Ctrl-C while it is open; the caller holds the lock."""
+    """A runner with its lanes, handling Ctrl-C while it is open; the caller holds the lock (or
+    the lease, whose `fence` the runner checks)."""
     config = RunConfig(
         run_id,
         settings,
@@ -84,6 +91,8 @@ def open_runner(
         check=check,
         target=target,
         on_progress=on_progress,
+        account=account,
+        fence=fence,
     )
     problem = provider.capabilities.check(settings.strategy, provider.name)
     if problem is None and settings.tier == FLEX and not provider.capabilities.flex:
@@ -106,6 +115,7 @@ def open_runner(
             tier=settings.tier,
             deadline=settings.deadline,
             flex_fallback_s=settings.flex_fallback_s,
+            shared_rate=None if account is None else partial(store.take_rate, account),
         )
         lane.recall_day()
     runner = Runner(store, provider, config, lane)
@@ -140,12 +150,16 @@ def run_one(
     response_model: type[BaseModel] | None = None,
     run_id: str | None = None,
     recorded: JobSpec | None = None,
+    lease: RunLease | None = None,
+    export: bool = True,
 ) -> RunResult:
     """Plan a job without steps into the store (once), run it to the end, export its output.
 
     A pipeline's step gives its own `run_id` and the job its run `recorded` (the whole
     pipeline, so that `resume` and `export` of any step's run see the pipeline). The run's
-    lock, store and provider (unless given) are released however the run ends.
+    lock, store and provider (unless given) are released however the run ends. A worker gives
+    the `lease` it holds on the run (on a SQLite store it takes the run's lock too), and may
+    leave the export to `batchpilot export` (`export=False`).
     """
     assert job.steps is None, "a pipeline runs each step through run_one"
     stored = recorded or job
@@ -166,7 +180,12 @@ def run_one(
     source = _row_source(job, rows)
     # The lock comes first: two processes must not both plan a new run, and a refused one must
     # not have started anything (a local model) by then.
-    with run_lock(state_dir, run_id), store_at(state_dir) as store:
+    held = run_lock(state_dir, run_id)
+    lock = nullcontext(lease) if lease is not None and isinstance(held, RunLease) else held
+    with lock as taken, store_at(state_dir) as store:
+        guard = lease if lease is not None else taken
+        fence = guard.fence if isinstance(guard, RunLease) else None
+        account = account_of(job.provider)
         _plan(store, record, job, source)
         settings = run_settings(
             job,
@@ -189,6 +208,8 @@ def run_one(
                     not fresh,
                     check,
                     target,
+                    account=account,
+                    fence=fence,
                 ) as runner:
                     return runner.run()
 
@@ -197,7 +218,7 @@ def run_one(
             else:
                 status = run_to_target(store, record, job, source, drive)
         output = None
-        if status.finished and job.output is not None:
+        if export and status.finished and job.output is not None:
             output = job.resolve(job.output.path)
             export_job(store, run_id, job, output)
     return RunResult(run_id, status, output)

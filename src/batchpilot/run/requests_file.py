@@ -24,6 +24,8 @@ from batchpilot.providers import Provider
 from batchpilot.providers.base import FLEX, STANDARD
 from batchpilot.run.display import shown_progress
 from batchpilot.run.identity import requests_identity
+from batchpilot.run.lease import RunLease
+from batchpilot.run.limits import account_of_parts
 from batchpilot.run.one import RunResult, open_runner
 from batchpilot.run.settings import RunSettings, limit_settings
 from batchpilot.run.status import RunStatus
@@ -86,7 +88,7 @@ def run_requests_file(
     local = kind == "local"
     run_id, spec = requests_identity(path, kind=kind, model=model, base_url=base_url)
     with ExitStack() as held:
-        held.enter_context(run_lock(state_dir, run_id))
+        taken = held.enter_context(run_lock(state_dir, run_id))
         report = held.enter_context(shown_progress(progress, on_progress))
         store = held.enter_context(store_at(state_dir))
         if provider is None:
@@ -139,7 +141,17 @@ def run_requests_file(
         settings = _lanes(settings, store, record, strategy, deadline, tier, realtime, local)
         if strategy == "hybrid" and not provider.capabilities.flex:
             settings = replace(settings, tier=STANDARD)
-        with open_runner(store, run_id, state_dir, provider, settings, report, not fresh) as runner:
+        with open_runner(
+            store,
+            run_id,
+            state_dir,
+            provider,
+            settings,
+            report,
+            not fresh,
+            account=account_of_parts(kind, base_url, None),
+            fence=taken.fence if isinstance(taken, RunLease) else None,
+        ) as runner:
             status = runner.run()
         written = None
         if status.finished and output is not None:

@@ -107,6 +107,8 @@ class Runner:
 
     def _loop(self) -> RunStatus:
         while True:
+            if self.config.fence is not None:
+                self.config.fence()
             if self.interrupt.stop.is_set():
                 return self._stop()
             self._check_lane()

@@ -1,4 +1,5 @@
-"""The state directory: its store, the lock that keeps a run to one process, finding a run."""
+"""The state directory: its store, the lock (or lease) that keeps a run to one process, finding
+a run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from batchpilot.run.lease import RunLease
 from batchpilot.run.lookup import resolve_run
 from batchpilot.store import RunLock, RunRecord, Store, opening
 
@@ -44,8 +46,11 @@ def store_at(state_dir: Path) -> Iterator[Store]:
         store.close()
 
 
-def run_lock(state_dir: Path, run_id: str) -> RunLock:
-    """The lock that keeps a run to one process."""
+def run_lock(state_dir: Path, run_id: str) -> RunLock | RunLease:
+    """What keeps a run to one process: a lock on a file beside the SQLite store, or a lease
+    in the PostgreSQL store that processes on many machines share."""
+    if opening.store_url() is not None:
+        return RunLease(run_id, state_dir=Path(state_dir))
     return RunLock(Path(state_dir) / "locks" / f"{run_id}.lock")
 
 

@@ -24,6 +24,7 @@ from batchpilot.store.records import (
     RunRecord,
     TaskStateRecord,
 )
+from batchpilot.store.shared import Claim, OrgLimit
 from batchpilot.store.states import RunState
 
 __all__ = ["Store"]
@@ -288,4 +289,72 @@ class Store(Protocol):
 
     def planned_totals(self, run_id: str) -> dict[str, tuple[int, int]]:
         """(requests, input tokens) of every request of the run, by model."""
+        ...
+
+    # many workers: leases on runs ------------------------------------------------------------
+
+    def claim_run(
+        self,
+        worker_id: str,
+        ttl_s: float,
+        run_ids: Sequence[str] | None = None,
+        skip: Sequence[str] = (),
+    ) -> Claim | None:
+        """A run with work left (planned, or left running) of a kind a worker drives, that no
+        live lease holds (among `run_ids` when given, never one of `skip`), leased to
+        `worker_id` for `ttl_s` seconds; None when there is none. Two workers never claim the
+        same run (PostgreSQL: `FOR UPDATE SKIP LOCKED`)."""
+        ...
+
+    def take_run(self, run_id: str, worker_id: str, ttl_s: float) -> str | None:
+        """Lease `run_id` to `worker_id` (whatever its status); None when taken, else the id
+        of the worker whose live lease holds it."""
+        ...
+
+    def renew_lease(self, run_id: str, worker_id: str, ttl_s: float) -> bool:
+        """Extend the worker's lease to `ttl_s` seconds from now; False when it has run out
+        (another worker may have the run by now) or is not the worker's."""
+        ...
+
+    def release_run(self, run_id: str, worker_id: str) -> None:
+        """Give the run's lease back (nothing when another worker holds it)."""
+        ...
+
+    def lease_of(self, run_id: str) -> tuple[str, float] | None:
+        """(worker id, seconds left, negative once run out) of the run's lease, if it has one."""
+        ...
+
+    # one organisation's limits ---------------------------------------------------------------
+
+    def queue_left(self, account: str, model: str) -> int | None:
+        """The enqueued tokens the account's limit for `model` leaves, after every batch of
+        every run queued or live on it (None: no limit set). Inside `tx()`, the limit stays
+        locked until the transaction ends, so that forming a batch and `hold_queue` of its
+        tokens are one step with respect to every other worker."""
+        ...
+
+    def hold_queue(self, account: str, model: str, run_id: str, batch_id: int, tokens: int) -> None:
+        """The batch's input tokens count against the account's queue for `model` until the
+        batch leaves the queue (ingested or abandoned)."""
+        ...
+
+    def take_rate(self, account: str, model: str, tokens: int) -> float:
+        """Reserve one real-time request of `tokens` under the account's requests and tokens per
+        minute for `model`: 0 when reserved, else the seconds to wait before trying again."""
+        ...
+
+    def set_limits(
+        self,
+        account: str,
+        model: str,
+        *,
+        queue_tokens: int | None,
+        rpm: int | None,
+        tpm: int | None,
+    ) -> None:
+        """Set the account's limits for `model` (None: no limit; all None removes them)."""
+        ...
+
+    def limits(self) -> list[OrgLimit]:
+        """Every account and model with a limit set or tokens in the queue."""
         ...

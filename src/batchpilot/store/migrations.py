@@ -229,6 +229,41 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS requests_by_batch ON requests(run_id, batch_id, first_row);
     """,
+    # 11: many workers and one organisation's limits: which worker holds each run (until when),
+    # per provider account and model the queue and rate limits every run reserves from, the
+    # enqueued tokens each batch holds, and the real-time requests sent in the last minute
+    """
+    CREATE TABLE run_leases (
+        run_id TEXT PRIMARY KEY,
+        worker_id TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        taken_at_utc TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE org_limits (
+        account TEXT NOT NULL,
+        model TEXT NOT NULL,
+        queue_tokens INTEGER,
+        rpm INTEGER,
+        tpm INTEGER,
+        PRIMARY KEY (account, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE queue_holds (
+        run_id TEXT NOT NULL,
+        batch_id INTEGER NOT NULL,
+        account TEXT NOT NULL,
+        model TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        PRIMARY KEY (run_id, batch_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX queue_holds_by_model ON queue_holds(account, model);
+    CREATE TABLE rate_spend (
+        account TEXT NOT NULL,
+        model TEXT NOT NULL,
+        at REAL NOT NULL,
+        tokens INTEGER NOT NULL
+    );
+    CREATE INDEX rate_spend_by_model ON rate_spend(account, model, at);
+    """,
 ]
 
 

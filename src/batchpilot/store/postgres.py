@@ -26,6 +26,7 @@ from batchpilot.store import postgres_queries as queries
 from batchpilot.store import postgres_reads as reads
 from batchpilot.store.postgres_moves import Db
 from batchpilot.store.postgres_schema import migrate
+from batchpilot.store.postgres_shared import SharedMixin
 from batchpilot.store.postgres_store_runs import RunsMixin
 from batchpilot.store.records import (
     AnswerFilter,
@@ -71,7 +72,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class PostgresStore(RunsMixin):
+class PostgresStore(RunsMixin, SharedMixin):
     """Runs, rows, requests, batches, attempts, results, costs and events in one PostgreSQL
     schema, shared by threads, processes and machines."""
 

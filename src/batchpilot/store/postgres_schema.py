@@ -170,6 +170,41 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, kind)
     );
     """,
+    # 2: many workers and one organisation's limits: which worker holds each run (until when, by
+    # the server's clock), per provider account and model the queue and rate limits every run
+    # reserves from, the enqueued tokens each batch holds, the real-time requests of the last minute
+    """
+    CREATE TABLE run_leases (
+        run_id TEXT PRIMARY KEY,
+        worker_id TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL,
+        taken_at_utc TEXT NOT NULL
+    );
+    CREATE TABLE org_limits (
+        account TEXT NOT NULL,
+        model TEXT NOT NULL,
+        queue_tokens BIGINT,
+        rpm BIGINT,
+        tpm BIGINT,
+        PRIMARY KEY (account, model)
+    );
+    CREATE TABLE queue_holds (
+        run_id TEXT NOT NULL,
+        batch_id BIGINT NOT NULL,
+        account TEXT NOT NULL,
+        model TEXT NOT NULL,
+        tokens BIGINT NOT NULL,
+        PRIMARY KEY (run_id, batch_id)
+    );
+    CREATE INDEX queue_holds_by_model ON queue_holds(account, model);
+    CREATE TABLE rate_spend (
+        account TEXT NOT NULL,
+        model TEXT NOT NULL,
+        at TIMESTAMPTZ NOT NULL,
+        tokens BIGINT NOT NULL
+    );
+    CREATE INDEX rate_spend_by_model ON rate_spend(account, model, at);
+    """,
 ]
 
 

@@ -32,6 +32,7 @@ from batchpilot.store.records import (
     RunRecord,
     TaskStateRecord,
 )
+from batchpilot.store.sqlite_shared import SharedMixin
 from batchpilot.store.states import (
     BATCH_MOVES,
     RUN_MOVES,
@@ -55,7 +56,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class SQLiteStore:
+class SQLiteStore(SharedMixin):
     """Runs, rows, requests, batches, attempts, results, costs and events in one SQLite file."""
 
     def __init__(self, path: Path) -> None:

@@ -1,0 +1,224 @@
+"""The PostgreSQL store's shared parts: leases on runs claimed with `FOR UPDATE SKIP LOCKED`
+(expiries by the server's clock, so that the workers' clocks need not agree), and one
+organisation's limits reserved from under a row lock (see `store/shared.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+
+from batchpilot.store.postgres_moves import Db
+from batchpilot.store.records import RunRecord
+from batchpilot.store.shared import (
+    CLAIMABLE_KINDS,
+    CLAIMABLE_STATES,
+    QUEUED_BATCHES,
+    RATE_WINDOW_S,
+    Claim,
+    OrgLimit,
+    rate_wait,
+)
+
+__all__ = ["SharedMixin"]
+
+_RUN_COLUMNS = (
+    "r.id, r.job_name, r.spec_json, r.provider, r.endpoint, r.status, r.budget_usd, "
+    "r.created_at_utc, r.finished_at_utc, r.kind"
+)
+_STATES = [str(s) for s in CLAIMABLE_STATES]
+_KINDS = [str(k) for k in CLAIMABLE_KINDS]
+_QUEUED = [str(s) for s in QUEUED_BATCHES]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class SharedMixin:
+    """Leases and an organisation's limits, over the store's connection and transactions."""
+
+    @property
+    def _db(self) -> Db:
+        raise NotImplementedError
+
+    def _tx(self) -> AbstractContextManager[Db]:
+        raise NotImplementedError
+
+    # leases ---------------------------------------------------------------------------------
+
+    def claim_run(
+        self,
+        worker_id: str,
+        ttl_s: float,
+        run_ids: Sequence[str] | None = None,
+        skip: Sequence[str] = (),
+    ) -> Claim | None:
+        with self._tx() as db:
+            only = "" if run_ids is None else " AND r.id = ANY(%(ids)s)"
+            only += " AND NOT r.id = ANY(%(skip)s)" if skip else ""
+            row = db.execute(
+                f"SELECT {_RUN_COLUMNS}, l.worker_id FROM runs r "
+                "LEFT JOIN run_leases l ON l.run_id = r.id "
+                "WHERE r.status = ANY(%(states)s) AND r.kind = ANY(%(kinds)s) "
+                f"AND (l.run_id IS NULL OR l.expires_at < clock_timestamp()){only} "
+                "ORDER BY r.created_at_utc, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED".encode(),
+                {
+                    "states": _STATES,
+                    "kinds": _KINDS,
+                    "ids": list(run_ids or []),
+                    "skip": list(skip),
+                },
+            ).fetchone()
+            if row is None:
+                return None
+            self._lease(db, str(row[0]), worker_id, ttl_s)
+            return Claim(RunRecord(*row[:10]), None if row[10] is None else str(row[10]))
+
+    def _lease(self, db: Db, run_id: str, worker_id: str, ttl_s: float) -> None:
+        db.execute(
+            "INSERT INTO run_leases(run_id, worker_id, expires_at, taken_at_utc) "
+            "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s), %s) "
+            "ON CONFLICT (run_id) DO UPDATE SET worker_id = excluded.worker_id, "
+            "expires_at = excluded.expires_at, taken_at_utc = excluded.taken_at_utc",
+            (run_id, worker_id, ttl_s, _now()),
+        )
+
+    def take_run(self, run_id: str, worker_id: str, ttl_s: float) -> str | None:
+        with self._tx() as db:
+            db.execute("SELECT id FROM runs WHERE id = %s FOR UPDATE", (run_id,))
+            row = db.execute(
+                "SELECT worker_id FROM run_leases WHERE run_id = %s "
+                "AND expires_at >= clock_timestamp() AND worker_id <> %s",
+                (run_id, worker_id),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            self._lease(db, run_id, worker_id, ttl_s)
+            return None
+
+    def renew_lease(self, run_id: str, worker_id: str, ttl_s: float) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE run_leases SET expires_at = clock_timestamp() + make_interval(secs => %s) "
+                "WHERE run_id = %s AND worker_id = %s AND expires_at >= clock_timestamp()",
+                (ttl_s, run_id, worker_id),
+            )
+            return cursor.rowcount == 1
+
+    def release_run(self, run_id: str, worker_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM run_leases WHERE run_id = %s AND worker_id = %s", (run_id, worker_id)
+            )
+
+    def lease_of(self, run_id: str) -> tuple[str, float] | None:
+        row = self._db.execute(
+            "SELECT worker_id, EXTRACT(EPOCH FROM expires_at - clock_timestamp()) "
+            "FROM run_leases WHERE run_id = %s",
+            (run_id,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]))
+
+    # one organisation's limits --------------------------------------------------------------
+
+    def queue_left(self, account: str, model: str) -> int | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT queue_tokens FROM org_limits WHERE account = %s AND model = %s FOR UPDATE",
+                (account, model),
+            ).fetchone()
+            if row is None or row[0] is None:
+                return None
+            return int(row[0]) - self._queued(db, account, model)
+
+    def _queued(self, db: Db, account: str, model: str) -> int:
+        db.execute(
+            "DELETE FROM queue_holds h WHERE h.account = %s AND h.model = %s AND NOT EXISTS "
+            "(SELECT 1 FROM batches b WHERE b.run_id = h.run_id AND b.id = h.batch_id "
+            "AND b.state = ANY(%s))",
+            (account, model, _QUEUED),
+        )
+        row = db.execute(
+            "SELECT COALESCE(SUM(tokens), 0) FROM queue_holds WHERE account = %s AND model = %s",
+            (account, model),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def hold_queue(self, account: str, model: str, run_id: str, batch_id: int, tokens: int) -> None:
+        self._db.execute(
+            "INSERT INTO queue_holds(run_id, batch_id, account, model, tokens) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, batch_id) DO NOTHING",
+            (run_id, batch_id, account, model, tokens),
+        )
+
+    def take_rate(self, account: str, model: str, tokens: int) -> float:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT rpm, tpm FROM org_limits WHERE account = %s AND model = %s FOR UPDATE",
+                (account, model),
+            ).fetchone()
+            if row is None or (row[0] is None and row[1] is None):
+                return 0.0
+            rpm, tpm = row
+            db.execute(
+                "DELETE FROM rate_spend WHERE account = %s AND model = %s "
+                "AND at < clock_timestamp() - make_interval(secs => %s)",
+                (account, model, RATE_WINDOW_S),
+            )
+            spent = db.execute(
+                "SELECT at, tokens, EXTRACT(EPOCH FROM at + make_interval(secs => %s) "
+                "- clock_timestamp()) FROM rate_spend WHERE account = %s AND model = %s "
+                "ORDER BY at",
+                (RATE_WINDOW_S, account, model),
+            ).fetchall()
+            wait = rate_wait([(float(w), int(t)) for _, t, w in spent], tokens, rpm, tpm)
+            if wait <= 0:
+                db.execute(
+                    "INSERT INTO rate_spend(account, model, at, tokens) "
+                    "VALUES (%s, %s, clock_timestamp(), %s)",
+                    (account, model, tokens),
+                )
+            return wait
+
+    def set_limits(
+        self,
+        account: str,
+        model: str,
+        *,
+        queue_tokens: int | None,
+        rpm: int | None,
+        tpm: int | None,
+    ) -> None:
+        with self._tx() as db:
+            if queue_tokens is None and rpm is None and tpm is None:
+                db.execute(
+                    "DELETE FROM org_limits WHERE account = %s AND model = %s", (account, model)
+                )
+                return
+            db.execute(
+                "INSERT INTO org_limits(account, model, queue_tokens, rpm, tpm) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account, model) DO UPDATE SET "
+                "queue_tokens = excluded.queue_tokens, rpm = excluded.rpm, tpm = excluded.tpm",
+                (account, model, queue_tokens, rpm, tpm),
+            )
+
+    def limits(self) -> list[OrgLimit]:
+        with self._tx() as db:
+            keys = db.execute(
+                "SELECT account, model FROM org_limits UNION "
+                "SELECT DISTINCT account, model FROM queue_holds ORDER BY 1, 2"
+            ).fetchall()
+            found = []
+            for account, model in keys:
+                row = db.execute(
+                    "SELECT queue_tokens, rpm, tpm FROM org_limits WHERE account = %s "
+                    "AND model = %s",
+                    (account, model),
+                ).fetchone()
+                queue, rpm, tpm = row if row is not None else (None, None, None)
+                queued = self._queued(db, account, model)
+                if row is None and not queued:
+                    continue
+                found.append(OrgLimit(account, model, queue, rpm, tpm, queued))
+            return found
