@@ -54,26 +54,39 @@ class SharedMixin:
         run_ids: Sequence[str] | None = None,
         skip: Sequence[str] = (),
     ) -> Claim | None:
-        with self._tx() as db:
-            only = "" if run_ids is None else " AND r.id = ANY(%(ids)s)"
-            only += " AND NOT r.id = ANY(%(skip)s)" if skip else ""
-            row = db.execute(
-                f"SELECT {_RUN_COLUMNS}, l.worker_id FROM runs r "
-                "LEFT JOIN run_leases l ON l.run_id = r.id "
-                "WHERE r.status = ANY(%(states)s) AND r.kind = ANY(%(kinds)s) "
-                f"AND (l.run_id IS NULL OR l.expires_at < clock_timestamp()){only} "
-                "ORDER BY r.created_at_utc, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED".encode(),
-                {
-                    "states": _STATES,
-                    "kinds": _KINDS,
-                    "ids": list(run_ids or []),
-                    "skip": list(skip),
-                },
-            ).fetchone()
-            if row is None:
-                return None
-            self._lease(db, str(row[0]), worker_id, ttl_s)
-            return Claim(RunRecord(*row[:10]), None if row[10] is None else str(row[10]))
+        passed = list(skip)
+        while True:
+            with self._tx() as db:
+                only = "" if run_ids is None else " AND r.id = ANY(%(ids)s)"
+                only += " AND NOT r.id = ANY(%(skip)s)" if passed else ""
+                row = db.execute(
+                    f"SELECT {_RUN_COLUMNS} FROM runs r "
+                    "LEFT JOIN run_leases l ON l.run_id = r.id "
+                    "WHERE r.status = ANY(%(states)s) AND r.kind = ANY(%(kinds)s) "
+                    f"AND (l.run_id IS NULL OR l.expires_at < clock_timestamp()){only} "
+                    "ORDER BY r.created_at_utc, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED".encode(),
+                    {
+                        "states": _STATES,
+                        "kinds": _KINDS,
+                        "ids": list(run_ids or []),
+                        "skip": passed,
+                    },
+                ).fetchone()
+                if row is None:
+                    return None
+                run_id = str(row[0])
+                # The select saw the leases as they were when it began; a worker that claimed
+                # this run and committed meanwhile left the run's row unlocked, so the lease
+                # is read again now that the row is ours.
+                lease = db.execute(
+                    "SELECT worker_id, expires_at >= clock_timestamp() FROM run_leases "
+                    "WHERE run_id = %s",
+                    (run_id,),
+                ).fetchone()
+                if lease is None or not lease[1]:
+                    self._lease(db, run_id, worker_id, ttl_s)
+                    return Claim(RunRecord(*row[:10]), None if lease is None else str(lease[0]))
+            passed.append(run_id)
 
     def _lease(self, db: Db, run_id: str, worker_id: str, ttl_s: float) -> None:
         db.execute(
