@@ -14,6 +14,7 @@ from batchpilot.cli import cli
 from batchpilot.plan import plan_requests_file
 from batchpilot.plan.strategies import realtime_seconds
 from batchpilot.pricing import tier_limits
+from batchpilot.reasoning import is_reasoning_model
 
 TURNAROUND_S = 12 * 3600.0  # estimate.batch_turnaround_hours' default
 
@@ -27,7 +28,12 @@ def write_requests(path: Path, count: int, models: tuple[str, ...] = ("gpt-4o-mi
             "body": {
                 "model": models[i % len(models)],
                 "messages": [{"role": "user", "content": f"Who dies in film {i}?"}],
-                "max_tokens": 50,
+                # a reasoning model takes max_completion_tokens only
+                (
+                    "max_completion_tokens"
+                    if is_reasoning_model(models[i % len(models)])
+                    else "max_tokens"
+                ): 50,
             },
         }
         for i in range(count)
