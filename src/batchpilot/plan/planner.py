@@ -309,7 +309,7 @@ class Planner:
             self.bounds(model),
             exact=known_encoding(model),
         )
-        if not known_encoding(model) and worst.usd is not None:
+        if not known_encoding(model) and worst.usd:
             self._estimated.add(model)
         if worst.output_tokens is None:
             self._no_bound(model, item, findings)
