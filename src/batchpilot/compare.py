@@ -104,8 +104,9 @@ def compare_job(
     output = output.absolute()
     runs: dict[str, RunResult] = {}
     exported: dict[str, list[dict[str, Any]]] = {}
-    for target in parsed:
-        job = _job_for(job_file, target, _export_path(output, target))
+    # every job is checked before any runs, so a mistake in one leaves the store untouched
+    jobs = [(t, _job_for(job_file, t, _export_path(output, t))) for t in parsed]
+    for target, job in jobs:
         result = run_job(job, state_dir=state_dir, poll_interval=poll_interval, progress=False)
         runs[target.label] = result
         if on_run is not None:
