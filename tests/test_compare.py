@@ -106,3 +106,24 @@ def test_compare_needs_two_providers_named_kind_model(tmp_path: Path) -> None:
     assert one.exit_code == 2 and "two providers or more" in one.output
     bad = CliRunner().invoke(cli, ["compare", str(job), "--provider", "claude", "--plan"])
     assert bad.exit_code == 2 and "KIND:MODEL" in bad.output
+
+
+def test_compare_refuses_a_job_with_steps_before_running_anything(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"id": "r0", "text": "hi"}) + "\n")
+    job = {
+        "name": "steps",
+        "provider": {"kind": "anthropic"},
+        "model": "claude-haiku-4-5",
+        "input": {"path": "rows.jsonl", "id_field": "id"},
+        "params": {"max_tokens": 10},
+        "steps": [
+            {"name": "first", "prompt": {"user": "{{ text }}"}},
+            {"name": "second", "prompt": {"user": "{{ steps.first }}"}},
+        ],
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    state = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["compare", str(path), *_flags(), "--state", str(state)])
+    assert result.exit_code == 2 and "cannot be compared" in result.output
+    assert not state.exists()
