@@ -7,6 +7,7 @@ import importlib.util
 import json
 import runpy
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchpilot.cli import cli
+from batchpilot.server import LocalServer
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +107,29 @@ def test_custom_task(tmp_path: Path) -> None:
             assert row["triage"]["category"] in ("billing", "bug", "account", "other")
             assert isinstance(row["reply"], str) or row["error"] is not None
     assert main(["--state", str(tmp_path / "state")]) == 0, "a second run finds it all done"
+
+
+def test_compare(
+    tmp_path: Path,
+    local_server_factory: Callable[..., LocalServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = local_server_factory(validation_delay_s=0, finalizing_delay_s=0, time_scale=100.0)
+    for key in ("ANTHROPIC_API_KEY", "GEMINI_API_KEY"):
+        monkeypatch.setenv(key, "local")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+    directory = tmp_path / "compare"
+    shutil.copytree(EXAMPLES / "compare", directory)
+    providers = ["anthropic:claude-haiku-4-5", "gemini:gemini-2.5-flash"]
+    command = ["compare", str(directory / "job.yaml"), "--state", str(tmp_path / "state")]
+    command += [word for target in providers for word in ("--provider", target)]
+    result = CliRunner().invoke(cli, [*command, "--poll-interval", "0.05"])
+    assert result.exit_code == 0, result.output
+    lines = (directory / "job.compare.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [row["id"] for row in rows] == ["m1", "m2", "m3", "m4", "m5"]
+    for row in rows:
+        assert set(row["status"].values()) == {"succeeded"}
+        assert all(isinstance(answer["deaths"], list) for answer in row["answers"].values())
+        assert all(cost > 0 for cost in row["cost_usd"].values())

@@ -21,6 +21,7 @@ __all__ = ["cli", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "plan"),
     "run": ("run", "run"),
+    "compare": ("compare", "compare"),
     "resume": ("run", "resume"),
     "status": ("runs", "status"),
     "cancel": ("runs", "cancel"),

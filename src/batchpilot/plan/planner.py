@@ -15,11 +15,19 @@ from batchpilot.plan.findings import Findings
 from batchpilot.plan.ids import canonical_body, request_id, request_line
 from batchpilot.plan.models import is_embedding_model
 from batchpilot.plan.packing import BatchLimits, PackedBatch, Packer
-from batchpilot.plan.worst import Bounds, Worst, bounds_for, choices, output_cap, worst_case
+from batchpilot.plan.worst import (
+    ESTIMATE_MARGIN,
+    Bounds,
+    Worst,
+    bounds_for,
+    choices,
+    output_cap,
+    worst_case,
+)
 from batchpilot.pricing import PriceTable
 from batchpilot.reasoning import fit_reasoning, is_reasoning_model, reasoning_problems
 from batchpilot.store.seen import SeenKeys
-from batchpilot.tokens import count_request
+from batchpilot.tokens import count_request, encoding_name_for_model
 
 __all__ = [
     "Item",
@@ -163,6 +171,11 @@ class PlanSettings:
 DEFAULT_EXPECTED_OUTPUT = 200
 
 
+def known_encoding(model: str) -> bool:
+    """Whether `model`'s own tokenizer counts its text (else an OpenAI encoding estimates it)."""
+    return encoding_name_for_model(model)[1]
+
+
 class Planner:
     """Streams items into a PlanResult, and into a sink (batch files, the store) if given."""
 
@@ -173,6 +186,7 @@ class Planner:
         self._fitted: set[tuple[str, str]] = set()
         self._uncapped = 0  # requests that generate output with no max_tokens of their own
         self._generates = False
+        self._estimated: set[str] = set()  # models whose input tokens are estimates
 
     def bounds(self, model: str) -> Bounds:
         if model not in self._bounds:
@@ -203,6 +217,7 @@ class Planner:
         result = PlanResult()
         self._generates = False
         self._uncapped = 0
+        self._estimated = set()
         seen = SeenKeys()
         packer = Packer(self.settings.limits, self.settings.tokens_per_batch)
         checked_models: set[str] = set()
@@ -286,7 +301,16 @@ class Planner:
         self._check_request(item, body, tokens, size, packer.token_limit(model), findings)
         batch = packer.add(model, size, tokens, item.index, item.endpoint)
         totals = result.models.setdefault(model, ModelTotals())
-        worst = worst_case(item.endpoint, body, tokens, self.settings.prices, self.bounds(model))
+        worst = worst_case(
+            item.endpoint,
+            body,
+            tokens,
+            self.settings.prices,
+            self.bounds(model),
+            exact=known_encoding(model),
+        )
+        if not known_encoding(model) and worst.usd:
+            self._estimated.add(model)
         if worst.output_tokens is None:
             self._no_bound(model, item, findings)
         expected = self._expected(item.endpoint, model, body, tokens, worst.output_tokens)
@@ -483,6 +507,12 @@ class Planner:
             result.assumptions.append(
                 f"expected output: {expected} tokens per request (set estimate.output_tokens or "
                 "estimate.output_ratio)"
+            )
+        if self._estimated and settings.prices is not None:
+            margin = round(ESTIMATE_MARGIN * 100)
+            result.assumptions.append(
+                f"worst case: input tokens of {', '.join(sorted(self._estimated))} are "
+                f"estimates (no offline tokenizer), so the worst case counts them {margin}% higher"
             )
         if settings.max_output_tokens is None and self._uncapped:
             result.assumptions.append(

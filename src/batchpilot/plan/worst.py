@@ -7,13 +7,16 @@ Output: every choice (`n`) answered in full, each at the smallest bound that app
 request's own cap (max_completion_tokens, max_tokens, max_output_tokens), the model's maximum
 output (the price table's `max_output_tokens`, or limits.max_output_tokens) and what the context
 window leaves after the input. Reasoning tokens are output and count within these caps. Input:
-the counted tokens plus the headroom of images whose size is not known before sending. An
+the counted tokens plus the headroom of images whose size is not known before sending, and
+ESTIMATE_MARGIN more where the text's count is an estimate (a model whose tokenizer does not
+ship offline, such as Claude's and Gemini's, is counted with an OpenAI encoding). An
 embeddings request has no output. A request with no bound at all (an unknown model and no
 max_tokens) has no worst case; a run under a budget refuses it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,7 @@ from batchpilot.tokens import image_headroom
 
 __all__ = [
     "CAP_KEYS",
+    "ESTIMATE_MARGIN",
     "Bounds",
     "Worst",
     "bounds_for",
@@ -35,6 +39,10 @@ __all__ = [
 ]
 
 CAP_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+ESTIMATE_MARGIN = 0.3
+"""How much more input an estimated count may be in the worst case: other tokenizers (Claude's
+above all) split the same text into up to about a quarter more tokens than o200k does."""
 
 
 @dataclass(frozen=True)
@@ -107,13 +115,17 @@ def worst_case(
     input_tokens: int,
     prices: PriceTable | None,
     bounds: Bounds,
+    *,
+    exact: bool = True,
 ) -> Worst:
-    """The worst case of one request as planned."""
+    """The worst case of one request as planned; `exact` False marks `input_tokens` as counted
+    with another model's tokenizer, priced ESTIMATE_MARGIN higher."""
     output = worst_output_tokens(endpoint, body, input_tokens, bounds)
     model = str(body.get("model", ""))
     if output is None or prices is None or not prices.has(model):
         return Worst(output, None, None)
-    tokens = input_tokens + image_headroom(body, endpoint)
+    tokens = input_tokens if exact else math.ceil(input_tokens * (1 + ESTIMATE_MARGIN))
+    tokens += image_headroom(body, endpoint)
     priced = output if prices.price(model).output is not None else 0
     return Worst(
         output,
