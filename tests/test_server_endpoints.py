@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from batchpilot.server import LocalServer
@@ -79,6 +80,24 @@ def test_videos_in_real_time(local_server: LocalServer) -> None:
     assert video.prompt == "a kite over the sea" and video.id.startswith("video_")
     check("VideoResource", video.model_dump(exclude_none=False))
     assert local_server.admin.ledger()[-1]["endpoint"] == "/v1/videos"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/images/edits", {"model": "gpt-image-1", "prompt": "blue"}, "images"),
+        ("/images/edits", {"model": "gpt-image-1", "prompt": "x", "images": [{}]}, "images[0]"),
+        ("/videos", {"prompt": "a kite", "seconds": "5"}, "seconds"),
+        ("/videos", {"seconds": "4"}, "prompt"),
+    ],
+)
+def test_media_mistakes_are_refused(
+    local_server: LocalServer, path: str, body: dict[str, Any], param: str
+) -> None:
+    answer = httpx.post(local_server.base_url + path, json=body, timeout=60)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == param
+    check("ErrorResponse", answer.json())
 
 
 @pytest.mark.parametrize(
