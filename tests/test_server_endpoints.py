@@ -1,5 +1,5 @@
-"""The other endpoints the Batch API accepts, legacy completions, moderations and image
-generations, in real time and in batches, through the official SDK."""
+"""The other endpoints the Batch API accepts, legacy completions, moderations, image
+generations and edits and videos, in real time and in batches, through the official SDK."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from batchpilot.server import LocalServer
@@ -52,6 +53,53 @@ def test_image_generations_in_real_time(local_server: LocalServer) -> None:
     check("ImagesResponse", result.model_dump(exclude_none=True))
 
 
+def test_image_edits_in_real_time(local_server: LocalServer) -> None:
+    source = ("kite.png", b"\x89PNG\r\n\x1a\n", "image/png")
+    result = client_for(local_server).images.edit(
+        model="gpt-image-1", image=[source, source], prompt="make it blue", size="1024x1536", n=2
+    )
+    assert result.data is not None and len(result.data) == 2
+    png = base64.b64decode(result.data[1].b64_json or "")
+    assert png.startswith(b"\x89PNG") and struct.unpack(">II", png[16:24]) == (1024, 1536)
+    check("ImagesResponse", result.model_dump(exclude_none=True))
+    assert local_server.admin.ledger()[-1]["endpoint"] == "/v1/images/edits"
+
+
+# The SDK warns that the hosted video API is deprecated; the endpoint is still in the Batch API.
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+def test_videos_in_real_time(local_server: LocalServer) -> None:
+    video = client_for(local_server).videos.create(
+        prompt="a kite over the sea", seconds="8", size="1280x720"
+    )
+    assert (video.model, video.status, video.seconds, video.size) == (
+        "sora-2",
+        "completed",
+        "8",
+        "1280x720",
+    )
+    assert video.prompt == "a kite over the sea" and video.id.startswith("video_")
+    check("VideoResource", video.model_dump(exclude_none=False))
+    assert local_server.admin.ledger()[-1]["endpoint"] == "/v1/videos"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/images/edits", {"model": "gpt-image-1", "prompt": "blue"}, "images"),
+        ("/images/edits", {"model": "gpt-image-1", "prompt": "x", "images": [{}]}, "images[0]"),
+        ("/videos", {"prompt": "a kite", "seconds": "5"}, "seconds"),
+        ("/videos", {"seconds": "4"}, "prompt"),
+    ],
+)
+def test_media_mistakes_are_refused(
+    local_server: LocalServer, path: str, body: dict[str, Any], param: str
+) -> None:
+    answer = httpx.post(local_server.base_url + path, json=body, timeout=60)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == param
+    check("ErrorResponse", answer.json())
+
+
 @pytest.mark.parametrize(
     ("endpoint", "body", "schema"),
     [
@@ -69,6 +117,20 @@ def test_image_generations_in_real_time(local_server: LocalServer) -> None:
             "/v1/images/generations",
             {"model": "gpt-image-1", "prompt": "a red kite", "size": "1024x1536"},
             "ImagesResponse",
+        ),
+        (
+            "/v1/images/edits",
+            {
+                "model": "gpt-image-1",
+                "prompt": "make it blue",
+                "images": [{"image_url": "https://example.com/kite.png"}],
+            },
+            "ImagesResponse",
+        ),
+        (
+            "/v1/videos",
+            {"model": "sora-2", "prompt": "a kite over the sea", "seconds": "12"},
+            "VideoResource",
         ),
     ],
 )

@@ -48,7 +48,13 @@ def _count_tokens(body: dict[str, Any], endpoint: str) -> int:
     from batchpilot.server import more_endpoints
     from batchpilot.tokens import count_request
 
-    if endpoint in ("/v1/completions", "/v1/moderations", "/v1/images/generations"):
+    if endpoint in (
+        "/v1/completions",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/videos",
+    ):
         return more_endpoints.count_tokens(body, endpoint)
     if endpoint == GEMINI_ENDPOINT:
         from batchpilot.server.gemini_content import chat_body

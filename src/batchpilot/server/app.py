@@ -31,6 +31,7 @@ from batchpilot.server.flex import FLEX, FlexTier, answered_tier, mark_tier
 from batchpilot.server.gemini_api import GeminiApi
 from batchpilot.server.gemini_face import GeminiFace
 from batchpilot.server.guard import GuardMiddleware
+from batchpilot.server.media_endpoints import DEFAULT_VIDEO_MODEL, form_body
 from batchpilot.server.objects import batch_object, new_batch_id
 from batchpilot.server.ratelimit import RateLimiter
 from batchpilot.server.responders.base import Responder
@@ -53,6 +54,8 @@ BATCH_ENDPOINTS = (
     "/v1/completions",
     "/v1/moderations",
     "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
 )
 # Azure OpenAI names the same endpoints without the version prefix.
 AZURE_ENDPOINTS = {e.removeprefix("/v1"): e for e in BATCH_ENDPOINTS}
@@ -345,6 +348,28 @@ class ServerApp:
     async def images(self, request: Request) -> Response:
         return await self.realtime(request, "/v1/images/generations")
 
+    async def image_edits(self, request: Request) -> Response:
+        return await self.media(request, "/v1/images/edits")
+
+    async def videos(self, request: Request) -> Response:
+        return await self.media(request, "/v1/videos")
+
+    async def media(self, request: Request, endpoint: str) -> Response:
+        """A media request: the SDK uploads a multipart form, a batch line sends JSON."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            read = await _json_body(request, self.config)
+            if isinstance(read, Response):
+                return read
+            body = read
+        else:
+            try:
+                body = await form_body(request)
+            except Exception as exc:
+                return _error(400, f"Could not parse the multipart form: {exc}")
+        if endpoint == "/v1/videos" and not body.get("model"):
+            body = {**body, "model": DEFAULT_VIDEO_MODEL}
+        return await self.realtime(request, endpoint, body)
+
     async def models(self, request: Request) -> Response:
         names = sorted(self.config.accepted_models() or {"local"})
         return JSONResponse(_page([_model_object(n) for n in names], False))
@@ -448,6 +473,8 @@ def build_app(server: ServerApp) -> ASGIApp:
         route("/v1/completions", server.completions, "POST"),
         route("/v1/moderations", server.moderations, "POST"),
         route("/v1/images/generations", server.images, "POST"),
+        route("/v1/images/edits", server.image_edits, "POST"),
+        route("/v1/videos", server.videos, "POST"),
         route("/v1/models", server.models, "GET"),
         route("/v1/models/{model:path}", server.model, "GET"),
         route("/_batchpilot/ledger", server.ledger, "GET"),

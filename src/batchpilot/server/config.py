@@ -46,6 +46,8 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "gpt-image-1",
         "dall-e-3",
         "dall-e-2",
+        "sora-2",
+        "sora-2-pro",
         "local",
         "smollm2",
         "claude-opus-4-6",

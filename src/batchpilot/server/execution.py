@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from batchpilot.server.faults import CONTENT_KINDS, Fault
+from batchpilot.server.media_endpoints import create_video, edit_images
 from batchpilot.server.more_endpoints import complete, generate_images, moderate
 from batchpilot.server.objects import error_body
 from batchpilot.server.responders.base import Responder, ResponderError
@@ -127,10 +128,13 @@ def execute(
             return 200, response
         if endpoint == "/v1/moderations":
             return 200, moderate(responder, body)
-        if endpoint == "/v1/images/generations":
-            response = generate_images(body)
+        if endpoint in ("/v1/images/generations", "/v1/images/edits"):
+            images = generate_images if endpoint == "/v1/images/generations" else edit_images
+            response = images(body)
             response["created"] = int(now) if now is not None else 0
             return 200, response
+        if endpoint == "/v1/videos":
+            return 200, create_video(body, now if now is not None else 0.0)
     except ResponderError as exc:
         return exc.status_code, exc.envelope()
     except Exception:

@@ -43,7 +43,7 @@ def _required_body_field(endpoint: str) -> tuple[str, str] | None:
         return "messages", "Messages parameter is required."
     if endpoint in ("/v1/embeddings", "/v1/responses", "/v1/moderations"):
         return "input", "Input parameter is required."
-    if endpoint in ("/v1/completions", "/v1/images/generations"):
+    if endpoint in ("/v1/completions", "/v1/images/generations", "/v1/images/edits", "/v1/videos"):
         return "prompt", "Prompt parameter is required."
     return None
 
