@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import tempfile
 import time
@@ -55,24 +57,27 @@ def answer(custom_id: str, i: int) -> bytes:
 
 
 SYSTEM = "Extract the characters who die in this plot, and the tone of the film, as JSON."
-PLOT_WORDS = [
-    "storm",
-    "island",
-    "sailor",
-    "queen",
-    "war",
-    "night",
-    "train",
-    "secret",
-    "brother",
-    "poison",
-    "letter",
-]
+PROSE_MODULES = ("argparse", "collections", "email.message", "inspect", "json", "logging", "re")
+
+
+@functools.cache
+def prose() -> str:
+    """English prose that compresses like a plot summary: the standard library's docstrings."""
+    texts = []
+    for name in PROSE_MODULES:
+        module = importlib.import_module(name)
+        for value in [module, *vars(module).values()]:
+            doc = getattr(value, "__doc__", None)
+            if isinstance(doc, str) and getattr(value, "__module__", name) == name:
+                texts.append(" ".join(doc.split()))
+    return " ".join(texts)
 
 
 def plot(index: int) -> str:
-    words = [PLOT_WORDS[(index * 7 + k * k) % len(PLOT_WORDS)] for k in range(430)]
-    return f"Film {index}: " + " ".join(words)
+    """A 2.7 KB plot of real prose: each row's from its own place in the text."""
+    text = prose()
+    start = (index * 7919) % (len(text) - 2700)
+    return f"Film {index}: " + text[start : start + 2650]
 
 
 def movie_row(index: int) -> tuple[dict[str, object], bytes]:
