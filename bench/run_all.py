@@ -20,6 +20,7 @@ HERE = Path(__file__).parent
 # Each benchmark's arguments for a short run; a new benchmark must add its own.
 SHORT: dict[str, list[str]] = {
     "hybrid_movies.py": ["--scale", "4000", "--time-scale", "36000"],
+    "export_rows.py": ["--rows", "300", "--rounds", "1"],
     "import_time.py": ["--rounds", "1", "--no-warm-up"],
     "plan_movies.py": ["--rows", "100", "--memory-rows", "50", "--load-rounds", "1"],
     "report_build.py": ["--rows", "200"],

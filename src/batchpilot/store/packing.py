@@ -12,13 +12,9 @@ The store reads them back in SQL through the functions `register` adds to a conn
 
 from __future__ import annotations
 
-import sys
-from functools import lru_cache
+import threading
 
-if sys.version_info >= (3, 14):  # pragma: no cover - the standard library's from 3.14
-    from compression.zstd import ZstdCompressor, ZstdDecompressor, ZstdDict
-else:
-    from backports.zstd import ZstdCompressor, ZstdDecompressor, ZstdDict
+import zstandard
 
 from batchpilot.store.database import Connection
 
@@ -45,23 +41,29 @@ _ANSWER_DICTIONARY = (
 )
 
 
-@lru_cache(maxsize=1)
-def _answer_dictionary() -> ZstdDict:
-    return ZstdDict(_ANSWER_DICTIONARY, is_raw=True)
+def _dictionary(content: bytes) -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(content, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
-def _compress(data: bytes, dictionary: ZstdDict | None = None) -> bytes:
-    return ZstdCompressor(_LEVEL, zstd_dict=dictionary).compress(data, ZstdCompressor.FLUSH_FRAME)
+class _Contexts(threading.local):
+    """Compression and decompression contexts, reused: making one costs more than a small
+    value's whole compression. Not thread-safe, so each thread has its own."""
+
+    def __init__(self) -> None:
+        answers = _dictionary(_ANSWER_DICTIONARY)
+        self.compress = zstandard.ZstdCompressor(level=_LEVEL)
+        self.decompress = zstandard.ZstdDecompressor()
+        self.compress_answer = zstandard.ZstdCompressor(level=_LEVEL, dict_data=answers)
+        self.decompress_answer = zstandard.ZstdDecompressor(dict_data=answers)
 
 
-def _decompress(data: bytes, dictionary: ZstdDict | None = None) -> bytes:
-    return ZstdDecompressor(dictionary).decompress(data)
+_contexts = _Contexts()
 
 
-def _packed(tag: int, data: bytes, dictionary: ZstdDict | None) -> bytes | None:
+def _packed(tag: int, data: bytes, compressor: zstandard.ZstdCompressor) -> bytes | None:
     if len(data) < _SMALLEST:
         return None
-    packed = bytes((tag,)) + _compress(data, dictionary)
+    packed = bytes((tag,)) + compressor.compress(data)
     return packed if len(packed) < len(data) else None
 
 
@@ -69,12 +71,16 @@ def pack(text: str | None) -> str | bytes | None:
     """A row's JSON (or any text) as the store keeps it."""
     if text is None:
         return None
-    return _packed(PLAIN, text.encode(), None) or text
+    return _packed(PLAIN, text.encode(), _contexts.compress) or text
 
 
-def pack_answer(text: str) -> str | bytes:
-    """An answer's JSON as the store keeps it."""
-    return _packed(ANSWER, text.encode(), _answer_dictionary()) or text
+def pack_answer(text: str | bytes) -> str | bytes:
+    """An answer's JSON (text, or its UTF-8 bytes) as the store keeps it."""
+    data = text.encode() if isinstance(text, str) else text
+    packed = _packed(ANSWER, data, _contexts.compress_answer)
+    if packed is not None:
+        return packed
+    return text if isinstance(text, str) else text.decode()
 
 
 def pack_body(body: bytes, row: str | None) -> bytes:
@@ -83,8 +89,9 @@ def pack_body(body: bytes, row: str | None) -> bytes:
     if len(body) < _SMALLEST:
         return body
     if row is None or len(row) < _SMALLEST:
-        return _packed(PLAIN, body, None) or body
-    return _packed(WITH_ROW, body, ZstdDict(row.encode(), is_raw=True)) or body
+        return _packed(PLAIN, body, _contexts.compress) or body
+    compressor = zstandard.ZstdCompressor(level=_LEVEL, dict_data=_dictionary(row.encode()))
+    return _packed(WITH_ROW, body, compressor) or body
 
 
 def unpack(value: str | bytes | None) -> str | None:
@@ -95,9 +102,9 @@ def unpack(value: str | bytes | None) -> str | None:
         return ""
     tag = value[0]
     if tag == PLAIN:
-        return _decompress(value[1:]).decode()
+        return _contexts.decompress.decompress(value[1:]).decode()
     if tag == ANSWER:
-        return _decompress(value[1:], _answer_dictionary()).decode()
+        return _contexts.decompress_answer.decompress(value[1:]).decode()
     return value.decode()
 
 
@@ -109,9 +116,10 @@ def unpack_body(value: bytes | str, row: str | bytes | None) -> bytes:
         text = unpack(row)
         if not text:
             raise ValueError("a request body packed with its row, whose data is gone")
-        return _decompress(value[1:], ZstdDict(text.encode(), is_raw=True))
+        dictionary = _dictionary(text.encode())
+        return zstandard.ZstdDecompressor(dict_data=dictionary).decompress(value[1:])
     if value and value[0] == PLAIN:
-        return _decompress(value[1:])
+        return _contexts.decompress.decompress(value[1:])
     return bytes(value)
 
 

@@ -229,7 +229,7 @@ def apply_outcomes(
                 )
             )
         if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
-            text = pack_answer(orjson.dumps(outcome.response).decode())
+            text = pack_answer(orjson.dumps(outcome.response))
             results.append(
                 (
                     run_id,
