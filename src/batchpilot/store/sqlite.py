@@ -238,13 +238,11 @@ class SQLiteStore:
         default `max_output_tokens` priced when it is reserved."""
         worst_output, worst_usd, batch_worst_usd = worst or (max_output_tokens, None, None)
         last = getattr(self._local, "last_row", None)
-        if last is not None and last[:2] == (run_id, first_row):
-            row = last[2]
-        else:
-            row = queries.stored_row_data(self._db, run_id, first_row)
+        row = last[2] if last and last[:2] == (run_id, first_row) else None
+        body = pack_body(body, row or queries.stored_row_data(self._db, run_id, first_row))
         queries.insert_request(
             self._db,
-            (run_id, request_id, content_hash, endpoint, model, pack_body(body, row), input_tokens),
+            (run_id, request_id, content_hash, endpoint, model, body, input_tokens),
             (max_output_tokens, first_row, worst_output, worst_usd, batch_worst_usd),
         )
 
