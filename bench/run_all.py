@@ -21,8 +21,9 @@ HERE = Path(__file__).parent
 SHORT: dict[str, list[str]] = {
     "claims.py": ["--runs", "4", "--requests", "100"],
     "hybrid_movies.py": ["--scale", "4000", "--time-scale", "36000"],
+    "export_rows.py": ["--rows", "300", "--rounds", "1"],
     "import_time.py": ["--rounds", "1", "--no-warm-up"],
-    "plan_movies.py": ["--rows", "100", "--memory-rows", "50"],
+    "plan_movies.py": ["--rows", "100", "--memory-rows", "50", "--load-rounds", "1"],
     "report_build.py": ["--rows", "200"],
     "scale.py": ["--short"],
     "ui_answers.py": ["--rows", "200", "--repeat", "1"],

@@ -3,8 +3,8 @@
     python bench/store_ingest.py [--lines 50000] [--scale 1000000]
 
 1. Ingest: read, match by id, classify, price and commit every line of a 50,000-line output
-   file (one transaction), beside plain `json.loads` of every line of the same file in the same
-   run (target: at most 3x).
+   file (one transaction), beside `orjson.loads` of every line of the same file in the same
+   run (target: at most 2x).
 2. Scale: plan `--scale` requests into a store, pass them through batches of 50,000 to results,
    and report the store's size per request and the time per request. `--movie` gives each row
    a movie-sized plot (a 2.75 KB input line, rendered into a system prompt and the plot) and each
@@ -15,10 +15,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import tempfile
 import time
 from pathlib import Path
+
+import orjson
 
 from batchpilot.pricing import PriceTable
 from batchpilot.run.ingest import RetryPolicy, classify, read_lines
@@ -55,24 +59,27 @@ def answer(custom_id: str, i: int) -> bytes:
 
 
 SYSTEM = "Extract the characters who die in this plot, and the tone of the film, as JSON."
-PLOT_WORDS = [
-    "storm",
-    "island",
-    "sailor",
-    "queen",
-    "war",
-    "night",
-    "train",
-    "secret",
-    "brother",
-    "poison",
-    "letter",
-]
+PROSE_MODULES = ("argparse", "collections", "email.message", "inspect", "json", "logging", "re")
+
+
+@functools.cache
+def prose() -> str:
+    """English prose that compresses like a plot summary: the standard library's docstrings."""
+    texts = []
+    for name in PROSE_MODULES:
+        module = importlib.import_module(name)
+        for value in [module, *vars(module).values()]:
+            doc = getattr(value, "__doc__", None)
+            if isinstance(doc, str) and getattr(value, "__module__", name) == name:
+                texts.append(" ".join(doc.split()))
+    return " ".join(texts)
 
 
 def plot(index: int) -> str:
-    words = [PLOT_WORDS[(index * 7 + k * k) % len(PLOT_WORDS)] for k in range(430)]
-    return f"Film {index}: " + " ".join(words)
+    """A 2.7 KB plot of real prose: each row's from its own place in the text."""
+    text = prose()
+    start = (index * 7919) % (len(text) - 2700)
+    return f"Film {index}: " + text[start : start + 2650]
 
 
 def movie_row(index: int) -> tuple[dict[str, object], bytes]:
@@ -147,7 +154,7 @@ def ingest_benchmark(lines: int) -> None:
 
         started = time.perf_counter()
         with output.open("rb") as handle:
-            parsed = [json.loads(line) for line in handle]
+            parsed = [orjson.loads(line) for line in handle]
         reference = time.perf_counter() - started
         assert len(parsed) == lines
 
@@ -159,8 +166,8 @@ def ingest_benchmark(lines: int) -> None:
         assert store.request_counts("bench")["succeeded"] == lines
         store.close()
     print(f"ingest {lines:,} lines            {elapsed:.2f} s")
-    print(f"reference: json.loads of each line  {reference:.2f} s")
-    print(f"ratio ingest/parse = {elapsed / reference:.2f}  (target <= 3)")
+    print(f"reference: orjson.loads of each line  {reference:.2f} s")
+    print(f"ratio ingest/parse = {elapsed / reference:.2f}  (target <= 2)")
 
 
 def scale_benchmark(total: int, movie: bool = False) -> None:

@@ -20,6 +20,7 @@ import openai
 from openai.types import Batch
 
 from batchpilot.server import LocalServer
+from batchpilot.store.packing import register
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -29,8 +30,9 @@ OPEN_CLIENTS: list[openai.OpenAI] = []
 
 def sql(path: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
     """Run one statement on a store's SQLite file through a connection of its own (committed):
-    a test's look at, or change to, the raw tables."""
+    a test's look at, or change to, the raw tables (`unpack(column)` reads a packed value)."""
     with closing(sqlite3.connect(path)) as db, db:
+        register(db)
         return db.execute(query, params).fetchall()
 
 

@@ -23,6 +23,8 @@ from batchpilot.run import open_store, run_job
 from batchpilot.run.identity import step_runs
 from batchpilot.server import LocalServer
 from batchpilot.spec import job_from_dict, load_job
+from batchpilot.store.packing import register
+from batchpilot.store.sqlite_queries import body_of
 
 from helpers import run_command
 
@@ -99,8 +101,10 @@ def executed(server: LocalServer) -> Counter[str]:
 
 def bodies(state: Path, run_id: str) -> list[dict[str, Any]]:
     with sqlite3.connect(state / "batchpilot.sqlite3") as db:
+        register(db)  # bodies are kept compressed
         rows = db.execute(
-            "SELECT body FROM requests WHERE run_id = ? ORDER BY first_row", (run_id,)
+            f"SELECT {body_of('requests')} FROM requests WHERE run_id = ? ORDER BY first_row",
+            (run_id,),
         ).fetchall()
     return [json.loads(row[0]) for row in rows]
 

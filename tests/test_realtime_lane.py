@@ -433,7 +433,7 @@ def test_results_stream_into_the_store_at_real_time_prices(
     report = drive(server, store, prices=prices)
     rows = sql(
         store.path,
-        "SELECT request_id, lane, input_tokens, output_tokens, cost_usd, response_json "
+        "SELECT request_id, lane, input_tokens, output_tokens, cost_usd, unpack(response_json) "
         "FROM results WHERE run_id = ?",
         RUN,
     )
@@ -456,7 +456,7 @@ def test_embeddings_and_the_azure_client_go_through_the_same_lane(
     inputs = [{"model": "text-embedding-3-small", "input": f"text {i}"} for i in range(3)]
     store, ids = make_store(tmp_path / "embeddings", inputs, "/v1/embeddings")
     assert drive(server, store).succeeded == 3
-    answers = [row[0] for row in sql(store.path, "SELECT response_json FROM results")]
+    answers = [row[0] for row in sql(store.path, "SELECT unpack(response_json) FROM results")]
     vectors = [orjson.loads(text)["data"][0]["embedding"] for text in answers]
     assert all(isinstance(v, list) and isinstance(v[0], float) for v in vectors)
     store, azure_ids = make_store(tmp_path / "azure", [chat(i) for i in range(3)])

@@ -10,6 +10,7 @@ import ast
 import itertools
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -546,6 +547,8 @@ def test_a_batch_reads_only_its_own_rows_however_large_the_run(
             # neither a scan nor a search by run alone: both visit every request of the run
             assert "SCAN requests" not in details, (statement, details)
             assert "(run_id=?)" not in details, (statement, details)
+            # a body is read with its own row (its compression dictionary), found by its key
+            assert re.search(r"SCAN (rows|b)\b", details) is None, (statement, details)
         if n == large:
             store.close()
     # ten times the run, the same work per batch (give or take the B-tree's depth)

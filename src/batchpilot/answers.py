@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 __all__ = ["Answer", "answer_of", "parsed_answer", "response_content"]
 
 
@@ -88,7 +90,10 @@ def parsed_answer(text: str | None) -> dict[str, Any] | list[Any] | None:
     if not isinstance(text, str):
         return None
     try:
-        parsed = json.loads(text)
-    except ValueError:
-        return None
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses and Python reads: NaN, integers past 64 bits
+            parsed = json.loads(text)
+        except ValueError:
+            return None
     return parsed if isinstance(parsed, dict | list) else None

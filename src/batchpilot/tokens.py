@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from batchpilot.errors import MissingDependency, StateError, UserInputError
+from batchpilot.rank_cache import cached_ranks
 
 if TYPE_CHECKING:
     import tiktoken
@@ -149,7 +150,8 @@ def _load_ranks(path: Path, expected_sha256: str) -> dict[bytes, int]:
 
 @functools.cache
 def get_encoding(name: str) -> tiktoken.Encoding:
-    """The tiktoken encoding `name` built from verified local rank files, once per process."""
+    """The tiktoken encoding `name` built from verified local rank files, once per process;
+    the decoded ranks are kept in the user's cache, once per machine."""
     spec = _SPECS.get(name)
     if spec is None:
         raise UserInputError(f"unknown encoding {name!r}; supported: {', '.join(sorted(_SPECS))}")
@@ -158,7 +160,9 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     return tiktoken.Encoding(
         name=name,
         pat_str=spec.pat_str,
-        mergeable_ranks=_load_ranks(_rank_file(name), spec.sha256),
+        mergeable_ranks=cached_ranks(
+            name, spec.sha256, lambda: _load_ranks(_rank_file(name), spec.sha256)
+        ),
         special_tokens=dict(spec.special_tokens),
     )
 

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchpilot.answers import parsed_answer, response_content
 from batchpilot.errors import StateError
 from batchpilot.export.rows import ExportRow
@@ -16,18 +18,25 @@ from batchpilot.store import Store
 __all__ = ["export_rows", "export_run"]
 
 
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # NaN or an integer past 64 bits in a row: Python reads them
+        return json.loads(text)
+
+
 def export_rows(
     store: Store, run_id: str, fallback: Callable[[dict[str, Any] | None], Any] | None = None
 ) -> Iterator[ExportRow]:
     """Every row of a run, in input order, joined with its result; rows that finally failed
     get `fallback(input row)` as their answer when a fallback is given (status `fallback`)."""
     for row in store.joined_rows(run_id):
-        response = json.loads(row.response_json) if row.response_json else None
+        response = _loads(row.response_json) if row.response_json else None
         content, embedding = response_content(response)
         parsed: Any = parsed_answer(content)
         status = "skipped" if row.request_id is None else (row.state or "pending")
         if status == "failed" and fallback is not None:
-            data = json.loads(row.data_json) if row.data_json else None
+            data = _loads(row.data_json) if row.data_json else None
             answer = fallback(data)
             status = "fallback"
             if isinstance(answer, dict | list):
@@ -40,7 +49,7 @@ def export_rows(
             request_id=row.request_id,
             status=status,
             attempts=row.attempts or 0,
-            data=json.loads(row.data_json) if row.data_json else None,
+            data=_loads(row.data_json) if row.data_json else None,
             content=content,
             parsed=parsed,
             embedding=embedding,

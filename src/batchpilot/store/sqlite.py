@@ -21,6 +21,7 @@ from batchpilot.store import sqlite_reads as reads
 from batchpilot.store.database import Connection, Error, connect
 from batchpilot.store.lock import unusable_state_dir
 from batchpilot.store.migrations import migrate
+from batchpilot.store.packing import pack_body, register
 from batchpilot.store.records import (
     AnswerFilter,
     AttemptRecord,
@@ -45,7 +46,6 @@ from batchpilot.store.states import (
 __all__ = ["SQLiteStore", "utc_now"]
 
 ACTIVE_BATCHES = (BatchState.CREATING, BatchState.SUBMITTED)
-_REQUEST_COLUMNS = queries.REQUEST_COLUMNS
 
 
 def utc_now() -> str:
@@ -80,6 +80,7 @@ class SQLiteStore(SharedMixin):
             db = connect(self.path, shared=True, foreign_keys=True)
         except Error as exc:
             raise StateError(f"{self.path}: cannot open the store ({exc})") from None
+        register(db)
         with self._guard:
             self._connections.append(db)
         self._local.db = db
@@ -214,9 +215,11 @@ class SQLiteStore(SharedMixin):
         skip_reason: str | None = None,
     ) -> None:
         data_json = None if data is None else _dumps(data)
-        queries.insert_row(
+        added = queries.insert_row(
             self._db, (run_id, index, row_id, request_id, source, skip_reason, data_json)
         )
+        # The request planned next is most often this row's: its body is packed against it.
+        self._local.last_row = (run_id, index, data_json) if added else None
 
     def add_request(
         self,
@@ -235,6 +238,9 @@ class SQLiteStore(SharedMixin):
         """A planned request; `worst` is its worst case (output tokens, USD, batch USD), by
         default `max_output_tokens` priced when it is reserved."""
         worst_output, worst_usd, batch_worst_usd = worst or (max_output_tokens, None, None)
+        last = getattr(self._local, "last_row", None)
+        row = last[2] if last and last[:2] == (run_id, first_row) else None
+        body = pack_body(body, row or queries.stored_row_data(self._db, run_id, first_row))
         queries.insert_request(
             self._db,
             (run_id, request_id, content_hash, endpoint, model, body, input_tokens),
@@ -281,7 +287,7 @@ class SQLiteStore(SharedMixin):
 
     def in_flight(self, run_id: str) -> list[PendingRequest]:
         """Requests left in flight on the real-time lane (by a crash), bodies left empty."""
-        columns = _REQUEST_COLUMNS.replace("body", "x'' AS body")
+        columns = queries.request_columns("requests", bodies=False)
         rows = self._db.execute(
             f"SELECT {columns} FROM requests WHERE run_id = ? AND state = 'realtime'", (run_id,)
         ).fetchall()
@@ -294,7 +300,8 @@ class SQLiteStore(SharedMixin):
 
     def request_body(self, run_id: str, request_id: str) -> bytes:
         row = self._db.execute(
-            "SELECT body FROM requests WHERE run_id = ? AND id = ?", (run_id, request_id)
+            f"SELECT {queries.body_of('requests')} FROM requests WHERE run_id = ? AND id = ?",
+            (run_id, request_id),
         ).fetchone()
         if row is None:
             raise StateError(f"no request {request_id} in run {run_id}")
@@ -302,7 +309,8 @@ class SQLiteStore(SharedMixin):
 
     def row_data(self, run_id: str, row_index: int) -> dict[str, Any] | None:
         row = self._db.execute(
-            "SELECT data_json FROM rows WHERE run_id = ? AND row_index = ?", (run_id, row_index)
+            "SELECT unpack(data_json) FROM rows WHERE run_id = ? AND row_index = ?",
+            (run_id, row_index),
         ).fetchone()
         return json.loads(row[0]) if row is not None and row[0] else None
 

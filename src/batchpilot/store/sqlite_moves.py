@@ -18,6 +18,7 @@ import orjson
 
 from batchpilot.errors import IllegalTransition, StateError
 from batchpilot.store.database import Connection
+from batchpilot.store.packing import pack_answer
 from batchpilot.store.records import Outcome
 from batchpilot.store.states import REQUEST_MOVES, RequestState, check_move
 
@@ -228,7 +229,7 @@ def apply_outcomes(
                 )
             )
         if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
-            text = orjson.dumps(outcome.response).decode()
+            text = pack_answer(orjson.dumps(outcome.response))
             results.append(
                 (
                     run_id,

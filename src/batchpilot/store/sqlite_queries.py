@@ -10,6 +10,7 @@ import orjson
 
 from batchpilot.errors import StateError
 from batchpilot.store.database import Connection, IntegrityError, Row
+from batchpilot.store.packing import pack
 from batchpilot.store.records import DeliveryRow, JoinedRow, PendingRequest
 from batchpilot.store.sqlite_moves import move
 from batchpilot.store.states import RequestState
@@ -19,6 +20,7 @@ __all__ = [
     "answered_rows",
     "apply_cache",
     "batch_requests",
+    "body_of",
     "cached",
     "deliver",
     "insert_batch",
@@ -27,17 +29,34 @@ __all__ = [
     "joined_rows",
     "pending",
     "realtime_sent_since",
+    "request_columns",
     "row_outcomes",
+    "stored_row_data",
     "take_cached",
     "undelivered",
     "unpriced",
 ]
 
-REQUEST_COLUMNS = (
-    "id, endpoint, model, body, input_tokens, max_output_tokens, attempts, first_row, "
-    "worst_output_tokens, worst_usd, batch_worst_usd"
-)
-_REQUEST_COLUMNS_OF_R = ", ".join(f"r.{name.strip()}" for name in REQUEST_COLUMNS.split(","))
+
+def body_of(table: str) -> str:
+    """The SQL for the body of a request of `table` (a name or an alias), unpacked."""
+    return (
+        f"unpack_body({table}.body, (SELECT b.data_json FROM rows b WHERE b.run_id = "
+        f"{table}.run_id AND b.row_index = {table}.first_row))"
+    )
+
+
+def request_columns(table: str, *, bodies: bool = True) -> str:
+    """The columns of a PendingRequest from `table`; without `bodies`, each body left empty."""
+    body = body_of(table) if bodies else "x''"
+    return (
+        f"{table}.id, {table}.endpoint, {table}.model, {body} AS body, {table}.input_tokens, "
+        f"{table}.max_output_tokens, {table}.attempts, {table}.first_row, "
+        f"{table}.worst_output_tokens, {table}.worst_usd, {table}.batch_worst_usd"
+    )
+
+
+REQUEST_COLUMNS = request_columns("requests")
 _CACHED = (
     "INSERT OR IGNORE INTO results(run_id, request_id, response_json, input_tokens, "
     "output_tokens, cost_usd, lane, created_at_utc) "
@@ -50,14 +69,24 @@ _CACHED = (
 
 def insert_row(
     db: Connection, row: tuple[str, int, str, str | None, str, str | None, str | None]
-) -> None:
+) -> bool:
     """An input row (none if its index is already planned): (run id, index, row id, request id,
-    source, skip reason, data JSON)."""
-    db.execute(
+    source, skip reason, data JSON); whether it was added."""
+    added = db.execute(
         "INSERT OR IGNORE INTO rows(run_id, row_index, row_id, request_id, source, "
         "skip_reason, data_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        row,
-    )
+        (*row[:6], pack(row[6])),
+    ).rowcount
+    return added == 1
+
+
+def stored_row_data(db: Connection, run_id: str, row_index: int) -> str | None:
+    """The JSON of a row as it is kept (none if the row or its data is not)."""
+    found = db.execute(
+        "SELECT unpack(data_json) FROM rows WHERE run_id = ? AND row_index = ?",
+        (run_id, row_index),
+    ).fetchone()
+    return None if found is None else found[0]
 
 
 def insert_batch(
@@ -118,7 +147,7 @@ def answered_rows(db: Connection, run_id: str) -> Iterator[tuple[str, str]]:
     cursor = db.cursor()
     cursor.row_factory = None
     cursor.execute(
-        "SELECT w.request_id, r.response_json FROM rows w "
+        "SELECT w.request_id, unpack(r.response_json) FROM rows w "
         "JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
         "WHERE w.run_id = ? AND q.state = 'succeeded' ORDER BY w.row_index",
@@ -143,8 +172,9 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     cursor = db.cursor()
     cursor.row_factory = None
     cursor.execute(
-        "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
-        "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
+        "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, "
+        "unpack(w.data_json), q.state, q.attempts, q.error, unpack(r.response_json), "
+        "r.input_tokens, r.output_tokens, "
         "r.cost_usd, r.lane FROM rows w "
         "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
@@ -173,7 +203,8 @@ def cached(
 ) -> list[tuple[PendingRequest, dict[str, Any]]]:
     """Pending requests (by id, after `after`) that the cache could answer, with the answer."""
     found = db.execute(
-        f"SELECT {_REQUEST_COLUMNS_OF_R}, s.response_json FROM requests r "
+        f"SELECT {request_columns('r')}, unpack(s.response_json) AS response_json "
+        "FROM requests r "
         "JOIN answers a ON a.content_hash = r.content_hash "
         "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
         "WHERE r.run_id = ? AND r.state = 'pending' AND r.id > ? ORDER BY r.id LIMIT ?",
@@ -205,8 +236,9 @@ def undelivered(db: Connection, run_id: str, limit: int) -> list[DeliveryRow]:
     cursor = db.cursor()
     cursor.row_factory = None
     rows = cursor.execute(
-        "SELECT w.row_index, w.row_id, w.data_json, q.body, q.state, q.attempts, q.error, "
-        "r.response_json, r.lane, "
+        "SELECT w.row_index, w.row_id, unpack(w.data_json), unpack_body(q.body, (SELECT "
+        "b.data_json FROM rows b WHERE b.run_id = q.run_id AND b.row_index = q.first_row)), "
+        "q.state, q.attempts, q.error, unpack(r.response_json), r.lane, "
         "COALESCE(r.input_tokens, (SELECT SUM(a.input_tokens) FROM attempts a "
         "WHERE a.run_id = q.run_id AND a.request_id = q.id), 0) AS input_tokens, "
         "COALESCE(r.output_tokens, (SELECT SUM(a.output_tokens) FROM attempts a "
@@ -277,7 +309,7 @@ def batch_requests(
     db: Connection, run_id: str, batch_id: int, bodies: bool
 ) -> list[PendingRequest]:
     """The requests of a live batch in input order, found through `requests_by_batch`."""
-    columns = REQUEST_COLUMNS if bodies else REQUEST_COLUMNS.replace("body", "x''")
+    columns = request_columns("requests", bodies=bodies)
     cursor = db.execute(
         f"SELECT {columns} FROM requests INDEXED BY requests_by_batch WHERE run_id = ? "
         "AND batch_id = ? AND state IN ('queued', 'submitted') ORDER BY first_row",

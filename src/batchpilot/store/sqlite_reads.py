@@ -46,8 +46,9 @@ def answers(
     cursor = db.cursor()
     cursor.row_factory = None
     rows = cursor.execute(
-        "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
-        "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
+        "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, "
+        "unpack(w.data_json), q.state, q.attempts, q.error, unpack(r.response_json), "
+        "r.input_tokens, r.output_tokens, "
         "r.cost_usd, r.lane FROM rows w "
         "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
@@ -94,8 +95,8 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
         params.append(where.lane)
     if where.search:
         conditions.append(
-            "(w.row_id LIKE ? ESCAPE '\\' OR w.data_json LIKE ? ESCAPE '\\' "
-            "OR r.response_json LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
+            "(w.row_id LIKE ? ESCAPE '\\' OR unpack(w.data_json) LIKE ? ESCAPE '\\' "
+            "OR unpack(r.response_json) LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
         )
         params += [f"%{_like(where.search)}%"] * 4
     if where.state is not None or where.reason is not None or where.search:

@@ -1,0 +1,138 @@
+"""How the SQLite store keeps large text: input rows, request bodies and answers compressed.
+
+A request's body is rendered from its row, so it is compressed with the row's JSON as the
+dictionary: what it shares with the row (the row's text, mostly) costs a few bytes, and the input
+is held once. Answers are compressed with a built-in dictionary of what a chat completion says
+around its content. A value too small to gain is kept as it is.
+
+Each packed value is a BLOB whose first byte says how it was packed; JSON never starts with one
+of these bytes, so values written before packing (text, or a body's bytes) read as they are.
+The store reads them back in SQL through the functions `register` adds to a connection.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from batchpilot.store.database import Connection
+
+__all__ = ["pack", "pack_answer", "pack_body", "register", "unpack", "unpack_body"]
+
+PLAIN = 1  # zstd, no dictionary
+WITH_ROW = 2  # zstd, the request's row as the dictionary
+ANSWER = 3  # zstd, the built-in answer dictionary (version 1)
+_SMALLEST = 96  # bytes: below this, compression gains less than it costs
+_LEVEL = 1
+
+# What an OpenAI-style chat completion holds around its content; the dictionary's bytes may
+# never change once written (a new one takes a new tag).
+_ANSWER_DICTIONARY = (
+    b'{"id":"chatcmpl-","object":"chat.completion","created":17,"model":"gpt-4o-mini-2024-07-18",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"{\\"","refusal":null,'
+    b'"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":'
+    b',"completion_tokens":,"total_tokens":,"prompt_tokens_details":{"cached_tokens":0,'
+    b'"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,'
+    b'"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default",'
+    b'"system_fingerprint":"fp_"}'
+    b'{"id":"chatcmpl-","object":"chat.completion","created":17,"model":"gpt-4o-mini",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"'
+)
+
+
+def _dictionary(content: bytes) -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(content, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+class _Contexts(threading.local):
+    """Compression and decompression contexts, reused: making one costs more than a small
+    value's whole compression. Not thread-safe, so each thread has its own."""
+
+    def __init__(self) -> None:
+        answers = _dictionary(_ANSWER_DICTIONARY)
+        self.compress = zstandard.ZstdCompressor(level=_LEVEL)
+        self.decompress = zstandard.ZstdDecompressor()
+        self.compress_answer = zstandard.ZstdCompressor(level=_LEVEL, dict_data=answers)
+        self.decompress_answer = zstandard.ZstdDecompressor(dict_data=answers)
+
+
+_contexts = _Contexts()
+
+
+def _packed(tag: int, data: bytes, compressor: zstandard.ZstdCompressor) -> bytes | None:
+    if len(data) < _SMALLEST:
+        return None
+    packed = bytes((tag,)) + compressor.compress(data)
+    return packed if len(packed) < len(data) else None
+
+
+def pack(text: str | None) -> str | bytes | None:
+    """A row's JSON (or any text) as the store keeps it."""
+    if text is None:
+        return None
+    return _packed(PLAIN, text.encode(), _contexts.compress) or text
+
+
+def pack_answer(text: str | bytes) -> str | bytes:
+    """An answer's JSON (text, or its UTF-8 bytes) as the store keeps it."""
+    data = text.encode() if isinstance(text, str) else text
+    packed = _packed(ANSWER, data, _contexts.compress_answer)
+    if packed is not None:
+        return packed
+    return text if isinstance(text, str) else text.decode()
+
+
+def pack_body(body: bytes, row: str | None) -> bytes:
+    """A request's body as the store keeps it, `row` the JSON of the row it was rendered from
+    exactly as that row is stored (unpacked), or None."""
+    if len(body) < _SMALLEST:
+        return body
+    if row is None or len(row) < _SMALLEST:
+        return _packed(PLAIN, body, _contexts.compress) or body
+    compressor = zstandard.ZstdCompressor(level=_LEVEL, dict_data=_dictionary(row.encode()))
+    return _packed(WITH_ROW, body, compressor) or body
+
+
+def unpack(value: str | bytes | None) -> str | None:
+    """The text a value packed by `pack` or `pack_answer` holds."""
+    if value is None or isinstance(value, str):
+        return value
+    if not value:
+        return ""
+    tag = value[0]
+    if tag == PLAIN:
+        return _contexts.decompress.decompress(value[1:]).decode()
+    if tag == ANSWER:
+        return _contexts.decompress_answer.decompress(value[1:]).decode()
+    return value.decode()
+
+
+def unpack_body(value: bytes | str, row: str | bytes | None) -> bytes:
+    """The body a value packed by `pack_body` holds; `row` is the row's stored (packed) JSON."""
+    if isinstance(value, str):
+        return value.encode()
+    if value and value[0] == WITH_ROW:
+        text = unpack(row)
+        if not text:
+            raise ValueError("a request body packed with its row, whose data is gone")
+        dictionary = _dictionary(text.encode())
+        return zstandard.ZstdDecompressor(dict_data=dictionary).decompress(value[1:])
+    if value and value[0] == PLAIN:
+        return _contexts.decompress.decompress(value[1:])
+    return bytes(value)
+
+
+def register(db: Connection) -> None:
+    """The SQL functions that read (`unpack`, `unpack_body`) and write (`pack`, `pack_answer`,
+    `pack_body`) packed values, on this connection."""
+    db.create_function("unpack", 1, unpack, deterministic=True)
+    db.create_function("unpack_body", 2, unpack_body, deterministic=True)
+    db.create_function("pack", 1, pack, deterministic=True)
+    db.create_function("pack_answer", 1, pack_answer, deterministic=True)
+    db.create_function("pack_body", 2, _pack_stored_body, deterministic=True)
+
+
+def _pack_stored_body(body: bytes | str, row: str | bytes | None) -> bytes:
+    """`pack_body` for a body already in the store, `row` its row's stored JSON (packed or not)."""
+    return pack_body(unpack_body(body, None), unpack(row))
