@@ -31,7 +31,7 @@ ServerFactory = Callable[..., LocalServer]
 def results(store: Any) -> list[tuple[Any, ...]]:
     return sql(
         store.path,
-        "SELECT request_id, lane, input_tokens, output_tokens, cost_usd, response_json "
+        "SELECT request_id, lane, input_tokens, output_tokens, cost_usd, unpack(response_json) "
         "FROM results WHERE run_id = ?",
         RUN,
     )

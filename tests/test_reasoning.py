@@ -141,7 +141,7 @@ def test_reasoning_tokens_are_in_usage_and_in_the_cost_in_both_lanes(
         assert result.status.finished and result.status.requests["succeeded"] == 3
         answers = sql(
             where / "state" / "batchpilot.sqlite3",
-            "SELECT response_json, output_tokens, cost_usd FROM results",
+            "SELECT unpack(response_json), output_tokens, cost_usd FROM results",
         )
         for text, output_tokens, cost in answers:
             usage = json.loads(text)["usage"]
@@ -205,7 +205,7 @@ def test_a_shared_long_prompt_is_cached_and_billed_at_the_cached_rate_in_every_l
         assert result.status.requests["succeeded"] == 3
         answers = sql(
             where / "state" / "batchpilot.sqlite3",
-            "SELECT response_json, cost_usd FROM results",
+            "SELECT unpack(response_json), cost_usd FROM results",
         )
         cached = []
         for text, cost in answers:

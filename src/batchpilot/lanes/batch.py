@@ -20,7 +20,7 @@ from typing import Any
 
 from batchpilot.errors import ProviderRejected, ProviderUnavailable
 from batchpilot.formatting import usd
-from batchpilot.lanes.failed import failed_batch_outcomes
+from batchpilot.lanes.failed import failed_batch_outcomes, lose_batch
 from batchpilot.lanes.forming import pending_pages
 from batchpilot.lanes.shared_queue import hold, shared_full, shared_room
 from batchpilot.plan.ids import request_line
@@ -42,7 +42,7 @@ from batchpilot.run.ingest import classify, read_lines
 from batchpilot.run.scheduler import LIVE, Scheduler, utc
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.share import LaneShare
-from batchpilot.store import BatchRecord, BatchState, Outcome, PendingRequest, RequestState, Store
+from batchpilot.store import BatchRecord, BatchState, PendingRequest, RequestState, Store
 
 __all__ = ["TO_SUBMIT", "BatchLane"]
 
@@ -569,24 +569,9 @@ class BatchLane:
         return elapsed * self.settings.time_scale > COMPLETION_WINDOW_S + 3600
 
     def _lost(self, batch: BatchRecord, misses: int) -> None:
-        """A batch the provider does not know, does not list, and whose window has ended can
-        bring nothing any more: its requests go back to pending (each try counted)."""
-        requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
-        why = f"lost: the provider no longer knows batch {batch.remote_id}"
-        outcomes = [
-            Outcome(r.id, self.settings.retry.next_state(r, True, True), error=why)
-            for r in requests
-        ]
-        self.store.finish_batch(self.run_id, batch.id, outcomes)
+        lose_batch(self.store, self.run_id, batch, misses, self.settings.retry)
         self._remove_files(batch, [])
         self._polls.pop(batch.id, None)
-        self.store.event(
-            self.run_id,
-            "lost",
-            f"batch {batch.id} ({batch.remote_id}) is gone: 'not found' {misses} times, not in "
-            "the provider's listing, and its completion window has ended; its requests are "
-            "sent again",
-        )
 
     def _schedule(self, poll: _Poll, batch: BatchRecord, turnaround: float) -> None:
         cap = self.scheduler.poll_cap(batch, turnaround)

@@ -3,11 +3,14 @@ shares (see batchpilot.run.share)."""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from batchpilot.errors import IllegalTransition
 from batchpilot.store import PendingRequest
 
-__all__ = ["Feed"]
+__all__ = ["Feed", "ListedFeed"]
 
 
 class Feed(Protocol):
@@ -34,3 +37,42 @@ class Feed(Protocol):
     def claim(self, request: PendingRequest, worst: float) -> str | None: ...
 
     def release(self, worst: float) -> None: ...
+
+
+class ListedFeed:
+    """A fixed list of pending requests, in order, within the lane's own budget: `fits(worst)`
+    says whether the money left covers a worst case, `take(request_id)` moves a request
+    pending → realtime in the store."""
+
+    waits = False
+
+    def __init__(
+        self,
+        requests: Sequence[PendingRequest],
+        fits: Callable[[float], bool],
+        take: Callable[[str], bool],
+    ) -> None:
+        self._queue = deque(requests)
+        self._fits = fits
+        self._take = take
+
+    @property
+    def done(self) -> bool:
+        return not self._queue
+
+    def next(self) -> PendingRequest | None:
+        return self._queue[0] if self._queue else None
+
+    def affordable(self, worst: float) -> bool:
+        return self._fits(worst)
+
+    def claim(self, request: PendingRequest, worst: float) -> str | None:
+        if not self._fits(worst):
+            return "budget"
+        self._queue.popleft()
+        if not self._take(request.id):
+            raise IllegalTransition(f"request {request.id}: was not pending when it was taken")
+        return None
+
+    def release(self, worst: float) -> None:
+        return None

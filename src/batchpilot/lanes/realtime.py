@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -39,9 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchpilot.errors import IllegalTransition
 from batchpilot.formatting import usd
-from batchpilot.lanes.feed import Feed
+from batchpilot.lanes.feed import Feed, ListedFeed
 from batchpilot.lanes.inflight import interrupted, recover_inflight
 from batchpilot.lanes.ratelimit import RateLimits, Throttle, TooLarge, retry_after
 from batchpilot.plan.worst import reservation
@@ -180,7 +178,12 @@ class RealtimeLane:
         cover the next request's worst case even with nothing in flight (`budget_stopped`).
         Raises AuthenticationFailed, after the in-flight requests end, if the key is refused.
         """
-        return await self.serve(_Listed(self, requests), stop)
+        feed = ListedFeed(
+            requests,
+            self._fits,
+            lambda request_id: self.store.claim_realtime(self.run_id, request_id),
+        )
+        return await self.serve(feed, stop)
 
     async def serve(self, feed: Feed, stop: asyncio.Event | None = None) -> LaneReport:
         """Send what `feed` hands out, as `run` does, until the feed is done or `stop` is set.
@@ -561,38 +564,6 @@ class RealtimeLane:
     ) -> tuple[int, int, float]:
         """An answer's tokens and price: the flex tier bills at batch prices."""
         return usage_cost(self.prices, request.model, body, batch=flex)
-
-
-class _Listed:
-    """A fixed list of pending requests, in order, within the lane's own budget."""
-
-    waits = False
-
-    def __init__(self, lane: RealtimeLane, requests: Sequence[PendingRequest]) -> None:
-        self._lane = lane
-        self._queue = deque(requests)
-
-    @property
-    def done(self) -> bool:
-        return not self._queue
-
-    def next(self) -> PendingRequest | None:
-        return self._queue[0] if self._queue else None
-
-    def affordable(self, worst: float) -> bool:
-        return self._lane._fits(worst)
-
-    def claim(self, request: PendingRequest, worst: float) -> str | None:
-        if not self._lane._fits(worst):
-            return "budget"
-        self._queue.popleft()
-        lane = self._lane
-        if not lane.store.claim_realtime(lane.run_id, request.id):
-            raise IllegalTransition(f"request {request.id}: was not pending when it was taken")
-        return None
-
-    def release(self, worst: float) -> None:
-        return None
 
 
 async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
