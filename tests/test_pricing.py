@@ -344,3 +344,52 @@ def test_usage_cost_reads_chat_and_responses_usage_alike() -> None:
         assert usage_cost(table, "gpt-4o-mini", body, batch=True) == (1000, 100, expected)
     assert usage_cost(None, "gpt-4o-mini", chat, batch=True) == (1000, 100, 0.0)
     assert usage_cost(table, "no-such-model", chat, batch=False) == (1000, 100, 0.0)
+
+
+def test_cache_writes_are_billed_at_their_own_rate_and_reads_at_the_cached_rate() -> None:
+    table = PriceTable.load()
+    price = table.price("claude-sonnet-4-5")
+    assert (price.input, price.cached_input, price.cache_write_input) == (3.0, 0.3, 3.75)
+    # 500k fresh, 200k read from the cache, 300k written to it
+    tokens = {"input_tokens": 1_000_000, "output_tokens": 0, "cached_tokens": 200_000}
+    standard = table.cost("claude-sonnet-4-5", **tokens, cache_write_tokens=300_000, batch=False)
+    assert standard == pytest.approx(0.5 * 3.0 + 0.2 * 0.3 + 0.3 * 3.75)
+    batch = table.cost("claude-sonnet-4-5", **tokens, cache_write_tokens=300_000, batch=True)
+    assert batch == pytest.approx(standard / 2)
+    # without a cache-write price (OpenAI) a write costs what fresh input does
+    assert table.cost(
+        "gpt-4o-mini", input_tokens=1000, output_tokens=0, cache_write_tokens=1000, batch=False
+    ) == table.cost("gpt-4o-mini", input_tokens=1000, output_tokens=0, batch=False)
+    with pytest.raises(UserInputError, match="exceed input tokens"):
+        table.cost(
+            "claude-sonnet-4-5",
+            input_tokens=10,
+            output_tokens=0,
+            cached_tokens=6,
+            cache_write_tokens=6,
+            batch=False,
+        )
+
+
+def test_an_anthropic_answers_cache_reads_and_writes_are_priced_from_its_usage() -> None:
+    from batchpilot.pricing import usage_cost
+    from batchpilot.providers.anthropic_shapes import chat_completion
+
+    message = {
+        "id": "msg_1",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": {
+            "input_tokens": 100,
+            "cache_read_input_tokens": 2000,
+            "cache_creation_input_tokens": 3000,
+            "output_tokens": 10,
+        },
+    }
+    table = PriceTable.load()
+    prompt, output, usd = usage_cost(
+        table, "claude-sonnet-4-5", chat_completion(message), batch=True
+    )
+    assert (prompt, output) == (5100, 10)
+    assert usd == pytest.approx((100 * 1.5 + 2000 * 0.15 + 3000 * 1.875 + 10 * 7.5) / 1e6)

@@ -34,7 +34,15 @@ _MESSAGES = {
     "model_type": "expected a mapping",
     "dict_type": "expected a mapping",
 }
-_PRICE_KEYS = ("input", "cached_input", "output", "batch_input", "batch_output", "batch_discount")
+_PRICE_KEYS = (
+    "input",
+    "cached_input",
+    "cache_write_input",
+    "output",
+    "batch_input",
+    "batch_output",
+    "batch_discount",
+)
 
 
 def _iso(value: object) -> object:
@@ -62,6 +70,7 @@ class _Override(_Strict):
 
     input: _Usd | None = None
     cached_input: _Usd | None = None
+    cache_write_input: _Usd | None = None
     output: _Usd | None = None
     batch_input: _Usd | None = None
     batch_output: _Usd | None = None
@@ -177,6 +186,7 @@ class Price:
     max_output_tokens: int | None = None
     flex: bool = False
     reasoning: bool = False
+    cache_write_input: float | None = None
 
     def rates(self, *, batch: bool) -> tuple[float, float, float | None]:
         """(input, cached input, output) per 1M tokens for real-time or batch use."""
@@ -187,6 +197,13 @@ class Price:
         if self.cached_input is None:
             return self.batch_input, self.batch_input, self.batch_output
         return self.batch_input, self.cached_input * self.batch_discount, self.batch_output
+
+    def cache_write_rate(self, *, batch: bool) -> float:
+        """Per 1M input tokens written to a prompt cache: the input price unless the table
+        gives one; the batch discount stacks on it."""
+        if self.cache_write_input is None:
+            return self.batch_input if batch else self.input
+        return self.cache_write_input * (self.batch_discount if batch else 1.0)
 
 
 def _make_price(
@@ -343,22 +360,26 @@ class PriceTable:
         input_tokens: int,
         output_tokens: int,
         cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
         batch: bool,
     ) -> float:
-        """USD for one request (or a sum of requests); `input_tokens` includes `cached_tokens`."""
-        if min(input_tokens, output_tokens, cached_tokens) < 0:
+        """USD for one request (or a sum of requests); `input_tokens` includes `cached_tokens`
+        (read from a prompt cache) and `cache_write_tokens` (written to one)."""
+        if min(input_tokens, output_tokens, cached_tokens, cache_write_tokens) < 0:
             raise UserInputError("token counts must not be negative")
-        if cached_tokens > input_tokens:
+        if cached_tokens + cache_write_tokens > input_tokens:
             raise UserInputError(
-                f"cached tokens ({cached_tokens}) exceed input tokens ({input_tokens})"
+                f"cached tokens ({cached_tokens}) and cache writes ({cache_write_tokens}) "
+                f"exceed input tokens ({input_tokens})"
             )
         price = self.price(model)
         rate_in, rate_cached, rate_out = price.rates(batch=batch)
         if rate_out is None and output_tokens:
             raise UserInputError(f"model {model!r} has no output price (an embeddings model?)")
-        uncached = input_tokens - cached_tokens
+        uncached = input_tokens - cached_tokens - cache_write_tokens
         output = output_tokens * (rate_out or 0.0)
-        return (uncached * rate_in + cached_tokens * rate_cached + output) / 1e6
+        written = cache_write_tokens * price.cache_write_rate(batch=batch)
+        return (uncached * rate_in + cached_tokens * rate_cached + written + output) / 1e6
 
 
 class _NoCost(PriceTable):
@@ -400,10 +421,16 @@ def usage_cost(
     completion = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     cached = min(prompt, int(details.get("cached_tokens", 0) or 0))
+    written = min(prompt - cached, int(details.get("cache_write_tokens", 0) or 0))
     if prices is None or not prices.has(model):
         return prompt, completion, 0.0
     usd = prices.cost(
-        model, input_tokens=prompt, output_tokens=completion, cached_tokens=cached, batch=batch
+        model,
+        input_tokens=prompt,
+        output_tokens=completion,
+        cached_tokens=cached,
+        cache_write_tokens=written,
+        batch=batch,
     )
     return prompt, completion, usd
 
