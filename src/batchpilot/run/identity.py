@@ -26,9 +26,16 @@ __all__ = [
     "run_id_for",
     "spec_json",
     "step_runs",
+    "without_credentials",
 ]
 
 _USERINFO = re.compile(r"(?<=://)[^/@]+@")
+
+
+def without_credentials(url: str) -> str:
+    """`url` without a `user:password@` part."""
+    return _USERINFO.sub("", url)
+
 
 # What shapes the requests and where they go; changing anything else (strategy, deadline,
 # budget, limits, output) continues the same run instead of starting another.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpilot.errors import UserInputError
+from batchpilot.run.identity import without_credentials
 from batchpilot.run.workspace import store_at
 from batchpilot.spec import ProviderSpec
 from batchpilot.store.shared import OrgLimit
@@ -17,11 +18,12 @@ __all__ = ["account_of", "account_of_parts", "limit_json", "read_limits", "set_l
 
 def account_of_parts(kind: str, base_url: str | None, organization: str | None) -> str | None:
     """The account a provider spends from: its kind, the base URL it is reached at (when not
-    the kind's own), and the organization (when named); None for the embedded local server,
-    which every run has to itself."""
+    the kind's own, never its credentials or query), and the organization (when named); None
+    for the embedded local server, which every run has to itself."""
     if kind == "local":
         return None
-    account = kind if not base_url else f"{kind}@{base_url.rstrip('/')}"
+    where = None if not base_url else without_credentials(base_url).split("?")[0].rstrip("/")
+    account = kind if not where else f"{kind}@{where}"
     return account if not organization else f"{account}/{organization}"
 
 
