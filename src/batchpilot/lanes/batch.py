@@ -35,7 +35,7 @@ from batchpilot.providers.base import (
     RemoteStatus,
 )
 from batchpilot.run.adopt import find_batch, find_upload, record_submitted, tags_for
-from batchpilot.run.budget import stop_for_budget
+from batchpilot.run.budget import OutOfMoney, stop_for_budget
 from batchpilot.run.cancel import cancel_batches
 from batchpilot.run.config import AnswerCheck, RunConfig
 from batchpilot.run.ingest import classify, read_lines
@@ -161,10 +161,16 @@ class BatchLane:
 
     def _form_batch(self) -> int | None:
         """In one transaction: the account's shared queue limit stays locked until it holds."""
-        with self.share.lock, self.store.tx():
-            batch_id = self._choose_batch()
-            self._hold()
-            return batch_id
+        try:
+            with self.share.lock, self.store.tx():
+                batch_id = self._choose_batch()
+                self._hold()
+                return batch_id
+        except OutOfMoney as short:  # the run stops in a transaction of its own
+            budget = self.settings.budget_usd
+            raise stop_for_budget(
+                self.store, self.run_id, budget, left=short.left, next_worst=short.next_worst
+            ) from None
 
     def _choose_batch(self) -> int | None:
         """A new local batch from the front of the pending requests that batches may take,
@@ -222,10 +228,7 @@ class BatchLane:
             )
             return None
         if money_left is not None:
-            worst = self._worst_cost(head)
-            raise stop_for_budget(
-                self.store, self.run_id, settings.budget_usd, left=money_left, next_worst=worst
-            )
+            raise OutOfMoney(money_left, self._worst_cost(head))
         return None
 
     def _advance(self, batch: BatchRecord) -> bool:

@@ -12,7 +12,18 @@ from batchpilot.formatting import usd
 from batchpilot.pricing import PriceTable
 from batchpilot.store import RunState, Store
 
-__all__ = ["check_worst_cases", "stop_for_budget"]
+__all__ = ["OutOfMoney", "check_worst_cases", "stop_for_budget"]
+
+
+class OutOfMoney(Exception):
+    """The next request's worst case no longer fits the money left: raised inside a store
+    transaction, which rolls back, and turned into `stop_for_budget` once outside it."""
+
+    def __init__(self, left: float, next_worst: float) -> None:
+        super().__init__(f"{left} left, {next_worst} needed")
+        self.left = left
+        self.next_worst = next_worst
+
 
 RAISE = "raise budget.max_usd (or --budget) and run again"
 
