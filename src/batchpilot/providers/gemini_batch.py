@@ -9,6 +9,7 @@ of the batch's lines and their size in bytes, the proof that the upload is the b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -149,7 +150,11 @@ class GeminiBatches:
     def cancel(self, remote_id: str) -> RemoteBatch:
         with edge(f"cancelling batch {remote_id}", self._secret):
             self._client.batches.cancel(name=_named(remote_id))
-        return self.poll(remote_id)
+        remote = self.poll(remote_id)
+        # Gemini has no cancelling state: a batch being cancelled still says it is running
+        if remote.status.terminal:
+            return remote
+        return dataclasses.replace(remote, status=RemoteStatus.CANCELLING)
 
     def find(self, run_id: str | None = None) -> Iterator[RemoteBatch]:
         with edge("listing batches", self._secret):
