@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -186,6 +187,7 @@ def test_ctrl_c_leaves_batches_running_and_says_how_to_resume(
     assert statuses == {"validating"}
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_cancels_remote_batches(
     tmp_path: Path, local_server_factory: Callable[..., LocalServer]
 ) -> None:
@@ -203,6 +205,7 @@ def test_second_ctrl_c_cancels_remote_batches(
     assert b"running remotely" not in output
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_real_time_answers_mentions_no_remote_batches(
     tmp_path: Path, local_server_factory: Callable[..., LocalServer]
 ) -> None:

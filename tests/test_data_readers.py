@@ -567,6 +567,7 @@ def drain_measuring(rows: Iterator[Row]) -> tuple[int, int, int]:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write", [write_big_jsonl, write_big_parquet], ids=["jsonl", "parquet"])
 def test_memory_does_not_grow_with_rows(tmp_path: Path, write: Callable[[Path, int], Path]) -> None:
     peaks: dict[int, int] = {}

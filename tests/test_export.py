@@ -551,6 +551,7 @@ def small_rows(count: int) -> Iterable[ExportRow]:
     return (make_row(index) for index in range(count))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "small", "large"),
     [("out.jsonl", 20_000, 200_000), ("out.csv", 5_000, 50_000)],

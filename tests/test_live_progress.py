@@ -302,6 +302,7 @@ def test_changes_from_nothing_seen_summarise_the_run() -> None:
     assert changes(status, status) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_acknowledged_at_once_with_what_happens_next(
     tmp_path: Path, local_server_factory: Callable[..., LocalServer]
 ) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from batchpilot.run import open_store, run_job
@@ -160,6 +161,7 @@ def test_changing_an_early_step_makes_the_later_steps_new(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.slow
 def test_a_crash_in_step_three_does_not_redo_steps_one_and_two(
     tmp_path: Path, local_server_factory: Callable[..., LocalServer]
 ) -> None:

@@ -174,6 +174,7 @@ def test_report_of_a_run_in_progress_shows_its_live_batches(
     assert "not finished yet" in shown["text"] and "Running for" in shown["text"]
 
 
+@pytest.mark.slow
 def test_report_of_a_pipeline_has_a_section_per_step(
     tmp_path: Path, local_server_factory: Callable[..., LocalServer], chromium: Any
 ) -> None:
@@ -222,6 +223,7 @@ def test_report_of_a_pipeline_has_a_section_per_step(
     assert "rows 1-6 of 6" in page
 
 
+@pytest.mark.slow
 def test_report_of_a_target_run_shows_valid_answers_over_waves(
     tmp_path: Path, local_server_factory: Callable[..., LocalServer], chromium: Any
 ) -> None:

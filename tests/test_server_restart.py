@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from helpers import by_custom_id, chat_line, client_for, free_port, read_jsonl, submit, wait_for
 
@@ -46,6 +47,7 @@ def start(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     raise AssertionError("server did not start: " + log.read_text())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_batch_then_restart_continues(tmp_path: Path) -> None:
     port, state, log = free_port(), tmp_path / "state", tmp_path / "server.log"
     server = start(state, port, log)

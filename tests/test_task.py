@@ -530,6 +530,7 @@ def check_ledger(server: LocalServer, state: Path) -> None:
     assert executed == recorded, "the ledger and the store disagree on executions"
 
 
+@pytest.mark.slow
 def test_killed_at_random_points_a_task_reaches_the_same_state(
     tmp_path: Path, local_server_factory: Callable[..., LocalServer]
 ) -> None:
