@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchpilot.server.anthropic_messages import anthropic_error, from_openai_error
 from batchpilot.server.bodies import BodyProblem, check_body, parse_json
+from batchpilot.server.error_envelope import answer_in_envelope
 from batchpilot.server.state import dumps
 from batchpilot.server.web import int_param, owner_of
 from batchpilot.store.database import Row
@@ -394,38 +395,9 @@ class AnthropicErrors:
         if scope["type"] != "http" or not str(scope["path"]).startswith(_PREFIX):
             await self.app(scope, receive, send)
             return
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        async def translated(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                message = _with_anthropic_headers(message)
-                if message["status"] < 400:
-                    await send(message)
-                    return
-                start = message
-                return
-            if start is None:
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            status = int(start["status"])
-            try:
-                body = json.loads(b"".join(chunks))
-            except ValueError:
-                body = None
-            data = json.dumps(from_openai_error(status, body)).encode()
-            headers = [
-                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
-            ]
-            headers.append((b"content-length", str(len(data)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": data})
-
-        await self.app(scope, receive, translated)
+        await answer_in_envelope(
+            self.app, scope, receive, send, from_openai_error, _with_anthropic_headers
+        )
 
 
 def _with_anthropic_headers(message: Message) -> Message:

@@ -10,10 +10,9 @@ answers in Google's envelope.
 
 from __future__ import annotations
 
-import json
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
+from batchpilot.server.error_envelope import answer_in_envelope
 from batchpilot.server.gemini_content import from_openai_error
 from batchpilot.server.gemini_files import PREFIX
 
@@ -41,34 +40,4 @@ class GeminiFace:
             await self.app(scope, receive, send)
             return
         scope = {**scope, "path": PREFIX + str(scope["path"])}
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        async def translated(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                if message["status"] < 400:
-                    await send(message)
-                    return
-                start = message
-                return
-            if start is None:
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            status = int(start["status"])
-            try:
-                body = json.loads(b"".join(chunks))
-            except ValueError:
-                body = None
-            data = json.dumps(from_openai_error(status, body)).encode()
-            headers = [
-                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
-            ]
-            headers.append((b"content-length", str(len(data)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": data})
-
-        await self.app(scope, receive, translated)
+        await answer_in_envelope(self.app, scope, receive, send, from_openai_error)
