@@ -23,6 +23,7 @@ from anthropic.types.messages import MessageBatch
 from batchpilot.providers.anthropic_errors import edge
 from batchpilot.providers.anthropic_shapes import MESSAGES, messages_params, result_line
 from batchpilot.providers.base import BatchTags, Lines, RemoteBatch, RemoteStatus, Sink
+from batchpilot.providers.result_files import deliver_results
 
 __all__ = ["AnthropicBatches", "BatchRecord"]
 
@@ -130,34 +131,8 @@ class AnthropicBatches:
 
     def results(self, remote: RemoteBatch, into: Sink) -> list[Path]:
         endpoint = remote.endpoint or MESSAGES
-        if not isinstance(into, Path):
-            for item in self._stream(remote.id):
-                into(json.dumps(result_line(item, endpoint)[1]).encode())
-            return []
-        output, errors = into / f"{remote.id}.output.jsonl", into / f"{remote.id}.errors.jsonl"
-        if output.is_file() or (errors.is_file() and remote.completed == 0):
-            return [p for p in (output, errors) if p.is_file()]
-        parts = {True: output.with_suffix(".jsonl.part"), False: errors.with_suffix(".jsonl.part")}
-        counts = {True: 0, False: 0}
-        try:
-            with parts[True].open("w") as good, parts[False].open("w") as bad:
-                for item in self._stream(remote.id):
-                    answer, line = result_line(item, endpoint)
-                    (good if answer else bad).write(json.dumps(line) + "\n")
-                    counts[answer] += 1
-                for handle in (good, bad):
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        except BaseException:
-            for part in parts.values():
-                part.unlink(missing_ok=True)
-            raise
-        for answer, target in ((False, errors), (True, output)):  # the answers last: complete
-            if counts[answer]:
-                parts[answer].replace(target)
-            else:
-                parts[answer].unlink(missing_ok=True)
-        return [p for p in (output, errors) if p.is_file()]
+        lines = (result_line(item, endpoint) for item in self._stream(remote.id))
+        return deliver_results(lines, into, remote.id, remote.completed)
 
     def _stream(self, remote_id: str) -> Iterable[dict[str, Any]]:
         with edge(f"downloading the results of message batch {remote_id}", self._secret):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from batchpilot.providers.gemini_shapes import (
     request_parts,
     rest_request,
 )
+from batchpilot.providers.result_files import deliver_results
 
 __all__ = ["INLINE_LIMIT", "GeminiBatches", "display_name", "tags_of"]
 
@@ -166,36 +166,8 @@ class GeminiBatches:
     # results ----------------------------------------------------------------------------------
 
     def results(self, remote: RemoteBatch, into: Sink) -> list[Path]:
-        if not isinstance(into, Path):
-            for _, line in self._result_lines(remote):
-                into(json.dumps(line).encode())
-            return []
-        output, errors = (
-            into / f"{_bare(remote.id)}.output.jsonl",
-            into / f"{_bare(remote.id)}.errors.jsonl",
-        )
-        if output.is_file() or (errors.is_file() and remote.completed == 0):
-            return [p for p in (output, errors) if p.is_file()]
-        parts = {True: output.with_suffix(".jsonl.part"), False: errors.with_suffix(".jsonl.part")}
-        counts = {True: 0, False: 0}
-        try:
-            with parts[True].open("w") as good, parts[False].open("w") as bad:
-                for answer, line in self._result_lines(remote):
-                    (good if answer else bad).write(json.dumps(line) + "\n")
-                    counts[answer] += 1
-                for handle in (good, bad):
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        except BaseException:
-            for part in parts.values():
-                part.unlink(missing_ok=True)
-            raise
-        for answer, target in ((False, errors), (True, output)):  # the answers last: complete
-            if counts[answer]:
-                parts[answer].replace(target)
-            else:
-                parts[answer].unlink(missing_ok=True)
-        return [p for p in (output, errors) if p.is_file()]
+        lines = self._result_lines(remote)
+        return deliver_results(lines, into, _bare(remote.id), remote.completed)
 
     def _result_lines(self, remote: RemoteBatch) -> Iterator[tuple[bool, dict[str, Any]]]:
         with edge(f"reading batch {remote.id}", self._secret):
