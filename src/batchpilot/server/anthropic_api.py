@@ -228,17 +228,8 @@ class AnthropicApi:
         row = self._row(request)
         if row is None:
             return self._not_found(request)
-        status = row["status"]
-        if status in ("validating", "in_progress", "finalizing"):
-            moved = self.server.state.update_batch(
-                row["id"],
-                {"status": "cancelling", "cancelling_at": self.server.clock.now()},
-                expect_status=status,
-            )
-            if not moved:
-                return await self.cancel(request)
-            self.server.engine.wake()
-        elif status not in ("cancelling", "cancelled"):
+        status = self.server.engine.cancel(row["id"])
+        if status not in ("validating", "in_progress", "finalizing", "cancelling", "cancelled"):
             return _error(400, f"Batch '{row['id']}' has already ended and cannot be canceled.")
         row = self._row(request)
         assert row is not None

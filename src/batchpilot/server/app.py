@@ -208,17 +208,8 @@ class ServerApp:
         row = self.state.get_batch(batch_id, _owner(request))
         if row is None:
             return _error(404, f"No batch found with id '{batch_id}'.", param="batch_id")
-        status = row["status"]
-        if status in ("validating", "in_progress", "finalizing"):
-            moved = self.state.update_batch(
-                batch_id,
-                {"status": "cancelling", "cancelling_at": self.clock.now()},
-                expect_status=status,
-            )
-            if not moved:
-                return await self.cancel_batch(request)
-            self.engine.wake()
-        elif status in ("completed", "failed", "expired"):
+        status = self.engine.cancel(batch_id)
+        if status in ("completed", "failed", "expired"):
             return _error(409, f"Cannot cancel a batch with status '{status}'.")
         row = self.state.get_batch(batch_id)
         assert row is not None

@@ -88,6 +88,22 @@ class BatchEngine:
             self._pool.shutdown(wait=True)
         self.state.close()
 
+    def cancel(self, batch_id: str) -> str | None:
+        """Move a batch that is still running to cancelling and wake the engine to end it;
+        returns the status the batch had (None: no such batch). A batch that moved meanwhile
+        is read again."""
+        while True:
+            row = self.state.get_batch(batch_id)
+            if row is None:
+                return None
+            status = str(row["status"])
+            if status not in ("validating", "in_progress", "finalizing"):
+                return status
+            change = {"status": "cancelling", "cancelling_at": self.clock.now()}
+            if self.state.update_batch(batch_id, change, expect_status=status):
+                self.wake()
+                return status
+
     def wake(self) -> None:
         self._wake.set()
 

@@ -219,17 +219,8 @@ class GeminiApi:
         row = self.row(target, owner_of(request))
         if row is None:
             return self._not_found(target)
-        status = row["status"]
-        if status in ("validating", "in_progress", "finalizing"):
-            moved = self.server.state.update_batch(
-                row["id"],
-                {"status": "cancelling", "cancelling_at": self.server.clock.now()},
-                expect_status=status,
-            )
-            if not moved:
-                return await self.batch_call(request)
-            self.server.engine.wake()
-        elif status in ("completed", "failed", "expired"):
+        status = self.server.engine.cancel(row["id"])
+        if status in ("completed", "failed", "expired"):
             return _error(400, f"Batch batches/{row['id']} has already ended.")
         return JSONResponse({})
 
