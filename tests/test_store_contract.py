@@ -39,7 +39,7 @@ from batchpilot.store import (
     Store,
     utc_now,
 )
-from batchpilot.store.records import AnswerFilter
+from batchpilot.store.records import AnswerFilter, NewRequest, NewRow, row_json
 from batchpilot.store.shared import Claim, OrgLimit, rate_wait
 from batchpilot.store.states import BATCH_MOVES, REQUEST_MOVES, RUN_MOVES, check_move
 
@@ -390,6 +390,47 @@ def test_adding_rows_and_requests_is_idempotent(store: Store) -> None:
     assert len(list(store.joined_rows(RUN))) == 3 and store.pending("other-run", 3) == []
     assert store.next_row_index(RUN) == 3 and store.next_row_index("other-run") == 0
     assert store.row_data(RUN, 1) == {"i": 1} and store.row_data(RUN, 9) is None
+
+
+def test_add_planned_writes_many_rows_and_requests_and_keeps_what_was_planned(
+    store: Store,
+) -> None:
+    text = "a long plot that the request body repeats " * 8
+    rows = [
+        NewRow(i, f"row-{i}", f"in.jsonl:{i + 1}", f"q{i}", row_json({"t": text}))
+        for i in (2, 0, 1)
+    ]
+    rows.append(NewRow(0, "again", "in.jsonl:9", "q9", row_json({"t": "other"})))  # kept: the first
+    bodies = {i: json.dumps({"model": "m", "content": f"{text} {i}"}).encode() for i in range(3)}
+    requests = [
+        NewRequest(f"q{i}", f"h{i}", EP, "m", bodies[i], 10 + i, 50, i, 50, 0.1 * i, 0.05 * i)
+        for i in range(3)
+    ]
+    with store.tx():
+        store.add_planned(RUN, rows, requests)
+    # planning the same again, with a changed row and request, keeps what was there
+    changed = [NewRow(1, "row-1", "in.jsonl:2", "q1", row_json({"t": "changed"}))]
+    store.add_planned(RUN, changed, [dataclasses.replace(requests[1], input_tokens=99)])
+    store.add_planned(RUN, [], [NewRequest("q3", "h3", EP, "m", bodies[0], 1, 5, 0, None)])
+    assert store.request_counts(RUN) == counts(pending=4)
+    pending = store.pending(RUN, 10)
+    assert [(r.id, r.input_tokens, r.first_row) for r in pending] == [
+        ("q0", 10, 0),
+        ("q3", 1, 0),
+        ("q1", 11, 1),
+        ("q2", 12, 2),
+    ]
+    assert {r.id: r.body for r in pending} == {
+        **{f"q{i}": bodies[i] for i in range(3)},
+        "q3": bodies[0],
+    }
+    assert pending[2].worst_usd == pytest.approx(0.1) and pending[1].worst_output_tokens is None
+    assert [store.row_data(RUN, i) for i in range(3)] == [{"t": text}] * 3
+    assert [(r.row_id, r.request_id) for r in store.joined_rows(RUN)] == [
+        ("row-0", "q0"),
+        ("row-1", "q1"),
+        ("row-2", "q2"),
+    ]
 
 
 def test_row_outcomes_count_rows_and_skipped_ones(store: Store) -> None:

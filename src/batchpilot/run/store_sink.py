@@ -10,7 +10,8 @@ from typing import Any
 from batchpilot.data.jsonlines import MAX_DEPTH
 from batchpilot.errors import UserInputError
 from batchpilot.plan.planner import PlannedRequest, PlanResult
-from batchpilot.store import RunRecord, Store
+from batchpilot.store import NewRequest, NewRow, RunRecord, Store
+from batchpilot.store.records import row_json
 
 __all__ = ["StoreSink", "plan_errors", "plan_into_store", "plan_run"]
 
@@ -18,30 +19,28 @@ __all__ = ["StoreSink", "plan_errors", "plan_into_store", "plan_run"]
 class StoreSink:
     """A PlanSink that records every row and new request; commits only a plan with no errors.
 
-    Re-planning the same job inserts nothing new: rows and requests are keyed by position and
-    content hash.
+    Rows and requests are written in chunks of `CHUNK` rows. Re-planning the same job inserts
+    nothing new: rows and requests are keyed by position and content hash.
     """
+
+    CHUNK = 1000
 
     def __init__(self, store: Store, run_id: str, *, keep_data: bool = True) -> None:
         self.store = store
         self.run_id = run_id
         self.keep_data = keep_data
+        self._rows: list[NewRow] = []
+        self._requests: list[NewRequest] = []
         self._tx: AbstractContextManager[Any] = store.tx()
         self._tx.__enter__()
         self._open = True
 
     def add(self, planned: PlannedRequest) -> None:
         item = planned.item
+        request_id = planned.request_id if item.body is not None else None
+        data = item.data if self.keep_data else None
         try:
-            self.store.add_row(
-                self.run_id,
-                item.index,
-                item.row_id,
-                item.source,
-                planned.request_id if item.body is not None else None,
-                item.data if self.keep_data else None,
-                item.skip,
-            )
+            data_json = None if data is None else row_json(data)
         except (RecursionError, ValueError, TypeError) as exc:
             # Rows from Python (records, DataFrames) are not read through the JSON checks that
             # a file's lines are: a row that refers to itself, nests without end or holds
@@ -51,27 +50,45 @@ class StoreSink:
                 f"({_why(exc)}); pass plain values (text, numbers, lists, dicts) nested at most "
                 f"{MAX_DEPTH} levels"
             ) from None
+        self._rows.append(
+            NewRow(item.index, item.row_id, item.source, request_id, data_json, item.skip)
+        )
         if planned.new and item.body is not None:
             worst = planned.worst
             assert worst is not None, "the planner gives every new request its worst case"
-            self.store.add_request(
-                self.run_id,
-                planned.request_id,
-                planned.content_hash,
-                item.endpoint,
-                str(item.body.get("model", "")),
-                planned.body,
-                planned.input_tokens,
-                worst.output_tokens or 0,
-                item.index,
-                worst=(worst.output_tokens, worst.usd, worst.batch_usd),
+            self._requests.append(
+                NewRequest(
+                    planned.request_id,
+                    planned.content_hash,
+                    item.endpoint,
+                    str(item.body.get("model", "")),
+                    planned.body,
+                    planned.input_tokens,
+                    worst.output_tokens or 0,
+                    item.index,
+                    worst.output_tokens,
+                    worst.usd,
+                    worst.batch_usd,
+                )
             )
+        if len(self._rows) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows or self._requests:
+            self.store.add_planned(self.run_id, self._rows, self._requests)
+            self._rows, self._requests = [], []
 
     def close(self, result: PlanResult) -> None:
         if not self._open:
             return
-        self._open = False
         if result.ok:
+            try:
+                self._flush()
+            except BaseException:
+                self.abort()
+                raise
+            self._open = False
             self._tx.__exit__(None, None, None)
         else:
             self.abort()
@@ -79,6 +96,7 @@ class StoreSink:
     def abort(self) -> None:
         error = RuntimeError("plan aborted")
         self._open = False
+        self._rows, self._requests = [], []
         with contextlib.suppress(RuntimeError):
             self._tx.__exit__(type(error), error, None)
 

@@ -19,6 +19,8 @@ from batchpilot.store.records import (
     BatchRecord,
     DeliveryRow,
     JoinedRow,
+    NewRequest,
+    NewRow,
     Outcome,
     PendingRequest,
     RunRecord,
@@ -74,6 +76,14 @@ class Store(Protocol):
         ...
 
     def set_budget(self, run_id: str, budget_usd: float | None) -> None: ...
+
+    def add_planned(
+        self, run_id: str, rows: Sequence[NewRow], requests: Sequence[NewRequest]
+    ) -> None:
+        """Planned rows, then planned requests, pending, in one statement each: a row whose
+        index is already planned and a request whose id is are kept as they were. A request's
+        body is kept against its first row's data as that row is stored."""
+        ...
 
     def add_row(
         self,

@@ -24,6 +24,7 @@ from batchpilot.errors import IllegalTransition, StateError
 from batchpilot.store import postgres_moves as moves
 from batchpilot.store import postgres_queries as queries
 from batchpilot.store import postgres_reads as reads
+from batchpilot.store.planned import PlannedMixin
 from batchpilot.store.postgres_moves import Db
 from batchpilot.store.postgres_schema import migrate
 from batchpilot.store.postgres_shared import SharedMixin
@@ -34,8 +35,11 @@ from batchpilot.store.records import (
     BatchRecord,
     DeliveryRow,
     JoinedRow,
+    NewRequest,
+    NewRow,
     Outcome,
     PendingRequest,
+    row_json,
 )
 from batchpilot.store.states import BATCH_MOVES, BatchState, RequestState, check_move
 
@@ -68,11 +72,7 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-class PostgresStore(RunsMixin, SharedMixin):
+class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
     """Runs, rows, requests, batches, attempts, results, costs and events in one PostgreSQL
     schema, shared by threads, processes and machines."""
 
@@ -166,60 +166,53 @@ class PostgresStore(RunsMixin, SharedMixin):
 
     # planning -------------------------------------------------------------------------------
 
-    def add_row(
-        self,
-        run_id: str,
-        index: int,
-        row_id: str,
-        source: str,
-        request_id: str | None,
-        data: dict[str, Any] | None,
-        skip_reason: str | None = None,
+    def add_planned(
+        self, run_id: str, rows: Sequence[NewRow], requests: Sequence[NewRequest]
     ) -> None:
-        data_json = None if data is None else _dumps(data)
-        self._db.execute(
-            "INSERT INTO rows(run_id, row_index, row_id, request_id, source, skip_reason, "
-            "data_json) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (run_id, index, row_id, request_id, source, skip_reason, data_json),
-        )
-
-    def add_request(
-        self,
-        run_id: str,
-        request_id: str,
-        content_hash: str,
-        endpoint: str,
-        model: str,
-        body: bytes,
-        input_tokens: int,
-        max_output_tokens: int,
-        first_row: int,
-        *,
-        worst: tuple[int | None, float | None, float | None] | None = None,
-    ) -> None:
-        worst_output, worst_usd, batch_worst_usd = worst or (max_output_tokens, None, None)
-        with self._tx() as db:
-            added = db.execute(
-                "INSERT INTO requests(run_id, id, content_hash, endpoint, model, body, "
-                "input_tokens, max_output_tokens, first_row, worst_output_tokens, worst_usd, "
-                "batch_worst_usd, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, 'pending') ON CONFLICT DO NOTHING",
-                (
-                    run_id,
-                    request_id,
-                    content_hash,
-                    endpoint,
-                    model,
-                    body,
-                    input_tokens,
-                    max_output_tokens,
-                    first_row,
-                    worst_output,
-                    worst_usd,
-                    batch_worst_usd,
-                ),
-            ).rowcount
-            moves.count_added(db, run_id, added)
+        with self._tx() as db, db.cursor() as cursor:
+            if rows:
+                cursor.executemany(
+                    "INSERT INTO rows(run_id, row_index, row_id, request_id, source, "
+                    "skip_reason, data_json) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    [
+                        (
+                            run_id,
+                            r.index,
+                            r.row_id,
+                            r.request_id,
+                            r.source,
+                            r.skip_reason,
+                            r.data_json,
+                        )
+                        for r in rows
+                    ],
+                )
+            if requests:
+                cursor.executemany(
+                    "INSERT INTO requests(run_id, id, content_hash, endpoint, model, body, "
+                    "input_tokens, max_output_tokens, first_row, worst_output_tokens, "
+                    "worst_usd, batch_worst_usd, state) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s, 'pending') ON CONFLICT DO NOTHING",
+                    [
+                        (
+                            run_id,
+                            r.request_id,
+                            r.content_hash,
+                            r.endpoint,
+                            r.model,
+                            r.body,
+                            r.input_tokens,
+                            r.max_output_tokens,
+                            r.first_row,
+                            r.worst_output_tokens,
+                            r.worst_usd,
+                            r.batch_worst_usd,
+                        )
+                        for r in requests
+                    ],
+                )
+                moves.count_added(db, run_id, cursor.rowcount)
 
     def apply_cache(
         self,
@@ -537,7 +530,7 @@ class PostgresStore(RunsMixin, SharedMixin):
             db.execute(
                 "INSERT INTO events(run_id, at_utc, kind, message, data_json) "
                 "VALUES (%s, %s, %s, %s, %s)",
-                (run_id, utc_now(), kind, message, None if data is None else _dumps(data)),
+                (run_id, utc_now(), kind, message, None if data is None else row_json(data)),
             )
 
     def events(self, run_id: str, since: int = 0) -> list[dict[str, Any]]:

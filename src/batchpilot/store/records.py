@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -12,11 +13,14 @@ __all__ = [
     "BatchRecord",
     "DeliveryRow",
     "JoinedRow",
+    "NewRequest",
+    "NewRow",
     "Outcome",
     "PendingRequest",
     "RunKind",
     "RunRecord",
     "TaskStateRecord",
+    "row_json",
 ]
 
 
@@ -41,6 +45,42 @@ class RunRecord:
     created_at_utc: str
     finished_at_utc: str | None = None
     kind: str = RunKind.JOB
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    """An input row as planned: its position, ids, where it was read, why it was skipped (if
+    it was) and its data as JSON (`row_json`), or None when the data is not kept."""
+
+    index: int
+    row_id: str
+    source: str
+    request_id: str | None
+    data_json: str | None
+    skip_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request as planned, pending: its body as sent, its tokens, the row it was first
+    rendered from, and its worst case (output tokens, USD, batch USD; None: unknown)."""
+
+    request_id: str
+    content_hash: str
+    endpoint: str
+    model: str
+    body: bytes
+    input_tokens: int
+    max_output_tokens: int
+    first_row: int
+    worst_output_tokens: int | None
+    worst_usd: float | None = None
+    batch_worst_usd: float | None = None
+
+
+def row_json(data: Any) -> str:
+    """A row's data as the store keeps it: compact JSON, text as it is (not escaped)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)

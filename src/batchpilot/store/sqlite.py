@@ -22,16 +22,20 @@ from batchpilot.store.database import Connection, Error, connect
 from batchpilot.store.lock import unusable_state_dir
 from batchpilot.store.migrations import migrate
 from batchpilot.store.packing import pack_body, register
+from batchpilot.store.planned import PlannedMixin
 from batchpilot.store.records import (
     AnswerFilter,
     AttemptRecord,
     BatchRecord,
     DeliveryRow,
     JoinedRow,
+    NewRequest,
+    NewRow,
     Outcome,
     PendingRequest,
     RunRecord,
     TaskStateRecord,
+    row_json,
 )
 from batchpilot.store.sqlite_shared import SharedMixin
 from batchpilot.store.states import (
@@ -52,11 +56,7 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-class SQLiteStore(SharedMixin):
+class SQLiteStore(PlannedMixin, SharedMixin):
     """Runs, rows, requests, batches, attempts, results, costs and events in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
@@ -204,48 +204,27 @@ class SQLiteStore(SharedMixin):
 
     # planning -------------------------------------------------------------------------------
 
-    def add_row(
-        self,
-        run_id: str,
-        index: int,
-        row_id: str,
-        source: str,
-        request_id: str | None,
-        data: dict[str, Any] | None,
-        skip_reason: str | None = None,
+    def add_planned(
+        self, run_id: str, rows: Sequence[NewRow], requests: Sequence[NewRequest]
     ) -> None:
-        data_json = None if data is None else _dumps(data)
-        added = queries.insert_row(
-            self._db, (run_id, index, row_id, request_id, source, skip_reason, data_json)
-        )
-        # The request planned next is most often this row's: its body is packed against it.
-        self._local.last_row = (run_id, index, data_json) if added else None
+        with self._tx() as db:
+            fresh: dict[int, str | None] = {}
+            if rows:
+                indexes = [row.index for row in rows]
+                planned = queries.planned_rows(db, run_id, min(indexes), max(indexes))
+                for row in rows:
+                    if row.index not in planned:
+                        fresh.setdefault(row.index, row.data_json)
+                queries.insert_rows(db, run_id, rows)
 
-    def add_request(
-        self,
-        run_id: str,
-        request_id: str,
-        content_hash: str,
-        endpoint: str,
-        model: str,
-        body: bytes,
-        input_tokens: int,
-        max_output_tokens: int,
-        first_row: int,
-        *,
-        worst: tuple[int | None, float | None, float | None] | None = None,
-    ) -> None:
-        """A planned request; `worst` is its worst case (output tokens, USD, batch USD), by
-        default `max_output_tokens` priced when it is reserved."""
-        worst_output, worst_usd, batch_worst_usd = worst or (max_output_tokens, None, None)
-        last = getattr(self._local, "last_row", None)
-        row = last[2] if last and last[:2] == (run_id, first_row) else None
-        body = pack_body(body, row or queries.stored_row_data(self._db, run_id, first_row))
-        queries.insert_request(
-            self._db,
-            (run_id, request_id, content_hash, endpoint, model, body, input_tokens),
-            (max_output_tokens, first_row, worst_output, worst_usd, batch_worst_usd),
-        )
+            def stored(index: int) -> str | None:
+                if index in fresh:
+                    return fresh[index]
+                return queries.stored_row_data(db, run_id, index)
+
+            queries.insert_requests(
+                db, run_id, [(r, pack_body(r.body, stored(r.first_row))) for r in requests]
+            )
 
     def apply_cache(
         self,
@@ -581,7 +560,7 @@ class SQLiteStore(SharedMixin):
             db.execute(
                 "INSERT INTO events(run_id, at_utc, kind, message, data_json) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (run_id, utc_now(), kind, message, None if data is None else _dumps(data)),
+                (run_id, utc_now(), kind, message, None if data is None else row_json(data)),
             )
 
     def events(self, run_id: str, since: int = 0) -> list[dict[str, Any]]:

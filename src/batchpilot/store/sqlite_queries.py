@@ -11,7 +11,7 @@ import orjson
 from batchpilot.errors import StateError
 from batchpilot.store.database import Connection, IntegrityError, Row
 from batchpilot.store.packing import pack
-from batchpilot.store.records import DeliveryRow, JoinedRow, PendingRequest
+from batchpilot.store.records import DeliveryRow, JoinedRow, NewRequest, NewRow, PendingRequest
 from batchpilot.store.sqlite_moves import move
 from batchpilot.store.states import RequestState
 
@@ -24,10 +24,11 @@ __all__ = [
     "cached",
     "deliver",
     "insert_batch",
-    "insert_request",
-    "insert_row",
+    "insert_requests",
+    "insert_rows",
     "joined_rows",
     "pending",
+    "planned_rows",
     "realtime_sent_since",
     "request_columns",
     "row_outcomes",
@@ -67,17 +68,25 @@ _CACHED = (
 )
 
 
-def insert_row(
-    db: Connection, row: tuple[str, int, str, str | None, str, str | None, str | None]
-) -> bool:
-    """An input row (none if its index is already planned): (run id, index, row id, request id,
-    source, skip reason, data JSON); whether it was added."""
-    added = db.execute(
+def planned_rows(db: Connection, run_id: str, first: int, last: int) -> set[int]:
+    """The indexes from `first` to `last` already planned."""
+    found = db.execute(
+        "SELECT row_index FROM rows WHERE run_id = ? AND row_index BETWEEN ? AND ?",
+        (run_id, first, last),
+    )
+    return {index for (index,) in found}
+
+
+def insert_rows(db: Connection, run_id: str, rows: Sequence[NewRow]) -> None:
+    """Input rows (none whose index is already planned)."""
+    db.executemany(
         "INSERT OR IGNORE INTO rows(run_id, row_index, row_id, request_id, source, "
         "skip_reason, data_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (*row[:6], pack(row[6])),
-    ).rowcount
-    return added == 1
+        [
+            (run_id, r.index, r.row_id, r.request_id, r.source, r.skip_reason, pack(r.data_json))
+            for r in rows
+        ],
+    )
 
 
 def stored_row_data(db: Connection, run_id: str, row_index: int) -> str | None:
@@ -104,19 +113,32 @@ def insert_batch(
     )
 
 
-def insert_request(
-    db: Connection,
-    request: tuple[str, str, str, str, str, bytes, int],
-    bounds: tuple[int, int, int | None, float | None, float | None],
+def insert_requests(
+    db: Connection, run_id: str, requests: Sequence[tuple[NewRequest, bytes]]
 ) -> None:
-    """A planned request, pending (none if its id is already planned): (run id, id, content
-    hash, endpoint, model, body, input tokens) and (max output tokens, first row, worst output
-    tokens, worst USD, batch worst USD)."""
-    db.execute(
+    """Planned requests, pending, each with its body as kept (none whose id is already
+    planned)."""
+    db.executemany(
         "INSERT OR IGNORE INTO requests(run_id, id, content_hash, endpoint, model, body, "
         "input_tokens, max_output_tokens, first_row, worst_output_tokens, worst_usd, "
         "batch_worst_usd, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-        (*request, *bounds),
+        [
+            (
+                run_id,
+                r.request_id,
+                r.content_hash,
+                r.endpoint,
+                r.model,
+                body,
+                r.input_tokens,
+                r.max_output_tokens,
+                r.first_row,
+                r.worst_output_tokens,
+                r.worst_usd,
+                r.batch_worst_usd,
+            )
+            for r, body in requests
+        ],
     )
 
 
