@@ -500,3 +500,15 @@ def test_specs_match_tiktoken_ext(monkeypatch: pytest.MonkeyPatch, name: str) ->
     assert tokens._SPECS[name].pat_str == reference["pat_str"]
     assert tokens._SPECS[name].special_tokens == reference["special_tokens"]
     assert get_encoding(name).special_tokens_set == set(reference["special_tokens"])
+
+
+def test_the_encoding_keeps_no_python_copy_of_its_ranks() -> None:
+    """The encoder holds the ranks itself: the Python copy (about 25 MB for o200k) is let go,
+    and pickling the encoding, which would need it, says so instead of pickling a broken one."""
+    import pickle
+
+    encoding = tokens.get_encoding("o200k_base")
+    assert len(encoding._mergeable_ranks) == 0
+    assert encoding.encode_ordinary("hello world") == [24912, 2375]
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(encoding)

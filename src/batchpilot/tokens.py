@@ -157,7 +157,7 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         raise UserInputError(f"unknown encoding {name!r}; supported: {', '.join(sorted(_SPECS))}")
     import tiktoken
 
-    return tiktoken.Encoding(
+    encoding = tiktoken.Encoding(
         name=name,
         pat_str=spec.pat_str,
         mergeable_ranks=cached_ranks(
@@ -165,6 +165,18 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         ),
         special_tokens=dict(spec.special_tokens),
     )
+    # The encoder keeps its own copy of the ranks; the Python one (about 25 MB for o200k) is
+    # only read to pickle the encoding, which nothing here does.
+    encoding._mergeable_ranks = _NOT_KEPT
+    return encoding
+
+
+class _NotKept(dict[bytes, int]):
+    def __reduce__(self) -> Any:
+        raise TypeError("this encoding's ranks are not kept in Python, so it cannot be pickled")
+
+
+_NOT_KEPT = _NotKept()
 
 
 class _Model(NamedTuple):
