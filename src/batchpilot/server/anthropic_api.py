@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchpilot.server.anthropic_messages import anthropic_error, from_openai_error
-from batchpilot.server.bodies import BodyProblem, check_body, parse_json
+from batchpilot.server.bodies import BodyProblem, json_object
 from batchpilot.server.error_envelope import answer_in_envelope
 from batchpilot.server.state import dumps
 from batchpilot.server.web import int_param, owner_of
@@ -95,13 +95,14 @@ class AnthropicApi:
             return missing
         config = self.server.config
         try:
-            body = parse_json(await request.body(), config.max_json_values)
-            if isinstance(body, dict):
-                check_body(body, config.max_string_chars)
+            body = json_object(
+                await request.body(),
+                config.max_json_values,
+                config.max_string_chars,
+                not_object="The request body must be a JSON object.",
+            )
         except BodyProblem as problem:
             return _error(400, problem.message)
-        if not isinstance(body, dict):
-            return _error(400, "The request body must be a JSON object.")
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
             return _error(400, "requests: Field required (a non-empty list of requests)")

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 from batchpilot.jsontypes import json_type_name
 from batchpilot.server.anthropic_api import AnthropicApi, AnthropicErrors
 from batchpilot.server.batch_params import check_metadata, output_expires_after
-from batchpilot.server.bodies import BodyProblem, check_body, parse_json
+from batchpilot.server.bodies import BodyProblem, json_object
 from batchpilot.server.clock import VirtualClock
 from batchpilot.server.config import ServerConfig
 from batchpilot.server.engine import BatchEngine
@@ -424,22 +424,18 @@ def _model_object(name: str) -> dict[str, Any]:
 
 
 async def _json_body(request: Request, config: ServerConfig) -> dict[str, Any] | Response:
-    raw = await request.body()
     try:
-        body = parse_json(raw, config.max_json_values)
-    except BodyProblem as problem:
-        if problem.code is None:
-            problem.message = (
+        return json_object(
+            await request.body(),
+            config.max_json_values,
+            config.max_string_chars,
+            not_object="The request body must be a JSON object.",
+            unparsable=(
                 "We could not parse the JSON body of your request. The body must be a JSON object."
-            )
-        return _error(400, problem.message, code=problem.code, param=problem.param)
-    if not isinstance(body, dict):
-        return _error(400, "The request body must be a JSON object.")
-    try:
-        check_body(body, config.max_string_chars)
+            ),
+        )
     except BodyProblem as problem:
         return _error(400, problem.message, code=problem.code, param=problem.param)
-    return body
 
 
 def build_app(server: ServerApp) -> ASGIApp:

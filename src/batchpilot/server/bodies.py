@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "BodyProblem", "check_body", "parse_json"]
+__all__ = ["MAX_DEPTH", "BodyProblem", "check_body", "json_object", "parse_json"]
 
 MAX_DEPTH = 128
 _END = object()
@@ -116,3 +116,26 @@ def check_body(body: Any, max_string_chars: int, prefix: str = "") -> None:
                 )
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             stack.extend((child, (*path, key)) for key, child in reversed(list(pairs)))
+
+
+def json_object(
+    raw: bytes,
+    max_values: int | None,
+    max_string_chars: int,
+    *,
+    not_object: str,
+    unparsable: str | None = None,
+) -> dict[str, Any]:
+    """A request body that must be a JSON object, parsed and bounded; BodyProblem otherwise,
+    saying `not_object` for any other JSON value and, when given, `unparsable` for text that
+    does not parse."""
+    try:
+        body = parse_json(raw, max_values)
+    except BodyProblem as problem:
+        if unparsable is not None and problem.code is None:
+            problem.message = unparsable
+        raise
+    if not isinstance(body, dict):
+        raise BodyProblem(not_object)
+    check_body(body, max_string_chars)
+    return body

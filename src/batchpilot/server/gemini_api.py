@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from batchpilot.server.bodies import BodyProblem, check_body, parse_json
+from batchpilot.server.bodies import BodyProblem, json_object
 from batchpilot.server.execution import GEMINI_ENDPOINT
 from batchpilot.server.gemini_content import gemini_error, rpc_status
 from batchpilot.server.gemini_files import PREFIX, GeminiFiles, Host, file_state_id, rfc3339
@@ -76,14 +76,14 @@ class GeminiApi:
     async def _body(self, request: Request) -> dict[str, Any] | Response:
         config = self.server.config
         try:
-            body = parse_json(await request.body(), config.max_json_values)
-            if isinstance(body, dict):
-                check_body(body, config.max_string_chars)
+            return json_object(
+                await request.body(),
+                config.max_json_values,
+                config.max_string_chars,
+                not_object="Invalid JSON payload received: the body must be an object.",
+            )
         except BodyProblem as problem:
             return _error(400, problem.message)
-        if not isinstance(body, dict):
-            return _error(400, "Invalid JSON payload received: the body must be an object.")
-        return body
 
     # real time ------------------------------------------------------------------------------
 
