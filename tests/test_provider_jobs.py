@@ -1,12 +1,14 @@
-"""A job with `provider.kind: anthropic` runs end to end against the local server's Anthropic
-API, in the batch lane and in the real-time lane: each request runs once, answers are parsed
-against the schema and exported in input order, and the cost comes from Claude's prices."""
+"""A job on each provider other than OpenAI runs end to end against the local server's face of
+that provider's API, in the batch lane, the real-time lane and both: each request runs once,
+answers are parsed against the schema and exported in input order, and the cost comes from the
+provider's prices. Planning marks the provider's token counts as estimates."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,23 +26,60 @@ SCHEMA = {
 }
 
 
+@dataclass(frozen=True)
+class Provider:
+    kind: str
+    key_env: str
+    model: str
+    endpoint: str  # as the server's ledger names it
+    prices: tuple[float, float]  # input, output USD per 1M tokens, real time
+    plan_model: str
+    plan_prices: tuple[float, float]
+
+
+PROVIDERS = [
+    # claude-haiku-4-5: $1 / $5; claude-sonnet-4-5: $3 / $15 per 1M tokens
+    Provider(
+        "anthropic",
+        "ANTHROPIC_API_KEY",
+        "claude-haiku-4-5",
+        "/v1/messages",
+        (1.0, 5.0),
+        "claude-sonnet-4-5",
+        (3.0, 15.0),
+    ),
+    # gemini-2.5-flash: $0.30 / $2.50; gemini-2.5-pro: $1.25 / $10 per 1M tokens
+    Provider(
+        "gemini",
+        "GEMINI_API_KEY",
+        "gemini-2.5-flash",
+        "/v1beta/models:generateContent",
+        (0.3, 2.5),
+        "gemini-2.5-pro",
+        (1.25, 10.0),
+    ),
+]
+
+
 @pytest.mark.parametrize("strategy", ["batch", "realtime", "hybrid"])
-def test_a_claude_job_runs_in_each_lane(
+@pytest.mark.parametrize("provider", PROVIDERS, ids=lambda p: p.kind)
+def test_a_job_runs_in_each_lane(
+    provider: Provider,
     strategy: str,
     tmp_path: Path,
     local_server_factory: Callable[..., LocalServer],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-local")
+    monkeypatch.setenv(provider.key_env, "local-key")
     server = local_server_factory(validation_delay_s=0, finalizing_delay_s=0, time_scale=100.0)
     rows = [{"id": f"r{i}", "text": f"question {i}"} for i in range(12)]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
     job = job_from_dict(
         {
-            "name": f"claude-{strategy}",
-            "provider": {"kind": "anthropic", "base_url": server.base_url},
-            "model": "claude-haiku-4-5",
+            "name": f"{provider.kind}-{strategy}",
+            "provider": {"kind": provider.kind, "base_url": server.base_url},
+            "model": provider.model,
             "strategy": strategy,
             "input": {"path": "rows.jsonl", "id_field": "id"},
             "prompt": {"system": "Answer yes or no.", "user": "{{ text }}"},
@@ -54,7 +93,7 @@ def test_a_claude_job_runs_in_each_lane(
     result = run_job(job, state_dir=tmp_path / "state", poll_interval=0.02)
     assert result.status.finished and result.status.requests["succeeded"] == 12
     ledger = server.admin.ledger()
-    assert {row["endpoint"] for row in ledger} == {"/v1/messages"}
+    assert {row["endpoint"] for row in ledger} == {provider.endpoint}
     runs = Counter(str(row["custom_id"]) for row in ledger)
     assert len(runs) == 12 and set(runs.values()) == {1}
     if strategy != "hybrid":
@@ -65,21 +104,24 @@ def test_a_claude_job_runs_in_each_lane(
     assert all(line["output"]["label"] in ("yes", "no") for line in exported)
     lanes = {line["lane"] for line in exported}
     assert lanes == {strategy} if strategy != "hybrid" else lanes <= {"batch", "realtime"}
-    # claude-haiku-4-5: $1 / $5 per 1M tokens, half that in a batch
+    price_in, price_out = provider.prices
     for line in exported:
-        share = 0.5 if line["lane"] == "batch" else 1.0
+        share = 0.5 if line["lane"] == "batch" else 1.0  # batches cost half
         usage = line["usage"]
-        expected = share * (usage["input_tokens"] * 1.0 + usage["output_tokens"] * 5.0) / 1e6
-        assert line["cost_usd"] == pytest.approx(expected)
+        expected = share * (usage["input_tokens"] * price_in + usage["output_tokens"] * price_out)
+        assert line["cost_usd"] == pytest.approx(expected / 1e6)
 
 
-def test_a_claude_job_is_planned_at_claudes_prices_with_estimated_tokens(tmp_path: Path) -> None:
+@pytest.mark.parametrize("provider", PROVIDERS, ids=lambda p: p.kind)
+def test_a_job_is_planned_at_the_providers_prices_with_estimated_tokens(
+    provider: Provider, tmp_path: Path
+) -> None:
     (tmp_path / "rows.jsonl").write_text(json.dumps({"id": "r0", "text": "hello there"}) + "\n")
     job = job_from_dict(
         {
-            "name": "claude-plan",
-            "provider": {"kind": "anthropic"},
-            "model": "claude-sonnet-4-5",
+            "name": f"{provider.kind}-plan",
+            "provider": {"kind": provider.kind},
+            "model": provider.plan_model,
             "input": {"path": "rows.jsonl", "id_field": "id"},
             "prompt": {"user": "{{ text }}"},
             "params": {"max_tokens": 10},
@@ -90,5 +132,6 @@ def test_a_claude_job_is_planned_at_claudes_prices_with_estimated_tokens(tmp_pat
     planned = plan_job(job).as_json()
     assert planned["input_tokens_exact"] is False
     tokens = planned["input_tokens"]
-    # claude-sonnet-4-5: $3 / $15 per 1M tokens, half that in a batch
-    assert planned["cost_usd"]["batch"] == pytest.approx((tokens * 1.5 + 10 * 7.5) / 1e6)
+    price_in, price_out = provider.plan_prices
+    expected = 0.5 * (tokens * price_in + 10 * price_out) / 1e6  # batches cost half
+    assert planned["cost_usd"]["batch"] == pytest.approx(expected)
