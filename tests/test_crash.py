@@ -218,9 +218,9 @@ def test_sigkill_in_a_hybrid_run_reaches_the_same_result(tmp_path: Path) -> None
     )
 
 
-def check_anthropic(base_url: str, state: Path) -> None:
-    """As `check_ledger_and_remote`, for message batches (which carry no tags): every
-    execution is an attempt in the store, and no local batch has two remote batches."""
+def check_executions(base_url: str, state: Path) -> tuple[str, set[str]]:
+    """Every execution in the server's ledger is a batch attempt in the store; the run's id and
+    the remote ids of its batches, for the provider's own checks."""
     ledger = httpx.get(base_url.removesuffix("/v1") + "/_batchpilot/ledger").json()
     executed = Counter(row["custom_id"] for row in ledger)
     store = open_store(state)
@@ -234,6 +234,13 @@ def check_anthropic(base_url: str, state: Path) -> None:
     made = {b.remote_id for b in store.batches(run.id) if b.remote_id is not None}
     store.close()
     assert executed == recorded, "the ledger and the store disagree on executions"
+    return run.id, made
+
+
+def check_anthropic(base_url: str, state: Path) -> None:
+    """As `check_ledger_and_remote`, for message batches (which carry no tags): every
+    execution is an attempt in the store, and no local batch has two remote batches."""
+    _, made = check_executions(base_url, state)
     client = anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key="x")
     try:
         remote = [b.id for b in client.messages.batches.list(limit=100)]
@@ -254,19 +261,7 @@ def test_sigkill_on_anthropic_reaches_the_same_result(
 def check_gemini(base_url: str, state: Path) -> None:
     """As `check_ledger_and_remote`, for Gemini batches (tagged by their display names): every
     execution is an attempt in the store, and no local batch has two remote batches."""
-    ledger = httpx.get(base_url.removesuffix("/v1") + "/_batchpilot/ledger").json()
-    executed = Counter(row["custom_id"] for row in ledger)
-    store = open_store(state)
-    (run,) = store.runs()
-    recorded = Counter(
-        row[0]
-        for row in store._db.execute(
-            "SELECT request_id FROM attempts WHERE run_id = ? AND lane = 'batch'", (run.id,)
-        )
-    )
-    made = {b.remote_id for b in store.batches(run.id) if b.remote_id is not None}
-    store.close()
-    assert executed == recorded, "the ledger and the store disagree on executions"
+    run_id, made = check_executions(base_url, state)
     options = types.HttpOptions(base_url=base_url.removesuffix("/v1"), api_version="v1beta")
     client = genai.Client(api_key="x", http_options=options)
     try:
@@ -274,7 +269,7 @@ def check_gemini(base_url: str, state: Path) -> None:
     finally:
         client.close()
     found = [tags_of(job.display_name) for job in jobs]
-    tags = Counter(t.batch_id for t in found if t is not None and t.run_id == run.id)
+    tags = Counter(t.batch_id for t in found if t is not None and t.run_id == run_id)
     assert tags and max(tags.values()) == 1, f"a local batch was created twice remotely: {tags}"
     assert {job.name for job in jobs} == made, "a batch was created that the store does not know"
 
