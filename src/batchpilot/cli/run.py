@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 from rich.console import Console
@@ -24,8 +27,11 @@ from batchpilot.run.requests_file import STRATEGIES, run_requests_file
 from batchpilot.run.tables import batch_table, status_table
 from batchpilot.run.workspace import find_run, has_store, store_at
 from batchpilot.spec import JobSpec, LimitsSpec, RealtimeSpec, load_job
+from batchpilot.store.opening import STORE_ENV, store_url
 
-__all__ = ["known_state_option", "resume", "run", "state_option"]
+__all__ = ["known_state_option", "resume", "run", "state_option", "store_option"]
+
+FC = TypeVar("FC", bound=Callable[..., object])
 
 
 def _found(ctx: click.Context, param: click.Parameter, state_dir: Path | None) -> Path:
@@ -33,14 +39,43 @@ def _found(ctx: click.Context, param: click.Parameter, state_dir: Path | None) -
     return state_dir or find_state_dir() or Path(DEFAULT_STATE_DIR)
 
 
-state_option = click.option(
-    "--state",
-    "state_dir",
-    envvar="BATCHPILOT_STATE",
-    type=click.Path(file_okay=False, path_type=Path),
-    callback=_found,
-    help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
-    "holding runs, here or above, else ./.batchpilot).",
+def _use_store(ctx: click.Context, param: click.Parameter, url: str | None) -> str | None:
+    """`--store URL` names the store as BATCHPILOT_STORE would (checked the same way), before
+    the state directory is looked at."""
+    if url:
+        store_url({STORE_ENV: url})
+        os.environ[STORE_ENV] = url
+    return url
+
+
+store_option = click.option(
+    "--store",
+    "store",
+    callback=_use_store,
+    expose_value=False,
+    is_eager=True,
+    help="The store runs live in: a postgresql:// URL shared by many machines (env "
+    "BATCHPILOT_STORE; default: the SQLite store of --state).",
+)
+
+
+def _with_store(option: Callable[[FC], FC]) -> Callable[[FC], FC]:
+    def both(command: FC) -> FC:
+        return store_option(option(command))
+
+    return both
+
+
+state_option = _with_store(
+    click.option(
+        "--state",
+        "state_dir",
+        envvar="BATCHPILOT_STATE",
+        type=click.Path(file_okay=False, path_type=Path),
+        callback=_found,
+        help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
+        "holding runs, here or above, else ./.batchpilot).",
+    )
 )
 
 
@@ -54,14 +89,16 @@ def _holds_runs(ctx: click.Context, param: click.Parameter, given: Path | None) 
     return state_dir
 
 
-known_state_option = click.option(
-    "--state",
-    "state_dir",
-    envvar="BATCHPILOT_STATE",
-    type=click.Path(file_okay=False, path_type=Path),
-    callback=_holds_runs,
-    help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
-    "holding runs, here or above); it must hold a run.",
+known_state_option = _with_store(
+    click.option(
+        "--state",
+        "state_dir",
+        envvar="BATCHPILOT_STATE",
+        type=click.Path(file_okay=False, path_type=Path),
+        callback=_holds_runs,
+        help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
+        "holding runs, here or above); it must hold a run.",
+    )
 )
 
 
@@ -233,6 +270,8 @@ def run(
                 **limit_flags,
             )
             job = load_job(job_file, overrides)
+            if job.store is not None and store_url() is None:
+                os.environ[STORE_ENV] = job.store  # the job's store, for all this command does
             if not (quiet or as_json):
                 spec = job.provider
                 console.print(provider_line(job.name, spec.kind, job.model, spec.responder))

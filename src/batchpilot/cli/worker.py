@@ -4,7 +4,6 @@ organisation's limits that every run reserves from."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -14,29 +13,9 @@ from batchpilot.errors import UserInputError
 from batchpilot.run.lease import DEFAULT_LEASE_S
 from batchpilot.run.limits import limit_json, read_limits, set_limits
 from batchpilot.run.worker import work
-from batchpilot.store.opening import STORE_ENV, store_url
 from batchpilot.store.shared import OrgLimit
 
 __all__ = ["limits", "worker"]
-
-
-def _use_store(ctx: click.Context, param: click.Parameter, url: str | None) -> str | None:
-    """`--store URL` names the store as BATCHPILOT_STORE would (checked the same way)."""
-    if url:
-        store_url({STORE_ENV: url})
-        os.environ[STORE_ENV] = url
-    return url
-
-
-store_option = click.option(
-    "--store",
-    "store",
-    callback=_use_store,
-    expose_value=False,
-    is_eager=True,
-    help="The shared store, a postgresql:// URL (env BATCHPILOT_STORE; default: the SQLite "
-    "store of --state, for workers on this machine only).",
-)
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -48,7 +27,6 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
 @click.command()
 @click.argument("run_ids", nargs=-1)
 @state_option
-@store_option
 @click.option(
     "--lease",
     "lease_s",
@@ -110,7 +88,6 @@ def _limit_line(limit: OrgLimit) -> str:
 
 @click.command()
 @state_option
-@store_option
 @click.option("--account", help="The provider account to set limits for (as `limits` shows it).")
 @click.option("--model", help="The model to set limits for.")
 @click.option(

@@ -23,6 +23,7 @@ from batchpilot.run.status import RunStatus
 from batchpilot.run.workspace import DEFAULT_STATE_DIR, find_run, store_at
 from batchpilot.spec import JobSpec
 from batchpilot.store import RunKind
+from batchpilot.store.opening import named_store
 
 __all__ = ["resume", "run_job", "run_requests_file"]
 
@@ -52,7 +53,7 @@ def run_job(
     `on_progress` is given the run's status after every round and each step within one
     (an upload, a batch submitted, a collection), and at its end.
     """
-    with shown_progress(progress, on_progress) as report:
+    with named_store(job.store), shown_progress(progress, on_progress) as report:
         if job.steps is not None:
             return run_pipeline(
                 job,

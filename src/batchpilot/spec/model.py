@@ -408,7 +408,29 @@ class JobSpec(Strict):
         description="A multi-step job: each step runs over every row whose earlier steps "
         "succeeded, and its templates can use their answers.",
     )
+    store: str | None = Field(
+        None,
+        description="The store the job's runs live in: a postgresql:// URL, without a password "
+        "(libpq reads PGPASSWORD or ~/.pgpass). BATCHPILOT_STORE and --store win over it.",
+    )
     base_dir: Path = Field(default=Path(), exclude=True)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "must be a postgresql:// URL; leave it out to keep runs in the state directory"
+            )
+        userinfo = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+        if ":" in userinfo:
+            raise ValueError(
+                "holds a password, which a job file must not: set PGPASSWORD or use ~/.pgpass, "
+                "and write the URL without it"
+            )
+        return value
 
     @field_validator("deadline")
     @classmethod

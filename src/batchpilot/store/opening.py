@@ -4,14 +4,15 @@ database that `BATCHPILOT_STORE` names (the state directory then keeps only lock
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from batchpilot.errors import UserInputError
 from batchpilot.store.base import Store
 from batchpilot.store.sqlite import SQLiteStore
 
-__all__ = ["SQLITE_FILE", "STORE_ENV", "open_store", "store_exists", "store_url"]
+__all__ = ["SQLITE_FILE", "STORE_ENV", "named_store", "open_store", "store_exists", "store_url"]
 
 STORE_ENV = "BATCHPILOT_STORE"
 SQLITE_FILE = "batchpilot.sqlite3"
@@ -47,3 +48,17 @@ def open_store(state_dir: Path, environ: Mapping[str, str] | None = None) -> Sto
 def store_exists(state_dir: Path, environ: Mapping[str, str] | None = None) -> bool:
     """Whether there is a store to read runs from (a PostgreSQL store always is)."""
     return store_url(environ) is not None or (Path(state_dir) / SQLITE_FILE).is_file()
+
+
+@contextmanager
+def named_store(url: str | None) -> Iterator[None]:
+    """Within the block, the store is the one `url` names (a job file's `store`), unless the
+    environment (`BATCHPILOT_STORE`, or `--store`, which sets it) names one already: that wins."""
+    if url is None or store_url() is not None:
+        yield
+        return
+    os.environ[STORE_ENV] = url
+    try:
+        yield
+    finally:
+        os.environ.pop(STORE_ENV, None)
