@@ -8,6 +8,10 @@ Every test here needs a PostgreSQL server (`BATCHPILOT_TEST_POSTGRES`, `.ci/post
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,7 +30,7 @@ from batchpilot.store import Store
 from batchpilot.store.opening import STORE_ENV, open_store
 from test_cli_run import write_job
 from test_crash import remote_tags
-from test_store_contract import postgres_url
+from test_store_contract import POSTGRES_ENV, postgres_url
 from test_workers import invoke
 
 FAST = {"validation_delay_s": 0, "finalizing_delay_s": 0}
@@ -210,3 +214,23 @@ def test_more_than_one_worker_per_run_needs_a_postgresql_store(
         work(tmp_path / "state", exit_when_idle=True, per_run=2)
     result = invoke("worker", "--state", str(tmp_path / "state"), "--per-run", "-1")
     assert result.exit_code == 2 and "--per-run must be a whole number >= 0" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_workers_killed_at_random_on_one_run_end_it_as_one_process_does(tmp_path: Path) -> None:
+    """`bench/worker_kills.py` at a reduced size: three workers on one run against `batchpilot
+    serve`, killed with SIGKILL five times and started again; no batch created twice, no
+    request run twice, and the export equals a single process's."""
+    url = os.environ.get(POSTGRES_ENV) or postgres_url(tmp_path)  # skips (or fails) without one
+    script = Path(__file__).parent.parent / "bench" / "worker_kills.py"
+    command = [sys.executable, str(script), "--requests", "400", "--workers", "3"]
+    command += ["--kills", "5", "--per-batch", "20", "--every", "2", "--url", url]
+    done = subprocess.run(command, capture_output=True, timeout=1700, cwd=tmp_path)
+    output = done.stdout.decode()
+    assert done.returncode == 0, output + done.stderr.decode()
+    found = json.loads(output[output.index("{") : output.rindex("}") + 1])
+    assert found["kills"] == 5 and found["workers_started"] == 8
+    assert found["ran"] == 400 and found["ran_twice"] == 0 and found["created_twice"] == 0
+    assert found["export_equal"] and found["ledger_is_the_store"]
+    assert found["drivers"] > 1
