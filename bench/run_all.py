@@ -28,6 +28,7 @@ SHORT: dict[str, list[str]] = {
     "report_build.py": ["--rows", "200"],
     "scale.py": ["--short"],
     "ui_answers.py": ["--rows", "200", "--repeat", "1"],
+    "worker_kills.py": ["--short"],
     "realtime_lane.py": ["--requests", "20", "--concurrency", "4", "--rpm", "120", "--paced", "4"],
     "server_batch.py": ["--lines", "50"],
     "server_realtime.py": ["--seconds", "1", "--connections", "4"],

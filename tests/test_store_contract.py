@@ -1114,6 +1114,143 @@ def test_workers_claiming_at_once_each_get_a_run_of_their_own(
     assert sorted(got) == [f"run-{i}" for i in range(6)]
 
 
+# many workers on one run --------------------------------------------------------------------
+
+
+def _until(check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+    """Poll `check` until it gives something truthy (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.01)
+    raise AssertionError("never came true")
+
+
+def test_a_run_takes_co_drivers_up_to_the_limit_each_asks_for(
+    factory: Callable[[], Store],
+) -> None:
+    first, second = factory(), factory()
+    make_run(first)
+    assert first.claim_run("w1", 30, per_run=2) is not None
+    assert second.claim_run("w1", 30, per_run=2) is None  # a worker drives a run once
+    claim = second.claim_run("w2", 30, per_run=2)
+    assert claim is not None and claim.run.id == RUN
+    assert second.claim_run("w3", 30, per_run=2) is None
+    assert second.take_run(RUN, "w3", 30, per_run=2) in ("w1", "w2")
+    assert second.claim_run("w3", 30, per_run=None) is not None
+    assert first.drivers(RUN) == ["w1", "w2", "w3"]
+    assert first.take_run(RUN, "w4", 30) in ("w1", "w2", "w3")  # one driver: refused
+    first.release_run(RUN, "w2")
+    assert second.drivers(RUN) == ["w1", "w3"]
+    assert first.renew_lease(RUN, "w1", 30) and first.renew_lease(RUN, "w3", 30)
+
+
+def test_holdings_count_every_workers_batches_and_requests_in_flight(store: Store) -> None:
+    requests = plan(store, 6)
+    for i, state in enumerate([B.PLANNED, B.UPLOADED, B.CREATING, B.SUBMITTED, B.ABANDONED]):
+        batch_id = batch_in(store, state, [requests[i]])
+        store.update_batch(RUN, batch_id, worker_id=f"w{i}", held_usd=2.0**i)
+        if state in (B.CREATING, B.SUBMITTED):
+            store.update_batch(RUN, batch_id, reserved_usd=10.0**i)
+    assert store.claim_realtime(RUN, "req-5", worker="w9", held_usd=0.25)
+    assert store.holdings(RUN) == (0.0, 100.0 + 1000.0, 1.0 + 2.0, 0.25)
+    store.finish_realtime(RUN, Outcome("req-5", R.SUCCEEDED, {}, cost_usd=0.125))
+    assert store.holdings(RUN) == (0.125, 1100.0, 3.0, 0.0)
+    assert store.holdings("other-run") == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_workers_racing_for_the_last_money_never_hold_more_than_the_budget(
+    factory: Callable[[], Store],
+) -> None:
+    """Four workers of one run, two forming batches and two claiming real-time requests, each
+    checking the money left with the run locked: what they hold never passes the budget of 5."""
+    setup = factory()
+    make_run(setup)
+    plan(setup, 60)
+    stores = [factory() for _ in range(4)]
+    start = threading.Barrier(len(stores))
+
+    def form(store: Store, worker: str) -> None:
+        start.wait()
+        for _ in range(15):
+            with store.tx():
+                store.lock_run(RUN)
+                if sum(store.holdings(RUN)) + 0.6 > 5.0 + 1e-9:
+                    continue
+                pending = store.pending(RUN, 2)
+                batch_id = store.create_batch(RUN, pending, size=2, file_name_prefix="b")
+                store.update_batch(RUN, batch_id, worker_id=worker, held_usd=0.6)
+
+    def claim(store: Store, worker: str, ids: list[str]) -> None:
+        start.wait()
+        for request_id in ids:
+            store.claim_realtime(RUN, request_id, worker=worker, held_usd=0.3, budget_usd=5.0)
+
+    ids = [f"req-{i}" for i in range(59, 29, -1)]
+    threads = [
+        threading.Thread(target=form, args=(stores[0], "w0")),
+        threading.Thread(target=form, args=(stores[1], "w1")),
+        threading.Thread(target=claim, args=(stores[2], "w2", ids[0::2])),
+        threading.Thread(target=claim, args=(stores[3], "w3", ids[1::2])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spent, reserved, held, inflight = setup.holdings(RUN)
+    assert 5.0 - 0.3 < spent + reserved + held + inflight <= 5.0 + 1e-9
+    queued = sum(b.requests for b in setup.batches(RUN))
+    assert setup.request_counts(RUN)["queued"] == queued
+    assert setup.request_counts(RUN)["realtime"] == round(inflight / 0.3)
+
+
+def test_the_work_of_a_worker_whose_lease_ran_out_is_taken_over_once(
+    factory: Callable[[], Store],
+) -> None:
+    first, second, third = factory(), factory(), factory()
+    make_run(first)
+    requests = plan(first, 6)
+    assert first.claim_run("w1", 0.3, per_run=None) is not None
+    assert second.claim_run("w2", 30, per_run=None) is not None
+    assert third.claim_run("w3", 30, per_run=None) is not None
+    dead = [
+        batch_in(first, state, [requests[i]]) for i, state in enumerate([B.PLANNED, B.SUBMITTED])
+    ]
+    ended = batch_in(first, B.FINISHED, [requests[2]])
+    live = batch_in(first, B.SUBMITTED, [requests[3]])
+    nobodys = batch_in(first, B.UPLOADED, [requests[4]])
+    for batch_id in [*dead, ended]:
+        first.update_batch(RUN, batch_id, worker_id="w1")
+    first.update_batch(RUN, live, worker_id="w2")
+    assert first.claim_realtime(RUN, "req-5", worker="w1", held_usd=0.5)
+    assert second.adopt_batches(RUN, "w2") == [nobodys]  # no worker drove it: free at once
+    assert second.adopt_batches(RUN, "w2") == []
+    assert second.orphans_in_flight(RUN, "w2") == []  # w1 is alive
+    assert first.orphans_in_flight(RUN, "w1") == []  # its own
+    _until(lambda: "w1" not in second.drivers(RUN))
+    (orphan,) = second.orphans_in_flight(RUN, "w2")
+    assert orphan.id == "req-5" and orphan.body == b""
+    taken: dict[str, list[int]] = {}
+    start = threading.Barrier(2)
+
+    def adopt(store: Store, worker: str) -> None:
+        start.wait()
+        taken[worker] = store.adopt_batches(RUN, worker)
+
+    threads = [
+        threading.Thread(target=adopt, args=(s, w)) for s, w in [(second, "w2"), (third, "w3")]
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken["w2"] + taken["w3"]) == dead
+    assert [] in taken.values()
+    owners = {b.id: b.worker_id for b in first.batches(RUN)}
+    assert owners[ended] == "w1" and owners[live] == "w2" and owners[nobodys] == "w2"
+
+
 # one organisation's limits ------------------------------------------------------------------
 
 ACCOUNT = "openai@http://127.0.0.1/v1"

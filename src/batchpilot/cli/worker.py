@@ -10,7 +10,7 @@ import click
 
 from batchpilot.cli.run import state_option
 from batchpilot.errors import UserInputError
-from batchpilot.run.lease import DEFAULT_LEASE_S
+from batchpilot.run.lease import DEFAULT_LEASE_S, per_run_limit
 from batchpilot.run.limits import limit_json, read_limits, set_limits
 from batchpilot.run.worker import work
 from batchpilot.store.shared import OrgLimit
@@ -47,6 +47,16 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
     help="Seconds between looks for work while there is none.",
 )
 @click.option(
+    "--per-run",
+    "per_run",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Join a run that fewer than this many other workers drive (0: any number), so that "
+    "several workers drive one run together, each its own batches and real-time requests, "
+    "under one budget. More than 1 needs a PostgreSQL store.",
+)
+@click.option(
     "--exit-when-idle",
     is_flag=True,
     help="Exit once no run has work left, instead of waiting for new runs.",
@@ -58,18 +68,21 @@ def worker(
     lease_s: float,
     idle_s: float,
     exit_when_idle: bool,
+    per_run: int,
     as_json: bool,
 ) -> None:
     """Take runs (any, or the RUN_IDS given) from the store and drive them, each under a lease
     this worker renews; a run whose worker died is taken over once its lease runs out. Start
     as many as you like, on one machine or many (with a PostgreSQL store). Ctrl-C or SIGTERM
     stops a worker: the run it drives is let go for another."""
+    limit = per_run_limit(str(per_run), "--per-run")
     report = work(
         state_dir,
         list(run_ids) or None,
         lease_s=lease_s,
         idle_s=idle_s,
         exit_when_idle=exit_when_idle,
+        per_run=limit,
     )
     if as_json:
         runs = [{"run_id": r, "outcome": o} for r, o in report.runs]

@@ -21,7 +21,7 @@ from typing import Any
 from batchpilot.errors import ProviderRejected, ProviderUnavailable
 from batchpilot.formatting import usd
 from batchpilot.lanes.failed import failed_batch_outcomes, lose_batch
-from batchpilot.lanes.forming import pending_pages
+from batchpilot.lanes.forming import owned, pending_pages, write_batch_file
 from batchpilot.lanes.shared_queue import hold, shared_full, shared_room
 from batchpilot.plan.ids import request_line
 from batchpilot.plan.packing import BatchLimits, Piece, Room, pack_next
@@ -94,10 +94,6 @@ class BatchLane:
         return self.config.settings
 
     @property
-    def files_dir(self) -> Path:
-        return self.config.files_dir
-
-    @property
     def check(self) -> AnswerCheck | None:
         return self.config.check
 
@@ -109,9 +105,13 @@ class BatchLane:
         """When (monotonic time) the lane next has something to do: a poll, a retry."""
         return [poll.due for poll in self._polls.values()] + [self._backoff_until]
 
+    def mine(self, states: tuple[str, ...] | list[str]) -> list[BatchRecord]:
+        """The run's batches in `states` this lane drives: with co-drivers, those it owns."""
+        return owned(self.store.batches(self.run_id, states), self.config.worker)
+
     def cancel_all(self, why: str) -> None:
         """Cancel every live batch (the run stops and is not to leave them running)."""
-        live = self.store.batches(self.run_id, [BatchState.SUBMITTED])
+        live = self.mine([BatchState.SUBMITTED])
         done = cancel_batches(self.store, self.provider, self.run_id, live, why)
         count = sum(d.outcome == "cancelled" for d in done)
         self.store.event(
@@ -124,7 +124,7 @@ class BatchLane:
         if time.monotonic() < self._backoff_until:
             return False
         progressed = False
-        for batch in self.store.batches(self.run_id, TO_SUBMIT):
+        for batch in self.mine(TO_SUBMIT):
             progressed |= self._advance(batch)
             if time.monotonic() < self._backoff_until:
                 return progressed
@@ -148,7 +148,7 @@ class BatchLane:
         the real-time lane must leave to them (lock held)."""
         if self.settings.budget_usd is None:
             return
-        held = {b.id: self._batch_worst(b.id) for b in self.store.batches(self.run_id, UNRESERVED)}
+        held = {b.id: self._batch_worst(b.id) for b in self.mine(UNRESERVED)}
         self._worst = held
         self.share.held_usd = sum(held.values())
 
@@ -163,6 +163,7 @@ class BatchLane:
         """In one transaction: the account's shared queue limit stays locked until it holds."""
         try:
             with self.share.lock, self.store.tx():
+                self._lock_run()
                 batch_id = self._choose_batch()
                 self._hold()
                 return batch_id
@@ -210,12 +211,14 @@ class BatchLane:
                 file_name_prefix=f"batchpilot-{self.store.store_id}-{self.run_id}",
             )
             hold(self.store, self.config.account, model, self.run_id, batch_id, packed.input_tokens)
-            self._worst[batch_id] = packed.cost_usd
+            worst, owner = packed.cost_usd, self.config.worker
+            self.store.update_batch(self.run_id, batch_id, worker_id=owner, held_usd=worst)
+            self._worst[batch_id] = worst
             return batch_id
         head = first[0]
         if (
             live
-            or self.share.inflight_usd > 0
+            or self.share.held_elsewhere(self.store)
             or shared_full(self.store, self.config.account, model, head.input_tokens)
         ):
             return None  # wait for capacity or money to come back
@@ -271,7 +274,8 @@ class BatchLane:
         """Reserve the batch's worst case and record the intent to create it; None while the
         money left (after the real-time lane's requests in flight) cannot cover it."""
         worst = self._batch_worst(batch.id)
-        with self.share.lock:
+        with self.share.lock, self.store.tx():
+            self._lock_run()
             left = self.share.money_left(self.store)
             # this batch's own worst case is among the held money until it is reserved
             if left is not None and worst > left + self.share.held_usd:
@@ -306,7 +310,12 @@ class BatchLane:
         """Whether spending now under way (another live batch, real-time requests in flight) may
         still end and leave money for `batch`."""
         live = self.store.batches(self.run_id, (BatchState.CREATING, BatchState.SUBMITTED))
-        return any(b.id != batch.id for b in live) or self.share.inflight_usd > 0
+        return any(b.id != batch.id for b in live) or self.share.held_elsewhere(self.store)
+
+    def _lock_run(self) -> None:
+        """With co-drivers, their money checks wait for this transaction's (`Store.lock_run`)."""
+        if self.config.worker is not None:
+            self.store.lock_run(self.run_id)
 
     def _back_off(self, message: str) -> None:
         delay = min(self.settings.max_poll_interval_s, max(1.0, self.settings.poll_interval_s))
@@ -314,17 +323,10 @@ class BatchLane:
         self.store.event(self.run_id, "retry", f"{message}; retrying in {delay:.0f}s")
 
     def _file_path(self, batch: BatchRecord) -> Path:
-        return self.files_dir / batch.file_name
+        return self.config.files_dir / batch.file_name
 
     def _write_file(self, batch: BatchRecord) -> Path:
-        path = self._file_path(batch)
-        tmp = path.with_suffix(".part")
-        with tmp.open("wb") as handle:
-            for request in self.store.batch_requests(self.run_id, batch.id):
-                handle.write(request_line(request.id, request.endpoint, request.body))
-                handle.write(b"\n")
-        tmp.replace(path)
-        return path
+        return write_batch_file(self.store, batch, self._file_path(batch))
 
     def _submitted(self, batch: BatchRecord, remote: RemoteBatch) -> BatchRecord:
         self._polls[batch.id] = _Poll(0.0, self.settings.poll_interval_s)
@@ -343,7 +345,7 @@ class BatchLane:
         if time.monotonic() < self._backoff_until:
             return False
         progressed = False
-        for batch in self.store.batches(self.run_id, TO_SUBMIT):
+        for batch in self.mine(TO_SUBMIT):
             tried = batch.state == BatchState.CREATING and (batch.id, "create") not in self._fresh
             try:
                 remote = self._find_remote(batch) if tried else None
@@ -366,11 +368,7 @@ class BatchLane:
     def cancel_live(self, kind: str, why: str) -> bool:
         """Cancel the live batches not cancelled yet; one the provider will not cancel (it has
         ended) is not asked again, one it could not be asked about is asked again later."""
-        todo = [
-            b
-            for b in self.store.batches(self.run_id, [BatchState.SUBMITTED])
-            if b.id not in self._cancelled_late
-        ]
+        todo = [b for b in self.mine([BatchState.SUBMITTED]) if b.id not in self._cancelled_late]
         done = cancel_batches(self.store, self.provider, self.run_id, todo, why, kind)
         self._cancelled_late.update(d.batch.id for d in done if d.outcome != "failed")
         return any(d.outcome == "cancelled" for d in done)
@@ -443,7 +441,7 @@ class BatchLane:
     def poll_live(self) -> bool:
         progressed = False
         now = time.monotonic()
-        live = self.store.batches(self.run_id, [BatchState.SUBMITTED])
+        live = self.mine([BatchState.SUBMITTED])
         turnaround = self._turnaround() if live else 0.0
         for batch in live:
             poll = self._polls.setdefault(batch.id, _Poll(0.0, self.settings.poll_interval_s))
@@ -521,7 +519,7 @@ class BatchLane:
         return None
 
     def _download(self, remote: RemoteBatch) -> list[Path]:
-        return self.provider.batches.results(remote, self.files_dir)
+        return self.provider.batches.results(remote, self.config.files_dir)
 
     def _ingest(self, batch: BatchRecord, remote: RemoteBatch) -> None:
         requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)

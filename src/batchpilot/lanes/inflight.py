@@ -30,17 +30,27 @@ def interrupted(request: PendingRequest, prices: PriceTable | None, retry: Retry
 
 
 def recover_inflight(
-    store: Store, run_id: str, prices: PriceTable | None, retry: RetryPolicy
+    store: Store,
+    run_id: str,
+    prices: PriceTable | None,
+    retry: RetryPolicy,
+    worker: str | None = None,
 ) -> tuple[int, float]:
     """Record every request left in `realtime` (by a crash) as `interrupted`: back to pending,
     or failed after its last attempt. Returns how many there were and what they are counted at.
+    With `worker` (a run with co-drivers), only those of workers whose lease ran out, in one
+    transaction with the run locked, so that each is recovered by one worker once.
 
     A request that keeps getting interrupted so runs into the retry cap; one that goes back to
     pending may have reached the server, and sending it again may run it twice.
     """
     charged = 0.0
     with store.tx():
-        requests = store.in_flight(run_id)
+        if worker is None:
+            requests = store.in_flight(run_id)
+        else:
+            store.lock_run(run_id)
+            requests = store.orphans_in_flight(run_id, worker)
         for request in requests:
             outcome = interrupted(request, prices, retry)
             store.finish_realtime(run_id, outcome)

@@ -71,5 +71,7 @@ def stop_for_budget(
             f"answer in full); {pending} requests are still pending. {RAISE.capitalize()}"
         )
     store.event(run_id, "budget", message)
-    store.move_run(run_id, RunState.STOPPED)
+    record = store.run(run_id)
+    if record is None or record.status != RunState.STOPPED:  # a co-driver may have stopped it
+        store.move_run(run_id, RunState.STOPPED)
     return BudgetExceeded(message)

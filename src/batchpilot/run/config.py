@@ -29,7 +29,10 @@ class RunConfig:
 
     `account` names the provider account whose shared limits (`Store.queue_left`, `take_rate`)
     the run reserves from; `fence` raises when the run's lease may have run out (a worker on a
-    shared store), and is called before every remote side effect and once a round."""
+    shared store), and is called before every remote side effect and once a round. `worker` is
+    the id of that lease's worker: the run may have co-drivers, so the batches and real-time
+    requests it takes are recorded as its own, its money is checked against what every worker
+    holds in the store, and it takes over only what a worker whose lease ran out left."""
 
     run_id: str
     settings: RunSettings
@@ -40,3 +43,4 @@ class RunConfig:
     on_progress: Callable[[RunStatus], None] | None = None
     account: str | None = None
     fence: Callable[[], None] | None = None
+    worker: str | None = None

@@ -18,12 +18,27 @@ import threading
 import time
 from pathlib import Path
 
-from batchpilot.errors import StateError
+from batchpilot.errors import StateError, UserInputError
 from batchpilot.store import Store, opening
 
-__all__ = ["DEFAULT_LEASE_S", "LeaseLost", "RunLease", "worker_id"]
+__all__ = ["DEFAULT_LEASE_S", "PER_RUN_ENV", "LeaseLost", "RunLease", "per_run_limit", "worker_id"]
 
 DEFAULT_LEASE_S = 30.0
+PER_RUN_ENV = "BATCHPILOT_PER_RUN"
+
+
+def per_run_limit(text: str | None, name: str = PER_RUN_ENV) -> int | None:
+    """How many processes may drive one run at once, from `text` (`name` says where it came
+    from): a positive number, or 0 for any number; 1 when not given."""
+    if text is None or not text.strip():
+        return 1
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UserInputError(f"{name} must be a whole number >= 0 (0: any number), not {text!r}")
+    return None if value == 0 else value
 
 
 class LeaseLost(StateError):
@@ -38,9 +53,10 @@ def worker_id() -> str:
 class RunLease:
     """A lease on `run_id` for `worker`, renewed every third of `ttl_s` by a thread of its own.
 
-    `acquire()` takes it (StateError when a live lease of another worker holds the run);
-    `held()` starts renewing one that `Store.claim_run` gave. `release()` gives it back.
-    Without `store`, the lease opens (and closes) the store of `state_dir` itself.
+    `acquire()` takes it (StateError when `per_run` live leases of other workers hold the run;
+    None: any number may); `held()` starts renewing one that `Store.claim_run` gave.
+    `release()` gives it back. Without `store`, the lease opens (and closes) the store of
+    `state_dir` itself.
     """
 
     def __init__(
@@ -51,8 +67,10 @@ class RunLease:
         state_dir: Path | None = None,
         worker: str | None = None,
         ttl_s: float = DEFAULT_LEASE_S,
+        per_run: int | None = 1,
     ) -> None:
         assert store is not None or state_dir is not None
+        self.per_run = per_run
         self.run_id = run_id
         self.worker = worker or worker_id()
         self.ttl_s = ttl_s
@@ -73,7 +91,7 @@ class RunLease:
 
     def acquire(self) -> RunLease:
         started = time.monotonic()
-        holder = self.store.take_run(self.run_id, self.worker, self.ttl_s)
+        holder = self.store.take_run(self.run_id, self.worker, self.ttl_s, self.per_run)
         if holder is not None:
             self._close_store()
             raise StateError(

@@ -80,6 +80,7 @@ def open_runner(
     *,
     account: str | None = None,
     fence: Callable[[], None] | None = None,
+    worker: str | None = None,
 ) -> Iterator[Runner]:
     """A runner with its lanes, handling Ctrl-C while it is open; the caller holds the lock (or
     the lease, whose `fence` the runner checks)."""
@@ -93,6 +94,7 @@ def open_runner(
         on_progress=on_progress,
         account=account,
         fence=fence,
+        worker=worker,
     )
     problem = provider.capabilities.check(settings.strategy, provider.name)
     if problem is None and settings.tier == FLEX and not provider.capabilities.flex:
@@ -185,6 +187,7 @@ def run_one(
     with lock as taken, store_at(state_dir) as store:
         guard = lease if lease is not None else taken
         fence = guard.fence if isinstance(guard, RunLease) else None
+        worker = guard.worker if isinstance(guard, RunLease) else None
         account = account_of(job.provider)
         _plan(store, record, job, source)
         settings = run_settings(
@@ -210,6 +213,7 @@ def run_one(
                     target,
                     account=account,
                     fence=fence,
+                    worker=worker,
                 ) as runner:
                     return runner.run()
 

@@ -4,6 +4,10 @@ has ended.
 
 The batch lane (`lanes/batch.py`) runs in this thread; the real-time lane in a thread of its
 own (`run/share.py`), sharing the pending requests and the money through one lock.
+
+A run may have co-drivers (workers on a shared store, `RunConfig.worker`): each drives its own
+batches and real-time requests, and once a round (at most every `TAKEOVER_S`) takes over those
+of a co-driver whose lease ran out. Whichever sees every request ended finishes the run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from batchpilot.store import BatchState, PendingRequest, RunState, Store
 __all__ = ["Runner"]
 
 LANE_TICK_S = 0.02  # after a real-time answer, wait this long so that a burst is seen at once
+TAKEOVER_S = 1.0  # how often a co-driver looks for the work of one whose lease ran out
 
 
 class Runner:
@@ -47,7 +52,9 @@ class Runner:
         self.run_id = config.run_id
         self.lane = lane
         self.interrupt = interrupt or Interrupt()
-        self.share = LaneShare(self.run_id, self.settings.budget_usd, self.interrupt.wake)
+        self.share = LaneShare(
+            self.run_id, self.settings.budget_usd, self.interrupt.wake, config.worker
+        )
         self.scheduler = Scheduler(store, config, self.share, lane.throttle if lane else None)
         self.batches = BatchLane(
             store, provider, config, self.share, self.scheduler, self.interrupt.stop
@@ -57,6 +64,7 @@ class Runner:
         self._goal_met = False
         self._seen: RunStatus | None = None  # the latest status, for what Ctrl-C says
         self._resume = how_to_continue(None, self.run_id)
+        self._looked = 0.0  # when (monotonic) the last takeover looked
 
     def run(self) -> RunStatus:
         """Drive the run until every request has ended, or until stopped or detached."""
@@ -69,16 +77,7 @@ class Runner:
         cached = self.store.apply_cache(self.run_id, accept) if self.config.use_cache else 0
         if cached:
             self.store.event(self.run_id, "cache", f"{cached} requests answered from the cache")
-        recovered, charged = recover_inflight(
-            self.store, self.run_id, self.settings.prices, self.settings.retry
-        )
-        if recovered:
-            self.store.event(
-                self.run_id,
-                "recovered",
-                f"{recovered} real-time requests were in flight at a crash; each may have run "
-                f"and is counted at its worst case ({usd(charged)} in all)",
-            )
+        self._take_over(force=True)
         record = self.store.run(self.run_id)
         self._resume = how_to_continue(record.kind if record else None, self.run_id)
         self._seen = self.status()
@@ -111,6 +110,7 @@ class Runner:
                 self.config.fence()
             if self.interrupt.stop.is_set():
                 return self._stop()
+            self._take_over()
             self._check_lane()
             progressed = self.batches.poll_live()
             if self.interrupt.stop.is_set():
@@ -124,7 +124,25 @@ class Runner:
             if self.config.on_progress is not None:
                 self.config.on_progress(status)
             if status.finished:
+                return self._finish(status)
+            if self.settings.detach and not self.store.batches(self.run_id, TO_SUBMIT):
                 self._close_lane()
+                self.store.event(self.run_id, "detached", "submitted; not waiting")
+                return self.status()
+            if not progressed:
+                self._sleep()
+
+    def _finish(self, status: RunStatus) -> RunStatus:
+        """Every request has ended: the run is finished, once, by whichever co-driver sees it
+        first (the others find it so)."""
+        self._close_lane()
+        with self.store.tx():
+            if self.config.worker is not None:
+                self.store.lock_run(self.run_id)
+            record = self.store.run(self.run_id)
+            if record is None or record.status != RunState.FINISHED:
+                if record is not None and record.status == RunState.STOPPED:
+                    self.store.move_run(self.run_id, RunState.RUNNING)  # a co-driver's stop
                 self.store.move_run(self.run_id, RunState.FINISHED)
                 ended = (
                     "every request has ended"
@@ -132,13 +150,37 @@ class Runner:
                     else "nothing to do: the run has no requests"
                 )
                 self.store.event(self.run_id, "finished", ended)
-                return self.status()
-            if self.settings.detach and not self.store.batches(self.run_id, TO_SUBMIT):
-                self._close_lane()
-                self.store.event(self.run_id, "detached", "submitted; not waiting")
-                return self.status()
-            if not progressed:
-                self._sleep()
+        return self.status()
+
+    def _take_over(self, *, force: bool = False) -> None:
+        """Requests left in flight by a crash are counted at their worst case and go back to
+        pending; with co-drivers, only those of a worker whose lease ran out, whose batches
+        this worker now drives too (each taken over by one worker only)."""
+        worker = self.config.worker
+        now = time.monotonic()
+        if not force and (worker is None or now - self._looked < TAKEOVER_S):
+            return
+        self._looked = now
+        if worker is not None:
+            adopted = self.store.adopt_batches(self.run_id, worker)
+            if adopted and set(self.store.drivers(self.run_id)) - {worker}:
+                # (a worker that took the whole run over has said so when it took it)
+                self.store.event(
+                    self.run_id,
+                    "worker",
+                    f"worker {worker} takes over batches {', '.join(map(str, adopted))} "
+                    "of a co-driver whose lease ran out",
+                )
+        recovered, charged = recover_inflight(
+            self.store, self.run_id, self.settings.prices, self.settings.retry, worker
+        )
+        if recovered:
+            self.store.event(
+                self.run_id,
+                "recovered",
+                f"{recovered} real-time requests were in flight at a crash; each may have run "
+                f"and is counted at its worst case ({usd(charged)} in all)",
+            )
 
     def _dispatch(self) -> bool:
         """This round's sending, as the scheduler says."""
@@ -239,11 +281,16 @@ class Runner:
         if self.settings.cancel_on_exit or self.interrupt.cancel.is_set():
             self.batches.cancel_all("on stop")
         else:
-            live = self.store.batches(self.run_id, [BatchState.SUBMITTED])
+            live = self.batches.mine([BatchState.SUBMITTED])
             self.store.event(
                 self.run_id, "stopped", f"stopped with {len(live)} batches still running remotely"
             )
-        self.store.move_run(self.run_id, RunState.STOPPED)
+        worker = self.config.worker
+        if worker is not None and set(self.store.drivers(self.run_id)) - {worker}:
+            # co-drivers go on; what this worker leaves is theirs once its lease is given back
+            self.store.event(self.run_id, "worker", f"worker {worker} stops; its co-drivers go on")
+        else:
+            self.store.move_run(self.run_id, RunState.STOPPED)
         return self.status()
 
     # the real-time lane ----------------------------------------------------------------------

@@ -4,6 +4,10 @@ The batch lane (the runner's thread) takes pending requests from the front of th
 real-time lane (a thread of its own, with its own event loop; the store serves any thread) from
 the end. Both take them under one lock, so a request is taken by one lane only (never paying
 twice), and each lane's money check and reservation are one step with respect to the other's.
+
+A run driven by several workers at once (`worker` set) counts its money in the store instead:
+every worker's batches and requests in flight hold their worst cases there (`Store.holdings`),
+and each check and what it takes are one transaction with the run locked (`Store.lock_run`).
 """
 
 from __future__ import annotations
@@ -26,14 +30,22 @@ class LaneShare:
     (`inflight_usd`) and of batches formed but not yet created (`held_usd`).
 
     Hold `lock` to read pending requests and take some of them, and to check money and reserve
-    some; `wake` is set whenever a real-time request ends.
+    some; `wake` is set whenever a real-time request ends. With `worker`, the money left is the
+    store's, over every worker of the run.
     """
 
-    def __init__(self, run_id: str, budget_usd: float | None, wake: threading.Event) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        budget_usd: float | None,
+        wake: threading.Event,
+        worker: str | None = None,
+    ) -> None:
         self.lock = threading.RLock()
         self.run_id = run_id
         self.budget_usd = budget_usd
         self.wake = wake
+        self.worker = worker
         self.reserve: int | None = 0
         self.claimed = 0
         self.inflight_usd = 0.0
@@ -44,8 +56,20 @@ class LaneShare:
         """The budget less what is spent and every reservation of both lanes (lock held)."""
         if self.budget_usd is None:
             return None
+        if self.worker is not None:
+            return self.budget_usd - sum(store.holdings(self.run_id))
         spent, reserved = store.money(self.run_id)
         return self.budget_usd - spent - reserved - self.inflight_usd - self.held_usd
+
+    def held_elsewhere(self, store: Store) -> bool:
+        """Whether money may come back without this lane's batches: a real-time request in
+        flight, or (with co-drivers) another worker's batch formed or request in flight."""
+        if self.inflight_usd > _EPSILON:
+            return True
+        if self.worker is None:
+            return False
+        _, _, held, inflight = store.holdings(self.run_id)
+        return held - self.held_usd > _EPSILON or inflight > _EPSILON
 
     def batch_room(self, store: Store) -> int:
         """How many pending requests batches may take now (lock held)."""
@@ -59,7 +83,7 @@ class LaneShare:
     def stuck(self, store: Store) -> bool:
         """The real-time lane waits for money that nothing in flight will give back."""
         with self.lock:
-            if self.reserve == 0 or self.short_of is None or self.inflight_usd > _EPSILON:
+            if self.reserve == 0 or self.short_of is None or self.held_elsewhere(store):
                 return False
             left = self.money_left(store)
             return left is not None and self.short_of > left + _EPSILON
@@ -102,7 +126,12 @@ class ShareFeed:
                 return "gone"
             if not self.affordable(worst):
                 return "budget"
-            if not self._store.claim_realtime(share.run_id, request.id):
+            budget = None if share.worker is None else share.budget_usd
+            if not self._store.claim_realtime(
+                share.run_id, request.id, worker=share.worker, held_usd=worst, budget_usd=budget
+            ):
+                if budget is not None and not self.affordable(worst):
+                    return "budget"  # another worker took the money first
                 return "gone"  # a batch took it (or an ingest changed it) while the lane waited
             share.short_of = None
             share.inflight_usd += worst

@@ -1,10 +1,12 @@
 """`batchpilot worker`: a process that takes runs from a shared store and drives them.
 
-Each run is claimed under a lease (`Store.claim_run`, `run/lease.py`): one worker drives a run
-at a time, many workers drive many runs at once, and a run whose worker died (kill -9, a lost
-host) is claimed by another once the lease runs out and continued as a restarted runner
-continues it: batches are adopted from the provider's listing, never created twice, and
-real-time requests left in flight are counted at their worst case and sent again.
+Each run is claimed under a lease (`Store.claim_run`, `run/lease.py`): by default one worker
+drives a run at a time and many workers drive many runs at once; with `per_run` (a PostgreSQL
+store) up to that many workers drive one run together, each its own batches and real-time
+requests, under one budget held in the store. A run whose worker died (kill -9, a lost host) is
+claimed by another once the lease runs out, and what the dead worker left is taken over as a
+restarted runner takes it over: batches are adopted from the provider's listing, never created
+twice, and real-time requests left in flight are counted at their worst case and sent again.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from batchpilot.errors import BatchpilotError
+from batchpilot.errors import BatchpilotError, UserInputError
 from batchpilot.run.identity import job_of
 from batchpilot.run.lease import DEFAULT_LEASE_S, LeaseLost, RunLease, worker_id
 from batchpilot.run.one import run_one
 from batchpilot.run.workspace import store_at
-from batchpilot.store import RunState, Store
+from batchpilot.store import RunState, Store, opening
 from batchpilot.store.shared import CLAIMABLE_KINDS, CLAIMABLE_STATES
 
 __all__ = ["WorkerReport", "work"]
@@ -87,25 +89,37 @@ def work(
     exit_when_idle: bool = False,
     stop: threading.Event | None = None,
     on_taken: Callable[[str], None] | None = None,
+    per_run: int | None = 1,
 ) -> WorkerReport:
     """Take runs (any, or those of `run_ids`) from the store and drive each to its end, until
     stopped; with `exit_when_idle`, until no run has work left. A run that fails on this worker
-    (its key missing here, a user's error) is left to other workers."""
+    (its key missing here, a user's error) is left to other workers. `per_run`: join a run
+    that fewer than this many other workers drive (None: any number; more than 1 needs a
+    PostgreSQL store)."""
     stop = stop or threading.Event()
     report = WorkerReport(worker_id())
     skip: set[str] = set()
     with _stoppable(stop), store_at(state_dir) as store:
+        if per_run != 1 and opening.store_url() is None:
+            raise UserInputError(
+                "--per-run other than 1 needs a PostgreSQL store (--store or BATCHPILOT_STORE): "
+                "on the SQLite store a run is held by one process at a time"
+            )
         _say(f"{report.worker} takes runs from {store.where}")
         while not stop.is_set():
             asked = time.monotonic()
-            claim = store.claim_run(report.worker, lease_s, run_ids or None, sorted(skip))
+            claim = store.claim_run(
+                report.worker, lease_s, run_ids or None, sorted(skip), per_run=per_run
+            )
             if claim is None:
                 if exit_when_idle and not _work_left(store, run_ids, skip):
                     break
                 stop.wait(idle_s)
                 continue
             run_id = claim.run.id
-            lease = RunLease(run_id, store=store, worker=report.worker, ttl_s=lease_s)
+            lease = RunLease(
+                run_id, store=store, worker=report.worker, ttl_s=lease_s, per_run=per_run
+            )
             lease.held(asked)
             taken = (
                 f"worker {report.worker} takes the run over from worker {claim.previous}, "

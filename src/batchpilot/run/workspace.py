@@ -3,11 +3,12 @@ a run."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from batchpilot.run.lease import RunLease
+from batchpilot.run.lease import PER_RUN_ENV, RunLease, per_run_limit
 from batchpilot.run.lookup import resolve_run
 from batchpilot.store import RunLock, RunRecord, Store, opening
 
@@ -48,9 +49,11 @@ def store_at(state_dir: Path) -> Iterator[Store]:
 
 def run_lock(state_dir: Path, run_id: str) -> RunLock | RunLease:
     """What keeps a run to one process: a lock on a file beside the SQLite store, or a lease
-    in the PostgreSQL store that processes on many machines share."""
+    in the PostgreSQL store that processes on many machines share (`BATCHPILOT_PER_RUN` of
+    them at once, 1 unless set)."""
     if opening.store_url() is not None:
-        return RunLease(run_id, state_dir=Path(state_dir))
+        per_run = per_run_limit(os.environ.get(PER_RUN_ENV))
+        return RunLease(run_id, state_dir=Path(state_dir), per_run=per_run)
     return RunLock(Path(state_dir) / "locks" / f"{run_id}.lock")
 
 

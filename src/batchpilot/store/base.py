@@ -167,9 +167,20 @@ class Store(Protocol):
         """Move requests that are all in `current` to `target`, or raise."""
         ...
 
-    def claim_realtime(self, run_id: str, request_id: str) -> bool:
+    def claim_realtime(
+        self,
+        run_id: str,
+        request_id: str,
+        *,
+        worker: str | None = None,
+        held_usd: float = 0.0,
+        budget_usd: float | None = None,
+    ) -> bool:
         """Move one pending request to realtime in a single statement (the real-time lane does
-        this for every request); False when it is no longer pending."""
+        this for every request), owned by `worker` and holding `held_usd` (its worst case) while
+        it is in flight; False when it is no longer pending. With `budget_usd`, also False when
+        what every worker of the run has spent and holds (`holdings`) and `held_usd` would
+        exceed it, checked with the run locked (`lock_run`)."""
         ...
 
     def record_attempt(self, run_id: str, outcome: Outcome) -> int:
@@ -309,16 +320,21 @@ class Store(Protocol):
         ttl_s: float,
         run_ids: Sequence[str] | None = None,
         skip: Sequence[str] = (),
+        per_run: int | None = 1,
     ) -> Claim | None:
-        """A run with work left (planned, or left running) of a kind a worker drives, that no
-        live lease holds (among `run_ids` when given, never one of `skip`), leased to
-        `worker_id` for `ttl_s` seconds; None when there is none. Two workers never claim the
-        same run (PostgreSQL: `FOR UPDATE SKIP LOCKED`)."""
+        """A run with work left (planned, or left running) of a kind a worker drives, that
+        fewer than `per_run` live leases of other workers hold (None: any number) and none of
+        `worker_id`'s (among `run_ids` when given, never one of `skip`), leased to `worker_id`
+        for `ttl_s` seconds; None when there is none. Leases that ran out on it go (`previous`
+        names one). Two workers never take the last place on a run (PostgreSQL: `FOR UPDATE
+        SKIP LOCKED`, the leases read again once the run's row is locked)."""
         ...
 
-    def take_run(self, run_id: str, worker_id: str, ttl_s: float) -> str | None:
-        """Lease `run_id` to `worker_id` (whatever its status); None when taken, else the id
-        of the worker whose live lease holds it."""
+    def take_run(
+        self, run_id: str, worker_id: str, ttl_s: float, per_run: int | None = 1
+    ) -> str | None:
+        """Lease `run_id` to `worker_id` (whatever its status) unless `per_run` live leases of
+        other workers hold it; None when taken, else the id of one of those workers."""
         ...
 
     def renew_lease(self, run_id: str, worker_id: str, ttl_s: float) -> bool:
@@ -331,7 +347,36 @@ class Store(Protocol):
         ...
 
     def lease_of(self, run_id: str) -> tuple[str, float] | None:
-        """(worker id, seconds left, negative once run out) of the run's lease, if it has one."""
+        """(worker id, seconds left, negative once run out) of the run's lease that lasts
+        longest, if it has one."""
+        ...
+
+    def drivers(self, run_id: str) -> list[str]:
+        """The workers whose live leases hold the run (its co-drivers)."""
+        ...
+
+    # many workers on one run ----------------------------------------------------------------
+
+    def lock_run(self, run_id: str) -> None:
+        """Inside `tx()`: no other worker's money check on the run runs until the transaction
+        ends (PostgreSQL: the run's row locked; SQLite's write transactions run one at a time)."""
+        ...
+
+    def holdings(self, run_id: str) -> tuple[float, float, float, float]:
+        """(spent, reserved, held, in flight) in USD, over every worker of the run: settled
+        usage, worst cases reserved for batches created or being created, worst cases of
+        batches formed but not yet reserved, and of real-time requests in flight."""
+        ...
+
+    def adopt_batches(self, run_id: str, worker_id: str) -> list[int]:
+        """The run's queued and live batches whose worker has no live lease on it (or that no
+        worker owns) become `worker_id`'s, in one statement conditional on that, so that each is
+        taken over by one worker only; their ids."""
+        ...
+
+    def orphans_in_flight(self, run_id: str, worker_id: str) -> list[PendingRequest]:
+        """Requests in flight on the real-time lane whose worker has no live lease on the run
+        (or that no worker owns), other than `worker_id`'s; bodies left empty."""
         ...
 
     # one organisation's limits ---------------------------------------------------------------

@@ -291,6 +291,25 @@ MIGRATIONS: list[str] = [
         WHERE w.run_id = requests.run_id AND w.row_index = requests.first_row));
     UPDATE results SET response_json = pack_answer(response_json);
     """,
+    # 13: many workers on one run: a lease per run and worker, the worker that owns each batch
+    # and each real-time request in flight, and the worst case each holds until it is reserved
+    # (a batch formed, not yet created) or ends (a request on the wire)
+    """
+    CREATE TABLE run_drivers (
+        run_id TEXT NOT NULL,
+        worker_id TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        taken_at_utc TEXT NOT NULL,
+        PRIMARY KEY (run_id, worker_id)
+    ) WITHOUT ROWID;
+    INSERT INTO run_drivers SELECT run_id, worker_id, expires_at, taken_at_utc FROM run_leases;
+    DROP TABLE run_leases;
+    ALTER TABLE run_drivers RENAME TO run_leases;
+    ALTER TABLE batches ADD COLUMN worker_id TEXT;
+    ALTER TABLE batches ADD COLUMN held_usd REAL NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN worker_id TEXT;
+    ALTER TABLE requests ADD COLUMN held_usd REAL NOT NULL DEFAULT 0;
+    """,
 ]
 
 

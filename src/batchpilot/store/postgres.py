@@ -49,7 +49,8 @@ _REQUEST_COLUMNS = queries.REQUEST_COLUMNS
 _BATCH_COLUMNS = (
     "run_id, id, state, endpoint, model, requests, bytes, input_tokens, file_name, "
     "input_file_id, remote_id, remote_status, output_file_id, error_file_id, completed, failed, "
-    "reserved_usd, spent_usd, not_found, error, created_at_utc, submitted_at_utc, finished_at_utc"
+    "reserved_usd, spent_usd, not_found, error, created_at_utc, submitted_at_utc, finished_at_utc, "
+    "worker_id, held_usd"
 )
 
 
@@ -308,13 +309,6 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
     ) -> None:
         with self._tx() as db:
             moves.move_ids(db, run_id, request_ids, current, target)
-
-    def claim_realtime(self, run_id: str, request_id: str) -> bool:
-        with self._tx() as db:
-            claimed = moves.move(
-                db, run_id, RequestState.PENDING, RequestState.REALTIME, "id = %s", (request_id,)
-            )
-        return claimed == 1
 
     def record_attempt(self, run_id: str, outcome: Outcome) -> int:
         with self._tx() as db:

@@ -205,6 +205,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX rate_spend_by_model ON rate_spend(account, model, at);
     """,
+    # 3: many workers on one run: a lease per run and worker, the worker that owns each batch
+    # and each real-time request in flight, and the worst case each holds until it is reserved
+    # (a batch formed, not yet created) or ends (a request on the wire)
+    """
+    ALTER TABLE run_leases DROP CONSTRAINT run_leases_pkey;
+    ALTER TABLE run_leases ADD PRIMARY KEY (run_id, worker_id);
+    ALTER TABLE batches ADD COLUMN worker_id TEXT;
+    ALTER TABLE batches ADD COLUMN held_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN worker_id TEXT;
+    ALTER TABLE requests ADD COLUMN held_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+    """,
 ]
 
 

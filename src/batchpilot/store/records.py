@@ -126,6 +126,8 @@ class BatchRecord:
     created_at_utc: str
     submitted_at_utc: str | None
     finished_at_utc: str | None
+    worker_id: str | None = None  # the worker that drives it, among a run's co-drivers
+    held_usd: float = 0.0  # its worst case, held from its forming until it is reserved
 
 
 @dataclass(frozen=True)

@@ -316,15 +316,6 @@ class SQLiteStore(PlannedMixin, SharedMixin):
         with self._tx() as db:
             moves.move_ids(db, run_id, request_ids, current, target)
 
-    def claim_realtime(self, run_id: str, request_id: str) -> bool:
-        """Move one pending request to realtime in a single statement (the real-time lane does
-        this for every request); False when it is no longer pending."""
-        with self._tx() as db:
-            claimed = moves.move(
-                db, run_id, RequestState.PENDING, RequestState.REALTIME, "id = ?", (request_id,)
-            )
-        return claimed == 1
-
     def record_attempt(self, run_id: str, outcome: Outcome) -> int:
         """A real-time try of a request that will be tried again: the attempt is recorded (what
         it cost, why it failed), the request stays in flight; returns the attempt's number."""

@@ -8,9 +8,12 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from typing import Any
 
+from batchpilot.store import sqlite_moves as moves
+from batchpilot.store import sqlite_queries as queries
 from batchpilot.store.database import Connection
-from batchpilot.store.records import RunRecord
+from batchpilot.store.records import PendingRequest, RunRecord
 from batchpilot.store.shared import (
     CLAIMABLE_KINDS,
     CLAIMABLE_STATES,
@@ -20,6 +23,7 @@ from batchpilot.store.shared import (
     OrgLimit,
     rate_wait,
 )
+from batchpilot.store.states import RequestState
 
 __all__ = ["SharedMixin"]
 
@@ -40,6 +44,18 @@ def _now() -> str:
 _STATES = [str(s) for s in CLAIMABLE_STATES]
 _KINDS = [str(k) for k in CLAIMABLE_KINDS]
 _QUEUED = [str(s) for s in QUEUED_BATCHES]
+_LIVE_DRIVERS = "SELECT COUNT(*) FROM run_leases l WHERE l.run_id = r.id AND l.expires_at >= ?"
+_PARTS = (
+    "(SELECT COALESCE(SUM(spent_usd), 0) FROM run_totals WHERE run_id = ?)",
+    "(SELECT COALESCE(SUM(reserved_usd), 0) FROM batches WHERE run_id = ? "
+    "AND state IN ('creating', 'submitted'))",
+    "(SELECT COALESCE(SUM(held_usd), 0) FROM batches WHERE run_id = ? "
+    "AND state IN ('planned', 'uploading', 'uploaded'))",
+    "(SELECT COALESCE(SUM(held_usd), 0) FROM requests WHERE run_id = ? AND state = 'realtime')",
+)
+_HOLDINGS = ", ".join(_PARTS)
+"""(spent, reserved, held, in flight) of a run, from its four run ids."""
+_COMMITTED = "SELECT " + " + ".join(_PARTS)
 
 
 class SharedMixin:
@@ -60,41 +76,62 @@ class SharedMixin:
         ttl_s: float,
         run_ids: Sequence[str] | None = None,
         skip: Sequence[str] = (),
+        per_run: int | None = 1,
     ) -> Claim | None:
         with self._tx() as db:
+            now = time.time()
             only = "" if run_ids is None else f" AND r.id IN ({_marks(run_ids)})"
             only += f" AND r.id NOT IN ({_marks(skip)})" if skip else ""
+            room = "" if per_run is None else f" AND ({_LIVE_DRIVERS}) < ?"
             row = db.execute(
-                f"SELECT {_RUN_COLUMNS}, l.worker_id FROM runs r "
-                "LEFT JOIN run_leases l ON l.run_id = r.id "
+                f"SELECT {_RUN_COLUMNS} FROM runs r "
                 f"WHERE r.status IN ({_marks(_STATES)}) AND r.kind IN ({_marks(_KINDS)}) "
-                f"AND (l.run_id IS NULL OR l.expires_at < ?){only} "
+                "AND NOT EXISTS (SELECT 1 FROM run_leases m WHERE m.run_id = r.id "
+                f"AND m.worker_id = ? AND m.expires_at >= ?){room}{only} "
                 "ORDER BY r.created_at_utc, r.id LIMIT 1",
-                (*_STATES, *_KINDS, time.time(), *(run_ids or []), *skip),
+                (
+                    *_STATES,
+                    *_KINDS,
+                    worker_id,
+                    now,
+                    *(() if per_run is None else (now, per_run)),
+                    *(run_ids or []),
+                    *skip,
+                ),
             ).fetchone()
             if row is None:
                 return None
-            self._lease(db, str(row[0]), worker_id, ttl_s)
-            return Claim(RunRecord(*row[:10]), None if row[10] is None else str(row[10]))
+            previous = self._lease(db, str(row[0]), worker_id, ttl_s)
+            return Claim(RunRecord(*row[:10]), previous)
 
-    def _lease(self, db: Connection, run_id: str, worker_id: str, ttl_s: float) -> None:
+    def _lease(self, db: Connection, run_id: str, worker_id: str, ttl_s: float) -> str | None:
+        """Lease the run to the worker; the leases that ran out go (a worker that held one is
+        named)."""
+        now = time.time()
+        gone = db.execute(
+            "DELETE FROM run_leases WHERE run_id = ? AND expires_at < ? AND worker_id <> ? "
+            "RETURNING worker_id",
+            (run_id, now, worker_id),
+        ).fetchall()
         db.execute(
             "INSERT INTO run_leases(run_id, worker_id, expires_at, taken_at_utc) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
-            "worker_id = excluded.worker_id, expires_at = excluded.expires_at, "
-            "taken_at_utc = excluded.taken_at_utc",
-            (run_id, worker_id, time.time() + ttl_s, _now()),
+            "VALUES (?, ?, ?, ?) ON CONFLICT (run_id, worker_id) DO UPDATE SET "
+            "expires_at = excluded.expires_at, taken_at_utc = excluded.taken_at_utc",
+            (run_id, worker_id, now + ttl_s, _now()),
         )
+        return str(gone[0][0]) if gone else None
 
-    def take_run(self, run_id: str, worker_id: str, ttl_s: float) -> str | None:
+    def take_run(
+        self, run_id: str, worker_id: str, ttl_s: float, per_run: int | None = 1
+    ) -> str | None:
         with self._tx() as db:
-            row = db.execute(
+            others = db.execute(
                 "SELECT worker_id FROM run_leases WHERE run_id = ? AND expires_at >= ? "
-                "AND worker_id <> ?",
+                "AND worker_id <> ? ORDER BY expires_at DESC",
                 (run_id, time.time(), worker_id),
-            ).fetchone()
-            if row is not None:
-                return str(row[0])
+            ).fetchall()
+            if per_run is not None and len(others) >= per_run:
+                return str(others[0][0])
             self._lease(db, run_id, worker_id, ttl_s)
             return None
 
@@ -116,9 +153,77 @@ class SharedMixin:
 
     def lease_of(self, run_id: str) -> tuple[str, float] | None:
         row = self._db.execute(
-            "SELECT worker_id, expires_at FROM run_leases WHERE run_id = ?", (run_id,)
+            "SELECT worker_id, expires_at FROM run_leases WHERE run_id = ? "
+            "ORDER BY expires_at DESC LIMIT 1",
+            (run_id,),
         ).fetchone()
         return None if row is None else (str(row[0]), float(row[1]) - time.time())
+
+    def drivers(self, run_id: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT worker_id FROM run_leases WHERE run_id = ? AND expires_at >= ? "
+            "ORDER BY worker_id",
+            (run_id, time.time()),
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    # many workers on one run ----------------------------------------------------------------
+
+    def lock_run(self, run_id: str) -> None:
+        """Nothing to lock: SQLite runs one write transaction at a time."""
+
+    def holdings(self, run_id: str) -> tuple[float, float, float, float]:
+        row = self._db.execute(f"SELECT {_HOLDINGS}", (run_id,) * 4).fetchone()
+        return float(row[0]), float(row[1]), float(row[2]), float(row[3])
+
+    def claim_realtime(
+        self,
+        run_id: str,
+        request_id: str,
+        *,
+        worker: str | None = None,
+        held_usd: float = 0.0,
+        budget_usd: float | None = None,
+    ) -> bool:
+        where = "id = ?"
+        params: tuple[Any, ...] = (request_id,)
+        if budget_usd is not None:
+            where += f" AND ({_COMMITTED}) + ? <= ? + 1e-9"
+            params += (run_id,) * 4 + (held_usd, budget_usd)
+        with self._tx() as db:
+            claimed = moves.move(
+                db,
+                run_id,
+                RequestState.PENDING,
+                RequestState.REALTIME,
+                where,
+                params,
+                worker_id=worker,
+                held_usd=held_usd,
+            )
+        return claimed == 1
+
+    def adopt_batches(self, run_id: str, worker_id: str) -> list[int]:
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE batches SET worker_id = ? WHERE run_id = ? "
+                f"AND state IN ({_marks(_QUEUED)}) AND (worker_id IS NULL OR (worker_id <> ? "
+                "AND NOT EXISTS (SELECT 1 FROM run_leases l WHERE l.run_id = batches.run_id "
+                "AND l.worker_id = batches.worker_id AND l.expires_at >= ?))) RETURNING id",
+                (worker_id, run_id, *_QUEUED, worker_id, time.time()),
+            ).fetchall()
+        return sorted(int(row[0]) for row in rows)
+
+    def orphans_in_flight(self, run_id: str, worker_id: str) -> list[PendingRequest]:
+        columns = queries.request_columns("requests", bodies=False)
+        rows = self._db.execute(
+            f"SELECT {columns} FROM requests WHERE run_id = ? AND state = 'realtime' "
+            "AND (worker_id IS NULL OR (worker_id <> ? AND NOT EXISTS (SELECT 1 FROM "
+            "run_leases l WHERE l.run_id = requests.run_id AND l.worker_id = requests.worker_id "
+            "AND l.expires_at >= ?))) ORDER BY first_row",
+            (run_id, worker_id, time.time()),
+        ).fetchall()
+        return [PendingRequest(**dict(row)) for row in rows]
 
     # one organisation's limits --------------------------------------------------------------
 
