@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from batchpilot.plan.ahead import Prepared, read_ahead
 from batchpilot.plan.bodies import body_problem
 from batchpilot.plan.findings import Findings
 from batchpilot.plan.ids import canonical_body, request_id, request_line
@@ -27,7 +28,7 @@ from batchpilot.plan.worst import (
 from batchpilot.pricing import PriceTable
 from batchpilot.reasoning import fit_reasoning, is_reasoning_model, reasoning_problems
 from batchpilot.store.seen import SeenKeys
-from batchpilot.tokens import count_request, encoding_name_for_model
+from batchpilot.tokens import encoding_name_for_model
 
 __all__ = [
     "Item",
@@ -171,6 +172,16 @@ class PlanSettings:
 DEFAULT_EXPECTED_OUTPUT = 200
 
 
+@dataclass
+class _State:
+    """What one plan keeps while items stream through it."""
+
+    result: PlanResult
+    seen: SeenKeys
+    packer: Packer
+    checked_models: set[str] = field(default_factory=set)
+
+
 def known_encoding(model: str) -> bool:
     """Whether `model`'s own tokenizer counts its text (else an OpenAI encoding estimates it)."""
     return encoding_name_for_model(model)[1]
@@ -213,39 +224,58 @@ class Planner:
         items: Iterable[Item],
         sink: PlanSink | None = None,
         progress: Callable[[int], None] | None = None,
+        *,
+        ahead: bool = False,
     ) -> PlanResult:
+        """Plan `items` in order. `ahead`: hash and count on a second thread while the next
+        items are read and rendered (the plan is the same), for items that do not depend on
+        what the sink has been given so far."""
         result = PlanResult()
         self._generates = False
         self._uncapped = 0
         self._estimated = set()
         seen = SeenKeys()
-        packer = Packer(self.settings.limits, self.settings.tokens_per_batch)
-        checked_models: set[str] = set()
+        state = _State(result, seen, Packer(self.settings.limits, self.settings.tokens_per_batch))
+        prepared: Iterable[Prepared] = (
+            read_ahead(items, self._prepare) if ahead else map(self._prepare, items)
+        )
         try:
-            for count, item in enumerate(items, start=1):
-                self._one(item, result, seen, packer, checked_models, sink)
+            for count, ready in enumerate(prepared, start=1):
+                self._one(ready, state, sink)
                 if progress is not None and count % 256 == 0:
                     progress(count)
             if progress is not None:
                 progress(result.rows)
         finally:
             seen.close()
-        result.batches = packer.batches
+        result.batches = state.packer.batches
         self._price(result)
         self._assume(result)
         if sink is not None:
             sink.close(result)
         return result
 
-    def _one(
-        self,
-        item: Item,
-        result: PlanResult,
-        seen: SeenKeys,
-        packer: Packer,
-        checked_models: set[str],
-        sink: PlanSink | None,
-    ) -> None:
+    def _prepare(self, item: Item) -> Prepared:
+        """The item's body as it will be sent and its canonical bytes, or what is wrong with
+        it; no finding is made here (the planner makes them in order, in `_one`)."""
+        prepared = Prepared(item)
+        body = item.body
+        if body is None:
+            return prepared
+        problem = None if item.rendered else body_problem(item.endpoint, body)
+        if problem is None:
+            body, prepared.notes, problem = self._reasoning(item, body)
+        if problem is None:
+            try:
+                prepared.canonical = canonical_body(body)
+            except (UnicodeEncodeError, ValueError, RecursionError) as exc:
+                problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
+        prepared.body, prepared.problem = body, problem
+        return prepared
+
+    def _one(self, prepared: Prepared, state: _State, sink: PlanSink | None) -> None:
+        item = prepared.item
+        result, seen = state.result, state.seen
         findings = result.findings
         result.rows += 1
         if not seen.first("rows", item.row_id):
@@ -262,23 +292,21 @@ class Planner:
             if sink is not None:
                 sink.add(PlannedRequest(item, "", b"", 0, None, False))
             return
-        body = item.body
-        problem = None if item.rendered else body_problem(item.endpoint, body)
-        if problem is None:
-            body, problem = self._reasoning(item, body, findings)
-        if problem is None:
-            try:
-                canonical = canonical_body(body)
-            except (UnicodeEncodeError, ValueError, RecursionError) as exc:
-                problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
-        if problem is not None:
-            findings.error("bad_request", problem, item.row_id, item.source)
+        body, problem = prepared.body, prepared.problem
+        model = str(item.body.get("model", ""))
+        for note in prepared.notes:
+            if (model, note) not in self._fitted:
+                self._fitted.add((model, note))
+                findings.warning("reasoning_model", f"model '{model}': {note}")
+        if problem is not None or body is None:
+            findings.error("bad_request", problem or "", item.row_id, item.source)
             return
+        canonical = prepared.canonical
         model = str(body.get("model", ""))
-        if model not in checked_models:
-            checked_models.add(model)
+        if model not in state.checked_models:
+            state.checked_models.add(model)
             self._check_model(model, item, findings)
-        content_hash = request_id(item.endpoint, canonical)
+        content_hash = prepared.content_hash or request_id(item.endpoint, canonical)
         rid = item.custom_id or content_hash
         new = seen.first("requests", rid) or not self.settings.dedupe
         if not new and item.custom_id is not None:
@@ -294,10 +322,11 @@ class Planner:
             if sink is not None:
                 sink.add(PlannedRequest(item, rid, line, 0, None, False, canonical, content_hash))
             return
-        counted = count_request(body, item.endpoint)
+        counted = prepared.tokens()
         tokens = counted.tokens
         result.tokens_exact &= counted.exact
         size = len(line) + 1
+        packer = state.packer
         self._check_request(item, body, tokens, size, packer.token_limit(model), findings)
         batch = packer.add(model, size, tokens, item.index, item.endpoint)
         totals = result.models.setdefault(model, ModelTotals())
@@ -338,20 +367,18 @@ class Planner:
             )
 
     def _reasoning(
-        self, item: Item, body: dict[str, Any], findings: Findings
-    ) -> tuple[dict[str, Any], str | None]:
-        """A rendered body fitted to a reasoning model (each change a warning, once per model);
-        what the API would refuse in a body given as it is."""
+        self, item: Item, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[str, ...], str | None]:
+        """A rendered body fitted to a reasoning model, with what was changed (each change a
+        warning, once per model, made by `_one`); what the API would refuse in a body given as
+        it is."""
         model = str(body.get("model", ""))
         reasoning = is_reasoning_model(model, self.settings.prices)
+        notes: list[str] = []
         if reasoning and item.rendered:
             body, notes = fit_reasoning(item.endpoint, body)
-            for note in notes:
-                if (model, note) not in self._fitted:
-                    self._fitted.add((model, note))
-                    findings.warning("reasoning_model", f"model '{model}': {note}")
         problems = reasoning_problems(item.endpoint, body, reasoning)
-        return body, problems[0] if problems else None
+        return body, tuple(notes), problems[0] if problems else None
 
     def _expected(
         self, endpoint: str, model: str, body: dict[str, Any], tokens: int, worst: int | None
