@@ -13,6 +13,7 @@ import pytest
 from batchpilot.plan import BatchLimits, Item, PlannedRequest, Planner, PlanResult, PlanSettings
 from batchpilot.plan.ahead import CHUNK
 from batchpilot.pricing import prices_for
+from batchpilot.store.seen import SeenKeys
 
 WORDS = ("the", "a", "sailor", "storm", "île", "naïve", "東京", "☃", "🎬", "dies", "\n\t", '"')
 WORDS += ("\\", "42", "0.5")
@@ -167,3 +168,20 @@ def test_a_count_that_fails_ahead_fails_the_plan_where_it_would_have() -> None:
     for ahead in (False, True):
         with pytest.raises(TypeError):
             plan(items(), ahead=ahead)
+
+
+def test_ids_looked_up_together_are_new_exactly_when_one_at_a_time_says_so() -> None:
+    rng = random.Random(5)
+    keys = [f"id-{rng.randrange(900)}" for _ in range(1300)]
+    together, alone = SeenKeys(), SeenKeys()
+    try:
+        looked_up = [
+            first
+            for start in (0, 7, 1207)
+            for first in together.firsts("rows", keys[start : {0: 7, 7: 1207}.get(start)])
+        ]
+        assert looked_up == [alone.first("rows", key) for key in keys]
+        assert together.firsts("requests", []) == []
+    finally:
+        together.close()
+        alone.close()

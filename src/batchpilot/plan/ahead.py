@@ -39,6 +39,10 @@ class Prepared:
     notes: tuple[str, ...] = ()
     content_hash: str = ""
     counted: TokenCount | Exception | None = None
+    first_row: bool | None = None
+    """Whether the row's id is new, once the ids of its chunk are looked up together."""
+    new_request: bool | None = None
+    """Whether the request's id is new, likewise."""
 
     def ready(self) -> bool:
         """Whether the body can be hashed and counted (it has no problem)."""
@@ -85,9 +89,14 @@ class _Chunk:
             hash_and_count(rows[index])
 
 
-def read_ahead(items: Iterable[Item], prepare: Callable[[Item], Prepared]) -> Iterator[Prepared]:
+def read_ahead(
+    items: Iterable[Item],
+    prepare: Callable[[Item], Prepared],
+    settle: Callable[[list[Prepared]], None],
+) -> Iterator[Prepared]:
     """`items` prepared in the calling thread and hashed and counted in a worker thread a
-    chunk ahead of the caller, in input order."""
+    chunk ahead of the caller, in input order; `settle` sees each chunk once it is counted,
+    before its rows are yielded."""
     pending: deque[tuple[_Chunk, Future[None]]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="batchpilot-count") as worker:
         rows: list[Prepared] = []
@@ -99,14 +108,18 @@ def read_ahead(items: Iterable[Item], prepare: Callable[[Item], Prepared]) -> It
             pending.append((chunk, worker.submit(chunk.work)))
             rows = []
             if len(pending) > 1:
-                yield from _done(*pending.popleft())
+                yield from _done(*pending.popleft(), settle)
         while pending:
-            yield from _done(*pending.popleft())
+            yield from _done(*pending.popleft(), settle)
     _Chunk(rows).work()
+    settle(rows)
     yield from rows
 
 
-def _done(chunk: _Chunk, future: Future[None]) -> list[Prepared]:
+def _done(
+    chunk: _Chunk, future: Future[None], settle: Callable[[list[Prepared]], None]
+) -> list[Prepared]:
     chunk.work()
     future.result()
+    settle(chunk.rows)
     return chunk.rows

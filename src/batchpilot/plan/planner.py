@@ -237,7 +237,9 @@ class Planner:
         seen = SeenKeys()
         state = _State(result, seen, Packer(self.settings.limits, self.settings.tokens_per_batch))
         prepared: Iterable[Prepared] = (
-            read_ahead(items, self._prepare) if ahead else map(self._prepare, items)
+            read_ahead(items, self._prepare, lambda rows: _look_up(seen, rows))
+            if ahead
+            else map(self._prepare, items)
         )
         try:
             for count, ready in enumerate(prepared, start=1):
@@ -278,7 +280,10 @@ class Planner:
         result, seen = state.result, state.seen
         findings = result.findings
         result.rows += 1
-        if not seen.first("rows", item.row_id):
+        first_row = prepared.first_row
+        if first_row is None:
+            first_row = seen.first("rows", item.row_id)
+        if not first_row:
             findings.error(
                 "duplicate_row_id",
                 f"the id '{item.row_id}' was already used by an earlier row; results could not "
@@ -308,7 +313,10 @@ class Planner:
             self._check_model(model, item, findings)
         content_hash = prepared.content_hash or request_id(item.endpoint, canonical)
         rid = item.custom_id or content_hash
-        new = seen.first("requests", rid) or not self.settings.dedupe
+        new = prepared.new_request
+        if new is None:
+            new = seen.first("requests", rid)
+        new = new or not self.settings.dedupe
         if not new and item.custom_id is not None:
             findings.error(
                 "duplicate_custom_id",
@@ -546,6 +554,18 @@ class Planner:
                 "worst case: no max_tokens is set, so each answer may be as long as the "
                 "model's maximum output (set params.max_tokens to bound it)"
             )
+
+
+def _look_up(seen: SeenKeys, rows: list[Prepared]) -> None:
+    """Whether each row's id and request id are new, in two lookups for the chunk."""
+    for prepared, first in zip(
+        rows, seen.firsts("rows", [p.item.row_id for p in rows]), strict=True
+    ):
+        prepared.first_row = first
+    ready = [prepared for prepared in rows if prepared.ready()]
+    ids = [prepared.item.custom_id or prepared.content_hash for prepared in ready]
+    for prepared, new in zip(ready, seen.firsts("requests", ids), strict=True):
+        prepared.new_request = new
 
 
 def _json_trouble(error: Exception) -> str:
