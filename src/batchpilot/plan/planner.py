@@ -23,7 +23,7 @@ from batchpilot.plan.worst import (
     bounds_for,
     choices,
     output_cap,
-    worst_case,
+    worst_of,
 )
 from batchpilot.pricing import PriceTable
 from batchpilot.reasoning import fit_reasoning, is_reasoning_model, reasoning_problems
@@ -198,6 +198,7 @@ class Planner:
         self._uncapped = 0  # requests that generate output with no max_tokens of their own
         self._generates = False
         self._estimated: set[str] = set()  # models whose input tokens are estimates
+        self._reasons: dict[str, bool] = {}  # whether each model reasons
 
     def bounds(self, model: str) -> Bounds:
         if model not in self._bounds:
@@ -335,22 +336,20 @@ class Planner:
         result.tokens_exact &= counted.exact
         size = len(line) + 1
         packer = state.packer
-        self._check_request(item, body, tokens, size, packer.token_limit(model), findings)
+        cap, n = output_cap(body), choices(body)
+        reserve = cap or 0
+        self._check_request(item, body, tokens, reserve, size, packer.token_limit(model), findings)
         batch = packer.add(model, size, tokens, item.index, item.endpoint)
         totals = result.models.setdefault(model, ModelTotals())
-        worst = worst_case(
-            item.endpoint,
-            body,
-            tokens,
-            self.settings.prices,
-            self.bounds(model),
-            exact=known_encoding(model),
-        )
-        if not known_encoding(model) and worst.usd:
+        known = known_encoding(model)
+        bounds = self.bounds(model)
+        prices = self.settings.prices
+        worst = worst_of(item.endpoint, body, tokens, prices, bounds, exact=known, cap=cap, n=n)
+        if not known and worst.usd:
             self._estimated.add(model)
         if worst.output_tokens is None:
             self._no_bound(model, item, findings)
-        expected = self._expected(item.endpoint, model, body, tokens, worst.output_tokens)
+        expected = self._expected(item.endpoint, model, cap, n, tokens, worst.output_tokens)
         totals.requests += 1
         totals.input_tokens += tokens
         totals.expected_output_tokens += expected
@@ -381,7 +380,9 @@ class Planner:
         warning, once per model, made by `_one`); what the API would refuse in a body given as
         it is."""
         model = str(body.get("model", ""))
-        reasoning = is_reasoning_model(model, self.settings.prices)
+        reasoning = self._reasons.get(model)
+        if reasoning is None:
+            reasoning = self._reasons[model] = is_reasoning_model(model, self.settings.prices)
         notes: list[str] = []
         if reasoning and item.rendered:
             body, notes = fit_reasoning(item.endpoint, body)
@@ -389,14 +390,14 @@ class Planner:
         return body, tuple(notes), problems[0] if problems else None
 
     def _expected(
-        self, endpoint: str, model: str, body: dict[str, Any], tokens: int, worst: int | None
+        self, endpoint: str, model: str, cap: int | None, n: int, tokens: int, worst: int | None
     ) -> int:
         if endpoint == "/v1/embeddings" or is_embedding_model(model):
             return 0
         self._generates = True
-        if output_cap(body) is None:
+        if cap is None:
             self._uncapped += 1
-        expected = self._expected_output(tokens) * choices(body)
+        expected = self._expected_output(tokens) * n
         return expected if worst is None else min(expected, worst)
 
     def _no_bound(self, model: str, item: Item, findings: Findings) -> None:
@@ -468,17 +469,18 @@ class Planner:
         item: Item,
         body: dict[str, Any],
         tokens: int,
+        reserve: int,
         size: int,
         token_limit: int | None,
         findings: Findings,
     ) -> None:
+        """`reserve`: the request's own output cap, or 0."""
         limits = self.settings.limits
         if _empty_prompt(item.endpoint, body):
             findings.warning(
                 "empty_prompt", "the rendered prompt is empty", item.row_id, item.source
             )
         window = self.bounds(str(body.get("model", ""))).context_window
-        reserve = output_cap(body) or 0
         if window is not None and tokens + reserve > window:
             findings.error(
                 "context_window",
