@@ -1,13 +1,17 @@
 """Benchmark: planning a movie-shaped job (~42,000 plot summaries, ~18M tokens).
 
-    python bench/plan_movies.py [--rows 42000] [--memory-rows 4200]
+    python bench/plan_movies.py [--rows 42000] [--memory-rows 4200] [--rounds 1]
+                                [--before SRC]
 
 Reports the planner's wall time (read JSONL, render, hash, count, price, pack, lint; its
-modules imported first) beside the tokenizer floor in the same run: reading the file, parsing
-each line with orjson and counting the same prompt texts (target: at most 1.2x), and beside
-tiktoken alone counting them; the time a fresh process takes to build the o200k encoding with
-the machine's rank cache empty and filled; and the planner's peak memory for `--memory-rows`
-and ten times as many rows, each in a fresh process (target: flat).
+modules imported first, in a fresh process each round) beside the tokenizer floor measured in
+the same rounds: reading the file, parsing each line with orjson and counting the same prompt
+texts, one by one and with tiktoken's threaded batch encoder, whichever is faster (target: at
+most 1.2x); beside tiktoken alone counting them; the time a fresh process takes to build the
+o200k encoding with the machine's rank cache empty and filled; and the planner's peak memory
+for `--memory-rows` and ten times as many rows, each in a fresh process (target: flat).
+`--before SRC` also times the planner of another source tree (`/work/main/src`, say) in each
+round, interleaved with this one's. Figures are medians of the rounds.
 """
 
 from __future__ import annotations
@@ -101,6 +105,48 @@ def tokenizer_floor(path: Path) -> float:
     return time.perf_counter() - started
 
 
+def tokenizer_floor_batched(path: Path, chunk: int = 1024) -> float:
+    """The floor with tiktoken's threaded batch encoder, a chunk of texts at a time."""
+    import orjson
+
+    from batchpilot.tokens import get_encoding
+
+    encoding = get_encoding("o200k_base")
+    started = time.perf_counter()
+    system = len(encoding.encode_ordinary(SYSTEM))
+    total, texts = 0, []
+    with path.open("rb") as handle:
+        for line in handle:
+            row = orjson.loads(line)
+            texts.append(f"Title: {row['title']}\n\n{row['plot']}")
+            if len(texts) == chunk:
+                total += sum(system + len(t) for t in encoding.encode_ordinary_batch(texts))
+                texts = []
+    total += sum(system + len(t) for t in encoding.encode_ordinary_batch(texts))
+    return time.perf_counter() - started
+
+
+def planner_s(directory: Path, source: str | None = None) -> tuple[float, int, int]:
+    """The planner's seconds in a fresh process (modules imported and warmed on 20 rows first),
+    with `source` first on the path when given."""
+    env = {**os.environ, "PYTHONPATH": source} if source else None
+    out = subprocess.run(
+        [sys.executable, __file__, "--time", str(directory)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    elapsed, tokens, batches = out.stdout.split()
+    return float(elapsed), int(tokens), int(batches)
+
+
+def time_child(directory: str) -> None:
+    warm = Path(directory) / "warm"
+    plan_once(warm)
+    print(*plan_once(Path(directory)))
+
+
 def encoding_load_s(cache: Path, cold: bool) -> float:
     """Wall seconds of a fresh process that imports the tokenizer and builds o200k, less the
     same process importing it alone; `cold` empties the machine's rank cache first."""
@@ -138,24 +184,41 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=42_000)
     parser.add_argument("--memory-rows", type=int, default=4_200)
     parser.add_argument("--load-rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--before", help="Another source tree whose planner is timed too.")
     parser.add_argument("--child")
+    parser.add_argument("--time")
     args = parser.parse_args()
     if args.child:
         child(args.child)
         return
+    if args.time:
+        time_child(args.time)
+        return
+    times: dict[str, list[float]] = {
+        "planner": [],
+        "before": [],
+        "one by one": [],
+        "batched": [],
+        "tiktoken": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         make_dataset(directory / "plots.jsonl", args.rows)
+        (directory / "warm").mkdir()
+        make_dataset(directory / "warm" / "plots.jsonl", 20)
         from batchpilot.tokens import get_encoding
 
-        get_encoding("o200k_base")  # loaded once, outside both timings
-        reference, text_tokens = tiktoken_alone(directory / "plots.jsonl")
-        floor = tokenizer_floor(directory / "plots.jsonl")
-        warm = directory / "warm"
-        warm.mkdir()
-        make_dataset(warm / "plots.jsonl", 20)
-        plan_once(warm)  # the planner's modules imported, as tiktoken is for the references
-        elapsed, input_tokens, batches = plan_once(directory)
+        get_encoding("o200k_base")  # loaded once, outside the timings
+        for _ in range(args.rounds):
+            reference, text_tokens = tiktoken_alone(directory / "plots.jsonl")
+            times["tiktoken"].append(reference)
+            times["one by one"].append(tokenizer_floor(directory / "plots.jsonl"))
+            elapsed, input_tokens, batches = planner_s(directory)
+            times["planner"].append(elapsed)
+            times["batched"].append(tokenizer_floor_batched(directory / "plots.jsonl"))
+            if args.before:
+                times["before"].append(planner_s(directory, args.before)[0])
         loads = {
             cold: statistics.median(
                 encoding_load_s(directory / "cache", cold) for _ in range(args.load_rounds)
@@ -164,13 +227,20 @@ def main() -> None:
         }
     small = peak_memory_mb(args.memory_rows)
     large = peak_memory_mb(args.memory_rows * 10)
-    print(f"rows                          {args.rows:,}")
+    median = {name: statistics.median(values) for name, values in times.items() if values}
+    elapsed, reference = median["planner"], median["tiktoken"]
+    floor = min(median["one by one"], median["batched"])
+    print(f"rows                          {args.rows:,} ({args.rounds} rounds, medians)")
     print(f"input tokens (planner)        {input_tokens:,} in {batches} batches")
     print(f"text tokens (tiktoken alone)  {text_tokens:,}")
     print(f"planner                       {elapsed:.2f} s")
+    if args.before:
+        before = median["before"]
+        print(f"planner of {args.before}  {before:.2f} s (ratio {before / floor:.2f} to the floor)")
     print(f"reference: tiktoken alone     {reference:.2f} s")
     print(f"ratio planner/tiktoken = {elapsed / reference:.2f}")
-    print(f"reference: read, parse, count {floor:.2f} s")
+    print(f"floor: read, parse, count     {median['one by one']:.2f} s one by one")
+    print(f"floor: read, parse, count     {median['batched']:.2f} s with the batch encoder")
     print(f"ratio planner/floor = {elapsed / floor:.2f}  (target <= 1.2)")
     print(f"o200k load, rank cache empty  {loads[True]:.2f} s (median of fresh processes)")
     print(f"o200k load, rank cache filled {loads[False]:.2f} s")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import socket
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -482,13 +483,31 @@ def test_bundled_rank_files_verify(name: str) -> None:
 
 
 def test_fresh_load_needs_no_network_or_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    get_encoding.cache_clear()
+    tokens._encoding.cache_clear()
     tokens._model.cache_clear()
     enc = get_encoding("o200k_base")
     assert enc.n_vocab == 200019
     assert enc.encode_ordinary("hello world") == [24912, 2375]
     assert get_encoding("o200k_base") is enc
     assert get_encoding("cl100k_base").encode_ordinary("hello world") == [15339, 1917]
+
+
+def test_threads_that_ask_for_an_encoding_at_once_share_one_build() -> None:
+    tokens._encoding.cache_clear()
+    tokens._model.cache_clear()
+    start = threading.Barrier(3)
+    built: list[object] = []
+
+    def ask() -> None:
+        start.wait()
+        built.append(get_encoding("cl100k_base"))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 3 and all(encoding is built[0] for encoding in built)
 
 
 @pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +149,19 @@ def _load_ranks(path: Path, expected_sha256: str) -> dict[bytes, int]:
     return ranks
 
 
-@functools.cache
+_BUILDING = threading.Lock()
+
+
 def get_encoding(name: str) -> tiktoken.Encoding:
-    """The tiktoken encoding `name` built from verified local rank files, once per process;
-    the decoded ranks are kept in the user's cache, once per machine."""
+    """The tiktoken encoding `name` built from verified local rank files, once per process
+    (threads that ask at once wait for one build); the decoded ranks are kept in the user's
+    cache, once per machine."""
+    with _BUILDING:
+        return _encoding(name)
+
+
+@functools.cache
+def _encoding(name: str) -> tiktoken.Encoding:
     spec = _SPECS.get(name)
     if spec is None:
         raise UserInputError(f"unknown encoding {name!r}; supported: {', '.join(sorted(_SPECS))}")

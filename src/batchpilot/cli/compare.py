@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchpilot.cli.options import Seconds
-from batchpilot.cli.run import state_option
+from batchpilot.cli.state import state_option
 from batchpilot.compare import compare_job, parse_target, plan_compare
 
 __all__ = ["compare"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from batchpilot.cli.run import known_state_option
+from batchpilot.cli.state import known_state_option
 
 __all__ = ["report"]
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from batchpilot.cli.run import known_state_option, state_option
+from batchpilot.cli.state import known_state_option, state_option
 from batchpilot.errors import ProviderUnavailable, UserInputError
-from batchpilot.export import ExportFormat
 from batchpilot.formatting import usd
-from batchpilot.run import cancel_run, export_results, status_of
-from batchpilot.run.listing import list_remote, list_runs
-from batchpilot.run.tables import batch_table, status_table
+
+if TYPE_CHECKING:
+    from batchpilot.export import ExportFormat
+
+# Each command imports what it uses when it runs, so that `status` and `export` start fast.
 
 __all__ = ["cancel", "export", "ls", "status"]
 
@@ -28,10 +27,17 @@ __all__ = ["cancel", "export", "ls", "status"]
 def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     """Show a run's progress (RUN: an id, its start, or a job's name; the latest run by
     default), from the store alone."""
+    from batchpilot.run.progress import status_of
+
     detail = status_of(state_dir, run_id, detail=True)
     if as_json:
         click.echo(json.dumps(detail.as_json(), indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
+    from batchpilot.run.tables import batch_table, status_table
+
     current, steps, events, batches = detail.status, detail.steps, detail.events, detail.batches
     console = Console()
     console.print(status_table(current))
@@ -61,6 +67,8 @@ def status(run_id: str | None, state_dir: Path, as_json: bool) -> None:
 def cancel(run_id: str | None, state_dir: Path, as_json: bool) -> None:
     """Cancel a run's batches at the provider (RUN: an id, its start, or a job's name; the
     latest run by default). Finished answers are kept; `resume` continues."""
+    from batchpilot.run.control import cancel_run
+
     report = cancel_run(state_dir, run_id)
     if as_json:
         batches = [
@@ -110,6 +118,11 @@ def ls(
 ) -> None:
     """List runs (newest first, with when each was created and last changed), and with
     --remote the provider's batches."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from batchpilot.run.listing import list_runs
+
     runs = list_runs(state_dir)
     console = Console() if Console().is_terminal else Console(width=200)
     columns = ("run", "job", "provider", "status", "requests", "succeeded", "failed", "cost")
@@ -137,6 +150,8 @@ def ls(
         return
     if not (base_url or provider or runs):
         raise UserInputError("--remote needs a run here, or --provider/--base-url")
+    from batchpilot.run.listing import list_remote
+
     found = list_remote(state_dir, kind=provider, base_url=base_url)
     if as_json:
         remote_json = [batch.as_json() for batch in found]
@@ -202,11 +217,13 @@ def export(
         raise UserInputError(
             "--all-rows needs -o FILE: the job's output.path holds the job's output"
         )
+    from batchpilot.run.exports import export_results
+
     done = export_results(
         state_dir,
         run_id,
         output,
-        format=cast(ExportFormat, fmt),
+        format=cast("ExportFormat", fmt),
         include_input=not no_input,
         all_rows=all_rows,
     )

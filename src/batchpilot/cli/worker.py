@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from batchpilot.cli.run import state_option
+from batchpilot.cli.state import state_option
 from batchpilot.errors import UserInputError
 from batchpilot.run.lease import DEFAULT_LEASE_S, per_run_limit
 from batchpilot.run.limits import limit_json, read_limits, set_limits

@@ -11,8 +11,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
+import orjson
+
 from batchpilot.data.hub import count_dataset_rows, read_dataset_rows
-from batchpilot.data.jsonlines import MAX_LINE_BYTES, bounded_lines, parse_json
+from batchpilot.data.jsonlines import MAX_LINE_BYTES, bounded_lines, check_depth, parse_json
 from batchpilot.data.rows import DatasetSpec, InputSpec, Row, build_rows, record_id
 from batchpilot.errors import MissingDependency, UserInputError
 
@@ -190,11 +192,21 @@ def _open_text(path: Path, encoding: str) -> IO[str]:
 
 def _jsonl_records(path: Path, encoding: str) -> Iterator[tuple[str, Any]]:
     decode_as = _text_encoding(encoding)
+    utf8 = decode_as == "utf-8-sig"
     with _open_binary(path) as stream:
         for number, raw in enumerate(bounded_lines(stream, path.name), start=1):
             if not raw.strip():
                 continue
             source = f"{path.name}:{number}"
+            if utf8:  # orjson reads UTF-8 itself; what it refuses takes the path below
+                try:
+                    value = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    pass
+                else:
+                    check_depth(value, source, raw)
+                    yield source, value
+                    continue
             try:
                 text = raw.decode(decode_as)
             except UnicodeDecodeError as error:

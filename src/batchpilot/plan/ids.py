@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from typing import Any
 
 import orjson
@@ -29,12 +31,18 @@ def request_id(endpoint: str, canonical: bytes) -> str:
 
 def request_line(custom_id: str, endpoint: str, canonical: bytes) -> bytes:
     """One line of an OpenAI batch input file, without the newline."""
-    return (
-        b'{"custom_id":'
-        + json.dumps(custom_id).encode()
-        + b',"method":"POST","url":'
-        + json.dumps(endpoint).encode()
-        + b',"body":'
-        + canonical
-        + b"}"
+    quoted = (
+        b'"' + custom_id.encode() + b'"'
+        if _PLAIN.fullmatch(custom_id)
+        else json.dumps(custom_id).encode()
     )
+    return b'{"custom_id":' + quoted + _url(endpoint) + canonical + b"}"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/ -]*")
+"""Ids that JSON writes as they are, between quotes (request ids are `bp-` and hex)."""
+
+
+@functools.lru_cache(maxsize=16)
+def _url(endpoint: str) -> bytes:
+    return b',"method":"POST","url":' + json.dumps(endpoint).encode() + b',"body":'

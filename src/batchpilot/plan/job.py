@@ -153,7 +153,7 @@ def plan_job(
         budget_usd=job.budget.max_usd,
     )
     source = rows if rows is not None else read_rows(input_spec(job))
-    result = Planner(settings).plan(job_items(job, source, renderer), sink, progress)
+    result = Planner(settings).plan(job_items(job, source, renderer), sink, progress, ahead=True)
     result.strategies = strategies_for(job, result)
     if job.provider.kind != "local":
         result.prices = price_dates(prices, [job.model, *result.models])
@@ -275,7 +275,7 @@ def plan_requests_file(
         budget_usd=budget_usd,
     )
     planner = Planner(settings)
-    result = planner.plan(requests_file_items(path, model), sink, progress)
+    result = planner.plan(requests_file_items(path, model), sink, progress, ahead=True)
     counts = {name: totals.requests for name, totals in result.models.items() if totals.requests}
     if counts:
         main = main_model(counts)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from batchpilot.plan.ahead import Prepared, read_ahead
 from batchpilot.plan.bodies import body_problem
 from batchpilot.plan.findings import Findings
 from batchpilot.plan.ids import canonical_body, request_id, request_line
@@ -22,12 +23,12 @@ from batchpilot.plan.worst import (
     bounds_for,
     choices,
     output_cap,
-    worst_case,
+    worst_of,
 )
 from batchpilot.pricing import PriceTable
 from batchpilot.reasoning import fit_reasoning, is_reasoning_model, reasoning_problems
 from batchpilot.store.seen import SeenKeys
-from batchpilot.tokens import count_request, encoding_name_for_model
+from batchpilot.tokens import encoding_name_for_model
 
 __all__ = [
     "Item",
@@ -171,6 +172,16 @@ class PlanSettings:
 DEFAULT_EXPECTED_OUTPUT = 200
 
 
+@dataclass
+class _State:
+    """What one plan keeps while items stream through it."""
+
+    result: PlanResult
+    seen: SeenKeys
+    packer: Packer
+    checked_models: set[str] = field(default_factory=set)
+
+
 def known_encoding(model: str) -> bool:
     """Whether `model`'s own tokenizer counts its text (else an OpenAI encoding estimates it)."""
     return encoding_name_for_model(model)[1]
@@ -187,6 +198,7 @@ class Planner:
         self._uncapped = 0  # requests that generate output with no max_tokens of their own
         self._generates = False
         self._estimated: set[str] = set()  # models whose input tokens are estimates
+        self._reasons: dict[str, bool] = {}  # whether each model reasons
 
     def bounds(self, model: str) -> Bounds:
         if model not in self._bounds:
@@ -213,42 +225,66 @@ class Planner:
         items: Iterable[Item],
         sink: PlanSink | None = None,
         progress: Callable[[int], None] | None = None,
+        *,
+        ahead: bool = False,
     ) -> PlanResult:
+        """Plan `items` in order. `ahead`: hash and count on a second thread while the next
+        items are read and rendered (the plan is the same), for items that do not depend on
+        what the sink has been given so far."""
         result = PlanResult()
         self._generates = False
         self._uncapped = 0
         self._estimated = set()
         seen = SeenKeys()
-        packer = Packer(self.settings.limits, self.settings.tokens_per_batch)
-        checked_models: set[str] = set()
+        state = _State(result, seen, Packer(self.settings.limits, self.settings.tokens_per_batch))
+        prepared: Iterable[Prepared] = (
+            read_ahead(items, self._prepare, lambda rows: _look_up(seen, rows))
+            if ahead
+            else map(self._prepare, items)
+        )
         try:
-            for count, item in enumerate(items, start=1):
-                self._one(item, result, seen, packer, checked_models, sink)
+            for count, ready in enumerate(prepared, start=1):
+                self._one(ready, state, sink)
                 if progress is not None and count % 256 == 0:
                     progress(count)
             if progress is not None:
                 progress(result.rows)
         finally:
             seen.close()
-        result.batches = packer.batches
+        result.batches = state.packer.batches
         self._price(result)
         self._assume(result)
         if sink is not None:
             sink.close(result)
         return result
 
-    def _one(
-        self,
-        item: Item,
-        result: PlanResult,
-        seen: SeenKeys,
-        packer: Packer,
-        checked_models: set[str],
-        sink: PlanSink | None,
-    ) -> None:
+    def _prepare(self, item: Item) -> Prepared:
+        """The item's body as it will be sent and its canonical bytes, or what is wrong with
+        it; no finding is made here (the planner makes them in order, in `_one`)."""
+        prepared = Prepared(item)
+        body = item.body
+        if body is None:
+            return prepared
+        problem = None if item.rendered else body_problem(item.endpoint, body)
+        if problem is None:
+            body, prepared.notes, problem = self._reasoning(item, body)
+        if problem is None:
+            try:
+                prepared.canonical = canonical_body(body)
+            except (UnicodeEncodeError, ValueError, RecursionError) as exc:
+                problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
+        prepared.body, prepared.problem = body, problem
+        return prepared
+
+    def _one(self, prepared: Prepared, state: _State, sink: PlanSink | None) -> None:
+        item = prepared.item
+        result, seen = state.result, state.seen
         findings = result.findings
         result.rows += 1
-        if not seen.first("rows", item.row_id):
+        first_row = prepared.first_row
+        if first_row is None:
+            first_row = seen.first("rows", item.row_id)
+        if not first_row:
             findings.error(
                 "duplicate_row_id",
                 f"the id '{item.row_id}' was already used by an earlier row; results could not "
@@ -262,25 +298,26 @@ class Planner:
             if sink is not None:
                 sink.add(PlannedRequest(item, "", b"", 0, None, False))
             return
-        body = item.body
-        problem = None if item.rendered else body_problem(item.endpoint, body)
-        if problem is None:
-            body, problem = self._reasoning(item, body, findings)
-        if problem is None:
-            try:
-                canonical = canonical_body(body)
-            except (UnicodeEncodeError, ValueError, RecursionError) as exc:
-                problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
-        if problem is not None:
-            findings.error("bad_request", problem, item.row_id, item.source)
+        body, problem = prepared.body, prepared.problem
+        model = str(item.body.get("model", ""))
+        for note in prepared.notes:
+            if (model, note) not in self._fitted:
+                self._fitted.add((model, note))
+                findings.warning("reasoning_model", f"model '{model}': {note}")
+        if problem is not None or body is None:
+            findings.error("bad_request", problem or "", item.row_id, item.source)
             return
+        canonical = prepared.canonical
         model = str(body.get("model", ""))
-        if model not in checked_models:
-            checked_models.add(model)
+        if model not in state.checked_models:
+            state.checked_models.add(model)
             self._check_model(model, item, findings)
-        content_hash = request_id(item.endpoint, canonical)
+        content_hash = prepared.content_hash or request_id(item.endpoint, canonical)
         rid = item.custom_id or content_hash
-        new = seen.first("requests", rid) or not self.settings.dedupe
+        new = prepared.new_request
+        if new is None:
+            new = seen.first("requests", rid)
+        new = new or not self.settings.dedupe
         if not new and item.custom_id is not None:
             findings.error(
                 "duplicate_custom_id",
@@ -294,26 +331,25 @@ class Planner:
             if sink is not None:
                 sink.add(PlannedRequest(item, rid, line, 0, None, False, canonical, content_hash))
             return
-        counted = count_request(body, item.endpoint)
+        counted = prepared.tokens()
         tokens = counted.tokens
         result.tokens_exact &= counted.exact
         size = len(line) + 1
-        self._check_request(item, body, tokens, size, packer.token_limit(model), findings)
+        packer = state.packer
+        cap, n = output_cap(body), choices(body)
+        reserve = cap or 0
+        self._check_request(item, body, tokens, reserve, size, packer.token_limit(model), findings)
         batch = packer.add(model, size, tokens, item.index, item.endpoint)
         totals = result.models.setdefault(model, ModelTotals())
-        worst = worst_case(
-            item.endpoint,
-            body,
-            tokens,
-            self.settings.prices,
-            self.bounds(model),
-            exact=known_encoding(model),
-        )
-        if not known_encoding(model) and worst.usd:
+        known = known_encoding(model)
+        bounds = self.bounds(model)
+        prices = self.settings.prices
+        worst = worst_of(item.endpoint, body, tokens, prices, bounds, exact=known, cap=cap, n=n)
+        if not known and worst.usd:
             self._estimated.add(model)
         if worst.output_tokens is None:
             self._no_bound(model, item, findings)
-        expected = self._expected(item.endpoint, model, body, tokens, worst.output_tokens)
+        expected = self._expected(item.endpoint, model, cap, n, tokens, worst.output_tokens)
         totals.requests += 1
         totals.input_tokens += tokens
         totals.expected_output_tokens += expected
@@ -338,30 +374,30 @@ class Planner:
             )
 
     def _reasoning(
-        self, item: Item, body: dict[str, Any], findings: Findings
-    ) -> tuple[dict[str, Any], str | None]:
-        """A rendered body fitted to a reasoning model (each change a warning, once per model);
-        what the API would refuse in a body given as it is."""
+        self, item: Item, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[str, ...], str | None]:
+        """A rendered body fitted to a reasoning model, with what was changed (each change a
+        warning, once per model, made by `_one`); what the API would refuse in a body given as
+        it is."""
         model = str(body.get("model", ""))
-        reasoning = is_reasoning_model(model, self.settings.prices)
+        reasoning = self._reasons.get(model)
+        if reasoning is None:
+            reasoning = self._reasons[model] = is_reasoning_model(model, self.settings.prices)
+        notes: list[str] = []
         if reasoning and item.rendered:
             body, notes = fit_reasoning(item.endpoint, body)
-            for note in notes:
-                if (model, note) not in self._fitted:
-                    self._fitted.add((model, note))
-                    findings.warning("reasoning_model", f"model '{model}': {note}")
         problems = reasoning_problems(item.endpoint, body, reasoning)
-        return body, problems[0] if problems else None
+        return body, tuple(notes), problems[0] if problems else None
 
     def _expected(
-        self, endpoint: str, model: str, body: dict[str, Any], tokens: int, worst: int | None
+        self, endpoint: str, model: str, cap: int | None, n: int, tokens: int, worst: int | None
     ) -> int:
         if endpoint == "/v1/embeddings" or is_embedding_model(model):
             return 0
         self._generates = True
-        if output_cap(body) is None:
+        if cap is None:
             self._uncapped += 1
-        expected = self._expected_output(tokens) * choices(body)
+        expected = self._expected_output(tokens) * n
         return expected if worst is None else min(expected, worst)
 
     def _no_bound(self, model: str, item: Item, findings: Findings) -> None:
@@ -433,17 +469,18 @@ class Planner:
         item: Item,
         body: dict[str, Any],
         tokens: int,
+        reserve: int,
         size: int,
         token_limit: int | None,
         findings: Findings,
     ) -> None:
+        """`reserve`: the request's own output cap, or 0."""
         limits = self.settings.limits
         if _empty_prompt(item.endpoint, body):
             findings.warning(
                 "empty_prompt", "the rendered prompt is empty", item.row_id, item.source
             )
         window = self.bounds(str(body.get("model", ""))).context_window
-        reserve = output_cap(body) or 0
         if window is not None and tokens + reserve > window:
             findings.error(
                 "context_window",
@@ -519,6 +556,18 @@ class Planner:
                 "worst case: no max_tokens is set, so each answer may be as long as the "
                 "model's maximum output (set params.max_tokens to bound it)"
             )
+
+
+def _look_up(seen: SeenKeys, rows: list[Prepared]) -> None:
+    """Whether each row's id and request id are new, in two lookups for the chunk."""
+    for prepared, first in zip(
+        rows, seen.firsts("rows", [p.item.row_id for p in rows]), strict=True
+    ):
+        prepared.first_row = first
+    ready = [prepared for prepared in rows if prepared.ready()]
+    ids = [prepared.item.custom_id or prepared.content_hash for prepared in ready]
+    for prepared, new in zip(ready, seen.firsts("requests", ids), strict=True):
+        prepared.new_request = new
 
 
 def _json_trouble(error: Exception) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "output_cap",
     "reservation",
     "worst_case",
+    "worst_of",
     "worst_output_tokens",
 ]
 
@@ -99,14 +100,19 @@ def worst_output_tokens(
     endpoint: str, body: dict[str, Any], input_tokens: int, bounds: Bounds
 ) -> int | None:
     """Output tokens of every answer at its bound; None when nothing bounds them."""
-    if endpoint.rstrip("/").endswith("/embeddings") or is_embedding_model(
-        str(body.get("model", ""))
-    ):
+    model = str(body.get("model", ""))
+    return _output(endpoint, model, input_tokens, bounds, output_cap(body), choices(body))
+
+
+def _output(
+    endpoint: str, model: str, input_tokens: int, bounds: Bounds, cap: int | None, n: int
+) -> int | None:
+    if endpoint.rstrip("/").endswith("/embeddings") or is_embedding_model(model):
         return 0
-    caps = [cap for cap in (output_cap(body), bounds.max_output_tokens) if cap is not None]
+    caps = [cap for cap in (cap, bounds.max_output_tokens) if cap is not None]
     if bounds.context_window is not None:
         caps.append(max(0, bounds.context_window - input_tokens))
-    return min(caps) * choices(body) if caps else None
+    return min(caps) * n if caps else None
 
 
 def worst_case(
@@ -120,8 +126,24 @@ def worst_case(
 ) -> Worst:
     """The worst case of one request as planned; `exact` False marks `input_tokens` as counted
     with another model's tokenizer, priced ESTIMATE_MARGIN higher."""
-    output = worst_output_tokens(endpoint, body, input_tokens, bounds)
+    cap, n = output_cap(body), choices(body)
+    return worst_of(endpoint, body, input_tokens, prices, bounds, exact=exact, cap=cap, n=n)
+
+
+def worst_of(
+    endpoint: str,
+    body: dict[str, Any],
+    input_tokens: int,
+    prices: PriceTable | None,
+    bounds: Bounds,
+    *,
+    exact: bool,
+    cap: int | None,
+    n: int,
+) -> Worst:
+    """`worst_case` given the body's `output_cap` and `choices` (`cap`, `n`)."""
     model = str(body.get("model", ""))
+    output = _output(endpoint, model, input_tokens, bounds, cap, n)
     if output is None or prices is None or not prices.has(model):
         return Worst(output, None, None)
     tokens = input_tokens if exact else math.ceil(input_tokens * (1 + ESTIMATE_MARGIN))

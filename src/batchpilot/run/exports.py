@@ -11,7 +11,6 @@ from typing import Any, Literal
 from batchpilot.errors import MissingDependency, UserInputError
 from batchpilot.export import ExportFormat, export_job, export_run
 from batchpilot.run.identity import job_of
-from batchpilot.run.pipeline import export_pipeline
 from batchpilot.run.workspace import find_run, store_at
 
 __all__ = ["Exported", "export_results", "results_frame"]
@@ -65,6 +64,8 @@ def export_results(
         if all_rows or job is None:
             count = export_run(store, record.id, output, format=format, include_input=include_input)
         elif job.steps is not None:
+            from batchpilot.run.pipeline import export_pipeline  # runs and plans: loaded if used
+
             count = export_pipeline(state_dir, job, output, format=chosen, include_input=include)
         else:
             count = export_job(store, record.id, job, output, format=chosen, include_input=include)

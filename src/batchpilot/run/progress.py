@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from batchpilot.run.identity import job_of, step_runs
 from batchpilot.run.status import RunStatus, run_status
-from batchpilot.run.target import TargetCounter
 from batchpilot.run.workspace import find_run, store_at
-from batchpilot.store import BatchRecord
+from batchpilot.store import BatchRecord, RunRecord
+
+if TYPE_CHECKING:
+    from batchpilot.spec import JobSpec
 
 __all__ = ["RunDetail", "last_stop", "status_of"]
 
@@ -77,12 +79,16 @@ def status_of(
         current = run_status(store, record.id)
         if not detail:
             return current
-        job = job_of(record)
+        job = _job_of(record)
         steps: list[tuple[str, RunStatus]] = []
         if job is not None and job.target is not None:
             current.target = job.target.valid
+            from batchpilot.run.target import TargetCounter
+
             current.valid = TargetCounter(store, record.id, job.target).count()
         if job is not None and job.steps is not None:
+            from batchpilot.run.identity import step_runs
+
             steps = [
                 (run.name, run_status(store, run.run_id))
                 for run in step_runs(job)
@@ -91,6 +97,17 @@ def status_of(
         batches = store.batches(record.id)
         events = store.events(record.id)[-EVENTS_SHOWN:]
     return RunDetail(current, steps, batches, events)
+
+
+def _job_of(record: RunRecord) -> JobSpec | None:
+    """The run's job when it has a target or steps (which its status shows); a plain run's
+    status reads no job, and so loads neither the job model nor the planner."""
+    data = json.loads(record.spec_json or "{}")
+    if not isinstance(data, dict) or (data.get("target") is None and data.get("steps") is None):
+        return None
+    from batchpilot.run.identity import job_of
+
+    return job_of(record)
 
 
 # The events a runner records as it stops: with its batches cancelled, or left running.

@@ -9,6 +9,9 @@ from typing import Literal
 
 __all__ = ["SeenKeys"]
 
+Kind = Literal["requests", "rows"]
+_PER_STATEMENT = 500  # under the 999 parameters of older SQLite builds
+
 
 class SeenKeys:
     """Request ids and row ids seen so far, in a temporary SQLite file removed on close."""
@@ -22,10 +25,25 @@ class SeenKeys:
         self._db.execute("CREATE TABLE rows (id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("BEGIN")
 
-    def first(self, kind: Literal["requests", "rows"], key: str) -> bool:
+    def first(self, kind: Kind, key: str) -> bool:
         """True the first time `key` is seen among `kind`."""
         cursor = self._db.execute(f"INSERT OR IGNORE INTO {kind}(id) VALUES (?)", (key,))
         return cursor.rowcount == 1
+
+    def firsts(self, kind: Kind, keys: list[str]) -> list[bool]:
+        """`first` of each key in order, in two statements for each 500 keys."""
+        firsts: list[bool] = []
+        for start in range(0, len(keys), _PER_STATEMENT):
+            part = keys[start : start + _PER_STATEMENT]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT id FROM {kind} WHERE id IN ({marks})"
+            known = {key for (key,) in self._db.execute(query, part)}
+            values = ",".join(["(?)"] * len(part))
+            self._db.execute(f"INSERT OR IGNORE INTO {kind}(id) VALUES {values}", part)
+            for key in part:
+                firsts.append(key not in known)
+                known.add(key)
+        return firsts
 
     def close(self) -> None:
         self._db.close()

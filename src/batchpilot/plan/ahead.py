@@ -1,0 +1,125 @@
+"""Hashing and counting ahead of the planner, on a second thread.
+
+tiktoken and hashlib let go of the GIL while they work, so one worker thread hashes and counts
+the bodies of a chunk of rows while the planner reads and renders the next chunk and packs the
+one before. Every body is counted, duplicates included; a count that fails keeps its error,
+which the planner raises only where it uses that count, as it would have counted it itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from batchpilot.plan.ids import request_id
+from batchpilot.tokens import TokenCount, count_request
+
+if TYPE_CHECKING:
+    from batchpilot.plan.planner import Item
+
+__all__ = ["CHUNK", "Prepared", "hash_and_count", "read_ahead"]
+
+CHUNK = 128
+"""Rows per chunk: two chunks are in flight at most, so memory stays flat."""
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One item made ready to plan: its body as it will be sent (fitted to a reasoning model),
+    its canonical bytes, what is wrong with it, and, once counted, its hash and tokens."""
+
+    item: Item
+    body: dict[str, Any] | None = None
+    canonical: bytes = b""
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
+    content_hash: str = ""
+    counted: TokenCount | Exception | None = None
+    first_row: bool | None = None
+    """Whether the row's id is new, once the ids of its chunk are looked up together."""
+    new_request: bool | None = None
+    """Whether the request's id is new, likewise."""
+
+    def ready(self) -> bool:
+        """Whether the body can be hashed and counted (it has no problem)."""
+        return self.body is not None and self.problem is None
+
+    def tokens(self) -> TokenCount:
+        """The body's count, counted now unless the worker counted it."""
+        counted = self.counted
+        if counted is None:
+            assert self.body is not None
+            counted = self.counted = count_request(self.body, self.item.endpoint)
+        if isinstance(counted, Exception):
+            raise counted
+        return counted
+
+
+def hash_and_count(prepared: Prepared) -> None:
+    if not prepared.ready():
+        return
+    endpoint = prepared.item.endpoint
+    prepared.content_hash = request_id(endpoint, prepared.canonical)
+    try:
+        assert prepared.body is not None
+        prepared.counted = count_request(prepared.body, endpoint)
+    except Exception as exc:  # raised where the planner uses the count
+        prepared.counted = exc
+
+
+class _Chunk:
+    """Rows hashed and counted by whichever thread claims each first: the worker, and the
+    planner itself once it needs the chunk (so neither waits while the other counts)."""
+
+    __slots__ = ("claims", "rows")
+
+    def __init__(self, rows: list[Prepared]) -> None:
+        self.rows = rows
+        self.claims = itertools.count()  # next() is atomic: each row is claimed once
+
+    def work(self) -> None:
+        rows = self.rows
+        for index in self.claims:
+            if index >= len(rows):
+                return
+            hash_and_count(rows[index])
+
+
+def read_ahead(
+    items: Iterable[Item],
+    prepare: Callable[[Item], Prepared],
+    settle: Callable[[list[Prepared]], None],
+) -> Iterator[Prepared]:
+    """`items` prepared in the calling thread and hashed and counted in a worker thread a
+    chunk ahead of the caller, in input order; `settle` sees each chunk once it is counted,
+    before its rows are yielded."""
+    pending: deque[tuple[_Chunk, Future[None]]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="batchpilot-count") as worker:
+        rows: list[Prepared] = []
+        for item in items:
+            rows.append(prepare(item))
+            if len(rows) < CHUNK:
+                continue
+            chunk = _Chunk(rows)
+            pending.append((chunk, worker.submit(chunk.work)))
+            rows = []
+            if len(pending) > 1:
+                yield from _done(*pending.popleft(), settle)
+        while pending:
+            yield from _done(*pending.popleft(), settle)
+    _Chunk(rows).work()
+    settle(rows)
+    yield from rows
+
+
+def _done(
+    chunk: _Chunk, future: Future[None], settle: Callable[[list[Prepared]], None]
+) -> list[Prepared]:
+    chunk.work()
+    future.result()
+    settle(chunk.rows)
+    return chunk.rows

@@ -1,0 +1,187 @@
+"""Planning with hashing and counting on a second thread gives exactly the plan of the simple
+one-row-at-a-time path: ids, lines, token counts, batches, lint, worst cases and prices."""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from batchpilot.plan import BatchLimits, Item, PlannedRequest, Planner, PlanResult, PlanSettings
+from batchpilot.plan.ahead import CHUNK
+from batchpilot.pricing import prices_for
+from batchpilot.store.seen import SeenKeys
+
+WORDS = ("the", "a", "sailor", "storm", "île", "naïve", "東京", "☃", "🎬", "dies", "\n\t", '"')
+WORDS += ("\\", "42", "0.5")
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (700).to_bytes(4, "big") + (300).to_bytes(4, "big")
+
+
+def text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def chat(model: str, content: Any, **params: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **params}
+
+
+def varied_items(seed: int, rows: int) -> Iterator[Item]:
+    """Rows of every kind: rendered and given bodies, duplicates of bodies, row ids and custom
+    ids, skipped rows, bodies that are wrong or cannot be counted, reasoning models fitted or
+    refused, images, embeddings, the Responses API and a model without its own tokenizer."""
+    rng = random.Random(seed)
+    chat_endpoint = "/v1/chat/completions"
+    earlier: list[dict[str, Any]] = []
+    for index in range(rows):
+        kind = rng.randrange(14)
+        row_id = f"row-{rng.randrange(rows)}" if kind == 0 else f"row-{index}"
+        source = f"rows.jsonl:{index + 1}"
+        endpoint, rendered, custom_id = chat_endpoint, True, None
+        body: dict[str, Any] | None
+        if kind == 1 and earlier:
+            body = rng.choice(earlier)
+        elif kind == 2:
+            body, skip = None, "the template uses 'plot', which this row does not have"
+            yield Item(index, row_id, source, chat_endpoint, None, skip=skip, data={"i": index})
+            continue
+        elif kind == 3:
+            body = chat("o3-mini", text(rng, 20), max_tokens=300, temperature=0.5)
+        elif kind == 4:
+            rendered, custom_id = False, f"custom-{rng.randrange(rows // 2)}"
+            body = chat("gpt-4o", text(rng, 30), max_tokens=50)
+        elif kind == 5:
+            rendered, custom_id = False, f"bad-{index}"
+            body = {"model": "gpt-4o-mini", "messages": []}
+        elif kind == 6:
+            rendered, custom_id = False, f"reasoning-{index}"
+            body = chat("o3-mini", text(rng, 5), max_tokens=10)
+        elif kind == 7:
+            image = "data:image/png;base64," + base64.b64encode(PNG).decode()
+            parts = [
+                {"type": "text", "text": text(rng, 8)},
+                {"type": "image_url", "image_url": {"url": image, "detail": "high"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            ]
+            body = chat("gpt-4o-mini", parts, max_tokens=20)
+        elif kind == 8:
+            endpoint = "/v1/embeddings"
+            body = {"model": "text-embedding-3-small", "input": text(rng, rng.randrange(1, 40))}
+        elif kind == 9:
+            endpoint = "/v1/responses"
+            body = {
+                "model": "gpt-4o-mini",
+                "instructions": text(rng, 4),
+                "input": [{"role": "user", "content": text(rng, 12)}],
+                "max_output_tokens": 40,
+            }
+        elif kind == 10:
+            body = chat("claude-sonnet-4-5", text(rng, 25), max_tokens=rng.choice([None, 64]))
+        elif kind == 11:
+            body = chat("gpt-4o-mini", "lone \ud800 surrogate")
+        elif kind == 12:
+            rendered, custom_id = False, f"toolish-{index}"
+            body = chat("mystery-model", text(rng, 6))
+        else:
+            system = {"role": "system", "content": "List who dies."}
+            body = chat("gpt-4o-mini", text(rng, rng.randrange(0, 400)), max_tokens=100, n=2)
+            body["messages"].insert(0, system)
+        assert body is not None
+        earlier.append(body)
+        yield Item(
+            index,
+            row_id,
+            source,
+            endpoint,
+            body,
+            custom_id=custom_id,
+            data={"i": index},
+            rendered=rendered,
+        )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.added: list[tuple[Any, ...]] = []
+        self.closed: PlanResult | None = None
+
+    def add(self, planned: PlannedRequest) -> None:
+        self.added.append(
+            (
+                planned.item.index,
+                planned.request_id,
+                planned.line,
+                planned.input_tokens,
+                planned.batch,
+                planned.new,
+                planned.body,
+                planned.content_hash,
+                planned.worst,
+            )
+        )
+
+    def close(self, result: PlanResult) -> None:
+        self.closed = result
+
+
+def plan(items: Iterator[Item], *, ahead: bool) -> tuple[dict[str, Any], Recorder, PlanResult]:
+    settings = PlanSettings(
+        limits=BatchLimits(requests=40, bytes=60_000),
+        tokens_per_batch=lambda model: 5_000 if model == "gpt-4o-mini" else None,
+        prices=prices_for("openai"),
+        budget_usd=10.0,
+    )
+    sink = Recorder()
+    progress: list[int] = []
+    result = Planner(settings).plan(items, sink, progress.append, ahead=ahead)
+    summary = result.as_json()
+    summary["progress"] = progress
+    summary["models"] = {name: vars(totals) for name, totals in result.models.items()}
+    return summary, sink, result
+
+
+@pytest.mark.parametrize(("seed", "rows"), [(1, 3 * CHUNK + 17), (2, CHUNK), (3, 5)])
+def test_planning_ahead_gives_the_plan_of_one_row_at_a_time(seed: int, rows: int) -> None:
+    simple, simple_sink, _ = plan(varied_items(seed, rows), ahead=False)
+    ahead, ahead_sink, result = plan(varied_items(seed, rows), ahead=True)
+    assert ahead == simple
+    assert ahead_sink.added == simple_sink.added
+    assert ahead_sink.closed is result
+    codes = {finding["code"] for finding in simple["findings"]}
+    if rows > CHUNK:  # the rows are as varied as they are meant to be
+        assert simple["duplicate_rows"] and simple["skipped_rows"] and len(simple["batches"]) > 3
+        assert {"duplicate_row_id", "bad_request", "reasoning_model"} <= codes
+        assert {"duplicate_custom_id", "over_queue_limit"} & codes
+
+
+def test_a_count_that_fails_ahead_fails_the_plan_where_it_would_have() -> None:
+    def items() -> Iterator[Item]:
+        for index in range(2 * CHUNK):
+            body = chat("gpt-4o-mini", f"row {index}")
+            if index == CHUNK + 3:
+                body["messages"][0]["content"] = [{"type": "text", "text": 7}]
+            endpoint = "/v1/chat/completions"
+            yield Item(index, f"r{index}", f"in:{index}", endpoint, body, rendered=True)
+
+    for ahead in (False, True):
+        with pytest.raises(TypeError):
+            plan(items(), ahead=ahead)
+
+
+def test_ids_looked_up_together_are_new_exactly_when_one_at_a_time_says_so() -> None:
+    rng = random.Random(5)
+    keys = [f"id-{rng.randrange(900)}" for _ in range(1300)]
+    together, alone = SeenKeys(), SeenKeys()
+    try:
+        looked_up = [
+            first
+            for start in (0, 7, 1207)
+            for first in together.firsts("rows", keys[start : {0: 7, 7: 1207}.get(start)])
+        ]
+        assert looked_up == [alone.first("rows", key) for key in keys]
+        assert together.firsts("requests", []) == []
+    finally:
+        together.close()
+        alone.close()
