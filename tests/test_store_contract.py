@@ -626,7 +626,7 @@ def test_apply_cache_answers_from_an_earlier_run(store: Store) -> None:
     plan(store, 2, run_id="run-2", hashes="same")  # req-0: the same hash; req-1: another
     assert store.apply_cache("run-2") == 1
     assert store.apply_cache("run-2") == 0
-    rows = [dataclasses.astuple(row) for row in store.joined_rows("run-2")]
+    rows = [tuple(row) for row in store.joined_rows("run-2")]
     assert [row[6:] for row in rows] == [
         ("succeeded", 0, None, '{"a":1}', 7, 8, 0.0, "cache"),
         ("pending", 0, None, None, None, None, None, None),
@@ -727,7 +727,7 @@ def test_joined_rows_in_input_order(store: Store) -> None:
         store.add_request(RUN, "req-0", "h", EP, "m", b"{}", 1, 1, 0)
     store.move_requests(RUN, ["req-0"], R.PENDING, R.REALTIME)
     store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"ok": True}, 1, 2, cost_usd=0.5))
-    rows = [dataclasses.asdict(row) for row in store.joined_rows(RUN)]
+    rows = [row._asdict() for row in store.joined_rows(RUN)]
     assert [(r["row_index"], r["row_id"], r["request_id"]) for r in rows] == [
         (0, "a", "req-0"), (1, "b", None), (2, "c", "req-0")
     ]  # fmt: skip

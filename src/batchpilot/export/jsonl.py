@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from batchpilot.export.files import sync
-from batchpilot.export.rows import ExportRow, answer_of, dump_json, input_fields, outcome
+from batchpilot.export.joined import StoredRows
+from batchpilot.export.rows import (
+    CHUNK_ROWS,
+    ExportRow,
+    answer_of,
+    dump_json,
+    input_fields,
+    outcome,
+)
 
 __all__ = ["jsonl_record", "write_jsonl"]
 
@@ -35,10 +44,18 @@ def jsonl_record(row: ExportRow, include_input: bool, response_key: str | None) 
 def write_jsonl(
     rows: Iterable[ExportRow], part: Path, include_input: bool, response_key: str | None
 ) -> int:
+    def line(row: ExportRow) -> bytes:
+        return dump_json(jsonl_record(row, include_input, response_key))
+
+    if isinstance(rows, StoredRows) and response_key is None:
+        lines = rows.jsonl_lines(include_input, line)
+    else:
+        lines = map(line, rows)
     count = 0
     with part.open("wb") as stream:
-        for row in rows:
-            stream.write(dump_json(jsonl_record(row, include_input, response_key)) + b"\n")
-            count += 1
+        while chunk := list(islice(lines, CHUNK_ROWS)):
+            chunk.append(b"")
+            stream.write(b"\n".join(chunk))
+            count += len(chunk) - 1
         sync(stream)
     return count

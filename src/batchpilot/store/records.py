@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "AnswerFilter",
@@ -160,9 +160,9 @@ class TaskStateRecord:
     delivered: int
 
 
-@dataclass(frozen=True)
-class JoinedRow:
-    """One input row in input order, joined with its request and its answer (export)."""
+class JoinedRow(NamedTuple):
+    """One input row in input order, joined with its request and its answer (export). A tuple:
+    an export makes one for every row of a run."""
 
     row_index: int
     row_id: str

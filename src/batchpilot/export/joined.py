@@ -1,0 +1,133 @@
+"""A run's stored rows as an export sees them: each joined row made an `ExportRow`, or, for
+a JSONL export of every row as it is, its line made straight from the joined row.
+
+The straight way builds the same record from the same values as `jsonl_record` does from the
+row's `ExportRow`, so its bytes are the same; a row it does not cover (skipped, or given a
+fallback answer) takes the general way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from batchpilot.answers import parsed_answer, response_content
+from batchpilot.export.rows import ExportRow, dump_json
+from batchpilot.store import JoinedRow
+
+__all__ = ["Fallback", "StoredRows", "export_row", "loads"]
+
+Fallback = Callable[[dict[str, Any] | None], Any]
+
+
+def loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # NaN or an integer past 64 bits in a row: Python reads them
+        return json.loads(text)
+
+
+def export_row(row: JoinedRow, fallback: Fallback | None) -> ExportRow:
+    """A joined row with its answer read and its status said; a row that
+    finally failed gets `fallback(input row)` as its answer when a fallback is given."""
+    response = loads(row.response_json) if row.response_json else None
+    content, embedding = response_content(response)
+    parsed: Any = parsed_answer(content)
+    status = "skipped" if row.request_id is None else (row.state or "pending")
+    if status == "failed" and fallback is not None:
+        data = loads(row.data_json) if row.data_json else None
+        answer = fallback(data)
+        status = "fallback"
+        if isinstance(answer, dict | list):
+            parsed, content = answer, json.dumps(answer)
+        else:
+            content = None if answer is None else str(answer)
+    return ExportRow(
+        index=row.row_index,
+        row_id=row.row_id,
+        request_id=row.request_id,
+        status=status,
+        attempts=row.attempts or 0,
+        data=loads(row.data_json) if row.data_json else None,
+        content=content,
+        parsed=parsed,
+        embedding=embedding,
+        response=response,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        cost_usd=row.cost_usd,
+        error=row.skip_reason if row.request_id is None else row.error,
+        lane=row.lane,
+    )
+
+
+_OTHER = object()
+
+
+def _chat_text(response: Any) -> Any:
+    """The text of a chat completion's first message, as `response_content` finds it; `_OTHER`
+    for any other body."""
+    if response.__class__ is dict and "data" not in response:
+        choices = response.get("choices")
+        if choices.__class__ is list and choices:
+            choice = choices[0]
+            if choice.__class__ is dict:
+                message = choice.get("message")
+                if message.__class__ is dict:
+                    content = message.get("content")
+                    if content.__class__ is str:
+                        return content
+    return _OTHER
+
+
+class StoredRows(Iterator[ExportRow]):
+    """A run's rows in input order, each an `ExportRow`, from the store's joined rows."""
+
+    def __init__(self, joined: Iterator[JoinedRow], fallback: Fallback | None) -> None:
+        self._joined = joined
+        self._fallback = fallback
+
+    def __iter__(self) -> StoredRows:
+        return self
+
+    def __next__(self) -> ExportRow:
+        return export_row(next(self._joined), self._fallback)
+
+    def jsonl_lines(
+        self, include_input: bool, general: Callable[[ExportRow], bytes]
+    ) -> Iterator[bytes]:
+        """Each row's JSONL line (without its newline) as `general(export_row(row))` makes
+        it, taking the short way for rows with a request and no fallback answer."""
+        fallback = self._fallback
+        for row in self._joined:
+            (_, row_id, request_id, _, _, data, state, attempts, error, answer) = row[:10]
+            if request_id is None or (state == "failed" and fallback is not None):
+                yield general(export_row(row, fallback))
+                continue
+            content: Any = None
+            embedding = None
+            if answer:
+                response = loads(answer)
+                content = _chat_text(response)
+                if content is _OTHER:
+                    content, embedding = response_content(response)
+            parsed = parsed_answer(content)
+            record: dict[str, Any] = {
+                "id": row_id,
+                "status": state or "pending",
+                "attempts": attempts or 0,
+            }
+            if include_input:
+                record["input"] = loads(data) if data else None
+            record["output"] = (
+                parsed if parsed is not None else content if content is not None else embedding
+            )
+            record["usage"] = {"input_tokens": row[10], "output_tokens": row[11]}
+            record["cost_usd"] = row[12]
+            record["error"] = error
+            record["lane"] = row[13]
+            record["request_id"] = request_id
+            yield dump_json(record)

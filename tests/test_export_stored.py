@@ -1,0 +1,124 @@
+"""A run's export read from the store: the short way of a JSONL export writes the same bytes
+as the general way, whatever the rows hold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpilot.export import export_rows, write_export
+from batchpilot.export.joined import StoredRows
+from batchpilot.store import Outcome, RunRecord, SQLiteStore, utc_now
+
+EP = "/v1/chat/completions"
+
+
+def chat(content: Any, refusal: str | None = None, finish: str = "stop") -> dict[str, Any]:
+    message = {"role": "assistant", "content": content, "refusal": refusal}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+    }
+
+
+ANSWERS: list[tuple[str, dict[str, Any] | None, str | None]] = [
+    ("succeeded", chat(json.dumps({"deaths": ["Tom", "Ana"], "tone": "sad"})), None),
+    ("succeeded", chat("free text, not JSON: é ü 你好 🎬 \u2028 \x01"), None),
+    ("succeeded", chat('{"score": NaN, "big": 123456789012345678901234567890}'), None),
+    ("succeeded", chat('[1, 2.5, -0.0, 1e-07, "\\ud83c\\udfac"]'), None),
+    ("succeeded", chat(None, refusal="I can't help with that."), None),
+    ("succeeded", chat("truncated {", finish="length"), None),
+    ("succeeded", {"object": "list", "data": [{"embedding": [0.25, -1.5e-08]}]}, None),
+    (
+        "succeeded",
+        {
+            "object": "response",
+            "output": [
+                {"type": "message", "content": [{"type": "output_text", "text": '{"a": 1}'}]}
+            ],
+        },
+        None,
+    ),
+    ("succeeded", {"choices": []}, None),
+    ("succeeded", {}, None),
+    ("failed", None, "invalid_answer: 'tone' is a required property"),
+    ("failed", None, "content_filter: the answer was refused"),
+    ("failed", None, "http 400: invalid_request_error: bad"),
+    ("pending", None, None),
+]
+INPUTS: list[dict[str, Any]] = [
+    {"id": "plain", "text": "a sailor and a queen"},
+    {"id": "unicode", "text": "naïve café 北京 🎬", "tab": "a\tb\nc\x00"},
+    {"id": "numbers", "big": 2**70, "nan": float("nan"), "small": 1e-7, "neg": -0.0},
+    {"id": "nested", "deep": {"list": [1, [2, {"x": None}]], "flag": True}},
+    {"id": "keys", "": "empty key", "sp ace": " lead and trail "},
+]
+
+
+def make_store(path: Path) -> SQLiteStore:
+    store = SQLiteStore(path)
+    store.create_run(RunRecord("run", "job", "{}", "openai", EP, "running", None, utc_now()))
+    ended: list[tuple[str, Outcome]] = []
+    with store.tx():
+        index = 0
+        for answer_number, (state, response, error) in enumerate(ANSWERS):
+            for data in INPUTS:
+                request_id = f"req-{index}"
+                row = None if index % 7 == 3 else {**data, "n": index}
+                store.add_row("run", index, f"row-{index}", f"in.jsonl:{index}", request_id, row)
+                store.add_request("run", request_id, request_id, EP, "m", b"{}", 10, 10, index)
+                if state != "pending":
+                    ended.append(
+                        (
+                            request_id,
+                            Outcome(
+                                request_id,
+                                state,
+                                response,
+                                12 + answer_number,
+                                3,
+                                0.001 * index,
+                                error=error,
+                            ),
+                        )
+                    )
+                index += 1
+        store.add_row("run", index, "row-skipped", "in.jsonl:x", None, {"x": 1}, "too_long: 9000")
+    for request_id, outcome in ended:
+        assert store.claim_realtime("run", request_id)
+        store.finish_realtime("run", outcome)
+    return store
+
+
+@pytest.mark.parametrize("include_input", [True, False])
+@pytest.mark.parametrize("fallback", [None, "text", "object"])
+def test_the_short_way_writes_what_the_general_way_writes(
+    tmp_path: Path, include_input: bool, fallback: str | None
+) -> None:
+    store = make_store(tmp_path / "store.sqlite3")
+
+    def answer(row: dict[str, Any] | None) -> Any:
+        name = None if row is None else row["id"]
+        return {"fallback": name, "n": [1, 2**70]} if fallback == "object" else f"none: {name}"
+
+    def rows() -> StoredRows:
+        return export_rows(store, "run", fallback=answer if fallback else None)
+
+    assert isinstance(rows(), StoredRows)  # what write_export takes the short way for
+    short, general = tmp_path / "short.jsonl", tmp_path / "general.jsonl"
+    written = write_export(rows(), short, include_input=include_input)
+    assert written == write_export(list(rows()), general, include_input=include_input)
+    assert written == len(ANSWERS) * len(INPUTS) + 1
+    assert short.read_bytes() == general.read_bytes()
+    lines = short.read_bytes().splitlines()
+    statuses = {json.loads(line)["status"] for line in lines}
+    ended = "failed" if fallback is None else "fallback"
+    assert statuses == {"succeeded", ended, "pending", "skipped"}
+    assert b"NaN" in short.read_bytes()  # what orjson refuses took Python's way
+    assert ("北京".encode() in short.read_bytes()) == include_input
+    store.close()
