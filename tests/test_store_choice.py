@@ -32,7 +32,7 @@ def invoke(*args: str) -> object:
 def test_every_command_that_reads_runs_takes_store(
     command: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(STORE_ENV, raising=False)
+    monkeypatch.setenv(STORE_ENV, "")
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0 and "--store" in result.output
     wrong = CliRunner().invoke(cli, [command, "--store", "sqlite:///runs.db", "--help"])
@@ -81,7 +81,8 @@ def test_a_job_file_names_the_postgresql_store_its_runs_live_in(
     local_server_factory: Callable[..., LocalServer],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(STORE_ENV, raising=False)
+    # set (to nothing) through monkeypatch, so that what the commands below set is undone
+    monkeypatch.setenv(STORE_ENV, "")
     url, password = _without_password(postgres_url(tmp_path))
     monkeypatch.setenv("PGPASSWORD", password)  # libpq's own way, kept out of the job file
     server = local_server_factory(time_scale=500, validation_delay_s=0, finalizing_delay_s=0)
@@ -93,8 +94,8 @@ def test_a_job_file_names_the_postgresql_store_its_runs_live_in(
     assert not (state / SQLITE_FILE).exists(), "the run went to the state directory's store"
     listed = invoke("ls", "--state", str(state), "--store", url)
     assert "cli-job" in listed.output  # type: ignore[attr-defined]
-    assert STORE_ENV in os.environ  # set by --store for this process; the fixture restores it
-    monkeypatch.delenv(STORE_ENV)
+    assert os.environ[STORE_ENV] == url  # set by --store for this process; undone after
+    monkeypatch.setenv(STORE_ENV, "")
     elsewhere = invoke("ls", "--state", str(tmp_path / "elsewhere"))
     assert "cli-job" not in elsewhere.output  # type: ignore[attr-defined]
     spec = yaml.safe_load(job.read_text())

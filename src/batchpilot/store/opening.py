@@ -57,8 +57,12 @@ def named_store(url: str | None) -> Iterator[None]:
     if url is None or store_url() is not None:
         yield
         return
+    before = os.environ.get(STORE_ENV)
     os.environ[STORE_ENV] = url
     try:
         yield
     finally:
-        os.environ.pop(STORE_ENV, None)
+        if before is None:
+            os.environ.pop(STORE_ENV, None)
+        else:
+            os.environ[STORE_ENV] = before
