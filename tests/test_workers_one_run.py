@@ -24,6 +24,7 @@ import pytest
 
 from batchpilot.errors import UserInputError
 from batchpilot.run.defaults import POLL_INTERVAL_ENV
+from batchpilot.run.lease import PER_RUN_ENV
 from batchpilot.run.worker import WorkerReport, work
 from batchpilot.server import LocalServer
 from batchpilot.store import Store
@@ -204,6 +205,30 @@ def test_the_batches_of_a_co_driver_that_died_are_adopted_once(
     ran = ledger(server)
     assert len(ran) == 30 and set(ran.values()) == {1}
     assert {r.worker for r in reports} >= set(drove) - {None}
+
+
+def test_run_joins_a_run_that_a_live_worker_drives_as_far_as_per_run_allows(
+    tmp_path: Path, local_server_factory: Callable[..., LocalServer], monkeypatch: Any
+) -> None:
+    monkeypatch.setenv(STORE_ENV, postgres_url(tmp_path))
+    server = local_server_factory(time_scale=500, **FAST)
+    job, state = write_job(tmp_path, server.base_url), str(tmp_path / "state")
+    result = invoke("run", str(job), "--state", state, "--detach", "--quiet")
+    assert result.exit_code == 0, result.output
+    store = open_store(Path(state))
+    try:
+        (run,) = store.runs()
+        assert store.take_run(run.id, "elsewhere:1:abc", 60, per_run=None) is None
+        monkeypatch.setenv(PER_RUN_ENV, "many")
+        result = invoke("run", str(job), "--state", state, "--quiet")
+        assert result.exit_code == 2 and f"{PER_RUN_ENV} must be a whole number" in result.output
+        monkeypatch.setenv(PER_RUN_ENV, "2")
+        result = invoke("run", str(job), "--state", state, "--quiet")
+        assert result.exit_code == 0, result.output
+        assert store.run(run.id).status == "finished"  # type: ignore[union-attr]
+        assert store.drivers(run.id) == ["elsewhere:1:abc"]  # its own lease given back
+    finally:
+        store.close()
 
 
 def test_more_than_one_worker_per_run_needs_a_postgresql_store(
