@@ -6,7 +6,7 @@ Items stream through once; memory stays flat whatever the number of rows. Identi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -237,7 +237,7 @@ class Planner:
         self._estimated = set()
         seen = SeenKeys()
         state = _State(result, seen, Packer(self.settings.limits, self.settings.tokens_per_batch))
-        prepared: Iterable[Prepared] = (
+        prepared: Iterator[Prepared] = (
             read_ahead(items, self._prepare, lambda rows: _look_up(seen, rows))
             if ahead
             else map(self._prepare, items)
@@ -250,6 +250,8 @@ class Planner:
             if progress is not None:
                 progress(result.rows)
         finally:
+            if isinstance(prepared, Generator):
+                prepared.close()  # a plan that fails stops the worker thread now
             seen.close()
         result.batches = state.packer.batches
         self._price(result)
