@@ -63,7 +63,8 @@ def hash_and_count(prepared: Prepared) -> None:
     if not prepared.ready():
         return
     endpoint = prepared.item.endpoint
-    prepared.content_hash = request_id(endpoint, prepared.canonical)
+    if not prepared.content_hash:
+        prepared.content_hash = request_id(endpoint, prepared.canonical)
     try:
         assert prepared.body is not None
         prepared.counted = count_request(prepared.body, endpoint)

@@ -275,6 +275,8 @@ class Planner:
                 prepared.canonical = canonical_body(body)
             except (UnicodeEncodeError, ValueError, RecursionError) as exc:
                 problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
+            else:  # hashlib lets go of the GIL here, so the counting thread need not wait
+                prepared.content_hash = request_id(item.endpoint, prepared.canonical)
         prepared.body, prepared.problem = body, problem
         return prepared
 
