@@ -60,6 +60,7 @@ class Prepared:
 
 
 def count(prepared: Prepared) -> None:
+    """Count a ready row's body, keeping the error of a count that fails."""
     if not prepared.ready():
         return
     try:
@@ -70,8 +71,8 @@ def count(prepared: Prepared) -> None:
 
 
 class _Chunk:
-    """Rows counted by whichever thread claims each first: the worker, and the
-    planner itself once it needs the chunk (so neither waits while the other counts)."""
+    """Rows counted by whichever thread claims each first: the worker, and the planner itself
+    once it needs the chunk (so neither waits while the other counts)."""
 
     __slots__ = ("claims", "rows")
 
@@ -93,8 +94,8 @@ def read_ahead(
     settle: Callable[[list[Prepared]], None],
 ) -> Iterator[Prepared]:
     """`items` prepared in the calling thread and counted in a worker thread a chunk ahead of
-    the caller, in input order; `settle` sees each chunk once it is counted,
-    before its rows are yielded."""
+    the caller, in input order; `settle` sees each chunk once it is counted, before its rows
+    are yielded."""
     pending: deque[tuple[_Chunk, Future[None]]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="batchpilot-count") as worker:
         rows: list[Prepared] = []
