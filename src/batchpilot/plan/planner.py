@@ -228,9 +228,9 @@ class Planner:
         *,
         ahead: bool = False,
     ) -> PlanResult:
-        """Plan `items` in order. `ahead`: hash and count on a second thread while the next
-        items are read and rendered (the plan is the same), for items that do not depend on
-        what the sink has been given so far."""
+        """Plan `items` in order. `ahead`: count tokens on a second thread while the next
+        items are read, rendered and hashed (the plan is the same), for items that do not
+        depend on what the sink has been given so far."""
         result = PlanResult()
         self._generates = False
         self._uncapped = 0
