@@ -16,12 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from batchpilot.store.seen import SeenKeys
 from batchpilot.tokens import TokenCount, count_request
 
 if TYPE_CHECKING:
     from batchpilot.plan.planner import Item
 
-__all__ = ["CHUNK", "Prepared", "count", "read_ahead"]
+__all__ = ["CHUNK", "Prepared", "count", "look_up", "read_ahead"]
 
 CHUNK = 128
 """Rows per chunk: two chunks are in flight at most, so memory stays flat."""
@@ -113,6 +114,18 @@ def read_ahead(
     _Chunk(rows).work()
     settle(rows)
     yield from rows
+
+
+def look_up(seen: SeenKeys, rows: list[Prepared]) -> None:
+    """Whether each row's id and request id are new, in two lookups for the chunk."""
+    for prepared, first in zip(
+        rows, seen.firsts("rows", [p.item.row_id for p in rows]), strict=True
+    ):
+        prepared.first_row = first
+    ready = [prepared for prepared in rows if prepared.ready()]
+    ids = [prepared.item.custom_id or prepared.content_hash for prepared in ready]
+    for prepared, new in zip(ready, seen.firsts("requests", ids), strict=True):
+        prepared.new_request = new
 
 
 def _done(

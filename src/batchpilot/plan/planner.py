@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchpilot.plan.ahead import Prepared, read_ahead
+from batchpilot.plan.ahead import Prepared, look_up, read_ahead
 from batchpilot.plan.bodies import body_problem
 from batchpilot.plan.findings import Findings
 from batchpilot.plan.ids import canonical_body, request_id, request_line
@@ -238,7 +238,7 @@ class Planner:
         seen = SeenKeys()
         state = _State(result, seen, Packer(self.settings.limits, self.settings.tokens_per_batch))
         prepared: Iterator[Prepared] = (
-            read_ahead(items, self._prepare, lambda rows: _look_up(seen, rows))
+            read_ahead(items, self._prepare, lambda rows: look_up(seen, rows))
             if ahead
             else map(self._prepare, items)
         )
@@ -560,18 +560,6 @@ class Planner:
                 "worst case: no max_tokens is set, so each answer may be as long as the "
                 "model's maximum output (set params.max_tokens to bound it)"
             )
-
-
-def _look_up(seen: SeenKeys, rows: list[Prepared]) -> None:
-    """Whether each row's id and request id are new, in two lookups for the chunk."""
-    for prepared, first in zip(
-        rows, seen.firsts("rows", [p.item.row_id for p in rows]), strict=True
-    ):
-        prepared.first_row = first
-    ready = [prepared for prepared in rows if prepared.ready()]
-    ids = [prepared.item.custom_id or prepared.content_hash for prepared in ready]
-    for prepared, new in zip(ready, seen.firsts("requests", ids), strict=True):
-        prepared.new_request = new
 
 
 def _json_trouble(error: Exception) -> str:
