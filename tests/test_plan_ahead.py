@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import random
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -185,3 +186,20 @@ def test_ids_looked_up_together_are_new_exactly_when_one_at_a_time_says_so() -> 
     finally:
         together.close()
         alone.close()
+
+
+def test_a_plan_that_fails_stops_its_counting_thread_at_once() -> None:
+    class Failing(Recorder):
+        def add(self, planned: PlannedRequest) -> None:
+            if planned.item.index == CHUNK // 2:
+                raise OSError("disk full")
+
+    settings = PlanSettings(limits=BatchLimits(), tokens_per_batch=lambda model: None)
+    failed: OSError | None = None
+    try:
+        Planner(settings).plan(varied_items(7, 4 * CHUNK), Failing(), ahead=True)
+    except OSError as error:
+        failed = error  # its traceback keeps the plan's frame alive, and so the thread's owner
+    assert failed is not None and str(failed) == "disk full"
+    counting = [t for t in threading.enumerate() if t.name.startswith("batchpilot-count")]
+    assert not counting

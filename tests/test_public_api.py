@@ -134,10 +134,11 @@ def test_every_public_name_resolves_and_unknown_names_raise() -> None:
 
 def test_status_and_export_load_neither_the_planner_nor_a_pipeline_to_start() -> None:
     """`batchpilot status` reads a plain run's progress without the job model, and `export`
-    without the planner or the runner (a pipeline's export loads them when it needs them)."""
+    without the planner, the runner (a pipeline's export loads them when it needs them) or
+    the answers' schema checks."""
     status = _loaded_after(
         "from batchpilot.cli import runs\nfrom batchpilot.run.progress import status_of"
     )
     assert not status & {"batchpilot.spec", "batchpilot.plan", "batchpilot.render", "pydantic"}
     export = _loaded_after("from batchpilot.run.exports import export_results")
-    assert not export & {"batchpilot.plan", "batchpilot.run.one", "batchpilot.run.pipeline"}
+    assert not export & {"batchpilot.plan", "batchpilot.run.pipeline", "jsonschema"}

@@ -18,7 +18,6 @@ from types import ModuleType
 from typing import Any
 
 import pydantic
-from jsonschema import Draft202012Validator
 
 from batchpilot.answers import answer_of
 from batchpilot.errors import ConfigError
@@ -124,6 +123,8 @@ class AnswerCheck:
         validators: Sequence[tuple[str, Validator]] = (),
         model: type[pydantic.BaseModel] | None = None,
     ) -> None:
+        from jsonschema import Draft202012Validator  # loaded by what checks answers, not export
+
         self.validator = Draft202012Validator(schema) if schema is not None else None
         self.validators = list(validators)
         self.model = model if schema is not None else None

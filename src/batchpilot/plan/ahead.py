@@ -1,9 +1,10 @@
-"""Hashing and counting ahead of the planner, on a second thread.
+"""Counting tokens ahead of the planner, on a second thread.
 
-tiktoken and hashlib let go of the GIL while they work, so one worker thread hashes and counts
-the bodies of a chunk of rows while the planner reads and renders the next chunk and packs the
-one before. Every body is counted, duplicates included; a count that fails keeps its error,
-which the planner raises only where it uses that count, as it would have counted it itself.
+tiktoken lets go of the GIL while it counts, so one worker thread counts the bodies of a chunk
+of rows while the planner reads, renders and hashes the next chunk and packs the one before
+(hashlib lets go of the GIL too, which gives the worker its turns). Every body is counted,
+duplicates included; a count that fails keeps its error, which the planner raises only where
+it uses that count, as it would have counted it itself.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from batchpilot.plan.ids import request_id
+from batchpilot.store.seen import SeenKeys
 from batchpilot.tokens import TokenCount, count_request
 
 if TYPE_CHECKING:
     from batchpilot.plan.planner import Item
 
-__all__ = ["CHUNK", "Prepared", "hash_and_count", "read_ahead"]
+__all__ = ["CHUNK", "Prepared", "count", "look_up", "read_ahead"]
 
 CHUNK = 128
 """Rows per chunk: two chunks are in flight at most, so memory stays flat."""
@@ -30,7 +31,7 @@ CHUNK = 128
 @dataclass(slots=True)
 class Prepared:
     """One item made ready to plan: its body as it will be sent (fitted to a reasoning model),
-    its canonical bytes, what is wrong with it, and, once counted, its hash and tokens."""
+    its canonical bytes and hash, what is wrong with it, and, once counted, its tokens."""
 
     item: Item
     body: dict[str, Any] | None = None
@@ -45,7 +46,7 @@ class Prepared:
     """Whether the request's id is new, likewise."""
 
     def ready(self) -> bool:
-        """Whether the body can be hashed and counted (it has no problem)."""
+        """Whether the body can be counted (it has no problem)."""
         return self.body is not None and self.problem is None
 
     def tokens(self) -> TokenCount:
@@ -59,21 +60,20 @@ class Prepared:
         return counted
 
 
-def hash_and_count(prepared: Prepared) -> None:
+def count(prepared: Prepared) -> None:
+    """Count a ready row's body, keeping the error of a count that fails."""
     if not prepared.ready():
         return
-    endpoint = prepared.item.endpoint
-    prepared.content_hash = request_id(endpoint, prepared.canonical)
     try:
         assert prepared.body is not None
-        prepared.counted = count_request(prepared.body, endpoint)
+        prepared.counted = count_request(prepared.body, prepared.item.endpoint)
     except Exception as exc:  # raised where the planner uses the count
         prepared.counted = exc
 
 
 class _Chunk:
-    """Rows hashed and counted by whichever thread claims each first: the worker, and the
-    planner itself once it needs the chunk (so neither waits while the other counts)."""
+    """Rows counted by whichever thread claims each first: the worker, and the planner itself
+    once it needs the chunk (so neither waits while the other counts)."""
 
     __slots__ = ("claims", "rows")
 
@@ -86,7 +86,7 @@ class _Chunk:
         for index in self.claims:
             if index >= len(rows):
                 return
-            hash_and_count(rows[index])
+            count(rows[index])
 
 
 def read_ahead(
@@ -94,9 +94,9 @@ def read_ahead(
     prepare: Callable[[Item], Prepared],
     settle: Callable[[list[Prepared]], None],
 ) -> Iterator[Prepared]:
-    """`items` prepared in the calling thread and hashed and counted in a worker thread a
-    chunk ahead of the caller, in input order; `settle` sees each chunk once it is counted,
-    before its rows are yielded."""
+    """`items` prepared in the calling thread and counted in a worker thread a chunk ahead of
+    the caller, in input order; `settle` sees each chunk once it is counted, before its rows
+    are yielded."""
     pending: deque[tuple[_Chunk, Future[None]]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="batchpilot-count") as worker:
         rows: list[Prepared] = []
@@ -114,6 +114,18 @@ def read_ahead(
     _Chunk(rows).work()
     settle(rows)
     yield from rows
+
+
+def look_up(seen: SeenKeys, rows: list[Prepared]) -> None:
+    """Whether each row's id and request id are new, in two lookups for the chunk."""
+    for prepared, first in zip(
+        rows, seen.firsts("rows", [p.item.row_id for p in rows]), strict=True
+    ):
+        prepared.first_row = first
+    ready = [prepared for prepared in rows if prepared.ready()]
+    ids = [prepared.item.custom_id or prepared.content_hash for prepared in ready]
+    for prepared, new in zip(ready, seen.firsts("requests", ids), strict=True):
+        prepared.new_request = new
 
 
 def _done(

@@ -6,11 +6,11 @@ Items stream through once; memory stays flat whatever the number of rows. Identi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchpilot.plan.ahead import Prepared, read_ahead
+from batchpilot.plan.ahead import Prepared, look_up, read_ahead
 from batchpilot.plan.bodies import body_problem
 from batchpilot.plan.findings import Findings
 from batchpilot.plan.ids import canonical_body, request_id, request_line
@@ -228,17 +228,17 @@ class Planner:
         *,
         ahead: bool = False,
     ) -> PlanResult:
-        """Plan `items` in order. `ahead`: hash and count on a second thread while the next
-        items are read and rendered (the plan is the same), for items that do not depend on
-        what the sink has been given so far."""
+        """Plan `items` in order. `ahead`: count tokens on a second thread while the next
+        items are read, rendered and hashed (the plan is the same), for items that do not
+        depend on what the sink has been given so far."""
         result = PlanResult()
         self._generates = False
         self._uncapped = 0
         self._estimated = set()
         seen = SeenKeys()
         state = _State(result, seen, Packer(self.settings.limits, self.settings.tokens_per_batch))
-        prepared: Iterable[Prepared] = (
-            read_ahead(items, self._prepare, lambda rows: _look_up(seen, rows))
+        prepared: Iterator[Prepared] = (
+            read_ahead(items, self._prepare, lambda rows: look_up(seen, rows))
             if ahead
             else map(self._prepare, items)
         )
@@ -250,6 +250,8 @@ class Planner:
             if progress is not None:
                 progress(result.rows)
         finally:
+            if isinstance(prepared, Generator):
+                prepared.close()  # a plan that fails stops the worker thread now
             seen.close()
         result.batches = state.packer.batches
         self._price(result)
@@ -273,6 +275,8 @@ class Planner:
                 prepared.canonical = canonical_body(body)
             except (UnicodeEncodeError, ValueError, RecursionError) as exc:
                 problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
+            else:  # hashlib lets go of the GIL here, so the counting thread need not wait
+                prepared.content_hash = request_id(item.endpoint, prepared.canonical)
         prepared.body, prepared.problem = body, problem
         return prepared
 
@@ -556,18 +560,6 @@ class Planner:
                 "worst case: no max_tokens is set, so each answer may be as long as the "
                 "model's maximum output (set params.max_tokens to bound it)"
             )
-
-
-def _look_up(seen: SeenKeys, rows: list[Prepared]) -> None:
-    """Whether each row's id and request id are new, in two lookups for the chunk."""
-    for prepared, first in zip(
-        rows, seen.firsts("rows", [p.item.row_id for p in rows]), strict=True
-    ):
-        prepared.first_row = first
-    ready = [prepared for prepared in rows if prepared.ready()]
-    ids = [prepared.item.custom_id or prepared.content_hash for prepared in ready]
-    for prepared, new in zip(ready, seen.firsts("requests", ids), strict=True):
-        prepared.new_request = new
 
 
 def _json_trouble(error: Exception) -> str:
