@@ -291,6 +291,12 @@ MIGRATIONS: list[str] = [
         WHERE w.run_id = requests.run_id AND w.row_index = requests.first_row));
     UPDATE results SET response_json = pack_answer(response_json);
     """,
+    # 13: real-time attempts found by time through an index of those alone, so that ingesting
+    # a batch's attempts does not add each one to it
+    """
+    DROP INDEX IF EXISTS attempts_by_lane;
+    CREATE INDEX attempts_by_lane ON attempts(lane, at_utc) WHERE lane IN ('realtime', 'flex');
+    """,
 ]
 
 
