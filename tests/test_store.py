@@ -150,6 +150,21 @@ def test_migrations_tolerate_a_concurrent_opener(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
+def test_a_batchs_attempts_stay_out_of_the_real_time_index(store: SQLiteStore) -> None:
+    requests = plan(store, 3)
+    batch_id = batch_in(store, B.SUBMITTED, requests[:2])
+    outcomes = [Outcome(r.id, R.SUCCEEDED, {"ok": i}, 1, 1, 0.1) for i, r in enumerate(requests)]
+    store.finish_batch(RUN, batch_id, outcomes[:2])
+    assert store.claim_realtime(RUN, "req-2")
+    store.finish_realtime(RUN, outcomes[2])
+    index = "SELECT sql FROM sqlite_master WHERE name = 'attempts_by_lane'"
+    assert _sql(store, index)[0][0].endswith("WHERE lane IN ('realtime', 'flex')")
+    indexed = "SELECT request_id FROM attempts INDEXED BY attempts_by_lane WHERE lane IN "
+    assert _sql(store, indexed + "('realtime', 'flex') AND at_utc > ''") == [("req-2",)]
+    assert _sql(store, "SELECT COUNT(*) FROM attempts") == [(3,)]
+    assert store.realtime_sent_last_day(RUN) == 1
+
+
 def test_move_batch_checks_the_row_not_a_stale_read(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

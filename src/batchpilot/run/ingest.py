@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -26,9 +26,9 @@ RETRYABLE_CODES = frozenset({"request_timeout", *NOT_RUN_CODES})
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-@dataclass(frozen=True)
-class LineResult:
-    """One line of an output or error file, as far as it could be read."""
+class LineResult(NamedTuple):
+    """One line of an output or error file, as far as it could be read (a tuple: there is
+    one for every line of a batch's files)."""
 
     custom_id: str
     ok: bool

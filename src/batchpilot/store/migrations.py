@@ -310,6 +310,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE requests ADD COLUMN worker_id TEXT;
     ALTER TABLE requests ADD COLUMN held_usd REAL NOT NULL DEFAULT 0;
     """,
+    # 14: real-time attempts found by time through an index of those alone, so that ingesting
+    # a batch's attempts does not add each one to it
+    """
+    DROP INDEX IF EXISTS attempts_by_lane;
+    CREATE INDEX attempts_by_lane ON attempts(lane, at_utc) WHERE lane IN ('realtime', 'flex');
+    """,
 ]
 
 

@@ -51,6 +51,7 @@ class _Contexts(threading.local):
 
     def __init__(self) -> None:
         answers = _dictionary(_ANSWER_DICTIONARY)
+        answers.precompute_compress(level=_LEVEL)
         self.compress = zstandard.ZstdCompressor(level=_LEVEL)
         self.decompress = zstandard.ZstdDecompressor()
         self.compress_answer = zstandard.ZstdCompressor(level=_LEVEL, dict_data=answers)

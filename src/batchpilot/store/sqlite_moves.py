@@ -78,23 +78,35 @@ def move_each(
     db: Connection,
     run_id: str,
     moves: Sequence[tuple[str, str, str, int, str | None, int | None]],
+    batches: Sequence[int | None] | None = None,
 ) -> None:
-    """Move many requests, each its own way: (id, current, target, attempts, error, batch id)."""
-    for request_id, current, target, *_ in moves:
+    """Move many requests, each its own way: (id, current, target, attempts, error, batch id).
+    `batches`, when given, holds each request's batch id as it is: a request that keeps it is
+    moved without writing it, which spares the batch index an update."""
+    pairs = Counter((current, target) for _, current, target, *_ in moves)
+    named = {(current, target): request_id for request_id, current, target, *_ in moves}
+    for (current, target), request_id in named.items():
         check_move(REQUEST_MOVES, current, target, f"request {request_id}")
-    cursor = db.executemany(
+    keep, change = [], []
+    for number, (request_id, current, target, attempts, error, batch_id) in enumerate(moves):
+        if batches is not None and batches[number] == batch_id:
+            keep.append((target, attempts, error, run_id, request_id, current))
+        else:
+            change.append((target, attempts, error, batch_id, run_id, request_id, current))
+    moved = db.executemany(
+        "UPDATE requests SET state = ?, attempts = ?, error = ? "
+        "WHERE run_id = ? AND id = ? AND state = ?",
+        keep,
+    ).rowcount
+    moved += db.executemany(
         "UPDATE requests SET state = ?, attempts = ?, error = ?, batch_id = ? "
         "WHERE run_id = ? AND id = ? AND state = ?",
-        [
-            (target, attempts, error, batch_id, run_id, request_id, current)
-            for request_id, current, target, attempts, error, batch_id in moves
-        ],
-    )
-    if cursor.rowcount != len(moves):
+        change,
+    ).rowcount
+    if moved != len(moves):
         raise IllegalTransition(
-            f"{len(moves) - cursor.rowcount} of {len(moves)} requests moved meanwhile; none moved"
+            f"{len(moves) - moved} of {len(moves)} requests moved meanwhile; none moved"
         )
-    pairs = Counter((current, target) for _, current, target, *_ in moves)
     for (current, target), n in pairs.items():
         _count(db, run_id, current, target, n)
 
@@ -188,8 +200,8 @@ def apply_outcomes(
     """Write many outcomes with a handful of statements (this is the ingest hot path)."""
     if batch_id is not None:
         rows = db.execute(
-            "SELECT id, state, attempts, content_hash FROM requests INDEXED BY requests_by_batch "
-            "WHERE run_id = ? AND batch_id = ?",
+            "SELECT id, state, attempts, content_hash, batch_id FROM requests "
+            "INDEXED BY requests_by_batch WHERE run_id = ? AND batch_id = ?",
             (run_id, batch_id),
         ).fetchall()
     else:
@@ -197,30 +209,34 @@ def apply_outcomes(
             row
             for o in outcomes
             for row in db.execute(
-                "SELECT id, state, attempts, content_hash FROM requests WHERE run_id = ? "
-                "AND id = ?",
+                "SELECT id, state, attempts, content_hash, batch_id FROM requests "
+                "WHERE run_id = ? AND id = ?",
                 (run_id, o.request_id),
             ).fetchall()
         ]
     known = {row[0]: row for row in rows}
-    moves, attempts, results, answers, attempted = [], [], [], [], []
+    moves, batches, attempts, results, answers, attempted = [], [], [], [], [], []
+    succeeded, pending = RequestState.SUCCEEDED, RequestState.PENDING
     for outcome in outcomes:
-        row = known.get(outcome.request_id)
+        request_id, state = outcome.request_id, outcome.state
+        row = known.get(request_id)
         if row is None:
-            raise StateError(f"no request {outcome.request_id} in run {run_id} ({lane})")
+            raise StateError(f"no request {request_id} in run {run_id} ({lane})")
         count = row[2] + (1 if outcome.attempted else 0)
-        keep_batch = batch_id if outcome.state != RequestState.PENDING else None
-        moves.append((outcome.request_id, row[1], outcome.state, count, outcome.error, keep_batch))
+        keep_batch = batch_id if state != pending else None
+        moves.append((request_id, row[1], state, count, outcome.error, keep_batch))
+        batches.append(row[4])
+        used = outcome.lane or lane
         if outcome.attempted:
             attempted.append(outcome)
             attempts.append(
                 (
                     run_id,
-                    outcome.request_id,
+                    request_id,
                     count,
-                    outcome.lane or lane,
+                    used,
                     batch_id,
-                    outcome.state,
+                    state,
                     outcome.error,
                     outcome.input_tokens,
                     outcome.output_tokens,
@@ -228,22 +244,21 @@ def apply_outcomes(
                     now,
                 )
             )
-        if outcome.state == RequestState.SUCCEEDED and outcome.response is not None:
-            text = pack_answer(orjson.dumps(outcome.response))
+        if state == succeeded and outcome.response is not None:
             results.append(
                 (
                     run_id,
-                    outcome.request_id,
-                    text,
+                    request_id,
+                    pack_answer(orjson.dumps(outcome.response)),
                     outcome.input_tokens,
                     outcome.output_tokens,
                     outcome.cost_usd,
-                    outcome.lane or lane,
+                    used,
                     now,
                 )
             )
-            answers.append((row[3], run_id, outcome.request_id))
-    move_each(db, run_id, moves)
+            answers.append((row[3], run_id, request_id))
+    move_each(db, run_id, moves, batches)
     db.executemany(
         "INSERT INTO attempts(run_id, request_id, attempt, lane, batch_id, "
         "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
