@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fcntl
+import os
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +45,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason is not None:
         for item in marked:
             item.add_marker(pytest.mark.skip(reason=f"needs the local model: {reason}"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None]:
+    """Under pytest-xdist a test marked `llama` runs alone: its llama.cpp threads wait for each
+    other by spinning, so a test of another worker beside it would slow both many times over.
+    Every test holds a lock of the session's workers, shared, and a `llama` test holds it
+    alone; a turnstile taken first lets a waiting `llama` test in before newer shared holders."""
+    base = item.config.option.basetemp
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not base:
+        yield
+        return
+    place = Path(base).parent
+    alone = item.get_closest_marker("llama") is not None
+    with (place / "alone.lock").open("a") as lock, (place / "turnstile.lock").open("a") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
