@@ -84,10 +84,12 @@ def _isolated_environment(
     close_clients()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """Debian's headless Chromium driven by Playwright (never a downloaded browser). Missing on
-    CI it fails the test; on a developer's machine without it the test is skipped, saying why."""
+    CI it fails the test; on a developer's machine without it the test is skipped, saying why.
+    One per module: Playwright keeps an event loop running in the thread while it lives, where
+    a later test of another module could not run its own (`asyncio.run`)."""
     from browser import launch
 
     with launch() as browser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -115,18 +116,28 @@ def by_custom_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {line["custom_id"]: line for line in lines}
 
 
+# Ports handed to processes that tests start: below Linux's range for outgoing connections
+# (32768 and up), so that no client's socket takes one before the process listens on it.
+_PORTS = (20000, 32000)
+
+
 def free_port() -> int:
-    """A loopback port free now, for a process started next to listen on. Under pytest-xdist
-    each worker takes only ports of its own remainder modulo the number of workers, so two
-    workers never hand out the same port between its test here and the listen there."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    while True:
+    """A loopback port free now, for a process started next to listen on. Each pytest-xdist
+    worker draws from a slice of `_PORTS` of its own, so two workers never hand out the same
+    port between the draw here and the listen there."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    span = (_PORTS[1] - _PORTS[0]) // workers
+    low = _PORTS[0] + worker * span
+    for _ in range(1000):
+        port = random.randrange(low, low + span)
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port % workers == worker % workers:
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port in {low}-{low + span - 1}")
 
 
 def open_files_under(place: Path) -> list[str]:
