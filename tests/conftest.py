@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,15 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The PostgreSQL schemas of this process's tests go at its end: a pytest-xdist worker
+    leaves without running `atexit` handlers."""
+    contract = sys.modules.get("test_store_contract")
+    url = os.environ.get("BATCHPILOT_TEST_POSTGRES")
+    if contract is not None and url:
+        contract._drop_schemas(url)
 
 
 @pytest.fixture(autouse=True)
