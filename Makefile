@@ -28,11 +28,15 @@ demo: install
 	$(BIN)/batchpilot run examples/demo/job.yaml --allow-failures
 	@echo "results: examples/demo/results.jsonl"
 
+# The fast tier runs in parallel, one pytest-xdist worker per core (`make test TEST_WORKERS=1`
+# for one process); docs/contributing.md says what keeps a test safe to run that way.
+TEST_WORKERS ?= auto
+
 test: dev
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 # End-to-end examples on the local model and the kill -9 crash tests (several minutes).
 test-slow: dev

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fcntl
+import os
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,6 +48,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"needs the local model: {reason}"))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None]:
+    """Under pytest-xdist a test marked `llama` runs alone: its llama.cpp threads wait for each
+    other by spinning, so a test of another worker beside it would slow both many times over.
+    Every test holds a lock of the session's workers, shared, and a `llama` test holds it
+    alone; a turnstile taken first lets a waiting `llama` test in before newer shared holders."""
+    base = item.config.option.basetemp
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not base:
+        yield
+        return
+    place = Path(base).parent
+    alone = item.get_closest_marker("llama") is not None
+    with (place / "alone.lock").open("a") as lock, (place / "turnstile.lock").open("a") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The PostgreSQL schemas of this process's tests go at its end: a pytest-xdist worker
+    leaves without running `atexit` handlers."""
+    contract = sys.modules.get("test_store_contract")
+    url = os.environ.get("BATCHPILOT_TEST_POSTGRES")
+    if contract is not None and url:
+        contract._drop_schemas(url)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
@@ -59,10 +94,12 @@ def _isolated_environment(
     close_clients()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """Debian's headless Chromium driven by Playwright (never a downloaded browser). Missing on
-    CI it fails the test; on a developer's machine without it the test is skipped, saying why."""
+    CI it fails the test; on a developer's machine without it the test is skipped, saying why.
+    One per module: Playwright keeps an event loop running in the thread while it lives, where
+    a later test of another module could not run its own (`asyncio.run`)."""
     from browser import launch
 
     with launch() as browser:

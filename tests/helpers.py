@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -37,8 +39,12 @@ def sql(path: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 def client_for(server: LocalServer | str, **options: Any) -> openai.OpenAI:
-    """An SDK client for a server (or base URL); closed after the test by conftest."""
+    """An SDK client for a server (or base URL); closed after the test by conftest. Its HTTP
+    client is the SDK's default one without certificates, which plain HTTP does not need and
+    which take longer to load than most tests take to run."""
     options.setdefault("max_retries", 0)
+    if "http_client" not in options:
+        options["http_client"] = openai.DefaultHttpxClient(verify=False)
     base_url = server if isinstance(server, str) else server.base_url
     client = openai.OpenAI(base_url=base_url, api_key=options.pop("api_key", "test"), **options)
     OPEN_CLIENTS.append(client)
@@ -110,10 +116,28 @@ def by_custom_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {line["custom_id"]: line for line in lines}
 
 
+# Ports handed to processes that tests start: below Linux's range for outgoing connections
+# (32768 and up), so that no client's socket takes one before the process listens on it.
+_PORTS = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, for a process started next to listen on. Each pytest-xdist
+    worker draws from a slice of `_PORTS` of its own, so two workers never hand out the same
+    port between the draw here and the listen there."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    span = (_PORTS[1] - _PORTS[0]) // workers
+    low = _PORTS[0] + worker * span
+    for _ in range(1000):
+        port = random.randrange(low, low + span)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port in {low}-{low + span - 1}")
 
 
 def open_files_under(place: Path) -> list[str]:
@@ -137,6 +161,18 @@ def run_command(job: Path, state: Path, *extra: str) -> list[str]:
     return [*command, "--quiet", "--poll-interval", "0.05", "--allow-failures", *extra]
 
 
+def answers(url: str) -> bool:
+    """Whether a plain-HTTP GET of `url` gets an answer: a process started by a test polls with
+    it until it listens. Its client loads no TLS certificates, which would cost more than the
+    request (and slow the starting process it polls)."""
+    with httpx.Client(verify=False, timeout=1) as probe:
+        try:
+            probe.get(url)
+        except httpx.TransportError:
+            return False
+    return True
+
+
 def serve_process(directory: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
     """`batchpilot serve` as its own process, state in `directory / "server"`, once it answers;
     returns the process and the server's root URL (without `/v1`)."""
@@ -147,11 +183,9 @@ def serve_process(directory: Path, *flags: str) -> tuple[subprocess.Popen[bytes]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_batchpilot/health", timeout=1)
+        if answers(f"http://127.0.0.1:{port}/_batchpilot/health"):
             return process, f"http://127.0.0.1:{port}"
-        except httpx.TransportError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     process.kill()
     raise AssertionError("server did not start")
 

@@ -226,7 +226,8 @@ def test_ctrl_c_stops_map_with_keyboard_interrupt_instead_of_fallbacks_for_unans
     command = [sys.executable, "-c", SCRIPT, server.base_url, str(state)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
-    while not client_for(server).batches.list().data:
+    client = client_for(server)
+    while not client.batches.list().data:
         assert time.monotonic() < deadline, "no batch was submitted"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)

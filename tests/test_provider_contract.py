@@ -59,6 +59,9 @@ def make_provider(
 
     def local_variant(**settings: Any) -> Provider:
         settings.setdefault("time_scale", 1000.0)
+        # as the other variants' servers: a batch validates for a virtual second, so that a
+        # busy machine does not see it in progress before `submit` returns
+        settings.setdefault("validation_delay_s", 1.0)
         return local_provider(tmp_path / f"local-{len(made)}", responder="synthetic", **settings)
 
     def anthropic_variant(**settings: Any) -> Provider:

@@ -287,7 +287,8 @@ def test_http_errors_are_backed_off_by_the_runner(
 
 
 def test_finalizing_stall_is_waited_out(tmp_path: Path, local_server_factory: Factory) -> None:
-    server = start(local_server_factory, {"kind": "finalizing_stall", "seconds": 50})
+    # a second of real time in finalizing, so that a poll sees it on a busy machine too
+    server = start(local_server_factory, {"kind": "finalizing_stall", "seconds": 500})
     outcome = run(make_job(tmp_path, server.base_url), tmp_path, server)
     assert_all_succeeded(outcome)
     assert_once_each(outcome)

@@ -13,7 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import by_custom_id, chat_line, client_for, free_port, read_jsonl, submit, wait_for
+from helpers import (
+    answers,
+    by_custom_id,
+    chat_line,
+    client_for,
+    free_port,
+    read_jsonl,
+    submit,
+    wait_for,
+)
 
 
 def start(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -37,11 +46,9 @@ def start(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_batchpilot/health", timeout=1)
+        if answers(f"http://127.0.0.1:{port}/_batchpilot/health"):
             return process
-        except httpx.TransportError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     process.kill()
     process.wait()
     raise AssertionError("server did not start: " + log.read_text())

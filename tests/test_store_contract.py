@@ -57,6 +57,7 @@ def _drop_schemas(url: str) -> None:
         with psycopg.connect(url, autocommit=True) as admin:
             for schema in sorted(_SCHEMAS):
                 admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
+        _SCHEMAS.clear()
     except psycopg.Error:
         pass
 

@@ -19,7 +19,7 @@ from batchpilot.run import open_store
 from ui_sample import SCHEMA_ERROR, SERVER_ERROR, fill
 
 from browser import watched_page
-from helpers import free_port
+from helpers import answers, free_port
 
 ROWS = 10_000
 
@@ -43,14 +43,10 @@ def ui_url(state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError(f"ui did not start: {log.read_text()}") from None
-                time.sleep(0.05)
+        while not answers(f"{url}/health"):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise AssertionError(f"ui did not start: {log.read_text()}")
+            time.sleep(0.05)
         yield url
     finally:
         process.terminate()
