@@ -147,6 +147,7 @@ def main(argv: list[str]) -> int:
         lane.append(seconds)
         seconds, direct_answers = run_direct(args.requests, slots, args.max_tokens)
         direct.append(seconds)
+        print(f"round {len(lane)}: lane {lane[-1]:.2f} s, direct {seconds:.2f} s", flush=True)
         same = sum(a == b for a, b in zip(lane_answers, direct_answers, strict=True))
     lane_median, direct_median = statistics.median(lane), statistics.median(direct)
     print(f"{args.requests} JSON requests, {slots} slots, max_tokens {args.max_tokens}")
