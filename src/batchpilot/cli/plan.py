@@ -37,6 +37,7 @@ def job_overrides(**flags: Any) -> dict[str, Any]:
         "output_path": "output.path",
         "strategy": "strategy",
         "deadline": "deadline",
+        "slots": "provider.slots",
         **LIMIT_KEYS,
     }
     return {names[key]: value for key, value in flags.items() if value is not None}

@@ -25,6 +25,7 @@ from batchpilot.run.requests_file import STRATEGIES, run_requests_file
 from batchpilot.run.tables import batch_table, status_table
 from batchpilot.run.workspace import find_run, store_at
 from batchpilot.spec import JobSpec, LimitsSpec, RealtimeSpec, load_job
+from batchpilot.spec.model import MAX_SLOTS
 from batchpilot.store.opening import STORE_ENV, store_url
 
 __all__ = ["resume", "run"]
@@ -83,6 +84,12 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
     "real time to finish soonest within the budget.",
 )
 @click.option("--deadline", help="Finish by then: an ISO time or a duration like 36h.")
+@click.option(
+    "--slots",
+    type=click.IntRange(1, MAX_SLOTS),
+    help="local: requests the model answers at once (job: provider.slots; env BATCHPILOT_SLOTS; "
+    "default chosen from the machine).",
+)
 @click.option("--detach", is_flag=True, help="Submit, then return without waiting.")
 @click.option(
     "--cancel-on-exit",
@@ -126,6 +133,7 @@ def run(
     output_path: str | None,
     strategy: str | None,
     deadline: str | None,
+    slots: int | None,
     detach: bool,
     cancel_on_exit: bool,
     fresh: bool,
@@ -145,6 +153,11 @@ def run(
     with RunProgress(console, quiet=quiet or as_json, batches=show_batches) as view:
         if requests_file is not None:
             kind = provider or "openai"
+            if slots is not None:
+                raise UserInputError(
+                    "--slots sets the local model's decoding slots; --requests runs on a "
+                    "remote provider: drop --slots"
+                )
             if kind == "local":
                 raise UserInputError(
                     "--requests runs on openai, azure or compatible providers (the local "
@@ -195,6 +208,7 @@ def run(
                 output_path=output_path,
                 strategy=strategy,
                 deadline=deadline,
+                slots=slots,
                 **limit_flags,
             )
             job = load_job(job_file, overrides)

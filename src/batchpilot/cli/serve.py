@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from batchpilot.errors import ConfigError
+from batchpilot.localmodel import default_slots
 from batchpilot.server import LocalServer, ServerConfig, load_fault_plan
 from batchpilot.server.config import RateLimit, parse_queue_limit, parse_rate_limit
 
@@ -166,10 +167,9 @@ _DEFAULTS = ServerConfig(state_dir=Path())
 )
 @click.option(
     "--threads",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Requests answered in parallel inside a batch.",
+    type=click.IntRange(min=1),
+    help="Requests answered in parallel inside a batch (llama: the model's decoding slots, "
+    "default chosen from the machine; other responders: default 1).",
 )
 def serve(
     host: str,
@@ -193,7 +193,7 @@ def serve(
     max_request_bytes: int,
     max_upload_bytes: int,
     max_storage_bytes: int,
-    threads: int,
+    threads: int | None,
 ) -> None:
     """Run the local OpenAI-compatible server (Files, Batches, Responses, Chat Completions,
     Embeddings, Completions, Moderations, Image generations, Models).
@@ -210,6 +210,8 @@ def serve(
     if flex_latency is not None and flex_latency < 0:
         raise ConfigError("--flex-latency must not be negative")
     rate: dict[str, RateLimit] = dict(parse_rate_limit(text) for text in rate_limits)
+    if threads is None:
+        threads = default_slots(model_path) if responder == "llama" else 1
     config = ServerConfig(
         state_dir=state_dir,
         host=host,

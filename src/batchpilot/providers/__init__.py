@@ -99,7 +99,10 @@ def _local(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | Non
 
     model_path = Path(spec.model_path).expanduser() if spec.model_path else None
     return local_provider(
-        state_dir / LOCAL_SERVER_DIR, responder=spec.responder, model_path=model_path
+        state_dir / LOCAL_SERVER_DIR,
+        responder=spec.responder,
+        model_path=model_path,
+        slots=spec.slots,
     )
 
 

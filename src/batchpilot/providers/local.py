@@ -51,16 +51,25 @@ def local_provider(
     responder: str = "llama",
     model_path: Path | None = None,
     time_scale: float = 1.0,
-    threads: int = 1,
+    slots: int | None = None,
     **server_settings: Any,
 ) -> LocalProvider:
     """Start a local server on a free loopback port with its state in `state_dir`.
 
     Defaults suit a job without a key: no validation or finalizing delay, and any model name is
-    accepted (the responder answers them all). `server_settings` are further `ServerConfig`
-    fields. A missing llama runtime or model raises MissingDependency before anything starts.
+    accepted (the responder answers them all). `slots` is how many requests the responder
+    answers at once: the llama model's decoding slots, fed by as many of the batch engine's
+    threads (default: `default_slots()`, chosen from the machine, for llama; 1 otherwise).
+    `server_settings` are further `ServerConfig` fields. A missing llama runtime or model
+    raises MissingDependency before anything starts.
     """
+    from batchpilot.localmodel import default_slots
     from batchpilot.server import LocalServer, ServerConfig, make_responder
+
+    if slots is None:
+        slots = default_slots(model_path) if responder == "llama" else 1
+    if slots < 1:
+        raise ValueError(f"slots must be at least 1, not {slots}")
 
     settings: dict[str, Any] = {
         "validation_delay_s": 0.0,
@@ -73,7 +82,7 @@ def local_provider(
         responder=responder,
         model_path=model_path,
         time_scale=time_scale,
-        responder_threads=threads,
+        responder_threads=slots,
         **settings,
     )
     # The responder is built first so that a missing model fails before any state is opened.

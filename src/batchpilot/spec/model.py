@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from batchpilot.spec.params import MAX_OUTPUT_TOKENS, param_problems
 
@@ -39,6 +46,8 @@ RESERVED_PARAMS = frozenset({"model", "messages", "input", "instructions", "stre
 
 # Counts past this are typos; it keeps every count inside SQLite's 64-bit integers.
 _HUGE = 10**12
+MAX_SLOTS = 64
+"""The most decoding slots a job may ask of the local model."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -122,6 +131,23 @@ class ProviderSpec(Strict):
         description="local: who answers. llama: the embedded model; synthetic: made-up answers "
         "that fit the response schema (for trying a pipeline, or images the model cannot see).",
     )
+    slots: Annotated[int, Field(ge=1, le=MAX_SLOTS)] | None = Field(
+        None,
+        description="local: requests answered at once (the model's decoding slots, batched "
+        "together). Default: chosen from the machine, two per CPU core up to 4, fewer when "
+        "memory is short.",
+    )
+
+    @field_validator("slots")
+    @classmethod
+    def _slots_are_local(cls, value: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("kind")
+        if value is not None and kind is not None and kind != "local":
+            raise ValueError(
+                f"slots sets the local model's decoding slots; provider kind '{kind}' has "
+                "none: remove provider.slots (real-time concurrency is realtime.concurrency)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _needs_url(self) -> ProviderSpec:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import secrets
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from batchpilot.errors import MissingDependency, StateError
-from batchpilot.localmodel import check_runtime, default_model_path
+from batchpilot.localmodel import SLOT_CONTEXT, check_runtime, default_model_path, default_slots
 from batchpilot.server.responders.base import ResponderError
 from batchpilot.server.responders.choices import forced_tool_schema, tool_call_answer
 
@@ -42,8 +40,11 @@ class LlamaResponder:
     llama.cpp's `timings` are dropped. Errors from llama.cpp keep their status; a prompt
     beyond the context is a 400 `context_length_exceeded`.
 
-    `n_ctx` is shared by the `n_parallel` slots, which llama.cpp decodes together. Calls are
-    thread-safe; with one slot they are also serialised by a lock.
+    Slots: llama.cpp decodes up to `n_parallel` requests together (continuous batching), each
+    in its own slot of `n_ctx` tokens; more concurrent calls wait in llama.cpp's queue. Calls
+    are thread-safe and take no lock, so the server's threads feed every slot. `n_parallel`
+    defaults to `default_slots()` (chosen from the machine). `busy_slots()` says how many
+    slots are decoding now.
 
     Embeddings: with `embedding=True` the same model also serves `/v1/embeddings`, using mean
     pooling over its hidden states (576 dimensions, L2-normalised; chat keeps working). SmolLM2
@@ -61,9 +62,9 @@ class LlamaResponder:
         self,
         model_path: Path | None = None,
         *,
-        n_ctx: int = 4096,
+        n_ctx: int = SLOT_CONTEXT,
         n_threads: int | None = None,
-        n_parallel: int = 1,
+        n_parallel: int | None = None,
         embedding: bool = False,
     ) -> None:
         check_runtime()
@@ -73,9 +74,15 @@ class LlamaResponder:
         if not self.model_path.is_file():
             raise MissingDependency(f"Model file {self.model_path} does not exist.")
         self.embedding = embedding
+        if n_parallel is None:
+            n_parallel = default_slots(self.model_path)
+        if n_parallel < 1:
+            raise ValueError(f"n_parallel must be at least 1, not {n_parallel}")
+        self.slots = n_parallel
         params = xllamacpp.CommonParams()
         params.model.path = str(self.model_path)
-        params.n_ctx = n_ctx
+        # llama.cpp splits its context between the slots: each slot keeps n_ctx tokens.
+        params.n_ctx = n_ctx * n_parallel
         params.n_parallel = n_parallel
         params.verbosity = -1
         params.api_keys = [secrets.token_urlsafe(32)]
@@ -97,7 +104,6 @@ class LlamaResponder:
                 f"llama.cpp could not load {self.model_path} (n_ctx={n_ctx}, "
                 f"n_parallel={n_parallel}): {exc}"
             ) from exc
-        self._lock: threading.Lock | None = threading.Lock() if n_parallel == 1 else None
 
     def chat(self, body: JSON) -> JSON:
         request = {key: value for key, value in body.items() if key not in _STREAM_KEYS}
@@ -131,6 +137,16 @@ class LlamaResponder:
         # In-flight calls hold their own reference; the model is freed when the last one ends.
         self._server = None
 
+    def busy_slots(self) -> int:
+        """How many slots llama.cpp is decoding in right now (0 when closed)."""
+        server = self._server
+        if server is None:
+            return 0
+        for line in str(server.handle_metrics()).splitlines():
+            if line.startswith("llamacpp:requests_processing "):
+                return int(float(line.split()[1]))
+        return 0
+
     def _model_name(self, body: JSON) -> str:
         model = body.get("model")
         return model if isinstance(model, str) and model else self.model_path.stem
@@ -141,10 +157,8 @@ class LlamaResponder:
             raise ResponderError(
                 "The llama responder is closed.", status_code=503, type="server_error"
             )
-        guard = self._lock if self._lock is not None else contextlib.nullcontext()
         try:
-            with guard:
-                raw = getattr(server, method)(request)
+            raw = getattr(server, method)(request)
         except ValueError as exc:
             raise _value_error(exc, request) from None
         except Exception as exc:
@@ -166,6 +180,9 @@ def _check_chat_request(request: JSON) -> None:
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ResponderError("'messages' must be a non-empty array.", param="messages")
+    if request.get("n", 1) not in (1, None):
+        # llama.cpp would answer n choices from n slots; one answer per request whatever the slots
+        raise ResponderError("The llama responder answers with one choice: n must be 1.", param="n")
     response_format = request.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
         spec = response_format.get("json_schema")
