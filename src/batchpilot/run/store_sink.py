@@ -16,19 +16,24 @@ from batchpilot.store.records import row_json
 __all__ = ["StoreSink", "plan_errors", "plan_into_store", "plan_run"]
 
 
+CHUNK = 1000
+
+
 class StoreSink:
     """A PlanSink that records every row and new request; commits only a plan with no errors.
 
-    Rows and requests are written in chunks of `CHUNK` rows. Re-planning the same job inserts
+    Rows and requests are written in chunks of `chunk` rows (1: each at once, for a caller
+    whose items read what the plan wrote before them). Re-planning the same job inserts
     nothing new: rows and requests are keyed by position and content hash.
     """
 
-    CHUNK = 1000
-
-    def __init__(self, store: Store, run_id: str, *, keep_data: bool = True) -> None:
+    def __init__(
+        self, store: Store, run_id: str, *, keep_data: bool = True, chunk: int = CHUNK
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.keep_data = keep_data
+        self.chunk = chunk
         self._rows: list[NewRow] = []
         self._requests: list[NewRequest] = []
         self._tx: AbstractContextManager[Any] = store.tx()
@@ -71,7 +76,7 @@ class StoreSink:
                     worst.batch_usd,
                 )
             )
-        if len(self._rows) >= self.CHUNK:
+        if len(self._rows) >= self.chunk:
             self._flush()
 
     def _flush(self) -> None:
@@ -107,10 +112,11 @@ def plan_into_store(
     plan: Callable[[StoreSink], PlanResult],
     *,
     first: Callable[[], None] | None = None,
+    chunk: int = CHUNK,
 ) -> PlanResult:
     """Run `plan` into the run's store in one transaction, after `first` (in the same one): a
     plan that raises or finds errors leaves the store as it was."""
-    sink = StoreSink(store, run_id)
+    sink = StoreSink(store, run_id, chunk=chunk)
     try:
         if first is not None:
             first()

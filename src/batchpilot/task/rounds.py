@@ -14,8 +14,8 @@ from typing import Any
 
 from batchpilot.errors import TaskError
 from batchpilot.plan.ids import canonical_body, request_id
-from batchpilot.plan.planner import Item, Planner, PlanSettings
-from batchpilot.run.store_sink import plan_errors, plan_into_store
+from batchpilot.plan.planner import Item, Planner, PlanResult, PlanSettings
+from batchpilot.run.store_sink import StoreSink, plan_errors, plan_into_store
 from batchpilot.spec.model import RESERVED_PARAMS
 from batchpilot.store import Store
 from batchpilot.task.records import TaskRequest
@@ -117,7 +117,11 @@ def plan_round(
             store.count_task_round(run_id)
             store.event(run_id, "round", f"round {number}: {added} new requests")
 
-    result = plan_into_store(store, run_id, lambda sink: Planner(settings).plan(items(), sink))
+    def plan(sink: StoreSink) -> PlanResult:
+        return Planner(settings).plan(items(), sink)
+
+    # a round's items read the rows planned before them: each row is written at once
+    result = plan_into_store(store, run_id, plan, chunk=1)
     if not result.ok:
         raise TaskError(
             f"task {defaults.task}: round {number} has errors; nothing of it was sent:\n  "
