@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from batchpilot.export.files import sync
 from batchpilot.export.joined import StoredRows
 from batchpilot.export.rows import (
-    CHUNK_ROWS,
     ExportRow,
     answer_of,
     dump_json,
@@ -53,9 +51,9 @@ def write_jsonl(
         lines = map(line, rows)
     count = 0
     with part.open("wb") as stream:
-        while chunk := list(islice(lines, CHUNK_ROWS)):
-            chunk.append(b"")
-            stream.write(b"\n".join(chunk))
-            count += len(chunk) - 1
+        for text in lines:  # the stream's buffer batches the writes; memory stays flat
+            stream.write(text)
+            stream.write(b"\n")
+            count += 1
         sync(stream)
     return count
