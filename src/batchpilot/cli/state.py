@@ -53,16 +53,25 @@ def _found(ctx: click.Context, param: click.Parameter, state_dir: Path | None) -
     return state_dir or find_state_dir() or Path(DEFAULT_STATE_DIR)
 
 
-state_option = _with_store(
-    click.option(
-        "--state",
-        "state_dir",
-        envvar="BATCHPILOT_STATE",
-        type=click.Path(file_okay=False, path_type=Path),
-        callback=_found,
-        help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
-        "holding runs, here or above, else ./.batchpilot).",
+def _state(
+    callback: Callable[[click.Context, click.Parameter, Path | None], Path], help: str
+) -> Callable[[FC], FC]:
+    return _with_store(
+        click.option(
+            "--state",
+            "state_dir",
+            envvar="BATCHPILOT_STATE",
+            type=click.Path(file_okay=False, path_type=Path),
+            callback=callback,
+            help=help,
+        )
     )
+
+
+state_option = _state(
+    _found,
+    "Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
+    "holding runs, here or above, else ./.batchpilot).",
 )
 
 
@@ -76,14 +85,8 @@ def _holds_runs(ctx: click.Context, param: click.Parameter, given: Path | None) 
     return state_dir
 
 
-known_state_option = _with_store(
-    click.option(
-        "--state",
-        "state_dir",
-        envvar="BATCHPILOT_STATE",
-        type=click.Path(file_okay=False, path_type=Path),
-        callback=_holds_runs,
-        help="Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
-        "holding runs, here or above); it must hold a run.",
-    )
+known_state_option = _state(
+    _holds_runs,
+    "Directory where runs live (env BATCHPILOT_STATE; default: the nearest .batchpilot "
+    "holding runs, here or above); it must hold a run.",
 )
