@@ -32,7 +32,7 @@ from batchpilot.providers.base import AuthenticationFailed
 from batchpilot.providers.openai_realtime import OpenAIRealtime
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.server import FaultPlan, LocalServer, RateLimit
-from batchpilot.store import RequestState, RunRecord, SQLiteStore, utc_now
+from batchpilot.store import Outcome, RequestState, RunRecord, SQLiteStore, utc_now
 from batchpilot.tokens import count_request
 
 from helpers import sql
@@ -508,3 +508,61 @@ def test_recover_inflight_counts_an_attempt_at_its_worst_case(tmp_path: Path) ->
     assert rows[ids[3]] == ("pending", 0, None)
     assert store.money(RUN) == (pytest.approx(worst), 0.0)
     assert recover_inflight(store, RUN, prices, RetryPolicy(3)) == (0, 0.0)
+
+
+def commits_while(store: SQLiteStore, work: Callable[[], T]) -> tuple[T, int]:
+    """`work()`'s result and the COMMITs SQLite ran meanwhile on the store's connection."""
+    seen: list[str] = []
+    store._db.set_trace_callback(seen.append)
+    try:
+        result = work()
+    finally:
+        store._db.set_trace_callback(None)
+    return result, sum(statement.strip().upper() == "COMMIT" for statement in seen)
+
+
+def lane_for(store: SQLiteStore) -> RealtimeLane:
+    client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="test", max_retries=0)
+    return RealtimeLane(
+        OpenAIRealtime(client), store, RUN, limits=RateLimits(), retry=RetryPolicy()
+    )
+
+
+def answered(request_id: str) -> Outcome:
+    body = {"object": "chat.completion", "choices": [{"message": {"content": "ok"}}]}
+    return Outcome(request_id, RequestState.SUCCEEDED, body, 10, 2, 0.001)
+
+
+def test_answers_that_arrive_together_are_committed_in_one_transaction(tmp_path: Path) -> None:
+    store, ids = make_store(tmp_path, [chat(i) for i in range(5)])
+    for rid in ids:
+        assert store.claim_realtime(RUN, rid)
+    lane = lane_for(store)
+
+    async def arrive_together() -> None:
+        await asyncio.gather(*(lane._record(answered(rid)) for rid in ids))
+
+    _, commits = commits_while(store, lambda: run(arrive_together()))
+    assert commits == 1
+    assert {rid: state for rid, (state, _, _) in states(store).items()} == dict.fromkeys(
+        ids, "succeeded"
+    )
+    assert lane.report.succeeded == 5
+
+
+def test_an_answer_waiting_for_its_commit_is_committed_when_its_task_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    store, ids = make_store(tmp_path, [chat(0)])
+    assert store.claim_realtime(RUN, ids[0])
+    lane = lane_for(store)
+
+    async def cancelled_before_the_commit() -> None:
+        task = asyncio.create_task(lane._record(answered(ids[0])))
+        await asyncio.sleep(0)  # the task queues its answer; its commit is due next turn
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancelled_before_the_commit())
+    assert states(store)[ids[0]][0] == "succeeded"

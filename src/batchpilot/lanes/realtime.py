@@ -4,8 +4,10 @@ limits.
 Same store, request ids, budget and retry policy as the batch lane. Requests come from a feed:
 a fixed list (`run`), or a source that the batch lane shares (`serve`, see batchpilot.run.share).
 A request moves pending → realtime once the throttle lets it through (so a feed may still give
-it to the batch lane while it waits), and its outcome is committed the moment its answer
-arrives, so a crash loses nothing already answered. 429, 408, 409, 5xx, timeouts and lost
+it to the batch lane while it waits), and its outcome is committed as its answer arrives, so a
+crash loses nothing already answered: the answers that arrive in the same turn of the event
+loop are committed together, in one transaction, before any of their requests gives back its
+slot or its hold on the budget. 429, 408, 409, 5xx, timeouts and lost
 connections are retried in place with exponential backoff and jitter (a `retry-after` wins, and
 a 429 pauses the whole throttle); every try is one attempt under the RetryPolicy cap, recorded in
 the store as it ends. Other 4xx fail the request for good with the server's message; 401 and 403
@@ -150,6 +152,7 @@ class RealtimeLane:
         self._rng = random.Random()
         self._inflight_usd = 0.0
         self._report = LaneReport()
+        self._outbox: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._halt: asyncio.Event | None = None
         self._stop_waiter: asyncio.Future[Any] | None = None
         self._auth_error: str | None = None
@@ -381,7 +384,7 @@ class RealtimeLane:
         tokens = request.input_tokens + _max_output(request)
         attempts, tries = request.attempts, 0
         tier = self._tier_for(attempts)
-        on_wire = False
+        on_wire = settled = False
         try:
             while True:
                 try:
@@ -398,7 +401,9 @@ class RealtimeLane:
                 on_wire = True
                 failure = await self._send(request, call, tier)
                 on_wire = False
-                if failure is None:
+                if isinstance(failure, Outcome):
+                    settled = True
+                    await self._record(failure)
                     return
                 if failure.headers is not None:
                     self.throttle.observe(failure.headers)
@@ -411,7 +416,8 @@ class RealtimeLane:
                     replace(request, attempts=attempts), failure.retryable, True
                 )
                 if state != RequestState.PENDING:
-                    self._finish(
+                    settled = True
+                    await self._record(
                         Outcome(
                             request.id,
                             RequestState.FAILED,
@@ -453,6 +459,8 @@ class RealtimeLane:
                     self._requeue(request, failure.reason)
                     return
         except asyncio.CancelledError:
+            if settled:  # `_record` wrote its outcome before letting the cancellation through
+                raise
             if on_wire:
                 self._finish(
                     interrupted(replace(request, attempts=attempts), self.prices, self.retry)
@@ -466,8 +474,8 @@ class RealtimeLane:
         request: PendingRequest,
         call: Callable[[str], Awaitable[Answer | CallFailed]],
         tier: str,
-    ) -> _Failure | None:
-        """One try at `tier`; records a success and returns None, or returns what went wrong."""
+    ) -> _Failure | Outcome:
+        """One try at `tier`: the success to record, or what went wrong."""
         # a try that may have run though no answer came back is billed at its worst case
         unknown = (0, 0, self._worst_cost(request))
         lane = FLEX if tier == FLEX else None
@@ -496,18 +504,15 @@ class RealtimeLane:
         reason = self.check(request, body) if self.check is not None else None
         if reason is not None:
             return _Failure(reason, True, billed=(input_tokens, output_tokens, usd), lane=lane)
-        self._finish(
-            Outcome(
-                request.id,
-                RequestState.SUCCEEDED,
-                body,
-                input_tokens,
-                output_tokens,
-                usd,
-                lane=lane,
-            )
+        return Outcome(
+            request.id,
+            RequestState.SUCCEEDED,
+            body,
+            input_tokens,
+            output_tokens,
+            usd,
+            lane=lane,
         )
-        return None
 
     def _tier_for(self, attempts: int, wait_s: float = 0.0) -> str:
         """The tier of a request's next try, `wait_s` from now with `attempts` made: flex,
@@ -521,8 +526,44 @@ class RealtimeLane:
                 return STANDARD
         return FLEX
 
+    async def _record(self, outcome: Outcome) -> None:
+        """Commit `outcome` with the others recorded in this turn of the event loop; returns
+        once it is committed. Cancelled while it waits, it commits them at once."""
+        future = asyncio.get_running_loop().create_future()
+        self._outbox.append((outcome, future))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_outbox)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self._commit_outbox()
+            raise
+
+    def _commit_outbox(self) -> None:
+        waiting, self._outbox = self._outbox, []
+        if not waiting:
+            return
+        try:
+            with self.store.tx():
+                for outcome, _ in waiting:
+                    self.store.finish_realtime(self.run_id, outcome)
+        except BaseException as exc:
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for outcome, future in waiting:
+            self._count(outcome)
+            if not future.done():
+                future.set_result(None)
+
     def _finish(self, outcome: Outcome) -> None:
         self.store.finish_realtime(self.run_id, outcome)
+        self._count(outcome)
+
+    def _count(self, outcome: Outcome) -> None:
         if outcome.state == RequestState.SUCCEEDED:
             self._report.succeeded += 1
             self._report.spent_usd += outcome.cost_usd
