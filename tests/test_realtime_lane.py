@@ -28,7 +28,7 @@ from batchpilot.lanes import (
 from batchpilot.plan.ids import canonical_body, request_id
 from batchpilot.plan.worst import bounds_for, worst_output_tokens
 from batchpilot.pricing import PriceTable
-from batchpilot.providers.base import AuthenticationFailed
+from batchpilot.providers.base import Answer, AuthenticationFailed, CallFailed
 from batchpilot.providers.openai_realtime import OpenAIRealtime
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.server import FaultPlan, LocalServer, RateLimit
@@ -99,6 +99,31 @@ def test_concurrent_waiters_are_served_in_order() -> None:
     order = run(go())
     assert [index for index, _ in order] == list(range(62))
     assert [at for _, at in order[-2:]] == pytest.approx([1.0, 2.0], abs=1e-9)
+
+
+def test_try_acquire_takes_only_what_is_there_now() -> None:
+    gate, clock = throttle(rpm=60, tpm=1000)
+    assert gate.try_acquire(600)
+    assert not gate.try_acquire(600)  # 400 tokens left: nothing taken
+    assert gate.try_acquire(400)
+    assert not gate.try_acquire(1)
+    clock.now = 60.0
+    assert gate.try_acquire(1000)
+    with pytest.raises(TooLarge):
+        gate.try_acquire(1001)
+
+    clock.now = 120.0
+    gate.pause(30.0)
+    assert not gate.try_acquire(1)  # a 429 paused every request
+
+    async def waiting_first() -> bool:
+        waiter = asyncio.ensure_future(gate.acquire(1))
+        await asyncio.sleep(0)  # the waiter holds the throttle's queue
+        jumped = gate.try_acquire(1)
+        waiter.cancel()
+        return jumped
+
+    assert not run(waiting_first())
 
 
 def test_tpm_waits_for_enough_tokens() -> None:
@@ -510,44 +535,102 @@ def test_recover_inflight_counts_an_attempt_at_its_worst_case(tmp_path: Path) ->
     assert recover_inflight(store, RUN, prices, RetryPolicy(3)) == (0, 0.0)
 
 
-def commits_while(store: SQLiteStore, work: Callable[[], T]) -> tuple[T, int]:
-    """`work()`'s result and the COMMITs SQLite ran meanwhile on the store's connection."""
+def transactions_while(store: SQLiteStore, work: Callable[[], T]) -> tuple[T, list[str]]:
+    """`work()`'s result and the transactions SQLite committed meanwhile on the store's
+    connection, each as its statements joined by newlines."""
     seen: list[str] = []
     store._db.set_trace_callback(seen.append)
     try:
         result = work()
     finally:
         store._db.set_trace_callback(None)
-    return result, sum(statement.strip().upper() == "COMMIT" for statement in seen)
+    committed, current = [], []
+    for statement in seen:
+        if statement.strip().upper() == "COMMIT":
+            committed.append("\n".join(current))
+            current = []
+        elif not statement.strip().upper().startswith("BEGIN"):
+            current.append(statement)
+    return result, committed
 
 
-def lane_for(store: SQLiteStore) -> RealtimeLane:
-    client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="test", max_retries=0)
-    return RealtimeLane(
-        OpenAIRealtime(client), store, RUN, limits=RateLimits(), retry=RetryPolicy()
-    )
+def recording(transactions: list[str]) -> list[str]:
+    """The transactions that recorded outcomes (an attempt each)."""
+    return [tx for tx in transactions if "INSERT INTO attempts" in tx]
 
 
-def answered(request_id: str) -> Outcome:
-    body = {"object": "chat.completion", "choices": [{"message": {"content": "ok"}}]}
-    return Outcome(request_id, RequestState.SUCCEEDED, body, 10, 2, 0.001)
+def claiming(transactions: list[str]) -> list[str]:
+    """The transactions that moved requests pending → realtime."""
+    return [tx for tx in transactions if "SET state = 'realtime'" in tx]
+
+
+class AnswersTogether:
+    """A real-time API that holds calls until `group` of them are waiting (or the `total`-th
+    call has come), then answers those together, in the same turn of the event loop."""
+
+    def __init__(self, group: int, total: int | None = None) -> None:
+        self.group = group
+        self.total = total if total is not None else group
+        self.calls = 0
+        self._held: list[asyncio.Future[None]] = []
+
+    async def call(self, body: dict[str, Any], endpoint: str, **_: Any) -> Answer | CallFailed:
+        self.calls += 1
+        held = asyncio.get_running_loop().create_future()
+        self._held.append(held)
+        if len(self._held) >= self.group or self.calls >= self.total:
+            for waiting in self._held:
+                waiting.set_result(None)
+            self._held = []
+        await held
+        usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+        message = {"role": "assistant", "content": "ok"}
+        return Answer(
+            {"object": "chat.completion", "choices": [{"message": message}], "usage": usage}
+        )
+
+    async def aclose(self) -> None:
+        return None
 
 
 def test_answers_that_arrive_together_are_committed_in_one_transaction(tmp_path: Path) -> None:
-    store, ids = make_store(tmp_path, [chat(i) for i in range(5)])
-    for rid in ids:
-        assert store.claim_realtime(RUN, rid)
-    lane = lane_for(store)
-
-    async def arrive_together() -> None:
-        await asyncio.gather(*(lane._record(answered(rid)) for rid in ids))
-
-    _, commits = commits_while(store, lambda: run(arrive_together()))
-    assert commits == 1
+    store, ids = make_store(tmp_path, [chat(i) for i in range(6)])
+    lane = RealtimeLane(
+        AnswersTogether(len(ids)),
+        store,
+        RUN,
+        limits=RateLimits(),
+        retry=RetryPolicy(),
+        concurrency=4 * len(ids),
+    )
+    report, transactions = transactions_while(
+        store, lambda: run(lane.run(store.pending(RUN, len(ids))))
+    )
+    assert report.succeeded == len(ids)
+    assert len(recording(transactions)) == 1
     assert {rid: state for rid, (state, _, _) in states(store).items()} == dict.fromkeys(
         ids, "succeeded"
     )
-    assert lane.report.succeeded == 5
+
+
+def test_requests_that_can_all_go_now_are_claimed_in_one_transaction(tmp_path: Path) -> None:
+    store, ids = make_store(tmp_path, [chat(i) for i in range(6)])
+    lane = RealtimeLane(
+        AnswersTogether(4, len(ids)),
+        store,
+        RUN,
+        limits=RateLimits(rpm=1000),
+        retry=RetryPolicy(),
+        concurrency=4,
+    )
+    report, transactions = transactions_while(
+        store, lambda: run(lane.run(store.pending(RUN, len(ids))))
+    )
+    # four slots free at the start: four claims together; the last two wait for slots, which
+    # come back together when the four answers are committed together
+    assert report.succeeded == len(ids)
+    claims = claiming(transactions)
+    assert [tx.count("SET state = 'realtime'") for tx in claims] == [4, 2]
 
 
 def test_an_answer_waiting_for_its_commit_is_committed_when_its_task_is_cancelled(
@@ -555,11 +638,18 @@ def test_an_answer_waiting_for_its_commit_is_committed_when_its_task_is_cancelle
 ) -> None:
     store, ids = make_store(tmp_path, [chat(0)])
     assert store.claim_realtime(RUN, ids[0])
-    lane = lane_for(store)
+    client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="test", max_retries=0)
+    lane = RealtimeLane(
+        OpenAIRealtime(client), store, RUN, limits=RateLimits(), retry=RetryPolicy()
+    )
+    lane._live = 2  # another request is still on the wire: this answer waits for the window
+    body = {"object": "chat.completion", "choices": [{"message": {"content": "ok"}}]}
 
     async def cancelled_before_the_commit() -> None:
-        task = asyncio.create_task(lane._record(answered(ids[0])))
-        await asyncio.sleep(0)  # the task queues its answer; its commit is due next turn
+        answer = Outcome(ids[0], RequestState.SUCCEEDED, body, 10, 2, 0.001)
+        task = asyncio.create_task(lane._record(answer))
+        await asyncio.sleep(0)  # the task queues its answer and waits for the window
+        assert states(store)[ids[0]][0] == "realtime"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 from batchpilot.errors import IllegalTransition
@@ -22,6 +23,10 @@ class Feed(Protocol):
     says why it did not ("gone": not the feed's to give any more, "budget"); `release(worst)`
     gives the worst case back once the request has ended. When the money runs out with nothing
     in flight, a feed that `waits` keeps the lane waiting; otherwise the lane returns.
+
+    The lane claims several requests in one store transaction inside `claiming()`: the lock a
+    feed's claims take, held before the transaction begins (the order of every other holder
+    of that lock that writes to the store).
     """
 
     @property
@@ -37,6 +42,8 @@ class Feed(Protocol):
     def claim(self, request: PendingRequest, worst: float) -> str | None: ...
 
     def release(self, worst: float) -> None: ...
+
+    def claiming(self) -> AbstractContextManager[object]: ...
 
 
 class ListedFeed:
@@ -76,3 +83,6 @@ class ListedFeed:
 
     def release(self, worst: float) -> None:
         return None
+
+    def claiming(self) -> AbstractContextManager[object]:
+        return nullcontext()

@@ -126,6 +126,22 @@ class Throttle:
         if bucket is not None and tokens > bucket.capacity:
             raise TooLarge(tokens, bucket.capacity)
 
+    def try_acquire(self, tokens: int) -> bool:
+        """Take one request and `tokens` tokens if every bucket has them now and nobody is
+        waiting in `acquire`; False (taking nothing) otherwise."""
+        if self._lock.locked():
+            return False
+        self.check_size(tokens)
+        now = self._clock()
+        needs = self._needs(tokens)
+        for bucket, _ in needs:
+            bucket.refill(now)
+        if self._paused_until > now or any(b.wait_for(a) > 0 for b, a in needs):
+            return False
+        for bucket, amount in needs:
+            bucket.take(amount)
+        return True
+
     async def acquire(self, tokens: int) -> None:
         """Wait until one request and `tokens` tokens are free in every bucket, then take them.
 

@@ -5,9 +5,12 @@ Same store, request ids, budget and retry policy as the batch lane. Requests com
 a fixed list (`run`), or a source that the batch lane shares (`serve`, see batchpilot.run.share).
 A request moves pending → realtime once the throttle lets it through (so a feed may still give
 it to the batch lane while it waits), and its outcome is committed as its answer arrives, so a
-crash loses nothing already answered: the answers that arrive in the same turn of the event
-loop are committed together, in one transaction, before any of their requests gives back its
-slot or its hold on the budget. 429, 408, 409, 5xx, timeouts and lost
+crash loses nothing already answered. Answers are committed in groups, in one transaction
+each: a group closes when a quarter of the slots (or every request on the wire) has answered,
+or COMMIT_WINDOW_S after its first answer, and no request gives back its slot or its hold on
+the budget before its answer is committed. A crash inside that window leaves the request in
+state `realtime`, handled like any try in flight (below). Requests that may all go at once are
+claimed together too, in one transaction. 429, 408, 409, 5xx, timeouts and lost
 connections are retried in place with exponential backoff and jitter (a `retry-after` wins, and
 a 429 pauses the whole throttle); every try is one attempt under the RetryPolicy cap, recorded in
 the store as it ends. Other 4xx fail the request for good with the server's message; 401 and 403
@@ -68,6 +71,7 @@ __all__ = [
 ]
 
 IDLE_S = 0.02  # how often a lane with nothing to take looks at its feed again
+COMMIT_WINDOW_S = 0.02  # how long an answer waits for others to share its commit
 
 
 @dataclass
@@ -153,6 +157,8 @@ class RealtimeLane:
         self._inflight_usd = 0.0
         self._report = LaneReport()
         self._outbox: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._commit_timer: asyncio.TimerHandle | None = None
+        self._live = 0  # requests taken whose task has not ended
         self._halt: asyncio.Event | None = None
         self._stop_waiter: asyncio.Future[Any] | None = None
         self._auth_error: str | None = None
@@ -230,17 +236,71 @@ class RealtimeLane:
         self, feed: Feed, slots: asyncio.Semaphore, tasks: set[asyncio.Task[None]]
     ) -> None:
         while not self._halted():
-            if not await self._until(slots.acquire()):
+            if not slots.locked():
+                await slots.acquire()  # free: taken without a turn of the event loop
+            elif not await self._until(slots.acquire()):
                 return
-            taken = await self._take(feed, tasks)
-            if taken is None:
+            free = 1
+            while not slots.locked():
+                await slots.acquire()
+                free += 1
+            group = self._take_ready(feed, free)
+            for _ in range(free - max(1, len(group))):
                 slots.release()
-                return
-            request, worst, paced = taken
-            self._inflight_usd += worst
-            task = asyncio.create_task(self._serve(request, worst, paced, slots, feed))
-            tasks.add(task)
-            task.add_done_callback(lambda done: self._ended(done, tasks))
+            if not group:
+                taken = await self._take(feed, tasks)
+                if taken is None:
+                    slots.release()
+                    return
+                self._inflight_usd += taken[1]
+                group = [taken]
+            for request, worst, paced in group:
+                self._live += 1
+                task = asyncio.create_task(self._serve(request, worst, paced, slots, feed))
+                tasks.add(task)
+                task.add_done_callback(lambda done: self._ended(done, tasks))
+
+    def _take_ready(self, feed: Feed, most: int) -> list[tuple[PendingRequest, float, bool]]:
+        """Up to `most` requests taken from the feed in one store transaction, as long as
+        nothing stands in the way of the next (the budget, the throttle, the account's rates);
+        each one's worst case is counted in flight."""
+        group: list[tuple[PendingRequest, float, bool]] = []
+        with contextlib.ExitStack() as claiming:
+            while len(group) < most and not self._halted():
+                ready = self._ready(feed)
+                if ready is None:
+                    break
+                request, worst, tokens = ready
+                if not group:
+                    claiming.enter_context(feed.claiming())
+                    claiming.enter_context(self.store.tx())
+                if feed.claim(request, worst) is not None:
+                    self.throttle.refund(tokens)
+                    break
+                self._report.budget_stopped = False
+                self._inflight_usd += worst
+                group.append((request, worst, True))
+        return group
+
+    def _ready(self, feed: Feed) -> tuple[PendingRequest, float, int] | None:
+        """The feed's next request, its worst case and its tokens, with the throttle's and the
+        account's share taken for it, if it can go now; None if it would have to wait."""
+        request = feed.next()
+        if request is None:
+            return None
+        worst = self._worst_cost(request)
+        if not feed.affordable(worst):
+            return None
+        tokens = request.input_tokens + _max_output(request)
+        try:
+            if not self.throttle.try_acquire(tokens):
+                return None
+        except TooLarge:
+            return None
+        if self.shared_rate is not None and self.shared_rate(request.model, tokens) > 0:
+            self.throttle.refund(tokens)
+            return None
+        return request, worst, tokens
 
     def _ended(self, task: asyncio.Task[None], tasks: set[asyncio.Task[None]]) -> None:
         """A request's task is over; an exception it raised stops the lane and is raised by
@@ -331,6 +391,7 @@ class RealtimeLane:
         try:
             await self._attempts(request, paced)
         finally:
+            self._live -= 1
             self._inflight_usd -= worst
             feed.release(worst)
             slots.release()
@@ -338,7 +399,8 @@ class RealtimeLane:
     async def _pace(self, model: str, tokens: int) -> bool:
         """Wait until the throttle and the account's rates shared by every run (`shared_rate`)
         let one try of `tokens` through; False when the lane stops first."""
-        while await self._until(self.throttle.acquire(tokens)):
+        throttle = self.throttle
+        while throttle.try_acquire(tokens) or await self._until(throttle.acquire(tokens)):
             wait = 0.0 if self.shared_rate is None else self.shared_rate(model, tokens)
             if wait <= 0:
                 return True
@@ -527,12 +589,17 @@ class RealtimeLane:
         return FLEX
 
     async def _record(self, outcome: Outcome) -> None:
-        """Commit `outcome` with the others recorded in this turn of the event loop; returns
-        once it is committed. Cancelled while it waits, it commits them at once."""
-        future = asyncio.get_running_loop().create_future()
+        """Commit `outcome` together with the others that arrive within COMMIT_WINDOW_S of
+        the first (at once when a quarter of the slots, or every request still taken, has one
+        waiting); returns once it is committed. Cancelled while it waits, it commits at once."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._outbox.append((outcome, future))
-        if len(self._outbox) == 1:
-            asyncio.get_running_loop().call_soon(self._commit_outbox)
+        waiting = len(self._outbox)
+        if waiting >= self.concurrency // 4 or waiting >= self._live:
+            self._commit_outbox()
+        elif self._commit_timer is None:
+            self._commit_timer = loop.call_later(COMMIT_WINDOW_S, self._commit_outbox)
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -540,13 +607,14 @@ class RealtimeLane:
             raise
 
     def _commit_outbox(self) -> None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
         waiting, self._outbox = self._outbox, []
         if not waiting:
             return
         try:
-            with self.store.tx():
-                for outcome, _ in waiting:
-                    self.store.finish_realtime(self.run_id, outcome)
+            self.store.finish_realtime(self.run_id, *(outcome for outcome, _ in waiting))
         except BaseException as exc:
             for _, future in waiting:
                 if not future.done():

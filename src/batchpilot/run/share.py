@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from contextlib import AbstractContextManager
 
 from batchpilot.lanes.realtime import IDLE_S, LaneReport, RealtimeLane
 from batchpilot.store import PendingRequest, Store
@@ -145,6 +146,9 @@ class ShareFeed:
         with share.lock:
             share.inflight_usd -= worst
         share.wake.set()
+
+    def claiming(self) -> AbstractContextManager[object]:
+        return self._share.lock
 
 
 class LaneThread:

@@ -256,8 +256,8 @@ class Store(Protocol):
         """Ingest a finished remote batch: every request's outcome, the spend, the batch state."""
         ...
 
-    def finish_realtime(self, run_id: str, outcome: Outcome) -> None:
-        """Record one real-time answer (or failure) as it arrives."""
+    def finish_realtime(self, run_id: str, *outcomes: Outcome) -> None:
+        """Record real-time answers (or failures) as they arrive, in one transaction."""
         ...
 
     def money(self, run_id: str) -> tuple[float, float]:

@@ -483,9 +483,9 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
             if row is not None and row[0]:
                 raise StateError(f"batch {batch_id}: {row[0]} requests have no outcome")
 
-    def finish_realtime(self, run_id: str, outcome: Outcome) -> None:
+    def finish_realtime(self, run_id: str, *outcomes: Outcome) -> None:
         with self._tx() as db:
-            moves.apply_outcomes(db, run_id, [outcome], "realtime", None, utc_now())
+            moves.apply_outcomes(db, run_id, outcomes, "realtime", None, utc_now())
 
     # money ----------------------------------------------------------------------------------
 

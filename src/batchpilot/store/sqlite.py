@@ -481,10 +481,10 @@ class SQLiteStore(PlannedMixin, SharedMixin):
             if left:
                 raise StateError(f"batch {batch_id}: {left} requests have no outcome")
 
-    def finish_realtime(self, run_id: str, outcome: Outcome) -> None:
-        """Record one real-time answer (or failure) as it arrives."""
+    def finish_realtime(self, run_id: str, *outcomes: Outcome) -> None:
+        """Record real-time answers (or failures) as they arrive, in one transaction."""
         with self._tx() as db:
-            moves.apply_outcomes(db, run_id, [outcome], "realtime", None, utc_now())
+            moves.apply_outcomes(db, run_id, outcomes, "realtime", None, utc_now())
 
     # money ----------------------------------------------------------------------------------
 
