@@ -102,6 +102,32 @@ def test_run_takes_slots_on_the_command_line(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()
 
 
+def test_the_job_sets_the_model_threads_and_only_for_the_local_provider(tmp_path: Path) -> None:
+    assert job_from_dict(_job(tmp_path, threads=1), base_dir=tmp_path).provider.threads == 1
+    assert job_from_dict(_job(tmp_path), base_dir=tmp_path, environ={}).provider.threads is None
+    job = job_from_dict(_job(tmp_path), base_dir=tmp_path, environ={"BATCHPILOT_THREADS": "3"})
+    assert job.provider.threads == 3
+
+    remote = _job(tmp_path, threads=2)
+    remote["provider"]["kind"] = "openai"
+    with pytest.raises(ConfigError, match=r"provider\.threads: .*local model's CPU threads"):
+        job_from_dict(remote, base_dir=tmp_path, environ={})
+
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(_job(tmp_path)))
+    state = str(tmp_path / "state")
+    result = CliRunner().invoke(cli, ["run", str(path), "--state", state, "--threads", "0"])
+    assert result.exit_code == 2
+    assert "--threads" in result.output and "Traceback" not in result.output
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps(chat_line("a", "hi")) + "\n")
+    command = ["run", "--requests", str(requests), "--state", state, "--threads", "2"]
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 2
+    assert "drop --threads" in result.output
+    assert not (tmp_path / "state").exists()
+
+
 def _ask(city: str) -> dict[str, Any]:
     return {
         "model": "smollm2",
@@ -204,3 +230,42 @@ def test_a_job_on_two_slots_validates_and_keeps_the_input_order(tmp_path: Path) 
     for row in rows:
         assert row["status"] == "succeeded", row
         assert isinstance(row["output"]["sunny"], bool), row
+
+
+@pytest.mark.llama
+def test_a_job_on_one_model_thread_gives_llama_one_thread_and_the_same_answers(
+    tmp_path: Path, one_slot: LlamaResponder
+) -> None:
+    job = job_from_dict(_job(tmp_path, slots=1, threads=1), base_dir=tmp_path, environ={})
+    provider = provider_for(job.provider, state_dir=tmp_path / "state")
+    assert isinstance(provider, LocalProvider)
+    responder = provider.server.responder
+    assert isinstance(responder, LlamaResponder)
+    assert responder.threads == 1 and one_slot.threads == -1  # -1: llama.cpp chooses
+    try:
+        result = run_job(job, state_dir=tmp_path / "state", provider=provider, poll_interval=0.05)
+    finally:
+        provider.close()
+    assert result.status.finished
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    alone = [
+        one_slot.chat(
+            {
+                "model": "smollm2",
+                "messages": [
+                    {"role": "user", "content": f"Is it sunny in {city} today? Answer in JSON."}
+                ],
+                "max_tokens": 16,
+                "temperature": 0,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True},
+                },
+            }
+        )
+        for city in CITIES
+    ]
+    # temperature 0: the thread count changes how fast, not what the model says
+    assert [row["output"] for row in rows] == [
+        json.loads(answer["choices"][0]["message"]["content"]) for answer in alone
+    ]

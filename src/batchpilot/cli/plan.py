@@ -38,6 +38,7 @@ def job_overrides(**flags: Any) -> dict[str, Any]:
         "strategy": "strategy",
         "deadline": "deadline",
         "slots": "provider.slots",
+        "threads": "provider.threads",
         **LIMIT_KEYS,
     }
     return {names[key]: value for key, value in flags.items() if value is not None}

@@ -25,7 +25,7 @@ from batchpilot.run.requests_file import STRATEGIES, run_requests_file
 from batchpilot.run.tables import batch_table, status_table
 from batchpilot.run.workspace import find_run, store_at
 from batchpilot.spec import JobSpec, LimitsSpec, RealtimeSpec, load_job
-from batchpilot.spec.model import MAX_SLOTS
+from batchpilot.spec.model import MAX_SLOTS, MAX_THREADS
 from batchpilot.store.opening import STORE_ENV, store_url
 
 __all__ = ["resume", "run"]
@@ -90,6 +90,12 @@ def _stopped(result: RunResult, state_dir: Path) -> str:
     help="local: requests the model answers at once (job: provider.slots; env BATCHPILOT_SLOTS; "
     "default chosen from the machine).",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(1, MAX_THREADS),
+    help="local: CPU threads the model computes with (job: provider.threads; env "
+    "BATCHPILOT_THREADS; default llama.cpp's choice, the physical cores).",
+)
 @click.option("--detach", is_flag=True, help="Submit, then return without waiting.")
 @click.option(
     "--cancel-on-exit",
@@ -134,6 +140,7 @@ def run(
     strategy: str | None,
     deadline: str | None,
     slots: int | None,
+    threads: int | None,
     detach: bool,
     cancel_on_exit: bool,
     fresh: bool,
@@ -153,11 +160,13 @@ def run(
     with RunProgress(console, quiet=quiet or as_json, batches=show_batches) as view:
         if requests_file is not None:
             kind = provider or "openai"
-            if slots is not None:
-                raise UserInputError(
-                    "--slots sets the local model's decoding slots; --requests runs on a "
-                    "remote provider: drop --slots"
-                )
+            local_flags = (("--slots", slots, "decoding slots"), ("--threads", threads, "threads"))
+            for flag, value, what in local_flags:
+                if value is not None:
+                    raise UserInputError(
+                        f"{flag} sets the local model's {what}; --requests runs on a "
+                        f"remote provider: drop {flag}"
+                    )
             if kind == "local":
                 raise UserInputError(
                     "--requests runs on openai, azure or compatible providers (the local "
@@ -209,6 +218,7 @@ def run(
                 strategy=strategy,
                 deadline=deadline,
                 slots=slots,
+                threads=threads,
                 **limit_flags,
             )
             job = load_job(job_file, overrides)

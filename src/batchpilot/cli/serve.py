@@ -171,6 +171,12 @@ _DEFAULTS = ServerConfig(state_dir=Path())
     help="Requests answered in parallel inside a batch (llama: the model's decoding slots, "
     "default chosen from the machine; other responders: default 1).",
 )
+@click.option(
+    "--model-threads",
+    type=click.IntRange(min=1),
+    help="llama: CPU threads the model computes with (default: llama.cpp's choice, the "
+    "physical cores).",
+)
 def serve(
     host: str,
     port: int,
@@ -194,6 +200,7 @@ def serve(
     max_upload_bytes: int,
     max_storage_bytes: int,
     threads: int | None,
+    model_threads: int | None,
 ) -> None:
     """Run the local OpenAI-compatible server (Files, Batches, Responses, Chat Completions,
     Embeddings, Completions, Moderations, Image generations, Models).
@@ -234,6 +241,7 @@ def serve(
         api_key=api_keys[0] if api_keys else None,
         api_keys=tuple(api_keys[1:]),
         responder_threads=threads,
+        model_threads=model_threads,
         max_json_bytes=max_request_bytes,
         max_upload_bytes=max_upload_bytes,
         max_storage_bytes=max_storage_bytes,

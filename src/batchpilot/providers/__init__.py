@@ -103,6 +103,7 @@ def _local(spec: ProviderSpec, state_dir: Path, environ: Mapping[str, str] | Non
         responder=spec.responder,
         model_path=model_path,
         slots=spec.slots,
+        threads=spec.threads,
     )
 
 

@@ -52,6 +52,7 @@ def local_provider(
     model_path: Path | None = None,
     time_scale: float = 1.0,
     slots: int | None = None,
+    threads: int | None = None,
     **server_settings: Any,
 ) -> LocalProvider:
     """Start a local server on a free loopback port with its state in `state_dir`.
@@ -60,6 +61,7 @@ def local_provider(
     accepted (the responder answers them all). `slots` is how many requests the responder
     answers at once: the llama model's decoding slots, fed by as many of the batch engine's
     threads (default: `default_slots()`, chosen from the machine, for llama; 1 otherwise).
+    `threads` is how many CPU threads the llama model computes with (default: llama.cpp's).
     `server_settings` are further `ServerConfig` fields. A missing llama runtime or model
     raises MissingDependency before anything starts.
     """
@@ -83,6 +85,7 @@ def local_provider(
         model_path=model_path,
         time_scale=time_scale,
         responder_threads=slots,
+        model_threads=threads,
         **settings,
     )
     # The responder is built first so that a missing model fails before any state is opened.

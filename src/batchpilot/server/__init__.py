@@ -76,7 +76,11 @@ def make_responder(config: ServerConfig) -> Responder:
     if config.responder == "llama":
         from batchpilot.server.responders.llama import LlamaResponder
 
-        return LlamaResponder(config.model_path, n_parallel=max(1, config.responder_threads))
+        return LlamaResponder(
+            config.model_path,
+            n_parallel=max(1, config.responder_threads),
+            n_threads=config.model_threads,
+        )
     if config.responder == "proxy":
         if not config.upstream:
             raise ConfigError(

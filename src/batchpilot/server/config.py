@@ -82,6 +82,8 @@ class ServerConfig:
     takes `realtime_latency_s` of wall-clock time (a slow upstream); one asked for at the flex
     tier (`service_tier: "flex"`) takes `flex_latency_s` (None: the same), and that share of
     flex tries, `flex_refusal_rate` (0 to 1), is refused with 429 `resource_unavailable`.
+    `responder_threads` requests are answered at once inside batches (the llama model's
+    decoding slots); `model_threads` is the llama model's CPU threads (None: llama.cpp's).
     """
 
     state_dir: Path
@@ -115,6 +117,7 @@ class ServerConfig:
     max_string_chars: int = 1_048_576
     max_json_values: int = 1_000_000
     responder_threads: int = 1
+    model_threads: int | None = None
 
     def keys(self) -> tuple[str, ...]:
         """Every accepted API key (`api_key` and `api_keys`); each key is its own project."""

@@ -47,6 +47,7 @@ RESERVED_PARAMS = frozenset({"model", "messages", "input", "instructions", "stre
 # Counts past this are typos; it keeps every count inside SQLite's 64-bit integers.
 _HUGE = 10**12
 MAX_SLOTS = 64
+MAX_THREADS = 256
 """The most decoding slots a job may ask of the local model."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -138,6 +139,12 @@ class ProviderSpec(Strict):
         "memory is short.",
     )
 
+    threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = Field(
+        None,
+        description="local: CPU threads the model computes with. Default: llama.cpp's own "
+        "choice (the physical cores); fewer leave room for other work on a shared machine.",
+    )
+
     @field_validator("slots")
     @classmethod
     def _slots_are_local(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -146,6 +153,17 @@ class ProviderSpec(Strict):
             raise ValueError(
                 f"slots sets the local model's decoding slots; provider kind '{kind}' has "
                 "none: remove provider.slots (real-time concurrency is realtime.concurrency)"
+            )
+        return value
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_are_local(cls, value: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("kind")
+        if value is not None and kind is not None and kind != "local":
+            raise ValueError(
+                f"threads sets the local model's CPU threads; provider kind '{kind}' runs "
+                "no model here: remove provider.threads"
             )
         return value
 

@@ -44,7 +44,8 @@ class LlamaResponder:
     in its own slot of `n_ctx` tokens; more concurrent calls wait in llama.cpp's queue. Calls
     are thread-safe and take no lock, so the server's threads feed every slot. `n_parallel`
     defaults to `default_slots()` (chosen from the machine). `busy_slots()` says how many
-    slots are decoding now.
+    slots are decoding now. `n_threads` is the CPU threads each step computes with (default:
+    llama.cpp's choice); on a machine whose cores other work holds, fewer threads spin less.
 
     Embeddings: with `embedding=True` the same model also serves `/v1/embeddings`, using mean
     pooling over its hidden states (576 dimensions, L2-normalised; chat keeps working). SmolLM2
@@ -87,8 +88,12 @@ class LlamaResponder:
         params.verbosity = -1
         params.api_keys = [secrets.token_urlsafe(32)]
         if n_threads is not None:
+            if n_threads < 1:
+                raise ValueError(f"n_threads must be at least 1, not {n_threads}")
             params.cpuparams.n_threads = n_threads
             params.cpuparams_batch.n_threads = n_threads
+        # as llama.cpp was given it: -1 leaves the choice to llama.cpp (its physical cores)
+        self.threads: int = params.cpuparams.n_threads
         if embedding:
             params.embedding = True
             params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
