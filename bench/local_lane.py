@@ -1,6 +1,7 @@
 """Benchmark: a batch job on the local model against llama.cpp called directly.
 
-    python bench/local_lane.py [--requests 32] [--slots N] [--rounds 3] [--max-tokens 48]
+    python bench/local_lane.py [--requests 32] [--slots N] [--threads N] [--rounds 3]
+        [--max-tokens 48]
 
 The same `--requests` small JSON-constrained chat requests (temperature 0) go:
 - through the local lane: `run_job` on a job with `provider: {kind: local, slots: N}`: the
@@ -13,8 +14,8 @@ Both times include loading the model. Rounds are interleaved (lane, direct, lane
 the machine is shared; reported: each side's median seconds and the ratio of the medians
 (direct / lane: 1.0 means the lane is as fast as llama.cpp itself), plus how many of the lane's
 answers are the same text as llama.cpp's. `--slots` defaults to what the local provider
-chooses (`default_slots()`); without the local runtime or model the benchmark says so and
-exits 0.
+chooses (`default_slots()`), `--threads` to llama.cpp's own choice (both sides get the same);
+without the local runtime or model the benchmark says so and exits 0.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def rows(count: int) -> list[dict[str, Any]]:
     return [{"id": f"r{i}", "city": CITIES[i % len(CITIES)], "n": i} for i in range(count)]
 
 
-def run_lane(count: int, slots: int, max_tokens: int) -> tuple[float, list[str]]:
+def run_lane(
+    count: int, slots: int, threads: int | None, max_tokens: int
+) -> tuple[float, list[str]]:
     from batchpilot.run import run_job
     from batchpilot.spec import job_from_dict
 
@@ -59,7 +62,7 @@ def run_lane(count: int, slots: int, max_tokens: int) -> tuple[float, list[str]]
         job = job_from_dict(
             {
                 "name": "bench-local",
-                "provider": {"kind": "local", "slots": slots},
+                "provider": {"kind": "local", "slots": slots, "threads": threads},
                 "model": "smollm2",
                 "input": {"path": "rows.jsonl", "id_field": "id"},
                 "prompt": {
@@ -81,7 +84,9 @@ def run_lane(count: int, slots: int, max_tokens: int) -> tuple[float, list[str]]
     return seconds, answers
 
 
-def run_direct(count: int, slots: int, max_tokens: int) -> tuple[float, list[str]]:
+def run_direct(
+    count: int, slots: int, threads: int | None, max_tokens: int
+) -> tuple[float, list[str]]:
     import xllamacpp
 
     from batchpilot.localmodel import SLOT_CONTEXT, default_model_path
@@ -106,6 +111,9 @@ def run_direct(count: int, slots: int, max_tokens: int) -> tuple[float, list[str
     params.n_ctx = SLOT_CONTEXT * slots
     params.n_parallel = slots
     params.verbosity = -1
+    if threads is not None:
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
     server = xllamacpp.Server(params)
     with ThreadPoolExecutor(slots) as pool:
         answers = list(pool.map(server.handle_chat_completions, bodies))
@@ -126,6 +134,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--slots", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=48)
     args = parser.parse_args(argv)
@@ -143,14 +152,16 @@ def main(argv: list[str]) -> int:
     direct: list[float] = []
     same = 0
     for _ in range(args.rounds):
-        seconds, lane_answers = run_lane(args.requests, slots, args.max_tokens)
+        seconds, lane_answers = run_lane(args.requests, slots, args.threads, args.max_tokens)
         lane.append(seconds)
-        seconds, direct_answers = run_direct(args.requests, slots, args.max_tokens)
+        seconds, direct_answers = run_direct(args.requests, slots, args.threads, args.max_tokens)
         direct.append(seconds)
         print(f"round {len(lane)}: lane {lane[-1]:.2f} s, direct {seconds:.2f} s", flush=True)
         same = sum(a == b for a, b in zip(lane_answers, direct_answers, strict=True))
     lane_median, direct_median = statistics.median(lane), statistics.median(direct)
-    print(f"{args.requests} JSON requests, {slots} slots, max_tokens {args.max_tokens}")
+    threads = args.threads or "llama.cpp's choice of"
+    print(f"{args.requests} JSON requests, {slots} slots, {threads} threads, ", end="")
+    print(f"max_tokens {args.max_tokens}")
     print(f"local lane (run_job):      {lane_median:7.2f} s  rounds {fmt(lane)}")
     print(f"llama.cpp direct:          {direct_median:7.2f} s  rounds {fmt(direct)}")
     print(f"ratio (direct / lane):     {direct_median / lane_median:7.2f}x")

@@ -24,7 +24,7 @@ SHORT: dict[str, list[str]] = {
     "hybrid_movies.py": ["--scale", "4000", "--time-scale", "36000"],
     "export_rows.py": ["--rows", "300", "--rounds", "1"],
     "import_time.py": ["--rounds", "1", "--no-warm-up"],
-    "local_lane.py": ["--requests", "2", "--rounds", "1", "--max-tokens", "24"],
+    "local_lane.py": ["--requests", "2", "--rounds", "1", "--max-tokens", "48"],
     "plan_movies.py": ["--rows", "100", "--memory-rows", "50", "--load-rounds", "1"],
     "report_build.py": ["--rows", "200"],
     "scale.py": ["--short"],
