@@ -316,6 +316,67 @@ MIGRATIONS: list[str] = [
     DROP INDEX IF EXISTS attempts_by_lane;
     CREATE INDEX attempts_by_lane ON attempts(lane, at_utc) WHERE lane IN ('realtime', 'flex');
     """,
+    # 15: requests kept in the order they were planned and results in the order they came, each
+    # found by id through an index: a request's id is a hash, and tables ordered by it
+    # scattered each batch's requests (with their bodies) and answers over the whole table, so
+    # that what a batch did wrote pages all over both
+    """
+    CREATE TABLE requests_planned (
+        run_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        model TEXT NOT NULL,
+        body BLOB NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        max_output_tokens INTEGER NOT NULL,
+        first_row INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        batch_id INTEGER,
+        error TEXT,
+        worst_output_tokens INTEGER,
+        worst_usd REAL,
+        batch_worst_usd REAL,
+        worker_id TEXT,
+        held_usd REAL NOT NULL DEFAULT 0,
+        UNIQUE (run_id, id)
+    );
+    INSERT INTO requests_planned(run_id, id, content_hash, endpoint, model, body, input_tokens,
+        max_output_tokens, first_row, state, attempts, batch_id, error, worst_output_tokens,
+        worst_usd, batch_worst_usd, worker_id, held_usd)
+        SELECT run_id, id, content_hash, endpoint, model, body, input_tokens, max_output_tokens,
+        first_row, state, attempts, batch_id, error, worst_output_tokens, worst_usd,
+        batch_worst_usd, worker_id, held_usd FROM requests ORDER BY run_id, first_row;
+    DROP TABLE requests;
+    ALTER TABLE requests_planned RENAME TO requests;
+    CREATE INDEX requests_by_state ON requests(run_id, state, first_row);
+    CREATE INDEX requests_by_batch ON requests(run_id, batch_id, first_row);
+    CREATE TRIGGER requests_counted_in AFTER INSERT ON requests BEGIN
+        INSERT INTO request_counts(run_id, state, n) VALUES (new.run_id, new.state, 1)
+            ON CONFLICT(run_id, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER requests_counted_out AFTER DELETE ON requests BEGIN
+        UPDATE request_counts SET n = n - 1 WHERE run_id = old.run_id AND state = old.state;
+    END;
+    CREATE TABLE results_in_order (
+        run_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        response_json TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        lane TEXT NOT NULL,
+        created_at_utc TEXT NOT NULL,
+        UNIQUE (run_id, request_id)
+    );
+    INSERT INTO results_in_order SELECT r.run_id, r.request_id, r.response_json,
+        r.input_tokens, r.output_tokens, r.cost_usd, r.lane, r.created_at_utc FROM results r
+        LEFT JOIN requests q ON q.run_id = r.run_id AND q.id = r.request_id
+        ORDER BY r.run_id, q.first_row;
+    DROP TABLE results;
+    ALTER TABLE results_in_order RENAME TO results;
+    """,
 ]
 
 
