@@ -1,5 +1,5 @@
-"""Run defaults that depend on the environment: the poll interval (`BATCHPILOT_POLL_INTERVAL`)
-and the provider when none is named."""
+"""Run defaults that depend on the environment or the provider: the poll interval
+(`BATCHPILOT_POLL_INTERVAL`) and its ceiling, and the provider when none is named."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from batchpilot.errors import UserInputError
 __all__ = [
     "LOCAL_MODEL",
     "POLL_INTERVAL_ENV",
+    "default_max_poll_interval",
     "default_poll_interval",
     "default_provider",
     "provider_line",
@@ -19,6 +20,18 @@ __all__ = [
 
 POLL_INTERVAL_ENV = "BATCHPILOT_POLL_INTERVAL"
 LOCAL_MODEL = "smollm2"
+
+
+LOCAL_MAX_POLL_S = 0.5
+REMOTE_MAX_POLL_S = 60.0
+
+
+def default_max_poll_interval(local: bool, poll_interval_s: float) -> float:
+    """The longest wait between two polls of a batch, however long it may take: half a second
+    against the local provider, whose batches end when its model has answered (a poll costs
+    nothing there, and a wait past the end is time the user waits), a minute against a remote
+    one; never below the poll interval itself."""
+    return max(poll_interval_s, LOCAL_MAX_POLL_S if local else REMOTE_MAX_POLL_S)
 
 
 def default_poll_interval(local: bool, environ: Mapping[str, str] | None = None) -> float:

@@ -11,7 +11,7 @@ from batchpilot.lanes.ratelimit import RateLimits
 from batchpilot.plan.job import flex_offered, queue_capacity
 from batchpilot.pricing import PriceTable, prices_for, tier_limits
 from batchpilot.providers.base import FLEX, STANDARD
-from batchpilot.run.defaults import default_poll_interval
+from batchpilot.run.defaults import default_max_poll_interval, default_poll_interval
 from batchpilot.run.ingest import RetryPolicy
 from batchpilot.spec import JobSpec, LimitsSpec
 from batchpilot.spec.model import parse_deadline
@@ -72,6 +72,7 @@ def limit_settings(
     def per_batch(model: str) -> int | None:
         return limits.tokens_per_batch if limits.tokens_per_batch is not None else queue(model)
 
+    interval = poll_interval if poll_interval is not None else default_poll_interval(local)
     return RunSettings(
         requests_per_batch=limits.requests_per_batch,
         bytes_per_batch=limits.bytes_per_batch,
@@ -80,9 +81,8 @@ def limit_settings(
         budget_usd=budget,
         prices=prices,
         retry=RetryPolicy(limits.max_attempts),
-        poll_interval_s=poll_interval
-        if poll_interval is not None
-        else default_poll_interval(local),
+        poll_interval_s=interval,
+        max_poll_interval_s=default_max_poll_interval(local, interval),
         detach=detach,
         cancel_on_exit=cancel_on_exit,
     )
