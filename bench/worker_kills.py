@@ -6,9 +6,12 @@ and the export equals a single process's run of the same job on the SQLite store
     python bench/worker_kills.py [--requests 20000] [--workers 4] [--kills 20] [--url ...]
 
 `batchpilot run --detach` plans the job into the store (and submits its first batches); then
-`--workers` workers with `--per-run 0` drive the run together, each its own batches. Every
-`--every` seconds or so (at random) one worker is killed and a new one started; a dead worker's
-batches are adopted by the others once its lease (`--lease`) runs out. Beside it, one process
+`--workers` workers with `--per-run 0` drive the run together, each its own batches. The kills
+are spread over the run, not the clock, so that a faster run is killed as often: one is due each
+time about another `1 / (kills + 1)` of the batches has ended (within the first 80% of them, at
+random), at least `--every` seconds after the one before; a random worker is killed and a new one
+started, and a dead worker's batches are adopted by the others once its lease (`--lease`) runs
+out. Beside it, one process
 runs the same job on a server of its own with the SQLite store. The PostgreSQL server is `--url`,
 else `BATCHPILOT_TEST_POSTGRES` (`.ci/postgres` starts one); the run has a schema of its own,
 dropped afterwards. Exits 1 if a check fails.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import secrets
@@ -35,6 +39,7 @@ import httpx
 import openai
 import yaml
 
+from batchpilot.store import BatchState
 from batchpilot.store.opening import STORE_ENV, open_store
 
 BATCHPILOT = [sys.executable, "-m", "batchpilot"]
@@ -169,6 +174,17 @@ class Pool:
                 process.wait()
 
 
+def kill_marks(batches: int, kills: int, rng: random.Random) -> list[int]:
+    """How many batches have ended when each kill is due: evenly spread over the first 80% of
+    the run's batches, each moved at random by up to half a step."""
+    span = max(1.0, 0.8 * batches)
+    step = span / (kills + 1)
+    return sorted(
+        min(int(span), max(0, round(step * (i + 1) + rng.uniform(-step / 2, step / 2))))
+        for i in range(kills)
+    )
+
+
 def run_shared(args: argparse.Namespace, root: Path, store_url: str) -> dict[str, Any]:
     directory = root / "shared"
     directory.mkdir()
@@ -192,14 +208,17 @@ def run_shared(args: argparse.Namespace, root: Path, store_url: str) -> dict[str
         watch = open_store(directory / "state", {STORE_ENV: store_url})
         try:
             (run,) = watch.runs()
-            kills, due = 0, time.monotonic() + rng.uniform(0.5, 2) * args.every
+            marks = kill_marks(-(-args.requests // args.per_batch), args.kills, rng)
+            kills, last = 0, -math.inf
             while (status := watch.run(run.id)) is not None and status.status != "finished":
                 if time.monotonic() - began > args.timeout:
                     raise SystemExit("the shared run did not finish in time")
-                if kills < args.kills and time.monotonic() >= due:
-                    pool.kill_one(rng)
-                    kills += 1
-                    due = time.monotonic() + rng.uniform(0.5, 1.5) * args.every
+                if kills < args.kills and time.monotonic() - last >= args.every:
+                    ended = len(watch.batches(run.id, [BatchState.FINISHED]))
+                    if ended >= marks[kills]:
+                        pool.kill_one(rng)
+                        kills += 1
+                        last = time.monotonic()
                 time.sleep(0.05)
             seconds, plan_s = time.monotonic() - began, driven - began
             owners = Counter(b.worker_id for b in watch.batches(run.id))
@@ -266,7 +285,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--per-batch", type=int, default=200, help="requests per batch")
-    parser.add_argument("--every", type=float, default=5.0, help="seconds between kills, about")
+    parser.add_argument("--every", type=float, default=0.0, help="least seconds between kills")
     parser.add_argument("--lease", type=float, default=3.0, help="each worker's lease, seconds")
     parser.add_argument("--time-scale", type=float, default=600.0, help="the server's clock")
     parser.add_argument("--seed", type=int, default=15)
@@ -275,13 +294,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--url", default=os.environ.get("BATCHPILOT_TEST_POSTGRES"))
     args = parser.parse_args(argv)
     if args.short:
-        args.requests, args.workers, args.kills, args.per_batch, args.every = 300, 2, 3, 20, 1.5
+        args.requests, args.workers, args.kills, args.per_batch = 300, 2, 3, 20
     if not args.url:
         print("no PostgreSQL server (--url or BATCHPILOT_TEST_POSTGRES): skipped")
         return 0
     print(
         f"{args.requests:,} requests in batches of {args.per_batch}, {args.workers} workers on "
-        f"one run, {args.kills} kills (SIGKILL) about every {args.every:g}s, lease {args.lease:g}s"
+        f"one run, {args.kills} kills (SIGKILL) spread over its batches, lease {args.lease:g}s"
     )
     schema, store_url = schema_url(args.url)
     try:

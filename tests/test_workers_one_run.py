@@ -252,7 +252,7 @@ def test_workers_killed_at_random_on_one_run_end_it_as_one_process_does(tmp_path
     url = os.environ.get(POSTGRES_ENV) or postgres_url(tmp_path)  # skips (or fails) without one
     script = Path(__file__).parent.parent / "bench" / "worker_kills.py"
     command = [sys.executable, str(script), "--requests", "400", "--workers", "3"]
-    command += ["--kills", "5", "--per-batch", "20", "--every", "2", "--url", url]
+    command += ["--kills", "5", "--per-batch", "20", "--url", url]
     done = subprocess.run(command, capture_output=True, timeout=1700, cwd=tmp_path)
     output = done.stdout.decode()
     assert done.returncode == 0, output + done.stderr.decode()
