@@ -113,6 +113,14 @@ def test_commands_that_build_no_provider_yet_load_no_sdk(module: str) -> None:
     assert not loaded & SDKS, sorted(loaded & SDKS)
 
 
+@pytest.mark.parametrize("module", ["cli.run", "cli.plan", "run", "plan"])
+def test_a_job_without_a_response_schema_loads_no_schema_validator(module: str) -> None:
+    loaded = _loaded_after(f"import batchpilot.{module}")
+    assert not loaded & {"jsonschema", "referencing"}, sorted(
+        loaded & {"jsonschema", "referencing"}
+    )
+
+
 def test_building_a_provider_loads_its_own_sdk_only() -> None:
     loaded = _loaded_after(
         "from batchpilot.providers import ProviderSpec, provider_for\n"

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pydantic
 
 from batchpilot.data.jsonlines import MAX_DEPTH, check_depth
@@ -72,6 +71,8 @@ def _from_file(target: str, base_dir: Path, *, strict: bool) -> tuple[str, dict[
     data = load_yaml(path).data if yaml_file else _read_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f'{path}: a response schema is a JSON object, e.g. {{"type": "object"}}')
+    import jsonschema  # here: a job without a response schema never needs it
+
     validator = jsonschema.validators.validator_for(data, default=jsonschema.Draft202012Validator)
     try:
         validator.check_schema(data)
