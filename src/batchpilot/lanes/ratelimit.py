@@ -126,21 +126,26 @@ class Throttle:
         if bucket is not None and tokens > bucket.capacity:
             raise TooLarge(tokens, bucket.capacity)
 
+    def _take_now(self, tokens: int) -> float:
+        """Take one request and `tokens` tokens if every bucket has them now and returns 0;
+        else takes nothing and returns how long until they are there."""
+        now = self._clock()
+        needs = self._needs(tokens)
+        for bucket, _ in needs:
+            bucket.refill(now)
+        wait = max([self._paused_until - now, *(b.wait_for(a) for b, a in needs)])
+        if wait <= 0:
+            for bucket, amount in needs:
+                bucket.take(amount)
+        return wait
+
     def try_acquire(self, tokens: int) -> bool:
         """Take one request and `tokens` tokens if every bucket has them now and nobody is
         waiting in `acquire`; False (taking nothing) otherwise."""
         if self._lock.locked():
             return False
         self.check_size(tokens)
-        now = self._clock()
-        needs = self._needs(tokens)
-        for bucket, _ in needs:
-            bucket.refill(now)
-        if self._paused_until > now or any(b.wait_for(a) > 0 for b, a in needs):
-            return False
-        for bucket, amount in needs:
-            bucket.take(amount)
-        return True
+        return self._take_now(tokens) <= 0
 
     async def acquire(self, tokens: int) -> None:
         """Wait until one request and `tokens` tokens are free in every bucket, then take them.
@@ -152,14 +157,8 @@ class Throttle:
         async with self._lock:
             while True:
                 self.check_size(tokens)
-                now = self._clock()
-                needs = self._needs(tokens)
-                for bucket, _ in needs:
-                    bucket.refill(now)
-                wait = max([self._paused_until - now, *(b.wait_for(a) for b, a in needs)])
+                wait = self._take_now(tokens)
                 if wait <= 0:
-                    for bucket, amount in needs:
-                        bucket.take(amount)
                     return
                 await self._sleep(wait)
 

@@ -47,8 +47,17 @@ RESERVED_PARAMS = frozenset({"model", "messages", "input", "instructions", "stre
 # Counts past this are typos; it keeps every count inside SQLite's 64-bit integers.
 _HUGE = 10**12
 MAX_SLOTS = 64
-MAX_THREADS = 256
 """The most decoding slots a job may ask of the local model."""
+MAX_THREADS = 256
+"""The most CPU threads a job may ask of the local model."""
+
+# What a local model's setting says when the provider runs no model here.
+_LOCAL_ONLY = {
+    "slots": "slots sets the local model's decoding slots; provider kind '{kind}' has none: "
+    "remove provider.slots (real-time concurrency is realtime.concurrency)",
+    "threads": "threads sets the local model's CPU threads; provider kind '{kind}' runs no "
+    "model here: remove provider.threads",
+}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -145,26 +154,12 @@ class ProviderSpec(Strict):
         "choice (the physical cores); fewer leave room for other work on a shared machine.",
     )
 
-    @field_validator("slots")
+    @field_validator("slots", "threads")
     @classmethod
-    def _slots_are_local(cls, value: int | None, info: ValidationInfo) -> int | None:
+    def _only_local(cls, value: int | None, info: ValidationInfo) -> int | None:
         kind = info.data.get("kind")
         if value is not None and kind is not None and kind != "local":
-            raise ValueError(
-                f"slots sets the local model's decoding slots; provider kind '{kind}' has "
-                "none: remove provider.slots (real-time concurrency is realtime.concurrency)"
-            )
-        return value
-
-    @field_validator("threads")
-    @classmethod
-    def _threads_are_local(cls, value: int | None, info: ValidationInfo) -> int | None:
-        kind = info.data.get("kind")
-        if value is not None and kind is not None and kind != "local":
-            raise ValueError(
-                f"threads sets the local model's CPU threads; provider kind '{kind}' runs "
-                "no model here: remove provider.threads"
-            )
+            raise ValueError(_LOCAL_ONLY[str(info.field_name)].format(kind=kind))
         return value
 
     @model_validator(mode="after")
