@@ -30,6 +30,19 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 OPEN_CLIENTS: list[openai.OpenAI] = []
 
 
+def old_store(path: Path, version: int) -> sqlite3.Connection:
+    """A store file as batchpilot left it at schema `version` (still open, to fill)."""
+    from batchpilot.store.migrations import MIGRATIONS, statements
+
+    db = sqlite3.connect(path)
+    register(db)
+    for script in MIGRATIONS[:version]:
+        for statement in statements(script):
+            db.execute(statement)
+    db.execute(f"PRAGMA user_version = {version}")
+    return db
+
+
 def sql(path: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
     """Run one statement on a store's SQLite file through a connection of its own (committed):
     a test's look at, or change to, the raw tables (`unpack(column)` reads a packed value)."""

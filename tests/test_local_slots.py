@@ -85,20 +85,21 @@ def test_the_job_sets_the_slots_and_a_wrong_value_names_the_field(tmp_path: Path
         job_from_dict(remote, base_dir=tmp_path, environ={})
 
 
-def test_run_takes_slots_on_the_command_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--slots", "--threads"])
+def test_run_takes_the_local_models_settings_on_the_command_line(tmp_path: Path, flag: str) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(json.dumps(_job(tmp_path)))
     state = str(tmp_path / "state")
-    result = CliRunner().invoke(cli, ["run", str(path), "--state", state, "--slots", "0"])
+    result = CliRunner().invoke(cli, ["run", str(path), "--state", state, flag, "0"])
     assert result.exit_code == 2
-    assert "--slots" in result.output and "Traceback" not in result.output
+    assert flag in result.output and "Traceback" not in result.output
 
     requests = tmp_path / "requests.jsonl"
     requests.write_text(json.dumps(chat_line("a", "hi")) + "\n")
-    command = ["run", "--requests", str(requests), "--state", state, "--slots", "2"]
+    command = ["run", "--requests", str(requests), "--state", state, flag, "2"]
     result = CliRunner().invoke(cli, command)
     assert result.exit_code == 2
-    assert "drop --slots" in result.output
+    assert f"drop {flag}" in result.output
     assert not (tmp_path / "state").exists()
 
 
@@ -112,20 +113,6 @@ def test_the_job_sets_the_model_threads_and_only_for_the_local_provider(tmp_path
     remote["provider"]["kind"] = "openai"
     with pytest.raises(ConfigError, match=r"provider\.threads: .*local model's CPU threads"):
         job_from_dict(remote, base_dir=tmp_path, environ={})
-
-    path = tmp_path / "job.yaml"
-    path.write_text(json.dumps(_job(tmp_path)))
-    state = str(tmp_path / "state")
-    result = CliRunner().invoke(cli, ["run", str(path), "--state", state, "--threads", "0"])
-    assert result.exit_code == 2
-    assert "--threads" in result.output and "Traceback" not in result.output
-    requests = tmp_path / "requests.jsonl"
-    requests.write_text(json.dumps(chat_line("a", "hi")) + "\n")
-    command = ["run", "--requests", str(requests), "--state", state, "--threads", "2"]
-    result = CliRunner().invoke(cli, command)
-    assert result.exit_code == 2
-    assert "drop --threads" in result.output
-    assert not (tmp_path / "state").exists()
 
 
 def _ask(city: str) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from batchpilot.store import (
 from batchpilot.store.migrations import MIGRATIONS, migrate, statements
 from batchpilot.store.states import BATCH_MOVES
 
+from helpers import old_store
+
 RUN = "run-1"
 EP = "/v1/chat/completions"
 B, R = BatchState, RequestState
@@ -386,19 +388,9 @@ def test_a_store_with_the_old_cache_is_upgraded_and_its_answers_still_serve(
         store.close()
 
 
-def _old_store(path: Path, version: int) -> sqlite3.Connection:
-    """A store file as batchpilot left it at schema `version` (still open, to fill)."""
-    db = sqlite3.connect(path)
-    for script in MIGRATIONS[:version]:
-        for statement in statements(script):
-            db.execute(statement)
-    db.execute(f"PRAGMA user_version = {version}")
-    return db
-
-
 def test_an_older_store_gets_its_counts_totals_and_batch_counter(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    with closing(_old_store(path, 5)) as db, db:
+    with closing(old_store(path, 5)) as db, db:
         db.execute(
             "INSERT INTO runs VALUES ('old', 'j', '{}', 'openai', 'e', 'running', NULL, 't', NULL)"
         )

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 from batchpilot.store import (
     BatchState,
@@ -21,8 +19,9 @@ from batchpilot.store import (
     SQLiteStore,
     utc_now,
 )
-from batchpilot.store.migrations import MIGRATIONS, statements
-from batchpilot.store.packing import register
+from batchpilot.store.migrations import MIGRATIONS
+
+from helpers import old_store, sql
 
 EP = "/v1/chat/completions"
 RUN = "run"
@@ -32,11 +31,6 @@ COUNT = 60
 def _id(index: int) -> str:
     """A request id as the planner makes them: a hash, in no relation to the row's place."""
     return "bp-" + hashlib.sha256(str(index).encode()).hexdigest()[:32]
-
-
-def _sql(path: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(path)) as db:
-        return db.execute(query, params).fetchall()
 
 
 def _planned(store: SQLiteStore) -> None:
@@ -66,15 +60,15 @@ def test_a_batchs_requests_and_results_are_neighbours_whatever_their_ids(tmp_pat
         ]
         store.finish_batch(RUN, batch, outcomes)
 
-        order = _sql(path, "SELECT first_row FROM requests ORDER BY rowid")
+        order = sql(path, "SELECT first_row FROM requests ORDER BY rowid")
         assert [row for (row,) in order] == list(range(COUNT))
-        span = _sql(
+        span = sql(
             path,
             "SELECT MAX(rowid) - MIN(rowid) + 1, COUNT(*) FROM requests WHERE batch_id = ?",
             batch,
         )
         assert span == [(20, 20)]
-        span = _sql(path, "SELECT MAX(rowid) - MIN(rowid) + 1, COUNT(*) FROM results")
+        span = sql(path, "SELECT MAX(rowid) - MIN(rowid) + 1, COUNT(*) FROM results")
         assert span == [(20, 20)]
         joined = [r for r in store.joined_rows(RUN) if r.response_json]
         assert [json.loads(r.response_json or "")["n"] for r in joined] == list(range(20, 40))
@@ -89,13 +83,13 @@ def test_a_request_or_a_result_is_still_kept_once_per_id(tmp_path: Path) -> None
         _planned(store)
         again = NewRequest(_id(3), "other", EP, "m", b"{}", 1, 1, 99, 1)
         store.add_planned(RUN, [], [again])  # planned again: the first one stays
-        assert _sql(path, "SELECT COUNT(*), MIN(first_row) FROM requests WHERE id = ?", _id(3)) == [
+        assert sql(path, "SELECT COUNT(*), MIN(first_row) FROM requests WHERE id = ?", _id(3)) == [
             (1, 3)
         ]
         assert store.request_counts(RUN)["pending"] == COUNT
         assert store.claim_realtime(RUN, _id(3))
         store.finish_realtime(RUN, Outcome(_id(3), RequestState.SUCCEEDED, {"a": 1}, 1, 1, 0.1))
-        assert _sql(path, "SELECT COUNT(*) FROM results WHERE request_id = ?", _id(3)) == [(1,)]
+        assert sql(path, "SELECT COUNT(*) FROM results WHERE request_id = ?", _id(3)) == [(1,)]
     finally:
         store.close()
 
@@ -103,12 +97,7 @@ def test_a_request_or_a_result_is_still_kept_once_per_id(tmp_path: Path) -> None
 def test_an_older_store_is_rebuilt_in_planned_order_and_reads_the_same(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     version = next(i for i, m in enumerate(MIGRATIONS) if "requests_planned" in m)
-    with closing(sqlite3.connect(path)) as db, db:
-        register(db)
-        for script in MIGRATIONS[:version]:
-            for statement in statements(script):
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version = {version}")
+    with closing(old_store(path, version)) as db, db:
         db.execute(
             "INSERT INTO runs(id, job_name, spec_json, provider, endpoint, status, "
             "budget_usd, created_at_utc) VALUES (?, 'j', '{}', 'openai', ?, 'running', NULL, 't')",
@@ -142,13 +131,13 @@ def test_an_older_store_is_rebuilt_in_planned_order_and_reads_the_same(tmp_path:
     store = SQLiteStore(path)
     try:
         for table, rows in before.items():
-            assert sorted(_sql(path, f"SELECT * FROM {table}")) == rows, table
+            assert sorted(sql(path, f"SELECT * FROM {table}")) == rows, table
         for table in ("requests", "results"):
-            schema = _sql(path, "SELECT sql FROM sqlite_master WHERE name = ?", table)[0][0]
+            schema = sql(path, "SELECT sql FROM sqlite_master WHERE name = ?", table)[0][0]
             assert "WITHOUT ROWID" not in schema, table
-        order = _sql(path, "SELECT first_row FROM requests ORDER BY rowid")
+        order = sql(path, "SELECT first_row FROM requests ORDER BY rowid")
         assert [row for (row,) in order] == list(range(COUNT))
-        names = {name for (name,) in _sql(path, "SELECT name FROM sqlite_master")}
+        names = {name for (name,) in sql(path, "SELECT name FROM sqlite_master")}
         assert {"requests_by_state", "requests_by_batch", "requests_counted_in"} <= names
         assert [r.first_row for r in store.pending(RUN, 5)] == [0, 2, 4, 6, 8]
         assert store.request_counts(RUN)["succeeded"] == COUNT // 2

@@ -12,9 +12,11 @@ from contextlib import closing
 from pathlib import Path
 
 from batchpilot.store import BatchState, Outcome, RequestState, RunRecord, SQLiteStore, utc_now
-from batchpilot.store.migrations import MIGRATIONS, statements
+from batchpilot.store.migrations import MIGRATIONS
 from batchpilot.store.packing import ANSWER, PLAIN, WITH_ROW, pack, unpack
 from batchpilot.store.records import AnswerFilter
+
+from helpers import old_store
 
 EP = "/v1/chat/completions"
 B, R = BatchState, RequestState
@@ -147,11 +149,7 @@ def test_a_row_planned_again_keeps_the_data_its_request_is_packed_against(
 def test_an_older_store_is_packed_in_place_and_reads_the_same(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     version = MIGRATIONS.index(next(m for m in MIGRATIONS if "packed_rows" in m))
-    with closing(sqlite3.connect(path)) as db, db:
-        for script in MIGRATIONS[:version]:
-            for statement in statements(script):
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version = {version}")
+    with closing(old_store(path, version)) as db, db:
         db.execute(
             "INSERT INTO runs VALUES ('old', 'j', '{}', 'openai', ?, 'running', NULL, 't', NULL, "
             "'job')",
