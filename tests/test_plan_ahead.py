@@ -1,20 +1,26 @@
-"""Planning with hashing and counting on a second thread gives exactly the plan of the simple
-one-row-at-a-time path: ids, lines, token counts, batches, lint, worst cases and prices."""
+"""Planning a few chunks ahead, with tokens counted in a second process, gives exactly the plan of
+the simple one-row-at-a-time path: ids, lines, token counts, batches, lint, worst cases and
+prices; and it does so whatever becomes of the counting process."""
 
 from __future__ import annotations
 
 import base64
+import io
 import random
-import threading
+import sys
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
+from batchpilot import count_worker
 from batchpilot.plan import BatchLimits, Item, PlannedRequest, Planner, PlanResult, PlanSettings
-from batchpilot.plan.ahead import CHUNK
+from batchpilot.plan import ahead as ahead_module
+from batchpilot.plan.ahead import CHUNK, WORKER_ENV, Counter
 from batchpilot.pricing import prices_for
 from batchpilot.store.seen import SeenKeys
+from batchpilot.tokens import count_request
 
 WORDS = ("the", "a", "sailor", "storm", "île", "naïve", "東京", "☃", "🎬", "dies", "\n\t", '"')
 WORDS += ("\\", "42", "0.5")
@@ -143,25 +149,108 @@ def plan(items: Iterator[Item], *, ahead: bool) -> tuple[dict[str, Any], Recorde
     return summary, sink, result
 
 
-@pytest.mark.parametrize(("seed", "rows"), [(1, 3 * CHUNK + 17), (2, CHUNK), (3, 5)])
-def test_planning_ahead_gives_the_plan_of_one_row_at_a_time(seed: int, rows: int) -> None:
+class Started:
+    """The counting processes a test's plans start, and how many counts came back from them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counters: list[Counter] = []
+        self.applied = 0
+        start, apply = Counter.start.__func__, ahead_module._apply  # type: ignore[attr-defined]
+        offer = Counter.offer
+
+        def recorded_start(cls: type[Counter]) -> Counter | None:
+            counter = start(cls)
+            if counter is not None:
+                self.counters.append(counter)
+            return counter
+
+        def recorded_apply(given: list[Any], answers: Any) -> bool:
+            well_formed: bool = apply(given, answers)
+            if well_formed and len(answers) == len(given):
+                self.applied += sum(answer is not None for answer in answers)
+            return well_formed
+
+        def ready_offer(counter: Counter, rows: list[Any]) -> list[Any] | None:
+            given = offer(counter, rows)
+            counter.wait_ready()  # the process takes its share however fast the plan goes
+            return given
+
+        monkeypatch.setattr(Counter, "start", classmethod(recorded_start))
+        monkeypatch.setattr(Counter, "offer", ready_offer)
+        monkeypatch.setattr(ahead_module, "_apply", recorded_apply)
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> Started:
+    monkeypatch.setenv(WORKER_ENV, "1")
+    return Started(monkeypatch)
+
+
+@pytest.mark.parametrize(("seed", "rows"), [(1, 6 * CHUNK + 17), (2, CHUNK), (3, 5)])
+def test_planning_ahead_gives_the_plan_of_one_row_at_a_time(
+    seed: int, rows: int, started: Started
+) -> None:
     simple, simple_sink, _ = plan(varied_items(seed, rows), ahead=False)
     ahead, ahead_sink, result = plan(varied_items(seed, rows), ahead=True)
     assert ahead == simple
     assert ahead_sink.added == simple_sink.added
     assert ahead_sink.closed is result
     codes = {finding["code"] for finding in simple["findings"]}
-    if rows > CHUNK:  # the rows are as varied as they are meant to be
+    if rows > CHUNK:  # the rows are as varied as they are meant to be, and counted elsewhere
         assert simple["duplicate_rows"] and simple["skipped_rows"] and len(simple["batches"]) > 3
         assert {"duplicate_row_id", "bad_request", "reasoning_model"} <= codes
         assert {"duplicate_custom_id", "over_queue_limit"} & codes
+        assert len(started.counters) == 1 and started.applied > CHUNK
+    assert all(counter.process.returncode is not None for counter in started.counters)
 
 
-def test_a_count_that_fails_ahead_fails_the_plan_where_it_would_have() -> None:
+def test_planning_ahead_without_the_counting_process_gives_the_same_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(WORKER_ENV, "0")
+    spy = Started(monkeypatch)
+    simple, simple_sink, _ = plan(varied_items(4, 3 * CHUNK), ahead=False)
+    ahead, ahead_sink, _ = plan(varied_items(4, 3 * CHUNK), ahead=True)
+    assert (ahead, ahead_sink.added) == (simple, simple_sink.added)
+    assert spy.counters == []
+
+
+BROKEN_WORKERS = {
+    "cannot start": ("/nonexistent/python",),
+    "exits at once": (sys.executable, "-c", "import sys; sys.stdin.buffer.read(4)"),
+    "answers garbage": (
+        sys.executable,
+        "-c",
+        "import sys\nwhile sys.stdin.buffer.read(1):\n"
+        "    sys.stdout.buffer.write(b'\\x02\\x00\\x00\\x00[]'); sys.stdout.flush()",
+    ),
+    "dies after the warm-up": (
+        sys.executable,
+        "-c",
+        "import sys, struct\nn, = struct.unpack('<I', sys.stdin.buffer.read(4))\n"
+        "sys.stdin.buffer.read(n); sys.stdout.buffer.write(b'\\x04\\x00\\x00\\x00[[1'); "
+        "sys.stdout.flush()",
+    ),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_WORKERS))
+def test_a_counting_process_that_fails_leaves_the_plan_as_it_would_be(
+    broken: str, started: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Counter, "command", BROKEN_WORKERS[broken])
+    simple, simple_sink, _ = plan(varied_items(6, 5 * CHUNK), ahead=False)
+    ahead, ahead_sink, _ = plan(varied_items(6, 5 * CHUNK), ahead=True)
+    assert (ahead, ahead_sink.added) == (simple, simple_sink.added)
+    assert started.applied == 0
+    assert all(counter.process.returncode is not None for counter in started.counters)
+
+
+def test_a_count_that_fails_ahead_fails_the_plan_where_it_would_have(started: Started) -> None:
     def items() -> Iterator[Item]:
-        for index in range(2 * CHUNK):
+        for index in range(4 * CHUNK):
             body = chat("gpt-4o-mini", f"row {index}")
-            if index == CHUNK + 3:
+            if index == 3 * CHUNK + 3:
                 body["messages"][0]["content"] = [{"type": "text", "text": 7}]
             endpoint = "/v1/chat/completions"
             yield Item(index, f"r{index}", f"in:{index}", endpoint, body, rendered=True)
@@ -169,6 +258,28 @@ def test_a_count_that_fails_ahead_fails_the_plan_where_it_would_have() -> None:
     for ahead in (False, True):
         with pytest.raises(TypeError):
             plan(items(), ahead=ahead)
+    assert started.applied > 0
+
+
+def test_the_counting_process_answers_each_frame_as_count_request_would() -> None:
+    good = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a sailor dies"}]}
+    part = {"type": "text", "text": 7}
+    bad = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [part]}]}
+    pairs = [["/v1/chat/completions", good], ["/v1/chat/completions", bad], ["/v1/x", good]]
+    source = io.BytesIO(
+        count_worker.frame(orjson.dumps(pairs))
+        + count_worker.frame(b"[not json")
+        + count_worker.frame(b"[]")
+        + b"\x09\x00"  # a frame cut short ends the input
+    )
+    sink = io.BytesIO()
+    count_worker.serve(source, sink)
+    sink.seek(0)
+    decoded = []
+    while (payload := count_worker.read_frame(sink)) is not None:
+        decoded.append(orjson.loads(payload))
+    expected = count_request(good, "/v1/chat/completions")
+    assert decoded == [[[expected.tokens, expected.exact], None, None], None, []]
 
 
 def test_ids_looked_up_together_are_new_exactly_when_one_at_a_time_says_so() -> None:
@@ -188,18 +299,18 @@ def test_ids_looked_up_together_are_new_exactly_when_one_at_a_time_says_so() -> 
         alone.close()
 
 
-def test_a_plan_that_fails_stops_its_counting_thread_at_once() -> None:
+def test_a_plan_that_fails_stops_its_counting_process_at_once(started: Started) -> None:
     class Failing(Recorder):
         def add(self, planned: PlannedRequest) -> None:
-            if planned.item.index == CHUNK // 2:
+            if planned.item.index >= 2 * CHUNK:
                 raise OSError("disk full")
 
     settings = PlanSettings(limits=BatchLimits(), tokens_per_batch=lambda model: None)
     failed: OSError | None = None
     try:
-        Planner(settings).plan(varied_items(7, 4 * CHUNK), Failing(), ahead=True)
+        Planner(settings).plan(varied_items(7, 6 * CHUNK), Failing(), ahead=True)
     except OSError as error:
-        failed = error  # its traceback keeps the plan's frame alive, and so the thread's owner
+        failed = error  # its traceback keeps the plan's frame alive, and so the process's owner
     assert failed is not None and str(failed) == "disk full"
-    counting = [t for t in threading.enumerate() if t.name.startswith("batchpilot-count")]
-    assert not counting
+    (counter,) = started.counters
+    assert counter.process.returncode is not None  # ended and waited for

@@ -1,31 +1,52 @@
-"""Counting tokens ahead of the planner, on a second thread.
+"""Counting tokens ahead of the planner, in a second process.
 
-tiktoken lets go of the GIL while it counts, so one worker thread counts the bodies of a chunk
-of rows while the planner reads, renders and hashes the next chunk and packs the one before
-(hashlib lets go of the GIL too, which gives the worker its turns). Every body is counted,
-duplicates included; a count that fails keeps its error, which the planner raises only where
-it uses that count, as it would have counted it itself.
+Counting a chunk's tokens is most of the work of planning a large job. Threads cannot share
+it: tiktoken lets go of the GIL while it counts a text but takes it back for every count it
+returns, and two threads handing the GIL to each other that often spend more than the second
+core gives. So once a plan has spent `START_AFTER` seconds counting (a small plan never pays
+for starting a process), a child process (`batchpilot.count_worker`) counts the chunks it has
+room for while the planner reads, renders and hashes the next ones and counts those the child
+has no room for: both cores work and neither waits long for the other. The plan is the same
+either way: whatever the child does not count, a body it fails on or every body once it is
+gone, the planner counts itself, raising a count's error where it uses that count.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import functools
+import os
+import select
+import subprocess
+import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
+import orjson
+
+from batchpilot.count_worker import HEADER, frame
 from batchpilot.store.seen import SeenKeys
 from batchpilot.tokens import TokenCount, count_request
 
 if TYPE_CHECKING:
     from batchpilot.plan.planner import Item
 
-__all__ = ["CHUNK", "Prepared", "count", "look_up", "read_ahead"]
+__all__ = ["CHUNK", "WORKER_ENV", "Counter", "Prepared", "count", "look_up", "read_ahead"]
 
 CHUNK = 128
-"""Rows per chunk: two chunks are in flight at most, so memory stays flat."""
+"""Rows per chunk: a few chunks are in flight at most, so memory stays flat."""
+DEPTH = 4
+"""Chunks prepared before the planner takes the oldest."""
+BACKLOG = 3
+"""Chunks the counting process holds at most; the planner counts any chunk beyond them."""
+START_AFTER = 0.1
+"""Seconds the planner spends counting before it starts the counting process."""
+WORKER_ENV = "BATCHPILOT_COUNT_WORKER"
+"""`0`: never start the counting process; `1`: start it with the first chunk."""
+PIPE_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -50,7 +71,7 @@ class Prepared:
         return self.body is not None and self.problem is None
 
     def tokens(self) -> TokenCount:
-        """The body's count, counted now unless the worker counted it."""
+        """The body's count, counted now unless it was counted ahead."""
         counted = self.counted
         if counted is None:
             assert self.body is not None
@@ -62,7 +83,7 @@ class Prepared:
 
 def count(prepared: Prepared) -> None:
     """Count a ready row's body, keeping the error of a count that fails."""
-    if not prepared.ready():
+    if not prepared.ready() or prepared.counted is not None:
         return
     try:
         assert prepared.body is not None
@@ -71,22 +92,170 @@ def count(prepared: Prepared) -> None:
         prepared.counted = exc
 
 
-class _Chunk:
-    """Rows counted by whichever thread claims each first: the worker, and the planner itself
-    once it needs the chunk (so neither waits while the other counts)."""
+class Counter:
+    """The counting process, and the rows of each chunk given to it, oldest first."""
 
-    __slots__ = ("claims", "rows")
+    command = (sys.executable, "-m", "batchpilot.count_worker")
 
-    def __init__(self, rows: list[Prepared]) -> None:
-        self.rows = rows
-        self.claims = itertools.count()  # next() is atomic: each row is claimed once
+    def __init__(self, process: subprocess.Popen[bytes], capacity: int) -> None:
+        self.process = process
+        self.capacity = capacity
+        self.given: deque[list[Prepared]] = deque()
+        self.alive = True
+        self._warming: list[Prepared] | None = None
+        self._received = bytearray()
+        assert process.stdin is not None and process.stdout is not None
+        self._stdin: IO[bytes] = process.stdin
+        self._stdout = process.stdout.fileno()
 
-    def work(self) -> None:
-        rows = self.rows
-        for index in self.claims:
-            if index >= len(rows):
+    @classmethod
+    def start(cls) -> Counter | None:
+        """A new counting process, or None where one cannot be started."""
+        try:
+            process = subprocess.Popen(
+                cls.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C stops the planner, which ends its input
+            )
+        except OSError:
+            return None
+        assert process.stdin is not None and process.stdout is not None
+        capacity = min(_widen(process.stdin), _widen(process.stdout))
+        os.set_blocking(process.stdout.fileno(), False)
+        return cls(process, capacity)
+
+    def offer(self, rows: list[Prepared]) -> list[Prepared] | None:
+        """Give the process the ready rows of a chunk to count, unless it holds `BACKLOG`
+        chunks already (or the chunk would not fit in its pipe beside another); the rows
+        given, or None."""
+        if not self.alive:
+            return None
+        self._receive(wait_for=None)
+        if len(self.given) >= BACKLOG:
+            return None
+        given, parts = [], []
+        for prepared in rows:
+            if not prepared.ready():
+                continue
+            try:
+                body = orjson.dumps(prepared.body)
+            except TypeError:  # integers past 64 bits, keys that are not strings
+                continue
+            given.append(prepared)
+            parts.append(b"[" + _endpoint_json(prepared.item.endpoint) + b"," + body + b"]")
+        if self._warming is None:  # first one body, whose answer says the process is ready
+            self._warming = []
+            self._send(parts[:1], self._warming)
+            return None
+        if any(chunk is self._warming for chunk in self.given):
+            return None
+        return given if self._send(parts, given) else None
+
+    def _send(self, parts: list[bytes], given: list[Prepared]) -> bool:
+        message = frame(b"[" + b",".join(parts) + b"]")
+        if self.given and len(message) > self.capacity:
+            return False  # it would wait for the process to finish the chunk it holds
+        try:
+            self._stdin.write(message)
+            self._stdin.flush()
+        except OSError:
+            self._fail()
+            return False
+        self.given.append(given)
+        return True
+
+    def wait_ready(self) -> None:
+        """Wait until the process has answered the body it was first given, once given one."""
+        if self._warming is not None:
+            self.wait_for(self._warming)
+
+    def wait_for(self, given: list[Prepared]) -> None:
+        """Wait until the process has answered for `given` (or is gone)."""
+        while self.alive and any(chunk is given for chunk in self.given):
+            self._receive(wait_for=given)
+
+    def close(self) -> None:
+        """End the process (it holds nothing worth waiting for)."""
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def _receive(self, wait_for: list[Prepared] | None) -> None:
+        """Read what the process has written; with `wait_for`, wait for something first."""
+        if wait_for is not None:
+            select.select([self._stdout], [], [], 1.0)
+        while True:
+            try:
+                data = os.read(self._stdout, PIPE_BYTES)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._fail()
                 return
-            count(rows[index])
+            self._received += data
+        while len(self._received) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._received)
+            end = HEADER.size + size
+            if len(self._received) < end:
+                break
+            payload = bytes(self._received[HEADER.size : end])
+            del self._received[:end]
+            try:
+                answers = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                answers = None
+            if not self.given or not _apply(self.given.popleft(), answers):
+                self._fail()  # a process that breaks its protocol is not trusted again
+                return
+
+    def _fail(self) -> None:
+        """The process is gone: what it was given is counted by the planner."""
+        self.alive = False
+        self.given.clear()
+
+
+@functools.cache
+def _endpoint_json(endpoint: str) -> bytes:
+    return orjson.dumps(endpoint)
+
+
+def _apply(given: list[Prepared], answers: Any) -> bool:
+    """Keep the counts the process answered for `given`; whether the answer was well formed."""
+    if not isinstance(answers, list) or len(answers) != len(given):
+        return given == [] and isinstance(answers, list)  # the warm-up's answer
+    for prepared, answer in zip(given, answers, strict=True):
+        if answer is None:
+            continue
+        if not (isinstance(answer, list) and len(answer) == 2 and type(answer[0]) is int):
+            return False
+        prepared.counted = TokenCount(answer[0], bool(answer[1]))
+    return True
+
+
+def _widen(pipe: IO[bytes]) -> int:
+    """Make a pipe hold `PIPE_BYTES` where the system allows it; the bytes it holds."""
+    try:
+        import fcntl
+
+        return int(fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES))
+    except (ImportError, AttributeError, OSError):
+        return 1 << 16
+
+
+def _start_after() -> float | None:
+    setting = os.environ.get(WORKER_ENV, "")
+    if setting == "0":
+        return None
+    return 0.0 if setting == "1" else START_AFTER
 
 
 def read_ahead(
@@ -94,26 +263,47 @@ def read_ahead(
     prepare: Callable[[Item], Prepared],
     settle: Callable[[list[Prepared]], None],
 ) -> Iterator[Prepared]:
-    """`items` prepared in the calling thread and counted in a worker thread a chunk ahead of
-    the caller, in input order; `settle` sees each chunk once it is counted, before its rows
-    are yielded."""
-    pending: deque[tuple[_Chunk, Future[None]]] = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="batchpilot-count") as worker:
+    """`items` prepared and counted a few chunks ahead of the caller, in input order; `settle`
+    sees each chunk once it is counted, before its rows are yielded."""
+    start_after = _start_after()
+    counting = 0.0
+    counter: Counter | None = None
+    pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()
+    try:
         rows: list[Prepared] = []
         for item in items:
             rows.append(prepare(item))
             if len(rows) < CHUNK:
                 continue
-            chunk = _Chunk(rows)
-            pending.append((chunk, worker.submit(chunk.work)))
+            if counter is None and start_after is not None and counting >= start_after:
+                counter, start_after = Counter.start(), None
+            pending.append((rows, counter.offer(rows) if counter is not None else None))
             rows = []
-            if len(pending) > 1:
-                yield from _done(*pending.popleft(), settle)
+            if len(pending) >= DEPTH:
+                chunk, given = pending.popleft()
+                counting += _count(chunk, given, counter)
+                settle(chunk)
+                yield from chunk
+        pending.append((rows, None))
         while pending:
-            yield from _done(*pending.popleft(), settle)
-    _Chunk(rows).work()
-    settle(rows)
-    yield from rows
+            chunk, given = pending.popleft()
+            _count(chunk, given, counter)
+            settle(chunk)
+            yield from chunk
+    finally:
+        if counter is not None:
+            counter.close()
+
+
+def _count(rows: list[Prepared], given: list[Prepared] | None, counter: Counter | None) -> float:
+    """Count a chunk's rows, once the process has answered for those given to it; the seconds
+    spent counting here."""
+    if given is not None and counter is not None:
+        counter.wait_for(given)
+    started = time.perf_counter()
+    for prepared in rows:
+        count(prepared)
+    return time.perf_counter() - started
 
 
 def look_up(seen: SeenKeys, rows: list[Prepared]) -> None:
@@ -126,12 +316,3 @@ def look_up(seen: SeenKeys, rows: list[Prepared]) -> None:
     ids = [prepared.item.custom_id or prepared.content_hash for prepared in ready]
     for prepared, new in zip(ready, seen.firsts("requests", ids), strict=True):
         prepared.new_request = new
-
-
-def _done(
-    chunk: _Chunk, future: Future[None], settle: Callable[[list[Prepared]], None]
-) -> list[Prepared]:
-    chunk.work()
-    future.result()
-    settle(chunk.rows)
-    return chunk.rows

@@ -228,9 +228,9 @@ class Planner:
         *,
         ahead: bool = False,
     ) -> PlanResult:
-        """Plan `items` in order. `ahead`: count tokens on a second thread while the next
-        items are read, rendered and hashed (the plan is the same), for items that do not
-        depend on what the sink has been given so far."""
+        """Plan `items` in order. `ahead`: prepare items a few chunks ahead, counting
+        large plans' tokens in a second process meanwhile (the plan is the same), for items
+        that do not depend on what the sink has been given so far."""
         result = PlanResult()
         self._generates = False
         self._uncapped = 0
@@ -251,7 +251,7 @@ class Planner:
                 progress(result.rows)
         finally:
             if isinstance(prepared, Generator):
-                prepared.close()  # a plan that fails stops the worker thread now
+                prepared.close()  # a plan that fails stops the counting process now
             seen.close()
         result.batches = state.packer.batches
         self._price(result)
@@ -275,7 +275,7 @@ class Planner:
                 prepared.canonical = canonical_body(body)
             except (UnicodeEncodeError, ValueError, RecursionError) as exc:
                 problem = f"the request cannot be written as JSON ({_json_trouble(exc)})"
-            else:  # hashlib lets go of the GIL here, so the counting thread need not wait
+            else:
                 prepared.content_hash = request_id(item.endpoint, prepared.canonical)
         prepared.body, prepared.problem = body, problem
         return prepared
