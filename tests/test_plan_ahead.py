@@ -7,8 +7,11 @@ from __future__ import annotations
 import base64
 import io
 import random
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -314,3 +317,34 @@ def test_a_plan_that_fails_stops_its_counting_process_at_once(started: Started) 
     assert failed is not None and str(failed) == "disk full"
     (counter,) = started.counters
     assert counter.process.returncode is not None  # ended and waited for
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_counting_process_ends_when_its_planner_is_killed() -> None:
+    script = (
+        "import time\n"
+        "from batchpilot.plan.ahead import Counter\n"
+        "counter = Counter.start()\n"
+        "print(counter.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    planner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert planner.stdout is not None
+    pid = int(planner.stdout.readline())
+    assert _running(pid)
+    planner.kill()  # as kill -9: no finally, no close
+    planner.wait()
+    planner.stdout.close()
+    deadline = time.monotonic() + 60
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _running(pid)
