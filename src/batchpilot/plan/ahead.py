@@ -266,7 +266,7 @@ def read_ahead(
     """`items` prepared and counted a few chunks ahead of the caller, in input order; `settle`
     sees each chunk once it is counted, before its rows are yielded."""
     start_after = _start_after()
-    counting = 0.0
+    counting = -1.0  # the first chunk's count, which builds the encoding, is not counted
     counter: Counter | None = None
     pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()
     try:
@@ -275,13 +275,14 @@ def read_ahead(
             rows.append(prepare(item))
             if len(rows) < CHUNK:
                 continue
-            if counter is None and start_after is not None and counting >= start_after:
+            if start_after is not None and (start_after == 0 or counting >= start_after):
                 counter, start_after = Counter.start(), None
             pending.append((rows, counter.offer(rows) if counter is not None else None))
             rows = []
             if len(pending) >= DEPTH:
                 chunk, given = pending.popleft()
-                counting += _count(chunk, given, counter)
+                spent = _count(chunk, given, counter)
+                counting = 0.0 if counting < 0 else counting + spent
                 settle(chunk)
                 yield from chunk
         pending.append((rows, None))
