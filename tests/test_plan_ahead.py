@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import random
 import subprocess
 import sys
@@ -18,10 +19,19 @@ import orjson
 import pytest
 
 from batchpilot import count_worker
-from batchpilot.plan import BatchLimits, Item, PlannedRequest, Planner, PlanResult, PlanSettings
+from batchpilot.plan import (
+    BatchLimits,
+    Item,
+    PlannedRequest,
+    Planner,
+    PlanResult,
+    PlanSettings,
+    plan_job,
+)
 from batchpilot.plan import ahead as ahead_module
 from batchpilot.plan.ahead import CHUNK, WORKER_ENV, Counter
 from batchpilot.pricing import prices_for
+from batchpilot.spec import JobSpec, job_from_dict
 from batchpilot.store.seen import SeenKeys
 from batchpilot.tokens import count_request
 
@@ -348,3 +358,35 @@ def test_the_counting_process_ends_when_its_planner_is_killed() -> None:
     while _running(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _running(pid)
+
+
+def _job_file(tmp_path: Path, rows: int) -> JobSpec:
+    with (tmp_path / "rows.jsonl").open("w", encoding="utf-8") as handle:
+        for index in range(rows):
+            handle.write(json.dumps({"id": f"m{index}", "plot": f"film {index} " * 20}) + "\n")
+    spec = {
+        "name": "sizes",
+        "provider": {"kind": "openai"},
+        "model": "gpt-4o-mini",
+        "input": {"path": "rows.jsonl", "id_field": "id"},
+        "prompt": {"user": "Who dies? {{ plot }}"},
+        "params": {"max_tokens": 20},
+    }
+    return job_from_dict(spec, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("large", [True, False])
+def test_a_large_input_starts_the_counting_process_with_its_first_chunk(
+    large: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(WORKER_ENV, "0")
+    job = _job_file(tmp_path, 3 * CHUNK)
+    alone = plan_job(job).as_json()
+    monkeypatch.delenv(WORKER_ENV)
+    monkeypatch.setattr(ahead_module, "START_AFTER", 3600.0)  # never by the time it counts
+    size = (tmp_path / "rows.jsonl").stat().st_size
+    monkeypatch.setattr(ahead_module, "EAGER_BYTES", size if large else size + 1)
+    started = Started(monkeypatch)
+    assert plan_job(job).as_json() == alone
+    assert len(started.counters) == (1 if large else 0)
+    assert started.applied > 0 if large else started.applied == 0

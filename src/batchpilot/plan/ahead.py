@@ -44,6 +44,8 @@ BACKLOG = 3
 """Chunks the counting process holds at most; the planner counts any chunk beyond them."""
 START_AFTER = 0.1
 """Seconds the planner spends counting before it starts the counting process."""
+EAGER_BYTES = 8 << 20
+"""An input this large starts the counting process with the first chunk."""
 WORKER_ENV = "BATCHPILOT_COUNT_WORKER"
 """`0`: never start the counting process; `1`: start it with the first chunk."""
 PIPE_BYTES = 1 << 20
@@ -251,21 +253,24 @@ def _widen(pipe: IO[bytes]) -> int:
         return 1 << 16
 
 
-def _start_after() -> float | None:
+def _start_after(input_bytes: int | None) -> float | None:
     setting = os.environ.get(WORKER_ENV, "")
     if setting == "0":
         return None
-    return 0.0 if setting == "1" else START_AFTER
+    eager = setting == "1" or (input_bytes is not None and input_bytes >= EAGER_BYTES)
+    return 0.0 if eager else START_AFTER
 
 
 def read_ahead(
     items: Iterable[Item],
     prepare: Callable[[Item], Prepared],
     settle: Callable[[list[Prepared]], None],
+    input_bytes: int | None = None,
 ) -> Iterator[Prepared]:
     """`items` prepared and counted a few chunks ahead of the caller, in input order; `settle`
-    sees each chunk once it is counted, before its rows are yielded."""
-    start_after = _start_after()
+    sees each chunk once it is counted, before its rows are yielded. `input_bytes`, the size
+    of the input where it is known, starts the counting process at once for a large one."""
+    start_after = _start_after(input_bytes)
     counting = -1.0  # the first chunk's count, which builds the encoding, is not counted
     counter: Counter | None = None
     pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()

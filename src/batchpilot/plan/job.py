@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
 
 from batchpilot.data import DatasetSpec, InputSpec, read_rows
 from batchpilot.data.rows import Row
@@ -152,8 +153,13 @@ def plan_job(
         expected_output_ratio=job.estimate.output_ratio,
         budget_usd=job.budget.max_usd,
     )
-    source = rows if rows is not None else read_rows(input_spec(job))
-    result = Planner(settings).plan(job_items(job, source, renderer), sink, progress, ahead=True)
+    size = None
+    if rows is None:
+        spec = input_spec(job)
+        rows = read_rows(spec)
+        size = _file_bytes(spec.path) if isinstance(spec, InputSpec) else None
+    items = job_items(job, rows, renderer)
+    result = Planner(settings).plan(items, sink, progress, ahead=True, input_bytes=size)
     result.strategies = strategies_for(job, result)
     if job.provider.kind != "local":
         result.prices = price_dates(prices, [job.model, *result.models])
@@ -275,7 +281,8 @@ def plan_requests_file(
         budget_usd=budget_usd,
     )
     planner = Planner(settings)
-    result = planner.plan(requests_file_items(path, model), sink, progress, ahead=True)
+    items = requests_file_items(path, model)
+    result = planner.plan(items, sink, progress, ahead=True, input_bytes=_file_bytes(path))
     counts = {name: totals.requests for name, totals in result.models.items() if totals.requests}
     if counts:
         main = main_model(counts)
@@ -299,3 +306,12 @@ def plan_requests_file(
     if not local and settings.prices is not None:
         result.prices = price_dates(settings.prices, result.models)
     return result
+
+
+def _file_bytes(path: str | Path) -> int | None:
+    """The size of the file at `path`, or None for a directory or what cannot be read."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_size if S_ISREG(stat.st_mode) else None

@@ -227,10 +227,12 @@ class Planner:
         progress: Callable[[int], None] | None = None,
         *,
         ahead: bool = False,
+        input_bytes: int | None = None,
     ) -> PlanResult:
         """Plan `items` in order. `ahead`: prepare items a few chunks ahead, counting
         large plans' tokens in a second process meanwhile (the plan is the same), for items
-        that do not depend on what the sink has been given so far."""
+        that do not depend on what the sink has been given so far; `input_bytes`, the size of
+        their input where it is known, says at once whether the plan is large."""
         result = PlanResult()
         self._generates = False
         self._uncapped = 0
@@ -238,7 +240,7 @@ class Planner:
         seen = SeenKeys()
         state = _State(result, seen, Packer(self.settings.limits, self.settings.tokens_per_batch))
         prepared: Iterator[Prepared] = (
-            read_ahead(items, self._prepare, lambda rows: look_up(seen, rows))
+            read_ahead(items, self._prepare, lambda rows: look_up(seen, rows), input_bytes)
             if ahead
             else map(self._prepare, items)
         )
