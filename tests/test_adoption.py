@@ -150,6 +150,12 @@ def test_ingested_batches_leave_no_files_and_a_resumed_run_needs_none(
     files = state / "runs" / first.run_id / "files"
     left = sorted(files.iterdir())
     assert len(left) == 5  # the live batches' input files, which the store can write again
+    store = open_store(state)
+    try:  # each batch was sized, from its bodies' lengths, as its file was written
+        sizes = {b.file_name: b.bytes for b in store.batches(first.run_id)}
+    finally:
+        store.close()
+    assert {path.name: path.stat().st_size for path in left} == sizes
     for path in left:
         path.unlink()
     result = run_job(job, state_dir=state, poll_interval=0.02)

@@ -363,6 +363,30 @@ def test_pending_in_input_order_and_its_totals(store: Store) -> None:
         store.request_body(RUN, "req-missing")
 
 
+def test_pending_without_bodies_gives_each_bodys_length(store: Store) -> None:
+    text = "a long plot that the request body repeats, word for word " * 12
+    rows = [
+        NewRow(i, f"row-{i}", f"in.jsonl:{i + 1}", f"q{i}", row_json({"t": text})) for i in (0, 1)
+    ]
+    rows.append(NewRow(2, "row-2", "in.jsonl:3", "q2", None))
+    bodies = [
+        json.dumps({"model": "m", "content": f"{text} 0"}).encode(),  # packed with its row
+        b'{"model":"m","i":1}',  # too small to pack
+        json.dumps({"model": "m", "content": "no row to share, " * 20}).encode(),  # alone
+    ]
+    requests = [NewRequest(f"q{i}", f"h{i}", EP, "m", bodies[i], 10, 50, i, 50) for i in range(3)]
+    with store.tx():
+        store.add_planned(RUN, rows, requests)
+    read = store.pending(RUN, 10)
+    sized = store.pending(RUN, 10, bodies=False)
+    assert [r.body for r in read] == bodies and [r.body_bytes for r in read] == [None] * 3
+    assert [r.body for r in sized] == [b""] * 3
+    assert [r.body_bytes for r in sized] == [r.body_size for r in sized] == list(map(len, bodies))
+    assert [dataclasses.replace(r, body=b"", body_bytes=None) for r in read] == [
+        dataclasses.replace(r, body_bytes=None) for r in sized
+    ]
+
+
 def test_pending_pages_after_a_row(store: Store) -> None:
     plan(store, 6)
     store.claim_realtime(RUN, "req-3")

@@ -179,7 +179,7 @@ class BatchLane:
         allow (lock held)."""
         settings = self.settings
         room_requests = self.share.batch_room(self.store)
-        first = self.store.pending(self.run_id, 1) if room_requests else []
+        first = self.store.pending(self.run_id, 1, bodies=False) if room_requests else []
         if not first:
             return None
         model, endpoint = first[0].model, first[0].endpoint
@@ -198,7 +198,7 @@ class BatchLane:
             for r in pending_pages(self.store, self.run_id, limit):
                 if r.model == model and r.endpoint == endpoint:
                     same.append(r)
-                    size = len(request_line(r.id, endpoint, r.body)) + 1
+                    size = len(request_line(r.id, endpoint, b"")) + r.body_size + 1
                     yield Piece(model, endpoint, size, r.input_tokens, self._worst_cost(r))
 
         limits = BatchLimits(settings.requests_per_batch, settings.bytes_per_batch)

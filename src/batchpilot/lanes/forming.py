@@ -18,12 +18,13 @@ LAST_PAGE = 4096
 
 def pending_pages(store: Store, run_id: str, limit: int) -> Iterator[PendingRequest]:
     """At most `limit` pending requests in input order, read in pages that double in size (from
-    `FIRST_PAGE` to `LAST_PAGE`) as they are consumed."""
+    `FIRST_PAGE` to `LAST_PAGE`) as they are consumed; their bodies are not read, only their
+    lengths."""
     after: int | None = None
     page = FIRST_PAGE
     while limit > 0:
         wanted = min(page, limit)
-        found = store.pending(run_id, wanted, after_row=after)
+        found = store.pending(run_id, wanted, after_row=after, bodies=False)
         yield from found
         if len(found) < wanted:
             return

@@ -124,11 +124,18 @@ class Store(Protocol):
         ...
 
     def pending(
-        self, run_id: str, limit: int, *, from_end: bool = False, after_row: int | None = None
+        self,
+        run_id: str,
+        limit: int,
+        *,
+        from_end: bool = False,
+        after_row: int | None = None,
+        bodies: bool = True,
     ) -> list[PendingRequest]:
         """Pending requests in input order (or from the end of the input, `from_end`); with
         `after_row`, only those whose first row comes after it (before it, `from_end`), so that
-        a caller pages through them."""
+        a caller pages through them. `bodies=False` leaves bodies empty and gives each body's
+        length in `body_bytes` instead."""
         ...
 
     def pending_totals(self, run_id: str) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ import zstandard
 
 from batchpilot.store.database import Connection
 
-__all__ = ["pack", "pack_answer", "pack_body", "register", "unpack", "unpack_body"]
+__all__ = ["body_size", "pack", "pack_answer", "pack_body", "register", "unpack", "unpack_body"]
 
 PLAIN = 1  # zstd, no dictionary
 WITH_ROW = 2  # zstd, the request's row as the dictionary
@@ -124,11 +124,23 @@ def unpack_body(value: bytes | str, row: str | bytes | None) -> bytes:
     return bytes(value)
 
 
+def body_size(value: bytes | str) -> int | None:
+    """The length of the body a value packed by `pack_body` holds, read from the zstd frame's
+    header without unpacking it; None where the frame does not say."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if value and value[0] in (WITH_ROW, PLAIN):
+        size = zstandard.frame_content_size(memoryview(value)[1:])
+        return size if size >= 0 else None
+    return len(value)
+
+
 def register(db: Connection) -> None:
-    """The SQL functions that read (`unpack`, `unpack_body`) and write (`pack`, `pack_answer`,
-    `pack_body`) packed values, on this connection."""
+    """The SQL functions that read (`unpack`, `unpack_body`, `body_size`) and write (`pack`,
+    `pack_answer`, `pack_body`) packed values, on this connection."""
     db.create_function("unpack", 1, unpack, deterministic=True)
     db.create_function("unpack_body", 2, unpack_body, deterministic=True)
+    db.create_function("body_size", 1, body_size, deterministic=True)
     db.create_function("pack", 1, pack, deterministic=True)
     db.create_function("pack_answer", 1, pack_answer, deterministic=True)
     db.create_function("pack_body", 2, _pack_stored_body, deterministic=True)

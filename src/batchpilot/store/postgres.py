@@ -46,6 +46,7 @@ from batchpilot.store.states import BATCH_MOVES, BatchState, RequestState, check
 __all__ = ["PostgresStore", "is_postgres_url", "safe_url"]
 
 _REQUEST_COLUMNS = queries.REQUEST_COLUMNS
+_NO_BODIES = _REQUEST_COLUMNS.replace("body", "''::bytea") + ", octet_length(body)"
 _BATCH_COLUMNS = (
     "run_id, id, state, endpoint, model, requests, bytes, input_tokens, file_name, "
     "input_file_id, remote_id, remote_status, output_file_id, error_file_id, completed, failed, "
@@ -235,11 +236,17 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
     # requests -------------------------------------------------------------------------------
 
     def pending(
-        self, run_id: str, limit: int, *, from_end: bool = False, after_row: int | None = None
+        self,
+        run_id: str,
+        limit: int,
+        *,
+        from_end: bool = False,
+        after_row: int | None = None,
+        bodies: bool = True,
     ) -> list[PendingRequest]:
         """Pending requests in input order (after `after_row`; from the end and before it,
-        `from_end`); inside a transaction they stay locked until it ends and other workers skip
-        them."""
+        `from_end`; `bodies=False`: each body's length instead of the body); inside a
+        transaction they stay locked until it ends and other workers skip them."""
         order, beyond = ("DESC", "<") if from_end else ("ASC", ">")
         where = "run_id = %s AND state = 'pending'"
         params: list[Any] = [run_id]
@@ -247,8 +254,9 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
             where += f" AND first_row {beyond} %s"
             params.append(after_row)
         lock = " FOR UPDATE SKIP LOCKED" if self._in_tx() else ""
+        columns = _REQUEST_COLUMNS if bodies else _NO_BODIES
         rows = self._db.execute(
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE {where} "
+            f"SELECT {columns} FROM requests WHERE {where} "
             f"ORDER BY first_row {order} LIMIT %s{lock}".encode(),
             (*params, limit),
         ).fetchall()
@@ -410,7 +418,7 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
     def batch_requests(
         self, run_id: str, batch_id: int, *, bodies: bool = True
     ) -> list[PendingRequest]:
-        columns = _REQUEST_COLUMNS if bodies else _REQUEST_COLUMNS.replace("body", "''::bytea")
+        columns = _REQUEST_COLUMNS if bodies else _NO_BODIES
         rows = self._db.execute(
             f"SELECT {columns} FROM requests WHERE run_id = %s AND batch_id = %s AND state IN "
             "('queued', 'submitted') ORDER BY first_row".encode(),

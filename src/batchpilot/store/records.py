@@ -99,6 +99,13 @@ class PendingRequest:
     worst_output_tokens: int | None = None
     worst_usd: float | None = None
     batch_worst_usd: float | None = None
+    body_bytes: int | None = None
+    """The body's length, where the body was not read."""
+
+    @property
+    def body_size(self) -> int:
+        """The length of the body, whether it was read or not."""
+        return len(self.body) if self.body_bytes is None else self.body_bytes
 
 
 @dataclass(frozen=True)

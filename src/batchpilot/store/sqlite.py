@@ -248,11 +248,18 @@ class SQLiteStore(PlannedMixin, SharedMixin):
     # requests -------------------------------------------------------------------------------
 
     def pending(
-        self, run_id: str, limit: int, *, from_end: bool = False, after_row: int | None = None
+        self,
+        run_id: str,
+        limit: int,
+        *,
+        from_end: bool = False,
+        after_row: int | None = None,
+        bodies: bool = True,
     ) -> list[PendingRequest]:
         """Pending requests in input order (or from the end of the input, `from_end`); with
-        `after_row`, only those whose first row comes after it (before it, `from_end`)."""
-        return queries.pending(self._db, run_id, limit, from_end, after_row)
+        `after_row`, only those whose first row comes after it (before it, `from_end`);
+        `bodies=False`: each body's length instead of the body."""
+        return queries.pending(self._db, run_id, limit, from_end, after_row, bodies)
 
     def pending_totals(self, run_id: str) -> tuple[int, int, int]:
         """(requests, input tokens, most output tokens) of the pending requests."""

@@ -58,6 +58,8 @@ def request_columns(table: str, *, bodies: bool = True) -> str:
 
 
 REQUEST_COLUMNS = request_columns("requests")
+_NO_BODIES = request_columns("requests", bodies=False)
+_BODY_BYTES = f"COALESCE(body_size(requests.body), length({body_of('requests')}))"
 _CACHED = (
     "INSERT OR IGNORE INTO results(run_id, request_id, response_json, input_tokens, "
     "output_tokens, cost_usd, lane, created_at_utc) "
@@ -310,21 +312,31 @@ def deliver(
 
 
 def _pending(row: Row) -> PendingRequest:
-    return PendingRequest(**{key: row[key] for key in PendingRequest.__dataclass_fields__})
+    names = set(row.keys())
+    return PendingRequest(
+        **{key: row[key] for key in PendingRequest.__dataclass_fields__ if key in names}
+    )
 
 
 def pending(
-    db: Connection, run_id: str, limit: int, from_end: bool, after_row: int | None
+    db: Connection,
+    run_id: str,
+    limit: int,
+    from_end: bool,
+    after_row: int | None,
+    bodies: bool = True,
 ) -> list[PendingRequest]:
-    """Pending requests in input order (from the end, `from_end`), after (before) `after_row`."""
+    """Pending requests in input order (from the end, `from_end`), after (before) `after_row`;
+    without `bodies`, each body's length instead of the body."""
     order, beyond = ("DESC", "<") if from_end else ("ASC", ">")
     where = "run_id = ? AND state = 'pending'"
     params: list[Any] = [run_id]
     if after_row is not None:
         where += f" AND first_row {beyond} ?"
         params.append(after_row)
+    columns = REQUEST_COLUMNS if bodies else f"{_NO_BODIES}, {_BODY_BYTES}"
     cursor = db.execute(
-        f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {where} ORDER BY first_row {order} LIMIT ?",
+        f"SELECT {columns} FROM requests WHERE {where} ORDER BY first_row {order} LIMIT ?",
         (*params, limit),
     )
     cursor.row_factory = None
