@@ -11,9 +11,11 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import zstandard
+
 from batchpilot.store import BatchState, Outcome, RequestState, RunRecord, SQLiteStore, utc_now
 from batchpilot.store.migrations import MIGRATIONS
-from batchpilot.store.packing import ANSWER, PLAIN, WITH_ROW, pack, unpack
+from batchpilot.store.packing import ANSWER, PLAIN, ROW_DEFLATE, WITH_ROW, pack, unpack
 from batchpilot.store.records import AnswerFilter
 
 from helpers import old_store
@@ -73,9 +75,9 @@ def _run(store: SQLiteStore, run_id: str = "run") -> None:
     store.create_run(RunRecord(run_id, "movies", "{}", "openai", EP, "running", None, utc_now()))
 
 
-def _raw(path: Path, query: str) -> list[tuple[object, ...]]:
-    with closing(sqlite3.connect(path)) as db:
-        return db.execute(query).fetchall()
+def _raw(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(path)) as db, db:
+        return db.execute(query, params).fetchall()
 
 
 def test_small_values_are_kept_as_they_are_and_large_ones_come_back_whole() -> None:
@@ -112,7 +114,7 @@ def test_movie_sized_requests_take_less_than_their_raw_input_and_answer(tmp_path
         "SELECT DISTINCT substr(body, 1, 1) FROM requests UNION ALL "
         "SELECT DISTINCT substr(response_json, 1, 1) FROM results",
     )
-    assert tags == [(bytes([WITH_ROW]),), (bytes([ANSWER]),)]
+    assert tags == [(bytes([ROW_DEFLATE]),), (bytes([ANSWER]),)]
     again = SQLiteStore(tmp_path / "s.sqlite3")
     try:
         for i in (0, 199, 399):
@@ -177,7 +179,7 @@ def test_an_older_store_is_packed_in_place_and_reads_the_same(tmp_path: Path) ->
         kinds = _raw(path, "SELECT typeof(data_json), substr(data_json, 1, 1) FROM rows")
         assert kinds == [("blob", bytes([PLAIN]))] * 3
         bodies = _raw(path, "SELECT substr(body, 1, 1) FROM requests")
-        assert bodies == [(bytes([WITH_ROW]),)] * 3
+        assert bodies == [(bytes([ROW_DEFLATE]),)] * 3
         answers = _raw(path, "SELECT substr(response_json, 1, 1) FROM results")
         assert answers == [(bytes([ANSWER]),)] * 2
         table = _raw(path, "SELECT sql FROM sqlite_master WHERE name = 'rows'")[0][0]
@@ -189,5 +191,32 @@ def test_an_older_store_is_packed_in_place_and_reads_the_same(tmp_path: Path) ->
         assert json.loads(joined[1].response_json or "") == movie(1)[2]
         found = store.answers("old", AnswerFilter(search="Film 2"), 0, 10)
         assert [r.row_index for r in found] == [2]
+    finally:
+        store.close()
+
+
+def test_a_body_packed_with_zstd_and_its_row_by_an_earlier_version_reads_the_same(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    try:
+        _run(store)
+        row, body, _ = movie(3)
+        store.add_row("run", 0, row["id"], "plots.jsonl:1", "req-3", row)
+        store.add_request("run", "req-3", "h3", EP, "gpt-4o-mini", body, 700, 300, 0)
+        stored = _raw(tmp_path / "s.sqlite3", "SELECT data_json FROM rows")[0][0]
+        preset = zstandard.ZstdCompressionDict(
+            (unpack(stored) or "").encode(), dict_type=zstandard.DICT_TYPE_RAWCONTENT
+        )
+        earlier = bytes([WITH_ROW]) + zstandard.ZstdCompressor(level=1, dict_data=preset).compress(
+            body
+        )
+        _raw(tmp_path / "s.sqlite3", "UPDATE requests SET body = ?", (earlier,))
+        assert _raw(tmp_path / "s.sqlite3", "SELECT substr(body, 1, 1) FROM requests") == [
+            (bytes([WITH_ROW]),)
+        ]
+        assert store.request_body("run", "req-3") == body
+        assert [r.body for r in store.pending("run", 5)] == [body]
+        assert [r.body_bytes for r in store.pending("run", 5, bodies=False)] == [len(body)]
     finally:
         store.close()
