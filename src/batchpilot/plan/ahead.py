@@ -112,7 +112,10 @@ class Counter:
 
     @classmethod
     def start(cls) -> Counter | None:
-        """A new counting process, or None where one cannot be started."""
+        """A new counting process, or None where one cannot be started (or its pipes cannot be
+        read without blocking: on POSIX systems only)."""
+        if os.name != "posix":
+            return None
         try:
             process = subprocess.Popen(
                 cls.command,
