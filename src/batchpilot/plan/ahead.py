@@ -128,8 +128,13 @@ class Counter:
             return None
         assert process.stdin is not None and process.stdout is not None
         capacity = min(_widen(process.stdin), _widen(process.stdout))
-        os.set_blocking(process.stdout.fileno(), False)
-        return cls(process, capacity)
+        counter = cls(process, capacity)
+        try:
+            os.set_blocking(process.stdout.fileno(), False)
+        except OSError:
+            counter.close()
+            return None
+        return counter
 
     def offer(self, rows: list[Prepared]) -> list[Prepared] | None:
         """Give the process the ready rows of a chunk to count, unless it holds `BACKLOG`
