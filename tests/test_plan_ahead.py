@@ -237,6 +237,16 @@ BROKEN_WORKERS = {
         "import sys\nwhile sys.stdin.buffer.read(1):\n"
         "    sys.stdout.buffer.write(b'\\x02\\x00\\x00\\x00[]'); sys.stdout.flush()",
     ),
+    "answers a wrong count beside a malformed one": (
+        sys.executable,
+        "-c",
+        "import json, struct, sys\n"
+        "while head := sys.stdin.buffer.read(4):\n"
+        "    pairs = json.loads(sys.stdin.buffer.read(struct.unpack('<I', head)[0]))\n"
+        "    out = json.dumps([[999999, True]] + ['bad'] * (len(pairs) - 1)).encode()\n"
+        "    sys.stdout.buffer.write(struct.pack('<I', len(out)) + out)\n"
+        "    sys.stdout.flush()\n",
+    ),
     "dies after the warm-up": (
         sys.executable,
         "-c",

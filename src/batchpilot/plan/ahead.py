@@ -3,10 +3,11 @@
 Counting a chunk's tokens is most of the work of planning a large job. Threads cannot share
 it: tiktoken lets go of the GIL while it counts a text but takes it back for every count it
 returns, and two threads handing the GIL to each other that often spend more than the second
-core gives. So once a plan has spent `START_AFTER` seconds counting (a small plan never pays
-for starting a process), a child process (`batchpilot.count_worker`) counts the chunks it has
-room for while the planner reads, renders and hashes the next ones and counts those the child
-has no room for: both cores work and neither waits long for the other. The plan is the same
+core gives. So a child process (`batchpilot.count_worker`) counts the chunks it has room for
+while the planner reads, renders and hashes the next ones and counts those the child has no
+room for: both cores work and neither waits long for the other. It starts with the first
+chunk of a large input (`EAGER_BYTES`), else once the plan has spent `START_AFTER` seconds
+counting, so that a small plan never pays for starting it. The plan is the same
 either way: whatever the child does not count, a body it fails on or every body once it is
 gone, the planner counts itself, raising a count's error where it uses that count.
 """
@@ -242,13 +243,21 @@ def _apply(given: list[Prepared], answers: Any) -> bool:
     """Keep the counts the process answered for `given`; whether the answer was well formed."""
     if not isinstance(answers, list) or len(answers) != len(given):
         return given == [] and isinstance(answers, list)  # the warm-up's answer
+    if not all(answer is None or _a_count(answer) for answer in answers):
+        return False
     for prepared, answer in zip(given, answers, strict=True):
-        if answer is None:
-            continue
-        if not (isinstance(answer, list) and len(answer) == 2 and type(answer[0]) is int):
-            return False
-        prepared.counted = TokenCount(answer[0], bool(answer[1]))
+        if answer is not None:
+            prepared.counted = TokenCount(answer[0], answer[1])
     return True
+
+
+def _a_count(answer: Any) -> bool:
+    return (
+        isinstance(answer, list)
+        and len(answer) == 2
+        and type(answer[0]) is int
+        and type(answer[1]) is bool
+    )
 
 
 def _widen(pipe: IO[bytes]) -> int:
