@@ -125,7 +125,7 @@ class Counter:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C stops the planner, which ends its input
             )
-        except OSError:
+        except (OSError, ValueError):  # no interpreter to start (an embedded Python)
             return None
         assert process.stdin is not None and process.stdout is not None
         capacity = min(_widen(process.stdin), _widen(process.stdout))
