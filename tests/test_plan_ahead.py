@@ -400,3 +400,17 @@ def test_a_large_input_starts_the_counting_process_with_its_first_chunk(
     assert plan_job(job).as_json() == alone
     assert len(started.counters) == (1 if large else 0)
     assert started.applied > 0 if large else started.applied == 0
+
+
+def test_a_plan_that_has_counted_for_a_while_starts_the_counting_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(WORKER_ENV, "0")
+    job = _job_file(tmp_path, 10 * CHUNK)
+    alone = plan_job(job).as_json()
+    monkeypatch.delenv(WORKER_ENV)
+    monkeypatch.setattr(ahead_module, "EAGER_BYTES", 1 << 40)
+    monkeypatch.setattr(ahead_module, "START_AFTER", 1e-9)  # any counting past the first chunk
+    started = Started(monkeypatch)
+    assert plan_job(job).as_json() == alone
+    assert len(started.counters) == 1 and started.applied > 0
