@@ -242,6 +242,50 @@ def test_finish_batch_applies_every_outcome(store: SQLiteStore) -> None:
             store.move_batch(RUN, batch_id, target)
 
 
+def test_a_batch_answered_whole_moves_in_one_statement_as_it_would_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchpilot.store import sqlite_moves
+
+    def finished(path: Path) -> list[list[tuple[Any, ...]]]:
+        store = SQLiteStore(path)
+        try:
+            make_run(store)
+            first = batch_in(store, B.SUBMITTED, plan(store, 4))
+            answered = [Outcome(f"req-{i}", R.SUCCEEDED, {"a": i}, 1, 1) for i in (1, 2, 3)]
+            failed = Outcome("req-0", R.PENDING, error="x", cost_usd=0.5)
+            store.finish_batch(RUN, first, [failed, *answered])
+            second = batch_in(store, B.SUBMITTED, store.pending(RUN, 1))
+            store.finish_batch(RUN, second, [Outcome("req-0", R.SUCCEEDED, {"a": 0}, 2, 1)])
+            return [
+                _sql(store, "SELECT id, state, attempts, batch_id, error FROM requests"),
+                _sql(store, "SELECT state, n FROM request_counts ORDER BY state"),
+                _sql(store, "SELECT request_id, attempt, batch_id, outcome FROM attempts"),
+                _sql(store, "SELECT request_id, response_json FROM results ORDER BY 1"),
+            ]
+        finally:
+            store.close()
+
+    taken: list[bool] = []
+    one_statement = sqlite_moves._all_answered
+
+    def spy(*args: Any) -> bool:
+        taken.append(one_statement(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(sqlite_moves, "_all_answered", spy)
+    whole = finished(tmp_path / "whole.sqlite3")
+    assert taken == [False, True]  # the first batch has a request to try again
+    monkeypatch.setattr(sqlite_moves, "_all_answered", lambda *args: False)
+    assert finished(tmp_path / "row-by-row.sqlite3") == whole
+    assert sorted(whole[0]) == [
+        ("req-0", "succeeded", 2, 2, None),
+        ("req-1", "succeeded", 1, 1, None),
+        ("req-2", "succeeded", 1, 1, None),
+        ("req-3", "succeeded", 1, 1, None),
+    ]
+
+
 def test_a_retry_is_a_new_attempt(store: SQLiteStore) -> None:
     first = batch_in(store, B.SUBMITTED, plan(store, 1))
     store.finish_batch(RUN, first, [Outcome("req-0", R.PENDING, error="x", cost_usd=0.5)])

@@ -258,7 +258,13 @@ def apply_outcomes(
                 )
             )
             answers.append((row[3], run_id, request_id))
-    move_each(db, run_id, moves, batches)
+    whole = len(known) == len(moves)  # every request of the batch has its outcome
+    if (
+        batch_id is None
+        or not whole
+        or not _all_answered(db, run_id, batch_id, moves, batches, outcomes)
+    ):
+        move_each(db, run_id, moves, batches)
     db.executemany(
         "INSERT INTO attempts(run_id, request_id, attempt, lane, batch_id, "
         "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
@@ -275,6 +281,39 @@ def apply_outcomes(
         "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) VALUES (?, ?, ?)",
         answers,
     )
+
+
+def _all_answered(
+    db: Connection,
+    run_id: str,
+    batch_id: int,
+    moves: Sequence[tuple[str, str, str, int, str | None, int | None]],
+    batches: Sequence[int | None],
+    outcomes: Sequence[Outcome],
+) -> bool:
+    """Move the requests of a batch, given an outcome each, that every one of them answered
+    (each moved from submitted to succeeded, one attempt more, keeping its batch) with one
+    statement; whether it was such a batch (else nothing is moved)."""
+    submitted, succeeded = RequestState.SUBMITTED, RequestState.SUCCEEDED
+    if not moves:
+        return False
+    for number, (_, current, target, _, error, kept) in enumerate(moves):
+        if current != submitted or target != succeeded or error is not None:
+            return False
+        if kept != batch_id or batches[number] != batch_id or not outcomes[number].attempted:
+            return False
+    check_move(REQUEST_MOVES, submitted, succeeded, f"request {moves[0][0]}")
+    moved = db.execute(
+        "UPDATE requests INDEXED BY requests_by_batch SET state = ?, attempts = attempts + 1, "
+        "error = NULL WHERE run_id = ? AND batch_id = ? AND state = ?",
+        (succeeded, run_id, batch_id, submitted),
+    ).rowcount
+    if moved != len(moves):
+        raise IllegalTransition(
+            f"{len(moves) - moved} of {len(moves)} requests moved meanwhile; none moved"
+        )
+    _count(db, run_id, submitted, succeeded, moved)
+    return True
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
