@@ -9,7 +9,7 @@ median of each is reported. The reference is `python -c "import openai"` measure
 show what a command pays before it does any work; `batchpilot status` and `batchpilot export`
 are timed whole on a finished 12-row run (made first on the local server; `--no-runs` skips
 them), target: well under a second. `--before SRC` also times each batchpilot command with
-another source tree first on the path (`/work/main/src`, say), interleaved with this one's.
+another source tree first on the path (an older checkout's `src`), interleaved with this one's.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ texts, one by one and with tiktoken's threaded batch encoder, whichever is faste
 most 1.2x); beside tiktoken alone counting them; the time a fresh process takes to build the
 o200k encoding with the machine's rank cache empty and filled; and the planner's peak memory
 for `--memory-rows` and ten times as many rows, each in a fresh process (target: flat).
-`--before SRC` also times the planner of another source tree (`/work/main/src`, say) in each
-round, interleaved with this one's. Figures are medians of the rounds.
+`--before SRC` also times the planner of another source tree (an older checkout's `src`) in each
+round, interleaved with this one's. Figures are medians of the rounds. A large input's tokens
+are counted in a second process too (`batchpilot.count_worker`): its start-up is inside the
+planner's wall time.
 """
 
 from __future__ import annotations
