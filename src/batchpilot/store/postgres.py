@@ -46,7 +46,7 @@ from batchpilot.store.states import BATCH_MOVES, BatchState, RequestState, check
 __all__ = ["PostgresStore", "is_postgres_url", "safe_url"]
 
 _REQUEST_COLUMNS = queries.REQUEST_COLUMNS
-_NO_BODIES = _REQUEST_COLUMNS.replace("body", "''::bytea") + ", octet_length(body)"
+_NO_BODIES = _REQUEST_COLUMNS.replace("body", "''::bytea")
 _BATCH_COLUMNS = (
     "run_id, id, state, endpoint, model, requests, bytes, input_tokens, file_name, "
     "input_file_id, remote_id, remote_status, output_file_id, error_file_id, completed, failed, "
@@ -254,7 +254,7 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
             where += f" AND first_row {beyond} %s"
             params.append(after_row)
         lock = " FOR UPDATE SKIP LOCKED" if self._in_tx() else ""
-        columns = _REQUEST_COLUMNS if bodies else _NO_BODIES
+        columns = _REQUEST_COLUMNS if bodies else f"{_NO_BODIES}, octet_length(body)"
         rows = self._db.execute(
             f"SELECT {columns} FROM requests WHERE {where} "
             f"ORDER BY first_row {order} LIMIT %s{lock}".encode(),
