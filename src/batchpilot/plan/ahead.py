@@ -138,29 +138,21 @@ class Counter:
         return counter
 
     def offer(self, rows: list[Prepared]) -> list[Prepared] | None:
-        """Give the process the ready rows of a chunk to count, unless it holds `BACKLOG`
-        chunks already (or the chunk would not fit in its pipe beside another); the rows
-        given, or None."""
+        """Give the process the ready rows of a chunk to count, unless it is still starting,
+        holds `BACKLOG` chunks already, or the chunk would not fit in its pipe beside another;
+        the rows given, or None."""
         if not self.alive:
             return None
         self._receive(wait_for=None)
+        warming = self._warming
+        if warming is not None and any(chunk is warming for chunk in self.given):
+            return None
         if len(self.given) >= BACKLOG:
             return None
-        given, parts = [], []
-        for prepared in rows:
-            if not prepared.ready():
-                continue
-            try:
-                body = orjson.dumps(prepared.body)
-            except TypeError:  # integers past 64 bits, keys that are not strings
-                continue
-            given.append(prepared)
-            parts.append(b"[" + _endpoint_json(prepared.item.endpoint) + b"," + body + b"]")
-        if self._warming is None:  # first one body, whose answer says the process is ready
+        given, parts = _pairs(rows, first_only=warming is None)
+        if warming is None:  # one body first, whose answer says the process is ready
             self._warming = []
-            self._send(parts[:1], self._warming)
-            return None
-        if any(chunk is self._warming for chunk in self.given):
+            self._send(parts, self._warming)
             return None
         return given if self._send(parts, given) else None
 
@@ -232,6 +224,23 @@ class Counter:
         """The process is gone: what it was given is counted by the planner."""
         self.alive = False
         self.given.clear()
+
+
+def _pairs(rows: list[Prepared], first_only: bool) -> tuple[list[Prepared], list[bytes]]:
+    """The ready rows that can be sent (all, or the first), and each as `[endpoint, body]`."""
+    given, parts = [], []
+    for prepared in rows:
+        if not prepared.ready():
+            continue
+        try:
+            body = orjson.dumps(prepared.body)
+        except TypeError:  # integers past 64 bits, keys that are not strings
+            continue
+        given.append(prepared)
+        parts.append(b"[" + _endpoint_json(prepared.item.endpoint) + b"," + body + b"]")
+        if first_only:
+            break
+    return given, parts
 
 
 @functools.cache
