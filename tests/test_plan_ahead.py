@@ -414,3 +414,29 @@ def test_a_plan_that_has_counted_for_a_while_starts_the_counting_process(
     started = Started(monkeypatch)
     assert plan_job(job).as_json() == alone
     assert len(started.counters) == 1 and started.applied > 0
+
+
+@pytest.mark.parametrize(("first", "each", "starts"), [(50.0, 1.0, False), (1.0, 1.0, True)])
+def test_the_counting_process_starts_once_counting_has_cost_what_its_first_chunk_did(
+    first: float, each: float, starts: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first chunk's count builds the encoding, as a starting process would: a plan whose
+    counting after it costs less than that never starts the process."""
+    monkeypatch.setenv(WORKER_ENV, "0")
+    job = _job_file(tmp_path, 10 * CHUNK)
+    alone = plan_job(job).as_json()
+    monkeypatch.delenv(WORKER_ENV)
+    monkeypatch.setattr(ahead_module, "EAGER_BYTES", 1 << 40)
+    counted = ahead_module._count
+    calls: list[int] = []
+
+    def timed(*args: object) -> float:
+        counted(*args)  # type: ignore[arg-type]
+        calls.append(1)
+        return first if len(calls) == 1 else each
+
+    monkeypatch.setattr(ahead_module, "_count", timed)
+    started = Started(monkeypatch)
+    assert plan_job(job).as_json() == alone
+    assert len(calls) >= 7  # 10 chunks: enough spent after the first for the second case
+    assert len(started.counters) == (1 if starts else 0)

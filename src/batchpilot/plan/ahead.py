@@ -6,8 +6,10 @@ returns, and two threads handing the GIL to each other that often spend more tha
 core gives. So a child process (`batchpilot.count_worker`) counts the chunks it has room for
 while the planner reads, renders and hashes the next ones and counts those the child has no
 room for: both cores work and neither waits long for the other. It starts with the first
-chunk of a large input (`EAGER_BYTES`), else once the plan has spent `START_AFTER` seconds
-counting, so that a small plan never pays for starting it. The plan is the same
+chunk of a large input (`EAGER_BYTES`), else once the plan has spent counting what the process
+would spend to start: as long as the planner took to count its first chunk, which builds the
+encoding as the process must (and at least `START_AFTER` seconds). A small plan never pays for
+starting it, and a plan of any size spends at most twice the CPU the counting needs. The plan is the same
 either way: whatever the child does not count, a body it fails on or every body once it is
 gone, the planner counts itself, raising a count's error where it uses that count.
 """
@@ -44,7 +46,7 @@ DEPTH = 4
 BACKLOG = 3
 """Chunks the counting process holds at most; the planner counts any chunk beyond them."""
 START_AFTER = 0.1
-"""Seconds the planner spends counting before it starts the counting process."""
+"""Seconds the planner spends counting, at least, before it starts the counting process."""
 EAGER_BYTES = 8 << 20
 """An input this large starts the counting process with the first chunk."""
 WORKER_ENV = "BATCHPILOT_COUNT_WORKER"
@@ -297,7 +299,7 @@ def read_ahead(
     sees each chunk once it is counted, before its rows are yielded. `input_bytes`, the size
     of the input where it is known, starts the counting process at once for a large one."""
     start_after = _start_after(input_bytes)
-    counting = -1.0  # the first chunk's count, which builds the encoding, is not counted
+    counting = -1.0  # the first chunk's count, which builds the encoding, sets the bar
     counter: Counter | None = None
     pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()
     try:
@@ -313,7 +315,12 @@ def read_ahead(
             if len(pending) >= DEPTH:
                 chunk, given = pending.popleft()
                 spent = _count(chunk, given, counter)
-                counting = 0.0 if counting < 0 else counting + spent
+                if counting < 0:
+                    counting = 0.0
+                    if start_after:  # what starting the process would cost, about
+                        start_after = max(start_after, spent)
+                else:
+                    counting += spent
                 settle(chunk)
                 yield from chunk
         pending.append((rows, None))
