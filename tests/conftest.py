@@ -89,6 +89,8 @@ def _isolated_environment(
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("BATCHPILOT_CACHE_DIR", str(home / "cache"))
+    # The machine's counting service outlives its planner: only its own tests start one.
+    monkeypatch.setenv("BATCHPILOT_COUNT_SERVICE", "0")
     monkeypatch.setenv("NO_PROXY", "*")
     yield
     close_clients()

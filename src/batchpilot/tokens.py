@@ -206,10 +206,7 @@ def _model(model: str) -> _Model:
     encoding = get_encoding(name)
     base = _normalize(model)
     tile_exact = exact and _TILE_MODELS.fullmatch(base) is not None
-    if base.startswith("gpt-4o-mini"):
-        image_base, image_tile = 2833, 5667
-    else:
-        image_base, image_tile = 85, 170
+    image_base, image_tile = _image_prices(base)
     func_init = 10 if name == "cl100k_base" else 7
     return _Model(
         encoding,
@@ -221,6 +218,11 @@ def _model(model: str) -> _Model:
         image_tile,
         tile_exact,
     )
+
+
+def _image_prices(base: str) -> tuple[int, int]:
+    """A model's image tokens: for the image, and for each 512-px tile of it."""
+    return (2833, 5667) if base.startswith("gpt-4o-mini") else (85, 170)
 
 
 def _length_of(encode: Callable[[str], list[int]]) -> Callable[[str], int]:
@@ -289,7 +291,7 @@ def image_headroom(body: dict[str, Any], endpoint: str) -> int:
     model = body.get("model")
     if not isinstance(model, str) or endpoint.rstrip("/") == "/v1/embeddings":
         return 0
-    m = _model(model)
+    tile: int | None = None  # the encoding is not needed here: a plan may not build it
     messages = body.get("messages") if "messages" in body else body.get("input")
     extra = 0
     for message in messages if isinstance(messages, list) else []:
@@ -305,7 +307,9 @@ def image_headroom(body: dict[str, Any], endpoint: str) -> int:
                 continue
             if isinstance(url, str) and url.startswith("data:") and _data_url_size(url):
                 continue
-            extra += m.image_tile * (_MOST_TILES - _tiles(1024, 1024))
+            if tile is None:
+                tile = _image_prices(_normalize(model))[1]
+            extra += tile * (_MOST_TILES - _tiles(1024, 1024))
     return extra
 
 

@@ -9,9 +9,15 @@ room for: both cores work and neither waits long for the other. It starts with t
 chunk of a large input (`EAGER_BYTES`), else once the plan has spent counting what the process
 would spend to start: as long as the planner took to count its first chunk, which builds the
 encoding as the process must (and at least `START_AFTER` seconds). A small plan never pays for
-starting it, and a plan of any size spends at most twice the CPU the counting needs. The plan is the same
-either way: whatever the child does not count, a body it fails on or every body once it is
-gone, the planner counts itself, raising a count's error where it uses that count.
+starting it, and a plan of any size spends at most twice the CPU the counting needs.
+
+Where the machine's counting service (`batchpilot.count_service`) can be reached, it takes the
+child's place: it holds its encodings built across plans, so it is given every chunk from the
+first, and the planner builds no encoding at all.
+
+The plan is the same either way: whatever the child or the service does not count, a body it
+fails on or every body once it is gone, the planner counts itself, raising a count's error
+where it uses that count.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import functools
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +59,8 @@ EAGER_BYTES = 8 << 20
 WORKER_ENV = "BATCHPILOT_COUNT_WORKER"
 """`0`: never start the counting process; `1`: start it with the first chunk."""
 PIPE_BYTES = 1 << 20
+STALL_SECONDS = 120.0
+"""Seconds without an answer after which the planner stops waiting for the shared service."""
 
 
 @dataclass(slots=True)
@@ -228,6 +237,73 @@ class Counter:
         self.given.clear()
 
 
+class SharedCounter(Counter):
+    """The machine's counting service (`batchpilot.count_service`), which keeps its encodings
+    built: it is given every chunk, so the planner builds none unless the service goes away."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.capacity = PIPE_BYTES
+        self.given = deque()
+        self.alive = True
+        self._warming = []  # it is ready when it answers; nothing to warm
+        self._received = bytearray()
+        self._stdout = connection.fileno()
+        connection.setblocking(False)
+
+    @classmethod
+    def start(cls) -> SharedCounter | None:
+        """A connection to the service (started if need be), or None where there is none."""
+        from batchpilot.count_service import connect
+
+        connection = connect()
+        return None if connection is None else cls(connection)
+
+    def offer(self, rows: list[Prepared]) -> list[Prepared] | None:
+        if not self.alive:
+            return None
+        self._receive(wait_for=None)
+        given, parts = _pairs(rows, first_only=False)
+        return given if self._send(parts, given) else None
+
+    def _send(self, parts: list[bytes], given: list[Prepared]) -> bool:
+        pending = memoryview(frame(b"[" + b",".join(parts) + b"]"))
+        deadline = time.monotonic() + STALL_SECONDS
+        try:
+            while pending and self.alive:
+                try:
+                    sent = self.connection.send(pending)
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError from None
+                    select.select([self._stdout], [self._stdout], [], 1.0)
+                    self._receive(wait_for=None)  # answers it cannot write would stop it
+                    continue
+                pending = pending[sent:]
+                deadline = time.monotonic() + STALL_SECONDS
+        except OSError:
+            self._fail()
+        if not self.alive:
+            return False
+        self.given.append(given)
+        return True
+
+    def wait_for(self, given: list[Prepared]) -> None:
+        deadline = time.monotonic() + STALL_SECONDS
+        while self.alive and any(chunk is given for chunk in self.given):
+            waiting = len(self.given)
+            self._receive(wait_for=given)
+            if len(self.given) < waiting:
+                deadline = time.monotonic() + STALL_SECONDS
+            elif time.monotonic() > deadline:
+                self._fail()  # a service that stopped answering: the planner counts
+
+    def close(self) -> None:
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self.connection.close()
+
+
 def _pairs(rows: list[Prepared], first_only: bool) -> tuple[list[Prepared], list[bytes]]:
     """The ready rows that can be sent (all, or the first), and each as `[endpoint, body]`."""
     given, parts = [], []
@@ -303,6 +379,8 @@ def read_ahead(
     counter: Counter | None = None
     pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()
     try:
+        if start_after is not None and (counter := SharedCounter.start()) is not None:
+            start_after = None
         rows: list[Prepared] = []
         for item in items:
             rows.append(prepare(item))
@@ -323,7 +401,7 @@ def read_ahead(
                     counting += spent
                 settle(chunk)
                 yield from chunk
-        pending.append((rows, None))
+        pending.append((rows, counter.offer(rows) if counter is not None and rows else None))
         while pending:
             chunk, given = pending.popleft()
             _count(chunk, given, counter)
