@@ -87,8 +87,8 @@ def response_content(
 
 def parsed_answer(text: str | None) -> dict[str, Any] | list[Any] | None:
     """The answer's text as a JSON object or array; None for free text or no text."""
-    if not isinstance(text, str):
-        return None
+    if not isinstance(text, str) or text.lstrip()[:1] not in ("{", "["):
+        return None  # no object or array can be read from it: free text is common
     try:
         parsed = orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -123,9 +123,12 @@ class AnswerCheck:
         validators: Sequence[tuple[str, Validator]] = (),
         model: type[pydantic.BaseModel] | None = None,
     ) -> None:
-        from jsonschema import Draft202012Validator  # loaded by what checks answers, not export
+        self.validator = None
+        if schema is not None:
+            # loaded by a job whose answers have a schema: not by export, nor any other job
+            from jsonschema import Draft202012Validator
 
-        self.validator = Draft202012Validator(schema) if schema is not None else None
+            self.validator = Draft202012Validator(schema)
         self.validators = list(validators)
         self.model = model if schema is not None else None
 
