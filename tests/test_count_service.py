@@ -212,3 +212,26 @@ def test_a_socket_path_too_long_for_the_system_means_no_service(
     monkeypatch.setenv(count_service.SERVICE_ENV, "1")
     assert count_service.connect() is None
     assert not (tmp_path / ("x" * 120)).exists()  # nothing was started
+
+
+def test_a_large_input_is_counted_by_the_service_and_the_planner_alike(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large input's plan gives the service what it has room for and counts the rest: the
+    plan is the one a planner counting alone makes, and the service did count."""
+    from batchpilot.plan import ahead
+
+    _rows(tmp_path, 12 * CHUNK + 9)
+    alone = _alone(tmp_path, monkeypatch)
+    monkeypatch.setattr(ahead, "EAGER_BYTES", 1)
+    answered: list[int] = []
+    apply = ahead._apply
+
+    def recorded(given: list[Any], answers: Any) -> bool:
+        well_formed: bool = apply(given, answers)
+        answered.append(len(given))
+        return well_formed
+
+    monkeypatch.setattr(ahead, "_apply", recorded)
+    assert plan_job(job_from_dict(SPEC, base_dir=tmp_path)).as_json() == alone
+    assert sum(answered) > 0

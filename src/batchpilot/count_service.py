@@ -23,14 +23,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
-from batchpilot.count_worker import serve as serve_frames
+import orjson
+
+from batchpilot.count_worker import counts, frame, read_frame
 
 __all__ = ["IDLE_ENV", "SERVICE_ENV", "connect", "lock_path", "service_pid", "socket_path"]
 
@@ -205,9 +209,25 @@ class _Service:
             threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
 
     def _answer(self, connection: socket.socket) -> None:
+        # Frames are read as they come, on a thread of their own, while the last one is
+        # counted: a planner sending a large chunk never waits for the count before it.
+        frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+        def read(source: BinaryIO) -> None:
+            try:
+                while (payload := read_frame(source)) is not None:
+                    frames.put(payload)
+            except OSError:
+                pass
+            finally:
+                frames.put(None)
+
         try:
             with connection, connection.makefile("rb") as source, connection.makefile("wb") as sink:
-                serve_frames(source, sink)
+                threading.Thread(target=read, args=(source,), daemon=True).start()
+                while (payload := frames.get()) is not None:
+                    sink.write(frame(orjson.dumps(counts(payload))))
+                    sink.flush()
         except OSError:
             pass  # the planner went away
         finally:

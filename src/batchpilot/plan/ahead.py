@@ -12,8 +12,10 @@ encoding as the process must (and at least `START_AFTER` seconds). A small plan 
 starting it, and a plan of any size spends at most twice the CPU the counting needs.
 
 Where the machine's counting service (`batchpilot.count_service`) can be reached, it takes the
-child's place: it holds its encodings built across plans, so it is given every chunk from the
-first, and the planner builds no encoding at all.
+child's place from the first chunk: it holds its encodings built across plans. A plan of a
+small input gives it every chunk and builds no encoding at all; a plan of a large input gives
+it the chunks it has room for and counts the others itself, as beside the child, so that both
+cores count.
 
 The plan is the same either way: whatever the child or the service does not count, a body it
 fails on or every body once it is gone, the planner counts itself, raising a count's error
@@ -239,10 +241,13 @@ class Counter:
 
 class SharedCounter(Counter):
     """The machine's counting service (`batchpilot.count_service`), which keeps its encodings
-    built: it is given every chunk, so the planner builds none unless the service goes away."""
+    built. A plan of a small input gives it every chunk, so the planner builds no encoding; a
+    large one (`backlog`) gives it what it has room for and counts the rest itself, as with
+    its own counting process: both cores count, and building the encoding is soon repaid."""
 
-    def __init__(self, connection: socket.socket) -> None:
+    def __init__(self, connection: socket.socket, backlog: int | None = None) -> None:
         self.connection = connection
+        self.backlog = backlog
         self.capacity = PIPE_BYTES
         self.given = deque()
         self.alive = True
@@ -252,15 +257,15 @@ class SharedCounter(Counter):
         connection.setblocking(False)
 
     @classmethod
-    def start(cls) -> SharedCounter | None:
+    def start(cls, backlog: int | None = None) -> SharedCounter | None:
         """A connection to the service (started if need be), or None where there is none."""
         from batchpilot.count_service import connect
 
         connection = connect()
-        return None if connection is None else cls(connection)
+        return None if connection is None else cls(connection, backlog)
 
     def offer(self, rows: list[Prepared]) -> list[Prepared] | None:
-        if not self.alive:
+        if not self.alive or (self.backlog is not None and len(self.given) >= self.backlog):
             return None
         self._receive(wait_for=None)
         given, parts = _pairs(rows, first_only=False)
@@ -379,8 +384,9 @@ def read_ahead(
     counter: Counter | None = None
     pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()
     try:
-        if start_after is not None and (counter := SharedCounter.start()) is not None:
-            start_after = None
+        if start_after is not None:
+            counter = SharedCounter.start(backlog=BACKLOG if start_after == 0 else None)
+            start_after = None if counter is not None else start_after
         rows: list[Prepared] = []
         for item in items:
             rows.append(prepare(item))
