@@ -12,8 +12,9 @@ o200k encoding with the machine's rank cache empty and filled; and the planner's
 for `--memory-rows` and ten times as many rows, each in a fresh process (target: flat).
 `--before SRC` also times the planner of another source tree (an older checkout's `src`) in each
 round, interleaved with this one's. Figures are medians of the rounds. A large input's tokens
-are counted in a second process too (`batchpilot.count_worker`): its start-up is inside the
-planner's wall time.
+are counted in a second process too (`batchpilot.count_worker`), or by the machine's counting
+service (`batchpilot.count_service`) as a user's plan would be, started by the first round
+where none runs: either's start-up is inside the planner's wall time.
 """
 
 from __future__ import annotations
