@@ -214,24 +214,25 @@ def test_a_socket_path_too_long_for_the_system_means_no_service(
     assert not (tmp_path / ("x" * 120)).exists()  # nothing was started
 
 
-def test_a_large_input_is_counted_by_the_service_and_the_planner_alike(
+def test_a_large_input_is_counted_by_its_own_process_not_the_service(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A large input's plan gives the service what it has room for and counts the rest: the
-    plan is the one a planner counting alone makes, and the service did count."""
+    """A large input's plan counts on both cores with its own process, as without a service:
+    the same plan, and the service neither asked nor started."""
     from batchpilot.plan import ahead
 
-    _rows(tmp_path, 12 * CHUNK + 9)
+    _rows(tmp_path, 4 * CHUNK + 9)
     alone = _alone(tmp_path, monkeypatch)
     monkeypatch.setattr(ahead, "EAGER_BYTES", 1)
-    answered: list[int] = []
-    apply = ahead._apply
+    started: list[object] = []
+    start = ahead.Counter.start.__func__  # type: ignore[attr-defined]
 
-    def recorded(given: list[Any], answers: Any) -> bool:
-        well_formed: bool = apply(given, answers)
-        answered.append(len(given))
-        return well_formed
+    def recorded(cls: type[ahead.Counter]) -> ahead.Counter | None:
+        counter = start(cls)
+        started.append(counter)
+        return counter
 
-    monkeypatch.setattr(ahead, "_apply", recorded)
+    monkeypatch.setattr(ahead.Counter, "start", classmethod(recorded))
     assert plan_job(job_from_dict(SPEC, base_dir=tmp_path)).as_json() == alone
-    assert sum(answered) > 0
+    assert len(started) == 1 and not isinstance(started[0], ahead.SharedCounter)
+    assert not count_service.socket_path().exists()

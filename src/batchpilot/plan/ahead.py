@@ -11,11 +11,11 @@ would spend to start: as long as the planner took to count its first chunk, whic
 encoding as the process must (and at least `START_AFTER` seconds). A small plan never pays for
 starting it, and a plan of any size spends at most twice the CPU the counting needs.
 
-Where the machine's counting service (`batchpilot.count_service`) can be reached, it takes the
-child's place from the first chunk: it holds its encodings built across plans. A plan of a
-small input gives it every chunk and builds no encoding at all; a plan of a large input gives
-it the chunks it has room for and counts the others itself, as beside the child, so that both
-cores count.
+Where the machine's counting service (`batchpilot.count_service`) can be reached, a plan of an
+input under `EAGER_BYTES` gives it every chunk from the first and builds no encoding at all:
+the service holds its encodings built across plans. A large input's plan keeps its own child,
+which with the planner counts on both cores faster than the service alone, and repays the
+building of the encoding many times over.
 
 The plan is the same either way: whatever the child or the service does not count, a body it
 fails on or every body once it is gone, the planner counts itself, raising a count's error
@@ -241,13 +241,10 @@ class Counter:
 
 class SharedCounter(Counter):
     """The machine's counting service (`batchpilot.count_service`), which keeps its encodings
-    built. A plan of a small input gives it every chunk, so the planner builds no encoding; a
-    large one (`backlog`) gives it what it has room for and counts the rest itself, as with
-    its own counting process: both cores count, and building the encoding is soon repaid."""
+    built: it is given every chunk, so the planner builds no encoding unless it goes away."""
 
-    def __init__(self, connection: socket.socket, backlog: int | None = None) -> None:
+    def __init__(self, connection: socket.socket) -> None:
         self.connection = connection
-        self.backlog = backlog
         self.capacity = PIPE_BYTES
         self.given = deque()
         self.alive = True
@@ -257,15 +254,15 @@ class SharedCounter(Counter):
         connection.setblocking(False)
 
     @classmethod
-    def start(cls, backlog: int | None = None) -> SharedCounter | None:
+    def start(cls) -> SharedCounter | None:
         """A connection to the service (started if need be), or None where there is none."""
         from batchpilot.count_service import connect
 
         connection = connect()
-        return None if connection is None else cls(connection, backlog)
+        return None if connection is None else cls(connection)
 
     def offer(self, rows: list[Prepared]) -> list[Prepared] | None:
-        if not self.alive or (self.backlog is not None and len(self.given) >= self.backlog):
+        if not self.alive:
             return None
         self._receive(wait_for=None)
         given, parts = _pairs(rows, first_only=False)
@@ -384,8 +381,8 @@ def read_ahead(
     counter: Counter | None = None
     pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()
     try:
-        if start_after is not None:
-            counter = SharedCounter.start(backlog=BACKLOG if start_after == 0 else None)
+        if start_after:  # not a large input, which its own process and the planner count
+            counter = SharedCounter.start()
             start_after = None if counter is not None else start_after
         rows: list[Prepared] = []
         for item in items:
