@@ -32,9 +32,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-import orjson
-
-from batchpilot.count_worker import counts, frame, read_frame
+from batchpilot.count_worker import answer, read_frame
 
 __all__ = ["IDLE_ENV", "SERVICE_ENV", "connect", "lock_path", "service_pid", "socket_path"]
 
@@ -226,7 +224,7 @@ class _Service:
             with connection, connection.makefile("rb") as source, connection.makefile("wb") as sink:
                 threading.Thread(target=read, args=(source,), daemon=True).start()
                 while (payload := frames.get()) is not None:
-                    sink.write(frame(orjson.dumps(counts(payload))))
+                    sink.write(answer(payload))
                     sink.flush()
         except OSError:
             pass  # the planner went away

@@ -54,10 +54,15 @@ def counts(payload: bytes) -> list[list[int | bool] | None] | None:
     return answers
 
 
+def answer(payload: bytes) -> bytes:
+    """The frame that answers the frame `payload`."""
+    return frame(orjson.dumps(counts(payload)))
+
+
 def serve(source: BinaryIO, sink: BinaryIO) -> None:
     """Answer every frame of `source` on `sink` until `source` ends."""
     while (payload := read_frame(source)) is not None:
-        sink.write(frame(orjson.dumps(counts(payload))))
+        sink.write(answer(payload))
         sink.flush()
 
 

@@ -114,15 +114,19 @@ class Counter:
     command = (sys.executable, "-m", "batchpilot.count_worker")
 
     def __init__(self, process: subprocess.Popen[bytes], capacity: int) -> None:
+        assert process.stdin is not None and process.stdout is not None
         self.process = process
+        self._stdin: IO[bytes] = process.stdin
+        self._listen(process.stdout.fileno(), capacity)
+
+    def _listen(self, answers: int, capacity: int) -> None:
+        """Nothing given yet; answers read from the descriptor `answers`."""
         self.capacity = capacity
         self.given: deque[list[Prepared]] = deque()
         self.alive = True
         self._warming: list[Prepared] | None = None
         self._received = bytearray()
-        assert process.stdin is not None and process.stdout is not None
-        self._stdin: IO[bytes] = process.stdin
-        self._stdout = process.stdout.fileno()
+        self._stdout = answers
 
     @classmethod
     def start(cls) -> Counter | None:
@@ -245,12 +249,8 @@ class SharedCounter(Counter):
 
     def __init__(self, connection: socket.socket) -> None:
         self.connection = connection
-        self.capacity = PIPE_BYTES
-        self.given = deque()
-        self.alive = True
+        self._listen(connection.fileno(), PIPE_BYTES)
         self._warming = []  # it is ready when it answers; nothing to warm
-        self._received = bytearray()
-        self._stdout = connection.fileno()
         connection.setblocking(False)
 
     @classmethod
