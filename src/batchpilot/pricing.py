@@ -387,10 +387,23 @@ class PriceTable:
 
 
 class _NoCost(PriceTable):
+    def __init__(
+        self, version: int, updated: str, prices: Mapping[str, Price], aliases: Mapping[str, str]
+    ) -> None:
+        super().__init__(version, updated, prices, aliases)
+        self._free: dict[str, Price] = {}
+
     def has(self, model: str) -> bool:
         return True
 
     def price(self, model: str) -> Price:
+        # asked for every request, several times: made once per model
+        free = self._free.get(model)
+        if free is None:
+            free = self._free[model] = self._made_free(model)
+        return free
+
+    def _made_free(self, model: str) -> Price:
         name = self._resolve(model)
         known = self._prices[name] if name is not None else None
         zero = Price(model, 0.0, 0.0, 0.0, 0.0, 0.0, "no charge on this machine", "", "verified")
