@@ -236,3 +236,49 @@ def test_a_large_input_is_counted_by_its_own_process_not_the_service(
     assert plan_job(job_from_dict(SPEC, base_dir=tmp_path)).as_json() == alone
     assert len(started) == 1 and not isinstance(started[0], ahead.SharedCounter)
     assert not count_service.socket_path().exists()
+
+
+def test_a_service_that_cannot_listen_is_not_waited_for_nor_started_again(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something in the socket's place (a directory here; a file system without sockets
+    elsewhere): the service says why it could not listen, the plan counts alone at once, and
+    plans in the next minutes do not start one to wait for again."""
+    _rows(tmp_path, CHUNK + 3)
+    alone = _alone(tmp_path, monkeypatch)
+    path = count_service.socket_path()
+    path.mkdir(parents=True)
+    started = time.monotonic()
+    assert plan_job(job_from_dict(SPEC, base_dir=tmp_path)).as_json() == alone
+    assert time.monotonic() - started < count_service.START_WAIT
+    failure = count_service.failure_path(path)
+    assert "could not listen" in failure.read_text(encoding="utf-8")
+    pid = count_service.service_pid(path)
+    assert pid is not None and _wait_until(lambda: not _running(pid))
+    path.rmdir()
+    assert count_service.connect() is None  # not tried again so soon
+    assert count_service.service_pid(path) == pid  # no other service was started
+    failure.unlink()
+    connection = count_service.connect()
+    assert connection is not None  # tried again once the failure is gone
+    connection.close()
+    assert not failure.exists()
+
+
+def test_a_service_that_never_listens_is_waited_for_once(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service that starts but never listens (here, the lock it takes is held already): the
+    first plan waits `START_WAIT` for it, then says so, and the next does not wait."""
+    import fcntl
+
+    monkeypatch.setattr(count_service, "START_WAIT", 0.5)
+    path = count_service.socket_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with count_service.lock_path(path).open("a+", encoding="ascii") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert count_service.connect() is None
+        assert "did not listen" in count_service.failure_path(path).read_text(encoding="utf-8")
+        started = time.monotonic()
+        assert count_service.connect() is None
+        assert time.monotonic() - started < 0.25

@@ -12,7 +12,9 @@ is named after what decides a count (batchpilot's version, its counting modules,
 version and the interpreter), so a planner never asks a service built from other code. A lock
 file beside the socket, held while the service lives, lets one service at a time listen.
 Anywhere the service cannot be reached (Windows, a socket path too long for the system, a
-service that does not start in time) the planner counts as it did without it.
+service that does not start in time) the planner counts as it did without it; a service that
+could not listen leaves why beside its socket, and plans do not start one again for
+`RETRY_AFTER` seconds.
 `BATCHPILOT_COUNT_SERVICE=0` never uses it.
 
 Run as `python -m batchpilot.count_service SOCKET`: it forks the service and ends at once.
@@ -34,7 +36,15 @@ from typing import BinaryIO
 
 from batchpilot.count_worker import answer, read_frame
 
-__all__ = ["IDLE_ENV", "SERVICE_ENV", "connect", "lock_path", "service_pid", "socket_path"]
+__all__ = [
+    "IDLE_ENV",
+    "SERVICE_ENV",
+    "connect",
+    "failure_path",
+    "lock_path",
+    "service_pid",
+    "socket_path",
+]
 
 SERVICE_ENV = "BATCHPILOT_COUNT_SERVICE"
 """`0`: plans never use (or start) the shared counting process."""
@@ -42,6 +52,8 @@ IDLE_ENV = "BATCHPILOT_COUNT_SERVICE_IDLE"
 IDLE_SECONDS = 300.0
 START_WAIT = 5.0
 """Seconds a planner waits for a service it started to listen, before it counts alone."""
+RETRY_AFTER = 600.0
+"""Seconds after a service could not be started during which plans do not try again."""
 _MAX_PATH = 100  # sockaddr_un holds 104 to 108 bytes, depending on the system
 _KEYED = ("__init__.py", "tokens.py", "rank_cache.py", "count_worker.py", "count_service.py")
 
@@ -60,6 +72,24 @@ def socket_path() -> Path:
 def lock_path(socket_file: Path) -> Path:
     """The lock its service holds while it lives; it holds the service's process id."""
     return socket_file.with_suffix(".lock")
+
+
+def failure_path(socket_file: Path) -> Path:
+    """Why the last service for `socket_file` could not listen, while plans count alone."""
+    return socket_file.with_suffix(".failed")
+
+
+def _failed_lately(socket_file: Path, since: float) -> bool:
+    """Whether a service for `socket_file` failed to start after `since` (a wall time)."""
+    try:
+        return failure_path(socket_file).stat().st_mtime >= since
+    except OSError:
+        return False
+
+
+def _fail(socket_file: Path, why: str) -> None:
+    with contextlib.suppress(OSError):
+        failure_path(socket_file).write_text(why + "\n", encoding="utf-8")
 
 
 def service_pid(socket_file: Path) -> int | None:
@@ -101,7 +131,9 @@ def connect() -> socket.socket | None:
     connection = _connect(path)
     if connection is not None:
         return connection
-    if not _start(path):
+    # A service that could not listen lately will not now: each plan would wait for it.
+    started = time.time()
+    if _failed_lately(path, started - RETRY_AFTER) or not _start(path):
         return None
     deadline = time.monotonic() + START_WAIT
     pause = 0.005
@@ -110,7 +142,10 @@ def connect() -> socket.socket | None:
         connection = _connect(path)
         if connection is not None:
             return connection
+        if _failed_lately(path, started - 1.0):  # the file system's clock is coarse
+            return None
         pause = min(pause * 2, 0.1)
+    _fail(path, f"the service did not listen within {START_WAIT:g} s")
     return None
 
 
@@ -176,21 +211,31 @@ class _Service:
             lock.truncate()
             lock.write(str(os.getpid()))
             lock.flush()
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()  # left by a service that was killed
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            old_mask = os.umask(0o177)
             try:
-                listener.bind(os.fspath(self.path))
-            finally:
-                os.umask(old_mask)
-            listener.listen(64)
+                self._listen(listener)
+            except OSError as exc:
+                listener.close()
+                _fail(self.path, f"the service could not listen at {self.path}: {exc}")
+                return
+            with contextlib.suppress(FileNotFoundError):
+                failure_path(self.path).unlink()
             try:
                 self._accept(listener)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
                 listener.close()
+
+    def _listen(self, listener: socket.socket) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # left by a service that was killed
+        old_mask = os.umask(0o177)
+        try:
+            listener.bind(os.fspath(self.path))
+        finally:
+            os.umask(old_mask)
+        listener.listen(64)
 
     def _accept(self, listener: socket.socket) -> None:
         listener.settimeout(min(self.idle, 5.0))
