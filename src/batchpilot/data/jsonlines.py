@@ -26,6 +26,7 @@ _CHUNK = 1024 * 1024
 
 MAX_DEPTH = 128
 """How deeply objects and lists may nest in one line."""
+_NOT_OPENING = bytes(sorted(set(range(256)) - set(b"[{")))
 
 
 def bounded_lines(stream: IO[AnyStr], name: str, limit: int = MAX_LINE_BYTES) -> Iterator[AnyStr]:
@@ -133,8 +134,8 @@ def check_depth(value: Any, where: str, raw: bytes | str | None = None) -> None:
     """Refuse ``value`` if it nests deeper than MAX_DEPTH; ``raw`` (its text), when given, lets
     a shallow line pass without walking it."""
     if raw is not None:
-        if isinstance(raw, bytes):
-            brackets = raw.count(b"[") + raw.count(b"{")
+        if isinstance(raw, bytes):  # one pass that keeps the opening brackets alone
+            brackets = len(raw.translate(None, _NOT_OPENING))
         else:
             brackets = raw.count("[") + raw.count("{")
         if brackets <= MAX_DEPTH:
