@@ -214,16 +214,20 @@ def test_a_socket_path_too_long_for_the_system_means_no_service(
     assert not (tmp_path / ("x" * 120)).exists()  # nothing was started
 
 
+@pytest.mark.parametrize("large", [True, False])
 def test_a_large_input_is_counted_by_its_own_process_not_the_service(
-    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    large: bool, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A large input's plan counts on both cores with its own process, as without a service:
-    the same plan, and the service neither asked nor started."""
+    """An input of `SHARED_BYTES` or more counts on both cores with its own process, as
+    without a service: the same plan, and the service neither asked nor started. One under it,
+    even past `EAGER_BYTES`, goes to the service alone."""
     from batchpilot.plan import ahead
 
     _rows(tmp_path, 4 * CHUNK + 9)
     alone = _alone(tmp_path, monkeypatch)
+    size = (tmp_path / "rows.jsonl").stat().st_size
     monkeypatch.setattr(ahead, "EAGER_BYTES", 1)
+    monkeypatch.setattr(ahead, "SHARED_BYTES", size if large else size + 1)
     started: list[object] = []
     start = ahead.Counter.start.__func__  # type: ignore[attr-defined]
 
@@ -234,8 +238,12 @@ def test_a_large_input_is_counted_by_its_own_process_not_the_service(
 
     monkeypatch.setattr(ahead.Counter, "start", classmethod(recorded))
     assert plan_job(job_from_dict(SPEC, base_dir=tmp_path)).as_json() == alone
-    assert len(started) == 1 and not isinstance(started[0], ahead.SharedCounter)
-    assert not count_service.socket_path().exists()
+    if large:
+        assert len(started) == 1 and not isinstance(started[0], ahead.SharedCounter)
+        assert not count_service.socket_path().exists()
+    else:
+        assert started == []
+        assert count_service.socket_path().exists()
 
 
 def test_a_service_that_cannot_listen_is_not_waited_for_nor_started_again(

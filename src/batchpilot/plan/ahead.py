@@ -12,10 +12,10 @@ encoding as the process must (and at least `START_AFTER` seconds). A small plan 
 starting it, and a plan of any size spends at most twice the CPU the counting needs.
 
 Where the machine's counting service (`batchpilot.count_service`) can be reached, a plan of an
-input under `EAGER_BYTES` gives it every chunk from the first and builds no encoding at all:
-the service holds its encodings built across plans. A large input's plan keeps its own child,
-which with the planner counts on both cores faster than the service alone, and repays the
-building of the encoding many times over.
+input under `SHARED_BYTES` gives it every chunk from the first and builds no encoding at all:
+the service holds its encodings built across plans, and counts while the planner prepares
+the next chunks. A larger input's plan keeps its own child, which with the planner counts on
+both cores faster than the service alone, and repays the building of the encoding.
 
 The plan is the same either way: whatever the child or the service does not count, a body it
 fails on or every body once it is gone, the planner counts itself, raising a count's error
@@ -58,6 +58,8 @@ START_AFTER = 0.1
 """Seconds the planner spends counting, at least, before it starts the counting process."""
 EAGER_BYTES = 8 << 20
 """An input this large starts the counting process with the first chunk."""
+SHARED_BYTES = 32 << 20
+"""An input smaller than this is counted by the machine's counting service, where it runs."""
 WORKER_ENV = "BATCHPILOT_COUNT_WORKER"
 """`0`: never start the counting process; `1`: start it with the first chunk."""
 PIPE_BYTES = 1 << 20
@@ -367,6 +369,13 @@ def _start_after(input_bytes: int | None) -> float | None:
     return 0.0 if eager else START_AFTER
 
 
+def _shared(input_bytes: int | None) -> bool:
+    """Whether the machine's counting service is asked to count the input."""
+    if os.environ.get(WORKER_ENV, "") in ("0", "1"):
+        return False
+    return input_bytes is None or input_bytes < SHARED_BYTES
+
+
 def read_ahead(
     items: Iterable[Item],
     prepare: Callable[[Item], Prepared],
@@ -381,7 +390,7 @@ def read_ahead(
     counter: Counter | None = None
     pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()
     try:
-        if start_after:  # not a large input, which its own process and the planner count
+        if _shared(input_bytes):  # a large one its own process and the planner count
             counter = SharedCounter.start()
             start_after = None if counter is not None else start_after
         rows: list[Prepared] = []
