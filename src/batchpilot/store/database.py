@@ -8,6 +8,7 @@ Code outside `store/` takes `Connection`, `Row` and the error types from here, n
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 __all__ = ["BUSY_TIMEOUT_S", "Connection", "Error", "IntegrityError", "Row", "connect"]
@@ -28,9 +29,26 @@ def connect(path: Path, *, shared: bool = False, foreign_keys: bool = False) -> 
         path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=not shared
     )
     db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
+    _write_ahead(db)
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     if foreign_keys:
         db.execute("PRAGMA foreign_keys=ON")
     return db
+
+
+def _write_ahead(db: Connection) -> None:
+    """Put the database in WAL mode. Connections that switch a new database at the same moment
+    can be refused at once, the busy timeout notwithstanding (SQLite will not wait where two
+    would wait for each other), so the switch is tried again for as long as that timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
