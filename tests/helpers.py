@@ -27,6 +27,18 @@ from batchpilot.store.packing import register
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
+def plot_job(name: str) -> dict[str, Any]:
+    """A job on `rows.jsonl` (rows with an `id` and a `plot`) asking who dies, as a dict."""
+    return {
+        "name": name,
+        "provider": {"kind": "openai"},
+        "model": "gpt-4o-mini",
+        "input": {"path": "rows.jsonl", "id_field": "id"},
+        "prompt": {"user": "Who dies? {{ plot }}"},
+        "params": {"max_tokens": 20},
+    }
+
+
 OPEN_CLIENTS: list[openai.OpenAI] = []
 
 

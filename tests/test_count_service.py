@@ -28,16 +28,11 @@ from batchpilot.plan import plan_job
 from batchpilot.plan.ahead import CHUNK, WORKER_ENV
 from batchpilot.spec import job_from_dict
 
+from helpers import plot_job
+
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the service listens on a Unix socket")
 
-SPEC = {
-    "name": "shared",
-    "provider": {"kind": "openai"},
-    "model": "gpt-4o-mini",
-    "input": {"path": "rows.jsonl", "id_field": "id"},
-    "prompt": {"user": "Who dies? {{ plot }}"},
-    "params": {"max_tokens": 20},
-}
+SPEC = plot_job("shared")
 
 PLAN_IN_A_FRESH_PROCESS = """
 import json, sys

@@ -35,6 +35,8 @@ from batchpilot.spec import JobSpec, job_from_dict
 from batchpilot.store.seen import SeenKeys
 from batchpilot.tokens import count_request
 
+from helpers import plot_job
+
 WORDS = ("the", "a", "sailor", "storm", "île", "naïve", "東京", "☃", "🎬", "dies", "\n\t", '"')
 WORDS += ("\\", "42", "0.5")
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (700).to_bytes(4, "big") + (300).to_bytes(4, "big")
@@ -374,15 +376,7 @@ def _job_file(tmp_path: Path, rows: int) -> JobSpec:
     with (tmp_path / "rows.jsonl").open("w", encoding="utf-8") as handle:
         for index in range(rows):
             handle.write(json.dumps({"id": f"m{index}", "plot": f"film {index} " * 20}) + "\n")
-    spec = {
-        "name": "sizes",
-        "provider": {"kind": "openai"},
-        "model": "gpt-4o-mini",
-        "input": {"path": "rows.jsonl", "id_field": "id"},
-        "prompt": {"user": "Who dies? {{ plot }}"},
-        "params": {"max_tokens": 20},
-    }
-    return job_from_dict(spec, base_dir=tmp_path)
+    return job_from_dict(plot_job("sizes"), base_dir=tmp_path)
 
 
 @pytest.mark.parametrize("large", [True, False])
