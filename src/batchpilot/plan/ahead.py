@@ -390,7 +390,7 @@ def read_ahead(
     counter: Counter | None = None
     pending: deque[tuple[list[Prepared], list[Prepared] | None]] = deque()
     try:
-        if _shared(input_bytes):  # a large one its own process and the planner count
+        if _shared(input_bytes):  # a larger input its own process and the planner count
             counter = SharedCounter.start()
             start_after = None if counter is not None else start_after
         rows: list[Prepared] = []
