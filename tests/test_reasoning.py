@@ -21,7 +21,7 @@ from batchpilot.run import open_store, run_job
 from batchpilot.server import LocalServer
 from batchpilot.spec import job_from_dict
 
-from helpers import client_for, sql
+from helpers import client_for
 
 ServerFactory = Callable[..., LocalServer]
 URL = "http://127.0.0.1:9/v1"
@@ -139,10 +139,7 @@ def test_reasoning_tokens_are_in_usage_and_in_the_cost_in_both_lanes(
         )
         result = run_job(spec, state_dir=where / "state", poll_interval=0.02)
         assert result.status.finished and result.status.requests["succeeded"] == 3
-        answers = sql(
-            where / "state" / "batchpilot.sqlite3",
-            "SELECT unpack(response_json), output_tokens, cost_usd FROM results",
-        )
+        answers = answered(where / "state", result.run_id, "output_tokens", "cost_usd")
         for text, output_tokens, cost in answers:
             usage = json.loads(text)["usage"]
             assert usage["completion_tokens_details"]["reasoning_tokens"] == 512
@@ -161,6 +158,16 @@ def test_reasoning_tokens_are_in_usage_and_in_the_cost_in_both_lanes(
         finally:
             store.close()
         assert spent == pytest.approx(sum(row[2] for row in answers))
+
+
+def answered(state: Path, run_id: str, *fields: str) -> list[tuple[Any, ...]]:
+    """Each answer of a run with `fields` of its row, as the store gives them."""
+    store = open_store(state)
+    try:
+        rows = [row for row in store.joined_rows(run_id) if row.response_json]
+    finally:
+        store.close()
+    return [(row.response_json, *(getattr(row, name) for name in fields)) for row in rows]
 
 
 def test_reasoning_tokens_stay_within_max_completion_tokens(
@@ -203,10 +210,7 @@ def test_a_shared_long_prompt_is_cached_and_billed_at_the_cached_rate_in_every_l
         )
         result = run_job(spec, state_dir=where / "state", poll_interval=0.02)
         assert result.status.requests["succeeded"] == 3
-        answers = sql(
-            where / "state" / "batchpilot.sqlite3",
-            "SELECT unpack(response_json), cost_usd FROM results",
-        )
+        answers = answered(where / "state", result.run_id, "cost_usd")
         cached = []
         for text, cost in answers:
             usage = json.loads(text)["usage"]

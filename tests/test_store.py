@@ -7,6 +7,7 @@ Checks of the raw tables (`_sql`) read the SQLite file through a second connecti
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import json
 import os
@@ -36,6 +37,7 @@ from batchpilot.store import (
     utc_now,
 )
 from batchpilot.store.migrations import MIGRATIONS, migrate, statements
+from batchpilot.store.records import AnswerFilter
 from batchpilot.store.states import BATCH_MOVES
 
 from helpers import old_store
@@ -190,7 +192,7 @@ def test_a_batchs_attempts_stay_out_of_the_real_time_index(store: SQLiteStore) -
     assert _sql(store, index)[0][0].endswith("WHERE lane IN ('realtime', 'flex')")
     indexed = "SELECT request_id FROM attempts INDEXED BY attempts_by_lane WHERE lane IN "
     assert _sql(store, indexed + "('realtime', 'flex') AND at_utc > ''") == [("req-2",)]
-    assert _sql(store, "SELECT COUNT(*) FROM attempts") == [(3,)]
+    assert len(list(store.attempts(RUN))) == 3
     assert store.realtime_sent_last_day(RUN) == 1
 
 
@@ -269,48 +271,84 @@ def test_finish_batch_applies_every_outcome(store: SQLiteStore) -> None:
             store.move_batch(RUN, batch_id, target)
 
 
-def test_a_batch_answered_whole_moves_in_one_statement_as_it_would_row_by_row(
+def test_a_batch_answered_whole_is_kept_whole_and_reads_as_it_would_row_by_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batchpilot.store import sqlite_moves
+    from batchpilot.store import sqlite_batch_answers, sqlite_moves
 
-    def finished(path: Path) -> list[list[tuple[Any, ...]]]:
+    def finished(path: Path) -> list[Any]:
         store = SQLiteStore(path)
         try:
             make_run(store)
-            first = batch_in(store, B.SUBMITTED, plan(store, 4))
-            answered = [Outcome(f"req-{i}", R.SUCCEEDED, {"a": i}, 1, 1) for i in (1, 2, 3)]
-            failed = Outcome("req-0", R.PENDING, error="x", cost_usd=0.5)
+            requests = plan(store, 5)
+            first = batch_in(store, B.SUBMITTED, requests[:3])
+            answered = [
+                Outcome(f"req-{i}", R.SUCCEEDED, {"a": i}, 10 + i, i, i / 8) for i in (1, 2)
+            ]
+            failed = Outcome("req-0", R.PENDING, error="x: y", cost_usd=0.5)
             store.finish_batch(RUN, first, [failed, *answered])
-            second = batch_in(store, B.SUBMITTED, store.pending(RUN, 1))
-            store.finish_batch(RUN, second, [Outcome("req-0", R.SUCCEEDED, {"a": 0}, 2, 1)])
+            second = batch_in(store, B.SUBMITTED, requests[3:])
+            whole = [Outcome(f"req-{i}", R.SUCCEEDED, {"a": i}, 10 + i, i, i / 8) for i in (3, 4)]
+            store.finish_batch(RUN, second, whole)
+            third = batch_in(store, B.SUBMITTED, store.pending(RUN, 1))
+            store.finish_batch(RUN, third, [Outcome("req-0", R.SUCCEEDED, {"a": 0}, 2, 1, 0.25)])
             return [
                 _sql(store, "SELECT id, state, attempts, batch_id, error FROM requests"),
                 _sql(store, "SELECT state, n FROM request_counts ORDER BY state"),
-                _sql(store, "SELECT request_id, attempt, batch_id, outcome FROM attempts"),
-                _sql(store, "SELECT request_id, response_json FROM results ORDER BY 1"),
+                sorted(
+                    (dataclasses.replace(a, at_utc="") for a in store.attempts(RUN)),
+                    key=lambda a: (a.request_id, a.attempt),
+                ),
+                [(a.attempt, a.batch_id) for a in store.attempts(RUN, "req-0")],
+                [(a.attempt, a.batch_id) for a in store.attempts(RUN, "req-3")],
+                list(store.joined_rows(RUN)),
+                list(store.answered_rows(RUN)),
+                store.answers(RUN, AnswerFilter(lane="batch"), 0, 10),
+                store.answers(RUN, AnswerFilter(search='"a":3'), 0, 10),
+                store.count_answers(RUN, AnswerFilter(lane="batch")),
+                store.money(RUN),
+                store.token_totals(RUN),
+                store.failure_reasons(RUN),
             ]
         finally:
             store.close()
 
-    taken: list[bool] = []
-    one_statement = sqlite_moves._all_answered
+    kept: list[bool] = []
+    keep_whole = sqlite_moves._keep_whole
 
     def spy(*args: Any) -> bool:
-        taken.append(one_statement(*args))
-        return taken[-1]
+        kept.append(keep_whole(*args))
+        return kept[-1]
 
-    monkeypatch.setattr(sqlite_moves, "_all_answered", spy)
+    monkeypatch.setattr(sqlite_moves, "_keep_whole", spy)
+    # a frame for each answer: a batch kept whole is read across its frames
+    monkeypatch.setattr(sqlite_batch_answers, "FRAME", 1)
     whole = finished(tmp_path / "whole.sqlite3")
-    assert taken == [False, True]  # the first batch has a request to try again
-    monkeypatch.setattr(sqlite_moves, "_all_answered", lambda *args: False)
+    assert kept == [False, True, True]  # the first batch has a request to try again
+    kept_rows = "SELECT COUNT(*) FROM results UNION ALL SELECT COUNT(*) FROM attempts"
+    with closing(sqlite3.connect(tmp_path / "whole.sqlite3")) as db:
+        assert db.execute(kept_rows).fetchall() == [(2,), (3,)]
+        assert db.execute("SELECT batch_id, requests FROM batch_answers").fetchall() == [
+            (2, 2), (3, 1)
+        ]  # fmt: skip
+    monkeypatch.setattr(sqlite_moves, "_keep_whole", lambda *args: False)
     assert finished(tmp_path / "row-by-row.sqlite3") == whole
     assert sorted(whole[0]) == [
-        ("req-0", "succeeded", 2, 2, None),
+        ("req-0", "succeeded", 2, 3, None),
         ("req-1", "succeeded", 1, 1, None),
         ("req-2", "succeeded", 1, 1, None),
-        ("req-3", "succeeded", 1, 1, None),
+        ("req-3", "succeeded", 1, 2, None),
+        ("req-4", "succeeded", 1, 2, None),
     ]
+    assert whole[3] == [(1, 1), (2, 3)] and whole[4] == [(1, 2)]
+    assert [(r.request_id, r.response_json, r.lane, r.cost_usd) for r in whole[5]] == [
+        ("req-0", '{"a":0}', "batch", 0.25),
+        ("req-1", '{"a":1}', "batch", 0.125),
+        ("req-2", '{"a":2}', "batch", 0.25),
+        ("req-3", '{"a":3}', "batch", 0.375),
+        ("req-4", '{"a":4}', "batch", 0.5),
+    ]
+    assert [r.request_id for r in whole[8]] == ["req-3"] and whole[9] == 5
 
 
 def test_a_retry_is_a_new_attempt(store: SQLiteStore) -> None:
@@ -319,7 +357,7 @@ def test_a_retry_is_a_new_attempt(store: SQLiteStore) -> None:
     second = batch_in(store, B.SUBMITTED, store.pending(RUN, 1))
     store.finish_batch(RUN, second, [Outcome("req-0", R.SUCCEEDED, {}, 1, 1, cost_usd=0.25)])
     assert request_row(store, "req-0")[:3] == ("succeeded", 2, second)
-    assert _sql(store, "SELECT attempt, batch_id, outcome FROM attempts") == [
+    assert [(a.attempt, a.batch_id, a.outcome) for a in store.attempts(RUN)] == [
         (1, first, "pending"), (2, second, "succeeded")
     ]  # fmt: skip
     assert store.money(RUN) == (0.75, 0.0)

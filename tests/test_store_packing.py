@@ -109,12 +109,11 @@ def test_movie_sized_requests_take_less_than_their_raw_input_and_answer(tmp_path
     _raw(tmp_path / "s.sqlite3", "PRAGMA wal_checkpoint(TRUNCATE)")
     size = sum(path.stat().st_size for path in tmp_path.iterdir())
     assert size / raw < 1.0, f"{size / n:.0f} bytes per request, raw {raw / n:.0f}"
-    tags = _raw(
-        tmp_path / "s.sqlite3",
-        "SELECT DISTINCT substr(body, 1, 1) FROM requests UNION ALL "
-        "SELECT DISTINCT substr(response_json, 1, 1) FROM results",
-    )
-    assert tags == [(bytes([ROW_DEFLATE]),), (bytes([ANSWER]),)]
+    tags = _raw(tmp_path / "s.sqlite3", "SELECT DISTINCT substr(body, 1, 1) FROM requests")
+    assert tags == [(bytes([ROW_DEFLATE]),)]
+    # the batch was answered whole: its answers are kept together, none in `results`
+    kept = "SELECT COUNT(*) FROM results UNION ALL SELECT requests FROM batch_answers"
+    assert _raw(tmp_path / "s.sqlite3", kept) == [(0,), (n,)]
     again = SQLiteStore(tmp_path / "s.sqlite3")
     try:
         for i in (0, 199, 399):

@@ -377,6 +377,27 @@ MIGRATIONS: list[str] = [
     DROP TABLE results;
     ALTER TABLE results_in_order RENAME TO results;
     """,
+    # 16: a batch every request of which was answered kept whole (`sqlite_batch_answers`): the
+    # ids of its requests and their tokens and costs in one row, their answers compressed
+    # together a frame at a time; its requests have no row in `results` nor `attempts`
+    """
+    CREATE TABLE batch_answers (
+        run_id TEXT NOT NULL,
+        batch_id INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        request_ids BLOB NOT NULL,
+        usage BLOB NOT NULL,
+        created_at_utc TEXT NOT NULL,
+        PRIMARY KEY (run_id, batch_id)
+    );
+    CREATE TABLE batch_answer_frames (
+        run_id TEXT NOT NULL,
+        batch_id INTEGER NOT NULL,
+        frame INTEGER NOT NULL,
+        answers BLOB NOT NULL,
+        PRIMARY KEY (run_id, batch_id, frame)
+    );
+    """,
 ]
 
 

@@ -22,7 +22,17 @@ import zstandard
 
 from batchpilot.store.database import Connection
 
-__all__ = ["body_size", "pack", "pack_answer", "pack_body", "register", "unpack", "unpack_body"]
+__all__ = [
+    "body_size",
+    "pack",
+    "pack_answer",
+    "pack_body",
+    "pack_whole",
+    "register",
+    "unpack",
+    "unpack_body",
+    "unpack_whole",
+]
 
 PLAIN = 1  # zstd, no dictionary
 WITH_ROW = 2  # zstd, the request's row as the dictionary (written by earlier versions)
@@ -104,6 +114,16 @@ def pack_body(body: bytes, row: str | None) -> bytes:
     head = bytes((ROW_DEFLATE,)) + len(body).to_bytes(_LENGTH, "little")
     packed = head + deflate.compress(body) + deflate.flush()
     return packed if len(packed) < len(body) else body
+
+
+def pack_whole(data: bytes) -> bytes:
+    """Bytes always kept compressed (a batch's answers together), as one zstd frame."""
+    return _contexts.compress.compress(data)
+
+
+def unpack_whole(value: bytes) -> bytes:
+    """The bytes `pack_whole` packed."""
+    return _contexts.decompress.decompress(value)
 
 
 def unpack(value: str | bytes | None) -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.store import sqlite_batch_answers as batch_answers
 from batchpilot.store import sqlite_moves as moves
 from batchpilot.store import sqlite_queries as queries
 from batchpilot.store import sqlite_reads as reads
@@ -81,6 +82,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
         except Error as exc:
             raise StateError(f"{self.path}: cannot open the store ({exc})") from None
         register(db)
+        batch_answers.register(db)
         with self._guard:
             self._connections.append(db)
         self._local.db = db

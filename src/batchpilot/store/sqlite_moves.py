@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.store import sqlite_batch_answers as batch_answers
 from batchpilot.store.database import Connection
 from batchpilot.store.packing import pack_answer
 from batchpilot.store.records import Outcome
@@ -198,6 +199,8 @@ def apply_outcomes(
     now: str,
 ) -> None:
     """Write many outcomes with a handful of statements (this is the ingest hot path)."""
+    if batch_id is not None and _keep_whole(db, run_id, batch_id, outcomes, now):
+        return
     if batch_id is not None:
         rows = db.execute(
             "SELECT id, state, attempts, content_hash, batch_id FROM requests "
@@ -258,13 +261,7 @@ def apply_outcomes(
                 )
             )
             answers.append((row[3], run_id, request_id))
-    whole = len(known) == len(moves)  # every request of the batch has its outcome
-    if (
-        batch_id is None
-        or not whole
-        or not _all_answered(db, run_id, batch_id, moves, batches, outcomes)
-    ):
-        move_each(db, run_id, moves, batches)
+    move_each(db, run_id, moves, batches)
     db.executemany(
         "INSERT INTO attempts(run_id, request_id, attempt, lane, batch_id, "
         "outcome, error, input_tokens, output_tokens, cost_usd, at_utc) "
@@ -283,36 +280,52 @@ def apply_outcomes(
     )
 
 
-def _all_answered(
-    db: Connection,
-    run_id: str,
-    batch_id: int,
-    moves: Sequence[tuple[str, str, str, int, str | None, int | None]],
-    batches: Sequence[int | None],
-    outcomes: Sequence[Outcome],
+def _keep_whole(
+    db: Connection, run_id: str, batch_id: int, outcomes: Sequence[Outcome], now: str
 ) -> bool:
-    """Move the requests of a batch, given an outcome each, that every one of them answered
-    (each moved from submitted to succeeded, one attempt more, keeping its batch) with one
-    statement; whether it was such a batch (else nothing is moved)."""
-    submitted, succeeded = RequestState.SUBMITTED, RequestState.SUCCEEDED
-    if not moves:
+    """A batch every request of which was answered (each had one try on the batch lane, and
+    `outcomes` hold one answer for each of its requests, in its order): its requests moved to
+    succeeded with one statement and its answers kept whole (`sqlite_batch_answers`); whether
+    it was such a batch (else nothing is written)."""
+    succeeded = RequestState.SUCCEEDED
+    for outcome in outcomes:
+        if (
+            outcome.state != succeeded
+            or outcome.response is None
+            or outcome.error is not None
+            or not outcome.attempted
+            or outcome.lane is not None
+        ):
+            return False
+    members = db.execute(
+        "SELECT id FROM requests INDEXED BY requests_by_batch WHERE run_id = ? AND batch_id = ? "
+        "ORDER BY first_row",
+        (run_id, batch_id),
+    ).fetchall()
+    ids = [o.request_id for o in outcomes]
+    found = [m[0] for m in members]
+    if not found or (found != ids and sorted(found) != sorted(ids)):
         return False
-    for number, (_, current, target, _, error, kept) in enumerate(moves):
-        if current != submitted or target != succeeded or error is not None:
-            return False
-        if kept != batch_id or batches[number] != batch_id or not outcomes[number].attempted:
-            return False
-    check_move(REQUEST_MOVES, submitted, succeeded, f"request {moves[0][0]}")
+    submitted = RequestState.SUBMITTED
+    check_move(REQUEST_MOVES, submitted, succeeded, f"request {outcomes[0].request_id}")
     moved = db.execute(
         "UPDATE requests INDEXED BY requests_by_batch SET state = ?, attempts = attempts + 1, "
         "error = NULL WHERE run_id = ? AND batch_id = ? AND state = ?",
         (succeeded, run_id, batch_id, submitted),
     ).rowcount
-    if moved != len(moves):
+    if moved != len(outcomes):
         raise IllegalTransition(
-            f"{len(moves) - moved} of {len(moves)} requests moved meanwhile; none moved"
+            f"{len(outcomes) - moved} of {len(outcomes)} requests moved meanwhile; none moved"
         )
     _count(db, run_id, submitted, succeeded, moved)
+    batch_answers.write(db, run_id, batch_id, outcomes, now)
+    db.execute(
+        "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) "
+        "SELECT content_hash, run_id, id FROM requests INDEXED BY requests_by_batch "
+        "WHERE run_id = ? AND batch_id = ?",
+        (run_id, batch_id),
+    )
+    _add_up(db, run_id, outcomes)
     return True
 
 

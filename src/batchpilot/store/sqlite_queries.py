@@ -12,6 +12,7 @@ from batchpilot.errors import StateError
 from batchpilot.store.database import Connection, IntegrityError, Row
 from batchpilot.store.packing import pack, unpack
 from batchpilot.store.records import DeliveryRow, JoinedRow, NewRequest, NewRow, PendingRequest
+from batchpilot.store.sqlite_batch_answers import Recorded
 from batchpilot.store.sqlite_moves import move
 from batchpilot.store.states import RequestState
 
@@ -60,13 +61,30 @@ def request_columns(table: str, *, bodies: bool = True) -> str:
 REQUEST_COLUMNS = request_columns("requests")
 _NO_BODIES = request_columns("requests", bodies=False)
 _BODY_BYTES = f"COALESCE(body_size(requests.body), length({body_of('requests')}))"
+# A request's answer, its tokens and its lane, from its row in `results` (r) or, where it has
+# none, from its batch kept whole (`sqlite_batch_answers`); q is the request.
+ANSWER = "COALESCE(unpack(r.response_json), recorded_answer(q.run_id, q.batch_id, q.id))"
+INPUT_TOKENS = "COALESCE(r.input_tokens, recorded_usage(q.run_id, q.batch_id, q.id, 0))"
+OUTPUT_TOKENS = "COALESCE(r.output_tokens, recorded_usage(q.run_id, q.batch_id, q.id, 1))"
+COST = "COALESCE(r.cost_usd, recorded_usage(q.run_id, q.batch_id, q.id, 2))"
+LANE = (
+    "COALESCE(r.lane, CASE WHEN q.state = 'succeeded' AND q.batch_id IS NOT NULL AND EXISTS "
+    "(SELECT 1 FROM batch_answers k WHERE k.run_id = q.run_id AND k.batch_id = q.batch_id) "
+    "THEN 'batch' END)"
+)
+# The answer the result cache holds for a request of an earlier run (its answer pointed at by
+# `answers` a, the request q, its result r), for pending requests c.
+_FROM_CACHE = (
+    "FROM requests c JOIN answers a ON a.content_hash = c.content_hash "
+    "JOIN requests q ON q.run_id = a.run_id AND q.id = a.request_id "
+    "LEFT JOIN results r ON r.run_id = a.run_id AND r.request_id = a.request_id "
+    "WHERE c.run_id = ? AND c.state = 'pending' AND q.state = 'succeeded'"
+)
 _CACHED = (
     "INSERT OR IGNORE INTO results(run_id, request_id, response_json, input_tokens, "
     "output_tokens, cost_usd, lane, created_at_utc) "
-    "SELECT r.run_id, r.id, s.response_json, s.input_tokens, s.output_tokens, 0, 'cache', ? "
-    "FROM requests r JOIN answers a ON a.content_hash = r.content_hash "
-    "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
-    "WHERE r.run_id = ? AND r.state = 'pending'"
+    f"SELECT c.run_id, c.id, pack_answer({ANSWER}), {INPUT_TOKENS}, {OUTPUT_TOKENS}, 0, "
+    f"'cache', ? {_FROM_CACHE} AND {ANSWER} IS NOT NULL"
 )
 
 
@@ -171,9 +189,9 @@ def answered_rows(db: Connection, run_id: str) -> Iterator[tuple[str, str]]:
     cursor = db.cursor()
     cursor.row_factory = None
     cursor.execute(
-        "SELECT w.request_id, unpack(r.response_json) FROM rows w "
+        f"SELECT w.request_id, {ANSWER} FROM rows w "
         "JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
-        "JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
+        "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
         "WHERE w.run_id = ? AND q.state = 'succeeded' ORDER BY w.row_index",
         (run_id,),
     )
@@ -199,17 +217,36 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     cursor.execute(
         "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
         "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
-        "r.cost_usd, r.lane FROM rows w "
+        "r.cost_usd, r.lane, q.batch_id FROM rows w "
         "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
         "WHERE w.run_id = ? ORDER BY w.row_index",
         (run_id,),
     )
     make = JoinedRow._make
+    recorded = Recorded(db)
+    succeeded = RequestState.SUCCEEDED
     for row in cursor:
         data, answer = row[5], row[9]
+        if answer is None and row[6] == succeeded and row[14] is not None:
+            found = recorded.answer(run_id, row[14], row[2])
+            if found is not None:
+                row = (
+                    *row[:9],
+                    found.response_json,
+                    found.input_tokens,
+                    found.output_tokens,
+                    found.cost_usd,
+                    "batch",
+                )
+                if data.__class__ is bytes:
+                    row = (*row[:5], unpack(data), *row[6:])
+                yield make(row)
+                continue
         if data.__class__ is bytes or answer.__class__ is bytes:
-            row = (*row[:5], unpack(data), *row[6:9], unpack(answer), *row[10:])
+            row = (*row[:5], unpack(data), *row[6:9], unpack(answer), *row[10:14])
+        else:
+            row = row[:14]
         yield make(row)
 
 
@@ -231,11 +268,8 @@ def cached(
 ) -> list[tuple[PendingRequest, dict[str, Any]]]:
     """Pending requests (by id, after `after`) that the cache could answer, with the answer."""
     found = db.execute(
-        f"SELECT {request_columns('r')}, unpack(s.response_json) AS response_json "
-        "FROM requests r "
-        "JOIN answers a ON a.content_hash = r.content_hash "
-        "JOIN results s ON s.run_id = a.run_id AND s.request_id = a.request_id "
-        "WHERE r.run_id = ? AND r.state = 'pending' AND r.id > ? ORDER BY r.id LIMIT ?",
+        f"SELECT {request_columns('c')}, {ANSWER} AS response_json {_FROM_CACHE} "
+        f"AND c.id > ? AND {ANSWER} IS NOT NULL ORDER BY c.id LIMIT ?",
         (run_id, after, limit),
     ).fetchall()
     return [(_pending(row), orjson.loads(row["response_json"])) for row in found]
@@ -245,7 +279,7 @@ def take_cached(db: Connection, run_id: str, request_ids: Sequence[str], now: st
     """Answer these pending requests from the cache; returns how many were answered."""
     answered = 0
     for request_id in request_ids:
-        db.execute(_CACHED + " AND r.id = ?", (now, run_id, request_id))
+        db.execute(_CACHED + " AND c.id = ?", (now, run_id, request_id))
         answered += move(
             db,
             run_id,
@@ -266,13 +300,14 @@ def undelivered(db: Connection, run_id: str, limit: int) -> list[DeliveryRow]:
     rows = cursor.execute(
         "SELECT w.row_index, w.row_id, unpack(w.data_json), unpack_body(q.body, (SELECT "
         "b.data_json FROM rows b WHERE b.run_id = q.run_id AND b.row_index = q.first_row)), "
-        "q.state, q.attempts, q.error, unpack(r.response_json), r.lane, "
-        "COALESCE(r.input_tokens, (SELECT SUM(a.input_tokens) FROM attempts a "
+        f"q.state, q.attempts, q.error, {ANSWER}, {LANE}, "
+        f"COALESCE({INPUT_TOKENS}, (SELECT SUM(a.input_tokens) FROM attempts a "
         "WHERE a.run_id = q.run_id AND a.request_id = q.id), 0) AS input_tokens, "
-        "COALESCE(r.output_tokens, (SELECT SUM(a.output_tokens) FROM attempts a "
+        f"COALESCE({OUTPUT_TOKENS}, (SELECT SUM(a.output_tokens) FROM attempts a "
         "WHERE a.run_id = q.run_id AND a.request_id = q.id), 0) AS output_tokens, "
         "(SELECT COALESCE(SUM(a.cost_usd), 0) FROM attempts a "
-        "WHERE a.run_id = q.run_id AND a.request_id = q.id) AS cost_usd "
+        "WHERE a.run_id = q.run_id AND a.request_id = q.id) + CASE WHEN r.request_id IS NULL "
+        "THEN COALESCE(recorded_usage(q.run_id, q.batch_id, q.id, 2), 0) ELSE 0 END AS cost_usd "
         "FROM rows w JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
         "WHERE w.run_id = ? AND q.state IN ('succeeded', 'failed') AND NOT EXISTS "

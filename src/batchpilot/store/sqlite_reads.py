@@ -7,6 +7,7 @@ from typing import Any
 
 from batchpilot.store.database import Connection
 from batchpilot.store.records import AnswerFilter, AttemptRecord, JoinedRow, TaskStateRecord
+from batchpilot.store.sqlite_queries import ANSWER, COST, INPUT_TOKENS, LANE, OUTPUT_TOKENS
 
 __all__ = [
     "answers",
@@ -23,6 +24,7 @@ def attempts(db: Connection, run_id: str, request_id: str | None = None) -> Iter
     """Every try of the run's requests in the order they ended, answers from the cache
     included (streamed); with `request_id`, that request's tries in order."""
     one = "" if request_id is None else " AND request_id = ?"
+    whole = "" if request_id is None else " AND q.id = ?"
     params = (run_id,) if request_id is None else (run_id, request_id)
     cursor = db.cursor()
     cursor.row_factory = None
@@ -31,8 +33,16 @@ def attempts(db: Connection, run_id: str, request_id: str | None = None) -> Iter
         f"output_tokens, cost_usd, at_utc FROM attempts WHERE run_id = ?{one} UNION ALL "
         "SELECT request_id, 0, 'cache', NULL, 'succeeded', NULL, input_tokens, "
         f"output_tokens, 0, created_at_utc FROM results WHERE run_id = ?{one} "
-        "AND lane = 'cache' ORDER BY 10, 2",
-        params * 2,
+        "AND lane = 'cache' UNION ALL "
+        # the one try of each request of a batch kept whole
+        "SELECT q.id, q.attempts, 'batch', q.batch_id, 'succeeded', NULL, "
+        "recorded_usage(q.run_id, q.batch_id, q.id, 0), "
+        "recorded_usage(q.run_id, q.batch_id, q.id, 1), "
+        "recorded_usage(q.run_id, q.batch_id, q.id, 2), k.created_at_utc "
+        "FROM batch_answers k JOIN requests q INDEXED BY requests_by_batch "
+        "ON q.run_id = k.run_id AND q.batch_id = k.batch_id "
+        f"WHERE k.run_id = ?{whole} AND q.state = 'succeeded' ORDER BY 10, 2",
+        params * 3,
     )
     for row in cursor:
         yield AttemptRecord(*row)
@@ -47,9 +57,8 @@ def answers(
     cursor.row_factory = None
     rows = cursor.execute(
         "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, "
-        "unpack(w.data_json), q.state, q.attempts, q.error, unpack(r.response_json), "
-        "r.input_tokens, r.output_tokens, "
-        "r.cost_usd, r.lane FROM rows w "
+        f"unpack(w.data_json), q.state, q.attempts, q.error, {ANSWER}, "
+        f"{INPUT_TOKENS}, {OUTPUT_TOKENS}, {COST}, {LANE} FROM rows w "
         "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
         "WHERE w.run_id = ? AND w.row_index IN "
@@ -91,15 +100,20 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
         conditions.append("(q.error = ? OR q.error LIKE ? ESCAPE '\\')")
         params += [where.reason, _like(where.reason) + ":%"]
     if where.lane is not None:
-        conditions.append("r.lane = ?")
+        conditions.append(f"{LANE} = ?")
         params.append(where.lane)
     if where.search:
         conditions.append(
             "(w.row_id LIKE ? ESCAPE '\\' OR unpack(w.data_json) LIKE ? ESCAPE '\\' "
-            "OR unpack(r.response_json) LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
+            f"OR {ANSWER} LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
         )
         params += [f"%{_like(where.search)}%"] * 4
-    if where.state is not None or where.reason is not None or where.search:
+    if (
+        where.state is not None
+        or where.reason is not None
+        or where.lane is not None
+        or where.search
+    ):
         joins.append("LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id")
     if where.lane is not None or where.search:
         joins.append("LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id")

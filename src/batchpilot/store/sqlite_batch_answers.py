@@ -1,0 +1,208 @@
+"""A batch every request of which was answered, kept whole (SQLite).
+
+Its answers are compressed together, a frame of `FRAME` answers at a time, in the order of its
+requests, beside the ids of those requests and each one's tokens and cost: one row of
+`batch_answers` and one of `batch_answer_frames` per frame, where a request answered on its own
+has a row in `results` and one in `attempts`. Writing a 50,000-request batch is then a handful of
+rows instead of 150,000, and the answers, which repeat each other around their content, compress
+better together than one by one. Such a batch's requests have no row in `results` nor in
+`attempts`; the store's reads find their answers here (`Recorded`, and the SQL functions that
+`register` adds), as their one attempt: on the batch lane, succeeded.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from batchpilot.store.database import Connection
+from batchpilot.store.packing import pack_whole, unpack_whole
+from batchpilot.store.records import Outcome
+
+__all__ = ["FRAME", "Recorded", "RecordedAnswer", "register", "write"]
+
+FRAME = 1000  # answers compressed together: one read of an answer unpacks its frame alone
+_KEPT_BATCHES = 4
+_KEPT_FRAMES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedAnswer:
+    """A request's answer in a batch kept whole, with what it used and when it was recorded."""
+
+    response_json: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    at_utc: str
+
+
+def _native(values: array) -> bytes:  # type: ignore[type-arg]
+    """An array's bytes, little-endian whatever the machine."""
+    if sys.byteorder == "big":
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _array(typecode: str, data: bytes) -> array:  # type: ignore[type-arg]
+    values = array(typecode, data)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+def write(
+    db: Connection, run_id: str, batch_id: int, outcomes: Sequence[Outcome], now: str
+) -> None:
+    """Keep a batch's answers whole: `outcomes` are its requests' (every one succeeded, with
+    its response), in the batch's order."""
+    ids = "\n".join([o.request_id for o in outcomes]).encode()
+    tokens = array("q")
+    costs = array("d")
+    for outcome in outcomes:
+        tokens.append(outcome.input_tokens)
+        tokens.append(outcome.output_tokens)
+        costs.append(outcome.cost_usd)
+    db.execute(
+        "INSERT INTO batch_answers(run_id, batch_id, requests, request_ids, usage, "
+        "created_at_utc) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            run_id,
+            batch_id,
+            len(outcomes),
+            pack_whole(ids),
+            pack_whole(_native(tokens) + _native(costs)),
+            now,
+        ),
+    )
+    dumps = orjson.dumps
+    db.executemany(
+        "INSERT INTO batch_answer_frames(run_id, batch_id, frame, answers) VALUES (?, ?, ?, ?)",
+        [
+            (
+                run_id,
+                batch_id,
+                number,
+                pack_whole(
+                    b"\n".join([dumps(o.response) for o in outcomes[start : start + FRAME]])
+                ),
+            )
+            for number, start in enumerate(range(0, len(outcomes), FRAME))
+        ],
+    )
+
+
+class _Batch:
+    """The ids, tokens and costs of a batch kept whole, read once."""
+
+    __slots__ = ("at_utc", "costs", "positions", "tokens")
+
+    def __init__(self, request_ids: bytes, usage: bytes, at_utc: str) -> None:
+        ids = unpack_whole(request_ids).decode().split("\n")
+        self.positions = {request_id: number for number, request_id in enumerate(ids)}
+        data = unpack_whole(usage)
+        split = len(ids) * 16
+        self.tokens = _array("q", data[:split])
+        self.costs = _array("d", data[split:])
+        self.at_utc = at_utc
+
+
+class Recorded:
+    """Answers of batches kept whole, read on demand through one connection; the last few
+    batches and frames read are kept (a record never changes once written)."""
+
+    def __init__(self, db: Connection) -> None:
+        self._db = db
+        self._batches: OrderedDict[tuple[str, int], _Batch | None] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, int, int], list[bytes]] = OrderedDict()
+
+    def answer(self, run_id: str, batch_id: int, request_id: str) -> RecordedAnswer | None:
+        """The request's answer, if its batch was kept whole."""
+        batch = self._batch(run_id, batch_id)
+        if batch is None:
+            return None
+        number = batch.positions.get(request_id)
+        if number is None:
+            return None
+        frame = self._frame(run_id, batch_id, number // FRAME)
+        return RecordedAnswer(
+            frame[number % FRAME].decode(),
+            batch.tokens[2 * number],
+            batch.tokens[2 * number + 1],
+            batch.costs[number],
+            batch.at_utc,
+        )
+
+    def usage(self, run_id: str, batch_id: int, request_id: str, field: int) -> float | None:
+        """The request's input tokens (0), output tokens (1) or cost (2), if its batch was kept
+        whole; its answer is not unpacked."""
+        batch = self._batch(run_id, batch_id)
+        number = None if batch is None else batch.positions.get(request_id)
+        if batch is None or number is None:
+            return None
+        return batch.costs[number] if field == 2 else batch.tokens[2 * number + field]
+
+    def _batch(self, run_id: str, batch_id: int) -> _Batch | None:
+        key = (run_id, batch_id)
+        if key in self._batches:
+            self._batches.move_to_end(key)
+            return self._batches[key]
+        row = self._db.execute(
+            "SELECT request_ids, usage, created_at_utc FROM batch_answers "
+            "WHERE run_id = ? AND batch_id = ?",
+            key,
+        ).fetchone()
+        if row is None:
+            return None  # not kept whole (not remembered: it may be written later)
+        batch = _Batch(row[0], row[1], row[2])
+        self._batches[key] = batch
+        if len(self._batches) > _KEPT_BATCHES:
+            self._batches.popitem(last=False)
+        return batch
+
+    def _frame(self, run_id: str, batch_id: int, number: int) -> list[bytes]:
+        key = (run_id, batch_id, number)
+        frame = self._frames.get(key)
+        if frame is not None:
+            self._frames.move_to_end(key)
+            return frame
+        row = self._db.execute(
+            "SELECT answers FROM batch_answer_frames WHERE run_id = ? AND batch_id = ? "
+            "AND frame = ?",
+            key,
+        ).fetchone()
+        frame = unpack_whole(row[0]).split(b"\n")
+        self._frames[key] = frame
+        if len(self._frames) > _KEPT_FRAMES:
+            self._frames.popitem(last=False)
+        return frame
+
+
+def register(db: Connection) -> None:
+    """SQL functions that read a batch kept whole, on this connection:
+    `recorded_answer(run_id, batch_id, request_id)`, the answer's JSON, and
+    `recorded_usage(run_id, batch_id, request_id, field)`, its input tokens (0), output tokens
+    (1) or cost (2); NULL for a request whose batch was not kept whole."""
+    recorded = Recorded(db)
+
+    def answer(run_id: str | None, batch_id: int | None, request_id: str | None) -> str | None:
+        if run_id is None or batch_id is None or request_id is None:
+            return None
+        found = recorded.answer(run_id, batch_id, request_id)
+        return None if found is None else found.response_json
+
+    def usage(
+        run_id: str | None, batch_id: int | None, request_id: str | None, field: int
+    ) -> float | None:
+        if run_id is None or batch_id is None or request_id is None:
+            return None
+        return recorded.usage(run_id, batch_id, request_id, field)
+
+    db.create_function("recorded_answer", 3, answer)
+    db.create_function("recorded_usage", 4, usage)
