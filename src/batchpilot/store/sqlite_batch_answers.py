@@ -119,7 +119,7 @@ class Recorded:
 
     def __init__(self, db: Connection) -> None:
         self._db = db
-        self._batches: OrderedDict[tuple[str, int], _Batch | None] = OrderedDict()
+        self._batches: OrderedDict[tuple[str, int], _Batch] = OrderedDict()
         self._frames: OrderedDict[tuple[str, int, int], list[bytes]] = OrderedDict()
 
     def answer(self, run_id: str, batch_id: int, request_id: str) -> RecordedAnswer | None:
@@ -146,7 +146,8 @@ class Recorded:
         number = None if batch is None else batch.positions.get(request_id)
         if batch is None or number is None:
             return None
-        return batch.costs[number] if field == 2 else batch.tokens[2 * number + field]
+        value: float = batch.costs[number] if field == 2 else batch.tokens[2 * number + field]
+        return value
 
     def _batch(self, run_id: str, batch_id: int) -> _Batch | None:
         key = (run_id, batch_id)
