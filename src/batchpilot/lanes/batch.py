@@ -38,7 +38,7 @@ from batchpilot.run.adopt import find_batch, find_upload, record_submitted, tags
 from batchpilot.run.budget import OutOfMoney, stop_for_budget
 from batchpilot.run.cancel import cancel_batches
 from batchpilot.run.config import AnswerCheck, RunConfig
-from batchpilot.run.ingest import classify, read_lines
+from batchpilot.run.ingest import classify, collector_paused, read_lines
 from batchpilot.run.scheduler import LIVE, Scheduler, utc
 from batchpilot.run.settings import RunSettings
 from batchpilot.run.share import LaneShare
@@ -522,6 +522,10 @@ class BatchLane:
         return self.provider.batches.results(remote, self.config.files_dir)
 
     def _ingest(self, batch: BatchRecord, remote: RemoteBatch) -> None:
+        with collector_paused():
+            self._ingest_paused(batch, remote)
+
+    def _ingest_paused(self, batch: BatchRecord, remote: RemoteBatch) -> None:
         requests = self.store.batch_requests(self.run_id, batch.id, bodies=False)
         downloaded: list[Path] = []
         if remote.status == RemoteStatus.FAILED:
