@@ -295,7 +295,7 @@ def test_record_attempt_keeps_a_request_in_flight(store: Store, state: RequestSt
         assert view(store, request_id)[0] == state and store.money(RUN) == (0.0, 0.0)
         return
     assert store.record_attempt(RUN, retry) == 1
-    assert store.record_attempt(RUN, dataclasses.replace(retry, error="timeout")) == 2
+    assert store.record_attempt(RUN, retry._replace(error="timeout")) == 2
     assert view(store, request_id) == (R.REALTIME, 2, "timeout")
     assert store.request_counts(RUN) == counts(realtime=1)
     assert store.money(RUN) == (0.5, 0.0) and store.token_totals(RUN) == (6, 0)
@@ -382,8 +382,8 @@ def test_pending_without_bodies_gives_each_bodys_length(store: Store) -> None:
     assert [r.body for r in read] == bodies and [r.body_bytes for r in read] == [None] * 3
     assert [r.body for r in sized] == [b""] * 3
     assert [r.body_bytes for r in sized] == [r.body_size for r in sized] == list(map(len, bodies))
-    assert [dataclasses.replace(r, body=b"", body_bytes=None) for r in read] == [
-        dataclasses.replace(r, body_bytes=None) for r in sized
+    assert [r._replace(body=b"", body_bytes=None) for r in read] == [
+        r._replace(body_bytes=None) for r in sized
     ]
 
 

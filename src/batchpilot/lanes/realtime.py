@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -475,7 +475,7 @@ class RealtimeLane:
                     self._requeue(request, failure.reason)
                     return
                 state = self.retry.next_state(
-                    replace(request, attempts=attempts), failure.retryable, True
+                    request._replace(attempts=attempts), failure.retryable, True
                 )
                 if state != RequestState.PENDING:
                     settled = True
@@ -525,7 +525,7 @@ class RealtimeLane:
                 raise
             if on_wire:
                 self._finish(
-                    interrupted(replace(request, attempts=attempts), self.prices, self.retry)
+                    interrupted(request._replace(attempts=attempts), self.prices, self.retry)
                 )
             else:
                 self._requeue(request)

@@ -83,10 +83,10 @@ def row_json(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-@dataclass(frozen=True)
-class PendingRequest:
+class PendingRequest(NamedTuple):
     """A request as a lane takes it. `max_output_tokens` is what its answers may use (every
-    choice), for rate limits; the worst case (None: unknown) is what the lanes reserve."""
+    choice), for rate limits; the worst case (None: unknown) is what the lanes reserve. A tuple:
+    ingest reads one for every request of a batch."""
 
     id: str
     endpoint: str
@@ -137,9 +137,9 @@ class BatchRecord:
     held_usd: float = 0.0  # its worst case, held from its forming until it is reserved
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one request of a finished batch ended, and where it goes next.
+class Outcome(NamedTuple):
+    """How one request of a finished batch ended, and where it goes next (a tuple: ingest makes
+    one for every request of a batch).
 
     `state` is `succeeded`, `pending` (to be retried) or `failed` (for good). `attempted` is
     False for requests that never ran (a batch rejected as a whole): they go back to pending

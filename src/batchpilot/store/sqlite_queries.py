@@ -348,9 +348,7 @@ def deliver(
 
 def _pending(row: Row) -> PendingRequest:
     names = set(row.keys())
-    return PendingRequest(
-        **{key: row[key] for key in PendingRequest.__dataclass_fields__ if key in names}
-    )
+    return PendingRequest(**{key: row[key] for key in PendingRequest._fields if key in names})
 
 
 def pending(
