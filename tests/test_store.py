@@ -309,6 +309,7 @@ def test_a_batch_answered_whole_is_kept_whole_and_reads_as_it_would_row_by_row(
                 store.money(RUN),
                 store.token_totals(RUN),
                 store.failure_reasons(RUN),
+                store.undelivered(RUN, 10),
             ]
         finally:
             store.close()
@@ -349,6 +350,14 @@ def test_a_batch_answered_whole_is_kept_whole_and_reads_as_it_would_row_by_row(
         ("req-4", '{"a":4}', "batch", 0.5),
     ]
     assert [r.request_id for r in whole[8]] == ["req-3"] and whole[9] == 5
+    # a task is given each answer with what all the tries of its request cost
+    assert [(r.row_id, r.response_json, r.lane, r.cost_usd) for r in whole[13]] == [
+        ("row-0", '{"a":0}', "batch", 0.75),
+        ("row-1", '{"a":1}', "batch", 0.125),
+        ("row-2", '{"a":2}', "batch", 0.25),
+        ("row-3", '{"a":3}', "batch", 0.375),
+        ("row-4", '{"a":4}', "batch", 0.5),
+    ]
 
 
 def test_a_retry_is_a_new_attempt(store: SQLiteStore) -> None:

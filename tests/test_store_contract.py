@@ -660,6 +660,31 @@ def test_apply_cache_answers_from_an_earlier_run(store: Store) -> None:
     assert store.request_counts("run-2") == recount(store, "run-2")
 
 
+@pytest.mark.parametrize("check", [False, True])
+def test_the_cache_answers_from_a_batch_answered_whole(store: Store, check: bool) -> None:
+    batch_id = batch_in(store, B.SUBMITTED, plan(store, 3, hashes="same"))
+    answers = [Outcome(f"req-{i}", R.SUCCEEDED, {"a": i}, 7 + i, 8, 0.5) for i in range(3)]
+    store.finish_batch(RUN, batch_id, answers)
+    make_run(store, "run-2")
+    plan(store, 4, run_id="run-2", hashes="same")  # req-3: a hash of its own
+    seen: list[tuple[str, Any]] = []
+
+    def accept(request: PendingRequest, answer: dict[str, Any]) -> bool:
+        seen.append((request.id, answer))
+        return request.id != "req-1"
+
+    assert store.apply_cache("run-2", accept if check else None) == (2 if check else 3)
+    rows = [(row.state, row.response_json, row.input_tokens, row.cost_usd, row.lane)
+            for row in store.joined_rows("run-2")]  # fmt: skip
+    taken = [("succeeded", f'{{"a":{i}}}', 7 + i, 0.0, "cache") for i in range(3)]
+    if check:
+        assert seen == [(f"req-{i}", {"a": i}) for i in range(3)]
+        taken[1] = ("pending", None, None, None, None)
+    assert rows == [*taken, ("pending", None, None, None, None)]
+    assert store.money("run-2") == (0.0, 0.0)
+    assert store.request_counts("run-2") == recount(store, "run-2")
+
+
 def test_apply_cache_with_a_check_takes_only_what_it_accepts(store: Store) -> None:
     plan(store, 2, hashes="same")
     for i in (0, 1):

@@ -24,7 +24,7 @@ from batchpilot.store.database import Connection
 from batchpilot.store.packing import pack_whole, unpack_whole
 from batchpilot.store.records import Outcome
 
-__all__ = ["FRAME", "Recorded", "RecordedAnswer", "register", "write"]
+__all__ = ["FRAME", "KeptBatch", "Recorded", "RecordedAnswer", "register", "write"]
 
 FRAME = 1000  # answers compressed together: one read of an answer unpacks its frame alone
 _KEPT_BATCHES = 4
@@ -98,7 +98,7 @@ def write(
     )
 
 
-class _Batch:
+class KeptBatch:
     """The ids, tokens and costs of a batch kept whole, read once."""
 
     __slots__ = ("at_utc", "costs", "positions", "tokens")
@@ -119,7 +119,7 @@ class Recorded:
 
     def __init__(self, db: Connection) -> None:
         self._db = db
-        self._batches: OrderedDict[tuple[str, int], _Batch] = OrderedDict()
+        self._batches: OrderedDict[tuple[str, int], KeptBatch] = OrderedDict()
         self._frames: OrderedDict[tuple[str, int, int], list[bytes]] = OrderedDict()
 
     def answer(self, run_id: str, batch_id: int, request_id: str) -> RecordedAnswer | None:
@@ -149,7 +149,15 @@ class Recorded:
         value: float = batch.costs[number] if field == 2 else batch.tokens[2 * number + field]
         return value
 
-    def _batch(self, run_id: str, batch_id: int) -> _Batch | None:
+    def batch(self, run_id: str, batch_id: int) -> KeptBatch | None:
+        """What a batch kept whole holds besides its answers (None: it was not kept whole)."""
+        return self._batch(run_id, batch_id)
+
+    def frame(self, run_id: str, batch_id: int, number: int) -> list[bytes]:
+        """The answers of a batch kept whole in frame `number`, each as its JSON's bytes."""
+        return self._frame(run_id, batch_id, number)
+
+    def _batch(self, run_id: str, batch_id: int) -> KeptBatch | None:
         key = (run_id, batch_id)
         if key in self._batches:
             self._batches.move_to_end(key)
@@ -161,7 +169,7 @@ class Recorded:
         ).fetchone()
         if row is None:
             return None  # not kept whole (not remembered: it may be written later)
-        batch = _Batch(row[0], row[1], row[2])
+        batch = KeptBatch(row[0], row[1], row[2])
         self._batches[key] = batch
         if len(self._batches) > _KEPT_BATCHES:
             self._batches.popitem(last=False)

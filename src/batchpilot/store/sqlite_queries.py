@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 
 from batchpilot.errors import StateError
+from batchpilot.store import sqlite_batch_answers
 from batchpilot.store.database import Connection, IntegrityError, Row
 from batchpilot.store.packing import pack, unpack
 from batchpilot.store.records import DeliveryRow, JoinedRow, NewRequest, NewRow, PendingRequest
-from batchpilot.store.sqlite_batch_answers import Recorded
+from batchpilot.store.sqlite_batch_answers import KeptBatch, Recorded
 from batchpilot.store.sqlite_moves import move
 from batchpilot.store.states import RequestState
 
@@ -226,28 +227,39 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     make = JoinedRow._make
     recorded = Recorded(db)
     succeeded = RequestState.SUCCEEDED
+    # rows in input order mostly follow their batches: the last batch and frame are at hand
+    kept_id: int | None = None
+    kept: KeptBatch | None = None
+    frame_key: tuple[int, int] = (-1, -1)
+    frame: list[bytes] = []
     for row in cursor:
-        data, answer = row[5], row[9]
-        if answer is None and row[6] == succeeded and row[14] is not None:
-            found = recorded.answer(run_id, row[14], row[2])
-            if found is not None:
-                row = (
-                    *row[:9],
-                    found.response_json,
-                    found.input_tokens,
-                    found.output_tokens,
-                    found.cost_usd,
-                    "batch",
+        data, answer, batch_id = row[5], row[9], row[14]
+        if data.__class__ is bytes:
+            data = unpack(data)
+        if answer is None and batch_id is not None and row[6] == succeeded:
+            if batch_id != kept_id:
+                kept_id, kept = batch_id, recorded.batch(run_id, batch_id)
+            number = None if kept is None else kept.positions.get(row[2])
+            if kept is not None and number is not None:
+                at, offset = divmod(number, sqlite_batch_answers.FRAME)
+                if frame_key != (batch_id, at):
+                    frame_key, frame = (batch_id, at), recorded.frame(run_id, batch_id, at)
+                yield make(
+                    (
+                        *row[:5],
+                        data,
+                        *row[6:9],
+                        frame[offset].decode(),
+                        kept.tokens[2 * number],
+                        kept.tokens[2 * number + 1],
+                        kept.costs[number],
+                        "batch",
+                    )
                 )
-                if data.__class__ is bytes:
-                    row = (*row[:5], unpack(data), *row[6:])
-                yield make(row)
                 continue
-        if data.__class__ is bytes or answer.__class__ is bytes:
-            row = (*row[:5], unpack(data), *row[6:9], unpack(answer), *row[10:14])
-        else:
-            row = row[:14]
-        yield make(row)
+        if answer.__class__ is bytes:
+            answer = unpack(answer)
+        yield make((*row[:5], data, *row[6:9], answer, *row[10:14]))
 
 
 def apply_cache(db: Connection, run_id: str, now: str) -> int:
