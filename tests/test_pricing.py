@@ -346,6 +346,41 @@ def test_usage_cost_reads_chat_and_responses_usage_alike() -> None:
     assert usage_cost(table, "no-such-model", chat, batch=False) == (1000, 100, 0.0)
 
 
+def test_usage_cost_charges_exactly_what_cost_does_and_refuses_what_it_refuses() -> None:
+    import random
+
+    from batchpilot.pricing import usage_cost
+
+    table, free = PriceTable.load(), PriceTable.load().at_no_cost()
+    pick = random.Random(17)
+    models = ["gpt-4o-mini", "claude-sonnet-4-5", "gpt-4.1", "gemini-2.5-flash"]
+    for _ in range(400):
+        model, batch = pick.choice(models), pick.random() < 0.5
+        prompt, output = pick.randrange(0, 50_000), pick.randrange(0, 5_000)
+        cached = pick.randrange(0, prompt + 1)
+        written = pick.randrange(0, prompt - cached + 1)
+        body = {
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": output,
+                "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
+            }
+        }
+        tokens = {"input_tokens": prompt, "output_tokens": output, "cached_tokens": cached}
+        usd = table.cost(model, **tokens, cache_write_tokens=written, batch=batch)
+        assert usage_cost(table, model, body, batch=batch) == (prompt, output, usd)
+        assert usage_cost(free, model, body, batch=batch) == (prompt, output, 0.0)
+    negative = {"usage": {"prompt_tokens": -1, "completion_tokens": 1}}
+    with pytest.raises(UserInputError, match="must not be negative"):
+        usage_cost(table, "gpt-4o-mini", negative, batch=True)
+    embedding = {"usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    with pytest.raises(UserInputError, match="no output price"):
+        usage_cost(table, "text-embedding-3-small", embedding, batch=True)
+    assert usage_cost(table, "text-embedding-3-small", {"usage": {"prompt_tokens": 5}}, batch=True)[
+        2
+    ] == table.cost("text-embedding-3-small", input_tokens=5, output_tokens=0, batch=True)
+
+
 def test_cache_writes_are_billed_at_their_own_rate_and_reads_at_the_cached_rate() -> None:
     table = PriceTable.load()
     price = table.price("claude-sonnet-4-5")

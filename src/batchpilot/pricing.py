@@ -248,6 +248,7 @@ class PriceTable:
         self.updated = updated
         self._prices = dict(prices)
         self._aliases = dict(aliases)
+        self._rates: dict[tuple[str, bool], _Rates | None] = {}
 
     @classmethod
     def load(
@@ -314,6 +315,7 @@ class PriceTable:
         self._prices[model] = _make_price(
             model, values, "price override in the job", today, "override", limits, kinds
         )
+        self._rates.clear()
 
     def _resolve(self, model: str) -> str | None:
         if model in self._prices:
@@ -356,6 +358,24 @@ class PriceTable:
             f"To use it, give its price in USD per 1M tokens in the job file:\n"
             f"  prices: {{{model}: {{input: ..., output: ...}}}}"
         )
+
+    def rates_of(self, model: str, *, batch: bool) -> _Rates | None:
+        """(input, cached input, cache write, output) per 1M tokens of `model`, found once
+        per model (ingest prices every answer); None for a model with no price."""
+        key = (model, batch)
+        if key not in self._rates:
+            if not self.has(model):
+                self._rates[key] = None
+            else:
+                price = self.price(model)
+                rate_in, rate_cached, rate_out = price.rates(batch=batch)
+                self._rates[key] = (
+                    rate_in,
+                    rate_cached,
+                    price.cache_write_rate(batch=batch),
+                    rate_out,
+                )
+        return self._rates[key]
 
     def cost(
         self,
@@ -434,22 +454,39 @@ def usage_cost(
     """(input tokens, output tokens, USD) of an answer, from the `usage` in its body (chat,
     responses or embeddings names); no charge without prices for the model."""
     usage = body.get("usage") or {}
-    prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
-    completion = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    cached = min(prompt, int(details.get("cached_tokens", 0) or 0))
-    written = min(prompt - cached, int(details.get("cache_write_tokens", 0) or 0))
-    if prices is None or not prices.has(model):
-        return prompt, completion, 0.0
-    usd = prices.cost(
-        model,
-        input_tokens=prompt,
-        output_tokens=completion,
-        cached_tokens=cached,
-        cache_write_tokens=written,
-        batch=batch,
+    prompt = int(
+        (usage["prompt_tokens"] if "prompt_tokens" in usage else usage.get("input_tokens")) or 0
     )
+    completion = int(
+        (usage["completion_tokens"] if "completion_tokens" in usage else usage.get("output_tokens"))
+        or 0
+    )
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = written = 0
+    if details:
+        cached = min(prompt, int(details.get("cached_tokens", 0) or 0))
+        written = min(prompt - cached, int(details.get("cache_write_tokens", 0) or 0))
+    rates = None if prices is None else prices.rates_of(model, batch=batch)
+    if prices is None or rates is None:
+        return prompt, completion, 0.0
+    rate_in, rate_cached, rate_write, rate_out = rates
+    if min(prompt, completion, cached, written) < 0 or (rate_out is None and completion):
+        # what `cost` refuses, refused as it says
+        prices.cost(
+            model,
+            input_tokens=prompt,
+            output_tokens=completion,
+            cached_tokens=cached,
+            cache_write_tokens=written,
+            batch=batch,
+        )
+    uncached = prompt - cached - written
+    output = completion * (rate_out or 0.0)
+    usd = (uncached * rate_in + cached * rate_cached + written * rate_write + output) / 1e6
     return prompt, completion, usd
+
+
+_Rates = tuple[float, float, float, float | None]
 
 
 @dataclass(frozen=True)
