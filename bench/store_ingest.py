@@ -25,12 +25,21 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from batchpilot.pricing import PriceTable
+from batchpilot.pricing import PriceTable, usage_cost
 from batchpilot.run.ingest import RetryPolicy, classify, collector_paused, read_lines
-from batchpilot.store import BatchState, Outcome, RequestState, RunRecord, SQLiteStore, utc_now
+from batchpilot.store import (
+    BatchState,
+    Outcome,
+    PendingRequest,
+    RequestState,
+    RunRecord,
+    SQLiteStore,
+    utc_now,
+)
 
 
 def answer(custom_id: str, i: int) -> bytes:
@@ -145,12 +154,8 @@ def ingest_round(lines: int) -> tuple[float, float, dict[str, float], float]:
     reference's CPU, the plain parse's wall seconds) of one round in a fresh store."""
     prices = PriceTable.load()
 
-    def cost(request: object, body: dict[str, object]) -> tuple[int, int, float]:
-        usage = body["usage"]
-        assert isinstance(usage, dict)
-        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
-        usd = prices.cost("gpt-4o-mini", input_tokens=prompt, output_tokens=completion, batch=True)
-        return prompt, completion, usd
+    def cost(request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
+        return usage_cost(prices, request.model, body, batch=True)  # as the batch lane prices
 
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(Path(tmp) / "store.sqlite3")
@@ -167,14 +172,14 @@ def ingest_round(lines: int) -> tuple[float, float, dict[str, float], float]:
                 handle.write(answer(request_id, i))
 
         started = time.perf_counter()
-        with output.open("rb") as handle:
-            parsed = [orjson.loads(line) for line in handle]
+        with output.open("rb") as source:
+            parsed = [orjson.loads(line) for line in source]
         plain = time.perf_counter() - started
         del parsed
         started, cpu = time.perf_counter(), time.process_time()
         # the fastest bare parse: the collector held off as ingest holds it off
-        with collector_paused(), output.open("rb") as handle:
-            parsed = [orjson.loads(line) for line in handle]
+        with collector_paused(), output.open("rb") as source:
+            parsed = [orjson.loads(line) for line in source]
         reference, reference_cpu = time.perf_counter() - started, time.process_time() - cpu
         assert len(parsed) == lines
         del parsed
@@ -185,7 +190,7 @@ def ingest_round(lines: int) -> tuple[float, float, dict[str, float], float]:
             marks.append((time.perf_counter(), time.process_time()))
             read = list(read_lines([output]))
             marks.append((time.perf_counter(), time.process_time()))
-            outcomes = classify(requests, iter(read), RetryPolicy(), cost)  # type: ignore[arg-type]
+            outcomes = classify(requests, iter(read), RetryPolicy(), cost)
             marks.append((time.perf_counter(), time.process_time()))
             store.finish_batch("bench", batch, outcomes)
             marks.append((time.perf_counter(), time.process_time()))
