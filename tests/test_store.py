@@ -360,6 +360,22 @@ def test_a_batch_answered_whole_is_kept_whole_and_reads_as_it_would_row_by_row(
     ]
 
 
+def test_a_batch_kept_whole_reads_back_ids_of_any_text(store: SQLiteStore) -> None:
+    ids = ["line\none", "ünïcødé", '"quoted"', "tab\tand space ", "[1]"]
+    with store.tx():
+        for i, request_id in enumerate(ids):
+            store.add_row(RUN, i, f"row-{i}", "requests.jsonl", request_id, {"i": i})
+            store.add_request(RUN, request_id, f"h{i}", EP, "m", b"{}", 1, 5, i)
+    batch_id = batch_in(store, B.SUBMITTED, store.pending(RUN, len(ids)))
+    answers = [Outcome(r, R.SUCCEEDED, {"id": r}, 1, 2, 0.5) for r in ids]
+    store.finish_batch(RUN, batch_id, answers)
+    assert _sql(store, "SELECT requests FROM batch_answers") == [(len(ids),)]
+    rows = [(r.request_id, r.response_json, r.lane) for r in store.joined_rows(RUN)]
+    assert rows == [(r, json.dumps({"id": r}, ensure_ascii=False, separators=(",", ":")), "batch")
+                    for r in ids]  # fmt: skip
+    assert [a.request_id for a in store.attempts(RUN, ids[0])] == [ids[0]]
+
+
 def test_a_retry_is_a_new_attempt(store: SQLiteStore) -> None:
     first = batch_in(store, B.SUBMITTED, plan(store, 1))
     store.finish_batch(RUN, first, [Outcome("req-0", R.PENDING, error="x", cost_usd=0.5)])

@@ -62,7 +62,7 @@ def write(
 ) -> None:
     """Keep a batch's answers whole: `outcomes` are its requests' (every one succeeded, with
     its response), in the batch's order."""
-    ids = "\n".join([o.request_id for o in outcomes]).encode()
+    ids = orjson.dumps([o.request_id for o in outcomes])  # a request file's ids may hold anything
     tokens = array("q")
     costs = array("d")
     for outcome in outcomes:
@@ -104,7 +104,7 @@ class KeptBatch:
     __slots__ = ("at_utc", "costs", "positions", "tokens")
 
     def __init__(self, request_ids: bytes, usage: bytes, at_utc: str) -> None:
-        ids = unpack_whole(request_ids).decode().split("\n")
+        ids = orjson.loads(unpack_whole(request_ids))
         self.positions = {request_id: number for number, request_id in enumerate(ids)}
         data = unpack_whole(usage)
         split = len(ids) * 16
