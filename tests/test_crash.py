@@ -104,12 +104,7 @@ def check_ledger_and_remote(base_url: str, state: Path) -> None:
     executed = Counter(row["custom_id"] for row in ledger)
     store = open_store(state)
     (run,) = store.runs()
-    recorded = Counter(
-        row[0]
-        for row in store._db.execute(
-            "SELECT request_id FROM attempts WHERE run_id = ? AND lane = 'batch'", (run.id,)
-        )
-    )
+    recorded = Counter(a.request_id for a in store.attempts(run.id) if a.lane == "batch")
     batches = store.batches(run.id)
     store.close()
     assert executed == recorded, "the ledger and the store disagree on executions"
@@ -186,11 +181,8 @@ def check_both_lanes(base_url: str, state: Path) -> None:
     executed = Counter(row["custom_id"] for row in ledger)
     store = open_store(state)
     (run,) = store.runs()
-    recorded = Counter(
-        row[0]
-        for row in store._db.execute("SELECT request_id FROM attempts WHERE run_id = ?", (run.id,))
-    )
-    lanes = {row[0] for row in store._db.execute("SELECT lane FROM results")}
+    recorded = Counter(a.request_id for a in store.attempts(run.id) if a.lane != "cache")
+    lanes = {row.lane for row in store.joined_rows(run.id) if row.lane is not None}
     counts = store.request_counts(run.id)
     store.close()
     assert executed, "nothing ran"
@@ -225,12 +217,7 @@ def check_executions(base_url: str, state: Path) -> tuple[str, set[str]]:
     executed = Counter(row["custom_id"] for row in ledger)
     store = open_store(state)
     (run,) = store.runs()
-    recorded = Counter(
-        row[0]
-        for row in store._db.execute(
-            "SELECT request_id FROM attempts WHERE run_id = ? AND lane = 'batch'", (run.id,)
-        )
-    )
+    recorded = Counter(a.request_id for a in store.attempts(run.id) if a.lane == "batch")
     made = {b.remote_id for b in store.batches(run.id) if b.remote_id is not None}
     store.close()
     assert executed == recorded, "the ledger and the store disagree on executions"

@@ -519,12 +519,7 @@ def check_ledger(server: LocalServer, state: Path) -> None:
     store = open_store(state)
     try:
         (run,) = store.runs()
-        recorded = Counter(
-            row[0]
-            for row in store._db.execute(
-                "SELECT request_id FROM attempts WHERE run_id = ? AND lane = 'batch'", (run.id,)
-            )
-        )
+        recorded = Counter(a.request_id for a in store.attempts(run.id) if a.lane == "batch")
     finally:
         store.close()
     assert executed == recorded, "the ledger and the store disagree on executions"
