@@ -55,6 +55,7 @@ INPUTS: list[dict[str, Any]] = [
     {"id": "plain", "text": "a sailor and a queen"},
     {"id": "unicode", "text": "naïve café 北京 🎬", "tab": "a\tb\nc\x00"},
     {"id": "numbers", "big": 2**70, "nan": float("nan"), "small": 1e-7, "neg": -0.0},
+    {"id": "floats", "small": 1e-7, "large": 1e16},
     {"id": "nested", "deep": {"list": [1, [2, {"x": None}]], "flag": True}},
     {"id": "keys", "": "empty key", "sp ace": " lead and trail "},
 ]
@@ -122,3 +123,23 @@ def test_the_short_way_writes_what_the_general_way_writes(
     assert b"NaN" in short.read_bytes()  # what orjson refuses took Python's way
     assert ("北京".encode() in short.read_bytes()) == include_input
     store.close()
+
+
+@pytest.mark.parametrize("short_way", [True, False])
+def test_an_input_row_is_written_as_the_store_keeps_it(tmp_path: Path, short_way: bool) -> None:
+    store = make_store(tmp_path / "store.sqlite3")
+    rows = export_rows(store, "run")
+    target = tmp_path / "out.jsonl"
+    write_export(rows if short_way else list(rows), target, include_input=True)
+    store.close()
+    lines = [json.loads(line) for line in target.read_bytes().splitlines()]
+    by_id = {line["id"]: line for line in lines}
+    text = target.read_text()
+    # the stored JSON as it is, which orjson alone would have written "1e-7"
+    assert '"small":1e-07,"large":1e+16' in text and '"small":1e-7,' not in text
+    plain = by_id["row-0"]["input"]
+    assert plain == {"id": "plain", "text": "a sailor and a queen", "n": 0}
+    assert by_id["row-3"]["input"] is None  # a row whose data was not kept
+    # a row with NaN in it is parsed, as only Python's reader takes it, and written as JSON
+    numbers = next(line for line in lines if (line["input"] or {}).get("id") == "numbers")
+    assert numbers["input"]["big"] == 2**70

@@ -15,10 +15,14 @@ from typing import Any
 import orjson
 
 from batchpilot.answers import parsed_answer, response_content
-from batchpilot.export.rows import ExportRow, dump_json
+from batchpilot.export.rows import ExportRow, dump_json, input_json
 from batchpilot.store import JoinedRow
 
 __all__ = ["Fallback", "StoredRows", "export_row", "loads"]
+
+Fragment = orjson.Fragment
+OPT_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
+dumps = orjson.dumps
 
 Fallback = Callable[[dict[str, Any] | None], Any]
 
@@ -61,6 +65,7 @@ def export_row(row: JoinedRow, fallback: Fallback | None) -> ExportRow:
         cost_usd=row.cost_usd,
         error=row.skip_reason if row.request_id is None else row.error,
         lane=row.lane,
+        data_json=row.data_json,
     )
 
 
@@ -121,7 +126,11 @@ class StoredRows(Iterator[ExportRow]):
                 "attempts": attempts or 0,
             }
             if include_input:
-                record["input"] = loads(data) if data else None
+                # the row's JSON as kept, as `input_json` would write it, without a call
+                if data and "NaN" not in data and "Infinity" not in data:
+                    record["input"] = Fragment(data)
+                else:
+                    record["input"] = loads(data) if data else None
             record["output"] = (
                 parsed if parsed is not None else content if content is not None else embedding
             )
@@ -130,4 +139,10 @@ class StoredRows(Iterator[ExportRow]):
             record["error"] = error
             record["lane"] = row[13]
             record["request_id"] = request_id
-            yield dump_json(record)
+            try:
+                line = dumps(record, option=OPT_NON_STR_KEYS)
+            except TypeError:  # what only Python writes: `dump_json` takes it
+                if include_input and data:
+                    record["input"] = input_json(data, loads(data))
+                line = dump_json(record)
+            yield line

@@ -13,6 +13,7 @@ from batchpilot.export.rows import (
     answer_of,
     dump_json,
     input_fields,
+    input_json,
     outcome,
 )
 
@@ -26,7 +27,7 @@ def jsonl_record(row: ExportRow, include_input: bool, response_key: str | None) 
         "id": row.row_id,
         "status": row.status,
         "attempts": row.attempts,
-        "input": row.data,
+        "input": input_json(row.data_json, row.data) if include_input else None,
         "output": answer_of(row),
         "usage": {"input_tokens": row.input_tokens, "output_tokens": row.output_tokens},
         "cost_usd": row.cost_usd,

@@ -14,9 +14,11 @@ __all__ = [
     "CHUNK_ROWS",
     "ExportFormat",
     "ExportRow",
+    "StoredJSON",
     "answer_of",
     "dump_json",
     "input_fields",
+    "input_json",
     "outcome",
 ]
 
@@ -45,14 +47,45 @@ class ExportRow:
     cost_usd: float | None
     error: str | None  # "code: message" for failed rows
     lane: str | None  # batch, realtime or cache
+    data_json: str | None = None  # the input row's JSON as the store keeps it, when read from one
+
+
+class StoredJSON:
+    """JSON text as the store keeps it, written into an export as it is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _fragment(value: Any) -> Any:
+    if value.__class__ is StoredJSON:
+        return orjson.Fragment(value.text)
+    raise TypeError
+
+
+def _plain(value: Any) -> Any:
+    if value.__class__ is StoredJSON:
+        return json.loads(value.text)
+    return str(value)
 
 
 def dump_json(value: Any) -> bytes:
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(value, default=_fragment, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:
         # Integers past 64 bits, lone surrogates, types orjson does not know.
-        return json.dumps(value, default=str).encode()
+        return json.dumps(value, default=_plain).encode()
+
+
+def input_json(data_json: str | None, data: Any) -> Any:
+    """The input row as an export's JSON holds it: its JSON as the store keeps it, written as
+    it is (no parse, no second serialization), unless it holds what only Python's reader takes
+    (NaN, Infinity); then `data`, its parsed value."""
+    if not data_json or "NaN" in data_json or "Infinity" in data_json:
+        return data
+    return StoredJSON(data_json)
 
 
 def answer_of(row: ExportRow) -> Any:

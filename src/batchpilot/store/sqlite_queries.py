@@ -224,13 +224,14 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
         "WHERE w.run_id = ? ORDER BY w.row_index",
         (run_id,),
     )
-    make = JoinedRow._make
+    new = tuple.__new__
     recorded = Recorded(db)
-    succeeded = RequestState.SUCCEEDED
+    succeeded = str(RequestState.SUCCEEDED)
+    size = sqlite_batch_answers.FRAME
     # rows in input order mostly follow their batches: the last batch and frame are at hand
     kept_id: int | None = None
     kept: KeptBatch | None = None
-    frame_key: tuple[int, int] = (-1, -1)
+    frame_batch, frame_at = -1, -1
     frame: list[bytes] = []
     for row in cursor:
         data, answer, batch_id = row[5], row[9], row[14]
@@ -241,25 +242,28 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
                 kept_id, kept = batch_id, recorded.batch(run_id, batch_id)
             number = None if kept is None else kept.positions.get(row[2])
             if kept is not None and number is not None:
-                at, offset = divmod(number, sqlite_batch_answers.FRAME)
-                if frame_key != (batch_id, at):
-                    frame_key, frame = (batch_id, at), recorded.frame(run_id, batch_id, at)
-                yield make(
+                at, offset = divmod(number, size)
+                if at != frame_at or batch_id != frame_batch:
+                    frame_batch, frame_at = batch_id, at
+                    frame = recorded.frame(run_id, batch_id, at)
+                tokens = kept.tokens
+                yield new(
+                    JoinedRow,
                     (
                         *row[:5],
                         data,
                         *row[6:9],
                         frame[offset].decode(),
-                        kept.tokens[2 * number],
-                        kept.tokens[2 * number + 1],
+                        tokens[2 * number],
+                        tokens[2 * number + 1],
                         kept.costs[number],
                         "batch",
-                    )
+                    ),
                 )
                 continue
         if answer.__class__ is bytes:
             answer = unpack(answer)
-        yield make((*row[:5], data, *row[6:9], answer, *row[10:14]))
+        yield new(JoinedRow, (*row[:5], data, *row[6:9], answer, *row[10:14]))
 
 
 def apply_cache(db: Connection, run_id: str, now: str) -> int:
