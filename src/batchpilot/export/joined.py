@@ -21,7 +21,7 @@ from batchpilot.store import JoinedRow
 __all__ = ["Fallback", "StoredRows", "export_row", "loads"]
 
 Fragment = orjson.Fragment
-OPT_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 dumps = orjson.dumps
 
 Fallback = Callable[[dict[str, Any] | None], Any]
@@ -70,6 +70,7 @@ def export_row(row: JoinedRow, fallback: Fallback | None) -> ExportRow:
 
 
 _OTHER = object()
+_OPENERS = ("{", "[")
 
 
 def _chat_text(response: Any) -> Any:
@@ -104,22 +105,33 @@ class StoredRows(Iterator[ExportRow]):
     def jsonl_lines(
         self, include_input: bool, general: Callable[[ExportRow], bytes]
     ) -> Iterator[bytes]:
-        """Each row's JSONL line (without its newline) as `general(export_row(row))` makes
-        it, taking the short way for rows with a request and no fallback answer."""
+        """Each row's JSONL line, its newline included, as `general(export_row(row))` makes
+        it (without the newline), taking the short way for rows with a request and no
+        fallback answer."""
         fallback = self._fallback
         for row in self._joined:
             (_, row_id, request_id, _, _, data, state, attempts, error, answer) = row[:10]
             if request_id is None or (state == "failed" and fallback is not None):
-                yield general(export_row(row, fallback))
+                yield general(export_row(row, fallback)) + b"\n"
                 continue
             content: Any = None
             embedding = None
+            parsed: Any = None
             if answer:
                 response = loads(answer)
                 content = _chat_text(response)
                 if content is _OTHER:
                     content, embedding = response_content(response)
-            parsed = parsed_answer(content)
+                if content.__class__ is str and content[:1] in _OPENERS:
+                    # an object or array as `parsed_answer` reads one, without a call
+                    try:
+                        parsed = orjson.loads(content)
+                    except orjson.JSONDecodeError:
+                        parsed = parsed_answer(content)
+                    if parsed.__class__ is not dict and parsed.__class__ is not list:
+                        parsed = None
+                elif content is not None:
+                    parsed = parsed_answer(content)
             record: dict[str, Any] = {
                 "id": row_id,
                 "status": state or "pending",
@@ -140,9 +152,9 @@ class StoredRows(Iterator[ExportRow]):
             record["lane"] = row[13]
             record["request_id"] = request_id
             try:
-                line = dumps(record, option=OPT_NON_STR_KEYS)
+                line = dumps(record, option=_OPTIONS)
             except TypeError:  # what only Python writes: `dump_json` takes it
                 if include_input and data:
                     record["input"] = input_json(data, loads(data))
-                line = dump_json(record)
+                line = dump_json(record) + b"\n"
             yield line
