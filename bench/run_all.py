@@ -19,6 +19,7 @@ HERE = Path(__file__).parent
 
 # Each benchmark's arguments for a short run; a new benchmark must add its own.
 SHORT: dict[str, list[str]] = {
+    "answer_check.py": ["--answers", "200", "--rounds", "1"],
     "claims.py": ["--runs", "4", "--requests", "100"],
     "client_cpu.py": ["--requests", "200", "--rounds", "1"],
     "hybrid_movies.py": ["--scale", "4000", "--time-scale", "36000"],
