@@ -45,7 +45,7 @@ SHORT: dict[str, list[str]] = {
     ],
     "server_batch.py": ["--lines", "50"],
     "server_realtime.py": ["--seconds", "1", "--connections", "4"],
-    "store_ingest.py": ["--lines", "200", "--scale", "500"],
+    "store_ingest.py": ["--lines", "200", "--scale", "500", "--schema", "compiled"],
 }
 
 

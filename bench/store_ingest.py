@@ -1,13 +1,16 @@
 """Benchmark: ingesting a 50,000-line batch output file into the store, and the store at scale.
 
     python bench/store_ingest.py [--lines 50000] [--scale 1000000] [--rounds 1] [--movie]
+                                 [--schema {none,compiled,jsonschema}]
 
 1. Ingest: read, match by id, classify, price and commit every line of a 50,000-line output
    file (one transaction), beside `orjson.loads` of every line of the same file in the same
    run, with the cyclic collector held off as ingest holds it off (target: at most 2x), and
    beside the same loop with the collector on; then the CPU of each of ingest's phases
    (reading the batch's requests back, reading and parsing the lines, matching, checking and
-   pricing them, and the store's writes) as a multiple of the reference's CPU.
+   pricing them, and the store's writes) as a multiple of the reference's CPU. With `--schema`,
+   every answer is checked against a response schema as a job with one checks it (`compiled`:
+   as batchpilot does; `jsonschema`: with the `jsonschema` package alone, as it did before).
 2. Scale: plan `--scale` requests into a store, pass them through batches of 50,000 to results,
    and report the store's size per request and the time per request. `--movie` gives each row
    a movie-sized plot (a 2.75 KB input line, rendered into a system prompt and the plot) and each
@@ -24,6 +27,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from batchpilot.store import (
     SQLiteStore,
     utc_now,
 )
+from batchpilot.validate import AnswerCheck
 
 
 def answer(custom_id: str, i: int) -> bytes:
@@ -149,10 +154,34 @@ PHASES = (
 )
 
 
-def ingest_round(lines: int) -> tuple[float, float, dict[str, float], float]:
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "deaths": {"type": "array", "items": {"type": "string"}},
+        "tone": {"type": "string", "enum": ["sad", "happy", "dark"]},
+    },
+    "required": ["deaths", "tone"],
+    "additionalProperties": False,
+}
+
+
+def answer_check(schema: str) -> Callable[[PendingRequest, dict[str, Any]], str | None] | None:
+    """The check a job with a response schema makes of every answer, as the lanes call it."""
+    if schema == "none":
+        return None
+    check = AnswerCheck(SCHEMA)
+    if schema == "jsonschema":
+        check.valid = None
+    else:
+        assert check.valid is not None, "the compiled validator did not take the schema"
+    return lambda request, body: check(body)
+
+
+def ingest_round(lines: int, schema: str = "none") -> tuple[float, float, dict[str, float], float]:
     """(ingest's wall seconds, the reference's, each phase's CPU seconds as a multiple of the
     reference's CPU, the plain parse's wall seconds) of one round in a fresh store."""
     prices = PriceTable.load()
+    check = answer_check(schema)
 
     def cost(request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
         return usage_cost(prices, request.model, body, batch=True)  # as the batch lane prices
@@ -190,7 +219,7 @@ def ingest_round(lines: int) -> tuple[float, float, dict[str, float], float]:
             marks.append((time.perf_counter(), time.process_time()))
             read = list(read_lines([output]))
             marks.append((time.perf_counter(), time.process_time()))
-            outcomes = classify(requests, iter(read), RetryPolicy(), cost)
+            outcomes = classify(requests, iter(read), RetryPolicy(), cost, check=check)
             marks.append((time.perf_counter(), time.process_time()))
             store.finish_batch("bench", batch, outcomes)
             marks.append((time.perf_counter(), time.process_time()))
@@ -202,8 +231,8 @@ def ingest_round(lines: int) -> tuple[float, float, dict[str, float], float]:
     return marks[-1][0] - marks[0][0], reference, phases, plain
 
 
-def ingest_benchmark(lines: int, rounds: int = 1) -> None:
-    results = [ingest_round(lines) for _ in range(rounds)]
+def ingest_benchmark(lines: int, rounds: int = 1, schema: str = "none") -> None:
+    results = [ingest_round(lines, schema) for _ in range(rounds)]
     elapsed = statistics.median(r[0] for r in results)
     reference = statistics.median(r[1] for r in results)
     ratio = statistics.median(r[0] / r[1] for r in results)
@@ -278,8 +307,14 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1_000_000)
     parser.add_argument("--movie", action="store_true", help="movie-sized rows and answers")
     parser.add_argument("--rounds", type=int, default=1, help="ingest rounds (medians)")
+    parser.add_argument(
+        "--schema",
+        choices=("none", "compiled", "jsonschema"),
+        default="none",
+        help="check every answer against a response schema",
+    )
     args = parser.parse_args()
-    ingest_benchmark(args.lines, args.rounds)
+    ingest_benchmark(args.lines, args.rounds, args.schema)
     scale_benchmark(args.scale, args.movie)
 
 
