@@ -252,14 +252,25 @@ def test_finish_batch_applies_every_outcome(store: SQLiteStore) -> None:
         ("succeeded", 1, batch_id, None), ("pending", 1, None, "timeout"),
         ("pending", 0, None, "never ran"), ("failed", 1, batch_id, "bad request"),
     ]  # fmt: skip
-    attempts = "SELECT request_id, attempt, lane, batch_id, outcome, cost_usd FROM attempts"
-    assert _sql(store, attempts) == [
+    tries = sorted(
+        (a.request_id, a.attempt, a.lane, a.batch_id, a.outcome, a.cost_usd)
+        for a in store.attempts(RUN)
+    )
+    assert tries == [
         ("req-0", 1, "batch", batch_id, "succeeded", 0.25),
         ("req-1", 1, "batch", batch_id, "pending", 0.5),
         ("req-3", 1, "batch", batch_id, "failed", 0.0),
     ]
-    results = "SELECT request_id, response_json, lane, cost_usd FROM results"
-    assert _sql(store, results) == [("req-0", '{"answer":42}', "batch", 0.25)]
+    # the answer is kept with the batch's answers, the failures one by one
+    attempts = "SELECT request_id, outcome FROM attempts ORDER BY request_id"
+    assert _sql(store, attempts) == [("req-1", "pending"), ("req-3", "failed")]
+    assert _sql(store, "SELECT batch_id, requests FROM batch_answers") == [(batch_id, 1)]
+    results = [
+        (r.request_id, r.response_json, r.lane, r.cost_usd)
+        for r in store.joined_rows(RUN)
+        if r.response_json is not None
+    ]
+    assert results == [("req-0", '{"answer":42}', "batch", 0.25)]
     answers = "SELECT content_hash, run_id, request_id FROM answers"
     assert _sql(store, answers) == [("h0", RUN, "req-0")]  # the cache points at the result
     batch = store.batch(RUN, batch_id)
@@ -325,12 +336,12 @@ def test_a_batch_answered_whole_is_kept_whole_and_reads_as_it_would_row_by_row(
     # a frame for each answer: a batch kept whole is read across its frames
     monkeypatch.setattr(sqlite_batch_answers, "FRAME", 1)
     whole = finished(tmp_path / "whole.sqlite3")
-    assert kept == [False, True, True]  # the first batch has a request to try again
+    assert kept == [True, True, True]  # the first batch's two answers, though one is retried
     kept_rows = "SELECT COUNT(*) FROM results UNION ALL SELECT COUNT(*) FROM attempts"
     with closing(sqlite3.connect(tmp_path / "whole.sqlite3")) as db:
-        assert db.execute(kept_rows).fetchall() == [(2,), (3,)]
+        assert db.execute(kept_rows).fetchall() == [(0,), (1,)]  # the one try that failed
         assert db.execute("SELECT batch_id, requests FROM batch_answers").fetchall() == [
-            (2, 2), (3, 1)
+            (1, 2), (2, 2), (3, 1)
         ]  # fmt: skip
     monkeypatch.setattr(sqlite_moves, "_keep_whole", lambda *args: False)
     assert finished(tmp_path / "row-by-row.sqlite3") == whole
@@ -580,10 +591,12 @@ def test_counts_and_totals_are_kept_as_requests_move_not_counted(store: SQLiteSt
     store.revive_cancelled(RUN)
     recount = "SELECT state, COUNT(*) FROM requests WHERE run_id = ? GROUP BY state"
     assert store.request_counts(RUN) == counts(**dict(_sql(store, recount, RUN)))
-    totals = "SELECT SUM(cost_usd), SUM(input_tokens), SUM(output_tokens) FROM attempts"
-    spent, tokens_in, tokens_out = _sql(store, totals)[0]
-    assert store.money(RUN)[0] == pytest.approx(spent)
-    assert store.token_totals(RUN) == (tokens_in, tokens_out)
+    tries = list(store.attempts(RUN))
+    assert store.money(RUN)[0] == pytest.approx(sum(a.cost_usd for a in tries))
+    assert store.token_totals(RUN) == (
+        sum(a.input_tokens for a in tries),
+        sum(a.output_tokens for a in tries),
+    )
     assert store.failure_reasons(RUN) == {"timeout": 1, "bad": 1, "http 500": 1}
     with closing(sqlite3.connect(store.path)) as db, db:  # what is read is what was kept
         db.execute("UPDATE request_counts SET n = 99 WHERE run_id = ? AND state = 'failed'", (RUN,))

@@ -9,6 +9,8 @@ import json
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from batchpilot.store import (
     BatchState,
     NewRequest,
@@ -17,6 +19,7 @@ from batchpilot.store import (
     RequestState,
     RunRecord,
     SQLiteStore,
+    sqlite_moves,
     utc_now,
 )
 from batchpilot.store.migrations import MIGRATIONS
@@ -42,7 +45,11 @@ def _planned(store: SQLiteStore) -> None:
     store.add_planned(RUN, rows, requests)
 
 
-def test_a_batchs_requests_and_results_are_neighbours_whatever_their_ids(tmp_path: Path) -> None:
+def test_a_batchs_requests_and_results_are_neighbours_whatever_their_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # answers written one by one (a batch's answers are kept whole where they can be)
+    monkeypatch.setattr(sqlite_moves, "_keep_whole", lambda *args: False)
     path = tmp_path / "s.sqlite3"
     store = SQLiteStore(path)
     try:
@@ -58,7 +65,6 @@ def test_a_batchs_requests_and_results_are_neighbours_whatever_their_ids(tmp_pat
             Outcome(r.id, RequestState.SUCCEEDED, {"n": r.first_row}, 10, 2, 0.01)
             for r in reversed(pending[21:40])  # answers come in any order
         ]
-        # one to try again: the batch's answers are kept one by one, not whole
         retry = Outcome(pending[20].id, RequestState.PENDING, error="server_error: x")
         store.finish_batch(RUN, batch, [*outcomes, retry])
 

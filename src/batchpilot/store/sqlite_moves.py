@@ -198,10 +198,34 @@ def apply_outcomes(
     batch_id: int | None,
     now: str,
 ) -> None:
-    """Write many outcomes with a handful of statements (this is the ingest hot path)."""
-    if batch_id is not None and _keep_whole(db, run_id, batch_id, outcomes, now):
-        return
+    """Write many outcomes with a handful of statements (this is the ingest hot path). A
+    batch's answers on their first try are kept whole (`_keep_whole`), its other outcomes
+    written request by request first."""
     if batch_id is not None:
+        whole = [outcome for outcome in outcomes if _answered(outcome)]
+        if whole:
+            rest = [outcome for outcome in outcomes if not _answered(outcome)]
+            if rest:
+                _each(db, run_id, rest, lane, batch_id, now, by_batch=False)
+            if not _keep_whole(db, run_id, batch_id, whole, now):
+                _each(db, run_id, whole, lane, batch_id, now, by_batch=not rest)
+            return
+    _each(db, run_id, outcomes, lane, batch_id, now, by_batch=batch_id is not None)
+
+
+def _each(
+    db: Connection,
+    run_id: str,
+    outcomes: Sequence[Outcome],
+    lane: str,
+    batch_id: int | None,
+    now: str,
+    *,
+    by_batch: bool,
+) -> None:
+    """Write outcomes request by request: `by_batch`, the requests read by their batch (most
+    of a batch's), else by id."""
+    if by_batch:
         rows = db.execute(
             "SELECT id, state, attempts, content_hash, batch_id FROM requests "
             "INDEXED BY requests_by_batch WHERE run_id = ? AND batch_id = ?",
@@ -280,26 +304,29 @@ def apply_outcomes(
     )
 
 
+def _answered(outcome: Outcome) -> bool:
+    """Whether a batch's outcome is an answer to keep whole: a success, with its response, on
+    the batch lane, and an attempt."""
+    return (
+        outcome.state == RequestState.SUCCEEDED
+        and outcome.response is not None
+        and outcome.error is None
+        and outcome.attempted
+        and outcome.lane is None
+    )
+
+
 def _keep_whole(
     db: Connection, run_id: str, batch_id: int, outcomes: Sequence[Outcome], now: str
 ) -> bool:
-    """A batch every request of which was answered (each had one try on the batch lane, and
-    `outcomes` hold one answer for each of its requests, in its order): its requests moved to
-    succeeded with one statement and its answers kept whole (`sqlite_batch_answers`); whether
-    it was such a batch (else nothing is written)."""
+    """The answers of a batch (`outcomes`, each `_answered`, one for each of its requests still
+    submitted, its others already written): those requests moved to succeeded with one
+    statement and the answers kept whole (`sqlite_batch_answers`); whether they were (else
+    nothing is written)."""
     succeeded = RequestState.SUCCEEDED
-    for outcome in outcomes:
-        if (
-            outcome.state != succeeded
-            or outcome.response is None
-            or outcome.error is not None
-            or not outcome.attempted
-            or outcome.lane is not None
-        ):
-            return False
     members = db.execute(
         "SELECT id FROM requests INDEXED BY requests_by_batch WHERE run_id = ? AND batch_id = ? "
-        "ORDER BY first_row",
+        "AND state = 'submitted' ORDER BY first_row",
         (run_id, batch_id),
     ).fetchall()
     ids = [o.request_id for o in outcomes]
@@ -322,8 +349,8 @@ def _keep_whole(
     db.execute(
         "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) "
         "SELECT content_hash, run_id, id FROM requests INDEXED BY requests_by_batch "
-        "WHERE run_id = ? AND batch_id = ?",
-        (run_id, batch_id),
+        "WHERE run_id = ? AND batch_id = ? AND state = ?",
+        (run_id, batch_id, succeeded),
     )
     _add_up(db, run_id, outcomes)
     return True

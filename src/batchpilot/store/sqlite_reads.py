@@ -34,14 +34,15 @@ def attempts(db: Connection, run_id: str, request_id: str | None = None) -> Iter
         "SELECT request_id, 0, 'cache', NULL, 'succeeded', NULL, input_tokens, "
         f"output_tokens, 0, created_at_utc FROM results WHERE run_id = ?{one} "
         "AND lane = 'cache' UNION ALL "
-        # the one try of each request of a batch kept whole
+        # the answering try of each request whose answer its batch keeps whole
         "SELECT q.id, q.attempts, 'batch', q.batch_id, 'succeeded', NULL, "
-        "recorded_usage(q.run_id, q.batch_id, q.id, 0), "
+        "recorded_usage(q.run_id, q.batch_id, q.id, 0) AS input_tokens, "
         "recorded_usage(q.run_id, q.batch_id, q.id, 1), "
         "recorded_usage(q.run_id, q.batch_id, q.id, 2), k.created_at_utc "
         "FROM batch_answers k JOIN requests q INDEXED BY requests_by_batch "
         "ON q.run_id = k.run_id AND q.batch_id = k.batch_id "
-        f"WHERE k.run_id = ?{whole} AND q.state = 'succeeded' ORDER BY 10, 2",
+        f"WHERE k.run_id = ?{whole} AND q.state = 'succeeded' "
+        "AND input_tokens IS NOT NULL ORDER BY 10, 2",
         params * 3,
     )
     for row in cursor:
