@@ -1,13 +1,14 @@
-"""A batch every request of which was answered, kept whole (SQLite).
+"""A batch's answers kept whole (SQLite).
 
-Its answers are compressed together, a frame of `FRAME` answers at a time, in the order of its
-requests, beside the ids of those requests and each one's tokens and cost: one row of
+The answers a batch brought on their first try (its other outcomes, failures and requests to
+try again, are written one by one) are compressed together, a frame of `FRAME` answers at a
+time, beside the ids of their requests and each one's tokens and cost: one row of
 `batch_answers` and one of `batch_answer_frames` per frame, where a request answered on its own
 has a row in `results` and one in `attempts`. Writing a 50,000-request batch is then a handful of
 rows instead of 150,000, and the answers, which repeat each other around their content, compress
-better together than one by one. Such a batch's requests have no row in `results` nor in
-`attempts`; the store's reads find their answers here (`Recorded`, and the SQL functions that
-`register` adds), as their one attempt: on the batch lane, succeeded.
+better together than one by one. Such requests have no row in `results` nor in `attempts`; the
+store's reads find their answers here (`Recorded`, and the SQL functions that `register` adds),
+as the attempt that answered: on the batch lane, succeeded.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def _array(typecode: str, data: bytes) -> array:  # type: ignore[type-arg]
 def write(
     db: Connection, run_id: str, batch_id: int, outcomes: Sequence[Outcome], now: str
 ) -> None:
-    """Keep a batch's answers whole: `outcomes` are its requests' (every one succeeded, with
-    its response), in the batch's order."""
+    """Keep a batch's answers whole: `outcomes` are answers of its requests (each succeeded,
+    with its response)."""
     ids = orjson.dumps([o.request_id for o in outcomes])  # a request file's ids may hold anything
     tokens = array("q")
     costs = array("d")
