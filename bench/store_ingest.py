@@ -1,7 +1,7 @@
 """Benchmark: ingesting a 50,000-line batch output file into the store, and the store at scale.
 
     python bench/store_ingest.py [--lines 50000] [--scale 1000000] [--rounds 1] [--movie]
-                                 [--schema {none,compiled,jsonschema}]
+                                 [--schema {none,compiled,jsonschema}] [--failing 0.01]
 
 1. Ingest: read, match by id, classify, price and commit every line of a 50,000-line output
    file (one transaction), beside `orjson.loads` of every line of the same file in the same
@@ -11,6 +11,8 @@
    pricing them, and the store's writes) as a multiple of the reference's CPU. With `--schema`,
    every answer is checked against a response schema as a job with one checks it (`compiled`:
    as batchpilot does; `jsonschema`: with the `jsonschema` package alone, as it did before).
+   With `--failing`, that share of the answers is sent back to be tried again, as a check
+   refusing them would.
 2. Scale: plan `--scale` requests into a store, pass them through batches of 50,000 to results,
    and report the store's size per request and the time per request. `--movie` gives each row
    a movie-sized plot (a 2.75 KB input line, rendered into a system prompt and the plot) and each
@@ -177,7 +179,9 @@ def answer_check(schema: str) -> Callable[[PendingRequest, dict[str, Any]], str 
     return lambda request, body: check(body)
 
 
-def ingest_round(lines: int, schema: str = "none") -> tuple[float, float, dict[str, float], float]:
+def ingest_round(
+    lines: int, schema: str = "none", failing: float = 0.0
+) -> tuple[float, float, dict[str, float], float]:
     """(ingest's wall seconds, the reference's, each phase's CPU seconds as a multiple of the
     reference's CPU, the plain parse's wall seconds) of one round in a fresh store."""
     prices = PriceTable.load()
@@ -220,10 +224,20 @@ def ingest_round(lines: int, schema: str = "none") -> tuple[float, float, dict[s
             read = list(read_lines([output]))
             marks.append((time.perf_counter(), time.process_time()))
             outcomes = classify(requests, iter(read), RetryPolicy(), cost, check=check)
+            if failing > 0:  # a share of the answers refused by a check: tried again
+                every = round(1 / failing)
+                outcomes = [
+                    o._replace(state=RequestState.PENDING, response=None, error="schema: x")
+                    if i % every == every - 1
+                    else o
+                    for i, o in enumerate(outcomes)
+                ]
             marks.append((time.perf_counter(), time.process_time()))
             store.finish_batch("bench", batch, outcomes)
             marks.append((time.perf_counter(), time.process_time()))
-        assert store.request_counts("bench")["succeeded"] == lines
+        assert store.request_counts("bench")["succeeded"] == lines - (
+            0 if failing <= 0 else lines // round(1 / failing)
+        )
         store.close()
     phases = {
         name: (marks[i + 1][1] - marks[i][1]) / reference_cpu for i, (name, _) in enumerate(PHASES)
@@ -231,8 +245,10 @@ def ingest_round(lines: int, schema: str = "none") -> tuple[float, float, dict[s
     return marks[-1][0] - marks[0][0], reference, phases, plain
 
 
-def ingest_benchmark(lines: int, rounds: int = 1, schema: str = "none") -> None:
-    results = [ingest_round(lines, schema) for _ in range(rounds)]
+def ingest_benchmark(
+    lines: int, rounds: int = 1, schema: str = "none", failing: float = 0.0
+) -> None:
+    results = [ingest_round(lines, schema, failing) for _ in range(rounds)]
     elapsed = statistics.median(r[0] for r in results)
     reference = statistics.median(r[1] for r in results)
     ratio = statistics.median(r[0] / r[1] for r in results)
@@ -313,8 +329,11 @@ def main() -> None:
         default="none",
         help="check every answer against a response schema",
     )
+    parser.add_argument(
+        "--failing", type=float, default=0.0, help="share of answers a check sends back"
+    )
     args = parser.parse_args()
-    ingest_benchmark(args.lines, args.rounds, args.schema)
+    ingest_benchmark(args.lines, args.rounds, args.schema, args.failing)
     scale_benchmark(args.scale, args.movie)
 
 
