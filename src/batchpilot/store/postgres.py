@@ -10,7 +10,6 @@ of the URL is never shown: `where` and every message name the URL without it.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from batchpilot.store.records import (
     Outcome,
     PendingRequest,
     row_json,
+    row_value,
 )
 from batchpilot.store.states import BATCH_MOVES, BatchState, RequestState, check_move
 
@@ -296,7 +296,7 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
         row = self._db.execute(
             "SELECT data_json FROM rows WHERE run_id = %s AND row_index = %s", (run_id, row_index)
         ).fetchone()
-        return json.loads(row[0]) if row is not None and row[0] else None
+        return row_value(row[0]) if row is not None and row[0] else None
 
     def failure_reasons(self, run_id: str) -> dict[str, int]:
         rows = self._db.execute(

@@ -6,7 +6,6 @@ through the transition tables in `states`; a move the tables do not allow raises
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from batchpilot.store.records import (
     RunRecord,
     TaskStateRecord,
     row_json,
+    row_value,
 )
 from batchpilot.store.sqlite_shared import SharedMixin
 from batchpilot.store.states import (
@@ -300,7 +300,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
             "SELECT unpack(data_json) FROM rows WHERE run_id = ? AND row_index = ?",
             (run_id, row_index),
         ).fetchone()
-        return json.loads(row[0]) if row is not None and row[0] else None
+        return row_value(row[0]) if row is not None and row[0] else None
 
     def failure_reasons(self, run_id: str) -> dict[str, int]:
         """How many failed attempts each kind of reason caused (the reason's first word)."""
