@@ -13,6 +13,7 @@ from typing import Any
 
 from batchpilot.errors import UserInputError
 from batchpilot.export.nested import write_back_nested
+from batchpilot.export.progress import ExportProgress
 from batchpilot.export.rows import ExportFormat, ExportRow
 from batchpilot.export.stored import export_rows
 from batchpilot.export.write import write_export
@@ -47,12 +48,14 @@ def export_job(
     *,
     format: ExportFormat | None = None,
     include_input: bool | None = None,
+    progress: ExportProgress | None = None,
 ) -> int:
     """Export as the job's output section says: a results table, or answers written back into
     the input records (inside their lines when the input has nested records). `format` and
-    `include_input` override the job's; the rows are the same whatever the format."""
+    `include_input` override the job's; the rows are the same whatever the format. `progress`
+    is told how many rows have been read."""
     fallback = _guarded_fallback(job.fallback, job.base_dir) if job.fallback else None
-    rows = export_rows(store, run_id, fallback=fallback)
+    rows = export_rows(store, run_id, fallback=fallback, progress=progress)
     return write_job_output(job, rows, target, format=format, include_input=include_input)
 
 

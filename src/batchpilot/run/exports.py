@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from batchpilot.errors import MissingDependency, UserInputError
 from batchpilot.export import ExportFormat, export_job, export_run
+from batchpilot.export.progress import ExportProgress
 from batchpilot.run.identity import job_of
 from batchpilot.run.workspace import find_run, store_at
 
@@ -33,6 +34,7 @@ def export_results(
     format: ExportFormat = "auto",
     include_input: bool = True,
     all_rows: bool = False,
+    progress: ExportProgress | None = None,
 ) -> Exported:
     """Write a run's results (the latest run's by default), joined to its input rows, in input
     order.
@@ -42,7 +44,8 @@ def export_results(
     applied), written back into the input records when the job says so; `output` defaults
     to the job's `output.path`, in the job's own format unless `format` says otherwise.
     `all_rows` writes every row of the run as a table instead (to `output`, which it needs),
-    as does the run of a requests file or of a task.
+    as does the run of a requests file or of a task. `progress` is told, as the rows are
+    written, how many have been and how many there are.
     """
     if all_rows and output is None:
         raise UserInputError(
@@ -62,13 +65,30 @@ def export_results(
             chosen = None if format == "auto" else format
         include = False if not include_input else None
         if all_rows or job is None:
-            count = export_run(store, record.id, output, format=format, include_input=include_input)
+            count = export_run(
+                store,
+                record.id,
+                output,
+                format=format,
+                include_input=include_input,
+                progress=progress,
+            )
         elif job.steps is not None:
             from batchpilot.run.pipeline import export_pipeline  # runs and plans: loaded if used
 
-            count = export_pipeline(state_dir, job, output, format=chosen, include_input=include)
+            count = export_pipeline(
+                state_dir, job, output, format=chosen, include_input=include, progress=progress
+            )
         else:
-            count = export_job(store, record.id, job, output, format=chosen, include_input=include)
+            count = export_job(
+                store,
+                record.id,
+                job,
+                output,
+                format=chosen,
+                include_input=include,
+                progress=progress,
+            )
     return Exported(record.id, output, count)
 
 

@@ -9,7 +9,7 @@ makes every later step new too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from batchpilot.data import read_rows
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
 from batchpilot.export.job import write_job_output
-from batchpilot.export.rows import ExportFormat
+from batchpilot.export.progress import ExportProgress, counted
+from batchpilot.export.rows import ExportFormat, ExportRow
 from batchpilot.export.steps import aligned, pipeline_export_rows, step_answer
 from batchpilot.plan.job import input_spec
 from batchpilot.providers import Provider
@@ -141,11 +142,16 @@ def export_pipeline(
     *,
     format: ExportFormat | None = None,
     include_input: bool | None = None,
+    progress: ExportProgress | None = None,
 ) -> int:
     """Write a pipeline's output: one row per input row with every step's answer (in
-    `format`, with or without the input fields, when they are given)."""
+    `format`, with or without the input fields, when they are given); `progress` is told how
+    many rows have been made."""
     with store_at(state_dir) as store:
-        rows = pipeline_export_rows(store, step_runs(job))
+        runs = step_runs(job)
+        rows: Iterator[ExportRow] = pipeline_export_rows(store, runs)
+        if progress is not None and runs:
+            rows = counted(rows, store.next_row_index(runs[0].run_id), progress)
         return write_job_output(job, rows, target, format=format, include_input=include_input)
 
 
