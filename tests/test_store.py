@@ -282,6 +282,24 @@ def test_finish_batch_applies_every_outcome(store: SQLiteStore) -> None:
             store.move_batch(RUN, batch_id, target)
 
 
+def test_a_batch_is_finished_with_outcomes_of_its_own_requests_only(store: SQLiteStore) -> None:
+    requests = plan(store, 4)
+    first = batch_in(store, B.SUBMITTED, requests[:2])
+    second = batch_in(store, B.SUBMITTED, requests[2:])
+    before = [request_row(store, f"req-{i}") for i in range(4)]
+    outcomes = [
+        Outcome("req-0", R.SUCCEEDED, {"a": 0}, 1, 1, 0.1),
+        Outcome("req-1", R.PENDING, error="timeout"),
+        Outcome("req-2", R.PENDING, error="timeout"),  # the second batch's
+    ]
+    with pytest.raises(StateError, match=f"no request req-2 in batch {first}"):
+        store.finish_batch(RUN, first, outcomes)
+    assert [request_row(store, f"req-{i}") for i in range(4)] == before
+    assert store.batch(RUN, first).state == B.SUBMITTED
+    assert store.batch(RUN, second).state == B.SUBMITTED
+    assert list(store.attempts(RUN)) == []
+
+
 def test_a_batch_answered_whole_is_kept_whole_and_reads_as_it_would_row_by_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -247,8 +247,9 @@ def _each(
     for outcome in outcomes:
         request_id, state = outcome.request_id, outcome.state
         row = known.get(request_id)
-        if row is None:
-            raise StateError(f"no request {request_id} in run {run_id} ({lane})")
+        if row is None or (batch_id is not None and row[4] != batch_id):
+            where = f"batch {batch_id} of run {run_id}" if batch_id is not None else f"run {run_id}"
+            raise StateError(f"no request {request_id} in {where} ({lane})")
         count = row[2] + (1 if outcome.attempted else 0)
         keep_batch = batch_id if state != pending else None
         moves.append((request_id, row[1], state, count, outcome.error, keep_batch))
