@@ -205,8 +205,8 @@ def apply_outcomes(
         whole = [outcome for outcome in outcomes if _answered(outcome)]
         if whole:
             rest = [outcome for outcome in outcomes if not _answered(outcome)]
-            if rest:
-                _each(db, run_id, rest, lane, batch_id, now, by_batch=False)
+            if rest:  # few: read by id; many: read with the batch
+                _each(db, run_id, rest, lane, batch_id, now, by_batch=len(rest) * 4 > len(outcomes))
             if not _keep_whole(db, run_id, batch_id, whole, now):
                 _each(db, run_id, whole, lane, batch_id, now, by_batch=not rest)
             return
