@@ -28,9 +28,10 @@ CHUNK_ROWS = 1000
 """How many rows fix a table's columns, and how many go in each Parquet row group."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExportRow:
-    """One row of a run: its input, its outcome and what it cost."""
+    """One row of a run: its input, its outcome and what it cost. Not frozen: an export makes
+    one for every row, and a frozen dataclass takes three times as long to make."""
 
     index: int  # 0-based input position
     row_id: str
