@@ -70,7 +70,6 @@ def export_row(row: JoinedRow, fallback: Fallback | None) -> ExportRow:
 
 
 _OTHER = object()
-_OPENERS = ("{", "[")
 
 
 def _chat_text(response: Any) -> Any:
@@ -116,22 +115,12 @@ class StoredRows(Iterator[ExportRow]):
                 continue
             content: Any = None
             embedding = None
-            parsed: Any = None
             if answer:
                 response = loads(answer)
                 content = _chat_text(response)
                 if content is _OTHER:
                     content, embedding = response_content(response)
-                if content.__class__ is str and content[:1] in _OPENERS:
-                    # an object or array as `parsed_answer` reads one, without a call
-                    try:
-                        parsed = orjson.loads(content)
-                    except orjson.JSONDecodeError:
-                        parsed = parsed_answer(content)
-                    if parsed.__class__ is not dict and parsed.__class__ is not list:
-                        parsed = None
-                elif content is not None:
-                    parsed = parsed_answer(content)
+            parsed = parsed_answer(content)
             record: dict[str, Any] = {
                 "id": row_id,
                 "status": state or "pending",

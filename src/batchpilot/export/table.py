@@ -61,10 +61,6 @@ Seed = tuple[dict[str, str | None], dict[str, str | None], dict[str, str | None]
 def _spread(name: str, value: Any, levels: int, into: dict[str, Any]) -> None:
     """Put ``value`` under ``name``, spreading dicts ``levels`` deep (-1: all the way)."""
     if levels != 0 and isinstance(value, dict) and value:
-        if levels == 1:  # one level, the usual table: no call a field
-            for key, item in value.items():
-                into[f"{name}.{key}"] = item
-            return
         for key, item in value.items():
             _spread(f"{name}.{key}", item, levels - 1, into)
     else:
@@ -129,25 +125,17 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-_AS_IS = frozenset({str, int, float, type(None)})
-"""Values the csv module writes as `cell` would (None as nothing, numbers with `str`)."""
-
-
 def write_csv(records: Iterator[Sections], seed: Seed, part: Path) -> int:
     columns, extra, flat = layout(records, seed)
     count = 0
     with part.open("w", encoding="utf-8", newline="", errors="backslashreplace") as stream:
         writer = csv.writer(stream)
         writer.writerow(columns if extra is None else [*columns, extra])
-        write, plain = writer.writerow, _AS_IS
         for record in flat:
-            cells = [record.pop(name, None) for name in columns]
-            for at, value in enumerate(cells):
-                if value.__class__ not in plain:
-                    cells[at] = cell(value)
+            cells = [cell(record.pop(name, None)) for name in columns]
             if extra is not None:
                 cells.append(cell(record or None))
-            write(cells)
+            writer.writerow(cells)
             count += 1
         sync(stream)
     return count
