@@ -7,11 +7,10 @@ items of type `message`, whose `content[]` parts are `output_text` (the text) or
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from batchpilot.jsontext import loads
 
 __all__ = ["Answer", "answer_of", "parsed_answer", "response_content"]
 
@@ -91,10 +90,7 @@ def parsed_answer(text: str | None) -> dict[str, Any] | list[Any] | None:
     if not isinstance(text, str) or text.lstrip()[:1] not in ("{", "["):
         return None  # no object or array can be read from it: free text is common
     try:
-        parsed = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        try:  # what orjson refuses and Python reads: NaN, integers past 64 bits
-            parsed = json.loads(text)
-        except ValueError:
-            return None
+        parsed = loads(text)
+    except ValueError:
+        return None
     return parsed if isinstance(parsed, dict | list) else None

@@ -10,18 +10,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import orjson
 import pydantic
 
 from batchpilot.answers import answer_of
 from batchpilot.errors import ConfigError
+from batchpilot.jsontext import loads
 
 __all__ = [
     "AnswerCheck",
@@ -151,13 +150,6 @@ def compiled_verdict(schema: dict[str, Any]) -> Callable[[Any], bool] | None:
         return None
 
 
-def _loads(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # NaN, integers past 64 bits, or not JSON: Python says
-        return json.loads(text)
-
-
 class AnswerCheck:
     """The checks one job applies to every answer, in both lanes. With a pydantic `model`,
     an answer that matches the JSON schema must also pass the model's own validators."""
@@ -205,7 +197,7 @@ class AnswerCheck:
         answer: Any = content
         if self.validator is not None:
             try:
-                answer = _loads(content or "")
+                answer = loads(content or "")
             except ValueError as exc:
                 return f"invalid_json: {exc}"
             problem = self._problem(answer)

@@ -16,22 +16,16 @@ import orjson
 
 from batchpilot.answers import parsed_answer, response_content
 from batchpilot.export.rows import ExportRow, dump_json, input_json
+from batchpilot.jsontext import loads
 from batchpilot.store import JoinedRow
 
-__all__ = ["Fallback", "StoredRows", "export_row", "loads"]
+__all__ = ["Fallback", "StoredRows", "export_row"]
 
 Fragment = orjson.Fragment
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 dumps = orjson.dumps
 
 Fallback = Callable[[dict[str, Any] | None], Any]
-
-
-def loads(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # NaN or an integer past 64 bits in a row: Python reads them
-        return json.loads(text)
 
 
 def export_row(row: JoinedRow, fallback: Fallback | None) -> ExportRow:

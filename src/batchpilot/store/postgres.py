@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 
 from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.jsontext import loads
 from batchpilot.store import postgres_moves as moves
 from batchpilot.store import postgres_queries as queries
 from batchpilot.store import postgres_reads as reads
@@ -39,7 +40,6 @@ from batchpilot.store.records import (
     Outcome,
     PendingRequest,
     row_json,
-    row_value,
 )
 from batchpilot.store.states import BATCH_MOVES, BatchState, RequestState, check_move
 
@@ -296,7 +296,7 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
         row = self._db.execute(
             "SELECT data_json FROM rows WHERE run_id = %s AND row_index = %s", (run_id, row_index)
         ).fetchone()
-        return row_value(row[0]) if row is not None and row[0] else None
+        return loads(row[0]) if row is not None and row[0] else None
 
     def failure_reasons(self, run_id: str) -> dict[str, int]:
         rows = self._db.execute(

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-import orjson
-
 __all__ = [
     "AnswerFilter",
     "AttemptRecord",
@@ -23,7 +21,6 @@ __all__ = [
     "RunRecord",
     "TaskStateRecord",
     "row_json",
-    "row_value",
 ]
 
 
@@ -84,14 +81,6 @@ class NewRequest:
 def row_json(data: Any) -> str:
     """A row's data as the store keeps it: compact JSON, text as it is (not escaped)."""
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
-def row_value(text: str) -> Any:
-    """A row's data from its JSON as the store keeps it (`row_json`)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # NaN, integers past 64 bits: Python wrote them, and reads them
-        return json.loads(text)
 
 
 class PendingRequest(NamedTuple):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpilot.errors import IllegalTransition, StateError
+from batchpilot.jsontext import loads
 from batchpilot.store import sqlite_batch_answers as batch_answers
 from batchpilot.store import sqlite_moves as moves
 from batchpilot.store import sqlite_queries as queries
@@ -36,7 +37,6 @@ from batchpilot.store.records import (
     RunRecord,
     TaskStateRecord,
     row_json,
-    row_value,
 )
 from batchpilot.store.sqlite_shared import SharedMixin
 from batchpilot.store.states import (
@@ -300,7 +300,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
             "SELECT unpack(data_json) FROM rows WHERE run_id = ? AND row_index = ?",
             (run_id, row_index),
         ).fetchone()
-        return row_value(row[0]) if row is not None and row[0] else None
+        return loads(row[0]) if row is not None and row[0] else None
 
     def failure_reasons(self, run_id: str) -> dict[str, int]:
         """How many failed attempts each kind of reason caused (the reason's first word)."""
