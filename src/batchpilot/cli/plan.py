@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from batchpilot.cli.bars import row_bar
 from batchpilot.cli.options import LIMIT_KEYS, limit_options, override_options
 from batchpilot.data import count_rows
 from batchpilot.errors import UserInputError
@@ -42,18 +40,6 @@ def job_overrides(**flags: Any) -> dict[str, Any]:
         **LIMIT_KEYS,
     }
     return {names[key]: value for key, value in flags.items() if value is not None}
-
-
-@contextmanager
-def _progress(total: int | None, quiet: bool) -> Iterator[Callable[[int], None] | None]:
-    if quiet:
-        yield None
-        return
-    console = Console(stderr=True)
-    columns = [TextColumn("planning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("plan", total=total)
-        yield lambda done: bar.update(task, completed=done)
 
 
 def render_summary(result: PlanResult, console: Console, title: str) -> None:
@@ -175,7 +161,7 @@ def plan(
                     "--input names a job's input; with --requests the requests file is the "
                     "input: drop --input"
                 )
-            with _progress(None, quiet) as progress:
+            with row_bar("planning", quiet) as progress:
                 result = plan_requests_file(
                     requests_file,
                     sink=writer,
@@ -204,7 +190,7 @@ def plan(
             )
             job = load_job(job_file, overrides)
             total = count_rows(input_spec(job))
-            with _progress(total, quiet) as progress:
+            with row_bar("planning", quiet, total) as progress:
                 result = plan_job(job, sink=writer, progress=progress)
             title = f"plan of {job.name} ({job.model}, {job.endpoint})"
     except BaseException:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import click
 
+from batchpilot.cli.bars import row_bar
 from batchpilot.cli.state import known_state_option, state_option
 from batchpilot.errors import ProviderUnavailable, UserInputError
 from batchpilot.formatting import usd
 
 if TYPE_CHECKING:
-    from batchpilot.export import ExportFormat, ExportProgress
+    from batchpilot.export import ExportFormat
 
 # Each command imports what it uses when it runs, so that `status` and `export` start fast.
 
@@ -222,7 +221,8 @@ def export(
         )
     from batchpilot.run.exports import export_results
 
-    with _export_progress(quiet=as_json or not sys.stderr.isatty()) as progress:
+    quiet = as_json or not sys.stderr.isatty()
+    with row_bar("exporting", quiet, remaining=True) as progress:
         done = export_results(
             state_dir,
             run_id,
@@ -236,27 +236,3 @@ def export(
         click.echo(json.dumps({"run_id": done.run_id, "rows": done.rows, "output": str(done.path)}))
     else:
         click.echo(f"wrote {done.rows} rows to {done.path}")
-
-
-def _export_progress(quiet: bool) -> AbstractContextManager[ExportProgress | None]:
-    """A bar on the terminal's standard error as the rows are written, unless `quiet`."""
-    if quiet:
-        return nullcontext()
-    return _export_bar()
-
-
-@contextmanager
-def _export_bar() -> Iterator[ExportProgress]:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = [TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("export", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
