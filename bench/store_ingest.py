@@ -135,6 +135,7 @@ def fill(
                 420,
                 300,
                 index,
+                worst=(300, 0.00024, 0.00012),  # priced at planning, as a priced model is
             )
     return ids
 

@@ -701,6 +701,49 @@ def _run_of(store: SQLiteStore, n: int, size: int) -> None:
             store.finish_batch(RUN, batch_id, outcomes)
 
 
+def test_requests_are_indexed_by_state_only_in_the_states_looked_up_by_it(
+    factory: Callable[[], SQLiteStore],
+) -> None:
+    """A batch's requests are found by their batch, so no index holds every request by its
+    state (each request a batch took, sent and answered rewrote an entry of it); the states a
+    run does look requests up by each have an index of their own, and every lookup uses it."""
+    store = factory()
+    make_run(store)
+    _run_of(store, 300, 30)
+    db = store._db
+    indexes = db.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests' "
+        "AND sql IS NOT NULL"
+    ).fetchall()
+    by_state = {name: sql for name, sql in indexes if "state" in sql.split(" WHERE ")[0]}
+    assert set(by_state) == {"requests_pending", "requests_realtime", "requests_cancelled"}
+    assert all(" WHERE state = '" in sql for sql in by_state.values()), by_state
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    try:
+        assert len(store.pending(RUN, 5)) == 5
+        assert store.pending_totals(RUN)[0] == 240
+        assert store.in_flight(RUN) == []
+        assert store.unpriced(RUN) == [("m", True)]  # planned with no worst case in USD
+        assert store.cancel_pending(RUN, "enough") == 240
+        assert store.revive_cancelled(RUN) == 240
+    finally:
+        db.set_trace_callback(None)
+    looked_up = [s for s in statements if re.search(r"(FROM|UPDATE) requests\b", s)]
+    assert len(looked_up) == 6, looked_up
+    for statement in looked_up:
+        plan_rows = db.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()
+        details = " / ".join(str(row[-1]) for row in plan_rows)
+        for row in plan_rows:
+            if re.search(r"\brequests\b", str(row[-1])):
+                assert re.search(
+                    r"^SEARCH requests USING (COVERING )?INDEX requests_(pending|realtime|"
+                    r"cancelled|by_batch) ",
+                    str(row[-1]),
+                ), (statement, details)
+    assert store.request_counts(RUN)["pending"] == 240
+
+
 def test_a_batch_reads_only_its_own_rows_however_large_the_run(
     factory: Callable[[], SQLiteStore],
 ) -> None:

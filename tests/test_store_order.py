@@ -146,7 +146,7 @@ def test_an_older_store_is_rebuilt_in_planned_order_and_reads_the_same(tmp_path:
         order = sql(path, "SELECT first_row FROM requests ORDER BY rowid")
         assert [row for (row,) in order] == list(range(COUNT))
         names = {name for (name,) in sql(path, "SELECT name FROM sqlite_master")}
-        assert {"requests_by_state", "requests_by_batch", "requests_counted_in"} <= names
+        assert {"requests_pending", "requests_by_batch", "requests_counted_in"} <= names
         assert [r.first_row for r in store.pending(RUN, 5)] == [0, 2, 4, 6, 8]
         assert store.request_counts(RUN)["succeeded"] == COUNT // 2
         store.add_planned(RUN, [], [NewRequest("bp-new", "hn", EP, "m", b"{}", 1, 1, COUNT, 1)])

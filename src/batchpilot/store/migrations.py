@@ -398,6 +398,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, batch_id, frame)
     );
     """,
+    # 17: requests found by state only in the states a run looks them up by (pending, on the
+    # wire in real time, cancelled), each in an index of its own: one index of every state had
+    # an entry rewritten for every request a batch took, sent and answered, though nothing looks
+    # up a queued, submitted or answered request by its state (a batch's are found by
+    # `requests_by_batch`). A query must name the state as written here (`state = 'pending'`,
+    # not a bound parameter) for SQLite to use its index. (A partial index whose condition is
+    # more than one equality costs each moved request as much as the index of every state did.)
+    """
+    DROP INDEX requests_by_state;
+    CREATE INDEX requests_pending ON requests(run_id, state, first_row) WHERE state = 'pending';
+    CREATE INDEX requests_realtime ON requests(run_id, state, first_row)
+        WHERE state = 'realtime';
+    CREATE INDEX requests_cancelled ON requests(run_id, state, first_row)
+        WHERE state = 'cancelled';
+    """,
 ]
 
 

@@ -46,11 +46,13 @@ def move(
     check_move(REQUEST_MOVES, current, target, "request")
     assignments = ", ".join(f"{key} = ?" for key in ("state", *fields))
     table = f"requests INDEXED BY {using}" if using not in ("", "id") else "requests"
-    state = "+state" if using else "state"
-    sql = f"UPDATE {table} SET {assignments} WHERE run_id = ? AND {state} = ?"
+    # the state written out (a checked `RequestState` value): a state's partial index is used
+    # only for a query that names it
+    state = f"+state = '{current}'" if using else f"state = '{current}'"
+    sql = f"UPDATE {table} SET {assignments} WHERE run_id = ? AND {state}"
     if where:
         sql += f" AND {where}"
-    moved: int = db.execute(sql, (target, *fields.values(), run_id, current, *params)).rowcount
+    moved: int = db.execute(sql, (target, *fields.values(), run_id, *params)).rowcount
     _count(db, run_id, current, target, moved)
     return moved
 

@@ -176,10 +176,17 @@ def realtime_sent_since(db: Connection, run_id: str, since_utc: str) -> int:
 
 def unpriced(db: Connection, run_id: str) -> list[tuple[str, bool]]:
     """(model, has an output bound) of the requests still to end with no worst case in USD."""
+    # each state found through its own index: pending and real-time ones by their state, those
+    # in a batch by the batches still open
+    columns = "model, worst_output_tokens, worst_usd, batch_worst_usd"
     rows = db.execute(
-        "SELECT DISTINCT model, worst_output_tokens IS NOT NULL FROM requests "
-        "WHERE run_id = ? AND state IN ('pending', 'queued', 'submitted', 'realtime') "
-        "AND (worst_usd IS NULL OR batch_worst_usd IS NULL) ORDER BY model",
+        "SELECT DISTINCT model, worst_output_tokens IS NOT NULL FROM ("
+        f"SELECT {columns} FROM requests WHERE run_id = ?1 AND state = 'pending' UNION ALL "
+        f"SELECT {columns} FROM requests WHERE run_id = ?1 AND state = 'realtime' UNION ALL "
+        f"SELECT {columns} FROM requests INDEXED BY requests_by_batch WHERE run_id = ?1 "
+        "AND batch_id IN (SELECT id FROM batches WHERE run_id = ?1 "
+        "AND state NOT IN ('finished', 'abandoned')) AND +state IN ('queued', 'submitted')"
+        ") WHERE worst_usd IS NULL OR batch_worst_usd IS NULL ORDER BY model",
         (run_id,),
     ).fetchall()
     return [(str(row[0]), bool(row[1])) for row in rows]
