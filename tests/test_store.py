@@ -7,7 +7,6 @@ Checks of the raw tables (`_sql`) read the SQLite file through a second connecti
 from __future__ import annotations
 
 import ast
-import dataclasses
 import itertools
 import json
 import os
@@ -300,6 +299,50 @@ def test_a_batch_is_finished_with_outcomes_of_its_own_requests_only(store: SQLit
     assert list(store.attempts(RUN)) == []
 
 
+def test_tries_are_read_in_the_order_they_ended_whether_kept_whole_or_not(
+    factory: Callable[[], SQLiteStore],
+) -> None:
+    """A batch's answers kept whole are read with the tries written one by one (a failure of
+    the same batch, a real-time try, the cache), merged in the order they ended."""
+    store = factory()
+    make_run(store)
+    requests = plan(store, 6)
+    first = batch_in(store, B.SUBMITTED, requests[:3])
+    answered = [Outcome(f"req-{i}", R.SUCCEEDED, {"a": i}, 10, 1, 0.5) for i in (1, 2)]
+    store.finish_batch(RUN, first, [Outcome("req-0", R.PENDING, error="x: y"), *answered])
+    assert store.claim_realtime(RUN, "req-0")
+    store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"a": 0}, 3, 2, 0.25, lane="realtime"))
+    second = batch_in(store, B.SUBMITTED, requests[3:])
+    store.finish_batch(
+        RUN, second, [Outcome(r.id, R.SUCCEEDED, {"b": 1}, 7, 1, 0.5) for r in requests[3:]]
+    )
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        tries = list(store.attempts(RUN))
+    finally:
+        store._db.set_trace_callback(None)
+    assert not [s for s in statements if "requests" in s]  # each answer's try kept with it
+    assert [(t.at_utc, t.attempt) for t in tries] == sorted((t.at_utc, t.attempt) for t in tries)
+    assert sorted((t.request_id, t.attempt, t.lane, t.outcome) for t in tries[:3]) == [
+        ("req-0", 1, "batch", "pending"),
+        ("req-1", 1, "batch", "succeeded"),
+        ("req-2", 1, "batch", "succeeded"),
+    ]
+    assert tries[3][:5] == ("req-0", 2, "realtime", None, "succeeded")
+    assert [(t.request_id, t.batch_id, t.input_tokens, t.cost_usd) for t in tries[4:]] == [
+        ("req-3", second, 7, 0.5),
+        ("req-4", second, 7, 0.5),
+        ("req-5", second, 7, 0.5),
+    ]
+    assert len({t.at_utc for t in tries}) == 3
+    with store.tx():  # a batch kept before the store recorded each answer's try
+        store._db.execute("UPDATE batch_answers SET attempts = NULL")
+    assert list(store.attempts(RUN)) == tries
+    assert [t.attempt for t in store.attempts(RUN, "req-0")] == [1, 2]
+    assert [t.input_tokens for t in store.attempts(RUN, "req-4")] == [7]
+
+
 def test_a_batch_answered_whole_is_kept_whole_and_reads_as_it_would_row_by_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,7 +368,7 @@ def test_a_batch_answered_whole_is_kept_whole_and_reads_as_it_would_row_by_row(
                 _sql(store, "SELECT id, state, attempts, batch_id, error FROM requests"),
                 _sql(store, "SELECT state, n FROM request_counts ORDER BY state"),
                 sorted(
-                    (dataclasses.replace(a, at_utc="") for a in store.attempts(RUN)),
+                    (a._replace(at_utc="") for a in store.attempts(RUN)),
                     key=lambda a: (a.request_id, a.attempt),
                 ),
                 [(a.attempt, a.batch_id) for a in store.attempts(RUN, "req-0")],

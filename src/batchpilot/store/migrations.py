@@ -413,6 +413,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX requests_cancelled ON requests(run_id, state, first_row)
         WHERE state = 'cancelled';
     """,
+    # 18: a batch kept whole holds the try each of its answers came on, so that its tries are
+    # read without reading its requests
+    """
+    ALTER TABLE batch_answers ADD COLUMN attempts BLOB;
+    """,
 ]
 
 

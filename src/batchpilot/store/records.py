@@ -206,10 +206,10 @@ class DeliveryRow:
     cost_usd: float
 
 
-@dataclass(frozen=True)
-class AttemptRecord:
+class AttemptRecord(NamedTuple):
     """One try of a request: its lane, its batch, how it ended, what it used and when it ended.
-    An answer taken from the result cache shows as attempt 0 on the `cache` lane."""
+    An answer taken from the result cache shows as attempt 0 on the `cache` lane. A tuple: the
+    report reads one for every try of a run."""
 
     request_id: str
     attempt: int

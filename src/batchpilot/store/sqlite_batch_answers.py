@@ -59,10 +59,15 @@ def _array(typecode: str, data: bytes) -> array:  # type: ignore[type-arg]
 
 
 def write(
-    db: Connection, run_id: str, batch_id: int, outcomes: Sequence[Outcome], now: str
+    db: Connection,
+    run_id: str,
+    batch_id: int,
+    outcomes: Sequence[Outcome],
+    tries: Sequence[int],
+    now: str,
 ) -> None:
     """Keep a batch's answers whole: `outcomes` are answers of its requests (each succeeded,
-    with its response)."""
+    with its response), `tries` the try each came on."""
     ids = orjson.dumps([o.request_id for o in outcomes])  # a request file's ids may hold anything
     tokens = array("q")
     costs = array("d")
@@ -72,13 +77,14 @@ def write(
         costs.append(outcome.cost_usd)
     db.execute(
         "INSERT INTO batch_answers(run_id, batch_id, requests, request_ids, usage, "
-        "created_at_utc) VALUES (?, ?, ?, ?, ?, ?)",
+        "attempts, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             run_id,
             batch_id,
             len(outcomes),
             pack_whole(ids),
             pack_whole(_native(tokens) + _native(costs)),
+            pack_whole(_native(array("i", tries))),
             now,
         ),
     )
@@ -102,9 +108,11 @@ def write(
 class KeptBatch:
     """The ids, tokens and costs of a batch kept whole, read once."""
 
-    __slots__ = ("at_utc", "costs", "positions", "tokens")
+    __slots__ = ("at_utc", "costs", "positions", "tokens", "tries")
 
-    def __init__(self, request_ids: bytes, usage: bytes, at_utc: str) -> None:
+    def __init__(
+        self, request_ids: bytes, usage: bytes, at_utc: str, tries: bytes | None = None
+    ) -> None:
         ids = orjson.loads(unpack_whole(request_ids))
         self.positions = {request_id: number for number, request_id in enumerate(ids)}
         data = unpack_whole(usage)
@@ -112,6 +120,8 @@ class KeptBatch:
         self.tokens = _array("q", data[:split])
         self.costs = _array("d", data[split:])
         self.at_utc = at_utc
+        # the try each answer came on (None: kept before the store recorded it)
+        self.tries = None if tries is None else _array("i", unpack_whole(tries))
 
 
 class Recorded:

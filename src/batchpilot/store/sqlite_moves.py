@@ -328,14 +328,19 @@ def _keep_whole(
     nothing is written)."""
     succeeded = RequestState.SUCCEEDED
     members = db.execute(
-        "SELECT id FROM requests INDEXED BY requests_by_batch WHERE run_id = ? AND batch_id = ? "
-        "AND state = 'submitted' ORDER BY first_row",
+        "SELECT id, attempts FROM requests INDEXED BY requests_by_batch WHERE run_id = ? "
+        "AND batch_id = ? AND state = 'submitted' ORDER BY first_row",
         (run_id, batch_id),
     ).fetchall()
     ids = [o.request_id for o in outcomes]
     found = [m[0] for m in members]
     if not found or (found != ids and sorted(found) != sorted(ids)):
         return False
+    if found == ids:
+        tries = [m[1] + 1 for m in members]
+    else:
+        after = {m[0]: m[1] + 1 for m in members}
+        tries = [after[request_id] for request_id in ids]
     submitted = RequestState.SUBMITTED
     check_move(REQUEST_MOVES, submitted, succeeded, f"request {outcomes[0].request_id}")
     moved = db.execute(
@@ -348,7 +353,7 @@ def _keep_whole(
             f"{len(outcomes) - moved} of {len(outcomes)} requests moved meanwhile; none moved"
         )
     _count(db, run_id, submitted, succeeded, moved)
-    batch_answers.write(db, run_id, batch_id, outcomes, now)
+    batch_answers.write(db, run_id, batch_id, outcomes, tries, now)
     db.execute(
         "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) "
         "SELECT content_hash, run_id, id FROM requests INDEXED BY requests_by_batch "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 from batchpilot.store.database import Connection
 from batchpilot.store.records import AnswerFilter, AttemptRecord, JoinedRow, TaskStateRecord
+from batchpilot.store.sqlite_batch_answers import KeptBatch
 from batchpilot.store.sqlite_queries import ANSWER, COST, INPUT_TOKENS, LANE, OUTPUT_TOKENS
 
 __all__ = [
@@ -23,30 +26,104 @@ __all__ = [
 def attempts(db: Connection, run_id: str, request_id: str | None = None) -> Iterator[AttemptRecord]:
     """Every try of the run's requests in the order they ended, answers from the cache
     included (streamed); with `request_id`, that request's tries in order."""
-    one = "" if request_id is None else " AND request_id = ?"
-    whole = "" if request_id is None else " AND q.id = ?"
-    params = (run_id,) if request_id is None else (run_id, request_id)
+    if request_id is not None:
+        yield from _attempts_of(db, run_id, request_id)
+        return
     cursor = db.cursor()
     cursor.row_factory = None
     cursor.execute(
-        "SELECT request_id, attempt, lane, batch_id, outcome, error, input_tokens, "
-        f"output_tokens, cost_usd, at_utc FROM attempts WHERE run_id = ?{one} UNION ALL "
-        "SELECT request_id, 0, 'cache', NULL, 'succeeded', NULL, input_tokens, "
-        f"output_tokens, 0, created_at_utc FROM results WHERE run_id = ?{one} "
+        f"SELECT {_TRIED} FROM attempts WHERE run_id = ? UNION ALL SELECT {_CACHED} "
+        "FROM results WHERE run_id = ? AND lane = 'cache' ORDER BY 10, 2",
+        (run_id, run_id),
+    )
+    new = tuple.__new__
+    one_by_one = (new(AttemptRecord, row) for row in cursor)
+    yield from heapq.merge(one_by_one, _kept_whole(db, run_id), key=_ENDED)
+
+
+_TRIED = (
+    "request_id, attempt, lane, batch_id, outcome, error, input_tokens, output_tokens, "
+    "cost_usd, at_utc"
+)
+_CACHED = (
+    "request_id, 0, 'cache', NULL, 'succeeded', NULL, input_tokens, output_tokens, 0, "
+    "created_at_utc"
+)
+_ENDED = itemgetter(9, 1)  # (when it ended, which try): the order tries are read in
+
+
+def _attempts_of(db: Connection, run_id: str, request_id: str) -> Iterator[AttemptRecord]:
+    cursor = db.cursor()
+    cursor.row_factory = None
+    cursor.execute(
+        f"SELECT {_TRIED} FROM attempts WHERE run_id = ? AND request_id = ? UNION ALL "
+        f"SELECT {_CACHED} FROM results WHERE run_id = ? AND request_id = ? "
         "AND lane = 'cache' UNION ALL "
-        # the answering try of each request whose answer its batch keeps whole
+        # the answering try of a request whose answer its batch keeps whole
         "SELECT q.id, q.attempts, 'batch', q.batch_id, 'succeeded', NULL, "
         "recorded_usage(q.run_id, q.batch_id, q.id, 0) AS input_tokens, "
         "recorded_usage(q.run_id, q.batch_id, q.id, 1), "
         "recorded_usage(q.run_id, q.batch_id, q.id, 2), k.created_at_utc "
-        "FROM batch_answers k JOIN requests q INDEXED BY requests_by_batch "
-        "ON q.run_id = k.run_id AND q.batch_id = k.batch_id "
-        f"WHERE k.run_id = ?{whole} AND q.state = 'succeeded' "
-        "AND input_tokens IS NOT NULL ORDER BY 10, 2",
-        params * 3,
+        "FROM requests q JOIN batch_answers k ON k.run_id = q.run_id "
+        "AND k.batch_id = q.batch_id WHERE q.run_id = ? AND q.id = ? "
+        "AND q.state = 'succeeded' AND input_tokens IS NOT NULL ORDER BY 10, 2",
+        (run_id, request_id) * 3,
     )
     for row in cursor:
         yield AttemptRecord(*row)
+
+
+def _kept_whole(db: Connection, run_id: str) -> Iterator[AttemptRecord]:
+    """The answering tries of the requests whose answers their batches keep whole, in the
+    order they ended: a batch at a time, its ids, tokens and costs unpacked once."""
+    new = tuple.__new__
+    batches = db.cursor()
+    batches.row_factory = None
+    batches.execute(
+        "SELECT batch_id, request_ids, usage, created_at_utc, attempts FROM batch_answers "
+        "WHERE run_id = ? ORDER BY created_at_utc, batch_id",
+        (run_id,),
+    )
+    ended, tries = "", list[AttemptRecord]()
+    for batch_id, request_ids, usage, at_utc, attempts in batches:
+        if at_utc != ended:  # batches that ended at once are sorted by try together
+            tries.sort(key=_TRY)
+            yield from tries
+            ended, tries = at_utc, []
+        kept = KeptBatch(request_ids, usage, at_utc, attempts)
+        if kept.tries is not None:
+            recorded: Sequence[int | None] = kept.tries
+        else:  # kept before its tries were: read from its requests
+            attempts_of = dict(
+                db.execute(
+                    "SELECT id, attempts FROM requests INDEXED BY requests_by_batch "
+                    "WHERE run_id = ? AND batch_id = ? AND state = 'succeeded'",
+                    (run_id, batch_id),
+                ).fetchall()
+            )
+            recorded = [attempts_of.get(request_id) for request_id in kept.positions]
+        tokens, costs = kept.tokens, kept.costs
+        for number, request_id in enumerate(kept.positions):
+            attempt = recorded[number]
+            if attempt is not None:
+                row = (
+                    request_id,
+                    attempt,
+                    "batch",
+                    batch_id,
+                    "succeeded",
+                    None,
+                    tokens[2 * number],
+                    tokens[2 * number + 1],
+                    costs[number],
+                    at_utc,
+                )
+                tries.append(new(AttemptRecord, row))
+    tries.sort(key=_TRY)
+    yield from tries
+
+
+_TRY = itemgetter(1)
 
 
 def answers(
