@@ -306,15 +306,17 @@ def test_tries_are_read_in_the_order_they_ended_whether_kept_whole_or_not(
     the same batch, a real-time try, the cache), merged in the order they ended."""
     store = factory()
     make_run(store)
-    requests = plan(store, 6)
+    requests = plan(store, 7)
     first = batch_in(store, B.SUBMITTED, requests[:3])
     answered = [Outcome(f"req-{i}", R.SUCCEEDED, {"a": i}, 10, 1, 0.5) for i in (1, 2)]
     store.finish_batch(RUN, first, [Outcome("req-0", R.PENDING, error="x: y"), *answered])
-    assert store.claim_realtime(RUN, "req-0")
-    store.finish_realtime(RUN, Outcome("req-0", R.SUCCEEDED, {"a": 0}, 3, 2, 0.25, lane="realtime"))
-    second = batch_in(store, B.SUBMITTED, requests[3:])
+    assert store.claim_realtime(RUN, "req-6")
+    store.finish_realtime(RUN, Outcome("req-6", R.SUCCEEDED, {"a": 6}, 3, 2, 0.25, lane="realtime"))
+    again = store.pending(RUN, 10)  # req-0 on its second try, beside three on their first
+    assert [r.id for r in again] == ["req-0", "req-3", "req-4", "req-5"]
+    second = batch_in(store, B.SUBMITTED, again)
     store.finish_batch(
-        RUN, second, [Outcome(r.id, R.SUCCEEDED, {"b": 1}, 7, 1, 0.5) for r in requests[3:]]
+        RUN, second, [Outcome(r.id, R.SUCCEEDED, {"b": 1}, 7, 1, 0.5) for r in again]
     )
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
@@ -329,17 +331,30 @@ def test_tries_are_read_in_the_order_they_ended_whether_kept_whole_or_not(
         ("req-1", 1, "batch", "succeeded"),
         ("req-2", 1, "batch", "succeeded"),
     ]
-    assert tries[3][:5] == ("req-0", 2, "realtime", None, "succeeded")
-    assert [(t.request_id, t.batch_id, t.input_tokens, t.cost_usd) for t in tries[4:]] == [
-        ("req-3", second, 7, 0.5),
-        ("req-4", second, 7, 0.5),
-        ("req-5", second, 7, 0.5),
+    assert tries[3][:5] == ("req-6", 1, "realtime", None, "succeeded")
+    assert [(t.request_id, t.attempt, t.batch_id, t.input_tokens) for t in tries[4:]] == [
+        ("req-3", 1, second, 7),
+        ("req-4", 1, second, 7),
+        ("req-5", 1, second, 7),
+        ("req-0", 2, second, 7),
     ]
     assert len({t.at_utc for t in tries}) == 3
     with store.tx():  # a batch kept before the store recorded each answer's try
         store._db.execute("UPDATE batch_answers SET attempts = NULL")
     assert list(store.attempts(RUN)) == tries
     assert [t.attempt for t in store.attempts(RUN, "req-0")] == [1, 2]
+    with store.tx():  # two batches that ended at the same time: read by try together
+        store._db.execute("UPDATE batch_answers SET created_at_utc = ?", (tries[0].at_utc,))
+    kept = [(t.request_id, t.attempt) for t in store.attempts(RUN) if t.outcome == "succeeded"]
+    assert kept == [
+        ("req-1", 1),
+        ("req-2", 1),
+        ("req-3", 1),
+        ("req-4", 1),
+        ("req-5", 1),
+        ("req-0", 2),
+        ("req-6", 1),
+    ]
     assert [t.input_tokens for t in store.attempts(RUN, "req-4")] == [7]
 
 

@@ -76,7 +76,6 @@ def _attempts_of(db: Connection, run_id: str, request_id: str) -> Iterator[Attem
 def _kept_whole(db: Connection, run_id: str) -> Iterator[AttemptRecord]:
     """The answering tries of the requests whose answers their batches keep whole, in the
     order they ended: a batch at a time, its ids, tokens and costs unpacked once."""
-    new = tuple.__new__
     batches = db.cursor()
     batches.row_factory = None
     batches.execute(
@@ -84,43 +83,62 @@ def _kept_whole(db: Connection, run_id: str) -> Iterator[AttemptRecord]:
         "WHERE run_id = ? ORDER BY created_at_utc, batch_id",
         (run_id,),
     )
-    ended, tries = "", list[AttemptRecord]()
+    together: list[Iterator[AttemptRecord]] = []  # batches that ended at the same time
+    ended = ""
     for batch_id, request_ids, usage, at_utc, attempts in batches:
-        if at_utc != ended:  # batches that ended at once are sorted by try together
-            tries.sort(key=_TRY)
-            yield from tries
-            ended, tries = at_utc, []
-        kept = KeptBatch(request_ids, usage, at_utc, attempts)
-        if kept.tries is not None:
-            recorded: Sequence[int | None] = kept.tries
-        else:  # kept before its tries were: read from its requests
-            attempts_of = dict(
-                db.execute(
-                    "SELECT id, attempts FROM requests INDEXED BY requests_by_batch "
-                    "WHERE run_id = ? AND batch_id = ? AND state = 'succeeded'",
-                    (run_id, batch_id),
-                ).fetchall()
+        if together and at_utc != ended:
+            yield from _by_try(together)
+            together = []
+        ended = at_utc
+        together.append(
+            _tries(db, run_id, batch_id, KeptBatch(request_ids, usage, at_utc, attempts))
+        )
+    yield from _by_try(together)
+
+
+def _by_try(batches: list[Iterator[AttemptRecord]]) -> Iterator[AttemptRecord]:
+    """The tries of batches that ended at once, in the order of their tries."""
+    if len(batches) == 1:
+        yield from batches[0]
+    else:
+        yield from heapq.merge(*batches, key=_TRY)
+
+
+def _tries(db: Connection, run_id: str, batch_id: int, kept: KeptBatch) -> Iterator[AttemptRecord]:
+    """A batch's answering tries in the order of their tries (most came on the same one)."""
+    if kept.tries is not None:
+        recorded: Sequence[int | None] = kept.tries
+    else:  # kept before its tries were: read from its requests
+        attempts_of = dict(
+            db.execute(
+                "SELECT id, attempts FROM requests INDEXED BY requests_by_batch "
+                "WHERE run_id = ? AND batch_id = ? AND state = 'succeeded'",
+                (run_id, batch_id),
+            ).fetchall()
+        )
+        recorded = [attempts_of.get(request_id) for request_id in kept.positions]
+    present = [t for t in recorded if t is not None]
+    ordered: Sequence[int] = range(len(recorded))
+    if present and min(present) != max(present):
+        ordered = sorted(ordered, key=lambda n: recorded[n] or 0)
+    new, tokens, costs, at_utc = tuple.__new__, kept.tokens, kept.costs, kept.at_utc
+    ids = list(kept.positions)
+    for number in ordered:
+        attempt = recorded[number]
+        if attempt is not None:
+            row = (
+                ids[number],
+                attempt,
+                "batch",
+                batch_id,
+                "succeeded",
+                None,
+                tokens[2 * number],
+                tokens[2 * number + 1],
+                costs[number],
+                at_utc,
             )
-            recorded = [attempts_of.get(request_id) for request_id in kept.positions]
-        tokens, costs = kept.tokens, kept.costs
-        for number, request_id in enumerate(kept.positions):
-            attempt = recorded[number]
-            if attempt is not None:
-                row = (
-                    request_id,
-                    attempt,
-                    "batch",
-                    batch_id,
-                    "succeeded",
-                    None,
-                    tokens[2 * number],
-                    tokens[2 * number + 1],
-                    costs[number],
-                    at_utc,
-                )
-                tries.append(new(AttemptRecord, row))
-    tries.sort(key=_TRY)
-    yield from tries
+            yield new(AttemptRecord, row)
 
 
 _TRY = itemgetter(1)
