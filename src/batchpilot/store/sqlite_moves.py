@@ -204,9 +204,11 @@ def apply_outcomes(
     batch's answers on their first try are kept whole (`_keep_whole`), its other outcomes
     written request by request first."""
     if batch_id is not None:
-        whole = [outcome for outcome in outcomes if _answered(outcome)]
+        whole: list[Outcome] = []
+        rest: list[Outcome] = []
+        for outcome in outcomes:
+            (whole if _answered(outcome) else rest).append(outcome)
         if whole:
-            rest = [outcome for outcome in outcomes if not _answered(outcome)]
             if rest:  # few: read by id; many: read with the batch
                 _each(db, run_id, rest, lane, batch_id, now, by_batch=len(rest) * 4 > len(outcomes))
             if not _keep_whole(db, run_id, batch_id, whole, now):
