@@ -304,3 +304,46 @@ def test_report_of_a_run_that_has_sent_nothing_says_it_is_not_finished(tmp_path:
     page = write_report(state_dir=tmp_path / "state", output=tmp_path / "r.html").read_text()
     assert "<li>batch (run file-run): planned, not finished yet; 0 requests: none.</li>" in page
     assert "data-plot='progress'" in page and "no answers yet" in page
+
+
+def test_the_report_counts_every_try_it_reads_once(tmp_path: Path) -> None:
+    """What the report adds up (answers, tokens and cost per lane; outcomes per try; failures by
+    reason; the time series) matches the run's tries counted one by one, answers that a batch
+    kept whole (added up together) and tries written one by one (real time, failures) alike."""
+    from collections import Counter
+
+    from batchpilot.report.facts import gather, reason_kind
+    from ui_sample import fill
+
+    store = open_store(tmp_path / "state")
+    fill(store, "browse-1", 600)
+    record = store.run("browse-1")
+    assert record is not None
+    facts = gather(store, record)
+    tries = list(store.attempts("browse-1"))
+    assert {t.lane for t in tries} >= {"batch", "realtime"}
+    assert {t.outcome for t in tries} >= {"succeeded", "failed", "pending"}
+    lanes: dict[str, list[float]] = {}
+    for t in tries:
+        totals = lanes.setdefault(t.lane, [0, 0, 0, 0.0])
+        totals[0] += t.outcome == "succeeded"
+        totals[1] += t.input_tokens
+        totals[2] += t.output_tokens
+        totals[3] += t.cost_usd
+    assert set(facts.lanes) == set(lanes)
+    for lane, (answered, used_in, used_out, usd) in facts.lanes.items():
+        assert (answered, used_in, used_out) == tuple(lanes[lane][:3])
+        assert usd == pytest.approx(lanes[lane][3])
+    by_try: dict[int, Counter[str]] = {}
+    for t in tries:
+        if t.attempt > 0:
+            by_try.setdefault(t.attempt, Counter())[t.outcome] += 1
+    assert facts.by_attempt == by_try
+    failed = Counter(reason_kind(t.error or "unknown") for t in tries if t.outcome == "failed")
+    assert facts.failed == failed
+    series = facts.series
+    assert sum(series.input_tokens) == sum(t.input_tokens for t in tries)
+    assert sum(series.cost_usd) == pytest.approx(sum(t.cost_usd for t in tries))
+    assert sum(series.lane("batch")) == lanes["batch"][0]
+    assert sum(series.lane("failed")) == sum(failed.values())
+    store.close()

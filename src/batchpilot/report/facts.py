@@ -15,6 +15,7 @@ from batchpilot.run.identity import job_of
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.spec import JobSpec
 from batchpilot.store import BatchRecord, RunRecord, Store
+from batchpilot.store.records import AttemptRecord
 
 __all__ = ["BINS", "REJECTIONS", "RunFacts", "Series", "gather", "parse_utc", "reason_kind"]
 
@@ -134,40 +135,99 @@ def gather(
 
 
 def _read_attempts(store: Store, facts: RunFacts) -> None:
-    series = facts.series
     lanes: dict[str, list[float]] = {}
-    stamp, slot = "", 0
+    # answers that ended together on one lane and try (a batch's) are added up as they come
+    # and counted as one run
+    run: AttemptRecord | None = None
+    count, input_tokens, output_tokens, cost = 0, 0, 0, 0.0
     for attempt in store.attempts(facts.record.id):
-        if attempt.at_utc != stamp:  # a batch's tries share one time: parse it once
-            stamp = attempt.at_utc
-            seconds = (parse_utc(stamp) - facts.started).total_seconds()
-            slot = min(series.bins - 1, max(0, int(seconds / series.width_s)))
-        totals = lanes.setdefault(attempt.lane, [0, 0, 0, 0.0])
-        totals[1] += attempt.input_tokens
-        totals[2] += attempt.output_tokens
-        totals[3] += attempt.cost_usd
-        series.cost_usd[slot] += attempt.cost_usd
-        series.input_tokens[slot] += attempt.input_tokens
-        series.output_tokens[slot] += attempt.output_tokens
-        if attempt.attempt > 0:
-            facts.by_attempt.setdefault(attempt.attempt, Counter())[attempt.outcome] += 1
-        if attempt.outcome == "succeeded":
-            totals[0] += 1
-            series.lane(attempt.lane)[slot] += 1
+        if (
+            run is not None
+            and attempt.at_utc == run.at_utc
+            and attempt.outcome == "succeeded"
+            and attempt.lane == run.lane
+            and attempt.attempt == run.attempt
+        ):
+            count += 1
+            input_tokens += attempt.input_tokens
+            output_tokens += attempt.output_tokens
+            cost += attempt.cost_usd
             continue
-        kind = reason_kind(attempt.error or "unknown")
-        if attempt.outcome == "failed":
-            facts.failed[kind] += 1
-            series.lane("failed")[slot] += 1
+        if run is not None:
+            _count_answers(facts, lanes, run, count, input_tokens, output_tokens, cost)
+            run = None
+        if attempt.outcome == "succeeded":
+            run, count = attempt, 1
+            input_tokens, output_tokens = attempt.input_tokens, attempt.output_tokens
+            cost = attempt.cost_usd
         else:
-            facts.retried[kind] += 1
-        if kind in REJECTIONS:
-            kept = facts.examples.setdefault(kind, [])
-            if len(kept) < EXAMPLES:
-                kept.append((attempt.request_id, attempt.attempt, attempt.error or ""))
+            _count_failure(facts, lanes, attempt)
+    if run is not None:
+        _count_answers(facts, lanes, run, count, input_tokens, output_tokens, cost)
     facts.lanes = {
         lane: (int(t[0]), int(t[1]), int(t[2]), float(t[3])) for lane, t in lanes.items()
     }
+
+
+def _slot(facts: RunFacts, attempt: AttemptRecord) -> int:
+    series = facts.series
+    seconds = (parse_utc(attempt.at_utc) - facts.started).total_seconds()
+    return min(series.bins - 1, max(0, int(seconds / series.width_s)))
+
+
+def _add_use(
+    facts: RunFacts,
+    lanes: dict[str, list[float]],
+    attempt: AttemptRecord,
+    slot: int,
+    used: tuple[int, int, float],
+) -> list[float]:
+    """Tokens and cost of tries on `attempt`'s lane in time slot `slot`; the lane's totals."""
+    series = facts.series
+    totals = lanes.setdefault(attempt.lane, [0, 0, 0, 0.0])
+    totals[1] += used[0]
+    totals[2] += used[1]
+    totals[3] += used[2]
+    series.input_tokens[slot] += used[0]
+    series.output_tokens[slot] += used[1]
+    series.cost_usd[slot] += used[2]
+    return totals
+
+
+def _count_answers(
+    facts: RunFacts,
+    lanes: dict[str, list[float]],
+    attempt: AttemptRecord,
+    count: int,
+    input_tokens: int,
+    output_tokens: int,
+    cost: float,
+) -> None:
+    """`count` answers that ended like `attempt` (at its time, on its lane and try)."""
+    slot = _slot(facts, attempt)
+    totals = _add_use(facts, lanes, attempt, slot, (input_tokens, output_tokens, cost))
+    totals[0] += count
+    facts.series.lane(attempt.lane)[slot] += count
+    if attempt.attempt > 0:
+        facts.by_attempt.setdefault(attempt.attempt, Counter())["succeeded"] += count
+
+
+def _count_failure(facts: RunFacts, lanes: dict[str, list[float]], attempt: AttemptRecord) -> None:
+    slot = _slot(facts, attempt)
+    used = (attempt.input_tokens, attempt.output_tokens, attempt.cost_usd)
+    _add_use(facts, lanes, attempt, slot, used)
+    if attempt.attempt > 0:
+        facts.by_attempt.setdefault(attempt.attempt, Counter())[attempt.outcome] += 1
+    kind = reason_kind(attempt.error or "unknown")
+    if attempt.outcome == "failed":
+        facts.failed[kind] += 1
+        facts.series.lane("failed")[slot] += 1
+    else:
+        facts.retried[kind] += 1
+    if kind in REJECTIONS:
+        kept = facts.examples.setdefault(kind, [])
+        if len(kept) < EXAMPLES:
+            kept.append((attempt.request_id, attempt.attempt, attempt.error or ""))
 
 
 def _job_facts(store: Store, facts: RunFacts, job: JobSpec) -> None:
