@@ -406,7 +406,7 @@ MIGRATIONS: list[str] = [
     # not a bound parameter) for SQLite to use its index. (A partial index whose condition is
     # more than one equality costs each moved request as much as the index of every state did.)
     """
-    DROP INDEX requests_by_state;
+    DROP INDEX IF EXISTS requests_by_state;
     CREATE INDEX requests_pending ON requests(run_id, state, first_row) WHERE state = 'pending';
     CREATE INDEX requests_realtime ON requests(run_id, state, first_row)
         WHERE state = 'realtime';
