@@ -230,3 +230,33 @@ def test_with_nothing_pending_the_real_time_lane_takes_nothing(tmp_path: Path) -
     scheduler.rebalance()
     assert share.reserve == 0 and hybrid_events(store) == []
     store.close()
+
+
+def test_adding_up_a_large_pending_set_takes_at_most_a_twentieth_of_the_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Choosing the split reads every pending request: at millions of them, it is chosen again
+    no sooner than twenty times as long as that took, however short the poll interval."""
+    scheduler, share, store = scheduler_for(tmp_path, RateLimits(rpm=6000))
+    clock = [1000.0]
+    scheduler._clock = lambda: clock[0]
+    totals = store.pending_totals
+    calls: list[float] = []
+
+    def slow(run_id: str) -> tuple[int, int, int]:
+        calls.append(clock[0])
+        clock[0] += 2.0  # as a few million pending requests take
+        return totals(run_id)
+
+    monkeypatch.setattr(store, "pending_totals", slow)
+    for at in (1000.0, 1030.0, 1039.9, 1040.0, 1050.0):
+        clock[0] = at
+        scheduler.rebalance()
+    assert calls == [1000.0, 1040.0]
+    assert share.reserve == 40
+    monkeypatch.setattr(store, "pending_totals", totals)  # quick again: every poll interval
+    clock[0] = 1100.0
+    scheduler.rebalance()
+    scheduler.rebalance()
+    assert scheduler._balance_due == 1100.0
+    store.close()
