@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator, Sequence
+from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
@@ -83,25 +84,12 @@ def _kept_whole(db: Connection, run_id: str) -> Iterator[AttemptRecord]:
         "WHERE run_id = ? ORDER BY created_at_utc, batch_id",
         (run_id,),
     )
-    together: list[Iterator[AttemptRecord]] = []  # batches that ended at the same time
-    ended = ""
-    for batch_id, request_ids, usage, at_utc, attempts in batches:
-        if together and at_utc != ended:
-            yield from _by_try(together)
-            together = []
-        ended = at_utc
-        together.append(
+    for _, together in groupby(batches, key=itemgetter(3)):  # batches that ended at once
+        tries = [
             _tries(db, run_id, batch_id, KeptBatch(request_ids, usage, at_utc, attempts))
-        )
-    yield from _by_try(together)
-
-
-def _by_try(batches: list[Iterator[AttemptRecord]]) -> Iterator[AttemptRecord]:
-    """The tries of batches that ended at once, in the order of their tries."""
-    if len(batches) == 1:
-        yield from batches[0]
-    else:
-        yield from heapq.merge(*batches, key=_TRY)
+            for batch_id, request_ids, usage, at_utc, attempts in together
+        ]
+        yield from tries[0] if len(tries) == 1 else heapq.merge(*tries, key=_TRY)
 
 
 def _tries(db: Connection, run_id: str, batch_id: int, kept: KeptBatch) -> Iterator[AttemptRecord]:
