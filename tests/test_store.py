@@ -774,7 +774,12 @@ def test_requests_are_indexed_by_state_only_in_the_states_looked_up_by_it(
         "AND sql IS NOT NULL"
     ).fetchall()
     by_state = {name: sql for name, sql in indexes if "state" in sql.split(" WHERE ")[0]}
-    assert set(by_state) == {"requests_pending", "requests_realtime", "requests_cancelled"}
+    assert set(by_state) == {
+        "requests_pending",
+        "requests_realtime",
+        "requests_cancelled",
+        "requests_failed",
+    }
     assert all(" WHERE state = '" in sql for sql in by_state.values()), by_state
     statements: list[str] = []
     db.set_trace_callback(statements.append)
@@ -785,10 +790,11 @@ def test_requests_are_indexed_by_state_only_in_the_states_looked_up_by_it(
         assert store.unpriced(RUN) == [("m", True)]  # planned with no worst case in USD
         assert store.cancel_pending(RUN, "enough") == 240
         assert store.revive_cancelled(RUN) == 240
+        assert store.answers(RUN, AnswerFilter(state="failed"), 0, 50) == []  # the browser's
     finally:
         db.set_trace_callback(None)
     looked_up = [s for s in statements if re.search(r"(FROM|UPDATE) requests\b", s)]
-    assert len(looked_up) == 6, looked_up
+    assert len(looked_up) == 7, looked_up
     for statement in looked_up:
         plan_rows = db.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()
         details = " / ".join(str(row[-1]) for row in plan_rows)
@@ -796,10 +802,39 @@ def test_requests_are_indexed_by_state_only_in_the_states_looked_up_by_it(
             if re.search(r"\brequests\b", str(row[-1])):
                 assert re.search(
                     r"^SEARCH requests USING (COVERING )?INDEX requests_(pending|realtime|"
-                    r"cancelled|by_batch) ",
+                    r"cancelled|failed|by_batch) ",
                     str(row[-1]),
                 ), (statement, details)
     assert store.request_counts(RUN)["pending"] == 240
+
+
+def test_a_page_of_answers_costs_the_same_however_large_the_run(
+    factory: Callable[[], SQLiteStore],
+) -> None:
+    """The answer browser's page of every row and its page of failures, with their counts,
+    are found through the run's counts and indexes when each row has a request of its own:
+    the SQLite steps they take do not grow with the run (read row by row, ten times the rows
+    took about ten times the steps)."""
+    steps = {}
+    for n in (300, 3000):
+        store = factory() if n == 300 else SQLiteStore(factory().path.with_name("big.sqlite3"))
+        make_run(store)
+        _run_of(store, n, 30)
+        store.fail_requests(RUN, [f"req-{n - 7}", f"req-{n - 3}"], "schema: no")
+        counter = itertools.count()
+        store._db.set_progress_handler(lambda: next(counter) and 0, 1)
+        try:
+            last = AnswerFilter()
+            assert store.count_answers(RUN, last) == n
+            assert [r.row_index for r in store.answers(RUN, last, n - 2, 50)] == [n - 2, n - 1]
+            failed = AnswerFilter(state="failed")
+            assert store.count_answers(RUN, failed) == 2
+            assert [r.row_id for r in store.answers(RUN, failed, 1, 50)] == [f"row-{n - 3}"]
+        finally:
+            store._db.set_progress_handler(None, 1)
+        steps[n] = next(counter)
+        store.close()
+    assert steps[3000] < 1.5 * steps[300] + 200, steps
 
 
 def test_a_batch_reads_only_its_own_rows_however_large_the_run(

@@ -1383,3 +1383,63 @@ def test_rate_wait_is_the_time_until_enough_of_the_window_has_left() -> None:
     assert rate_wait([(5.0, 1), (9.0, 1)], 1, 3, None) == 0
     assert rate_wait([(5.0, 6), (9.0, 3)], 4, None, 10) == 5.0
     assert rate_wait([(5.0, 6), (9.0, 3)], 8, None, 10) == 9.0
+
+
+def _run_in_every_state(store: Store, run_id: str, shared: bool) -> None:
+    """Requests in every state; with `shared`, rows skipped and rows sharing a request too."""
+    store.create_run(RunRecord(run_id, "job", "{}", "openai", EP, "planned", None, utc_now()))
+    index = 0
+    with store.tx():
+        for i in range(40):
+            store.add_row(run_id, index, f"row-{index}", "in.jsonl", f"req-{i}", {"i": i})
+            body = json.dumps({"model": "m", "i": i}).encode()
+            store.add_request(run_id, f"req-{i}", f"{run_id}{i}", EP, "m", body, 10, 50, index)
+            index += 1
+            if shared and i % 7 == 3:  # the next row asks the same again
+                store.add_row(run_id, index, f"row-{index}", "in.jsonl", f"req-{i}", {"i": i})
+                index += 1
+            if shared and i % 11 == 5:
+                store.add_row(run_id, index, f"row-{index}", "in.jsonl", None, None, "no text")
+                index += 1
+    queued = store.create_batch(run_id, store.pending(run_id, 5), size=1, file_name_prefix="q")
+    assert queued
+    sent = store.create_batch(run_id, store.pending(run_id, 5), size=1, file_name_prefix="s")
+    for state in (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING):
+        store.move_batch(run_id, sent, state)
+    store.move_batch(run_id, sent, BatchState.SUBMITTED, remote_id=f"batch-{run_id}")
+    for i in range(10, 13):
+        store.claim_realtime(run_id, f"req-{i}")
+    for i in range(13, 21):
+        realtime_try(store, run_id, f"req-{i}", Outcome(f"req-{i}", "succeeded", ANSWER, 1, 1, 0))
+    store.fail_requests(run_id, [f"req-{i}" for i in range(21, 26)], "schema: no")
+    cancelled = [r.id for r in store.pending(run_id, 6)]
+    store.move_requests(run_id, cancelled, R.PENDING, R.CANCELLED)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["a-request-a-row", "shared-and-skipped"])
+def test_pages_of_answers_by_state_agree_with_the_rows_read_one_by_one(
+    factory: Callable[[], Store], shared: bool
+) -> None:
+    """Whether a page is found through the run's counts and a state's index (each row with a
+    request of its own) or by reading the rows, it holds the rows an export reads in that
+    state, at every offset, and the count is theirs."""
+    store = factory()
+    _run_in_every_state(store, "run", shared)
+    joined = list(store.joined_rows("run"))
+    assert [row.row_index for row in joined] == list(range(len(joined)))
+    counts = store.request_counts("run")
+    assert all(counts[state] > 0 for state in R), counts
+    for state in [*R, "skipped"]:
+        expected = [row.row_index for row in joined if (row.state or "skipped") == state]
+        assert (state == "skipped") is (not expected) or shared
+        where = AnswerFilter(state=state)
+        assert store.count_answers("run", where) == len(expected), state
+        for offset in {0, 1, 3, max(0, len(expected) - 1), len(expected)}:
+            page = store.answers("run", where, offset, 3)
+            assert [row.row_index for row in page] == expected[offset : offset + 3], (state, offset)
+            assert all((row.state or "skipped") == state for row in page)
+    everything = AnswerFilter()
+    assert store.count_answers("run", everything) == len(joined)
+    for offset in (0, 7, len(joined) - 2, len(joined)):
+        page = store.answers("run", everything, offset, 4)
+        assert page == joined[offset : offset + 4]

@@ -418,6 +418,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE batch_answers ADD COLUMN attempts BLOB;
     """,
+    # 19: requests that failed for good, looked up by the answer browser's filter of failures
+    # (a few requests of a run, so that the index costs little to keep)
+    """
+    CREATE INDEX requests_failed ON requests(run_id, state, first_row) WHERE state = 'failed';
+    """,
 ]
 
 

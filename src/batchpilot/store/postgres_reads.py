@@ -7,6 +7,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from batchpilot.store.answer_pages import by_state_only, one_row_each, unfiltered
 from batchpilot.store.postgres_moves import Db
 from batchpilot.store.postgres_queries import PAGE
 from batchpilot.store.records import AnswerFilter, AttemptRecord, JoinedRow, TaskStateRecord
@@ -46,26 +47,70 @@ def attempts(db: Db, run_id: str, request_id: str | None = None) -> Iterator[Att
 
 def answers(db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int) -> list[JoinedRow]:
     """One page of the run's rows in input order, with their requests and answers."""
-    sql, params = _answer_query(run_id, where)
+    picked, params = _page(db, run_id, where, offset, limit)
     rows = db.execute(
         "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
         "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
         "r.cost_usd, r.lane FROM rows w "
         "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
-        "WHERE w.run_id = %s AND w.row_index IN "
-        f"(SELECT w.row_index {sql} ORDER BY w.row_index LIMIT %s OFFSET %s) "
-        "ORDER BY w.row_index".encode(),
-        (run_id, *params, limit, offset),
+        f"WHERE w.run_id = %s AND w.row_index IN ({picked}) ORDER BY w.row_index".encode(),
+        (run_id, *params),
     ).fetchall()
     return [JoinedRow(*row) for row in rows]
 
 
 def count_answers(db: Db, run_id: str, where: AnswerFilter) -> int:
-    """How many of the run's rows `answers` would page through."""
+    """How many of the run's rows `answers` would page through: from the run's counts when
+    they say it (`answer_pages`), else counted."""
+    if unfiltered(where):
+        return _rows(db, run_id)
+    state = by_state_only(where)
+    if state is not None:
+        counts = _request_counts(db, run_id)
+        if one_row_each(_rows(db, run_id), counts):
+            return counts.get(state, 0)
     sql, params = _answer_query(run_id, where)
     row = db.execute(f"SELECT COUNT(*) {sql}".encode(), params).fetchone()
     return 0 if row is None else int(row[0])
+
+
+def _page(
+    db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int
+) -> tuple[str, list[Any]]:
+    """The query of a page's row indexes: a range of them for every row, the first rows of
+    requests in a state (through `requests_by_state`) when each row has a request of its
+    own, else the rows read in order and filtered."""
+    if unfiltered(where):
+        return (
+            "SELECT row_index FROM rows WHERE run_id = %s AND row_index >= %s "
+            "ORDER BY row_index LIMIT %s",
+            [run_id, offset, limit],
+        )
+    state = by_state_only(where)
+    if state is not None and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
+        return (
+            "SELECT first_row FROM requests WHERE run_id = %s AND state = %s "
+            "ORDER BY first_row LIMIT %s OFFSET %s",
+            [run_id, state, limit, offset],
+        )
+    sql, params = _answer_query(run_id, where)
+    return (
+        f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT %s OFFSET %s",
+        [*params, limit, offset],
+    )
+
+
+def _rows(db: Db, run_id: str) -> int:
+    row = db.execute(
+        "SELECT COALESCE(MAX(row_index) + 1, 0) FROM rows WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _request_counts(db: Db, run_id: str) -> dict[str, int]:
+    rows = db.execute("SELECT state, n FROM request_counts WHERE run_id = %s", (run_id,))
+    return {str(row[0]): int(row[1]) for row in rows.fetchall()}
 
 
 def planned_totals(db: Db, run_id: str) -> dict[str, tuple[int, int]]:

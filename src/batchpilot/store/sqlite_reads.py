@@ -8,10 +8,12 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
+from batchpilot.store.answer_pages import by_state_only, one_row_each, unfiltered
 from batchpilot.store.database import Connection
 from batchpilot.store.records import AnswerFilter, AttemptRecord, JoinedRow, TaskStateRecord
 from batchpilot.store.sqlite_batch_answers import KeptBatch
 from batchpilot.store.sqlite_queries import ANSWER, COST, INPUT_TOKENS, LANE, OUTPUT_TOKENS
+from batchpilot.store.states import RequestState
 
 __all__ = [
     "answers",
@@ -136,7 +138,7 @@ def answers(
     db: Connection, run_id: str, where: AnswerFilter, offset: int, limit: int
 ) -> list[JoinedRow]:
     """One page of the run's rows in input order, with their requests and answers."""
-    sql, params = _answer_query(run_id, where)
+    picked, params = _page(db, run_id, where, offset, limit)
     cursor = db.cursor()
     cursor.row_factory = None
     rows = cursor.execute(
@@ -145,18 +147,69 @@ def answers(
         f"{INPUT_TOKENS}, {OUTPUT_TOKENS}, {COST}, {LANE} FROM rows w "
         "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
-        "WHERE w.run_id = ? AND w.row_index IN "
-        f"(SELECT w.row_index {sql} ORDER BY w.row_index LIMIT ? OFFSET ?) "
-        "ORDER BY w.row_index",
-        (run_id, *params, limit, offset),
+        f"WHERE w.run_id = ? AND w.row_index IN ({picked}) ORDER BY w.row_index",
+        (run_id, *params),
     ).fetchall()
     return [JoinedRow(*row) for row in rows]
 
 
 def count_answers(db: Connection, run_id: str, where: AnswerFilter) -> int:
-    """How many of the run's rows `answers` would page through."""
+    """How many of the run's rows `answers` would page through: from the run's counts when
+    they say it (`answer_pages`), else counted."""
+    if unfiltered(where):
+        return _rows(db, run_id)
+    state = by_state_only(where)
+    if state is not None:
+        counts = _request_counts(db, run_id)
+        if one_row_each(_rows(db, run_id), counts):
+            return counts.get(state, 0)
     sql, params = _answer_query(run_id, where)
     return int(db.execute(f"SELECT COUNT(*) {sql}", params).fetchone()[0])
+
+
+INDEXED_STATES = frozenset(
+    {RequestState.PENDING, RequestState.REALTIME, RequestState.CANCELLED, RequestState.FAILED}
+)
+"""The states whose requests have an index of their own (migrations 17 and 19)."""
+
+
+def _page(
+    db: Connection, run_id: str, where: AnswerFilter, offset: int, limit: int
+) -> tuple[str, list[Any]]:
+    """The query of a page's row indexes: a range of them for every row, the first rows of
+    requests in a state through the state's index when each row has a request of its own,
+    else the rows read in order and filtered."""
+    if unfiltered(where):
+        return (
+            "SELECT row_index FROM rows WHERE run_id = ? AND row_index >= ? "
+            "ORDER BY row_index LIMIT ?",
+            [run_id, offset, limit],
+        )
+    state = by_state_only(where)
+    if state in INDEXED_STATES and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
+        # the state written as itself, for SQLite to take its index
+        return (
+            f"SELECT first_row FROM requests WHERE run_id = ? AND state = '{state}' "
+            "ORDER BY first_row LIMIT ? OFFSET ?",
+            [run_id, limit, offset],
+        )
+    sql, params = _answer_query(run_id, where)
+    return (
+        f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    )
+
+
+def _rows(db: Connection, run_id: str) -> int:
+    row = db.execute(
+        "SELECT COALESCE(MAX(row_index) + 1, 0) FROM rows WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def _request_counts(db: Connection, run_id: str) -> dict[str, int]:
+    rows = db.execute("SELECT state, n FROM request_counts WHERE run_id = ?", (run_id,))
+    return {str(row[0]): int(row[1]) for row in rows}
 
 
 def planned_totals(db: Connection, run_id: str) -> dict[str, tuple[int, int]]:
