@@ -822,7 +822,7 @@ def test_a_page_of_answers_costs_the_same_however_large_the_run(
         _run_of(store, n, 30)
         store.fail_requests(RUN, [f"req-{n - 7}", f"req-{n - 3}"], "schema: no")
         counter = itertools.count()
-        store._db.set_progress_handler(lambda: next(counter) and 0, 1)
+        store._db.set_progress_handler(lambda counter=counter: next(counter) and 0, 1)
         try:
             last = AnswerFilter()
             assert store.count_answers(RUN, last) == n
