@@ -811,10 +811,10 @@ def test_requests_are_indexed_by_state_only_in_the_states_looked_up_by_it(
 def test_a_page_of_answers_costs_the_same_however_large_the_run(
     factory: Callable[[], SQLiteStore],
 ) -> None:
-    """The answer browser's page of every row and its page of failures, with their counts,
-    are found through the run's counts and indexes when each row has a request of its own:
-    the SQLite steps they take do not grow with the run (read row by row, ten times the rows
-    took about ten times the steps)."""
+    """The answer browser's page of every row and its pages of failures (by state, by
+    reason), with their counts, are found through the run's counts and indexes when each row
+    has a request of its own: the SQLite steps they take do not grow with the run (read row
+    by row, ten times the rows took about ten times the steps)."""
     steps = {}
     for n in (300, 3000):
         store = factory() if n == 300 else SQLiteStore(factory().path.with_name("big.sqlite3"))
@@ -830,6 +830,9 @@ def test_a_page_of_answers_costs_the_same_however_large_the_run(
             failed = AnswerFilter(state="failed")
             assert store.count_answers(RUN, failed) == 2
             assert [r.row_id for r in store.answers(RUN, failed, 1, 50)] == [f"row-{n - 3}"]
+            schema = AnswerFilter(reason="schema")
+            assert store.count_answers(RUN, schema) == 2
+            assert [r.row_index for r in store.answers(RUN, schema, 0, 50)] == [n - 7, n - 3]
         finally:
             store._db.set_progress_handler(None, 1)
         steps[n] = next(counter)

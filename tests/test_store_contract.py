@@ -1411,7 +1411,10 @@ def _run_in_every_state(store: Store, run_id: str, shared: bool) -> None:
         store.claim_realtime(run_id, f"req-{i}")
     for i in range(13, 21):
         realtime_try(store, run_id, f"req-{i}", Outcome(f"req-{i}", "succeeded", ANSWER, 1, 1, 0))
-    store.fail_requests(run_id, [f"req-{i}" for i in range(21, 26)], "schema: no")
+    store.fail_requests(run_id, [f"req-{i}" for i in range(21, 25)], "schema: no")
+    store.fail_requests(run_id, ["req-25"], "http 400: bad")
+    for i in (11, 12):  # tried, and on the wire again
+        store.record_attempt(run_id, Outcome(f"req-{i}", "pending", error="http 500: oops"))
     cancelled = [r.id for r in store.pending(run_id, 6)]
     store.move_requests(run_id, cancelled, R.PENDING, R.CANCELLED)
 
@@ -1438,6 +1441,22 @@ def test_pages_of_answers_by_state_agree_with_the_rows_read_one_by_one(
             page = store.answers("run", where, offset, 3)
             assert [row.row_index for row in page] == expected[offset : offset + 3], (state, offset)
             assert all((row.state or "skipped") == state for row in page)
+    reasons = ("schema", "http 400", "http 500", "http", "%")
+    for state, reason in itertools.product([None, "failed", "realtime", "succeeded"], reasons):
+        expected = [
+            row.row_index
+            for row in joined
+            if (state is None or row.state == state)
+            and row.error is not None
+            and (row.error == reason or row.error.startswith(reason + ":"))
+        ]
+        where = AnswerFilter(state=state, reason=reason)
+        assert store.count_answers("run", where) == len(expected), (state, reason)
+        for offset in {0, 1, len(expected)}:
+            page = store.answers("run", where, offset, 2)
+            assert [row.row_index for row in page] == expected[offset : offset + 2]
+    assert store.count_answers("run", AnswerFilter(reason="schema")) == 4 + (1 if shared else 0)
+    assert store.count_answers("run", AnswerFilter(state="realtime", reason="http 500")) == 2
     everything = AnswerFilter()
     assert store.count_answers("run", everything) == len(joined)
     for offset in (0, 7, len(joined) - 2, len(joined)):

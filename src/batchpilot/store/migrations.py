@@ -418,10 +418,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE batch_answers ADD COLUMN attempts BLOB;
     """,
-    # 19: requests that failed for good, looked up by the answer browser's filter of failures
-    # (a few requests of a run, so that the index costs little to keep)
+    # 19: the answer browser's filters of failures: requests that failed for good, and those
+    # with an error (failed, or pending again after a failed try), each a few of a run's
+    # requests, so that their indexes cost little to keep
     """
     CREATE INDEX requests_failed ON requests(run_id, state, first_row) WHERE state = 'failed';
+    CREATE INDEX requests_erred ON requests(run_id, first_row) WHERE error IS NOT NULL;
     """,
 ]
 

@@ -7,10 +7,19 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from batchpilot.store.answer_pages import by_state_only, one_row_each, unfiltered
+from batchpilot.store.answer_pages import (
+    by_requests,
+    like,
+    one_row_each,
+    reason_matches,
+    reason_params,
+    requests_where,
+    unfiltered,
+)
 from batchpilot.store.postgres_moves import Db
 from batchpilot.store.postgres_queries import PAGE
 from batchpilot.store.records import AnswerFilter, AttemptRecord, JoinedRow, TaskStateRecord
+from batchpilot.store.states import RequestState
 
 __all__ = [
     "answers",
@@ -61,39 +70,51 @@ def answers(db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int) -
 
 
 def count_answers(db: Db, run_id: str, where: AnswerFilter) -> int:
-    """How many of the run's rows `answers` would page through: from the run's counts when
-    they say it (`answer_pages`), else counted."""
+    """How many of the run's rows `answers` would page through: from the run's counts or the
+    requests' indexes when they say it (`answer_pages`), else counted."""
     if unfiltered(where):
         return _rows(db, run_id)
-    state = by_state_only(where)
-    if state is not None:
+    if by_requests(where):
         counts = _request_counts(db, run_id)
         if one_row_each(_rows(db, run_id), counts):
-            return counts.get(state, 0)
+            if where.reason is None and where.state is not None:
+                return counts.get(where.state, 0)
+            picks = requests_where(where, "%s", ALL_STATES)
+            if picks is not None:
+                found = db.execute(
+                    f"SELECT COUNT(*) FROM requests WHERE run_id = %s AND {picks[0]}".encode(),
+                    (run_id, *picks[1]),
+                ).fetchone()
+                return 0 if found is None else int(found[0])
     sql, params = _answer_query(run_id, where)
     row = db.execute(f"SELECT COUNT(*) {sql}".encode(), params).fetchone()
     return 0 if row is None else int(row[0])
 
 
+ALL_STATES = frozenset(RequestState)
+"""Every state's requests are found through `requests_by_state`."""
+
+
 def _page(
     db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int
 ) -> tuple[str, list[Any]]:
-    """The query of a page's row indexes: a range of them for every row, the first rows of
-    requests in a state (through `requests_by_state`) when each row has a request of its
-    own, else the rows read in order and filtered."""
+    """The query of a page's row indexes: a range of them for every row; when each row has a
+    request of its own, the first rows of the requests a filter of requests picks, through
+    their index; else the rows read in order and filtered."""
     if unfiltered(where):
         return (
             "SELECT row_index FROM rows WHERE run_id = %s AND row_index >= %s "
             "ORDER BY row_index LIMIT %s",
             [run_id, offset, limit],
         )
-    state = by_state_only(where)
-    if state is not None and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
-        return (
-            "SELECT first_row FROM requests WHERE run_id = %s AND state = %s "
-            "ORDER BY first_row LIMIT %s OFFSET %s",
-            [run_id, state, limit, offset],
-        )
+    if by_requests(where) and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
+        picks = requests_where(where, "%s", ALL_STATES)
+        if picks is not None:
+            return (
+                f"SELECT first_row FROM requests WHERE run_id = %s AND {picks[0]} "
+                "ORDER BY first_row LIMIT %s OFFSET %s",
+                [run_id, *picks[1], limit, offset],
+            )
     sql, params = _answer_query(run_id, where)
     return (
         f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT %s OFFSET %s",
@@ -135,8 +156,8 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
         conditions.append("COALESCE(q.state, 'skipped') = %s")
         params.append(where.state)
     if where.reason is not None:
-        conditions.append("(q.error = %s OR q.error LIKE %s ESCAPE '\\')")
-        params += [where.reason, _like(where.reason) + ":%"]
+        conditions.append(reason_matches("q.error", "%s"))
+        params += reason_params(where.reason)
     if where.lane is not None:
         conditions.append("r.lane = %s")
         params.append(where.lane)
@@ -145,17 +166,12 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
             "(w.row_id LIKE %s ESCAPE '\\' OR w.data_json LIKE %s ESCAPE '\\' "
             "OR r.response_json LIKE %s ESCAPE '\\' OR q.error LIKE %s ESCAPE '\\')"
         )
-        params += [f"%{_like(where.search)}%"] * 4
+        params += [f"%{like(where.search)}%"] * 4
     if where.state is not None or where.reason is not None or where.search:
         joins.append("LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id")
     if where.lane is not None or where.search:
         joins.append("LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id")
     return f"FROM rows w {' '.join(joins)} WHERE {' AND '.join(conditions)}", params
-
-
-def _like(text: str) -> str:
-    """`text` matched as itself inside a LIKE pattern."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def events(db: Db, run_id: str, since: int) -> list[dict[str, Any]]:

@@ -216,6 +216,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE requests ADD COLUMN worker_id TEXT;
     ALTER TABLE requests ADD COLUMN held_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
     """,
+    # 4: the answer browser's filter by a failure's reason reads the requests with an error
+    # (failed, or pending again after a failed try): a few of a run's requests
+    """
+    CREATE INDEX requests_erred ON requests(run_id, first_row) WHERE error IS NOT NULL;
+    """,
 ]
 
 

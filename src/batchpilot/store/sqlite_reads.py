@@ -8,7 +8,15 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from batchpilot.store.answer_pages import by_state_only, one_row_each, unfiltered
+from batchpilot.store.answer_pages import (
+    by_requests,
+    like,
+    one_row_each,
+    reason_matches,
+    reason_params,
+    requests_where,
+    unfiltered,
+)
 from batchpilot.store.database import Connection
 from batchpilot.store.records import AnswerFilter, AttemptRecord, JoinedRow, TaskStateRecord
 from batchpilot.store.sqlite_batch_answers import KeptBatch
@@ -154,15 +162,22 @@ def answers(
 
 
 def count_answers(db: Connection, run_id: str, where: AnswerFilter) -> int:
-    """How many of the run's rows `answers` would page through: from the run's counts when
-    they say it (`answer_pages`), else counted."""
+    """How many of the run's rows `answers` would page through: from the run's counts or the
+    requests' indexes when they say it (`answer_pages`), else counted."""
     if unfiltered(where):
         return _rows(db, run_id)
-    state = by_state_only(where)
-    if state is not None:
+    if by_requests(where):
         counts = _request_counts(db, run_id)
         if one_row_each(_rows(db, run_id), counts):
-            return counts.get(state, 0)
+            if where.reason is None and where.state is not None:
+                return counts.get(where.state, 0)
+            picks = requests_where(where, "?", INDEXED_STATES)
+            if picks is not None:
+                found = db.execute(
+                    f"SELECT COUNT(*) FROM requests WHERE run_id = ? AND {picks[0]}",
+                    (run_id, *picks[1]),
+                ).fetchone()
+                return int(found[0])
     sql, params = _answer_query(run_id, where)
     return int(db.execute(f"SELECT COUNT(*) {sql}", params).fetchone()[0])
 
@@ -176,23 +191,23 @@ INDEXED_STATES = frozenset(
 def _page(
     db: Connection, run_id: str, where: AnswerFilter, offset: int, limit: int
 ) -> tuple[str, list[Any]]:
-    """The query of a page's row indexes: a range of them for every row, the first rows of
-    requests in a state through the state's index when each row has a request of its own,
-    else the rows read in order and filtered."""
+    """The query of a page's row indexes: a range of them for every row; when each row has a
+    request of its own, the first rows of the requests a filter of requests picks, through
+    their index; else the rows read in order and filtered."""
     if unfiltered(where):
         return (
             "SELECT row_index FROM rows WHERE run_id = ? AND row_index >= ? "
             "ORDER BY row_index LIMIT ?",
             [run_id, offset, limit],
         )
-    state = by_state_only(where)
-    if state in INDEXED_STATES and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
-        # the state written as itself, for SQLite to take its index
-        return (
-            f"SELECT first_row FROM requests WHERE run_id = ? AND state = '{state}' "
-            "ORDER BY first_row LIMIT ? OFFSET ?",
-            [run_id, limit, offset],
-        )
+    if by_requests(where) and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
+        picks = requests_where(where, "?", INDEXED_STATES)
+        if picks is not None:
+            return (
+                f"SELECT first_row FROM requests WHERE run_id = ? AND {picks[0]} "
+                "ORDER BY first_row LIMIT ? OFFSET ?",
+                [run_id, *picks[1], limit, offset],
+            )
     sql, params = _answer_query(run_id, where)
     return (
         f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT ? OFFSET ?",
@@ -234,8 +249,8 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
         conditions.append("COALESCE(q.state, 'skipped') = ?")
         params.append(where.state)
     if where.reason is not None:
-        conditions.append("(q.error = ? OR q.error LIKE ? ESCAPE '\\')")
-        params += [where.reason, _like(where.reason) + ":%"]
+        conditions.append(reason_matches("q.error", "?"))
+        params += reason_params(where.reason)
     if where.lane is not None:
         conditions.append(f"{LANE} = ?")
         params.append(where.lane)
@@ -244,7 +259,7 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
             "(w.row_id LIKE ? ESCAPE '\\' OR unpack(w.data_json) LIKE ? ESCAPE '\\' "
             f"OR {ANSWER} LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
         )
-        params += [f"%{_like(where.search)}%"] * 4
+        params += [f"%{like(where.search)}%"] * 4
     if (
         where.state is not None
         or where.reason is not None
@@ -255,11 +270,6 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
     if where.lane is not None or where.search:
         joins.append("LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id")
     return f"FROM rows w {' '.join(joins)} WHERE {' AND '.join(conditions)}", params
-
-
-def _like(text: str) -> str:
-    """`text` matched as itself inside a LIKE pattern."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def events(db: Connection, run_id: str, since: int) -> list[dict[str, Any]]:
