@@ -1070,6 +1070,11 @@ def test_pages_of_answers_filter_by_state_reason_lane_and_text(
         "row-24",
         "row-27",
     ]
+    assert store.count_answers_up_to("run", AnswerFilter(search="text"), 10) == (10, False)
+    assert store.count_answers_up_to("run", AnswerFilter(search="text"), 30) == (30, True)
+    assert store.count_answers_up_to("run", AnswerFilter(search="text 2"), 99) == (11, True)
+    assert store.count_answers_up_to("run", everything, 10) == (30, True), "the run's count"
+    assert store.count_answers_up_to("run", succeeded, 3) == (10, True), "the run's count"
     assert [row.row_id for row in store.answers("run", AnswerFilter(row=7), 0, 5)] == ["row-7"]
     assert store.answers("run", AnswerFilter(row=30), 0, 5) == []
 

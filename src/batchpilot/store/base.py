@@ -315,6 +315,14 @@ class Store(Protocol):
         """How many of the run's rows `answers` would page through."""
         ...
 
+    def count_answers_up_to(
+        self, run_id: str, where: AnswerFilter, at_most: int
+    ) -> tuple[int, bool]:
+        """(how many of the run's rows `answers` would page through, whether that is all of
+        them): where the rows must be read one by one to count them, they are read until more
+        than `at_most` are found (a text search, say); the store's counts answer the rest."""
+        ...
+
     def planned_totals(self, run_id: str) -> dict[str, tuple[int, int]]:
         """(requests, input tokens) of every request of the run, by model."""
         ...

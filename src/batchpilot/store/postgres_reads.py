@@ -25,6 +25,7 @@ __all__ = [
     "answers",
     "attempts",
     "count_answers",
+    "count_answers_up_to",
     "events",
     "planned_totals",
     "request_of_row",
@@ -72,6 +73,31 @@ def answers(db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int) -
 def count_answers(db: Db, run_id: str, where: AnswerFilter) -> int:
     """How many of the run's rows `answers` would page through: from the run's counts or the
     requests' indexes when they say it (`answer_pages`), else counted."""
+    quick = _quick_count(db, run_id, where)
+    if quick is not None:
+        return quick
+    sql, params = _answer_query(run_id, where)
+    found = db.execute(f"SELECT COUNT(*) {sql}".encode(), params).fetchone()
+    return 0 if found is None else int(found[0])
+
+
+def count_answers_up_to(db: Db, run_id: str, where: AnswerFilter, at_most: int) -> tuple[int, bool]:
+    """(how many of the run's rows `answers` would page through, whether that is all of them):
+    rows read one by one to count them are read until more than `at_most` are found."""
+    quick = _quick_count(db, run_id, where)
+    if quick is not None:
+        return quick, True
+    sql, params = _answer_query(run_id, where)
+    found = db.execute(
+        f"SELECT COUNT(*) FROM (SELECT 1 {sql} LIMIT %s) AS found".encode(), [*params, at_most + 1]
+    ).fetchone()
+    counted = 0 if found is None else int(found[0])
+    return min(counted, at_most), counted <= at_most
+
+
+def _quick_count(db: Db, run_id: str, where: AnswerFilter) -> int | None:
+    """The count of a page's rows from the run's counts or the requests' indexes, when they
+    say it (`answer_pages`)."""
     if unfiltered(where):
         return _rows(db, run_id)
     if by_requests(where):
@@ -86,9 +112,7 @@ def count_answers(db: Db, run_id: str, where: AnswerFilter) -> int:
                     (run_id, *picks[1]),
                 ).fetchone()
                 return 0 if found is None else int(found[0])
-    sql, params = _answer_query(run_id, where)
-    row = db.execute(f"SELECT COUNT(*) {sql}".encode(), params).fetchone()
-    return 0 if row is None else int(row[0])
+    return None
 
 
 ALL_STATES = frozenset(RequestState)

@@ -575,5 +575,10 @@ class SQLiteStore(PlannedMixin, SharedMixin):
     def count_answers(self, run_id: str, where: AnswerFilter) -> int:
         return reads.count_answers(self._db, run_id, where)
 
+    def count_answers_up_to(
+        self, run_id: str, where: AnswerFilter, at_most: int
+    ) -> tuple[int, bool]:
+        return reads.count_answers_up_to(self._db, run_id, where, at_most)
+
     def planned_totals(self, run_id: str) -> dict[str, tuple[int, int]]:
         return reads.planned_totals(self._db, run_id)

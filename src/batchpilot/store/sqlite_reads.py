@@ -27,6 +27,7 @@ __all__ = [
     "answers",
     "attempts",
     "count_answers",
+    "count_answers_up_to",
     "events",
     "planned_totals",
     "request_of_row",
@@ -164,6 +165,33 @@ def answers(
 def count_answers(db: Connection, run_id: str, where: AnswerFilter) -> int:
     """How many of the run's rows `answers` would page through: from the run's counts or the
     requests' indexes when they say it (`answer_pages`), else counted."""
+    quick = _quick_count(db, run_id, where)
+    if quick is not None:
+        return quick
+    sql, params = _answer_query(run_id, where)
+    found = db.execute(f"SELECT COUNT(*) {sql}", params).fetchone()
+    return int(found[0])
+
+
+def count_answers_up_to(
+    db: Connection, run_id: str, where: AnswerFilter, at_most: int
+) -> tuple[int, bool]:
+    """(how many of the run's rows `answers` would page through, whether that is all of them):
+    rows read one by one to count them are read until more than `at_most` are found."""
+    quick = _quick_count(db, run_id, where)
+    if quick is not None:
+        return quick, True
+    sql, params = _answer_query(run_id, where)
+    found = db.execute(
+        f"SELECT COUNT(*) FROM (SELECT 1 {sql} LIMIT ?) AS found", [*params, at_most + 1]
+    ).fetchone()
+    counted = int(found[0])
+    return min(counted, at_most), counted <= at_most
+
+
+def _quick_count(db: Connection, run_id: str, where: AnswerFilter) -> int | None:
+    """The count of a page's rows from the run's counts or the requests' indexes, when they
+    say it (`answer_pages`)."""
     if unfiltered(where):
         return _rows(db, run_id)
     if by_requests(where):
@@ -178,8 +206,7 @@ def count_answers(db: Connection, run_id: str, where: AnswerFilter) -> int:
                     (run_id, *picks[1]),
                 ).fetchone()
                 return int(found[0])
-    sql, params = _answer_query(run_id, where)
-    return int(db.execute(f"SELECT COUNT(*) {sql}", params).fetchone()[0])
+    return None
 
 
 INDEXED_STATES = frozenset(

@@ -29,9 +29,12 @@ from batchpilot.store.opening import store_exists
 from batchpilot.store.records import AnswerFilter
 from batchpilot.ui import pages
 
-__all__ = ["PAGE_SIZE", "ui_app"]
+__all__ = ["COUNT_AHEAD", "PAGE_SIZE", "ui_app"]
 
 PAGE_SIZE = 50
+COUNT_AHEAD = 5_000
+"""Rows past the page a filter the store cannot count by its counts (a text search, say)
+counts before it says "more than": counting them all would read every row of the run."""
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
     "form-action 'self'",
@@ -98,8 +101,11 @@ def ui_app(state_dir: Path) -> Starlette:
             lane=args.get("lane") or None,
             search=(args.get("q") or "").strip() or None,
         )
-        total = store.count_answers(record.id, where)
-        page = min(_number(args.get("page")), max(0, (total - 1) // PAGE_SIZE))
+        asked = _number(args.get("page"))
+        total, complete = store.count_answers_up_to(
+            record.id, where, (asked + 1) * PAGE_SIZE + COUNT_AHEAD
+        )
+        page = min(asked, max(0, (total - 1) // PAGE_SIZE))
         rows = store.answers(record.id, where, page * PAGE_SIZE, PAGE_SIZE)
         bodies = [
             store.request_body(record.id, row.request_id) if row.request_id else b"" for row in rows
@@ -113,6 +119,7 @@ def ui_app(state_dir: Path) -> Starlette:
             page=page,
             size=PAGE_SIZE,
             total=total,
+            complete=complete,
             states=states,
             reasons=reasons,
             steps=_steps(store, record),

@@ -195,6 +195,7 @@ def answers_page(
     page: int,
     size: int,
     total: int,
+    complete: bool = True,
     states: Iterable[str],
     reasons: Iterable[str],
     steps: Sequence[tuple[str, str]],
@@ -223,12 +224,13 @@ def answers_page(
         parts.append(f"<p>Step: {links}</p>")
     parts.append(form)
     first = page * size
-    shown = f"rows {first + 1:,}-{first + len(rows):,} of {total:,}" if rows else "no rows"
+    more = "" if complete else "more than "
+    shown = f"rows {first + 1:,}-{first + len(rows):,} of {more}{total:,}" if rows else "no rows"
     pages = max(1, -(-total // size))
-    pager = [f"<span class='count'>{shown} (page {page + 1} of {pages:,})</span>"]
+    pager = [f"<span class='count'>{shown} (page {page + 1} of {more}{pages:,})</span>"]
     if page > 0:
         pager.insert(0, _link("?" + urlencode({**query, "page": page - 1}), "previous"))
-    if first + size < total:
+    if first + size < total or not complete:
         pager.append(_link("?" + urlencode({**query, "page": page + 1}), "next"))
     parts.append(f"<p class='pager'>{' '.join(pager)}</p>")
     table = [
