@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from batchpilot.export.files import sync
+from batchpilot.export.files import write_lines
 from batchpilot.export.joined import StoredRows
 from batchpilot.export.rows import (
     ExportRow,
@@ -50,11 +50,5 @@ def write_jsonl(
         lines = rows.jsonl_lines(include_input, line)
     else:
         lines = (line(row) + b"\n" for row in rows)
-    count = 0
     with part.open("wb") as stream:
-        write = stream.write  # the stream's buffer batches the writes; memory stays flat
-        for text in lines:
-            write(text)
-            count += 1
-        sync(stream)
-    return count
+        return write_lines(lines, stream)
