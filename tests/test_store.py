@@ -599,6 +599,7 @@ def test_a_store_with_the_old_cache_is_upgraded_and_its_answers_still_serve(
         assert _sql(store, "SELECT * FROM answers") == [("h-a", "old", "req-a")]
         tables = {row[0] for row in _sql(store, "SELECT name FROM sqlite_master")}
         assert "cache" not in tables, "the second copy is gone"
+        assert store.planned_totals("old") == {"m": (1, 3)}, "added up from the old requests"
         store.create_run(RunRecord("new", "j", "{}", "openai", "e", "planned", None, "t"))
         store.add_request("new", "req-b", "h-a", "e", "m", b"{}", 3, 4, 0)
         assert store.apply_cache("new") == 1
@@ -838,6 +839,29 @@ def test_a_page_of_answers_costs_the_same_however_large_the_run(
         steps[n] = next(counter)
         store.close()
     assert steps[3000] < 1.5 * steps[300] + 200, steps
+
+
+def test_a_runs_totals_by_model_are_read_without_its_requests(
+    factory: Callable[[], SQLiteStore],
+) -> None:
+    """The report's estimate, a run's main model and the models its real-time limits count
+    read the run's totals by model, kept as requests are planned: the same SQLite steps for a
+    run of 300 requests as for one of 3,000."""
+    steps = {}
+    for n in (300, 3000):
+        store = factory() if n == 300 else SQLiteStore(factory().path.with_name("big.sqlite3"))
+        make_run(store)
+        plan(store, n)
+        counter = itertools.count()
+        store._db.set_progress_handler(lambda counter=counter: next(counter) and 0, 1)
+        try:
+            assert store.planned_totals(RUN) == {"m": (n, sum(10 + i for i in range(n)))}
+            assert store.realtime_sent_last_day(RUN) == 0
+        finally:
+            store._db.set_progress_handler(None, 1)
+        steps[n] = next(counter)
+        store.close()
+    assert steps[3000] < 1.5 * steps[300] + 100, steps
 
 
 def test_a_batch_reads_only_its_own_rows_however_large_the_run(

@@ -1467,3 +1467,30 @@ def test_pages_of_answers_by_state_agree_with_the_rows_read_one_by_one(
     for offset in (0, 7, len(joined) - 2, len(joined)):
         page = store.answers("run", everything, offset, 4)
         assert page == joined[offset : offset + 4]
+
+
+def test_planned_totals_add_up_each_model_as_requests_are_planned_and_not_twice(
+    factory: Callable[[], Store],
+) -> None:
+    """The run's requests and input tokens by model, kept as they are planned, are what adding
+    up its requests gives, also when a plan hands the store requests it already has."""
+    store = factory()
+    store.create_run(RunRecord("run", "job", "{}", "openai", EP, "planned", None, utc_now()))
+
+    def request(i: int, model: str) -> NewRequest:
+        body = json.dumps({"model": model, "i": i}).encode()
+        return NewRequest(f"req-{i}", f"h{i}", EP, model, body, 10 + i, 50, i, 50)
+
+    def row(i: int) -> NewRow:
+        return NewRow(i, f"row-{i}", "in.jsonl", f"req-{i}", None, None)
+
+    models = ["small", "large", "small"]
+    store.add_planned("run", [row(i) for i in range(3)], [request(i, models[i]) for i in range(3)])
+    assert store.planned_totals("run") == {"small": (2, 22), "large": (1, 11)}
+    again = [request(i, "small") for i in (2, 3, 4)]  # req-2 is planned already
+    store.add_planned("run", [row(i) for i in (3, 4)], again)
+    assert store.planned_totals("run") == {"small": (4, 49), "large": (1, 11)}
+    store.add_planned("run", [row(5)], [request(5, "other")])
+    assert store.planned_totals("run") == {"small": (4, 49), "large": (1, 11), "other": (1, 15)}
+    assert sum(store.request_counts("run").values()) == 6
+    assert store.planned_totals("none") == {}

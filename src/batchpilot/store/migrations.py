@@ -425,6 +425,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX requests_failed ON requests(run_id, state, first_row) WHERE state = 'failed';
     CREATE INDEX requests_erred ON requests(run_id, first_row) WHERE error IS NOT NULL;
     """,
+    # 20: each run's requests and input tokens by model, added up as requests are planned, for
+    # the report's estimate, a run's main model and the models its real-time limits count:
+    # they were added up from every request of the run each time
+    """
+    CREATE TABLE run_models (
+        run_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        PRIMARY KEY (run_id, model)
+    ) WITHOUT ROWID;
+    INSERT INTO run_models(run_id, model, requests, input_tokens)
+        SELECT run_id, model, COUNT(*), COALESCE(SUM(input_tokens), 0) FROM requests
+        GROUP BY run_id, model;
+    """,
 ]
 
 

@@ -8,7 +8,17 @@ from typing import Any
 
 from batchpilot.store.records import NewRequest, NewRow, row_json
 
-__all__ = ["PlannedMixin"]
+__all__ = ["PlannedMixin", "by_model"]
+
+
+def by_model(requests: Sequence[NewRequest]) -> dict[str, tuple[int, int]]:
+    """(requests, input tokens) of `requests`, by model: what planning them adds to their run's
+    totals (`run_models`)."""
+    totals: dict[str, tuple[int, int]] = {}
+    for request in requests:
+        count, tokens = totals.get(request.model, (0, 0))
+        totals[request.model] = (count + 1, tokens + request.input_tokens)
+    return totals
 
 
 class PlannedMixin:

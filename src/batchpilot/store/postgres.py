@@ -215,6 +215,7 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
                     ],
                 )
                 moves.count_added(db, run_id, cursor.rowcount)
+                queries.add_models(db, run_id, requests, all_new=cursor.rowcount == len(requests))
 
     def apply_cache(
         self,

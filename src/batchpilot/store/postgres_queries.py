@@ -11,12 +11,14 @@ import orjson
 import psycopg
 
 from batchpilot.errors import StateError
+from batchpilot.store.planned import by_model
 from batchpilot.store.postgres_moves import Db, move
-from batchpilot.store.records import DeliveryRow, JoinedRow, PendingRequest
+from batchpilot.store.records import DeliveryRow, JoinedRow, NewRequest, PendingRequest
 from batchpilot.store.states import RequestState
 
 __all__ = [
     "REQUEST_COLUMNS",
+    "add_models",
     "answered_rows",
     "apply_cache",
     "cached",
@@ -57,7 +59,7 @@ def realtime_sent_since(db: Db, run_id: str, since_utc: str) -> int:
     row = db.execute(
         "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
         "AND q.id = a.request_id WHERE a.lane IN ('realtime', 'flex') AND a.at_utc >= %s "
-        "AND q.model IN (SELECT DISTINCT model FROM requests WHERE run_id = %s)",
+        "AND q.model IN (SELECT model FROM run_models WHERE run_id = %s)",
         (since_utc, run_id),
     ).fetchone()
     return 0 if row is None else int(row[0])
@@ -225,3 +227,25 @@ def deliver(
     ).rowcount
     if changed != 1:
         raise StateError(f"run {run_id} is not a task")
+
+
+def add_models(db: Db, run_id: str, requests: Sequence[NewRequest], *, all_new: bool) -> None:
+    """Newly planned requests added to their run's totals by model; when some were planned
+    already (`all_new` false), their models' totals added up again from the run's requests."""
+    if all_new:
+        db.cursor().executemany(
+            "INSERT INTO run_models(run_id, model, requests, input_tokens) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (run_id, model) DO UPDATE SET "
+            "requests = run_models.requests + excluded.requests, "
+            "input_tokens = run_models.input_tokens + excluded.input_tokens",
+            [(run_id, model, n, tokens) for model, (n, tokens) in by_model(requests).items()],
+        )
+        return
+    models = sorted({r.model for r in requests})
+    db.execute("DELETE FROM run_models WHERE run_id = %s AND model = ANY(%s)", (run_id, models))
+    db.execute(
+        "INSERT INTO run_models(run_id, model, requests, input_tokens) "
+        "SELECT run_id, model, COUNT(*), COALESCE(SUM(input_tokens), 0) FROM requests "
+        "WHERE run_id = %s AND model = ANY(%s) GROUP BY run_id, model",
+        (run_id, models),
+    )

@@ -221,6 +221,19 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX requests_erred ON requests(run_id, first_row) WHERE error IS NOT NULL;
     """,
+    # 5: each run's requests and input tokens by model, added up as requests are planned
+    """
+    CREATE TABLE run_models (
+        run_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests BIGINT NOT NULL,
+        input_tokens BIGINT NOT NULL,
+        PRIMARY KEY (run_id, model)
+    );
+    INSERT INTO run_models(run_id, model, requests, input_tokens)
+        SELECT run_id, model, COUNT(*), COALESCE(SUM(input_tokens), 0) FROM requests
+        GROUP BY run_id, model;
+    """,
 ]
 
 

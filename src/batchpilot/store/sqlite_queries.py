@@ -12,6 +12,7 @@ from batchpilot.errors import StateError
 from batchpilot.store import sqlite_batch_answers
 from batchpilot.store.database import Connection, IntegrityError, Row
 from batchpilot.store.packing import pack, unpack
+from batchpilot.store.planned import by_model
 from batchpilot.store.records import DeliveryRow, JoinedRow, NewRequest, NewRow, PendingRequest
 from batchpilot.store.sqlite_batch_answers import KeptBatch, Recorded
 from batchpilot.store.sqlite_moves import move
@@ -138,8 +139,8 @@ def insert_requests(
     db: Connection, run_id: str, requests: Sequence[tuple[NewRequest, bytes]]
 ) -> None:
     """Planned requests, pending, each with its body as kept (none whose id is already
-    planned)."""
-    db.executemany(
+    planned), added to the run's totals by model."""
+    added = db.executemany(
         "INSERT OR IGNORE INTO requests(run_id, id, content_hash, endpoint, model, body, "
         "input_tokens, max_output_tokens, first_row, worst_output_tokens, worst_usd, "
         "batch_worst_usd, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
@@ -160,7 +161,27 @@ def insert_requests(
             )
             for r, body in requests
         ],
-    )
+    ).rowcount
+    planned = [r for r, _ in requests]
+    if added == len(planned):
+        db.executemany(
+            "INSERT INTO run_models(run_id, model, requests, input_tokens) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (run_id, model) DO UPDATE SET requests = requests + excluded.requests, "
+            "input_tokens = input_tokens + excluded.input_tokens",
+            [(run_id, model, n, tokens) for model, (n, tokens) in by_model(planned).items()],
+        )
+    else:  # some were planned already: their models added up again from the run's requests
+        models = sorted({r.model for r in planned})
+        marks = ", ".join("?" * len(models))
+        db.execute(
+            f"DELETE FROM run_models WHERE run_id = ? AND model IN ({marks})", (run_id, *models)
+        )
+        db.execute(
+            "INSERT INTO run_models(run_id, model, requests, input_tokens) "
+            "SELECT run_id, model, COUNT(*), COALESCE(SUM(input_tokens), 0) FROM requests "
+            f"WHERE run_id = ? AND model IN ({marks}) GROUP BY run_id, model",
+            (run_id, *models),
+        )
 
 
 def realtime_sent_since(db: Connection, run_id: str, since_utc: str) -> int:
@@ -168,7 +189,7 @@ def realtime_sent_since(db: Connection, run_id: str, since_utc: str) -> int:
     row = db.execute(
         "SELECT COUNT(*) FROM attempts a JOIN requests q ON q.run_id = a.run_id "
         "AND q.id = a.request_id WHERE a.lane IN ('realtime', 'flex') AND a.at_utc >= ? "
-        "AND q.model IN (SELECT DISTINCT model FROM requests WHERE run_id = ?)",
+        "AND q.model IN (SELECT model FROM run_models WHERE run_id = ?)",
         (since_utc, run_id),
     ).fetchone()
     return int(row[0])

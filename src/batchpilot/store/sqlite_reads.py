@@ -257,8 +257,7 @@ def _request_counts(db: Connection, run_id: str) -> dict[str, int]:
 def planned_totals(db: Connection, run_id: str) -> dict[str, tuple[int, int]]:
     """(requests, input tokens) of every request of the run, by model."""
     rows = db.execute(
-        "SELECT model, COUNT(*), COALESCE(SUM(input_tokens), 0) FROM requests "
-        "WHERE run_id = ? GROUP BY model",
+        "SELECT model, requests, input_tokens FROM run_models WHERE run_id = ?",
         (run_id,),
     ).fetchall()
     return {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
