@@ -16,7 +16,16 @@ from typing import Any
 
 from batchpilot.store.records import AnswerFilter
 
-__all__ = ["by_requests", "like", "one_row_each", "requests_where", "unfiltered"]
+__all__ = [
+    "by_requests",
+    "like",
+    "none_in",
+    "one_row_each",
+    "reason_matches",
+    "reason_params",
+    "requests_where",
+    "unfiltered",
+]
 
 
 def unfiltered(where: AnswerFilter) -> bool:
@@ -45,6 +54,12 @@ def one_row_each(rows: int, counts: Mapping[str, int]) -> bool:
     by state: a skipped row has none and rows that share a request leave fewer requests than
     rows, so there are as many requests as rows only when neither happens."""
     return rows == sum(counts.values())
+
+
+def none_in(state: str, counts: Mapping[str, int]) -> bool:
+    """Whether no row can be in `state`: no request is (a row with none is `skipped`), or it
+    is no state at all."""
+    return state != "skipped" and counts.get(state, 0) == 0
 
 
 def like(text: str) -> str:

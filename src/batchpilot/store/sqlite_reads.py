@@ -11,6 +11,7 @@ from typing import Any
 from batchpilot.store.answer_pages import (
     by_requests,
     like,
+    none_in,
     one_row_each,
     reason_matches,
     reason_params,
@@ -194,6 +195,8 @@ def _quick_count(db: Connection, run_id: str, where: AnswerFilter) -> int | None
     say it (`answer_pages`)."""
     if unfiltered(where):
         return _rows(db, run_id)
+    if where.state is not None and none_in(where.state, _request_counts(db, run_id)):
+        return 0
     if by_requests(where):
         counts = _request_counts(db, run_id)
         if one_row_each(_rows(db, run_id), counts):
@@ -227,6 +230,8 @@ def _page(
             "ORDER BY row_index LIMIT ?",
             [run_id, offset, limit],
         )
+    if where.state is not None and none_in(where.state, _request_counts(db, run_id)):
+        return "SELECT row_index FROM rows WHERE 0", []
     if by_requests(where) and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
         picks = requests_where(where, "?", INDEXED_STATES)
         if picks is not None:
