@@ -83,8 +83,8 @@ def main() -> None:
                     client.get(f"/runs/{RUN}/answers", params=params).raise_for_status()
 
                 def read(where: AnswerFilter = where, page: int = page) -> None:
-                    store.count_answers_up_to(RUN, where, (page + 1) * PAGE_SIZE + COUNT_AHEAD)
-                    for row in store.answers(RUN, where, page * PAGE_SIZE, PAGE_SIZE):
+                    found = store.answer_page(RUN, where, page * PAGE_SIZE, PAGE_SIZE, COUNT_AHEAD)
+                    for row in found.rows:
                         if row.request_id:
                             store.request_body(RUN, row.request_id)
 

@@ -846,6 +846,36 @@ def test_a_page_of_answers_costs_the_same_however_large_the_run(
     assert steps[3000] < 1.5 * steps[300] + 200, steps
 
 
+def test_a_page_of_a_text_search_reads_the_rows_once_and_stops_when_it_has_enough(
+    factory: Callable[[], SQLiteStore],
+) -> None:
+    """A search is found by reading rows: its page and its count come from one reading, which
+    stops once the page and `count_ahead` more are found."""
+    store = factory()
+    make_run(store)
+    _run_of(store, 3000, 30)
+
+    def steps(action: Callable[[], object]) -> int:
+        counter = itertools.count()
+        store._db.set_progress_handler(lambda: next(counter) and 0, 1)
+        try:
+            action()
+        finally:
+            store._db.set_progress_handler(None, 1)
+        return next(counter)
+
+    rare = AnswerFilter(search="row-2999")
+    once = steps(lambda: store.answer_page(RUN, rare, 0, 50, 100))
+    counted = steps(lambda: store.count_answers(RUN, rare))
+    assert store.answer_page(RUN, rare, 0, 50, 100)[1:] == (1, True)
+    assert once < 1.3 * counted, (once, counted)  # counting alone reads every row
+    common = AnswerFilter(search="row-")
+    found = store.answer_page(RUN, common, 0, 50, 100)
+    assert [r.row_index for r in found.rows] == list(range(50))
+    assert found[1:] == (150, False)
+    assert steps(lambda: store.answer_page(RUN, common, 0, 50, 100)) < counted / 5
+
+
 def test_a_runs_totals_by_model_are_read_without_its_requests(
     factory: Callable[[], SQLiteStore],
 ) -> None:

@@ -1070,11 +1070,16 @@ def test_pages_of_answers_filter_by_state_reason_lane_and_text(
         "row-24",
         "row-27",
     ]
-    assert store.count_answers_up_to("run", AnswerFilter(search="text"), 10) == (10, False)
-    assert store.count_answers_up_to("run", AnswerFilter(search="text"), 30) == (30, True)
-    assert store.count_answers_up_to("run", AnswerFilter(search="text 2"), 99) == (11, True)
-    assert store.count_answers_up_to("run", everything, 10) == (30, True), "the run's count"
-    assert store.count_answers_up_to("run", succeeded, 3) == (10, True), "the run's count"
+    search = AnswerFilter(search="text")
+    found = store.answer_page("run", search, 5, 3, 2)  # read until 5 + 3 + 2 are found
+    assert [row.row_id for row in found.rows] == ["row-5", "row-6", "row-7"]
+    assert found[1:] == (10, False)
+    assert store.answer_page("run", search, 20, 5, 5)[1:] == (30, True)
+    assert store.answer_page("run", search, 40, 5, 0) == ([], 30, True), "past the end"
+    some = store.answer_page("run", AnswerFilter(search="text 2"), 10, 5, 99)
+    assert ([row.row_id for row in some.rows], some.total, some.complete) == (["row-29"], 11, True)
+    assert store.answer_page("run", everything, 10, 5, 0) == (page, 30, True), "the run's count"
+    assert store.answer_page("run", succeeded, 0, 2, 0)[1:] == (10, True), "the run's count"
     assert [row.row_id for row in store.answers("run", AnswerFilter(row=7), 0, 5)] == ["row-7"]
     assert store.answers("run", AnswerFilter(row=30), 0, 5) == []
 

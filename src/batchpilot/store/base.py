@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from batchpilot.store.records import (
     AnswerFilter,
+    AnswerPage,
     AttemptRecord,
     BatchRecord,
     DeliveryRow,
@@ -315,12 +316,13 @@ class Store(Protocol):
         """How many of the run's rows `answers` would page through."""
         ...
 
-    def count_answers_up_to(
-        self, run_id: str, where: AnswerFilter, at_most: int
-    ) -> tuple[int, bool]:
-        """(how many of the run's rows `answers` would page through, whether that is all of
-        them): where the rows must be read one by one to count them, they are read until more
-        than `at_most` are found (a text search, say); the store's counts answer the rest."""
+    def answer_page(
+        self, run_id: str, where: AnswerFilter, offset: int, limit: int, count_ahead: int
+    ) -> AnswerPage:
+        """One page of `answers` and the count of the rows its filter matches, in one reading:
+        where the rows must be read one by one to find them (a text search, say), they are
+        read until `count_ahead` more than the page are found, and the count says whether it
+        is all of them; the store's counts and indexes answer the rest exactly."""
         ...
 
     def planned_totals(self, run_id: str) -> dict[str, tuple[int, int]]:

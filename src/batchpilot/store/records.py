@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "AnswerFilter",
+    "AnswerPage",
     "AttemptRecord",
     "BatchRecord",
     "DeliveryRow",
@@ -185,6 +186,15 @@ class JoinedRow(NamedTuple):
     output_tokens: int | None
     cost_usd: float | None
     lane: str | None
+
+
+class AnswerPage(NamedTuple):
+    """A page of a run's rows (`Store.answer_page`), how many rows its filter matches, and
+    whether that count is all of them (else there are more)."""
+
+    rows: list[JoinedRow]
+    total: int
+    complete: bool
 
 
 @dataclass(frozen=True)

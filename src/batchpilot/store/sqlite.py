@@ -26,6 +26,7 @@ from batchpilot.store.packing import pack_body, register
 from batchpilot.store.planned import PlannedMixin
 from batchpilot.store.records import (
     AnswerFilter,
+    AnswerPage,
     AttemptRecord,
     BatchRecord,
     DeliveryRow,
@@ -575,10 +576,10 @@ class SQLiteStore(PlannedMixin, SharedMixin):
     def count_answers(self, run_id: str, where: AnswerFilter) -> int:
         return reads.count_answers(self._db, run_id, where)
 
-    def count_answers_up_to(
-        self, run_id: str, where: AnswerFilter, at_most: int
-    ) -> tuple[int, bool]:
-        return reads.count_answers_up_to(self._db, run_id, where, at_most)
+    def answer_page(
+        self, run_id: str, where: AnswerFilter, offset: int, limit: int, count_ahead: int
+    ) -> AnswerPage:
+        return reads.answer_page(self._db, run_id, where, offset, limit, count_ahead)
 
     def planned_totals(self, run_id: str) -> dict[str, tuple[int, int]]:
         return reads.planned_totals(self._db, run_id)

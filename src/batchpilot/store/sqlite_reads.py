@@ -19,16 +19,22 @@ from batchpilot.store.answer_pages import (
     unfiltered,
 )
 from batchpilot.store.database import Connection
-from batchpilot.store.records import AnswerFilter, AttemptRecord, JoinedRow, TaskStateRecord
+from batchpilot.store.records import (
+    AnswerFilter,
+    AnswerPage,
+    AttemptRecord,
+    JoinedRow,
+    TaskStateRecord,
+)
 from batchpilot.store.sqlite_batch_answers import KeptBatch
 from batchpilot.store.sqlite_queries import ANSWER, COST, INPUT_TOKENS, LANE, OUTPUT_TOKENS
 from batchpilot.store.states import RequestState
 
 __all__ = [
+    "answer_page",
     "answers",
     "attempts",
     "count_answers",
-    "count_answers_up_to",
     "events",
     "planned_totals",
     "request_of_row",
@@ -149,6 +155,11 @@ def answers(
 ) -> list[JoinedRow]:
     """One page of the run's rows in input order, with their requests and answers."""
     picked, params = _page(db, run_id, where, offset, limit)
+    return _joined(db, run_id, picked, params)
+
+
+def _joined(db: Connection, run_id: str, picked: str, params: Sequence[Any]) -> list[JoinedRow]:
+    """The rows whose indexes `picked` (a query or a list of them) gives, joined."""
     cursor = db.cursor()
     cursor.row_factory = None
     rows = cursor.execute(
@@ -174,20 +185,28 @@ def count_answers(db: Connection, run_id: str, where: AnswerFilter) -> int:
     return int(found[0])
 
 
-def count_answers_up_to(
-    db: Connection, run_id: str, where: AnswerFilter, at_most: int
-) -> tuple[int, bool]:
-    """(how many of the run's rows `answers` would page through, whether that is all of them):
-    rows read one by one to count them are read until more than `at_most` are found."""
+def answer_page(
+    db: Connection, run_id: str, where: AnswerFilter, offset: int, limit: int, count_ahead: int
+) -> AnswerPage:
+    """A page of `answers` and how many rows its filter matches: from the run's counts and
+    indexes when they say it; else the matching rows read once, in order, until `count_ahead`
+    more than the page are found, and the page taken from them."""
     quick = _quick_count(db, run_id, where)
     if quick is not None:
-        return quick, True
+        return AnswerPage(answers(db, run_id, where, offset, limit), quick, True)
     sql, params = _answer_query(run_id, where)
+    at_most = offset + limit + count_ahead
     found = db.execute(
-        f"SELECT COUNT(*) FROM (SELECT 1 {sql} LIMIT ?) AS found", [*params, at_most + 1]
-    ).fetchone()
-    counted = int(found[0])
-    return min(counted, at_most), counted <= at_most
+        f"WITH found AS MATERIALIZED (SELECT w.row_index AS i {sql} ORDER BY w.row_index "
+        "LIMIT ?) SELECT counted.n, page.i FROM (SELECT COUNT(*) AS n FROM found) AS counted "
+        "LEFT JOIN (SELECT i FROM found ORDER BY i LIMIT ? OFFSET ?) AS page ON true "
+        "ORDER BY page.i",
+        [*params, at_most + 1, limit, offset],
+    ).fetchall()
+    counted = int(found[0][0])
+    picked = [int(row[1]) for row in found if row[1] is not None]
+    rows = _joined(db, run_id, ", ".join(["?"] * len(picked)) or "NULL", picked)
+    return AnswerPage(rows, min(counted, at_most), counted <= at_most)
 
 
 def _quick_count(db: Connection, run_id: str, where: AnswerFilter) -> int | None:

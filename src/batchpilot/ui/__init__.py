@@ -101,12 +101,12 @@ def ui_app(state_dir: Path) -> Starlette:
             lane=args.get("lane") or None,
             search=(args.get("q") or "").strip() or None,
         )
-        asked = _number(args.get("page"))
-        total, complete = store.count_answers_up_to(
-            record.id, where, (asked + 1) * PAGE_SIZE + COUNT_AHEAD
-        )
-        page = min(asked, max(0, (total - 1) // PAGE_SIZE))
-        rows = store.answers(record.id, where, page * PAGE_SIZE, PAGE_SIZE)
+        page = _number(args.get("page"))
+        found = store.answer_page(record.id, where, page * PAGE_SIZE, PAGE_SIZE, COUNT_AHEAD)
+        if not found.rows and page > 0 and found.total > 0:  # past the end: the last page
+            page = (found.total - 1) // PAGE_SIZE
+            found = store.answer_page(record.id, where, page * PAGE_SIZE, PAGE_SIZE, COUNT_AHEAD)
+        rows, total, complete = found
         bodies = [
             store.request_body(record.id, row.request_id) if row.request_id else b"" for row in rows
         ]
