@@ -923,3 +923,19 @@ def test_a_batch_reads_only_its_own_rows_however_large_the_run(
             store.close()
     # ten times the run, the same work per batch (give or take the B-tree's depth)
     assert steps[large] <= steps[small] * 1.3, steps
+
+
+def test_a_batch_kept_whole_is_read_by_the_report_as_one_group(
+    factory: Callable[[], SQLiteStore],
+) -> None:
+    store = factory()
+    make_run(store)
+    requests = plan(store, 300)
+    batch_id = batch_in(store, B.SUBMITTED, requests)
+    answers = [Outcome(r.id, R.SUCCEEDED, {"i": n}, 2, n, 0.5) for n, r in enumerate(requests)]
+    store.finish_batch(RUN, batch_id, answers)
+    groups = list(store.attempt_groups(RUN))
+    assert [(g.lane, g.attempt, g.tries, g.input_tokens, g.output_tokens) for g in groups] == [
+        ("batch", 1, 300, 600, sum(range(300)))
+    ]
+    assert groups[0].cost_usd == 150.0

@@ -1499,3 +1499,44 @@ def test_planned_totals_add_up_each_model_as_requests_are_planned_and_not_twice(
     assert store.planned_totals("run") == {"small": (4, 49), "large": (1, 11), "other": (1, 15)}
     assert sum(store.request_counts("run").values()) == 6
     assert store.planned_totals("none") == {}
+
+
+def test_attempt_groups_add_up_to_the_tries_read_one_by_one(store: Store) -> None:
+    """The tries a report reads in groups (a kept batch's answers added up by try) are the
+    tries `attempts` reads one by one: in the same order, and adding up to the same."""
+    requests = plan(store, 12)
+
+    def ok(i: int) -> Outcome:
+        return Outcome(f"req-{i}", R.SUCCEEDED, {"a": i}, 7 + i, 3 + i, 0.125 * (i + 1))
+
+    first = batch_in(store, B.SUBMITTED, requests[0:4])
+    store.finish_batch(RUN, first, [ok(i) for i in range(4)])
+    second = batch_in(store, B.SUBMITTED, requests[4:8])
+    retried = Outcome("req-4", R.PENDING, None, 2, 0, 0.01, error="http 500: oops")
+    store.finish_batch(RUN, second, [retried, *(ok(i) for i in range(5, 8))])
+    again = [r for r in store.pending(RUN, 10) if r.id in ("req-4", "req-8", "req-9")]
+    third = batch_in(store, B.SUBMITTED, again)  # req-4 on its second try, the others on one
+    store.finish_batch(RUN, third, [ok(i) for i in (4, 8, 9)])
+    realtime_try(store, RUN, "req-10", Outcome("req-10", "pending", error="http 500: oops"))
+    realtime_try(store, RUN, "req-10", ok(10))
+    store.claim_realtime(RUN, "req-11")
+    store.finish_realtime(RUN, Outcome("req-11", R.FAILED, None, 1, 1, 0.5, error="schema: x"))
+
+    tries = list(store.attempts(RUN))
+    groups = list(store.attempt_groups(RUN))
+    assert sum(group.tries for group in groups) == len(tries) == 14
+    assert [g.at_utc for g in groups] == sorted(g.at_utc for g in groups)
+
+    def added(items: list[Any], tries_of: Callable[[Any], int]) -> dict[Any, list[Any]]:
+        sums: dict[Any, list[Any]] = {}
+        for item in items:
+            key = (item.at_utc, item.lane, item.attempt, item.outcome, item.error)
+            held = sums.setdefault(key, [0, 0, 0, 0.0])
+            held[0] += tries_of(item)
+            held[1] += item.input_tokens
+            held[2] += item.output_tokens
+            held[3] += item.cost_usd
+        return sums
+
+    assert added(groups, lambda g: g.tries) == added(tries, lambda t: 1)
+    assert {(g.attempt, g.tries) for g in groups if g.batch_id == third} <= {(1, 2), (2, 1), (1, 1)}

@@ -15,7 +15,7 @@ from batchpilot.run.identity import job_of
 from batchpilot.run.status import RunStatus, run_status
 from batchpilot.spec import JobSpec
 from batchpilot.store import BatchRecord, RunRecord, Store
-from batchpilot.store.records import AttemptRecord
+from batchpilot.store.records import AttemptGroup
 
 __all__ = ["BINS", "REJECTIONS", "RunFacts", "Series", "gather", "parse_utc", "reason_kind"]
 
@@ -136,32 +136,32 @@ def gather(
 
 def _read_attempts(store: Store, facts: RunFacts) -> None:
     lanes: dict[str, list[float]] = {}
-    # answers that ended together on one lane and try (a batch's) are added up as they come
-    # and counted as one run
-    run: AttemptRecord | None = None
+    # answers that ended together on one lane and try (a batch's, which the store may add up
+    # itself) are added up as they come and counted as one run
+    run: AttemptGroup | None = None
     count, input_tokens, output_tokens, cost = 0, 0, 0, 0.0
-    for attempt in store.attempts(facts.record.id):
+    for group in store.attempt_groups(facts.record.id):
         if (
             run is not None
-            and attempt.at_utc == run.at_utc
-            and attempt.outcome == "succeeded"
-            and attempt.lane == run.lane
-            and attempt.attempt == run.attempt
+            and group.at_utc == run.at_utc
+            and group.outcome == "succeeded"
+            and group.lane == run.lane
+            and group.attempt == run.attempt
         ):
-            count += 1
-            input_tokens += attempt.input_tokens
-            output_tokens += attempt.output_tokens
-            cost += attempt.cost_usd
+            count += group.tries
+            input_tokens += group.input_tokens
+            output_tokens += group.output_tokens
+            cost += group.cost_usd
             continue
         if run is not None:
             _count_answers(facts, lanes, run, count, input_tokens, output_tokens, cost)
             run = None
-        if attempt.outcome == "succeeded":
-            run, count = attempt, 1
-            input_tokens, output_tokens = attempt.input_tokens, attempt.output_tokens
-            cost = attempt.cost_usd
-        else:
-            _count_failure(facts, lanes, attempt)
+        if group.outcome == "succeeded":
+            run, count = group, group.tries
+            input_tokens, output_tokens = group.input_tokens, group.output_tokens
+            cost = group.cost_usd
+        else:  # a try that failed is a group of its own
+            _count_failure(facts, lanes, group)
     if run is not None:
         _count_answers(facts, lanes, run, count, input_tokens, output_tokens, cost)
     facts.lanes = {
@@ -169,7 +169,7 @@ def _read_attempts(store: Store, facts: RunFacts) -> None:
     }
 
 
-def _slot(facts: RunFacts, attempt: AttemptRecord) -> int:
+def _slot(facts: RunFacts, attempt: AttemptGroup) -> int:
     series = facts.series
     seconds = (parse_utc(attempt.at_utc) - facts.started).total_seconds()
     return min(series.bins - 1, max(0, int(seconds / series.width_s)))
@@ -178,7 +178,7 @@ def _slot(facts: RunFacts, attempt: AttemptRecord) -> int:
 def _add_use(
     facts: RunFacts,
     lanes: dict[str, list[float]],
-    attempt: AttemptRecord,
+    attempt: AttemptGroup,
     slot: int,
     used: tuple[int, int, float],
 ) -> list[float]:
@@ -197,7 +197,7 @@ def _add_use(
 def _count_answers(
     facts: RunFacts,
     lanes: dict[str, list[float]],
-    attempt: AttemptRecord,
+    attempt: AttemptGroup,
     count: int,
     input_tokens: int,
     output_tokens: int,
@@ -212,7 +212,7 @@ def _count_answers(
         facts.by_attempt.setdefault(attempt.attempt, Counter())["succeeded"] += count
 
 
-def _count_failure(facts: RunFacts, lanes: dict[str, list[float]], attempt: AttemptRecord) -> None:
+def _count_failure(facts: RunFacts, lanes: dict[str, list[float]], attempt: AttemptGroup) -> None:
     slot = _slot(facts, attempt)
     used = (attempt.input_tokens, attempt.output_tokens, attempt.cost_usd)
     _add_use(facts, lanes, attempt, slot, used)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from batchpilot.store.records import (
     AnswerFilter,
     AnswerPage,
+    AttemptGroup,
     AttemptRecord,
     BatchRecord,
     DeliveryRow,
@@ -306,6 +307,11 @@ class Store(Protocol):
     def attempts(self, run_id: str, request_id: str | None = None) -> Iterator[AttemptRecord]:
         """Every try of the run's requests in the order they ended, answers from the cache
         included (streamed); with `request_id`, that request's tries in order."""
+        ...
+
+    def attempt_groups(self, run_id: str) -> Iterator[AttemptGroup]:
+        """The tries of `attempts`, in the same order, with the answers each batch kept whole
+        got on one try added up into one group (what a report needs of them)."""
         ...
 
     def answers(self, run_id: str, where: AnswerFilter, offset: int, limit: int) -> list[JoinedRow]:

@@ -32,6 +32,7 @@ from batchpilot.store.postgres_store_runs import RunsMixin
 from batchpilot.store.records import (
     AnswerFilter,
     AnswerPage,
+    AttemptGroup,
     AttemptRecord,
     BatchRecord,
     DeliveryRow,
@@ -542,6 +543,9 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
 
     def attempts(self, run_id: str, request_id: str | None = None) -> Iterator[AttemptRecord]:
         return reads.attempts(self._db, run_id, request_id)
+
+    def attempt_groups(self, run_id: str) -> Iterator[AttemptGroup]:
+        return reads.attempt_groups(self._db, run_id)
 
     def answers(self, run_id: str, where: AnswerFilter, offset: int, limit: int) -> list[JoinedRow]:
         return reads.answers(self._db, run_id, where, offset, limit)

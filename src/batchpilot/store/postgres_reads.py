@@ -22,6 +22,7 @@ from batchpilot.store.postgres_queries import PAGE
 from batchpilot.store.records import (
     AnswerFilter,
     AnswerPage,
+    AttemptGroup,
     AttemptRecord,
     JoinedRow,
     TaskStateRecord,
@@ -31,6 +32,7 @@ from batchpilot.store.states import RequestState
 __all__ = [
     "answer_page",
     "answers",
+    "attempt_groups",
     "attempts",
     "count_answers",
     "events",
@@ -60,6 +62,13 @@ def attempts(db: Db, run_id: str, request_id: str | None = None) -> Iterator[Att
         if len(rows) < PAGE:
             return
         offset += PAGE
+
+
+def attempt_groups(db: Db, run_id: str) -> Iterator[AttemptGroup]:
+    """Every try of the run, each a group of one (this store keeps no batch whole)."""
+    new = tuple.__new__
+    for attempt in attempts(db, run_id):
+        yield new(AttemptGroup, (*attempt, 1))
 
 
 def answers(db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int) -> list[JoinedRow]:

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "AnswerFilter",
     "AnswerPage",
+    "AttemptGroup",
     "AttemptRecord",
     "BatchRecord",
     "DeliveryRow",
@@ -231,6 +232,23 @@ class AttemptRecord(NamedTuple):
     output_tokens: int
     cost_usd: float
     at_utc: str
+
+
+class AttemptGroup(NamedTuple):
+    """Tries that ended alike, added up: the answers a batch kept whole got on one try (their
+    first request's id), or one try as `AttemptRecord` has it (`tries` 1)."""
+
+    request_id: str
+    attempt: int
+    lane: str
+    batch_id: int | None
+    outcome: str
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    at_utc: str
+    tries: int
 
 
 @dataclass(frozen=True)

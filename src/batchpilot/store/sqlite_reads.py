@@ -22,6 +22,7 @@ from batchpilot.store.database import Connection
 from batchpilot.store.records import (
     AnswerFilter,
     AnswerPage,
+    AttemptGroup,
     AttemptRecord,
     JoinedRow,
     TaskStateRecord,
@@ -33,6 +34,7 @@ from batchpilot.store.states import RequestState
 __all__ = [
     "answer_page",
     "answers",
+    "attempt_groups",
     "attempts",
     "count_answers",
     "events",
@@ -148,6 +150,77 @@ def _tries(db: Connection, run_id: str, batch_id: int, kept: KeptBatch) -> Itera
 
 
 _TRY = itemgetter(1)
+
+
+def attempt_groups(db: Connection, run_id: str) -> Iterator[AttemptGroup]:
+    """Every try of the run in the order `attempts` reads them, the answers of a batch kept
+    whole added up a try at a time (their tokens and costs summed in their arrays)."""
+    cursor = db.cursor()
+    cursor.row_factory = None
+    cursor.execute(
+        f"SELECT {_TRIED}, 1 FROM attempts WHERE run_id = ? UNION ALL SELECT {_CACHED}, 1 "
+        "FROM results WHERE run_id = ? AND lane = 'cache' ORDER BY 10, 2",
+        (run_id, run_id),
+    )
+    new = tuple.__new__
+    one_by_one = (new(AttemptGroup, row) for row in cursor)
+    yield from heapq.merge(one_by_one, _kept_groups(db, run_id), key=_ENDED)
+
+
+def _kept_groups(db: Connection, run_id: str) -> Iterator[AttemptGroup]:
+    """The answers of each batch kept whole, added up by the try they came on, in the order
+    `_kept_whole` reads them."""
+    batches = db.cursor()
+    batches.row_factory = None
+    batches.execute(
+        "SELECT batch_id, request_ids, usage, created_at_utc, attempts FROM batch_answers "
+        "WHERE run_id = ? ORDER BY created_at_utc, batch_id",
+        (run_id,),
+    )
+    for _, together in groupby(batches, key=itemgetter(3)):  # batches that ended at once
+        groups = [
+            group
+            for batch_id, request_ids, usage, at_utc, attempts in together
+            for group in _groups(
+                db, run_id, batch_id, KeptBatch(request_ids, usage, at_utc, attempts)
+            )
+        ]
+        yield from sorted(groups, key=_TRY)
+
+
+def _groups(db: Connection, run_id: str, batch_id: int, kept: KeptBatch) -> list[AttemptGroup]:
+    """A batch's answers added up by their try, the first try first."""
+    ids = list(kept.positions)
+    if kept.tries is not None and kept.tries and min(kept.tries) == max(kept.tries):
+        tokens = kept.tokens
+        return [
+            AttemptGroup(
+                ids[0],
+                kept.tries[0],
+                "batch",
+                batch_id,
+                "succeeded",
+                None,
+                sum(tokens[0::2]),
+                sum(tokens[1::2]),
+                sum(kept.costs),
+                kept.at_utc,
+                len(ids),
+            )
+        ]
+    groups: dict[int, AttemptGroup] = {}
+    for each in _tries(db, run_id, batch_id, kept):  # tries that differ: one by one
+        held = groups.get(each.attempt)
+        if held is None:
+            groups[each.attempt] = AttemptGroup(*each, 1)
+        else:
+            groups[each.attempt] = held._replace(
+                input_tokens=held.input_tokens + each.input_tokens,
+                output_tokens=held.output_tokens + each.output_tokens,
+                cost_usd=held.cost_usd + each.cost_usd,
+                tries=held.tries + 1,
+            )
+    return [groups[attempt] for attempt in sorted(groups)]
 
 
 def answers(
