@@ -835,6 +835,7 @@ def test_a_page_of_answers_costs_the_same_however_large_the_run(
             schema = AnswerFilter(reason="schema")
             assert store.count_answers(RUN, schema) == 2
             assert [r.row_index for r in store.answers(RUN, schema, 0, 50)] == [n - 7, n - 3]
+            assert store.row_outcomes(RUN)["failed"] == 2  # a run to a target asks each tick
             for state in ("queued", "no-such-state"):  # no request is: no row read
                 none = AnswerFilter(state=state, search="row")
                 assert store.count_answers(RUN, none) == 0

@@ -1440,6 +1440,7 @@ def test_pages_of_answers_by_state_agree_with_the_rows_read_one_by_one(
     _run_in_every_state(store, "run", shared)
     joined = list(store.joined_rows("run"))
     assert [row.row_index for row in joined] == list(range(len(joined)))
+    assert store.row_outcomes("run") == Counter(row.state or "skipped" for row in joined)
     counts = store.request_counts("run")
     assert all(counts[state] > 0 for state in R), counts
     for state in [*R, "skipped", "no-such-state"]:

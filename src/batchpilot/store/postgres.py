@@ -24,6 +24,7 @@ from batchpilot.jsontext import loads
 from batchpilot.store import postgres_moves as moves
 from batchpilot.store import postgres_queries as queries
 from batchpilot.store import postgres_reads as reads
+from batchpilot.store.answer_pages import one_row_each
 from batchpilot.store.planned import PlannedMixin
 from batchpilot.store.postgres_moves import Db
 from batchpilot.store.postgres_schema import migrate
@@ -352,6 +353,11 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
         return queries.answered_rows(self._db, run_id)
 
     def row_outcomes(self, run_id: str) -> dict[str, int]:
+        """How many rows have each request state (`skipped` for rows with no request): the
+        run's counts of requests when each row has a request of its own, else counted."""
+        counts = self.request_counts(run_id)
+        if one_row_each(self.next_row_index(run_id), counts):
+            return {state: n for state, n in counts.items() if n}
         return queries.row_outcomes(self._db, run_id)
 
     # batches --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from batchpilot.store import sqlite_batch_answers as batch_answers
 from batchpilot.store import sqlite_moves as moves
 from batchpilot.store import sqlite_queries as queries
 from batchpilot.store import sqlite_reads as reads
+from batchpilot.store.answer_pages import one_row_each
 from batchpilot.store.database import Connection, Error, connect
 from batchpilot.store.lock import unusable_state_dir
 from batchpilot.store.migrations import migrate
@@ -364,7 +365,11 @@ class SQLiteStore(PlannedMixin, SharedMixin):
         return queries.answered_rows(self._db, run_id)
 
     def row_outcomes(self, run_id: str) -> dict[str, int]:
-        """How many rows have each request state (`skipped` for rows with no request)."""
+        """How many rows have each request state (`skipped` for rows with no request): the
+        run's counts of requests when each row has a request of its own, else counted."""
+        counts = self.request_counts(run_id)
+        if one_row_each(self.next_row_index(run_id), counts):
+            return {state: n for state, n in counts.items() if n}
         return queries.row_outcomes(self._db, run_id)
 
     # batches --------------------------------------------------------------------------------
