@@ -264,3 +264,57 @@ def test_a_target_with_answers_written_back_into_nested_records_is_a_clear_error
     )
     with pytest.raises(ConfigError, match=r"job\.yaml.*cannot be written back into input\.records"):
         load_job(tmp_path / "job.yaml")
+
+
+class _ReadsCounted:
+    """A store whose reads of every answered row are counted."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def answered_rows(self, run_id: str) -> Any:
+        self.reads += 1
+        return self.store.answered_rows(run_id)
+
+
+def test_items_are_counted_again_only_when_a_request_was_answered_or_a_row_added(
+    tmp_path: Path,
+) -> None:
+    """A run to a target asks every poll interval; the answers are read again only when
+    something was answered or planned since."""
+    from batchpilot.run.target import TargetCounter
+    from batchpilot.spec.model import TargetSpec
+    from batchpilot.store import Outcome, RunRecord, SQLiteStore, utc_now
+
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    store.create_run(RunRecord("run", "j", "{}", "openai", "e", "running", None, utc_now()))
+
+    def add(i: int, request_id: str, new: bool = True) -> None:
+        with store.tx():
+            store.add_row("run", i, f"row-{i}", "in.jsonl", request_id, {"i": i})
+            if new:
+                store.add_request("run", request_id, f"h{i}", "e", "m", b"{}", 1, 1, i)
+
+    def answer(request_id: str, items: int) -> None:
+        content = json.dumps({"scenarios": list(range(items))})
+        body = {"choices": [{"message": {"content": content}}]}
+        store.claim_realtime("run", request_id)
+        store.finish_realtime("run", Outcome(request_id, "succeeded", body, 1, 1, 0.0))
+
+    add(0, "req-0")
+    add(1, "req-1")
+    answer("req-0", 3)
+    counted = _ReadsCounted(store)
+    counter = TargetCounter(counted, "run", TargetSpec(valid=10, items="scenarios"))  # type: ignore[arg-type]
+    assert [counter.count(), counter.count(), counter.count()] == [3, 3, 3]
+    assert counted.reads == 1
+    answer("req-1", 4)
+    assert counter.count() == 7 and counted.reads == 2
+    add(2, "req-1", new=False)  # a row asking what req-1 asked: answered already
+    assert counter.count() == 11 and counted.reads == 3
+    assert counter.count() == 11 and counted.reads == 3
+    assert TargetCounter(store, "run", TargetSpec(valid=10)).count() == 3  # rows answered
+    store.close()

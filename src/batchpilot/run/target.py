@@ -28,19 +28,32 @@ def items_in(response_json: str, field: str) -> int:
 
 
 class TargetCounter:
-    """Counts a run's valid answers, or the items inside them; each answer is read once."""
+    """Counts a run's valid answers, or the items inside them; each answer is read once, and
+    the answers are not read again while no request was answered and no row added (an answer
+    is final: a row is answered by a request that succeeded, and a request that succeeded
+    stays so)."""
 
     def __init__(self, store: Store, run_id: str, target: TargetSpec) -> None:
         self.store = store
         self.run_id = run_id
         self.target = target
         self._items: dict[str, int] = {}
+        self._counted: tuple[tuple[int, int], int] | None = None
 
     @property
     def goal(self) -> int:
         return self.target.valid
 
     def count(self) -> int:
+        answered = self.store.request_counts(self.run_id).get("succeeded", 0)
+        mark = (answered, self.store.next_row_index(self.run_id))
+        if self._counted is not None and self._counted[0] == mark:
+            return self._counted[1]
+        total = self._count()
+        self._counted = (mark, total)
+        return total
+
+    def _count(self) -> int:
         field = self.target.items
         if field is None:
             return self.store.row_outcomes(self.run_id).get("succeeded", 0)
