@@ -133,6 +133,12 @@ def test_the_ui_only_reads_and_says_what_is_missing(ui_url: str, state: Path) ->
     assert httpx.get(f"{ui_url}/runs/browse-1/answers/999999").status_code == 404
     shown = httpx.get(f"{ui_url}/runs/browse-1/answers", params={"page": "x", "q": "%_"})
     assert shown.status_code == 200 and "no rows" in shown.text
+    huge = "9" * 30  # a number past what the store takes: the last page, or no such row
+    for more in ({}, {"q": "number"}, {"state": "failed"}):
+        params = {"page": huge, **more}
+        last = httpx.get(f"{ui_url}/runs/browse-1/answers", params=params)
+        assert last.status_code == 200 and "(page " in last.text, params
+    assert httpx.get(f"{ui_url}/runs/browse-1/answers/{huge}").status_code == 404
     assert "default-src 'none'" in shown.headers["content-security-policy"]
     assert store_file.stat().st_mtime_ns == before
     missing = CliRunner().invoke(cli, ["ui", "--state", str(state.parent / "none")])

@@ -61,9 +61,13 @@ def _steps(store: Store, record: RunRecord) -> list[tuple[str, str]]:
     return [(s.step.name, s.run_id) for s in step_runs(job) if store.run(s.run_id) is not None]
 
 
+LARGEST_NUMBER = 10**12
+"""A page or row number past any run's (larger ones, such as a mistyped URL's, are taken as it)."""
+
+
 def _number(text: str | None, default: int = 0) -> int:
     try:
-        return max(0, int(text)) if text else default
+        return min(max(0, int(text)), LARGEST_NUMBER) if text else default
     except ValueError:
         return default
 
