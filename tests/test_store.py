@@ -750,6 +750,17 @@ def _one_batch_cycle(store: SQLiteStore, size: int) -> tuple[int, list[str]]:
     return steps[0], statements
 
 
+def _steps(store: SQLiteStore, action: Callable[[], object]) -> int:
+    """The SQLite VM steps `action` takes on the store's own connection."""
+    counter = itertools.count()
+    store._db.set_progress_handler(lambda: next(counter) and 0, 1)
+    try:
+        action()
+    finally:
+        store._db.set_progress_handler(None, 1)
+    return next(counter)
+
+
 def _run_of(store: SQLiteStore, n: int, size: int) -> None:
     """A run of `n` requests: a tenth answered, a tenth in live batches, the rest pending."""
     requests = plan(store, n)
@@ -823,9 +834,8 @@ def test_a_page_of_answers_costs_the_same_however_large_the_run(
         make_run(store)
         _run_of(store, n, 30)
         store.fail_requests(RUN, [f"req-{n - 7}", f"req-{n - 3}"], "schema: no")
-        counter = itertools.count()
-        store._db.set_progress_handler(lambda counter=counter: next(counter) and 0, 1)
-        try:
+
+        def pages(store: SQLiteStore = store, n: int = n) -> None:
             last = AnswerFilter()
             assert store.count_answers(RUN, last) == n
             assert [r.row_index for r in store.answers(RUN, last, n - 2, 50)] == [n - 2, n - 1]
@@ -840,9 +850,8 @@ def test_a_page_of_answers_costs_the_same_however_large_the_run(
                 none = AnswerFilter(state=state, search="row")
                 assert store.count_answers(RUN, none) == 0
                 assert store.answers(RUN, none, 0, 50) == []
-        finally:
-            store._db.set_progress_handler(None, 1)
-        steps[n] = next(counter)
+
+        steps[n] = _steps(store, pages)
         store.close()
     assert steps[3000] < 1.5 * steps[300] + 200, steps
 
@@ -855,26 +864,16 @@ def test_a_page_of_a_text_search_reads_the_rows_once_and_stops_when_it_has_enoug
     store = factory()
     make_run(store)
     _run_of(store, 3000, 30)
-
-    def steps(action: Callable[[], object]) -> int:
-        counter = itertools.count()
-        store._db.set_progress_handler(lambda: next(counter) and 0, 1)
-        try:
-            action()
-        finally:
-            store._db.set_progress_handler(None, 1)
-        return next(counter)
-
     rare = AnswerFilter(search="row-2999")
-    once = steps(lambda: store.answer_page(RUN, rare, 0, 50, 100))
-    counted = steps(lambda: store.count_answers(RUN, rare))
+    once = _steps(store, lambda: store.answer_page(RUN, rare, 0, 50, 100))
+    counted = _steps(store, lambda: store.count_answers(RUN, rare))
     assert store.answer_page(RUN, rare, 0, 50, 100)[1:] == (1, True)
     assert once < 1.3 * counted, (once, counted)  # counting alone reads every row
     common = AnswerFilter(search="row-")
     found = store.answer_page(RUN, common, 0, 50, 100)
     assert [r.row_index for r in found.rows] == list(range(50))
     assert found[1:] == (150, False)
-    assert steps(lambda: store.answer_page(RUN, common, 0, 50, 100)) < counted / 5
+    assert _steps(store, lambda: store.answer_page(RUN, common, 0, 50, 100)) < counted / 5
 
 
 def test_a_runs_totals_by_model_are_read_without_its_requests(
@@ -888,14 +887,12 @@ def test_a_runs_totals_by_model_are_read_without_its_requests(
         store = factory() if n == 300 else SQLiteStore(factory().path.with_name("big.sqlite3"))
         make_run(store)
         plan(store, n)
-        counter = itertools.count()
-        store._db.set_progress_handler(lambda counter=counter: next(counter) and 0, 1)
-        try:
+
+        def totals(store: SQLiteStore = store, n: int = n) -> None:
             assert store.planned_totals(RUN) == {"m": (n, sum(10 + i for i in range(n)))}
             assert store.realtime_sent_last_day(RUN) == 0
-        finally:
-            store._db.set_progress_handler(None, 1)
-        steps[n] = next(counter)
+
+        steps[n] = _steps(store, totals)
         store.close()
     assert steps[3000] < 1.5 * steps[300] + 100, steps
 

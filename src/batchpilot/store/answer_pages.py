@@ -17,15 +17,22 @@ from typing import Any
 from batchpilot.store.records import AnswerFilter
 
 __all__ = [
+    "Query",
     "by_requests",
     "like",
     "none_in",
     "one_row_each",
+    "quick_count",
+    "quick_page",
     "reason_matches",
     "reason_params",
     "requests_where",
+    "rows_by_state",
     "unfiltered",
 ]
+
+Query = tuple[str, list[Any]]
+"""SQL text and its parameters."""
 
 
 def unfiltered(where: AnswerFilter) -> bool:
@@ -96,3 +103,71 @@ def requests_where(
         conditions += ["error IS NOT NULL", reason_matches("error", mark)]
         params += reason_params(where.reason)
     return " AND ".join(conditions), params
+
+
+def rows_by_state(rows: int, counts: Mapping[str, int]) -> dict[str, int] | None:
+    """How many of `rows` rows are in each state, from the run's requests counted by state,
+    when each row has a request of its own; else None (the rows must be counted)."""
+    if not one_row_each(rows, counts):
+        return None
+    return {state: n for state, n in counts.items() if n}
+
+
+def quick_count(
+    where: AnswerFilter,
+    run_id: str,
+    rows: int,
+    counts: Mapping[str, int],
+    mark: str,
+    indexed: Collection[str],
+) -> int | Query | None:
+    """How many of the run's `rows` rows a filter picks, from the run's counts of requests
+    by state: the number, or the query that counts them through an index (a reason's), or
+    None when only reading the rows tells."""
+    if unfiltered(where):
+        return rows
+    if where.state is not None and none_in(where.state, counts):
+        return 0
+    if by_requests(where) and one_row_each(rows, counts):
+        if where.reason is None and where.state is not None:
+            return counts.get(where.state, 0)
+        picks = requests_where(where, mark, indexed)
+        if picks is not None:
+            return f"SELECT COUNT(*) FROM requests WHERE run_id = {mark} AND {picks[0]}", [
+                run_id,
+                *picks[1],
+            ]
+    return None
+
+
+def quick_page(
+    where: AnswerFilter,
+    run_id: str,
+    offset: int,
+    limit: int,
+    rows: int,
+    counts: Mapping[str, int],
+    mark: str,
+    indexed: Collection[str],
+) -> Query | None:
+    """The query of a page's row indexes without reading the rows before it: a range of them
+    for every row; none for a state no request is in; the first rows of the requests a filter
+    of requests picks, through their index, when each row has a request of its own; None
+    when the rows must be read in order and filtered."""
+    if unfiltered(where):
+        return (
+            f"SELECT row_index FROM rows WHERE run_id = {mark} AND row_index >= {mark} "
+            f"ORDER BY row_index LIMIT {mark}",
+            [run_id, offset, limit],
+        )
+    if where.state is not None and none_in(where.state, counts):
+        return f"SELECT row_index FROM rows WHERE run_id = {mark} AND row_index < 0", [run_id]
+    if by_requests(where) and one_row_each(rows, counts):
+        picks = requests_where(where, mark, indexed)
+        if picks is not None:
+            return (
+                f"SELECT first_row FROM requests WHERE run_id = {mark} AND {picks[0]} "
+                f"ORDER BY first_row LIMIT {mark} OFFSET {mark}",
+                [run_id, *picks[1], limit, offset],
+            )
+    return None

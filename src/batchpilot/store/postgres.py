@@ -24,7 +24,7 @@ from batchpilot.jsontext import loads
 from batchpilot.store import postgres_moves as moves
 from batchpilot.store import postgres_queries as queries
 from batchpilot.store import postgres_reads as reads
-from batchpilot.store.answer_pages import one_row_each
+from batchpilot.store.answer_pages import rows_by_state
 from batchpilot.store.planned import PlannedMixin
 from batchpilot.store.postgres_moves import Db
 from batchpilot.store.postgres_schema import migrate
@@ -309,12 +309,7 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
         return {str(row[0]): int(row[1]) for row in rows}
 
     def request_counts(self, run_id: str) -> dict[str, int]:
-        rows = self._db.execute(
-            "SELECT state, n FROM request_counts WHERE run_id = %s", (run_id,)
-        ).fetchall()
-        counts = {state.value: 0 for state in RequestState}
-        counts.update({str(row[0]): int(row[1]) for row in rows})
-        return counts
+        return reads.request_counts(self._db, run_id)
 
     def move_requests(
         self, run_id: str, request_ids: Sequence[str], current: str, target: str
@@ -343,11 +338,7 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
             return moves.move(db, run_id, RequestState.CANCELLED, RequestState.PENDING, error=None)
 
     def next_row_index(self, run_id: str) -> int:
-        row = self._db.execute(
-            "SELECT COALESCE(MAX(row_index) + 1, 0) FROM rows WHERE run_id = %s", (run_id,)
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
+        return reads.next_row_index(self._db, run_id)
 
     def answered_rows(self, run_id: str) -> Iterator[tuple[str, str]]:
         return queries.answered_rows(self._db, run_id)
@@ -355,10 +346,8 @@ class PostgresStore(PlannedMixin, RunsMixin, SharedMixin):
     def row_outcomes(self, run_id: str) -> dict[str, int]:
         """How many rows have each request state (`skipped` for rows with no request): the
         run's counts of requests when each row has a request of its own, else counted."""
-        counts = self.request_counts(run_id)
-        if one_row_each(self.next_row_index(run_id), counts):
-            return {state: n for state, n in counts.items() if n}
-        return queries.row_outcomes(self._db, run_id)
+        known = rows_by_state(self.next_row_index(run_id), self.request_counts(run_id))
+        return queries.row_outcomes(self._db, run_id) if known is None else known
 
     # batches --------------------------------------------------------------------------------
 

@@ -8,14 +8,11 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from batchpilot.store.answer_pages import (
-    by_requests,
     like,
-    none_in,
-    one_row_each,
+    quick_count,
+    quick_page,
     reason_matches,
     reason_params,
-    requests_where,
-    unfiltered,
 )
 from batchpilot.store.postgres_moves import Db
 from batchpilot.store.postgres_queries import PAGE
@@ -36,7 +33,9 @@ __all__ = [
     "attempts",
     "count_answers",
     "events",
+    "next_row_index",
     "planned_totals",
+    "request_counts",
     "request_of_row",
     "task_state",
 ]
@@ -73,8 +72,28 @@ def attempt_groups(db: Db, run_id: str) -> Iterator[AttemptGroup]:
 
 def answers(db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int) -> list[JoinedRow]:
     """One page of the run's rows in input order, with their requests and answers."""
-    picked, params = _page(db, run_id, where, offset, limit)
-    return _joined(db, run_id, picked, params)
+    shape = next_row_index(db, run_id), request_counts(db, run_id)
+    return _page(db, run_id, where, offset, limit, shape)
+
+
+def _page(
+    db: Db,
+    run_id: str,
+    where: AnswerFilter,
+    offset: int,
+    limit: int,
+    shape: tuple[int, dict[str, int]],
+) -> list[JoinedRow]:
+    """A page of rows, found without reading the rows before it where the run's rows and
+    counts of requests (`shape`) allow (`answer_pages`), else by reading them in order."""
+    picked = quick_page(where, run_id, offset, limit, *shape, "%s", ALL_STATES)
+    if picked is None:
+        sql, params = _answer_query(run_id, where)
+        picked = (
+            f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT %s OFFSET %s",
+            [*params, limit, offset],
+        )
+    return _joined(db, run_id, *picked)
 
 
 def _joined(db: Db, run_id: str, picked: str, params: Sequence[Any]) -> list[JoinedRow]:
@@ -94,7 +113,8 @@ def _joined(db: Db, run_id: str, picked: str, params: Sequence[Any]) -> list[Joi
 def count_answers(db: Db, run_id: str, where: AnswerFilter) -> int:
     """How many of the run's rows `answers` would page through: from the run's counts or the
     requests' indexes when they say it (`answer_pages`), else counted."""
-    quick = _quick_count(db, run_id, where)
+    shape = next_row_index(db, run_id), request_counts(db, run_id)
+    quick = _quick_count(db, run_id, where, shape)
     if quick is not None:
         return quick
     sql, params = _answer_query(run_id, where)
@@ -108,9 +128,10 @@ def answer_page(
     """A page of `answers` and how many rows its filter matches: from the run's counts and
     indexes when they say it; else the matching rows read once, in order, until `count_ahead`
     more than the page are found, and the page taken from them."""
-    quick = _quick_count(db, run_id, where)
+    shape = next_row_index(db, run_id), request_counts(db, run_id)
+    quick = _quick_count(db, run_id, where, shape)
     if quick is not None:
-        return AnswerPage(answers(db, run_id, where, offset, limit), quick, True)
+        return AnswerPage(_page(db, run_id, where, offset, limit, shape), quick, True)
     sql, params = _answer_query(run_id, where)
     at_most = offset + limit + count_ahead
     found = db.execute(
@@ -126,71 +147,36 @@ def answer_page(
     return AnswerPage(rows, min(counted, at_most), counted <= at_most)
 
 
-def _quick_count(db: Db, run_id: str, where: AnswerFilter) -> int | None:
-    """The count of a page's rows from the run's counts or the requests' indexes, when they
-    say it (`answer_pages`)."""
-    if unfiltered(where):
-        return _rows(db, run_id)
-    if where.state is not None and none_in(where.state, _request_counts(db, run_id)):
-        return 0
-    if by_requests(where):
-        counts = _request_counts(db, run_id)
-        if one_row_each(_rows(db, run_id), counts):
-            if where.reason is None and where.state is not None:
-                return counts.get(where.state, 0)
-            picks = requests_where(where, "%s", ALL_STATES)
-            if picks is not None:
-                found = db.execute(
-                    f"SELECT COUNT(*) FROM requests WHERE run_id = %s AND {picks[0]}".encode(),
-                    (run_id, *picks[1]),
-                ).fetchone()
-                return 0 if found is None else int(found[0])
-    return None
+def _quick_count(
+    db: Db, run_id: str, where: AnswerFilter, shape: tuple[int, dict[str, int]]
+) -> int | None:
+    """The count of a filter's rows from the run's rows and counts of requests (`shape`), or
+    through the requests' indexes, when they say it (`answer_pages`)."""
+    quick = quick_count(where, run_id, *shape, "%s", ALL_STATES)
+    if isinstance(quick, tuple):
+        found = db.execute(quick[0].encode(), quick[1]).fetchone()
+        return 0 if found is None else int(found[0])
+    return quick
 
 
 ALL_STATES = frozenset(RequestState)
 """Every state's requests are found through `requests_by_state`."""
 
 
-def _page(
-    db: Db, run_id: str, where: AnswerFilter, offset: int, limit: int
-) -> tuple[str, list[Any]]:
-    """The query of a page's row indexes: a range of them for every row; when each row has a
-    request of its own, the first rows of the requests a filter of requests picks, through
-    their index; else the rows read in order and filtered."""
-    if unfiltered(where):
-        return (
-            "SELECT row_index FROM rows WHERE run_id = %s AND row_index >= %s "
-            "ORDER BY row_index LIMIT %s",
-            [run_id, offset, limit],
-        )
-    if where.state is not None and none_in(where.state, _request_counts(db, run_id)):
-        return "SELECT row_index FROM rows WHERE false", []
-    if by_requests(where) and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
-        picks = requests_where(where, "%s", ALL_STATES)
-        if picks is not None:
-            return (
-                f"SELECT first_row FROM requests WHERE run_id = %s AND {picks[0]} "
-                "ORDER BY first_row LIMIT %s OFFSET %s",
-                [run_id, *picks[1], limit, offset],
-            )
-    sql, params = _answer_query(run_id, where)
-    return (
-        f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT %s OFFSET %s",
-        [*params, limit, offset],
-    )
-
-
-def _rows(db: Db, run_id: str) -> int:
+def next_row_index(db: Db, run_id: str) -> int:
+    """One past the last row planned so far (0 for a run with no rows)."""
     row = db.execute(
         "SELECT COALESCE(MAX(row_index) + 1, 0) FROM rows WHERE run_id = %s", (run_id,)
     ).fetchone()
     return 0 if row is None else int(row[0])
 
 
-def _request_counts(db: Db, run_id: str) -> dict[str, int]:
+def request_counts(db: Db, run_id: str) -> dict[str, int]:
+    """How many of the run's requests are in each state (kept as they move, not counted)."""
     rows = db.execute("SELECT state, n FROM request_counts WHERE run_id = %s", (run_id,))
-    return {str(row[0]): int(row[1]) for row in rows.fetchall()}
+    counts = {state.value: 0 for state in RequestState}
+    counts.update({str(row[0]): int(row[1]) for row in rows.fetchall()})
+    return counts
 
 
 def planned_totals(db: Db, run_id: str) -> dict[str, tuple[int, int]]:

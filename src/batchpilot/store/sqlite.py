@@ -19,7 +19,7 @@ from batchpilot.store import sqlite_batch_answers as batch_answers
 from batchpilot.store import sqlite_moves as moves
 from batchpilot.store import sqlite_queries as queries
 from batchpilot.store import sqlite_reads as reads
-from batchpilot.store.answer_pages import one_row_each
+from batchpilot.store.answer_pages import rows_by_state
 from batchpilot.store.database import Connection, Error, connect
 from batchpilot.store.lock import unusable_state_dir
 from batchpilot.store.migrations import migrate
@@ -314,12 +314,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
 
     def request_counts(self, run_id: str) -> dict[str, int]:
         """How many of the run's requests are in each state (kept as they move, not counted)."""
-        rows = self._db.execute(
-            "SELECT state, n FROM request_counts WHERE run_id = ?", (run_id,)
-        ).fetchall()
-        counts = {state.value: 0 for state in RequestState}
-        counts.update({row[0]: row[1] for row in rows})
-        return counts
+        return reads.request_counts(self._db, run_id)
 
     def move_requests(
         self, run_id: str, request_ids: Sequence[str], current: str, target: str
@@ -355,10 +350,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
 
     def next_row_index(self, run_id: str) -> int:
         """One past the last row planned so far (0 for a run with no rows)."""
-        row = self._db.execute(
-            "SELECT COALESCE(MAX(row_index) + 1, 0) FROM rows WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        return int(row[0])
+        return reads.next_row_index(self._db, run_id)
 
     def answered_rows(self, run_id: str) -> Iterator[tuple[str, str]]:
         """(request id, response JSON) of every row whose request succeeded, in input order."""
@@ -367,10 +359,8 @@ class SQLiteStore(PlannedMixin, SharedMixin):
     def row_outcomes(self, run_id: str) -> dict[str, int]:
         """How many rows have each request state (`skipped` for rows with no request): the
         run's counts of requests when each row has a request of its own, else counted."""
-        counts = self.request_counts(run_id)
-        if one_row_each(self.next_row_index(run_id), counts):
-            return {state: n for state, n in counts.items() if n}
-        return queries.row_outcomes(self._db, run_id)
+        known = rows_by_state(self.next_row_index(run_id), self.request_counts(run_id))
+        return queries.row_outcomes(self._db, run_id) if known is None else known
 
     # batches --------------------------------------------------------------------------------
 

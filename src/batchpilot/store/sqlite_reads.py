@@ -9,14 +9,11 @@ from operator import itemgetter
 from typing import Any
 
 from batchpilot.store.answer_pages import (
-    by_requests,
     like,
-    none_in,
-    one_row_each,
+    quick_count,
+    quick_page,
     reason_matches,
     reason_params,
-    requests_where,
-    unfiltered,
 )
 from batchpilot.store.database import Connection
 from batchpilot.store.records import (
@@ -38,7 +35,9 @@ __all__ = [
     "attempts",
     "count_answers",
     "events",
+    "next_row_index",
     "planned_totals",
+    "request_counts",
     "request_of_row",
     "task_state",
 ]
@@ -50,16 +49,21 @@ def attempts(db: Connection, run_id: str, request_id: str | None = None) -> Iter
     if request_id is not None:
         yield from _attempts_of(db, run_id, request_id)
         return
+    new = tuple.__new__
+    one_by_one = (new(AttemptRecord, row) for row in _one_by_one(db, run_id, ""))
+    yield from heapq.merge(one_by_one, _kept_whole(db, run_id), key=_ENDED)
+
+
+def _one_by_one(db: Connection, run_id: str, more: str) -> Iterator[tuple[Any, ...]]:
+    """The run's tries written one by one and its answers from the cache, in the order they
+    ended, each with the columns `more` adds."""
     cursor = db.cursor()
     cursor.row_factory = None
-    cursor.execute(
-        f"SELECT {_TRIED} FROM attempts WHERE run_id = ? UNION ALL SELECT {_CACHED} "
+    return cursor.execute(
+        f"SELECT {_TRIED}{more} FROM attempts WHERE run_id = ? UNION ALL SELECT {_CACHED}{more} "
         "FROM results WHERE run_id = ? AND lane = 'cache' ORDER BY 10, 2",
         (run_id, run_id),
     )
-    new = tuple.__new__
-    one_by_one = (new(AttemptRecord, row) for row in cursor)
-    yield from heapq.merge(one_by_one, _kept_whole(db, run_id), key=_ENDED)
 
 
 _TRIED = (
@@ -97,6 +101,14 @@ def _attempts_of(db: Connection, run_id: str, request_id: str) -> Iterator[Attem
 def _kept_whole(db: Connection, run_id: str) -> Iterator[AttemptRecord]:
     """The answering tries of the requests whose answers their batches keep whole, in the
     order they ended: a batch at a time, its ids, tokens and costs unpacked once."""
+    for together in _kept_batches(db, run_id):
+        tries = [_tries(db, run_id, batch_id, kept) for batch_id, kept in together]
+        yield from tries[0] if len(tries) == 1 else heapq.merge(*tries, key=_TRY)
+
+
+def _kept_batches(db: Connection, run_id: str) -> Iterator[list[tuple[int, KeptBatch]]]:
+    """The run's batches kept whole in the order they ended, those that ended at once
+    together, each with its ids, tokens, costs and tries unpacked."""
     batches = db.cursor()
     batches.row_factory = None
     batches.execute(
@@ -104,12 +116,11 @@ def _kept_whole(db: Connection, run_id: str) -> Iterator[AttemptRecord]:
         "WHERE run_id = ? ORDER BY created_at_utc, batch_id",
         (run_id,),
     )
-    for _, together in groupby(batches, key=itemgetter(3)):  # batches that ended at once
-        tries = [
-            _tries(db, run_id, batch_id, KeptBatch(request_ids, usage, at_utc, attempts))
+    for _, together in groupby(batches, key=itemgetter(3)):
+        yield [
+            (batch_id, KeptBatch(request_ids, usage, at_utc, attempts))
             for batch_id, request_ids, usage, at_utc, attempts in together
         ]
-        yield from tries[0] if len(tries) == 1 else heapq.merge(*tries, key=_TRY)
 
 
 def _tries(db: Connection, run_id: str, batch_id: int, kept: KeptBatch) -> Iterator[AttemptRecord]:
@@ -155,36 +166,16 @@ _TRY = itemgetter(1)
 def attempt_groups(db: Connection, run_id: str) -> Iterator[AttemptGroup]:
     """Every try of the run in the order `attempts` reads them, the answers of a batch kept
     whole added up a try at a time (their tokens and costs summed in their arrays)."""
-    cursor = db.cursor()
-    cursor.row_factory = None
-    cursor.execute(
-        f"SELECT {_TRIED}, 1 FROM attempts WHERE run_id = ? UNION ALL SELECT {_CACHED}, 1 "
-        "FROM results WHERE run_id = ? AND lane = 'cache' ORDER BY 10, 2",
-        (run_id, run_id),
-    )
     new = tuple.__new__
-    one_by_one = (new(AttemptGroup, row) for row in cursor)
+    one_by_one = (new(AttemptGroup, row) for row in _one_by_one(db, run_id, ", 1"))
     yield from heapq.merge(one_by_one, _kept_groups(db, run_id), key=_ENDED)
 
 
 def _kept_groups(db: Connection, run_id: str) -> Iterator[AttemptGroup]:
     """The answers of each batch kept whole, added up by the try they came on, in the order
     `_kept_whole` reads them."""
-    batches = db.cursor()
-    batches.row_factory = None
-    batches.execute(
-        "SELECT batch_id, request_ids, usage, created_at_utc, attempts FROM batch_answers "
-        "WHERE run_id = ? ORDER BY created_at_utc, batch_id",
-        (run_id,),
-    )
-    for _, together in groupby(batches, key=itemgetter(3)):  # batches that ended at once
-        groups = [
-            group
-            for batch_id, request_ids, usage, at_utc, attempts in together
-            for group in _groups(
-                db, run_id, batch_id, KeptBatch(request_ids, usage, at_utc, attempts)
-            )
-        ]
+    for together in _kept_batches(db, run_id):
+        groups = [g for batch_id, kept in together for g in _groups(db, run_id, batch_id, kept)]
         yield from sorted(groups, key=_TRY)
 
 
@@ -227,8 +218,28 @@ def answers(
     db: Connection, run_id: str, where: AnswerFilter, offset: int, limit: int
 ) -> list[JoinedRow]:
     """One page of the run's rows in input order, with their requests and answers."""
-    picked, params = _page(db, run_id, where, offset, limit)
-    return _joined(db, run_id, picked, params)
+    shape = next_row_index(db, run_id), request_counts(db, run_id)
+    return _page(db, run_id, where, offset, limit, shape)
+
+
+def _page(
+    db: Connection,
+    run_id: str,
+    where: AnswerFilter,
+    offset: int,
+    limit: int,
+    shape: tuple[int, dict[str, int]],
+) -> list[JoinedRow]:
+    """A page of rows, found without reading the rows before it where the run's rows and
+    counts of requests (`shape`) allow (`answer_pages`), else by reading them in order."""
+    picked = quick_page(where, run_id, offset, limit, *shape, "?", INDEXED_STATES)
+    if picked is None:
+        sql, params = _answer_query(run_id, where)
+        picked = (
+            f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+    return _joined(db, run_id, *picked)
 
 
 def _joined(db: Connection, run_id: str, picked: str, params: Sequence[Any]) -> list[JoinedRow]:
@@ -250,7 +261,8 @@ def _joined(db: Connection, run_id: str, picked: str, params: Sequence[Any]) -> 
 def count_answers(db: Connection, run_id: str, where: AnswerFilter) -> int:
     """How many of the run's rows `answers` would page through: from the run's counts or the
     requests' indexes when they say it (`answer_pages`), else counted."""
-    quick = _quick_count(db, run_id, where)
+    shape = next_row_index(db, run_id), request_counts(db, run_id)
+    quick = _quick_count(db, run_id, where, shape)
     if quick is not None:
         return quick
     sql, params = _answer_query(run_id, where)
@@ -264,9 +276,10 @@ def answer_page(
     """A page of `answers` and how many rows its filter matches: from the run's counts and
     indexes when they say it; else the matching rows read once, in order, until `count_ahead`
     more than the page are found, and the page taken from them."""
-    quick = _quick_count(db, run_id, where)
+    shape = next_row_index(db, run_id), request_counts(db, run_id)
+    quick = _quick_count(db, run_id, where, shape)
     if quick is not None:
-        return AnswerPage(answers(db, run_id, where, offset, limit), quick, True)
+        return AnswerPage(_page(db, run_id, where, offset, limit, shape), quick, True)
     sql, params = _answer_query(run_id, where)
     at_most = offset + limit + count_ahead
     found = db.execute(
@@ -282,26 +295,16 @@ def answer_page(
     return AnswerPage(rows, min(counted, at_most), counted <= at_most)
 
 
-def _quick_count(db: Connection, run_id: str, where: AnswerFilter) -> int | None:
-    """The count of a page's rows from the run's counts or the requests' indexes, when they
-    say it (`answer_pages`)."""
-    if unfiltered(where):
-        return _rows(db, run_id)
-    if where.state is not None and none_in(where.state, _request_counts(db, run_id)):
-        return 0
-    if by_requests(where):
-        counts = _request_counts(db, run_id)
-        if one_row_each(_rows(db, run_id), counts):
-            if where.reason is None and where.state is not None:
-                return counts.get(where.state, 0)
-            picks = requests_where(where, "?", INDEXED_STATES)
-            if picks is not None:
-                found = db.execute(
-                    f"SELECT COUNT(*) FROM requests WHERE run_id = ? AND {picks[0]}",
-                    (run_id, *picks[1]),
-                ).fetchone()
-                return int(found[0])
-    return None
+def _quick_count(
+    db: Connection, run_id: str, where: AnswerFilter, shape: tuple[int, dict[str, int]]
+) -> int | None:
+    """The count of a filter's rows from the run's rows and counts of requests (`shape`), or
+    through the requests' indexes, when they say it (`answer_pages`)."""
+    quick = quick_count(where, run_id, *shape, "?", INDEXED_STATES)
+    if isinstance(quick, tuple):
+        found = db.execute(quick[0], quick[1]).fetchone()
+        return int(found[0])
+    return quick
 
 
 INDEXED_STATES = frozenset(
@@ -310,45 +313,20 @@ INDEXED_STATES = frozenset(
 """The states whose requests have an index of their own (migrations 17 and 19)."""
 
 
-def _page(
-    db: Connection, run_id: str, where: AnswerFilter, offset: int, limit: int
-) -> tuple[str, list[Any]]:
-    """The query of a page's row indexes: a range of them for every row; when each row has a
-    request of its own, the first rows of the requests a filter of requests picks, through
-    their index; else the rows read in order and filtered."""
-    if unfiltered(where):
-        return (
-            "SELECT row_index FROM rows WHERE run_id = ? AND row_index >= ? "
-            "ORDER BY row_index LIMIT ?",
-            [run_id, offset, limit],
-        )
-    if where.state is not None and none_in(where.state, _request_counts(db, run_id)):
-        return "SELECT row_index FROM rows WHERE 0", []
-    if by_requests(where) and one_row_each(_rows(db, run_id), _request_counts(db, run_id)):
-        picks = requests_where(where, "?", INDEXED_STATES)
-        if picks is not None:
-            return (
-                f"SELECT first_row FROM requests WHERE run_id = ? AND {picks[0]} "
-                "ORDER BY first_row LIMIT ? OFFSET ?",
-                [run_id, *picks[1], limit, offset],
-            )
-    sql, params = _answer_query(run_id, where)
-    return (
-        f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT ? OFFSET ?",
-        [*params, limit, offset],
-    )
-
-
-def _rows(db: Connection, run_id: str) -> int:
+def next_row_index(db: Connection, run_id: str) -> int:
+    """One past the last row planned so far (0 for a run with no rows)."""
     row = db.execute(
         "SELECT COALESCE(MAX(row_index) + 1, 0) FROM rows WHERE run_id = ?", (run_id,)
     ).fetchone()
     return int(row[0])
 
 
-def _request_counts(db: Connection, run_id: str) -> dict[str, int]:
+def request_counts(db: Connection, run_id: str) -> dict[str, int]:
+    """How many of the run's requests are in each state (kept as they move, not counted)."""
     rows = db.execute("SELECT state, n FROM request_counts WHERE run_id = ?", (run_id,))
-    return {str(row[0]): int(row[1]) for row in rows}
+    counts = {state.value: 0 for state in RequestState}
+    counts.update({str(row[0]): int(row[1]) for row in rows.fetchall()})
+    return counts
 
 
 def planned_totals(db: Connection, run_id: str) -> dict[str, tuple[int, int]]:
