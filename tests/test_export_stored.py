@@ -11,7 +11,7 @@ import pytest
 
 from batchpilot.export import export_rows, write_export
 from batchpilot.export.joined import StoredRows
-from batchpilot.store import Outcome, RunRecord, SQLiteStore, utc_now
+from batchpilot.store import BatchState, Outcome, RunRecord, SQLiteStore, utc_now
 
 EP = "/v1/chat/completions"
 
@@ -31,6 +31,8 @@ ANSWERS: list[tuple[str, dict[str, Any] | None, str | None]] = [
     ("succeeded", chat("free text, not JSON: é ü 你好 🎬 \u2028 \x01"), None),
     ("succeeded", chat('{"score": NaN, "big": 123456789012345678901234567890}'), None),
     ("succeeded", chat('[1, 2.5, -0.0, 1e-07, "\\ud83c\\udfac"]'), None),
+    ("succeeded", chat(' \n {"lead": "spaces before the object"}'), None),
+    ("succeeded", chat('"a JSON string"'), None),
     ("succeeded", chat(None, refusal="I can't help with that."), None),
     ("succeeded", chat("truncated {", finish="length"), None),
     ("succeeded", {"object": "list", "data": [{"embedding": [0.25, -1.5e-08]}]}, None),
@@ -61,7 +63,10 @@ INPUTS: list[dict[str, Any]] = [
 ]
 
 
-def make_store(path: Path) -> SQLiteStore:
+def make_store(path: Path, kept: str = "one by one") -> SQLiteStore:
+    """A run of every answer for every input (and a skipped row); `kept`: each answer kept
+    as it came on the real-time lane ("one by one"), or the answers of one batch ("batch"),
+    kept whole."""
     store = SQLiteStore(path)
     store.create_run(RunRecord("run", "job", "{}", "openai", EP, "running", None, utc_now()))
     ended: list[tuple[str, Outcome]] = []
@@ -90,18 +95,28 @@ def make_store(path: Path) -> SQLiteStore:
                     )
                 index += 1
         store.add_row("run", index, "row-skipped", "in.jsonl:x", None, {"x": 1}, "too_long: 9000")
+    if kept == "batch":
+        ids = {request_id for request_id, _ in ended}
+        sent = [r for r in store.pending("run", len(ANSWERS) * len(INPUTS)) if r.id in ids]
+        batch = store.create_batch("run", sent, size=1, file_name_prefix="b")
+        for moved in (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING):
+            store.move_batch("run", batch, moved)
+        store.move_batch("run", batch, BatchState.SUBMITTED, remote_id="batch_1")
+        store.finish_batch("run", batch, [outcome for _, outcome in ended])
+        return store
     for request_id, outcome in ended:
         assert store.claim_realtime("run", request_id)
         store.finish_realtime("run", outcome)
     return store
 
 
+@pytest.mark.parametrize("kept", ["one by one", "batch"])
 @pytest.mark.parametrize("include_input", [True, False])
 @pytest.mark.parametrize("fallback", [None, "text", "object"])
 def test_the_short_way_writes_what_the_general_way_writes(
-    tmp_path: Path, include_input: bool, fallback: str | None
+    tmp_path: Path, include_input: bool, fallback: str | None, kept: str
 ) -> None:
-    store = make_store(tmp_path / "store.sqlite3")
+    store = make_store(tmp_path / "store.sqlite3", kept)
 
     def answer(row: dict[str, Any] | None) -> Any:
         name = None if row is None else row["id"]
@@ -120,6 +135,8 @@ def test_the_short_way_writes_what_the_general_way_writes(
     statuses = {json.loads(line)["status"] for line in lines}
     ended = "failed" if fallback is None else "fallback"
     assert statuses == {"succeeded", ended, "pending", "skipped"}
+    lanes = {json.loads(line)["lane"] for line in lines if b'"succeeded"' in line}
+    assert lanes == {"batch" if kept == "batch" else "realtime"}
     assert b"NaN" in short.read_bytes()  # what orjson refuses took Python's way
     assert ("北京".encode() in short.read_bytes()) == include_input
     store.close()

@@ -64,6 +64,7 @@ def export_row(row: JoinedRow, fallback: Fallback | None) -> ExportRow:
 
 
 _OTHER = object()
+_OPENING = ("{", "[")
 
 
 def _chat_text(response: Any) -> Any:
@@ -100,21 +101,38 @@ class StoredRows(Iterator[ExportRow]):
     ) -> Iterator[bytes]:
         """Each row's JSONL line, its newline included, as `general(export_row(row))` makes
         it (without the newline), taking the short way for rows with a request and no
-        fallback answer."""
+        fallback answer. The short way is the export's inner loop: what `_chat_text`,
+        `parsed_answer` and `input_json` decide is written out here."""
         fallback = self._fallback
+        read, refused, other = orjson.loads, orjson.JSONDecodeError, _OTHER
         for row in self._joined:
             (_, row_id, request_id, _, _, data, state, attempts, error, answer) = row[:10]
             if request_id is None or (state == "failed" and fallback is not None):
                 yield general(export_row(row, fallback)) + b"\n"
                 continue
-            content: Any = None
-            embedding = None
+            output: Any = None
             if answer:
-                response = loads(answer)
-                content = _chat_text(response)
-                if content is _OTHER:
-                    content, embedding = response_content(response)
-            parsed = parsed_answer(content)
+                try:
+                    response = read(answer)
+                except refused:
+                    response = loads(answer)
+                try:
+                    content = response["choices"][0]["message"]["content"]
+                    if content.__class__ is not str or "data" in response:
+                        content = other
+                except (KeyError, IndexError, TypeError):
+                    content = other
+                if content is other:
+                    content, output = response_content(response)
+                if content is not None:
+                    output = content
+                    if content[:1] in _OPENING or content.lstrip()[:1] in _OPENING:
+                        try:
+                            parsed = read(content)
+                        except refused:
+                            parsed = parsed_answer(content)
+                        if parsed.__class__ is dict or parsed.__class__ is list:
+                            output = parsed
             record: dict[str, Any] = {
                 "id": row_id,
                 "status": state or "pending",
@@ -126,9 +144,7 @@ class StoredRows(Iterator[ExportRow]):
                     record["input"] = Fragment(data)
                 else:
                     record["input"] = loads(data) if data else None
-            record["output"] = (
-                parsed if parsed is not None else content if content is not None else embedding
-            )
+            record["output"] = output
             record["usage"] = {"input_tokens": row[10], "output_tokens": row[11]}
             record["cost_usd"] = row[12]
             record["error"] = error

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Callable
 
 import zstandard
 
@@ -29,6 +30,7 @@ __all__ = [
     "pack_body",
     "pack_whole",
     "register",
+    "text_unpacker",
     "unpack",
     "unpack_body",
     "unpack_whole",
@@ -138,6 +140,23 @@ def unpack(value: str | bytes | None) -> str | None:
     if tag == ANSWER:
         return _contexts.decompress_answer.decompress(value[1:]).decode()
     return value.decode()
+
+
+def text_unpacker() -> Callable[[bytes], str]:
+    """`unpack` for packed values (bytes) read in a loop on this thread: this thread's
+    contexts looked up once."""
+    contexts = _contexts
+    plain, answer = contexts.decompress.decompress, contexts.decompress_answer.decompress
+
+    def unpack_text(value: bytes) -> str:
+        tag = value[0] if value else 0
+        if tag == PLAIN:
+            return plain(value[1:]).decode()
+        if tag == ANSWER:
+            return answer(value[1:]).decode()
+        return value.decode()
+
+    return unpack_text
 
 
 def unpack_body(value: bytes | str, row: str | bytes | None) -> bytes:

@@ -11,7 +11,7 @@ import orjson
 from batchpilot.errors import StateError
 from batchpilot.store import sqlite_batch_answers
 from batchpilot.store.database import Connection, IntegrityError, Row
-from batchpilot.store.packing import pack, unpack
+from batchpilot.store.packing import pack, text_unpacker
 from batchpilot.store.planned import by_model
 from batchpilot.store.records import DeliveryRow, JoinedRow, NewRequest, NewRow, PendingRequest
 from batchpilot.store.sqlite_batch_answers import KeptBatch, Recorded
@@ -238,37 +238,48 @@ def row_outcomes(db: Connection, run_id: str) -> dict[str, int]:
     return {str(row[0]): int(row[1]) for row in rows}
 
 
+_JOINED = (
+    "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
+    "q.state, q.attempts, q.error, {answers}, q.batch_id FROM rows w "
+    "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id {results}"
+    "WHERE w.run_id = ? ORDER BY w.row_index"
+)
+_WITH_RESULTS = _JOINED.format(
+    answers="r.response_json, r.input_tokens, r.output_tokens, r.cost_usd, r.lane",
+    results="LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id ",
+)
+# a run whose answers are all kept in its batches (no real-time, cached or single answer) has
+# no results to look up for each row
+_WITHOUT_RESULTS = _JOINED.format(answers="NULL, NULL, NULL, NULL, NULL", results="")
+
+
 def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     """Every row in input order with its request and result (streamed). The row's data and the
     answer are unpacked here rather than in SQL: a function called back from SQL costs more."""
+    any_result = db.execute("SELECT 1 FROM results WHERE run_id = ? LIMIT 1", (run_id,))
     cursor = db.cursor()
     cursor.row_factory = None
-    cursor.execute(
-        "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
-        "q.state, q.attempts, q.error, r.response_json, r.input_tokens, r.output_tokens, "
-        "r.cost_usd, r.lane, q.batch_id FROM rows w "
-        "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
-        "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
-        "WHERE w.run_id = ? ORDER BY w.row_index",
-        (run_id,),
-    )
+    cursor.execute(_WITH_RESULTS if any_result.fetchone() else _WITHOUT_RESULTS, (run_id,))
     new = tuple.__new__
     recorded = Recorded(db)
     succeeded = str(RequestState.SUCCEEDED)
     size = sqlite_batch_answers.FRAME
+    unpack_text = text_unpacker()
     # rows in input order mostly follow their batches: the last batch and frame are at hand
     kept_id: int | None = None
     kept: KeptBatch | None = None
+    positions: dict[str, int] = {}
     frame_batch, frame_at = -1, -1
     frame: list[bytes] = []
     for row in cursor:
         data, answer, batch_id = row[5], row[9], row[14]
         if data.__class__ is bytes:
-            data = unpack(data)
+            data = unpack_text(data)
         if answer is None and batch_id is not None and row[6] == succeeded:
             if batch_id != kept_id:
                 kept_id, kept = batch_id, recorded.batch(run_id, batch_id)
-            number = None if kept is None else kept.positions.get(row[2])
+                positions = {} if kept is None else kept.positions
+            number = positions.get(row[2])
             if kept is not None and number is not None:
                 at, offset = divmod(number, size)
                 if at != frame_at or batch_id != frame_batch:
@@ -278,9 +289,15 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
                 yield new(
                     JoinedRow,
                     (
-                        *row[:5],
+                        row[0],
+                        row[1],
+                        row[2],
+                        row[3],
+                        row[4],
                         data,
-                        *row[6:9],
+                        row[6],
+                        row[7],
+                        row[8],
                         frame[offset].decode(),
                         tokens[2 * number],
                         tokens[2 * number + 1],
@@ -290,7 +307,7 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
                 )
                 continue
         if answer.__class__ is bytes:
-            answer = unpack(answer)
+            answer = unpack_text(answer)
         yield new(JoinedRow, (*row[:5], data, *row[6:9], answer, *row[10:14]))
 
 
