@@ -20,9 +20,20 @@ from pathlib import Path
 import orjson
 
 from batchpilot.export import export_run
-from batchpilot.store import BatchState, Outcome, RequestState, RunRecord, SQLiteStore, utc_now
+from batchpilot.store import (
+    BatchState,
+    NewRequest,
+    NewRow,
+    Outcome,
+    RequestState,
+    RunRecord,
+    SQLiteStore,
+    utc_now,
+)
+from batchpilot.store.records import row_json
 
 EP = "/v1/chat/completions"
+CHUNK = 1000
 
 
 def row(i: int) -> dict[str, object]:
@@ -47,14 +58,26 @@ def response(i: int) -> dict[str, object]:
     }
 
 
+def body(i: int) -> bytes:
+    return orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "i": i}]})
+
+
 def make_store(path: Path, rows: int) -> None:
     store = SQLiteStore(path)
     store.create_run(RunRecord("run", "bench", "{}", "openai", EP, "running", None, utc_now()))
-    with store.tx():
-        for i in range(rows):
-            body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "i": i}]})
-            store.add_row("run", i, f"m{i}", f"plots.jsonl:{i + 1}", f"req-{i}", row(i))
-            store.add_request("run", f"req-{i}", f"h{i}", EP, "gpt-4o-mini", body, 120, 300, i)
+    for start in range(0, rows, CHUNK):  # planned a thousand rows at a time, as a run plans
+        chunk = range(start, min(start + CHUNK, rows))
+        store.add_planned(
+            "run",
+            [
+                NewRow(i, f"m{i}", f"plots.jsonl:{i + 1}", f"req-{i}", row_json(row(i)))
+                for i in chunk
+            ],
+            [
+                NewRequest(f"req-{i}", f"h{i}", EP, "gpt-4o-mini", body(i), 120, 300, i, 300)
+                for i in chunk
+            ],
+        )
     batch = store.create_batch("run", store.pending("run", rows), size=1, file_name_prefix="b")
     for state in (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING):
         store.move_batch("run", batch, state)

@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import itertools
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -39,6 +41,8 @@ from batchpilot.pricing import PriceTable, usage_cost
 from batchpilot.run.ingest import RetryPolicy, classify, collector_paused, read_lines
 from batchpilot.store import (
     BatchState,
+    NewRequest,
+    NewRow,
     Outcome,
     PendingRequest,
     RequestState,
@@ -46,6 +50,7 @@ from batchpilot.store import (
     SQLiteStore,
     utc_now,
 )
+from batchpilot.store.records import row_json
 from batchpilot.validate import AnswerCheck
 
 
@@ -95,11 +100,35 @@ def prose() -> str:
     return " ".join(texts)
 
 
+@functools.cache
+def _following() -> dict[str, list[str]]:
+    """Each word of the prose and the words that follow it there."""
+    words = prose().split()
+    following: dict[str, list[str]] = {}
+    for word, after in itertools.pairwise(words):
+        following.setdefault(word, []).append(after)
+    return following
+
+
+@functools.cache
+def _words() -> list[str]:
+    return list(_following())
+
+
 def plot(index: int) -> str:
-    """A 2.7 KB plot of real prose: each row's from its own place in the text."""
-    text = prose()
-    start = (index * 7919) % (len(text) - 2700)
-    return f"Film {index}: " + text[start : start + 2650]
+    """A 2.7 KB plot of its own: words walked from the prose's pairs of words (each word
+    followed by one that follows it there), so that plots share the prose's words and phrasing
+    as real plots share a language, but no plot repeats another's text."""
+    following = _following()
+    every = _words()
+    choose = random.Random(index).choice
+    words, size = [f"Film {index}:"], 0
+    word = choose(every)
+    while size < 2650:
+        words.append(word)
+        size += len(word) + 1
+        word = choose(following.get(word) or every)
+    return " ".join(words)[:2650]
 
 
 def movie_row(index: int) -> tuple[dict[str, object], bytes]:
@@ -119,24 +148,32 @@ def movie_row(index: int) -> tuple[dict[str, object], bytes]:
 def fill(
     store: SQLiteStore, run_id: str, count: int, start: int = 0, movie: bool = False
 ) -> list[str]:
+    """`count` rows and a request for each, planned a thousand at a time as a run plans."""
     ids = [f"bp-{i:032x}" for i in range(start, start + count)]
-    with store.tx():
-        for offset, request_id in enumerate(ids):
-            index = start + offset
+    for chunk in range(0, count, 1000):
+        rows, requests = [], []
+        for offset in range(chunk, min(chunk + 1000, count)):
+            index, request_id = start + offset, ids[offset]
             row, body = movie_row(index) if movie else ({"plot": "x" * 40}, b'{"model":"m"}')
-            store.add_row(run_id, index, f"row-{index}", f"data.jsonl:{index + 1}", request_id, row)
-            store.add_request(
-                run_id,
-                request_id,
-                request_id,
-                "/v1/chat/completions",
-                "gpt-4o-mini",
-                body,
-                420,
-                300,
-                index,
-                worst=(300, 0.00024, 0.00012),  # priced at planning, as a priced model is
+            rows.append(
+                NewRow(index, f"row-{index}", f"data.jsonl:{index + 1}", request_id, row_json(row))
             )
+            requests.append(
+                NewRequest(
+                    request_id,
+                    request_id,
+                    "/v1/chat/completions",
+                    "gpt-4o-mini",
+                    body,
+                    420,
+                    300,
+                    index,
+                    300,
+                    0.00024,  # priced at planning, as a priced model is
+                    0.00012,
+                )
+            )
+        store.add_planned(run_id, rows, requests)
     return ids
 
 

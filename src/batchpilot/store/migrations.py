@@ -440,6 +440,17 @@ MIGRATIONS: list[str] = [
         SELECT run_id, model, COUNT(*), COALESCE(SUM(input_tokens), 0) FROM requests
         GROUP BY run_id, model;
     """,
+    # 21: input rows planned together kept in frames, compressed as one (`sqlite_row_frames`);
+    # rows planned before keep their data in `rows`
+    """
+    CREATE TABLE row_frames (
+        run_id TEXT NOT NULL,
+        first_row INTEGER NOT NULL,
+        last_row INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        UNIQUE (run_id, first_row)
+    );
+    """,
 ]
 
 

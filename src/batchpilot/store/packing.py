@@ -29,6 +29,7 @@ __all__ = [
     "pack_answer",
     "pack_body",
     "pack_whole",
+    "packed_with_row",
     "register",
     "text_unpacker",
     "unpack",
@@ -175,6 +176,11 @@ def unpack_body(value: bytes | str, row: str | bytes | None) -> bytes:
     if value and value[0] == PLAIN:
         return _contexts.decompress.decompress(value[1:])
     return bytes(value)
+
+
+def packed_with_row(value: bytes | str) -> bool:
+    """Whether a value packed by `pack_body` takes its row to unpack."""
+    return isinstance(value, bytes) and bool(value) and value[0] in (ROW_DEFLATE, WITH_ROW)
 
 
 def body_size(value: bytes | str) -> int | None:

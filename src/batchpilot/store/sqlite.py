@@ -19,6 +19,7 @@ from batchpilot.store import sqlite_batch_answers as batch_answers
 from batchpilot.store import sqlite_moves as moves
 from batchpilot.store import sqlite_queries as queries
 from batchpilot.store import sqlite_reads as reads
+from batchpilot.store import sqlite_row_frames as row_frames
 from batchpilot.store.answer_pages import rows_by_state
 from batchpilot.store.database import Connection, Error, connect
 from batchpilot.store.lock import unusable_state_dir
@@ -86,10 +87,12 @@ class SQLiteStore(PlannedMixin, SharedMixin):
             raise StateError(f"{self.path}: cannot open the store ({exc})") from None
         register(db)
         batch_answers.register(db)
+        frames = row_frames.register(db)
         with self._guard:
             self._connections.append(db)
         self._local.db = db
         self._local.depth = 0
+        self._local.frames = frames
         return db
 
     @property
@@ -129,6 +132,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
             yield db
         except BaseException:
             db.execute("ROLLBACK")
+            local.frames.forget()
             raise
         finally:
             local.depth = 0
@@ -220,7 +224,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
                 for row in rows:
                     if row.index not in planned:
                         fresh.setdefault(row.index, row.data_json)
-                queries.insert_rows(db, run_id, rows)
+                queries.insert_rows(db, run_id, rows, planned)
 
             def stored(index: int) -> str | None:
                 if index in fresh:
@@ -300,7 +304,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
 
     def row_data(self, run_id: str, row_index: int) -> dict[str, Any] | None:
         row = self._db.execute(
-            "SELECT unpack(data_json) FROM rows WHERE run_id = ? AND row_index = ?",
+            f"SELECT {queries.ROW_DATA} FROM rows w WHERE w.run_id = ? AND w.row_index = ?",
             (run_id, row_index),
         ).fetchone()
         return loads(row[0]) if row is not None and row[0] else None

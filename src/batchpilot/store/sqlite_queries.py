@@ -10,6 +10,7 @@ import orjson
 
 from batchpilot.errors import StateError
 from batchpilot.store import sqlite_batch_answers
+from batchpilot.store import sqlite_row_frames as row_frames
 from batchpilot.store.database import Connection, IntegrityError, Row
 from batchpilot.store.packing import pack, text_unpacker
 from batchpilot.store.planned import by_model
@@ -42,11 +43,15 @@ __all__ = [
 ]
 
 
+ROW_DATA = "row_data(w.run_id, w.row_index, w.data_json)"
+"""The SQL for the JSON of a row of `rows w`, wherever it is kept."""
+
+
 def body_of(table: str) -> str:
     """The SQL for the body of a request of `table` (a name or an alias), unpacked."""
     return (
-        f"unpack_body({table}.body, (SELECT b.data_json FROM rows b WHERE b.run_id = "
-        f"{table}.run_id AND b.row_index = {table}.first_row))"
+        f"request_body({table}.body, {table}.run_id, {table}.first_row, (SELECT b.data_json "
+        f"FROM rows b WHERE b.run_id = {table}.run_id AND b.row_index = {table}.first_row))"
     )
 
 
@@ -99,13 +104,23 @@ def planned_rows(db: Connection, run_id: str, first: int, last: int) -> set[int]
     return {index for (index,) in found}
 
 
-def insert_rows(db: Connection, run_id: str, rows: Sequence[NewRow]) -> None:
-    """Input rows (none whose index is already planned)."""
+def insert_rows(db: Connection, run_id: str, rows: Sequence[NewRow], planned: set[int]) -> None:
+    """Input rows, their data in frames; those at positions `planned` before are left as
+    they are."""
+    framed = row_frames.write(db, run_id, [r for r in rows if r.index not in planned])
     db.executemany(
         "INSERT OR IGNORE INTO rows(run_id, row_index, row_id, request_id, source, "
         "skip_reason, data_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            (run_id, r.index, r.row_id, r.request_id, r.source, r.skip_reason, pack(r.data_json))
+            (
+                run_id,
+                r.index,
+                r.row_id,
+                r.request_id,
+                r.source,
+                r.skip_reason,
+                None if r.index in framed else pack(r.data_json),
+            )
             for r in rows
         ],
     )
@@ -114,7 +129,7 @@ def insert_rows(db: Connection, run_id: str, rows: Sequence[NewRow]) -> None:
 def stored_row_data(db: Connection, run_id: str, row_index: int) -> str | None:
     """The JSON of a row as it is kept (none if the row or its data is not)."""
     found = db.execute(
-        "SELECT unpack(data_json) FROM rows WHERE run_id = ? AND row_index = ?",
+        f"SELECT {ROW_DATA} FROM rows w WHERE w.run_id = ? AND w.row_index = ?",
         (run_id, row_index),
     ).fetchone()
     return None if found is None else found[0]
@@ -265,6 +280,9 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     succeeded = str(RequestState.SUCCEEDED)
     size = sqlite_batch_answers.FRAME
     unpack_text = text_unpacker()
+    frames = row_frames.in_order(db, run_id)
+    first, last = -1, -1
+    lines: list[bytes] = []
     # rows in input order mostly follow their batches: the last batch and frame are at hand
     kept_id: int | None = None
     kept: KeptBatch | None = None
@@ -273,7 +291,12 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     frame: list[bytes] = []
     for row in cursor:
         data, answer, batch_id = row[5], row[9], row[14]
-        if data.__class__ is bytes:
+        if data is None:  # in a frame, if kept
+            index = row[0]
+            while index > last:
+                first, last, lines = next(frames)
+            data = (lines[index - first].decode() or None) if index >= first else None
+        elif data.__class__ is bytes:
             data = unpack_text(data)
         if answer is None and batch_id is not None and row[6] == succeeded:
             if batch_id != kept_id:
@@ -359,8 +382,7 @@ def undelivered(db: Connection, run_id: str, limit: int) -> list[DeliveryRow]:
     cursor = db.cursor()
     cursor.row_factory = None
     rows = cursor.execute(
-        "SELECT w.row_index, w.row_id, unpack(w.data_json), unpack_body(q.body, (SELECT "
-        "b.data_json FROM rows b WHERE b.run_id = q.run_id AND b.row_index = q.first_row)), "
+        f"SELECT w.row_index, w.row_id, {ROW_DATA}, {body_of('q')}, "
         f"q.state, q.attempts, q.error, {ANSWER}, {LANE}, "
         f"COALESCE({INPUT_TOKENS}, (SELECT SUM(a.input_tokens) FROM attempts a "
         "WHERE a.run_id = q.run_id AND a.request_id = q.id), 0) AS input_tokens, "

@@ -25,7 +25,14 @@ from batchpilot.store.records import (
     TaskStateRecord,
 )
 from batchpilot.store.sqlite_batch_answers import KeptBatch
-from batchpilot.store.sqlite_queries import ANSWER, COST, INPUT_TOKENS, LANE, OUTPUT_TOKENS
+from batchpilot.store.sqlite_queries import (
+    ANSWER,
+    COST,
+    INPUT_TOKENS,
+    LANE,
+    OUTPUT_TOKENS,
+    ROW_DATA,
+)
 from batchpilot.store.states import RequestState
 
 __all__ = [
@@ -248,7 +255,7 @@ def _joined(db: Connection, run_id: str, picked: str, params: Sequence[Any]) -> 
     cursor.row_factory = None
     rows = cursor.execute(
         "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, "
-        f"unpack(w.data_json), q.state, q.attempts, q.error, {ANSWER}, "
+        f"{ROW_DATA}, q.state, q.attempts, q.error, {ANSWER}, "
         f"{INPUT_TOKENS}, {OUTPUT_TOKENS}, {COST}, {LANE} FROM rows w "
         "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id "
         "LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id "
@@ -357,7 +364,7 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
         params.append(where.lane)
     if where.search:
         conditions.append(
-            "(w.row_id LIKE ? ESCAPE '\\' OR unpack(w.data_json) LIKE ? ESCAPE '\\' "
+            f"(w.row_id LIKE ? ESCAPE '\\' OR {ROW_DATA} LIKE ? ESCAPE '\\' "
             f"OR {ANSWER} LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
         )
         params += [f"%{like(where.search)}%"] * 4

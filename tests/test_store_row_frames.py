@@ -1,0 +1,91 @@
+"""Input rows kept in frames (SQLite): rows planned together are compressed as one, take a
+fraction of the room of rows packed one by one, and read back the same, whether kept in
+frames or, as before frames, in `rows`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from batchpilot.store import NewRequest, NewRow, RunRecord, SQLiteStore, utc_now
+from batchpilot.store.packing import pack
+from batchpilot.store.records import row_json
+
+RUN = "run"
+EP = "/v1/chat/completions"
+WORDS = [f"{a}{b}" for a in ("sail", "queen", "storm", "river", "night") for b in "aeiouyrst"]
+
+
+def movie(i: int) -> str:
+    """A row like a movie's: the same keys, a genre of a few, a plot of words of a language."""
+    pick = random.Random(i).choice
+    plot = " ".join(pick(WORDS) for _ in range(120))
+    return row_json(
+        {"id": f"m{i}", "title": f"Film {i}", "genre": pick(["drama", "war"]), "plot": plot}
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    store.create_run(RunRecord(RUN, "job", "{}", "openai", EP, "running", None, utc_now()))
+    return store
+
+
+def plan(store: SQLiteStore, first: int, last: int, text: str = "") -> None:
+    rows = [
+        NewRow(i, f"row-{i}", f"in.jsonl:{i}", f"q{i}", text or movie(i))
+        for i in range(first, last)
+    ]
+    body = [NewRequest(f"q{i}", f"h{i}", EP, "m", b"{}", 1, 5, i, 5) for i in range(first, last)]
+    store.add_planned(RUN, rows, body)
+
+
+def sql(store: SQLiteStore, query: str) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in store._db.execute(query).fetchall()]
+
+
+def test_rows_planned_together_take_a_fraction_of_the_room_of_rows_packed_one_by_one(
+    store: SQLiteStore,
+) -> None:
+    plan(store, 0, 1000)
+    plan(store, 1000, 1500)
+    assert sql(store, "SELECT first_row, last_row FROM row_frames ORDER BY first_row") == [
+        (0, 999),
+        (1000, 1499),
+    ]
+    assert sql(store, "SELECT COUNT(*) FROM rows WHERE data_json IS NOT NULL") == [(0,)]
+    framed = sql(store, "SELECT SUM(LENGTH(data)) FROM row_frames")[0][0]
+    one_by_one = sum(len(pack(movie(i)) or b"") for i in range(1500))
+    raw = sum(len(movie(i).encode()) for i in range(1500))
+    assert isinstance(framed, int) and framed < 0.75 * one_by_one < raw
+    assert [store.row_data(RUN, i) for i in (0, 999, 1000, 1499)] == [
+        json.loads(movie(i)) for i in (0, 999, 1000, 1499)
+    ]
+
+
+def test_rows_kept_in_rows_before_frames_read_back_beside_framed_ones(store: SQLiteStore) -> None:
+    old = [(RUN, i, f"row-{i}", f"q{i}", f"in.jsonl:{i}", None, pack(movie(i))) for i in range(3)]
+    store._db.executemany(
+        "INSERT INTO rows(run_id, row_index, row_id, request_id, source, skip_reason, data_json) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        old,
+    )
+    plan(store, 3, 6)
+    expected = [json.loads(movie(i)) for i in range(6)]
+    assert [store.row_data(RUN, i) for i in range(6)] == expected
+    assert [json.loads(r.data_json or "null") for r in store.joined_rows(RUN)] == expected
+    assert store.row_data(RUN, 6) is None
+
+
+def test_a_frame_read_in_a_transaction_rolled_back_is_not_read_again(store: SQLiteStore) -> None:
+    first, second = row_json({"text": "first"}), row_json({"text": "second"})
+    with pytest.raises(RuntimeError), store.tx():
+        plan(store, 0, 10, first)
+        assert store.row_data(RUN, 5) == {"text": "first"}  # its frame read, and kept
+        raise RuntimeError("the plan stops")
+    plan(store, 0, 10, second)
+    assert store.row_data(RUN, 5) == {"text": "second"}
