@@ -398,7 +398,7 @@ def test_rows_planned_in_chunks_read_back_through_every_reader(store: Store) -> 
         if i % 7 == 3:
             return None
         if i % 50 == 11:
-            return '{\n  "i": %d, "note": "pretty printed"\n}' % i
+            return json.dumps({"i": i, "note": "pretty printed"}, indent=2)
         return row_json({"i": i, "word": f"w{i:04d}", "plot": plot, "é": "北京"})
 
     total = 2_345
