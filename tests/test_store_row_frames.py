@@ -67,7 +67,9 @@ def test_rows_planned_together_take_a_fraction_of_the_room_of_rows_packed_one_by
     ]
 
 
-def test_rows_kept_in_rows_before_frames_read_back_beside_framed_ones(store: SQLiteStore) -> None:
+def test_rows_kept_in_rows_before_frames_or_alone_read_back_beside_framed_ones(
+    store: SQLiteStore,
+) -> None:
     old = [(RUN, i, f"row-{i}", f"q{i}", f"in.jsonl:{i}", None, pack(movie(i))) for i in range(3)]
     store._db.executemany(
         "INSERT INTO rows(run_id, row_index, row_id, request_id, source, skip_reason, data_json) "
@@ -75,10 +77,18 @@ def test_rows_kept_in_rows_before_frames_read_back_beside_framed_ones(store: SQL
         old,
     )
     plan(store, 3, 6)
-    expected = [json.loads(movie(i)) for i in range(6)]
-    assert [store.row_data(RUN, i) for i in range(6)] == expected
+    plan(store, 6, 7)  # a row planned alone gains nothing from a frame: kept in `rows`
+    assert sql(store, "SELECT first_row, last_row FROM row_frames") == [(3, 5)]
+    assert sql(store, "SELECT row_index FROM rows WHERE data_json IS NOT NULL") == [
+        (0,),
+        (1,),
+        (2,),
+        (6,),
+    ]
+    expected = [json.loads(movie(i)) for i in range(7)]
+    assert [store.row_data(RUN, i) for i in range(7)] == expected
     assert [json.loads(r.data_json or "null") for r in store.joined_rows(RUN)] == expected
-    assert store.row_data(RUN, 6) is None
+    assert store.row_data(RUN, 7) is None
 
 
 def test_a_frame_read_in_a_transaction_rolled_back_is_not_read_again(store: SQLiteStore) -> None:

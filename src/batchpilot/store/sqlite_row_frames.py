@@ -4,7 +4,8 @@ compressed as one zstd frame (one line a row, an empty line for a row whose data
 Rows of one input share their keys and much of their text, so a frame of a thousand takes a
 fraction of what the rows packed one by one take, and reading every row in order (an export)
 unpacks a frame a thousand rows instead of each row. A row's `data_json` in `rows` is then
-NULL; a value there (rows planned before frames, or JSON holding a line break) is the row's.
+NULL; a value there (rows planned before frames, planned alone, or JSON holding a line break)
+is the row's.
 A frame is written once, with its rows, and never changed.
 """
 
@@ -23,8 +24,8 @@ _KEPT_FRAMES = 4
 
 
 def write(db: Connection, run_id: str, rows: Sequence[NewRow]) -> set[int]:
-    """Frame the data of `rows` (planned now, none planned before); the positions of the rows
-    framed, whose data is then not kept in `rows` as well."""
+    """Frame the data of `rows` (planned now, none planned before) that are in consecutive
+    positions; the positions of the rows framed, whose data is then not kept in `rows`."""
     lines: dict[int, bytes] = {}
     for row in rows:
         if row.index in lines:
@@ -33,18 +34,22 @@ def write(db: Connection, run_id: str, rows: Sequence[NewRow]) -> set[int]:
         if _LINE not in line:
             lines[row.index] = line
     frames: list[tuple[str, int, int, bytes]] = []
+    framed: set[int] = set()
     positions = sorted(lines)
     start = 0
     for at in range(1, len(positions) + 1):
         if at == len(positions) or positions[at] != positions[at - 1] + 1:
             first, last = positions[start], positions[at - 1]
+            start = at
+            if first == last:
+                continue  # a row alone gains nothing from a frame: kept in `rows`
             data = _LINE.join([lines[index] for index in range(first, last + 1)])
             frames.append((run_id, first, last, pack_whole(data)))
-            start = at
+            framed.update(range(first, last + 1))
     db.executemany(
         "INSERT INTO row_frames(run_id, first_row, last_row, data) VALUES (?, ?, ?, ?)", frames
     )
-    return set(lines)
+    return framed
 
 
 def _line(value: bytes) -> str | None:
