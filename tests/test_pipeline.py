@@ -24,8 +24,7 @@ from batchpilot.run import open_store, run_job
 from batchpilot.run.identity import step_runs
 from batchpilot.server import LocalServer
 from batchpilot.spec import job_from_dict, load_job
-from batchpilot.store.packing import register
-from batchpilot.store.sqlite_queries import body_of
+from batchpilot.store import SQLiteStore
 
 from helpers import run_command
 
@@ -101,13 +100,18 @@ def executed(server: LocalServer) -> Counter[str]:
 
 
 def bodies(state: Path, run_id: str) -> list[dict[str, Any]]:
-    with sqlite3.connect(state / "batchpilot.sqlite3") as db:
-        register(db)  # bodies are kept compressed
-        rows = db.execute(
-            f"SELECT {body_of('requests')} FROM requests WHERE run_id = ? ORDER BY first_row",
-            (run_id,),
-        ).fetchall()
-    return [json.loads(row[0]) for row in rows]
+    """The run's request bodies in input order, read through the store (they are kept packed)."""
+    store = SQLiteStore(state / "batchpilot.sqlite3")
+    try:
+        ids = [
+            row[0]
+            for row in store._db.execute(
+                "SELECT id FROM requests WHERE run_id = ? ORDER BY first_row", (run_id,)
+            )
+        ]
+        return [json.loads(store.request_body(run_id, request_id)) for request_id in ids]
+    finally:
+        store.close()
 
 
 def test_each_step_sees_the_answers_of_the_steps_before_it(
