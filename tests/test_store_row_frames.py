@@ -99,3 +99,21 @@ def test_a_frame_read_in_a_transaction_rolled_back_is_not_read_again(store: SQLi
         raise RuntimeError("the plan stops")
     plan(store, 0, 10, second)
     assert store.row_data(RUN, 5) == {"text": "second"}
+
+
+def test_the_first_row_planned_at_a_position_is_the_one_kept_framed_or_not(
+    store: SQLiteStore,
+) -> None:
+    pretty = json.dumps({"first": True, "note": "a line break"}, indent=1)
+    rows = [NewRow(i, f"row-{i}", f"in.jsonl:{i}", None, row_json({"i": i})) for i in range(4)]
+    rows[2] = NewRow(2, "row-2", "in.jsonl:2", None, pretty)  # kept in `rows`, not framed
+    rows += [NewRow(2, "again", "in.jsonl:9", None, row_json({"second": True}))]
+    rows += [NewRow(1, "again", "in.jsonl:9", None, row_json({"second": True}))]
+    store.add_planned(RUN, rows, [])
+    assert [store.row_data(RUN, i) for i in range(4)] == [
+        {"i": 0},
+        {"i": 1},
+        {"first": True, "note": "a line break"},
+        {"i": 3},
+    ]
+    assert [r.row_id for r in store.joined_rows(RUN)] == ["row-0", "row-1", "row-2", "row-3"]

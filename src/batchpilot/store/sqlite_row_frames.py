@@ -27,9 +27,11 @@ def write(db: Connection, run_id: str, rows: Sequence[NewRow]) -> set[int]:
     """Frame the data of `rows` (planned now, none planned before) that are in consecutive
     positions; the positions of the rows framed, whose data is then not kept in `rows`."""
     lines: dict[int, bytes] = {}
+    seen: set[int] = set()
     for row in rows:
-        if row.index in lines:
+        if row.index in seen:
             continue  # the first of a position is the one planned
+        seen.add(row.index)
         line = b"" if row.data_json is None else row.data_json.encode()
         if _LINE not in line:
             lines[row.index] = line
