@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchpilot.store import NewRequest, NewRow, RunRecord, SQLiteStore, utc_now
+from batchpilot.store import sqlite_row_frames as row_frames
 from batchpilot.store.packing import pack
 from batchpilot.store.records import row_json
 
@@ -117,3 +118,22 @@ def test_the_first_row_planned_at_a_position_is_the_one_kept_framed_or_not(
         {"i": 3},
     ]
     assert [r.row_id for r in store.joined_rows(RUN)] == ["row-0", "row-1", "row-2", "row-3"]
+
+
+def test_frames_hold_at_most_their_bytes_and_a_row_larger_stays_in_rows(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(row_frames, "FRAME_BYTES", 1_000)
+    sizes = [300] * 7 + [1_500] + [300] * 2
+    rows = [row_json({"i": i, "image": "x" * size}) for i, size in enumerate(sizes)]
+    store.add_planned(
+        RUN, [NewRow(i, f"row-{i}", f"in.jsonl:{i}", None, row) for i, row in enumerate(rows)], []
+    )
+    assert sql(store, "SELECT first_row, last_row FROM row_frames ORDER BY first_row") == [
+        (0, 2),
+        (3, 5),
+        (8, 9),
+    ]
+    assert sql(store, "SELECT row_index FROM rows WHERE data_json IS NOT NULL") == [(6,), (7,)]
+    assert [store.row_data(RUN, i) for i in range(10)] == [json.loads(row) for row in rows]
+    assert [r.data_json for r in store.joined_rows(RUN)] == rows

@@ -21,6 +21,9 @@ __all__ = ["RowFrames", "in_order", "register", "write"]
 
 _LINE = b"\n"
 _KEPT_FRAMES = 4
+FRAME_BYTES = 1 << 20
+"""The most bytes of JSON a frame holds (rows with large values, such as images, make frames
+of fewer rows; a row larger than this alone stays in `rows`)."""
 
 
 def write(db: Connection, run_id: str, rows: Sequence[NewRow]) -> set[int]:
@@ -37,17 +40,25 @@ def write(db: Connection, run_id: str, rows: Sequence[NewRow]) -> set[int]:
             lines[row.index] = line
     frames: list[tuple[str, int, int, bytes]] = []
     framed: set[int] = set()
-    positions = sorted(lines)
-    start = 0
-    for at in range(1, len(positions) + 1):
-        if at == len(positions) or positions[at] != positions[at - 1] + 1:
-            first, last = positions[start], positions[at - 1]
-            start = at
-            if first == last:
-                continue  # a row alone gains nothing from a frame: kept in `rows`
-            data = _LINE.join([lines[index] for index in range(first, last + 1)])
-            frames.append((run_id, first, last, pack_whole(data)))
-            framed.update(range(first, last + 1))
+
+    def close(first: int, last: int) -> None:
+        if first == last:
+            return  # a row alone gains nothing from a frame: kept in `rows`
+        data = _LINE.join([lines[index] for index in range(first, last + 1)])
+        frames.append((run_id, first, last, pack_whole(data)))
+        framed.update(range(first, last + 1))
+
+    first, previous, size = -1, -2, 0
+    for index in sorted(lines):
+        length = len(lines[index]) + 1
+        if index != previous + 1 or size + length > FRAME_BYTES:
+            if previous >= 0:
+                close(first, previous)
+            first, size = index, 0
+        size += length
+        previous = index
+    if previous >= 0:
+        close(first, previous)
     db.executemany(
         "INSERT INTO row_frames(run_id, first_row, last_row, data) VALUES (?, ?, ?, ?)", frames
     )
