@@ -11,11 +11,12 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["BUSY_TIMEOUT_S", "Connection", "Error", "IntegrityError", "Row", "connect"]
+__all__ = ["BUSY_TIMEOUT_S", "Connection", "Cursor", "Error", "IntegrityError", "Row", "connect"]
 
 BUSY_TIMEOUT_S = 30.0
 
 Connection = sqlite3.Connection
+Cursor = sqlite3.Cursor
 Row = sqlite3.Row
 Error = sqlite3.Error
 IntegrityError = sqlite3.IntegrityError
