@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from batchpilot.store import NewRequest, NewRow, RunRecord, SQLiteStore, utc_now
+from batchpilot.store import (
+    BatchState,
+    NewRequest,
+    NewRow,
+    Outcome,
+    RunRecord,
+    SQLiteStore,
+    utc_now,
+)
 from batchpilot.store import sqlite_row_frames as row_frames
 from batchpilot.store.packing import pack
-from batchpilot.store.records import row_json
+from batchpilot.store.records import AnswerFilter, row_json
 
 RUN = "run"
 EP = "/v1/chat/completions"
@@ -137,3 +145,84 @@ def test_frames_hold_at_most_their_bytes_and_a_row_larger_stays_in_rows(
     assert sql(store, "SELECT row_index FROM rows WHERE data_json IS NOT NULL") == [(6,), (7,)]
     assert [store.row_data(RUN, i) for i in range(10)] == [json.loads(row) for row in rows]
     assert [r.data_json for r in store.joined_rows(RUN)] == rows
+
+
+def test_a_text_search_finds_what_like_finds_in_each_row_and_its_answer(
+    store: SQLiteStore,
+) -> None:
+    """Rows in frames and in `rows`, answers kept whole in a batch and one by one, errors: a
+    search's rows are those whose id, input, answer or error SQLite's own LIKE finds the text
+    in, each text on its own (never across two rows of a frame)."""
+    old = [(RUN, 0, "row-0", "q0", "in.jsonl:0", None, pack(row_json({"t": "Old ROW 北京"})))]
+    store._db.executemany(
+        "INSERT INTO rows(run_id, row_index, row_id, request_id, source, skip_reason, data_json) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        old,
+    )
+    texts = ["plain tail", "100% sure_x", "back\\slash", "café CAFÉ", "ends with Tom", "Ana starts"]
+    rows = [
+        NewRow(i, f"row-{i}", f"in.jsonl:{i}", f"q{i}", row_json({"t": texts[i % 6]}))
+        for i in range(1, 40)
+    ]
+    requests = [NewRequest(f"q{i}", f"h{i}", EP, "m", b"{}", 1, 5, i, 5) for i in range(40)]
+    store.add_planned(RUN, rows, requests)
+
+    def answer(i: int) -> dict[str, object]:
+        return {"choices": [{"message": {"content": f"answer {i} Tom Érik"}}]}
+
+    kept = [r for r in store.pending(RUN, 40) if int(r.id[1:]) < 20]
+    batch = store.create_batch(RUN, kept, size=1, file_name_prefix="b")
+    for moved in (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING):
+        store.move_batch(RUN, batch, moved)
+    store.move_batch(RUN, batch, BatchState.SUBMITTED, remote_id="batch_1")
+    store.finish_batch(
+        RUN, batch, [Outcome(r.id, "succeeded", answer(int(r.id[1:]))) for r in kept]
+    )
+    for i in range(20, 30):
+        assert store.claim_realtime(RUN, f"q{i}")
+        state = "succeeded" if i % 2 else "failed"
+        store.finish_realtime(
+            RUN,
+            Outcome(
+                f"q{i}",
+                state,
+                answer(i) if i % 2 else None,
+                error=None if i % 2 else "http 500: Boom_x",
+            ),
+        )
+    shown = store.answers(RUN, AnswerFilter(), 0, 100)
+    assert sql(store, "SELECT COUNT(*) FROM row_frames") == [(1,)]
+
+    def like(text: str | None, needle: str) -> bool:
+        pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        found = store._db.execute("SELECT ? LIKE ? ESCAPE '\\'", (text, pattern)).fetchone()[0]
+        return bool(found)
+
+    for needle in [
+        "tom",
+        "TOM",
+        "北京",
+        "100%",
+        "%",
+        "_x",
+        "\\",
+        "café",
+        "CAFÉ",
+        "É",
+        "row-3",
+        "boom",
+        "answer 7 ",
+        "answer 25",
+        "tail\n{",
+        'Tom"}',
+        "zzz",
+        "1",
+    ]:
+        expected = [
+            r.row_index
+            for r in shown
+            if any(like(t, needle) for t in (r.row_id, r.data_json, r.response_json, r.error))
+        ]
+        page = store.answer_page(RUN, AnswerFilter(search=needle), 0, 100, 1000)
+        assert [r.row_index for r in page.rows] == expected, needle
+        assert page.total == len(expected) and page.complete

@@ -1,12 +1,14 @@
 """A finished run of many rows, written through the store's own moves (the runner's), for the
-tests and the bench of the answer browser: the first half answered in real time, the second in
-batches of 1,000; every 25th row fails for good (in real time after a retried server error)."""
+tests and the bench of the answer browser: its rows planned a thousand at a time, the first
+half answered in real time, the second in batches of 1,000; every 25th row fails for good (in
+real time after a retried server error)."""
 
 from __future__ import annotations
 
 import json
 
-from batchpilot.store import BatchState, Outcome, RunRecord, Store, utc_now
+from batchpilot.store import BatchState, NewRequest, NewRow, Outcome, RunRecord, Store, utc_now
+from batchpilot.store.records import row_json
 
 EP = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
@@ -34,14 +36,18 @@ def _outcome(i: int, request_id: str) -> Outcome:
 def fill(store: Store, run_id: str, rows: int) -> None:
     spec = json.dumps({"requests": "rows.jsonl", "provider": "openai"})
     store.create_run(RunRecord(run_id, "browse", spec, "openai", EP, "finished", None, utc_now()))
-    with store.tx():
-        for i in range(rows):
+    for start in range(0, rows, 1000):  # planned a thousand rows at a time, as a run plans
+        planned_rows, planned_requests = [], []
+        for i in range(start, min(start + 1000, rows)):
             request_id = f"req-{i:05d}"
             data = {"id": f"row-{i:05d}", "text": f"sentence number {i} about <b>things</b>"}
-            store.add_row(run_id, i, f"row-{i:05d}", "rows.jsonl", request_id, data)
+            planned_rows.append(NewRow(i, f"row-{i:05d}", "rows.jsonl", request_id, row_json(data)))
             body = {"model": MODEL, "messages": [{"role": "user", "content": data["text"]}]}
             encoded = json.dumps(body).encode()
-            store.add_request(run_id, request_id, f"{run_id}-{i}", EP, MODEL, encoded, 12, 20, i)
+            planned_requests.append(
+                NewRequest(request_id, f"{run_id}-{i}", EP, MODEL, encoded, 12, 20, i, 20)
+            )
+        store.add_planned(run_id, planned_rows, planned_requests)
     half = rows // 2
     with store.tx():
         for i in range(half):

@@ -8,6 +8,8 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
+from orjson import dumps
+
 from batchpilot.store.answer_pages import (
     like,
     quick_count,
@@ -33,6 +35,7 @@ from batchpilot.store.sqlite_queries import (
     OUTPUT_TOKENS,
     ROW_DATA,
 )
+from batchpilot.store.sqlite_search import framed_matches
 from batchpilot.store.states import RequestState
 
 __all__ = [
@@ -241,7 +244,7 @@ def _page(
     counts of requests (`shape`) allow (`answer_pages`), else by reading them in order."""
     picked = quick_page(where, run_id, offset, limit, *shape, "?", INDEXED_STATES)
     if picked is None:
-        sql, params = _answer_query(run_id, where)
+        sql, params = _answer_query(db, run_id, where)
         picked = (
             f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT ? OFFSET ?",
             [*params, limit, offset],
@@ -272,7 +275,7 @@ def count_answers(db: Connection, run_id: str, where: AnswerFilter) -> int:
     quick = _quick_count(db, run_id, where, shape)
     if quick is not None:
         return quick
-    sql, params = _answer_query(run_id, where)
+    sql, params = _answer_query(db, run_id, where)
     found = db.execute(f"SELECT COUNT(*) {sql}", params).fetchone()
     return int(found[0])
 
@@ -287,7 +290,7 @@ def answer_page(
     quick = _quick_count(db, run_id, where, shape)
     if quick is not None:
         return AnswerPage(_page(db, run_id, where, offset, limit, shape), quick, True)
-    sql, params = _answer_query(run_id, where)
+    sql, params = _answer_query(db, run_id, where)
     at_most = offset + limit + count_ahead
     found = db.execute(
         f"WITH found AS MATERIALIZED (SELECT w.row_index AS i {sql} ORDER BY w.row_index "
@@ -345,7 +348,7 @@ def planned_totals(db: Connection, run_id: str) -> dict[str, tuple[int, int]]:
     return {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
 
 
-def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
+def _answer_query(db: Connection, run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
     """The FROM and WHERE of the rows a page of answers picks from, joining only the tables
     its filters read (a page joins the rest for its own rows alone)."""
     joins, conditions = [], ["w.run_id = ?"]
@@ -363,11 +366,19 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
         conditions.append(f"{LANE} = ?")
         params.append(where.lane)
     if where.search:
+        # what is kept in frames searched a frame at a time (`sqlite_search`), the rest here:
+        # the same as the row's JSON and its answer each searched with LIKE
+        rows, answers = framed_matches(db, run_id, where.search)
         conditions.append(
-            f"(w.row_id LIKE ? ESCAPE '\\' OR {ROW_DATA} LIKE ? ESCAPE '\\' "
-            f"OR {ANSWER} LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
+            "(w.row_id LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\' "
+            "OR (w.data_json IS NOT NULL AND unpack(w.data_json) LIKE ? ESCAPE '\\') "
+            "OR w.row_index IN (SELECT value FROM json_each(?)) "
+            "OR (r.response_json IS NOT NULL AND unpack(r.response_json) LIKE ? ESCAPE '\\') "
+            "OR (r.response_json IS NULL "
+            "AND q.batch_id || ' ' || q.id IN (SELECT value FROM json_each(?))))"
         )
-        params += [f"%{like(where.search)}%"] * 4
+        pattern = f"%{like(where.search)}%"
+        params += [pattern] * 3 + [dumps(rows).decode(), pattern, dumps(answers).decode()]
     if (
         where.state is not None
         or where.reason is not None

@@ -1,0 +1,71 @@
+"""A text search of a run's rows (the answer browser's): the rows whose input, or whose answer
+kept in a batch's frames, holds the text, found a frame at a time.
+
+The search means what `LIKE '%text%'` means in SQLite: the text itself, ASCII letters in any
+case, every other character as it is. That is a search of UTF-8 bytes lowered as `bytes.lower`
+lowers them (ASCII alone), which a frame of rows or of a batch's answers allows at once: the
+frame is lowered and searched whole, and the lines that hold the text noted, instead of each
+row's and answer's text unpacked and handed to SQL on its own. What is kept one by one (rows
+planned before frames, answers in `results`) is searched by SQL as before.
+"""
+
+from __future__ import annotations
+
+from batchpilot.store.database import Connection
+from batchpilot.store.packing import unpack_whole
+from batchpilot.store.sqlite_batch_answers import FRAME, Recorded
+
+__all__ = ["framed_matches"]
+
+_LINE = b"\n"
+
+
+def lines_holding(blob: bytes, text: bytes) -> list[int]:
+    """The numbers of the lines of `blob` that hold `text`, in order."""
+    found: list[int] = []
+    if not text or _LINE in text:
+        return found  # no line holds a line break
+    at = blob.find(text)
+    line, counted = 0, 0
+    while at >= 0:
+        line += blob.count(_LINE, counted, at)
+        found.append(line)
+        end = blob.find(_LINE, at)
+        if end < 0:
+            break
+        line += 1
+        counted = end + 1
+        at = blob.find(text, counted)
+    return found
+
+
+def framed_matches(db: Connection, run_id: str, text: str) -> tuple[list[int], list[str]]:
+    """The positions of the rows kept in frames whose input holds `text`, and the answers kept
+    in batches' frames that hold it, each as `"{batch id} {request id}"`."""
+    lowered = text.encode().lower()
+    rows: list[int] = []
+    for first, data in db.execute(
+        "SELECT first_row, data FROM row_frames WHERE run_id = ? ORDER BY first_row", (run_id,)
+    ):
+        rows += [first + line for line in lines_holding(unpack_whole(data).lower(), lowered)]
+    answers: list[str] = []
+    recorded = Recorded(db)
+    numbers: dict[int, dict[int, str]] = {}
+    for batch_id, frame, data in db.execute(
+        "SELECT batch_id, frame, answers FROM batch_answer_frames WHERE run_id = ? "
+        "ORDER BY batch_id, frame",
+        (run_id,),
+    ):
+        found = lines_holding(unpack_whole(data).lower(), lowered)
+        if not found:
+            continue
+        if batch_id not in numbers:
+            kept = recorded.batch(run_id, batch_id)
+            positions = {} if kept is None else kept.positions
+            numbers[batch_id] = {number: request_id for request_id, number in positions.items()}
+        ids = numbers[batch_id]
+        for line in found:
+            request_id = ids.get(frame * FRAME + line)
+            if request_id is not None:
+                answers.append(f"{batch_id} {request_id}")
+    return rows, answers
