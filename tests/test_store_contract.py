@@ -431,6 +431,27 @@ def test_rows_planned_in_chunks_read_back_through_every_reader(store: Store) -> 
     assert read == {f"q{i}": body for i, body in bodies.items()}
 
 
+def test_a_text_search_takes_ascii_letters_in_any_case_and_other_letters_as_they_are(
+    store: Store,
+) -> None:
+    texts = ["Tom the SAILOR", "café au lait", "CAFÉ NOIR", "100% sure"]
+    rows = [
+        NewRow(i, f"row-{i}", f"in.jsonl:{i + 1}", f"q{i}", row_json({"t": t}))
+        for i, t in enumerate(texts)
+    ]
+    requests = [NewRequest(f"q{i}", f"h{i}", EP, "m", b"{}", 1, 5, i, 5) for i in range(4)]
+    store.add_planned(RUN, rows, requests)
+
+    def found(text: str) -> list[int]:
+        page = store.answer_page(RUN, AnswerFilter(search=text), 0, 10, 100)
+        return [r.row_index for r in page.rows]
+
+    assert found("tom") == found("TOM") == found("Tom") == [0]
+    assert found("sailor the") == [] and found("Sailor") == [0]
+    assert found("CAFÉ") == [2] and found("café") == [1] and found("caf") == [1, 2]
+    assert found("100%") == [3] and found("%") == [3] and found("0_") == []
+
+
 def test_pending_pages_after_a_row(store: Store) -> None:
     plan(store, 6)
     store.claim_realtime(RUN, "req-3")

@@ -206,16 +206,22 @@ def _answer_query(run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
         conditions.append("r.lane = %s")
         params.append(where.lane)
     if where.search:
+        # as SQLite's LIKE finds it: ASCII letters in any case, every other character as it is
+        texts = ("w.row_id", "w.data_json", "r.response_json", "q.error")
         conditions.append(
-            "(w.row_id LIKE %s ESCAPE '\\' OR w.data_json LIKE %s ESCAPE '\\' "
-            "OR r.response_json LIKE %s ESCAPE '\\' OR q.error LIKE %s ESCAPE '\\')"
+            "(" + " OR ".join(f"{_ASCII_LOWER.format(t)} LIKE %s ESCAPE '\\'" for t in texts) + ")"
         )
-        params += [f"%{like(where.search)}%"] * 4
+        params += [f"%{like(where.search.translate(_LOWER))}%"] * 4
     if where.state is not None or where.reason is not None or where.search:
         joins.append("LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id")
     if where.lane is not None or where.search:
         joins.append("LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id")
     return f"FROM rows w {' '.join(joins)} WHERE {' AND '.join(conditions)}", params
+
+
+_UPPER, _LOWER_CASE = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+_LOWER = str.maketrans(_UPPER, _LOWER_CASE)
+_ASCII_LOWER = f"translate({{}}, '{_UPPER}', '{_LOWER_CASE}')"
 
 
 def events(db: Db, run_id: str, since: int) -> list[dict[str, Any]]:
