@@ -17,6 +17,7 @@ from batchpilot.store import (
     Outcome,
     RunRecord,
     SQLiteStore,
+    sqlite_search,
     utc_now,
 )
 from batchpilot.store import sqlite_row_frames as row_frames
@@ -147,12 +148,15 @@ def test_frames_hold_at_most_their_bytes_and_a_row_larger_stays_in_rows(
     assert [r.data_json for r in store.joined_rows(RUN)] == rows
 
 
+@pytest.mark.parametrize("most", [sqlite_search.MOST_MATCHES, 0])
 def test_a_text_search_finds_what_like_finds_in_each_row_and_its_answer(
-    store: SQLiteStore,
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, most: int
 ) -> None:
     """Rows in frames and in `rows`, answers kept whole in a batch and one by one, errors: a
     search's rows are those whose id, input, answer or error SQLite's own LIKE finds the text
-    in, each text on its own (never across two rows of a frame)."""
+    in, each text on its own (never across two rows of a frame); a text found in more than
+    `most` frames' lines is searched row by row, with the same rows."""
+    monkeypatch.setattr(sqlite_search, "MOST_MATCHES", most)
     old = [(RUN, 0, "row-0", "q0", "in.jsonl:0", None, pack(row_json({"t": "Old ROW 北京"})))]
     store._db.executemany(
         "INSERT INTO rows(run_id, row_index, row_id, request_id, source, skip_reason, data_json) "

@@ -366,19 +366,25 @@ def _answer_query(db: Connection, run_id: str, where: AnswerFilter) -> tuple[str
         conditions.append(f"{LANE} = ?")
         params.append(where.lane)
     if where.search:
-        # what is kept in frames searched a frame at a time (`sqlite_search`), the rest here:
-        # the same as the row's JSON and its answer each searched with LIKE
-        rows, answers = framed_matches(db, run_id, where.search)
-        conditions.append(
-            "(w.row_id LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\' "
-            "OR (w.data_json IS NOT NULL AND unpack(w.data_json) LIKE ? ESCAPE '\\') "
-            "OR w.row_index IN (SELECT value FROM json_each(?)) "
-            "OR (r.response_json IS NOT NULL AND unpack(r.response_json) LIKE ? ESCAPE '\\') "
-            "OR (r.response_json IS NULL "
-            "AND q.batch_id || ' ' || q.id IN (SELECT value FROM json_each(?))))"
-        )
         pattern = f"%{like(where.search)}%"
-        params += [pattern] * 3 + [dumps(rows).decode(), pattern, dumps(answers).decode()]
+        framed = framed_matches(db, run_id, where.search)
+        if framed is None:  # a common text: every row searched in order, until enough
+            conditions.append(
+                f"(w.row_id LIKE ? ESCAPE '\\' OR {ROW_DATA} LIKE ? ESCAPE '\\' "
+                f"OR {ANSWER} LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\')"
+            )
+            params += [pattern] * 4
+        else:  # what frames hold found a frame at a time (`sqlite_search`), the rest here
+            conditions.append(
+                "(w.row_id LIKE ? ESCAPE '\\' OR q.error LIKE ? ESCAPE '\\' "
+                "OR (w.data_json IS NOT NULL AND unpack(w.data_json) LIKE ? ESCAPE '\\') "
+                "OR w.row_index IN (SELECT value FROM json_each(?)) "
+                "OR (r.response_json IS NOT NULL AND unpack(r.response_json) LIKE ? ESCAPE '\\') "
+                "OR (r.response_json IS NULL "
+                "AND q.batch_id || ' ' || q.id IN (SELECT value FROM json_each(?))))"
+            )
+            rows, answers = framed
+            params += [pattern] * 3 + [dumps(rows).decode(), pattern, dumps(answers).decode()]
     if (
         where.state is not None
         or where.reason is not None

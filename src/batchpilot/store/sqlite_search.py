@@ -39,15 +39,23 @@ def lines_holding(blob: bytes, text: bytes) -> list[int]:
     return found
 
 
-def framed_matches(db: Connection, run_id: str, text: str) -> tuple[list[int], list[str]]:
+MOST_MATCHES = 20_000
+"""The most rows and answers a search finds in frames before it leaves a text this common to be
+searched row by row (which stops at the page and the rows past it that it counts)."""
+
+
+def framed_matches(db: Connection, run_id: str, text: str) -> tuple[list[int], list[str]] | None:
     """The positions of the rows kept in frames whose input holds `text`, and the answers kept
-    in batches' frames that hold it, each as `"{batch id} {request id}"`."""
+    in batches' frames that hold it, each as `"{batch id} {request id}"`; None when there are
+    more than `MOST_MATCHES`."""
     lowered = text.encode().lower()
     rows: list[int] = []
     for first, data in db.execute(
         "SELECT first_row, data FROM row_frames WHERE run_id = ? ORDER BY first_row", (run_id,)
     ):
         rows += [first + line for line in lines_holding(unpack_whole(data).lower(), lowered)]
+        if len(rows) > MOST_MATCHES:
+            return None
     answers: list[str] = []
     recorded = Recorded(db)
     numbers: dict[int, dict[int, str]] = {}
@@ -68,4 +76,6 @@ def framed_matches(db: Connection, run_id: str, text: str) -> tuple[list[int], l
             request_id = ids.get(frame * FRAME + line)
             if request_id is not None:
                 answers.append(f"{batch_id} {request_id}")
+        if len(rows) + len(answers) > MOST_MATCHES:
+            return None
     return rows, answers
