@@ -303,11 +303,8 @@ class SQLiteStore(PlannedMixin, SharedMixin):
         return bytes(row[0])
 
     def row_data(self, run_id: str, row_index: int) -> dict[str, Any] | None:
-        row = self._db.execute(
-            f"SELECT {queries.ROW_DATA} FROM rows w WHERE w.run_id = ? AND w.row_index = ?",
-            (run_id, row_index),
-        ).fetchone()
-        return loads(row[0]) if row is not None and row[0] else None
+        data = queries.stored_row_data(self._db, run_id, row_index)
+        return loads(data) if data else None
 
     def failure_reasons(self, run_id: str) -> dict[str, int]:
         """How many failed attempts each kind of reason caused (the reason's first word)."""

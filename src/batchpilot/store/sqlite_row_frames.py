@@ -4,9 +4,9 @@ compressed as one zstd frame (one line a row, an empty line for a row whose data
 Rows of one input share their keys and much of their text, so a frame of a thousand takes a
 fraction of what the rows packed one by one take, and reading every row in order (an export)
 unpacks a frame a thousand rows instead of each row. A row's `data_json` in `rows` is then
-NULL; a value there (rows planned before frames, planned alone, or JSON holding a line break)
-is the row's.
-A frame is written once, with its rows, and never changed.
+NULL; a value there (rows planned before frames, a row planned alone or larger than a frame,
+JSON holding a line break) is the row's. A frame is written once, with its rows, and never
+changed.
 """
 
 from __future__ import annotations
