@@ -237,3 +237,24 @@ class LoseAnswers(httpx2.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+def engine_moves_new_batches_on_at_once(
+    server: LocalServer, monkeypatch: Any, until: frozenset[str] = frozenset({"in_progress"})
+) -> None:
+    """Let the server's engine advance every batch the moment its create has stored it, until
+    the batch's status is one of `until`, before the create has answered: the race a server at
+    a high time scale can lose at any time."""
+    insert = server.state.insert_batch
+
+    def insert_then_advance(values: dict[str, Any]) -> Any:
+        row = insert(values)
+        deadline = time.monotonic() + 20
+        while (after := server.state.get_batch(str(values["id"]))) is None or (
+            after["status"] not in until
+        ):
+            assert time.monotonic() < deadline, "the engine did not move the batch on"
+            server.engine.tick()
+        return row
+
+    monkeypatch.setattr(server.state, "insert_batch", insert_then_advance)

@@ -16,6 +16,8 @@ from anthropic.types.messages import MessageBatch
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.server.config import RateLimit
 
+from helpers import engine_moves_new_batches_on_at_once
+
 MODEL = "claude-haiku-4-5"
 FAST = {"time_scale": 1000.0, "validation_delay_s": 0.0, "finalizing_delay_s": 0.0}
 
@@ -218,3 +220,14 @@ def test_rate_limits_come_in_anthropics_headers(
         client.with_options(max_retries=0).messages.create(**params("hi"))
     assert limited.value.type == "rate_limit_error"
     assert float(limited.value.response.headers["retry-after"]) > 0
+
+
+def test_a_create_answers_in_progress_with_nothing_counted_though_the_batch_ends_at_once(
+    local_server_factory: Callable[..., LocalServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = local_server_factory(**FAST)
+    engine_moves_new_batches_on_at_once(server, monkeypatch, until=frozenset({"completed"}))
+    client = client_for(server)
+    batch = client.messages.batches.create(requests=requests(1))
+    assert batch.processing_status == "in_progress"
+    assert batch.request_counts.processing == 1 and batch.request_counts.succeeded == 0

@@ -13,7 +13,16 @@ import pytest
 from batchpilot.server import LocalServer
 from batchpilot.server.responders.synthetic import SyntheticResponder
 
-from helpers import by_custom_id, chat_line, client_for, read_jsonl, submit, upload, wait_for
+from helpers import (
+    by_custom_id,
+    chat_line,
+    client_for,
+    engine_moves_new_batches_on_at_once,
+    read_jsonl,
+    submit,
+    upload,
+    wait_for,
+)
 
 FROZEN = 1e-9  # a time scale at which the clock only moves when a test advances it
 
@@ -374,3 +383,14 @@ def test_deleting_the_input_file_of_a_running_batch_does_not_stop_it(
     assert batch.status == "completed"
     assert set(by_custom_id(read_jsonl(client, batch.output_file_id))) == {"d0", "d1", "d2"}
     assert not server.state.file_path(batch.input_file_id).exists()
+
+
+def test_a_create_answers_with_the_batch_as_made_though_the_engine_moves_it_at_once(
+    local_server_factory: Callable[..., LocalServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = local_server_factory(time_scale=1000.0, validation_delay_s=0.0)
+    engine_moves_new_batches_on_at_once(server, monkeypatch)
+    client = client_for(server)
+    batch = submit(client, [chat_line("req-0", "question")])
+    assert batch.status == "validating"
+    assert client.batches.retrieve(batch.id).status != "validating"

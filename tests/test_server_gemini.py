@@ -18,6 +18,8 @@ from google.genai import errors, types
 from batchpilot.server import FaultPlan, LocalServer
 from batchpilot.server.config import RateLimit
 
+from helpers import engine_moves_new_batches_on_at_once
+
 MODEL = "gemini-2.5-flash"
 ENDPOINT = "/v1beta/models:generateContent"
 FAST = {"time_scale": 1000.0, "validation_delay_s": 0.0, "finalizing_delay_s": 0.0}
@@ -257,3 +259,14 @@ def test_an_upload_in_chunks_and_a_chunk_out_of_place(local_server: LocalServer)
     assert refused.status_code == 400 and refused.json()["error"]["status"] == "INVALID_ARGUMENT"
     # the status header tells the SDK not to send the step again
     assert refused.headers["x-goog-upload-status"] == "final"
+
+
+def test_a_create_answers_pending_though_the_engine_moves_the_batch_at_once(
+    local_server_factory: Callable[..., LocalServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = local_server_factory(**FAST)
+    engine_moves_new_batches_on_at_once(server, monkeypatch)
+    client = client_for(server)
+    job = client.batches.create(model=MODEL, src=inline(1))
+    assert job.state == types.JobState.JOB_STATE_PENDING
+    assert client.batches.get(name=job.name or "").state != types.JobState.JOB_STATE_PENDING

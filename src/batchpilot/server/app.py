@@ -159,7 +159,7 @@ class ServerApp:
             return expires_after
         now = self.clock.now()
         batch_id = new_batch_id()
-        self.state.insert_batch(
+        row = self.state.insert_batch(
             {
                 "id": batch_id,
                 "status": "validating",
@@ -173,8 +173,6 @@ class ServerApp:
                 "output_expires_after_s": expires_after,
             }
         )
-        row = self.state.get_batch(batch_id)
-        assert row is not None
         if self.faults.faults:
             for fault in self.faults.batch_faults(row["seq"], None, metadata or {}):
                 if fault.kind == "not_found_after_create":

@@ -178,7 +178,7 @@ class GeminiApi:
         state.add_file(
             file_id, f"{batch_id}_requests.jsonl", "batch", len(data), int(now), None, owner
         )
-        state.insert_batch(
+        row = state.insert_batch(
             {
                 "id": batch_id,
                 "status": "validating",
@@ -193,8 +193,6 @@ class GeminiApi:
                 "owner": owner,
             }
         )
-        row = state.get_batch(batch_id)
-        assert row is not None
         self.server.engine.wake()
         return row
 

@@ -308,14 +308,17 @@ class ServerState:
 
     # batches --------------------------------------------------------------------------------
 
-    def insert_batch(self, values: dict[str, Any]) -> int:
+    def insert_batch(self, values: dict[str, Any]) -> Row:
+        """The batch as inserted, read in the same transaction: the engine may move it on the
+        moment the transaction ends, and a create answers with the batch as it was made."""
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self.tx() as conn:
-            cursor = conn.execute(
-                f"INSERT INTO batches({columns}) VALUES ({marks})", tuple(values.values())
-            )
-            return int(cursor.lastrowid or 0)
+            conn.execute(f"INSERT INTO batches({columns}) VALUES ({marks})", tuple(values.values()))
+            made: Row = conn.execute(
+                "SELECT * FROM batches WHERE id = ?", (values["id"],)
+            ).fetchone()
+            return made
 
     def get_batch(self, batch_id: str, owner: str | None = None) -> Row | None:
         """A batch; with `owner`, only that project's."""
