@@ -12,7 +12,7 @@ from typing import Any
 
 from batchpilot.jsontext import loads
 
-__all__ = ["Answer", "answer_of", "parsed_answer", "response_content"]
+__all__ = ["Answer", "answer_of", "parsed_answer", "response_content", "token_count"]
 
 
 @dataclass(slots=True)
@@ -94,3 +94,14 @@ def parsed_answer(text: str | None) -> dict[str, Any] | list[Any] | None:
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict | list) else None
+
+
+def token_count(value: Any) -> int:
+    """A count of tokens as an answer's usage gives it; 0 for none, or for one that is not a
+    number (a provider's odd answer must not stop its batch from being read)."""
+    if value.__class__ is int:
+        return int(value)
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from batchpilot.answers import token_count
 from batchpilot.errors import ConfigError, UserInputError
 
 __all__ = ["Price", "PriceTable", "TierLimits", "prices_for", "tier_limits", "usage_cost"]
@@ -448,24 +449,35 @@ def prices_for(kind: str, overrides: Mapping[str, Mapping[str, Any]] | None = No
     return table.at_no_cost() if kind == "local" else table
 
 
+_ABSENT = object()
+_NO_USAGE: dict[str, Any] = {}
+
+
 def usage_cost(
     prices: PriceTable | None, model: str, body: dict[str, Any], *, batch: bool
 ) -> tuple[int, int, float]:
     """(input tokens, output tokens, USD) of an answer, from the `usage` in its body (chat,
     responses or embeddings names); no charge without prices for the model."""
-    usage = body.get("usage") or {}
-    prompt = int(
-        (usage["prompt_tokens"] if "prompt_tokens" in usage else usage.get("input_tokens")) or 0
-    )
-    completion = int(
-        (usage["completion_tokens"] if "completion_tokens" in usage else usage.get("output_tokens"))
-        or 0
-    )
+    usage = body.get("usage")
+    if usage.__class__ is not dict:
+        usage = _NO_USAGE  # none, or not one that can be read
+    # as `usage["prompt_tokens"] if "prompt_tokens" in usage else usage.get("input_tokens")`,
+    # made an int, read with as few steps as it can be: ingest prices every answer
+    prompt = usage.get("prompt_tokens", _ABSENT)
+    if prompt is _ABSENT:
+        prompt = usage.get("input_tokens")
+    if prompt.__class__ is not int:
+        prompt = token_count(prompt)
+    completion = usage.get("completion_tokens", _ABSENT)
+    if completion is _ABSENT:
+        completion = usage.get("output_tokens")
+    if completion.__class__ is not int:
+        completion = token_count(completion)
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     cached = written = 0
-    if details:
-        cached = min(prompt, int(details.get("cached_tokens", 0) or 0))
-        written = min(prompt - cached, int(details.get("cache_write_tokens", 0) or 0))
+    if details.__class__ is dict:
+        cached = min(prompt, token_count(details.get("cached_tokens")))
+        written = min(prompt - cached, token_count(details.get("cache_write_tokens")))
     rates = None if prices is None else prices.rates_of(model, batch=batch)
     if prices is None or rates is None:
         return prompt, completion, 0.0

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from batchpilot.answers import token_count
 from batchpilot.errors import UserInputError
 
 __all__ = [
@@ -119,11 +120,13 @@ def chat_completion(message: dict[str, Any]) -> dict[str, Any]:
     )
     stop = message.get("stop_reason")
     finish = _FINISH.get(str(stop), "stop")
-    usage = message.get("usage") or {}
-    read = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + read + written
-    output = int(usage.get("output_tokens") or 0)
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    read = token_count(usage.get("cache_read_input_tokens"))
+    written = token_count(usage.get("cache_creation_input_tokens"))
+    prompt = token_count(usage.get("input_tokens")) + read + written
+    output = token_count(usage.get("output_tokens"))
     refused = stop == "refusal"
     return {
         "id": message.get("id"),

@@ -21,6 +21,7 @@ import hashlib
 import mimetypes
 from typing import Any
 
+from batchpilot.answers import token_count
 from batchpilot.errors import UserInputError
 from batchpilot.providers.capabilities import GEMINI
 
@@ -193,10 +194,10 @@ def chat_completion(response: dict[str, Any], model: str | None) -> dict[str, An
     else:
         finish = "stop"
     usage = _get(response, "usage_metadata", "usageMetadata") or {}
-    prompt = int(_get(usage, "prompt_token_count", "promptTokenCount") or 0)
-    output = int(_get(usage, "candidates_token_count", "candidatesTokenCount") or 0)
-    output += int(_get(usage, "thoughts_token_count", "thoughtsTokenCount") or 0)
-    cached = int(_get(usage, "cached_content_token_count", "cachedContentTokenCount") or 0)
+    prompt = token_count(_get(usage, "prompt_token_count", "promptTokenCount"))
+    output = token_count(_get(usage, "candidates_token_count", "candidatesTokenCount"))
+    output += token_count(_get(usage, "thoughts_token_count", "thoughtsTokenCount"))
+    cached = token_count(_get(usage, "cached_content_token_count", "cachedContentTokenCount"))
     answer_id = _get(response, "response_id", "responseId")
     if not answer_id:
         answer_id = hashlib.sha256(text.encode()).hexdigest()[:24]

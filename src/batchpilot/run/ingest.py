@@ -3,6 +3,11 @@
 Failures hide in several places: the error file, lines in either file whose `status_code` is
 4xx/5xx with a null `error`, `response: null` lines with an error code, garbled lines, and
 requests missing from both files. Each becomes an Outcome with a reason.
+
+An answered line, nearly every line of a batch, is read the short way: its id, its status and
+its body's `usage` are decoded into a fixed shape, and the body is kept as the bytes it came
+as, checked as JSON but not made into Python objects, which is then what the store keeps. Any
+other line, or one the short way cannot take, is read whole.
 """
 
 from __future__ import annotations
@@ -16,12 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
+from orjson import Fragment
 
 from batchpilot.providers.retry import retryable_status
 from batchpilot.store import Outcome, PendingRequest, RequestState
 
-__all__ = ["LineResult", "RetryPolicy", "classify", "collector_paused", "read_lines"]
+__all__ = [
+    "LineResult",
+    "RetryPolicy",
+    "classify",
+    "collector_paused",
+    "parse_line",
+    "read_lines",
+    "read_whole_line",
+]
 
 NOT_RUN_CODES = frozenset({"batch_expired", "batch_cancelled"})
 RETRYABLE_CODES = frozenset({"request_timeout", *NOT_RUN_CODES})
@@ -35,11 +50,37 @@ class LineResult(NamedTuple):
     custom_id: str
     ok: bool
     body: dict[str, Any] | None
+    """The answer's body, read; None for a failure, and for an answer read the short way."""
     error: str | None
     retryable: bool
     ran: bool
     unread: bool = False
     """It ran, but what it used cannot be read (a garbled line): it may have been billed."""
+    raw: bytes | None = None
+    """An answer read the short way: its body's JSON as it came, one JSON object."""
+    usage: dict[str, Any] | None = None
+    """An answer read the short way: its body's `usage`."""
+
+
+class _Response(msgspec.Struct):
+    status_code: int
+    body: msgspec.Raw
+
+
+class _Line(msgspec.Struct):
+    """What the short way reads of a line (other fields are checked as JSON and skipped)."""
+
+    custom_id: str
+    response: _Response | None = None
+
+
+class _Used(msgspec.Struct):
+    usage: dict[str, Any] | None = None
+
+
+_read_line = msgspec.json.Decoder(_Line).decode
+_read_used = msgspec.json.Decoder(_Used).decode
+_SHORT_WAY_REFUSED = (msgspec.DecodeError, msgspec.ValidationError)
 
 
 @dataclass(frozen=True)
@@ -64,6 +105,30 @@ def _error_text(code: Any, message: Any) -> str:
 
 def parse_line(raw: bytes) -> LineResult | None:
     """Read one line; None for blank lines."""
+    return _answered(raw) or read_whole_line(raw)
+
+
+def _answered(raw: bytes, new: Callable[..., Any] = tuple.__new__) -> LineResult | None:
+    """An answered line read the short way (None: not one, or not one it can take)."""
+    try:
+        line = _read_line(raw)
+        response = line.response
+        if response is not None and 200 <= response.status_code < 300:
+            body = bytes(response.body)
+            if body[:1] == b"{":
+                used = _read_used(body).usage
+                # made as it is: a named tuple's own constructor is slow, and there is one a line
+                made: LineResult = new(
+                    LineResult, (line.custom_id, True, None, None, False, True, False, body, used)
+                )
+                return made
+    except _SHORT_WAY_REFUSED:
+        pass
+    return None
+
+
+def read_whole_line(raw: bytes) -> LineResult | None:
+    """Read one line as a whole, whatever it holds; None for blank lines."""
     if not raw.strip():
         return None
     try:
@@ -112,6 +177,15 @@ def parse_line(raw: bytes) -> LineResult | None:
     return LineResult(custom_id, False, None, "unreadable result line", True, True, unread=True)
 
 
+def _body(answer: bytes) -> dict[str, Any]:
+    """The body of an answer read the short way, made Python objects (for a check)."""
+    try:
+        body: dict[str, Any] = orjson.loads(answer)
+    except orjson.JSONDecodeError:  # what JSON allows and orjson does not (a huge integer)
+        body = json.loads(answer)
+    return body
+
+
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector held off while a batch is read and written: every answer
@@ -133,7 +207,7 @@ def read_lines(paths: Sequence[Path | None]) -> Iterator[LineResult]:
             continue
         with path.open("rb") as handle:
             for raw in handle:
-                parsed = parse_line(raw)
+                parsed = _answered(raw) or read_whole_line(raw)
                 if parsed is not None:
                     yield parsed
 
@@ -152,24 +226,34 @@ def classify(
     """One outcome per request of the batch; lines for unknown ids are ignored. With
     `missing_ran` false (a batch we cancelled), a request with no line never ran: it goes back
     to pending without using an attempt. A request that may have run and been billed though its
-    usage cannot be read (a garbled line, no line at all) costs `unread_cost(request)`."""
+    usage cannot be read (a garbled line, no line at all) costs `unread_cost(request)`.
+    `cost` prices an answer from its body's `usage`: it is given the body, or, for an answer
+    read the short way, `{"usage": ...}` alone; `check` is given the body."""
 
     def unread(request: PendingRequest) -> float:
         return 0.0 if unread_cost is None else unread_cost(request)
 
     by_id = {request.id: request for request in requests}
     seen: dict[str, Outcome] = {}
+    new, succeeded = tuple.__new__, RequestState.SUCCEEDED
     for line in lines:
         request = by_id.get(line.custom_id)
         if request is None or (line.custom_id in seen and not line.ok):
             continue
-        if line.ok and line.body is not None:
-            input_tokens, output_tokens, usd = cost(request, line.body)
-            reason = check(request, line.body) if check is not None else None
-            if reason is None:
-                seen[request.id] = Outcome(
-                    request.id, RequestState.SUCCEEDED, line.body, input_tokens, output_tokens, usd
-                )
+        if line.ok and (line.body is not None or line.raw is not None):
+            body = line.body
+            response: dict[str, Any] | Fragment
+            if line.raw is not None:  # read the short way: the store keeps the body as it came
+                response, used = Fragment(line.raw), {"usage": line.usage}
+                if check is not None:
+                    body = _body(line.raw)
+            else:
+                response = used = line.body or {}
+            input_tokens, output_tokens, usd = cost(request, used)
+            reason = check(request, body) if check is not None and body is not None else None
+            if reason is None:  # made as it is, as a line is: no error, attempted, this lane
+                made = (request.id, succeeded, response, input_tokens, output_tokens, usd)
+                seen[request.id] = new(Outcome, (*made, None, True, None))
             else:  # answered and billed, but not usable: a failed attempt with its reason
                 state = policy.next_state(request, True, True)
                 seen[request.id] = Outcome(

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+import orjson
+
 __all__ = [
     "AnswerFilter",
     "AnswerPage",
@@ -151,7 +153,8 @@ class Outcome(NamedTuple):
 
     request_id: str
     state: str
-    response: dict[str, Any] | None = None
+    response: dict[str, Any] | orjson.Fragment | None = None
+    """The answer's body: its JSON read, or its JSON's bytes as they came (a `Fragment`)."""
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
