@@ -12,7 +12,14 @@ from typing import Any
 
 from batchpilot.jsontext import loads
 
-__all__ = ["Answer", "answer_of", "parsed_answer", "response_content", "token_count"]
+__all__ = [
+    "Answer",
+    "answer_of",
+    "object_of",
+    "parsed_answer",
+    "response_content",
+    "token_count",
+]
 
 
 @dataclass(slots=True)
@@ -98,10 +105,16 @@ def parsed_answer(text: str | None) -> dict[str, Any] | list[Any] | None:
 
 def token_count(value: Any) -> int:
     """A count of tokens as an answer's usage gives it; 0 for none, or for one that is not a
-    number (a provider's odd answer must not stop its batch from being read)."""
-    if value.__class__ is int:
+    count (a provider's odd answer must not stop its batch from being read)."""
+    if value.__class__ is int and value >= 0:
         return int(value)
     try:
-        return int(value or 0)
+        return max(0, int(value or 0))
     except (TypeError, ValueError, OverflowError):
         return 0
+
+
+def object_of(value: Any) -> dict[str, Any]:
+    """A part of an answer that should be a JSON object: itself, or an empty one when it is
+    not one (a provider's odd answer must not stop its batch from being read)."""
+    return value if isinstance(value, dict) else {}

@@ -462,16 +462,17 @@ def usage_cost(
     if usage.__class__ is not dict:
         usage = _NO_USAGE  # none, or not one that can be read
     # as `usage["prompt_tokens"] if "prompt_tokens" in usage else usage.get("input_tokens")`,
-    # made an int, read with as few steps as it can be: ingest prices every answer
+    # made a count (`token_count`), read with as few steps as it can be: ingest prices every
+    # answer
     prompt = usage.get("prompt_tokens", _ABSENT)
     if prompt is _ABSENT:
         prompt = usage.get("input_tokens")
-    if prompt.__class__ is not int:
+    if prompt.__class__ is not int or prompt < 0:
         prompt = token_count(prompt)
     completion = usage.get("completion_tokens", _ABSENT)
     if completion is _ABSENT:
         completion = usage.get("output_tokens")
-    if completion.__class__ is not int:
+    if completion.__class__ is not int or completion < 0:
         completion = token_count(completion)
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     cached = written = 0
@@ -482,7 +483,7 @@ def usage_cost(
     if prices is None or rates is None:
         return prompt, completion, 0.0
     rate_in, rate_cached, rate_write, rate_out = rates
-    if min(prompt, completion, cached, written) < 0 or (rate_out is None and completion):
+    if rate_out is None and completion:
         # what `cost` refuses, refused as it says
         prices.cost(
             model,

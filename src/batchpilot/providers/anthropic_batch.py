@@ -134,10 +134,12 @@ class AnthropicBatches:
         lines = (result_line(item, endpoint) for item in self._stream(remote.id))
         return deliver_results(lines, into, remote.id, remote.completed)
 
-    def _stream(self, remote_id: str) -> Iterable[dict[str, Any]]:
+    def _stream(self, remote_id: str) -> Iterable[Any]:
         with edge(f"downloading the results of message batch {remote_id}", self._secret):
             for item in self._client.messages.batches.results(remote_id):
-                yield item.model_dump(mode="json", exclude_none=True)
+                # the SDK does not check what it reads: a line may be anything
+                dump = getattr(item, "model_dump", None)
+                yield dump(mode="json", exclude_none=True) if dump is not None else item
 
     def cancel(self, remote_id: str) -> RemoteBatch:
         with edge(f"cancelling message batch {remote_id}", self._secret):

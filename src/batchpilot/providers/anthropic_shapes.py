@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from batchpilot.answers import token_count
+from batchpilot.answers import object_of, token_count
 from batchpilot.errors import UserInputError
 
 __all__ = [
@@ -112,17 +112,18 @@ def messages_params(body: dict[str, Any], endpoint: str) -> dict[str, Any]:
     return params
 
 
-def chat_completion(message: dict[str, Any]) -> dict[str, Any]:
+def chat_completion(message: Any) -> dict[str, Any]:
     """A Message as the chat completion a chat-planned request expects."""
-    blocks = message.get("content") or []
+    message = object_of(message)
+    blocks = message.get("content")
+    if not isinstance(blocks, list):
+        blocks = []
     text = "".join(
         str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text"
     )
     stop = message.get("stop_reason")
     finish = _FINISH.get(str(stop), "stop")
-    usage = message.get("usage")
-    if not isinstance(usage, dict):
-        usage = {}
+    usage = object_of(message.get("usage"))
     read = token_count(usage.get("cache_read_input_tokens"))
     written = token_count(usage.get("cache_creation_input_tokens"))
     prompt = token_count(usage.get("input_tokens")) + read + written
@@ -159,14 +160,15 @@ def error_status(error: Any) -> int:
     return _STATUS.get(str(kind), 500)
 
 
-def result_line(item: dict[str, Any], endpoint: str) -> tuple[bool, dict[str, Any]]:
+def result_line(item: Any, endpoint: str) -> tuple[bool, dict[str, Any]]:
     """One line of a batch's results in our result shape, and whether it is an answer (True)
     or an error line."""
+    item = object_of(item)
     custom_id = item.get("custom_id")
-    result = item.get("result") or {}
+    result = object_of(item.get("result"))
     kind = result.get("type")
     if kind == "succeeded":
-        message = result.get("message") or {}
+        message = object_of(result.get("message"))
         body = chat_completion(message) if endpoint == CHAT else message
         response = {"status_code": 200, "body": body}
         return True, {"custom_id": custom_id, "response": response, "error": None}

@@ -19,6 +19,7 @@ from typing import Any
 from google import genai
 from google.genai import types
 
+from batchpilot.answers import object_of, token_count
 from batchpilot.providers.base import BatchTags, Lines, RemoteBatch, RemoteStatus, Sink
 from batchpilot.providers.gemini_errors import edge
 from batchpilot.providers.gemini_shapes import (
@@ -201,15 +202,16 @@ class GeminiBatches:
                 for raw in handle:
                     if raw.strip():
                         try:
-                            yield json.loads(raw)
+                            line = json.loads(raw)
                         except ValueError:
                             continue  # a line the provider garbled: its request is retried
+                        yield object_of(line)
 
 
 def result_line(
     key: Any,
-    response: dict[str, Any] | None,
-    error: dict[str, Any] | None,
+    response: Any,
+    error: Any,
     status: RemoteStatus,
     model: str | None,
 ) -> tuple[bool, dict[str, Any]]:
@@ -223,8 +225,8 @@ def result_line(
             "response": {"status_code": 200, "body": body},
             "error": None,
         }
-    error = error or {}
-    code = int(error.get("code") or 2)
+    error = object_of(error)
+    code = token_count(error.get("code")) or 2
     message = str(error.get("message") or "The request failed.")
     unrun = {
         (1, RemoteStatus.CANCELLED): "batch_cancelled",

@@ -21,7 +21,7 @@ import hashlib
 import mimetypes
 from typing import Any
 
-from batchpilot.answers import token_count
+from batchpilot.answers import object_of, token_count
 from batchpilot.errors import UserInputError
 from batchpilot.providers.capabilities import GEMINI
 
@@ -172,12 +172,17 @@ def _get(data: Any, snake: str, camel: str) -> Any:
     return data[snake] if snake in data else data.get(camel)
 
 
-def chat_completion(response: dict[str, Any], model: str | None) -> dict[str, Any]:
+def chat_completion(response: Any, model: str | None) -> dict[str, Any]:
     """A GenerateContentResponse (the SDK's snake_case or the REST API's camelCase) as the chat
     completion a chat-planned request expects."""
-    candidates = response.get("candidates") or []
-    candidate = candidates[0] if candidates else {}
-    parts = (candidate.get("content") or {}).get("parts") or []
+    response = object_of(response)
+    candidates = response.get("candidates")
+    if not isinstance(candidates, list):
+        candidates = []
+    candidate = object_of(candidates[0]) if candidates else {}
+    parts = object_of(candidate.get("content")).get("parts")
+    if not isinstance(parts, list):
+        parts = []
     text = "".join(
         str(p.get("text", "")) for p in parts if isinstance(p, dict) and not p.get("thought")
     )

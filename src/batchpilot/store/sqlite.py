@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ from batchpilot.store.states import (
 )
 
 __all__ = ["SQLiteStore", "utc_now"]
+
+_COST = attrgetter("cost_usd")
 
 ACTIVE_BATCHES = (BatchState.CREATING, BatchState.SUBMITTED)
 
@@ -467,7 +470,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
     ) -> None:
         """Ingest a finished remote batch: every request's outcome, the spend, the batch state."""
         now = utc_now()
-        spent = sum(o.cost_usd for o in outcomes)
+        spent = sum(map(_COST, outcomes))
         with self._tx() as db:
             moves.apply_outcomes(db, run_id, outcomes, "batch", batch_id, now)
             self.move_batch(

@@ -18,6 +18,8 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 
 import orjson
 
@@ -30,6 +32,9 @@ __all__ = ["FRAME", "KeptBatch", "Recorded", "RecordedAnswer", "register", "writ
 FRAME = 1000  # answers compressed together: one read of an answer unpacks its frame alone
 _KEPT_BATCHES = 4
 _KEPT_FRAMES = 8
+_ID = itemgetter(Outcome._fields.index("request_id"))
+_TOKENS = itemgetter(Outcome._fields.index("input_tokens"), Outcome._fields.index("output_tokens"))
+_COST = itemgetter(Outcome._fields.index("cost_usd"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +73,10 @@ def write(
 ) -> None:
     """Keep a batch's answers whole: `outcomes` are answers of its requests (each succeeded,
     with its response), `tries` the try each came on."""
-    ids = orjson.dumps([o.request_id for o in outcomes])  # a request file's ids may hold anything
-    tokens = array("q")
-    costs = array("d")
-    for outcome in outcomes:
-        tokens.append(outcome.input_tokens)
-        tokens.append(outcome.output_tokens)
-        costs.append(outcome.cost_usd)
+    # a request file's ids may hold anything; every outcome's fields are read in C
+    ids = orjson.dumps(list(map(_ID, outcomes)))
+    tokens = array("q", chain.from_iterable(map(_TOKENS, outcomes)))
+    costs = array("d", map(_COST, outcomes))
     db.execute(
         "INSERT INTO batch_answers(run_id, batch_id, requests, request_ids, usage, "
         "attempts, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
