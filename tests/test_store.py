@@ -463,6 +463,48 @@ def test_a_batch_kept_whole_reads_back_ids_of_any_text(store: SQLiteStore) -> No
     assert [a.request_id for a in store.attempts(RUN, ids[0])] == [ids[0]]
 
 
+def test_a_batch_kept_whole_checks_its_requests_however_the_answers_come(
+    factory: Callable[[], SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's requests are checked against the answers as one joined text when they
+    come in the batch's order on one try, else one by one; either way the tries kept are each
+    request's, and answers for other requests are refused whole."""
+    from batchpilot.store import sqlite_moves
+
+    checked: list[list[int] | None] = []
+    same_tries = sqlite_moves._same_tries
+
+    def spy(*args: Any) -> list[int] | None:
+        checked.append(same_tries(*args))
+        return checked[-1]
+
+    monkeypatch.setattr(sqlite_moves, "_same_tries", spy)
+
+    def answer(request_id: str) -> Outcome:
+        return Outcome(request_id, R.SUCCEEDED, {"id": request_id}, 1, 2, 0.5)
+
+    store = factory()
+    make_run(store)
+    requests = plan(store, 8)
+    first = batch_in(store, B.SUBMITTED, requests[:3])
+    store.finish_batch(RUN, first, [answer(r.id) for r in requests[:3]])
+    assert checked == [[1, 1, 1]]
+    second = batch_in(store, B.SUBMITTED, requests[3:6])
+    store.finish_batch(RUN, second, [answer(r.id) for r in reversed(requests[3:6])])
+    assert checked[-1] is None  # another order: checked one by one, and still kept whole
+    assert _sql(store, "SELECT batch_id, requests FROM batch_answers") == [(1, 3), (2, 3)]
+    third = batch_in(store, B.SUBMITTED, requests[6:])
+    before = _sql(store, "SELECT id, state, attempts FROM requests ORDER BY id")
+    wrong = [answer(requests[6].id), answer(requests[0].id)]  # as many, not the same
+    with pytest.raises(StateError, match=f"in batch {third}"):
+        store.finish_batch(RUN, third, wrong)
+    assert checked[-1] is None
+    assert _sql(store, "SELECT id, state, attempts FROM requests ORDER BY id") == before
+    assert store.batch(RUN, third).state == B.SUBMITTED
+    tries = {(t.request_id, t.attempt, t.batch_id) for t in store.attempts(RUN)}
+    assert tries == {(r.id, 1, first if i < 3 else second) for i, r in enumerate(requests[:6])}
+
+
 def test_a_retry_is_a_new_attempt(store: SQLiteStore) -> None:
     first = batch_in(store, B.SUBMITTED, plan(store, 1))
     store.finish_batch(RUN, first, [Outcome("req-0", R.PENDING, error="x", cost_usd=0.5)])

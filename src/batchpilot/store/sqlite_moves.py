@@ -323,6 +323,7 @@ def _each(
         "output_tokens, cost_usd, lane, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         results,
     )
+    answers.sort()  # in the table's order, as a batch kept whole writes them
     db.executemany(
         "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) VALUES (?, ?, ?)",
         answers,
@@ -337,20 +338,22 @@ def _keep_whole(
     with one statement and the answers kept whole (`sqlite_batch_answers`); whether they were
     (else nothing is written)."""
     succeeded = RequestState.SUCCEEDED
-    members = db.execute(
-        "SELECT id, attempts FROM requests INDEXED BY requests_by_batch WHERE run_id = ? "
-        "AND batch_id = ? AND state = 'submitted' ORDER BY first_row",
-        (run_id, batch_id),
-    ).fetchall()
     ids = list(map(_ID, outcomes))
-    found = [m[0] for m in members]
-    if not found or (found != ids and sorted(found) != sorted(ids)):
-        return False
-    if found == ids:
-        tries = [m[1] + 1 for m in members]
-    else:
-        after = {m[0]: m[1] + 1 for m in members}
-        tries = [after[request_id] for request_id in ids]
+    tries = _same_tries(db, run_id, batch_id, ids)
+    if tries is None:
+        members = db.execute(
+            "SELECT id, attempts FROM requests INDEXED BY requests_by_batch WHERE run_id = ? "
+            "AND batch_id = ? AND state = 'submitted' ORDER BY first_row",
+            (run_id, batch_id),
+        ).fetchall()
+        found = [m[0] for m in members]
+        if not found or (found != ids and sorted(found) != sorted(ids)):
+            return False
+        if found == ids:
+            tries = [m[1] + 1 for m in members]
+        else:
+            after = {m[0]: m[1] + 1 for m in members}
+            tries = [after[request_id] for request_id in ids]
     submitted = RequestState.SUBMITTED
     check_move(REQUEST_MOVES, submitted, succeeded, f"request {outcomes[0].request_id}")
     moved = db.execute(
@@ -364,14 +367,31 @@ def _keep_whole(
         )
     _count(db, run_id, submitted, succeeded, moved)
     batch_answers.write(db, run_id, batch_id, outcomes, tries, now)
-    db.execute(
+    db.execute(  # in the table's order, so that each of its pages is written once
         "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) "
         "SELECT content_hash, run_id, id FROM requests INDEXED BY requests_by_batch "
-        "WHERE run_id = ? AND batch_id = ? AND state = ?",
+        "WHERE run_id = ? AND batch_id = ? AND state = ? ORDER BY content_hash",
         (run_id, batch_id, succeeded),
     )
     _add_up(db, run_id, outcomes)
     return True
+
+
+def _same_tries(db: Connection, run_id: str, batch_id: int, ids: list[str]) -> list[int] | None:
+    """The try each request comes on, when the batch's submitted requests are `ids` in this
+    order and are all on the same try (a batch's usual case, checked without a row a request
+    in Python); None: read them one by one."""
+    count, least, most, joined = db.execute(
+        "SELECT COUNT(*), MIN(attempts), MAX(attempts), GROUP_CONCAT(id, char(10)) FROM "
+        "(SELECT id, attempts FROM requests INDEXED BY requests_by_batch WHERE run_id = ? "
+        "AND batch_id = ? AND state = 'submitted' ORDER BY first_row)",
+        (run_id, batch_id),
+    ).fetchone()
+    expected = "\n".join(ids)
+    # ids with no line break in them, so that the joined ids stand for the ids one by one
+    if count != len(ids) or least != most or expected.count("\n") != count - 1:
+        return None
+    return [least + 1] * count if joined == expected else None
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
