@@ -1,16 +1,19 @@
 """Benchmark: ingesting a 50,000-line batch output file into the store, and the store at scale.
 
     python bench/store_ingest.py [--lines 50000] [--scale 1000000] [--rounds 1] [--movie]
-                                 [--schema {none,compiled,jsonschema}] [--failing 0.01]
+                                 [--schema {refusals,compiled,jsonschema,none}]
+                                 [--failing 0.01]
 
 1. Ingest: read, match by id, classify, price and commit every line of a 50,000-line output
    file (one transaction), beside `orjson.loads` of every line of the same file in the same
    run, with the cyclic collector held off as ingest holds it off (target: at most 2x), and
    beside the same loop with the collector on; then the CPU of each of ingest's phases
    (reading the batch's requests back, reading and parsing the lines, matching, checking and
-   pricing them, and the store's writes) as a multiple of the reference's CPU. With `--schema`,
-   every answer is checked against a response schema as a job with one checks it (`compiled`:
-   as batchpilot does; `jsonschema`: with the `jsonschema` package alone, as it did before).
+   pricing them, and the store's writes) as a multiple of the reference's CPU. Every answer is
+   checked as every job checks it, for a refusal (`--schema refusals`, the default); with
+   `--schema compiled` against a response schema as well, as a job with one checks it
+   (`jsonschema`: with the `jsonschema` package alone, as it did before); `none` checks
+   nothing, which no job does.
    With `--failing`, that share of the answers is sent back to be tried again, as a check
    refusing them would.
 2. Scale: plan `--scale` requests into a store, pass them through batches of 50,000 to results,
@@ -207,9 +210,13 @@ SCHEMA: dict[str, Any] = {
 
 
 def answer_check(schema: str) -> Callable[[PendingRequest, dict[str, Any]], str | None] | None:
-    """The check a job with a response schema makes of every answer, as the lanes call it."""
+    """The check a job makes of every answer, as the lanes call it: for a refusal, and with a
+    response schema against it."""
     if schema == "none":
         return None
+    if schema == "refusals":
+        refusals = AnswerCheck()
+        return lambda request, body: refusals(body)
     check = AnswerCheck(SCHEMA)
     if schema == "jsonschema":
         check.valid = None
@@ -219,7 +226,7 @@ def answer_check(schema: str) -> Callable[[PendingRequest, dict[str, Any]], str 
 
 
 def ingest_round(
-    lines: int, schema: str = "none", failing: float = 0.0
+    lines: int, schema: str = "refusals", failing: float = 0.0
 ) -> tuple[float, float, dict[str, float], float]:
     """(ingest's wall seconds, the reference's, each phase's CPU seconds as a multiple of the
     reference's CPU, the plain parse's wall seconds) of one round in a fresh store."""
@@ -285,7 +292,7 @@ def ingest_round(
 
 
 def ingest_benchmark(
-    lines: int, rounds: int = 1, schema: str = "none", failing: float = 0.0
+    lines: int, rounds: int = 1, schema: str = "refusals", failing: float = 0.0
 ) -> None:
     results = [ingest_round(lines, schema, failing) for _ in range(rounds)]
     elapsed = statistics.median(r[0] for r in results)
@@ -364,9 +371,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="ingest rounds (medians)")
     parser.add_argument(
         "--schema",
-        choices=("none", "compiled", "jsonschema"),
-        default="none",
-        help="check every answer against a response schema",
+        choices=("refusals", "compiled", "jsonschema", "none"),
+        default="refusals",
+        help="check every answer for a refusal (as every job does), against a response schema too",
     )
     parser.add_argument(
         "--failing", type=float, default=0.0, help="share of answers a check sends back"

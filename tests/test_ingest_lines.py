@@ -10,11 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
+from batchpilot.answers import answer_of
 from batchpilot.pricing import PriceTable, usage_cost
 from batchpilot.providers.anthropic_shapes import chat_completion as anthropic_chat
 from batchpilot.providers.gemini_shapes import chat_completion as gemini_chat
 from batchpilot.run.ingest import LineResult, RetryPolicy, classify, parse_line, read_whole_line
 from batchpilot.store import PendingRequest, RequestState
+from batchpilot.validate import AnswerCheck
 
 MODEL = "gpt-4o-mini"
 PRICES = PriceTable.load()
@@ -74,6 +76,49 @@ ANSWERED = {
     ),
 }
 
+
+def chat(message: Any, finish: Any = "stop", **choice: Any) -> dict[str, Any]:
+    return {
+        **CHAT_BODY,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, **choice}],
+    }
+
+
+ANSWERED |= {
+    "a refusal": line(chat({"role": "assistant", "content": None, "refusal": "no"})),
+    "cut short": line(chat({"role": "assistant", "content": '{"n": 1'}, "length")),
+    "filtered": line(chat({"role": "assistant", "content": ""}, "content_filter")),
+    "free text": line(chat({"role": "assistant", "content": "seven"})),
+    "wrong shape": line(chat({"role": "assistant", "content": '{"n": "x"}'})),
+    "content in parts": line(chat({"role": "assistant", "content": [{"type": "text"}]})),
+    "message null, legacy text": line(chat(None, text='{"n": 2}')),
+    "no message": line({**CHAT_BODY, "choices": [{"index": 0, "finish_reason": "stop"}]}),
+    "two choices": line(
+        {**CHAT_BODY, "choices": [*CHAT_BODY["choices"], {"message": {"content": "x"}}]}
+    ),
+    "no choices": line({**CHAT_BODY, "choices": []}),
+    "a response": line(
+        {
+            "object": "response",
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "{}"}]}],
+            "incomplete_details": {"reason": "max_output_tokens"},
+            "usage": {"input_tokens": 3, "output_tokens": 1},
+        }
+    ),
+}
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+def small(answer: Any, data: Any) -> bool | str:
+    return "too big" if isinstance(answer, dict) and answer.get("n", 0) > 1 else True
+
+
+CHECKS = [
+    lambda request, body: AnswerCheck()(body),
+    lambda request, body: AnswerCheck(SCHEMA)(body),
+    lambda request, body: AnswerCheck(SCHEMA, [("small", small)])(body),
+]
+
 # lines read whole
 OTHERS = {
     "http error": line({"error": {"code": "rate_limit_exceeded", "message": "slow"}}, 429),
@@ -118,18 +163,20 @@ def test_an_answered_line_read_the_short_way_ends_as_when_read_whole(name: str) 
     assert short.raw is not None and short.body is None, "not read the short way"
     assert short.ok and whole.ok and whole.body is not None
     assert orjson.loads(short.raw) == whole.body
-    assert short._replace(body=whole.body, raw=None, usage=None) == whole
+    assert short._replace(body=whole.body, raw=None, usage=None, choices=None) == whole
     assert outcome_of(short) == outcome_of(whole)
     assert outcome_of(short)[1] == RequestState.SUCCEEDED
-    # a check is given the body read, and refuses the same way
+    # a check reads the same answer from either, and refuses the same way
     seen: list[Any] = []
 
-    def check(request: PendingRequest, body: dict[str, Any]) -> str | None:
-        seen.append(body)
+    def refuse(request: PendingRequest, body: dict[str, Any]) -> str | None:
+        seen.append(answer_of(body))
         return "schema: refused"
 
-    assert outcome_of(short, check) == outcome_of(whole, check)
-    assert seen[0] == seen[1] == whole.body
+    assert outcome_of(short, refuse) == outcome_of(whole, refuse)
+    assert seen[0] == seen[1]
+    for check in CHECKS:
+        assert outcome_of(short, check) == outcome_of(whole, check)
 
 
 @pytest.mark.parametrize("name", OTHERS)
@@ -151,10 +198,11 @@ def test_the_store_keeps_a_body_read_the_short_way_as_it_came() -> None:
 
 
 def test_the_short_way_takes_what_json_allows_and_orjson_does_not() -> None:
-    big = 2**70
-    raw = line(with_usage({"prompt_tokens": 5, "completion_tokens": 1, "n": big})).encode()
+    big = 2**70  # in a body that is not a chat completion, which a check is given whole
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "n": big}
+    raw = line({"object": "list", "data": [], "usage": usage}).encode()
     read = parse_line(raw)
-    assert read is not None and read.ok
+    assert read is not None and read.ok and read.raw is not None
 
     def check(request: PendingRequest, body: dict[str, Any]) -> str | None:
         assert body["usage"]["n"] == big

@@ -60,6 +60,8 @@ class LineResult(NamedTuple):
     """An answer read the short way: its body's JSON as it came, one JSON object."""
     usage: dict[str, Any] | None = None
     """An answer read the short way: its body's `usage`."""
+    choices: list[_Choice] | None = None
+    """An answer read the short way: its body's `choices`, as far as a check reads them."""
 
 
 class _Response(msgspec.Struct):
@@ -74,12 +76,27 @@ class _Line(msgspec.Struct):
     response: _Response | None = None
 
 
-class _Used(msgspec.Struct):
+class _Message(msgspec.Struct):
+    content: Any = None
+    refusal: Any = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message | None = None
+    finish_reason: Any = None
+    text: Any = None
+
+
+class _Body(msgspec.Struct):
+    """What the short way reads of an answer's body: what it used, and what a check reads
+    of a chat completion (`answer_of`)."""
+
     usage: dict[str, Any] | None = None
+    choices: list[_Choice] | None = None
 
 
 _read_line = msgspec.json.Decoder(_Line).decode
-_read_used = msgspec.json.Decoder(_Used).decode
+_read_body = msgspec.json.Decoder(_Body).decode
 _SHORT_WAY_REFUSED = (msgspec.DecodeError, msgspec.ValidationError)
 
 
@@ -116,11 +133,10 @@ def _answered(raw: bytes, new: Callable[..., Any] = tuple.__new__) -> LineResult
         if response is not None and 200 <= response.status_code < 300:
             body = bytes(response.body)
             if body[:1] == b"{":
-                used = _read_used(body).usage
+                read = _read_body(body)
+                fields = (line.custom_id, True, None, None, False, True, False, body)
                 # made as it is: a named tuple's own constructor is slow, and there is one a line
-                made: LineResult = new(
-                    LineResult, (line.custom_id, True, None, None, False, True, False, body, used)
-                )
+                made: LineResult = new(LineResult, (*fields, read.usage, read.choices))
                 return made
     except _SHORT_WAY_REFUSED:
         pass
@@ -175,6 +191,19 @@ def read_whole_line(raw: bytes) -> LineResult | None:
             code not in NOT_RUN_CODES,
         )
     return LineResult(custom_id, False, None, "unreadable result line", True, True, unread=True)
+
+
+def _checked_part(choices: list[_Choice] | None) -> dict[str, Any] | None:
+    """What a check reads of a chat completion read the short way (`answer_of` reads its
+    first choice alone), as a body; None for another body, which a check is given whole."""
+    if not choices:
+        return None
+    first = choices[0]
+    message = first.message
+    seen = None if message is None else {"content": message.content, "refusal": message.refusal}
+    return {
+        "choices": [{"message": seen, "finish_reason": first.finish_reason, "text": first.text}]
+    }
 
 
 def _body(answer: bytes) -> dict[str, Any]:
@@ -246,7 +275,7 @@ def classify(
             if line.raw is not None:  # read the short way: the store keeps the body as it came
                 response, used = Fragment(line.raw), {"usage": line.usage}
                 if check is not None:
-                    body = _body(line.raw)
+                    body = _checked_part(line.choices) or _body(line.raw)
             else:
                 response = used = line.body or {}
             input_tokens, output_tokens, usd = cost(request, used)
