@@ -270,12 +270,8 @@ def test_finish_batch_applies_every_outcome(store: SQLiteStore) -> None:
         if r.response_json is not None
     ]
     assert results == [("req-0", '{"answer":42}', "batch", 0.25)]
-    store.create_run(RunRecord("again", "j", "{}", "openai", EP, "planned", None, "t"))
-    for i in range(4):  # the same requests again: the one answered is answered from the cache
-        store.add_request("again", f"req-{i}", f"h{i}", EP, "m", b"{}", 1, 5, i)
-    assert store.apply_cache("again") == 1
-    cached = "SELECT request_id, response_json, lane FROM results WHERE run_id = 'again'"
-    assert _sql(store, cached) == [("req-0", '{"answer":42}', "cache")]
+    answers = "SELECT content_hash, run_id, request_id FROM answers"
+    assert _sql(store, answers) == [("h0", RUN, "req-0")]  # the cache points at the result
     batch = store.batch(RUN, batch_id)
     assert (batch.state, batch.spent_usd, batch.reserved_usd) == (B.FINISHED, 0.75, 0.0)
     assert batch.output_file_id == "file-out" and batch.finished_at_utc is not None
@@ -530,7 +526,7 @@ def test_finish_batch_without_every_outcome_writes_nothing(store: SQLiteStore) -
     assert store.batch(RUN, batch_id) == before
     submitted = ("submitted", 0, batch_id, None)
     assert [request_row(store, "req-0"), request_row(store, "req-1")] == [submitted] * 2
-    for table in ("results", "attempts", "batch_answers"):
+    for table in ("results", "attempts", "answers"):
         assert _sql(store, f"SELECT COUNT(*) FROM {table}") == [(0,)]
     assert store.money(RUN) == (0.0, 1.0)
 
@@ -642,9 +638,9 @@ def test_a_store_with_the_old_cache_is_upgraded_and_its_answers_still_serve(
         db.execute("INSERT INTO cache VALUES ('h-a', '{\"answer\":1}', 3, 2, 't')")
     store = SQLiteStore(path)
     try:
+        assert _sql(store, "SELECT * FROM answers") == [("h-a", "old", "req-a")]
         tables = {row[0] for row in _sql(store, "SELECT name FROM sqlite_master")}
         assert "cache" not in tables, "the second copy is gone"
-        assert "answers" not in tables, "found through the requests' content hashes instead"
         assert store.planned_totals("old") == {"m": (1, 3)}, "added up from the old requests"
         store.create_run(RunRecord("new", "j", "{}", "openai", "e", "planned", None, "t"))
         store.add_request("new", "req-b", "h-a", "e", "m", b"{}", 3, 4, 0)

@@ -451,13 +451,6 @@ MIGRATIONS: list[str] = [
         UNIQUE (run_id, first_row)
     );
     """,
-    # 22: the result cache finds an earlier answer through the requests' content hashes, which
-    # planning indexes as it writes each request, instead of a pointer ingest wrote for each
-    # answer
-    """
-    CREATE INDEX requests_by_content ON requests(content_hash);
-    DROP TABLE answers;
-    """,
 ]
 
 

@@ -1,5 +1,5 @@
 """The one way a request's state changes in the SQLite store, and what rides along with it
-(attempts, results).
+(attempts, results, the result cache).
 
 Every move is checked against `REQUEST_MOVES` and guarded by the current state in the same
 statement; a move that finds fewer requests than it was given raises IllegalTransition, and the
@@ -251,7 +251,7 @@ def _each(
     of a batch's), else by id."""
     if by_batch:
         rows = db.execute(
-            "SELECT id, state, attempts, batch_id FROM requests "
+            "SELECT id, state, attempts, content_hash, batch_id FROM requests "
             "INDEXED BY requests_by_batch WHERE run_id = ? AND batch_id = ?",
             (run_id, batch_id),
         ).fetchall()
@@ -260,23 +260,24 @@ def _each(
             row
             for o in outcomes
             for row in db.execute(
-                "SELECT id, state, attempts, batch_id FROM requests WHERE run_id = ? AND id = ?",
+                "SELECT id, state, attempts, content_hash, batch_id FROM requests "
+                "WHERE run_id = ? AND id = ?",
                 (run_id, o.request_id),
             ).fetchall()
         ]
     known = {row[0]: row for row in rows}
-    moves, batches, attempts, results, attempted = [], [], [], [], []
+    moves, batches, attempts, results, answers, attempted = [], [], [], [], [], []
     succeeded, pending = RequestState.SUCCEEDED, RequestState.PENDING
     for outcome in outcomes:
         request_id, state = outcome.request_id, outcome.state
         row = known.get(request_id)
-        if row is None or (batch_id is not None and row[3] != batch_id):
+        if row is None or (batch_id is not None and row[4] != batch_id):
             where = f"batch {batch_id} of run {run_id}" if batch_id is not None else f"run {run_id}"
             raise StateError(f"no request {request_id} in {where} ({lane})")
         count = row[2] + (1 if outcome.attempted else 0)
         keep_batch = batch_id if state != pending else None
         moves.append((request_id, row[1], state, count, outcome.error, keep_batch))
-        batches.append(row[3])
+        batches.append(row[4])
         used = outcome.lane or lane
         if outcome.attempted:
             attempted.append(outcome)
@@ -308,6 +309,7 @@ def _each(
                     now,
                 )
             )
+            answers.append((row[3], run_id, request_id))
     move_each(db, run_id, moves, batches)
     db.executemany(
         "INSERT INTO attempts(run_id, request_id, attempt, lane, batch_id, "
@@ -320,6 +322,11 @@ def _each(
         "INSERT OR REPLACE INTO results(run_id, request_id, response_json, input_tokens, "
         "output_tokens, cost_usd, lane, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         results,
+    )
+    answers.sort()  # in the table's order, as a batch kept whole writes them
+    db.executemany(
+        "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) VALUES (?, ?, ?)",
+        answers,
     )
 
 
@@ -360,6 +367,12 @@ def _keep_whole(
         )
     _count(db, run_id, submitted, succeeded, moved)
     batch_answers.write(db, run_id, batch_id, outcomes, tries, now)
+    db.execute(  # in the table's order, so that each of its pages is written once
+        "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) "
+        "SELECT content_hash, run_id, id FROM requests INDEXED BY requests_by_batch "
+        "WHERE run_id = ? AND batch_id = ? AND state = ? ORDER BY content_hash",
+        (run_id, batch_id, succeeded),
+    )
     _add_up(db, run_id, outcomes)
     return True
 

@@ -79,14 +79,13 @@ LANE = (
     "(SELECT 1 FROM batch_answers k WHERE k.run_id = q.run_id AND k.batch_id = q.batch_id) "
     "THEN 'batch' END)"
 )
-# The answer the result cache holds for pending requests c: that of the last request q to
-# succeed with the same content hash (in any run; its result r).
+# The answer the result cache holds for a request of an earlier run (its answer pointed at by
+# `answers` a, the request q, its result r), for pending requests c.
 _FROM_CACHE = (
-    "FROM requests c JOIN requests q ON q.rowid = (SELECT s.rowid FROM requests s "
-    "INDEXED BY requests_by_content WHERE s.content_hash = c.content_hash "
-    "AND s.state = 'succeeded' ORDER BY s.rowid DESC LIMIT 1) "
-    "LEFT JOIN results r ON r.run_id = q.run_id AND r.request_id = q.id "
-    "WHERE c.run_id = ? AND c.state = 'pending'"
+    "FROM requests c JOIN answers a ON a.content_hash = c.content_hash "
+    "JOIN requests q ON q.run_id = a.run_id AND q.id = a.request_id "
+    "LEFT JOIN results r ON r.run_id = a.run_id AND r.request_id = a.request_id "
+    "WHERE c.run_id = ? AND c.state = 'pending' AND q.state = 'succeeded'"
 )
 _CACHED = (
     "INSERT OR IGNORE INTO results(run_id, request_id, response_json, input_tokens, "
