@@ -97,6 +97,11 @@ ANSWERED |= {
         {**CHAT_BODY, "choices": [*CHAT_BODY["choices"], {"message": {"content": "x"}}]}
     ),
     "no choices": line({**CHAT_BODY, "choices": []}),
+    "keys twice, the last one taken": (
+        '{"custom_id": "x", "custom_id": "req-1", "response": {"status_code": 200, "body": '
+        '{"usage": {"prompt_tokens": 1}, "usage": {"prompt_tokens": 2, "completion_tokens": 1}, '
+        '"choices": [{"message": {"content": "a"}}], "choices": [{"message": {"refusal": "no"}}]}}}'
+    ),
     "a response": line(
         {
             "object": "response",
