@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
+from batchpilot.answers import answer_of, response_content
 from batchpilot.pricing import PriceTable, usage_cost
 from batchpilot.providers import RemoteStatus
 from batchpilot.providers.anthropic_shapes import result_line as anthropic_line
 from batchpilot.providers.gemini_batch import result_line as gemini_line
 from batchpilot.run.ingest import RetryPolicy, classify, parse_line
 from batchpilot.store import PendingRequest, RequestState
+from batchpilot.validate import AnswerCheck
 
 CHAT = "/v1/chat/completions"
 PRICES = PriceTable.load()
@@ -117,6 +119,22 @@ GEMINI_RESPONSE = {
     "responseId": "abc",
 }
 GEMINI_ERROR = {"code": 4, "message": "expired"}
+RESPONSE_BODY = {
+    "object": "response",
+    "output": [
+        {"type": "reasoning", "content": []},
+        {
+            "type": "message",
+            "content": [
+                {"type": "output_text", "text": '{"n": 1}'},
+                {"type": "refusal", "refusal": "no"},
+            ],
+        },
+    ],
+    "incomplete_details": {"reason": "max_output_tokens"},
+    "usage": {"input_tokens": 3, "output_tokens": 1},
+}
+EMBEDDING_BODY = {"object": "list", "data": [{"embedding": [0.5, 1.0]}], "usage": {}}
 
 
 def paths(value: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -148,12 +166,23 @@ def mutations(value: Any) -> Iterator[Any]:
             yield replaced(value, at, new)
 
 
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+JUDGE = AnswerCheck(SCHEMA, [("any", lambda answer, data: True)])
+
+
+def job_check(request: PendingRequest, body: dict[str, Any]) -> str | None:
+    """A job's check with a schema and a validator, which reads every part of an answer."""
+    reason = JUDGE(body)
+    assert reason is None or isinstance(reason, str)
+    return reason
+
+
 def request() -> PendingRequest:
     return PendingRequest("req-1", CHAT, "gpt-4o-mini", b"", 10, 100, 0, 0)
 
 
-def outcome(line: Any) -> Any:
-    """Our result line read and classified, as the batch lane does."""
+def outcome(line: Any, check: Any = job_check) -> Any:
+    """Our result line read and classified, as the batch lane does (`check`: a job's)."""
     raw = json.dumps(line).encode()
 
     def cost(request: PendingRequest, body: dict[str, Any]) -> tuple[int, int, float]:
@@ -161,7 +190,9 @@ def outcome(line: Any) -> Any:
 
     read = parse_line(raw)
     lines = iter([] if read is None else [read])
-    (made,) = classify([request()], lines, RetryPolicy(), cost, unread_cost=lambda r: 0.01)
+    (made,) = classify(
+        [request()], lines, RetryPolicy(), cost, check=check, unread_cost=lambda r: 0.01
+    )
     assert made.state in (RequestState.SUCCEEDED, RequestState.PENDING, RequestState.FAILED)
     assert made.input_tokens >= 0 and made.output_tokens >= 0 and made.cost_usd >= 0
     return made
@@ -174,7 +205,7 @@ def test_any_result_line_is_classified(base: dict[str, Any]) -> None:
         outcome(line)
         count += 1
     assert count > 100
-    assert outcome(base).state == (
+    assert outcome(base, None).state == (
         RequestState.SUCCEEDED if base is OPENAI_LINE else RequestState.PENDING
     )
 
@@ -187,7 +218,7 @@ def test_any_anthropic_result_is_translated_and_classified(item: dict[str, Any])
         outcome(line)
     answered, line = anthropic_line(item, CHAT)
     assert answered == (item["result"]["type"] == "succeeded")
-    assert (outcome(line).state == RequestState.SUCCEEDED) == answered
+    assert (outcome(line, None).state == RequestState.SUCCEEDED) == answered
 
 
 @pytest.mark.parametrize("status", [RemoteStatus.COMPLETED, RemoteStatus.EXPIRED])
@@ -201,4 +232,24 @@ def test_any_gemini_result_is_translated_and_classified(status: RemoteStatus) ->
             assert isinstance(answered, bool) and isinstance(line, dict)
             outcome(line)
     answered, line = gemini_line("req-1", GEMINI_RESPONSE, None, status, None)
-    assert answered and outcome(line).state == RequestState.SUCCEEDED
+    assert answered and outcome(line, None).state == RequestState.SUCCEEDED
+
+
+def test_any_answer_body_is_read_checked_and_exported() -> None:
+    """What a check and an export read of a body, whatever its parts hold."""
+    bodies = [OPENAI_LINE["response"]["body"], RESPONSE_BODY, EMBEDDING_BODY]
+    count = 0
+    for base in bodies:
+        for body in mutations(base):
+            found = answer_of(body)
+            assert found is None or (
+                (found.text is None or isinstance(found.text, str))
+                and (found.refusal is None or isinstance(found.refusal, str))
+            )
+            reason = JUDGE(body)
+            assert reason is None or isinstance(reason, str)
+            text, embedding = response_content(body)
+            assert text is None or isinstance(text, str)
+            assert embedding is None or isinstance(embedding, list)
+            count += 1
+    assert count > 300

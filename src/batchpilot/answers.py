@@ -41,15 +41,16 @@ def answer_of(response: dict[str, Any] | None) -> Answer | None:
         return None
     choices = response.get("choices")
     if isinstance(choices, list) and choices:
-        choice = choices[0] if isinstance(choices[0], dict) else {}
-        message = choice.get("message") or {}
+        choice = object_of(choices[0])
+        message = object_of(choice.get("message"))
         finish = choice.get("finish_reason")
         content = message.get("content")
         if content is None and isinstance(choice.get("text"), str):
             content = choice["text"]  # legacy completions
+        refusal = message.get("refusal")
         return Answer(
             text=content if isinstance(content, str) else None,
-            refusal=message.get("refusal") or None,
+            refusal=refusal if isinstance(refusal, str) and refusal else None,
             truncated=finish == "length",
             filtered=finish == "content_filter",
         )
@@ -60,7 +61,8 @@ def answer_of(response: dict[str, Any] | None) -> Answer | None:
         for item in output if isinstance(output, list) else []:
             if not isinstance(item, dict) or item.get("type") != "message":
                 continue
-            for part in item.get("content") or []:
+            parts = item.get("content")
+            for part in parts if isinstance(parts, list) else []:
                 if not isinstance(part, dict):
                     continue
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):
@@ -82,7 +84,7 @@ def response_content(
     response: dict[str, Any] | None,
 ) -> tuple[str | None, list[float] | None]:
     """The answer's text (chat, responses, completions) or embedding found in a response body."""
-    if not response:
+    if not response or not isinstance(response, dict):
         return None, None
     data = response.get("data")
     if isinstance(data, list) and data and isinstance(data[0], dict):

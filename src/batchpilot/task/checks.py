@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from batchpilot.answers import object_of
 from batchpilot.store import PendingRequest, Store
 from batchpilot.task.schema import SchemaBook
 from batchpilot.validate import AnswerCheck
@@ -40,7 +41,7 @@ class TaskCheck:
         choices = body.get("choices")
         if reason is not None or not isinstance(choices, list) or not choices:
             return reason
-        text = (choices[0].get("message") or {}).get("content")
+        text = object_of(object_of(choices[0]).get("message")).get("content")
         answer: Any = text
         if schema is not None:
             answer = schema.answer(json.loads(text or "null"))
