@@ -236,7 +236,7 @@ def read_lines(paths: Sequence[Path | None]) -> Iterator[LineResult]:
             continue
         with path.open("rb") as handle:
             for raw in handle:
-                parsed = _answered(raw) or read_whole_line(raw)
+                parsed = parse_line(raw)
                 if parsed is not None:
                     yield parsed
 

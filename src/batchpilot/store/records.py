@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
 
 __all__ = [
+    "OUTCOME_COST",
+    "OUTCOME_ID",
+    "OUTCOME_INPUT",
+    "OUTCOME_OUTPUT",
     "AnswerFilter",
     "AnswerPage",
     "AttemptGroup",
@@ -161,6 +166,13 @@ class Outcome(NamedTuple):
     error: str | None = None
     attempted: bool = True
     lane: str | None = None
+
+
+# an outcome's fields read in C, where the store reads every outcome of a batch
+OUTCOME_ID, OUTCOME_INPUT, OUTCOME_OUTPUT, OUTCOME_COST = (
+    itemgetter(Outcome._fields.index(name))
+    for name in ("request_id", "input_tokens", "output_tokens", "cost_usd")
+)
 
 
 @dataclass(frozen=True)

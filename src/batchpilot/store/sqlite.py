@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from batchpilot.store.migrations import migrate
 from batchpilot.store.packing import pack_body, register
 from batchpilot.store.planned import PlannedMixin
 from batchpilot.store.records import (
+    OUTCOME_COST,
     AnswerFilter,
     AnswerPage,
     AttemptGroup,
@@ -54,8 +54,6 @@ from batchpilot.store.states import (
 )
 
 __all__ = ["SQLiteStore", "utc_now"]
-
-_COST = attrgetter("cost_usd")
 
 ACTIVE_BATCHES = (BatchState.CREATING, BatchState.SUBMITTED)
 
@@ -470,7 +468,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
     ) -> None:
         """Ingest a finished remote batch: every request's outcome, the spend, the batch state."""
         now = utc_now()
-        spent = sum(map(_COST, outcomes))
+        spent = sum(map(OUTCOME_COST, outcomes))
         with self._tx() as db:
             moves.apply_outcomes(db, run_id, outcomes, "batch", batch_id, now)
             self.move_batch(

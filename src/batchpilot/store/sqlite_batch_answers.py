@@ -19,22 +19,18 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from operator import itemgetter
 
 import orjson
 
 from batchpilot.store.database import Connection
 from batchpilot.store.packing import pack_whole, unpack_whole
-from batchpilot.store.records import Outcome
+from batchpilot.store.records import OUTCOME_COST, OUTCOME_INPUT, OUTCOME_OUTPUT, Outcome
 
 __all__ = ["FRAME", "KeptBatch", "Recorded", "RecordedAnswer", "register", "write"]
 
 FRAME = 1000  # answers compressed together: one read of an answer unpacks its frame alone
 _KEPT_BATCHES = 4
 _KEPT_FRAMES = 8
-_ID = itemgetter(Outcome._fields.index("request_id"))
-_TOKENS = itemgetter(Outcome._fields.index("input_tokens"), Outcome._fields.index("output_tokens"))
-_COST = itemgetter(Outcome._fields.index("cost_usd"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +64,16 @@ def write(
     run_id: str,
     batch_id: int,
     outcomes: Sequence[Outcome],
+    ids: list[str],
     tries: Sequence[int],
     now: str,
 ) -> None:
     """Keep a batch's answers whole: `outcomes` are answers of its requests (each succeeded,
-    with its response), `tries` the try each came on."""
+    with its response), `ids` their requests' ids, `tries` the try each came on."""
     # a request file's ids may hold anything; every outcome's fields are read in C
-    ids = orjson.dumps(list(map(_ID, outcomes)))
-    tokens = array("q", chain.from_iterable(map(_TOKENS, outcomes)))
-    costs = array("d", map(_COST, outcomes))
+    inputs, outputs = map(OUTCOME_INPUT, outcomes), map(OUTCOME_OUTPUT, outcomes)
+    tokens = array("q", chain.from_iterable(zip(inputs, outputs, strict=True)))
+    costs = array("d", map(OUTCOME_COST, outcomes))
     db.execute(
         "INSERT INTO batch_answers(run_id, batch_id, requests, request_ids, usage, "
         "attempts, created_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -84,7 +81,7 @@ def write(
             run_id,
             batch_id,
             len(outcomes),
-            pack_whole(ids),
+            pack_whole(orjson.dumps(ids)),
             pack_whole(_native(tokens) + _native(costs)),
             pack_whole(_native(array("i", tries))),
             now,

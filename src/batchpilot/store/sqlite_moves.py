@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -21,17 +20,18 @@ from batchpilot.errors import IllegalTransition, StateError
 from batchpilot.store import sqlite_batch_answers as batch_answers
 from batchpilot.store.database import Connection
 from batchpilot.store.packing import pack_answer
-from batchpilot.store.records import Outcome
+from batchpilot.store.records import (
+    OUTCOME_COST,
+    OUTCOME_ID,
+    OUTCOME_INPUT,
+    OUTCOME_OUTPUT,
+    Outcome,
+)
 from batchpilot.store.states import REQUEST_MOVES, RequestState, check_move
 
 __all__ = ["apply_outcomes", "move", "move_each", "move_ids", "record_attempt"]
 
 _CHUNK = 500
-# an outcome's fields, read in C where every outcome of a batch is read
-_ID, _INPUT, _OUTPUT, _COST = (
-    itemgetter(Outcome._fields.index(name))
-    for name in ("request_id", "input_tokens", "output_tokens", "cost_usd")
-)
 
 
 def move(
@@ -137,8 +137,9 @@ def _add_up(db: Connection, run_id: str, attempts: Sequence[Outcome]) -> None:
     """Add recorded attempts to the run's totals and its failures by kind of reason."""
     if not attempts:
         return
-    spent = sum(map(_COST, attempts))
-    tokens_in, tokens_out = sum(map(_INPUT, attempts)), sum(map(_OUTPUT, attempts))
+    spent = sum(map(OUTCOME_COST, attempts))
+    tokens_in = sum(map(OUTCOME_INPUT, attempts))
+    tokens_out = sum(map(OUTCOME_OUTPUT, attempts))
     succeeded = RequestState.SUCCEEDED
     kinds = Counter(
         outcome.error.split(":", 1)[0]
@@ -338,7 +339,7 @@ def _keep_whole(
     with one statement and the answers kept whole (`sqlite_batch_answers`); whether they were
     (else nothing is written)."""
     succeeded = RequestState.SUCCEEDED
-    ids = list(map(_ID, outcomes))
+    ids = list(map(OUTCOME_ID, outcomes))
     tries = _same_tries(db, run_id, batch_id, ids)
     if tries is None:
         members = db.execute(
@@ -366,7 +367,7 @@ def _keep_whole(
             f"{len(outcomes) - moved} of {len(outcomes)} requests moved meanwhile; none moved"
         )
     _count(db, run_id, submitted, succeeded, moved)
-    batch_answers.write(db, run_id, batch_id, outcomes, tries, now)
+    batch_answers.write(db, run_id, batch_id, outcomes, ids, tries, now)
     db.execute(  # in the table's order, so that each of its pages is written once
         "INSERT OR REPLACE INTO answers(content_hash, run_id, request_id) "
         "SELECT content_hash, run_id, id FROM requests INDEXED BY requests_by_batch "
