@@ -48,6 +48,15 @@ ANSWERS: list[tuple[str, dict[str, Any] | None, str | None]] = [
     ),
     ("succeeded", {"choices": []}, None),
     ("succeeded", {}, None),
+    # bodies the short way's fixed shape refuses or reads in part: each read as the general
+    # way reads it
+    ("succeeded", {"choices": [{"message": {"content": '{"a": 1}'}}, "not an object"]}, None),
+    ("succeeded", {**chat('{"a": 1}'), "data": [{"embedding": [0.5]}]}, None),
+    ("succeeded", {**chat('{"a": 1}'), "data": None}, None),
+    ("succeeded", {"choices": [{"message": None}]}, None),
+    ("succeeded", {"choices": [{"message": {"content": [{"type": "text"}]}}]}, None),
+    ("succeeded", {"choices": "x", "output_text": "words"}, None),
+    ("succeeded", {"choices": [7]}, None),
     ("failed", None, "invalid_answer: 'tone' is a required property"),
     ("failed", None, "content_filter: the answer was refused"),
     ("failed", None, "http 400: invalid_request_error: bad"),

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 import orjson
 
 from batchpilot.answers import parsed_answer, response_content
@@ -22,7 +23,9 @@ from batchpilot.store import JoinedRow
 __all__ = ["Fallback", "StoredRows", "export_row"]
 
 Fragment = orjson.Fragment
-_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+# every key of a record made here is text (parsed JSON has no other), so orjson is not asked
+# to take any other kind (which costs it a third more); `dump_json` writes what it refuses
+_OPTIONS = orjson.OPT_APPEND_NEWLINE
 dumps = orjson.dumps
 
 Fallback = Callable[[dict[str, Any] | None], Any]
@@ -64,6 +67,26 @@ def export_row(row: JoinedRow, fallback: Fallback | None) -> ExportRow:
 
 
 _OTHER = object()
+
+
+class _Message(msgspec.Struct):
+    content: Any = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message | None = None
+
+
+class _Chat(msgspec.Struct):
+    """What the short way reads of an answer: a chat completion's first message's text, and
+    whether the body holds `data` (an embedding's, which is read another way)."""
+
+    choices: list[_Choice] | None = None
+    data: Any = msgspec.UNSET
+
+
+_read_chat = msgspec.json.Decoder(_Chat).decode
+_CHAT_REFUSED = (msgspec.DecodeError, msgspec.ValidationError)
 _OPENING = ("{", "[")
 
 
@@ -105,6 +128,7 @@ class StoredRows(Iterator[ExportRow]):
         `parsed_answer` and `input_json` decide is written out here."""
         fallback = self._fallback
         read, refused, other = orjson.loads, orjson.JSONDecodeError, _OTHER
+        read_chat, chat_refused, unset = _read_chat, _CHAT_REFUSED, msgspec.UNSET
         for row in self._joined:
             (_, row_id, request_id, _, _, data, state, attempts, error, answer) = row[:10]
             if request_id is None or (state == "failed" and fallback is not None):
@@ -113,16 +137,17 @@ class StoredRows(Iterator[ExportRow]):
             output: Any = None
             if answer:
                 try:
-                    response = read(answer)
-                except refused:
-                    response = loads(answer)
-                try:
-                    content = response["choices"][0]["message"]["content"]
-                    if content.__class__ is not str or "data" in response:
+                    chat = read_chat(answer)
+                    content = chat.choices[0].message.content  # type: ignore[index,union-attr]
+                    if content.__class__ is not str or chat.data is not unset:
                         content = other
-                except (KeyError, IndexError, TypeError):
+                except (*chat_refused, IndexError, TypeError, AttributeError):
                     content = other
                 if content is other:
+                    try:
+                        response = read(answer)
+                    except refused:
+                        response = loads(answer)
                     content, output = response_content(response)
                 if content is not None:
                     output = content
@@ -133,23 +158,27 @@ class StoredRows(Iterator[ExportRow]):
                             parsed = parsed_answer(content)
                         if parsed.__class__ is dict or parsed.__class__ is list:
                             output = parsed
+            given: Any = None
+            if include_input and data:
+                # the row's JSON as kept, as `input_json` would write it, without a call
+                if "NaN" not in data and "Infinity" not in data:
+                    given = Fragment(data)
+                else:
+                    given = loads(data)
             record: dict[str, Any] = {
                 "id": row_id,
                 "status": state or "pending",
                 "attempts": attempts or 0,
+                "input": given,
+                "output": output,
+                "usage": {"input_tokens": row[10], "output_tokens": row[11]},
+                "cost_usd": row[12],
+                "error": error,
+                "lane": row[13],
+                "request_id": request_id,
             }
-            if include_input:
-                # the row's JSON as kept, as `input_json` would write it, without a call
-                if data and "NaN" not in data and "Infinity" not in data:
-                    record["input"] = Fragment(data)
-                else:
-                    record["input"] = loads(data) if data else None
-            record["output"] = output
-            record["usage"] = {"input_tokens": row[10], "output_tokens": row[11]}
-            record["cost_usd"] = row[12]
-            record["error"] = error
-            record["lane"] = row[13]
-            record["request_id"] = request_id
+            if not include_input:
+                del record["input"]
             try:
                 line = dumps(record, option=_OPTIONS)
             except TypeError:  # what only Python writes: `dump_json` takes it

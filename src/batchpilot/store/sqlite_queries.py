@@ -255,17 +255,18 @@ def row_outcomes(db: Connection, run_id: str) -> dict[str, int]:
 
 _JOINED = (
     "SELECT w.row_index, w.row_id, w.request_id, w.source, w.skip_reason, w.data_json, "
-    "q.state, q.attempts, q.error, {answers}, q.batch_id FROM rows w "
+    "q.state, q.attempts, q.error, q.batch_id{answers} FROM rows w "
     "LEFT JOIN requests q ON q.run_id = w.run_id AND q.id = w.request_id {results}"
     "WHERE w.run_id = ? ORDER BY w.row_index"
 )
 _WITH_RESULTS = _JOINED.format(
-    answers="r.response_json, r.input_tokens, r.output_tokens, r.cost_usd, r.lane",
+    answers=", r.response_json, r.input_tokens, r.output_tokens, r.cost_usd, r.lane",
     results="LEFT JOIN results r ON r.run_id = w.run_id AND r.request_id = w.request_id ",
 )
 # a run whose answers are all kept in its batches (no real-time, cached or single answer) has
-# no results to look up for each row
-_WITHOUT_RESULTS = _JOINED.format(answers="NULL, NULL, NULL, NULL, NULL", results="")
+# no results to look up for each row, nor their columns to read
+_WITHOUT_RESULTS = _JOINED.format(answers="", results="")
+_NO_RESULT = (None, None, None, None, None)
 
 
 def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
@@ -274,7 +275,9 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     any_result = db.execute("SELECT 1 FROM results WHERE run_id = ? LIMIT 1", (run_id,))
     cursor = db.cursor()
     cursor.row_factory = None
-    cursor.execute(_WITH_RESULTS if any_result.fetchone() else _WITHOUT_RESULTS, (run_id,))
+    with_results = any_result.fetchone() is not None
+    cursor.execute(_WITH_RESULTS if with_results else _WITHOUT_RESULTS, (run_id,))
+    no_result = _NO_RESULT
     new = tuple.__new__
     recorded = Recorded(db)
     succeeded = str(RequestState.SUCCEEDED)
@@ -290,7 +293,8 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     frame_batch, frame_at = -1, -1
     frame: list[bytes] = []
     for row in cursor:
-        data, answer, batch_id = row[5], row[9], row[14]
+        data, batch_id = row[5], row[9]
+        answer = row[10] if with_results else None
         if data is None:  # in a frame, if kept
             index = row[0]
             while index > last:
@@ -329,9 +333,12 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
                     ),
                 )
                 continue
+        if not with_results:
+            yield new(JoinedRow, (*row[:5], data, *row[6:9], *no_result))
+            continue
         if answer.__class__ is bytes:
             answer = unpack_text(answer)
-        yield new(JoinedRow, (*row[:5], data, *row[6:9], answer, *row[10:14]))
+        yield new(JoinedRow, (*row[:5], data, *row[6:9], answer, *row[11:15]))
 
 
 def apply_cache(db: Connection, run_id: str, now: str) -> int:
