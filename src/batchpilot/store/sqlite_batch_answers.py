@@ -107,13 +107,14 @@ def write(
 class KeptBatch:
     """The ids, tokens and costs of a batch kept whole, read once."""
 
-    __slots__ = ("at_utc", "costs", "positions", "tokens", "tries")
+    __slots__ = ("_positions", "at_utc", "costs", "ids", "tokens", "tries")
 
     def __init__(
         self, request_ids: bytes, usage: bytes, at_utc: str, tries: bytes | None = None
     ) -> None:
-        ids = orjson.loads(unpack_whole(request_ids))
-        self.positions = {request_id: number for number, request_id in enumerate(ids)}
+        ids: list[str] = orjson.loads(unpack_whole(request_ids))
+        self.ids = ids
+        self._positions: dict[str, int] | None = None
         data = unpack_whole(usage)
         split = len(ids) * 16
         self.tokens = _array("q", data[:split])
@@ -121,6 +122,14 @@ class KeptBatch:
         self.at_utc = at_utc
         # the try each answer came on (None: kept before the store recorded it)
         self.tries = None if tries is None else _array("i", unpack_whole(tries))
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """Each request's number in the batch, by its id (made when first asked for: a reader
+        that walks the batch in order finds each by the number after the last)."""
+        if self._positions is None:
+            self._positions = {request_id: number for number, request_id in enumerate(self.ids)}
+        return self._positions
 
 
 class Recorded:

@@ -289,56 +289,61 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     # rows in input order mostly follow their batches: the last batch and frame are at hand
     kept_id: int | None = None
     kept: KeptBatch | None = None
-    positions: dict[str, int] = {}
+    ids: Sequence[str] = ()
+    number = -1
     frame_batch, frame_at = -1, -1
     frame: list[bytes] = []
+    tokens: Sequence[int] = ()
+    costs: Sequence[float] = ()
+    answer: str | bytes | None = None
     for row in cursor:
-        data, batch_id = row[5], row[9]
-        answer = row[10] if with_results else None
+        index, row_id, request_id, source, skip_reason, data, state, attempts, error, batch_id = (
+            row[:10] if with_results else row
+        )
         if data is None:  # in a frame, if kept
-            index = row[0]
             while index > last:
                 first, last, lines = next(frames)
             data = (lines[index - first].decode() or None) if index >= first else None
         elif data.__class__ is bytes:
             data = unpack_text(data)
-        if answer is None and batch_id is not None and row[6] == succeeded:
+        if with_results:
+            answer = row[10]
+        if answer is None and batch_id is not None and state == succeeded:
             if batch_id != kept_id:
                 kept_id, kept = batch_id, recorded.batch(run_id, batch_id)
-                positions = {} if kept is None else kept.positions
-            number = positions.get(row[2])
-            if kept is not None and number is not None:
-                at, offset = divmod(number, size)
+                ids, tokens, costs = (kept.ids, kept.tokens, kept.costs) if kept else ((), (), ())
+                number = -1
+            # rows in input order mostly follow their batch's order: the next request is the
+            # one after the last (a look-up in a dictionary of a whole batch costs more)
+            number += 1
+            if number >= len(ids) or ids[number] != request_id:
+                number = -1 if kept is None else kept.positions.get(request_id, -1)
+            if number >= 0:
+                at = number // size
                 if at != frame_at or batch_id != frame_batch:
                     frame_batch, frame_at = batch_id, at
                     frame = recorded.frame(run_id, batch_id, at)
-                tokens = kept.tokens
+                made = (index, row_id, request_id, source, skip_reason, data, state, attempts)
                 yield new(
                     JoinedRow,
                     (
-                        row[0],
-                        row[1],
-                        row[2],
-                        row[3],
-                        row[4],
-                        data,
-                        row[6],
-                        row[7],
-                        row[8],
-                        frame[offset].decode(),
+                        *made,
+                        error,
+                        frame[number - at * size].decode(),
                         tokens[2 * number],
                         tokens[2 * number + 1],
-                        kept.costs[number],
+                        costs[number],
                         "batch",
                     ),
                 )
                 continue
+        made = (index, row_id, request_id, source, skip_reason, data, state, attempts)
         if not with_results:
-            yield new(JoinedRow, (*row[:5], data, *row[6:9], *no_result))
+            yield new(JoinedRow, (*made, error, *no_result))
             continue
         if answer.__class__ is bytes:
             answer = unpack_text(answer)
-        yield new(JoinedRow, (*row[:5], data, *row[6:9], answer, *row[11:15]))
+        yield new(JoinedRow, (*made, error, answer, *row[11:15]))
 
 
 def apply_cache(db: Connection, run_id: str, now: str) -> int:
