@@ -75,7 +75,7 @@ INPUTS: list[dict[str, Any]] = [
 def make_store(path: Path, kept: str = "one by one") -> SQLiteStore:
     """A run of every answer for every input (and a skipped row); `kept`: each answer kept
     as it came on the real-time lane ("one by one"), or the answers of one batch ("batch"),
-    kept whole."""
+    kept whole (in the rows' order, or the other way round: "batch, backwards")."""
     store = SQLiteStore(path)
     store.create_run(RunRecord("run", "job", "{}", "openai", EP, "running", None, utc_now()))
     ended: list[tuple[str, Outcome]] = []
@@ -104,14 +104,15 @@ def make_store(path: Path, kept: str = "one by one") -> SQLiteStore:
                     )
                 index += 1
         store.add_row("run", index, "row-skipped", "in.jsonl:x", None, {"x": 1}, "too_long: 9000")
-    if kept == "batch":
+    if kept.startswith("batch"):
         ids = {request_id for request_id, _ in ended}
         sent = [r for r in store.pending("run", len(ANSWERS) * len(INPUTS)) if r.id in ids]
         batch = store.create_batch("run", sent, size=1, file_name_prefix="b")
         for moved in (BatchState.UPLOADING, BatchState.UPLOADED, BatchState.CREATING):
             store.move_batch("run", batch, moved)
         store.move_batch("run", batch, BatchState.SUBMITTED, remote_id="batch_1")
-        store.finish_batch("run", batch, [outcome for _, outcome in ended])
+        outcomes = [outcome for _, outcome in ended]
+        store.finish_batch("run", batch, outcomes[::-1] if kept == "batch, backwards" else outcomes)
         return store
     for request_id, outcome in ended:
         assert store.claim_realtime("run", request_id)
@@ -119,7 +120,7 @@ def make_store(path: Path, kept: str = "one by one") -> SQLiteStore:
     return store
 
 
-@pytest.mark.parametrize("kept", ["one by one", "batch"])
+@pytest.mark.parametrize("kept", ["one by one", "batch", "batch, backwards"])
 @pytest.mark.parametrize("include_input", [True, False])
 @pytest.mark.parametrize("fallback", [None, "text", "object"])
 def test_the_short_way_writes_what_the_general_way_writes(
@@ -145,7 +146,12 @@ def test_the_short_way_writes_what_the_general_way_writes(
     ended = "failed" if fallback is None else "fallback"
     assert statuses == {"succeeded", ended, "pending", "skipped"}
     lanes = {json.loads(line)["lane"] for line in lines if b'"succeeded"' in line}
-    assert lanes == {"batch" if kept == "batch" else "realtime"}
+    assert lanes == {"realtime" if kept == "one by one" else "batch"}
+    for line in map(json.loads, lines):  # each row has its own answer, however it was kept
+        if line["status"] == "succeeded":
+            index = int(line["id"].removeprefix("row-"))
+            assert line["usage"]["input_tokens"] == 12 + index // len(INPUTS)
+            assert line["cost_usd"] == pytest.approx(0.001 * index)
     assert b"NaN" in short.read_bytes()  # what orjson refuses took Python's way
     assert ("北京".encode() in short.read_bytes()) == include_input
     store.close()
