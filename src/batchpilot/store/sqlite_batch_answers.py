@@ -139,7 +139,7 @@ class Recorded:
     def __init__(self, db: Connection) -> None:
         self._db = db
         self._batches: OrderedDict[tuple[str, int], KeptBatch] = OrderedDict()
-        self._frames: OrderedDict[tuple[str, int, int], list[bytes]] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, int, int], list[str]] = OrderedDict()
 
     def answer(self, run_id: str, batch_id: int, request_id: str) -> RecordedAnswer | None:
         """The request's answer, if its batch was kept whole."""
@@ -151,7 +151,7 @@ class Recorded:
             return None
         frame = self._frame(run_id, batch_id, number // FRAME)
         return RecordedAnswer(
-            frame[number % FRAME].decode(),
+            frame[number % FRAME],
             batch.tokens[2 * number],
             batch.tokens[2 * number + 1],
             batch.costs[number],
@@ -172,8 +172,8 @@ class Recorded:
         """What a batch kept whole holds besides its answers (None: it was not kept whole)."""
         return self._batch(run_id, batch_id)
 
-    def frame(self, run_id: str, batch_id: int, number: int) -> list[bytes]:
-        """The answers of a batch kept whole in frame `number`, each as its JSON's bytes."""
+    def frame(self, run_id: str, batch_id: int, number: int) -> list[str]:
+        """The answers of a batch kept whole in frame `number`, each as its JSON."""
         return self._frame(run_id, batch_id, number)
 
     def _batch(self, run_id: str, batch_id: int) -> KeptBatch | None:
@@ -194,7 +194,7 @@ class Recorded:
             self._batches.popitem(last=False)
         return batch
 
-    def _frame(self, run_id: str, batch_id: int, number: int) -> list[bytes]:
+    def _frame(self, run_id: str, batch_id: int, number: int) -> list[str]:
         key = (run_id, batch_id, number)
         frame = self._frames.get(key)
         if frame is not None:
@@ -205,7 +205,7 @@ class Recorded:
             "AND frame = ?",
             key,
         ).fetchone()
-        frame = unpack_whole(row[0]).split(b"\n")
+        frame = unpack_whole(row[0]).decode().split("\n")  # decoded whole: one call, not 1,000
         self._frames[key] = frame
         if len(self._frames) > _KEPT_FRAMES:
             self._frames.popitem(last=False)

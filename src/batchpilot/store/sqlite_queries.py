@@ -285,14 +285,14 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     unpack_text = text_unpacker()
     frames = row_frames.in_order(db, run_id)
     first, last = -1, -1
-    lines: list[bytes] = []
+    lines: list[str] = []
     # rows in input order mostly follow their batches: the last batch and frame are at hand
     kept_id: int | None = None
     kept: KeptBatch | None = None
     ids: Sequence[str] = ()
     number = -1
     frame_batch, frame_at = -1, -1
-    frame: list[bytes] = []
+    frame: list[str] = []
     tokens: Sequence[int] = ()
     costs: Sequence[float] = ()
     answer: str | bytes | None = None
@@ -303,7 +303,7 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
         if data is None:  # in a frame, if kept
             while index > last:
                 first, last, lines = next(frames)
-            data = (lines[index - first].decode() or None) if index >= first else None
+            data = (lines[index - first] or None) if index >= first else None
         elif data.__class__ is bytes:
             data = unpack_text(data)
         if with_results:
@@ -329,7 +329,7 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
                     (
                         *made,
                         error,
-                        frame[number - at * size].decode(),
+                        frame[number - at * size],
                         tokens[2 * number],
                         tokens[2 * number + 1],
                         costs[number],

@@ -105,7 +105,7 @@ class RowFrames:
         self._kept.clear()
 
 
-def in_order(db: Connection, run_id: str) -> Iterator[tuple[int, int, list[bytes]]]:
+def in_order(db: Connection, run_id: str) -> Iterator[tuple[int, int, list[str]]]:
     """A run's frames in order of their rows: (first row, last row, each row's JSON, empty
     where its data is not kept), each unpacked as it is reached; an export reads its rows'
     JSON from them in increasing positions."""
@@ -116,7 +116,7 @@ def in_order(db: Connection, run_id: str) -> Iterator[tuple[int, int, list[bytes
         (run_id,),
     )
     for first, last, data in cursor:
-        yield first, last, unpack_whole(data).split(_LINE)
+        yield first, last, unpack_whole(data).decode().split("\n")
     yield _NONE_AFTER, _NONE_AFTER, []
 
 
