@@ -263,3 +263,40 @@ def test_other_providers_answers_whose_usage_is_not_an_object_are_translated(usa
     assert anthropic_chat({"id": "m", "content": [], "usage": usage})["usage"]["prompt_tokens"] == 0
     translated = gemini_chat({"candidates": [], "usageMetadata": usage}, MODEL)
     assert translated["usage"]["prompt_tokens"] == 0
+
+
+def garbled(text: str) -> bytes:
+    """A line with bytes that are not UTF-8 where `text` says BAD."""
+    return text.encode().replace(b"BAD", b"\xff\xfe")
+
+
+NOT_UTF8 = {
+    # where the bytes that are not UTF-8 are: each line is otherwise an answer
+    "in the content": garbled(line(with_usage({"prompt_tokens": 3})).replace("1}", "BAD}")),
+    "in a part skipped unread": garbled(line({**CHAT_BODY, "id": "xBAD"})),
+    "in a part of the line outside the body": garbled(line(id="BAD")),
+}
+
+
+@pytest.mark.parametrize("name", NOT_UTF8)
+def test_a_line_that_is_not_utf8_is_garbled_not_kept(name: str) -> None:
+    """A download cut or garbled: the line's answer cannot be kept as it came (every reader of
+    the kept answer would stop on it), so it is a garbled line, tried again."""
+    raw = NOT_UTF8[name]
+    assert b"\xff" in raw
+    read = parse_line(raw)
+    assert read is not None and read.custom_id == "req-1"
+    if read.ok:  # only a part outside the answer's body was not UTF-8: the body is kept
+        assert read.raw is not None and read.raw.decode()
+    else:
+        assert read.unread and read.error is not None and read.error.startswith("garbled_line")
+        made = outcome_of(read)
+        assert made[1] == RequestState.PENDING  # tried again
+
+
+@pytest.mark.parametrize("custom_id", [b"req-\xff", b"req-\\u12", b"req-\\ud800\xff"])
+def test_a_garbled_line_whose_id_cannot_be_read_is_left_unmatched(custom_id: bytes) -> None:
+    raw = b'{"custom_id": "' + custom_id + b'", "response": {"status_code": 200, "body": {'
+    assert parse_line(raw) is None
+    (made,) = classify([request()], iter([]), RetryPolicy(), cost)
+    assert made.state == RequestState.PENDING and made.error is not None

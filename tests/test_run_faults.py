@@ -32,6 +32,7 @@ from batchpilot.store import BatchRecord
 from helpers import LoseAnswers, chat_line, jsonl
 
 Factory = Callable[..., LocalServer]
+MODELS = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
 FAST: dict[str, Any] = {"time_scale": 500.0, "validation_delay_s": 0, "finalizing_delay_s": 0}
 
 
@@ -48,14 +49,15 @@ def make_job(
     rows: int = 10,
     name: str = "faults",
     limits: dict[str, Any] | None = None,
+    kind: str = "compatible",
 ) -> JobSpec:
     lines = (json.dumps({"id": f"r{i}", "text": f"say something about {i}"}) for i in range(rows))
     (tmp_path / "input.jsonl").write_text("\n".join(lines) + "\n")
     return job_from_dict(
         {
             "name": name,
-            "provider": {"kind": "compatible", "base_url": base_url},
-            "model": "gpt-4o-mini",
+            "provider": {"kind": kind, "base_url": base_url},
+            "model": MODELS.get(kind, "gpt-4o-mini"),
             "input": {"path": "input.jsonl", "id_field": "id"},
             "prompt": {"user": "{{ text }}"},
             "params": {"max_tokens": 20},
@@ -80,10 +82,10 @@ class _Collect:
         return None
 
 
-def planned(tmp_path: Path) -> _Collect:
+def planned(tmp_path: Path, kind: str = "compatible") -> _Collect:
     """The requests a job will send, in input order (they do not depend on the server)."""
     sink = _Collect()
-    plan_job(make_job(tmp_path, "http://127.0.0.1:9/v1"), sink=sink)
+    plan_job(make_job(tmp_path, "http://127.0.0.1:9/v1", kind=kind), sink=sink)
     return sink
 
 
@@ -203,13 +205,22 @@ def test_batch_whose_every_line_failed_has_no_output_file(
     assert all(outcome.executions[i] == 2 and outcome.failures[i] == 1 for i in first_five)
 
 
+@pytest.mark.parametrize("provider", ["compatible", "anthropic", "gemini"])
 @pytest.mark.parametrize("kind", ["garbled_line", "truncated_line"])
 def test_unreadable_output_lines_are_retried(
-    tmp_path: Path, local_server_factory: Factory, kind: str
+    tmp_path: Path,
+    local_server_factory: Factory,
+    kind: str,
+    provider: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ids = planned(tmp_path).ids
+    """A line of a batch's results that cannot be read (on Anthropic's stream of results
+    too, which the SDK's own reader stops at) costs its request a try, not the batch."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-local")
+    monkeypatch.setenv("GEMINI_API_KEY", "gemini-local")
+    ids = planned(tmp_path, provider).ids
     server = start(local_server_factory, {"kind": kind, "nth": [1], "match": {"custom_id": ids[1]}})
-    outcome = run(make_job(tmp_path, server.base_url), tmp_path, server)
+    outcome = run(make_job(tmp_path, server.base_url, kind=provider), tmp_path, server)
     assert_all_succeeded(outcome)
     assert outcome.executions[ids[1]] == 2
     assert outcome.rows[1].attempts == 2

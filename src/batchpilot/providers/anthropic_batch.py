@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,15 +131,25 @@ class AnthropicBatches:
 
     def results(self, remote: RemoteBatch, into: Sink) -> list[Path]:
         endpoint = remote.endpoint or MESSAGES
-        lines = (result_line(item, endpoint) for item in self._stream(remote.id))
+        lines = (
+            (False, item) if isinstance(item, bytes) else result_line(item, endpoint)
+            for item in self._stream(remote.id)
+        )
         return deliver_results(lines, into, remote.id, remote.completed)
 
-    def _stream(self, remote_id: str) -> Iterable[Any]:
-        with edge(f"downloading the results of message batch {remote_id}", self._secret):
-            for item in self._client.messages.batches.results(remote_id):
-                # the SDK does not check what it reads: a line may be anything
-                dump = getattr(item, "model_dump", None)
-                yield dump(mode="json", exclude_none=True) if dump is not None else item
+    def _stream(self, remote_id: str) -> Iterator[Any]:
+        """Each line of the results: what it holds, or, for a line that is not JSON (cut short
+        or garbled on the way), its bytes as they came, passed on to be read as such (the SDK's
+        own reader would stop at it, and the batch could never be read)."""
+        with (
+            edge(f"downloading the results of message batch {remote_id}", self._secret),
+            self._client.messages.batches.with_streaming_response.results(remote_id) as response,
+        ):
+            rest = b""
+            for chunk in response.iter_bytes():
+                *whole, rest = (rest + chunk).split(b"\n")
+                yield from _read(whole)
+            yield from _read([rest])
 
     def cancel(self, remote_id: str) -> RemoteBatch:
         with edge(f"cancelling message batch {remote_id}", self._secret):
@@ -196,3 +206,12 @@ class AnthropicBatches:
             completed=counts.succeeded,
             failed=counts.errored + counts.canceled + counts.expired,
         )
+
+
+def _read(lines: list[bytes]) -> Iterator[Any]:
+    for raw in lines:
+        if raw.strip():
+            try:
+                yield json.loads(raw)
+            except ValueError:  # not JSON, or not UTF-8
+                yield raw.strip()

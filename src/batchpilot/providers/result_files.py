@@ -16,15 +16,16 @@ __all__ = ["deliver_results"]
 
 
 def deliver_results(
-    lines: Iterable[tuple[bool, dict[str, Any]]], into: Sink, name: str, completed: int
+    lines: Iterable[tuple[bool, dict[str, Any] | bytes]], into: Sink, name: str, completed: int
 ) -> list[Path]:
-    """Give `lines` (each: whether it is an answer, and the line) to the sink `into`, or write
-    them to `NAME.output.jsonl` and `NAME.errors.jsonl` in the directory `into`, the answers
-    last, so that a complete output file means complete results; files written before (the
-    output, or the errors of a batch that `completed` nothing) are kept as they are."""
+    """Give `lines` (each: whether it is an answer, and the line, or the bytes of a line that
+    could not be read, passed on as they came) to the sink `into`, or write them to
+    `NAME.output.jsonl` and `NAME.errors.jsonl` in the directory `into`, the answers last, so
+    that a complete output file means complete results; files written before (the output, or
+    the errors of a batch that `completed` nothing) are kept as they are."""
     if not isinstance(into, Path):
         for _, line in lines:
-            into(json.dumps(line).encode())
+            into(_text(line))
         return []
     output, errors = into / f"{name}.output.jsonl", into / f"{name}.errors.jsonl"
     if output.is_file() or (errors.is_file() and completed == 0):
@@ -32,9 +33,9 @@ def deliver_results(
     parts = {True: output.with_suffix(".jsonl.part"), False: errors.with_suffix(".jsonl.part")}
     counts = {True: 0, False: 0}
     try:
-        with parts[True].open("w") as good, parts[False].open("w") as bad:
+        with parts[True].open("wb") as good, parts[False].open("wb") as bad:
             for answer, line in lines:
-                (good if answer else bad).write(json.dumps(line) + "\n")
+                (good if answer else bad).write(_text(line) + b"\n")
                 counts[answer] += 1
             for handle in (good, bad):
                 handle.flush()
@@ -49,3 +50,7 @@ def deliver_results(
         else:
             parts[answer].unlink(missing_ok=True)
     return [p for p in (output, errors) if p.is_file()]
+
+
+def _text(line: dict[str, Any] | bytes) -> bytes:
+    return line if isinstance(line, bytes) else json.dumps(line).encode()

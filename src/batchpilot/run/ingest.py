@@ -97,7 +97,8 @@ class _Body(msgspec.Struct):
 
 _read_line = msgspec.json.Decoder(_Line).decode
 _read_body = msgspec.json.Decoder(_Body).decode
-_SHORT_WAY_REFUSED = (msgspec.DecodeError, msgspec.ValidationError)
+# a text that is not UTF-8 (a download cut or garbled) is refused by the decoder as such
+_SHORT_WAY_REFUSED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def _answered(raw: bytes, new: Callable[..., Any] = tuple.__new__) -> LineResult
         response = line.response
         if response is not None and 200 <= response.status_code < 300:
             body = bytes(response.body)
-            if body[:1] == b"{":
+            # the body is kept as it came: the parts skipped unread must be UTF-8 too
+            if body[:1] == b"{" and (body.isascii() or body.decode()):
                 read = _read_body(body)
                 fields = (line.custom_id, True, None, None, False, True, False, body)
                 # made as it is: a named tuple's own constructor is slow, and there is one a line
@@ -153,9 +155,12 @@ def read_whole_line(raw: bytes) -> LineResult | None:
             raise ValueError("no custom_id")
     except ValueError:
         found = _CUSTOM_ID.search(raw)
-        if found is None:
-            return None
-        custom_id = json.loads(b'"' + found.group(1) + b'"')
+        try:
+            custom_id = None if found is None else json.loads(b'"' + found.group(1) + b'"')
+        except ValueError:  # not UTF-8, or an escape cut short
+            custom_id = None
+        if not isinstance(custom_id, str):
+            return None  # its request cannot be told: it is found missing, and tried again
         return LineResult(
             custom_id,
             False,
