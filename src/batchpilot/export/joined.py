@@ -130,7 +130,22 @@ class StoredRows(Iterator[ExportRow]):
         read, refused, other = orjson.loads, orjson.JSONDecodeError, _OTHER
         read_chat, chat_refused, unset = _read_chat, _CHAT_REFUSED, msgspec.UNSET
         for row in self._joined:
-            (_, row_id, request_id, _, _, data, state, attempts, error, answer) = row[:10]
+            (
+                _,
+                row_id,
+                request_id,
+                _,
+                _,
+                data,
+                state,
+                attempts,
+                error,
+                answer,
+                input_tokens,
+                output_tokens,
+                cost_usd,
+                lane,
+            ) = row
             if request_id is None or (state == "failed" and fallback is not None):
                 yield general(export_row(row, fallback)) + b"\n"
                 continue
@@ -171,10 +186,10 @@ class StoredRows(Iterator[ExportRow]):
                 "attempts": attempts or 0,
                 "input": given,
                 "output": output,
-                "usage": {"input_tokens": row[10], "output_tokens": row[11]},
-                "cost_usd": row[12],
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+                "cost_usd": cost_usd,
                 "error": error,
-                "lane": row[13],
+                "lane": lane,
                 "request_id": request_id,
             }
             if not include_input:

@@ -290,7 +290,7 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
     kept_id: int | None = None
     kept: KeptBatch | None = None
     ids: Sequence[str] = ()
-    number = -1
+    number = count = -1
     frame_batch, frame_at = -1, -1
     frame: list[str] = []
     tokens: Sequence[int] = ()
@@ -312,22 +312,28 @@ def joined_rows(db: Connection, run_id: str) -> Iterator[JoinedRow]:
             if batch_id != kept_id:
                 kept_id, kept = batch_id, recorded.batch(run_id, batch_id)
                 ids, tokens, costs = (kept.ids, kept.tokens, kept.costs) if kept else ((), (), ())
-                number = -1
+                number, count = -1, len(ids)
             # rows in input order mostly follow their batch's order: the next request is the
             # one after the last (a look-up in a dictionary of a whole batch costs more)
             number += 1
-            if number >= len(ids) or ids[number] != request_id:
+            if number >= count or ids[number] != request_id:
                 number = -1 if kept is None else kept.positions.get(request_id, -1)
             if number >= 0:
                 at = number // size
                 if at != frame_at or batch_id != frame_batch:
                     frame_batch, frame_at = batch_id, at
                     frame = recorded.frame(run_id, batch_id, at)
-                made = (index, row_id, request_id, source, skip_reason, data, state, attempts)
                 yield new(
                     JoinedRow,
                     (
-                        *made,
+                        index,
+                        row_id,
+                        request_id,
+                        source,
+                        skip_reason,
+                        data,
+                        state,
+                        attempts,
                         error,
                         frame[number - at * size],
                         tokens[2 * number],
