@@ -205,7 +205,10 @@ class Recorded:
             "AND frame = ?",
             key,
         ).fetchone()
-        frame = unpack_whole(row[0]).decode().split("\n")  # decoded whole: one call, not 1,000
+        # decoded whole (one call, not 1,000); bytes that are not UTF-8 (ingest keeps none,
+        # but a damaged store may hold some) are replaced, not left to stop every reader of
+        # the frame's thousand answers
+        frame = unpack_whole(row[0]).decode(errors="replace").split("\n")
         self._frames[key] = frame
         if len(self._frames) > _KEPT_FRAMES:
             self._frames.popitem(last=False)
