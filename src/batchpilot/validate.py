@@ -182,6 +182,16 @@ class AnswerCheck:
         assert self.validator is not None
         return next(iter(self.validator.iter_errors(answer)), None)
 
+    def _schema_problem(self, answer: Any) -> str | None:
+        """Why the answer does not fit the schema (or the model); None when it does."""
+        problem = self._problem(answer)
+        if problem is not None:
+            where = "/".join(str(part) for part in problem.absolute_path) or "(root)"
+            return f"schema: at {where}: {problem.message[:200]}"
+        if self.model is not None:
+            return model_problem(self.model, answer)
+        return None
+
     def __call__(self, body: dict[str, Any], data: dict[str, Any] | None = None) -> str | None:
         """None when the answer is usable; otherwise the reason it is not."""
         found = answer_of(body)
@@ -200,14 +210,12 @@ class AnswerCheck:
                 answer = loads(content or "")
             except ValueError as exc:
                 return f"invalid_json: {exc}"
-            problem = self._problem(answer)
-            if problem is not None:
-                where = "/".join(str(part) for part in problem.absolute_path) or "(root)"
-                return f"schema: at {where}: {problem.message[:200]}"
-            if self.model is not None:
-                reason = model_problem(self.model, answer)
-                if reason is not None:
-                    return reason
+            try:
+                reason = self._schema_problem(answer)
+            except RecursionError:  # a model caught repeating `[` or `{`, for one
+                reason = "schema: the answer nests too deeply to be checked"
+            if reason is not None:
+                return reason
         for name, function in self.validators:
             try:
                 verdict = function(answer, data)

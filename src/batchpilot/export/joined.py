@@ -17,7 +17,7 @@ import orjson
 
 from batchpilot.answers import parsed_answer, response_content
 from batchpilot.export.rows import ExportRow, dump_json, input_json
-from batchpilot.jsontext import loads
+from batchpilot.jsontext import loads, nesting_within
 from batchpilot.store import JoinedRow
 
 __all__ = ["Fallback", "StoredRows", "export_row"]
@@ -86,7 +86,7 @@ class _Chat(msgspec.Struct):
 
 
 _read_chat = msgspec.json.Decoder(_Chat).decode
-_CHAT_REFUSED = (msgspec.DecodeError, msgspec.ValidationError)
+_CHAT_REFUSED = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 _OPENING = ("{", "[")
 
 
@@ -171,7 +171,9 @@ class StoredRows(Iterator[ExportRow]):
                             parsed = read(content)
                         except refused:
                             parsed = parsed_answer(content)
-                        if parsed.__class__ is dict or parsed.__class__ is list:
+                        if (
+                            parsed.__class__ is dict or parsed.__class__ is list
+                        ) and nesting_within(content, parsed):
                             output = parsed
             given: Any = None
             if include_input and data:

@@ -20,6 +20,7 @@ from typing import Any
 import anthropic
 from anthropic.types.messages import MessageBatch
 
+from batchpilot.jsontext import loads
 from batchpilot.providers.anthropic_errors import edge
 from batchpilot.providers.anthropic_shapes import MESSAGES, messages_params, result_line
 from batchpilot.providers.base import BatchTags, Lines, RemoteBatch, RemoteStatus, Sink
@@ -212,6 +213,6 @@ def _read(lines: list[bytes]) -> Iterator[Any]:
     for raw in lines:
         if raw.strip():
             try:
-                yield json.loads(raw)
-            except ValueError:  # not JSON, or not UTF-8
+                yield loads(raw)
+            except ValueError:  # not JSON, not UTF-8, or nested too deeply
                 yield raw.strip()

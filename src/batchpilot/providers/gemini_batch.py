@@ -20,6 +20,7 @@ from google import genai
 from google.genai import types
 
 from batchpilot.answers import object_of, token_count
+from batchpilot.jsontext import loads
 from batchpilot.providers.base import BatchTags, Lines, RemoteBatch, RemoteStatus, Sink
 from batchpilot.providers.gemini_errors import edge
 from batchpilot.providers.gemini_shapes import (
@@ -202,8 +203,8 @@ class GeminiBatches:
                 for raw in handle:
                     if raw.strip():
                         try:
-                            line = json.loads(raw)
-                        except ValueError:
+                            line = loads(raw)
+                        except ValueError:  # not JSON, not UTF-8, or nested too deeply
                             continue  # a line the provider garbled: its request is retried
                         yield object_of(line)
 

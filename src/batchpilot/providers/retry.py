@@ -9,6 +9,7 @@ from typing import Any
 import httpx2
 import orjson
 
+from batchpilot.jsontext import MAX_NESTING, nesting_within
 from batchpilot.providers.base import CallFailed
 
 __all__ = ["RETRYABLE_4XX", "json_object", "retryable_status", "unanswered"]
@@ -41,10 +42,15 @@ def json_object(raw: httpx2.Response) -> dict[str, Any] | CallFailed:
         answer = orjson.loads(raw.content)
     except orjson.JSONDecodeError:
         answer = None
-    if isinstance(answer, dict):
+    if isinstance(answer, dict) and nesting_within(raw.content, answer):
         return answer
+    what = (
+        f"nests more than {MAX_NESTING} levels deep"
+        if isinstance(answer, dict)
+        else ("is not a JSON object")
+    )
     return CallFailed(
-        f"http {raw.status_code}: the answer is not a JSON object",
+        f"http {raw.status_code}: the answer {what}",
         retryable=True,
         headers=raw.headers,
         may_have_run=True,

@@ -25,6 +25,7 @@ import msgspec
 import orjson
 from orjson import Fragment
 
+from batchpilot.jsontext import MAX_NESTING, few_brackets, nesting_within
 from batchpilot.providers.retry import retryable_status
 from batchpilot.store import Outcome, PendingRequest, RequestState
 
@@ -98,7 +99,13 @@ class _Body(msgspec.Struct):
 _read_line = msgspec.json.Decoder(_Line).decode
 _read_body = msgspec.json.Decoder(_Body).decode
 # a text that is not UTF-8 (a download cut or garbled) is refused by the decoder as such
-_SHORT_WAY_REFUSED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+# (and text nested deeper than it goes, which the whole way reads or refuses)
+_SHORT_WAY_REFUSED = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    UnicodeDecodeError,
+    RecursionError,
+)
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,8 @@ def _answered(raw: bytes, new: Callable[..., Any] = tuple.__new__) -> LineResult
         if response is not None and 200 <= response.status_code < 300:
             body = bytes(response.body)
             # the body is kept as it came: the parts skipped unread must be UTF-8 too
-            if body[:1] == b"{" and (body.isascii() or body.decode()):
+            # and, with many brackets, it is read whole, which sees how deep they nest
+            if body[:1] == b"{" and (body.isascii() or body.decode()) and few_brackets(body):
                 read = _read_body(body)
                 fields = (line.custom_id, True, None, None, False, True, False, body)
                 # made as it is: a named tuple's own constructor is slow, and there is one a line
@@ -177,6 +185,9 @@ def read_whole_line(raw: bytes) -> LineResult | None:
         status = response.get("status_code")
         body = response.get("body")
         if isinstance(status, int) and 200 <= status < 300 and isinstance(body, dict):
+            if not nesting_within(raw, line):
+                text = f"invalid_answer: the answer nests more than {MAX_NESTING} levels deep"
+                return LineResult(custom_id, False, None, text, True, True)
             return LineResult(custom_id, True, body, None, False, True)
         detail = body.get("error") if isinstance(body, dict) else None
         if isinstance(detail, dict):

@@ -3,13 +3,13 @@ rows until the target is met (`plan/waves.py` says how many rows each wave plans
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from itertools import islice
 
 from batchpilot.answers import parsed_answer, response_content
 from batchpilot.data.rows import Row
 from batchpilot.errors import UserInputError
+from batchpilot.jsontext import loads
 from batchpilot.plan import PlanResult, plan_job
 from batchpilot.plan.waves import first_wave, next_wave
 from batchpilot.run.status import RunStatus
@@ -22,7 +22,7 @@ __all__ = ["TargetCounter", "items_in", "plan_rest", "run_to_target"]
 
 def items_in(response_json: str, field: str) -> int:
     """How many elements the answer's list field `field` holds (0 when it has none)."""
-    parsed = parsed_answer(response_content(json.loads(response_json))[0])
+    parsed = parsed_answer(response_content(loads(response_json))[0])
     value = parsed.get(field) if isinstance(parsed, dict) else None
     return len(value) if isinstance(value, list) else 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import orjson
 
 from batchpilot.answers import object_of
+from batchpilot.jsontext import loads
 from batchpilot.store import PendingRequest, Store
 from batchpilot.task.schema import SchemaBook
 from batchpilot.validate import AnswerCheck
@@ -44,7 +44,7 @@ class TaskCheck:
         text = object_of(object_of(choices[0]).get("message")).get("content")
         answer: Any = text
         if schema is not None:
-            answer = schema.answer(json.loads(text or "null"))
+            answer = schema.answer(loads(text or "null"))
         if self.validate is None:
             return None
         meta = self.store.row_data(self.run_id, request.first_row) or {}

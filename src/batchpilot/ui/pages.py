@@ -11,6 +11,7 @@ from urllib.parse import quote, urlencode
 
 from batchpilot.answers import response_content
 from batchpilot.formatting import duration, usd
+from batchpilot.jsontext import loads
 from batchpilot.report.facts import parse_utc
 from batchpilot.run.status import RunStatus
 from batchpilot.store import BatchRecord, JoinedRow, RunRecord
@@ -151,7 +152,7 @@ def _prompt(body: bytes) -> str:
     """The request as a reader wants it: its messages' text, else its JSON."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body.decode("utf-8", "replace")
     messages = data.get("messages") if isinstance(data, dict) else None
     if isinstance(messages, list):
@@ -172,7 +173,7 @@ def _prompt(body: bytes) -> str:
 def _answer(row: JoinedRow) -> str | None:
     if row.response_json is None:
         return row.error
-    text, embedding = response_content(json.loads(row.response_json))
+    text, embedding = response_content(loads(row.response_json))
     if embedding is not None:
         return f"[embedding of {len(embedding)} numbers]"
     return text
@@ -256,7 +257,7 @@ def _pretty(text: str | bytes | None) -> str:
         return "<p class='muted'>none</p>"
     try:
         shown = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to show as such
         shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     return f"<pre>{escape(shown)}</pre>"
 
