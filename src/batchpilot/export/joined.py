@@ -17,7 +17,7 @@ import orjson
 
 from batchpilot.answers import parsed_answer, response_content
 from batchpilot.export.rows import ExportRow, dump_json, input_json
-from batchpilot.jsontext import loads, nesting_within
+from batchpilot.jsontext import MAX_NESTING, loads, nesting_within
 from batchpilot.store import JoinedRow
 
 __all__ = ["Fallback", "StoredRows", "export_row"]
@@ -129,6 +129,7 @@ class StoredRows(Iterator[ExportRow]):
         fallback = self._fallback
         read, refused, other = orjson.loads, orjson.JSONDecodeError, _OTHER
         read_chat, chat_refused, unset = _read_chat, _CHAT_REFUSED, msgspec.UNSET
+        most = MAX_NESTING
         for row in self._joined:
             (
                 _,
@@ -171,9 +172,10 @@ class StoredRows(Iterator[ExportRow]):
                             parsed = read(content)
                         except refused:
                             parsed = parsed_answer(content)
-                        if (
-                            parsed.__class__ is dict or parsed.__class__ is list
-                        ) and nesting_within(content, parsed):
+                        if (parsed.__class__ is dict or parsed.__class__ is list) and (
+                            content.count("[") + content.count("{") <= most  # nearly all
+                            or nesting_within(content, parsed)
+                        ):
                             output = parsed
             given: Any = None
             if include_input and data:
