@@ -230,3 +230,30 @@ def test_a_text_search_finds_what_like_finds_in_each_row_and_its_answer(
         page = store.answer_page(RUN, AnswerFilter(search=needle), 0, 100, 1000)
         assert [r.row_index for r in page.rows] == expected, needle
         assert page.total == len(expected) and page.complete
+
+
+def test_the_pages_of_a_search_read_the_runs_frames_once_until_frames_are_added(
+    store: SQLiteStore,
+) -> None:
+    """The answer browser asks for a search page by page: the run's frames are read for the
+    first page alone, and again once the run has more frames (its matches may have grown)."""
+    plan(store, 0, 300)
+    scans: list[str] = []
+    store._db.set_trace_callback(
+        lambda statement: (
+            scans.append(statement)
+            if statement.startswith("SELECT first_row, data FROM row_frames")
+            else None
+        )
+    )
+    search = AnswerFilter(search="film 1")  # the titles "Film 1", "Film 10" to "Film 199"
+    expected = [i for i in range(300) if str(i).startswith("1")]
+    pages = [store.answer_page(RUN, search, page * 50, 50, 100) for page in range(3)]
+    assert [r.row_index for page in pages for r in page.rows] == expected
+    assert store.count_answers(RUN, search) == len(expected) == 111
+    assert len(scans) == 1  # every page and the count from the first reading
+    assert store.count_answers(RUN, AnswerFilter(search="FILM 1")) == 111  # another text
+    assert len(scans) == 2
+    plan(store, 300, 320, row_json({"title": "Film 1 again"}))
+    assert store.count_answers(RUN, search) == 111 + 20  # the new frame's rows found
+    assert len(scans) == 3

@@ -43,6 +43,7 @@ from batchpilot.store.records import (
     TaskStateRecord,
     row_json,
 )
+from batchpilot.store.sqlite_search import FramedSearches
 from batchpilot.store.sqlite_shared import SharedMixin
 from batchpilot.store.states import (
     BATCH_MOVES,
@@ -73,6 +74,7 @@ class SQLiteStore(PlannedMixin, SharedMixin):
             raise unusable_state_dir(path.parent, exc) from None
         self._local = threading.local()
         self._guard = threading.Lock()
+        self._searches = FramedSearches()
         self._connections: list[Connection] = []
         migrate(self._db)
 
@@ -572,15 +574,17 @@ class SQLiteStore(PlannedMixin, SharedMixin):
         return reads.attempt_groups(self._db, run_id)
 
     def answers(self, run_id: str, where: AnswerFilter, offset: int, limit: int) -> list[JoinedRow]:
-        return reads.answers(self._db, run_id, where, offset, limit)
+        return reads.answers(self._db, run_id, where, offset, limit, self._searches)
 
     def count_answers(self, run_id: str, where: AnswerFilter) -> int:
-        return reads.count_answers(self._db, run_id, where)
+        return reads.count_answers(self._db, run_id, where, self._searches)
 
     def answer_page(
         self, run_id: str, where: AnswerFilter, offset: int, limit: int, count_ahead: int
     ) -> AnswerPage:
-        return reads.answer_page(self._db, run_id, where, offset, limit, count_ahead)
+        return reads.answer_page(
+            self._db, run_id, where, offset, limit, count_ahead, self._searches
+        )
 
     def planned_totals(self, run_id: str) -> dict[str, tuple[int, int]]:
         return reads.planned_totals(self._db, run_id)

@@ -35,7 +35,7 @@ from batchpilot.store.sqlite_queries import (
     OUTPUT_TOKENS,
     ROW_DATA,
 )
-from batchpilot.store.sqlite_search import framed_matches
+from batchpilot.store.sqlite_search import FramedSearches
 from batchpilot.store.states import RequestState
 
 __all__ = [
@@ -225,11 +225,16 @@ def _groups(db: Connection, run_id: str, batch_id: int, kept: KeptBatch) -> list
 
 
 def answers(
-    db: Connection, run_id: str, where: AnswerFilter, offset: int, limit: int
+    db: Connection,
+    run_id: str,
+    where: AnswerFilter,
+    offset: int,
+    limit: int,
+    searches: FramedSearches | None = None,
 ) -> list[JoinedRow]:
     """One page of the run's rows in input order, with their requests and answers."""
     shape = next_row_index(db, run_id), request_counts(db, run_id)
-    return _page(db, run_id, where, offset, limit, shape)
+    return _page(db, run_id, where, offset, limit, shape, searches)
 
 
 def _page(
@@ -239,12 +244,13 @@ def _page(
     offset: int,
     limit: int,
     shape: tuple[int, dict[str, int]],
+    searches: FramedSearches | None = None,
 ) -> list[JoinedRow]:
     """A page of rows, found without reading the rows before it where the run's rows and
     counts of requests (`shape`) allow (`answer_pages`), else by reading them in order."""
     picked = quick_page(where, run_id, offset, limit, *shape, "?", INDEXED_STATES)
     if picked is None:
-        sql, params = _answer_query(db, run_id, where)
+        sql, params = _answer_query(db, run_id, where, searches)
         picked = (
             f"SELECT w.row_index {sql} ORDER BY w.row_index LIMIT ? OFFSET ?",
             [*params, limit, offset],
@@ -268,20 +274,28 @@ def _joined(db: Connection, run_id: str, picked: str, params: Sequence[Any]) -> 
     return [JoinedRow(*row) for row in rows]
 
 
-def count_answers(db: Connection, run_id: str, where: AnswerFilter) -> int:
+def count_answers(
+    db: Connection, run_id: str, where: AnswerFilter, searches: FramedSearches | None = None
+) -> int:
     """How many of the run's rows `answers` would page through: from the run's counts or the
     requests' indexes when they say it (`answer_pages`), else counted."""
     shape = next_row_index(db, run_id), request_counts(db, run_id)
     quick = _quick_count(db, run_id, where, shape)
     if quick is not None:
         return quick
-    sql, params = _answer_query(db, run_id, where)
+    sql, params = _answer_query(db, run_id, where, searches)
     found = db.execute(f"SELECT COUNT(*) {sql}", params).fetchone()
     return int(found[0])
 
 
 def answer_page(
-    db: Connection, run_id: str, where: AnswerFilter, offset: int, limit: int, count_ahead: int
+    db: Connection,
+    run_id: str,
+    where: AnswerFilter,
+    offset: int,
+    limit: int,
+    count_ahead: int,
+    searches: FramedSearches | None = None,
 ) -> AnswerPage:
     """A page of `answers` and how many rows its filter matches: from the run's counts and
     indexes when they say it; else the matching rows read once, in order, until `count_ahead`
@@ -289,8 +303,8 @@ def answer_page(
     shape = next_row_index(db, run_id), request_counts(db, run_id)
     quick = _quick_count(db, run_id, where, shape)
     if quick is not None:
-        return AnswerPage(_page(db, run_id, where, offset, limit, shape), quick, True)
-    sql, params = _answer_query(db, run_id, where)
+        return AnswerPage(_page(db, run_id, where, offset, limit, shape, searches), quick, True)
+    sql, params = _answer_query(db, run_id, where, searches)
     at_most = offset + limit + count_ahead
     found = db.execute(
         f"WITH found AS MATERIALIZED (SELECT w.row_index AS i {sql} ORDER BY w.row_index "
@@ -348,7 +362,9 @@ def planned_totals(db: Connection, run_id: str) -> dict[str, tuple[int, int]]:
     return {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
 
 
-def _answer_query(db: Connection, run_id: str, where: AnswerFilter) -> tuple[str, list[Any]]:
+def _answer_query(
+    db: Connection, run_id: str, where: AnswerFilter, searches: FramedSearches | None = None
+) -> tuple[str, list[Any]]:
     """The FROM and WHERE of the rows a page of answers picks from, joining only the tables
     its filters read (a page joins the rest for its own rows alone)."""
     joins, conditions = [], ["w.run_id = ?"]
@@ -367,7 +383,7 @@ def _answer_query(db: Connection, run_id: str, where: AnswerFilter) -> tuple[str
         params.append(where.lane)
     if where.search:
         pattern = f"%{like(where.search)}%"
-        framed = framed_matches(db, run_id, where.search)
+        framed = (searches or FramedSearches(0)).matches(db, run_id, where.search)
         if framed is None:  # a common text: every row searched in order, until enough
             conditions.append(
                 f"(w.row_id LIKE ? ESCAPE '\\' OR {ROW_DATA} LIKE ? ESCAPE '\\' "

@@ -11,11 +11,14 @@ planned before frames, answers in `results`) is searched by SQL as before.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 from batchpilot.store.database import Connection
 from batchpilot.store.packing import unpack_whole
 from batchpilot.store.sqlite_batch_answers import FRAME, Recorded
 
-__all__ = ["framed_matches"]
+__all__ = ["FramedSearches", "framed_matches"]
 
 _LINE = b"\n"
 
@@ -79,3 +82,38 @@ def framed_matches(db: Connection, run_id: str, text: str) -> tuple[list[int], l
         if len(rows) + len(answers) > MOST_MATCHES:
             return None
     return rows, answers
+
+
+Matches = tuple[list[int], list[str]] | None
+
+
+class FramedSearches:
+    """The matches of the last few searches, kept while the run's frames stay as they were:
+    frames are only ever added, so a run with as many frames of rows and of answers as when a
+    search was made holds the same matches. The pages of one search (and the next keystroke's
+    count) then read the run's frames once, not once a page."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._found: OrderedDict[tuple[str, str, int, int], Matches] = OrderedDict()
+        self._lock = threading.Lock()  # shared by the threads of a store's connections
+
+    def matches(self, db: Connection, run_id: str, text: str) -> Matches:
+        """`framed_matches(db, run_id, text)`, kept."""
+        rows, answers = db.execute(
+            "SELECT (SELECT COUNT(*) FROM row_frames WHERE run_id = ?), "
+            "(SELECT COUNT(*) FROM batch_answer_frames WHERE run_id = ?)",
+            (run_id, run_id),
+        ).fetchone()
+        key = (run_id, text, int(rows), int(answers))
+        with self._lock:
+            if key in self._found:
+                self._found.move_to_end(key)
+                return self._found[key]
+        found = framed_matches(db, run_id, text)
+        if self._size > 0:
+            with self._lock:
+                self._found[key] = found
+                while len(self._found) > self._size:
+                    self._found.popitem(last=False)
+        return found
