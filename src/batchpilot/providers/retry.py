@@ -44,11 +44,8 @@ def json_object(raw: httpx2.Response) -> dict[str, Any] | CallFailed:
         answer = None
     if isinstance(answer, dict) and nesting_within(raw.content, answer):
         return answer
-    what = (
-        f"nests more than {MAX_NESTING} levels deep"
-        if isinstance(answer, dict)
-        else ("is not a JSON object")
-    )
+    deep = isinstance(answer, dict)
+    what = f"nests more than {MAX_NESTING} levels deep" if deep else "is not a JSON object"
     return CallFailed(
         f"http {raw.status_code}: the answer {what}",
         retryable=True,
